@@ -1,0 +1,151 @@
+import { EventEmitter } from 'node:events';
+import amqp, { type ChannelModel } from 'amqplib';
+import { fullJitterDelay } from '../shared/backoff.js';
+import { ErrorCode, WarrenError, errorMessage } from '../shared/errors.js';
+import type { Logger } from '../shared/logger.js';
+
+export interface BrokerOptions {
+  url: string;
+  frameMax: number;
+  heartbeatSec: number;
+  reconnectBaseMs: number;
+  reconnectCapMs: number;
+  /** Shown in the broker's connection list. */
+  connectionName: string;
+}
+
+/** Runs on every (re)connect, in registration order, before the connection counts as up. */
+export type SetupHook = (model: ChannelModel) => Promise<void>;
+
+interface BrokerEvents {
+  connected: [];
+  disconnected: [Error];
+}
+
+// amqplib's own serialisation buffer for header tables; a CC list larger than this cannot be published.
+const AMQPLIB_TABLE_BUFFER = 65_536;
+
+/**
+ * One AMQP connection per process, recovered by amqplib with full-jitter backoff. Components register setup
+ * hooks (declare topology, open channels, start consumers, re-bind) which run again after every reconnect,
+ * so nothing above this class has to notice a reconnect other than by its hook running.
+ */
+export class BrokerConnection extends EventEmitter<BrokerEvents> {
+  private readonly hooks: SetupHook[] = [];
+  private recovering: amqp.RecoveringChannelModel | undefined;
+  private current: ChannelModel | undefined;
+  private closing = false;
+
+  constructor(
+    private readonly options: BrokerOptions,
+    private readonly logger: Logger,
+  ) {
+    super();
+  }
+
+  /** Adds a hook; if already connected it also runs now, on the current connection. */
+  async onConnect(hook: SetupHook): Promise<void> {
+    this.hooks.push(hook);
+    if (this.current) await hook(this.current);
+  }
+
+  get connected(): boolean {
+    return this.current !== undefined;
+  }
+
+  /** The live connection, or undefined between a drop and the next successful setup. */
+  get model(): ChannelModel | undefined {
+    return this.current;
+  }
+
+  /** The frame size both sides agreed on (bounds the header frame, hence CC lists). */
+  get frameMax(): number {
+    const negotiated = (this.current as unknown as { connection?: { frameMax?: number } })?.connection?.frameMax;
+    return negotiated ?? this.options.frameMax;
+  }
+
+  /** Bytes a header table (the CC list and other headers) may take in one message. */
+  get headerBudget(): number {
+    return Math.min(this.frameMax, AMQPLIB_TABLE_BUFFER);
+  }
+
+  /** Connects, retrying forever with backoff; resolves after the first successful setup. */
+  async start(): Promise<void> {
+    const url = new URL(this.options.url);
+    if (!url.searchParams.has('frameMax')) url.searchParams.set('frameMax', String(this.options.frameMax));
+    if (!url.searchParams.has('heartbeat')) url.searchParams.set('heartbeat', String(this.options.heartbeatSec));
+    const { reconnectBaseMs, reconnectCapMs } = this.options;
+    this.recovering = await amqp.connect(url.toString(), {
+      clientProperties: { connection_name: this.options.connectionName },
+      recovery: {
+        waitForConnect: false,
+        maxRetries: Infinity,
+        calculateDelay: (attempt: number) => fullJitterDelay(attempt, reconnectBaseMs, reconnectCapMs),
+        setup: (model: ChannelModel) => this.setup(model),
+      },
+    });
+    this.recovering.on('connect', () => {
+      this.logger.info('broker connected');
+      this.emit('connected');
+    });
+    this.recovering.on('disconnect', (error: Error) => {
+      this.current = undefined;
+      if (this.closing) return;
+      this.logger.warn({ err: error.message }, 'broker connection lost; reconnecting');
+      this.emit('disconnected', error);
+    });
+    this.recovering.on('connect-failed', (error: Error) => {
+      this.logger.warn({ err: error.message }, 'broker connect failed');
+    });
+    this.recovering.on('reconnect-scheduled', (info: { attempt: number; delay: number }) => {
+      this.logger.debug(info, 'broker reconnect scheduled');
+    });
+    this.recovering.on('error', (error: Error) => {
+      this.logger.warn({ err: error.message }, 'broker connection error');
+    });
+    await this.recovering.waitForConnect();
+  }
+
+  private async setup(model: ChannelModel): Promise<void> {
+    // Channel-level errors surface on their channels; this keeps a stray one from crashing the process.
+    model.on('error', (error: Error) => this.logger.debug({ err: error.message }, 'connection error event'));
+    for (const hook of this.hooks) {
+      try {
+        await hook(model);
+      } catch (error) {
+        this.logger.error({ err: errorMessage(error) }, 'broker setup failed; will reconnect');
+        throw error;
+      }
+    }
+    this.current = model;
+  }
+
+  /** Resolves when connected, or rejects after `timeoutMs`. */
+  async waitConnected(timeoutMs: number): Promise<ChannelModel> {
+    if (this.current) return this.current;
+    if (this.closing) throw new WarrenError(ErrorCode.Closed, 'broker connection is closed');
+    return new Promise<ChannelModel>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.off('connected', onConnected);
+        reject(
+          new WarrenError(ErrorCode.BrokerUnavailable, `broker not connected within ${timeoutMs} ms`, {
+            retryable: true,
+          }),
+        );
+      }, timeoutMs);
+      const onConnected = (): void => {
+        clearTimeout(timer);
+        if (this.current) resolve(this.current);
+        else reject(new WarrenError(ErrorCode.BrokerUnavailable, 'broker connection lost', { retryable: true }));
+      };
+      this.once('connected', onConnected);
+    });
+  }
+
+  async close(): Promise<void> {
+    if (this.closing) return;
+    this.closing = true;
+    this.current = undefined;
+    await this.recovering?.close();
+  }
+}

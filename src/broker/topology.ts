@@ -1,0 +1,63 @@
+import type { Channel } from 'amqplib';
+
+/** Every exchange and queue name, derived from the prefix (DESIGN.md §3). */
+export interface TopologyNames {
+  events: string;
+  membership: string;
+  resolver: string;
+  deliveries: string;
+  dlx: string;
+  dead: string;
+  gatewayQueue(gatewayId: string): string;
+}
+
+export function topologyNames(prefix: string): TopologyNames {
+  return {
+    events: `${prefix}.events`,
+    membership: `${prefix}.membership`,
+    resolver: `${prefix}.resolver`,
+    deliveries: `${prefix}.deliveries`,
+    dlx: `${prefix}.dlx`,
+    dead: `${prefix}.dead`,
+    gatewayQueue: (gatewayId) => `${prefix}.gw.${gatewayId}`,
+  };
+}
+
+// A gateway that dies without cleaning up leaves its queue; the broker removes it after this long unused.
+const GATEWAY_QUEUE_EXPIRES_MS = 60_000;
+// Bounds what an orphaned or stalled gateway queue can hold; the oldest deliveries go first.
+const GATEWAY_QUEUE_MAX_LENGTH = 100_000;
+
+/**
+ * Declares the shared topology. Idempotent: every process runs it on every (re)connect, whoever is first
+ * creates, the others confirm.
+ */
+export async function declareTopology(channel: Channel, names: TopologyNames): Promise<void> {
+  await channel.assertExchange(names.events, 'topic', { durable: true });
+  await channel.assertExchange(names.membership, 'topic', { durable: true });
+  await channel.assertExchange(names.deliveries, 'topic', { durable: true });
+  await channel.assertExchange(names.dlx, 'fanout', { durable: true });
+  await channel.assertQueue(names.dead, { durable: true });
+  await channel.bindQueue(names.dead, names.dlx, '');
+  await channel.assertQueue(names.resolver, {
+    durable: true,
+    // A message a resolver rejects without requeue (a poison message) lands in the dead-letter queue.
+    arguments: { 'x-dead-letter-exchange': names.dlx },
+  });
+  await channel.bindQueue(names.resolver, names.events, '#');
+  await channel.bindQueue(names.resolver, names.membership, '#');
+}
+
+/** A gateway node's own queue: not exclusive, so deliveries that arrive during a broker blip wait for it. */
+export async function declareGatewayQueue(channel: Channel, queue: string): Promise<void> {
+  await channel.assertQueue(queue, {
+    durable: false,
+    exclusive: false,
+    autoDelete: false,
+    arguments: {
+      'x-expires': GATEWAY_QUEUE_EXPIRES_MS,
+      'x-max-length': GATEWAY_QUEUE_MAX_LENGTH,
+      'x-overflow': 'drop-head',
+    },
+  });
+}

@@ -1,0 +1,181 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parse as parseYaml } from 'yaml';
+import type { z } from 'zod';
+import { ErrorCode, WarrenError, errorMessage } from '../shared/errors.js';
+import { CONFIG_FIELDS, type ConfigField } from './fields.js';
+import { configSchema, type WarrenConfig } from './schema.js';
+
+export type { WarrenConfig };
+
+/** What a process needs beyond the schema's own rules. */
+export type ConfigRequirement = 'jwt';
+
+export interface LoadConfigOptions {
+  env?: Readonly<Record<string, string | undefined>>;
+  /** Base directory for a relative `WARREN_CONFIG`. */
+  cwd?: string;
+  require?: readonly ConfigRequirement[];
+  /** Applied above every other source; used by `warren dev` and tests. */
+  overrides?: Record<string, unknown>;
+}
+
+type Tree = Record<string, unknown>;
+
+/** Variables with the prefix that are not configuration keys and must not be reported as unknown. */
+const NON_CONFIG_ENV = /^WARREN_(CONFIG|TEST_.*)$/;
+
+export function findPackageRoot(from = dirname(fileURLToPath(import.meta.url))): string {
+  let dir = from;
+  for (;;) {
+    if (existsSync(join(dir, 'config', 'default.yaml')) && existsSync(join(dir, 'package.json'))) return dir;
+    const parent = dirname(dir);
+    if (parent === dir) throw new Error(`config/default.yaml not found above ${from}`);
+    dir = parent;
+  }
+}
+
+function isTree(value: unknown): value is Tree {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function merge(target: Tree, source: Tree, origin: string, origins: Map<string, string>, path = ''): void {
+  for (const [key, value] of Object.entries(source)) {
+    const at = path ? `${path}.${key}` : key;
+    const current = target[key];
+    if (isTree(value) && isTree(current)) {
+      merge(current, value, origin, origins, at);
+    } else {
+      target[key] = isTree(value) ? structuredClone(value) : value;
+      origins.set(at, origin);
+    }
+  }
+}
+
+function readYaml(file: string, label: string, problems: string[]): Tree {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (error) {
+    problems.push(`${label}: cannot read ${file}: ${errorMessage(error)}`);
+    return {};
+  }
+  try {
+    const doc: unknown = parseYaml(text);
+    if (doc === null || doc === undefined) return {};
+    if (!isTree(doc)) {
+      problems.push(`${label}: ${file} must hold a mapping at the top level`);
+      return {};
+    }
+    return doc;
+  } catch (error) {
+    problems.push(`${label}: ${file} is not valid YAML: ${errorMessage(error)}`);
+    return {};
+  }
+}
+
+function coerce(field: ConfigField, raw: string): unknown {
+  if (field.type === 'number' || field.type === 'integer') {
+    const n = Number(raw);
+    return raw.trim() !== '' && Number.isFinite(n) ? n : raw;
+  }
+  if (field.type === 'boolean') {
+    if (/^(true|1|yes)$/i.test(raw)) return true;
+    if (/^(false|0|no)$/i.test(raw)) return false;
+  }
+  return raw;
+}
+
+function fromEnv(env: Readonly<Record<string, string | undefined>>, problems: string[]): Tree {
+  const tree: Tree = {};
+  const known = new Map(CONFIG_FIELDS.map((f) => [f.env, f]));
+  for (const [name, raw] of Object.entries(env)) {
+    if (!name.startsWith('WARREN_') || raw === undefined || NON_CONFIG_ENV.test(name)) continue;
+    const field = known.get(name);
+    if (!field) {
+      problems.push(`${name}: not a configuration variable (see the configuration table in README.md)`);
+      continue;
+    }
+    let node = tree;
+    for (const segment of field.path.slice(0, -1)) {
+      const next = (node[segment] ??= {});
+      node = next as Tree;
+    }
+    node[field.path[field.path.length - 1] as string] = coerce(field, raw);
+  }
+  return tree;
+}
+
+function describeIssue(issue: z.core.$ZodIssue, origins: Map<string, string>): string {
+  const path = issue.path.map(String);
+  let origin: string | undefined;
+  for (let i = path.length; i > 0 && origin === undefined; i -= 1) origin = origins.get(path.slice(0, i).join('.'));
+  const name = path.length > 0 ? path.join('.') : '(root)';
+  const field = CONFIG_FIELDS.find((f) => f.path.join('.') === name);
+  const where = origin ?? (field ? `default` : 'config');
+  const env = field ? ` [${field.env}]` : '';
+  return `${name}${env} (from ${where}): ${issue.message}`;
+}
+
+function crossChecks(config: WarrenConfig, requirements: readonly ConfigRequirement[]): string[] {
+  const problems: string[] = [];
+  const keys = [config.jwt.secret, config.jwt.publicKey, config.jwt.jwksFile].filter((k) => k !== undefined);
+  if (keys.length > 1) {
+    problems.push('jwt: set only one of jwt.secret, jwt.publicKey, jwt.jwksFile');
+  }
+  if (requirements.includes('jwt') && keys.length === 0) {
+    problems.push(
+      'jwt: a gateway needs one of jwt.secret [WARREN_JWT_SECRET], jwt.publicKey [WARREN_JWT_PUBLIC_KEY] or jwt.jwksFile [WARREN_JWT_JWKS_FILE]',
+    );
+  }
+  if (config.presence.expiryMs < 2 * config.presence.heartbeatMs) {
+    problems.push('presence.expiryMs: must be at least twice presence.heartbeatMs, or a busy node flaps offline');
+  }
+  if (config.rabbitmq.reconnectCapMs < config.rabbitmq.reconnectBaseMs) {
+    problems.push('rabbitmq.reconnectCapMs: must not be below rabbitmq.reconnectBaseMs');
+  }
+  return problems;
+}
+
+function deepFreeze<T>(value: T): Readonly<T> {
+  if (isTree(value)) {
+    for (const child of Object.values(value)) deepFreeze(child);
+    Object.freeze(value);
+  }
+  return value;
+}
+
+/**
+ * Loads `config/default.yaml`, then the file named by `WARREN_CONFIG`, then `WARREN_*` variables, validates
+ * the result once and freezes it. Every problem, from every source, is reported in one WARREN_ERR_CONFIG.
+ */
+export function loadConfig(options: LoadConfigOptions = {}): Readonly<WarrenConfig> {
+  const env = options.env ?? process.env;
+  const problems: string[] = [];
+  const origins = new Map<string, string>();
+  const merged: Tree = {};
+
+  const defaults = join(findPackageRoot(), 'config', 'default.yaml');
+  merge(merged, readYaml(defaults, 'config/default.yaml', problems), 'config/default.yaml', origins);
+  const file = env['WARREN_CONFIG'];
+  if (file) {
+    const path = resolve(options.cwd ?? process.cwd(), file);
+    merge(merged, readYaml(path, 'WARREN_CONFIG', problems), path, origins);
+  }
+  merge(merged, fromEnv(env, problems), 'environment', origins);
+  if (options.overrides) merge(merged, options.overrides, 'overrides', origins);
+
+  const result = configSchema.safeParse(merged);
+  if (result.success) problems.push(...crossChecks(result.data, options.require ?? []));
+  else problems.push(...result.error.issues.map((issue) => describeIssue(issue, origins)));
+
+  if (problems.length > 0 || !result.success) {
+    const noun = problems.length === 1 ? 'problem' : 'problems';
+    throw new WarrenError(
+      ErrorCode.Config,
+      `Invalid configuration (${problems.length} ${noun}):\n${problems.map((p) => `  - ${p}`).join('\n')}`,
+    );
+  }
+  return deepFreeze(result.data);
+}

@@ -1,0 +1,206 @@
+import { z } from 'zod';
+
+/**
+ * The one configuration schema (DESIGN.md §7). Every key has a default or is optional; a key's description
+ * is its documentation: `config/default.yaml` and the README table are generated from it
+ * (`npm run config:docs`), and a unit test fails when they drift.
+ */
+
+export const DEFAULTS = {
+  prefix: 'warren',
+  rabbitmqUrl: 'amqp://guest:guest@127.0.0.1:5672',
+  // RabbitMQ's own default and maximum useful frame: long CC lists must fit one header frame.
+  frameMax: 131_072,
+  heartbeatSec: 10,
+  reconnectBaseMs: 100,
+  reconnectCapMs: 10_000,
+  redisUrl: 'redis://127.0.0.1:6379',
+  gatewayHost: '0.0.0.0',
+  gatewayPort: 8080,
+  // DESIGN.md §6: 1,700 binds/s one by one, about 5,000/s over 8 channels.
+  bindChannels: 8,
+  unbindGraceMs: 30_000,
+  maxLifetimeMs: 600_000,
+  lifetimeJitter: 0.2,
+  idleTimeoutSec: 60,
+  maxFrameBytes: 4096,
+  maxBackpressureBytes: 4 * 1024 * 1024,
+  badFrameLimit: 10,
+  gatewayPrefetch: 512,
+  drainWindowMs: 5000,
+  drainTimeoutMs: 30_000,
+  payloadCacheBytes: 64 * 1024 * 1024,
+  dedupKeys: 200_000,
+  historyEvents: 2000,
+  historyBytes: 16 * 1024 * 1024,
+  resolverPrefetch: 256,
+  presenceHeartbeatMs: 5000,
+  presenceExpiryMs: 15_000,
+  claimCheckBytes: 16_384,
+  claimCheckTtlSec: 3600,
+  jwtClockToleranceSec: 5,
+  devPort: 8080,
+} as const;
+
+const id = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'must match ^[A-Za-z0-9_-]{1,64}$');
+const port = z.number().int().min(0).max(65_535);
+const positiveInt = z.number().int().positive();
+const amqpUrl = z.string().regex(/^amqps?:\/\//, 'must be an amqp:// or amqps:// URL');
+const redisUrl = z.string().regex(/^(redis|rediss|unix):\/\//, 'must be a redis://, rediss:// or unix:// URL');
+
+export const configSchema = z.strictObject({
+  prefix: id
+    .default(DEFAULTS.prefix)
+    .describe('Prefix of every exchange, queue and Redis key; several installations can share a broker.'),
+  log: z
+    .strictObject({
+      level: z
+        .enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'])
+        .default('info')
+        .describe('pino log level.'),
+    })
+    .prefault({}),
+  rabbitmq: z
+    .strictObject({
+      url: amqpUrl.default(DEFAULTS.rabbitmqUrl).describe('Broker URL.'),
+      frameMax: z
+        .number()
+        .int()
+        .min(8192)
+        .default(DEFAULTS.frameMax)
+        .describe('Requested AMQP frame size; long recipient lists are chunked to fit the negotiated one.'),
+      heartbeatSec: z.number().int().min(0).default(DEFAULTS.heartbeatSec).describe('AMQP heartbeat (0 = off).'),
+      reconnectBaseMs: positiveInt
+        .default(DEFAULTS.reconnectBaseMs)
+        .describe('First reconnect delay bound (full-jitter backoff).'),
+      reconnectCapMs: positiveInt.default(DEFAULTS.reconnectCapMs).describe('Largest reconnect delay.'),
+    })
+    .prefault({}),
+  redis: z
+    .strictObject({
+      url: redisUrl.default(DEFAULTS.redisUrl).describe('Redis URL.'),
+    })
+    .prefault({}),
+  gateway: z
+    .strictObject({
+      host: z.string().min(1).default(DEFAULTS.gatewayHost).describe('Listen address.'),
+      port: port.default(DEFAULTS.gatewayPort).describe('Listen port (0 picks a free one).'),
+      id: id.optional().describe('Node id; queue `<prefix>.gw.<id>`. Random per start when unset.'),
+      bindChannels: positiveInt
+        .max(64)
+        .default(DEFAULTS.bindChannels)
+        .describe('Channels used for queue bind/unbind.'),
+      unbindGraceMs: z
+        .number()
+        .int()
+        .min(0)
+        .default(DEFAULTS.unbindGraceMs)
+        .describe("Delay before a user's key is unbound after their last tab closes (a reload costs no bind)."),
+      maxLifetimeMs: z
+        .number()
+        .int()
+        .min(0)
+        .default(DEFAULTS.maxLifetimeMs)
+        .describe('Connection lifetime before close 4101, spreading load over replicas (0 = unlimited).'),
+      lifetimeJitter: z
+        .number()
+        .min(0)
+        .max(1)
+        .default(DEFAULTS.lifetimeJitter)
+        .describe('Fraction of the lifetime spread at random either way.'),
+      idleTimeoutSec: z
+        .number()
+        .int()
+        .min(8)
+        .max(960)
+        .default(DEFAULTS.idleTimeoutSec)
+        .describe('Close a socket silent this long; the server pings automatically before.'),
+      maxFrameBytes: positiveInt
+        .max(1024 * 1024)
+        .default(DEFAULTS.maxFrameBytes)
+        .describe('Largest client frame; larger ones get an error frame.'),
+      maxBackpressureBytes: positiveInt
+        .default(DEFAULTS.maxBackpressureBytes)
+        .describe('Unsent bytes a tab may accumulate before it is closed with 4009.'),
+      badFrameLimit: positiveInt
+        .default(DEFAULTS.badFrameLimit)
+        .describe('Bad frames a connection may send before it is closed with 4008.'),
+      prefetch: positiveInt.default(DEFAULTS.gatewayPrefetch).describe('Unacked deliveries per node.'),
+      drainWindowMs: z
+        .number()
+        .int()
+        .min(0)
+        .default(DEFAULTS.drainWindowMs)
+        .describe('Tabs are closed with 4100 spread over this window on SIGTERM.'),
+      drainTimeoutMs: positiveInt
+        .default(DEFAULTS.drainTimeoutMs)
+        .describe('Upper bound of the whole drain-and-close.'),
+      payloadCacheBytes: z
+        .number()
+        .int()
+        .min(0)
+        .default(DEFAULTS.payloadCacheBytes)
+        .describe('Claim-check payload cache per node.'),
+      dedupKeys: positiveInt
+        .default(DEFAULTS.dedupKeys)
+        .describe('Recent (event, user) pairs remembered to drop redelivered events.'),
+      historyEvents: z
+        .number()
+        .int()
+        .min(0)
+        .default(DEFAULTS.historyEvents)
+        .describe('Recent deliveries kept per node for `resume` (0 = no resume).'),
+      historyBytes: z
+        .number()
+        .int()
+        .min(0)
+        .default(DEFAULTS.historyBytes)
+        .describe('Byte bound of that history.'),
+    })
+    .prefault({}),
+  jwt: z
+    .strictObject({
+      secret: z.string().min(16, 'must be at least 16 characters').optional().describe('HS256 secret.'),
+      publicKey: z
+        .string()
+        .optional()
+        .describe('RS256/ES256 public key, PEM text or a path to a PEM file.'),
+      jwksFile: z.string().optional().describe('RS256/ES256 keys as a JWKS file.'),
+      issuer: z.string().optional().describe('Required `iss` claim, when set.'),
+      audience: z.string().optional().describe('Required `aud` claim, when set.'),
+      clockToleranceSec: z
+        .number()
+        .int()
+        .min(0)
+        .default(DEFAULTS.jwtClockToleranceSec)
+        .describe('Clock skew allowed on `exp`/`nbf`.'),
+    })
+    .prefault({}),
+  resolver: z
+    .strictObject({
+      prefetch: positiveInt.default(DEFAULTS.resolverPrefetch).describe('Unacked events per resolver.'),
+    })
+    .prefault({}),
+  presence: z
+    .strictObject({
+      heartbeatMs: positiveInt.default(DEFAULTS.presenceHeartbeatMs).describe('Gateway liveness heartbeat.'),
+      expiryMs: positiveInt
+        .default(DEFAULTS.presenceExpiryMs)
+        .describe("A node silent this long no longer counts its users online."),
+    })
+    .prefault({}),
+  claimCheck: z
+    .strictObject({
+      bytes: z
+        .number()
+        .int()
+        .min(0)
+        .default(DEFAULTS.claimCheckBytes)
+        .describe('Payloads (`data`, serialised) larger than this travel through Redis.'),
+      ttlSec: positiveInt.default(DEFAULTS.claimCheckTtlSec).describe('How long a stored payload lives.'),
+    })
+    .prefault({}),
+});
+
+export type WarrenConfig = z.infer<typeof configSchema>;
+export type ConfigInput = z.input<typeof configSchema>;

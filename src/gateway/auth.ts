@@ -1,0 +1,95 @@
+import { createPublicKey } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import {
+  createLocalJWKSet,
+  importSPKI,
+  jwtVerify,
+  type JSONWebKeySet,
+  type JWTVerifyGetKey,
+  type JWTVerifyOptions,
+  type CryptoKey,
+} from 'jose';
+import { isValidId } from '../protocol/ids.js';
+import { ErrorCode, WarrenError, errorMessage } from '../shared/errors.js';
+
+export interface Identity {
+  userId: string;
+  tenantId: string;
+  /** Token expiry, epoch milliseconds. */
+  expiresAt: number;
+}
+
+export interface JwtSettings {
+  secret?: string | undefined;
+  publicKey?: string | undefined;
+  jwksFile?: string | undefined;
+  issuer?: string | undefined;
+  audience?: string | undefined;
+  clockToleranceSec: number;
+}
+
+type Key = Uint8Array | CryptoKey | JWTVerifyGetKey;
+
+function readPem(value: string): string {
+  return value.includes('-----BEGIN') ? value : readFileSync(value, 'utf8');
+}
+
+/** RS256 for RSA keys, ES256 for P-256 keys; anything else is a configuration error. */
+function algorithmOf(pem: string): 'RS256' | 'ES256' {
+  const key = createPublicKey(pem);
+  if (key.asymmetricKeyType === 'rsa') return 'RS256';
+  if (key.asymmetricKeyType === 'ec' && key.asymmetricKeyDetails?.namedCurve === 'prime256v1') return 'ES256';
+  throw new WarrenError(
+    ErrorCode.Config,
+    `jwt.publicKey: unsupported key type ${key.asymmetricKeyType ?? 'unknown'} (use RSA for RS256 or P-256 for ES256)`,
+  );
+}
+
+/**
+ * Verifies the tokens tabs connect with: signature with the one configured key and algorithm family (a
+ * token signed any other way, `alg: none` included, is refused), `exp` required, `sub` and `tid` must be
+ * valid ids. Identity comes from here only, never from a client frame.
+ */
+export class TokenVerifier {
+  private constructor(
+    private readonly key: Key,
+    private readonly options: JWTVerifyOptions,
+  ) {}
+
+  static async create(settings: JwtSettings): Promise<TokenVerifier> {
+    const base: JWTVerifyOptions = {
+      clockTolerance: settings.clockToleranceSec,
+      requiredClaims: ['exp', 'sub'],
+      ...(settings.issuer ? { issuer: settings.issuer } : {}),
+      ...(settings.audience ? { audience: settings.audience } : {}),
+    };
+    if (settings.secret) {
+      return new TokenVerifier(new TextEncoder().encode(settings.secret), { ...base, algorithms: ['HS256'] });
+    }
+    if (settings.publicKey) {
+      const pem = readPem(settings.publicKey);
+      const alg = algorithmOf(pem);
+      return new TokenVerifier(await importSPKI(pem, alg), { ...base, algorithms: [alg] });
+    }
+    if (settings.jwksFile) {
+      const jwks = JSON.parse(readFileSync(settings.jwksFile, 'utf8')) as JSONWebKeySet;
+      return new TokenVerifier(createLocalJWKSet(jwks), { ...base, algorithms: ['RS256', 'ES256'] });
+    }
+    throw new WarrenError(ErrorCode.Config, 'jwt: no verification key configured');
+  }
+
+  async verify(token: string | undefined): Promise<Identity> {
+    if (!token) throw new WarrenError(ErrorCode.Unauthorized, 'missing token');
+    let payload;
+    try {
+      ({ payload } = await jwtVerify(token, this.key as Uint8Array, this.options));
+    } catch (error) {
+      throw new WarrenError(ErrorCode.Unauthorized, `invalid token: ${errorMessage(error)}`, { cause: error });
+    }
+    const { sub, tid, exp } = payload as { sub?: unknown; tid?: unknown; exp?: unknown };
+    if (!isValidId(sub)) throw new WarrenError(ErrorCode.Unauthorized, 'token `sub` is not a valid user id');
+    if (!isValidId(tid)) throw new WarrenError(ErrorCode.Unauthorized, 'token `tid` is not a valid tenant id');
+    if (typeof exp !== 'number') throw new WarrenError(ErrorCode.Unauthorized, 'token has no `exp`');
+    return { userId: sub, tenantId: tid, expiresAt: exp * 1000 };
+  }
+}

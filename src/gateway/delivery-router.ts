@@ -1,0 +1,145 @@
+import type { Delivery } from '../broker/consumer.js';
+import { CloseCode } from '../protocol/close-codes.js';
+import { DeliveryHeader } from '../protocol/delivery.js';
+import { FrameErrorCode } from '../protocol/frames.js';
+import { isValidId, parseUserKey } from '../protocol/ids.js';
+import { errorMessage } from '../shared/errors.js';
+import type { Logger } from '../shared/logger.js';
+import { encodeFrame, eventFrame } from './frames.js';
+import type { GatewayMetrics, RefusalReason } from './gateway-metrics.js';
+import type { DeliveryHistory } from './history.js';
+import type { PayloadFetcher } from './payload-fetcher.js';
+import type { RecentDeliveries } from './recent-deliveries.js';
+import type { ConnectionRegistry } from './registry.js';
+import type { Tab } from './tab.js';
+
+interface Target {
+  key: string;
+  tabs: Tab[];
+}
+
+/**
+ * Writes each delivery of the node's queue to the local tabs of its recipients, and to no other tab.
+ * Recipients are the routing key plus the CC header. Before writing, every key is checked again
+ * (defence in depth; the resolver already decided): it must parse as `u.<tenant>.<user>`, its tenant must
+ * be the delivery's tenant, and each tab's token must name that same tenant and user.
+ */
+export class DeliveryRouter {
+  constructor(
+    private readonly registry: ConnectionRegistry<Tab>,
+    private readonly recent: RecentDeliveries,
+    private readonly history: DeliveryHistory,
+    private readonly payloads: PayloadFetcher,
+    private readonly metrics: GatewayMetrics,
+    private readonly logger: Logger,
+  ) {}
+
+  handle(delivery: Delivery): void {
+    this.metrics.deliveries.inc();
+    const { message } = delivery;
+    const headers = message.properties.headers ?? {};
+    const tenantId: unknown = headers[DeliveryHeader.Tenant];
+    const eventId: unknown = message.properties.messageId;
+    const eventType: unknown = message.properties.type;
+    if (!isValidId(tenantId) || typeof eventId !== 'string' || typeof eventType !== 'string') {
+      this.refuse('malformed', 1);
+      this.logger.error({ routingKey: message.fields.routingKey }, 'delivery without tenant, id or type dropped');
+      delivery.ack();
+      return;
+    }
+    const targets = this.targets(tenantId, eventId, message.fields.routingKey, headers['CC']);
+    if (targets.length === 0) {
+      delivery.ack();
+      return;
+    }
+    const jobId: unknown = headers[DeliveryHeader.Job];
+    if (typeof jobId !== 'string') {
+      this.write(eventId, eventType, message.content, targets);
+      delivery.ack();
+      return;
+    }
+    this.payloads.get(tenantId, jobId).then(
+      (payload) => {
+        if (payload) this.write(eventId, eventType, payload, targets);
+        else this.unavailable(tenantId, eventId, jobId, targets, 'payload missing or expired');
+        delivery.ack();
+      },
+      (error: unknown) => {
+        this.unavailable(tenantId, eventId, jobId, targets, errorMessage(error));
+        delivery.ack();
+      },
+    );
+  }
+
+  private targets(tenantId: string, eventId: string, routingKey: string, cc: unknown): Target[] {
+    const keys = Array.isArray(cc) ? [routingKey, ...(cc as unknown[])] : [routingKey];
+    const already = this.recent.delivered(eventId);
+    const targets: Target[] = [];
+    for (const raw of keys) {
+      const key = Buffer.isBuffer(raw) ? raw.toString() : raw;
+      if (typeof key !== 'string') {
+        this.refuse('bad_key', 1);
+        continue;
+      }
+      const entry = this.registry.entry(key);
+      if (!entry) continue;
+      const parts = parseUserKey(key);
+      if (!parts) {
+        this.refuse('bad_key', 1);
+        continue;
+      }
+      if (parts.tenantId !== tenantId) {
+        this.refuse('tenant_mismatch', 1);
+        this.logger.error({ key, tenantId, eventId }, 'recipient outside the delivery tenant refused');
+        continue;
+      }
+      if (already?.has(key)) {
+        this.metrics.duplicates.inc();
+        continue;
+      }
+      const tabs: Tab[] = [];
+      for (const tab of entry.tabs) {
+        if (!tab.ready || tab.closed) continue;
+        if (tab.tenantId !== parts.tenantId || tab.userId !== parts.userId) {
+          this.refuse('identity_mismatch', 1);
+          continue;
+        }
+        tabs.push(tab);
+      }
+      targets.push({ key, tabs });
+    }
+    return targets;
+  }
+
+  private write(eventId: string, eventType: string, data: Uint8Array, targets: Target[]): void {
+    const offset = this.history.next();
+    const frame = eventFrame(eventId, eventType, offset, data);
+    const keys: string[] = [];
+    let writes = 0;
+    for (const target of targets) {
+      keys.push(target.key);
+      for (const tab of target.tabs) {
+        if (tab.write(frame, CloseCode.TooSlow)) writes += 1;
+      }
+    }
+    this.metrics.tabWrites.inc(writes);
+    this.recent.record(eventId, keys);
+    this.history.add(offset, keys, frame);
+  }
+
+  private unavailable(tenantId: string, eventId: string, jobId: string, targets: Target[], why: string): void {
+    this.metrics.payloadUnavailable.inc();
+    this.logger.error({ tenantId, eventId, jobId, reason: why }, 'claim-checked payload unavailable');
+    const frame = encodeFrame({
+      type: 'error',
+      code: FrameErrorCode.PayloadUnavailable,
+      message: `the payload of event ${eventId} is no longer available`,
+      id: eventId,
+    });
+    for (const target of targets) for (const tab of target.tabs) tab.write(frame, CloseCode.TooSlow);
+  }
+
+  private refuse(reason: RefusalReason, count: number): void {
+    this.metrics.refused.inc({ reason }, count);
+  }
+}

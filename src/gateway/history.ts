@@ -1,0 +1,61 @@
+interface Entry {
+  offset: number;
+  keys: readonly string[];
+  frame: Uint8Array;
+}
+
+/**
+ * The node's recent deliveries, for `resume`: a tab that reconnects to the same node (same epoch) gets
+ * what was delivered to its user after the offset it last saw, as long as it is still here. Offsets are
+ * the node's own delivery sequence, so they mean nothing on another node: there the answer is
+ * `resume_unavailable` and the application resynchronises from its API.
+ */
+export class DeliveryHistory {
+  private readonly entries: Entry[] = [];
+  private bytes = 0;
+  private last = 0;
+
+  constructor(
+    readonly epoch: string,
+    private readonly maxEntries: number,
+    private readonly maxBytes: number,
+  ) {}
+
+  /** The offset of the latest delivery. */
+  get offset(): number {
+    return this.last;
+  }
+
+  /** Allocates the next offset (every delivery gets one, kept in history or not). */
+  next(): number {
+    this.last += 1;
+    return this.last;
+  }
+
+  add(offset: number, keys: readonly string[], frame: Uint8Array): void {
+    if (this.maxEntries === 0 || frame.byteLength > this.maxBytes) return;
+    this.entries.push({ offset, keys, frame });
+    this.bytes += frame.byteLength;
+    while (this.entries.length > this.maxEntries || this.bytes > this.maxBytes) {
+      const dropped = this.entries.shift();
+      if (!dropped) break;
+      this.bytes -= dropped.frame.byteLength;
+    }
+  }
+
+  /**
+   * Frames delivered to `key` after `offset`, or undefined when history does not reach back that far
+   * (or the epoch is another node's).
+   */
+  since(epoch: string, offset: number, key: string): Uint8Array[] | undefined {
+    if (epoch !== this.epoch || offset > this.last) return undefined;
+    const first = this.entries[0];
+    // Offsets are consecutive; a gap between the client's offset and the oldest entry means lost history.
+    if (offset < this.last && (!first || first.offset > offset + 1)) return undefined;
+    const frames: Uint8Array[] = [];
+    for (const entry of this.entries) {
+      if (entry.offset > offset && entry.keys.includes(key)) frames.push(entry.frame);
+    }
+    return frames;
+  }
+}

@@ -1,0 +1,219 @@
+import { randomBytes } from 'node:crypto';
+import type { TemplatedApp } from 'uWebSockets.js';
+import { BindingPool } from '../broker/binding-pool.js';
+import { BrokerConnection } from '../broker/connection.js';
+import { Consumer } from '../broker/consumer.js';
+import { declareGatewayQueue, declareTopology, topologyNames } from '../broker/topology.js';
+import type { WarrenConfig } from '../config/schema.js';
+import { CloseCode } from '../protocol/close-codes.js';
+import { Keys } from '../store/keys.js';
+import { PresenceStore } from '../store/presence-store.js';
+import { createRedis, redisReady } from '../store/redis.js';
+import { errorMessage } from '../shared/errors.js';
+import { CloseOnce, runSteps, sleep } from '../shared/lifecycle.js';
+import type { Logger } from '../shared/logger.js';
+import { createRegistry, type Registry } from '../shared/metrics.js';
+import { TokenVerifier } from './auth.js';
+import { DeliveryRouter } from './delivery-router.js';
+import { GatewayMetrics } from './gateway-metrics.js';
+import { DeliveryHistory } from './history.js';
+import { PayloadFetcher } from './payload-fetcher.js';
+import { RecentDeliveries } from './recent-deliveries.js';
+import { ConnectionRegistry } from './registry.js';
+import type { Tab } from './tab.js';
+import { WsServer } from './ws-server.js';
+
+export interface GatewayOptions {
+  logger: Logger;
+  /** Extra HTTP routes (used by `warren dev` for the demo page). */
+  routes?: (app: TemplatedApp) => void;
+}
+
+/** A running gateway node. */
+export interface Gateway {
+  readonly nodeId: string;
+  readonly port: number;
+  readonly queue: string;
+  readonly metrics: Registry;
+  /** Open tabs on this node. */
+  readonly connections: number;
+  /** Stop accepting, close tabs with 4100 over the drain window, unbind, delete the queue. */
+  drain(): Promise<void>;
+  /** Drain (if not done) then close every connection. Idempotent and bounded by drainTimeoutMs. */
+  close(): Promise<void>;
+}
+
+/** Starts a gateway node: connects to Redis and RabbitMQ, then listens. */
+export async function startGateway(config: Readonly<WarrenConfig>, options: GatewayOptions): Promise<Gateway> {
+  const g = config.gateway;
+  const nodeId = g.id ?? randomBytes(6).toString('hex');
+  const logger = options.logger.child({ component: 'gateway', nodeId });
+  const names = topologyNames(config.prefix);
+  const queue = names.gatewayQueue(nodeId);
+  const keys = new Keys(config.prefix);
+
+  const metricsRegistry = createRegistry({ node: nodeId });
+  const metrics = new GatewayMetrics(metricsRegistry);
+  const verifier = await TokenVerifier.create(config.jwt);
+  const redis = await createRedis({ url: config.redis.url, name: `warren-gateway-${nodeId}`, logger, autoPipelining: true });
+  const presence = new PresenceStore(redis, keys);
+  const broker = new BrokerConnection(
+    { ...config.rabbitmq, connectionName: `warren-gateway-${nodeId}` },
+    logger.child({ component: 'broker' }),
+  );
+  const pool = new BindingPool(
+    broker,
+    g.bindChannels,
+    { onBind: () => metrics.binds.inc(), onUnbind: () => metrics.unbinds.inc() },
+    logger,
+  );
+  const registry = new ConnectionRegistry<Tab>(
+    {
+      bind: (key) => pool.bind(queue, names.deliveries, key),
+      unbind: (key) => pool.unbind(queue, names.deliveries, key),
+    },
+    {
+      online: (tenantId, userIds) => presence.online(nodeId, tenantId, userIds),
+      offline: (tenantId, bit) => presence.offline(nodeId, tenantId, bit),
+    },
+    g.unbindGraceMs,
+    { onUsersChanged: (n) => metrics.usersHeld.set(n) },
+    logger,
+  );
+  const history = new DeliveryHistory(`${nodeId}.${Date.now().toString(36)}`, g.historyEvents, g.historyBytes);
+  const router = new DeliveryRouter(
+    registry,
+    new RecentDeliveries(g.dedupKeys),
+    history,
+    new PayloadFetcher(redis, keys, g.payloadCacheBytes, { onFetch: () => metrics.payloadFetches.inc() }),
+    metrics,
+    logger,
+  );
+  const consumer = new Consumer(
+    broker,
+    { queue, prefetch: g.prefetch, prepare: (channel) => declareGatewayQueue(channel, queue) },
+    (delivery) => router.handle(delivery),
+    logger,
+  );
+
+  // Order matters on every (re)connect: topology, bind channels, queue + consumer, then re-bind held users.
+  await broker.onConnect(async (model) => {
+    const channel = await model.createChannel();
+    await declareTopology(channel, names);
+    await channel.close();
+  });
+  await pool.start();
+  await consumer.start();
+  await broker.onConnect(async () => {
+    const keysHeld = registry.boundKeys().length;
+    await registry.rebindAll();
+    if (keysHeld > 0) logger.info({ users: keysHeld }, 're-bound held users after reconnect');
+  });
+  await broker.start();
+
+  let firstBeat = true;
+  const beat = async (): Promise<void> => {
+    try {
+      const unknown = await presence.heartbeat(nodeId);
+      if (unknown && !firstBeat) {
+        logger.warn('this node had been declared dead; announcing its users again');
+        await registry.reannounce();
+      }
+      firstBeat = false;
+      await presence.sweepDeadNodes(config.presence.expiryMs);
+    } catch (error) {
+      logger.warn({ err: errorMessage(error) }, 'presence heartbeat failed');
+    }
+  };
+  await beat();
+  const heartbeat = setInterval(() => void beat(), config.presence.heartbeatMs);
+  heartbeat.unref();
+
+  let draining = false;
+  const server = new WsServer({
+    nodeId,
+    verifier,
+    registry,
+    history,
+    metrics,
+    metricsRegistry,
+    limits: g,
+    readiness: () => ({ broker: broker.connected, redis: redisReady(redis), draining }),
+    logger,
+    ...(options.routes ? { routes: options.routes } : {}),
+  });
+  const port = await server.listen(g.host, g.port);
+  logger.info({ port, queue }, 'listening');
+
+  const closeTabs = async (windowMs: number): Promise<void> => {
+    const tabs = registry.allTabs();
+    await Promise.all(
+      tabs.map(async (tab) => {
+        // Spread the reconnect wave so the surviving nodes are not hit all at once.
+        await sleep(Math.random() * windowMs);
+        tab.end(CloseCode.Draining, 'draining');
+      }),
+    );
+  };
+
+  const drainOnce = new CloseOnce(g.drainTimeoutMs, 'gateway drain');
+  const drain = (): Promise<void> =>
+    drainOnce.run(async () => {
+      draining = true;
+      logger.info({ tabs: registry.size, users: registry.userCount }, 'draining');
+      await runSteps(
+        [
+          { name: 'stop accepting', run: () => server.stopAccepting() },
+          { name: 'close tabs', run: () => closeTabs(g.drainWindowMs) },
+          { name: 'cancel consumer', run: () => consumer.cancel() },
+          { name: 'unbind', run: () => registry.unbindAll() },
+          {
+            name: 'delete queue',
+            run: async () => {
+              const channel = await broker.model?.createChannel();
+              if (!channel) return;
+              await channel.deleteQueue(queue);
+              await channel.close();
+            },
+          },
+          { name: 'forget presence', run: () => presence.forgetNode(nodeId) },
+        ],
+        logger,
+      );
+      logger.info('drained');
+    });
+
+  const closeOnce = new CloseOnce(g.drainTimeoutMs + 5000, 'gateway close');
+  const close = (): Promise<void> =>
+    closeOnce.run(async () => {
+      try {
+        await drain();
+      } catch (error) {
+        logger.warn({ err: errorMessage(error) }, 'drain did not finish');
+      }
+      clearInterval(heartbeat);
+      await runSteps(
+        [
+          { name: 'close sockets', run: () => server.close() },
+          { name: 'close consumer', run: () => consumer.close() },
+          { name: 'close bind channels', run: () => pool.close() },
+          { name: 'close broker', run: () => broker.close() },
+          { name: 'close redis', run: async () => void (await redis.quit()) },
+        ],
+        logger,
+      );
+      logger.info('closed');
+    });
+
+  return {
+    nodeId,
+    port,
+    queue,
+    metrics: metricsRegistry,
+    get connections() {
+      return registry.size;
+    },
+    drain,
+    close,
+  };
+}

@@ -1,0 +1,210 @@
+import { userKey } from '../protocol/ids.js';
+import { errorMessage } from '../shared/errors.js';
+import type { Logger } from '../shared/logger.js';
+
+/** What the registry needs of a tab. */
+export interface RegisteredTab {
+  readonly id: string;
+  readonly tenantId: string;
+  readonly userId: string;
+  readonly key: string;
+  readonly closed: boolean;
+}
+
+/** Binds and unbinds a user's routing key to this node's queue. */
+export interface KeyBinder {
+  bind(key: string): Promise<void>;
+  unbind(key: string): Promise<void>;
+}
+
+/** Announces a user online/offline on this node. */
+export interface PresenceAnnouncer {
+  online(tenantId: string, userIds: readonly string[]): Promise<number[]>;
+  offline(tenantId: string, bit: number): Promise<void>;
+}
+
+export interface RegistryHooks {
+  onUsersChanged(count: number): void;
+}
+
+export class UserEntry<T extends RegisteredTab> {
+  readonly tabs = new Set<T>();
+  bound = false;
+  /** Bit position while announced online. */
+  bit: number | undefined;
+  graceTimer: NodeJS.Timeout | undefined;
+  /** Serialises this user's bind/unbind/presence steps so they never interleave. */
+  chain: Promise<void> = Promise.resolve();
+
+  constructor(
+    readonly key: string,
+    readonly tenantId: string,
+    readonly userId: string,
+  ) {}
+}
+
+/**
+ * user → tabs on this node. The first tab of a user binds `u.<tenant>.<user>` and announces the user online
+ * before it may receive; later tabs of that user cost nothing. When the last tab closes the user goes
+ * offline at once, but the key stays bound for a grace period, so a page reload costs no bind/unbind.
+ */
+export class ConnectionRegistry<T extends RegisteredTab> {
+  private readonly users = new Map<string, UserEntry<T>>();
+  private tabCount = 0;
+
+  constructor(
+    private readonly binder: KeyBinder,
+    private readonly presence: PresenceAnnouncer,
+    private readonly graceMs: number,
+    private readonly hooks: RegistryHooks,
+    private readonly logger: Logger,
+  ) {}
+
+  get size(): number {
+    return this.tabCount;
+  }
+
+  get userCount(): number {
+    return this.users.size;
+  }
+
+  /** The user's entry if any tab of it is here or its key is still bound. */
+  entry(key: string): UserEntry<T> | undefined {
+    return this.users.get(key);
+  }
+
+  /** Registers a tab; resolves once its user's key is bound and the user announced online. */
+  async add(tab: T): Promise<void> {
+    let entry = this.users.get(tab.key);
+    if (!entry) {
+      entry = new UserEntry<T>(userKey(tab.tenantId, tab.userId), tab.tenantId, tab.userId);
+      this.users.set(entry.key, entry);
+      this.hooks.onUsersChanged(this.users.size);
+    }
+    if (entry.graceTimer) {
+      clearTimeout(entry.graceTimer);
+      entry.graceTimer = undefined;
+    }
+    entry.tabs.add(tab);
+    this.tabCount += 1;
+    const ready = this.enqueue(entry, () => this.bringUp(entry));
+    try {
+      await ready;
+    } catch (error) {
+      this.remove(tab);
+      throw error;
+    }
+  }
+
+  /** Unregisters a tab (idempotent). */
+  remove(tab: T): void {
+    const entry = this.users.get(tab.key);
+    if (!entry || !entry.tabs.delete(tab)) return;
+    this.tabCount -= 1;
+    if (entry.tabs.size > 0) return;
+    void this.enqueue(entry, () => this.goOffline(entry)).catch(() => {});
+    entry.graceTimer = setTimeout(() => {
+      entry.graceTimer = undefined;
+      void this.enqueue(entry, () => this.release(entry)).catch(() => {});
+    }, this.graceMs);
+    entry.graceTimer.unref();
+  }
+
+  private enqueue(entry: UserEntry<T>, step: () => Promise<void>): Promise<void> {
+    const next = entry.chain.then(step);
+    entry.chain = next.catch(() => {});
+    return next;
+  }
+
+  private async bringUp(entry: UserEntry<T>): Promise<void> {
+    if (entry.tabs.size === 0) return;
+    if (!entry.bound) {
+      await this.binder.bind(entry.key);
+      entry.bound = true;
+    }
+    if (entry.bit === undefined) {
+      const [bit] = await this.presence.online(entry.tenantId, [entry.userId]);
+      entry.bit = bit;
+    }
+  }
+
+  private async goOffline(entry: UserEntry<T>): Promise<void> {
+    if (entry.tabs.size > 0 || entry.bit === undefined) return;
+    const bit = entry.bit;
+    entry.bit = undefined;
+    try {
+      await this.presence.offline(entry.tenantId, bit);
+    } catch (error) {
+      this.logger.warn({ err: errorMessage(error), key: entry.key }, 'presence offline failed');
+    }
+  }
+
+  private async release(entry: UserEntry<T>): Promise<void> {
+    if (entry.tabs.size > 0) return;
+    if (entry.bound) {
+      entry.bound = false;
+      await this.binder.unbind(entry.key);
+    }
+    if (entry.tabs.size === 0 && entry.graceTimer === undefined && this.users.get(entry.key) === entry) {
+      this.users.delete(entry.key);
+      this.hooks.onUsersChanged(this.users.size);
+    }
+  }
+
+  /** Keys bound now (tabs open or in grace). */
+  boundKeys(): string[] {
+    const keys: string[] = [];
+    for (const entry of this.users.values()) if (entry.bound) keys.push(entry.key);
+    return keys;
+  }
+
+  /** Binds every held key again (after a reconnect: the queue may have been lost with its bindings). */
+  async rebindAll(): Promise<void> {
+    await Promise.all([...this.users.values()].filter((e) => e.bound).map((e) => this.binder.bind(e.key)));
+  }
+
+  /** Announces every user with open tabs online again (after this node had been declared dead). */
+  async reannounce(): Promise<void> {
+    const byTenant = new Map<string, UserEntry<T>[]>();
+    for (const entry of this.users.values()) {
+      if (entry.tabs.size === 0) continue;
+      const list = byTenant.get(entry.tenantId) ?? [];
+      list.push(entry);
+      byTenant.set(entry.tenantId, list);
+    }
+    for (const [tenantId, entries] of byTenant) {
+      const bits = await this.presence.online(
+        tenantId,
+        entries.map((e) => e.userId),
+      );
+      entries.forEach((e, i) => (e.bit = bits[i]));
+    }
+  }
+
+  /** Every open tab (for draining). */
+  allTabs(): T[] {
+    const tabs: T[] = [];
+    for (const entry of this.users.values()) for (const tab of entry.tabs) tabs.push(tab);
+    return tabs;
+  }
+
+  /** Unbinds every key now, skipping the grace period (draining). */
+  async unbindAll(): Promise<void> {
+    const entries = [...this.users.values()];
+    for (const entry of entries) {
+      if (entry.graceTimer) clearTimeout(entry.graceTimer);
+      entry.graceTimer = undefined;
+    }
+    await Promise.all(
+      entries.map((entry) =>
+        this.enqueue(entry, async () => {
+          if (!entry.bound) return;
+          entry.bound = false;
+          await this.binder.unbind(entry.key);
+        }).catch(() => {}),
+      ),
+    );
+    this.users.clear();
+    this.hooks.onUsersChanged(0);
+  }
+}

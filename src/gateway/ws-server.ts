@@ -1,0 +1,273 @@
+import { randomUUID } from 'node:crypto';
+import * as uWS from 'uWebSockets.js';
+import type { HttpRequest, HttpResponse, TemplatedApp, WebSocket } from 'uWebSockets.js';
+import { CloseCode } from '../protocol/close-codes.js';
+import { BEARER_PROTOCOL_PREFIX, FrameErrorCode, WS_PROTOCOL, type ServerFrame } from '../protocol/frames.js';
+import { clientFrameSchema, describeIssues } from '../protocol/schemas.js';
+import { errorMessage } from '../shared/errors.js';
+import type { Logger } from '../shared/logger.js';
+import { jitter } from '../shared/backoff.js';
+import type { Registry } from '../shared/metrics.js';
+import type { TokenVerifier } from './auth.js';
+import { encodeFrame } from './frames.js';
+import type { GatewayMetrics } from './gateway-metrics.js';
+import type { DeliveryHistory } from './history.js';
+import { send, sendJson, watchAbort } from './http.js';
+import type { ConnectionRegistry } from './registry.js';
+import { Tab, type TabSocketData } from './tab.js';
+
+export interface WsServerLimits {
+  maxFrameBytes: number;
+  maxBackpressureBytes: number;
+  idleTimeoutSec: number;
+  maxLifetimeMs: number;
+  lifetimeJitter: number;
+  badFrameLimit: number;
+}
+
+export interface Readiness {
+  broker: boolean;
+  redis: boolean;
+  draining: boolean;
+}
+
+export interface WsServerDeps {
+  nodeId: string;
+  verifier: TokenVerifier;
+  registry: ConnectionRegistry<Tab>;
+  history: DeliveryHistory;
+  metrics: GatewayMetrics;
+  metricsRegistry: Registry;
+  limits: WsServerLimits;
+  readiness: () => Readiness;
+  logger: Logger;
+  /** Extra HTTP routes (the dev demo page), registered before the catch-all 404. */
+  routes?: (app: TemplatedApp) => void;
+}
+
+// setTimeout cannot wait longer than 2^31-1 ms; a far-away expiry is re-armed when this one fires.
+const MAX_TIMER_MS = 2_147_483_647;
+const decoder = new TextDecoder();
+
+function tokenFrom(req: HttpRequest): { token: string | undefined; protocol: string } {
+  const offered = req
+    .getHeader('sec-websocket-protocol')
+    .split(',')
+    .map((p) => p.trim())
+    .filter(Boolean);
+  const bearer = offered.find((p) => p.startsWith(BEARER_PROTOCOL_PREFIX));
+  // Answer with `warren` only: echoing the bearer entry would send the token back in a header.
+  const protocol = offered.includes(WS_PROTOCOL) ? WS_PROTOCOL : '';
+  const token = bearer ? bearer.slice(BEARER_PROTOCOL_PREFIX.length) : req.getQuery('token');
+  return { token: token || undefined, protocol };
+}
+
+/** The uWebSockets.js app: `/ws` for tabs, `/healthz`, `/readyz`, `/metrics`. */
+export class WsServer {
+  private readonly app: TemplatedApp;
+  private listenSocket: uWS.us_listen_socket | undefined;
+  private accepting = true;
+
+  constructor(private readonly deps: WsServerDeps) {
+    const { limits } = deps;
+    this.app = uWS.App();
+    this.app.ws<TabSocketData>('/ws', {
+      // uWS closes the socket (1009) past this; frames between maxFrameBytes and it get an error frame.
+      maxPayloadLength: Math.max(64 * 1024, limits.maxFrameBytes * 4),
+      idleTimeout: limits.idleTimeoutSec,
+      sendPingsAutomatically: true,
+      // Warren closes a slow tab itself (4009) before uWS would start dropping frames.
+      maxBackpressure: limits.maxBackpressureBytes * 2 + 1024 * 1024,
+      closeOnBackpressureLimit: false,
+      upgrade: (res, req, context) => this.upgrade(res, req, context),
+      open: (ws) => this.open(ws),
+      message: (ws, message, isBinary) => this.message(ws, message, isBinary),
+      close: (ws) => this.closed(ws),
+    });
+    this.app.get('/healthz', (res) => sendJson(res, '200 OK', { status: 'ok' }));
+    this.app.get('/readyz', (res) => {
+      const r = deps.readiness();
+      const ready = r.broker && r.redis && !r.draining;
+      sendJson(res, ready ? '200 OK' : '503 Service Unavailable', { ready, ...r });
+    });
+    this.app.get('/metrics', (res) => {
+      const state = watchAbort(res);
+      deps.metricsRegistry.metrics().then(
+        (text) => {
+          if (!state.aborted) send(res, '200 OK', text, deps.metricsRegistry.contentType);
+        },
+        (error: unknown) => {
+          if (!state.aborted) send(res, '500 Internal Server Error', errorMessage(error), 'text/plain');
+        },
+      );
+    });
+    deps.routes?.(this.app);
+    this.app.any('/*', (res) => sendJson(res, '404 Not Found', { error: 'not found' }));
+  }
+
+  listen(host: string, port: number): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.app.listen(host, port, (socket) => {
+        if (!socket) {
+          reject(new Error(`cannot listen on ${host}:${port}`));
+          return;
+        }
+        this.listenSocket = socket;
+        resolve(uWS.us_socket_local_port(socket as unknown as uWS.us_socket));
+      });
+    });
+  }
+
+  /** Stops accepting connections; open ones stay. */
+  stopAccepting(): void {
+    this.accepting = false;
+    if (this.listenSocket) uWS.us_listen_socket_close(this.listenSocket);
+    this.listenSocket = undefined;
+  }
+
+  /** Force-closes everything still open. */
+  close(): void {
+    this.stopAccepting();
+    this.app.close();
+  }
+
+  private upgrade(res: HttpResponse, req: HttpRequest, context: uWS.us_socket_context_t): void {
+    const key = req.getHeader('sec-websocket-key');
+    const extensions = req.getHeader('sec-websocket-extensions');
+    const { token, protocol } = tokenFrom(req);
+    const state = watchAbort(res);
+    const r = this.deps.readiness();
+    if (!this.accepting || !r.broker || !r.redis || r.draining) {
+      send(res, '503 Service Unavailable', 'not ready', 'text/plain', { 'retry-after': '1' });
+      return;
+    }
+    this.deps.verifier.verify(token).then(
+      (identity) => {
+        if (state.aborted) return;
+        const data: TabSocketData = { identity, connectionId: randomUUID(), upgradedAt: performance.now() };
+        res.cork(() => res.upgrade(data, key, protocol, extensions, context));
+      },
+      (error: unknown) => {
+        this.deps.metrics.authFailures.inc();
+        this.deps.logger.debug({ err: errorMessage(error) }, 'upgrade refused');
+        if (!state.aborted) send(res, '401 Unauthorized', 'unauthorized', 'text/plain');
+      },
+    );
+  }
+
+  private open(ws: WebSocket<TabSocketData>): void {
+    const data = ws.getUserData();
+    const { metrics, limits, registry } = this.deps;
+    const tab = new Tab(ws, data, { maxBackpressureBytes: limits.maxBackpressureBytes }, (code) =>
+      metrics.closes.inc({ code: String(code) }),
+    );
+    data.tab = tab;
+    metrics.connections.inc();
+    registry.add(tab).then(
+      () => {
+        if (tab.closed) return;
+        const { history, nodeId } = this.deps;
+        this.sendFrame(tab, {
+          type: 'welcome',
+          connectionId: tab.id,
+          userId: tab.userId,
+          tenantId: tab.tenantId,
+          gateway: nodeId,
+          epoch: history.epoch,
+          offset: history.offset,
+        });
+        tab.ready = true;
+        metrics.welcomeSeconds.observe((performance.now() - data.upgradedAt) / 1000);
+        this.armTimer(tab, Date.now() + this.lifetime());
+      },
+      (error: unknown) => {
+        this.deps.logger.warn({ err: errorMessage(error), connectionId: tab.id }, 'could not register tab');
+        tab.end(1013, 'try again later');
+      },
+    );
+  }
+
+  private lifetime(): number {
+    const { maxLifetimeMs, lifetimeJitter } = this.deps.limits;
+    return maxLifetimeMs === 0 ? Infinity : jitter(maxLifetimeMs, lifetimeJitter);
+  }
+
+  /** One timer per tab, for whichever comes first: token expiry (4001) or maximum lifetime (4101). */
+  private armTimer(tab: Tab, lifetimeEnd: number): void {
+    const now = Date.now();
+    const expired = tab.expiresAt <= lifetimeEnd;
+    const at = Math.min(tab.expiresAt, lifetimeEnd);
+    const delay = at - now;
+    if (delay > MAX_TIMER_MS) {
+      tab.timer = setTimeout(() => this.armTimer(tab, lifetimeEnd), MAX_TIMER_MS);
+      return;
+    }
+    tab.timer = setTimeout(
+      () => {
+        if (expired) tab.end(CloseCode.Unauthorized, 'token expired');
+        else tab.end(CloseCode.LifetimeReached, 'lifetime reached');
+      },
+      Math.max(0, delay),
+    );
+  }
+
+  private message(ws: WebSocket<TabSocketData>, message: ArrayBuffer, isBinary: boolean): void {
+    const tab = ws.getUserData().tab;
+    if (!tab || tab.closed) return;
+    if (isBinary) return this.badFrame(tab, FrameErrorCode.BinaryFrame, 'binary frames are not accepted');
+    if (message.byteLength > this.deps.limits.maxFrameBytes) {
+      return this.badFrame(tab, FrameErrorCode.FrameTooLarge, `frames are limited to ${this.deps.limits.maxFrameBytes} bytes`);
+    }
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(decoder.decode(message));
+    } catch {
+      return this.badFrame(tab, FrameErrorCode.BadFrame, 'not JSON');
+    }
+    const result = clientFrameSchema.safeParse(parsed);
+    if (!result.success) return this.badFrame(tab, FrameErrorCode.BadFrame, describeIssues(result.error));
+    const frame = result.data;
+    if (frame.type === 'ping') {
+      this.sendFrame(tab, { type: 'pong' });
+      return;
+    }
+    this.resume(tab, frame.epoch, frame.offset);
+  }
+
+  private resume(tab: Tab, epoch: string, offset: number): void {
+    const { history } = this.deps;
+    const frames = history.since(epoch, offset, tab.key);
+    if (!frames) {
+      this.sendFrame(tab, {
+        type: 'error',
+        code: FrameErrorCode.ResumeUnavailable,
+        message: 'history does not cover that offset on this node; resynchronise',
+      });
+      return;
+    }
+    for (const frame of frames) if (!tab.write(frame, CloseCode.TooSlow)) return;
+    this.sendFrame(tab, { type: 'resumed', epoch: history.epoch, replayed: frames.length, offset: history.offset });
+  }
+
+  private badFrame(tab: Tab, code: FrameErrorCode, message: string): void {
+    this.deps.metrics.badFrames.inc();
+    tab.badFrames += 1;
+    if (tab.badFrames > this.deps.limits.badFrameLimit) {
+      tab.end(CloseCode.RateLimited, 'too many bad frames');
+      return;
+    }
+    this.sendFrame(tab, { type: 'error', code, message });
+  }
+
+  private sendFrame(tab: Tab, frame: ServerFrame): void {
+    tab.write(encodeFrame(frame), CloseCode.TooSlow);
+  }
+
+  private closed(ws: WebSocket<TabSocketData>): void {
+    const tab = ws.getUserData().tab;
+    if (!tab) return;
+    tab.markClosed();
+    this.deps.metrics.connections.dec();
+    this.deps.registry.remove(tab);
+  }
+}

@@ -1,0 +1,43 @@
+/** Stable error codes: tests and callers branch on these, never on message text. */
+export const ErrorCode = {
+  Config: 'WARREN_ERR_CONFIG',
+  InvalidEvent: 'WARREN_ERR_INVALID_EVENT',
+  InvalidMembership: 'WARREN_ERR_INVALID_MEMBERSHIP',
+  InvalidId: 'WARREN_ERR_INVALID_ID',
+  BrokerUnavailable: 'WARREN_ERR_BROKER_UNAVAILABLE',
+  PublishNacked: 'WARREN_ERR_PUBLISH_NACKED',
+  PublishRejected: 'WARREN_ERR_PUBLISH_REJECTED',
+  Timeout: 'WARREN_ERR_TIMEOUT',
+  Closed: 'WARREN_ERR_CLOSED',
+  Unauthorized: 'WARREN_ERR_UNAUTHORIZED',
+  JobNotFound: 'WARREN_ERR_JOB_NOT_FOUND',
+  Import: 'WARREN_ERR_IMPORT',
+} as const;
+
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+export interface WarrenErrorOptions {
+  cause?: unknown;
+  /** True when trying the same thing again later may succeed (broker down, timeout). */
+  retryable?: boolean;
+}
+
+export class WarrenError extends Error {
+  readonly code: ErrorCode;
+  readonly retryable: boolean;
+
+  constructor(code: ErrorCode, message: string, options: WarrenErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'WarrenError';
+    this.code = code;
+    this.retryable = options.retryable ?? false;
+  }
+}
+
+export function isWarrenError(error: unknown, code?: ErrorCode): error is WarrenError {
+  return error instanceof WarrenError && (code === undefined || error.code === code);
+}
+
+export function errorMessage(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}

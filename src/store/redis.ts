@@ -1,0 +1,73 @@
+import { Redis, type ChainableCommander } from 'ioredis';
+import type { Logger } from '../shared/logger.js';
+import {
+  APPLY_MEMBERSHIP,
+  ASSIGN_IDS,
+  DEAD_NODES,
+  LIVE_NODES,
+  NODE_HEARTBEAT,
+  PRESENCE_NODE_GONE,
+  PRESENCE_OFF,
+  PRESENCE_ON,
+} from './scripts.js';
+
+type Arg = string | number;
+
+/** The Lua scripts as commands (ioredis runs them by SHA and reloads them after a Redis restart). */
+export interface WarrenCommands {
+  warrenApplyMembership(...args: Arg[]): Promise<number>;
+  warrenAssignIds(...args: Arg[]): Promise<number[]>;
+  warrenPresenceOn(...args: Arg[]): Promise<number[]>;
+  warrenPresenceOff(...args: Arg[]): Promise<number>;
+  warrenNodeGone(...args: Arg[]): Promise<number>;
+  warrenHeartbeat(...args: Arg[]): Promise<number>;
+  warrenDeadNodes(...args: Arg[]): Promise<string[]>;
+  warrenLiveNodes(...args: Arg[]): Promise<string[]>;
+}
+
+export type WarrenRedis = Redis & WarrenCommands;
+export type WarrenPipeline = ChainableCommander & { [K in keyof WarrenCommands]: (...args: Arg[]) => WarrenPipeline };
+
+/** Adds Warren's scripts to a client (also one handed in by a library user). Returns the same client. */
+export function withWarrenCommands(redis: Redis): WarrenRedis {
+  const define = (name: keyof WarrenCommands, numberOfKeys: number, lua: string): void => {
+    redis.defineCommand(name, { numberOfKeys, lua });
+  };
+  define('warrenApplyMembership', 5, APPLY_MEMBERSHIP);
+  define('warrenAssignIds', 3, ASSIGN_IDS);
+  define('warrenPresenceOn', 6, PRESENCE_ON);
+  define('warrenPresenceOff', 3, PRESENCE_OFF);
+  define('warrenNodeGone', 3, PRESENCE_NODE_GONE);
+  define('warrenHeartbeat', 1, NODE_HEARTBEAT);
+  define('warrenDeadNodes', 1, DEAD_NODES);
+  define('warrenLiveNodes', 1, LIVE_NODES);
+  return redis as WarrenRedis;
+}
+
+export interface CreateRedisOptions {
+  url: string;
+  name: string;
+  logger: Logger;
+  /** Batch commands issued in the same tick into one round trip (presence and payload fetch bursts). */
+  autoPipelining?: boolean;
+}
+
+/** A client for the process's own use; resolves once connected. */
+export async function createRedis(options: CreateRedisOptions): Promise<WarrenRedis> {
+  const redis = new Redis(options.url, {
+    connectionName: options.name,
+    lazyConnect: true,
+    enableAutoPipelining: options.autoPipelining ?? false,
+    // Commands wait in the offline queue across a reconnect instead of failing at once.
+    maxRetriesPerRequest: 20,
+  });
+  redis.on('error', (error: Error) => options.logger.warn({ err: error.message }, 'redis error'));
+  redis.on('reconnecting', () => options.logger.warn('redis reconnecting'));
+  await redis.connect();
+  return withWarrenCommands(redis);
+}
+
+/** True while the client can run commands. */
+export function redisReady(redis: Redis): boolean {
+  return redis.status === 'ready';
+}

@@ -1,0 +1,150 @@
+/**
+ * Lua scripts. Every change to a tenant's memberships or presence is applied and appended to the tenant's
+ * change log in one script, so a resolver that has read the log up to entry N holds exactly the state
+ * after change N: there is no window where a change is applied but not yet visible in the log.
+ *
+ * Log entry fields: s = sequence number, o = op, a/b/c = operands:
+ *   tu  a=team  b=bit c=1|0    user ↔ team (direct membership)
+ *   gu  a=group b=bit c=1|0    user ↔ group
+ *   gt  a=group b=team c=1|0   group holds team
+ *   on  a=node  b=bit c=userId user online on a node
+ *   off a=node  b=bit          user offline on a node
+ *   nd  a=node                 node gone: forget everything it held
+ *   rl                         memberships changed in bulk: drop membership caches
+ */
+
+const APPEND = `
+local function append(logKey, seqKey, maxlen, ...)
+  local s = redis.call('INCR', seqKey)
+  redis.call('XADD', logKey, 'MAXLEN', '~', maxlen, '*', 's', s, ...)
+end
+local function bitOf(ids, rids, idseq, user, create)
+  local bit = redis.call('HGET', ids, user)
+  if bit then return tonumber(bit) end
+  if not create then return nil end
+  bit = redis.call('INCR', idseq) - 1
+  redis.call('HSET', ids, user, bit)
+  redis.call('HSET', rids, bit, user)
+  return bit
+end
+`;
+
+/**
+ * Applies membership changes of one tenant.
+ * KEYS: ids, rids, idseq, log, logseq
+ * ARGV: tag ("{prefix:tenant}"), maxlen, mode ("each" = one log entry per change, "bulk" = one `rl` entry),
+ *       then per change: kind (tu|gu|gt), op (1 add, 0 remove), a, b
+ * Target keys are derived from the tag: they share the tenant's slot, so this stays cluster-safe.
+ * Returns how many changes altered state.
+ */
+export const APPLY_MEMBERSHIP = `${APPEND}
+local tag, maxlen, mode = ARGV[1], ARGV[2], ARGV[3]
+local changed = 0
+for i = 4, #ARGV, 4 do
+  local kind, op, a, b = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local v = tonumber(op)
+  if kind == 'gt' then
+    local n
+    if v == 1 then
+      n = redis.call('SADD', tag .. ':gt:' .. a, b)
+      redis.call('SADD', tag .. ':tg:' .. b, a)
+    else
+      n = redis.call('SREM', tag .. ':gt:' .. a, b)
+      redis.call('SREM', tag .. ':tg:' .. b, a)
+    end
+    if n == 1 then
+      changed = changed + 1
+      if mode == 'each' then append(KEYS[4], KEYS[5], maxlen, 'o', 'gt', 'a', a, 'b', b, 'c', v) end
+    end
+  else
+    local bit = bitOf(KEYS[1], KEYS[2], KEYS[3], b, v == 1)
+    if bit then
+      local target = tag .. ':' .. kind .. ':' .. a
+      local old = redis.call('SETBIT', target, bit, v)
+      if old ~= v then
+        changed = changed + 1
+        if mode == 'each' then append(KEYS[4], KEYS[5], maxlen, 'o', kind, 'a', a, 'b', bit, 'c', v) end
+      end
+    end
+  end
+end
+if mode == 'bulk' and changed > 0 then append(KEYS[4], KEYS[5], maxlen, 'o', 'rl') end
+return changed
+`;
+
+/**
+ * Assigns (or looks up) bit positions for external user ids.
+ * KEYS: ids, rids, idseq   ARGV: user ids   Returns the bit positions, in order.
+ */
+export const ASSIGN_IDS = `${APPEND}
+local out = {}
+for i = 1, #ARGV do out[i] = bitOf(KEYS[1], KEYS[2], KEYS[3], ARGV[i], true) end
+return out
+`;
+
+/**
+ * Marks users online on a node.
+ * KEYS: ids, rids, idseq, online(node), log, logseq   ARGV: node, maxlen, user ids...
+ * Returns the users' bit positions.
+ */
+export const PRESENCE_ON = `${APPEND}
+local node, maxlen = ARGV[1], ARGV[2]
+local out = {}
+for i = 3, #ARGV do
+  local user = ARGV[i]
+  local bit = bitOf(KEYS[1], KEYS[2], KEYS[3], user, true)
+  redis.call('SETBIT', KEYS[4], bit, 1)
+  append(KEYS[5], KEYS[6], maxlen, 'o', 'on', 'a', node, 'b', bit, 'c', user)
+  out[#out + 1] = bit
+end
+return out
+`;
+
+/**
+ * Marks a user offline on a node.
+ * KEYS: online(node), log, logseq   ARGV: node, maxlen, bit
+ */
+export const PRESENCE_OFF = `${APPEND}
+local old = redis.call('SETBIT', KEYS[1], ARGV[3], 0)
+if old == 1 then append(KEYS[2], KEYS[3], ARGV[2], 'o', 'off', 'a', ARGV[1], 'b', ARGV[3]) end
+return old
+`;
+
+/**
+ * Forgets a node's users in one tenant (the node stopped, or died).
+ * KEYS: online(node), log, logseq   ARGV: node, maxlen
+ */
+export const PRESENCE_NODE_GONE = `${APPEND}
+redis.call('DEL', KEYS[1])
+append(KEYS[2], KEYS[3], ARGV[2], 'o', 'nd', 'a', ARGV[1])
+return 1
+`;
+
+/**
+ * Node heartbeat on Redis's clock (nodes' clocks may disagree).
+ * KEYS: nodes   ARGV: node   Returns 1 when the node was not listed (first beat, or it had been declared
+ * dead and cleaned up: the caller must then re-announce its users).
+ */
+export const NODE_HEARTBEAT = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZADD', KEYS[1], now, ARGV[1])
+`;
+
+/**
+ * Nodes whose last heartbeat is older than ARGV[1] ms, on Redis's clock. KEYS: nodes
+ */
+export const DEAD_NODES = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]))
+`;
+
+/**
+ * Nodes alive within ARGV[1] ms. KEYS: nodes
+ */
+export const LIVE_NODES = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')
+`;

@@ -1,0 +1,241 @@
+import { randomBytes } from 'node:crypto';
+import amqp, { type Channel, type ChannelModel } from 'amqplib';
+import { SignJWT } from 'jose';
+import { inject } from 'vitest';
+import WebSocket from 'ws';
+import { loadConfig } from '../../src/config/load.js';
+import type { WarrenConfig } from '../../src/config/schema.js';
+import { startGateway, type Gateway } from '../../src/gateway/main.js';
+import type { ServerFrame } from '../../src/protocol/frames.js';
+import { createLogger } from '../../src/shared/logger.js';
+
+export const TEST_SECRET = 'test-secret-test-secret-test-secret';
+
+/** A prefix no other test uses: its own exchanges, queues and Redis keys. */
+export function testPrefix(name: string): string {
+  return `t-${name}-${randomBytes(4).toString('hex')}`;
+}
+
+type DeepPartial<T> = { [K in keyof T]?: T[K] extends object ? DeepPartial<T[K]> : T[K] };
+
+/** A full, validated configuration for a test, against the test services, nothing read from the environment. */
+export function testConfig(prefix: string, overrides: DeepPartial<WarrenConfig> = {}): Readonly<WarrenConfig> {
+  const base = {
+    prefix,
+    log: { level: process.env['WARREN_TEST_LOG_LEVEL'] ?? 'silent' },
+    rabbitmq: { url: inject('rabbitmqUrl'), reconnectBaseMs: 50, reconnectCapMs: 500 },
+    redis: { url: inject('redisUrl') },
+    gateway: { host: '127.0.0.1', port: 0, drainWindowMs: 0, unbindGraceMs: 30_000 },
+    jwt: { secret: TEST_SECRET },
+  };
+  const merged = mergeDeep(base, overrides as Record<string, unknown>);
+  return loadConfig({ env: {}, overrides: merged });
+}
+
+function mergeDeep(a: Record<string, unknown>, b: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...a };
+  for (const [k, v] of Object.entries(b)) {
+    const cur = out[k];
+    out[k] =
+      v && typeof v === 'object' && !Array.isArray(v) && cur && typeof cur === 'object'
+        ? mergeDeep(cur as Record<string, unknown>, v as Record<string, unknown>)
+        : v;
+  }
+  return out;
+}
+
+export function testLogger(config: Readonly<WarrenConfig>) {
+  return createLogger(config.log.level);
+}
+
+export async function startTestGateway(config: Readonly<WarrenConfig>): Promise<Gateway> {
+  return startGateway(config, { logger: testLogger(config) });
+}
+
+export interface TokenClaims {
+  sub: string;
+  tid: string;
+  /** Seconds from now; default one hour. */
+  expiresIn?: number;
+  secret?: string;
+}
+
+export async function token(claims: TokenClaims): Promise<string> {
+  const { sub, tid, expiresIn = 3600, secret = TEST_SECRET } = claims;
+  return new SignJWT({ tid })
+    .setProtectedHeader({ alg: 'HS256' })
+    .setSubject(sub)
+    .setIssuedAt()
+    .setExpirationTime(Math.floor(Date.now() / 1000) + expiresIn)
+    .sign(new TextEncoder().encode(secret));
+}
+
+/** A tab as a test sees it: every frame it received, and how it was closed. */
+export class TestTab {
+  readonly frames: ServerFrame[] = [];
+  closeCode: number | undefined;
+  readonly closed: Promise<number>;
+  welcome: Extract<ServerFrame, { type: 'welcome' }> | undefined;
+
+  constructor(readonly ws: WebSocket) {
+    this.closed = new Promise((resolve) => {
+      ws.on('close', (code) => {
+        this.closeCode = code;
+        resolve(code);
+      });
+    });
+    ws.on('message', (data) => {
+      const frame = JSON.parse(data.toString()) as ServerFrame;
+      if (frame.type === 'welcome') this.welcome = frame;
+      this.frames.push(frame);
+    });
+  }
+
+  events(): Extract<ServerFrame, { type: 'event' }>[] {
+    return this.frames.filter((f): f is Extract<ServerFrame, { type: 'event' }> => f.type === 'event');
+  }
+
+  eventIds(): string[] {
+    return this.events().map((e) => e.id);
+  }
+
+  send(value: unknown): void {
+    this.ws.send(typeof value === 'string' ? value : JSON.stringify(value));
+  }
+
+  close(): Promise<number> {
+    this.ws.close();
+    return this.closed;
+  }
+}
+
+export class UpgradeRefused extends Error {
+  constructor(readonly status: number) {
+    super(`upgrade refused with HTTP ${status}`);
+  }
+}
+
+/** Opens a tab and resolves once `welcome` arrived; rejects with UpgradeRefused on an HTTP answer. */
+export function openTab(
+  port: number,
+  jwt: string | undefined,
+  how: 'query' | 'protocol' = 'query',
+): Promise<TestTab> {
+  const url = `ws://127.0.0.1:${port}/ws${jwt && how === 'query' ? `?token=${jwt}` : ''}`;
+  const protocols = jwt && how === 'protocol' ? ['warren', `bearer.${jwt}`] : undefined;
+  const ws = new WebSocket(url, protocols);
+  const tab = new TestTab(ws);
+  return new Promise((resolve, reject) => {
+    ws.once('unexpected-response', (_req, res) => {
+      reject(new UpgradeRefused(res.statusCode ?? 0));
+      ws.terminate();
+    });
+    ws.once('error', reject);
+    const check = (): void => {
+      if (tab.welcome) {
+        ws.off('message', check);
+        resolve(tab);
+      }
+    };
+    ws.on('message', check);
+    void tab.closed.then((code) => reject(new Error(`closed with ${code} before welcome`)));
+  });
+}
+
+/** Polls until `check` holds, or fails with `what` after `timeoutMs`. */
+export async function eventually(check: () => boolean | Promise<boolean>, what: string, timeoutMs = 10_000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (await check()) return;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for: ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** The test's own broker connection, to publish raw deliveries and inspect queues. */
+export class BrokerProbe {
+  private constructor(
+    readonly model: ChannelModel,
+    readonly channel: Channel,
+  ) {}
+
+  static async open(): Promise<BrokerProbe> {
+    const model = await amqp.connect(inject('rabbitmqUrl'));
+    const channel = await model.createConfirmChannel();
+    channel.on('error', () => {});
+    return new BrokerProbe(model, channel);
+  }
+
+  /** Publishes a delivery as a resolver would: first key as routing key, the rest in CC. */
+  async deliver(
+    prefix: string,
+    keys: string[],
+    event: { id: string; tenantId: string; type?: string; data?: unknown; jobId?: string },
+  ): Promise<void> {
+    const [first, ...rest] = keys;
+    const headers: Record<string, unknown> = { 'x-warren-tenant': event.tenantId };
+    if (event.jobId) headers['x-warren-job'] = event.jobId;
+    await new Promise<void>((resolve, reject) => {
+      (this.channel as unknown as amqp.ConfirmChannel).publish(
+        `${prefix}.deliveries`,
+        first ?? '',
+        event.jobId ? Buffer.alloc(0) : Buffer.from(JSON.stringify(event.data ?? null)),
+        {
+          messageId: event.id,
+          type: event.type ?? 'test.event',
+          headers,
+          ...(rest.length > 0 ? { CC: rest } : {}),
+        },
+        (err: unknown) => (err ? reject(err as Error) : resolve()),
+      );
+    });
+  }
+
+  /** Whether a queue exists (checked on a throwaway channel: a 404 closes the channel). */
+  async queueExists(queue: string): Promise<boolean> {
+    const ch = await this.model.createChannel();
+    ch.on('error', () => {});
+    try {
+      await ch.checkQueue(queue);
+      await ch.close();
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Whether a routing key reaches any queue on the deliveries exchange (mandatory publish). */
+  async routes(prefix: string, key: string): Promise<boolean> {
+    const ch = await this.model.createConfirmChannel();
+    ch.on('error', () => {});
+    let returned = false;
+    ch.on('return', () => {
+      returned = true;
+    });
+    await new Promise<void>((resolve, reject) =>
+      ch.publish(`${prefix}.deliveries`, key, Buffer.from('null'), { mandatory: true, messageId: 'probe', type: 'probe', headers: { 'x-warren-tenant': 'probe' } }, (err: unknown) =>
+        err ? reject(err as Error) : resolve(),
+      ),
+    );
+    await ch.close();
+    return !returned;
+  }
+
+  async deleteExchangesAndQueues(prefix: string, gatewayQueues: string[] = []): Promise<void> {
+    const ch = await this.model.createChannel();
+    ch.on('error', () => {});
+    for (const q of [`${prefix}.resolver`, `${prefix}.dead`, ...gatewayQueues]) await ch.deleteQueue(q).catch(() => {});
+    for (const x of ['events', 'membership', 'deliveries', 'dlx']) await ch.deleteExchange(`${prefix}.${x}`).catch(() => {});
+    await ch.close().catch(() => {});
+  }
+
+  async close(): Promise<void> {
+    await this.model.close().catch(() => {});
+  }
+}
+
+/** Reads one counter from a gateway's metrics registry. */
+export async function counter(gateway: Gateway, name: string): Promise<number> {
+  const metric = await gateway.metrics.getSingleMetric(name)?.get();
+  return (metric?.values ?? []).reduce((sum, v) => sum + v.value, 0);
+}
