@@ -107,15 +107,34 @@ function fromEnv(env: Readonly<Record<string, string | undefined>>, problems: st
   return tree;
 }
 
-function describeIssue(issue: z.core.$ZodIssue, origins: Map<string, string>): string {
+function originOf(path: readonly string[], origins: Map<string, string>): string | undefined {
+  for (let i = path.length; i > 0; i -= 1) {
+    const origin = origins.get(path.slice(0, i).join('.'));
+    if (origin !== undefined) return origin;
+  }
+  return undefined;
+}
+
+function valueAt(tree: Tree, path: readonly string[]): unknown {
+  let node: unknown = tree;
+  for (const segment of path) node = isTree(node) ? node[segment] : undefined;
+  return node;
+}
+
+function describeIssues(issue: z.core.$ZodIssue, origins: Map<string, string>, merged: Tree): string[] {
   const path = issue.path.map(String);
-  let origin: string | undefined;
-  for (let i = path.length; i > 0 && origin === undefined; i -= 1) origin = origins.get(path.slice(0, i).join('.'));
+  if (issue.code === 'unrecognized_keys') {
+    return issue.keys.map((key) => {
+      const full = [...path, key];
+      return `${full.join('.')} (from ${originOf(full, origins) ?? 'config'}): unknown key`;
+    });
+  }
   const name = path.length > 0 ? path.join('.') : '(root)';
   const field = CONFIG_FIELDS.find((f) => f.path.join('.') === name);
-  const where = origin ?? (field ? `default` : 'config');
   const env = field ? ` [${field.env}]` : '';
-  return `${name}${env} (from ${where}): ${issue.message}`;
+  const value = valueAt(merged, path);
+  const got = value === undefined || isTree(value) ? '' : ` (got ${JSON.stringify(value)})`;
+  return [`${name}${env} (from ${originOf(path, origins) ?? 'default'}): ${issue.message}${got}`];
 }
 
 function crossChecks(config: WarrenConfig, requirements: readonly ConfigRequirement[]): string[] {
@@ -168,7 +187,7 @@ export function loadConfig(options: LoadConfigOptions = {}): Readonly<WarrenConf
 
   const result = configSchema.safeParse(merged);
   if (result.success) problems.push(...crossChecks(result.data, options.require ?? []));
-  else problems.push(...result.error.issues.map((issue) => describeIssue(issue, origins)));
+  else problems.push(...result.error.issues.flatMap((issue) => describeIssues(issue, origins, merged)));
 
   if (problems.length > 0 || !result.success) {
     const noun = problems.length === 1 ? 'problem' : 'problems';

@@ -234,8 +234,10 @@ export class BrokerProbe {
   }
 }
 
-/** Reads one counter from a gateway's metrics registry. */
-export async function counter(gateway: Gateway, name: string): Promise<number> {
+/** Reads one metric from a gateway's registry, summed over the series matching `labels`. */
+export async function counter(gateway: Gateway, name: string, labels: Record<string, string> = {}): Promise<number> {
   const metric = await gateway.metrics.getSingleMetric(name)?.get();
-  return (metric?.values ?? []).reduce((sum, v) => sum + v.value, 0);
+  return (metric?.values ?? [])
+    .filter((v) => Object.entries(labels).every(([k, want]) => String(v.labels[k]) === want))
+    .reduce((sum, v) => sum + v.value, 0);
 }

@@ -1,0 +1,137 @@
+import { generateKeyPairSync } from 'node:crypto';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { SignJWT, UnsecuredJWT, exportJWK, importPKCS8 } from 'jose';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Gateway } from '../../src/gateway/main.js';
+import {
+  BrokerProbe,
+  TEST_SECRET,
+  UpgradeRefused,
+  counter,
+  openTab,
+  startTestGateway,
+  testConfig,
+  testPrefix,
+  token,
+} from '../support/harness.js';
+
+const now = () => Math.floor(Date.now() / 1000);
+
+async function refusal(port: number, jwt: string | undefined, how: 'query' | 'protocol' = 'query') {
+  try {
+    const tab = await openTab(port, jwt, how);
+    tab.ws.terminate();
+    return 'accepted';
+  } catch (error) {
+    return error instanceof UpgradeRefused ? error.status : String(error);
+  }
+}
+
+describe('upgrade authentication (HS256)', () => {
+  const prefix = testPrefix('auth');
+  let gateway: Gateway;
+
+  beforeAll(async () => {
+    gateway = await startTestGateway(testConfig(prefix));
+  });
+  afterAll(async () => {
+    await gateway.close();
+    const probe = await BrokerProbe.open();
+    await probe.deleteExchangesAndQueues(prefix, [gateway.queue]);
+    await probe.close();
+  });
+
+  it('accepts a valid token in the query or in the Sec-WebSocket-Protocol header', async () => {
+    const jwt = await token({ sub: 'u1', tid: 't1' });
+    for (const how of ['query', 'protocol'] as const) {
+      const tab = await openTab(gateway.port, jwt, how);
+      expect(tab.welcome).toMatchObject({ userId: 'u1', tenantId: 't1', gateway: gateway.nodeId });
+      if (how === 'protocol') expect(tab.ws.protocol).toBe('warren');
+      tab.ws.terminate();
+    }
+  });
+
+  it('answers 401 and opens no socket for missing, malformed, forged, expired and wrong-algorithm tokens', async () => {
+    const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+    const rsaKey = await importPKCS8(privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(), 'RS256');
+    const secret = new TextEncoder().encode(TEST_SECRET);
+    const claims = { tid: 't1' };
+    const cases: Record<string, string | undefined> = {
+      missing: undefined,
+      garbage: 'not-a-jwt',
+      'wrong secret': await token({ sub: 'u1', tid: 't1', secret: 'another-secret-another-secret' }),
+      expired: await token({ sub: 'u1', tid: 't1', expiresIn: -60 }),
+      'alg none': new UnsecuredJWT(claims).setSubject('u1').setExpirationTime(now() + 60).encode(),
+      'alg HS384 with the right secret': await new SignJWT(claims)
+        .setProtectedHeader({ alg: 'HS384' })
+        .setSubject('u1')
+        .setExpirationTime(now() + 60)
+        .sign(secret),
+      'alg RS256 instead of HS256': await new SignJWT(claims)
+        .setProtectedHeader({ alg: 'RS256' })
+        .setSubject('u1')
+        .setExpirationTime(now() + 60)
+        .sign(rsaKey),
+      'no exp': await new SignJWT(claims).setProtectedHeader({ alg: 'HS256' }).setSubject('u1').sign(secret),
+      'dotted tenant': await token({ sub: 'u1', tid: 't1.x' }),
+      'wildcard user': await token({ sub: '*', tid: 't1' }),
+    };
+    const before = await counter(gateway, 'warren_gateway_connections');
+    for (const [name, jwt] of Object.entries(cases)) {
+      expect({ name, result: await refusal(gateway.port, jwt) }).toEqual({ name, result: 401 });
+    }
+    expect(await refusal(gateway.port, cases['wrong secret'], 'protocol')).toBe(401);
+    expect(await counter(gateway, 'warren_gateway_connections')).toBe(before);
+    expect(await counter(gateway, 'warren_gateway_auth_failures_total')).toBe(Object.keys(cases).length + 1);
+  });
+
+  it('closes a socket with 4001 when its token expires while connected', async () => {
+    const tab = await openTab(gateway.port, await token({ sub: 'u1', tid: 't1', expiresIn: 2 }));
+    expect(await tab.closed).toBe(4001);
+  });
+});
+
+describe('upgrade authentication with public keys', () => {
+  for (const kind of ['rsa', 'ec'] as const) {
+    it(`verifies ${kind === 'rsa' ? 'RS256' : 'ES256'} tokens with a PEM key and with a JWKS file`, async () => {
+      const alg = kind === 'rsa' ? 'RS256' : 'ES256';
+      const pair =
+        kind === 'rsa'
+          ? generateKeyPairSync('rsa', { modulusLength: 2048 })
+          : generateKeyPairSync('ec', { namedCurve: 'P-256' });
+      const pem = pair.publicKey.export({ type: 'spki', format: 'pem' }).toString();
+      const signing = await importPKCS8(pair.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(), alg);
+      const jwt = await new SignJWT({ tid: 't1' })
+        .setProtectedHeader({ alg, kid: 'k1' })
+        .setSubject('u1')
+        .setExpirationTime(now() + 60)
+        .sign(signing);
+      const hsToken = await token({ sub: 'u1', tid: 't1' });
+
+      const dir = mkdtempSync(join(tmpdir(), 'warren-jwks-'));
+      const jwksFile = join(dir, 'jwks.json');
+      const jwk = { ...(await exportJWK(pair.publicKey)), kid: 'k1', alg };
+      writeFileSync(jwksFile, JSON.stringify({ keys: [jwk] }));
+
+      for (const jwtSettings of [{ publicKey: pem }, { jwksFile }]) {
+        const prefix = testPrefix('pk');
+        const config = testConfig(prefix, { jwt: { secret: undefined, ...jwtSettings } });
+        const gateway = await startTestGateway(config);
+        try {
+          const tab = await openTab(gateway.port, jwt);
+          expect(tab.welcome?.userId).toBe('u1');
+          tab.ws.terminate();
+          // An HS256 token must not pass where a public key is configured (the classic key-confusion attack).
+          expect(await refusal(gateway.port, hsToken)).toBe(401);
+        } finally {
+          await gateway.close();
+          const probe = await BrokerProbe.open();
+          await probe.deleteExchangesAndQueues(prefix, [gateway.queue]);
+          await probe.close();
+        }
+      }
+    });
+  }
+});

@@ -1,0 +1,126 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { inject } from 'vitest';
+import type { Gateway } from '../../src/gateway/main.js';
+import {
+  BrokerProbe,
+  counter,
+  eventually,
+  openTab,
+  startTestGateway,
+  testConfig,
+  testPrefix,
+  token,
+  type TestTab,
+} from '../support/harness.js';
+import { TcpProxy } from '../support/tcp-proxy.js';
+
+describe('bindings: once per user, grace on reload, again after a reconnect, gone after drain', () => {
+  let prefix: string;
+  let gateway: Gateway | undefined;
+  let probe: BrokerProbe | undefined;
+  let proxy: TcpProxy | undefined;
+  let tabs: TestTab[] = [];
+
+  afterEach(async () => {
+    for (const tab of tabs) tab.ws.terminate();
+    tabs = [];
+    await gateway?.close();
+    await probe?.deleteExchangesAndQueues(prefix, gateway ? [gateway.queue] : []);
+    await probe?.close();
+    await proxy?.close();
+    gateway = probe = proxy = undefined;
+  });
+
+  async function open(port: number, tid: string, sub: string): Promise<TestTab> {
+    const tab = await openTab(port, await token({ sub, tid }));
+    tabs.push(tab);
+    return tab;
+  }
+
+  it('binds once per user, and a reload inside the grace period makes no bind or unbind', async () => {
+    prefix = testPrefix('grace');
+    gateway = await startTestGateway(testConfig(prefix, { gateway: { unbindGraceMs: 2000 } }));
+    probe = await BrokerProbe.open();
+
+    const first = await open(gateway.port, 't1', 'A');
+    await open(gateway.port, 't1', 'A');
+    expect(await counter(gateway, 'warren_gateway_binds_total')).toBe(1);
+
+    // A reload: every tab of the user closes and one comes back within the grace period.
+    for (const tab of tabs.splice(0)) await tab.close();
+    const reloaded = await open(gateway.port, 't1', 'A');
+    expect(await counter(gateway, 'warren_gateway_binds_total')).toBe(1);
+    expect(await counter(gateway, 'warren_gateway_unbinds_total')).toBe(0);
+
+    await probe.deliver(prefix, ['u.t1.A'], { id: 'after-reload', tenantId: 't1' });
+    await eventually(() => reloaded.eventIds().includes('after-reload'), 'reloaded tab receives');
+    expect(first.eventIds()).toEqual([]);
+
+    // Past the grace period with no tab, the key is unbound: exactly one unbind, and nothing routes there.
+    await reloaded.close();
+    tabs = [];
+    await eventually(
+      async () => (await counter(gateway!, 'warren_gateway_unbinds_total')) === 1,
+      'unbind after grace',
+      5000,
+    );
+    expect(await probe.routes(prefix, 'u.t1.A')).toBe(false);
+  });
+
+  it('re-declares its queue and re-binds every held user after the broker connection drops', async () => {
+    prefix = testPrefix('reconnect');
+    const target = new URL(inject('rabbitmqUrl'));
+    proxy = await TcpProxy.start(target.hostname, Number(target.port || 5672));
+    const viaProxy = new URL(target);
+    viaProxy.hostname = '127.0.0.1';
+    viaProxy.port = String(proxy.port);
+    gateway = await startTestGateway(testConfig(prefix, { rabbitmq: { url: viaProxy.toString() } }));
+    probe = await BrokerProbe.open();
+
+    const a = await open(gateway.port, 't1', 'A');
+    const b = await open(gateway.port, 't1', 'B');
+    const c = await open(gateway.port, 't2', 'C');
+    await probe.deliver(prefix, ['u.t1.A', 'u.t1.B', 'u.t2.C'], { id: 'before', tenantId: 't1' });
+    await eventually(() => a.eventIds().includes('before') && b.eventIds().includes('before'), 'before');
+
+    // Take the broker away, and while the node is cut off delete its queue (bindings go with it), as a
+    // broker restart would: only re-declaring and re-binding brings the deliveries back.
+    proxy.refuse();
+    proxy.cut();
+    expect(await probe.queueExists(gateway.queue)).toBe(true);
+    const ch = await probe.model.createChannel();
+    await ch.deleteQueue(gateway.queue);
+    await ch.close();
+    expect(await probe.routes(prefix, 'u.t1.A')).toBe(false);
+    proxy.accept();
+
+    await eventually(() => probe!.routes(prefix, 'u.t1.A'), 'A bound again', 15_000);
+    await eventually(() => probe!.routes(prefix, 'u.t2.C'), 'C bound again', 15_000);
+    await probe.deliver(prefix, ['u.t1.A', 'u.t1.B'], { id: 'after', tenantId: 't1' });
+    await probe.deliver(prefix, ['u.t2.C'], { id: 'after-c', tenantId: 't2' });
+    await eventually(
+      () => a.eventIds().includes('after') && b.eventIds().includes('after') && c.eventIds().includes('after-c'),
+      'the same tabs receive after the reconnect',
+    );
+    // The same sockets: none of them was closed or reconnected.
+    for (const tab of [a, b, c]) expect(tab.closeCode).toBeUndefined();
+    expect(proxy.connections).toBeGreaterThanOrEqual(2);
+  });
+
+  it('drains: tabs get 4100, then the node’s queue and bindings are gone', async () => {
+    prefix = testPrefix('drain');
+    gateway = await startTestGateway(testConfig(prefix, { gateway: { drainWindowMs: 300 } }));
+    probe = await BrokerProbe.open();
+    const a = await open(gateway.port, 't1', 'A');
+    const b = await open(gateway.port, 't1', 'B');
+    expect(await probe.routes(prefix, 'u.t1.A')).toBe(true);
+
+    await gateway.drain();
+    expect(await a.closed).toBe(4100);
+    expect(await b.closed).toBe(4100);
+    expect(await probe.queueExists(gateway.queue)).toBe(false);
+    expect(await probe.routes(prefix, 'u.t1.A')).toBe(false);
+    expect(await probe.routes(prefix, 'u.t1.B')).toBe(false);
+    expect(await counter(gateway, 'warren_gateway_unbinds_total')).toBe(2);
+  });
+});

@@ -1,0 +1,130 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Gateway } from '../../src/gateway/main.js';
+import {
+  BrokerProbe,
+  counter,
+  eventually,
+  openTab,
+  startTestGateway,
+  testConfig,
+  testPrefix,
+  token,
+} from '../support/harness.js';
+
+describe('client frames, limits and connection lifetime', () => {
+  const prefix = testPrefix('frames');
+  let gateway: Gateway;
+  let probe: BrokerProbe;
+
+  beforeAll(async () => {
+    gateway = await startTestGateway(
+      testConfig(prefix, {
+        gateway: { maxFrameBytes: 256, badFrameLimit: 3, maxBackpressureBytes: 256 * 1024, historyEvents: 100 },
+      }),
+    );
+    probe = await BrokerProbe.open();
+  });
+  afterAll(async () => {
+    await gateway.close();
+    await probe.deleteExchangesAndQueues(prefix, [gateway.queue]);
+    await probe.close();
+  });
+
+  it('answers ping with pong, and bad frames with error frames, then closes with 4008 on repeated abuse', async () => {
+    const tab = await openTab(gateway.port, await token({ sub: 'p1', tid: 't1' }));
+    tab.send({ type: 'ping' });
+    await eventually(() => tab.frames.some((f) => f.type === 'pong'), 'pong');
+
+    tab.send('{not json');
+    tab.send({ type: 'subscribe', channel: 'everything' });
+    tab.send({ type: 'ping', padding: 'x'.repeat(300) });
+    await eventually(() => tab.frames.filter((f) => f.type === 'error').length === 3, 'three error frames');
+    const codes = tab.frames.flatMap((f) => (f.type === 'error' ? [f.code] : []));
+    expect(codes).toEqual(['bad_frame', 'bad_frame', 'frame_too_large']);
+    expect(tab.closeCode).toBeUndefined();
+
+    tab.ws.send(Buffer.from([1, 2, 3]), { binary: true });
+    expect(await tab.closed).toBe(4008);
+  });
+
+  it('never takes identity from a client frame', async () => {
+    const tab = await openTab(gateway.port, await token({ sub: 'p2', tid: 't1' }));
+    tab.send({ type: 'ping', userId: 'someone-else', tenantId: 't2' });
+    await eventually(() => tab.frames.some((f) => f.type === 'error'), 'error frame');
+    await probe.deliver(prefix, ['u.t2.someone-else'], { id: 'not-yours', tenantId: 't2' });
+    await probe.deliver(prefix, ['u.t1.p2'], { id: 'yours', tenantId: 't1' });
+    await eventually(() => tab.eventIds().includes('yours'), 'own event');
+    expect(tab.eventIds()).toEqual(['yours']);
+    tab.ws.terminate();
+  });
+
+  it('closes a tab that does not read with 4009 while a healthy tab of the same user keeps receiving', async () => {
+    const jwt = await token({ sub: 'slow', tid: 't1' });
+    const slow = await openTab(gateway.port, jwt);
+    const healthy = await openTab(gateway.port, jwt);
+    slow.ws.pause();
+    const data = { blob: 'x'.repeat(32 * 1024) };
+    let sent = 0;
+    while (slow.closeCode === undefined && sent < 3000) {
+      const batch = Array.from({ length: 50 }, (_, i) =>
+        probe.deliver(prefix, ['u.t1.slow'], { id: `big-${sent + i}`, tenantId: 't1', data }),
+      );
+      await Promise.all(batch);
+      sent += batch.length;
+      await eventually(() => healthy.eventIds().length === sent, `healthy tab has ${sent}`, 20_000);
+      if ((await counter(gateway, 'warren_gateway_closes_total', { code: '4009' })) > 0) slow.ws.resume();
+    }
+    expect(await slow.closed).toBe(4009);
+    await probe.deliver(prefix, ['u.t1.slow'], { id: 'after-slow', tenantId: 't1' });
+    await eventually(() => healthy.eventIds().includes('after-slow'), 'healthy tab still receives');
+    expect(new Set(healthy.eventIds()).size).toBe(sent + 1);
+    expect(healthy.closeCode).toBeUndefined();
+    healthy.ws.terminate();
+  });
+
+  it('replays missed deliveries on resume to the same node, and says when it cannot', async () => {
+    const jwt = await token({ sub: 'r1', tid: 't1' });
+    const keeper = await openTab(gateway.port, jwt);
+    const first = await openTab(gateway.port, jwt);
+    await probe.deliver(prefix, ['u.t1.r1'], { id: 'seen', tenantId: 't1' });
+    await eventually(() => first.eventIds().includes('seen'), 'seen');
+    const lastSeen = first.events().at(-1)?.offset ?? 0;
+    const epoch = first.welcome?.epoch ?? '';
+    first.ws.terminate();
+    await probe.deliver(prefix, ['u.t1.r1'], { id: 'missed', tenantId: 't1' });
+    await eventually(() => keeper.eventIds().includes('missed'), 'missed reached the node');
+
+    const back = await openTab(gateway.port, jwt);
+    back.send({ type: 'resume', epoch, offset: lastSeen });
+    await eventually(() => back.frames.some((f) => f.type === 'resumed'), 'resumed');
+    expect(back.eventIds()).toEqual(['missed']);
+
+    back.send({ type: 'resume', epoch: 'another-node', offset: 1 });
+    await eventually(
+      () => back.frames.some((f) => f.type === 'error' && f.code === 'resume_unavailable'),
+      'resume_unavailable',
+    );
+    keeper.ws.terminate();
+    back.ws.terminate();
+  });
+});
+
+describe('connection lifetime', () => {
+  it('closes with 4101 when the maximum lifetime is reached', async () => {
+    const prefix = testPrefix('lifetime');
+    const gateway = await startTestGateway(
+      testConfig(prefix, { gateway: { maxLifetimeMs: 500, lifetimeJitter: 0.2 } }),
+    );
+    try {
+      const tab = await openTab(gateway.port, await token({ sub: 'l1', tid: 't1' }));
+      const opened = Date.now();
+      expect(await tab.closed).toBe(4101);
+      expect(Date.now() - opened).toBeGreaterThanOrEqual(350);
+    } finally {
+      await gateway.close();
+      const probe = await BrokerProbe.open();
+      await probe.deleteExchangesAndQueues(prefix, [gateway.queue]);
+      await probe.close();
+    }
+  });
+});

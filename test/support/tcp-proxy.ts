@@ -1,0 +1,61 @@
+import { createServer, connect, type Server, type Socket } from 'node:net';
+
+/**
+ * A TCP proxy the test controls: `cut()` drops every connection through it, `refuse()` makes new
+ * connections fail until `accept()`; used to take the broker away from a gateway without touching the broker.
+ */
+export class TcpProxy {
+  private readonly sockets = new Set<Socket>();
+  private refusing = false;
+  connections = 0;
+
+  private constructor(
+    private readonly server: Server,
+    readonly port: number,
+  ) {}
+
+  static async start(targetHost: string, targetPort: number): Promise<TcpProxy> {
+    let proxy: TcpProxy | undefined;
+    const server = createServer((client) => {
+      if (!proxy || proxy.refusing) {
+        client.destroy();
+        return;
+      }
+      proxy.connections += 1;
+      const upstream = connect({ host: targetHost, port: targetPort });
+      for (const s of [client, upstream]) {
+        proxy.sockets.add(s);
+        s.on('close', () => proxy?.sockets.delete(s));
+        s.on('error', () => {
+          client.destroy();
+          upstream.destroy();
+        });
+      }
+      client.pipe(upstream);
+      upstream.pipe(client);
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const address = server.address();
+    if (!address || typeof address === 'string') throw new Error('proxy has no port');
+    proxy = new TcpProxy(server, address.port);
+    return proxy;
+  }
+
+  cut(): void {
+    for (const s of this.sockets) s.destroy();
+    this.sockets.clear();
+  }
+
+  refuse(): void {
+    this.refusing = true;
+  }
+
+  accept(): void {
+    this.refusing = false;
+  }
+
+  async close(): Promise<void> {
+    this.cut();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+}

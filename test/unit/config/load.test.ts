@@ -1,0 +1,143 @@
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { renderDefaultYaml, withConfigTable } from '../../../src/config/docs.js';
+import { CONFIG_FIELDS } from '../../../src/config/fields.js';
+import { findPackageRoot, loadConfig } from '../../../src/config/load.js';
+import { DEFAULTS } from '../../../src/config/schema.js';
+import { isWarrenError } from '../../../src/shared/errors.js';
+
+function configError(run: () => unknown): string {
+  try {
+    run();
+  } catch (error) {
+    if (isWarrenError(error, 'WARREN_ERR_CONFIG')) return error.message;
+    throw error;
+  }
+  throw new Error('expected a configuration error');
+}
+
+function tempFile(name: string, text: string): string {
+  const file = join(mkdtempSync(join(tmpdir(), 'warren-config-')), name);
+  writeFileSync(file, text);
+  return file;
+}
+
+describe('loadConfig', () => {
+  it('needs nothing set: defaults run against the local broker and Redis', () => {
+    const config = loadConfig({ env: {} });
+    expect(config.rabbitmq.url).toBe('amqp://guest:guest@127.0.0.1:5672');
+    expect(config.redis.url).toBe('redis://127.0.0.1:6379');
+    expect(config.prefix).toBe('warren');
+    expect(config.gateway.port).toBe(8080);
+    expect(config.claimCheck.bytes).toBe(16_384);
+    expect(config.gateway.unbindGraceMs).toBe(DEFAULTS.unbindGraceMs);
+  });
+
+  it('reads the contract environment variables, above the WARREN_CONFIG file, above the defaults', () => {
+    const file = tempFile('c.yaml', 'prefix: fromfile\ngateway:\n  port: 9000\n  host: 10.0.0.1\n');
+    const config = loadConfig({
+      env: {
+        WARREN_CONFIG: file,
+        WARREN_RABBITMQ_URL: 'amqp://u:p@mq:5672/vh',
+        WARREN_REDIS_URL: 'redis://cache:6380',
+        WARREN_PREFIX: 'fromenv',
+        WARREN_GATEWAY_PORT: '9100',
+        WARREN_GATEWAY_ID: 'node-7',
+        WARREN_JWT_SECRET: 'a-very-long-secret-value',
+        WARREN_CLAIM_CHECK_BYTES: '1024',
+        WARREN_LOG_LEVEL: 'debug',
+      },
+    });
+    expect(config.prefix).toBe('fromenv');
+    expect(config.gateway.port).toBe(9100);
+    expect(config.gateway.host).toBe('10.0.0.1');
+    expect(config.gateway.id).toBe('node-7');
+    expect(config.rabbitmq.url).toBe('amqp://u:p@mq:5672/vh');
+    expect(config.redis.url).toBe('redis://cache:6380');
+    expect(config.jwt.secret).toBe('a-very-long-secret-value');
+    expect(config.claimCheck.bytes).toBe(1024);
+    expect(config.log.level).toBe('debug');
+  });
+
+  it('reports every problem, from every source, in one error', () => {
+    const file = tempFile('bad.yaml', 'gateway:\n  prot: 80\n  bindChannels: 0\nrabbitmq:\n  url: http://nope\n');
+    const message = configError(() =>
+      loadConfig({
+        env: {
+          WARREN_CONFIG: file,
+          WARREN_GATEWAY_PORT: 'eighty',
+          WARREN_LOG_LEVEL: 'loud',
+          WARREN_PREFIX: 'has.dots',
+          WARREN_CLAIM_CHECK_BYTES: '-1',
+          WARREN_GATWAY_HOST: 'typo',
+        },
+      }),
+    );
+    for (const expected of [
+      'gateway.port [WARREN_GATEWAY_PORT] (from environment)',
+      'log.level [WARREN_LOG_LEVEL]',
+      'prefix [WARREN_PREFIX]',
+      'claimCheck.bytes [WARREN_CLAIM_CHECK_BYTES]',
+      'gateway.bindChannels',
+      `(from ${file})`,
+      'rabbitmq.url',
+      `gateway.prot (from ${file}): unknown key`,
+      '(got "eighty")',
+      'WARREN_GATWAY_HOST: not a configuration variable',
+    ]) {
+      expect(message).toContain(expected);
+    }
+    expect(message).toMatch(/^Invalid configuration \(8 problems\)/);
+  });
+
+  it('reports an unreadable or malformed WARREN_CONFIG file', () => {
+    expect(configError(() => loadConfig({ env: { WARREN_CONFIG: '/no/such/file.yaml' } }))).toContain(
+      'cannot read /no/such/file.yaml',
+    );
+    const file = tempFile('broken.yaml', 'gateway: [unclosed');
+    expect(configError(() => loadConfig({ env: { WARREN_CONFIG: file } }))).toContain('is not valid YAML');
+  });
+
+  it('requires a verification key for a gateway, and only one', () => {
+    expect(configError(() => loadConfig({ env: {}, require: ['jwt'] }))).toContain('a gateway needs one of');
+    const both = { WARREN_JWT_SECRET: 'a-very-long-secret-value', WARREN_JWT_JWKS_FILE: '/k.json' };
+    expect(configError(() => loadConfig({ env: both, require: ['jwt'] }))).toContain('set only one of');
+  });
+
+  it('returns a frozen configuration', () => {
+    const config = loadConfig({ env: {} });
+    expect(Object.isFrozen(config)).toBe(true);
+    expect(Object.isFrozen(config.gateway)).toBe(true);
+    expect(() => {
+      (config.gateway as { port: number }).port = 1;
+    }).toThrow(TypeError);
+  });
+
+  it('derives one WARREN_* variable per key, covering the contract ones', () => {
+    const names = CONFIG_FIELDS.map((f) => f.env);
+    for (const contract of [
+      'WARREN_RABBITMQ_URL',
+      'WARREN_REDIS_URL',
+      'WARREN_PREFIX',
+      'WARREN_GATEWAY_HOST',
+      'WARREN_GATEWAY_PORT',
+      'WARREN_GATEWAY_ID',
+      'WARREN_JWT_SECRET',
+      'WARREN_JWT_PUBLIC_KEY',
+      'WARREN_JWT_JWKS_FILE',
+      'WARREN_CLAIM_CHECK_BYTES',
+      'WARREN_LOG_LEVEL',
+    ]) {
+      expect(names).toContain(contract);
+    }
+  });
+
+  it('keeps config/default.yaml and the README table in step with the schema (npm run config:docs)', () => {
+    const root = findPackageRoot();
+    expect(readFileSync(join(root, 'config/default.yaml'), 'utf8')).toBe(renderDefaultYaml());
+    const readme = readFileSync(join(root, 'README.md'), 'utf8');
+    expect(withConfigTable(readme)).toBe(readme);
+  });
+});
