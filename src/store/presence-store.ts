@@ -75,6 +75,11 @@ export class PresenceStore {
     return this.redis.warrenLiveNodes(this.keys.nodes(), expiryMs);
   }
 
+  /** Nodes silent for longer than `expiryMs` (not yet cleaned up). */
+  async deadNodes(expiryMs: number): Promise<string[]> {
+    return this.redis.warrenDeadNodes(this.keys.nodes(), expiryMs);
+  }
+
   /** Cleans up nodes silent for longer than `expiryMs`; returns them. */
   async sweepDeadNodes(expiryMs: number): Promise<string[]> {
     const dead = await this.redis.warrenDeadNodes(this.keys.nodes(), expiryMs);

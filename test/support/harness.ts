@@ -8,6 +8,8 @@ import type { WarrenConfig } from '../../src/config/schema.js';
 import { startGateway, type Gateway } from '../../src/gateway/main.js';
 import type { ServerFrame } from '../../src/protocol/frames.js';
 import { createLogger } from '../../src/shared/logger.js';
+import { startResolver, type Resolver } from '../../src/resolver/main.js';
+import { WarrenPublisher } from '../../src/sdk/publisher/index.js';
 
 export const TEST_SECRET = 'test-secret-test-secret-test-secret';
 
@@ -240,4 +242,33 @@ export async function counter(gateway: Gateway, name: string, labels: Record<str
   return (metric?.values ?? [])
     .filter((v) => Object.entries(labels).every(([k, want]) => String(v.labels[k]) === want))
     .reduce((sum, v) => sum + v.value, 0);
+}
+
+
+export async function startTestResolver(config: Readonly<WarrenConfig>): Promise<Resolver> {
+  return startResolver(config, { logger: testLogger(config) });
+}
+
+export async function connectPublisher(config: Readonly<WarrenConfig>): Promise<WarrenPublisher> {
+  return WarrenPublisher.connect({
+    rabbitmqUrl: config.rabbitmq.url,
+    redisUrl: config.redis.url,
+    prefix: config.prefix,
+    claimCheckBytes: config.claimCheck.bytes,
+  });
+}
+
+/** Deletes every Redis key of a test prefix (tenant keys are `{prefix:tenant}:…`, global ones `prefix:…`). */
+export async function cleanRedis(prefix: string): Promise<void> {
+  const { Redis } = await import('ioredis');
+  const redis = new Redis(inject('redisUrl'));
+  for (const pattern of [`{${prefix}:*`, `${prefix}:*`]) {
+    let cursor = '0';
+    do {
+      const [next, keys] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
+      cursor = next;
+      if (keys.length > 0) await redis.del(...keys);
+    } while (cursor !== '0');
+  }
+  await redis.quit();
 }

@@ -1,0 +1,116 @@
+import { randomBytes } from 'node:crypto';
+import { BrokerConnection } from '../broker/connection.js';
+import { Consumer } from '../broker/consumer.js';
+import { Publisher } from '../broker/publisher.js';
+import { declareTopology, topologyNames } from '../broker/topology.js';
+import type { WarrenConfig } from '../config/schema.js';
+import { CloseOnce, runSteps } from '../shared/lifecycle.js';
+import type { Logger } from '../shared/logger.js';
+import { createRegistry, type Registry } from '../shared/metrics.js';
+import { Keys } from '../store/keys.js';
+import { MembershipStore } from '../store/membership-store.js';
+import { PayloadStore } from '../store/payload-store.js';
+import { PresenceStore } from '../store/presence-store.js';
+import { createRedis } from '../store/redis.js';
+import { DeliveryPublisher } from './delivery-publisher.js';
+import { NodeLiveness } from './node-liveness.js';
+import { ResolverMetrics } from './resolver-metrics.js';
+import { TenantView } from './tenant-view.js';
+import { ResolverWorker } from './worker.js';
+
+export interface ResolverOptions {
+  logger: Logger;
+}
+
+export interface Resolver {
+  readonly id: string;
+  readonly metrics: Registry;
+  /** Stops consuming, finishes what it holds, closes its connections. Idempotent. */
+  close(): Promise<void>;
+}
+
+const CLOSE_TIMEOUT_MS = 15_000;
+
+/** Starts a resolver worker; run several for throughput (they compete on one queue). */
+export async function startResolver(config: Readonly<WarrenConfig>, options: ResolverOptions): Promise<Resolver> {
+  const id = randomBytes(4).toString('hex');
+  const logger = options.logger.child({ component: 'resolver', resolverId: id });
+  const names = topologyNames(config.prefix);
+  const keys = new Keys(config.prefix);
+  const metricsRegistry = createRegistry({ resolver: id });
+  const metrics = new ResolverMetrics(metricsRegistry);
+
+  const redis = await createRedis({ url: config.redis.url, name: `warren-resolver-${id}`, logger });
+  const presence = new PresenceStore(redis, keys);
+  const views = new Map<string, TenantView>();
+  const liveness = new NodeLiveness(
+    presence,
+    config.presence.expiryMs,
+    (dead) => {
+      for (const view of views.values()) view.setDead(dead);
+    },
+    logger,
+  );
+  await liveness.start();
+  const view = (tenantId: string): TenantView => {
+    let v = views.get(tenantId);
+    if (!v) {
+      v = new TenantView(redis, keys, tenantId, liveness.dead);
+      views.set(tenantId, v);
+    }
+    return v;
+  };
+
+  const broker = new BrokerConnection(
+    { ...config.rabbitmq, connectionName: `warren-resolver-${id}` },
+    logger.child({ component: 'broker' }),
+  );
+  const publisher = new Publisher(broker, logger);
+  const worker = new ResolverWorker({
+    names,
+    publisher,
+    deliveries: new DeliveryPublisher(publisher, names.deliveries, () => broker.headerBudget),
+    membership: new MembershipStore(redis, keys),
+    payloads: new PayloadStore(redis, keys),
+    view,
+    claimCheck: config.claimCheck,
+    metrics,
+    logger,
+  });
+  const consumer = new Consumer(
+    broker,
+    { queue: names.resolver, prefetch: config.resolver.prefetch },
+    (delivery) => worker.handle(delivery),
+    logger,
+  );
+  await broker.onConnect(async (model) => {
+    const channel = await model.createChannel();
+    await declareTopology(channel, names);
+    await channel.close();
+  });
+  await publisher.start();
+  await consumer.start();
+  await broker.start();
+  logger.info({ queue: names.resolver }, 'resolving');
+
+  const closing = new CloseOnce(CLOSE_TIMEOUT_MS, 'resolver close');
+  return {
+    id,
+    metrics: metricsRegistry,
+    close: () =>
+      closing.run(() =>
+        runSteps(
+          [
+            { name: 'stop consuming', run: () => consumer.cancel() },
+            { name: 'finish in-flight', run: () => worker.idle() },
+            { name: 'stop liveness', run: () => liveness.stop() },
+            { name: 'close publisher', run: () => publisher.close() },
+            { name: 'close consumer', run: () => consumer.close() },
+            { name: 'close broker', run: () => broker.close() },
+            { name: 'close redis', run: async () => void (await redis.quit()) },
+          ],
+          logger,
+        ),
+      ),
+  };
+}

@@ -1,0 +1,67 @@
+import type { ConsumeMessage } from 'amqplib';
+import type { TopologyNames } from '../broker/topology.js';
+import {
+  describeIssues,
+  membershipChangeSchema,
+  modelEventSchema,
+  type MembershipChange,
+  type ModelEvent,
+} from '../protocol/schemas.js';
+
+/** Why a message was dead-lettered (the `x-warren-code` header). */
+export type RejectCode = 'not_json' | 'invalid_event' | 'invalid_membership' | 'routing_mismatch' | 'job_not_found';
+
+export type Parsed =
+  | { kind: 'event'; event: ModelEvent }
+  | { kind: 'membership'; change: MembershipChange }
+  | { kind: 'invalid'; code: RejectCode; reason: string };
+
+const decoder = new TextDecoder('utf-8', { fatal: true });
+
+function json(message: ConsumeMessage): { ok: true; value: unknown } | { ok: false; reason: string } {
+  const type = message.properties.contentType as string | undefined;
+  if (type !== undefined && !/^application\/json\b/i.test(type)) {
+    return { ok: false, reason: `content-type ${type}: expected application/json` };
+  }
+  let text: string;
+  try {
+    text = decoder.decode(message.content);
+  } catch {
+    return { ok: false, reason: 'body is not UTF-8 text' };
+  }
+  try {
+    return { ok: true, value: JSON.parse(text) };
+  } catch (error) {
+    return { ok: false, reason: `body is not JSON: ${(error as Error).message}` };
+  }
+}
+
+/**
+ * Validates what arrives on the resolver queue: model events from `<prefix>.events`, membership changes
+ * from `<prefix>.membership`. Anything else is invalid, with a reason a person can act on.
+ */
+export function parseMessage(message: ConsumeMessage, names: TopologyNames): Parsed {
+  const body = json(message);
+  if (!body.ok) return { kind: 'invalid', code: 'not_json', reason: body.reason };
+  const { exchange, routingKey } = message.fields;
+  if (exchange === names.membership) {
+    const result = membershipChangeSchema.safeParse(body.value);
+    if (!result.success) {
+      return { kind: 'invalid', code: 'invalid_membership', reason: describeIssues(result.error) };
+    }
+    return { kind: 'membership', change: result.data };
+  }
+  const result = modelEventSchema.safeParse(body.value);
+  if (!result.success) return { kind: 'invalid', code: 'invalid_event', reason: describeIssues(result.error) };
+  const event = result.data;
+  // The routing key names the tenant too; if the two disagree, one of them is a bug, and guessing which
+  // could send health data to the wrong tenant.
+  if (exchange === names.events && routingKey !== `${event.tenantId}.${event.type}`) {
+    return {
+      kind: 'invalid',
+      code: 'routing_mismatch',
+      reason: `routing key ${routingKey} does not match ${event.tenantId}.${event.type}`,
+    };
+  }
+  return { kind: 'event', event };
+}

@@ -1,0 +1,84 @@
+import roaring from 'roaring';
+import { userKey } from '../protocol/ids.js';
+
+const { RoaringBitmap32 } = roaring;
+type Bitmap = InstanceType<typeof RoaringBitmap32>;
+
+/**
+ * The online users of one tenant, kept per gateway node so that a node declared dead stops counting at
+ * once (its bits are kept, not counted, in case it was only paused). Also maps the bits of users seen
+ * online to their ids and routing keys, so resolving needs no id lookups.
+ */
+export class OnlineSet {
+  private readonly nodes = new Map<string, Bitmap>();
+  private dead: ReadonlySet<string> = new Set();
+  private union: Bitmap = new RoaringBitmap32();
+  private dirty = false;
+  /** user id → bit, for every user seen online. */
+  readonly bitOf = new Map<string, number>();
+  /** bit → routing key `u.<tenant>.<user>`. */
+  readonly keyOf = new Map<number, string>();
+
+  constructor(private readonly tenantId: string) {}
+
+  private node(nodeId: string): Bitmap {
+    let bitmap = this.nodes.get(nodeId);
+    if (!bitmap) {
+      bitmap = new RoaringBitmap32();
+      this.nodes.set(nodeId, bitmap);
+    }
+    return bitmap;
+  }
+
+  private learn(bit: number, userId: string): void {
+    if (this.keyOf.has(bit)) return;
+    this.bitOf.set(userId, bit);
+    this.keyOf.set(bit, userKey(this.tenantId, userId));
+  }
+
+  on(nodeId: string, bit: number, userId: string): void {
+    this.learn(bit, userId);
+    this.node(nodeId).add(bit);
+    if (!this.dead.has(nodeId)) this.union.add(bit);
+  }
+
+  off(nodeId: string, bit: number): void {
+    this.nodes.get(nodeId)?.remove(bit);
+    if (this.dirty) return;
+    for (const [other, bitmap] of this.nodes) if (!this.dead.has(other) && bitmap.has(bit)) return;
+    this.union.remove(bit);
+  }
+
+  nodeGone(nodeId: string): void {
+    if (this.nodes.delete(nodeId)) this.dirty = true;
+  }
+
+  /** Snapshot load of one node's bits with their user ids. */
+  load(nodeId: string, bits: Uint32Array, userIds: readonly (string | null)[]): void {
+    const bitmap = this.node(nodeId);
+    bits.forEach((bit, i) => {
+      const userId = userIds[i];
+      if (userId) this.learn(bit, userId);
+    });
+    bitmap.addMany(bits);
+    this.dirty = true;
+  }
+
+  /** Tells the set which nodes are dead now; recomputes the union only when one of its nodes changed. */
+  setDead(dead: ReadonlySet<string>): void {
+    let changed = false;
+    for (const nodeId of this.nodes.keys()) if (dead.has(nodeId) !== this.dead.has(nodeId)) changed = true;
+    this.dead = dead;
+    if (changed) this.dirty = true;
+  }
+
+  /** Online users (bits) now. */
+  get bitmap(): Bitmap {
+    if (this.dirty) {
+      const live = [...this.nodes].filter(([nodeId]) => !this.dead.has(nodeId)).map(([, b]) => b);
+      this.union = live.length > 0 ? RoaringBitmap32.orMany(live) : new RoaringBitmap32();
+      this.dirty = false;
+    }
+    return this.union;
+  }
+}

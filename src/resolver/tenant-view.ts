@@ -1,0 +1,155 @@
+import roaring from 'roaring';
+import type { Audience } from '../protocol/schemas.js';
+import { bitsOfRedisBitmap } from '../store/bitmap-codec.js';
+import { logHead, readLog, type LogEntry, type LogPosition } from '../store/change-log.js';
+import type { Keys } from '../store/keys.js';
+import type { WarrenRedis } from '../store/redis.js';
+import { MembershipCache } from './membership-cache.js';
+import { OnlineSet } from './online-set.js';
+
+const { RoaringBitmap32 } = roaring;
+type Bitmap = InstanceType<typeof RoaringBitmap32>;
+
+const LOG_BATCH = 10_000;
+const ID_BATCH = 10_000;
+
+/**
+ * Everything a resolver knows about one tenant, kept exact by reading the tenant's change log before each
+ * batch of events: every membership or presence change applied before the events arrived is in the log, so
+ * it is applied here before they are resolved. A gap in the log's sequence numbers (the resolver fell
+ * further behind than the log keeps) makes the view start over from a fresh snapshot.
+ */
+export class TenantView {
+  private position: LogPosition | undefined;
+  private onlineSet: OnlineSet;
+  readonly members: MembershipCache;
+
+  constructor(
+    private readonly redis: WarrenRedis,
+    private readonly keys: Keys,
+    readonly tenantId: string,
+    private dead: ReadonlySet<string>,
+  ) {
+    this.onlineSet = new OnlineSet(tenantId);
+    this.members = new MembershipCache(redis, keys, tenantId);
+  }
+
+  get online(): OnlineSet {
+    return this.onlineSet;
+  }
+
+  /** Nodes declared dead: their users stop counting as online. */
+  setDead(dead: ReadonlySet<string>): void {
+    this.dead = dead;
+    this.online.setDead(dead);
+  }
+
+  /** Brings the view up to the end of the tenant's change log. */
+  async sync(): Promise<void> {
+    if (!this.position) await this.init();
+    for (;;) {
+      const position = this.position as LogPosition;
+      const entries = await readLog(this.redis, this.keys.log(this.tenantId), position.cursor, LOG_BATCH);
+      for (const entry of entries) {
+        if (entry.seq !== position.seq + 1) {
+          await this.reset();
+          return this.sync();
+        }
+        this.apply(entry);
+        position.cursor = entry.id;
+        position.seq = entry.seq;
+      }
+      if (entries.length < LOG_BATCH) return;
+    }
+  }
+
+  private async reset(): Promise<void> {
+    this.position = undefined;
+    this.onlineSet = new OnlineSet(this.tenantId);
+    this.members.clear();
+    await this.init();
+  }
+
+  /** Snapshot of presence. The log position is read first: entries after it re-apply harmlessly. */
+  private async init(): Promise<void> {
+    const k = this.keys;
+    const position = await logHead(this.redis, k.log(this.tenantId), k.logSeq(this.tenantId));
+    const nodes = await this.redis.zrange(k.nodes(), '0', '-1');
+    const pipeline = this.redis.pipeline();
+    for (const node of nodes) pipeline.getBuffer(k.online(this.tenantId, node));
+    const replies = (await pipeline.exec()) ?? [];
+    this.online.setDead(this.dead);
+    for (const [i, node] of nodes.entries()) {
+      const [error, raw] = replies[i] ?? [];
+      if (error) throw error;
+      if (!raw) continue;
+      const bits = bitsOfRedisBitmap(raw as Buffer);
+      const ids: (string | null)[] = [];
+      for (let start = 0; start < bits.length; start += ID_BATCH) {
+        const slice = Array.from(bits.subarray(start, start + ID_BATCH), String);
+        ids.push(...(await this.redis.hmget(k.reverseIds(this.tenantId), ...slice)));
+      }
+      this.online.load(node, bits, ids);
+    }
+    this.position = position;
+  }
+
+  private apply(entry: LogEntry): void {
+    switch (entry.op) {
+      case 'on':
+        this.online.on(entry.a, Number(entry.b), entry.c);
+        break;
+      case 'off':
+        this.online.off(entry.a, Number(entry.b));
+        break;
+      case 'nd':
+        this.online.nodeGone(entry.a);
+        break;
+      default:
+        this.members.apply(entry);
+    }
+  }
+
+  /** Loads the memberships these audiences need. Call after `sync`, before `resolve`. */
+  async prepare(audiences: readonly Audience[]): Promise<void> {
+    await this.members.ensure(
+      audiences.flatMap((a) => a.teams ?? []),
+      audiences.flatMap((a) => a.groups ?? []),
+    );
+  }
+
+  /**
+   * The audience's online members, as bits: (teams ∪ groups ∪ users) − exceptUsers, ∩ online.
+   * Listed users matter only if online, and every online user's bit is known, so no lookup is needed.
+   */
+  resolveBits(audience: Audience): Bitmap {
+    const parts = this.members.parts(audience.teams ?? [], audience.groups ?? []);
+    const result = parts.length > 0 ? RoaringBitmap32.orMany(parts) : new RoaringBitmap32();
+    const { bitOf } = this.online;
+    for (const user of audience.users ?? []) {
+      const bit = bitOf.get(user);
+      if (bit !== undefined) result.add(bit);
+    }
+    result.andInPlace(this.online.bitmap);
+    for (const user of audience.exceptUsers ?? []) {
+      const bit = bitOf.get(user);
+      if (bit !== undefined) result.remove(bit);
+    }
+    return result;
+  }
+
+  /** The recipients' routing keys. */
+  resolve(audience: Audience): string[] {
+    const bits = this.resolveBits(audience);
+    const keys: string[] = new Array(bits.size);
+    let i = 0;
+    const { keyOf } = this.online;
+    for (const bit of bits) {
+      const key = keyOf.get(bit);
+      // Every online bit was learned with its id; a miss would be a bug, never a reason to guess.
+      if (key === undefined) throw new Error(`online bit ${bit} of tenant ${this.tenantId} has no user id`);
+      keys[i++] = key;
+    }
+    return keys;
+  }
+}

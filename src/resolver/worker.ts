@@ -1,0 +1,215 @@
+import type { Delivery as AmqpDelivery } from '../broker/consumer.js';
+import type { Publisher } from '../broker/publisher.js';
+import type { TopologyNames } from '../broker/topology.js';
+import { DeadLetterHeader } from '../protocol/delivery.js';
+import type { MembershipChange, ModelEvent } from '../protocol/schemas.js';
+import { errorMessage } from '../shared/errors.js';
+import { sleep } from '../shared/lifecycle.js';
+import type { Logger } from '../shared/logger.js';
+import type { MembershipStore } from '../store/membership-store.js';
+import type { PayloadStore } from '../store/payload-store.js';
+import type { DeliveryPublisher } from './delivery-publisher.js';
+import { parseMessage, type RejectCode } from './message-parser.js';
+import type { ResolverMetrics } from './resolver-metrics.js';
+import type { TenantView } from './tenant-view.js';
+
+export interface WorkerDeps {
+  names: TopologyNames;
+  publisher: Publisher;
+  deliveries: DeliveryPublisher;
+  membership: MembershipStore;
+  payloads: PayloadStore;
+  view: (tenantId: string) => TenantView;
+  claimCheck: { bytes: number; ttlSec: number };
+  metrics: ResolverMetrics;
+  logger: Logger;
+}
+
+interface PendingEvent {
+  delivery: AmqpDelivery;
+  event: ModelEvent;
+}
+
+const MAX_BATCH = 512;
+const SYNC_ATTEMPTS = 3;
+
+/**
+ * Turns the resolver queue into deliveries. Messages are taken in batches: one read of each tenant's change
+ * log serves every event of the batch, because all of them arrived before the read, so every change
+ * applied before they were published is seen. A membership change ends a batch and is applied before the
+ * events after it. An event is acked only once every chunk of its deliveries is confirmed (at-least-once);
+ * gateways drop the duplicate a redelivery produces.
+ */
+export class ResolverWorker {
+  private readonly queue: AmqpDelivery[] = [];
+  private running: Promise<void> | undefined;
+  private readonly inflight = new Set<Promise<void>>();
+
+  constructor(private readonly deps: WorkerDeps) {}
+
+  handle(delivery: AmqpDelivery): void {
+    this.queue.push(delivery);
+    this.running ??= this.run().finally(() => {
+      this.running = undefined;
+    });
+  }
+
+  /** Resolves when everything received so far is processed and settled. */
+  async idle(): Promise<void> {
+    while (this.running || this.inflight.size > 0) {
+      await this.running;
+      await Promise.allSettled([...this.inflight]);
+    }
+  }
+
+  private async run(): Promise<void> {
+    while (this.queue.length > 0) {
+      const events: PendingEvent[] = [];
+      let membership: { delivery: AmqpDelivery; change: MembershipChange } | undefined;
+      while (this.queue.length > 0 && events.length < MAX_BATCH && !membership) {
+        const delivery = this.queue.shift() as AmqpDelivery;
+        // Its channel died with a reconnect: the broker has requeued it already.
+        if (!delivery.live) continue;
+        const parsed = parseMessage(delivery.message, this.deps.names);
+        if (parsed.kind === 'invalid') this.track(this.deadLetter(delivery, parsed.code, parsed.reason));
+        else if (parsed.kind === 'event') events.push({ delivery, event: parsed.event });
+        else membership = { delivery, change: parsed.change };
+      }
+      if (events.length > 0) await this.resolveBatch(events);
+      if (membership) await this.applyMembership(membership.delivery, membership.change);
+    }
+  }
+
+  private track(work: Promise<void>): void {
+    this.inflight.add(work);
+    void work.finally(() => this.inflight.delete(work));
+  }
+
+  private async applyMembership(delivery: AmqpDelivery, change: MembershipChange): Promise<void> {
+    try {
+      await this.deps.membership.apply(change);
+      this.deps.metrics.memberships.inc();
+      delivery.ack();
+    } catch (error) {
+      this.deps.logger.warn({ err: errorMessage(error) }, 'membership change not applied; requeued');
+      await sleep(250);
+      delivery.requeue();
+    }
+  }
+
+  private async resolveBatch(events: PendingEvent[]): Promise<void> {
+    const byTenant = new Map<string, PendingEvent[]>();
+    for (const pending of events) {
+      const list = byTenant.get(pending.event.tenantId) ?? [];
+      list.push(pending);
+      byTenant.set(pending.event.tenantId, list);
+    }
+    await Promise.all(
+      [...byTenant].map(async ([tenantId, pending]) => {
+        const view = this.deps.view(tenantId);
+        const missingJobs = await this.prepare(view, pending);
+        if (missingJobs === undefined) return;
+        for (const item of pending) {
+          if (missingJobs.has(item)) {
+            this.track(
+              this.deadLetter(item.delivery, 'job_not_found', `job ${item.event.jobId} not found in tenant ${tenantId}`),
+            );
+          } else {
+            await this.route(view, item);
+          }
+        }
+      }),
+    );
+  }
+
+  /** Syncs the view and loads what the batch needs; undefined when Redis failed (events requeued). */
+  private async prepare(view: TenantView, pending: PendingEvent[]): Promise<Set<PendingEvent> | undefined> {
+    for (let attempt = 1; ; attempt += 1) {
+      try {
+        await view.sync();
+        await view.prepare(pending.map((p) => p.event.audience));
+        const withJob = pending.filter((p) => p.event.jobId !== undefined);
+        const exists = await Promise.all(
+          withJob.map((p) => this.deps.payloads.exists(p.event.tenantId, p.event.jobId as string)),
+        );
+        return new Set(withJob.filter((_, i) => !exists[i]));
+      } catch (error) {
+        if (attempt >= SYNC_ATTEMPTS) {
+          this.deps.logger.warn({ err: errorMessage(error), tenantId: view.tenantId }, 'cannot sync; requeueing');
+          for (const p of pending) p.delivery.requeue();
+          this.deps.metrics.events.inc({ outcome: 'requeued' }, pending.length);
+          return undefined;
+        }
+        await sleep(100 * attempt);
+      }
+    }
+  }
+
+  private async route(view: TenantView, { delivery, event }: PendingEvent): Promise<void> {
+    const { metrics, claimCheck } = this.deps;
+    const started = performance.now();
+    const keys = view.resolve(event.audience);
+    metrics.resolveSeconds.observe((performance.now() - started) / 1000);
+    metrics.recipients.observe(keys.length);
+    if (keys.length === 0) {
+      metrics.events.inc({ outcome: 'no_recipients' });
+      delivery.ack();
+      return;
+    }
+    let jobId = event.jobId;
+    let body = jobId ? Buffer.alloc(0) : Buffer.from(JSON.stringify(event.data ?? null));
+    if (!jobId && body.byteLength > claimCheck.bytes) {
+      try {
+        jobId = await this.deps.payloads.put(event.tenantId, body, claimCheck.ttlSec);
+      } catch (error) {
+        this.deps.logger.warn({ err: errorMessage(error), eventId: event.id }, 'claim check failed; requeued');
+        delivery.requeue();
+        return;
+      }
+      metrics.claimChecked.inc();
+      body = Buffer.alloc(0);
+    }
+    const publishing = this.deps.deliveries
+      .publish({ eventId: event.id, eventType: event.type, tenantId: event.tenantId, body, jobId }, keys)
+      .then(
+        (chunks) => {
+          metrics.deliveries.inc(chunks);
+          metrics.events.inc({ outcome: 'routed' });
+          delivery.ack();
+        },
+        (error: unknown) => {
+          this.deps.logger.warn({ err: errorMessage(error), eventId: event.id }, 'delivery not confirmed; requeued');
+          metrics.events.inc({ outcome: 'requeued' });
+          delivery.requeue();
+        },
+      );
+    this.track(publishing);
+  }
+
+  private async deadLetter(delivery: AmqpDelivery, code: RejectCode, reason: string): Promise<void> {
+    const { message } = delivery;
+    const { names, publisher, metrics, logger } = this.deps;
+    metrics.deadLetters.inc({ code });
+    metrics.events.inc({ outcome: 'dead_lettered' });
+    logger.warn({ code, reason, routingKey: message.fields.routingKey }, 'message dead-lettered');
+    try {
+      await publisher.publish(names.dlx, message.fields.routingKey, message.content, {
+        ...(message.properties.contentType ? { contentType: message.properties.contentType } : {}),
+        ...(message.properties.messageId ? { messageId: message.properties.messageId } : {}),
+        persistent: true,
+        headers: {
+          ...(message.properties.headers ?? {}),
+          [DeadLetterHeader.Reason]: reason.slice(0, 2000),
+          [DeadLetterHeader.Code]: code,
+          [DeadLetterHeader.Exchange]: message.fields.exchange,
+          [DeadLetterHeader.RoutingKey]: message.fields.routingKey,
+        },
+      });
+      delivery.ack();
+    } catch (error) {
+      // The queue's own dead-letter exchange still takes it, without the reason header.
+      logger.warn({ err: errorMessage(error) }, 'dead-letter publish failed; rejecting');
+      delivery.reject();
+    }
+  }
+}

@@ -1,0 +1,185 @@
+import { Redis } from 'ioredis';
+import { BrokerConnection } from '../../broker/connection.js';
+import { Publisher } from '../../broker/publisher.js';
+import { declareTopology, topologyNames, type TopologyNames } from '../../broker/topology.js';
+import { DEFAULTS } from '../../config/schema.js';
+import {
+  describeIssues,
+  membershipChangeSchema,
+  modelEventSchema,
+  type MembershipChange,
+  type ModelEvent,
+} from '../../protocol/schemas.js';
+import { isValidId } from '../../protocol/ids.js';
+import { ErrorCode, WarrenError } from '../../shared/errors.js';
+import { silentLogger, type Logger } from '../../shared/logger.js';
+import { Keys } from '../../store/keys.js';
+import { MembershipStore } from '../../store/membership-store.js';
+import { PayloadStore } from '../../store/payload-store.js';
+import { createRedis, withWarrenCommands, type WarrenRedis } from '../../store/redis.js';
+
+export type { MembershipChange, ModelEvent };
+export { ErrorCode, WarrenError } from '../../shared/errors.js';
+
+export interface PublisherOptions {
+  /** Default `amqp://guest:guest@127.0.0.1:5672`. */
+  rabbitmqUrl?: string;
+  /** Default `redis://127.0.0.1:6379`; ignored when `redis` is given. */
+  redisUrl?: string;
+  /** An ioredis client of yours to use (and not close). */
+  redis?: Redis;
+  /** Must match the installation's `WARREN_PREFIX`. Default `warren`. */
+  prefix?: string;
+  /** Payloads larger than this (serialised `data`, bytes) are put in Redis first. Default 16384. */
+  claimCheckBytes?: number;
+  /** Lifetime of such payloads. Default 3600 s. */
+  claimCheckTtlSec?: number;
+  /** How long `publishEvent` waits for a lost broker connection to come back. Default 10 s. */
+  publishTimeoutMs?: number;
+  logger?: Logger;
+}
+
+/** An event as a service writes it; `data` is any JSON value. */
+export type EventInput = Omit<ModelEvent, 'data' | 'jobId'> & { data?: unknown; jobId?: string };
+
+/**
+ * The SDK services use to talk to Warren: publish model events and manage memberships.
+ *
+ * ```ts
+ * const warren = await WarrenPublisher.connect({ rabbitmqUrl, redisUrl });
+ * await warren.addUserToTeam('acme', 'u42', 'icu');
+ * await warren.publishEvent({ id: 'evt_1', tenantId: 'acme', type: 'message.created',
+ *   audience: { teams: ['icu'] }, data: { text: 'hello' } });
+ * ```
+ */
+export class WarrenPublisher {
+  private constructor(
+    private readonly broker: BrokerConnection,
+    private readonly publisher: Publisher,
+    private readonly redis: WarrenRedis,
+    private readonly ownsRedis: boolean,
+    private readonly names: TopologyNames,
+    private readonly members: MembershipStore,
+    private readonly payloads: PayloadStore,
+    private readonly settings: Required<Pick<PublisherOptions, 'claimCheckBytes' | 'claimCheckTtlSec' | 'publishTimeoutMs'>>,
+  ) {}
+
+  static async connect(options: PublisherOptions = {}): Promise<WarrenPublisher> {
+    const logger = options.logger ?? silentLogger();
+    const prefix = options.prefix ?? DEFAULTS.prefix;
+    const names = topologyNames(prefix);
+    const keys = new Keys(prefix);
+    const redis = options.redis
+      ? withWarrenCommands(options.redis)
+      : await createRedis({ url: options.redisUrl ?? DEFAULTS.redisUrl, name: 'warren-publisher', logger });
+    const broker = new BrokerConnection(
+      {
+        url: options.rabbitmqUrl ?? DEFAULTS.rabbitmqUrl,
+        frameMax: DEFAULTS.frameMax,
+        heartbeatSec: DEFAULTS.heartbeatSec,
+        reconnectBaseMs: DEFAULTS.reconnectBaseMs,
+        reconnectCapMs: DEFAULTS.reconnectCapMs,
+        connectionName: 'warren-publisher',
+      },
+      logger,
+    );
+    const publisher = new Publisher(broker, logger);
+    await broker.onConnect(async (model) => {
+      const channel = await model.createChannel();
+      await declareTopology(channel, names);
+      await channel.close();
+    });
+    await publisher.start();
+    await broker.start();
+    return new WarrenPublisher(
+      broker,
+      publisher,
+      redis,
+      options.redis === undefined,
+      names,
+      new MembershipStore(redis, keys),
+      new PayloadStore(redis, keys),
+      {
+        claimCheckBytes: options.claimCheckBytes ?? DEFAULTS.claimCheckBytes,
+        claimCheckTtlSec: options.claimCheckTtlSec ?? DEFAULTS.claimCheckTtlSec,
+        publishTimeoutMs: options.publishTimeoutMs ?? 10_000,
+      },
+    );
+  }
+
+  /**
+   * Validates the event, puts a large payload in Redis first (the event then carries only its job id), and
+   * resolves once the broker has confirmed the event. Rejects with WARREN_ERR_INVALID_EVENT before sending
+   * anything if the event is malformed.
+   */
+  async publishEvent(input: EventInput): Promise<void> {
+    const result = modelEventSchema.safeParse(input);
+    if (!result.success) {
+      throw new WarrenError(ErrorCode.InvalidEvent, `invalid event: ${describeIssues(result.error)}`);
+    }
+    let event: ModelEvent = result.data;
+    if (event.jobId === undefined && event.data !== undefined) {
+      const serialised = JSON.stringify(event.data);
+      if (Buffer.byteLength(serialised) > this.settings.claimCheckBytes) {
+        const jobId = await this.payloads.put(event.tenantId, serialised, this.settings.claimCheckTtlSec);
+        const { data: _data, ...rest } = event;
+        event = { ...rest, jobId };
+      }
+    }
+    await this.publisher.publish(this.names.events, `${event.tenantId}.${event.type}`, Buffer.from(JSON.stringify(event)), {
+      contentType: 'application/json',
+      messageId: event.id,
+      persistent: true,
+      waitForConnectionMs: this.settings.publishTimeoutMs,
+    });
+  }
+
+  /**
+   * Stores a payload for a later event ("jobless" publishing): publish an event with `jobId` set to the
+   * returned id instead of `data`. The payload lives `claimCheckTtlSec`, scoped to the tenant.
+   */
+  async putPayload(tenantId: string, data: unknown): Promise<string> {
+    if (!isValidId(tenantId)) throw new WarrenError(ErrorCode.InvalidId, `invalid tenant id: ${String(tenantId)}`);
+    return this.payloads.put(tenantId, JSON.stringify(data ?? null), this.settings.claimCheckTtlSec);
+  }
+
+  /** Applies a membership change; resolves once no resolver can use the old membership any more. */
+  async applyMembership(change: unknown): Promise<boolean> {
+    const result = membershipChangeSchema.safeParse(change);
+    if (!result.success) {
+      throw new WarrenError(ErrorCode.InvalidMembership, `invalid membership change: ${describeIssues(result.error)}`);
+    }
+    return this.members.apply(result.data);
+  }
+
+  addUserToTeam(tenantId: string, userId: string, teamId: string): Promise<boolean> {
+    return this.applyMembership({ op: 'add', tenantId, userId, teamId });
+  }
+
+  removeUserFromTeam(tenantId: string, userId: string, teamId: string): Promise<boolean> {
+    return this.applyMembership({ op: 'remove', tenantId, userId, teamId });
+  }
+
+  addUserToGroup(tenantId: string, userId: string, groupId: string): Promise<boolean> {
+    return this.applyMembership({ op: 'add', tenantId, userId, groupId });
+  }
+
+  removeUserFromGroup(tenantId: string, userId: string, groupId: string): Promise<boolean> {
+    return this.applyMembership({ op: 'remove', tenantId, userId, groupId });
+  }
+
+  addTeamToGroup(tenantId: string, teamId: string, groupId: string): Promise<boolean> {
+    return this.applyMembership({ op: 'add', tenantId, groupId, teamId });
+  }
+
+  removeTeamFromGroup(tenantId: string, teamId: string, groupId: string): Promise<boolean> {
+    return this.applyMembership({ op: 'remove', tenantId, groupId, teamId });
+  }
+
+  /** Waits for outstanding confirms, then closes what this publisher opened. */
+  async close(): Promise<void> {
+    await this.publisher.close();
+    await this.broker.close();
+    if (this.ownsRedis) await this.redis.quit();
+  }
+}

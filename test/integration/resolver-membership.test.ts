@@ -1,0 +1,100 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Gateway } from '../../src/gateway/main.js';
+import type { Resolver } from '../../src/resolver/main.js';
+import type { WarrenPublisher } from '../../src/sdk/publisher/index.js';
+import {
+  BrokerProbe,
+  cleanRedis,
+  connectPublisher,
+  eventually,
+  openTab,
+  startTestGateway,
+  startTestResolver,
+  testConfig,
+  testPrefix,
+  token,
+  type TestTab,
+} from '../support/harness.js';
+
+describe('membership changes take effect for the next event', () => {
+  const prefix = testPrefix('members');
+  const config = testConfig(prefix);
+  let gateway: Gateway;
+  let resolver: Resolver;
+  let warren: WarrenPublisher;
+  const tabs = new Map<string, TestTab>();
+  let n = 0;
+
+  beforeAll(async () => {
+    gateway = await startTestGateway(config);
+    resolver = await startTestResolver(config);
+    warren = await connectPublisher(config);
+    for (const user of ['ann', 'bob', 'cid', 'dan']) {
+      tabs.set(user, await openTab(gateway.port, await token({ sub: user, tid: 'acme' })));
+    }
+    tabs.set('other-ann', await openTab(gateway.port, await token({ sub: 'ann', tid: 'globex' })));
+  });
+  afterAll(async () => {
+    for (const tab of tabs.values()) tab.ws.terminate();
+    await warren.close();
+    await resolver.close();
+    await gateway.close();
+    const probe = await BrokerProbe.open();
+    await probe.deleteExchangesAndQueues(prefix, [gateway.queue]);
+    await probe.close();
+    await cleanRedis(prefix);
+  });
+
+  /** Publishes an event to `audience`, then a marker to everyone, and returns who got the event. */
+  async function reach(audience: Parameters<WarrenPublisher['publishEvent']>[0]['audience']): Promise<string[]> {
+    n += 1;
+    const id = `e${n}`;
+    await warren.publishEvent({ id, tenantId: 'acme', type: 'test.event', audience, data: { n } });
+    const marker = `m${n}`;
+    await warren.publishEvent({
+      id: marker,
+      tenantId: 'acme',
+      type: 'test.marker',
+      audience: { users: ['ann', 'bob', 'cid', 'dan'] },
+    });
+    const acme = ['ann', 'bob', 'cid', 'dan'];
+    await eventually(() => acme.every((u) => tabs.get(u)?.eventIds().includes(marker)), `marker ${marker}`);
+    expect(tabs.get('other-ann')?.eventIds()).toEqual([]);
+    return acme.filter((u) => tabs.get(u)?.eventIds().includes(id));
+  }
+
+  it('direct team membership: added receives, removed does not', async () => {
+    expect(await reach({ teams: ['icu'] })).toEqual([]);
+    await warren.addUserToTeam('acme', 'ann', 'icu');
+    expect(await reach({ teams: ['icu'] })).toEqual(['ann']);
+    await warren.removeUserFromTeam('acme', 'ann', 'icu');
+    expect(await reach({ teams: ['icu'] })).toEqual([]);
+  });
+
+  it('through a group: user added to or removed from a group holding the team', async () => {
+    await warren.addTeamToGroup('acme', 'ward', 'nurses');
+    expect(await reach({ teams: ['ward'] })).toEqual([]);
+    await warren.addUserToGroup('acme', 'bob', 'nurses');
+    expect(await reach({ teams: ['ward'] })).toEqual(['bob']);
+    expect(await reach({ groups: ['nurses'] })).toEqual(['bob']);
+    await warren.removeUserFromGroup('acme', 'bob', 'nurses');
+    expect(await reach({ teams: ['ward'] })).toEqual([]);
+  });
+
+  it('through a group: team added to or removed from a group', async () => {
+    await warren.addUserToGroup('acme', 'cid', 'doctors');
+    expect(await reach({ teams: ['er'] })).toEqual([]);
+    await warren.addTeamToGroup('acme', 'er', 'doctors');
+    expect(await reach({ teams: ['er'] })).toEqual(['cid']);
+    await warren.removeTeamFromGroup('acme', 'er', 'doctors');
+    expect(await reach({ teams: ['er'] })).toEqual([]);
+  });
+
+  it('listed users and exceptUsers, and unions of teams and groups', async () => {
+    await warren.addUserToTeam('acme', 'ann', 'lab');
+    await warren.addUserToTeam('acme', 'dan', 'lab');
+    expect(await reach({ teams: ['lab'], users: ['bob'] })).toEqual(['ann', 'bob', 'dan']);
+    expect(await reach({ teams: ['lab'], users: ['bob'], exceptUsers: ['dan'] })).toEqual(['ann', 'bob']);
+    expect(await reach({ users: ['nobody-online'] })).toEqual([]);
+  });
+});
