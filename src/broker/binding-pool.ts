@@ -35,7 +35,10 @@ export class BindingPool {
     await this.broker.onConnect(async (model) => {
       this.model = model;
       this.slots = await Promise.all(
-        Array.from({ length: this.size }, async () => ({ channel: await this.openChannel(model), pending: 0 })),
+        Array.from({ length: this.size }, async () => ({
+          channel: await this.openChannel(model),
+          pending: 0,
+        })),
       );
     });
     this.broker.on('disconnected', () => {

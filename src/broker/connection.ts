@@ -60,7 +60,8 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
 
   /** The frame size both sides agreed on (bounds the header frame, hence CC lists). */
   get frameMax(): number {
-    const negotiated = (this.current as unknown as { connection?: { frameMax?: number } })?.connection?.frameMax;
+    const negotiated = (this.current as unknown as { connection?: { frameMax?: number } })?.connection
+      ?.frameMax;
     return negotiated ?? this.options.frameMax;
   }
 
@@ -73,7 +74,8 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
   async start(): Promise<void> {
     const url = new URL(this.options.url);
     if (!url.searchParams.has('frameMax')) url.searchParams.set('frameMax', String(this.options.frameMax));
-    if (!url.searchParams.has('heartbeat')) url.searchParams.set('heartbeat', String(this.options.heartbeatSec));
+    if (!url.searchParams.has('heartbeat'))
+      url.searchParams.set('heartbeat', String(this.options.heartbeatSec));
     const { reconnectBaseMs, reconnectCapMs } = this.options;
     this.recovering = await amqp.connect(url.toString(), {
       clientProperties: { connection_name: this.options.connectionName },
@@ -136,7 +138,8 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
       const onConnected = (): void => {
         clearTimeout(timer);
         if (this.current) resolve(this.current);
-        else reject(new WarrenError(ErrorCode.BrokerUnavailable, 'broker connection lost', { retryable: true }));
+        else
+          reject(new WarrenError(ErrorCode.BrokerUnavailable, 'broker connection lost', { retryable: true }));
       };
       this.once('connected', onConnected);
     });

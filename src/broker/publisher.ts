@@ -38,7 +38,12 @@ export class Publisher {
     return this.channel !== undefined;
   }
 
-  async publish(exchange: string, routingKey: string, body: Buffer, options: PublishOptions = {}): Promise<void> {
+  async publish(
+    exchange: string,
+    routingKey: string,
+    body: Buffer,
+    options: PublishOptions = {},
+  ): Promise<void> {
     const { waitForConnectionMs, ...amqpOptions } = options;
     let channel = this.channel;
     if (!channel && waitForConnectionMs !== undefined && waitForConnectionMs > 0) {
@@ -53,10 +58,14 @@ export class Publisher {
         channel.publish(exchange, routingKey, body, amqpOptions, (error: unknown) => {
           if (error) {
             reject(
-              new WarrenError(ErrorCode.PublishNacked, `broker did not confirm the message: ${errorMessage(error)}`, {
-                cause: error,
-                retryable: true,
-              }),
+              new WarrenError(
+                ErrorCode.PublishNacked,
+                `broker did not confirm the message: ${errorMessage(error)}`,
+                {
+                  cause: error,
+                  retryable: true,
+                },
+              ),
             );
           } else {
             resolve();

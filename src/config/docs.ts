@@ -10,7 +10,8 @@ export function renderDefaultYaml(): string {
   ];
   let section: string | undefined;
   for (const field of CONFIG_FIELDS) {
-    const [head, leaf] = field.path.length === 1 ? [undefined, field.path[0]] : [field.path[0], field.path[1]];
+    const [head, leaf] =
+      field.path.length === 1 ? [undefined, field.path[0]] : [field.path[0], field.path[1]];
     const indent = head === undefined ? '' : '  ';
     if (head !== section) {
       lines.push('');

@@ -149,7 +149,9 @@ function crossChecks(config: WarrenConfig, requirements: readonly ConfigRequirem
     );
   }
   if (config.presence.expiryMs < 2 * config.presence.heartbeatMs) {
-    problems.push('presence.expiryMs: must be at least twice presence.heartbeatMs, or a busy node flaps offline');
+    problems.push(
+      'presence.expiryMs: must be at least twice presence.heartbeatMs, or a busy node flaps offline',
+    );
   }
   if (config.rabbitmq.reconnectCapMs < config.rabbitmq.reconnectBaseMs) {
     problems.push('rabbitmq.reconnectCapMs: must not be below rabbitmq.reconnectBaseMs');

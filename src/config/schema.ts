@@ -46,7 +46,9 @@ const id = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'must match ^[A-Za-z0-9_-]{
 const port = z.number().int().min(0).max(65_535);
 const positiveInt = z.number().int().positive();
 const amqpUrl = z.string().regex(/^amqps?:\/\//, 'must be an amqp:// or amqps:// URL');
-const redisUrl = z.string().regex(/^(redis|rediss|unix):\/\//, 'must be a redis://, rediss:// or unix:// URL');
+const redisUrl = z
+  .string()
+  .regex(/^(redis|rediss|unix):\/\//, 'must be a redis://, rediss:// or unix:// URL');
 
 export const configSchema = z.strictObject({
   prefix: id
@@ -69,7 +71,12 @@ export const configSchema = z.strictObject({
         .min(8192)
         .default(DEFAULTS.frameMax)
         .describe('Requested AMQP frame size; long recipient lists are chunked to fit the negotiated one.'),
-      heartbeatSec: z.number().int().min(0).default(DEFAULTS.heartbeatSec).describe('AMQP heartbeat (0 = off).'),
+      heartbeatSec: z
+        .number()
+        .int()
+        .min(0)
+        .default(DEFAULTS.heartbeatSec)
+        .describe('AMQP heartbeat (0 = off).'),
       reconnectBaseMs: positiveInt
         .default(DEFAULTS.reconnectBaseMs)
         .describe('First reconnect delay bound (full-jitter backoff).'),
@@ -95,7 +102,9 @@ export const configSchema = z.strictObject({
         .int()
         .min(0)
         .default(DEFAULTS.unbindGraceMs)
-        .describe("Delay before a user's key is unbound after their last tab closes (a reload costs no bind)."),
+        .describe(
+          "Delay before a user's key is unbound after their last tab closes (a reload costs no bind).",
+        ),
       maxLifetimeMs: z
         .number()
         .int()
@@ -161,10 +170,7 @@ export const configSchema = z.strictObject({
   jwt: z
     .strictObject({
       secret: z.string().min(16, 'must be at least 16 characters').optional().describe('HS256 secret.'),
-      publicKey: z
-        .string()
-        .optional()
-        .describe('RS256/ES256 public key, PEM text or a path to a PEM file.'),
+      publicKey: z.string().optional().describe('RS256/ES256 public key, PEM text or a path to a PEM file.'),
       jwksFile: z.string().optional().describe('RS256/ES256 keys as a JWKS file.'),
       issuer: z.string().optional().describe('Required `iss` claim, when set.'),
       audience: z.string().optional().describe('Required `aud` claim, when set.'),
@@ -186,7 +192,7 @@ export const configSchema = z.strictObject({
       heartbeatMs: positiveInt.default(DEFAULTS.presenceHeartbeatMs).describe('Gateway liveness heartbeat.'),
       expiryMs: positiveInt
         .default(DEFAULTS.presenceExpiryMs)
-        .describe("A node silent this long no longer counts its users online."),
+        .describe('A node silent this long no longer counts its users online.'),
     })
     .prefault({}),
   claimCheck: z

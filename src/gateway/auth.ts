@@ -84,11 +84,14 @@ export class TokenVerifier {
     try {
       ({ payload } = await jwtVerify(token, this.key as Uint8Array, this.options));
     } catch (error) {
-      throw new WarrenError(ErrorCode.Unauthorized, `invalid token: ${errorMessage(error)}`, { cause: error });
+      throw new WarrenError(ErrorCode.Unauthorized, `invalid token: ${errorMessage(error)}`, {
+        cause: error,
+      });
     }
     const { sub, tid, exp } = payload as { sub?: unknown; tid?: unknown; exp?: unknown };
     if (!isValidId(sub)) throw new WarrenError(ErrorCode.Unauthorized, 'token `sub` is not a valid user id');
-    if (!isValidId(tid)) throw new WarrenError(ErrorCode.Unauthorized, 'token `tid` is not a valid tenant id');
+    if (!isValidId(tid))
+      throw new WarrenError(ErrorCode.Unauthorized, 'token `tid` is not a valid tenant id');
     if (typeof exp !== 'number') throw new WarrenError(ErrorCode.Unauthorized, 'token has no `exp`');
     return { userId: sub, tenantId: tid, expiresAt: exp * 1000 };
   }

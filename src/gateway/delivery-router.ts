@@ -43,7 +43,10 @@ export class DeliveryRouter {
     const eventType: unknown = message.properties.type;
     if (!isValidId(tenantId) || typeof eventId !== 'string' || typeof eventType !== 'string') {
       this.refuse('malformed', 1);
-      this.logger.error({ routingKey: message.fields.routingKey }, 'delivery without tenant, id or type dropped');
+      this.logger.error(
+        { routingKey: message.fields.routingKey },
+        'delivery without tenant, id or type dropped',
+      );
       delivery.ack();
       return;
     }
@@ -127,7 +130,13 @@ export class DeliveryRouter {
     this.history.add(offset, keys, frame);
   }
 
-  private unavailable(tenantId: string, eventId: string, jobId: string, targets: Target[], why: string): void {
+  private unavailable(
+    tenantId: string,
+    eventId: string,
+    jobId: string,
+    targets: Target[],
+    why: string,
+  ): void {
     this.metrics.payloadUnavailable.inc();
     this.logger.error({ tenantId, eventId, jobId, reason: why }, 'claim-checked payload unavailable');
     const frame = encodeFrame({

@@ -27,8 +27,16 @@ export class GatewayMetrics {
       help: 'Users whose routing key is bound to this node (including those in the unbind grace period)',
       registers: r,
     });
-    this.binds = new Counter({ name: 'warren_gateway_binds_total', help: 'Queue binds issued', registers: r });
-    this.unbinds = new Counter({ name: 'warren_gateway_unbinds_total', help: 'Queue unbinds issued', registers: r });
+    this.binds = new Counter({
+      name: 'warren_gateway_binds_total',
+      help: 'Queue binds issued',
+      registers: r,
+    });
+    this.unbinds = new Counter({
+      name: 'warren_gateway_unbinds_total',
+      help: 'Queue unbinds issued',
+      registers: r,
+    });
     this.deliveries = new Counter({
       name: 'warren_gateway_deliveries_total',
       help: 'Delivery messages consumed from the node queue',
@@ -61,7 +69,11 @@ export class GatewayMetrics {
       help: 'Upgrades refused with 401',
       registers: r,
     });
-    this.badFrames = new Counter({ name: 'warren_gateway_bad_frames_total', help: 'Bad client frames', registers: r });
+    this.badFrames = new Counter({
+      name: 'warren_gateway_bad_frames_total',
+      help: 'Bad client frames',
+      registers: r,
+    });
     this.payloadFetches = new Counter({
       name: 'warren_gateway_payload_fetches_total',
       help: 'Claim-check payloads read from Redis',

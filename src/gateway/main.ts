@@ -44,7 +44,10 @@ export interface Gateway {
 }
 
 /** Starts a gateway node: connects to Redis and RabbitMQ, then listens. */
-export async function startGateway(config: Readonly<WarrenConfig>, options: GatewayOptions): Promise<Gateway> {
+export async function startGateway(
+  config: Readonly<WarrenConfig>,
+  options: GatewayOptions,
+): Promise<Gateway> {
   const g = config.gateway;
   const nodeId = g.id ?? randomBytes(6).toString('hex');
   const logger = options.logger.child({ component: 'gateway', nodeId });
@@ -55,11 +58,16 @@ export async function startGateway(config: Readonly<WarrenConfig>, options: Gate
   const metricsRegistry = createRegistry({ node: nodeId });
   const metrics = new GatewayMetrics(metricsRegistry);
   const verifier = await TokenVerifier.create(config.jwt);
-  const redis = await createRedis({ url: config.redis.url, name: `warren-gateway-${nodeId}`, logger, autoPipelining: true });
+  const redis = await createRedis({
+    url: config.redis.url,
+    name: `warren-gateway-${nodeId}`,
+    logger,
+    autoPipelining: true,
+  });
   const presence = new PresenceStore(redis, keys);
   const broker = new BrokerConnection(
     { ...config.rabbitmq, connectionName: `warren-gateway-${nodeId}` },
-    logger.child({ component: 'broker' }),
+    logger.child({ part: 'broker' }),
   );
   const pool = new BindingPool(
     broker,
@@ -80,7 +88,11 @@ export async function startGateway(config: Readonly<WarrenConfig>, options: Gate
     { onUsersChanged: (n) => metrics.usersHeld.set(n) },
     logger,
   );
-  const history = new DeliveryHistory(`${nodeId}.${Date.now().toString(36)}`, g.historyEvents, g.historyBytes);
+  const history = new DeliveryHistory(
+    `${nodeId}.${Date.now().toString(36)}`,
+    g.historyEvents,
+    g.historyBytes,
+  );
   const router = new DeliveryRouter(
     registry,
     new RecentDeliveries(g.dedupKeys),
@@ -112,9 +124,11 @@ export async function startGateway(config: Readonly<WarrenConfig>, options: Gate
   await broker.start();
 
   let firstBeat = true;
+  const startedAt = Date.now();
   const beat = async (): Promise<void> => {
     try {
-      const unknown = await presence.heartbeat(nodeId);
+      const stats = { connections: registry.size, users: registry.userCount, startedAt };
+      const unknown = await presence.heartbeat(nodeId, stats, config.presence.expiryMs);
       if (unknown && !firstBeat) {
         logger.warn('this node had been declared dead; announcing its users again');
         await registry.reannounce();

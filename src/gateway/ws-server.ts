@@ -216,7 +216,11 @@ export class WsServer {
     if (!tab || tab.closed) return;
     if (isBinary) return this.badFrame(tab, FrameErrorCode.BinaryFrame, 'binary frames are not accepted');
     if (message.byteLength > this.deps.limits.maxFrameBytes) {
-      return this.badFrame(tab, FrameErrorCode.FrameTooLarge, `frames are limited to ${this.deps.limits.maxFrameBytes} bytes`);
+      return this.badFrame(
+        tab,
+        FrameErrorCode.FrameTooLarge,
+        `frames are limited to ${this.deps.limits.maxFrameBytes} bytes`,
+      );
     }
     let parsed: unknown;
     try {
@@ -246,7 +250,12 @@ export class WsServer {
       return;
     }
     for (const frame of frames) if (!tab.write(frame, CloseCode.TooSlow)) return;
-    this.sendFrame(tab, { type: 'resumed', epoch: history.epoch, replayed: frames.length, offset: history.offset });
+    this.sendFrame(tab, {
+      type: 'resumed',
+      epoch: history.epoch,
+      replayed: frames.length,
+      offset: history.offset,
+    });
   }
 
   private badFrame(tab: Tab, code: FrameErrorCode, message: string): void {

@@ -32,7 +32,10 @@ export interface Resolver {
 const CLOSE_TIMEOUT_MS = 15_000;
 
 /** Starts a resolver worker; run several for throughput (they compete on one queue). */
-export async function startResolver(config: Readonly<WarrenConfig>, options: ResolverOptions): Promise<Resolver> {
+export async function startResolver(
+  config: Readonly<WarrenConfig>,
+  options: ResolverOptions,
+): Promise<Resolver> {
   const id = randomBytes(4).toString('hex');
   const logger = options.logger.child({ component: 'resolver', resolverId: id });
   const names = topologyNames(config.prefix);
@@ -63,7 +66,7 @@ export async function startResolver(config: Readonly<WarrenConfig>, options: Res
 
   const broker = new BrokerConnection(
     { ...config.rabbitmq, connectionName: `warren-resolver-${id}` },
-    logger.child({ component: 'broker' }),
+    logger.child({ part: 'broker' }),
   );
   const publisher = new Publisher(broker, logger);
   const worker = new ResolverWorker({

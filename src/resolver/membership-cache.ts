@@ -45,18 +45,19 @@ export class MembershipCache {
     switch (entry.op) {
       case 'tu': {
         const team = this.teams.get(entry.a);
-        if (team) (on ? team.direct.add(Number(entry.b)) : team.direct.remove(Number(entry.b)));
+        if (team) setBit(team.direct, Number(entry.b), on);
         break;
       }
       case 'gu': {
         const group = this.groups.get(entry.a);
-        if (group) (on ? group.add(Number(entry.b)) : group.remove(Number(entry.b)));
+        if (group) setBit(group, Number(entry.b), on);
         break;
       }
       case 'gt': {
         // a = group, b = team. A newly linked group that is not cached yet is loaded by `ensure`.
         const team = this.teams.get(entry.b);
-        if (team) (on ? team.groups.add(entry.a) : team.groups.delete(entry.a));
+        if (team && on) team.groups.add(entry.a);
+        else if (team) team.groups.delete(entry.a);
         break;
       }
       case 'rl':
@@ -121,6 +122,11 @@ export class MembershipCache {
     }
     return parts;
   }
+}
+
+function setBit(bitmap: Bitmap, bit: number, on: boolean): void {
+  if (on) bitmap.add(bit);
+  else bitmap.remove(bit);
 }
 
 function bitmapOf(bits: Buffer | null): Bitmap {

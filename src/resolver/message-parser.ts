@@ -9,7 +9,8 @@ import {
 } from '../protocol/schemas.js';
 
 /** Why a message was dead-lettered (the `x-warren-code` header). */
-export type RejectCode = 'not_json' | 'invalid_event' | 'invalid_membership' | 'routing_mismatch' | 'job_not_found';
+export type RejectCode =
+  'not_json' | 'invalid_event' | 'invalid_membership' | 'routing_mismatch' | 'job_not_found';
 
 export type Parsed =
   | { kind: 'event'; event: ModelEvent }
@@ -52,7 +53,8 @@ export function parseMessage(message: ConsumeMessage, names: TopologyNames): Par
     return { kind: 'membership', change: result.data };
   }
   const result = modelEventSchema.safeParse(body.value);
-  if (!result.success) return { kind: 'invalid', code: 'invalid_event', reason: describeIssues(result.error) };
+  if (!result.success)
+    return { kind: 'invalid', code: 'invalid_event', reason: describeIssues(result.error) };
   const event = result.data;
   // The routing key names the tenant too; if the two disagree, one of them is a bug, and guessing which
   // could send health data to the wrong tenant.

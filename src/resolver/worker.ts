@@ -112,7 +112,11 @@ export class ResolverWorker {
         for (const item of pending) {
           if (missingJobs.has(item)) {
             this.track(
-              this.deadLetter(item.delivery, 'job_not_found', `job ${item.event.jobId} not found in tenant ${tenantId}`),
+              this.deadLetter(
+                item.delivery,
+                'job_not_found',
+                `job ${item.event.jobId} not found in tenant ${tenantId}`,
+              ),
             );
           } else {
             await this.route(view, item);
@@ -135,7 +139,10 @@ export class ResolverWorker {
         return new Set(withJob.filter((_, i) => !exists[i]));
       } catch (error) {
         if (attempt >= SYNC_ATTEMPTS) {
-          this.deps.logger.warn({ err: errorMessage(error), tenantId: view.tenantId }, 'cannot sync; requeueing');
+          this.deps.logger.warn(
+            { err: errorMessage(error), tenantId: view.tenantId },
+            'cannot sync; requeueing',
+          );
           for (const p of pending) p.delivery.requeue();
           this.deps.metrics.events.inc({ outcome: 'requeued' }, pending.length);
           return undefined;
@@ -162,7 +169,10 @@ export class ResolverWorker {
       try {
         jobId = await this.deps.payloads.put(event.tenantId, body, claimCheck.ttlSec);
       } catch (error) {
-        this.deps.logger.warn({ err: errorMessage(error), eventId: event.id }, 'claim check failed; requeued');
+        this.deps.logger.warn(
+          { err: errorMessage(error), eventId: event.id },
+          'claim check failed; requeued',
+        );
         delivery.requeue();
         return;
       }
@@ -178,7 +188,10 @@ export class ResolverWorker {
           delivery.ack();
         },
         (error: unknown) => {
-          this.deps.logger.warn({ err: errorMessage(error), eventId: event.id }, 'delivery not confirmed; requeued');
+          this.deps.logger.warn(
+            { err: errorMessage(error), eventId: event.id },
+            'delivery not confirmed; requeued',
+          );
           metrics.events.inc({ outcome: 'requeued' });
           delivery.requeue();
         },

@@ -3,7 +3,12 @@
  * schemes it spreads simultaneous reconnects best, which is what matters when a whole fleet of clients or
  * nodes loses the same broker at once.
  */
-export function fullJitterDelay(attempt: number, baseMs: number, capMs: number, random = Math.random): number {
+export function fullJitterDelay(
+  attempt: number,
+  baseMs: number,
+  capMs: number,
+  random = Math.random,
+): number {
   const exp = Math.min(capMs, baseMs * 2 ** Math.max(0, attempt - 1));
   return Math.floor(random() * exp);
 }

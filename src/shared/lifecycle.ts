@@ -10,7 +10,8 @@ export async function withTimeout<T>(promise: Promise<T>, ms: number, what: stri
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(
-      () => reject(new WarrenError(ErrorCode.Timeout, `${what} timed out after ${ms} ms`, { retryable: true })),
+      () =>
+        reject(new WarrenError(ErrorCode.Timeout, `${what} timed out after ${ms} ms`, { retryable: true })),
       ms,
     );
   });

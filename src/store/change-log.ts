@@ -67,7 +67,8 @@ export async function readLog(
   cursor: string,
   count: number,
 ): Promise<LogEntry[]> {
-  const reply = (await redis.xread('COUNT', count, 'STREAMS', logKey, cursor)) as [string, RawEntry[]][] | null;
+  const reply = (await redis.xread('COUNT', count, 'STREAMS', logKey, cursor)) as
+    [string, RawEntry[]][] | null;
   const stream = reply?.[0];
   return stream ? stream[1].map(toEntry) : [];
 }

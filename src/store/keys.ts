@@ -22,6 +22,11 @@ export class Keys {
     return `${this.prefix}:node:${nodeId}:tenants`;
   }
 
+  /** Hash of a node's numbers (connections, users), refreshed with each heartbeat. */
+  nodeStats(nodeId: string): string {
+    return `${this.prefix}:node:${nodeId}:stats`;
+  }
+
   /** Set of tenants ever seen, for `warren status`. */
   tenants(): string {
     return `${this.prefix}:tenants`;

@@ -17,7 +17,12 @@ export class PayloadStore {
     return randomBytes(16).toString('base64url');
   }
 
-  async put(tenantId: string, payload: Buffer | string, ttlSec: number, jobId = PayloadStore.newJobId()): Promise<string> {
+  async put(
+    tenantId: string,
+    payload: Buffer | string,
+    ttlSec: number,
+    jobId = PayloadStore.newJobId(),
+  ): Promise<string> {
     await this.redis.set(this.keys.job(tenantId, jobId), payload, 'EX', ttlSec);
     return jobId;
   }

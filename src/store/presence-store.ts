@@ -2,6 +2,12 @@ import { LOG_MAX_LEN } from './change-log.js';
 import type { Keys } from './keys.js';
 import type { WarrenRedis } from './redis.js';
 
+export interface NodeStats {
+  connections: number;
+  users: number;
+  startedAt: number;
+}
+
 /**
  * Which users of a tenant are online, per gateway node. A user is online while any node has their bit set;
  * a node that stops heartbeating is declared dead after `expiryMs` and its bits stop counting (resolvers
@@ -54,9 +60,56 @@ export class PresenceStore {
     );
   }
 
-  /** Returns true when the node was not listed as alive (first beat, or declared dead meanwhile). */
-  async heartbeat(nodeId: string): Promise<boolean> {
-    return (await this.redis.warrenHeartbeat(this.keys.nodes(), nodeId)) === 1;
+  /**
+   * Records that the node is alive, with its current numbers for `warren status`. Returns true when the
+   * node was not listed as alive (first beat, or declared dead meanwhile).
+   */
+  async heartbeat(nodeId: string, stats: NodeStats, ttlMs: number): Promise<boolean> {
+    const statsKey = this.keys.nodeStats(nodeId);
+    const [isNew] = await Promise.all([
+      this.redis.warrenHeartbeat(this.keys.nodes(), nodeId),
+      this.redis
+        .multi()
+        .hset(statsKey, { connections: stats.connections, users: stats.users, startedAt: stats.startedAt })
+        .pexpire(statsKey, ttlMs)
+        .exec(),
+    ]);
+    return isNew === 1;
+  }
+
+  async nodeStats(nodeId: string): Promise<NodeStats | undefined> {
+    const raw = await this.redis.hgetall(this.keys.nodeStats(nodeId));
+    if (!raw['connections']) return undefined;
+    return {
+      connections: Number(raw['connections']),
+      users: Number(raw['users']),
+      startedAt: Number(raw['startedAt']),
+    };
+  }
+
+  /** Every node that heartbeats or did, with its last beat on Redis's clock. */
+  async nodes(): Promise<{ nodeId: string; lastBeat: number }[]> {
+    const flat = await this.redis.zrange(this.keys.nodes(), '0', '-1', 'WITHSCORES');
+    const out: { nodeId: string; lastBeat: number }[] = [];
+    for (let i = 0; i + 1 < flat.length; i += 2)
+      out.push({ nodeId: flat[i] as string, lastBeat: Number(flat[i + 1]) });
+    return out;
+  }
+
+  /** Users of a tenant online on any of `nodeIds`, counted once however many nodes hold them. */
+  async onlineCount(tenantId: string, nodeIds: readonly string[]): Promise<number> {
+    if (nodeIds.length === 0) return 0;
+    const k = this.keys;
+    const scratch = `${k.online(tenantId, 'status')}:${process.pid}:${Date.now()}`;
+    const sources = nodeIds.map((n) => k.online(tenantId, n));
+    const [, [, count] = []] =
+      (await this.redis
+        .multi()
+        .bitop('OR', scratch, ...sources)
+        .bitcount(scratch)
+        .del(scratch)
+        .exec()) ?? [];
+    return Number(count ?? 0);
   }
 
   /** Removes everything a node announced, in every tenant. Idempotent. */
@@ -64,11 +117,14 @@ export class PresenceStore {
     const k = this.keys;
     const tenants = await this.redis.smembers(k.nodeTenants(nodeId));
     await Promise.all(
-      tenants.map((t) => this.redis.warrenNodeGone(k.online(t, nodeId), k.log(t), k.logSeq(t), nodeId, LOG_MAX_LEN)),
+      tenants.map((t) =>
+        this.redis.warrenNodeGone(k.online(t, nodeId), k.log(t), k.logSeq(t), nodeId, LOG_MAX_LEN),
+      ),
     );
     await this.redis.zrem(k.nodes(), nodeId);
-    await this.redis.del(k.nodeTenants(nodeId));
-    for (const known of this.knownTenants) if (known.startsWith(`${nodeId}/`)) this.knownTenants.delete(known);
+    await this.redis.del(k.nodeTenants(nodeId), k.nodeStats(nodeId));
+    for (const known of this.knownTenants)
+      if (known.startsWith(`${nodeId}/`)) this.knownTenants.delete(known);
   }
 
   async liveNodes(expiryMs: number): Promise<string[]> {

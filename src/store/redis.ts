@@ -26,7 +26,9 @@ export interface WarrenCommands {
 }
 
 export type WarrenRedis = Redis & WarrenCommands;
-export type WarrenPipeline = ChainableCommander & { [K in keyof WarrenCommands]: (...args: Arg[]) => WarrenPipeline };
+export type WarrenPipeline = ChainableCommander & {
+  [K in keyof WarrenCommands]: (...args: Arg[]) => WarrenPipeline;
+};
 
 /** Adds Warren's scripts to a client (also one handed in by a library user). Returns the same client. */
 export function withWarrenCommands(redis: Redis): WarrenRedis {

@@ -63,7 +63,10 @@ describe('upgrade authentication (HS256)', () => {
       garbage: 'not-a-jwt',
       'wrong secret': await token({ sub: 'u1', tid: 't1', secret: 'another-secret-another-secret' }),
       expired: await token({ sub: 'u1', tid: 't1', expiresIn: -60 }),
-      'alg none': new UnsecuredJWT(claims).setSubject('u1').setExpirationTime(now() + 60).encode(),
+      'alg none': new UnsecuredJWT(claims)
+        .setSubject('u1')
+        .setExpirationTime(now() + 60)
+        .encode(),
       'alg HS384 with the right secret': await new SignJWT(claims)
         .setProtectedHeader({ alg: 'HS384' })
         .setSubject('u1')
@@ -102,7 +105,10 @@ describe('upgrade authentication with public keys', () => {
           ? generateKeyPairSync('rsa', { modulusLength: 2048 })
           : generateKeyPairSync('ec', { namedCurve: 'P-256' });
       const pem = pair.publicKey.export({ type: 'spki', format: 'pem' }).toString();
-      const signing = await importPKCS8(pair.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(), alg);
+      const signing = await importPKCS8(
+        pair.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
+        alg,
+      );
       const jwt = await new SignJWT({ tid: 't1' })
         .setProtectedHeader({ alg, kid: 'k1' })
         .setSubject('u1')

@@ -99,7 +99,8 @@ describe('bindings: once per user, grace on reload, again after a reconnect, gon
     await probe.deliver(prefix, ['u.t1.A', 'u.t1.B'], { id: 'after', tenantId: 't1' });
     await probe.deliver(prefix, ['u.t2.C'], { id: 'after-c', tenantId: 't2' });
     await eventually(
-      () => a.eventIds().includes('after') && b.eventIds().includes('after') && c.eventIds().includes('after-c'),
+      () =>
+        a.eventIds().includes('after') && b.eventIds().includes('after') && c.eventIds().includes('after-c'),
       'the same tabs receive after the reconnect',
     );
     // The same sockets: none of them was closed or reconnected.

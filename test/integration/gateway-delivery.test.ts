@@ -28,7 +28,10 @@ describe('delivery path over two gateway nodes', () => {
     for (const tab of tabs) tab.ws.terminate();
     tabs = [];
     await Promise.all(gateways.map((g) => g.close()));
-    await probe.deleteExchangesAndQueues(prefix, gateways.map((g) => g.queue));
+    await probe.deleteExchangesAndQueues(
+      prefix,
+      gateways.map((g) => g.queue),
+    );
     await probe.close();
   });
 
@@ -73,7 +76,10 @@ describe('delivery path over two gateway nodes', () => {
     // A (buggy or hostile) delivery of tenant t1 that names a t2 user among its recipients.
     await probe.deliver(prefix, ['u.t1.A', 'u.t2.A'], { id: 'leak', tenantId: 't1' });
     await probe.deliver(prefix, ['u.t2.A'], { id: 'marker', tenantId: 't2' });
-    await eventually(() => victim.eventIds().includes('marker') && a.eventIds().includes('leak'), 'deliveries');
+    await eventually(
+      () => victim.eventIds().includes('marker') && a.eventIds().includes('leak'),
+      'deliveries',
+    );
     expect(victim.eventIds()).toEqual(['marker']);
   });
 

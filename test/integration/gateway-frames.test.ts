@@ -19,7 +19,12 @@ describe('client frames, limits and connection lifetime', () => {
   beforeAll(async () => {
     gateway = await startTestGateway(
       testConfig(prefix, {
-        gateway: { maxFrameBytes: 256, badFrameLimit: 3, maxBackpressureBytes: 256 * 1024, historyEvents: 100 },
+        gateway: {
+          maxFrameBytes: 256,
+          badFrameLimit: 3,
+          maxBackpressureBytes: 256 * 1024,
+          historyEvents: 100,
+        },
       }),
     );
     probe = await BrokerProbe.open();

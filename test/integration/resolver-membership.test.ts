@@ -46,7 +46,9 @@ describe('membership changes take effect for the next event', () => {
   });
 
   /** Publishes an event to `audience`, then a marker to everyone, and returns who got the event. */
-  async function reach(audience: Parameters<WarrenPublisher['publishEvent']>[0]['audience']): Promise<string[]> {
+  async function reach(
+    audience: Parameters<WarrenPublisher['publishEvent']>[0]['audience'],
+  ): Promise<string[]> {
     n += 1;
     const id = `e${n}`;
     await warren.publishEvent({ id, tenantId: 'acme', type: 'test.event', audience, data: { n } });

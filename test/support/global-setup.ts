@@ -57,6 +57,7 @@ export default async function setup(project: TestProject): Promise<() => Promise
     } catch (error) {
       throw new Error(
         `No RabbitMQ/Redis for the tests: none on 127.0.0.1, none in WARREN_TEST_*_URL, and Docker failed: ${String(error)}`,
+        { cause: error },
       );
     }
   }

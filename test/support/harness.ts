@@ -21,7 +21,10 @@ export function testPrefix(name: string): string {
 type DeepPartial<T> = { [K in keyof T]?: T[K] extends object ? DeepPartial<T[K]> : T[K] };
 
 /** A full, validated configuration for a test, against the test services, nothing read from the environment. */
-export function testConfig(prefix: string, overrides: DeepPartial<WarrenConfig> = {}): Readonly<WarrenConfig> {
+export function testConfig(
+  prefix: string,
+  overrides: DeepPartial<WarrenConfig> = {},
+): Readonly<WarrenConfig> {
   const base = {
     prefix,
     log: { level: process.env['WARREN_TEST_LOG_LEVEL'] ?? 'silent' },
@@ -215,8 +218,12 @@ export class BrokerProbe {
       returned = true;
     });
     await new Promise<void>((resolve, reject) =>
-      ch.publish(`${prefix}.deliveries`, key, Buffer.from('null'), { mandatory: true, messageId: 'probe', type: 'probe', headers: { 'x-warren-tenant': 'probe' } }, (err: unknown) =>
-        err ? reject(err as Error) : resolve(),
+      ch.publish(
+        `${prefix}.deliveries`,
+        key,
+        Buffer.from('null'),
+        { mandatory: true, messageId: 'probe', type: 'probe', headers: { 'x-warren-tenant': 'probe' } },
+        (err: unknown) => (err ? reject(err as Error) : resolve()),
       ),
     );
     await ch.close();
@@ -226,8 +233,10 @@ export class BrokerProbe {
   async deleteExchangesAndQueues(prefix: string, gatewayQueues: string[] = []): Promise<void> {
     const ch = await this.model.createChannel();
     ch.on('error', () => {});
-    for (const q of [`${prefix}.resolver`, `${prefix}.dead`, ...gatewayQueues]) await ch.deleteQueue(q).catch(() => {});
-    for (const x of ['events', 'membership', 'deliveries', 'dlx']) await ch.deleteExchange(`${prefix}.${x}`).catch(() => {});
+    for (const q of [`${prefix}.resolver`, `${prefix}.dead`, ...gatewayQueues])
+      await ch.deleteQueue(q).catch(() => {});
+    for (const x of ['events', 'membership', 'deliveries', 'dlx'])
+      await ch.deleteExchange(`${prefix}.${x}`).catch(() => {});
     await ch.close().catch(() => {});
   }
 
@@ -237,13 +246,16 @@ export class BrokerProbe {
 }
 
 /** Reads one metric from a gateway's registry, summed over the series matching `labels`. */
-export async function counter(gateway: Gateway, name: string, labels: Record<string, string> = {}): Promise<number> {
+export async function counter(
+  gateway: Gateway,
+  name: string,
+  labels: Record<string, string> = {},
+): Promise<number> {
   const metric = await gateway.metrics.getSingleMetric(name)?.get();
   return (metric?.values ?? [])
     .filter((v) => Object.entries(labels).every(([k, want]) => String(v.labels[k]) === want))
     .reduce((sum, v) => sum + v.value, 0);
 }
-
 
 export async function startTestResolver(config: Readonly<WarrenConfig>): Promise<Resolver> {
   return startResolver(config, { logger: testLogger(config) });

@@ -15,8 +15,9 @@ export class TcpProxy {
   ) {}
 
   static async start(targetHost: string, targetPort: number): Promise<TcpProxy> {
-    let proxy: TcpProxy | undefined;
+    const state: { proxy?: TcpProxy } = {};
     const server = createServer((client) => {
+      const proxy = state.proxy;
       if (!proxy || proxy.refusing) {
         client.destroy();
         return;
@@ -25,7 +26,7 @@ export class TcpProxy {
       const upstream = connect({ host: targetHost, port: targetPort });
       for (const s of [client, upstream]) {
         proxy.sockets.add(s);
-        s.on('close', () => proxy?.sockets.delete(s));
+        s.on('close', () => proxy.sockets.delete(s));
         s.on('error', () => {
           client.destroy();
           upstream.destroy();
@@ -37,8 +38,8 @@ export class TcpProxy {
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     const address = server.address();
     if (!address || typeof address === 'string') throw new Error('proxy has no port');
-    proxy = new TcpProxy(server, address.port);
-    return proxy;
+    state.proxy = new TcpProxy(server, address.port);
+    return state.proxy;
   }
 
   cut(): void {

@@ -1,4 +1,4 @@
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import { BrokerConnection } from '../../broker/connection.js';
 import { Publisher } from '../../broker/publisher.js';
 import { declareTopology, topologyNames, type TopologyNames } from '../../broker/topology.js';
@@ -61,7 +61,9 @@ export class WarrenPublisher {
     private readonly names: TopologyNames,
     private readonly members: MembershipStore,
     private readonly payloads: PayloadStore,
-    private readonly settings: Required<Pick<PublisherOptions, 'claimCheckBytes' | 'claimCheckTtlSec' | 'publishTimeoutMs'>>,
+    private readonly settings: Required<
+      Pick<PublisherOptions, 'claimCheckBytes' | 'claimCheckTtlSec' | 'publishTimeoutMs'>
+    >,
   ) {}
 
   static async connect(options: PublisherOptions = {}): Promise<WarrenPublisher> {
@@ -126,12 +128,17 @@ export class WarrenPublisher {
         event = { ...rest, jobId };
       }
     }
-    await this.publisher.publish(this.names.events, `${event.tenantId}.${event.type}`, Buffer.from(JSON.stringify(event)), {
-      contentType: 'application/json',
-      messageId: event.id,
-      persistent: true,
-      waitForConnectionMs: this.settings.publishTimeoutMs,
-    });
+    await this.publisher.publish(
+      this.names.events,
+      `${event.tenantId}.${event.type}`,
+      Buffer.from(JSON.stringify(event)),
+      {
+        contentType: 'application/json',
+        messageId: event.id,
+        persistent: true,
+        waitForConnectionMs: this.settings.publishTimeoutMs,
+      },
+    );
   }
 
   /**
@@ -139,7 +146,8 @@ export class WarrenPublisher {
    * returned id instead of `data`. The payload lives `claimCheckTtlSec`, scoped to the tenant.
    */
   async putPayload(tenantId: string, data: unknown): Promise<string> {
-    if (!isValidId(tenantId)) throw new WarrenError(ErrorCode.InvalidId, `invalid tenant id: ${String(tenantId)}`);
+    if (!isValidId(tenantId))
+      throw new WarrenError(ErrorCode.InvalidId, `invalid tenant id: ${String(tenantId)}`);
     return this.payloads.put(tenantId, JSON.stringify(data ?? null), this.settings.claimCheckTtlSec);
   }
 
@@ -147,7 +155,10 @@ export class WarrenPublisher {
   async applyMembership(change: unknown): Promise<boolean> {
     const result = membershipChangeSchema.safeParse(change);
     if (!result.success) {
-      throw new WarrenError(ErrorCode.InvalidMembership, `invalid membership change: ${describeIssues(result.error)}`);
+      throw new WarrenError(
+        ErrorCode.InvalidMembership,
+        `invalid membership change: ${describeIssues(result.error)}`,
+      );
     }
     return this.members.apply(result.data);
   }

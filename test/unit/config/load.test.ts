@@ -62,7 +62,10 @@ describe('loadConfig', () => {
   });
 
   it('reports every problem, from every source, in one error', () => {
-    const file = tempFile('bad.yaml', 'gateway:\n  prot: 80\n  bindChannels: 0\nrabbitmq:\n  url: http://nope\n');
+    const file = tempFile(
+      'bad.yaml',
+      'gateway:\n  prot: 80\n  bindChannels: 0\nrabbitmq:\n  url: http://nope\n',
+    );
     const message = configError(() =>
       loadConfig({
         env: {

@@ -1,0 +1,123 @@
+import amqp from 'amqplib';
+import { topologyNames } from '../broker/topology.js';
+import type { WarrenConfig } from '../config/schema.js';
+import { silentLogger } from '../shared/logger.js';
+import { Keys } from '../store/keys.js';
+import { PresenceStore } from '../store/presence-store.js';
+import { createRedis } from '../store/redis.js';
+
+interface QueueInfo {
+  queue: string;
+  messages: number | null;
+  consumers: number | null;
+}
+
+export interface Status {
+  gateways: {
+    id: string;
+    alive: boolean;
+    lastBeatAgoMs: number;
+    connections: number | null;
+    users: number | null;
+  }[];
+  tenants: { id: string; online: number }[];
+  queues: QueueInfo[];
+}
+
+async function queueInfo(model: amqp.ChannelModel, queue: string): Promise<QueueInfo> {
+  // checkQueue on a missing queue closes the channel, so each check gets its own.
+  const channel = await model.createChannel();
+  channel.on('error', () => {});
+  try {
+    const q = await channel.checkQueue(queue);
+    await channel.close();
+    return { queue, messages: q.messageCount, consumers: q.consumerCount };
+  } catch {
+    return { queue, messages: null, consumers: null };
+  }
+}
+
+export async function collectStatus(config: Readonly<WarrenConfig>): Promise<Status> {
+  const keys = new Keys(config.prefix);
+  const names = topologyNames(config.prefix);
+  const redis = await createRedis({ url: config.redis.url, name: 'warren-status', logger: silentLogger() });
+  try {
+    const presence = new PresenceStore(redis, keys);
+    const [time] = await redis.time();
+    const now = Number(time) * 1000;
+    const nodes = await presence.nodes();
+    const gateways = await Promise.all(
+      nodes.map(async ({ nodeId, lastBeat }) => {
+        const stats = await presence.nodeStats(nodeId);
+        return {
+          id: nodeId,
+          alive: now - lastBeat <= config.presence.expiryMs,
+          lastBeatAgoMs: Math.max(0, now - lastBeat),
+          connections: stats?.connections ?? null,
+          users: stats?.users ?? null,
+        };
+      }),
+    );
+    const live = gateways.filter((g) => g.alive).map((g) => g.id);
+    const tenantIds = (await redis.smembers(keys.tenants())).sort();
+    const tenants = await Promise.all(
+      tenantIds.map(async (id) => ({ id, online: await presence.onlineCount(id, live) })),
+    );
+    const model = await amqp.connect(config.rabbitmq.url);
+    try {
+      const queues = await Promise.all(
+        [names.resolver, names.dead, ...gateways.map((g) => names.gatewayQueue(g.id))].map((q) =>
+          queueInfo(model, q),
+        ),
+      );
+      return { gateways, tenants, queues };
+    } finally {
+      await model.close();
+    }
+  } finally {
+    await redis.quit();
+  }
+}
+
+function table(headers: string[], rows: (string | number)[][]): string {
+  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => String(r[i]).length)));
+  const line = (cells: (string | number)[]) =>
+    cells.map((c, i) => String(c).padEnd(widths[i] ?? 0)).join('  ');
+  return [line(headers), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n');
+}
+
+const dash = (v: number | null): string | number => (v === null ? '-' : v);
+
+export async function runStatus(config: Readonly<WarrenConfig>, options: { json: boolean }): Promise<number> {
+  const status = await collectStatus(config);
+  if (options.json) {
+    console.log(JSON.stringify(status, null, 2));
+    return 0;
+  }
+  console.log(`Warren status (prefix ${config.prefix})\n`);
+  console.log(
+    table(
+      ['gateway', 'alive', 'last beat', 'connections', 'users'],
+      status.gateways.map((g) => [
+        g.id,
+        g.alive ? 'yes' : 'no',
+        `${Math.round(g.lastBeatAgoMs / 1000)} s ago`,
+        dash(g.connections),
+        dash(g.users),
+      ]),
+    ),
+  );
+  console.log(
+    `\n${table(
+      ['tenant', 'users online'],
+      status.tenants.map((t) => [t.id, t.online]),
+    )}`,
+  );
+  console.log(
+    `\n${table(
+      ['queue', 'messages', 'consumers'],
+      status.queues.map((q) => [q.queue, dash(q.messages), dash(q.consumers)]),
+    )}`,
+  );
+  return 0;
+}

@@ -1,0 +1,103 @@
+#!/usr/bin/env node
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { findPackageRoot, loadConfig } from '../config/load.js';
+import { isWarrenError } from '../shared/errors.js';
+import { runDev } from './dev.js';
+import { runGateway } from './gateway.js';
+import { runMembersImport } from './members-import.js';
+import { runResolver } from './resolver.js';
+import { runStatus } from './status.js';
+
+const USAGE = `Usage: warren <command> [options]
+
+Commands:
+  gateway                 run a gateway node (WebSocket, /healthz, /readyz, /metrics)
+  resolver                run a resolver worker (run several for throughput)
+  dev                     gateway and resolver in one process, nothing to configure
+  members import FILE     bulk-load memberships from JSONL or CSV
+      --format jsonl|csv    default: from the file extension
+      --tenant ID           tenant for rows that do not name one
+      --skip-invalid        import the valid rows even if some are bad
+  status [--json]         gateways alive, connections, users online per tenant, queue depths
+  help                    this text
+
+Configuration: config/default.yaml, then the file named by WARREN_CONFIG, then WARREN_* variables.
+See README.md for every key.`;
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(join(findPackageRoot(), 'package.json'), 'utf8')) as {
+    version: string;
+  };
+  return pkg.version;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case 'gateway':
+      return runGateway(loadConfig({ require: ['jwt'] }));
+    case 'resolver':
+      return runResolver(loadConfig());
+    case 'dev':
+      return runDev(loadConfig());
+    case 'members': {
+      const [sub, ...args] = rest;
+      if (sub !== 'import') break;
+      const { values, positionals } = parseArgs({
+        args,
+        allowPositionals: true,
+        options: {
+          format: { type: 'string' },
+          tenant: { type: 'string' },
+          'skip-invalid': { type: 'boolean', default: false },
+        },
+      });
+      const file = positionals[0];
+      if (!file || positionals.length > 1) break;
+      const format = values.format;
+      if (format !== undefined && format !== 'jsonl' && format !== 'csv') {
+        console.error(`--format must be jsonl or csv, not ${format}`);
+        return 2;
+      }
+      return runMembersImport(loadConfig(), {
+        file,
+        ...(format ? { format } : {}),
+        ...(values.tenant ? { tenant: values.tenant } : {}),
+        skipInvalid: values['skip-invalid'] ?? false,
+      });
+    }
+    case 'status': {
+      const { values } = parseArgs({ args: rest, options: { json: { type: 'boolean', default: false } } });
+      return runStatus(loadConfig(), { json: values.json ?? false });
+    }
+    case '--version':
+    case 'version':
+      console.log(version());
+      return 0;
+    case undefined:
+    case 'help':
+    case '--help':
+    case '-h':
+      console.log(USAGE);
+      return 0;
+  }
+  console.error(`warren: unknown command "${argv.join(' ')}"\n\n${USAGE}`);
+  return 2;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (error: unknown) => {
+    if (isWarrenError(error, 'WARREN_ERR_CONFIG')) {
+      console.error(error.message);
+      process.exitCode = 78;
+      return;
+    }
+    console.error(isWarrenError(error) ? `${error.code}: ${error.message}` : error);
+    process.exitCode = 1;
+  },
+);
