@@ -7,6 +7,7 @@ import { CONFIG_FIELDS } from '../../../src/config/fields.js';
 import { findPackageRoot, loadConfig } from '../../../src/config/load.js';
 import { DEFAULTS } from '../../../src/config/schema.js';
 import { isWarrenError } from '../../../src/shared/errors.js';
+import { formatMarkdown } from '../../../scripts/format-markdown.js';
 
 function configError(run: () => unknown): string {
   try {
@@ -137,10 +138,10 @@ describe('loadConfig', () => {
     }
   });
 
-  it('keeps config/default.yaml and the README table in step with the schema (npm run config:docs)', () => {
+  it('keeps config/default.yaml and the README table in step with the schema (npm run config:docs)', async () => {
     const root = findPackageRoot();
     expect(readFileSync(join(root, 'config/default.yaml'), 'utf8')).toBe(renderDefaultYaml());
     const readme = readFileSync(join(root, 'README.md'), 'utf8');
-    expect(withConfigTable(readme)).toBe(readme);
+    expect(await formatMarkdown(withConfigTable(readme))).toBe(readme);
   });
 });

@@ -1,0 +1,266 @@
+import type { ConsumeMessage } from 'amqplib';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Gateway } from '../../src/gateway/main.js';
+import type { Resolver } from '../../src/resolver/main.js';
+import type { WarrenPublisher } from '../../src/sdk/publisher/index.js';
+import {
+  BrokerProbe,
+  cleanRedis,
+  connectPublisher,
+  eventually,
+  openTab,
+  startTestGateway,
+  startTestResolver,
+  testConfig,
+  testPrefix,
+  token,
+  type TestTab,
+} from '../support/harness.js';
+
+const valid = {
+  id: 'evt-valid',
+  tenantId: 'acme',
+  type: 'note.created',
+  audience: { users: ['ann'] },
+  data: { ok: true },
+};
+
+interface Case {
+  name: string;
+  body: Buffer | string | unknown;
+  exchange?: 'events' | 'membership';
+  routingKey?: string;
+  contentType?: string;
+  code: string;
+  /** A fragment the dead-letter reason must contain. */
+  reason: string;
+}
+
+const event = (patch: Record<string, unknown>) => ({ ...valid, ...patch });
+
+const cases: Case[] = [
+  { name: 'not JSON', body: '{"id": "e1", ', code: 'not_json', reason: 'not JSON' },
+  { name: 'empty body', body: '', code: 'not_json', reason: 'not JSON' },
+  {
+    name: 'binary body',
+    body: Buffer.from([0xff, 0xfe, 0x00, 0x81, 0x13]),
+    code: 'not_json',
+    reason: 'UTF-8',
+  },
+  {
+    name: 'wrong content type',
+    body: valid,
+    contentType: 'text/plain',
+    code: 'not_json',
+    reason: 'content-type',
+  },
+  { name: 'JSON null', body: null, code: 'invalid_event', reason: '(root)' },
+  { name: 'JSON array', body: [valid], code: 'invalid_event', reason: '(root)' },
+  { name: 'JSON string', body: '"an event"', code: 'invalid_event', reason: '(root)' },
+  { name: 'missing id', body: event({ id: undefined }), code: 'invalid_event', reason: 'id' },
+  {
+    name: 'missing tenantId',
+    body: event({ tenantId: undefined }),
+    code: 'invalid_event',
+    reason: 'tenantId',
+  },
+  { name: 'missing type', body: event({ type: undefined }), code: 'invalid_event', reason: 'type' },
+  {
+    name: 'missing audience',
+    body: event({ audience: undefined }),
+    code: 'invalid_event',
+    reason: 'audience',
+  },
+  { name: 'empty audience', body: event({ audience: {} }), code: 'invalid_event', reason: 'at least one' },
+  {
+    name: 'only exceptUsers',
+    body: event({ audience: { exceptUsers: ['ann'] } }),
+    code: 'invalid_event',
+    reason: 'at least one',
+  },
+  { name: 'id is a number', body: event({ id: 42 }), code: 'invalid_event', reason: 'id' },
+  {
+    name: 'teams is a string',
+    body: event({ audience: { teams: 'icu' } }),
+    code: 'invalid_event',
+    reason: 'teams',
+  },
+  {
+    name: 'dotted tenant id',
+    body: event({ tenantId: 'acme.x' }),
+    routingKey: 'acme.x.note.created',
+    code: 'invalid_event',
+    reason: 'tenantId',
+  },
+  {
+    name: 'wildcard user id',
+    body: event({ audience: { users: ['*'] } }),
+    code: 'invalid_event',
+    reason: 'audience.users.0',
+  },
+  {
+    name: 'hash team id',
+    body: event({ audience: { teams: ['#'] } }),
+    code: 'invalid_event',
+    reason: 'teams',
+  },
+  {
+    name: 'empty team id',
+    body: event({ audience: { teams: [''] } }),
+    code: 'invalid_event',
+    reason: 'teams',
+  },
+  {
+    name: 'id longer than 120',
+    body: event({ audience: { users: ['u'.repeat(121)] } }),
+    code: 'invalid_event',
+    reason: 'users',
+  },
+  {
+    name: 'oversized users list',
+    body: event({ audience: { users: Array.from({ length: 10_001 }, (_, i) => `u${i}`) } }),
+    code: 'invalid_event',
+    reason: 'at most 10000',
+  },
+  {
+    name: 'misspelt exceptUsers',
+    body: event({ audience: { users: ['ann'], exceptUser: ['ann'] } }),
+    code: 'invalid_event',
+    reason: 'exceptUser',
+  },
+  {
+    name: 'unknown top-level field',
+    body: event({ tennant: 'x' }),
+    code: 'invalid_event',
+    reason: 'tennant',
+  },
+  {
+    name: 'data and jobId',
+    body: event({ jobId: 'job1' }),
+    code: 'invalid_event',
+    reason: 'either data or jobId',
+  },
+  {
+    name: 'event type with a space',
+    body: event({ type: 'note created' }),
+    routingKey: 'acme.note created',
+    code: 'invalid_event',
+    reason: 'type',
+  },
+  {
+    name: 'routing key of another tenant',
+    body: valid,
+    routingKey: 'globex.note.created',
+    code: 'routing_mismatch',
+    reason: 'does not match',
+  },
+  {
+    name: 'unknown job id',
+    body: event({ data: undefined, jobId: 'nosuchjob' }),
+    code: 'job_not_found',
+    reason: 'nosuchjob',
+  },
+  {
+    name: 'membership: unknown op',
+    exchange: 'membership',
+    body: { op: 'toggle', tenantId: 'acme', userId: 'ann', teamId: 'icu' },
+    code: 'invalid_membership',
+    reason: 'op',
+  },
+  {
+    name: 'membership: three ids',
+    exchange: 'membership',
+    body: { op: 'add', tenantId: 'acme', userId: 'ann', teamId: 'icu', groupId: 'g' },
+    code: 'invalid_membership',
+    reason: 'exactly two',
+  },
+  {
+    name: 'membership: one id',
+    exchange: 'membership',
+    body: { op: 'add', tenantId: 'acme', userId: 'ann' },
+    code: 'invalid_membership',
+    reason: 'exactly two',
+  },
+  {
+    name: 'membership: dotted team',
+    exchange: 'membership',
+    body: { op: 'add', tenantId: 'acme', userId: 'ann', teamId: 'a.b' },
+    code: 'invalid_membership',
+    reason: 'teamId',
+  },
+];
+
+describe('malformed input is dead-lettered with its reason, and resolving goes on', () => {
+  const prefix = testPrefix('dead');
+  const config = testConfig(prefix);
+  let gateway: Gateway;
+  let resolver: Resolver;
+  let warren: WarrenPublisher;
+  let probe: BrokerProbe;
+  let ann: TestTab;
+
+  beforeAll(async () => {
+    gateway = await startTestGateway(config);
+    resolver = await startTestResolver(config);
+    warren = await connectPublisher(config);
+    probe = await BrokerProbe.open();
+    ann = await openTab(gateway.port, await token({ sub: 'ann', tid: 'acme' }));
+  });
+  afterAll(async () => {
+    ann.ws.terminate();
+    await warren.close();
+    await resolver.close();
+    await gateway.close();
+    await probe.deleteExchangesAndQueues(prefix, [gateway.queue]);
+    await probe.close();
+    await cleanRedis(prefix);
+  });
+
+  it(`dead-letters ${cases.length} kinds of malformed message, each with a reason`, async () => {
+    expect(cases.length).toBeGreaterThanOrEqual(20);
+    const dead: ConsumeMessage[] = [];
+    const channel = await probe.model.createChannel();
+    await channel.consume(`${prefix}.dead`, (m) => m && dead.push(m), { noAck: true });
+
+    for (const [i, c] of cases.entries()) {
+      const exchange = `${prefix}.${c.exchange ?? 'events'}`;
+      const routingKey = c.routingKey ?? (c.exchange === 'membership' ? 'acme' : 'acme.note.created');
+      const content = Buffer.isBuffer(c.body)
+        ? c.body
+        : Buffer.from(typeof c.body === 'string' ? c.body : JSON.stringify(c.body));
+      channel.publish(exchange, routingKey, content, {
+        contentType: c.contentType ?? 'application/json',
+        headers: { 'x-test-case': i },
+      });
+      // After each malformed message, a valid one: the resolver must still resolve it.
+      await warren.publishEvent({ ...valid, id: `valid-${i}` });
+    }
+
+    await eventually(
+      () => dead.length === cases.length,
+      `${cases.length} dead letters (missing: ${JSON.stringify(() => 0)})`,
+      20_000,
+    ).catch((error: Error) => {
+      const seen = new Set(dead.map((m) => Number(m.properties.headers?.['x-test-case'])));
+      throw new Error(
+        `${error.message}; missing ${cases
+          .filter((_, i) => !seen.has(i))
+          .map((c) => c.name)
+          .join(', ')}`,
+      );
+    });
+    await eventually(() => ann.eventIds().length === cases.length, 'every valid event delivered', 20_000);
+    expect(ann.eventIds()).toEqual(cases.map((_, i) => `valid-${i}`));
+
+    for (const message of dead) {
+      const headers = message.properties.headers ?? {};
+      const c = cases[Number(headers['x-test-case'])];
+      if (!c) throw new Error('dead letter without its test case header');
+      const reason = String(headers['x-warren-reason']);
+      expect({ name: c.name, code: headers['x-warren-code'] }).toEqual({ name: c.name, code: c.code });
+      expect(reason, c.name).toContain(c.reason);
+      expect(headers['x-warren-original-exchange']).toBe(`${prefix}.${c.exchange ?? 'events'}`);
+    }
+    await channel.close();
+  });
+});
