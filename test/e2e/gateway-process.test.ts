@@ -1,0 +1,135 @@
+import type { ConsumeMessage } from 'amqplib';
+import { afterEach, describe, expect, inject, it } from 'vitest';
+import { collectStatus } from '../../src/cli/status.js';
+import type { Resolver } from '../../src/resolver/main.js';
+import type { WarrenPublisher } from '../../src/sdk/publisher/index.js';
+import {
+  BrokerProbe,
+  TEST_SECRET,
+  cleanRedis,
+  connectPublisher,
+  eventually,
+  openTab,
+  startTestResolver,
+  testConfig,
+  testPrefix,
+  token,
+  type TestTab,
+} from '../support/harness.js';
+import { WarrenProcess } from '../support/warren-process.js';
+
+// `warren gateway` as an operator runs it: configured by environment only, stopped by a signal or killed.
+
+function gatewayEnv(prefix: string, extra: Record<string, string> = {}): Record<string, string> {
+  return {
+    WARREN_PREFIX: prefix,
+    WARREN_RABBITMQ_URL: inject('rabbitmqUrl'),
+    WARREN_REDIS_URL: inject('redisUrl'),
+    WARREN_JWT_SECRET: TEST_SECRET,
+    WARREN_GATEWAY_HOST: '127.0.0.1',
+    WARREN_GATEWAY_PORT: '0',
+    ...extra,
+  };
+}
+
+describe('warren gateway as a process', () => {
+  let prefix = '';
+  const processes: WarrenProcess[] = [];
+  const tabs: TestTab[] = [];
+  let resolver: Resolver | undefined;
+  let warren: WarrenPublisher | undefined;
+  let probe: BrokerProbe | undefined;
+
+  afterEach(async () => {
+    for (const tab of tabs.splice(0)) tab.ws.terminate();
+    const queues = processes.map((p) => String(p.logged('listening')?.['queue']));
+    for (const p of processes.splice(0)) await p.kill();
+    await warren?.close();
+    await resolver?.close();
+    // A killed node leaves its queue behind (the broker would expire it after a minute).
+    await probe?.deleteExchangesAndQueues(prefix, queues);
+    await probe?.close();
+    await cleanRedis(prefix);
+    warren = resolver = probe = undefined;
+  });
+
+  it('drains on SIGTERM: tabs get 4100, queue and bindings are removed, the process exits 0', async () => {
+    prefix = testPrefix('sigterm');
+    const gw = WarrenProcess.start(
+      ['gateway'],
+      gatewayEnv(prefix, { WARREN_GATEWAY_DRAIN_WINDOW_MS: '200' }),
+    );
+    processes.push(gw);
+    const port = await gw.listening();
+    const queue = String(gw.logged('listening')?.['queue']);
+    probe = await BrokerProbe.open();
+    tabs.push(await openTab(port, await token({ sub: 'ann', tid: 'acme' })));
+    tabs.push(await openTab(port, await token({ sub: 'bob', tid: 'acme' })));
+    expect(await probe.routes(prefix, 'u.acme.ann')).toBe(true);
+
+    gw.child.kill('SIGTERM');
+    expect(await tabs[0]?.closed).toBe(4100);
+    expect(await tabs[1]?.closed).toBe(4100);
+    expect(await gw.exited).toBe(0);
+    expect(await probe.queueExists(queue)).toBe(false);
+    expect(await probe.routes(prefix, 'u.acme.ann')).toBe(false);
+    expect(gw.logged('drained')).toBeDefined();
+  });
+
+  it('a node killed without cleaning up stops counting its users once its heartbeat expires', async () => {
+    prefix = testPrefix('crash');
+    // Short heartbeat and expiry so the test is quick; with the defaults (5 s / 15 s) the same path takes
+    // at most 15 s plus the resolvers' one-second liveness poll.
+    const presence = { WARREN_PRESENCE_HEARTBEAT_MS: '200', WARREN_PRESENCE_EXPIRY_MS: '1000' };
+    const doomed = WarrenProcess.start(['gateway'], gatewayEnv(prefix, presence));
+    const survivor = WarrenProcess.start(['gateway'], gatewayEnv(prefix, presence));
+    processes.push(doomed, survivor);
+    const [doomedPort, survivorPort] = await Promise.all([doomed.listening(), survivor.listening()]);
+    const config = testConfig(prefix, { presence: { heartbeatMs: 200, expiryMs: 1000 } });
+    resolver = await startTestResolver(config);
+    warren = await connectPublisher(config);
+    probe = await BrokerProbe.open();
+
+    // A spy queue sees every delivery the resolver routes, with its recipients.
+    const spy = `${prefix}.spy`;
+    const seen: ConsumeMessage[] = [];
+    await probe.channel.assertQueue(spy, { autoDelete: true });
+    await probe.channel.bindQueue(spy, `${prefix}.deliveries`, '#');
+    await probe.channel.consume(spy, (m) => m && seen.push(m), { noAck: true });
+    const recipients = (id: string): string[] => {
+      const m = seen.find((s) => s.properties.messageId === id);
+      if (!m) return [];
+      const cc = (m.properties.headers?.['CC'] as unknown[] | undefined) ?? [];
+      return [m.fields.routingKey, ...cc.map(String)].sort();
+    };
+
+    tabs.push(await openTab(doomedPort, await token({ sub: 'ann', tid: 'acme' })));
+    const bob = await openTab(survivorPort, await token({ sub: 'bob', tid: 'acme' }));
+    tabs.push(bob);
+    expect((await collectStatus(config)).tenants).toEqual([{ id: 'acme', online: 2 }]);
+    const audience = { users: ['ann', 'bob'] };
+    await warren.publishEvent({ id: 'before', tenantId: 'acme', type: 'test.event', audience });
+    await eventually(() => recipients('before').length > 0, 'routed before the crash');
+    expect(recipients('before')).toEqual(['u.acme.ann', 'u.acme.bob']);
+
+    await doomed.kill();
+    await eventually(
+      async () => (await collectStatus(config)).tenants[0]?.online === 1,
+      'the dead node’s user no longer counted online',
+      10_000,
+    );
+    // Resolvers stop counting it too: the next event is routed to bob only.
+    await eventually(
+      async () => {
+        const id = `after-${seen.length}`;
+        await warren!.publishEvent({ id, tenantId: 'acme', type: 'test.event', audience });
+        await eventually(() => recipients(id).length > 0, id);
+        return recipients(id).join() === 'u.acme.bob';
+      },
+      'events no longer routed to the dead node’s user',
+      10_000,
+    );
+    expect(bob.closeCode).toBeUndefined();
+    await probe.channel.deleteQueue(spy);
+  });
+});
