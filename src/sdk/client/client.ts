@@ -1,0 +1,253 @@
+import { FrameErrorCode, type ServerFrame, type WelcomeFrame } from '../../protocol/frames.js';
+import { DedupWindow } from './dedup-window.js';
+import { Emitter, type Listener } from './emitter.js';
+import { DEFAULT_RECONNECT } from './reconnect-policy.js';
+import { SocketLink, type LinkSettings } from './socket-link.js';
+import { canShareTabs, TabShare, type Cursor, type RelayMessage } from './tab-share.js';
+import { readClaims, TokenSource } from './token-source.js';
+import {
+  ClientErrorCode,
+  ClientState,
+  TabRole,
+  WarrenClientError,
+  type ClientEvents,
+  type ClientOptions,
+  type Resync,
+  type Session,
+} from './types.js';
+import { UrlRing } from './url-ring.js';
+
+const DEFAULT_DEDUP_WINDOW = 1000;
+const DEFAULT_PING_INTERVAL_MS = 25_000;
+
+/**
+ * A browser's connection to Warren: state, events (each id once), reconnects, and optionally one socket
+ * shared by the user's tabs. Create it with `connect()`.
+ */
+export class WarrenClient {
+  private current: ClientState = ClientState.Connecting;
+  private currentRole: TabRole = TabRole.Own;
+  private readonly emitter = new Emitter<ClientEvents>();
+  private readonly seen: DedupWindow;
+  private readonly link: LinkSettings;
+  private cursor: Cursor | undefined;
+  private welcome: WelcomeFrame | undefined;
+  private socket: SocketLink | undefined;
+  private share: TabShare | undefined;
+  /** The user this tab's token names; a relay announcing anyone else is ignored. */
+  private expected: { sub?: string; tid?: string } | undefined;
+
+  constructor(private readonly options: ClientOptions) {
+    const Socket = options.WebSocket ?? globalThis.WebSocket;
+    if (typeof Socket !== 'function')
+      throw new TypeError('no WebSocket implementation: pass options.WebSocket');
+    this.seen = new DedupWindow(options.dedupWindow ?? DEFAULT_DEDUP_WINDOW);
+    this.link = {
+      urls: new UrlRing(options.url),
+      tokens: new TokenSource(options.getToken),
+      reconnect: { ...DEFAULT_RECONNECT, ...options.reconnect },
+      tokenTransport: options.tokenTransport ?? 'protocol',
+      pingIntervalMs: options.pingIntervalMs ?? DEFAULT_PING_INTERVAL_MS,
+      WebSocket: Socket,
+      random: Math.random,
+      now: Date.now,
+    };
+    if (options.shareAcrossTabs && canShareTabs()) void this.joinTabs();
+    else this.openSocket();
+  }
+
+  get state(): ClientState {
+    return this.current;
+  }
+
+  get role(): TabRole {
+    return this.currentRole;
+  }
+
+  /** Who the gateway says this connection is, once connected. */
+  get session(): Session | undefined {
+    const w = this.welcome;
+    return w && { userId: w.userId, tenantId: w.tenantId, gateway: w.gateway, connectionId: w.connectionId };
+  }
+
+  /** Adds a listener; returns the function that removes it. */
+  on<K extends keyof ClientEvents>(name: K, listener: Listener<ClientEvents[K]>): () => void {
+    return this.emitter.on(name, listener);
+  }
+
+  off<K extends keyof ClientEvents>(name: K, listener: Listener<ClientEvents[K]>): void {
+    this.emitter.off(name, listener);
+  }
+
+  /** Closes the socket (a follower tab takes over if this one led) and stops reconnecting. */
+  close(): void {
+    if (this.current === ClientState.Closed) return;
+    if (this.share?.leading) this.share.post({ k: 'down' });
+    this.socket?.close();
+    this.share?.close();
+    this.setState(ClientState.Closed);
+    this.emitter.clear();
+  }
+
+  /** The one place the state changes. */
+  private setState(to: ClientState, code?: number): void {
+    const from = this.current;
+    if (from === to || from === ClientState.Closed) return;
+    this.current = to;
+    this.emitter.emit('state', code === undefined ? { from, to } : { from, to, code });
+  }
+
+  private setRole(role: TabRole): void {
+    if (this.currentRole === role) return;
+    this.currentRole = role;
+    this.emitter.emit('role', role);
+  }
+
+  private connectionLost(code?: number): void {
+    if (this.current === ClientState.Connected) this.setState(ClientState.Reconnecting, code);
+  }
+
+  private openSocket(): void {
+    const socket = new SocketLink(this.link, {
+      frame: (frame) => this.fromSocket(frame),
+      down: (code) => {
+        this.connectionLost(code);
+        this.share?.post({ k: 'down', code });
+      },
+      error: (error) => this.emitter.emit('error', error),
+    });
+    this.socket = socket;
+    socket.start();
+  }
+
+  private async joinTabs(): Promise<void> {
+    let token: string;
+    try {
+      token = await this.link.tokens.get(false);
+    } catch (cause) {
+      this.emitter.emit('error', new WarrenClientError(ClientErrorCode.Token, 'getToken failed', { cause }));
+      if (this.current !== ClientState.Closed) this.openSocket();
+      return;
+    }
+    if (this.current === ClientState.Closed) return;
+    const claims = readClaims(token);
+    const group = typeof this.options.shareAcrossTabs === 'string' ? this.options.shareAcrossTabs : undefined;
+    // Sharing across users would hand one user's events to another: without a group naming the user, or
+    // claims that do, this tab keeps its own socket.
+    if (group === undefined && (!claims?.sub || !claims.tid)) {
+      this.openSocket();
+      return;
+    }
+    this.expected = claims;
+    const name = `warren|${this.link.urls.describe()}|${group ?? `${claims?.tid}|${claims?.sub}`}`;
+    this.setRole(TabRole.Follower);
+    this.share = new TabShare(name, {
+      lead: () => {
+        this.setRole(TabRole.Leader);
+        this.connectionLost();
+        this.openSocket();
+      },
+      hello: () => this.announce(),
+      relay: (message) => this.fromLeader(message),
+    });
+    this.share.start();
+  }
+
+  /** Tells followers where the leader stands. */
+  private announce(): void {
+    const welcome = this.welcome;
+    if (this.current === ClientState.Connected && welcome) {
+      this.share?.post({ k: 'up', welcome, cursor: this.cursor });
+    } else this.share?.post({ k: 'down' });
+  }
+
+  private fromSocket(frame: ServerFrame): void {
+    if (frame.type === 'welcome') {
+      this.welcomed(frame);
+      this.announce();
+      return;
+    }
+    if (this.handle(frame)) this.share?.post({ k: 'frame', frame });
+  }
+
+  private welcomed(welcome: WelcomeFrame): void {
+    const prev = this.cursor;
+    this.welcome = welcome;
+    if (prev && prev.epoch === welcome.epoch) {
+      // Same node: ask for what was delivered since the last offset this tab (or its old leader) saw.
+      if (prev.offset < welcome.offset) this.socket?.send({ type: 'resume', ...prev });
+    } else {
+      if (prev) this.resync({ reason: 'new_node' });
+      this.cursor = { epoch: welcome.epoch, offset: welcome.offset };
+    }
+    this.setState(ClientState.Connected);
+  }
+
+  private fromLeader(message: RelayMessage): void {
+    switch (message.k) {
+      case 'up': {
+        const { welcome } = message;
+        const expected = this.expected;
+        if (expected && (welcome.userId !== expected.sub || welcome.tenantId !== expected.tid)) {
+          this.emitter.emit(
+            'error',
+            new WarrenClientError(ClientErrorCode.ShareMismatch, 'a sibling tab announced another user'),
+          );
+          return;
+        }
+        this.welcome = welcome;
+        this.cursor = message.cursor && { ...message.cursor };
+        this.setState(ClientState.Connected);
+        return;
+      }
+      case 'down':
+        this.connectionLost(message.code);
+        return;
+      case 'frame':
+        this.handle(message.frame);
+        return;
+      case 'resync':
+        this.emitter.emit('resync', message.resync);
+        return;
+    }
+  }
+
+  /** Handles a frame other than welcome; true when it was news worth relaying. */
+  private handle(frame: ServerFrame): boolean {
+    switch (frame.type) {
+      case 'event':
+        this.advance(frame.offset);
+        if (!this.seen.admit(frame.id)) return false;
+        this.emitter.emit('event', { id: frame.id, type: frame.eventType, data: frame.data });
+        return true;
+      case 'resumed':
+        this.advance(frame.offset);
+        return true;
+      case 'error':
+        if (frame.code === FrameErrorCode.ResumeUnavailable) {
+          this.resync({ reason: 'history_gap' });
+          return false;
+        }
+        this.emitter.emit(
+          'error',
+          frame.code === FrameErrorCode.PayloadUnavailable
+            ? new WarrenClientError(ClientErrorCode.PayloadUnavailable, frame.message, {
+                ...(frame.id === undefined ? {} : { eventId: frame.id }),
+              })
+            : new WarrenClientError(ClientErrorCode.Server, `${frame.code}: ${frame.message}`),
+        );
+        return true;
+      default:
+        return false;
+    }
+  }
+
+  private advance(offset: number): void {
+    if (this.cursor && typeof offset === 'number' && offset > this.cursor.offset) this.cursor.offset = offset;
+  }
+
+  private resync(resync: Resync): void {
+    this.emitter.emit('resync', resync);
+    this.share?.post({ k: 'resync', resync });
+  }
+}

@@ -1,0 +1,184 @@
+import {
+  BEARER_PROTOCOL_PREFIX,
+  WS_PROTOCOL,
+  type ClientFrame,
+  type ServerFrame,
+} from '../../protocol/frames.js';
+import { ABNORMAL_CLOSURE, planReconnect, type ReconnectOptions } from './reconnect-policy.js';
+import type { TokenSource } from './token-source.js';
+import { ClientErrorCode, WarrenClientError } from './types.js';
+import type { UrlRing } from './url-ring.js';
+
+export interface LinkHooks {
+  /** Every server frame, in order; `welcome` means the connection can receive. */
+  frame(frame: ServerFrame): void;
+  /** A connection ended or an attempt failed; the link has already scheduled the next attempt. */
+  down(code: number): void;
+  error(error: WarrenClientError): void;
+}
+
+export interface LinkSettings {
+  urls: UrlRing;
+  tokens: TokenSource;
+  reconnect: ReconnectOptions;
+  tokenTransport: 'protocol' | 'query';
+  pingIntervalMs: number;
+  WebSocket: typeof WebSocket;
+  random: () => number;
+  now: () => number;
+}
+
+type Timer = ReturnType<typeof setTimeout>;
+
+/**
+ * One WebSocket to a gateway and the loop that keeps it up: token, URL, connect, and after every close a
+ * delay chosen by the reconnect policy. Knows nothing of events, dedup or tabs.
+ */
+export class SocketLink {
+  private ws: WebSocket | undefined;
+  private retryTimer: Timer | undefined;
+  private pingTimer: ReturnType<typeof setInterval> | undefined;
+  private closed = false;
+  private attempt = 0;
+  private failures = 0;
+  private refreshToken = false;
+  private welcomedAt: number | undefined;
+  private lastFrameAt = 0;
+  private pingSentAt: number | undefined;
+
+  constructor(
+    private readonly settings: LinkSettings,
+    private readonly hooks: LinkHooks,
+  ) {}
+
+  start(): void {
+    void this.open();
+  }
+
+  /** Sends a frame if the socket is open; frames are never queued across connections. */
+  send(frame: ClientFrame): void {
+    if (this.ws?.readyState === 1) this.ws.send(JSON.stringify(frame));
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    clearTimeout(this.retryTimer);
+    this.detach()?.close(1000, 'client closed');
+  }
+
+  private async open(): Promise<void> {
+    let token: string;
+    try {
+      token = await this.settings.tokens.get(this.refreshToken);
+    } catch (cause) {
+      if (this.closed) return;
+      this.hooks.error(new WarrenClientError(ClientErrorCode.Token, 'getToken failed', { cause }));
+      this.ended(ABNORMAL_CLOSURE, 0);
+      return;
+    }
+    if (this.closed) return;
+    this.refreshToken = false;
+    const { urls, tokenTransport, WebSocket: Socket } = this.settings;
+    const url = urls.current();
+    let ws: WebSocket;
+    try {
+      ws =
+        tokenTransport === 'query'
+          ? new Socket(
+              `${url}${url.includes('?') ? '&' : '?'}token=${encodeURIComponent(token)}`,
+              WS_PROTOCOL,
+            )
+          : new Socket(url, [WS_PROTOCOL, `${BEARER_PROTOCOL_PREFIX}${token}`]);
+    } catch (cause) {
+      this.hooks.error(new WarrenClientError(ClientErrorCode.Socket, `cannot open ${url}`, { cause }));
+      this.ended(ABNORMAL_CLOSURE, 0);
+      return;
+    }
+    this.ws = ws;
+    this.welcomedAt = undefined;
+    ws.onmessage = (message: MessageEvent) => this.message(message.data);
+    ws.onclose = (event: CloseEvent) => this.dropped(event.code);
+  }
+
+  private message(data: unknown): void {
+    this.lastFrameAt = this.settings.now();
+    if (typeof data !== 'string') return;
+    let frame: ServerFrame;
+    try {
+      frame = JSON.parse(data) as ServerFrame;
+    } catch (cause) {
+      this.hooks.error(new WarrenClientError(ClientErrorCode.BadFrame, 'frame is not JSON', { cause }));
+      return;
+    }
+    if (typeof frame !== 'object' || frame === null || typeof frame.type !== 'string') return;
+    if (frame.type === 'welcome') {
+      this.welcomedAt = this.lastFrameAt;
+      this.startPing();
+    }
+    this.hooks.frame(frame);
+  }
+
+  private dropped(code: number): void {
+    this.detach();
+    const { welcomedAt } = this;
+    this.ended(code, welcomedAt === undefined ? undefined : this.settings.now() - welcomedAt);
+  }
+
+  /** `uptimeMs` undefined: the connection never got its welcome. */
+  private ended(code: number, uptimeMs: number | undefined): void {
+    if (this.closed) return;
+    const plan = planReconnect(
+      {
+        code,
+        welcomed: uptimeMs !== undefined,
+        uptimeMs: uptimeMs ?? 0,
+        attempt: this.attempt,
+        failuresBeforeWelcome: this.failures,
+      },
+      this.settings.reconnect,
+      this.settings.random,
+    );
+    this.attempt = plan.attempt;
+    this.failures = plan.failuresBeforeWelcome;
+    this.refreshToken ||= plan.refreshToken;
+    if (plan.nextUrl) this.settings.urls.advance();
+    this.retryTimer = setTimeout(() => void this.open(), plan.delayMs);
+    this.hooks.down(code);
+  }
+
+  /**
+   * Pings only detect a connection that died silently (a sleeping laptop, a dropped NAT entry). The check is
+   * "no frame since the last ping", not wall-clock silence: background tabs run timers late, and a late
+   * timer must not look like a dead server.
+   */
+  private startPing(): void {
+    const interval = this.settings.pingIntervalMs;
+    if (interval <= 0) return;
+    clearInterval(this.pingTimer);
+    this.pingSentAt = undefined;
+    this.pingTimer = setInterval(() => {
+      const sent = this.pingSentAt;
+      if (sent !== undefined && this.lastFrameAt < sent && this.settings.now() - sent >= interval) {
+        this.detach()?.close(4000, 'ping timeout');
+        this.dropped(ABNORMAL_CLOSURE);
+        return;
+      }
+      this.pingSentAt = this.settings.now();
+      this.send({ type: 'ping' });
+    }, interval);
+  }
+
+  /** Stops listening to the current socket and returns it (the caller may close it). */
+  private detach(): WebSocket | undefined {
+    clearInterval(this.pingTimer);
+    this.pingTimer = undefined;
+    const ws = this.ws;
+    this.ws = undefined;
+    if (ws) {
+      ws.onmessage = null;
+      ws.onclose = null;
+    }
+    return ws;
+  }
+}

@@ -1,0 +1,91 @@
+import type { ServerFrame, WelcomeFrame } from '../../protocol/frames.js';
+import type { Resync } from './types.js';
+
+/** Where a client stands in its node's delivery sequence, for `resume`. */
+export interface Cursor {
+  epoch: string;
+  offset: number;
+}
+
+/** What tabs of one group say to each other over their BroadcastChannel. */
+export type RelayMessage =
+  /** A tab started following: the leader answers with `up` or `down`. */
+  | { k: 'hello' }
+  /** The leader's socket is welcomed; followers adopt its cursor so they can resume if they take over. */
+  | { k: 'up'; welcome: WelcomeFrame; cursor: Cursor | undefined }
+  | { k: 'down'; code?: number }
+  | { k: 'frame'; frame: ServerFrame }
+  | { k: 'resync'; resync: Resync };
+
+export interface ShareHooks {
+  /** This tab holds the lock now: open the socket. */
+  lead(): void;
+  /** A follower asked the leader for its status. */
+  hello(): void;
+  /** A follower received a relay from the leader. */
+  relay(message: RelayMessage): void;
+}
+
+/** Whether this browsing context can share a connection (Web Locks need a secure context: https or localhost). */
+export function canShareTabs(): boolean {
+  return typeof BroadcastChannel === 'function' && typeof navigator === 'object' && !!navigator.locks;
+}
+
+/**
+ * Leader election among same-origin tabs of one group. Every tab queues for an exclusive Web Lock; the one
+ * holding it is the leader until its tab closes or it calls close(), and the browser then grants the lock to
+ * the next tab in line. That makes the handover immediate and leaves no stale leader behind, which
+ * heartbeats over BroadcastChannel alone could not promise.
+ */
+export class TabShare {
+  private readonly channel: BroadcastChannel;
+  private readonly abort = new AbortController();
+  private release: (() => void) | undefined;
+  private closed = false;
+  leading = false;
+
+  constructor(
+    private readonly name: string,
+    private readonly hooks: ShareHooks,
+  ) {
+    this.channel = new BroadcastChannel(name);
+  }
+
+  start(): void {
+    this.channel.onmessage = (event: MessageEvent) => this.received(event.data as RelayMessage);
+    navigator.locks
+      .request(this.name, { signal: this.abort.signal }, () => {
+        if (this.closed) return undefined;
+        this.leading = true;
+        this.hooks.lead();
+        // Held until close(): the lock is the leadership.
+        return new Promise<void>((resolve) => {
+          this.release = resolve;
+        });
+      })
+      // An AbortError when close() withdraws a request still in the queue.
+      .catch(() => {});
+    this.post({ k: 'hello' });
+  }
+
+  post(message: RelayMessage): void {
+    if (!this.closed) this.channel.postMessage(message);
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.abort.abort();
+    this.release?.();
+    this.channel.close();
+  }
+
+  private received(message: RelayMessage): void {
+    if (typeof message !== 'object' || message === null) return;
+    if (this.leading) {
+      if (message.k === 'hello') this.hooks.hello();
+      return;
+    }
+    if (message.k !== 'hello') this.hooks.relay(message);
+  }
+}

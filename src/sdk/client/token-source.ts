@@ -1,0 +1,63 @@
+/** The claims the client reads from a JWT without verifying it (only the gateway's check counts). */
+export interface TokenClaims {
+  sub?: string;
+  tid?: string;
+  /** Seconds since the epoch. */
+  exp?: number;
+}
+
+/** Decodes a JWT's payload; undefined for anything that is not a readable JWT (an opaque token is fine). */
+export function readClaims(token: string): TokenClaims | undefined {
+  const part = token.split('.')[1];
+  if (!part) return undefined;
+  try {
+    const base64 = part.replace(/-/g, '+').replace(/_/g, '/');
+    const binary = atob(base64.padEnd(base64.length + ((4 - (base64.length % 4)) % 4), '='));
+    const bytes = Uint8Array.from(binary, (c) => c.charCodeAt(0));
+    const value: unknown = JSON.parse(new TextDecoder().decode(bytes));
+    if (typeof value !== 'object' || value === null) return undefined;
+    const { sub, tid, exp } = value as Record<string, unknown>;
+    return {
+      ...(typeof sub === 'string' ? { sub } : {}),
+      ...(typeof tid === 'string' ? { tid } : {}),
+      ...(typeof exp === 'number' ? { exp } : {}),
+    };
+  } catch {
+    return undefined;
+  }
+}
+
+export type GetToken = () => string | Promise<string>;
+
+/**
+ * Caches the application's token between connections. It is fetched again when the gateway said it was
+ * rejected or expired, when the reconnect policy suspects it, or when its own `exp` has passed (reusing an
+ * expired token would only buy an HTTP 401 that the browser reports as a bare 1006).
+ */
+export class TokenSource {
+  private token: string | undefined;
+
+  constructor(
+    private readonly getToken: GetToken,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /** Uses a token fetched elsewhere (the tab-sharing setup reads one before it knows its role). */
+  seed(token: string): void {
+    this.token = token;
+  }
+
+  async get(refresh: boolean): Promise<string> {
+    const cached = this.token;
+    if (cached !== undefined && !refresh && !this.expired(cached)) return cached;
+    const token = await this.getToken();
+    if (typeof token !== 'string' || token.length === 0) throw new TypeError('getToken returned no token');
+    this.token = token;
+    return token;
+  }
+
+  private expired(token: string): boolean {
+    const exp = readClaims(token)?.exp;
+    return exp !== undefined && exp * 1000 <= this.now();
+  }
+}

@@ -1,0 +1,38 @@
+/** Where the client connects: one URL (a load balancer), a list of gateway nodes, or a function of yours. */
+export type UrlOption = string | readonly string[] | (() => string);
+
+/**
+ * Picks the URL of each attempt. A list starts at a random entry, so a crowd of browsers spreads over the
+ * nodes, and moves to the next entry when a node is draining or did not answer. A function is called for
+ * every attempt.
+ */
+export class UrlRing {
+  private index: number;
+
+  constructor(
+    private readonly option: UrlOption,
+    random: () => number = Math.random,
+  ) {
+    const list = typeof option === 'object' ? option : undefined;
+    if (list?.length === 0) throw new RangeError('url list is empty');
+    this.index = list ? Math.floor(random() * list.length) : 0;
+  }
+
+  current(): string {
+    const { option } = this;
+    if (typeof option === 'function') return option();
+    if (typeof option === 'string') return option;
+    return option[this.index % option.length] as string;
+  }
+
+  advance(): void {
+    this.index += 1;
+  }
+
+  /** A stable description of the option, for naming the tab-sharing channel. */
+  describe(): string {
+    const { option } = this;
+    if (typeof option === 'function') return '';
+    return typeof option === 'string' ? option : [...option].sort().join(' ');
+  }
+}

@@ -1,0 +1,181 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import type { ClientFrame, ServerFrame } from '../../../../src/protocol/frames.js';
+import {
+  connect,
+  type StateChange,
+  type WarrenClient,
+  type WarrenEvent,
+} from '../../../../src/sdk/client/index.js';
+
+/** A scripted stand-in for the browser's WebSocket: the test plays the gateway. */
+class ScriptedSocket {
+  static all: ScriptedSocket[] = [];
+  readyState = 0;
+  readonly sent: ClientFrame[] = [];
+  onmessage: ((event: { data: unknown }) => void) | null = null;
+  onclose: ((event: { code: number }) => void) | null = null;
+
+  constructor(
+    readonly url: string,
+    readonly protocols: string | string[],
+  ) {
+    ScriptedSocket.all.push(this);
+  }
+
+  send(text: string): void {
+    this.sent.push(JSON.parse(text) as ClientFrame);
+  }
+
+  close(): void {
+    this.readyState = 3;
+  }
+
+  receive(frame: ServerFrame): void {
+    this.readyState = 1;
+    this.onmessage?.({ data: JSON.stringify(frame) });
+  }
+
+  welcome(epoch: string, offset: number, gateway = 'gw-1'): void {
+    this.receive({
+      type: 'welcome',
+      connectionId: `c${ScriptedSocket.all.indexOf(this)}`,
+      userId: 'u1',
+      tenantId: 't1',
+      gateway,
+      epoch,
+      offset,
+    });
+  }
+
+  event(id: string, offset: number): void {
+    this.receive({ type: 'event', id, eventType: 'test.event', data: { id }, offset });
+  }
+
+  /** The server (or the network) ends the connection. */
+  end(code: number): void {
+    this.readyState = 3;
+    this.onclose?.({ code });
+  }
+
+  get token(): string | undefined {
+    const bearer = [this.protocols].flat().find((p) => p.startsWith('bearer.'));
+    return bearer?.slice('bearer.'.length);
+  }
+}
+
+describe('client core (scripted socket, fake timers)', () => {
+  let client: WarrenClient;
+  let tokens: number;
+  let events: WarrenEvent[];
+  let states: StateChange[];
+
+  const latest = (): ScriptedSocket => {
+    const s = ScriptedSocket.all.at(-1);
+    if (!s) throw new Error('no socket opened');
+    return s;
+  };
+
+  /** Lets the client's pending token promise and reconnect timer run. */
+  const nextAttempt = async (): Promise<ScriptedSocket> => {
+    const before = ScriptedSocket.all.length;
+    await vi.advanceTimersByTimeAsync(60_000);
+    expect(ScriptedSocket.all.length).toBe(before + 1);
+    return latest();
+  };
+
+  beforeEach(async () => {
+    vi.useFakeTimers();
+    ScriptedSocket.all = [];
+    tokens = 0;
+    events = [];
+    states = [];
+    client = connect({
+      url: ['ws://a/ws', 'ws://b/ws'],
+      getToken: () => `token-${++tokens}`,
+      WebSocket: ScriptedSocket as unknown as typeof WebSocket,
+      pingIntervalMs: 0,
+    });
+    client.on('event', (e) => events.push(e));
+    client.on('state', (s) => states.push(s));
+    await vi.advanceTimersByTimeAsync(0);
+  });
+
+  afterEach(() => {
+    client.close();
+    vi.useRealTimers();
+  });
+
+  it('sends the token as a sub-protocol and reports connecting → connected', () => {
+    const socket = latest();
+    expect(socket.protocols).toEqual(['warren', 'bearer.token-1']);
+    expect(client.state).toBe('connecting');
+    socket.welcome('e1', 0);
+    expect(client.state).toBe('connected');
+    expect(client.session).toMatchObject({ userId: 'u1', tenantId: 't1', gateway: 'gw-1' });
+  });
+
+  it('shows each event id once, even when the gateway replays it after a reconnect', async () => {
+    const first = latest();
+    first.welcome('e1', 5);
+    first.event('a', 6);
+    first.event('a', 6);
+    first.end(1006);
+    expect(client.state).toBe('reconnecting');
+
+    const second = await nextAttempt();
+    second.welcome('e1', 9);
+    // Same node: the client asks for what it missed since the last offset it saw.
+    expect(second.sent).toEqual([{ type: 'resume', epoch: 'e1', offset: 6 }]);
+    second.event('a', 6);
+    second.event('b', 8);
+    second.receive({ type: 'resumed', epoch: 'e1', replayed: 2, offset: 9 });
+    second.event('c', 10);
+    expect(events.map((e) => e.id)).toEqual(['a', 'b', 'c']);
+    expect(events[1]).toEqual({ id: 'b', type: 'test.event', data: { id: 'b' } });
+  });
+
+  it('does not resume on another node but says events may have been missed', async () => {
+    const resyncs: string[] = [];
+    client.on('resync', (r) => resyncs.push(r.reason));
+    latest().welcome('e1', 5);
+    latest().end(4100);
+    const second = await nextAttempt();
+    second.welcome('e2', 100, 'gw-2');
+    expect(second.sent).toEqual([]);
+    expect(resyncs).toEqual(['new_node']);
+  });
+
+  it('moves to the next URL on 4100 and keeps the token', async () => {
+    const first = latest();
+    first.welcome('e1', 0);
+    first.end(4100);
+    const second = await nextAttempt();
+    expect(second.url).not.toBe(first.url);
+    expect(second.token).toBe('token-1');
+    expect(states.at(-1)).toEqual({ from: 'connected', to: 'reconnecting', code: 4100 });
+  });
+
+  it('fetches a new token after 4001', async () => {
+    latest().welcome('e1', 0);
+    latest().end(4001);
+    const second = await nextAttempt();
+    expect(second.token).toBe('token-2');
+  });
+
+  it('fetches a new token after repeated failures before welcome (a browser’s view of HTTP 401)', async () => {
+    latest().end(1006);
+    expect((await nextAttempt()).token).toBe('token-1');
+    latest().end(1006);
+    expect((await nextAttempt()).token).toBe('token-2');
+    expect(client.state).toBe('connecting');
+  });
+
+  it('stops for good on close()', async () => {
+    latest().welcome('e1', 0);
+    client.close();
+    expect(client.state).toBe('closed');
+    latest().end(1000);
+    await vi.advanceTimersByTimeAsync(120_000);
+    expect(ScriptedSocket.all).toHaveLength(1);
+  });
+});
