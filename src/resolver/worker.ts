@@ -132,11 +132,13 @@ export class ResolverWorker {
       try {
         await view.sync();
         await view.prepare(pending.map((p) => p.event.audience));
+        // Only whether the payload exists: the resolver never reads a claim-checked payload itself.
         const withJob = pending.filter((p) => p.event.jobId !== undefined);
-        const exists = await Promise.all(
-          withJob.map((p) => this.deps.payloads.exists(p.event.tenantId, p.event.jobId as string)),
+        const missing = await this.deps.payloads.missing(
+          view.tenantId,
+          withJob.map((p) => p.event.jobId as string),
         );
-        return new Set(withJob.filter((_, i) => !exists[i]));
+        return new Set(withJob.filter((p) => missing.has(p.event.jobId as string)));
       } catch (error) {
         if (attempt >= SYNC_ATTEMPTS) {
           this.deps.logger.warn(

@@ -30,4 +30,23 @@ export class PayloadStore {
   async exists(tenantId: string, jobId: string): Promise<boolean> {
     return (await this.redis.exists(this.keys.job(tenantId, jobId))) === 1;
   }
+
+  /**
+   * The job ids among `jobIds` that have no payload in `tenantId`. One pipelined round trip for a whole
+   * batch: the resolver checks every claim-checked event before routing it, and a round trip per event
+   * would cap a resolver at one Redis latency per event.
+   */
+  async missing(tenantId: string, jobIds: readonly string[]): Promise<Set<string>> {
+    if (jobIds.length === 0) return new Set();
+    const pipeline = this.redis.pipeline();
+    for (const jobId of jobIds) pipeline.exists(this.keys.job(tenantId, jobId));
+    const replies = (await pipeline.exec()) ?? [];
+    const missing = new Set<string>();
+    jobIds.forEach((jobId, i) => {
+      const [error, count] = replies[i] ?? [new Error('no reply'), 0];
+      if (error) throw error;
+      if (count !== 1) missing.add(jobId);
+    });
+    return missing;
+  }
 }
