@@ -3,10 +3,11 @@ import { CloseCode } from '../protocol/close-codes.js';
 import { DeliveryHeader } from '../protocol/delivery.js';
 import { FrameErrorCode } from '../protocol/frames.js';
 import { isValidId, parseUserKey } from '../protocol/ids.js';
+import { JOB_ID_PATTERN } from '../protocol/schemas.js';
 import { errorMessage } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
 import { encodeFrame, eventFrame } from './frames.js';
-import type { GatewayMetrics, RefusalReason } from './gateway-metrics.js';
+import type { GatewayMetrics, PayloadUnavailableReason, RefusalReason } from './gateway-metrics.js';
 import type { DeliveryHistory } from './history.js';
 import type { PayloadFetcher } from './payload-fetcher.js';
 import type { RecentDeliveries } from './recent-deliveries.js';
@@ -41,37 +42,60 @@ export class DeliveryRouter {
     const tenantId: unknown = headers[DeliveryHeader.Tenant];
     const eventId: unknown = message.properties.messageId;
     const eventType: unknown = message.properties.type;
-    if (!isValidId(tenantId) || typeof eventId !== 'string' || typeof eventType !== 'string') {
+    const jobId: unknown = headers[DeliveryHeader.Job];
+    if (
+      !isValidId(tenantId) ||
+      typeof eventId !== 'string' ||
+      typeof eventType !== 'string' ||
+      (jobId !== undefined && (typeof jobId !== 'string' || !JOB_ID_PATTERN.test(jobId)))
+    ) {
       this.refuse('malformed', 1);
       this.logger.error(
         { routingKey: message.fields.routingKey },
-        'delivery without tenant, id or type dropped',
+        'delivery without tenant, id or type, or with a malformed job id, dropped',
       );
       delivery.ack();
       return;
     }
-    const targets = this.targets(tenantId, eventId, message.fields.routingKey, headers['CC']);
-    if (targets.length === 0) {
+    const { routingKey } = message.fields;
+    const cc: unknown = headers['CC'];
+    if (jobId === undefined) {
+      const targets = this.targets(tenantId, eventId, routingKey, cc);
+      if (targets.length > 0) this.write(eventId, eventType, message.content, targets);
       delivery.ack();
       return;
     }
-    const jobId: unknown = headers[DeliveryHeader.Job];
-    if (typeof jobId !== 'string') {
-      this.write(eventId, eventType, message.content, targets);
+    // No local tab among the recipients (they left since the resolver looked): no reason to read Redis.
+    if (!this.anyHeld(routingKey, cc)) {
       delivery.ack();
       return;
     }
+    // Small deliveries behind this one go on while the payload is read. Recipients are worked out once
+    // it is here, so tabs that closed meanwhile are skipped and a copy of the same event that arrived
+    // meanwhile (a redelivery) finds this one recorded and is not written twice.
     this.payloads.get(tenantId, jobId).then(
       (payload) => {
-        if (payload) this.write(eventId, eventType, payload, targets);
-        else this.unavailable(tenantId, eventId, jobId, targets, 'payload missing or expired');
+        const targets = this.targets(tenantId, eventId, routingKey, cc);
+        if (!payload) this.unavailable(tenantId, eventId, jobId, targets, 'missing');
+        else if (targets.length > 0) this.write(eventId, eventType, payload, targets);
         delivery.ack();
       },
       (error: unknown) => {
-        this.unavailable(tenantId, eventId, jobId, targets, errorMessage(error));
+        const targets = this.targets(tenantId, eventId, routingKey, cc);
+        this.unavailable(tenantId, eventId, jobId, targets, 'fetch_failed', errorMessage(error));
         delivery.ack();
       },
     );
+  }
+
+  private anyHeld(routingKey: string, cc: unknown): boolean {
+    if (this.registry.entry(routingKey)) return true;
+    if (!Array.isArray(cc)) return false;
+    for (const raw of cc as unknown[]) {
+      const key = Buffer.isBuffer(raw) ? raw.toString() : raw;
+      if (typeof key === 'string' && this.registry.entry(key)) return true;
+    }
+    return false;
   }
 
   private targets(tenantId: string, eventId: string, routingKey: string, cc: unknown): Target[] {
@@ -135,17 +159,24 @@ export class DeliveryRouter {
     eventId: string,
     jobId: string,
     targets: Target[],
-    why: string,
+    reason: PayloadUnavailableReason,
+    detail?: string,
   ): void {
-    this.metrics.payloadUnavailable.inc();
-    this.logger.error({ tenantId, eventId, jobId, reason: why }, 'claim-checked payload unavailable');
+    this.metrics.payloadUnavailable.inc({ reason });
+    let tabs = 0;
     const frame = encodeFrame({
       type: 'error',
       code: FrameErrorCode.PayloadUnavailable,
       message: `the payload of event ${eventId} is no longer available`,
       id: eventId,
     });
-    for (const target of targets) for (const tab of target.tabs) tab.write(frame, CloseCode.TooSlow);
+    for (const target of targets) {
+      for (const tab of target.tabs) if (tab.write(frame, CloseCode.TooSlow)) tabs += 1;
+    }
+    this.logger.error(
+      { tenantId, eventId, jobId, reason, tabs, ...(detail ? { err: detail } : {}) },
+      'claim-checked payload unavailable; tabs sent payload_unavailable',
+    );
   }
 
   private refuse(reason: RefusalReason, count: number): void {

@@ -1,16 +1,22 @@
 import type { ServerFrame } from '../protocol/frames.js';
 
-const CLOSE = Buffer.from('}');
+const NULL = Buffer.from('null');
 
 /**
- * An event frame around `data` bytes the resolver already serialised: the payload is copied, never parsed.
- * `id` and `type` are validated ids (no characters that need escaping) but go through JSON.stringify anyway.
+ * An event frame around `data` bytes that are already JSON (serialised once by the resolver, or the
+ * claim-checked payload as stored): the payload is copied once into the frame, never parsed or
+ * re-encoded, and the one frame is then written to every local tab. `id` and `type` are validated ids
+ * (no characters that need escaping) but go through JSON.stringify anyway.
  */
 export function eventFrame(id: string, eventType: string, offset: number, data: Uint8Array): Buffer {
-  const head = Buffer.from(
-    `{"type":"event","id":${JSON.stringify(id)},"eventType":${JSON.stringify(eventType)},"offset":${offset},"data":`,
-  );
-  return Buffer.concat([head, data.byteLength > 0 ? data : Buffer.from('null'), CLOSE]);
+  const head = `{"type":"event","id":${JSON.stringify(id)},"eventType":${JSON.stringify(eventType)},"offset":${offset},"data":`;
+  const body = data.byteLength > 0 ? data : NULL;
+  const headBytes = Buffer.byteLength(head);
+  const frame = Buffer.allocUnsafe(headBytes + body.byteLength + 1);
+  frame.write(head, 0, 'utf8');
+  frame.set(body, headBytes);
+  frame[frame.length - 1] = 0x7d; // '}'
+  return frame;
 }
 
 export function encodeFrame(frame: ServerFrame): string {

@@ -2,6 +2,9 @@ import { Counter, Gauge, Histogram, type Registry } from '../shared/metrics.js';
 
 export type RefusalReason = 'bad_key' | 'tenant_mismatch' | 'identity_mismatch' | 'malformed';
 
+/** `missing`: Redis had no payload (expired, never stored, or another tenant's job id); `fetch_failed`: Redis error. */
+export type PayloadUnavailableReason = 'missing' | 'fetch_failed';
+
 /** What operators watch on a gateway node (`GET /metrics`). */
 export class GatewayMetrics {
   readonly connections: Gauge;
@@ -16,7 +19,7 @@ export class GatewayMetrics {
   readonly authFailures: Counter;
   readonly badFrames: Counter;
   readonly payloadFetches: Counter;
-  readonly payloadUnavailable: Counter;
+  readonly payloadUnavailable: Counter<'reason'>;
   readonly welcomeSeconds: Histogram;
 
   constructor(registry: Registry) {
@@ -76,12 +79,13 @@ export class GatewayMetrics {
     });
     this.payloadFetches = new Counter({
       name: 'warren_gateway_payload_fetches_total',
-      help: 'Claim-check payloads read from Redis',
+      help: 'Claim-check payloads read from Redis (at most one read per job while cached or in flight)',
       registers: r,
     });
     this.payloadUnavailable = new Counter({
       name: 'warren_gateway_payload_unavailable_total',
-      help: 'Claim-checked events whose payload was missing or expired',
+      help: 'Claim-checked deliveries whose payload could not be read; their tabs got payload_unavailable',
+      labelNames: ['reason'],
       registers: r,
     });
     this.welcomeSeconds = new Histogram({

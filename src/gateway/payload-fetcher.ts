@@ -5,15 +5,29 @@ export interface PayloadCounters {
   onFetch(): void;
 }
 
+interface Cached {
+  value: Buffer;
+  storedAt: number;
+}
+
+/**
+ * How long a cached payload may be served. The cache is there for the copies of one event that reach a
+ * node close together (chunks of a long recipient list, a redelivery); keeping health data in memory much
+ * longer than that buys little and would outlive a short claim-check TTL by far.
+ */
+export const PAYLOAD_CACHE_MAX_AGE_MS = 60_000;
+
 /**
  * Claim-check payloads for this node: each job's bytes are read from Redis once however many local tabs
  * receive it. Concurrent requests for one job share a single read, and recent payloads stay in a cache
- * bounded in bytes (least recently used first out). Keys are tenant-scoped, so a job id can only ever
- * resolve within the tenant of the event that names it.
+ * bounded in bytes (least recently used first out) and in age. Entries are keyed by the full
+ * tenant-scoped Redis key, so a job id can only ever resolve within the tenant of the event that names
+ * it — in Redis and in this cache alike.
  */
 export class PayloadFetcher {
   private readonly inflight = new Map<string, Promise<Buffer | undefined>>();
-  private readonly cache = new Map<string, Buffer>();
+  // A Map iterates in insertion order; re-inserting on every hit makes its first entry the least recent.
+  private readonly cache = new Map<string, Cached>();
   private bytes = 0;
 
   constructor(
@@ -21,15 +35,25 @@ export class PayloadFetcher {
     private readonly keys: Keys,
     private readonly maxBytes: number,
     private readonly counters: PayloadCounters,
+    private readonly maxAgeMs = PAYLOAD_CACHE_MAX_AGE_MS,
   ) {}
 
+  /** Bytes held by the cache now. */
+  get cachedBytes(): number {
+    return this.bytes;
+  }
+
+  /** The payload, or undefined when Redis has none (never stored, expired, or another tenant's). */
   get(tenantId: string, jobId: string): Promise<Buffer | undefined> {
     const key = this.keys.job(tenantId, jobId);
     const cached = this.cache.get(key);
     if (cached) {
-      this.cache.delete(key);
-      this.cache.set(key, cached);
-      return Promise.resolve(cached);
+      this.forget(key, cached);
+      if (performance.now() - cached.storedAt <= this.maxAgeMs) {
+        this.cache.set(key, cached);
+        this.bytes += cached.value.byteLength;
+        return Promise.resolve(cached.value);
+      }
     }
     let pending = this.inflight.get(key);
     if (!pending) {
@@ -52,13 +76,19 @@ export class PayloadFetcher {
 
   private remember(key: string, value: Buffer): void {
     if (value.byteLength > this.maxBytes) return;
-    this.cache.set(key, value);
+    const previous = this.cache.get(key);
+    if (previous) this.forget(key, previous);
+    this.cache.set(key, { value, storedAt: performance.now() });
     this.bytes += value.byteLength;
     while (this.bytes > this.maxBytes) {
       const oldest = this.cache.entries().next().value;
       if (!oldest) break;
-      this.cache.delete(oldest[0]);
-      this.bytes -= oldest[1].byteLength;
+      this.forget(oldest[0], oldest[1]);
     }
+  }
+
+  private forget(key: string, entry: Cached): void {
+    this.cache.delete(key);
+    this.bytes -= entry.value.byteLength;
   }
 }
