@@ -32,7 +32,7 @@ export interface PublisherOptions {
   prefix?: string;
   /** Payloads larger than this (serialised `data`, bytes) are put in Redis first. Default 16384. */
   claimCheckBytes?: number;
-  /** Lifetime of such payloads. Default 3600 s. */
+  /** Lifetime of such payloads in Redis; must cover the time to deliver the event. Default 3600 s. */
   claimCheckTtlSec?: number;
   /** How long `publishEvent` waits for a lost broker connection to come back. Default 10 s. */
   publishTimeoutMs?: number;
@@ -110,31 +110,36 @@ export class WarrenPublisher {
   }
 
   /**
-   * Validates the event, puts a large payload in Redis first (the event then carries only its job id), and
-   * resolves once the broker has confirmed the event. Rejects with WARREN_ERR_INVALID_EVENT before sending
-   * anything if the event is malformed.
+   * Validates the event, puts a payload larger than `claimCheckBytes` in Redis first (the event then
+   * carries only its job id, and no delivery on the broker carries the payload), and resolves once the
+   * broker has confirmed the event. Rejects with WARREN_ERR_INVALID_EVENT before sending anything if the
+   * event is malformed.
    */
   async publishEvent(input: EventInput): Promise<void> {
     const result = modelEventSchema.safeParse(input);
     if (!result.success) {
       throw new WarrenError(ErrorCode.InvalidEvent, `invalid event: ${describeIssues(result.error)}`);
     }
-    let event: ModelEvent = result.data;
-    if (event.jobId === undefined && event.data !== undefined) {
-      const serialised = JSON.stringify(event.data);
+    const { data, ...envelope } = result.data;
+    let body = JSON.stringify(envelope);
+    // Undefined for `undefined` or a bare function: then the event has no data, as JSON would say.
+    const serialised = data === undefined ? undefined : (JSON.stringify(data) as string | undefined);
+    if (serialised !== undefined) {
       if (Buffer.byteLength(serialised) > this.settings.claimCheckBytes) {
-        const jobId = await this.payloads.put(event.tenantId, serialised, this.settings.claimCheckTtlSec);
-        const { data: _data, ...rest } = event;
-        event = { ...rest, jobId };
+        const jobId = await this.payloads.put(envelope.tenantId, serialised, this.settings.claimCheckTtlSec);
+        body = JSON.stringify({ ...envelope, jobId });
+      } else {
+        // Spliced in rather than serialised a second time along with the envelope.
+        body = `${body.slice(0, -1)},"data":${serialised}}`;
       }
     }
     await this.publisher.publish(
       this.names.events,
-      `${event.tenantId}.${event.type}`,
-      Buffer.from(JSON.stringify(event)),
+      `${envelope.tenantId}.${envelope.type}`,
+      Buffer.from(body),
       {
         contentType: 'application/json',
-        messageId: event.id,
+        messageId: envelope.id,
         persistent: true,
         waitForConnectionMs: this.settings.publishTimeoutMs,
       },
@@ -143,12 +148,17 @@ export class WarrenPublisher {
 
   /**
    * Stores a payload for a later event ("jobless" publishing): publish an event with `jobId` set to the
-   * returned id instead of `data`. The payload lives `claimCheckTtlSec`, scoped to the tenant.
+   * returned id instead of `data`. The payload lives `claimCheckTtlSec` (or `ttlSec`), scoped to the
+   * tenant: an event of another tenant naming the id is dead-lettered as `job_not_found`. Choose a
+   * lifetime that covers the time until the event is published plus its delivery.
    */
-  async putPayload(tenantId: string, data: unknown): Promise<string> {
+  async putPayload(tenantId: string, data: unknown, options: { ttlSec?: number } = {}): Promise<string> {
     if (!isValidId(tenantId))
       throw new WarrenError(ErrorCode.InvalidId, `invalid tenant id: ${String(tenantId)}`);
-    return this.payloads.put(tenantId, JSON.stringify(data ?? null), this.settings.claimCheckTtlSec);
+    const ttlSec = options.ttlSec ?? this.settings.claimCheckTtlSec;
+    if (!Number.isInteger(ttlSec) || ttlSec <= 0)
+      throw new WarrenError(ErrorCode.Config, `ttlSec must be a positive integer, got ${ttlSec}`);
+    return this.payloads.put(tenantId, JSON.stringify(data ?? null), ttlSec);
   }
 
   /** Applies a membership change; resolves once no resolver can use the old membership any more. */
