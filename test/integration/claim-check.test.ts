@@ -1,0 +1,475 @@
+import { randomBytes } from 'node:crypto';
+import type { ConsumeMessage } from 'amqplib';
+import { Redis } from 'ioredis';
+import { pino } from 'pino';
+import { afterEach, beforeEach, describe, expect, inject, it } from 'vitest';
+import type { WarrenConfig } from '../../src/config/schema.js';
+import { PayloadFetcher } from '../../src/gateway/payload-fetcher.js';
+import { startGateway, type Gateway } from '../../src/gateway/main.js';
+import type { Resolver } from '../../src/resolver/main.js';
+import { WarrenPublisher } from '../../src/sdk/publisher/index.js';
+import { silentLogger } from '../../src/shared/logger.js';
+import { Keys } from '../../src/store/keys.js';
+import { createRedis, type WarrenRedis } from '../../src/store/redis.js';
+import { RedisTap, SpyQueue } from '../bench/claim-probes.js';
+import {
+  BrokerProbe,
+  cleanRedis,
+  counter,
+  eventually,
+  openTab,
+  startTestResolver,
+  testConfig,
+  testPrefix,
+  token,
+  type TestTab,
+} from '../support/harness.js';
+
+const TTL_SEC = 120;
+
+/** A payload of about `bytes` serialised bytes, shaped like a document (many small records), unique per call. */
+function document(bytes: number): { data: unknown; json: string } {
+  const pages = Math.max(1, Math.ceil(bytes / 1000));
+  const data = {
+    kind: 'scan',
+    marker: randomBytes(8).toString('hex'),
+    pages: Array.from({ length: pages }, (_, i) => ({ page: i, text: randomBytes(750).toString('base64') })),
+  };
+  return { data, json: JSON.stringify(data) };
+}
+
+interface Tab {
+  tab: TestTab;
+  /** Every frame as the socket delivered it, before any parsing. */
+  raw: string[];
+  node: number;
+}
+
+describe('claim check over two gateway nodes, a resolver and the publisher SDK', () => {
+  let prefix: string;
+  let config: Readonly<WarrenConfig>;
+  let taps: RedisTap[];
+  let gateways: Gateway[];
+  let logs: Record<string, unknown>[][];
+  let resolver: Resolver;
+  let warren: WarrenPublisher;
+  let probe: BrokerProbe;
+  let deliveries: SpyQueue;
+  let events: SpyQueue;
+  let dead: ConsumeMessage[];
+  let redis: Redis;
+  let tabs: Tab[];
+
+  beforeEach(async () => {
+    prefix = testPrefix('claim');
+    config = testConfig(prefix, { claimCheck: { ttlSec: TTL_SEC } });
+    const redisUrl = inject('redisUrl');
+    taps = [await RedisTap.start(redisUrl), await RedisTap.start(redisUrl)];
+    logs = [[], []];
+    gateways = [];
+    for (const [i, tap] of taps.entries()) {
+      const sink = logs[i] as Record<string, unknown>[];
+      const logger = pino(
+        { level: 'warn' },
+        { write: (line: string) => void sink.push(JSON.parse(line) as Record<string, unknown>) },
+      );
+      gateways.push(
+        await startGateway(testConfig(prefix, { redis: { url: tap.url(redisUrl) } }), { logger }),
+      );
+    }
+    resolver = await startTestResolver(config);
+    warren = await WarrenPublisher.connect({
+      rabbitmqUrl: config.rabbitmq.url,
+      redisUrl,
+      prefix,
+      claimCheckTtlSec: TTL_SEC,
+    });
+    probe = await BrokerProbe.open();
+    deliveries = await SpyQueue.open(probe.model, `${prefix}.deliveries`);
+    events = await SpyQueue.open(probe.model, `${prefix}.events`);
+    dead = [];
+    const deadChannel = await probe.model.createChannel();
+    await deadChannel.consume(`${prefix}.dead`, (m) => m && dead.push(m), { noAck: true });
+    redis = new Redis(redisUrl);
+    tabs = [];
+  });
+
+  afterEach(async () => {
+    for (const t of tabs) t.tab.ws.terminate();
+    await warren.close();
+    await resolver.close();
+    await Promise.all(gateways.map((g) => g.close()));
+    await Promise.all(taps.map((t) => t.close()));
+    await probe.deleteExchangesAndQueues(
+      prefix,
+      gateways.map((g) => g.queue),
+    );
+    await probe.close();
+    await redis.quit();
+    await cleanRedis(prefix);
+  });
+
+  async function open(node: number, tid: string, sub: string): Promise<Tab> {
+    const gateway = gateways[node];
+    if (!gateway) throw new Error('no such node');
+    const tab = await openTab(gateway.port, await token({ sub, tid }));
+    const t: Tab = { tab, raw: [], node };
+    tab.ws.on('message', (data) => t.raw.push(data.toString()));
+    tabs.push(t);
+    return t;
+  }
+
+  const jobKey = (tenantId: string, jobId: string) => new Keys(prefix).job(tenantId, jobId);
+  const errors = (t: Tab) => t.tab.frames.filter((f) => f.type === 'error');
+  const jobOf = (eventId: string) => deliveries.of(eventId)[0]?.headers['x-warren-job'] as string | undefined;
+
+  it('fans a 1 MB payload out to 50 users over 2 nodes: identical bytes, one Redis read per node, small broker messages', async () => {
+    const users = Array.from({ length: 50 }, (_, i) => `user-${String(i).padStart(2, '0')}`);
+    for (const u of users) await warren.addUserToTeam('t1', u, 'ward');
+    const recipients: Tab[] = [];
+    for (const [i, u] of users.entries()) recipients.push(await open(i < 25 ? 0 : 1, 't1', u));
+    // More tabs for some users, also on the other node: still one read per node.
+    recipients.push(
+      await open(1, 't1', 'user-00'),
+      await open(0, 't1', 'user-01'),
+      await open(0, 't1', 'user-01'),
+    );
+    const outsider = await open(0, 't1', 'not-in-ward');
+    const otherTenant = await open(1, 't2', 'user-00');
+
+    const { data, json } = document(1_000_000);
+    expect(json.length).toBeGreaterThan(1_000_000);
+    await warren.publishEvent({
+      id: 'big-1',
+      tenantId: 't1',
+      type: 'doc.attached',
+      audience: { teams: ['ward'] },
+      data,
+    });
+    await eventually(
+      () => recipients.every((t) => t.tab.eventIds().includes('big-1')),
+      'every tab of the 50 users gets big-1',
+      20_000,
+    );
+
+    // Exactly the published bytes, in every tab: the frame ends with `"data":<payload as published>}`.
+    for (const t of recipients) {
+      const frames = t.raw.filter((r) => r.includes('"id":"big-1"'));
+      expect(frames).toHaveLength(1);
+      expect((frames[0] as string).endsWith(`"data":${json}}`)).toBe(true);
+      expect(t.tab.events().find((e) => e.id === 'big-1')?.data).toEqual(data);
+    }
+
+    const jobId = jobOf('big-1');
+    expect(jobId).toMatch(/^[A-Za-z0-9_-]+$/);
+    for (const [i, gateway] of gateways.entries()) {
+      expect(await counter(gateway, 'warren_gateway_payload_fetches_total'), `node ${i} metric`).toBe(1);
+      // Counted on the wire between the node and Redis, not by the node itself.
+      expect((taps[i] as RedisTap).jobReads(jobId), `node ${i} GETs seen by the tap`).toBe(1);
+      expect((taps[i] as RedisTap).bytesFromRedis).toBeLessThan(2 * json.length);
+    }
+    const ttl = await redis.ttl(jobKey('t1', jobId as string));
+    expect(ttl).toBeGreaterThan(0);
+    expect(ttl).toBeLessThanOrEqual(TTL_SEC);
+
+    // On the broker the event and its delivery carry the job id, not the megabyte.
+    const [event] = events.of('big-1');
+    expect(event?.bodyBytes).toBeLessThan(512);
+    expect(JSON.parse(event?.content.toString() ?? '{}')).toMatchObject({ jobId });
+    const copies = deliveries.of('big-1');
+    expect(copies).toHaveLength(1);
+    for (const copy of copies) {
+      expect(copy.bodyBytes).toBe(0);
+      expect(copy.headerBytesWithoutCc).toBeLessThan(512);
+      expect(copy.cc).toBe(49);
+      expect(copy.bodyBytes + copy.headerBytes).toBeLessThan(json.length / 500);
+    }
+
+    // Marker last: anything misrouted to the outsiders would have arrived before it.
+    await probe.deliver(prefix, ['u.t1.not-in-ward', 'u.t2.user-00'], { id: 'marker', tenantId: 't1' });
+    await eventually(() => outsider.tab.eventIds().includes('marker'), 'marker');
+    expect(outsider.tab.eventIds()).toEqual(['marker']);
+    expect(otherTenant.tab.eventIds()).toEqual([]);
+    for (const t of [...recipients, outsider, otherTenant]) expect(t.tab.closeCode).toBeUndefined();
+  }, 60_000);
+
+  it('sends payload_unavailable with the event id when the payload is gone, logs and counts it, and keeps serving', async () => {
+    const ann = await open(0, 't1', 'ann');
+    const annToo = await open(1, 't1', 'ann');
+
+    // A delivery naming a job that was deleted between resolving and fetching.
+    const jobId = await warren.putPayload('t1', { note: 'will be deleted' });
+    await redis.del(jobKey('t1', jobId));
+    await probe.deliver(prefix, ['u.t1.ann'], { id: 'gone-1', tenantId: 't1', jobId });
+    await eventually(() => [ann, annToo].every((t) => errors(t).length === 1), 'error frame on both nodes');
+    for (const t of [ann, annToo]) {
+      expect(errors(t)[0]).toMatchObject({ type: 'error', code: 'payload_unavailable', id: 'gone-1' });
+      expect(t.tab.eventIds()).not.toContain('gone-1');
+    }
+    for (const [i, gateway] of gateways.entries()) {
+      expect(await counter(gateway, 'warren_gateway_payload_unavailable_total', { reason: 'missing' })).toBe(
+        1,
+      );
+      expect(logs[i]).toContainEqual(
+        expect.objectContaining({ eventId: 'gone-1', jobId, tenantId: 't1', reason: 'missing', tabs: 1 }),
+      );
+    }
+
+    // Expired by its TTL: the resolver refuses an event naming it; a delivery naming it gets the error.
+    const shortLived = await warren.putPayload('t1', { note: 'one second' }, { ttlSec: 1 });
+    await eventually(
+      async () => (await redis.exists(jobKey('t1', shortLived))) === 0,
+      'payload expired',
+      5000,
+    );
+    await warren.publishEvent({
+      id: 'late-1',
+      tenantId: 't1',
+      type: 'doc.attached',
+      audience: { users: ['ann'] },
+      jobId: shortLived,
+    });
+    await probe.deliver(prefix, ['u.t1.ann'], { id: 'gone-2', tenantId: 't1', jobId: shortLived });
+    await eventually(() => dead.some((m) => m.properties.messageId === 'late-1'), 'late-1 dead-lettered');
+    expect(dead.find((m) => m.properties.messageId === 'late-1')?.properties.headers?.['x-warren-code']).toBe(
+      'job_not_found',
+    );
+    await eventually(() => errors(ann).length === 2, 'second error frame');
+    expect(errors(ann)[1]).toMatchObject({ code: 'payload_unavailable', id: 'gone-2' });
+
+    // The node keeps serving: a later claim-checked event and a later inline one both arrive.
+    const { data } = document(40_000);
+    await warren.publishEvent({
+      id: 'after-big',
+      tenantId: 't1',
+      type: 'doc.attached',
+      audience: { users: ['ann'] },
+      data,
+    });
+    await warren.publishEvent({
+      id: 'after-small',
+      tenantId: 't1',
+      type: 'doc.attached',
+      audience: { users: ['ann'] },
+      data: { ok: 1 },
+    });
+    await eventually(
+      () =>
+        [ann, annToo].every(
+          (t) => t.tab.eventIds().includes('after-big') && t.tab.eventIds().includes('after-small'),
+        ),
+      'later events',
+    );
+    expect(ann.tab.events().find((e) => e.id === 'after-big')?.data).toEqual(data);
+    expect(ann.tab.eventIds()).not.toContain('late-1');
+    for (const t of [ann, annToo]) expect(t.tab.closeCode).toBeUndefined();
+  });
+
+  it('never lets an event of tenant t2 reach a payload of tenant t1, in the resolver, in Redis or in a node cache', async () => {
+    const alice = await open(0, 't1', 'alice');
+    const bobHere = await open(0, 't2', 'bob');
+    const bobThere = await open(1, 't2', 'bob');
+    const secret = `phi-${randomBytes(12).toString('hex')}`;
+    const jobId = await warren.putPayload('t1', { secret });
+
+    // t1 reads it first, so node 0 has t1's payload in its cache when t2 names the same job id.
+    await warren.publishEvent({
+      id: 'own',
+      tenantId: 't1',
+      type: 'doc.attached',
+      audience: { users: ['alice'] },
+      jobId,
+    });
+    await eventually(() => alice.tab.eventIds().includes('own'), 'alice gets her own payload');
+    expect(alice.tab.events()[0]?.data).toEqual({ secret });
+
+    await warren.publishEvent({
+      id: 'steal',
+      tenantId: 't2',
+      type: 'doc.attached',
+      audience: { users: ['bob'] },
+      jobId,
+    });
+    await eventually(() => dead.some((m) => m.properties.messageId === 'steal'), 'steal dead-lettered');
+    const letter = dead.find((m) => m.properties.messageId === 'steal');
+    expect(letter?.properties.headers?.['x-warren-code']).toBe('job_not_found');
+    expect(deliveries.of('steal')).toHaveLength(0);
+
+    // A (buggy or hostile) delivery for t2 naming t1's job id: both nodes look under t2's key, find nothing.
+    await probe.deliver(prefix, ['u.t2.bob'], { id: 'steal-direct', tenantId: 't2', jobId });
+    await eventually(() => [bobHere, bobThere].every((t) => errors(t).length === 1), 'error frames for bob');
+    for (const t of [bobHere, bobThere]) {
+      expect(errors(t)[0]).toMatchObject({ code: 'payload_unavailable', id: 'steal-direct' });
+      expect(t.tab.eventIds()).toEqual([]);
+      expect(t.raw.some((r) => r.includes(secret))).toBe(false);
+    }
+    expect(await counter(gateways[0] as Gateway, 'warren_gateway_payload_unavailable_total')).toBe(1);
+  });
+
+  it('publishes "jobless" (putPayload, then an event naming the job id), claim-checks above the threshold and keeps small payloads inline', async () => {
+    const ann = await open(0, 't1', 'ann');
+    const jobs = async () => (await redis.keys(`{${prefix}:t1}:job:*`)).length;
+
+    const report = document(200_000);
+    const jobId = await warren.putPayload('t1', report.data);
+    await warren.publishEvent({
+      id: 'jobless',
+      tenantId: 't1',
+      type: 'report.ready',
+      audience: { users: ['ann'] },
+      jobId,
+    });
+
+    const above = document(20_000);
+    expect(above.json.length).toBeGreaterThan(16_384);
+    await warren.publishEvent({
+      id: 'above',
+      tenantId: 't1',
+      type: 'doc.attached',
+      audience: { users: ['ann'] },
+      data: above.data,
+    });
+    expect(await jobs()).toBe(2);
+
+    const below = { text: 'x'.repeat(15_000) };
+    expect(JSON.stringify(below).length).toBeLessThan(16_384);
+    await warren.publishEvent({
+      id: 'below',
+      tenantId: 't1',
+      type: 'note.created',
+      audience: { users: ['ann'] },
+      data: below,
+    });
+    expect(await jobs()).toBe(2);
+
+    await eventually(
+      () => ['jobless', 'above', 'below'].every((id) => ann.tab.eventIds().includes(id)),
+      'three events',
+    );
+    const byId = (id: string) => ann.tab.events().find((e) => e.id === id)?.data;
+    expect(byId('jobless')).toEqual(report.data);
+    expect(byId('above')).toEqual(above.data);
+    expect(byId('below')).toEqual(below);
+
+    const body = (id: string) =>
+      JSON.parse(events.of(id)[0]?.content.toString() ?? '{}') as Record<string, unknown>;
+    expect(body('jobless')).toEqual(expect.objectContaining({ jobId }));
+    expect(body('above')).not.toHaveProperty('data');
+    expect(body('above')['jobId']).toEqual(expect.any(String));
+    expect(body('below')).toMatchObject({ data: below });
+    expect(body('below')).not.toHaveProperty('jobId');
+
+    expect(jobOf('jobless')).toBe(jobId);
+    expect(jobOf('above')).toBe(body('above')['jobId']);
+    expect(jobOf('below')).toBeUndefined();
+    expect(deliveries.of('jobless')[0]?.bodyBytes).toBe(0);
+    expect(deliveries.of('below')[0]?.content.toString()).toBe(JSON.stringify(below));
+    expect(await redis.ttl(jobKey('t1', body('above')['jobId'] as string))).toBeGreaterThan(TTL_SEC - 30);
+  });
+
+  it('claim-checks in the resolver a large event a service published straight to the exchange', async () => {
+    const ann = await open(1, 't1', 'ann');
+    const big = document(30_000);
+    const event = {
+      id: 'raw-big',
+      tenantId: 't1',
+      type: 'doc.attached',
+      audience: { users: ['ann'] },
+      data: big.data,
+    };
+    probe.channel.publish(`${prefix}.events`, 't1.doc.attached', Buffer.from(JSON.stringify(event)), {
+      contentType: 'application/json',
+    });
+    await eventually(() => ann.tab.eventIds().includes('raw-big'), 'raw-big delivered');
+    expect(ann.tab.events()[0]?.data).toEqual(big.data);
+    const [copy] = deliveries.of('raw-big');
+    expect(copy?.bodyBytes).toBe(0);
+    expect(copy?.headers['x-warren-job']).toEqual(expect.any(String));
+    expect(await counter(gateways[1] as Gateway, 'warren_gateway_payload_fetches_total')).toBe(1);
+    const claimChecked = await resolver.metrics.getSingleMetric('warren_resolver_claim_checked_total')?.get();
+    expect(claimChecked?.values[0]?.value).toBe(1);
+  });
+
+  it('writes a claim-checked event once per user when a second copy arrives while the payload is being read', async () => {
+    const ann = await open(0, 't1', 'ann');
+    const jobId = await warren.putPayload('t1', document(100_000).data);
+    await probe.deliver(prefix, ['u.t1.ann'], { id: 'twice', tenantId: 't1', jobId });
+    await probe.deliver(prefix, ['u.t1.ann'], { id: 'twice', tenantId: 't1', jobId });
+    await probe.deliver(prefix, ['u.t1.ann'], { id: 'after', tenantId: 't1', jobId });
+    await eventually(() => ann.tab.eventIds().includes('after'), 'after');
+    expect(ann.tab.eventIds()).toEqual(['twice', 'after']);
+    expect(await counter(gateways[0] as Gateway, 'warren_gateway_payload_fetches_total')).toBe(1);
+  });
+});
+
+describe('payload fetcher on a real Redis', () => {
+  let prefix: string;
+  let redis: WarrenRedis;
+  let tap: RedisTap;
+  let keys: Keys;
+
+  beforeEach(async () => {
+    prefix = testPrefix('fetcher');
+    keys = new Keys(prefix);
+    tap = await RedisTap.start(inject('redisUrl'));
+    redis = await createRedis({
+      url: tap.url(inject('redisUrl')),
+      name: 'fetcher-test',
+      logger: silentLogger(),
+      autoPipelining: true,
+    });
+  });
+
+  afterEach(async () => {
+    await redis.quit();
+    await tap.close();
+    await cleanRedis(prefix);
+  });
+
+  function fetcher(maxBytes: number, maxAgeMs?: number): { f: PayloadFetcher; fetches: () => number } {
+    let n = 0;
+    const f = new PayloadFetcher(redis, keys, maxBytes, { onFetch: () => (n += 1) }, maxAgeMs);
+    return { f, fetches: () => n };
+  }
+
+  it('merges concurrent reads of one job into one GET and serves later ones from the cache', async () => {
+    await redis.set(keys.job('t1', 'j1'), 'x'.repeat(50_000));
+    const { f, fetches } = fetcher(1_000_000);
+    const all = await Promise.all(Array.from({ length: 20 }, () => f.get('t1', 'j1')));
+    expect(new Set(all).size).toBe(1);
+    expect(all[0]?.length).toBe(50_000);
+    expect(await f.get('t1', 'j1')).toBe(all[0]);
+    expect(fetches()).toBe(1);
+    expect(tap.jobReads('j1')).toBe(1);
+    expect(await f.get('t2', 'j1')).toBeUndefined();
+  });
+
+  it('keeps the cache within its byte bound, dropping the least recently used payload first', async () => {
+    for (const id of ['a', 'b', 'c']) await redis.set(keys.job('t1', id), id.repeat(400));
+    const { f } = fetcher(1000);
+    await f.get('t1', 'a');
+    await f.get('t1', 'b');
+    await f.get('t1', 'a'); // a is now the most recent
+    await f.get('t1', 'c'); // 1200 bytes > 1000: b goes
+    expect(f.cachedBytes).toBe(800);
+    expect(tap.jobReads()).toBe(3);
+    await f.get('t1', 'a');
+    await f.get('t1', 'c');
+    expect(tap.jobReads()).toBe(3);
+    await f.get('t1', 'b');
+    expect(tap.jobReads('b')).toBe(2);
+    expect(f.cachedBytes).toBeLessThanOrEqual(1000);
+  });
+
+  it('reads again once a cached payload is older than the maximum age, and never caches a missing one', async () => {
+    await redis.set(keys.job('t1', 'old'), 'payload');
+    const { f } = fetcher(1_000_000, 50);
+    expect((await f.get('t1', 'old'))?.toString()).toBe('payload');
+    await redis.del(keys.job('t1', 'old'));
+    await new Promise((r) => setTimeout(r, 80));
+    expect(await f.get('t1', 'old')).toBeUndefined();
+    expect(await f.get('t1', 'old')).toBeUndefined();
+    expect(tap.jobReads('old')).toBe(3);
+    expect(f.cachedBytes).toBe(0);
+  });
+});
