@@ -1,0 +1,109 @@
+import { Agent, get as httpGet } from 'node:http';
+import { afterEach, describe, expect, inject, it } from 'vitest';
+import type { Gateway } from '../../src/gateway/main.js';
+import {
+  BrokerProbe,
+  UpgradeRefused,
+  cleanRedis,
+  eventually,
+  openTab,
+  startTestGateway,
+  testConfig,
+  testPrefix,
+  token,
+} from '../support/harness.js';
+import { TcpProxy } from '../support/tcp-proxy.js';
+
+// What a load balancer and a monitoring system see of a gateway.
+
+function request(agent: Agent, port: number, path: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = httpGet({ host: '127.0.0.1', port, path, agent }, (res) => {
+      let body = '';
+      res.on('data', (chunk: Buffer) => (body += chunk.toString()));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+    });
+    req.on('error', reject);
+  });
+}
+
+async function get(port: number, path: string): Promise<{ status: number; body: string; type: string }> {
+  const res = await fetch(`http://127.0.0.1:${port}${path}`);
+  return { status: res.status, body: await res.text(), type: res.headers.get('content-type') ?? '' };
+}
+
+describe('gateway HTTP: /healthz, /readyz, /metrics', () => {
+  let prefix = '';
+  let gateway: Gateway | undefined;
+  let proxy: TcpProxy | undefined;
+
+  afterEach(async () => {
+    await gateway?.close();
+    const probe = await BrokerProbe.open();
+    await probe.deleteExchangesAndQueues(prefix, gateway ? [gateway.queue] : []);
+    await probe.close();
+    await proxy?.close();
+    await cleanRedis(prefix);
+    gateway = proxy = undefined;
+  });
+
+  it('is ready only while the broker is connected, and refuses new sockets while it is not', async () => {
+    prefix = testPrefix('http-ready');
+    const target = new URL(inject('rabbitmqUrl'));
+    proxy = await TcpProxy.start(target.hostname, Number(target.port || 5672));
+    const viaProxy = new URL(target);
+    viaProxy.hostname = '127.0.0.1';
+    viaProxy.port = String(proxy.port);
+    gateway = await startTestGateway(testConfig(prefix, { rabbitmq: { url: viaProxy.toString() } }));
+    const port = gateway.port;
+
+    expect(await get(port, '/healthz')).toMatchObject({ status: 200 });
+    const ready = await get(port, '/readyz');
+    expect(ready.status).toBe(200);
+    expect(JSON.parse(ready.body)).toEqual({ ready: true, broker: true, redis: true, draining: false });
+
+    proxy.refuse();
+    proxy.cut();
+    await eventually(async () => (await get(port, '/readyz')).status === 503, 'not ready without a broker');
+    expect(JSON.parse((await get(port, '/readyz')).body)).toMatchObject({ ready: false, broker: false });
+    // Alive all the same: an orchestrator must not restart a node for a broker outage.
+    expect((await get(port, '/healthz')).status).toBe(200);
+    const refused = await openTab(port, await token({ sub: 'ann', tid: 'acme' })).catch((e: unknown) => e);
+    expect(refused).toBeInstanceOf(UpgradeRefused);
+    expect((refused as UpgradeRefused).status).toBe(503);
+
+    proxy.accept();
+    await eventually(async () => (await get(port, '/readyz')).status === 200, 'ready again', 15_000);
+    const tab = await openTab(port, await token({ sub: 'ann', tid: 'acme' }));
+    tab.ws.terminate();
+  });
+
+  it('is not ready while draining, and serves Prometheus metrics and a JSON 404', async () => {
+    prefix = testPrefix('http-drain');
+    gateway = await startTestGateway(testConfig(prefix, { gateway: { drainWindowMs: 500 } }));
+    const port = gateway.port;
+    const tab = await openTab(port, await token({ sub: 'ann', tid: 'acme' }));
+
+    const metrics = await get(port, '/metrics');
+    expect(metrics.status).toBe(200);
+    expect(metrics.type).toMatch(/^text\/plain/);
+    expect(metrics.body).toMatch(/^warren_gateway_connections\{node="[0-9a-f]+"\} 1$/m);
+    expect(metrics.body).toMatch(/^warren_gateway_binds_total\{node="[0-9a-f]+"\} 1$/m);
+
+    const missing = await get(port, '/nope');
+    expect(missing.status).toBe(404);
+    expect(JSON.parse(missing.body)).toEqual({ error: 'not found' });
+
+    // drain() closes the listener first; a load balancer's kept-alive connection still asks, and must
+    // hear "not ready" while the tabs are being moved away.
+    const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+    expect((await request(agent, port, '/readyz')).status).toBe(200);
+    const draining = gateway.drain();
+    const during = await request(agent, port, '/readyz');
+    expect(during.status).toBe(503);
+    expect(JSON.parse(during.body)).toMatchObject({ ready: false, draining: true });
+    expect(await tab.closed).toBe(4100);
+    await draining;
+    agent.destroy();
+  });
+});
