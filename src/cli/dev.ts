@@ -1,14 +1,21 @@
 import { randomBytes } from 'node:crypto';
-import { loadConfig } from '../config/load.js';
+import { join } from 'node:path';
+import { findPackageRoot, loadConfig } from '../config/load.js';
 import type { WarrenConfig } from '../config/schema.js';
+import { DEMO_DIRECTORY, seedDemoMemberships } from '../gateway/demo/demo-directory.js';
+import { demoRoutes } from '../gateway/demo/demo-routes.js';
 import { mintDevToken } from '../gateway/dev-tokens.js';
 import { startGateway } from '../gateway/main.js';
 import { startResolver } from '../resolver/main.js';
+import { WarrenPublisher } from '../sdk/publisher/index.js';
 import { runSteps } from '../shared/lifecycle.js';
 import { createLogger } from '../shared/logger.js';
 import { untilSignal } from './signals.js';
 
-/** Gateway and resolver in one process. Without a JWT key configured, a random dev secret is made and printed. */
+/**
+ * Gateway and resolver in one process, plus the demo page at `/` and its dev-only endpoints (token minting,
+ * publishing to demo teams). Without a JWT key configured, a random dev secret is made and printed.
+ */
 export async function runDev(loaded: Readonly<WarrenConfig>): Promise<number> {
   const { jwt } = loaded;
   const generated = !jwt.secret && !jwt.publicKey && !jwt.jwksFile;
@@ -16,14 +23,37 @@ export async function runDev(loaded: Readonly<WarrenConfig>): Promise<number> {
   const config = generated ? loadConfig({ overrides: { jwt: { secret } } }) : loaded;
   const logger = createLogger(config.log.level, { mode: 'dev' });
   const resolver = await startResolver(config, { logger });
-  const gateway = await startGateway(config, { logger });
+  const publisher = await WarrenPublisher.connect({
+    rabbitmqUrl: config.rabbitmq.url,
+    redisUrl: config.redis.url,
+    prefix: config.prefix,
+    claimCheckBytes: config.claimCheck.bytes,
+    logger: logger.child({ component: 'demo-publisher' }),
+  });
+  // The demo teams need members before anyone publishes to them; adding a member again changes nothing.
+  await seedDemoMemberships(publisher);
+  const gateway = await startGateway(config, {
+    logger,
+    routes: demoRoutes({
+      ...(secret
+        ? { mintToken: (tenantId: string, userId: string) => mintDevToken(secret, tenantId, userId) }
+        : {}),
+      publish: (event) => publisher.publishEvent(event),
+      clientBundlePath: join(findPackageRoot(), 'dist', 'client', 'warren-client.js'),
+      logger,
+    }),
+  });
 
   const url = `ws://localhost:${gateway.port}/ws`;
-  console.log(`\nWarren dev is running.\n  WebSocket: ${url}?token=<jwt>`);
-  if (secret) {
-    const sample = await mintDevToken(secret, 'demo', 'alice');
+  console.log(
+    `\nWarren dev is running.\n  Demo page: http://localhost:${gateway.port}/\n  WebSocket: ${url}?token=<jwt>`,
+  );
+  const sample = DEMO_DIRECTORY[0];
+  const sampleUser = sample?.users[0];
+  if (secret && sample && sampleUser) {
+    const token = await mintDevToken(secret, sample.id, sampleUser.id);
     console.log(`  JWT secret (HS256${generated ? ', generated for this run' : ''}): ${secret}`);
-    console.log(`  Token for user alice of tenant demo (1 h): ${sample}`);
+    console.log(`  Token for user ${sampleUser.id} of tenant ${sample.id} (1 h): ${token}`);
   }
   console.log('  Stop with Ctrl-C.\n');
 
@@ -32,6 +62,7 @@ export async function runDev(loaded: Readonly<WarrenConfig>): Promise<number> {
       runSteps(
         [
           { name: 'gateway', run: () => gateway.close() },
+          { name: 'demo publisher', run: () => publisher.close() },
           { name: 'resolver', run: () => resolver.close() },
         ],
         logger,

@@ -1,0 +1,171 @@
+// The demo page's module script, as text. It is what an application would write around the client: fetch
+// a token, connect, render events. Written without template literals so it can live inside one.
+
+export const DEMO_PAGE_SCRIPT = String.raw`
+import { connect } from '/warren-client.js';
+
+const $ = (id) => document.getElementById(id);
+const el = (tag, cls, text) => {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (text !== undefined) node.textContent = text;
+  return node;
+};
+const hue = (s) => [...s].reduce((h, c) => (h * 31 + c.charCodeAt(0)) % 360, 7);
+const clock = () => new Date().toLocaleTimeString([], { hour12: false });
+const SAMPLES = ['Bed 4 needs a check', 'New lab results for patient 1182', 'Shift handover at 19:00',
+  'Room 12 is ready', 'Pharmacy: order 5521 dispensed', 'Imaging slot moved to 14:30'];
+
+let directory = [];
+let client;
+let count = 0;
+
+async function api(path, body) {
+  const init = body === undefined ? {} : {
+    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) };
+  const res = await fetch(path, init);
+  const json = await res.json().catch(() => ({}));
+  if (!res.ok) throw new Error(json.error || res.status + ' ' + res.statusText);
+  return json;
+}
+
+const tenant = () => directory.find((t) => t.id === $('tenant').value) || directory[0];
+const user = () => tenant().users.find((u) => u.id === $('user').value) || tenant().users[0];
+const teamName = (id) => (tenant().teams.find((t) => t.id === id) || { name: id }).name;
+const userName = (id) => (tenant().users.find((u) => u.id === id) || { name: id }).name;
+const options = (items) => items.map((i) => Object.assign(el('option', '', i.name), { value: i.id }));
+
+function chip(teamId) {
+  const c = el('span', 'chip', teamName(teamId));
+  c.style.setProperty('--hue', hue(teamId));
+  return c;
+}
+
+function fillUsers() {
+  $('user').replaceChildren(...options(tenant().users));
+  $('team').replaceChildren(...options(tenant().teams));
+  fillMemberships();
+}
+
+function fillMemberships() {
+  const teams = user().teams;
+  $('memberships').replaceChildren(el('span', '', 'Member of'), ...teams.map(chip));
+  if (teams[0]) $('team').value = teams[0];
+}
+
+function log(text, bad) {
+  const li = el('li', bad ? 'bad' : '');
+  li.append(el('time', '', clock()), el('span', '', text));
+  $('log').prepend(li);
+  while ($('log').children.length > 6) $('log').lastChild.remove();
+}
+
+const ROLE = { own: 'own socket', leader: 'this tab holds the socket', follower: 'via a sibling tab' };
+
+function showStatus() {
+  const box = $('status');
+  const state = client ? client.state : 'closed';
+  box.dataset.state = state;
+  const text = $('status-text');
+  if (!client || state === 'closed') return text.replaceChildren('Not connected');
+  const who = el('strong', '', user().name + ' · ' + tenant().name);
+  const session = client.session;
+  const where = state === 'connected' && session ? 'node ' + session.gateway + ' · ' + ROLE[client.role] : state + '…';
+  text.replaceChildren(who, ' — ' + where);
+}
+
+function addEvent(e) {
+  const data = e.data && typeof e.data === 'object' ? e.data : { text: JSON.stringify(e.data) };
+  const li = el('li', 'event');
+  li.style.setProperty('--hue', hue(data.team || e.type));
+  const head = el('div', 'event-head');
+  head.append(el('span', 'type', e.type));
+  if (data.team) head.append(chip(data.team));
+  if (data.from) head.append(el('span', '', 'from ' + userName(data.from)));
+  head.append(el('time', '', clock()));
+  li.append(head, el('p', '', String(data.text ?? '')), el('code', '', e.id));
+  $('events').prepend(li);
+  while ($('events').children.length > 100) $('events').lastChild.remove();
+  $('count').textContent = String(++count);
+  $('empty').hidden = true;
+}
+
+function clearEvents() {
+  $('events').replaceChildren();
+  count = 0;
+  $('count').textContent = '0';
+  $('empty').hidden = false;
+}
+
+function disconnect() {
+  if (client) client.close();
+  client = undefined;
+  $('disconnect').disabled = true;
+  $('connect').textContent = 'Connect';
+  showStatus();
+}
+
+function start() {
+  disconnect();
+  clearEvents();
+  const t = tenant();
+  const u = user();
+  history.replaceState(null, '', '#' + t.id + '/' + u.id + ($('share').checked ? '' : '/own'));
+  client = connect({
+    url: (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws',
+    getToken: () => api('/dev/token', { tenantId: t.id, userId: u.id }).then((r) => r.token),
+    shareAcrossTabs: $('share').checked,
+  });
+  client.on('state', (s) => {
+    showStatus();
+    if (s.to === 'connected') log('connected to node ' + client.session.gateway);
+    else if (s.to === 'reconnecting') log('connection lost' + (s.code ? ' (close ' + s.code + ')' : '') + ', reconnecting', true);
+  });
+  client.on('role', (role) => { showStatus(); log(ROLE[role]); });
+  client.on('event', addEvent);
+  client.on('resync', (r) => log('may have missed events (' + r.reason.replace('_', ' ') + ')', true));
+  client.on('error', (e) => log(e.code + ': ' + e.message, true));
+  $('disconnect').disabled = false;
+  $('connect').textContent = 'Switch user';
+  log('signing in as ' + u.name);
+  showStatus();
+}
+
+async function publish(event) {
+  event.preventDefault();
+  const text = $('text').value.trim() || $('text').placeholder;
+  const flash = $('flash');
+  try {
+    const { id } = await api('/dev/publish', { tenantId: tenant().id, teamId: $('team').value,
+      type: $('type').value.trim(), text, from: user().id });
+    flash.className = 'flash';
+    flash.textContent = 'Published ' + id + ' to ' + teamName($('team').value);
+    $('text').value = '';
+    $('text').placeholder = SAMPLES[Math.floor(Math.random() * SAMPLES.length)];
+  } catch (error) {
+    flash.className = 'flash err';
+    flash.textContent = error.message;
+  }
+}
+
+async function main() {
+  directory = (await api('/dev/directory')).tenants;
+  $('tenant').replaceChildren(...options(directory));
+  const [tid, uid, mode] = location.hash.slice(1).split('/');
+  if (directory.some((t) => t.id === tid)) $('tenant').value = tid;
+  fillUsers();
+  if (tenant().users.some((u) => u.id === uid)) $('user').value = uid;
+  fillMemberships();
+  $('share').checked = mode !== 'own';
+  $('text').placeholder = SAMPLES[0];
+  $('tenant').onchange = fillUsers;
+  $('user').onchange = fillMemberships;
+  $('connect').onclick = start;
+  $('disconnect').onclick = disconnect;
+  $('clear').onclick = clearEvents;
+  $('publish').onsubmit = publish;
+  if (uid) start();
+}
+
+main().catch((error) => log('cannot load the demo: ' + error.message, true));
+`;

@@ -1,0 +1,161 @@
+import { randomBytes } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import type { HttpResponse, TemplatedApp } from 'uWebSockets.js';
+import { EVENT_TYPE_PATTERN } from '../../protocol/ids.js';
+import { errorMessage } from '../../shared/errors.js';
+import type { Logger } from '../../shared/logger.js';
+import { send, sendJson } from '../http.js';
+import { DEMO_DIRECTORY, findTenant, findUser } from './demo-directory.js';
+import { DEMO_PAGE } from './demo-page.js';
+
+/** What the demo routes publish: a model event as the publisher SDK takes it. */
+export interface DemoEvent {
+  id: string;
+  tenantId: string;
+  type: string;
+  audience: { teams: string[] };
+  data: { text: string; team: string; from: string };
+}
+
+export interface DemoRoutesDeps {
+  /** Mints a token for a demo user; absent when the installation verifies tokens with a public key. */
+  mintToken?: (tenantId: string, userId: string) => Promise<string>;
+  publish: (event: DemoEvent) => Promise<void>;
+  /** dist/client/warren-client.js, built by `npm run build`. */
+  clientBundlePath: string;
+  logger: Logger;
+}
+
+const MAX_BODY_BYTES = 4096;
+const MAX_TEXT = 500;
+
+class BadRequest extends Error {}
+
+interface JsonRequest {
+  body: Promise<Record<string, unknown>>;
+  readonly aborted: boolean;
+}
+
+/**
+ * Reads a JSON object body. Only `application/json` is accepted: another site cannot send that type
+ * without a CORS preflight, which these routes never approve, so a page elsewhere cannot mint tokens or
+ * publish through a developer's running `warren dev`.
+ */
+function readJson(res: HttpResponse, contentType: string): JsonRequest {
+  const request = { aborted: false, body: Promise.resolve({}) };
+  const chunks: Buffer[] = [];
+  let size = 0;
+  request.body = new Promise((resolve, reject) => {
+    res.onAborted(() => {
+      request.aborted = true;
+      reject(new Error('request aborted'));
+    });
+    if (!contentType.startsWith('application/json')) reject(new BadRequest('content-type must be JSON'));
+    res.onData((chunk, isLast) => {
+      size += chunk.byteLength;
+      // uWS reuses the chunk's memory after this callback returns.
+      if (size <= MAX_BODY_BYTES) chunks.push(Buffer.from(new Uint8Array(chunk)));
+      if (!isLast) return;
+      if (size > MAX_BODY_BYTES) return reject(new BadRequest('body too large'));
+      try {
+        const value: unknown = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+        if (typeof value !== 'object' || value === null) throw new Error('not an object');
+        resolve(value as Record<string, unknown>);
+      } catch {
+        reject(new BadRequest('body must be a JSON object'));
+      }
+    });
+  });
+  return request;
+}
+
+/** Runs a JSON POST handler and answers with its result, 400 for a BadRequest, 500 otherwise. */
+function jsonPost(
+  app: TemplatedApp,
+  path: string,
+  logger: Logger,
+  handle: (body: Record<string, unknown>) => Promise<unknown>,
+): void {
+  app.post(path, (res, req) => {
+    const request = readJson(res, req.getHeader('content-type'));
+    request.body.then(handle).then(
+      (result) => {
+        if (!request.aborted) sendJson(res, '200 OK', result);
+      },
+      (error: unknown) => {
+        if (request.aborted) return;
+        if (error instanceof BadRequest) return sendJson(res, '400 Bad Request', { error: error.message });
+        logger.warn({ err: errorMessage(error), path }, 'demo request failed');
+        sendJson(res, '500 Internal Server Error', { error: errorMessage(error) });
+      },
+    );
+  });
+}
+
+/**
+ * The `warren dev` demo: the page at `/`, the client bundle, and dev-only endpoints to mint tokens for the
+ * demo users and publish to the demo teams. `warren gateway` never registers these, so there they are 404.
+ */
+export function demoRoutes(deps: DemoRoutesDeps): (app: TemplatedApp) => void {
+  const logger = deps.logger.child({ component: 'demo' });
+  let bundle: Promise<Buffer> | undefined;
+
+  return (app) => {
+    app.get('/', (res) => send(res, '200 OK', DEMO_PAGE, 'text/html; charset=utf-8'));
+
+    app.get('/warren-client.js', (res) => {
+      let aborted = false;
+      res.onAborted(() => (aborted = true));
+      bundle ??= readFile(deps.clientBundlePath);
+      bundle.then(
+        (js) => {
+          if (!aborted)
+            send(res, '200 OK', js, 'text/javascript; charset=utf-8', { 'cache-control': 'no-cache' });
+        },
+        () => {
+          bundle = undefined;
+          if (!aborted) {
+            send(
+              res,
+              '503 Service Unavailable',
+              'console.error("warren-client.js is not built: run npm run build")',
+              'text/javascript',
+            );
+          }
+        },
+      );
+    });
+
+    app.get('/dev/directory', (res) => sendJson(res, '200 OK', { tenants: DEMO_DIRECTORY }));
+
+    jsonPost(app, '/dev/token', logger, async (body) => {
+      const tenant = findTenant(body['tenantId']);
+      const user = tenant && findUser(tenant, body['userId']);
+      if (!tenant || !user) throw new BadRequest('unknown demo tenant or user');
+      if (!deps.mintToken)
+        throw new BadRequest('dev tokens need an HS256 secret (WARREN_JWT_SECRET or none at all)');
+      return { token: await deps.mintToken(tenant.id, user.id) };
+    });
+
+    jsonPost(app, '/dev/publish', logger, async (body) => {
+      const tenant = findTenant(body['tenantId']);
+      const team = tenant?.teams.find((t) => t.id === body['teamId']);
+      const from = tenant && findUser(tenant, body['from']);
+      const { type = 'message.created', text } = body;
+      if (!tenant || !team) throw new BadRequest('unknown demo tenant or team');
+      if (typeof type !== 'string' || !EVENT_TYPE_PATTERN.test(type)) throw new BadRequest('bad event type');
+      if (typeof text !== 'string' || text.trim() === '' || text.length > MAX_TEXT) {
+        throw new BadRequest(`text must be 1 to ${MAX_TEXT} characters`);
+      }
+      const id = `evt_${Date.now().toString(36)}${randomBytes(4).toString('hex')}`;
+      await deps.publish({
+        id,
+        tenantId: tenant.id,
+        type,
+        audience: { teams: [team.id] },
+        data: { text: text.trim(), team: team.id, from: from?.id ?? 'someone' },
+      });
+      return { id };
+    });
+  };
+}

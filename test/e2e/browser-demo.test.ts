@@ -1,0 +1,146 @@
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Browser, Page } from 'playwright-core';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { seedDemoMemberships } from '../../src/gateway/demo/demo-directory.js';
+import { demoRoutes } from '../../src/gateway/demo/demo-routes.js';
+import { mintDevToken } from '../../src/gateway/dev-tokens.js';
+import { startGateway, type Gateway } from '../../src/gateway/main.js';
+import type { Resolver } from '../../src/resolver/main.js';
+import type { WarrenPublisher } from '../../src/sdk/publisher/index.js';
+import { clientBundle, launchChromium } from '../support/browser.js';
+import {
+  BrokerProbe,
+  TEST_SECRET,
+  cleanRedis,
+  connectPublisher,
+  eventually,
+  startTestGateway,
+  startTestResolver,
+  testConfig,
+  testLogger,
+  testPrefix,
+} from '../support/harness.js';
+
+describe('the warren dev demo page and its dev-only endpoints', () => {
+  let browser: Browser;
+  let dir: string;
+  let bundlePath: string;
+  let prefix: string;
+  let resolver: Resolver;
+  let warren: WarrenPublisher;
+  let gateway: Gateway;
+
+  beforeAll(async () => {
+    browser = await launchChromium();
+    dir = await mkdtemp(join(tmpdir(), 'warren-demo-'));
+    bundlePath = join(dir, 'warren-client.js');
+    await writeFile(bundlePath, await clientBundle());
+  });
+
+  afterAll(async () => {
+    await browser?.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  beforeEach(async () => {
+    prefix = testPrefix('browser-demo');
+    const config = testConfig(prefix);
+    resolver = await startTestResolver(config);
+    warren = await connectPublisher(config);
+    await seedDemoMemberships(warren);
+    gateway = await startGateway(config, {
+      logger: testLogger(config),
+      routes: demoRoutes({
+        mintToken: (tenantId, userId) => mintDevToken(TEST_SECRET, tenantId, userId),
+        publish: (event) => warren.publishEvent(event),
+        clientBundlePath: bundlePath,
+        logger: testLogger(config),
+      }),
+    });
+  });
+
+  afterEach(async () => {
+    await warren.close();
+    await gateway.close();
+    await resolver.close();
+    const probe = await BrokerProbe.open();
+    await probe.deleteExchangesAndQueues(prefix, [gateway.queue]);
+    await probe.close();
+    await cleanRedis(prefix);
+  });
+
+  const post = (port: number, path: string, body: unknown, type = 'application/json') =>
+    fetch(`http://127.0.0.1:${port}${path}`, {
+      method: 'POST',
+      headers: { 'content-type': type },
+      body: JSON.stringify(body),
+    });
+
+  it('exists in dev mode only: a plain gateway answers 404 to the demo page and /dev/token', async () => {
+    const plain = await startTestGateway(testConfig(prefix));
+    try {
+      const token = await post(plain.port, '/dev/token', { tenantId: 'acme-health', userId: 'alice' });
+      expect(token.status).toBe(404);
+      expect((await fetch(`http://127.0.0.1:${plain.port}/`)).status).toBe(404);
+    } finally {
+      await plain.close();
+    }
+    const dev = await post(gateway.port, '/dev/token', { tenantId: 'acme-health', userId: 'alice' });
+    expect(dev.status).toBe(200);
+    expect(((await dev.json()) as { token: string }).token.split('.')).toHaveLength(3);
+  });
+
+  it('refuses unknown users and non-JSON posts (no cross-site form can mint or publish)', async () => {
+    expect(
+      (await post(gateway.port, '/dev/token', { tenantId: 'acme-health', userId: 'mallory' })).status,
+    ).toBe(400);
+    const form = await post(
+      gateway.port,
+      '/dev/token',
+      { tenantId: 'acme-health', userId: 'alice' },
+      'text/plain',
+    );
+    expect(form.status).toBe(400);
+    const publish = { tenantId: 'acme-health', teamId: 'icu', text: 'x', from: 'alice' };
+    expect((await post(gateway.port, '/dev/publish', publish, 'text/plain')).status).toBe(400);
+  });
+
+  async function openAs(hash: string): Promise<Page> {
+    const page = await (await browser.newContext()).newPage();
+    await page.goto(`http://127.0.0.1:${gateway.port}/#${hash}`);
+    await page.locator('#status[data-state="connected"]').waitFor({ timeout: 10_000 });
+    return page;
+  }
+
+  const feed = (page: Page) => page.locator('#events .event p').allTextContents();
+
+  it('signs demo users in, publishes from the form, and shows each event to its team only', async () => {
+    const alice = await openAs('acme-health/alice');
+    const bob = await openAs('acme-health/bob');
+    const carol = await openAs('acme-health/carol');
+    expect(await alice.locator('#status-text').textContent()).toContain('Alice Nguyen');
+
+    await alice.selectOption('#team', 'icu');
+    await alice.fill('#text', 'Bed 4 needs a check');
+    await alice.click('#publish button[type=submit]');
+    await alice.locator('#flash', { hasText: 'Published' }).waitFor();
+    await carol.selectOption('#team', 'radiology');
+    await carol.fill('#text', 'Imaging slot moved');
+    await carol.click('#publish button[type=submit]');
+
+    await eventually(async () => (await feed(carol)).includes('Imaging slot moved'), 'carol sees radiology');
+    for (const page of [alice, bob]) {
+      await eventually(
+        async () => (await feed(page)).includes('Bed 4 needs a check'),
+        'icu sees the message',
+      );
+    }
+    // Carol's own event arrived after Alice's was published: Alice's would be on her page by now if misrouted.
+    expect(await feed(carol)).toEqual(['Imaging slot moved']);
+    expect(await feed(alice)).toEqual(['Bed 4 needs a check']);
+    expect(await alice.locator('#count').textContent()).toBe('1');
+    for (const page of [alice, bob, carol]) await page.context().close();
+  });
+});

@@ -1,0 +1,140 @@
+import type { Browser, BrowserContext } from 'playwright-core';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import type { WarrenConfig } from '../../src/config/schema.js';
+import type { Gateway } from '../../src/gateway/main.js';
+import type { Resolver } from '../../src/resolver/main.js';
+import type { WarrenPublisher } from '../../src/sdk/publisher/index.js';
+import {
+  allConnected,
+  BrowserTab,
+  freePort,
+  launchChromium,
+  TestSite,
+  type TabOptions,
+} from '../support/browser.js';
+import {
+  BrokerProbe,
+  cleanRedis,
+  connectPublisher,
+  eventually,
+  startTestGateway,
+  startTestResolver,
+  testConfig,
+  testPrefix,
+} from '../support/harness.js';
+
+const TENANT = 'acme';
+
+describe('browser client reconnects: drained node, expired token', () => {
+  let browser: Browser;
+  let site: TestSite;
+  let prefix: string;
+  let config: Readonly<WarrenConfig>;
+  let gateways: Gateway[];
+  let resolver: Resolver;
+  let warren: WarrenPublisher;
+  let context: BrowserContext;
+
+  beforeAll(async () => {
+    [browser, site] = await Promise.all([launchChromium(), TestSite.start()]);
+  });
+
+  afterAll(async () => {
+    await browser?.close();
+    await site?.close();
+  });
+
+  beforeEach(async () => {
+    prefix = testPrefix('browser-reconnect');
+    config = testConfig(prefix);
+    gateways = [];
+    resolver = await startTestResolver(config);
+    warren = await connectPublisher(config);
+    await warren.addUserToTeam(TENANT, 'A', 'red');
+    context = await browser.newContext();
+  });
+
+  afterEach(async () => {
+    await context.close();
+    await warren.close();
+    await Promise.all(gateways.map((g) => g.close()));
+    await resolver.close();
+    const probe = await BrokerProbe.open();
+    await probe.deleteExchangesAndQueues(
+      prefix,
+      gateways.map((g) => g.queue),
+    );
+    await probe.close();
+    await cleanRedis(prefix);
+  });
+
+  async function gatewayOn(port: number): Promise<Gateway> {
+    const gateway = await startTestGateway(testConfig(prefix, { gateway: { port } }));
+    gateways.push(gateway);
+    return gateway;
+  }
+
+  const tab = (url: string | string[], extra: Partial<TabOptions> = {}): Promise<BrowserTab> =>
+    BrowserTab.open(context, site, {
+      url,
+      tid: TENANT,
+      sub: 'A',
+      reconnect: { baseMs: 100, capMs: 1000 },
+      ...extra,
+    });
+
+  const publish = (id: string): Promise<void> =>
+    warren.publishEvent({ id, tenantId: TENANT, type: 'test.event', audience: { teams: ['red'] }, data: {} });
+
+  it('a drained gateway (4100): tabs move to the second node of their list and keep receiving', async () => {
+    // The second node's port is known before it runs: tabs whose random start picks it fail over to the first.
+    const [port1, port2] = [await freePort(), await freePort()];
+    const urls = [`ws://127.0.0.1:${port1}/ws`, `ws://127.0.0.1:${port2}/ws`];
+    const first = await gatewayOn(port1);
+    const tabs = await Promise.all([tab(urls), tab(urls), tab(urls, { shareAcrossTabs: true })]);
+    await allConnected(tabs);
+    expect(first.connections).toBe(3);
+    await publish('before');
+    for (const t of tabs) await t.waitForEvents(['before'], 'event on the first node');
+
+    const second = await gatewayOn(port2);
+    await first.drain();
+    await eventually(
+      async () => (await Promise.all(tabs.map((t) => t.status()))).every((s) => s.gateway === second.nodeId),
+      'every tab on the second node',
+    );
+    await allConnected(tabs);
+    expect(second.connections).toBe(3);
+
+    await publish('after-1');
+    await publish('after-2');
+    for (const t of tabs) {
+      await t.waitForEvents(['after-1', 'after-2'], 'events on the second node');
+      const log = await t.log();
+      expect([...log.events].sort()).toEqual(['after-1', 'after-2', 'before']);
+      expect(log.states).toContainEqual({ from: 'connected', to: 'reconnecting', code: 4100 });
+      // Offsets of another node mean nothing: the application is told to reload instead.
+      expect(log.resyncs).toEqual(['new_node']);
+    }
+  });
+
+  it('an expired token (4001): the client fetches a new one and reconnects', async () => {
+    const gateway = await gatewayOn(0);
+    // exp has one-second resolution: 3 s leaves at least 2 s to connect before the gateway closes with 4001.
+    site.expireNextTokens('A', [3]);
+    const before = site.tokenRequests('A');
+    const t = await tab(`ws://127.0.0.1:${gateway.port}/ws`);
+    await allConnected([t]);
+
+    await eventually(
+      async () => (await t.log()).states.some((s) => s.code === 4001),
+      'the gateway closes with 4001 at expiry',
+    );
+    await allConnected([t]);
+    expect(site.tokenRequests('A') - before).toBe(2);
+
+    await publish('after-expiry');
+    await t.waitForEvents(['after-expiry'], 'event after the new token');
+    expect((await t.log()).states.map((s) => s.to)).toEqual(['connected', 'reconnecting', 'connected']);
+  });
+});
