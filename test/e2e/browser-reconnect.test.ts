@@ -16,6 +16,7 @@ import {
   BrokerProbe,
   cleanRedis,
   connectPublisher,
+  counter,
   eventually,
   startTestGateway,
   startTestResolver,
@@ -136,5 +137,19 @@ describe('browser client reconnects: drained node, expired token', () => {
     await publish('after-expiry');
     await t.waitForEvents(['after-expiry'], 'event after the new token');
     expect((await t.log()).states.map((s) => s.to)).toEqual(['connected', 'reconnecting', 'connected']);
+  });
+
+  it('a token refused with HTTP 401 (the browser sees only 1006): after repeated failures a new token', async () => {
+    const gateway = await gatewayOn(0);
+    site.refuseNextTokens('A', 1);
+    const before = site.tokenRequests('A');
+    const t = await tab(`ws://127.0.0.1:${gateway.port}/ws`);
+    await allConnected([t]);
+    // Two refused attempts with the first token, then the policy suspects it: exactly one more fetch.
+    expect(site.tokenRequests('A') - before).toBe(2);
+    expect(await counter(gateway, 'warren_gateway_auth_failures_total')).toBe(2);
+
+    await publish('after-refusal');
+    await t.waitForEvents(['after-refusal'], 'event with the new token');
   });
 });

@@ -107,6 +107,7 @@ window.warrenTest = {
 export class TestSite {
   private readonly requests = new Map<string, number>();
   private readonly ttls = new Map<string, number[]>();
+  private readonly refusals = new Map<string, number>();
   private readonly server: Server;
   origin = '';
 
@@ -143,9 +144,17 @@ export class TestSite {
     this.ttls.set(sub, [...seconds]);
   }
 
+  /** The next `count` tokens minted for `sub` are signed with a key the gateway does not know (HTTP 401). */
+  refuseNextTokens(sub: string, count: number): void {
+    this.refusals.set(sub, count);
+  }
+
   private mint(tid: string, sub: string): Promise<string> {
     this.requests.set(sub, this.tokenRequests(sub) + 1);
-    return token({ sub, tid, expiresIn: this.ttls.get(sub)?.shift() ?? 3600 });
+    const refusals = this.refusals.get(sub) ?? 0;
+    this.refusals.set(sub, Math.max(0, refusals - 1));
+    const secret = refusals > 0 ? 'a-key-the-gateway-does-not-know' : undefined;
+    return token({ sub, tid, expiresIn: this.ttls.get(sub)?.shift() ?? 3600, ...(secret ? { secret } : {}) });
   }
 
   close(): Promise<void> {

@@ -11,10 +11,12 @@ const el = (tag, cls, text) => {
   if (text !== undefined) node.textContent = text;
   return node;
 };
-const hue = (s) => [...s].reduce((h, c) => (h * 31 + c.charCodeAt(0)) % 360, 7);
+// Distinct hues for teams (a plain hash put ICU and Pharmacy both in green).
+const HUES = [232, 168, 24, 330, 198, 276, 44, 0];
+const hue = (s) => HUES[[...s].reduce((h, c) => (h * 31 + c.charCodeAt(0)) % 9973, 7) % HUES.length];
 const clock = () => new Date().toLocaleTimeString([], { hour12: false });
 const SAMPLES = ['Bed 4 needs a check', 'New lab results for patient 1182', 'Shift handover at 19:00',
-  'Room 12 is ready', 'Pharmacy: order 5521 dispensed', 'Imaging slot moved to 14:30'];
+  'Room 12 is ready', 'Order 5521 dispensed', 'Imaging slot moved to 14:30'];
 
 let directory = [];
 let client;
@@ -51,6 +53,10 @@ function fillMemberships() {
   const teams = user().teams;
   $('memberships').replaceChildren(el('span', '', 'Member of'), ...teams.map(chip));
   if (teams[0]) $('team').value = teams[0];
+  const names = teams.map(teamName);
+  const list = names.length > 1 ? names.slice(0, -1).join(', ') + ' and ' + names.at(-1) : names[0];
+  $('audience').textContent = 'Events for ' + list + ' reach ' + user().name.split(' ')[0] +
+    '’s tabs; events for other teams and organisations never do.';
 }
 
 function log(text, bad) {
@@ -70,8 +76,8 @@ function showStatus() {
   if (!client || state === 'closed') return text.replaceChildren('Not connected');
   const who = el('strong', '', user().name + ' · ' + tenant().name);
   const session = client.session;
-  const where = state === 'connected' && session ? 'node ' + session.gateway + ' · ' + ROLE[client.role] : state + '…';
-  text.replaceChildren(who, ' — ' + where);
+  if (state !== 'connected' || !session) return text.replaceChildren(who, ' — ' + state + '…');
+  text.replaceChildren(who, ' — node ', el('span', 'node', session.gateway), ' · ' + ROLE[client.role]);
 }
 
 function addEvent(e) {

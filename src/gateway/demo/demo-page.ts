@@ -23,6 +23,8 @@ header { background: var(--card); border-bottom: 1px solid var(--line); }
 .status[data-state="connected"] .dot { background: var(--ok); box-shadow: 0 0 0 4px #16a34a22; }
 .status[data-state="connecting"] .dot, .status[data-state="reconnecting"] .dot { background: var(--warn); }
 .status strong { color: var(--text); font-weight: 600; }
+.node { font: 12px ui-monospace, SFMono-Regular, Menlo, monospace; color: var(--text); background: var(--bg);
+  border: 1px solid var(--line); border-radius: 6px; padding: 1px 6px; }
 main { max-width: 1120px; margin: 24px auto; padding: 0 24px; display: grid; gap: 20px;
   grid-template-columns: 340px minmax(0, 1fr); align-items: start; }
 .side { display: grid; gap: 20px; }
@@ -31,6 +33,8 @@ main { max-width: 1120px; margin: 24px auto; padding: 0 24px; display: grid; gap
 h2 { font-size: 13px; text-transform: uppercase; letter-spacing: .06em; color: var(--muted); margin: 0 0 14px;
   display: flex; align-items: center; gap: 8px; }
 label { display: block; font-size: 13px; font-weight: 550; margin: 12px 0 5px; }
+.pair { display: grid; grid-template-columns: 1fr 1fr; gap: 10px; }
+.pair label { margin-top: 0; }
 select, input[type=text] { width: 100%; font: inherit; padding: 8px 10px; border: 1px solid var(--line);
   border-radius: 8px; background: #fff; color: inherit; }
 select:focus, input:focus { outline: 2px solid #4f46e533; border-color: var(--accent); }
@@ -53,8 +57,10 @@ button:disabled { opacity: .5; cursor: default; }
   letter-spacing: 0; }
 .feed-head { display: flex; align-items: center; }
 .feed-head h2 { margin: 0; }
+.sub { font-size: 13px; color: var(--muted); margin: 6px 0 0; }
 .feed-head button { margin-left: auto; padding: 4px 10px; font-size: 12px; }
-#events { list-style: none; margin: 14px 0 0; padding: 0; display: grid; gap: 10px; }
+#events { list-style: none; margin: 14px 0 0; padding: 0 2px 0 0; display: grid; gap: 10px;
+  max-height: 520px; overflow-y: auto; }
 .event { border: 1px solid var(--line); border-left: 4px solid hsl(var(--hue) 60% 50%); border-radius: 10px;
   padding: 10px 14px; animation: arrive .8s ease-out; }
 @keyframes arrive { from { background: #eef2ff; transform: translateY(-4px); } to { background: #fff; } }
@@ -82,32 +88,39 @@ const BODY = `
   <div class="side">
     <section class="card">
       <h2>Sign in as</h2>
-      <label for="tenant">Organisation (tenant)</label><select id="tenant"></select>
-      <label for="user">User</label><select id="user"></select>
+      <div class="pair">
+        <div><label for="tenant">Organisation</label><select id="tenant"></select></div>
+        <div><label for="user">User</label><select id="user"></select></div>
+      </div>
       <div class="chips" id="memberships"></div>
       <label class="check"><input type="checkbox" id="share" checked>
-        <span>Share one connection across this user’s tabs (open a second tab to see it)</span></label>
+        <span>Share one connection across this user’s tabs; open a second tab to watch it follow</span></label>
       <div class="row"><button id="connect">Connect</button><button id="disconnect" class="ghost" disabled>Disconnect</button></div>
     </section>
     <section class="card">
       <h2>Publish to a team</h2>
       <form id="publish">
-        <label for="team">Team</label><select id="team"></select>
-        <label for="type">Event type</label><input type="text" id="type" value="message.created" spellcheck="false">
+        <div class="pair">
+          <div><label for="team">Team</label><select id="team"></select></div>
+          <div><label for="type">Event type</label><input type="text" id="type" value="message.created" spellcheck="false"></div>
+        </div>
         <label for="text">Message</label><input type="text" id="text" maxlength="500" autocomplete="off">
         <div class="row"><button type="submit">Publish</button></div>
         <p class="flash" id="flash"></p>
       </form>
       <p class="hint">Goes through the publisher SDK and the resolver: every online member of the team gets it, no one else.</p>
     </section>
-    <section class="card"><h2>Connection log</h2><ul id="log"></ul></section>
   </div>
+  <div class="side">
   <section class="card">
     <div class="feed-head"><h2>Live events <span class="count" id="count">0</span></h2>
       <button class="ghost" id="clear">Clear</button></div>
+    <p class="sub" id="audience">Sign in to receive the events of your teams.</p>
     <div class="empty" id="empty"><strong>No events yet</strong>Publish one on the left, or from another tab signed in as a teammate.</div>
     <ul id="events"></ul>
   </section>
+  <section class="card"><h2>Connection log</h2><ul id="log"></ul></section>
+  </div>
 </main>`;
 
 export const DEMO_PAGE = `<!doctype html>

@@ -98,30 +98,22 @@ function jsonPost(
  */
 export function demoRoutes(deps: DemoRoutesDeps): (app: TemplatedApp) => void {
   const logger = deps.logger.child({ component: 'demo' });
-  let bundle: Promise<Buffer> | undefined;
 
   return (app) => {
     app.get('/', (res) => send(res, '200 OK', DEMO_PAGE, 'text/html; charset=utf-8'));
 
+    // Read on every request, so `npm run build:client` shows up without restarting `warren dev`.
     app.get('/warren-client.js', (res) => {
       let aborted = false;
       res.onAborted(() => (aborted = true));
-      bundle ??= readFile(deps.clientBundlePath);
-      bundle.then(
+      readFile(deps.clientBundlePath).then(
         (js) => {
           if (!aborted)
             send(res, '200 OK', js, 'text/javascript; charset=utf-8', { 'cache-control': 'no-cache' });
         },
         () => {
-          bundle = undefined;
-          if (!aborted) {
-            send(
-              res,
-              '503 Service Unavailable',
-              'console.error("warren-client.js is not built: run npm run build")',
-              'text/javascript',
-            );
-          }
+          const hint = 'console.error("warren-client.js is not built: run npm run build")';
+          if (!aborted) send(res, '503 Service Unavailable', hint, 'text/javascript');
         },
       );
     });
