@@ -121,6 +121,7 @@ export class TenantView {
   /**
    * The audience's online members, as bits: (teams ∪ groups ∪ users) − exceptUsers, ∩ online.
    * Listed users matter only if online, and every online user's bit is known, so no lookup is needed.
+   * The bitmap is the caller's; `clear()` it when done to free its native memory before the collector does.
    */
   resolveBits(audience: Audience): Bitmap {
     const parts = this.members.parts(audience.teams ?? [], audience.groups ?? []);
@@ -140,16 +141,24 @@ export class TenantView {
 
   /** The recipients' routing keys. */
   resolve(audience: Audience): string[] {
-    const bits = this.resolveBits(audience);
-    const keys: string[] = new Array(bits.size);
-    let i = 0;
-    const { keyOf } = this.online;
-    for (const bit of bits) {
-      const key = keyOf.get(bit);
-      // Every online bit was learned with its id; a miss would be a bug, never a reason to guess.
-      if (key === undefined) throw new Error(`online bit ${bit} of tenant ${this.tenantId} has no user id`);
-      keys[i++] = key;
+    const result = this.resolveBits(audience);
+    try {
+      const bits = result.toUint32Array();
+      const keys: string[] = new Array(bits.length);
+      const { keyOf } = this.online;
+      for (let i = 0; i < bits.length; i += 1) {
+        const bit = bits[i] as number;
+        const key = keyOf.get(bit);
+        // Every online bit was learned with its id; a miss would be a bug, never a reason to guess.
+        if (key === undefined) throw new Error(`online bit ${bit} of tenant ${this.tenantId} has no user id`);
+        keys[i] = key;
+      }
+      return keys;
+    } finally {
+      // Frees the native memory now. roaring reports it to V8 as external memory; left to the collector, one
+      // bitmap per event piles up into collections that set the p99 of resolution (1M-user tenant, ~4,000
+      // recipients per event: GC time per 6,000 events fell from 40–220 ms to 10–20 ms).
+      result.clear();
     }
-    return keys;
   }
 }
