@@ -1,3 +1,4 @@
+import { PerformanceObserver } from 'node:perf_hooks';
 import { TenantView } from '../../src/resolver/tenant-view.js';
 import type { Audience } from '../../src/protocol/schemas.js';
 import { createLogger } from '../../src/shared/logger.js';
@@ -5,7 +6,7 @@ import { bitsOfRedisBitmap, redisBitmapOf } from '../../src/store/bitmap-codec.j
 import { Keys } from '../../src/store/keys.js';
 import { createRedis, type WarrenRedis } from '../../src/store/redis.js';
 import { fmt, summarise, type Bench, type BenchContext, type BenchResult } from './lib.js';
-import { benchPrefix, cleanRedis, sample, seededRandom } from './support-warren.js';
+import { benchPrefix, cleanRedis, loadAverage, sample, seededRandom } from './support-warren.js';
 
 /**
  * Resolution time per event over one big tenant: Warren's in-memory roaring path (TenantView: team bitmaps
@@ -105,14 +106,46 @@ function audiences(n: number): Audience[] {
   });
 }
 
-function timed<T>(items: readonly T[], fn: (item: T) => unknown): number[] {
+/** Times `fn` per item; `dispose` runs on each result outside the timed span. */
+function timed<T, R>(items: readonly T[], fn: (item: T) => R, dispose?: (result: R) => void): number[] {
   const samples: number[] = new Array<number>(items.length);
   items.forEach((item, i) => {
     const started = performance.now();
-    fn(item);
+    const result = fn(item);
     samples[i] = performance.now() - started;
+    dispose?.(result);
   });
   return samples;
+}
+
+/**
+ * CPU time per call (process-wide: GC helper threads included), and GC pauses meanwhile. A separate pass
+ * from the timed one: it tells whether a slow tail is the code's own work or the machine's scheduling.
+ */
+async function cpuPass<T>(items: readonly T[], fn: (item: T) => unknown) {
+  const pauses: number[] = [];
+  const observer = new PerformanceObserver((list) => {
+    for (const entry of list.getEntries()) pauses.push(entry.duration);
+  });
+  observer.observe({ entryTypes: ['gc'] });
+  const samples = items.map((item) => {
+    const before = process.cpuUsage();
+    fn(item);
+    const used = process.cpuUsage(before);
+    return (used.user + used.system) / 1000;
+  });
+  // GC entries are delivered asynchronously.
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  observer.disconnect();
+  return { cpu: summarise(samples), gcCount: pauses.length, gcMs: pauses.reduce((s, v) => s + v, 0) };
+}
+
+/** Size of an audience's resolution, freeing the bitmap at once (see TenantView.resolveBits). */
+function bitsOf(view: TenantView, audience: Audience): Uint32Array {
+  const bitmap = view.resolveBits(audience);
+  const bits = bitmap.toUint32Array();
+  bitmap.clear();
+  return bits;
 }
 
 async function timedAsync<T, R>(items: readonly T[], fn: (item: T) => Promise<R>) {
@@ -143,6 +176,7 @@ async function run(ctx: BenchContext): Promise<BenchResult> {
   });
   redis.defineCommand('benchGetbitLoop', { lua: LUA_GETBIT_LOOP });
   const lua = redis as unknown as { benchGetbitLoop(n: number, ...args: string[]): Promise<number[]> };
+  const loadBefore = await loadAverage();
   try {
     let started = performance.now();
     await buildFixture(redis, keys, sizes);
@@ -161,8 +195,13 @@ async function run(ctx: BenchContext): Promise<BenchResult> {
     const measured = all.slice(sizes.warmup);
     for (const audience of warm) view.resolve(audience);
     const warrenKeys = timed(measured, (a) => view.resolve(a));
-    const warrenBits = timed(measured, (a) => view.resolveBits(a));
-    const recipients = measured.map((a) => view.resolveBits(a).size);
+    const warrenBits = timed(
+      measured,
+      (a) => view.resolveBits(a),
+      (bitmap) => bitmap.clear(),
+    );
+    const cpu = await cpuPass(measured, (a) => view.resolve(a));
+    const recipients = measured.map((a) => bitsOf(view, a).length);
 
     const scratch = `{${prefix}:${TENANT}}:bench-scratch`;
     const online = keys.online(TENANT, NODE);
@@ -187,7 +226,7 @@ async function run(ctx: BenchContext): Promise<BenchResult> {
     const mismatches = [
       ...bitop.results.map((bits, i) => ({ method: 'bitop', bits, i })),
       ...luaRun.results.map((bits, i) => ({ method: 'lua', bits, i })),
-    ].filter(({ bits, i }) => !sameBits(bits, view.resolveBits(measured[i] as Audience).toUint32Array()));
+    ].filter(({ bits, i }) => !sameBits(bits, bitsOf(view, measured[i] as Audience)));
     if (mismatches.length > 0)
       throw new Error(
         `baselines and Warren disagree on ${mismatches.length} audiences (${mismatches[0]?.method})`,
@@ -218,6 +257,7 @@ async function run(ctx: BenchContext): Promise<BenchResult> {
               'view.sync, cold (online bits + ids) ms': fmt(syncMs),
               [`view.prepare (load ${TEAMS} teams) ms`]: fmt(prepareMs),
               'online users': view.online.bitmap.size,
+              'load avg (1 min) before/after': `${loadBefore}/${await loadAverage()}`,
             },
           ],
         },
@@ -228,6 +268,18 @@ async function run(ctx: BenchContext): Promise<BenchResult> {
             row('Warren: TenantView.resolveBits (roaring, bits only)', wb),
             row('(b) BITOP OR/AND + GET + decode in Node', b),
             row(`(a) BITOP OR/AND + Lua GETBIT loop (only ${sizes.luaEvents} events)`, l),
+          ],
+        },
+        {
+          title: 'Warren resolve, separate pass: CPU time per event (process-wide) and GC meanwhile',
+          rows: [
+            {
+              events: cpu.cpu.n,
+              'CPU p50 ms': fmt(cpu.cpu.p50),
+              'CPU p99 ms': fmt(cpu.cpu.p99),
+              'GC pauses': cpu.gcCount,
+              'GC total ms': fmt(cpu.gcMs),
+            },
           ],
         },
       ],
@@ -249,6 +301,7 @@ async function run(ctx: BenchContext): Promise<BenchResult> {
         warrenBits: wb,
         bitop: b,
         lua: l,
+        cpu,
       },
     };
   } finally {

@@ -169,3 +169,13 @@ export function serviceCpuColumns(
     'redis CPU %': pct(before.redis, after.redis),
   };
 }
+
+/** The 1-minute load average (Linux), to show how busy the shared machine was during a run. */
+export async function loadAverage(): Promise<string> {
+  const { readFile } = await import('node:fs/promises');
+  try {
+    return (await readFile('/proc/loadavg', 'utf8')).split(' ')[0] ?? 'n/a';
+  } catch {
+    return 'n/a';
+  }
+}
