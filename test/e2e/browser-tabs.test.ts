@@ -9,10 +9,12 @@ import {
   cleanRedis,
   connectPublisher,
   eventually,
+  openTab,
   startTestGateway,
   startTestResolver,
   testConfig,
   testPrefix,
+  token,
 } from '../support/harness.js';
 
 // User A is in team red, user B in team blue, both of tenant acme. Tabs run the real client bundle in
@@ -99,11 +101,13 @@ describe('browser tabs: every event once per tab, never to another user', () => 
   it('shared mode: one socket per user; the leader tab closes, another takes over within 2 s, no event lost after', async () => {
     const shared = { shareAcrossTabs: true };
     const aTabs = await Promise.all([tab('A', shared), tab('A', shared), tab('A', shared)]);
-    // B shares the origin but not the user: it must get a socket of its own and none of A's events.
-    const bTab = await tab('B', shared);
-    await allConnected([...aTabs, bTab]);
+    await allConnected(aTabs);
     const roles = await Promise.all(aTabs.map(async (t) => (await t.status()).role));
     expect([...roles].sort()).toEqual(['follower', 'follower', 'leader']);
+    expect(gateway.connections).toBe(1);
+    // B shares the origin but not the user: it must get a socket of its own and none of A's events.
+    const bTab = await tab('B', shared);
+    await allConnected([bTab]);
     expect((await bTab.status()).role).toBe('leader');
     expect(gateway.connections).toBe(2);
 
@@ -150,5 +154,40 @@ describe('browser tabs: every event once per tab, never to another user', () => 
     }
     expect(await bTab.events()).toEqual(['marker']);
     expect(gateway.connections).toBe(2);
+  });
+
+  it('shared mode, handover on the same node: what was delivered while no tab held the socket is replayed', async () => {
+    // A socket outside the browser keeps A online on this node, so deliveries keep coming here (and into
+    // the node's history) while the browser has no socket at all.
+    const keeper = await openTab(gateway.port, await token({ sub: 'A', tid: TENANT }));
+    try {
+      const shared = { shareAcrossTabs: true };
+      const aTabs = await Promise.all([tab('A', shared), tab('A', shared)]);
+      await allConnected(aTabs);
+      await publish('before', ['red']);
+      for (const t of aTabs) await t.waitForEvents(['before'], 'first event in both tabs');
+
+      // Offline stops the next leader's handshakes (not the BroadcastChannel), so the gap is certain.
+      await context.setOffline(true);
+      const roles = await Promise.all(aTabs.map(async (t) => (await t.status()).role));
+      const [oldLeader, next] = roles[0] === 'leader' ? [aTabs[0]!, aTabs[1]!] : [aTabs[1]!, aTabs[0]!];
+      await oldLeader.close();
+      await eventually(async () => (await next.status()).role === 'leader', 'the other tab leads');
+      expect(gateway.connections).toBe(1);
+
+      const gap = ['gap-1', 'gap-2', 'gap-3'];
+      for (const id of gap) await publish(id, ['red']);
+      await eventually(() => gap.every((id) => keeper.eventIds().includes(id)), 'the node delivered the gap');
+      expect(await next.events()).toEqual(['before']);
+
+      await context.setOffline(false);
+      await next.waitForEvents(gap, 'the new leader resumes and gets the gap');
+      const log = await next.log();
+      expect([...log.events].sort()).toEqual(['before', ...gap].sort());
+      expect(log.resyncs).toEqual([]);
+      expect((await next.status()).gateway).toBe(gateway.nodeId);
+    } finally {
+      keeper.ws.terminate();
+    }
   });
 });
