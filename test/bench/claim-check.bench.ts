@@ -1,0 +1,169 @@
+import { ClaimStack, type Mode } from './claim-stack.js';
+import { drive, payload, SMALL_EVERY_MS, wireSize, type Run, type Wire } from './claim-load.js';
+import { fmt, type Bench, type BenchContext, type BenchResult } from './lib.js';
+
+/**
+ * Inline versus claim check, same run, same installation (claim-stack.ts): 1 KiB, 64 KiB and 1 MiB payloads
+ * fanned out to 100 users over two gateway nodes, while small events flow to 10 of those users (`shared`
+ * tabs: they get the large frames too) and to 10 users who get no large event (`bystander` tabs). Inline
+ * means the claim-check threshold is above the payload, claim check that it is below.
+ *
+ * Per size: wire sizes (spy queues, one event at a time); then each mode saturated (WINDOW large events in
+ * flight, closed loop: its throughput); then both modes paced at the same rate, PACE times what inline
+ * reached saturated, so small-event latencies are compared under the same offered load.
+ */
+
+const USERS = 100;
+const SHARED = 10;
+const BYSTANDERS = 10;
+const NODES = 2;
+const WINDOW = 4;
+const PACE = 0.5;
+const SIZES = [1024, 64 * 1024, 1024 * 1024];
+const MODES: Mode[] = ['inline', 'claim'];
+const MIB = 1024 * 1024;
+
+interface Result extends Wire {
+  size: number;
+  mode: Mode;
+  saturated: Run;
+  paced: Run & { rate: number };
+}
+
+async function measureSize(stack: ClaimStack, bytes: number, durationMs: number): Promise<Result[]> {
+  const data = payload(bytes);
+  const wire: Partial<Record<Mode, Wire>> = {};
+  for (const mode of MODES) wire[mode] = await wireSize(stack, mode, bytes, data, NODES);
+  const recipients = SHARED + BYSTANDERS;
+  const saturated: Partial<Record<Mode, Run>> = {};
+  for (const mode of MODES) {
+    saturated[mode] = await drive(
+      stack,
+      mode,
+      bytes,
+      data,
+      { tag: 'sat', durationMs, window: WINDOW },
+      recipients,
+    );
+  }
+  const rate = (saturated.inline as Run).eventsPerSec * PACE;
+  const results: Result[] = [];
+  for (const mode of MODES) {
+    const paced = await drive(stack, mode, bytes, data, { tag: 'pace', durationMs, rate }, recipients);
+    results.push({
+      size: bytes,
+      mode,
+      ...(wire[mode] as Wire),
+      saturated: saturated[mode] as Run,
+      paced: { ...paced, rate },
+    });
+  }
+  return results;
+}
+
+const kib = (size: number): string => (size >= MIB ? `${size / MIB} MiB` : `${size / 1024} KiB`);
+const p99 = (run: Run, group: string): number => run.small[group]?.p99 ?? NaN;
+const ratio = (a: number, b: number): string => fmt(a / b);
+
+function report(results: Result[]): BenchResult {
+  const pick = (size: number, mode: Mode) =>
+    results.find((r) => r.size === size && r.mode === mode) as Result;
+  const wire = results.map((r) => ({
+    payload: kib(r.size),
+    mode: r.mode,
+    'broker B/event': fmt(r.brokerBytes),
+    'B/copy': fmt(r.perCopy),
+    'B/copy w/o CC': fmt(r.perCopyWithoutCc),
+    'events exchange B/event': fmt(r.eventBytes),
+    'Redis reads/event metric|tap': `${fmt(r.saturated.readsMetric)} | ${fmt(r.saturated.readsTap)}`,
+  }));
+  const load = results.map((r) => ({
+    payload: kib(r.size),
+    mode: r.mode,
+    'sat events/s': fmt(r.saturated.eventsPerSec),
+    'sat tab writes/s': fmt(r.saturated.eventsPerSec * USERS),
+    'sat large p50 ms': fmt(r.saturated.largeP50),
+    'sat small p99 shared|bystander': `${fmt(p99(r.saturated, 'shared'))} | ${fmt(p99(r.saturated, 'bystander'))}`,
+    'paced events/s': fmt(r.paced.rate),
+    'paced large p50 ms': fmt(r.paced.largeP50),
+    'paced small p50 shared|bystander': `${fmt(r.paced.small['shared']?.p50 ?? NaN)} | ${fmt(r.paced.small['bystander']?.p50 ?? NaN)}`,
+    'paced small p99 shared|bystander': `${fmt(p99(r.paced, 'shared'))} | ${fmt(p99(r.paced, 'bystander'))}`,
+    'lost small': r.saturated.smallLost + r.paced.smallLost,
+  }));
+  const ratios = SIZES.map((size) => {
+    const [inline, claim] = [pick(size, 'inline'), pick(size, 'claim')];
+    return {
+      payload: kib(size),
+      'broker bytes': ratio(claim.brokerBytes, inline.brokerBytes),
+      'sat events/s': ratio(claim.saturated.eventsPerSec, inline.saturated.eventsPerSec),
+      'paced small p99 shared': ratio(p99(claim.paced, 'shared'), p99(inline.paced, 'shared')),
+      'paced small p99 bystander': ratio(p99(claim.paced, 'bystander'), p99(inline.paced, 'bystander')),
+      'sat small p99 shared': ratio(p99(claim.saturated, 'shared'), p99(inline.saturated, 'shared')),
+      'sat small p99 bystander': ratio(p99(claim.saturated, 'bystander'), p99(inline.saturated, 'bystander')),
+    };
+  });
+  const claims = results.filter((r) => r.mode === 'claim');
+  const [bigInline, bigClaim] = [pick(MIB, 'inline'), pick(MIB, 'claim')];
+  const maxCopy = Math.max(...claims.map((r) => r.perCopy));
+  const maxCopyNoCc = Math.max(...claims.map((r) => r.perCopyWithoutCc));
+  const runs = claims.flatMap((r) => [r.saturated, r.paced]);
+  const latency = (group: string) => {
+    const [c, i] = [p99(bigClaim.paced, group), p99(bigInline.paced, group)];
+    return {
+      target: `1 MiB paced at ${fmt(bigInline.paced.rate)}/s: small-event p99 (${group} tabs) <= 1/5 of inline`,
+      value: `${fmt(c)} vs ${fmt(i)} ms (x${ratio(c, i)})`,
+      met: c * 5 <= i,
+    };
+  };
+  return {
+    tables: [
+      {
+        title: `wire: ${USERS} users over ${NODES} nodes; one delivery message per event, one copy per node`,
+        rows: wire,
+      },
+      {
+        title: `load: sat = ${WINDOW} large events in flight; paced = ${PACE} x inline's sat rate for both modes; small events every ${SMALL_EVERY_MS} ms to ${SHARED} shared + ${BYSTANDERS} bystander tabs`,
+        rows: load,
+      },
+      { title: 'claim check / inline, same run', rows: ratios },
+    ],
+    data: results,
+    targets: [
+      {
+        target: `broker bytes/event <= 512 x ${NODES} nodes, claim check, CC list of ${USERS - 1} keys included`,
+        value: `max ${fmt(maxCopy * NODES)} B`,
+        met: maxCopy <= 512,
+      },
+      {
+        target: `broker bytes/event <= 512 x ${NODES} nodes, claim check, CC routing list excluded`,
+        value: `max ${fmt(maxCopyNoCc * NODES)} B`,
+        met: maxCopyNoCc <= 512,
+      },
+      {
+        target: `Redis reads/event = ${NODES} nodes, not ${USERS} recipients (claim check, every run; metric|tap)`,
+        value: runs.map((r) => `${fmt(r.readsMetric)}|${fmt(r.readsTap)}`).join(' '),
+        met: runs.every((r) => r.readsMetric === NODES && r.readsTap === NODES),
+      },
+      latency('bystander'),
+      latency('shared'),
+    ],
+  };
+}
+
+const bench: Bench = {
+  name: 'claim-check',
+  description: 'claim check vs inline payloads: broker bytes, Redis reads, throughput, small-event latency',
+  async run(ctx: BenchContext): Promise<BenchResult> {
+    const stack = await ClaimStack.start(ctx, { users: USERS, shared: SHARED, bystanders: BYSTANDERS });
+    const results: Result[] = [];
+    try {
+      await stack.expectWhole('L-', USERS);
+      for (const bytes of SIZES) results.push(...(await measureSize(stack, bytes, ctx.quick ? 1500 : 8000)));
+    } finally {
+      await stack.close();
+    }
+    return report(results);
+  },
+};
+
+export default bench;

@@ -1,0 +1,123 @@
+// Child process of the claim-check bench (claim-stack.ts): holds its tabs, so reading 100 copies of a
+// megabyte is not billed to the gateways' event loop. Reports, per event, when every expected tab had it.
+import WebSocket from 'ws';
+
+export interface TabSpec {
+  port: number;
+  token: string;
+  /** Reported with each arrival of an event that is not counted whole. */
+  group: string;
+}
+
+export type TabsRequest =
+  | { op: 'open'; tabs: TabSpec[] }
+  /** From now on, report an event once this many tabs got it (per event id prefix). */
+  | { op: 'expect'; prefix: string; tabs: number }
+  | { op: 'close' };
+
+export type TabsReport =
+  | { op: 'opened'; tabs: number }
+  /** A whole event: the last of its expected tabs got it at `at` (epoch ms, sub-ms precision). */
+  | { op: 'done'; id: string; at: number; bytes: number }
+  /** Arrivals of events reported per tab (small events), batched. */
+  | { op: 'arrivals'; ids: string[]; at: number[]; groups: string[] }
+  | { op: 'problem'; message: string }
+  | { op: 'closed' };
+
+const now = (): number => performance.timeOrigin + performance.now();
+const EVENT_HEAD = Buffer.from('{"type":"event","id":"');
+const sockets: WebSocket[] = [];
+const counts = new Map<string, { tabs: number; bytes: number }>();
+let expectations: { prefix: string; tabs: number }[] = [];
+let closing = false;
+let pendingIds: string[] = [];
+let pendingAt: number[] = [];
+let pendingGroups: string[] = [];
+
+function send(report: TabsReport): void {
+  process.send?.(report);
+}
+
+// Event ids are short ASCII; only the head of a frame is decoded, never the payload.
+function eventId(frame: Buffer): string | undefined {
+  const at = EVENT_HEAD.length;
+  if (frame.length < at || frame.compare(EVENT_HEAD, 0, at, 0, at) !== 0) return undefined;
+  const end = frame.indexOf(0x22, at);
+  return end < 0 ? undefined : frame.toString('latin1', at, end);
+}
+
+function onFrame(frame: Buffer, group: string): void {
+  const at = now();
+  const id = eventId(frame);
+  if (id === undefined) {
+    const text = frame.toString('utf8', 0, Math.min(frame.length, 300));
+    if (text.includes('"type":"error"')) send({ op: 'problem', message: `error frame: ${text}` });
+    return;
+  }
+  const rule = expectations.find((e) => id.startsWith(e.prefix));
+  if (!rule) {
+    pendingIds.push(id);
+    pendingAt.push(at);
+    pendingGroups.push(group);
+    return;
+  }
+  const count = counts.get(id) ?? { tabs: 0, bytes: 0 };
+  count.tabs += 1;
+  count.bytes += frame.length;
+  if (count.tabs < rule.tabs) {
+    counts.set(id, count);
+    return;
+  }
+  counts.delete(id);
+  send({ op: 'done', id, at, bytes: count.bytes });
+}
+
+function open(spec: TabSpec): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(`ws://127.0.0.1:${spec.port}/ws?token=${spec.token}`, {
+      perMessageDeflate: false,
+      skipUTF8Validation: true,
+    });
+    sockets.push(ws);
+    let welcomed = false;
+    ws.on('message', (data: Buffer) => {
+      if (welcomed) return onFrame(data, spec.group);
+      if (data.includes('"type":"welcome"')) {
+        welcomed = true;
+        resolve();
+      }
+    });
+    ws.once('error', reject);
+    ws.once('close', (code) => {
+      if (!welcomed) reject(new Error(`closed with ${code} before welcome`));
+      else if (!closing) send({ op: 'problem', message: `tab closed by the gateway with ${code}` });
+    });
+  });
+}
+
+setInterval(() => {
+  if (pendingIds.length === 0) return;
+  send({ op: 'arrivals', ids: pendingIds, at: pendingAt, groups: pendingGroups });
+  pendingIds = [];
+  pendingAt = [];
+  pendingGroups = [];
+}, 50).unref();
+
+process.on('message', (request: TabsRequest) => {
+  if (request.op === 'open') {
+    // A few at a time: the gateways bind each user on first connect.
+    void (async () => {
+      for (let i = 0; i < request.tabs.length; i += 10) {
+        await Promise.all(request.tabs.slice(i, i + 10).map(open));
+      }
+      send({ op: 'opened', tabs: sockets.length });
+    })().catch((error: unknown) => send({ op: 'problem', message: String(error) }));
+  } else if (request.op === 'expect') {
+    expectations = [...expectations.filter((e) => e.prefix !== request.prefix), request];
+  } else {
+    closing = true;
+    for (const ws of sockets) ws.terminate();
+    send({ op: 'closed' });
+    setTimeout(() => process.exit(0), 50);
+  }
+});
