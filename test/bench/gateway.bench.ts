@@ -9,6 +9,7 @@ import {
   benchPrefix,
   cleanBroker,
   cleanRedis,
+  loadAverage,
   metricValue,
   openFileLimit,
   serviceCpu,
@@ -199,6 +200,7 @@ async function run(ctx: BenchContext): Promise<BenchResult> {
     ? { latencyClients: 100, bindClients: 1000, rawBinds: 1000 }
     : { latencyClients: 1000, bindClients: 10_000, rawBinds: 10_000 };
   const prefix = benchPrefix('gateway');
+  const loadBefore = await loadAverage();
   const fleet = ClientFleet.start();
   try {
     const latency = await welcomeLatency(ctx, prefix, fleet, sizes.latencyClients);
@@ -227,6 +229,16 @@ async function run(ctx: BenchContext): Promise<BenchResult> {
               [`× raw ${RAW_CHANNELS} channels`]: fmt(rate / raw.pooled),
               ...gw.cpu,
               'drain + close, s': fmt(gw.closeSeconds),
+            },
+          ],
+        },
+        {
+          title: 'run conditions',
+          rows: [
+            {
+              'load avg (1 min) before/after': `${loadBefore}/${await loadAverage()}`,
+              'ulimit -n': limit ?? 'n/a',
+              clients: 'ws, in a child process (descriptors, and CPU not billed to the gateway)',
             },
           ],
         },

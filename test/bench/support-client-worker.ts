@@ -2,13 +2,15 @@
 // why the clients live in a process of their own.
 import WebSocket from 'ws';
 import { signToken } from './support-warren.js';
-import type { FleetReply, FleetRequest, OpenResult } from './support-clients.js';
+import type { FleetCounts, FleetReply, FleetRequest, OpenResult } from './support-clients.js';
 
 const EVENT_PREFIX = Buffer.from('{"type":"event"');
 const CLOSE_WAIT_MS = 10_000;
 
 const sockets = new Set<WebSocket>();
 let events = 0;
+let firstAt = NaN;
+let lastAt = NaN;
 let unexpectedCloses = 0;
 let closingAll = false;
 let waiting: { seq: number; count: number } | undefined;
@@ -25,10 +27,17 @@ function isEvent(data: WebSocket.RawData): boolean {
   );
 }
 
+function counts(): FleetCounts {
+  const used = process.cpuUsage();
+  return { events, unexpectedCloses, cpuMs: (used.user + used.system) / 1000, firstAt, lastAt };
+}
+
 function countEvent(): void {
+  lastAt = performance.now();
+  if (events === 0) firstAt = lastAt;
   events += 1;
   if (waiting && events >= waiting.count) {
-    reply({ seq: waiting.seq, events, unexpectedCloses });
+    reply({ seq: waiting.seq, ...counts() });
     waiting = undefined;
   }
 }
@@ -138,16 +147,18 @@ process.on('message', (message: FleetRequest) => {
       case 'reset':
         events = 0;
         unexpectedCloses = 0;
-        return { seq, events, unexpectedCloses };
+        firstAt = NaN;
+        lastAt = NaN;
+        return { seq, ...counts() };
       case 'expect':
-        if (events >= message.count) return { seq, events, unexpectedCloses };
+        if (events >= message.count) return { seq, ...counts() };
         waiting = { seq, count: message.count };
         return { seq, pending: true };
       case 'count':
-        return { seq, events, unexpectedCloses };
+        return { seq, ...counts() };
       case 'close':
         await closeAll();
-        return { seq, events, unexpectedCloses };
+        return { seq, ...counts() };
       case 'exit':
         await closeAll();
         setImmediate(() => process.exit(0));

@@ -42,12 +42,22 @@ export interface OpenResult {
 
 export type FleetReply =
   | { seq: number; open: OpenResult }
-  | { seq: number; events: number; unexpectedCloses: number }
+  | ({ seq: number } & FleetCounts)
   | { seq: number; pending: true }
   | { seq: number; error: string }
   | { seq: number };
 
-type Counts = { events: number; unexpectedCloses: number };
+export interface FleetCounts {
+  /** Event frames received since the last reset. */
+  events: number;
+  /** Clients closed by the other side since the last reset. */
+  unexpectedCloses: number;
+  /** CPU the client process has used since it started (user + system). */
+  cpuMs: number;
+  /** When the first and the last of those event frames arrived (ms, the client process's clock). */
+  firstAt: number;
+  lastAt: number;
+}
 
 export class ClientFleet {
   private seq = 0;
@@ -91,26 +101,26 @@ export class ClientFleet {
     return reply.open;
   }
 
-  private async counts(op: 'reset' | 'count' | 'close', timeoutMs?: number): Promise<Counts> {
-    return (await this.ask({ op, seq: ++this.seq }, timeoutMs)) as Counts;
+  private async counts(op: 'reset' | 'count' | 'close', timeoutMs?: number): Promise<FleetCounts> {
+    return (await this.ask({ op, seq: ++this.seq }, timeoutMs)) as FleetCounts;
   }
 
   /** Zeroes the event counter. */
-  reset(): Promise<Counts> {
+  reset(): Promise<FleetCounts> {
     return this.counts('reset');
   }
 
-  count(): Promise<Counts> {
+  count(): Promise<FleetCounts> {
     return this.counts('count');
   }
 
   /** Resolves as soon as the clients have received `count` event frames since the last reset. */
-  async expect(count: number, timeoutMs: number): Promise<Counts> {
-    return (await this.ask({ op: 'expect', seq: ++this.seq, count }, timeoutMs)) as Counts;
+  async expect(count: number, timeoutMs: number): Promise<FleetCounts> {
+    return (await this.ask({ op: 'expect', seq: ++this.seq, count }, timeoutMs)) as FleetCounts;
   }
 
   /** Closes every client (normal closure) and waits for the closes. */
-  closeAll(): Promise<Counts> {
+  closeAll(): Promise<FleetCounts> {
     return this.counts('close');
   }
 
