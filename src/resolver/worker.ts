@@ -43,41 +43,51 @@ const SYNC_ATTEMPTS = 3;
 export class ResolverWorker {
   private readonly queue: AmqpDelivery[] = [];
   private running: Promise<void> | undefined;
+  private looping = false;
   private readonly inflight = new Set<Promise<void>>();
 
   constructor(private readonly deps: WorkerDeps) {}
 
   handle(delivery: AmqpDelivery): void {
     this.queue.push(delivery);
-    this.running ??= this.run().finally(() => {
-      this.running = undefined;
-    });
+    if (this.looping) return;
+    this.looping = true;
+    this.running = this.run();
   }
 
   /** Resolves when everything received so far is processed and settled. */
   async idle(): Promise<void> {
-    while (this.running || this.inflight.size > 0) {
+    while (this.looping || this.inflight.size > 0) {
       await this.running;
       await Promise.allSettled([...this.inflight]);
     }
   }
 
   private async run(): Promise<void> {
-    while (this.queue.length > 0) {
-      const events: PendingEvent[] = [];
-      let membership: { delivery: AmqpDelivery; change: MembershipChange } | undefined;
-      while (this.queue.length > 0 && events.length < MAX_BATCH && !membership) {
-        const delivery = this.queue.shift() as AmqpDelivery;
-        // Its channel died with a reconnect: the broker has requeued it already.
-        if (!delivery.live) continue;
-        const parsed = parseMessage(delivery.message, this.deps.names);
-        if (parsed.kind === 'invalid') this.track(this.deadLetter(delivery, parsed.code, parsed.reason));
-        else if (parsed.kind === 'event') events.push({ delivery, event: parsed.event });
-        else membership = { delivery, change: parsed.change };
-      }
-      if (events.length > 0) await this.resolveBatch(events);
-      if (membership) await this.applyMembership(membership.delivery, membership.change);
+    try {
+      while (this.queue.length > 0) await this.runBatch();
+    } finally {
+      // Cleared in the same tick the queue is seen empty. amqplib hands over several deliveries in one socket
+      // read, and a batch of only dead letters finishes without awaiting: a flag cleared a tick later (in a
+      // `.finally` callback) left the next delivery of that read waiting for whatever message came after it.
+      this.looping = false;
     }
+  }
+
+  private async runBatch(): Promise<void> {
+    const events: PendingEvent[] = [];
+    let membership: { delivery: AmqpDelivery; change: MembershipChange } | undefined;
+    while (this.queue.length > 0 && events.length < MAX_BATCH && !membership) {
+      const delivery = this.queue.shift() as AmqpDelivery;
+      // Its channel died with a reconnect: the broker has requeued it already.
+      if (!delivery.live) continue;
+      const parsed = parseMessage(delivery.message, this.deps.names);
+      if (parsed.kind === 'invalid') this.track(this.deadLetter(delivery, parsed.code, parsed.reason));
+      else if (parsed.kind === 'event') events.push({ delivery, event: parsed.event });
+      else membership = { delivery, change: parsed.change };
+    }
+    if (events.length > 0) await this.resolveBatch(events);
+    if (membership) await this.applyMembership(membership.delivery, membership.change);
   }
 
   private track(work: Promise<void>): void {
