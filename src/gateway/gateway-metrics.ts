@@ -47,7 +47,7 @@ export class GatewayMetrics {
     });
     this.tabWrites = new Counter({
       name: 'warren_gateway_tab_writes_total',
-      help: 'Event frames written to tabs',
+      help: 'Frames the delivery path wrote to tabs (events, and payload_unavailable errors)',
       registers: r,
     });
     this.refused = new Counter({

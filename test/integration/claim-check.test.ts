@@ -400,6 +400,49 @@ describe('claim check over two gateway nodes, a resolver and the publisher SDK',
     expect(ann.tab.eventIds()).toEqual(['twice', 'after']);
     expect(await counter(gateways[0] as Gateway, 'warren_gateway_payload_fetches_total')).toBe(1);
   });
+
+  it('writes a large fan-out a few tabs per turn of the event loop, keeping every tab in order', async () => {
+    const holders: Tab[] = [];
+    for (let i = 0; i < 40; i += 1) holders.push(await open(0, 't1', `holder-${i}`));
+    const bystander = await open(0, 't1', 'bystander');
+    // The gateway runs in this process: sample its write counter once per turn of the event loop.
+    const perTurn: number[] = [];
+    let sampling = true;
+    let last = 0;
+    const sample = (): void => {
+      void counter(gateways[0] as Gateway, 'warren_gateway_tab_writes_total').then((now) => {
+        perTurn.push(now - last);
+        last = now;
+        if (sampling) setImmediate(sample);
+      });
+    };
+    sample();
+    const keys = holders.map((_, i) => `u.t1.holder-${i}`);
+    const big = { blob: randomBytes(1_500_000).toString('base64') }; // 2 MB frames: 80 MB for 40 tabs
+    await probe.deliver(prefix, keys, { id: 'big-a', tenantId: 't1', data: big });
+    await probe.deliver(prefix, ['u.t1.bystander'], { id: 'small-b', tenantId: 't1', data: { n: 1 } });
+    await probe.deliver(prefix, keys, { id: 'small-c', tenantId: 't1', data: { n: 2 } });
+    await probe.deliver(prefix, keys, { id: 'big-d', tenantId: 't1', data: big });
+    await eventually(
+      () => holders.every((t) => t.tab.eventIds().length === 3),
+      'every holder has three events',
+      20_000,
+    );
+    sampling = false;
+
+    for (const t of holders) {
+      expect(t.tab.eventIds()).toEqual(['big-a', 'small-c', 'big-d']);
+      const offsets = t.tab.events().map((e) => e.offset);
+      expect(offsets).toEqual([...offsets].sort((x, y) => x - y));
+      expect(t.tab.events()[2]?.data).toEqual(big);
+    }
+    expect(bystander.tab.eventIds()).toEqual(['small-b']);
+    expect(perTurn.reduce((sum, n) => sum + n, 0)).toBe(40 * 3 + 1);
+    // 4 MiB of large frames per turn is two or three 2 MB frames, so 160 MB take dozens of turns; written
+    // in one go, the four deliveries would take four.
+    expect(perTurn.filter((n) => n > 0).length).toBeGreaterThanOrEqual(20);
+    for (const t of [...holders, bystander]) expect(t.tab.closeCode).toBeUndefined();
+  }, 60_000);
 });
 
 describe('payload fetcher on a real Redis', () => {
