@@ -1,6 +1,5 @@
-import { randomBytes } from 'node:crypto';
 import { SpyQueue, type SpiedMessage } from './claim-probes.js';
-import { TENANT, type ClaimStack, type Mode } from './claim-stack.js';
+import type { ClaimStack, Mode } from './claim-stack.js';
 import { summarise } from './lib.js';
 
 /**
@@ -14,19 +13,6 @@ const WIRE_SAMPLES = 3;
 const now = (): number => performance.timeOrigin + performance.now();
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** A document-like payload (many small records) of about `bytes` serialised bytes. */
-export function payload(bytes: number): unknown {
-  const pages = Math.max(1, Math.floor((bytes - 40) / 1024));
-  const text = Math.max(1, Math.floor((bytes - 40) / pages) - 24);
-  return {
-    kind: 'scan',
-    pages: Array.from({ length: pages }, (_, i) => ({
-      page: i,
-      text: randomBytes(text).toString('base64').slice(0, text),
-    })),
-  };
-}
-
 async function waitFor(check: () => boolean, what: string, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!check()) {
@@ -35,35 +21,57 @@ async function waitFor(check: () => boolean, what: string, timeoutMs: number): P
   }
 }
 
-/** What the tabs' process reports: whole large events, and small-event latencies per tab group. */
+/** What the services and the tabs report: when each event was published, whole large events, small arrivals. */
 class Arrivals {
+  readonly sentAt = new Map<string, number>();
   readonly done = new Map<string, number>();
-  readonly smallSent = new Map<string, number>();
+  /** Small-event latencies per tab group; arrivals reported before their publish time wait in `early`. */
   readonly small = new Map<string, number[]>();
+  private early: { id: string; at: number; group: string }[] = [];
   smallCount = 0;
   readonly problems: string[] = [];
   onDone = (_id: string): void => {};
-  readonly stop: () => void;
+  private readonly stops: (() => void)[];
 
   constructor(stack: ClaimStack) {
-    this.stop = stack.onReport((report) => {
-      if (report.op === 'done') {
-        this.done.set(report.id, report.at);
-        this.onDone(report.id);
-      } else if (report.op === 'arrivals') {
-        report.ids.forEach((id, i) => {
-          const sent = this.smallSent.get(id);
-          if (sent === undefined) return;
-          const group = report.groups[i] as string;
-          const list = this.small.get(group) ?? [];
-          list.push((report.at[i] as number) - sent);
-          this.small.set(group, list);
-          this.smallCount += 1;
-        });
-      } else if (report.op === 'problem') {
-        this.problems.push(report.message);
-      }
-    });
+    this.stops = [
+      stack.services.onReport((report) => {
+        if (report.op === 'sent') {
+          report.ids.forEach((id, i) => this.sentAt.set(id, report.at[i] as number));
+          const early = this.early;
+          this.early = [];
+          for (const e of early) this.arrived(e.id, e.at, e.group);
+        } else if (report.op === 'problem') {
+          this.problems.push(report.message);
+        }
+      }),
+      stack.onTabs((report) => {
+        if (report.op === 'done') {
+          this.done.set(report.id, report.at);
+          this.onDone(report.id);
+        } else if (report.op === 'arrivals') {
+          report.ids.forEach((id, i) => this.arrived(id, report.at[i] as number, report.groups[i] as string));
+        } else if (report.op === 'problem') {
+          this.problems.push(report.message);
+        }
+      }),
+    ];
+  }
+
+  private arrived(id: string, at: number, group: string): void {
+    const sent = this.sentAt.get(id);
+    if (sent === undefined) {
+      this.early.push({ id, at, group });
+      return;
+    }
+    const list = this.small.get(group) ?? [];
+    list.push(at - sent);
+    this.small.set(group, list);
+    this.smallCount += 1;
+  }
+
+  stop(): void {
+    for (const stop of this.stops) stop();
   }
 
   check(): void {
@@ -81,27 +89,15 @@ export interface Wire {
 }
 
 /** Publishes large events one at a time with spies on both exchanges and measures their wire size. */
-export async function wireSize(
-  stack: ClaimStack,
-  mode: Mode,
-  size: number,
-  data: unknown,
-  nodes: number,
-): Promise<Wire> {
+export async function wireSize(stack: ClaimStack, mode: Mode, size: number, nodes: number): Promise<Wire> {
   const arrivals = new Arrivals(stack);
   const deliveries = await SpyQueue.open(stack.broker, `${stack.prefix}.deliveries`, false);
   const events = await SpyQueue.open(stack.broker, `${stack.prefix}.events`, false);
   const ids = Array.from({ length: WIRE_SAMPLES }, (_, i) => `L-${mode}-${size}-wire-${i}`);
   try {
     for (const id of ids) {
-      await stack.publisher(mode).publishEvent({
-        id,
-        tenantId: TENANT,
-        type: 'doc.attached',
-        audience: { teams: ['ward'] },
-        data,
-      });
-      await waitFor(() => arrivals.done.has(id), `${id} delivered`, 30_000);
+      stack.services.send({ op: 'publish', mode, id, team: 'ward', size });
+      await waitFor(() => arrivals.done.has(id) || arrivals.problems.length > 0, `${id} delivered`, 30_000);
     }
     const spied = () => ids.every((id) => deliveries.of(id).length > 0 && events.of(id).length > 0);
     await waitFor(spied, 'spied copies', 10_000);
@@ -172,65 +168,43 @@ export async function drive(
   stack: ClaimStack,
   mode: Mode,
   size: number,
-  data: unknown,
   plan: Plan,
   smallRecipients: number,
 ): Promise<Run> {
-  const publisher = stack.publisher(mode);
   const arrivals = new Arrivals(stack);
-  const sent = new Map<string, number>();
-  const event = (id: string, team: string, body: unknown) => ({
-    id,
-    tenantId: TENANT,
-    type: team === 'ward' ? 'doc.attached' : 'note.created',
-    audience: { teams: [team] },
-    data: body,
-  });
+  const ids: string[] = [];
+  const tag = `${mode}-${size}-${plan.tag}`;
   try {
     const fetches0 = await stack.gatewayFetches();
-    const tap0 = stack.tapReads();
-    let n = 0;
-    const ticker = setInterval(() => {
-      const id = `S-${mode}-${size}-${plan.tag}-${n++}`;
-      arrivals.smallSent.set(id, now());
-      void publisher
-        .publishEvent(event(id, 'desk', { n, text: 'vitals updated' }))
-        .catch(() => arrivals.smallSent.delete(id));
-    }, SMALL_EVERY_MS);
+    const tap0 = await stack.tapReads();
+    stack.services.send({ op: 'small', mode, tag, everyMs: SMALL_EVERY_MS });
     const started = now();
-    let issued = 0;
-    await pace(
-      plan,
-      started,
-      () => {
-        const id = `L-${mode}-${size}-${plan.tag}-${issued++}`;
-        sent.set(id, now());
-        publisher
-          .publishEvent(event(id, 'ward', data))
-          .catch((e: unknown) => arrivals.problems.push(String(e)));
-      },
-      arrivals,
-    );
-    const ids = [...sent.keys()];
+    const publishLarge = (): void => {
+      const id = `L-${tag}-${ids.length}`;
+      ids.push(id);
+      stack.services.send({ op: 'publish', mode, id, team: 'ward', size });
+    };
+    await pace(plan, started, publishLarge, arrivals);
     const allDone = () => ids.every((id) => arrivals.done.has(id)) || arrivals.problems.length > 0;
     await waitFor(allDone, 'large events', 60_000);
-    clearInterval(ticker);
-    const expected = () => arrivals.smallSent.size * smallRecipients;
-    await waitFor(() => arrivals.smallCount >= expected(), 'small events', 10_000).catch(() => {});
-    await sleep(100); // the tabs' process reports arrivals every 50 ms
+    const { count } = await stack.services.ask({ op: 'stopSmall' }, 'smallStopped');
+    const expected = count * smallRecipients;
+    await waitFor(() => arrivals.smallCount >= expected, 'small events', 10_000).catch(() => {});
     arrivals.check();
     const fetches = (await stack.gatewayFetches()) - fetches0;
+    const reads = (await stack.tapReads()) - tap0;
     const last = Math.max(...ids.map((id) => arrivals.done.get(id) as number));
+    const latency = ids.map((id) => (arrivals.done.get(id) as number) - (arrivals.sentAt.get(id) ?? NaN));
     const small: Run['small'] = {};
     for (const [group, samples] of arrivals.small) small[group] = summarise(samples);
     return {
       events: ids.length,
       eventsPerSec: ids.length / ((last - started) / 1000),
-      largeP50: summarise(ids.map((id) => (arrivals.done.get(id) as number) - (sent.get(id) as number))).p50,
+      largeP50: summarise(latency).p50,
       small,
-      smallLost: expected() - arrivals.smallCount,
+      smallLost: expected - arrivals.smallCount,
       readsMetric: fetches / ids.length,
-      readsTap: (stack.tapReads() - tap0) / ids.length,
+      readsTap: reads / ids.length,
     };
   } finally {
     arrivals.stop();

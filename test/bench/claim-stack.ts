@@ -6,24 +6,26 @@ import { Redis } from 'ioredis';
 import { SignJWT } from 'jose';
 import { loadConfig } from '../../src/config/load.js';
 import { startGateway, type Gateway } from '../../src/gateway/main.js';
-import { WarrenPublisher } from '../../src/sdk/publisher/index.js';
 import { silentLogger } from '../../src/shared/logger.js';
-import { RedisTap } from './claim-probes.js';
-import type { BenchContext } from './lib.js';
+import { viaTap } from './claim-probes.js';
 import type { ResolverReport, ResolverRequest } from './claim-resolver.js';
+import type { Mode, ServicesReport, ServicesRequest } from './claim-services.js';
 import type { TabSpec, TabsReport, TabsRequest } from './claim-tabs.js';
+import type { BenchContext } from './lib.js';
+
+export type { Mode };
 
 /**
- * The claim-check bench's installation: two in-process gateways (each reaching Redis through a RedisTap),
- * one resolver in a child process (as deployed: its work and the gateways' fan-out do not share a thread),
- * and two publishers that differ only in their claim-check threshold: `inline` above any payload of the
- * bench, `claim` below all of them. The resolver's own threshold is above any payload, so in inline mode
- * every byte of `data` crosses the broker. Tabs live in child processes (claim-tabs.ts).
+ * The claim-check bench's installation. In the bench process: two gateways, nothing else, as a gateway
+ * node runs alone in production. In child processes: the resolver; the services (two publishers that
+ * differ only in their claim-check threshold, `inline` above any payload of the bench and `claim` below
+ * all of them, and a Redis tap in front of each gateway); the tabs of the large events' audience; and
+ * bystander tabs that get small events only, so they are not slowed by reading other users' megabytes.
+ * The resolver's own threshold is above any payload: in inline mode every byte of `data` crosses the broker.
  */
 
 const SECRET = 'bench-claim-secret-bench-claim-secret';
 export const TENANT = 'acme';
-export type Mode = 'inline' | 'claim';
 /** Above every payload of the bench: nothing is claim-checked. */
 const NEVER = 64 * 1024 * 1024;
 /** Below every payload of the bench: everything is. */
@@ -65,35 +67,33 @@ class Child<Request, Report extends { op: string }> {
     return () => this.listeners.delete(listener);
   }
 
-  /** Sends a request; resolves at the first report of kind `until` (at once without it). */
-  request(request: Request, until?: Report['op']): Promise<void> {
+  send(request: Request): void {
+    this.process.send(request as object);
+  }
+
+  /** Sends a request and resolves with the first report of kind `until`. */
+  ask<K extends Report['op']>(request: Request, until: K): Promise<Extract<Report, { op: K }>> {
     return new Promise((resolve, reject) => {
-      if (!until) {
-        this.process.send(request as object);
-        resolve();
-        return;
-      }
       const stop = this.onReport((report) => {
         if (report.op === 'problem') reject(new Error((report as { message?: string }).message));
         else if (report.op !== until) return;
-        else resolve();
+        else resolve(report as Extract<Report, { op: K }>);
         stop();
       });
-      this.process.send(request as object);
+      this.send(request);
     });
   }
 }
 
 type TabsChild = Child<TabsRequest, TabsReport>;
+type ServicesChild = Child<ServicesRequest, ServicesReport>;
 
 export class ClaimStack {
   private constructor(
     readonly prefix: string,
     readonly gateways: Gateway[],
-    readonly taps: RedisTap[],
+    readonly services: ServicesChild,
     private readonly resolver: Child<ResolverRequest, ResolverReport>,
-    private readonly publishers: Record<Mode, WarrenPublisher>,
-    /** Tabs of the large events' audience; bystanders, who get small events only, in a process of their own. */
     private readonly tabs: TabsChild[],
     readonly broker: ChannelModel,
     private readonly redis: Redis,
@@ -111,67 +111,72 @@ export class ClaimStack {
       gateway: { host: '127.0.0.1', port: 0, drainWindowMs: 0, maxBackpressureBytes: 32 * 1024 * 1024 },
       claimCheck: { bytes: NEVER },
     });
-    const logger = silentLogger();
-    const taps = [await RedisTap.start(ctx.redisUrl), await RedisTap.start(ctx.redisUrl)];
+    const services: ServicesChild = new Child('./claim-services.ts');
+    const { tapPorts } = await services.ask(
+      { op: 'start', ...ctx, prefix, tenantId: TENANT, thresholds: { inline: NEVER, claim: ALWAYS } },
+      'started',
+    );
     const gateways: Gateway[] = [];
-    for (const tap of taps) {
-      const config = loadConfig({ env: {}, overrides: overrides(tap.url(ctx.redisUrl)) });
-      gateways.push(await startGateway(config, { logger }));
+    for (const tapPort of tapPorts) {
+      const config = loadConfig({ env: {}, overrides: overrides(viaTap(ctx.redisUrl, tapPort)) });
+      gateways.push(await startGateway(config, { logger: silentLogger() }));
     }
     const resolver = new Child<ResolverRequest, ResolverReport>('./claim-resolver.ts');
-    await resolver.request({ op: 'start', overrides: overrides(ctx.redisUrl) }, 'started');
-    const connect = (claimCheckBytes: number) =>
-      WarrenPublisher.connect({
-        rabbitmqUrl: ctx.rabbitmqUrl,
-        redisUrl: ctx.redisUrl,
-        prefix,
-        claimCheckBytes,
-      });
-    const publishers = { inline: await connect(NEVER), claim: await connect(ALWAYS) };
+    await resolver.ask({ op: 'start', overrides: overrides(ctx.redisUrl) }, 'started');
+
     const port = (i: number) => (gateways[i % gateways.length] as Gateway).port;
+    const teams: { userId: string; teamId: string }[] = [];
     const audience: TabSpec[] = [];
     for (let i = 0; i < options.users; i += 1) {
-      const user = `user-${String(i).padStart(3, '0')}`;
-      await publishers.inline.addUserToTeam(TENANT, user, 'ward');
-      if (i < options.shared) await publishers.inline.addUserToTeam(TENANT, user, 'desk');
-      audience.push({ port: port(i), token: await jwt(user), group: i < options.shared ? 'shared' : 'ward' });
+      const userId = `user-${String(i).padStart(3, '0')}`;
+      teams.push({ userId, teamId: 'ward' });
+      if (i < options.shared) teams.push({ userId, teamId: 'desk' });
+      audience.push({
+        port: port(i),
+        token: await jwt(userId),
+        group: i < options.shared ? 'shared' : 'ward',
+      });
     }
     const bystanders: TabSpec[] = [];
     for (let i = 0; i < options.bystanders; i += 1) {
-      await publishers.inline.addUserToTeam(TENANT, `visitor-${i}`, 'desk');
+      teams.push({ userId: `visitor-${i}`, teamId: 'desk' });
       bystanders.push({ port: port(i), token: await jwt(`visitor-${i}`), group: 'bystander' });
     }
-    const tabs = [
-      new Child<TabsRequest, TabsReport>('./claim-tabs.ts'),
-      new Child<TabsRequest, TabsReport>('./claim-tabs.ts'),
-    ];
+    await services.ask({ op: 'members', teams }, 'membersDone');
+    const tabs: TabsChild[] = [new Child('./claim-tabs.ts'), new Child('./claim-tabs.ts')];
     const stack = new ClaimStack(
       prefix,
       gateways,
-      taps,
+      services,
       resolver,
-      publishers,
       tabs,
       await amqp.connect(ctx.rabbitmqUrl),
       new Redis(ctx.redisUrl),
     );
-    await (tabs[0] as TabsChild).request({ op: 'open', tabs: audience }, 'opened');
-    await (tabs[1] as TabsChild).request({ op: 'open', tabs: bystanders }, 'opened');
+    await (tabs[0] as TabsChild).ask({ op: 'open', tabs: audience }, 'opened');
+    await (tabs[1] as TabsChild).ask({ op: 'open', tabs: bystanders }, 'opened');
+    // Small events as they leave the broker for the gateways: what the gateways' own work cannot delay.
+    await (tabs[1] as TabsChild).ask(
+      {
+        op: 'spy',
+        rabbitmqUrl: ctx.rabbitmqUrl,
+        exchange: `${prefix}.deliveries`,
+        bindingKey: `u.${TENANT}.visitor-0`,
+        group: 'broker',
+      },
+      'spying',
+    );
     return stack;
   }
 
   /** From now on the tabs report an event whose id starts with `prefix` once `count` tabs have it. */
-  async expectWhole(prefix: string, count: number): Promise<void> {
-    await (this.tabs[0] as TabsChild).request({ op: 'expect', prefix, tabs: count });
+  expectWhole(prefix: string, count: number): void {
+    (this.tabs[0] as TabsChild).send({ op: 'expect', prefix, tabs: count });
   }
 
-  onReport(listener: (report: TabsReport) => void): () => void {
+  onTabs(listener: (report: TabsReport) => void): () => void {
     const stops = this.tabs.map((t) => t.onReport(listener));
     return () => stops.forEach((stop) => stop());
-  }
-
-  publisher(mode: Mode): WarrenPublisher {
-    return this.publishers[mode];
   }
 
   /** Claim-check payload reads, per the gateways' own metric, summed over nodes. */
@@ -185,16 +190,15 @@ export class ClaimStack {
   }
 
   /** The same reads as seen on the wire by the taps. */
-  tapReads(): number {
-    return this.taps.reduce((sum, tap) => sum + tap.jobReads(), 0);
+  async tapReads(): Promise<number> {
+    return (await this.services.ask({ op: 'tapReads' }, 'tapReads')).reads;
   }
 
   async close(): Promise<void> {
-    for (const tabs of this.tabs) await tabs.request({ op: 'close' }, 'closed').catch(() => {});
-    for (const publisher of Object.values(this.publishers)) await publisher.close();
-    await this.resolver.request({ op: 'close' }, 'closed').catch(() => {});
+    for (const tabs of this.tabs) await tabs.ask({ op: 'close' }, 'closed').catch(() => {});
+    await this.resolver.ask({ op: 'close' }, 'closed').catch(() => {});
     await Promise.all(this.gateways.map((g) => g.close()));
-    await Promise.all(this.taps.map((t) => t.close()));
+    await this.services.ask({ op: 'close' }, 'closed').catch(() => {});
     const channel = await this.broker.createChannel();
     channel.on('error', () => {});
     for (const q of [`${this.prefix}.resolver`, `${this.prefix}.dead`, ...this.gateways.map((g) => g.queue)])

@@ -1,5 +1,7 @@
 // Child process of the claim-check bench (claim-stack.ts): holds its tabs, so reading 100 copies of a
 // megabyte is not billed to the gateways' event loop. Reports, per event, when every expected tab had it.
+// It can also hold a spy queue on the deliveries exchange, to time events as they leave the broker.
+import amqp from 'amqplib';
 import WebSocket from 'ws';
 
 export interface TabSpec {
@@ -13,10 +15,13 @@ export type TabsRequest =
   | { op: 'open'; tabs: TabSpec[] }
   /** From now on, report an event once this many tabs got it (per event id prefix). */
   | { op: 'expect'; prefix: string; tabs: number }
+  /** Report each message routed with `bindingKey` as an arrival of group `group`. */
+  | { op: 'spy'; rabbitmqUrl: string; exchange: string; bindingKey: string; group: string }
   | { op: 'close' };
 
 export type TabsReport =
   | { op: 'opened'; tabs: number }
+  | { op: 'spying' }
   /** A whole event: the last of its expected tabs got it at `at` (epoch ms, sub-ms precision). */
   | { op: 'done'; id: string; at: number; bytes: number }
   /** Arrivals of events reported per tab (small events), batched. */
@@ -46,6 +51,25 @@ function eventId(frame: Buffer): string | undefined {
   return end < 0 ? undefined : frame.toString('latin1', at, end);
 }
 
+function arrived(id: string, at: number, group: string): void {
+  pendingIds.push(id);
+  pendingAt.push(at);
+  pendingGroups.push(group);
+}
+
+async function spy(rabbitmqUrl: string, exchange: string, bindingKey: string, group: string): Promise<void> {
+  const model = await amqp.connect(rabbitmqUrl);
+  const channel = await model.createChannel();
+  const { queue } = await channel.assertQueue('', { exclusive: true, autoDelete: true });
+  await channel.bindQueue(queue, exchange, bindingKey);
+  await channel.consume(
+    queue,
+    (m) => m && typeof m.properties.messageId === 'string' && arrived(m.properties.messageId, now(), group),
+    { noAck: true },
+  );
+  process.once('disconnect', () => void model.close().catch(() => {}));
+}
+
 function onFrame(frame: Buffer, group: string): void {
   const at = now();
   const id = eventId(frame);
@@ -55,12 +79,7 @@ function onFrame(frame: Buffer, group: string): void {
     return;
   }
   const rule = expectations.find((e) => id.startsWith(e.prefix));
-  if (!rule) {
-    pendingIds.push(id);
-    pendingAt.push(at);
-    pendingGroups.push(group);
-    return;
-  }
+  if (!rule) return arrived(id, at, group);
   const count = counts.get(id) ?? { tabs: 0, bytes: 0 };
   count.tabs += 1;
   count.bytes += frame.length;
@@ -112,6 +131,11 @@ process.on('message', (request: TabsRequest) => {
       }
       send({ op: 'opened', tabs: sockets.length });
     })().catch((error: unknown) => send({ op: 'problem', message: String(error) }));
+  } else if (request.op === 'spy') {
+    spy(request.rabbitmqUrl, request.exchange, request.bindingKey, request.group).then(
+      () => send({ op: 'spying' }),
+      (error: unknown) => send({ op: 'problem', message: String(error) }),
+    );
   } else if (request.op === 'expect') {
     expectations = [...expectations.filter((e) => e.prefix !== request.prefix), request];
   } else {
