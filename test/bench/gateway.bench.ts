@@ -1,4 +1,5 @@
 import amqp from 'amqplib';
+import { declareGatewayQueue } from '../../src/broker/topology.js';
 import { startGateway, type Gateway } from '../../src/gateway/main.js';
 import { createLogger } from '../../src/shared/logger.js';
 import { fmt, summarise, type Bench, type BenchContext, type BenchResult } from './lib.js';
@@ -129,10 +130,11 @@ async function rawBindRates(ctx: BenchContext, prefix: string, n: number) {
   const rates: number[] = [];
   try {
     const setup = await model.createChannel();
-    await setup.assertExchange(exchange, 'topic', { durable: false });
+    // The same kinds of exchange and queue as the gateway's: durable topic exchange, gateway queue arguments.
+    await setup.assertExchange(exchange, 'topic', { durable: true });
     for (const channels of [1, RAW_CHANNELS]) {
       const queue = `${prefix}.rawbind.${channels}`;
-      await setup.assertQueue(queue, { durable: false });
+      await declareGatewayQueue(setup, queue);
       const pool = await Promise.all(Array.from({ length: channels }, () => model.createChannel()));
       let next = 0;
       const services = await serviceCpu();
