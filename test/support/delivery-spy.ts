@@ -1,0 +1,68 @@
+import amqp, { type ChannelModel, type ConsumeMessage } from 'amqplib';
+import { inject } from 'vitest';
+import type { Resolver } from '../../src/resolver/main.js';
+
+/**
+ * A queue bound to `<prefix>.deliveries` with `#`: it gets a copy of every delivery message a resolver
+ * publishes, so a test sees exactly whom each event was routed to (routing key plus CC), and how often.
+ */
+export class DeliverySpy {
+  readonly messages: ConsumeMessage[] = [];
+  private readonly byEvent = new Map<string, ConsumeMessage[]>();
+
+  private constructor(
+    private readonly model: ChannelModel,
+    readonly queue: string,
+  ) {}
+
+  static async start(prefix: string): Promise<DeliverySpy> {
+    const model = await amqp.connect(inject('rabbitmqUrl'));
+    const channel = await model.createChannel();
+    const queue = `${prefix}.spy`;
+    // Exclusive: the queue goes with this connection, whatever the test does.
+    await channel.assertQueue(queue, { exclusive: true });
+    await channel.bindQueue(queue, `${prefix}.deliveries`, '#');
+    const spy = new DeliverySpy(model, queue);
+    await channel.consume(queue, (m) => m && spy.record(m), { noAck: true });
+    return spy;
+  }
+
+  private record(message: ConsumeMessage): void {
+    this.messages.push(message);
+    const id = String(message.properties.messageId);
+    const list = this.byEvent.get(id) ?? [];
+    list.push(message);
+    this.byEvent.set(id, list);
+  }
+
+  /** Delivery messages (chunks, and copies from redelivery) seen for an event. */
+  copies(eventId: string): number {
+    return this.byEvent.get(eventId)?.length ?? 0;
+  }
+
+  /** Every recipient key of every message seen for an event, sorted; a key twice means routed twice. */
+  recipients(eventId: string): string[] {
+    const keys: string[] = [];
+    for (const m of this.byEvent.get(eventId) ?? []) {
+      const cc = (m.properties.headers?.['CC'] as unknown[] | undefined) ?? [];
+      keys.push(m.fields.routingKey, ...cc.map((k) => (Buffer.isBuffer(k) ? k.toString() : String(k))));
+    }
+    return keys.sort();
+  }
+
+  async close(): Promise<void> {
+    await this.model.close().catch(() => {});
+  }
+}
+
+/** A resolver metric summed over the series whose labels match (to know when work has been done). */
+export async function resolverMetric(
+  resolver: Resolver,
+  name: string,
+  labels: Record<string, string> = {},
+): Promise<number> {
+  const metric = await resolver.metrics.getSingleMetric(name)?.get();
+  return (metric?.values ?? [])
+    .filter((v) => Object.entries(labels).every(([k, want]) => String(v.labels[k]) === want))
+    .reduce((sum, v) => sum + v.value, 0);
+}
