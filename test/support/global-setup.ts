@@ -1,4 +1,4 @@
-import { connect } from 'node:net';
+import { answers } from './services.js';
 import type { TestProject } from 'vitest/node';
 
 /**
@@ -6,22 +6,6 @@ import type { TestProject } from 'vitest/node';
  * WARREN_TEST_RABBITMQ_URL / WARREN_TEST_REDIS_URL, else the services on 127.0.0.1 when they answer,
  * else containers started with testcontainers when Docker is there. Never a mock.
  */
-
-function answers(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = connect({ host: '127.0.0.1', port });
-    socket.setTimeout(1000);
-    socket.once('connect', () => {
-      socket.destroy();
-      resolve(true);
-    });
-    socket.once('error', () => resolve(false));
-    socket.once('timeout', () => {
-      socket.destroy();
-      resolve(false);
-    });
-  });
-}
 
 declare module 'vitest' {
   export interface ProvidedContext {
