@@ -122,6 +122,15 @@ describe('claim check over two gateway nodes, a resolver and the publisher SDK',
   const jobKey = (tenantId: string, jobId: string) => new Keys(prefix).job(tenantId, jobId);
   const errors = (t: Tab) => t.tab.frames.filter((f) => f.type === 'error');
   const jobOf = (eventId: string) => deliveries.of(eventId)[0]?.headers['x-warren-job'] as string | undefined;
+  const deadCode = (eventId: string) =>
+    dead.find((m) => m.properties.messageId === eventId)?.properties.headers?.['x-warren-code'] as unknown;
+  const publish = (
+    id: string,
+    tenantId: string,
+    audience: { teams?: string[]; users?: string[] },
+    body: { data: unknown } | { jobId: string },
+    type = 'doc.attached',
+  ) => warren.publishEvent({ id, tenantId, type, audience, ...body });
 
   it('fans a 1 MB payload out to 50 users over 2 nodes: identical bytes, one Redis read per node, small broker messages', async () => {
     const users = Array.from({ length: 50 }, (_, i) => `user-${String(i).padStart(2, '0')}`);
@@ -139,13 +148,7 @@ describe('claim check over two gateway nodes, a resolver and the publisher SDK',
 
     const { data, json } = document(1_000_000);
     expect(json.length).toBeGreaterThan(1_000_000);
-    await warren.publishEvent({
-      id: 'big-1',
-      tenantId: 't1',
-      type: 'doc.attached',
-      audience: { teams: ['ward'] },
-      data,
-    });
+    await publish('big-1', 't1', { teams: ['ward'] }, { data });
     await eventually(
       () => recipients.every((t) => t.tab.eventIds().includes('big-1')),
       'every tab of the 50 users gets big-1',
@@ -222,37 +225,17 @@ describe('claim check over two gateway nodes, a resolver and the publisher SDK',
       'payload expired',
       5000,
     );
-    await warren.publishEvent({
-      id: 'late-1',
-      tenantId: 't1',
-      type: 'doc.attached',
-      audience: { users: ['ann'] },
-      jobId: shortLived,
-    });
+    await publish('late-1', 't1', { users: ['ann'] }, { jobId: shortLived });
     await probe.deliver(prefix, ['u.t1.ann'], { id: 'gone-2', tenantId: 't1', jobId: shortLived });
-    await eventually(() => dead.some((m) => m.properties.messageId === 'late-1'), 'late-1 dead-lettered');
-    expect(dead.find((m) => m.properties.messageId === 'late-1')?.properties.headers?.['x-warren-code']).toBe(
-      'job_not_found',
-    );
+    await eventually(() => deadCode('late-1') !== undefined, 'late-1 dead-lettered');
+    expect(deadCode('late-1')).toBe('job_not_found');
     await eventually(() => errors(ann).length === 2, 'second error frame');
     expect(errors(ann)[1]).toMatchObject({ code: 'payload_unavailable', id: 'gone-2' });
 
     // The node keeps serving: a later claim-checked event and a later inline one both arrive.
     const { data } = document(40_000);
-    await warren.publishEvent({
-      id: 'after-big',
-      tenantId: 't1',
-      type: 'doc.attached',
-      audience: { users: ['ann'] },
-      data,
-    });
-    await warren.publishEvent({
-      id: 'after-small',
-      tenantId: 't1',
-      type: 'doc.attached',
-      audience: { users: ['ann'] },
-      data: { ok: 1 },
-    });
+    await publish('after-big', 't1', { users: ['ann'] }, { data });
+    await publish('after-small', 't1', { users: ['ann'] }, { data: { ok: 1 } });
     await eventually(
       () =>
         [ann, annToo].every(
@@ -273,26 +256,13 @@ describe('claim check over two gateway nodes, a resolver and the publisher SDK',
     const jobId = await warren.putPayload('t1', { secret });
 
     // t1 reads it first, so node 0 has t1's payload in its cache when t2 names the same job id.
-    await warren.publishEvent({
-      id: 'own',
-      tenantId: 't1',
-      type: 'doc.attached',
-      audience: { users: ['alice'] },
-      jobId,
-    });
+    await publish('own', 't1', { users: ['alice'] }, { jobId });
     await eventually(() => alice.tab.eventIds().includes('own'), 'alice gets her own payload');
     expect(alice.tab.events()[0]?.data).toEqual({ secret });
 
-    await warren.publishEvent({
-      id: 'steal',
-      tenantId: 't2',
-      type: 'doc.attached',
-      audience: { users: ['bob'] },
-      jobId,
-    });
-    await eventually(() => dead.some((m) => m.properties.messageId === 'steal'), 'steal dead-lettered');
-    const letter = dead.find((m) => m.properties.messageId === 'steal');
-    expect(letter?.properties.headers?.['x-warren-code']).toBe('job_not_found');
+    await publish('steal', 't2', { users: ['bob'] }, { jobId });
+    await eventually(() => deadCode('steal') !== undefined, 'steal dead-lettered');
+    expect(deadCode('steal')).toBe('job_not_found');
     expect(deliveries.of('steal')).toHaveLength(0);
 
     // A (buggy or hostile) delivery for t2 naming t1's job id: both nodes look under t2's key, find nothing.
@@ -312,34 +282,16 @@ describe('claim check over two gateway nodes, a resolver and the publisher SDK',
 
     const report = document(200_000);
     const jobId = await warren.putPayload('t1', report.data);
-    await warren.publishEvent({
-      id: 'jobless',
-      tenantId: 't1',
-      type: 'report.ready',
-      audience: { users: ['ann'] },
-      jobId,
-    });
+    await publish('jobless', 't1', { users: ['ann'] }, { jobId }, 'report.ready');
 
     const above = document(20_000);
     expect(above.json.length).toBeGreaterThan(16_384);
-    await warren.publishEvent({
-      id: 'above',
-      tenantId: 't1',
-      type: 'doc.attached',
-      audience: { users: ['ann'] },
-      data: above.data,
-    });
+    await publish('above', 't1', { users: ['ann'] }, { data: above.data });
     expect(await jobs()).toBe(2);
 
     const below = { text: 'x'.repeat(15_000) };
     expect(JSON.stringify(below).length).toBeLessThan(16_384);
-    await warren.publishEvent({
-      id: 'below',
-      tenantId: 't1',
-      type: 'note.created',
-      audience: { users: ['ann'] },
-      data: below,
-    });
+    await publish('below', 't1', { users: ['ann'] }, { data: below }, 'note.created');
     expect(await jobs()).toBe(2);
 
     await eventually(
