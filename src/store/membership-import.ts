@@ -51,8 +51,10 @@ export async function readMembershipFile(file: string, options: ReadOptions): Pr
   let header: string[] | undefined;
   let number = 0;
   let lastReport = 0;
-  for await (const text of lines) {
+  for await (const line of lines) {
     number += 1;
+    // Windows tools often save UTF-8 with a byte-order mark, which JSON.parse rejects as a bad first line.
+    const text = number === 1 && line.startsWith('\uFEFF') ? line.slice(1) : line;
     if (options.onBytes && number - lastReport >= 10_000) {
       lastReport = number;
       options.onBytes(stream.bytesRead, total);
