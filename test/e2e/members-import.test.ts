@@ -1,0 +1,242 @@
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { findPackageRoot } from '../../src/config/load.js';
+import type { Gateway } from '../../src/gateway/main.js';
+import type { Resolver } from '../../src/resolver/main.js';
+import type { EventInput, WarrenPublisher } from '../../src/sdk/publisher/index.js';
+import {
+  BrokerProbe,
+  cleanRedis,
+  connectPublisher,
+  eventually,
+  openTab,
+  startTestGateway,
+  startTestResolver,
+  testConfig,
+  testPrefix,
+  token,
+  type TestTab,
+} from '../support/harness.js';
+
+// `warren members import FILE` as an operator runs it, from the TypeScript sources (a stale build cannot
+// hide a change), configured by WARREN_* variables only. What it imported is checked the way a user
+// would notice: by who receives an event afterwards, through a resolver that was already running.
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function warrenMembersImport(prefix: string, args: string[]): Promise<Run> {
+  const root = findPackageRoot();
+  const child = spawn(
+    process.execPath,
+    ['--import', 'tsx', join(root, 'src/cli/warren.ts'), 'members', 'import', ...args],
+    {
+      cwd: root,
+      env: {
+        PATH: process.env['PATH'] ?? '',
+        WARREN_PREFIX: prefix,
+        WARREN_REDIS_URL: inject('redisUrl'),
+        WARREN_RABBITMQ_URL: inject('rabbitmqUrl'),
+      },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  return new Promise((resolve) => child.on('close', (code) => resolve({ code, stdout, stderr })));
+}
+
+describe('warren members import', () => {
+  const prefix = testPrefix('import');
+  const config = testConfig(prefix);
+  const dir = mkdtempSync(join(tmpdir(), 'warren-import-'));
+  const users = ['ann', 'bob', 'cid', 'dan'];
+  const tabs = new Map<string, TestTab>();
+  let gateway: Gateway;
+  let resolver: Resolver;
+  let warren: WarrenPublisher;
+  let n = 0;
+
+  beforeAll(async () => {
+    gateway = await startTestGateway(config);
+    resolver = await startTestResolver(config);
+    warren = await connectPublisher(config);
+    for (const user of users) {
+      tabs.set(user, await openTab(gateway.port, await token({ sub: user, tid: 'acme' })));
+    }
+    tabs.set('globex/ann', await openTab(gateway.port, await token({ sub: 'ann', tid: 'globex' })));
+  });
+  afterAll(async () => {
+    for (const tab of tabs.values()) tab.ws.terminate();
+    await warren.close();
+    await resolver.close();
+    await gateway.close();
+    const probe = await BrokerProbe.open();
+    await probe.deleteExchangesAndQueues(prefix, [gateway.queue]);
+    await probe.close();
+    await cleanRedis(prefix);
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  function file(name: string, text: string): string {
+    const path = join(dir, name);
+    writeFileSync(path, text);
+    return path;
+  }
+
+  /** Who of acme's users (and globex's ann) receives an event sent to `audience` in `tenantId`. */
+  async function reach(audience: EventInput['audience'], tenantId = 'acme'): Promise<string[]> {
+    n += 1;
+    const id = `e${n}`;
+    await warren.publishEvent({ id, tenantId, type: 'test.event', audience });
+    for (const tid of ['acme', 'globex']) {
+      await warren.publishEvent({
+        id: `m${n}-${tid}`,
+        tenantId: tid,
+        type: 'test.marker',
+        audience: { users },
+      });
+    }
+    const all = [...tabs.entries()];
+    await eventually(
+      () =>
+        all.every(([key, tab]) =>
+          tab.eventIds().includes(`m${n}-${key.startsWith('globex') ? 'globex' : 'acme'}`),
+        ),
+      `markers m${n}`,
+    );
+    return all.filter(([, tab]) => tab.eventIds().includes(id)).map(([key]) => key);
+  }
+
+  const summary =
+    /^Imported (\d+) row\(s\) for (\d+) tenant\(s\) in \d+\.\d s \((\d+) changed memberships, (\d+) already as requested\)\.$/m;
+
+  it('imports a JSONL file; a resolver that had the team cached sees the new members at once', async () => {
+    await warren.addUserToTeam('acme', 'dan', 'icu');
+    expect(await reach({ teams: ['icu'] })).toEqual(['dan']);
+
+    const jsonl = file(
+      'members.jsonl',
+      [
+        { tenantId: 'acme', userId: 'ann', teamId: 'icu' },
+        { op: 'remove', tenantId: 'acme', userId: 'dan', teamId: 'icu' },
+        { op: 'add', tenantId: 'acme', userId: 'bob', groupId: 'nurses' },
+        { op: 'add', tenantId: 'acme', groupId: 'nurses', teamId: 'ward' },
+        { tenantId: 'acme', userId: 'ann', teamId: 'icu' },
+        { tenantId: 'globex', userId: 'ann', teamId: 'icu' },
+      ]
+        .map((row) => JSON.stringify(row))
+        .join('\n') + '\n',
+    );
+    const run = await warrenMembersImport(prefix, [jsonl]);
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.stdout.match(summary)?.slice(1)).toEqual(['6', '2', '5', '1']);
+
+    expect(await reach({ teams: ['icu'] })).toEqual(['ann']);
+    expect(await reach({ teams: ['ward'] })).toEqual(['bob']);
+    expect(await reach({ teams: ['icu'] }, 'globex')).toEqual(['globex/ann']);
+  });
+
+  it('imports a CSV file: quoted cells, comments, blank lines, the tenant from --tenant', async () => {
+    const csv = file(
+      'members.csv',
+      [
+        'userId,teamId,groupId',
+        'cid,lab,',
+        '"dan","lab",""',
+        '# from the HR export',
+        '',
+        ',lab,doctors',
+        'ann,,doctors',
+      ].join('\r\n'),
+    );
+    const run = await warrenMembersImport(prefix, [csv, '--tenant', 'acme']);
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.stdout.match(summary)?.slice(1)).toEqual(['4', '1', '4', '0']);
+    expect(await reach({ teams: ['lab'] })).toEqual(['ann', 'cid', 'dan']);
+  });
+
+  it('imports a JSONL file saved with a byte-order mark', async () => {
+    const jsonl = file(
+      'bom.jsonl',
+      '\uFEFF' + JSON.stringify({ tenantId: 'acme', userId: 'cid', teamId: 'bom' }),
+    );
+    const run = await warrenMembersImport(prefix, [jsonl]);
+    expect(run.code, run.stderr).toBe(0);
+    expect(await reach({ teams: ['bom'] })).toEqual(['cid']);
+  });
+
+  it('reports every bad JSONL line by number, exits non-zero, imports nothing', async () => {
+    const lines = [
+      JSON.stringify({ tenantId: 'acme', userId: 'ann', teamId: 'er' }),
+      '{"tenantId": "acme", "userId": "bob", ',
+      JSON.stringify({ tenantId: 'acme', userId: 'bob', teamId: 'er' }),
+      JSON.stringify({ tenantId: 'acme', userId: 'cid.x', teamId: 'er' }),
+      JSON.stringify({ tenantId: 'acme', userId: 'cid', teamId: 'er', groupId: 'nurses' }),
+      '',
+      JSON.stringify({ op: 'toggle', tenantId: 'acme', userId: 'dan', teamId: 'er' }),
+      JSON.stringify(['acme', 'dan', 'er']),
+      JSON.stringify({ tenantId: 'acme', userId: 'dan', teamId: 'er' }),
+    ];
+    const jsonl = file('bad.jsonl', lines.join('\n') + '\n');
+    const run = await warrenMembersImport(prefix, [jsonl]);
+    expect(run.code).not.toBe(0);
+    expect(run.stdout).toBe('');
+    expect(reported(run.stderr, jsonl)).toEqual([
+      [2, has('not valid JSON')],
+      [4, has('userId')],
+      [5, has('exactly two')],
+      [7, has('op')],
+      [8, has('not a JSON object')],
+    ]);
+    expect(run.stderr).toContain('5 bad line(s) of 8; nothing was imported.');
+    expect(await reach({ teams: ['er'] })).toEqual([]);
+  });
+
+  it('reports every bad CSV line by number, exits non-zero, imports nothing', async () => {
+    const csv = file(
+      'bad.csv',
+      [
+        'op,tenantId,userId,teamId',
+        'add,acme,ann,or',
+        'add,acme,bob',
+        'add,acme,cid,or',
+        'join,acme,dan,or',
+        'add,acme,dan,o r',
+        'add,acme,bob,or,extra',
+      ].join('\n'),
+    );
+    const run = await warrenMembersImport(prefix, [csv]);
+    expect(run.code).not.toBe(0);
+    expect(reported(run.stderr, csv)).toEqual([
+      [3, has('expected 4 cells, found 3')],
+      [5, has('op')],
+      [6, has('teamId')],
+      [7, has('expected 4 cells, found 5')],
+    ]);
+    expect(run.stderr).toContain('4 bad line(s) of 6; nothing was imported.');
+    expect(await reach({ teams: ['or'] })).toEqual([]);
+  });
+});
+
+const has = (fragment: string): string => expect.stringContaining(fragment) as unknown as string;
+
+/** The `FILE:LINE: reason` lines of the output, as [line, reason]. */
+function reported(stderr: string, path: string): [number, string][] {
+  const prefix = `${path}:`;
+  return stderr
+    .split('\n')
+    .filter((line) => line.startsWith(prefix))
+    .map((line) => {
+      const [number, ...rest] = line.slice(prefix.length).split(': ');
+      return [Number(number), rest.join(': ')] as [number, string];
+    });
+}
