@@ -201,7 +201,7 @@ describe('warren members import', () => {
     expect(await reach({ teams: ['er'] })).toEqual([]);
   });
 
-  it('reports every bad CSV line by number, exits non-zero, imports nothing', async () => {
+  it('reports every bad CSV line by number, exits non-zero, imports nothing (unless told to skip them)', async () => {
     const csv = file(
       'bad.csv',
       [
@@ -224,6 +224,13 @@ describe('warren members import', () => {
     ]);
     expect(run.stderr).toContain('4 bad line(s) of 6; nothing was imported.');
     expect(await reach({ teams: ['or'] })).toEqual([]);
+
+    // The operator's way out: import the good rows, still listing the bad ones.
+    const skipping = await warrenMembersImport(prefix, [csv, '--skip-invalid']);
+    expect(skipping.code, skipping.stderr).toBe(0);
+    expect(reported(skipping.stderr, csv).map(([line]) => line)).toEqual([3, 5, 6, 7]);
+    expect(skipping.stdout).toMatch(/^Imported 2 row\(s\) .*; skipped 4 bad line\(s\)\.$/m);
+    expect(await reach({ teams: ['or'] })).toEqual(['ann', 'cid']);
   });
 });
 
