@@ -34,6 +34,8 @@ export const DEFAULTS = {
   historyEvents: 2000,
   historyBytes: 16 * 1024 * 1024,
   resolverPrefetch: 256,
+  // DESIGN.md §6: chunk long recipient lists at about 1,000 keys.
+  maxRecipientsPerMessage: 1000,
   presenceHeartbeatMs: 5000,
   presenceExpiryMs: 15_000,
   claimCheckBytes: 16_384,
@@ -185,6 +187,11 @@ export const configSchema = z.strictObject({
   resolver: z
     .strictObject({
       prefetch: positiveInt.default(DEFAULTS.resolverPrefetch).describe('Unacked events per resolver.'),
+      maxRecipientsPerMessage: positiveInt
+        .default(DEFAULTS.maxRecipientsPerMessage)
+        .describe(
+          'Recipients per delivery message (routing key + CC); longer lists are split, and always to fit a frame. 1 = one message per recipient.',
+        ),
     })
     .prefault({}),
   presence: z

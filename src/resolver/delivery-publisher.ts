@@ -7,17 +7,17 @@ const HEADER_RESERVE = 1024;
 const ENTRY_OVERHEAD = 5;
 
 /**
- * Splits recipients into chunks whose CC header fits in one header frame (and in amqplib's header table
- * buffer). The first key of a chunk is its routing key and costs nothing in the header.
+ * Splits recipients into chunks of at most `maxKeys` whose CC header fits in one header frame (and in
+ * amqplib's header table buffer). The first key of a chunk is its routing key and costs nothing in the header.
  */
-export function chunkKeys(keys: readonly string[], headerBudget: number): string[][] {
+export function chunkKeys(keys: readonly string[], headerBudget: number, maxKeys = Infinity): string[][] {
   const budget = headerBudget - HEADER_RESERVE;
   const chunks: string[][] = [];
   let chunk: string[] = [];
   let used = 0;
   for (const key of keys) {
     const cost = ENTRY_OVERHEAD + Buffer.byteLength(key);
-    if (chunk.length > 0 && used + cost > budget) {
+    if (chunk.length > 0 && (used + cost > budget || chunk.length >= maxKeys)) {
       chunks.push(chunk);
       chunk = [];
       used = 0;
@@ -44,10 +44,11 @@ export class DeliveryPublisher {
     private readonly publisher: Publisher,
     private readonly exchange: string,
     private readonly headerBudget: () => number,
+    private readonly maxKeys: number,
   ) {}
 
   async publish(delivery: Delivery, keys: readonly string[]): Promise<number> {
-    const chunks = chunkKeys(keys, this.headerBudget());
+    const chunks = chunkKeys(keys, this.headerBudget(), this.maxKeys);
     const headers: Record<string, string> = { [DeliveryHeader.Tenant]: delivery.tenantId };
     if (delivery.jobId) headers[DeliveryHeader.Job] = delivery.jobId;
     await Promise.all(

@@ -72,7 +72,12 @@ export async function startResolver(
   const worker = new ResolverWorker({
     names,
     publisher,
-    deliveries: new DeliveryPublisher(publisher, names.deliveries, () => broker.headerBudget),
+    deliveries: new DeliveryPublisher(
+      publisher,
+      names.deliveries,
+      () => broker.headerBudget,
+      config.resolver.maxRecipientsPerMessage,
+    ),
     membership: new MembershipStore(redis, keys),
     payloads: new PayloadStore(redis, keys),
     view,

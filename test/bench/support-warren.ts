@@ -21,6 +21,7 @@ export function benchConfig(
   ctx: BenchContext,
   prefix: string,
   gateway: Record<string, unknown> = {},
+  resolver: Record<string, unknown> = {},
 ): Readonly<WarrenConfig> {
   return loadConfig({
     env: {},
@@ -32,6 +33,7 @@ export function benchConfig(
       // A long unbind grace: closing the clients between phases must not add unbind churn to later ones.
       gateway: { host: '127.0.0.1', port: 0, drainWindowMs: 0, unbindGraceMs: 600_000, ...gateway },
       jwt: { secret: BENCH_SECRET },
+      resolver,
     },
   });
 }

@@ -12,7 +12,6 @@ import { fmt, type Bench, type BenchContext, type BenchResult } from './lib.js';
 import { ccVersusPerRecipient, rawPublishConsume, type RoutingSizes } from './support-broker.js';
 import { ClientFleet } from './support-clients.js';
 import { TENANT, timedRun, type RunResult, type StartResolver } from './support-deliveries.js';
-import { startPerRecipientResolver } from './support-resolver.js';
 import {
   BENCH_SECRET,
   benchConfig,
@@ -28,9 +27,9 @@ import {
  * User-deliveries/s end to end: events published with the publisher SDK, one resolver draining them, 2–4
  * in-process gateways, one `ws` tab per user (in the client child process), counted until every tab has
  * every event.
- * Warren (one message per event, recipients in CC) against the same resolver publishing one message per
- * recipient (support-resolver.ts), against the broker's raw publish → consume rate, and CC against
- * per-recipient routing at the broker alone. Every figure of a table comes from the same run.
+ * Warren (one message per event, recipients in CC) against the same resolver configured to publish one
+ * message per recipient (resolver.maxRecipientsPerMessage = 1), against the broker's raw publish → consume
+ * rate, and CC against per-recipient routing at the broker alone. Every figure of a table comes from the same run.
  */
 
 interface Sizes {
@@ -109,7 +108,8 @@ async function endToEnd(ctx: BenchContext, prefix: string, sizes: Sizes, fleet: 
   const logger = createLogger(config.log.level);
   const starters: Record<Variant, StartResolver> = {
     warren: () => startResolver(config, { logger }),
-    each: () => startPerRecipientResolver(config, logger),
+    // The same resolver, configured to send one message per recipient (routing key only, no CC).
+    each: () => startResolver(benchConfig(ctx, prefix, {}, { maxRecipientsPerMessage: 1 }), { logger }),
   };
   const gateways: Gateway[] = [];
   const publisher = await WarrenPublisher.connect({
