@@ -5,6 +5,8 @@ export interface TopologyNames {
   events: string;
   membership: string;
   resolver: string;
+  /** Membership changes from the exchange, applied in order by one resolver at a time. */
+  memberships: string;
   deliveries: string;
   dlx: string;
   dead: string;
@@ -16,6 +18,7 @@ export function topologyNames(prefix: string): TopologyNames {
     events: `${prefix}.events`,
     membership: `${prefix}.membership`,
     resolver: `${prefix}.resolver`,
+    memberships: `${prefix}.resolver.membership`,
     deliveries: `${prefix}.deliveries`,
     dlx: `${prefix}.dlx`,
     dead: `${prefix}.dead`,
@@ -45,7 +48,16 @@ export async function declareTopology(channel: Channel, names: TopologyNames): P
     arguments: { 'x-dead-letter-exchange': names.dlx },
   });
   await channel.bindQueue(names.resolver, names.events, '#');
-  await channel.bindQueue(names.resolver, names.membership, '#');
+  // Membership changes need an order (an add then a remove of the same pair must end removed), which
+  // competing consumers cannot keep: with two resolvers 181 of 300 add/remove pairs ended as members. So
+  // they have a queue of their own that only one resolver at a time consumes.
+  await channel.assertQueue(names.memberships, {
+    durable: true,
+    arguments: { 'x-single-active-consumer': true, 'x-dead-letter-exchange': names.dlx },
+  });
+  await channel.bindQueue(names.memberships, names.membership, '#');
+  // Installations from before that queue routed membership changes to the resolver queue.
+  await channel.unbindQueue(names.resolver, names.membership, '#');
 }
 
 /** A gateway node's own queue: not exclusive, so deliveries that arrive during a broker blip wait for it. */

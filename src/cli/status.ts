@@ -66,8 +66,8 @@ export async function collectStatus(config: Readonly<WarrenConfig>): Promise<Sta
     const model = await amqp.connect(config.rabbitmq.url);
     try {
       const queues = await Promise.all(
-        [names.resolver, names.dead, ...gateways.map((g) => names.gatewayQueue(g.id))].map((q) =>
-          queueInfo(model, q),
+        [names.resolver, names.memberships, names.dead, ...gateways.map((g) => names.gatewayQueue(g.id))].map(
+          (q) => queueInfo(model, q),
         ),
       );
       return { gateways, tenants, queues };

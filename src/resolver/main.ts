@@ -91,6 +91,14 @@ export async function startResolver(
     (delivery) => worker.handle(delivery),
     logger,
   );
+  // One change at a time: a change that fails is requeued to the head of the queue, and with more in
+  // flight a later change could be applied before it.
+  const membershipConsumer = new Consumer(
+    broker,
+    { queue: names.memberships, prefetch: 1 },
+    (delivery) => worker.handle(delivery),
+    logger,
+  );
   await broker.onConnect(async (model) => {
     const channel = await model.createChannel();
     await declareTopology(channel, names);
@@ -98,6 +106,7 @@ export async function startResolver(
   });
   await publisher.start();
   await consumer.start();
+  await membershipConsumer.start();
   await broker.start();
   logger.info({ queue: names.resolver }, 'resolving');
 
@@ -110,10 +119,12 @@ export async function startResolver(
         runSteps(
           [
             { name: 'stop consuming', run: () => consumer.cancel() },
+            { name: 'stop consuming memberships', run: () => membershipConsumer.cancel() },
             { name: 'finish in-flight', run: () => worker.idle() },
             { name: 'stop liveness', run: () => liveness.stop() },
             { name: 'close publisher', run: () => publisher.close() },
             { name: 'close consumer', run: () => consumer.close() },
+            { name: 'close membership consumer', run: () => membershipConsumer.close() },
             { name: 'close broker', run: () => broker.close() },
             { name: 'close redis', run: async () => void (await redis.quit()) },
           ],

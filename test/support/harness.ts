@@ -233,7 +233,12 @@ export class BrokerProbe {
   async deleteExchangesAndQueues(prefix: string, gatewayQueues: string[] = []): Promise<void> {
     const ch = await this.model.createChannel();
     ch.on('error', () => {});
-    for (const q of [`${prefix}.resolver`, `${prefix}.dead`, ...gatewayQueues])
+    for (const q of [
+      `${prefix}.resolver`,
+      `${prefix}.resolver.membership`,
+      `${prefix}.dead`,
+      ...gatewayQueues,
+    ])
       await ch.deleteQueue(q).catch(() => {});
     for (const x of ['events', 'membership', 'deliveries', 'dlx'])
       await ch.deleteExchange(`${prefix}.${x}`).catch(() => {});

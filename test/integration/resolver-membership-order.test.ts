@@ -1,0 +1,89 @@
+import amqp from 'amqplib';
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import type { Resolver } from '../../src/resolver/main.js';
+import { Keys } from '../../src/store/keys.js';
+import { resolverMetric } from '../support/delivery-spy.js';
+import {
+  BrokerProbe,
+  cleanRedis,
+  eventually,
+  startTestResolver,
+  testConfig,
+  testPrefix,
+} from '../support/harness.js';
+
+// Changes published to the membership exchange are applied in the order they were published, however
+// many resolvers run: an add followed by a remove of the same pair must end removed. With the changes on
+// the competing resolvers' queue, two resolvers applied 181 of 300 such pairs in the wrong order.
+
+const PAIRS = 150;
+
+describe('membership changes from the exchange, with several resolvers', () => {
+  const prefix = testPrefix('member-order');
+  const config = testConfig(prefix);
+  const resolvers: Resolver[] = [];
+  let redis: Redis;
+
+  beforeAll(async () => {
+    resolvers.push(
+      await startTestResolver(config),
+      await startTestResolver(config),
+      await startTestResolver(config),
+    );
+    redis = new Redis(inject('redisUrl'));
+  });
+  afterAll(async () => {
+    await Promise.all(resolvers.map((r) => r.close()));
+    await redis.quit();
+    const probe = await BrokerProbe.open();
+    await probe.deleteExchangesAndQueues(prefix);
+    await probe.close();
+    await cleanRedis(prefix);
+  });
+
+  it('are applied in publication order: add-then-remove ends removed, remove-then-add ends added', async () => {
+    const model = await amqp.connect(inject('rabbitmqUrl'));
+    const channel = await model.createConfirmChannel();
+    const publish = (change: Record<string, string>): boolean =>
+      channel.publish(`${prefix}.membership`, change['tenantId'] ?? '', Buffer.from(JSON.stringify(change)), {
+        contentType: 'application/json',
+      });
+    // Even users: add then remove (must end out). Odd users: add, remove, add (must end in).
+    const expected = new Map<string, boolean>();
+    let published = 0;
+    for (let i = 0; i < PAIRS; i += 1) {
+      const userId = `u${i}`;
+      const change = { tenantId: 'acme', userId, teamId: 'icu' };
+      publish({ op: 'add', ...change });
+      publish({ op: 'remove', ...change });
+      published += 2;
+      if (i % 2 === 1) {
+        publish({ op: 'add', ...change });
+        published += 1;
+      }
+      expected.set(userId, i % 2 === 1);
+    }
+    await channel.waitForConfirms();
+    await model.close();
+
+    await eventually(
+      async () => {
+        const counts = await Promise.all(
+          resolvers.map((r) => resolverMetric(r, 'warren_resolver_membership_changes_total')),
+        );
+        return counts.reduce((a, b) => a + b, 0) === published;
+      },
+      `${published} changes applied`,
+      20_000,
+    );
+    // Read the outcome from Redis, the source of truth every resolver loads from.
+    const keys = new Keys(prefix);
+    const bits = await redis.hmget(keys.ids('acme'), ...expected.keys());
+    const members = await Promise.all(
+      bits.map((bit) => redis.getbit(keys.teamUsers('acme', 'icu'), Number(bit))),
+    );
+    const wrong = [...expected].filter(([, want], i) => (members[i] === 1) !== want).map(([user]) => user);
+    expect(wrong).toEqual([]);
+  });
+});
