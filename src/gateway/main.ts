@@ -13,7 +13,7 @@ import { errorMessage } from '../shared/errors.js';
 import { CloseOnce, runSteps, sleep } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import { createRegistry, type Registry } from '../shared/metrics.js';
-import { TokenVerifier } from './auth.js';
+import { BlockingTokenVerifier } from './blocking-verifier.js';
 import { DeliveryRouter } from './delivery-router.js';
 import { GatewayMetrics } from './gateway-metrics.js';
 import { DeliveryHistory } from './history.js';
@@ -57,7 +57,7 @@ export async function startGateway(
 
   const metricsRegistry = createRegistry({ node: nodeId });
   const metrics = new GatewayMetrics(metricsRegistry);
-  const verifier = await TokenVerifier.create(config.jwt);
+  const verifier = await BlockingTokenVerifier.start(config.jwt, logger);
   const redis = await createRedis({
     url: config.redis.url,
     name: `warren-gateway-${nodeId}`,
@@ -213,6 +213,7 @@ export async function startGateway(
           { name: 'close bind channels', run: () => pool.close() },
           { name: 'close broker', run: () => broker.close() },
           { name: 'close redis', run: async () => void (await redis.quit()) },
+          { name: 'stop token worker', run: () => verifier.close() },
         ],
         logger,
       );

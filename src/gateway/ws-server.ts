@@ -4,11 +4,12 @@ import type { HttpRequest, HttpResponse, TemplatedApp, WebSocket } from 'uWebSoc
 import { CloseCode } from '../protocol/close-codes.js';
 import { BEARER_PROTOCOL_PREFIX, FrameErrorCode, WS_PROTOCOL, type ServerFrame } from '../protocol/frames.js';
 import { clientFrameSchema, describeIssues } from '../protocol/schemas.js';
-import { errorMessage } from '../shared/errors.js';
+import { ErrorCode, errorMessage, isWarrenError } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
 import { jitter } from '../shared/backoff.js';
 import type { Registry } from '../shared/metrics.js';
-import type { TokenVerifier } from './auth.js';
+import type { Identity } from './auth.js';
+import type { BlockingTokenVerifier } from './blocking-verifier.js';
 import { encodeFrame } from './frames.js';
 import type { GatewayMetrics } from './gateway-metrics.js';
 import type { DeliveryHistory } from './history.js';
@@ -33,7 +34,7 @@ export interface Readiness {
 
 export interface WsServerDeps {
   nodeId: string;
-  verifier: TokenVerifier;
+  verifier: Pick<BlockingTokenVerifier, 'verify'>;
   registry: ConnectionRegistry<Tab>;
   history: DeliveryHistory;
   metrics: GatewayMetrics;
@@ -132,29 +133,33 @@ export class WsServer {
   }
 
   private upgrade(res: HttpResponse, req: HttpRequest, context: uWS.us_socket_context_t): void {
-    const key = req.getHeader('sec-websocket-key');
-    const extensions = req.getHeader('sec-websocket-extensions');
-    const { token, protocol } = tokenFrom(req);
-    const state = watchAbort(res);
     const r = this.deps.readiness();
     if (!this.accepting || !r.broker || !r.redis || r.draining) {
       send(res, '503 Service Unavailable', 'not ready', 'text/plain', { 'retry-after': '1' });
       return;
     }
-    this.deps.verifier.verify(token).then(
-      (identity) => {
-        if (state.aborted) return;
-        const data: TabSocketData = { identity, connectionId: randomUUID(), upgradedAt: performance.now() };
-        // Not inside res.cork(), although uWS asks for it (and warns once): in uWS v20 a cork around an
-        // asynchronous upgrade can read the freed HTTP state and shut the new socket down right after
-        // `open` (uNetworking/uWebSockets#1928, fixed upstream by #1929). We saw 1 tab in 6 dropped.
-        res.upgrade(data, key, protocol, extensions, context);
-      },
-      (error: unknown) => {
+    const { token, protocol } = tokenFrom(req);
+    let identity: Identity;
+    try {
+      // Synchronous on purpose (see BlockingTokenVerifier): the upgrade then completes inside this handler.
+      identity = this.deps.verifier.verify(token);
+    } catch (error) {
+      this.deps.logger.debug({ err: errorMessage(error) }, 'upgrade refused');
+      if (isWarrenError(error, ErrorCode.Unauthorized)) {
         this.deps.metrics.authFailures.inc();
-        this.deps.logger.debug({ err: errorMessage(error) }, 'upgrade refused');
-        if (!state.aborted) send(res, '401 Unauthorized', 'unauthorized', 'text/plain');
-      },
+        send(res, '401 Unauthorized', 'unauthorized', 'text/plain');
+      } else {
+        send(res, '503 Service Unavailable', 'try again', 'text/plain', { 'retry-after': '1' });
+      }
+      return;
+    }
+    const data: TabSocketData = { identity, connectionId: randomUUID(), upgradedAt: performance.now() };
+    res.upgrade(
+      data,
+      req.getHeader('sec-websocket-key'),
+      protocol,
+      req.getHeader('sec-websocket-extensions'),
+      context,
     );
   }
 
