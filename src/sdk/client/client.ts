@@ -3,7 +3,7 @@ import { DedupWindow } from './dedup-window.js';
 import { Emitter, type Listener } from './emitter.js';
 import { DEFAULT_RECONNECT } from './reconnect-policy.js';
 import { SocketLink, type LinkSettings } from './socket-link.js';
-import { canShareTabs, TabShare, type Cursor, type RelayMessage } from './tab-share.js';
+import { canShareTabs, TabShare, type Cursor, type RelayMessage, type Speaker } from './tab-share.js';
 import { readClaims, TokenSource } from './token-source.js';
 import {
   ClientErrorCode,
@@ -34,8 +34,10 @@ export class WarrenClient {
   private welcome: WelcomeFrame | undefined;
   private socket: SocketLink | undefined;
   private share: TabShare | undefined;
-  /** The user this tab's token names; a relay announcing anyone else is ignored. */
+  /** The user this tab's token names; a relay from anyone else's socket is ignored. */
   private expected: { sub?: string; tid?: string } | undefined;
+  /** A follower has accepted its leader's `up` for the expected user: only then are its relays shown. */
+  private leaderTrusted = false;
 
   constructor(private readonly options: ClientOptions) {
     const Socket = options.WebSocket ?? globalThis.WebSocket;
@@ -139,7 +141,10 @@ export class WarrenClient {
       return;
     }
     this.expected = claims;
-    const name = `warren|${this.link.urls.describe()}|${group ?? `${claims?.tid}|${claims?.sub}`}`;
+    // The user is part of the name whenever the token says who it is, even with a group given: tabs of
+    // different users never meet on one channel.
+    const user = claims?.sub && claims.tid ? `${claims.tid}|${claims.sub}` : '';
+    const name = `warren|${this.link.urls.describe()}|${user}|${group ?? ''}`;
     this.setRole(TabRole.Follower);
     this.share = new TabShare(name, {
       lead: () => {
@@ -153,21 +158,52 @@ export class WarrenClient {
     this.share.start();
   }
 
+  /** The user this tab's socket belongs to. */
+  private speaker(): Speaker | undefined {
+    const w = this.welcome;
+    return w && { tid: w.tenantId, sub: w.userId };
+  }
+
+  private isExpected(who: Speaker | undefined): boolean {
+    const expected = this.expected;
+    if (!who) return false;
+    return !expected || (who.sub === expected.sub && who.tid === expected.tid);
+  }
+
   /** Tells followers where the leader stands. */
   private announce(): void {
     const welcome = this.welcome;
-    if (this.current === ClientState.Connected && welcome) {
-      this.share?.post({ k: 'up', welcome, cursor: this.cursor });
+    const who = this.speaker();
+    if (this.current === ClientState.Connected && welcome && who) {
+      this.share?.post({ k: 'up', who, welcome, cursor: this.cursor });
     } else this.share?.post({ k: 'down' });
   }
 
   private fromSocket(frame: ServerFrame): void {
     if (frame.type === 'welcome') {
       this.welcomed(frame);
+      // The token now names someone else (another person signed in on this browser): stop speaking for
+      // the group, whose tabs elect a leader of their own user; this tab keeps its socket to itself.
+      if (this.share && !this.isExpected(this.speaker())) this.leaveTabs();
       this.announce();
       return;
     }
-    if (this.handle(frame)) this.share?.post({ k: 'frame', frame });
+    const who = this.speaker();
+    if (this.handle(frame) && who) this.share?.post({ k: 'frame', who, frame });
+  }
+
+  private leaveTabs(): void {
+    this.share?.post({ k: 'down' });
+    this.share?.close();
+    this.share = undefined;
+    this.setRole(TabRole.Own);
+    this.emitter.emit(
+      'error',
+      new WarrenClientError(
+        ClientErrorCode.ShareMismatch,
+        'the token now names another user; tab sharing stopped',
+      ),
+    );
   }
 
   private welcomed(welcome: WelcomeFrame): void {
@@ -184,30 +220,36 @@ export class WarrenClient {
   }
 
   private fromLeader(message: RelayMessage): void {
+    if (message.k === 'hello') return;
+    if (message.k === 'down') {
+      this.leaderTrusted = false;
+      this.connectionLost(message.code);
+      return;
+    }
+    const { welcome } = message.k === 'up' ? message : { welcome: undefined };
+    if (
+      !this.isExpected(message.who) ||
+      (welcome && (welcome.userId !== message.who.sub || welcome.tenantId !== message.who.tid))
+    ) {
+      this.leaderTrusted = false;
+      this.emitter.emit(
+        'error',
+        new WarrenClientError(ClientErrorCode.ShareMismatch, 'a sibling tab relayed another user; ignored'),
+      );
+      return;
+    }
     switch (message.k) {
-      case 'up': {
-        const { welcome } = message;
-        const expected = this.expected;
-        if (expected && (welcome.userId !== expected.sub || welcome.tenantId !== expected.tid)) {
-          this.emitter.emit(
-            'error',
-            new WarrenClientError(ClientErrorCode.ShareMismatch, 'a sibling tab announced another user'),
-          );
-          return;
-        }
-        this.welcome = welcome;
+      case 'up':
+        this.leaderTrusted = true;
+        this.welcome = message.welcome;
         this.cursor = message.cursor && { ...message.cursor };
         this.setState(ClientState.Connected);
         return;
-      }
-      case 'down':
-        this.connectionLost(message.code);
-        return;
       case 'frame':
-        this.handle(message.frame);
+        if (this.leaderTrusted) this.handle(message.frame);
         return;
       case 'resync':
-        this.emitter.emit('resync', message.resync);
+        if (this.leaderTrusted) this.emitter.emit('resync', message.resync);
         return;
     }
   }
@@ -248,6 +290,7 @@ export class WarrenClient {
 
   private resync(resync: Resync): void {
     this.emitter.emit('resync', resync);
-    this.share?.post({ k: 'resync', resync });
+    const who = this.speaker();
+    if (who) this.share?.post({ k: 'resync', who, resync });
   }
 }

@@ -7,15 +7,24 @@ export interface Cursor {
   offset: number;
 }
 
-/** What tabs of one group say to each other over their BroadcastChannel. */
+/** The user a leader's socket belongs to, as its gateway's `welcome` said. */
+export interface Speaker {
+  tid: string;
+  sub: string;
+}
+
+/**
+ * What tabs of one group say to each other over their BroadcastChannel. Everything a leader relays names
+ * the user its socket belongs to, so a follower can refuse what is not its own user's.
+ */
 export type RelayMessage =
   /** A tab started following: the leader answers with `up` or `down`. */
   | { k: 'hello' }
   /** The leader's socket is welcomed; followers adopt its cursor so they can resume if they take over. */
-  | { k: 'up'; welcome: WelcomeFrame; cursor: Cursor | undefined }
+  | { k: 'up'; who: Speaker; welcome: WelcomeFrame; cursor: Cursor | undefined }
   | { k: 'down'; code?: number }
-  | { k: 'frame'; frame: ServerFrame }
-  | { k: 'resync'; resync: Resync };
+  | { k: 'frame'; who: Speaker; frame: ServerFrame }
+  | { k: 'resync'; who: Speaker; resync: Resync };
 
 export interface ShareHooks {
   /** This tab holds the lock now: open the socket. */

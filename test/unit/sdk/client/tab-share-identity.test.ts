@@ -1,0 +1,192 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import type { ServerFrame } from '../../../../src/protocol/frames.js';
+import { connect, TabRole, type WarrenClient } from '../../../../src/sdk/client/index.js';
+
+// Tabs of one browser share a socket only with tabs of the same user: a relay from a socket that belongs
+// to anyone else is never shown, whether the tabs were grouped by a name the application chose or one
+// tab's token changed hands (a shared workstation where someone else signed in).
+
+/** A JWT-shaped token the client can read claims from (only the gateway verifies signatures). */
+function tokenFor(tid: string, sub: string): string {
+  const part = (value: object): string => Buffer.from(JSON.stringify(value)).toString('base64url');
+  return `${part({ alg: 'none' })}.${part({ tid, sub, exp: Math.floor(Date.now() / 1000) + 3600 })}.x`;
+}
+
+function claimsOf(protocols: string | string[]): { tid: string; sub: string } {
+  const bearer = [protocols].flat().find((p) => p.startsWith('bearer.')) ?? '';
+  const payload = bearer.slice('bearer.'.length).split('.')[1] ?? '';
+  return JSON.parse(Buffer.from(payload, 'base64url').toString()) as { tid: string; sub: string };
+}
+
+/** A stand-in browser WebSocket whose gateway welcomes whoever the token names. */
+class FakeSocket {
+  static all: FakeSocket[] = [];
+  readyState = 0;
+  onmessage: ((event: { data: unknown }) => void) | null = null;
+  onclose: ((event: { code: number }) => void) | null = null;
+  readonly user: { tid: string; sub: string };
+
+  constructor(
+    readonly url: string,
+    readonly protocols: string | string[],
+  ) {
+    this.user = claimsOf(protocols);
+    FakeSocket.all.push(this);
+    setTimeout(
+      () =>
+        this.receive({
+          type: 'welcome',
+          connectionId: 'c',
+          userId: this.user.sub,
+          tenantId: this.user.tid,
+          gateway: 'g',
+          epoch: 'e',
+          offset: 0,
+        }),
+      0,
+    );
+  }
+
+  send(): void {}
+
+  close(): void {
+    this.readyState = 3;
+  }
+
+  receive(frame: ServerFrame): void {
+    this.readyState = 1;
+    this.onmessage?.({ data: JSON.stringify(frame) });
+  }
+
+  event(id: string): void {
+    this.receive({ type: 'event', id, eventType: 'note', data: { for: this.user.sub }, offset: 1 });
+  }
+
+  end(code: number): void {
+    this.readyState = 3;
+    this.onclose?.({ code });
+  }
+}
+
+/** Web Locks as browsers grant them: one holder per name, the next request in line when it lets go. */
+function installLocks(): void {
+  const queues = new Map<string, { grant: () => void; signal?: AbortSignal }[]>();
+  const held = new Set<string>();
+  const next = (name: string): void => {
+    const waiter = queues.get(name)?.shift();
+    if (waiter) waiter.grant();
+  };
+  const request = (
+    name: string,
+    options: { signal?: AbortSignal },
+    callback: () => unknown,
+  ): Promise<unknown> =>
+    new Promise((resolve, reject) => {
+      const grant = (): void => {
+        held.add(name);
+        Promise.resolve(callback())
+          .then(resolve, reject)
+          .finally(() => {
+            held.delete(name);
+            next(name);
+          });
+      };
+      options.signal?.addEventListener('abort', () => {
+        const queue = queues.get(name) ?? [];
+        const at = queue.findIndex((w) => w.grant === grant);
+        if (at >= 0) queue.splice(at, 1);
+        reject(new DOMException('aborted', 'AbortError'));
+      });
+      if (!held.has(name)) grant();
+      else queues.set(name, [...(queues.get(name) ?? []), { grant, signal: options.signal }]);
+    });
+  vi.stubGlobal('navigator', { locks: { request } });
+}
+
+describe('tab sharing never crosses users', () => {
+  const clients: WarrenClient[] = [];
+
+  beforeEach(() => {
+    FakeSocket.all = [];
+    installLocks();
+  });
+  afterEach(() => {
+    for (const c of clients.splice(0)) c.close();
+    vi.unstubAllGlobals();
+  });
+
+  function tab(getToken: () => string, share: boolean | string): { client: WarrenClient; seen: unknown[] } {
+    const client = connect({
+      url: 'ws://gateway/ws',
+      getToken,
+      shareAcrossTabs: share,
+      WebSocket: FakeSocket as unknown as typeof WebSocket,
+    });
+    const seen: unknown[] = [];
+    client.on('event', (e) => seen.push(e.data));
+    clients.push(client);
+    return { client, seen };
+  }
+
+  it('keeps users apart even when the application groups their tabs under one name', async () => {
+    const alice = tab(() => tokenFor('acme', 'alice'), 'app');
+    const bob = tab(() => tokenFor('acme', 'bob'), 'app');
+    await vi.waitFor(() => expect(FakeSocket.all).toHaveLength(2));
+    const [aliceSocket, bobSocket] = ['alice', 'bob'].map((u) =>
+      FakeSocket.all.find((s) => s.user.sub === u),
+    );
+    await vi.waitFor(() =>
+      expect([alice.client.role, bob.client.role]).toEqual([TabRole.Leader, TabRole.Leader]),
+    );
+    aliceSocket?.event('for-alice');
+    bobSocket?.event('for-bob');
+    await new Promise((r) => setTimeout(r, 50));
+    expect(alice.seen).toEqual([{ for: 'alice' }]);
+    expect(bob.seen).toEqual([{ for: 'bob' }]);
+  });
+
+  it('stops relaying when the leader’s token comes to name another user; followers never see that user', async () => {
+    let leaderUser = 'alice';
+    const leader = tab(() => tokenFor('acme', leaderUser), true);
+    await vi.waitFor(() => expect(leader.client.role).toBe(TabRole.Leader));
+    const follower = tab(() => tokenFor('acme', 'alice'), true);
+    await vi.waitFor(() => expect(follower.client.state).toBe('connected'));
+    FakeSocket.all[0]?.event('shared');
+    await vi.waitFor(() => expect(follower.seen).toEqual([{ for: 'alice' }]));
+
+    // Someone else signs in: the leader's socket is told its token expired and reconnects as bob.
+    leaderUser = 'bob';
+    const errors: string[] = [];
+    leader.client.on('error', (e) => errors.push(e.code));
+    FakeSocket.all[0]?.end(4001);
+    await vi.waitFor(() => expect(FakeSocket.all.some((s) => s.user.sub === 'bob')).toBe(true), {
+      timeout: 5000,
+    });
+    await vi.waitFor(() => expect(leader.client.role).toBe(TabRole.Own));
+    expect(errors).toContain('share_mismatch');
+    FakeSocket.all.find((s) => s.user.sub === 'bob')?.event('bobs');
+    // The follower takes over with a socket of its own user.
+    await vi.waitFor(() => expect(follower.client.role).toBe(TabRole.Leader));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(follower.seen).toEqual([{ for: 'alice' }]);
+    expect(leader.seen).toContainEqual({ for: 'bob' });
+  });
+
+  it('ignores a relay on its channel that speaks for another user', async () => {
+    const leader = tab(() => tokenFor('acme', 'alice'), true);
+    await vi.waitFor(() => expect(leader.client.role).toBe(TabRole.Leader));
+    const follower = tab(() => tokenFor('acme', 'alice'), true);
+    await vi.waitFor(() => expect(follower.client.state).toBe('connected'));
+    const errors: string[] = [];
+    follower.client.on('error', (e) => errors.push(e.code));
+    const intruder = new BroadcastChannel('warren|ws://gateway/ws|acme|alice|');
+    intruder.postMessage({
+      k: 'frame',
+      who: { tid: 'acme', sub: 'mallory' },
+      frame: { type: 'event', id: 'x', eventType: 'note', data: { for: 'mallory' }, offset: 9 },
+    });
+    await vi.waitFor(() => expect(errors).toContain('share_mismatch'));
+    intruder.close();
+    expect(follower.seen).toEqual([]);
+  });
+});
