@@ -6,8 +6,9 @@ import type { Logger } from '../shared/logger.js';
 import type { Identity, JwtSettings } from './auth.js';
 import type { TokenAnswer, TokenWorkerData } from './token-worker.js';
 
-// A verify takes well under a millisecond; this only bounds a stuck worker.
-const VERIFY_TIMEOUT_MS = 2000;
+// A verify takes well under a millisecond; this bounds how long a stuck worker can hold the event loop.
+const VERIFY_TIMEOUT_MS = 250;
+const RESPAWN_DELAY_MS = 1000;
 
 // Run from the TypeScript sources (tests, benches), the worker registers tsx before loading its entry:
 // Node 20 does not apply `--import` loaders to worker threads.
@@ -33,6 +34,8 @@ export class BlockingTokenVerifier {
   private worker!: Worker;
   private nextId = 0;
   private closing = false;
+  /** False while a worker is being replaced: upgrades are answered 503 at once instead of waiting. */
+  private ready = false;
 
   private constructor(
     private readonly settings: JwtSettings,
@@ -70,14 +73,21 @@ export class BlockingTokenVerifier {
     port1.unref();
     worker.unref();
     worker.on('exit', (code) => {
+      this.ready = false;
       if (this.closing) return;
       this.logger.error({ code }, 'token worker exited; starting another');
-      this.spawn().catch((error: unknown) =>
-        this.logger.error({ err: String(error) }, 'token worker failed'),
-      );
+      this.respawn();
     });
     this.port = port1;
     this.worker = worker;
+    this.ready = true;
+  }
+
+  private respawn(): void {
+    this.spawn().catch((error: unknown) => {
+      this.logger.error({ err: String(error) }, 'token worker failed to start; retrying');
+      setTimeout(() => this.respawn(), RESPAWN_DELAY_MS).unref();
+    });
   }
 
   /**
@@ -85,6 +95,9 @@ export class BlockingTokenVerifier {
    * WARREN_ERR_TIMEOUT when the worker does not answer.
    */
   verify(token: string | undefined): Identity {
+    if (!this.ready) {
+      throw new WarrenError(ErrorCode.Timeout, 'token verification unavailable', { retryable: true });
+    }
     const id = (this.nextId += 1);
     Atomics.store(this.signal, 0, 0);
     this.port.postMessage({ id, token });
@@ -100,6 +113,9 @@ export class BlockingTokenVerifier {
       if (received) continue;
       const left = deadline - Date.now();
       if (left <= 0) {
+        // Replace a worker that stopped answering rather than make every upgrade wait for it.
+        this.logger.error('token worker did not answer; replacing it');
+        void this.worker.terminate();
         throw new WarrenError(ErrorCode.Timeout, 'token verification timed out', { retryable: true });
       }
       Atomics.wait(this.signal, 0, 0, left);

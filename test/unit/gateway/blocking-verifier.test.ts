@@ -1,5 +1,5 @@
 import { SignJWT } from 'jose';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { BlockingTokenVerifier } from '../../../src/gateway/blocking-verifier.js';
 import { isWarrenError } from '../../../src/shared/errors.js';
 import { silentLogger } from '../../../src/shared/logger.js';
@@ -49,6 +49,18 @@ describe('BlockingTokenVerifier', () => {
     expect(refusal(() => verifier.verify(dotted))).toBe('WARREN_ERR_UNAUTHORIZED');
     // Still answering after refusals.
     expect(verifier.verify(await sign({ sub: 'dan', tid: 'acme' })).userId).toBe('dan');
+  });
+
+  it('answers at once while its worker is replaced, then verifies again', async () => {
+    const good = await sign({ sub: 'eve', tid: 'acme' });
+    // The worker dies (a crash, an out-of-memory kill): no upgrade waits for it.
+    await (verifier as unknown as { worker: { terminate(): Promise<number> } }).worker.terminate();
+    // Refused without waiting out the verify timeout: "unavailable", not "timed out".
+    expect(() => verifier.verify(good)).toThrow('token verification unavailable');
+    await vi.waitFor(() => expect(verifier.verify(good).userId).toBe('eve'), {
+      timeout: 10_000,
+      interval: 50,
+    });
   });
 
   it('fails to start with a configuration error when no key is configured', async () => {
