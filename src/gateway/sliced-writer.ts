@@ -8,14 +8,20 @@ const SLICE_BYTES = 4 * 1024 * 1024;
 // Frames up to this size are written at once to a tab with nothing queued, whatever the turn has spent.
 const SMALL_FRAME_BYTES = 64 * 1024;
 
+interface Backlog {
+  frames: Uint8Array[];
+  bytes: number;
+}
+
 /**
  * Writes frames to tabs, at most about SLICE_BYTES of large frames per turn of the event loop; the rest
  * waits for the next turns. Each tab keeps its order: while frames wait for it, later ones queue behind
  * them. A tab with nothing waiting gets a small frame at once, so small events are not held up behind
- * another user's large one.
+ * another user's large one. Held-back frames count against the tab's backpressure limit: a tab whose
+ * backlog passes it is closed as too slow (4009), so the backlog is bounded by tabs × that limit.
  */
 export class SlicedWriter {
-  private readonly waiting = new Map<Tab, Uint8Array[]>();
+  private readonly waiting = new Map<Tab, Backlog>();
   /** Bytes of large frames written in this turn. */
   private spent = 0;
   private scheduled = false;
@@ -31,13 +37,25 @@ export class SlicedWriter {
     const large = frame.byteLength > SMALL_FRAME_BYTES;
     let written = 0;
     for (const tab of tabs) {
-      const queue = this.waiting.get(tab);
-      if (queue) queue.push(frame);
+      const backlog = this.waiting.get(tab);
+      if (backlog) this.hold(tab, backlog, frame);
       else if (!large || this.spent < SLICE_BYTES) written += this.send(tab, frame);
-      else this.waiting.set(tab, [frame]);
+      else this.hold(tab, { frames: [], bytes: 0 }, frame);
     }
     if (written > 0) this.onWritten(written);
     if (this.spent > 0 || this.waiting.size > 0) this.schedule();
+  }
+
+  private hold(tab: Tab, backlog: Backlog, frame: Uint8Array): void {
+    if (tab.closed) return;
+    if (tab.wouldOverflow(backlog.bytes + frame.byteLength)) {
+      this.waiting.delete(tab);
+      tab.end(CloseCode.TooSlow, 'too slow');
+      return;
+    }
+    backlog.frames.push(frame);
+    backlog.bytes += frame.byteLength;
+    this.waiting.set(tab, backlog);
   }
 
   private send(tab: Tab, frame: Uint8Array): number {
@@ -53,14 +71,20 @@ export class SlicedWriter {
 
   private drain(): void {
     let written = 0;
-    for (const [tab, queue] of this.waiting) {
+    for (const [tab, backlog] of this.waiting) {
       if (this.spent >= SLICE_BYTES) break;
-      this.waiting.delete(tab);
-      for (const frame of queue) {
+      // Stops within a tab's backlog too once the slice is spent; the rest keeps its place and order.
+      while (backlog.frames.length > 0 && this.spent < SLICE_BYTES) {
+        const frame = backlog.frames.shift() as Uint8Array;
+        backlog.bytes -= frame.byteLength;
         // A closed tab (gone, or too slow) gets nothing more.
-        if (this.send(tab, frame) === 0) break;
+        if (this.send(tab, frame) === 0) {
+          backlog.frames.length = 0;
+          break;
+        }
         written += 1;
       }
+      if (backlog.frames.length === 0) this.waiting.delete(tab);
     }
     if (written > 0) this.onWritten(written);
     if (this.waiting.size > 0) this.schedule();

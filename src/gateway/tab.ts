@@ -59,6 +59,14 @@ export class Tab implements RegisteredTab {
     return true;
   }
 
+  /**
+   * Whether `pending` more bytes, on top of what the socket has not sent yet, would pass the backpressure
+   * limit (frames a writer holds back for the tab count as unsent).
+   */
+  wouldOverflow(pending: number): boolean {
+    return !this.closed && this.ws.getBufferedAmount() + pending > this.limits.maxBackpressureBytes;
+  }
+
   /** Closes with a code (idempotent). */
   end(code: number, reason: string): void {
     if (this.closed) return;

@@ -1,0 +1,75 @@
+import { describe, expect, it } from 'vitest';
+import { SlicedWriter } from '../../../src/gateway/sliced-writer.js';
+import type { Tab } from '../../../src/gateway/tab.js';
+
+const MiB = 1024 * 1024;
+
+/** A tab whose socket never sends anything: every written byte stays buffered. */
+class StalledTab {
+  buffered = 0;
+  closed = false;
+  closeCode: number | undefined;
+  readonly frames: Uint8Array[] = [];
+
+  constructor(private readonly limit: number) {}
+
+  write(frame: Uint8Array): boolean {
+    if (this.closed) return false;
+    this.frames.push(frame);
+    this.buffered += frame.byteLength;
+    if (this.buffered > this.limit) {
+      this.end(4009);
+      return false;
+    }
+    return true;
+  }
+
+  wouldOverflow(pending: number): boolean {
+    return !this.closed && this.buffered + pending > this.limit;
+  }
+
+  end(code: number): void {
+    this.closed = true;
+    this.closeCode ??= code;
+  }
+}
+
+const turn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+describe('SlicedWriter', () => {
+  it('holds large frames back past the slice, in order per tab, and closes a tab whose backlog passes its limit', async () => {
+    const tabs = Array.from({ length: 4 }, () => new StalledTab(6 * MiB));
+    const writer = new SlicedWriter(() => {});
+    const frames = Array.from({ length: 5 }, (_, i) => new Uint8Array(MiB).fill(i));
+    for (const frame of frames) writer.write(tabs as unknown as Tab[], frame);
+
+    // One turn writes about 4 MiB of large frames in all: most of the 20 MiB is held back, not written.
+    const writtenFirstTurn = tabs.reduce((sum, t) => sum + t.buffered, 0);
+    expect(writtenFirstTurn).toBeLessThanOrEqual(5 * MiB);
+    for (let i = 0; i < 20; i += 1) await turn();
+
+    for (const tab of tabs) {
+      // 5 MiB fits a 6 MiB limit: every frame arrives, in order.
+      expect(tab.closed).toBe(false);
+      expect(tab.frames.map((f) => f[0])).toEqual([0, 1, 2, 3, 4]);
+    }
+    // Two more frames each: the second is held back, and with it 7 MiB would be pending against a 6 MiB
+    // limit, so the tab is closed as too slow there and then instead of the frame joining a backlog.
+    writer.write(tabs as unknown as Tab[], new Uint8Array(MiB));
+    writer.write(tabs as unknown as Tab[], new Uint8Array(MiB));
+    for (const tab of tabs) {
+      expect(tab.closeCode).toBe(4009);
+      expect(tab.buffered).toBeLessThanOrEqual(6 * MiB);
+    }
+  });
+
+  it('writes a small frame at once to a tab with nothing held back', () => {
+    const busy = new StalledTab(64 * MiB);
+    const idle = new StalledTab(64 * MiB);
+    const writer = new SlicedWriter(() => {});
+    for (let i = 0; i < 6; i += 1) writer.write([busy as unknown as Tab], new Uint8Array(MiB));
+    writer.write([idle as unknown as Tab], new Uint8Array(100));
+    expect(idle.frames).toHaveLength(1);
+    expect(busy.frames.length).toBeLessThan(6);
+  });
+});
