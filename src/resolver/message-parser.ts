@@ -10,7 +10,12 @@ import {
 
 /** Why a message was dead-lettered (the `x-warren-code` header). */
 export type RejectCode =
-  'not_json' | 'invalid_event' | 'invalid_membership' | 'routing_mismatch' | 'job_not_found';
+  | 'not_json'
+  | 'invalid_event'
+  | 'invalid_membership'
+  | 'routing_mismatch'
+  | 'job_not_found'
+  | 'resolve_failed';
 
 export type Parsed =
   | { kind: 'event'; event: ModelEvent }

@@ -63,10 +63,15 @@ export class TenantView {
     }
   }
 
-  private async reset(): Promise<void> {
+  /** Forgets everything; the next `sync` starts from a fresh snapshot. */
+  invalidate(): void {
     this.position = undefined;
     this.onlineSet = new OnlineSet(this.tenantId);
     this.members.clear();
+  }
+
+  private async reset(): Promise<void> {
+    this.invalidate();
     await this.init();
   }
 

@@ -65,7 +65,13 @@ export class ResolverWorker {
 
   private async run(): Promise<void> {
     try {
-      while (this.queue.length > 0) await this.runBatch();
+      while (this.queue.length > 0) {
+        await this.runBatch().catch((error: unknown) => {
+          // Nothing above should throw; if it does, the deliveries it held are requeued by the broker
+          // when the channel closes, so log it and keep the loop alive for the next messages.
+          this.deps.logger.error({ err: errorMessage(error) }, 'resolver batch failed');
+        });
+      }
     } finally {
       // Cleared in the same tick the queue is seen empty. amqplib hands over several deliveries in one socket
       // read, and a batch of only dead letters finishes without awaiting: a flag cleared a tick later (in a
@@ -129,7 +135,7 @@ export class ResolverWorker {
               ),
             );
           } else {
-            await this.route(view, item);
+            await this.routeOrRecover(view, item);
           }
         }
       }),
@@ -160,6 +166,30 @@ export class ResolverWorker {
           return undefined;
         }
         await sleep(100 * attempt);
+      }
+    }
+  }
+
+  /**
+   * A resolution that throws is a bug or corrupt state (say, an online bit whose user id is missing): the
+   * tenant's view is rebuilt from Redis and the event requeued once; failing again, it is dead-lettered
+   * rather than retried forever, and the batch goes on either way.
+   */
+  private async routeOrRecover(view: TenantView, item: PendingEvent): Promise<void> {
+    try {
+      await this.route(view, item);
+    } catch (error) {
+      const { delivery, event } = item;
+      this.deps.logger.error(
+        { err: errorMessage(error), tenantId: event.tenantId, eventId: event.id },
+        'resolution failed; view rebuilt',
+      );
+      view.invalidate();
+      if (delivery.message.fields.redelivered) {
+        this.track(this.deadLetter(delivery, 'resolve_failed', `resolution failed: ${errorMessage(error)}`));
+      } else {
+        this.deps.metrics.events.inc({ outcome: 'requeued' });
+        delivery.requeue();
       }
     }
   }

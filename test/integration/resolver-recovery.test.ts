@@ -1,0 +1,88 @@
+import type { ConsumeMessage } from 'amqplib';
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import type { Gateway } from '../../src/gateway/main.js';
+import type { Resolver } from '../../src/resolver/main.js';
+import type { WarrenPublisher } from '../../src/sdk/publisher/index.js';
+import { Keys } from '../../src/store/keys.js';
+import {
+  BrokerProbe,
+  cleanRedis,
+  connectPublisher,
+  eventually,
+  openTab,
+  startTestGateway,
+  startTestResolver,
+  testConfig,
+  testPrefix,
+  token,
+  type TestTab,
+} from '../support/harness.js';
+
+// A resolution that throws (here: corrupt state, an online user whose id Redis no longer maps back) must
+// not wedge the resolver or loop forever: the event is retried once from a rebuilt view, then
+// dead-lettered with the reason, and the events after it are resolved as usual.
+
+describe('a resolution that fails', () => {
+  const prefix = testPrefix('recovery');
+  const config = testConfig(prefix);
+  let gateway: Gateway;
+  let resolver: Resolver | undefined;
+  let warren: WarrenPublisher;
+  let probe: BrokerProbe;
+  let redis: Redis;
+  const tabs: TestTab[] = [];
+
+  beforeAll(async () => {
+    gateway = await startTestGateway(config);
+    warren = await connectPublisher(config);
+    probe = await BrokerProbe.open();
+    redis = new Redis(inject('redisUrl'));
+  });
+  afterAll(async () => {
+    for (const tab of tabs) tab.ws.terminate();
+    await warren.close();
+    await resolver?.close();
+    await gateway.close();
+    await redis.quit();
+    await probe.deleteExchangesAndQueues(prefix, [gateway.queue]);
+    await probe.close();
+    await cleanRedis(prefix);
+  });
+
+  it('is retried once, then dead-lettered with its reason, and the next event is resolved', async () => {
+    await warren.addUserToTeam('acme', 'ann', 'icu');
+    await warren.addUserToTeam('acme', 'bob', 'icu');
+    const ann = await openTab(gateway.port, await token({ sub: 'ann', tid: 'acme' }));
+    const bob = await openTab(gateway.port, await token({ sub: 'bob', tid: 'acme' }));
+    tabs.push(ann, bob);
+    // Corrupt the reverse id map for ann's bit before any resolver has seen it.
+    const keys = new Keys(prefix);
+    const annBit = await redis.hget(keys.ids('acme'), 'ann');
+    await redis.hdel(keys.reverseIds('acme'), String(annBit));
+
+    const dead: ConsumeMessage[] = [];
+    const channel = await probe.model.createChannel();
+    await channel.consume(`${prefix}.dead`, (m) => m && dead.push(m), { noAck: true });
+    resolver = await startTestResolver(config);
+
+    await warren.publishEvent({
+      id: 'poisoned',
+      tenantId: 'acme',
+      type: 'note',
+      audience: { teams: ['icu'] },
+    });
+    await warren.publishEvent({ id: 'after', tenantId: 'acme', type: 'note', audience: { users: ['bob'] } });
+    await eventually(() => dead.length === 1, 'the failing event dead-lettered');
+    await eventually(() => bob.eventIds().includes('after'), 'the next event delivered');
+
+    const headers = dead[0]?.properties.headers ?? {};
+    expect(dead[0]?.properties.messageId).toBe('poisoned');
+    expect(headers['x-warren-code']).toBe('resolve_failed');
+    expect(String(headers['x-warren-reason'])).toContain('has no user id');
+    // Nothing half-resolved reached anyone.
+    expect(ann.eventIds()).toEqual([]);
+    expect(bob.eventIds()).toEqual(['after']);
+    await channel.close();
+  });
+});
