@@ -93,11 +93,14 @@ export async function startGateway(
     g.historyEvents,
     g.historyBytes,
   );
+  const payloads = new PayloadFetcher(redis, keys, g.payloadCacheBytes, {
+    onFetch: () => metrics.payloadFetches.inc(),
+  });
   const router = new DeliveryRouter(
     registry,
     new RecentDeliveries(g.dedupKeys),
     history,
-    new PayloadFetcher(redis, keys, g.payloadCacheBytes, { onFetch: () => metrics.payloadFetches.inc() }),
+    payloads,
     metrics,
     logger,
   );
@@ -213,6 +216,7 @@ export async function startGateway(
           { name: 'close bind channels', run: () => pool.close() },
           { name: 'close broker', run: () => broker.close() },
           { name: 'close redis', run: async () => void (await redis.quit()) },
+          { name: 'drop cached payloads', run: () => payloads.close() },
           { name: 'stop token worker', run: () => verifier.close() },
         ],
         logger,

@@ -29,6 +29,9 @@ export class PayloadFetcher {
   // A Map iterates in insertion order; re-inserting on every hit makes its first entry the least recent.
   private readonly cache = new Map<string, Cached>();
   private bytes = 0;
+  // Expired entries are dropped on a timer too, not only when read: payloads are health data, and one
+  // nobody asks for again must not stay in memory until the byte bound pushes it out.
+  private readonly sweeper: NodeJS.Timeout;
 
   constructor(
     private readonly redis: WarrenRedis,
@@ -36,7 +39,23 @@ export class PayloadFetcher {
     private readonly maxBytes: number,
     private readonly counters: PayloadCounters,
     private readonly maxAgeMs = PAYLOAD_CACHE_MAX_AGE_MS,
-  ) {}
+  ) {
+    this.sweeper = setInterval(() => this.sweep(), Math.max(1000, maxAgeMs / 4));
+    this.sweeper.unref();
+  }
+
+  /** Drops every entry older than the maximum age. */
+  sweep(): void {
+    const now = performance.now();
+    for (const [key, entry] of this.cache) if (now - entry.storedAt > this.maxAgeMs) this.forget(key, entry);
+  }
+
+  /** Stops the sweeper and empties the cache. */
+  close(): void {
+    clearInterval(this.sweeper);
+    this.cache.clear();
+    this.bytes = 0;
+  }
 
   /** Bytes held by the cache now. */
   get cachedBytes(): number {

@@ -461,7 +461,11 @@ describe('payload fetcher on a real Redis', () => {
     const { f } = fetcher(1_000_000, 50);
     expect((await f.get('t1', 'old'))?.toString()).toBe('payload');
     await redis.del(keys.job('t1', 'old'));
+    expect(f.cachedBytes).toBe(7);
     await new Promise((r) => setTimeout(r, 80));
+    // Gone from memory on the sweep, whether or not anyone asks for it again.
+    f.sweep();
+    expect(f.cachedBytes).toBe(0);
     expect(await f.get('t1', 'old')).toBeUndefined();
     expect(await f.get('t1', 'old')).toBeUndefined();
     expect(tap.jobReads('old')).toBe(3);
