@@ -29,21 +29,34 @@ export function watchAbort(res: HttpResponse): { readonly aborted: boolean } {
   return state;
 }
 
-/** Reads a request body up to `limit` bytes; rejects when larger or aborted. Call synchronously in the handler. */
-export function readBody(res: HttpResponse, limit: number): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
+export class BodyTooLarge extends Error {}
+
+/**
+ * Reads a request body of at most `limit` bytes. Call synchronously in the handler (uWS wants its
+ * callbacks attached before the handler returns); check `aborted` before answering, as with watchAbort.
+ */
+export function readBody(
+  res: HttpResponse,
+  limit: number,
+): { body: Promise<Buffer>; readonly aborted: boolean } {
+  const request = { aborted: false, body: Promise.resolve(Buffer.alloc(0)) };
+  request.body = new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
-    res.onAborted(() => reject(new Error('request aborted')));
+    res.onAborted(() => {
+      request.aborted = true;
+      reject(new Error('request aborted'));
+    });
     res.onData((chunk, isLast) => {
       size += chunk.byteLength;
-      if (size > limit) {
-        reject(new Error(`body larger than ${limit} bytes`));
-        return;
-      }
       // uWS reuses the chunk's memory after this callback: copy it.
-      chunks.push(Buffer.from(new Uint8Array(chunk)));
-      if (isLast) resolve(Buffer.concat(chunks));
+      if (size <= limit) chunks.push(Buffer.from(new Uint8Array(chunk)));
+      if (!isLast) return;
+      if (size > limit) reject(new BodyTooLarge(`body larger than ${limit} bytes`));
+      else resolve(Buffer.concat(chunks));
     });
   });
+  // Whoever awaits `body` sees the rejection; a caller that answered without reading must not crash.
+  request.body.catch(() => {});
+  return request;
 }

@@ -27,10 +27,6 @@ export class PayloadStore {
     return jobId;
   }
 
-  async exists(tenantId: string, jobId: string): Promise<boolean> {
-    return (await this.redis.exists(this.keys.job(tenantId, jobId))) === 1;
-  }
-
   /**
    * The job ids among `jobIds` that have no payload in `tenantId`. One pipelined round trip for a whole
    * batch: the resolver checks every claim-checked event before routing it, and a round trip per event

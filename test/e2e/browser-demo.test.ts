@@ -1,3 +1,4 @@
+import { request as httpRequest } from 'node:http';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -105,6 +106,30 @@ describe('the warren dev demo page and its dev-only endpoints', () => {
     expect(form.status).toBe(400);
     const publish = { tenantId: 'acme-health', teamId: 'icu', text: 'x', from: 'alice' };
     expect((await post(gateway.port, '/dev/publish', publish, 'text/plain')).status).toBe(400);
+  });
+
+  it('answers only requests addressed to localhost (no DNS rebinding, no access by network address)', async () => {
+    const withHost = (host: string, path: string): Promise<number> =>
+      new Promise((resolve, reject) => {
+        const req = httpRequest(
+          {
+            host: '127.0.0.1',
+            port: gateway.port,
+            path,
+            method: 'POST',
+            headers: { host, 'content-type': 'application/json' },
+          },
+          (res) => {
+            res.resume();
+            resolve(res.statusCode ?? 0);
+          },
+        );
+        req.on('error', reject);
+        req.end(JSON.stringify({ tenantId: 'acme-health', userId: 'alice', teamId: 'icu', text: 'x' }));
+      });
+    expect(await withHost('rebound.example.com', '/dev/token')).toBe(403);
+    expect(await withHost('192.168.1.20:8080', '/dev/publish')).toBe(403);
+    expect(await withHost(`localhost:${gateway.port}`, '/dev/token')).toBe(200);
   });
 
   async function openAs(hash: string): Promise<Page> {

@@ -1,10 +1,10 @@
 import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import type { HttpResponse, TemplatedApp } from 'uWebSockets.js';
+import type { TemplatedApp } from 'uWebSockets.js';
 import { EVENT_TYPE_PATTERN } from '../../protocol/ids.js';
 import { errorMessage } from '../../shared/errors.js';
 import type { Logger } from '../../shared/logger.js';
-import { send, sendJson } from '../http.js';
+import { BodyTooLarge, readBody, send, sendJson } from '../http.js';
 import { DEMO_DIRECTORY, findTenant, findUser } from './demo-directory.js';
 import { DEMO_PAGE } from './demo-page.js';
 
@@ -31,42 +31,30 @@ const MAX_TEXT = 500;
 
 class BadRequest extends Error {}
 
-interface JsonRequest {
-  body: Promise<Record<string, unknown>>;
-  readonly aborted: boolean;
-}
+// Browsers on other sites cannot reach these through a developer's `warren dev` by DNS rebinding, nor
+// machines on the same network by its address: the Host must be the loopback name the page was opened on.
+const LOCAL_HOST = /^(localhost|127\.0\.0\.1|\[::1\])(:\d+)?$/i;
 
 /**
  * Reads a JSON object body. Only `application/json` is accepted: another site cannot send that type
  * without a CORS preflight, which these routes never approve, so a page elsewhere cannot mint tokens or
  * publish through a developer's running `warren dev`.
  */
-function readJson(res: HttpResponse, contentType: string): JsonRequest {
-  const request = { aborted: false, body: Promise.resolve({}) };
-  const chunks: Buffer[] = [];
-  let size = 0;
-  request.body = new Promise((resolve, reject) => {
-    res.onAborted(() => {
-      request.aborted = true;
-      reject(new Error('request aborted'));
-    });
-    if (!contentType.startsWith('application/json')) reject(new BadRequest('content-type must be JSON'));
-    res.onData((chunk, isLast) => {
-      size += chunk.byteLength;
-      // uWS reuses the chunk's memory after this callback returns.
-      if (size <= MAX_BODY_BYTES) chunks.push(Buffer.from(new Uint8Array(chunk)));
-      if (!isLast) return;
-      if (size > MAX_BODY_BYTES) return reject(new BadRequest('body too large'));
-      try {
-        const value: unknown = JSON.parse(Buffer.concat(chunks).toString('utf8'));
-        if (typeof value !== 'object' || value === null) throw new Error('not an object');
-        resolve(value as Record<string, unknown>);
-      } catch {
-        reject(new BadRequest('body must be a JSON object'));
-      }
-    });
-  });
-  return request;
+async function jsonBody(body: Promise<Buffer>, contentType: string): Promise<Record<string, unknown>> {
+  if (!contentType.startsWith('application/json')) throw new BadRequest('content-type must be JSON');
+  let bytes: Buffer;
+  try {
+    bytes = await body;
+  } catch (error) {
+    throw error instanceof BodyTooLarge ? new BadRequest('body too large') : error;
+  }
+  try {
+    const value: unknown = JSON.parse(bytes.toString('utf8'));
+    if (typeof value !== 'object' || value === null) throw new Error('not an object');
+    return value as Record<string, unknown>;
+  } catch {
+    throw new BadRequest('body must be a JSON object');
+  }
 }
 
 /** Runs a JSON POST handler and answers with its result, 400 for a BadRequest, 500 otherwise. */
@@ -77,18 +65,24 @@ function jsonPost(
   handle: (body: Record<string, unknown>) => Promise<unknown>,
 ): void {
   app.post(path, (res, req) => {
-    const request = readJson(res, req.getHeader('content-type'));
-    request.body.then(handle).then(
-      (result) => {
-        if (!request.aborted) sendJson(res, '200 OK', result);
-      },
-      (error: unknown) => {
-        if (request.aborted) return;
-        if (error instanceof BadRequest) return sendJson(res, '400 Bad Request', { error: error.message });
-        logger.warn({ err: errorMessage(error), path }, 'demo request failed');
-        sendJson(res, '500 Internal Server Error', { error: errorMessage(error) });
-      },
-    );
+    const request = readBody(res, MAX_BODY_BYTES);
+    if (!LOCAL_HOST.test(req.getHeader('host'))) {
+      sendJson(res, '403 Forbidden', { error: 'dev endpoints answer only on localhost' });
+      return;
+    }
+    jsonBody(request.body, req.getHeader('content-type'))
+      .then(handle)
+      .then(
+        (result) => {
+          if (!request.aborted) sendJson(res, '200 OK', result);
+        },
+        (error: unknown) => {
+          if (request.aborted) return;
+          if (error instanceof BadRequest) return sendJson(res, '400 Bad Request', { error: error.message });
+          logger.warn({ err: errorMessage(error), path }, 'demo request failed');
+          sendJson(res, '500 Internal Server Error', { error: errorMessage(error) });
+        },
+      );
   });
 }
 

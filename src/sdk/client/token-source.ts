@@ -42,11 +42,6 @@ export class TokenSource {
     private readonly now: () => number = Date.now,
   ) {}
 
-  /** Uses a token fetched elsewhere (the tab-sharing setup reads one before it knows its role). */
-  seed(token: string): void {
-    this.token = token;
-  }
-
   async get(refresh: boolean): Promise<string> {
     const cached = this.token;
     if (cached !== undefined && !refresh && !this.expired(cached)) return cached;
