@@ -19,6 +19,17 @@ interface Target {
   tabs: Tab[];
 }
 
+/** The routing key and the CC header's keys; an entry that is not a string is undefined (refused later). */
+function recipientKeys(routingKey: string, cc: unknown): (string | undefined)[] {
+  if (!Array.isArray(cc)) return [routingKey];
+  const keys: (string | undefined)[] = [routingKey];
+  for (const raw of cc as unknown[]) {
+    const key = Buffer.isBuffer(raw) ? raw.toString() : raw;
+    keys.push(typeof key === 'string' ? key : undefined);
+  }
+  return keys;
+}
+
 /**
  * Writes each delivery of the node's queue to the local tabs of its recipients, and to no other tab.
  * Recipients are the routing key plus the CC header. Before writing, every key is checked again
@@ -59,16 +70,16 @@ export class DeliveryRouter {
       delivery.ack();
       return;
     }
-    const { routingKey } = message.fields;
-    const cc: unknown = headers['CC'];
+    // Decoded once: for a claim-checked event the keys are looked at before and after the fetch.
+    const keys = recipientKeys(message.fields.routingKey, headers['CC']);
     if (jobId === undefined) {
-      const targets = this.targets(tenantId, eventId, routingKey, cc);
+      const targets = this.targets(tenantId, eventId, keys);
       if (targets.length > 0) this.write(eventId, eventType, message.content, targets);
       delivery.ack();
       return;
     }
     // No local tab among the recipients (they left since the resolver looked): no reason to read Redis.
-    if (!this.anyHeld(routingKey, cc)) {
+    if (!keys.some((key) => key !== undefined && this.registry.entry(key))) {
       delivery.ack();
       return;
     }
@@ -77,36 +88,24 @@ export class DeliveryRouter {
     // meanwhile (a redelivery) finds this one recorded and is not written twice.
     this.payloads.get(tenantId, jobId).then(
       (payload) => {
-        const targets = this.targets(tenantId, eventId, routingKey, cc);
+        const targets = this.targets(tenantId, eventId, keys);
         if (!payload) this.unavailable(tenantId, eventId, jobId, targets, 'missing');
         else if (targets.length > 0) this.write(eventId, eventType, payload, targets);
         delivery.ack();
       },
       (error: unknown) => {
-        const targets = this.targets(tenantId, eventId, routingKey, cc);
+        const targets = this.targets(tenantId, eventId, keys);
         this.unavailable(tenantId, eventId, jobId, targets, 'fetch_failed', errorMessage(error));
         delivery.ack();
       },
     );
   }
 
-  private anyHeld(routingKey: string, cc: unknown): boolean {
-    if (this.registry.entry(routingKey)) return true;
-    if (!Array.isArray(cc)) return false;
-    for (const raw of cc as unknown[]) {
-      const key = Buffer.isBuffer(raw) ? raw.toString() : raw;
-      if (typeof key === 'string' && this.registry.entry(key)) return true;
-    }
-    return false;
-  }
-
-  private targets(tenantId: string, eventId: string, routingKey: string, cc: unknown): Target[] {
-    const keys = Array.isArray(cc) ? [routingKey, ...(cc as unknown[])] : [routingKey];
+  private targets(tenantId: string, eventId: string, keys: readonly (string | undefined)[]): Target[] {
     const already = this.recent.delivered(eventId);
     const targets: Target[] = [];
-    for (const raw of keys) {
-      const key = Buffer.isBuffer(raw) ? raw.toString() : raw;
-      if (typeof key !== 'string') {
+    for (const key of keys) {
+      if (key === undefined) {
         this.refuse('bad_key', 1);
         continue;
       }
