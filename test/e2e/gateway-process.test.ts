@@ -1,4 +1,3 @@
-import type { ConsumeMessage } from 'amqplib';
 import { afterEach, describe, expect, inject, it } from 'vitest';
 import { collectStatus } from '../../src/cli/status.js';
 import type { Resolver } from '../../src/resolver/main.js';
@@ -16,6 +15,7 @@ import {
   token,
   type TestTab,
 } from '../support/harness.js';
+import { DeliverySpy } from '../support/delivery-spy.js';
 import { WarrenProcess } from '../support/warren-process.js';
 
 // `warren gateway` as an operator runs it: configured by environment only, stopped by a signal or killed.
@@ -39,18 +39,20 @@ describe('warren gateway as a process', () => {
   let resolver: Resolver | undefined;
   let warren: WarrenPublisher | undefined;
   let probe: BrokerProbe | undefined;
+  let spy: DeliverySpy | undefined;
 
   afterEach(async () => {
     for (const tab of tabs.splice(0)) tab.ws.terminate();
     const queues = processes.map((p) => String(p.logged('listening')?.['queue']));
     for (const p of processes.splice(0)) await p.kill();
+    await spy?.close();
     await warren?.close();
     await resolver?.close();
     // A killed node leaves its queue behind (the broker would expire it after a minute).
     await probe?.deleteExchangesAndQueues(prefix, queues);
     await probe?.close();
     await cleanRedis(prefix);
-    warren = resolver = probe = undefined;
+    warren = resolver = probe = spy = undefined;
   });
 
   it('drains on SIGTERM: tabs get 4100, queue and bindings are removed, the process exits 0', async () => {
@@ -91,17 +93,8 @@ describe('warren gateway as a process', () => {
     probe = await BrokerProbe.open();
 
     // A spy queue sees every delivery the resolver routes, with its recipients.
-    const spy = `${prefix}.spy`;
-    const seen: ConsumeMessage[] = [];
-    await probe.channel.assertQueue(spy, { autoDelete: true });
-    await probe.channel.bindQueue(spy, `${prefix}.deliveries`, '#');
-    await probe.channel.consume(spy, (m) => m && seen.push(m), { noAck: true });
-    const recipients = (id: string): string[] => {
-      const m = seen.find((s) => s.properties.messageId === id);
-      if (!m) return [];
-      const cc = (m.properties.headers?.['CC'] as unknown[] | undefined) ?? [];
-      return [m.fields.routingKey, ...cc.map(String)].sort();
-    };
+    spy = await DeliverySpy.start(prefix);
+    const recipients = (id: string): string[] => spy?.recipients(id) ?? [];
 
     tabs.push(await openTab(doomedPort, await token({ sub: 'ann', tid: 'acme' })));
     const bob = await openTab(survivorPort, await token({ sub: 'bob', tid: 'acme' }));
@@ -121,7 +114,7 @@ describe('warren gateway as a process', () => {
     // Resolvers stop counting it too: the next event is routed to bob only.
     await eventually(
       async () => {
-        const id = `after-${seen.length}`;
+        const id = `after-${(spy?.messages.length ?? 0).toString()}`;
         await warren!.publishEvent({ id, tenantId: 'acme', type: 'test.event', audience });
         await eventually(() => recipients(id).length > 0, id);
         return recipients(id).join() === 'u.acme.bob';
@@ -130,6 +123,5 @@ describe('warren gateway as a process', () => {
       10_000,
     );
     expect(bob.closeCode).toBeUndefined();
-    await probe.channel.deleteQueue(spy);
   });
 });

@@ -4,21 +4,16 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { findPackageRoot } from '../../src/config/load.js';
-import type { Gateway } from '../../src/gateway/main.js';
-import type { Resolver } from '../../src/resolver/main.js';
 import type { EventInput, WarrenPublisher } from '../../src/sdk/publisher/index.js';
 import {
-  BrokerProbe,
-  cleanRedis,
-  connectPublisher,
   eventually,
   openTab,
-  startTestGateway,
-  startTestResolver,
+  startTestStack,
   testConfig,
   testPrefix,
-  token,
+  type TestStack,
   type TestTab,
+  token,
 } from '../support/harness.js';
 
 // `warren members import FILE` as an operator runs it, from the TypeScript sources (a stale build cannot
@@ -60,15 +55,14 @@ describe('warren members import', () => {
   const dir = mkdtempSync(join(tmpdir(), 'warren-import-'));
   const users = ['ann', 'bob', 'cid', 'dan'];
   const tabs = new Map<string, TestTab>();
-  let gateway: Gateway;
-  let resolver: Resolver;
+  let stack: TestStack;
   let warren: WarrenPublisher;
   let n = 0;
 
   beforeAll(async () => {
-    gateway = await startTestGateway(config);
-    resolver = await startTestResolver(config);
-    warren = await connectPublisher(config);
+    stack = await startTestStack(config);
+    const { gateway } = stack;
+    warren = stack.warren;
     for (const user of users) {
       tabs.set(user, await openTab(gateway.port, await token({ sub: user, tid: 'acme' })));
     }
@@ -76,13 +70,7 @@ describe('warren members import', () => {
   });
   afterAll(async () => {
     for (const tab of tabs.values()) tab.ws.terminate();
-    await warren.close();
-    await resolver.close();
-    await gateway.close();
-    const probe = await BrokerProbe.open();
-    await probe.deleteExchangesAndQueues(prefix, [gateway.queue]);
-    await probe.close();
-    await cleanRedis(prefix);
+    await stack.close();
     rmSync(dir, { recursive: true, force: true });
   });
 

@@ -6,15 +6,16 @@ import type { WarrenPublisher } from '../../src/sdk/publisher/index.js';
 import {
   BrokerProbe,
   cleanRedis,
-  connectPublisher,
   eventually,
   openTab,
   startTestGateway,
   startTestResolver,
+  startTestStack,
   testConfig,
   testPrefix,
-  token,
+  type TestStack,
   type TestTab,
+  token,
 } from '../support/harness.js';
 
 const valid = {
@@ -194,27 +195,21 @@ const cases: Case[] = [
 describe('malformed input is dead-lettered with its reason, and resolving goes on', () => {
   const prefix = testPrefix('dead');
   const config = testConfig(prefix);
-  let gateway: Gateway;
-  let resolver: Resolver;
+  let stack: TestStack;
   let warren: WarrenPublisher;
   let probe: BrokerProbe;
   let ann: TestTab;
 
   beforeAll(async () => {
-    gateway = await startTestGateway(config);
-    resolver = await startTestResolver(config);
-    warren = await connectPublisher(config);
+    stack = await startTestStack(config);
+    warren = stack.warren;
     probe = await BrokerProbe.open();
-    ann = await openTab(gateway.port, await token({ sub: 'ann', tid: 'acme' }));
+    ann = await openTab(stack.gateway.port, await token({ sub: 'ann', tid: 'acme' }));
   });
   afterAll(async () => {
     ann.ws.terminate();
-    await warren.close();
-    await resolver.close();
-    await gateway.close();
-    await probe.deleteExchangesAndQueues(prefix, [gateway.queue]);
     await probe.close();
-    await cleanRedis(prefix);
+    await stack.close();
   });
 
   it(`dead-letters ${cases.length} kinds of malformed message, each with a reason`, async () => {

@@ -5,10 +5,11 @@ import type { Gateway } from '../../src/gateway/main.js';
 import type { Resolver } from '../../src/resolver/main.js';
 import type { EventInput, WarrenPublisher } from '../../src/sdk/publisher/index.js';
 import { Keys } from '../../src/store/keys.js';
-import { DeliverySpy, resolverMetric } from '../support/delivery-spy.js';
+import { DeliverySpy } from '../support/delivery-spy.js';
 import { Rng } from '../support/seeded-rng.js';
 import {
   BrokerProbe,
+  counter,
   cleanRedis,
   connectPublisher,
   eventually,
@@ -155,7 +156,7 @@ describe('tenant and audience isolation under churn (property test against an or
 
   const sum = async (name: string, labels: Record<string, string> = {}): Promise<number> => {
     const all = [...resolvers, ...retired];
-    const values = await Promise.all(all.map((r) => resolverMetric(r, name, labels)));
+    const values = await Promise.all(all.map((r) => counter(r, name, labels)));
     return values.reduce((a, b) => a + b, 0);
   };
 
@@ -342,7 +343,7 @@ describe('tenant and audience isolation under churn (property test against an or
       // The run exercised what it claims to: both resolvers and both gateways did work, both ways in.
       for (const resolver of resolvers) {
         expect(
-          await resolverMetric(resolver, 'warren_resolver_events_total', { outcome: 'routed' }),
+          await counter(resolver, 'warren_resolver_events_total', { outcome: 'routed' }),
         ).toBeGreaterThan(0);
       }
       expect(new Set(tabs.map((t) => t.gw)).size).toBe(2);

@@ -3,9 +3,9 @@ import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { Resolver } from '../../src/resolver/main.js';
 import { Keys } from '../../src/store/keys.js';
-import { resolverMetric } from '../support/delivery-spy.js';
 import {
   BrokerProbe,
+  counter,
   cleanRedis,
   eventually,
   startTestResolver,
@@ -70,7 +70,7 @@ describe('membership changes from the exchange, with several resolvers', () => {
     await eventually(
       async () => {
         const counts = await Promise.all(
-          resolvers.map((r) => resolverMetric(r, 'warren_resolver_membership_changes_total')),
+          resolvers.map((r) => counter(r, 'warren_resolver_membership_changes_total')),
         );
         return counts.reduce((a, b) => a + b, 0) === published;
       },

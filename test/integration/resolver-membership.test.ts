@@ -1,34 +1,28 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Gateway } from '../../src/gateway/main.js';
-import type { Resolver } from '../../src/resolver/main.js';
 import type { WarrenPublisher } from '../../src/sdk/publisher/index.js';
 import {
-  BrokerProbe,
-  cleanRedis,
-  connectPublisher,
   eventually,
   openTab,
-  startTestGateway,
-  startTestResolver,
+  startTestStack,
   testConfig,
   testPrefix,
-  token,
+  type TestStack,
   type TestTab,
+  token,
 } from '../support/harness.js';
 
 describe('membership changes take effect for the next event', () => {
   const prefix = testPrefix('members');
   const config = testConfig(prefix);
-  let gateway: Gateway;
-  let resolver: Resolver;
+  let stack: TestStack;
   let warren: WarrenPublisher;
   const tabs = new Map<string, TestTab>();
   let n = 0;
 
   beforeAll(async () => {
-    gateway = await startTestGateway(config);
-    resolver = await startTestResolver(config);
-    warren = await connectPublisher(config);
+    stack = await startTestStack(config);
+    const { gateway } = stack;
+    warren = stack.warren;
     for (const user of ['ann', 'bob', 'cid', 'dan']) {
       tabs.set(user, await openTab(gateway.port, await token({ sub: user, tid: 'acme' })));
     }
@@ -36,13 +30,7 @@ describe('membership changes take effect for the next event', () => {
   });
   afterAll(async () => {
     for (const tab of tabs.values()) tab.ws.terminate();
-    await warren.close();
-    await resolver.close();
-    await gateway.close();
-    const probe = await BrokerProbe.open();
-    await probe.deleteExchangesAndQueues(prefix, [gateway.queue]);
-    await probe.close();
-    await cleanRedis(prefix);
+    await stack.close();
   });
 
   /** Publishes an event to `audience`, then a marker to everyone, and returns who got the event. */

@@ -1,6 +1,5 @@
 import amqp, { type ChannelModel, type ConsumeMessage } from 'amqplib';
 import { inject } from 'vitest';
-import type { Resolver } from '../../src/resolver/main.js';
 
 /**
  * A queue bound to `<prefix>.deliveries` with `#`: it gets a copy of every delivery message a resolver
@@ -53,16 +52,4 @@ export class DeliverySpy {
   async close(): Promise<void> {
     await this.model.close().catch(() => {});
   }
-}
-
-/** A resolver metric summed over the series whose labels match (to know when work has been done). */
-export async function resolverMetric(
-  resolver: Resolver,
-  name: string,
-  labels: Record<string, string> = {},
-): Promise<number> {
-  const metric = await resolver.metrics.getSingleMetric(name)?.get();
-  return (metric?.values ?? [])
-    .filter((v) => Object.entries(labels).every(([k, want]) => String(v.labels[k]) === want))
-    .reduce((sum, v) => sum + v.value, 0);
 }

@@ -8,6 +8,7 @@ import type { WarrenConfig } from '../../src/config/schema.js';
 import { startGateway, type Gateway } from '../../src/gateway/main.js';
 import type { ServerFrame } from '../../src/protocol/frames.js';
 import { createLogger } from '../../src/shared/logger.js';
+import type { Registry } from '../../src/shared/metrics.js';
 import { startResolver, type Resolver } from '../../src/resolver/main.js';
 import { WarrenPublisher } from '../../src/sdk/publisher/index.js';
 
@@ -250,13 +251,16 @@ export class BrokerProbe {
   }
 }
 
-/** Reads one metric from a gateway's registry, summed over the series matching `labels`. */
+/**
+ * Reads one metric of a gateway's or resolver's registry, summed over the series matching `labels` (to
+ * know when work has been done).
+ */
 export async function counter(
-  gateway: Gateway,
+  process: { readonly metrics: Registry },
   name: string,
   labels: Record<string, string> = {},
 ): Promise<number> {
-  const metric = await gateway.metrics.getSingleMetric(name)?.get();
+  const metric = await process.metrics.getSingleMetric(name)?.get();
   return (metric?.values ?? [])
     .filter((v) => Object.entries(labels).every(([k, want]) => String(v.labels[k]) === want))
     .reduce((sum, v) => sum + v.value, 0);
@@ -288,4 +292,33 @@ export async function cleanRedis(prefix: string): Promise<void> {
     } while (cursor !== '0');
   }
   await redis.quit();
+}
+
+/** A gateway, a resolver and a publisher on one test prefix: what most end-to-end cases start with. */
+export interface TestStack {
+  gateway: Gateway;
+  resolver: Resolver;
+  warren: WarrenPublisher;
+  /** Closes all three, then removes the prefix's exchanges, queues and Redis keys. */
+  close(): Promise<void>;
+}
+
+export async function startTestStack(config: Readonly<WarrenConfig>): Promise<TestStack> {
+  const gateway = await startTestGateway(config);
+  const resolver = await startTestResolver(config);
+  const warren = await connectPublisher(config);
+  return {
+    gateway,
+    resolver,
+    warren,
+    close: async () => {
+      await warren.close();
+      await resolver.close();
+      await gateway.close();
+      const probe = await BrokerProbe.open();
+      await probe.deleteExchangesAndQueues(config.prefix, [gateway.queue]);
+      await probe.close();
+      await cleanRedis(config.prefix);
+    },
+  };
 }
