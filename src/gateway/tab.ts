@@ -29,6 +29,12 @@ export class Tab implements RegisteredTab {
   closed = false;
   badFrames = 0;
   timer: NodeJS.Timeout | undefined;
+  private outgoing: Uint8Array | string = '';
+  private readonly sendOutgoing = (): void => {
+    this.ws.send(this.outgoing, false);
+    // uWS has copied it; a large payload must not stay referenced by every tab until its next frame.
+    this.outgoing = '';
+  };
 
   constructor(
     private readonly ws: WebSocket<TabSocketData>,
@@ -49,9 +55,9 @@ export class Tab implements RegisteredTab {
    */
   write(frame: Uint8Array | string, tooSlowCode: number): boolean {
     if (this.closed) return false;
-    this.ws.cork(() => {
-      this.ws.send(frame, false);
-    });
+    // One bound callback per tab rather than a closure per frame: this runs for every frame of every tab.
+    this.outgoing = frame;
+    this.ws.cork(this.sendOutgoing);
     if (this.ws.getBufferedAmount() > this.limits.maxBackpressureBytes) {
       this.end(tooSlowCode, 'too slow');
       return false;
