@@ -60,8 +60,15 @@ export async function declareTopology(channel: Channel, names: TopologyNames): P
   await channel.unbindQueue(names.resolver, names.membership, '#');
 }
 
-/** A gateway node's own queue: not exclusive, so deliveries that arrive during a broker blip wait for it. */
-export async function declareGatewayQueue(channel: Channel, queue: string): Promise<void> {
+/**
+ * A gateway node's own queue: not exclusive, so deliveries that arrive during a broker blip wait for it.
+ * With `nodeBinding`, also bound with the node's own key for node-routed deliveries.
+ */
+export async function declareGatewayQueue(
+  channel: Channel,
+  queue: string,
+  nodeBinding?: { exchange: string; key: string },
+): Promise<void> {
   await channel.assertQueue(queue, {
     durable: false,
     exclusive: false,
@@ -72,4 +79,5 @@ export async function declareGatewayQueue(channel: Channel, queue: string): Prom
       'x-overflow': 'drop-head',
     },
   });
+  if (nodeBinding) await channel.bindQueue(queue, nodeBinding.exchange, nodeBinding.key);
 }

@@ -34,7 +34,7 @@ export const DEFAULTS = {
   historyEvents: 2000,
   historyBytes: 16 * 1024 * 1024,
   resolverPrefetch: 256,
-  // DESIGN.md §6: chunk long recipient lists at about 1,000 keys.
+  // DESIGN.md §6: chunk long recipient key lists at about 1,000 keys (user routing).
   maxRecipientsPerMessage: 1000,
   presenceHeartbeatMs: 5000,
   presenceExpiryMs: 15_000,
@@ -187,10 +187,16 @@ export const configSchema = z.strictObject({
   resolver: z
     .strictObject({
       prefetch: positiveInt.default(DEFAULTS.resolverPrefetch).describe('Unacked events per resolver.'),
-      maxRecipientsPerMessage: positiveInt
-        .default(DEFAULTS.maxRecipientsPerMessage)
+      routing: z
+        .enum(['nodes', 'users'])
+        .default('nodes')
         .describe(
-          'Recipients per delivery message (routing key + CC); longer lists are split, and always to fit a frame. 1 = one message per recipient.',
+          'How deliveries are routed: `nodes`, one message to the gateway nodes holding recipients, recipients as a bitmap; `users`, their keys as routing key + CC.',
+        ),
+      maxRecipientsPerMessage: positiveInt
+        .optional()
+        .describe(
+          `Recipients per delivery message; longer lists are split, and always to fit a frame. 1 = one message per recipient. Unset: no limit with \`nodes\`, ${DEFAULTS.maxRecipientsPerMessage} with \`users\`.`,
         ),
     })
     .prefault({}),

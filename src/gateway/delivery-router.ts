@@ -1,3 +1,4 @@
+import roaring from 'roaring';
 import type { Delivery } from '../broker/consumer.js';
 import { DeliveryHeader } from '../protocol/delivery.js';
 import { FrameErrorCode } from '../protocol/frames.js';
@@ -10,9 +11,11 @@ import type { GatewayMetrics, PayloadUnavailableReason, RefusalReason } from './
 import type { DeliveryHistory } from './history.js';
 import type { PayloadFetcher } from './payload-fetcher.js';
 import type { RecentDeliveries } from './recent-deliveries.js';
-import type { ConnectionRegistry } from './registry.js';
+import type { ConnectionRegistry, UserEntry } from './registry.js';
 import { SlicedWriter } from './sliced-writer.js';
 import type { Tab } from './tab.js';
+
+const { RoaringBitmap32 } = roaring;
 
 interface Target {
   key: string;
@@ -31,8 +34,38 @@ function recipientKeys(routingKey: string, cc: unknown): (string | undefined)[] 
 }
 
 /**
+ * The keys of this node's users among a node-routed delivery's recipients: users of the delivery's tenant
+ * announced online here whose bit is in the bitmap. Walks whichever side is smaller. Undefined when the
+ * header is not a readable bitmap.
+ */
+function localKeysByBit(
+  header: unknown,
+  local: ReadonlyMap<number, UserEntry<Tab>> | undefined,
+): string[] | undefined {
+  if (!Buffer.isBuffer(header) || header.length === 0) return undefined;
+  let bits: InstanceType<typeof RoaringBitmap32>;
+  try {
+    bits = RoaringBitmap32.deserialize(header, 'portable');
+  } catch {
+    return undefined;
+  }
+  const keys: string[] = [];
+  if (!local) return keys;
+  if (bits.size <= local.size) {
+    for (const bit of bits.toUint32Array()) {
+      const entry = local.get(bit);
+      if (entry) keys.push(entry.key);
+    }
+  } else {
+    for (const [bit, entry] of local) if (bits.has(bit)) keys.push(entry.key);
+  }
+  return keys;
+}
+
+/**
  * Writes each delivery of the node's queue to the local tabs of its recipients, and to no other tab.
- * Recipients are the routing key plus the CC header. Before writing, every key is checked again
+ * Recipients are the users of the delivery's tenant whose bits are in the recipients header (node-routed),
+ * or the routing key plus the CC header (user-routed). Before writing, every key is checked again
  * (defence in depth; the resolver already decided): it must parse as `u.<tenant>.<user>`, its tenant must
  * be the delivery's tenant, and each tab's token must name that same tenant and user.
  */
@@ -56,6 +89,7 @@ export class DeliveryRouter {
     const eventId: unknown = message.properties.messageId;
     const eventType: unknown = message.properties.type;
     const jobId: unknown = headers[DeliveryHeader.Job];
+    const byBit = headers[DeliveryHeader.Recipients];
     if (
       !isValidId(tenantId) ||
       typeof eventId !== 'string' ||
@@ -71,7 +105,19 @@ export class DeliveryRouter {
       return;
     }
     // Decoded once: for a claim-checked event the keys are looked at before and after the fetch.
-    const keys = recipientKeys(message.fields.routingKey, headers['CC']);
+    const keys =
+      byBit === undefined
+        ? recipientKeys(message.fields.routingKey, headers['CC'])
+        : localKeysByBit(byBit, this.registry.usersByBit(tenantId));
+    if (keys === undefined) {
+      this.refuse('malformed', 1);
+      this.logger.error(
+        { routingKey: message.fields.routingKey, eventId },
+        'unreadable recipients header, dropped',
+      );
+      delivery.ack();
+      return;
+    }
     if (jobId === undefined) {
       const targets = this.targets(tenantId, eventId, keys);
       if (targets.length > 0) this.write(eventId, eventType, message.content, targets);

@@ -6,6 +6,7 @@ import { Consumer } from '../broker/consumer.js';
 import { declareGatewayQueue, declareTopology, topologyNames } from '../broker/topology.js';
 import type { WarrenConfig } from '../config/schema.js';
 import { CloseCode } from '../protocol/close-codes.js';
+import { nodeKey } from '../protocol/ids.js';
 import { Keys } from '../store/keys.js';
 import { PresenceStore } from '../store/presence-store.js';
 import { createRedis, redisReady } from '../store/redis.js';
@@ -106,7 +107,13 @@ export async function startGateway(
   );
   const consumer = new Consumer(
     broker,
-    { queue, prefetch: g.prefetch, prepare: (channel) => declareGatewayQueue(channel, queue) },
+    {
+      queue,
+      prefetch: g.prefetch,
+      // Bound before consuming: node-routed deliveries reach the node by its own key.
+      prepare: (channel) =>
+        declareGatewayQueue(channel, queue, { exchange: names.deliveries, key: nodeKey(nodeId) }),
+    },
     (delivery) => router.handle(delivery),
     logger,
   );

@@ -50,6 +50,8 @@ export class UserEntry<T extends RegisteredTab> {
  */
 export class ConnectionRegistry<T extends RegisteredTab> {
   private readonly users = new Map<string, UserEntry<T>>();
+  /** tenant → bit → user, for the users announced online (node-routed deliveries name recipients by bit). */
+  private readonly byBit = new Map<string, Map<number, UserEntry<T>>>();
   private tabCount = 0;
 
   constructor(
@@ -71,6 +73,27 @@ export class ConnectionRegistry<T extends RegisteredTab> {
   /** The user's entry if any tab of it is here or its key is still bound. */
   entry(key: string): UserEntry<T> | undefined {
     return this.users.get(key);
+  }
+
+  /** This node's users of a tenant announced online, by their bit position in the tenant's id map. */
+  usersByBit(tenantId: string): ReadonlyMap<number, UserEntry<T>> | undefined {
+    return this.byBit.get(tenantId);
+  }
+
+  private setBit(entry: UserEntry<T>, bit: number | undefined): void {
+    if (entry.bit !== undefined) {
+      const bits = this.byBit.get(entry.tenantId);
+      if (bits?.get(entry.bit) === entry) bits.delete(entry.bit);
+      if (bits?.size === 0) this.byBit.delete(entry.tenantId);
+    }
+    entry.bit = bit;
+    if (bit === undefined) return;
+    let bits = this.byBit.get(entry.tenantId);
+    if (!bits) {
+      bits = new Map();
+      this.byBit.set(entry.tenantId, bits);
+    }
+    bits.set(bit, entry);
   }
 
   /** Registers a tab; resolves once its user's key is bound and the user announced online. */
@@ -124,14 +147,14 @@ export class ConnectionRegistry<T extends RegisteredTab> {
     }
     if (entry.bit === undefined) {
       const [bit] = await this.presence.online(entry.tenantId, [entry.userId]);
-      entry.bit = bit;
+      this.setBit(entry, bit);
     }
   }
 
   private async goOffline(entry: UserEntry<T>): Promise<void> {
     if (entry.tabs.size > 0 || entry.bit === undefined) return;
     const bit = entry.bit;
-    entry.bit = undefined;
+    this.setBit(entry, undefined);
     try {
       await this.presence.offline(entry.tenantId, bit);
     } catch (error) {
@@ -177,7 +200,7 @@ export class ConnectionRegistry<T extends RegisteredTab> {
         tenantId,
         entries.map((e) => e.userId),
       );
-      entries.forEach((e, i) => (e.bit = bits[i]));
+      entries.forEach((e, i) => this.setBit(e, bits[i]));
     }
   }
 
@@ -205,6 +228,7 @@ export class ConnectionRegistry<T extends RegisteredTab> {
       ),
     );
     this.users.clear();
+    this.byBit.clear();
     this.hooks.onUsersChanged(0);
   }
 }

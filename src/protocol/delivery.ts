@@ -1,12 +1,18 @@
 /**
  * Resolver → gateway messages on `<prefix>.deliveries`. The event id travels as the AMQP `messageId`, the
- * event type as `type`, the recipients as the routing key plus the `CC` header. The body is the event's
- * `data` serialised once by the resolver, so a gateway forwards it without parsing; a claim-checked event
- * has an empty body and names its payload in the job header instead.
+ * event type as `type`. Recipients come in one of two forms:
+ * - node-routed (what the resolver publishes by default): routed to the gateway nodes that hold recipients
+ *   (`n.<nodeId>` as routing key plus `CC`), the recipients themselves as the tenant's user bit positions
+ *   in a roaring bitmap (portable format) in the recipients header;
+ * - user-routed: the recipients' keys `u.<tenant>.<user>` as the routing key plus the `CC` header.
+ * The body is the event's `data` serialised once by the resolver, so a gateway forwards it without parsing;
+ * a claim-checked event has an empty body and names its payload in the job header instead.
  */
 export const DeliveryHeader = {
   Tenant: 'x-warren-tenant',
   Job: 'x-warren-job',
+  /** Node-routed deliveries: the recipients' bit positions in the tenant's id map, a portable roaring bitmap. */
+  Recipients: 'x-warren-recipients',
   /** Set by a resolver on a redelivered event; gateways still deduplicate by event id either way. */
   Redelivered: 'x-warren-redelivered',
 } as const;

@@ -19,6 +19,14 @@ export function userKey(tenantId: string, userId: string): string {
   return `u.${tenantId}.${userId}`;
 }
 
+/**
+ * The literal routing key a gateway node binds for itself, for node-routed deliveries. Two segments, so it
+ * never matches a user's three-segment key.
+ */
+export function nodeKey(nodeId: string): string {
+  return `n.${nodeId}`;
+}
+
 export interface UserKeyParts {
   tenantId: string;
   userId: string;

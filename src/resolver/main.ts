@@ -3,7 +3,7 @@ import { BrokerConnection } from '../broker/connection.js';
 import { Consumer } from '../broker/consumer.js';
 import { Publisher } from '../broker/publisher.js';
 import { declareTopology, topologyNames } from '../broker/topology.js';
-import type { WarrenConfig } from '../config/schema.js';
+import { DEFAULTS, type WarrenConfig } from '../config/schema.js';
 import { CloseOnce, runSteps } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import { createRegistry, type Registry } from '../shared/metrics.js';
@@ -76,7 +76,9 @@ export async function startResolver(
       publisher,
       names.deliveries,
       () => broker.headerBudget,
-      config.resolver.maxRecipientsPerMessage,
+      config.resolver.maxRecipientsPerMessage ??
+        (config.resolver.routing === 'users' ? DEFAULTS.maxRecipientsPerMessage : Infinity),
+      config.resolver.routing,
     ),
     membership: new MembershipStore(redis, keys),
     payloads: new PayloadStore(redis, keys),

@@ -72,6 +72,29 @@ export class OnlineSet {
     if (changed) this.dirty = true;
   }
 
+  /** The routing keys of `bits`, all of them online users. */
+  keysOf(bits: Bitmap): string[] {
+    const values = bits.toUint32Array();
+    const keys: string[] = new Array(values.length);
+    for (let i = 0; i < values.length; i += 1) {
+      const bit = values[i] as number;
+      const key = this.keyOf.get(bit);
+      // Every online bit was learned with its id; a miss would be a bug, never a reason to guess.
+      if (key === undefined) throw new Error(`online bit ${bit} of tenant ${this.tenantId} has no user id`);
+      keys[i] = key;
+    }
+    return keys;
+  }
+
+  /** The live nodes holding any of `bits`. */
+  nodesHolding(bits: Bitmap): string[] {
+    const nodes: string[] = [];
+    for (const [nodeId, bitmap] of this.nodes) {
+      if (!this.dead.has(nodeId) && bits.intersects(bitmap)) nodes.push(nodeId);
+    }
+    return nodes;
+  }
+
   /** Online users (bits) now. */
   get bitmap(): Bitmap {
     if (this.dirty) {

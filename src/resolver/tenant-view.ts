@@ -148,17 +148,7 @@ export class TenantView {
   resolve(audience: Audience): string[] {
     const result = this.resolveBits(audience);
     try {
-      const bits = result.toUint32Array();
-      const keys: string[] = new Array(bits.length);
-      const { keyOf } = this.online;
-      for (let i = 0; i < bits.length; i += 1) {
-        const bit = bits[i] as number;
-        const key = keyOf.get(bit);
-        // Every online bit was learned with its id; a miss would be a bug, never a reason to guess.
-        if (key === undefined) throw new Error(`online bit ${bit} of tenant ${this.tenantId} has no user id`);
-        keys[i] = key;
-      }
-      return keys;
+      return this.online.keysOf(result);
     } finally {
       // Frees the native memory now. roaring reports it to V8 as external memory; left to the collector, one
       // bitmap per event piles up into collections that set the p99 of resolution (1M-user tenant, ~4,000

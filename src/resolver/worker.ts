@@ -195,50 +195,66 @@ export class ResolverWorker {
   }
 
   private async route(view: TenantView, { delivery, event }: PendingEvent): Promise<void> {
-    const { metrics, claimCheck } = this.deps;
+    const { metrics } = this.deps;
     const started = performance.now();
-    const keys = view.resolve(event.audience);
+    const recipients = view.resolveBits(event.audience);
     metrics.resolveSeconds.observe((performance.now() - started) / 1000);
-    metrics.recipients.observe(keys.length);
-    if (keys.length === 0) {
-      metrics.events.inc({ outcome: 'no_recipients' });
-      delivery.ack();
-      return;
-    }
-    let jobId = event.jobId;
-    let body = jobId ? Buffer.alloc(0) : Buffer.from(JSON.stringify(event.data ?? null));
-    if (!jobId && body.byteLength > claimCheck.bytes) {
-      try {
-        jobId = await this.deps.payloads.put(event.tenantId, body, claimCheck.ttlSec);
-      } catch (error) {
-        this.deps.logger.warn(
-          { err: errorMessage(error), eventId: event.id },
-          'claim check failed; requeued',
-        );
-        delivery.requeue();
+    metrics.recipients.observe(recipients.size);
+    try {
+      if (recipients.size === 0) {
+        metrics.events.inc({ outcome: 'no_recipients' });
+        delivery.ack();
         return;
       }
-      metrics.claimChecked.inc();
-      body = Buffer.alloc(0);
-    }
-    const publishing = this.deps.deliveries
-      .publish({ eventId: event.id, eventType: event.type, tenantId: event.tenantId, body, jobId }, keys)
-      .then(
-        (chunks) => {
-          metrics.deliveries.inc(chunks);
-          metrics.events.inc({ outcome: 'routed' });
-          delivery.ack();
-        },
-        (error: unknown) => {
-          this.deps.logger.warn(
-            { err: errorMessage(error), eventId: event.id },
-            'delivery not confirmed; requeued',
-          );
-          metrics.events.inc({ outcome: 'requeued' });
-          delivery.requeue();
-        },
+      const prepared = await this.body(event, delivery);
+      if (!prepared) return;
+      const publishing = this.deps.deliveries.publish(
+        { eventId: event.id, eventType: event.type, tenantId: event.tenantId, ...prepared },
+        recipients,
+        view.online,
       );
-    this.track(publishing);
+      this.track(
+        publishing.then(
+          (messages) => {
+            metrics.deliveries.inc(messages);
+            metrics.events.inc({ outcome: 'routed' });
+            delivery.ack();
+          },
+          (error: unknown) => {
+            this.deps.logger.warn(
+              { err: errorMessage(error), eventId: event.id },
+              'delivery not confirmed; requeued',
+            );
+            metrics.events.inc({ outcome: 'requeued' });
+            delivery.requeue();
+          },
+        ),
+      );
+    } finally {
+      // Native memory, freed now rather than by the collector (see TenantView.resolve). The messages hold
+      // their own serialised copies by now.
+      recipients.clear();
+    }
+  }
+
+  /** The delivery body: `data` inline, or claim-checked above the threshold; undefined when requeued. */
+  private async body(
+    event: ModelEvent,
+    delivery: AmqpDelivery,
+  ): Promise<{ body: Buffer; jobId: string | undefined } | undefined> {
+    const { claimCheck, metrics } = this.deps;
+    if (event.jobId) return { body: Buffer.alloc(0), jobId: event.jobId };
+    const body = Buffer.from(JSON.stringify(event.data ?? null));
+    if (body.byteLength <= claimCheck.bytes) return { body, jobId: undefined };
+    try {
+      const jobId = await this.deps.payloads.put(event.tenantId, body, claimCheck.ttlSec);
+      metrics.claimChecked.inc();
+      return { body: Buffer.alloc(0), jobId };
+    } catch (error) {
+      this.deps.logger.warn({ err: errorMessage(error), eventId: event.id }, 'claim check failed; requeued');
+      delivery.requeue();
+      return undefined;
+    }
   }
 
   private async deadLetter(delivery: AmqpDelivery, code: RejectCode, reason: string): Promise<void> {

@@ -1,7 +1,12 @@
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { Redis } from 'ioredis';
+import roaring from 'roaring';
+import { afterEach, beforeEach, describe, expect, inject, it } from 'vitest';
 import type { Gateway } from '../../src/gateway/main.js';
+import { DeliveryHeader } from '../../src/protocol/delivery.js';
+import { Keys } from '../../src/store/keys.js';
 import {
   BrokerProbe,
+  counter,
   eventually,
   openTab,
   startTestGateway,
@@ -90,5 +95,102 @@ describe('delivery path over two gateway nodes', () => {
     await probe.deliver(prefix, ['u.t1.A'], { id: 'after', tenantId: 't1' });
     await eventually(() => a.eventIds().includes('after'), 'marker');
     expect(a.eventIds()).toEqual(['once', 'after']);
+  });
+});
+
+describe('node-routed deliveries (recipients as bits of the tenant id map)', () => {
+  let prefix: string;
+  let gateways: Gateway[] = [];
+  let tabs: TestTab[] = [];
+  let probe: BrokerProbe;
+  let redis: Redis;
+
+  beforeEach(async () => {
+    prefix = testPrefix('bydelivery');
+    const config = testConfig(prefix);
+    gateways = [await startTestGateway(config), await startTestGateway(config)];
+    probe = await BrokerProbe.open();
+    redis = new Redis(inject('redisUrl'));
+  });
+
+  afterEach(async () => {
+    for (const tab of tabs) tab.ws.terminate();
+    tabs = [];
+    await Promise.all(gateways.map((g) => g.close()));
+    await probe.deleteExchangesAndQueues(
+      prefix,
+      gateways.map((g) => g.queue),
+    );
+    await probe.close();
+    await redis.quit();
+  });
+
+  async function open(node: number, tid: string, sub: string): Promise<TestTab> {
+    const gateway = gateways[node] as Gateway;
+    const tab = await openTab(gateway.port, await token({ sub, tid }));
+    tabs.push(tab);
+    return tab;
+  }
+
+  /** The user's bit, as the gateway announced it online. */
+  async function bitOf(tenantId: string, userId: string): Promise<number> {
+    const bit = await redis.hget(new Keys(prefix).ids(tenantId), userId);
+    if (bit === null) throw new Error(`${tenantId}/${userId} has no bit`);
+    return Number(bit);
+  }
+
+  const recipients = (...bits: number[]) => ({
+    [DeliveryHeader.Recipients]: Buffer.from(new roaring.RoaringBitmap32(bits).serialize('portable')),
+  });
+  const nodes = (...indexes: number[]) => indexes.map((i) => `n.${(gateways[i] as Gateway).nodeId}`);
+
+  it('writes to exactly the listed users’ tabs on the nodes it is routed to, and never by a bit of another tenant', async () => {
+    // First in their tenants: t1's A and t2's Z hold the same bit number, in different id maps.
+    const a1 = await open(0, 't1', 'A');
+    const a2 = await open(1, 't1', 'A');
+    const z = await open(0, 't2', 'Z');
+    const b = await open(1, 't1', 'B');
+    const c = await open(0, 't1', 'C');
+    const [bitA, bitB, bitZ] = [await bitOf('t1', 'A'), await bitOf('t1', 'B'), await bitOf('t2', 'Z')];
+    expect(bitZ).toBe(bitA);
+
+    await probe.deliver(prefix, nodes(0, 1), { id: 'e1', tenantId: 't1' }, recipients(bitA, bitB));
+    // The same bits for t2: only Z has one of them there.
+    await probe.deliver(prefix, nodes(0, 1), { id: 'e2', tenantId: 't2' }, recipients(bitA, bitB));
+    // Routed to node 1 only: A's tab on node 0 does not get it.
+    await probe.deliver(prefix, nodes(1), { id: 'e3', tenantId: 't1' }, recipients(bitA));
+    await probe.deliver(
+      prefix,
+      nodes(0),
+      { id: 'marker', tenantId: 't1' },
+      recipients(await bitOf('t1', 'C')),
+    );
+    await eventually(() => c.eventIds().includes('marker') && a2.eventIds().includes('e3'), 'marker');
+
+    expect(a1.eventIds()).toEqual(['e1']);
+    expect(a2.eventIds()).toEqual(['e1', 'e3']);
+    expect(b.eventIds()).toEqual(['e1']);
+    expect(z.eventIds()).toEqual(['e2']);
+    expect(c.eventIds()).toEqual(['marker']);
+    for (const gateway of gateways) expect(await counter(gateway, 'warren_gateway_refused_total')).toBe(0);
+  });
+
+  it('drops a delivery whose recipients header is not a bitmap, counts it, and keeps serving', async () => {
+    const a = await open(0, 't1', 'A');
+    const bitA = await bitOf('t1', 'A');
+    for (const header of [Buffer.from('not a bitmap'), Buffer.alloc(0), 'a string'])
+      await probe.deliver(
+        prefix,
+        nodes(0),
+        { id: 'bad', tenantId: 't1' },
+        { [DeliveryHeader.Recipients]: header },
+      );
+    await probe.deliver(prefix, nodes(0), { id: 'good', tenantId: 't1' }, recipients(bitA));
+    await eventually(() => a.eventIds().includes('good'), 'the next delivery');
+    expect(a.eventIds()).toEqual(['good']);
+    expect(
+      await counter(gateways[0] as Gateway, 'warren_gateway_refused_total', { reason: 'malformed' }),
+    ).toBe(3);
+    expect(a.closeCode).toBeUndefined();
   });
 });

@@ -21,11 +21,12 @@ import {
 
 // A resolution that throws (here: corrupt state, an online user whose id Redis no longer maps back) must
 // not wedge the resolver or loop forever: the event is retried once from a rebuilt view, then
-// dead-lettered with the reason, and the events after it are resolved as usual.
+// dead-lettered with the reason, and the events after it are resolved as usual. User routing: it maps
+// bits back to ids to build routing keys (node routing never needs them, so this corruption cannot hurt it).
 
 describe('a resolution that fails', () => {
   const prefix = testPrefix('recovery');
-  const config = testConfig(prefix);
+  const config = testConfig(prefix, { resolver: { routing: 'users' } });
   let gateway: Gateway;
   let resolver: Resolver | undefined;
   let warren: WarrenPublisher;

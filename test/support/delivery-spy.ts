@@ -1,16 +1,34 @@
 import amqp, { type ChannelModel, type ConsumeMessage } from 'amqplib';
+import { Redis } from 'ioredis';
+import roaring from 'roaring';
 import { inject } from 'vitest';
+import { DeliveryHeader } from '../../src/protocol/delivery.js';
+import { userKey } from '../../src/protocol/ids.js';
+import { Keys } from '../../src/store/keys.js';
+
+const { RoaringBitmap32 } = roaring;
+
+interface Seen {
+  message: ConsumeMessage;
+  /** The recipients' keys `u.<tenant>.<user>`, whichever way the message named them. */
+  keys: string[];
+}
 
 /**
  * A queue bound to `<prefix>.deliveries` with `#`: it gets a copy of every delivery message a resolver
- * publishes, so a test sees exactly whom each event was routed to (routing key plus CC), and how often.
+ * publishes, so a test sees exactly whom each event was routed to, and how often. Node-routed messages
+ * name recipients by bit; the spy reads their ids back from Redis (independently of the gateway) before it
+ * counts the message, so `copies` and `recipients` always agree.
  */
 export class DeliverySpy {
   readonly messages: ConsumeMessage[] = [];
-  private readonly byEvent = new Map<string, ConsumeMessage[]>();
+  private readonly byEvent = new Map<string, Seen[]>();
+  private recording: Promise<void> = Promise.resolve();
 
   private constructor(
     private readonly model: ChannelModel,
+    private readonly redis: Redis,
+    private readonly keys: Keys,
     readonly queue: string,
   ) {}
 
@@ -21,17 +39,35 @@ export class DeliverySpy {
     // Exclusive: the queue goes with this connection, whatever the test does.
     await channel.assertQueue(queue, { exclusive: true });
     await channel.bindQueue(queue, `${prefix}.deliveries`, '#');
-    const spy = new DeliverySpy(model, queue);
-    await channel.consume(queue, (m) => m && spy.record(m), { noAck: true });
+    const spy = new DeliverySpy(model, new Redis(inject('redisUrl')), new Keys(prefix), queue);
+    // In arrival order, each after the previous one's ids are read.
+    await channel.consume(queue, (m) => m && (spy.recording = spy.recording.then(() => spy.record(m))), {
+      noAck: true,
+    });
     return spy;
   }
 
-  private record(message: ConsumeMessage): void {
+  private async record(message: ConsumeMessage): Promise<void> {
+    const keys = await this.recipientKeys(message);
     this.messages.push(message);
     const id = String(message.properties.messageId);
     const list = this.byEvent.get(id) ?? [];
-    list.push(message);
+    list.push({ message, keys });
     this.byEvent.set(id, list);
+  }
+
+  private async recipientKeys(message: ConsumeMessage): Promise<string[]> {
+    const headers = message.properties.headers ?? {};
+    const bits: unknown = headers[DeliveryHeader.Recipients];
+    if (bits === undefined) {
+      const cc = (headers['CC'] as unknown[] | undefined) ?? [];
+      return [message.fields.routingKey, ...cc.map((k) => (Buffer.isBuffer(k) ? k.toString() : String(k)))];
+    }
+    const tenantId = String(headers[DeliveryHeader.Tenant]);
+    const positions = Array.from(RoaringBitmap32.deserialize(bits as Buffer, 'portable').toUint32Array());
+    if (positions.length === 0) return [];
+    const ids = await this.redis.hmget(this.keys.reverseIds(tenantId), ...positions.map(String));
+    return ids.map((userId, i) => userKey(tenantId, userId ?? `<unknown bit ${positions[i]}>`));
   }
 
   /** Delivery messages (chunks, and copies from redelivery) seen for an event. */
@@ -41,15 +77,19 @@ export class DeliverySpy {
 
   /** Every recipient key of every message seen for an event, sorted; a key twice means routed twice. */
   recipients(eventId: string): string[] {
-    const keys: string[] = [];
-    for (const m of this.byEvent.get(eventId) ?? []) {
-      const cc = (m.properties.headers?.['CC'] as unknown[] | undefined) ?? [];
-      keys.push(m.fields.routingKey, ...cc.map((k) => (Buffer.isBuffer(k) ? k.toString() : String(k))));
-    }
-    return keys.sort();
+    return (this.byEvent.get(eventId) ?? []).flatMap((seen) => seen.keys).sort();
+  }
+
+  /** The routing key and CC of every message seen for an event (node keys when node-routed). */
+  routes(eventId: string): string[][] {
+    return (this.byEvent.get(eventId) ?? []).map(({ message }) => {
+      const cc = (message.properties.headers?.['CC'] as unknown[] | undefined) ?? [];
+      return [message.fields.routingKey, ...cc.map(String)];
+    });
   }
 
   async close(): Promise<void> {
     await this.model.close().catch(() => {});
+    this.redis.disconnect();
   }
 }

@@ -172,14 +172,18 @@ export class BrokerProbe {
     return new BrokerProbe(model, channel);
   }
 
-  /** Publishes a delivery as a resolver would: first key as routing key, the rest in CC. */
+  /**
+   * Publishes a delivery as a resolver would: first key as routing key, the rest in CC. User keys name the
+   * recipients themselves; node keys (`n.<node>`) go with a recipients bitmap in `extraHeaders`.
+   */
   async deliver(
     prefix: string,
     keys: string[],
     event: { id: string; tenantId: string; type?: string; data?: unknown; jobId?: string },
+    extraHeaders: Record<string, unknown> = {},
   ): Promise<void> {
     const [first, ...rest] = keys;
-    const headers: Record<string, unknown> = { 'x-warren-tenant': event.tenantId };
+    const headers: Record<string, unknown> = { 'x-warren-tenant': event.tenantId, ...extraHeaders };
     if (event.jobId) headers['x-warren-job'] = event.jobId;
     await new Promise<void>((resolve, reject) => {
       (this.channel as unknown as amqp.ConfirmChannel).publish(

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { chunkKeys } from '../../../src/resolver/delivery-publisher.js';
+import roaring from 'roaring';
+import { chunkBits, chunkKeys } from '../../../src/resolver/delivery-publisher.js';
 
 const keys = (n: number): string[] => Array.from({ length: n }, (_, i) => `u.acme.user-${i}`);
 
@@ -32,5 +33,34 @@ describe('chunkKeys', () => {
   it('sends a single recipient with no CC at all', () => {
     expect(chunkKeys(['u.acme.ann'], 65_536)).toEqual([['u.acme.ann']]);
     expect(chunkKeys([], 65_536)).toEqual([]);
+  });
+});
+
+describe('chunkBits', () => {
+  const { RoaringBitmap32 } = roaring;
+  const size = (b: InstanceType<typeof RoaringBitmap32>) => b.getSerializationSizeInBytes('portable');
+  const spread = (n: number) => new RoaringBitmap32(Array.from({ length: n }, (_, i) => i * 977));
+
+  it('returns the bitmap itself when it fits', () => {
+    const bits = spread(100);
+    expect(chunkBits(bits, 65_536)).toEqual([bits]);
+    expect(chunkBits(bits, 65_536)[0]).toBe(bits);
+  });
+
+  it('splits into pieces that each fit the budget and together hold every bit once', () => {
+    const bits = spread(20_000);
+    expect(size(bits)).toBeGreaterThan(16_384);
+    const chunks = chunkBits(bits, 16_384);
+    expect(chunks.length).toBeGreaterThan(1);
+    for (const chunk of chunks) expect(size(chunk)).toBeLessThanOrEqual(16_384);
+    expect(chunks.reduce((n, c) => n + c.size, 0)).toBe(bits.size);
+    expect(RoaringBitmap32.orMany(chunks).isEqual(bits)).toBe(true);
+  });
+
+  it('honours a count limit, down to one recipient per message', () => {
+    const bits = spread(2500);
+    const chunks = chunkBits(bits, 1_000_000, 1000);
+    expect(chunks.map((c) => c.size)).toEqual([834, 834, 832]);
+    expect(chunkBits(spread(3), 65_536, 1).map((c) => c.toArray())).toEqual([[0], [977], [1954]]);
   });
 });
