@@ -69,9 +69,10 @@ function report(results: Result[]): BenchResult {
   const wire = results.map((r) => ({
     payload: kib(r.size),
     mode: r.mode,
-    'broker B/event': fmt(r.brokerBytes),
-    'B/copy': fmt(r.perCopy),
-    'B/copy w/o CC': fmt(r.perCopyWithoutCc),
+    'published B/event': fmt(r.publishedBytes),
+    'copies/event': fmt(r.copies),
+    'largest copy, B': fmt(r.perCopy),
+    'broker B/event (copies × B)': fmt(r.brokerBytes),
     'events exchange B/event': fmt(r.eventBytes),
     'Redis reads/event metric|tap': `${fmt(r.saturated.readsMetric)} | ${fmt(r.saturated.readsTap)}`,
   }));
@@ -105,7 +106,7 @@ function report(results: Result[]): BenchResult {
   const claims = results.filter((r) => r.mode === 'claim');
   const [bigInline, bigClaim] = [pick(MIB, 'inline'), pick(MIB, 'claim')];
   const maxCopy = Math.max(...claims.map((r) => r.perCopy));
-  const maxCopyNoCc = Math.max(...claims.map((r) => r.perCopyWithoutCc));
+  const maxBroker = Math.max(...claims.map((r) => r.brokerBytes));
   const runs = claims.flatMap((r) => [r.saturated, r.paced]);
   const latency = (group: string) => {
     const [c, i] = [p99(bigClaim.paced, group), p99(bigInline.paced, group)];
@@ -118,7 +119,7 @@ function report(results: Result[]): BenchResult {
   return {
     tables: [
       {
-        title: `wire: ${USERS} users over ${NODES} nodes; one delivery message per event, one copy per node`,
+        title: `wire: ${USERS} users over ${NODES} nodes; one delivery message per event, routed to both nodes`,
         rows: wire,
       },
       {
@@ -130,14 +131,9 @@ function report(results: Result[]): BenchResult {
     data: results,
     targets: [
       {
-        target: `broker bytes/event <= 512 x ${NODES} nodes, claim check, CC list of ${USERS - 1} keys included`,
-        value: `max ${fmt(maxCopy * NODES)} B`,
-        met: maxCopy <= 512,
-      },
-      {
-        target: `broker bytes/event <= 512 x ${NODES} nodes, claim check, CC routing list excluded`,
-        value: `max ${fmt(maxCopyNoCc * NODES)} B`,
-        met: maxCopyNoCc <= 512,
+        target: `broker bytes/event <= 512 x ${NODES} nodes, claim check, ${USERS} recipients (every copy, every size)`,
+        value: `max ${fmt(maxBroker)} B/event, largest copy ${fmt(maxCopy)} B`,
+        met: maxBroker <= 512 * NODES && maxCopy <= 512,
       },
       {
         target: `Redis reads/event = ${NODES} nodes, not ${USERS} recipients (claim check, every run; metric|tap)`,

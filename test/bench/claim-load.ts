@@ -80,12 +80,24 @@ class Arrivals {
 }
 
 export interface Wire {
-  /** Deliveries exchange, per event: every message times the nodes it reaches. */
+  /** Deliveries exchange, per event: the bytes of every message as published. */
+  publishedBytes: number;
+  /** Deliveries exchange, per event: every message times the gateway queues it reaches (one copy each). */
   brokerBytes: number;
+  /** The largest copy: properties, headers (recipients included) and body. */
   perCopy: number;
-  perCopyWithoutCc: number;
+  /** Copies per event: gateway queues reached, summed over its messages. */
+  copies: number;
   /** Events exchange (publisher to resolver), per event. */
   eventBytes: number;
+}
+
+/**
+ * Gateway queues one delivery message reaches. Node-routed: its node keys (routing key plus CC). User-routed
+ * (not what this bench's resolver publishes): every node, as every message of the bench has recipients on each.
+ */
+function queuesReached(message: SpiedMessage, nodes: number): number {
+  return message.routingKey.startsWith('n.') ? 1 + message.cc : nodes;
 }
 
 /** Publishes large events one at a time with spies on both exchanges and measures their wire size. */
@@ -107,14 +119,15 @@ export async function wireSize(stack: ClaimStack, mode: Mode, size: number, node
     await deliveries.close();
     await events.close();
   }
-  const copies: SpiedMessage[] = ids.flatMap((id) => deliveries.of(id));
+  const messages: SpiedMessage[] = ids.flatMap((id) => deliveries.of(id));
+  const bytes = (m: SpiedMessage) => m.bodyBytes + m.headerBytes;
   const perEvent = (list: SpiedMessage[], f: (m: SpiedMessage) => number) =>
     list.reduce((s, m) => s + f(m), 0) / ids.length;
   return {
-    // Every delivery message of the bench has recipients on every node: the broker hands out one copy each.
-    brokerBytes: perEvent(copies, (m) => (m.bodyBytes + m.headerBytes) * nodes),
-    perCopy: perEvent(copies, (m) => m.bodyBytes + m.headerBytes),
-    perCopyWithoutCc: perEvent(copies, (m) => m.bodyBytes + m.headerBytesWithoutCc),
+    publishedBytes: perEvent(messages, bytes),
+    brokerBytes: perEvent(messages, (m) => bytes(m) * queuesReached(m, nodes)),
+    perCopy: Math.max(...messages.map(bytes)),
+    copies: perEvent(messages, (m) => queuesReached(m, nodes)),
     eventBytes: perEvent(
       ids.flatMap((id) => events.of(id)),
       (m) => m.bodyBytes + m.headerBytes,

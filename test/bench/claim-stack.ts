@@ -6,6 +6,7 @@ import { Redis } from 'ioredis';
 import { SignJWT } from 'jose';
 import { loadConfig } from '../../src/config/load.js';
 import { startGateway, type Gateway } from '../../src/gateway/main.js';
+import { nodeKey } from '../../src/protocol/ids.js';
 import { silentLogger } from '../../src/shared/logger.js';
 import { viaTap } from './claim-probes.js';
 import type { ResolverReport, ResolverRequest } from './claim-resolver.js';
@@ -161,7 +162,9 @@ export class ClaimStack {
         op: 'spy',
         rabbitmqUrl: ctx.rabbitmqUrl,
         exchange: `${prefix}.deliveries`,
-        bindingKey: `u.${TENANT}.visitor-0`,
+        // visitor-0's node: deliveries are routed to the nodes holding recipients.
+        bindingKey: nodeKey((gateways[0] as Gateway).nodeId),
+        idPrefix: 'S-',
         group: 'broker',
       },
       'spying',

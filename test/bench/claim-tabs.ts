@@ -15,8 +15,8 @@ export type TabsRequest =
   | { op: 'open'; tabs: TabSpec[] }
   /** From now on, report an event once this many tabs got it (per event id prefix). */
   | { op: 'expect'; prefix: string; tabs: number }
-  /** Report each message routed with `bindingKey` as an arrival of group `group`. */
-  | { op: 'spy'; rabbitmqUrl: string; exchange: string; bindingKey: string; group: string }
+  /** Report each message routed with `bindingKey` whose id starts with `idPrefix` as an arrival of `group`. */
+  | { op: 'spy'; rabbitmqUrl: string; exchange: string; bindingKey: string; idPrefix: string; group: string }
   | { op: 'close' };
 
 export type TabsReport =
@@ -57,14 +57,18 @@ function arrived(id: string, at: number, group: string): void {
   pendingGroups.push(group);
 }
 
-async function spy(rabbitmqUrl: string, exchange: string, bindingKey: string, group: string): Promise<void> {
+async function spy(request: Extract<TabsRequest, { op: 'spy' }>): Promise<void> {
+  const { rabbitmqUrl, exchange, bindingKey, idPrefix, group } = request;
   const model = await amqp.connect(rabbitmqUrl);
   const channel = await model.createChannel();
   const { queue } = await channel.assertQueue('', { exclusive: true, autoDelete: true });
   await channel.bindQueue(queue, exchange, bindingKey);
   await channel.consume(
     queue,
-    (m) => m && typeof m.properties.messageId === 'string' && arrived(m.properties.messageId, now(), group),
+    (m) => {
+      const id: unknown = m?.properties.messageId;
+      if (typeof id === 'string' && id.startsWith(idPrefix)) arrived(id, now(), group);
+    },
     { noAck: true },
   );
   process.once('disconnect', () => void model.close().catch(() => {}));
@@ -132,7 +136,7 @@ process.on('message', (request: TabsRequest) => {
       send({ op: 'opened', tabs: sockets.length });
     })().catch((error: unknown) => send({ op: 'problem', message: String(error) }));
   } else if (request.op === 'spy') {
-    spy(request.rabbitmqUrl, request.exchange, request.bindingKey, request.group).then(
+    spy(request).then(
       () => send({ op: 'spying' }),
       (error: unknown) => send({ op: 'problem', message: String(error) }),
     );

@@ -1,4 +1,5 @@
 import { PerformanceObserver } from 'node:perf_hooks';
+import { chunkBits } from '../../src/resolver/delivery-publisher.js';
 import { TenantView } from '../../src/resolver/tenant-view.js';
 import type { Audience } from '../../src/protocol/schemas.js';
 import { createLogger } from '../../src/shared/logger.js';
@@ -25,6 +26,8 @@ const NODE = 'gw-bench';
 const TEAMS = 10;
 const HASH_BATCH = 10_000;
 const PASSES = 3;
+// The recipients header's room with the default 128 KiB frame (DeliveryPublisher keeps 1 KiB for the rest).
+const NODE_HEADER_BUDGET = 127 * 1024;
 
 interface Sizes {
   users: number;
@@ -198,6 +201,20 @@ async function run(ctx: BenchContext): Promise<BenchResult> {
     // Best of a few passes: on a shared machine a pass can lose the CPU for milliseconds at a time.
     const passes = Array.from({ length: PASSES }, () => summarise(timed(measured, (a) => view.resolve(a))));
     const w = passes.reduce((a, b) => (b.p99 < a.p99 ? b : a));
+    // What the resolver does per event with node routing (the default): the bits, the nodes holding them,
+    // the recipients header (one frame's worth, as the delivery publisher splits it).
+    const byNode = (a: Audience): number => {
+      const bits = view.resolveBits(a);
+      view.online.nodesHolding(bits);
+      const chunks = chunkBits(bits, NODE_HEADER_BUDGET);
+      const serialised = chunks.map((chunk) => chunk.serialize('portable'));
+      for (const chunk of chunks) chunk.clear();
+      bits.clear();
+      return serialised.reduce((sum, b) => sum + b.length, 0);
+    };
+    for (const audience of warm) byNode(audience);
+    const nodePasses = Array.from({ length: PASSES }, () => summarise(timed(measured, byNode)));
+    const wn = nodePasses.reduce((a, b) => (b.p99 < a.p99 ? b : a));
     const warrenBits = timed(
       measured,
       (a) => view.resolveBits(a),
@@ -266,7 +283,11 @@ async function run(ctx: BenchContext): Promise<BenchResult> {
         {
           title: 'resolution time per event, same fixture, same audiences, same run',
           rows: [
-            row(`Warren: TenantView.resolve (roaring, routing keys), best of ${PASSES} passes`, w),
+            row(
+              `Warren, node routing (default): bits, their nodes, serialised recipients; best of ${PASSES} passes`,
+              wn,
+            ),
+            row(`Warren, user routing: TenantView.resolve (routing keys), best of ${PASSES} passes`, w),
             row('Warren: TenantView.resolveBits (roaring, bits only)', wb),
             row('(b) BITOP OR/AND + GET + decode in Node', b),
             row(`(a) BITOP OR/AND + Lua GETBIT loop (only ${sizes.luaEvents} events)`, l),
@@ -288,11 +309,15 @@ async function run(ctx: BenchContext): Promise<BenchResult> {
         },
       ],
       targets: [
-        { target: 'Warren resolve p99 ≤ 1 ms', value: `${fmt(w.p99)} ms`, met: w.p99 <= 1 },
         {
-          target: 'Warren ≥ 1,000× faster than (a), per event (p50 ÷ p50)',
-          value: `${fmt(l.p50 / w.p50)}× (p50 of (a) ÷ Warren p99: ${fmt(luaFactor)}×)`,
-          met: l.p50 / w.p50 >= 1000,
+          target: 'Warren resolve p99 ≤ 1 ms (node | user routing)',
+          value: `${fmt(wn.p99)} | ${fmt(w.p99)} ms`,
+          met: wn.p99 <= 1 && w.p99 <= 1,
+        },
+        {
+          target: 'Warren ≥ 1,000× faster than (a), per event (p50 ÷ p50; node | user routing)',
+          value: `${fmt(l.p50 / wn.p50)}× | ${fmt(l.p50 / w.p50)}× (p50 of (a) ÷ Warren p99: ${fmt(l.p50 / wn.p99)}× | ${fmt(luaFactor)}×)`,
+          met: l.p50 / wn.p50 >= 1000 && l.p50 / w.p50 >= 1000,
         },
       ],
       data: {
@@ -303,6 +328,8 @@ async function run(ctx: BenchContext): Promise<BenchResult> {
         meanRecipients,
         warren: w,
         warrenPasses: passes,
+        warrenByNode: wn,
+        warrenByNodePasses: nodePasses,
         warrenBits: wb,
         bitop: b,
         lua: l,

@@ -1,7 +1,10 @@
 import { once } from 'node:events';
 import amqp, { type Channel, type ConfirmChannel, type ConsumeMessage } from 'amqplib';
+import roaring from 'roaring';
 import { fmt } from './lib.js';
 import { sample, seededRandom, serviceCpu, serviceCpuColumns } from './support-warren.js';
+
+const { RoaringBitmap32 } = roaring;
 
 /**
  * Broker-only measurements for the throughput bench, with amqplib and nothing of Warren: the raw
@@ -64,6 +67,13 @@ export interface RoutingSizes {
   events: Record<number, number>;
 }
 
+const ROUTINGS = [
+  'nodes: one message per event to the queues holding recipients, bitmap',
+  'CC: one message per event, user keys',
+  'one message per recipient',
+] as const;
+const RATE_KEYS = ['nodes', 'cc', 'each'] as const;
+
 function keysOf(message: ConsumeMessage): string[] {
   const cc: unknown = message.properties.headers?.['CC'];
   const rest = Array.isArray(cc)
@@ -83,9 +93,11 @@ async function bindAll(channels: Channel[], bindings: [queue: string, exchange: 
 }
 
 /**
- * `queues` queues × `bindingsPerQueue` literal user keys on one topic exchange. Per recipients-per-event
- * figure, the same random recipient lists are published once as one message per event (CC) and once as one
- * message per recipient; consumers count the user-deliveries their queue's copies carry for their users.
+ * `queues` queues × `bindingsPerQueue` literal user keys (plus one node key each) on one topic exchange.
+ * Per recipients-per-event figure, the same random recipient lists are published as one message per event
+ * to the node keys of the queues holding recipients (recipients as a bitmap), as one message per event with
+ * the user keys in CC, and as one message per recipient; consumers count the user-deliveries their queue's
+ * copies carry for their users.
  */
 export async function ccVersusPerRecipient(url: string, prefix: string, sizes: RoutingSizes) {
   const exchange = `${prefix}.cc`;
@@ -101,6 +113,7 @@ export async function ccVersusPerRecipient(url: string, prefix: string, sizes: R
     const bindings: [string, string, string][] = [];
     for (let q = 0; q < sizes.queues; q += 1) {
       await setup.assertQueue(queueName(q), { durable: false });
+      await setup.bindQueue(queueName(q), exchange, `n.q${q}`);
       for (let j = 0; j < sizes.bindingsPerQueue; j += 1)
         bindings.push([queueName(q), exchange, userKey(q, j)]);
     }
@@ -117,9 +130,15 @@ export async function ccVersusPerRecipient(url: string, prefix: string, sizes: R
       const consumer = await sub.createChannel();
       await consumer.prefetch(PREFETCH);
       const mine = `u.t.q${q}x`;
+      const [from, to] = [q * sizes.bindingsPerQueue, (q + 1) * sizes.bindingsPerQueue];
       await consumer.consume(queueName(q), (m) => {
         if (!m) return;
-        for (const key of keysOf(m)) if (key.startsWith(mine)) counted += 1;
+        const bits: unknown = m.properties.headers?.['x-warren-recipients'];
+        if (Buffer.isBuffer(bits)) {
+          counted += RoaringBitmap32.deserialize(bits, 'portable').rangeCardinality(from, to);
+        } else {
+          for (const key of keysOf(m)) if (key.startsWith(mine)) counted += 1;
+        }
         consumer.ack(m);
         if (counted >= target) reached();
       });
@@ -129,30 +148,41 @@ export async function ccVersusPerRecipient(url: string, prefix: string, sizes: R
     const users = sizes.queues * sizes.bindingsPerQueue;
     const body = Buffer.from('{"n":0}');
     for (const [perEvent, events] of Object.entries(sizes.events).map(([k, v]) => [Number(k), v] as const)) {
-      const lists = Array.from({ length: events }, () =>
-        sample(random, users, perEvent).map((u) =>
-          userKey(Math.floor(u / sizes.bindingsPerQueue), u % sizes.bindingsPerQueue),
-        ),
+      const samples = Array.from({ length: events }, () => sample(random, users, perEvent));
+      const lists = samples.map((list) =>
+        list.map((u) => userKey(Math.floor(u / sizes.bindingsPerQueue), u % sizes.bindingsPerQueue)),
       );
-      for (const routing of ['CC, one message per event', 'one message per recipient'] as const) {
-        const cc = routing.startsWith('CC');
-        const messages = cc ? events : events * perEvent;
+      // What a resolver does per event in node routing: the queues holding recipients, the bitmap.
+      const byNode = samples.map((list) => ({
+        nodes: [...new Set(list.map((u) => `n.q${Math.floor(u / sizes.bindingsPerQueue)}`))],
+        bits: Buffer.from(new RoaringBitmap32(list).serialize('portable')),
+      }));
+      for (const [r, routing] of ROUTINGS.entries()) {
+        const variant = RATE_KEYS[r] as (typeof RATE_KEYS)[number];
+        const messages = variant === 'each' ? events * perEvent : events;
         counted = 0;
         target = events * perEvent;
         const all = new Promise<void>((resolve) => (reached = resolve));
         const services = await serviceCpu();
         const started = performance.now();
         await publishAll(channel, messages, (i) => {
-          const list = lists[cc ? i : Math.floor(i / perEvent)] as string[];
           const options = { messageId: `e${i}`, type: 'bench', headers: { 'x-warren-tenant': 't' } };
-          if (!cc) return channel.publish(exchange, list[i % perEvent] as string, body, options);
+          if (variant === 'nodes') {
+            const { nodes, bits } = byNode[i] as { nodes: string[]; bits: Buffer };
+            const headers = { ...options.headers, 'x-warren-recipients': bits };
+            const cc = nodes.length > 1 ? { CC: nodes.slice(1) } : {};
+            return channel.publish(exchange, nodes[0] as string, body, { ...options, headers, ...cc });
+          }
+          const list = lists[variant === 'cc' ? i : Math.floor(i / perEvent)] as string[];
+          if (variant === 'each')
+            return channel.publish(exchange, list[i % perEvent] as string, body, options);
           return channel.publish(exchange, list[0] as string, body, { ...options, CC: list.slice(1) });
         });
         await all;
         const ms = performance.now() - started;
         const cpu = serviceCpuColumns(services, await serviceCpu(), ms);
         const rate = target / (ms / 1000);
-        rates[`${cc ? 'cc' : 'each'}-${perEvent}`] = rate;
+        rates[`${variant}-${perEvent}`] = rate;
         rows.push({
           routing,
           'recipients/event': perEvent,

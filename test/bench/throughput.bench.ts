@@ -27,9 +27,11 @@ import {
  * User-deliveries/s end to end: events published with the publisher SDK, one resolver draining them, 2–4
  * in-process gateways, one `ws` tab per user (in the client child process), counted until every tab has
  * every event.
- * Warren (one message per event, recipients in CC) against the same resolver configured to publish one
- * message per recipient (resolver.maxRecipientsPerMessage = 1), against the broker's raw publish → consume
- * rate, and CC against per-recipient routing at the broker alone. Every figure of a table comes from the same run.
+ * Warren (one message per event routed to the nodes holding recipients, recipients as a bitmap) against the
+ * same resolver configured for user routing (recipients' keys in CC: resolver.routing = users) and for one
+ * message per recipient (user routing, resolver.maxRecipientsPerMessage = 1), against the broker's raw
+ * publish → consume rate, and CC against per-recipient routing at the broker alone. Every figure of a table
+ * comes from the same run.
  */
 
 interface Sizes {
@@ -60,7 +62,8 @@ const QUICK: Sizes = {
 };
 
 const VARIANTS = {
-  warren: 'Warren: one message per event, CC',
+  warren: 'Warren: one message per event to its nodes, bitmap',
+  cc: 'user routing: one message per event, user keys in CC',
   each: 'one message per recipient',
 } as const;
 type Variant = keyof typeof VARIANTS;
@@ -108,8 +111,12 @@ async function endToEnd(ctx: BenchContext, prefix: string, sizes: Sizes, fleet: 
   const logger = createLogger(config.log.level);
   const starters: Record<Variant, StartResolver> = {
     warren: () => startResolver(config, { logger }),
-    // The same resolver, configured to send one message per recipient (routing key only, no CC).
-    each: () => startResolver(benchConfig(ctx, prefix, {}, { maxRecipientsPerMessage: 1 }), { logger }),
+    cc: () => startResolver(benchConfig(ctx, prefix, {}, { routing: 'users' }), { logger }),
+    // The same resolver, configured to send one message per recipient (its key as routing key, no CC).
+    each: () =>
+      startResolver(benchConfig(ctx, prefix, {}, { routing: 'users', maxRecipientsPerMessage: 1 }), {
+        logger,
+      }),
   };
   const gateways: Gateway[] = [];
   const publisher = await WarrenPublisher.connect({
@@ -123,7 +130,7 @@ async function endToEnd(ctx: BenchContext, prefix: string, sizes: Sizes, fleet: 
     const teams = await setUp(config, sizes, fleet, gateways);
     for (let round = 1; round <= sizes.rounds; round += 1) {
       // Alternate which variant goes first, so drift in the machine's load does not favour one.
-      const order: Variant[] = round % 2 === 1 ? ['warren', 'each'] : ['each', 'warren'];
+      const order: Variant[] = round % 2 === 1 ? ['warren', 'cc', 'each'] : ['each', 'cc', 'warren'];
       for (const [size, events] of Object.entries(sizes.events).map(([k, v]) => [Number(k), v] as const)) {
         for (const variant of order) {
           const tag = `${variant}-${size}-${round}`;
@@ -169,6 +176,7 @@ async function run(ctx: BenchContext): Promise<BenchResult> {
       const each = best(e2e, 'each', size);
       for (const [variant, r] of [
         ['warren', warren],
+        ['cc', best(e2e, 'cc', size)],
         ['each', each],
       ] as const) {
         rows.push({
@@ -196,8 +204,8 @@ async function run(ctx: BenchContext): Promise<BenchResult> {
         met: e2e.every((r) => r.size !== size || r.run.extra === 0),
       });
     }
-    const ccRatio = (n: number): string =>
-      fmt((routing.rates[`cc-${n}`] ?? NaN) / (routing.rates[`each-${n}`] ?? NaN));
+    const brokerRatio = (variant: string, n: number): string =>
+      fmt((routing.rates[`${variant}-${n}`] ?? NaN) / (routing.rates[`each-${n}`] ?? NaN));
     return {
       tables: [
         {
@@ -216,7 +224,7 @@ async function run(ctx: BenchContext): Promise<BenchResult> {
           rows,
         },
         {
-          title: `broker alone: topic exchange, ${sizes.routing.queues} queues × ${sizes.routing.bindingsPerQueue} literal user keys (bound in ${fmt(routing.bindSeconds)} s); CC ÷ per-recipient: ${ccRatio(10)}× at 10, ${ccRatio(100)}× at 100 recipients/event`,
+          title: `broker alone: topic exchange, ${sizes.routing.queues} queues × ${sizes.routing.bindingsPerQueue} literal user keys (bound in ${fmt(routing.bindSeconds)} s); ÷ per-recipient: nodes ${brokerRatio('nodes', 10)}×, CC ${brokerRatio('cc', 10)}× at 10, nodes ${brokerRatio('nodes', 100)}×, CC ${brokerRatio('cc', 100)}× at 100 recipients/event`,
           rows: routing.rows,
         },
         {
@@ -238,7 +246,8 @@ async function run(ctx: BenchContext): Promise<BenchResult> {
 
 const bench: Bench = {
   name: 'throughput',
-  description: 'user-deliveries/s through resolver and gateways: CC routing vs one message per recipient',
+  description:
+    'user-deliveries/s through resolver and gateways: node routing, user routing (CC), one message per recipient',
   run,
 };
 export default bench;
