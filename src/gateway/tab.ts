@@ -1,4 +1,5 @@
 import type { WebSocket } from 'uWebSockets.js';
+import { CloseCode } from '../protocol/close-codes.js';
 import { userKey } from '../protocol/ids.js';
 import type { Identity } from './auth.js';
 import type { RegisteredTab } from './registry.js';
@@ -29,11 +30,14 @@ export class Tab implements RegisteredTab {
   closed = false;
   badFrames = 0;
   timer: NodeJS.Timeout | undefined;
-  private outgoing: Uint8Array | string = '';
-  private readonly sendOutgoing = (): void => {
-    this.ws.send(this.outgoing, false);
-    // uWS has copied it; a large payload must not stay referenced by every tab until its next frame.
-    this.outgoing = '';
+  /** Frames written in this turn, sent together at its end (see `Tab.write`). */
+  private pending: (Uint8Array | string)[] = [];
+  private pendingBytes = 0;
+  private readonly sendPending = (): void => {
+    for (const frame of this.pending) this.ws.send(frame, false);
+    // uWS has copied them; a large payload must not stay referenced by every tab until its next frame.
+    this.pending = [];
+    this.pendingBytes = 0;
   };
 
   constructor(
@@ -50,19 +54,25 @@ export class Tab implements RegisteredTab {
   }
 
   /**
-   * Writes a text frame. A tab whose unsent bytes pass the limit is closed with `tooSlowCode` rather than
-   * buffered further: one slow tab must not grow the node's memory or hold up other tabs.
+   * Queues a text frame; it is sent at the end of the current turn with the others queued for this tab,
+   * under one cork, so several events for a tab in one turn (one read from the broker holds many) cost one
+   * socket write instead of one each. A tab whose unsent bytes then pass the limit is closed with
+   * `tooSlowCode` rather than buffered further: one slow tab must not grow the node's memory or hold up
+   * other tabs. Returns false when the tab is closed.
    */
   write(frame: Uint8Array | string, tooSlowCode: number): boolean {
     if (this.closed) return false;
-    // One bound callback per tab rather than a closure per frame: this runs for every frame of every tab.
-    this.outgoing = frame;
-    this.ws.cork(this.sendOutgoing);
-    if (this.ws.getBufferedAmount() > this.limits.maxBackpressureBytes) {
-      this.end(tooSlowCode, 'too slow');
-      return false;
-    }
+    if (this.pending.length === 0) outbox.add(this, tooSlowCode);
+    this.pending.push(frame);
+    this.pendingBytes += typeof frame === 'string' ? Buffer.byteLength(frame) : frame.byteLength;
     return true;
+  }
+
+  /** Sends what `write` queued (called by the outbox at the end of the turn, and before a close). */
+  flush(tooSlowCode: number): void {
+    if (this.closed || this.pending.length === 0) return;
+    this.ws.cork(this.sendPending);
+    if (this.ws.getBufferedAmount() > this.limits.maxBackpressureBytes) this.end(tooSlowCode, 'too slow');
   }
 
   /**
@@ -70,12 +80,18 @@ export class Tab implements RegisteredTab {
    * limit (frames a writer holds back for the tab count as unsent).
    */
   wouldOverflow(pending: number): boolean {
-    return !this.closed && this.ws.getBufferedAmount() + pending > this.limits.maxBackpressureBytes;
+    return (
+      !this.closed &&
+      this.ws.getBufferedAmount() + this.pendingBytes + pending > this.limits.maxBackpressureBytes
+    );
   }
 
-  /** Closes with a code (idempotent). */
+  /** Closes with a code (idempotent). Frames queued in this turn go first, unless the tab is too slow. */
   end(code: number, reason: string): void {
     if (this.closed) return;
+    if (code !== CloseCode.TooSlow && this.pending.length > 0) this.ws.cork(this.sendPending);
+    this.pending = [];
+    this.pendingBytes = 0;
     this.closed = true;
     clearTimeout(this.timer);
     this.onGatewayClose(code);
@@ -85,6 +101,31 @@ export class Tab implements RegisteredTab {
   /** Marks the socket gone (its close handler ran). */
   markClosed(): void {
     this.closed = true;
+    this.pending = [];
+    this.pendingBytes = 0;
     clearTimeout(this.timer);
   }
 }
+
+/**
+ * The tabs with frames queued in this turn. Flushed in a microtask: after the synchronous work that queued
+ * them (amqplib hands over every delivery of one socket read in one go), before any I/O of the next turn.
+ */
+class Outbox {
+  private readonly tabs = new Map<Tab, number>();
+  private scheduled = false;
+  private readonly flush = (): void => {
+    this.scheduled = false;
+    for (const [tab, tooSlowCode] of this.tabs) tab.flush(tooSlowCode);
+    this.tabs.clear();
+  };
+
+  add(tab: Tab, tooSlowCode: number): void {
+    this.tabs.set(tab, tooSlowCode);
+    if (this.scheduled) return;
+    this.scheduled = true;
+    queueMicrotask(this.flush);
+  }
+}
+
+const outbox = new Outbox();
