@@ -4,6 +4,76 @@ import type { Logger } from '../shared/logger.js';
 import type { BrokerConnection } from './connection.js';
 
 /**
+ * Acks of one channel, sent at the end of the turn they were made in: the longest run of settled messages
+ * at the head of the window as one `multiple` ack, each settled message behind a still-unsettled one
+ * singly (so a slow message never holds the prefetch window shut). A broker read of a hundred deliveries
+ * settled in one go costs one ack frame instead of a hundred.
+ */
+class AckBatcher {
+  /** Delivery tags received and not yet acked, in the order received (ascending). */
+  private readonly window: { tag: number; done: boolean }[] = [];
+  private readonly byTag = new Map<number, { tag: number; done: boolean }>();
+  private scheduled = false;
+  private readonly flush = (): void => {
+    this.scheduled = false;
+    try {
+      this.send();
+    } catch {
+      // The channel closed in this turn: the broker requeues whatever it had not been told about.
+    }
+  };
+
+  private send(): void {
+    let head: number | undefined;
+    while (this.window.length > 0 && (this.window[0] as { done: boolean }).done) {
+      head = (this.window.shift() as { tag: number }).tag;
+      this.byTag.delete(head);
+    }
+    if (head !== undefined) this.channel.ack(tagged(head), true);
+    for (const entry of this.window) {
+      if (!entry.done) continue;
+      this.channel.ack(tagged(entry.tag));
+      this.byTag.delete(entry.tag);
+    }
+    if (this.byTag.size < this.window.length) {
+      const open = this.window.filter((e) => !e.done);
+      this.window.length = 0;
+      this.window.push(...open);
+    }
+  }
+
+  constructor(private readonly channel: Channel) {}
+
+  received(tag: number): void {
+    const entry = { tag, done: false };
+    this.window.push(entry);
+    this.byTag.set(tag, entry);
+  }
+
+  ack(tag: number): void {
+    const entry = this.byTag.get(tag);
+    if (!entry) return;
+    entry.done = true;
+    if (this.scheduled) return;
+    this.scheduled = true;
+    queueMicrotask(this.flush);
+  }
+
+  /** A message nacked (requeued or rejected) on its own: it leaves the window. */
+  forget(tag: number): void {
+    const entry = this.byTag.get(tag);
+    if (!entry) return;
+    this.byTag.delete(tag);
+    this.window.splice(this.window.indexOf(entry), 1);
+  }
+}
+
+/** amqplib acks by the message's delivery tag only. */
+function tagged(deliveryTag: number): ConsumeMessage {
+  return { fields: { deliveryTag } } as ConsumeMessage;
+}
+
+/**
  * A message together with the channel it came on. Delivery tags are channel-scoped: acking a tag from a
  * channel that died on a reconnect would, on the new channel, be a protocol error, so settling a message
  * whose channel is gone is a no-op (the broker has already requeued it).
@@ -15,28 +85,34 @@ export class Delivery {
     readonly message: ConsumeMessage,
     private readonly channel: Channel,
     private readonly isCurrent: (channel: Channel) => boolean,
-  ) {}
+    private readonly acks: AckBatcher,
+  ) {
+    acks.received(message.fields.deliveryTag);
+  }
 
   get live(): boolean {
     return !this.settled && this.isCurrent(this.channel);
   }
 
+  /** Acked at the end of the turn, with the other acks of the channel made in it. */
   ack(): void {
     if (!this.live) return;
     this.settled = true;
-    this.channel.ack(this.message);
+    this.acks.ack(this.message.fields.deliveryTag);
   }
 
   /** Rejects without requeue: the queue's dead-letter exchange takes it. */
   reject(): void {
     if (!this.live) return;
     this.settled = true;
+    this.acks.forget(this.message.fields.deliveryTag);
     this.channel.nack(this.message, false, false);
   }
 
   requeue(): void {
     if (!this.live) return;
     this.settled = true;
+    this.acks.forget(this.message.fields.deliveryTag);
     this.channel.nack(this.message, false, true);
   }
 }
@@ -76,6 +152,7 @@ export class Consumer {
     await channel.prefetch(this.options.prefetch);
     this.channel = channel;
     const isCurrent = (c: Channel): boolean => c === this.channel;
+    const acks = new AckBatcher(channel);
     const reply = await channel.consume(
       this.options.queue,
       (message) => {
@@ -84,7 +161,7 @@ export class Consumer {
           return;
         }
         try {
-          this.handle(new Delivery(message, channel, isCurrent));
+          this.handle(new Delivery(message, channel, isCurrent, acks));
         } catch (error) {
           this.logger.error({ err: errorMessage(error) }, 'delivery handler threw');
         }

@@ -1,0 +1,79 @@
+import amqp, { type Channel, type ChannelModel } from 'amqplib';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { inject } from 'vitest';
+import { BrokerConnection } from '../../src/broker/connection.js';
+import { Consumer, type Delivery } from '../../src/broker/consumer.js';
+import { silentLogger } from '../../src/shared/logger.js';
+import { eventually, testPrefix } from '../support/harness.js';
+
+// Acks are batched per turn (one `multiple` ack for the settled head of the window, single acks behind a
+// message still in progress). Against the real broker: a double or unknown ack would close the channel
+// (PRECONDITION_FAILED), a lost ack would show as a redelivery once the channel goes.
+
+describe('consumer acks', () => {
+  const queue = `${testPrefix('acks')}.q`;
+  let model: ChannelModel;
+  let admin: Channel;
+
+  beforeAll(async () => {
+    model = await amqp.connect(inject('rabbitmqUrl'));
+    admin = await model.createChannel();
+    await admin.assertQueue(queue, { durable: false });
+  });
+  afterAll(async () => {
+    await admin.deleteQueue(queue);
+    await model.close();
+  });
+
+  async function consume(prefetch: number, handle: (d: Delivery) => void) {
+    const broker = new BrokerConnection(
+      {
+        url: inject('rabbitmqUrl'),
+        frameMax: 131_072,
+        heartbeatSec: 10,
+        reconnectBaseMs: 100,
+        reconnectCapMs: 1000,
+        connectionName: 'warren-test-acks',
+      },
+      silentLogger(),
+    );
+    const errors: string[] = [];
+    broker.on('disconnected', () => errors.push('disconnected'));
+    const consumer = new Consumer(broker, { queue, prefetch }, handle, silentLogger());
+    await consumer.start();
+    await broker.start();
+    return { broker, consumer, errors };
+  }
+
+  const publish = (n: number) => {
+    for (let i = 0; i < n; i += 1) admin.sendToQueue(queue, Buffer.from(String(i)));
+  };
+
+  it('keeps the window moving past a message still in progress, and settles each message exactly once', async () => {
+    const received: Delivery[] = [];
+    const held: Delivery[] = [];
+    const { broker, consumer, errors } = await consume(4, (d) => {
+      received.push(d);
+      const n = Number(d.message.content.toString());
+      if (n === 1) held.push(d);
+      else if (n === 5 && !d.message.fields.redelivered) d.requeue();
+      else d.ack();
+    });
+    publish(30);
+    // With a prefetch of 4, all 30 arrive only if the acks behind message 1 reach the broker.
+    await eventually(() => received.length >= 31, 'every message, and message 5 again after its requeue');
+    held[0]?.ack();
+    await eventually(async () => (await admin.checkQueue(queue)).messageCount === 0, 'queue empty');
+    // Closing the channel would requeue anything not acked: nothing comes back.
+    await consumer.close();
+    await broker.close();
+    const { messageCount } = await admin.checkQueue(queue);
+    expect(messageCount).toBe(0);
+    expect(errors).toEqual([]);
+    const redelivered = received
+      .filter((d) => d.message.fields.redelivered)
+      .map((d) => d.message.content.toString());
+    expect(redelivered).toEqual(['5']);
+    expect(received).toHaveLength(31);
+  });
+});
