@@ -47,7 +47,7 @@ interface Sizes {
 const FULL: Sizes = {
   gateways: 4,
   users: 1000,
-  events: { 10: 3000, 100: 400 },
+  events: { 10: 10_000, 100: 1000 },
   rounds: 2,
   rawMessages: 50_000,
   routing: { queues: 4, bindingsPerQueue: 5000, events: { 10: 5000, 100: 500 } },
