@@ -79,6 +79,10 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
     const { reconnectBaseMs, reconnectCapMs } = this.options;
     this.recovering = await amqp.connect(url.toString(), {
       clientProperties: { connection_name: this.options.connectionName },
+      // amqplib leaves Nagle's algorithm on: a small frame written while an earlier one is unacknowledged
+      // waits for the broker's delayed ACK. Under load that added 20–40 ms to every hop (measured: publish →
+      // consume p50 23 ms with it, 1.4 ms without, with the claim-check bench's fan-out running).
+      noDelay: true,
       recovery: {
         waitForConnect: false,
         maxRetries: Infinity,
