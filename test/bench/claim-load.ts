@@ -35,16 +35,18 @@ class Arrivals {
 
   constructor(stack: ClaimStack) {
     this.stops = [
-      stack.services.onReport((report) => {
-        if (report.op === 'sent') {
-          report.ids.forEach((id, i) => this.sentAt.set(id, report.at[i] as number));
-          const early = this.early;
-          this.early = [];
-          for (const e of early) this.arrived(e.id, e.at, e.group);
-        } else if (report.op === 'problem') {
-          this.problems.push(report.message);
-        }
-      }),
+      ...[stack.services, stack.desk].map((service) =>
+        service.onReport((report) => {
+          if (report.op === 'sent') {
+            report.ids.forEach((id, i) => this.sentAt.set(id, report.at[i] as number));
+            const early = this.early;
+            this.early = [];
+            for (const e of early) this.arrived(e.id, e.at, e.group);
+          } else if (report.op === 'problem') {
+            this.problems.push(report.message);
+          }
+        }),
+      ),
       stack.onTabs((report) => {
         if (report.op === 'done') {
           this.done.set(report.id, report.at);
@@ -190,7 +192,7 @@ export async function drive(
   try {
     const fetches0 = await stack.gatewayFetches();
     const tap0 = await stack.tapReads();
-    stack.services.send({ op: 'small', mode, tag, everyMs: SMALL_EVERY_MS });
+    stack.desk.send({ op: 'small', mode, tag, everyMs: SMALL_EVERY_MS });
     const started = now();
     const publishLarge = (): void => {
       const id = `L-${tag}-${ids.length}`;
@@ -200,7 +202,7 @@ export async function drive(
     await pace(plan, started, publishLarge, arrivals);
     const allDone = () => ids.every((id) => arrivals.done.has(id)) || arrivals.problems.length > 0;
     await waitFor(allDone, 'large events', 60_000);
-    const { count } = await stack.services.ask({ op: 'stopSmall' }, 'smallStopped');
+    const { count } = await stack.desk.ask({ op: 'stopSmall' }, 'smallStopped');
     const expected = count * smallRecipients;
     await waitFor(() => arrivals.smallCount >= expected, 'small events', 10_000).catch(() => {});
     arrivals.check();

@@ -15,6 +15,8 @@ export type ServicesRequest =
       prefix: string;
       tenantId: string;
       thresholds: Record<Mode, number>;
+      /** Start the Redis taps the gateways read through (one service of the bench holds them). */
+      taps: boolean;
     }
   | { op: 'members'; teams: { userId: string; teamId: string }[] }
   | { op: 'publish'; mode: Mode; id: string; team: string; size: number }
@@ -78,7 +80,8 @@ async function handle(request: ServicesRequest): Promise<void> {
   switch (request.op) {
     case 'start': {
       tenantId = request.tenantId;
-      taps = [await RedisTap.start(request.redisUrl), await RedisTap.start(request.redisUrl)];
+      if (request.taps)
+        taps = [await RedisTap.start(request.redisUrl), await RedisTap.start(request.redisUrl)];
       const connect = (claimCheckBytes: number) => WarrenPublisher.connect({ ...request, claimCheckBytes });
       publishers = {
         inline: await connect(request.thresholds.inline),

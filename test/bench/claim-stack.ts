@@ -94,6 +94,8 @@ export class ClaimStack {
     readonly prefix: string,
     readonly gateways: Gateway[],
     readonly services: ServicesChild,
+    /** The service publishing the small events: not the one serialising megabytes. */
+    readonly desk: ServicesChild,
     private readonly resolver: Child<ResolverRequest, ResolverReport>,
     private readonly tabs: TabsChild[],
     readonly broker: ChannelModel,
@@ -113,10 +115,16 @@ export class ClaimStack {
       claimCheck: { bytes: NEVER },
     });
     const services: ServicesChild = new Child('./claim-services.ts');
-    const { tapPorts } = await services.ask(
-      { op: 'start', ...ctx, prefix, tenantId: TENANT, thresholds: { inline: NEVER, claim: ALWAYS } },
-      'started',
-    );
+    const start = {
+      op: 'start',
+      ...ctx,
+      prefix,
+      tenantId: TENANT,
+      thresholds: { inline: NEVER, claim: ALWAYS },
+    };
+    const { tapPorts } = await services.ask({ ...start, op: 'start', taps: true }, 'started');
+    const desk: ServicesChild = new Child('./claim-services.ts');
+    await desk.ask({ ...start, op: 'start', taps: false }, 'started');
     const gateways: Gateway[] = [];
     for (const tapPort of tapPorts) {
       const config = loadConfig({ env: {}, overrides: overrides(viaTap(ctx.redisUrl, tapPort)) });
@@ -149,6 +157,7 @@ export class ClaimStack {
       prefix,
       gateways,
       services,
+      desk,
       resolver,
       tabs,
       await amqp.connect(ctx.rabbitmqUrl),
@@ -156,6 +165,18 @@ export class ClaimStack {
     );
     await (tabs[0] as TabsChild).ask({ op: 'open', tabs: audience }, 'opened');
     await (tabs[1] as TabsChild).ask({ op: 'open', tabs: bystanders }, 'opened');
+    // Small events as the services' publishes reach the broker: the first hop, before any resolver.
+    await (tabs[1] as TabsChild).ask(
+      {
+        op: 'spy',
+        rabbitmqUrl: ctx.rabbitmqUrl,
+        exchange: `${prefix}.events`,
+        bindingKey: '#',
+        idPrefix: 'S-',
+        group: 'published',
+      },
+      'spying',
+    );
     // Small events as they leave the broker for the gateways: what the gateways' own work cannot delay.
     await (tabs[1] as TabsChild).ask(
       {
@@ -202,6 +223,7 @@ export class ClaimStack {
     await this.resolver.ask({ op: 'close' }, 'closed').catch(() => {});
     await Promise.all(this.gateways.map((g) => g.close()));
     await this.services.ask({ op: 'close' }, 'closed').catch(() => {});
+    await this.desk.ask({ op: 'close' }, 'closed').catch(() => {});
     const channel = await this.broker.createChannel();
     channel.on('error', () => {});
     for (const q of [`${this.prefix}.resolver`, `${this.prefix}.dead`, ...this.gateways.map((g) => g.queue)])
