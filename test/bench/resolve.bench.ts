@@ -262,8 +262,8 @@ async function run(ctx: BenchContext): Promise<BenchResult> {
       'p50 ms': fmt(s.p50),
       'p99 ms': fmt(s.p99),
       'mean ms': fmt(s.mean),
-      'p50 ÷ Warren p50': fmt(s.p50 / w.p50),
-      'p50 ÷ Warren p99': fmt(s.p50 / w.p99),
+      'p50 ÷ Warren (node routing) p50': fmt(s.p50 / wn.p50),
+      'p50 ÷ Warren (node routing) p99': fmt(s.p50 / wn.p99),
     });
     const luaFactor = l.p50 / w.p99;
     return {
