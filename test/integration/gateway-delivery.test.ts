@@ -16,37 +16,44 @@ import {
   type TestTab,
 } from '../support/harness.js';
 
-describe('delivery path over two gateway nodes', () => {
-  let prefix: string;
-  let gateways: Gateway[] = [];
-  let tabs: TestTab[] = [];
-  let probe: BrokerProbe;
-
+/** Two gateway nodes on a fresh prefix per test, tabs opened on either, everything removed afterwards. */
+function twoNodes(name: string) {
+  const state = {
+    prefix: '',
+    gateways: [] as Gateway[],
+    tabs: [] as TestTab[],
+    probe: undefined as unknown as BrokerProbe,
+  };
   beforeEach(async () => {
-    prefix = testPrefix('delivery');
-    const config = testConfig(prefix);
-    gateways = [await startTestGateway(config), await startTestGateway(config)];
-    probe = await BrokerProbe.open();
+    state.prefix = testPrefix(name);
+    const config = testConfig(state.prefix);
+    state.gateways = [await startTestGateway(config), await startTestGateway(config)];
+    state.probe = await BrokerProbe.open();
   });
-
   afterEach(async () => {
-    for (const tab of tabs) tab.ws.terminate();
-    tabs = [];
-    await Promise.all(gateways.map((g) => g.close()));
-    await probe.deleteExchangesAndQueues(
-      prefix,
-      gateways.map((g) => g.queue),
+    for (const tab of state.tabs) tab.ws.terminate();
+    state.tabs = [];
+    await Promise.all(state.gateways.map((g) => g.close()));
+    await state.probe.deleteExchangesAndQueues(
+      state.prefix,
+      state.gateways.map((g) => g.queue),
     );
-    await probe.close();
+    await state.probe.close();
   });
-
-  async function open(node: number, tid: string, sub: string): Promise<TestTab> {
-    const gateway = gateways[node];
+  const open = async (node: number, tid: string, sub: string): Promise<TestTab> => {
+    const gateway = state.gateways[node];
     if (!gateway) throw new Error('no such node');
     const tab = await openTab(gateway.port, await token({ sub, tid }));
-    tabs.push(tab);
+    state.tabs.push(tab);
     return tab;
-  }
+  };
+  return { state, open };
+}
+
+describe('delivery path over two gateway nodes', () => {
+  const { state, open } = twoNodes('delivery');
+  const deliver: BrokerProbe['deliver'] = (...args) => state.probe.deliver(...args);
+  const prefix = () => state.prefix;
 
   it('writes a delivery to exactly the addressed users’ tabs, once each, on whichever node they are', async () => {
     const a1 = await open(0, 't1', 'A');
@@ -56,14 +63,14 @@ describe('delivery path over two gateway nodes', () => {
     const otherTenantA = await open(1, 't2', 'A');
     const all = [a1, a2, a3, b, otherTenantA];
 
-    await probe.deliver(prefix, ['u.t1.A'], { id: 'e1', tenantId: 't1', data: { n: 1 } });
+    await deliver(prefix(), ['u.t1.A'], { id: 'e1', tenantId: 't1', data: { n: 1 } });
     await eventually(() => [a1, a2, a3].every((t) => t.eventIds().includes('e1')), 'A’s three tabs get e1');
 
-    await probe.deliver(prefix, ['u.t1.A', 'u.t1.B'], { id: 'e2', tenantId: 't1', data: { n: 2 } });
+    await deliver(prefix(), ['u.t1.A', 'u.t1.B'], { id: 'e2', tenantId: 't1', data: { n: 2 } });
     await eventually(() => [a1, a2, a3, b].every((t) => t.eventIds().includes('e2')), 'A and B get e2');
 
     // A marker event to t2's A, sent last: once it has arrived, anything misrouted earlier would have too.
-    await probe.deliver(prefix, ['u.t2.A'], { id: 'marker', tenantId: 't2' });
+    await deliver(prefix(), ['u.t2.A'], { id: 'marker', tenantId: 't2' });
     await eventually(() => otherTenantA.eventIds().includes('marker'), 't2 A gets the marker');
 
     expect(a1.eventIds()).toEqual(['e1', 'e2']);
@@ -79,8 +86,8 @@ describe('delivery path over two gateway nodes', () => {
     const victim = await open(0, 't2', 'A');
     const a = await open(0, 't1', 'A');
     // A (buggy or hostile) delivery of tenant t1 that names a t2 user among its recipients.
-    await probe.deliver(prefix, ['u.t1.A', 'u.t2.A'], { id: 'leak', tenantId: 't1' });
-    await probe.deliver(prefix, ['u.t2.A'], { id: 'marker', tenantId: 't2' });
+    await deliver(prefix(), ['u.t1.A', 'u.t2.A'], { id: 'leak', tenantId: 't1' });
+    await deliver(prefix(), ['u.t2.A'], { id: 'marker', tenantId: 't2' });
     await eventually(
       () => victim.eventIds().includes('marker') && a.eventIds().includes('leak'),
       'deliveries',
@@ -90,51 +97,29 @@ describe('delivery path over two gateway nodes', () => {
 
   it('does not write the same event twice to a user when it is delivered again', async () => {
     const a = await open(0, 't1', 'A');
-    await probe.deliver(prefix, ['u.t1.A'], { id: 'once', tenantId: 't1' });
-    await probe.deliver(prefix, ['u.t1.A'], { id: 'once', tenantId: 't1' });
-    await probe.deliver(prefix, ['u.t1.A'], { id: 'after', tenantId: 't1' });
+    await deliver(prefix(), ['u.t1.A'], { id: 'once', tenantId: 't1' });
+    await deliver(prefix(), ['u.t1.A'], { id: 'once', tenantId: 't1' });
+    await deliver(prefix(), ['u.t1.A'], { id: 'after', tenantId: 't1' });
     await eventually(() => a.eventIds().includes('after'), 'marker');
     expect(a.eventIds()).toEqual(['once', 'after']);
   });
 });
 
 describe('node-routed deliveries (recipients as bits of the tenant id map)', () => {
-  let prefix: string;
-  let gateways: Gateway[] = [];
-  let tabs: TestTab[] = [];
-  let probe: BrokerProbe;
+  const { state, open } = twoNodes('bydelivery');
+  const deliver: BrokerProbe['deliver'] = (...args) => state.probe.deliver(...args);
+  const prefix = () => state.prefix;
   let redis: Redis;
-
-  beforeEach(async () => {
-    prefix = testPrefix('bydelivery');
-    const config = testConfig(prefix);
-    gateways = [await startTestGateway(config), await startTestGateway(config)];
-    probe = await BrokerProbe.open();
+  beforeEach(() => {
     redis = new Redis(inject('redisUrl'));
   });
-
   afterEach(async () => {
-    for (const tab of tabs) tab.ws.terminate();
-    tabs = [];
-    await Promise.all(gateways.map((g) => g.close()));
-    await probe.deleteExchangesAndQueues(
-      prefix,
-      gateways.map((g) => g.queue),
-    );
-    await probe.close();
     await redis.quit();
   });
 
-  async function open(node: number, tid: string, sub: string): Promise<TestTab> {
-    const gateway = gateways[node] as Gateway;
-    const tab = await openTab(gateway.port, await token({ sub, tid }));
-    tabs.push(tab);
-    return tab;
-  }
-
   /** The user's bit, as the gateway announced it online. */
   async function bitOf(tenantId: string, userId: string): Promise<number> {
-    const bit = await redis.hget(new Keys(prefix).ids(tenantId), userId);
+    const bit = await redis.hget(new Keys(prefix()).ids(tenantId), userId);
     if (bit === null) throw new Error(`${tenantId}/${userId} has no bit`);
     return Number(bit);
   }
@@ -142,7 +127,7 @@ describe('node-routed deliveries (recipients as bits of the tenant id map)', () 
   const recipients = (...bits: number[]) => ({
     [DeliveryHeader.Recipients]: Buffer.from(new roaring.RoaringBitmap32(bits).serialize('portable')),
   });
-  const nodes = (...indexes: number[]) => indexes.map((i) => `n.${(gateways[i] as Gateway).nodeId}`);
+  const nodes = (...indexes: number[]) => indexes.map((i) => `n.${(state.gateways[i] as Gateway).nodeId}`);
 
   it('writes to exactly the listed users’ tabs on the nodes it is routed to, and never by a bit of another tenant', async () => {
     // First in their tenants: t1's A and t2's Z hold the same bit number, in different id maps.
@@ -154,17 +139,12 @@ describe('node-routed deliveries (recipients as bits of the tenant id map)', () 
     const [bitA, bitB, bitZ] = [await bitOf('t1', 'A'), await bitOf('t1', 'B'), await bitOf('t2', 'Z')];
     expect(bitZ).toBe(bitA);
 
-    await probe.deliver(prefix, nodes(0, 1), { id: 'e1', tenantId: 't1' }, recipients(bitA, bitB));
+    await deliver(prefix(), nodes(0, 1), { id: 'e1', tenantId: 't1' }, recipients(bitA, bitB));
     // The same bits for t2: only Z has one of them there.
-    await probe.deliver(prefix, nodes(0, 1), { id: 'e2', tenantId: 't2' }, recipients(bitA, bitB));
+    await deliver(prefix(), nodes(0, 1), { id: 'e2', tenantId: 't2' }, recipients(bitA, bitB));
     // Routed to node 1 only: A's tab on node 0 does not get it.
-    await probe.deliver(prefix, nodes(1), { id: 'e3', tenantId: 't1' }, recipients(bitA));
-    await probe.deliver(
-      prefix,
-      nodes(0),
-      { id: 'marker', tenantId: 't1' },
-      recipients(await bitOf('t1', 'C')),
-    );
+    await deliver(prefix(), nodes(1), { id: 'e3', tenantId: 't1' }, recipients(bitA));
+    await deliver(prefix(), nodes(0), { id: 'marker', tenantId: 't1' }, recipients(await bitOf('t1', 'C')));
     await eventually(() => c.eventIds().includes('marker') && a2.eventIds().includes('e3'), 'marker');
 
     expect(a1.eventIds()).toEqual(['e1']);
@@ -172,24 +152,25 @@ describe('node-routed deliveries (recipients as bits of the tenant id map)', () 
     expect(b.eventIds()).toEqual(['e1']);
     expect(z.eventIds()).toEqual(['e2']);
     expect(c.eventIds()).toEqual(['marker']);
-    for (const gateway of gateways) expect(await counter(gateway, 'warren_gateway_refused_total')).toBe(0);
+    for (const gateway of state.gateways)
+      expect(await counter(gateway, 'warren_gateway_refused_total')).toBe(0);
   });
 
   it('drops a delivery whose recipients header is not a bitmap, counts it, and keeps serving', async () => {
     const a = await open(0, 't1', 'A');
     const bitA = await bitOf('t1', 'A');
     for (const header of [Buffer.from('not a bitmap'), Buffer.alloc(0), 'a string'])
-      await probe.deliver(
-        prefix,
+      await deliver(
+        prefix(),
         nodes(0),
         { id: 'bad', tenantId: 't1' },
         { [DeliveryHeader.Recipients]: header },
       );
-    await probe.deliver(prefix, nodes(0), { id: 'good', tenantId: 't1' }, recipients(bitA));
+    await deliver(prefix(), nodes(0), { id: 'good', tenantId: 't1' }, recipients(bitA));
     await eventually(() => a.eventIds().includes('good'), 'the next delivery');
     expect(a.eventIds()).toEqual(['good']);
     expect(
-      await counter(gateways[0] as Gateway, 'warren_gateway_refused_total', { reason: 'malformed' }),
+      await counter(state.gateways[0] as Gateway, 'warren_gateway_refused_total', { reason: 'malformed' }),
     ).toBe(3);
     expect(a.closeCode).toBeUndefined();
   });
