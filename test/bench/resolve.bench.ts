@@ -11,13 +11,14 @@ import { benchPrefix, cleanRedis, loadAverage, sample, seededRandom } from './su
 
 /**
  * Resolution time per event over one big tenant: Warren's in-memory roaring path (TenantView: team bitmaps
- * ∪, ∩ online, routing keys materialised) against two ways of doing it in Redis, all on the same fixture
+ * ∪, ∩ online; then, with node routing, the nodes holding recipients and the serialised recipients header,
+ * or, with user routing, the routing keys) against two ways of doing it in Redis, all on the same fixture
  * and the same random audiences of 1–3 teams, in the same run:
  *  (a) BITOP OR of the teams, BITOP AND with the online bitmap, and a Lua loop of GETBIT listing the set
  *      bits — the approach commonly published for this problem. It takes about a second per event over
  *      1M users and blocks Redis meanwhile, so only a handful of events are timed;
  *  (b) the same BITOPs, then GET of the result and decoding in Node (bitsOfRedisBitmap).
- * Both baselines stop at bit positions; Warren's figure also turns bits into routing keys, which only
+ * Both baselines stop at bit positions; Warren's figures also include what routing needs, which only
  * favours the baselines. Every method's output is checked against the others' on the timed audiences.
  */
 
