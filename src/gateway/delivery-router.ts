@@ -50,16 +50,21 @@ function localKeysByBit(
     return undefined;
   }
   const keys: string[] = [];
-  if (!local) return keys;
-  if (bits.size <= local.size) {
-    for (const bit of bits.toUint32Array()) {
-      const entry = local.get(bit);
-      if (entry) keys.push(entry.key);
+  try {
+    if (!local) return keys;
+    if (bits.size <= local.size) {
+      for (const bit of bits.toUint32Array()) {
+        const entry = local.get(bit);
+        if (entry) keys.push(entry.key);
+      }
+    } else {
+      for (const [bit, entry] of local) if (bits.has(bit)) keys.push(entry.key);
     }
-  } else {
-    for (const [bit, entry] of local) if (bits.has(bit)) keys.push(entry.key);
+    return keys;
+  } finally {
+    // Native memory, freed now rather than when the collector gets to it (one bitmap per delivery).
+    bits.clear();
   }
-  return keys;
 }
 
 /**
