@@ -30,8 +30,13 @@ export interface RegistryHooks {
 export class UserEntry<T extends RegisteredTab> {
   readonly tabs = new Set<T>();
   bound = false;
-  /** Bit position while announced online. */
+  /**
+   * Position in the tenant's id map, once announced; kept through the grace period (a reload resumes from
+   * the history node-routed deliveries still recorded for the user meanwhile).
+   */
   bit: number | undefined;
+  /** Announced online (a tab is open). */
+  online = false;
   graceTimer: NodeJS.Timeout | undefined;
   /** Serialises this user's bind/unbind/presence steps so they never interleave. */
   chain: Promise<void> = Promise.resolve();
@@ -50,7 +55,7 @@ export class UserEntry<T extends RegisteredTab> {
  */
 export class ConnectionRegistry<T extends RegisteredTab> {
   private readonly users = new Map<string, UserEntry<T>>();
-  /** tenant → bit → user, for the users announced online (node-routed deliveries name recipients by bit). */
+  /** tenant → bit → user, for the users held (tabs open or in grace; node-routed deliveries name them by bit). */
   private readonly byBit = new Map<string, Map<number, UserEntry<T>>>();
   private tabCount = 0;
 
@@ -75,7 +80,7 @@ export class ConnectionRegistry<T extends RegisteredTab> {
     return this.users.get(key);
   }
 
-  /** This node's users of a tenant announced online, by their bit position in the tenant's id map. */
+  /** This node's users of a tenant (tabs open or in grace), by their bit position in the tenant's id map. */
   usersByBit(tenantId: string): ReadonlyMap<number, UserEntry<T>> | undefined {
     return this.byBit.get(tenantId);
   }
@@ -145,16 +150,17 @@ export class ConnectionRegistry<T extends RegisteredTab> {
       await this.binder.bind(entry.key);
       entry.bound = true;
     }
-    if (entry.bit === undefined) {
+    if (!entry.online) {
       const [bit] = await this.presence.online(entry.tenantId, [entry.userId]);
       this.setBit(entry, bit);
+      entry.online = true;
     }
   }
 
   private async goOffline(entry: UserEntry<T>): Promise<void> {
-    if (entry.tabs.size > 0 || entry.bit === undefined) return;
+    if (entry.tabs.size > 0 || !entry.online || entry.bit === undefined) return;
     const bit = entry.bit;
-    this.setBit(entry, undefined);
+    entry.online = false;
     try {
       await this.presence.offline(entry.tenantId, bit);
     } catch (error) {
@@ -170,6 +176,7 @@ export class ConnectionRegistry<T extends RegisteredTab> {
     }
     if (entry.tabs.size === 0 && entry.graceTimer === undefined && this.users.get(entry.key) === entry) {
       this.users.delete(entry.key);
+      this.setBit(entry, undefined);
       this.hooks.onUsersChanged(this.users.size);
     }
   }
@@ -200,7 +207,10 @@ export class ConnectionRegistry<T extends RegisteredTab> {
         tenantId,
         entries.map((e) => e.userId),
       );
-      entries.forEach((e, i) => this.setBit(e, bits[i]));
+      entries.forEach((e, i) => {
+        this.setBit(e, bits[i]);
+        e.online = true;
+      });
     }
   }
 

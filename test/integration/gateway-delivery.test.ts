@@ -156,6 +156,29 @@ describe('node-routed deliveries (recipients as bits of the tenant id map)', () 
       expect(await counter(gateway, 'warren_gateway_refused_total')).toBe(0);
   });
 
+  it('records deliveries for a user whose last tab closed, through the grace period, so a reload resumes them', async () => {
+    const gateway = state.gateways[0] as Gateway;
+    const keeper = await open(0, 't1', 'K');
+    const first = await open(0, 't1', 'R');
+    const [bitR, bitK] = [await bitOf('t1', 'R'), await bitOf('t1', 'K')];
+    await deliver(prefix(), nodes(0), { id: 'seen', tenantId: 't1' }, recipients(bitR));
+    await eventually(() => first.eventIds().includes('seen'), 'seen');
+    const offset = first.events().at(-1)?.offset ?? 0;
+    const epoch = first.welcome?.epoch ?? '';
+    first.ws.terminate();
+    // R is offline (its last tab closed) but its key is still bound for the grace period.
+    const online = new Keys(prefix()).online('t1', gateway.nodeId);
+    await eventually(async () => (await redis.getbit(online, bitR)) === 0, 'R announced offline');
+    await deliver(prefix(), nodes(0), { id: 'missed', tenantId: 't1' }, recipients(bitR));
+    await deliver(prefix(), nodes(0), { id: 'marker', tenantId: 't1' }, recipients(bitK));
+    await eventually(() => keeper.eventIds().includes('marker'), 'the node handled both');
+
+    const back = await open(0, 't1', 'R');
+    back.send({ type: 'resume', epoch, offset });
+    await eventually(() => back.frames.some((f) => f.type === 'resumed'), 'resumed');
+    expect(back.eventIds()).toEqual(['missed']);
+  });
+
   it('drops a delivery whose recipients header is not a bitmap, counts it, and keeps serving', async () => {
     const a = await open(0, 't1', 'A');
     const bitA = await bitOf('t1', 'A');
