@@ -123,9 +123,9 @@ export class ResolverWorker {
     await Promise.all(
       [...byTenant].map(async ([tenantId, pending]) => {
         const view = this.deps.view(tenantId);
-        const missingJobs = await this.prepare(view, pending);
+        let missingJobs = await this.prepare(view, pending);
         if (missingJobs === undefined) return;
-        for (const item of pending) {
+        for (const [i, item] of pending.entries()) {
           if (missingJobs.has(item)) {
             this.track(
               this.deadLetter(
@@ -134,8 +134,13 @@ export class ResolverWorker {
                 `job ${item.event.jobId} not found in tenant ${tenantId}`,
               ),
             );
-          } else {
-            await this.routeOrRecover(view, item);
+          } else if (!(await this.routeOrRecover(view, item))) {
+            // The view was thrown away: the rest of the batch is resolved against a fresh one, never an
+            // empty one (which would drop its events as having no recipients).
+            const rest = pending.slice(i + 1);
+            if (rest.length === 0) break;
+            missingJobs = await this.prepare(view, rest);
+            if (missingJobs === undefined) return;
           }
         }
       }),
@@ -149,14 +154,17 @@ export class ResolverWorker {
         // Only whether the payload exists: the resolver never reads a claim-checked payload itself. Asked
         // alongside the sync, not after it: one Redis round trip less before the batch is routed.
         const withJob = pending.filter((p) => p.event.jobId !== undefined);
-        const [missing] = await Promise.all([
+        // Both settle before a retry: a sync still running must not overlap the next one.
+        const [missing, synced] = await Promise.allSettled([
           this.deps.payloads.missing(
             view.tenantId,
             withJob.map((p) => p.event.jobId as string),
           ),
           view.sync().then(() => view.prepare(pending.map((p) => p.event.audience))),
         ]);
-        return new Set(withJob.filter((p) => missing.has(p.event.jobId as string)));
+        if (synced.status === 'rejected') throw synced.reason;
+        if (missing.status === 'rejected') throw missing.reason;
+        return new Set(withJob.filter((p) => missing.value.has(p.event.jobId as string)));
       } catch (error) {
         if (attempt >= SYNC_ATTEMPTS) {
           this.deps.logger.warn(
@@ -175,11 +183,12 @@ export class ResolverWorker {
   /**
    * A resolution that throws is a bug or corrupt state (say, an online bit whose user id is missing): the
    * tenant's view is rebuilt from Redis and the event requeued once; failing again, it is dead-lettered
-   * rather than retried forever, and the batch goes on either way.
+   * rather than retried forever, and the batch goes on either way. Returns false when the view was rebuilt.
    */
-  private async routeOrRecover(view: TenantView, item: PendingEvent): Promise<void> {
+  private async routeOrRecover(view: TenantView, item: PendingEvent): Promise<boolean> {
     try {
       await this.route(view, item);
+      return true;
     } catch (error) {
       const { delivery, event } = item;
       this.deps.logger.error(
@@ -193,6 +202,7 @@ export class ResolverWorker {
         this.deps.metrics.events.inc({ outcome: 'requeued' });
         delivery.requeue();
       }
+      return false;
     }
   }
 
