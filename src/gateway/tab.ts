@@ -116,8 +116,15 @@ class Outbox {
   private scheduled = false;
   private readonly flush = (): void => {
     this.scheduled = false;
-    for (const [tab, tooSlowCode] of this.tabs) tab.flush(tooSlowCode);
-    this.tabs.clear();
+    for (const [tab, tooSlowCode] of this.tabs) {
+      // Out first: a tab whose socket throws must not stay listed and stall every later flush.
+      this.tabs.delete(tab);
+      try {
+        tab.flush(tooSlowCode);
+      } catch {
+        tab.markClosed();
+      }
+    }
   };
 
   add(tab: Tab, tooSlowCode: number): void {
