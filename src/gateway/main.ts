@@ -144,6 +144,12 @@ export async function startGateway(
         await registry.reannounce();
       }
       firstBeat = false;
+      const wrong = await registry.verifyBits((tenantId, userIds) => presence.bitsOf(tenantId, userIds));
+      if (wrong.length > 0)
+        logger.error(
+          { users: wrong.slice(0, 20), count: wrong.length },
+          'id map changed under held users; announced again',
+        );
       await presence.sweepDeadNodes(config.presence.expiryMs);
     } catch (error) {
       logger.warn({ err: errorMessage(error) }, 'presence heartbeat failed');

@@ -214,6 +214,52 @@ export class ConnectionRegistry<T extends RegisteredTab> {
     }
   }
 
+  /**
+   * Checks every held user's bit against the tenant's id map. A bit never changes unless Redis lost writes
+   * (a failover), and then another user may hold it now: deliveries naming that bit must not reach this
+   * one. A user whose bit differs or vanished leaves the old bit (offline on this node) and, with a tab
+   * open, is announced again under the bit the map gives now. Returns the users found wrong.
+   */
+  async verifyBits(
+    bitsOf: (tenantId: string, userIds: string[]) => Promise<(number | null)[]>,
+  ): Promise<string[]> {
+    const byTenant = new Map<string, UserEntry<T>[]>();
+    for (const entry of this.users.values()) {
+      if (entry.bit === undefined) continue;
+      const list = byTenant.get(entry.tenantId) ?? [];
+      list.push(entry);
+      byTenant.set(entry.tenantId, list);
+    }
+    const wrong: string[] = [];
+    for (const [tenantId, entries] of byTenant) {
+      const actual = await bitsOf(
+        tenantId,
+        entries.map((e) => e.userId),
+      );
+      entries.forEach((entry, i) => {
+        if (actual[i] === entry.bit) return;
+        wrong.push(entry.key);
+        void this.enqueue(entry, () => this.reassign(entry)).catch((error: unknown) =>
+          this.logger.warn({ err: errorMessage(error), key: entry.key }, 're-announcing a user failed'),
+        );
+      });
+    }
+    return wrong;
+  }
+
+  private async reassign(entry: UserEntry<T>): Promise<void> {
+    const stale = entry.bit;
+    this.setBit(entry, undefined);
+    // Unless a user of this node holds that bit now (then it is rightly online here).
+    const taken = stale !== undefined && this.byBit.get(entry.tenantId)?.has(stale);
+    if (stale !== undefined && entry.online && !taken) await this.presence.offline(entry.tenantId, stale);
+    entry.online = false;
+    if (entry.tabs.size === 0) return;
+    const [bit] = await this.presence.online(entry.tenantId, [entry.userId]);
+    this.setBit(entry, bit);
+    entry.online = true;
+  }
+
   /** Every open tab (for draining). */
   allTabs(): T[] {
     const tabs: T[] = [];

@@ -4,6 +4,14 @@ import { userKey } from '../protocol/ids.js';
 const { RoaringBitmap32 } = roaring;
 type Bitmap = InstanceType<typeof RoaringBitmap32>;
 
+/** The id map gave a bit already known for one user to another one. */
+export class IdMapConflict extends Error {
+  constructor(tenantId: string, bit: number) {
+    super(`bit ${bit} of tenant ${tenantId} now names another user: the id map changed under this view`);
+    this.name = 'IdMapConflict';
+  }
+}
+
 /**
  * The online users of one tenant, kept per gateway node so that a node declared dead stops counting at
  * once (its bits are kept, not counted, in case it was only paused). Also maps the bits of users seen
@@ -31,7 +39,13 @@ export class OnlineSet {
   }
 
   private learn(bit: number, userId: string): void {
-    if (this.keyOf.has(bit)) return;
+    const known = this.keyOf.get(bit);
+    if (known !== undefined) {
+      // A bit never changes hands unless Redis lost id-map writes (say, a failover): then nothing this set
+      // learned can be trusted, and routing on it could reach the wrong user.
+      if (known !== userKey(this.tenantId, userId)) throw new IdMapConflict(this.tenantId, bit);
+      return;
+    }
     this.bitOf.set(userId, bit);
     this.keyOf.set(bit, userKey(this.tenantId, userId));
   }

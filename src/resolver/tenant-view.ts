@@ -5,7 +5,7 @@ import { logHead, readLog, type LogEntry, type LogPosition } from '../store/chan
 import type { Keys } from '../store/keys.js';
 import type { WarrenRedis } from '../store/redis.js';
 import { MembershipCache } from './membership-cache.js';
-import { OnlineSet } from './online-set.js';
+import { IdMapConflict, OnlineSet } from './online-set.js';
 
 const { RoaringBitmap32 } = roaring;
 type Bitmap = InstanceType<typeof RoaringBitmap32>;
@@ -45,7 +45,7 @@ export class TenantView {
   }
 
   /** Brings the view up to the end of the tenant's change log. */
-  async sync(): Promise<void> {
+  async sync(mayReset = true): Promise<void> {
     if (!this.position) await this.init();
     for (;;) {
       const position = this.position as LogPosition;
@@ -55,7 +55,14 @@ export class TenantView {
           await this.reset();
           return this.sync();
         }
-        this.apply(entry);
+        try {
+          this.apply(entry);
+        } catch (error) {
+          // Start over, once, from what Redis holds now: its id map and online bitmaps, read afresh.
+          if (!(error instanceof IdMapConflict) || !mayReset) throw error;
+          await this.reset();
+          return this.sync(false);
+        }
         position.cursor = entry.id;
         position.seq = entry.seq;
       }

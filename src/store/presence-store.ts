@@ -48,6 +48,13 @@ export class PresenceStore {
     );
   }
 
+  /** The users' bits in the tenant's id map now (null where a user has none). */
+  async bitsOf(tenantId: string, userIds: readonly string[]): Promise<(number | null)[]> {
+    if (userIds.length === 0) return [];
+    const raw = await this.redis.hmget(this.keys.ids(tenantId), ...userIds);
+    return raw.map((bit) => (bit === null ? null : Number(bit)));
+  }
+
   async offline(nodeId: string, tenantId: string, bit: number): Promise<void> {
     const k = this.keys;
     await this.redis.warrenPresenceOff(

@@ -17,7 +17,7 @@ import {
 } from '../support/harness.js';
 
 /** Two gateway nodes on a fresh prefix per test, tabs opened on either, everything removed afterwards. */
-function twoNodes(name: string) {
+function twoNodes(name: string, overrides: Parameters<typeof testConfig>[1] = {}) {
   const state = {
     prefix: '',
     gateways: [] as Gateway[],
@@ -26,7 +26,7 @@ function twoNodes(name: string) {
   };
   beforeEach(async () => {
     state.prefix = testPrefix(name);
-    const config = testConfig(state.prefix);
+    const config = testConfig(state.prefix, overrides);
     state.gateways = [await startTestGateway(config), await startTestGateway(config)];
     state.probe = await BrokerProbe.open();
   });
@@ -196,5 +196,47 @@ describe('node-routed deliveries (recipients as bits of the tenant id map)', () 
       await counter(state.gateways[0] as Gateway, 'warren_gateway_refused_total', { reason: 'malformed' }),
     ).toBe(3);
     expect(a.closeCode).toBeUndefined();
+  });
+});
+
+describe('a bit given to another user after Redis lost id-map writes', () => {
+  const { state, open } = twoNodes('reassigned', { presence: { heartbeatMs: 200 } });
+  let redis: Redis;
+  beforeEach(() => {
+    redis = new Redis(inject('redisUrl'));
+  });
+  afterEach(async () => {
+    await redis.quit();
+  });
+
+  it('is noticed on the next heartbeat: the old holder leaves it and is announced under a new one', async () => {
+    const keys = new Keys(state.prefix);
+    const x = await open(0, 't1', 'X');
+    const bit = Number(await redis.hget(keys.ids('t1'), 'X'));
+    // What a failover that lost X's assignment looks like: the map no longer knows X, and Y got X's bit.
+    await redis.hdel(keys.ids('t1'), 'X');
+    await redis.hset(keys.ids('t1'), 'Y', String(bit));
+    await redis.hset(keys.reverseIds('t1'), String(bit), 'Y');
+    const y = await open(1, 't1', 'Y');
+    expect(Number(await redis.hget(keys.ids('t1'), 'Y'))).toBe(bit);
+
+    const nodeX = state.gateways[0] as Gateway;
+    await eventually(async () => {
+      const now = await redis.hget(keys.ids('t1'), 'X');
+      return now !== null && Number(now) !== bit;
+    }, 'X announced again under a bit of its own');
+    const newBit = Number(await redis.hget(keys.ids('t1'), 'X'));
+    expect(await redis.getbit(keys.online('t1', nodeX.nodeId), bit)).toBe(0);
+    expect(await redis.getbit(keys.online('t1', nodeX.nodeId), newBit)).toBe(1);
+
+    const both = [`n.${nodeX.nodeId}`, `n.${(state.gateways[1] as Gateway).nodeId}`];
+    const bitmap = (...bits: number[]) => ({
+      [DeliveryHeader.Recipients]: Buffer.from(new roaring.RoaringBitmap32(bits).serialize('portable')),
+    });
+    await state.probe.deliver(state.prefix, both, { id: 'for-y', tenantId: 't1' }, bitmap(bit));
+    await state.probe.deliver(state.prefix, both, { id: 'for-x', tenantId: 't1' }, bitmap(newBit));
+    await eventually(() => x.eventIds().includes('for-x') && y.eventIds().includes('for-y'), 'both');
+    expect(x.eventIds()).toEqual(['for-x']);
+    expect(y.eventIds()).toEqual(['for-y']);
   });
 });
