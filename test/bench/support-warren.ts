@@ -16,6 +16,25 @@ export function benchPrefix(name: string): string {
   return `bench-${name}-${randomBytes(4).toString('hex')}`;
 }
 
+/** The overrides behind `benchConfig`, for a process that loads its configuration itself. */
+export function benchOverrides(
+  ctx: BenchContext,
+  prefix: string,
+  gateway: Record<string, unknown> = {},
+  resolver: Record<string, unknown> = {},
+): Record<string, unknown> {
+  return {
+    prefix,
+    log: { level: process.env['WARREN_BENCH_LOG_LEVEL'] ?? 'silent' },
+    rabbitmq: { url: ctx.rabbitmqUrl },
+    redis: { url: ctx.redisUrl },
+    // A long unbind grace: closing the clients between phases must not add unbind churn to later ones.
+    gateway: { host: '127.0.0.1', port: 0, drainWindowMs: 0, unbindGraceMs: 600_000, ...gateway },
+    jwt: { secret: BENCH_SECRET },
+    resolver,
+  };
+}
+
 /** A validated configuration against the bench services; nothing is read from the environment. */
 export function benchConfig(
   ctx: BenchContext,
@@ -23,19 +42,7 @@ export function benchConfig(
   gateway: Record<string, unknown> = {},
   resolver: Record<string, unknown> = {},
 ): Readonly<WarrenConfig> {
-  return loadConfig({
-    env: {},
-    overrides: {
-      prefix,
-      log: { level: process.env['WARREN_BENCH_LOG_LEVEL'] ?? 'silent' },
-      rabbitmq: { url: ctx.rabbitmqUrl },
-      redis: { url: ctx.redisUrl },
-      // A long unbind grace: closing the clients between phases must not add unbind churn to later ones.
-      gateway: { host: '127.0.0.1', port: 0, drainWindowMs: 0, unbindGraceMs: 600_000, ...gateway },
-      jwt: { secret: BENCH_SECRET },
-      resolver,
-    },
-  });
+  return loadConfig({ env: {}, overrides: benchOverrides(ctx, prefix, gateway, resolver) });
 }
 
 export async function signToken(tenantId: string, userId: string, secret = BENCH_SECRET): Promise<string> {

@@ -2,7 +2,6 @@ import { cpus } from 'node:os';
 import type { WarrenConfig } from '../../src/config/schema.js';
 import { startGateway, type Gateway } from '../../src/gateway/main.js';
 import type { MembershipChange } from '../../src/protocol/schemas.js';
-import { startResolver } from '../../src/resolver/main.js';
 import { WarrenPublisher } from '../../src/sdk/publisher/index.js';
 import { createLogger } from '../../src/shared/logger.js';
 import { Keys } from '../../src/store/keys.js';
@@ -11,10 +10,12 @@ import { createRedis } from '../../src/store/redis.js';
 import { fmt, type Bench, type BenchContext, type BenchResult } from './lib.js';
 import { ccVersusPerRecipient, rawPublishConsume, type RoutingSizes } from './support-broker.js';
 import { ClientFleet } from './support-clients.js';
+import { ResolverChild } from './support-resolver.js';
 import { TENANT, timedRun, type RunResult, type StartResolver } from './support-deliveries.js';
 import {
   BENCH_SECRET,
   benchConfig,
+  benchOverrides,
   benchPrefix,
   cleanBroker,
   cleanRedis,
@@ -24,9 +25,9 @@ import {
 } from './support-warren.js';
 
 /**
- * User-deliveries/s end to end: events published with the publisher SDK, one resolver draining them, 2–4
- * in-process gateways, one `ws` tab per user (in the client child process), counted until every tab has
- * every event.
+ * User-deliveries/s end to end: events published with the publisher SDK, one resolver draining them (in a
+ * child process, as it runs beside the gateways when deployed), 2–4 in-process gateways, one `ws` tab per
+ * user (in the client child process), counted until every tab has every event.
  * Warren (one message per event routed to the nodes holding recipients, recipients as a bitmap) against the
  * same resolver configured for user routing (recipients' keys in CC: resolver.routing = users) and for one
  * message per recipient (user routing, resolver.maxRecipientsPerMessage = 1), against the broker's raw
@@ -110,13 +111,11 @@ async function endToEnd(ctx: BenchContext, prefix: string, sizes: Sizes, fleet: 
   const config = benchConfig(ctx, prefix);
   const logger = createLogger(config.log.level);
   const starters: Record<Variant, StartResolver> = {
-    warren: () => startResolver(config, { logger }),
-    cc: () => startResolver(benchConfig(ctx, prefix, {}, { routing: 'users' }), { logger }),
+    warren: () => ResolverChild.start(benchOverrides(ctx, prefix)),
+    cc: () => ResolverChild.start(benchOverrides(ctx, prefix, {}, { routing: 'users' })),
     // The same resolver, configured to send one message per recipient (its key as routing key, no CC).
     each: () =>
-      startResolver(benchConfig(ctx, prefix, {}, { routing: 'users', maxRecipientsPerMessage: 1 }), {
-        logger,
-      }),
+      ResolverChild.start(benchOverrides(ctx, prefix, {}, { routing: 'users', maxRecipientsPerMessage: 1 })),
   };
   const gateways: Gateway[] = [];
   const publisher = await WarrenPublisher.connect({
@@ -188,7 +187,7 @@ async function run(ctx: BenchContext): Promise<BenchResult> {
           '× per-recipient': fmt(r.rate / each.rate),
           '× raw broker msgs/s': fmt(r.rate / raw.rate),
           'CPU ms per 1,000 deliveries': fmt(r.cpuPer1000),
-          'CPU % bench/clients/rabbitmq/redis': r.cpu,
+          'CPU % gateways/resolver/clients/rabbitmq/redis': r.cpu,
           'SDK publish, events/s': fmt(r.publishRate),
           'extra deliveries': r.extra,
         });
