@@ -16,6 +16,11 @@ import {
   type TestTab,
 } from '../support/harness.js';
 
+/** The recipients header of a node-routed delivery to these bits. */
+const recipients = (...bits: number[]) => ({
+  [DeliveryHeader.Recipients]: Buffer.from(new roaring.RoaringBitmap32(bits).serialize('portable')),
+});
+
 /** Two gateway nodes on a fresh prefix per test, tabs opened on either, everything removed afterwards. */
 function twoNodes(name: string, overrides: Parameters<typeof testConfig>[1] = {}) {
   const state = {
@@ -124,9 +129,6 @@ describe('node-routed deliveries (recipients as bits of the tenant id map)', () 
     return Number(bit);
   }
 
-  const recipients = (...bits: number[]) => ({
-    [DeliveryHeader.Recipients]: Buffer.from(new roaring.RoaringBitmap32(bits).serialize('portable')),
-  });
   const nodes = (...indexes: number[]) => indexes.map((i) => `n.${(state.gateways[i] as Gateway).nodeId}`);
 
   it('writes to exactly the listed users’ tabs on the nodes it is routed to, and never by a bit of another tenant', async () => {
@@ -230,11 +232,8 @@ describe('a bit given to another user after Redis lost id-map writes', () => {
     expect(await redis.getbit(keys.online('t1', nodeX.nodeId), newBit)).toBe(1);
 
     const both = [`n.${nodeX.nodeId}`, `n.${(state.gateways[1] as Gateway).nodeId}`];
-    const bitmap = (...bits: number[]) => ({
-      [DeliveryHeader.Recipients]: Buffer.from(new roaring.RoaringBitmap32(bits).serialize('portable')),
-    });
-    await state.probe.deliver(state.prefix, both, { id: 'for-y', tenantId: 't1' }, bitmap(bit));
-    await state.probe.deliver(state.prefix, both, { id: 'for-x', tenantId: 't1' }, bitmap(newBit));
+    await state.probe.deliver(state.prefix, both, { id: 'for-y', tenantId: 't1' }, recipients(bit));
+    await state.probe.deliver(state.prefix, both, { id: 'for-x', tenantId: 't1' }, recipients(newBit));
     await eventually(() => x.eventIds().includes('for-x') && y.eventIds().includes('for-y'), 'both');
     expect(x.eventIds()).toEqual(['for-x']);
     expect(y.eventIds()).toEqual(['for-y']);
