@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { clientBundle } from '../support/browser.js';
 
 // The browser bundle's budget: 8 KiB gzipped, with no dependencies. `npm run size:client` prints the same
-// numbers for the bundle scripts/build-client.mjs writes.
+// numbers for the bundle `npm run build` writes (scripts/client-bundle.ts builds both).
 const BUDGET_GZIP_BYTES = 8 * 1024;
 
 describe('browser client bundle', () => {

@@ -1,8 +1,7 @@
 import { createServer, type Server } from 'node:http';
 import { createServer as createNetServer, type AddressInfo } from 'node:net';
-import { join } from 'node:path';
-import { build } from 'esbuild';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
+import { bundleClient } from '../../scripts/client-bundle.js';
 import type { ClientOptions, Session, StateChange } from '../../src/sdk/client/index.js';
 import { eventually, token } from './harness.js';
 
@@ -25,25 +24,9 @@ export function launchChromium(): Promise<Browser> {
 
 let bundle: Promise<string> | undefined;
 
-/**
- * The client bundle built from the current source, in memory, as scripts/build-client.mjs builds it: the
- * tests exercise what is in the tree, not a stale dist/.
- */
+/** The client bundle built from the current source, in memory, exactly as `npm run build` builds it. */
 export function clientBundle(): Promise<string> {
-  bundle ??= build({
-    entryPoints: [join(import.meta.dirname, '..', '..', 'src', 'sdk', 'client', 'index.ts')],
-    bundle: true,
-    format: 'esm',
-    platform: 'browser',
-    target: ['es2022'],
-    minify: true,
-    legalComments: 'none',
-    write: false,
-  }).then((result) => {
-    const file = result.outputFiles[0];
-    if (!file) throw new Error('esbuild produced no bundle');
-    return file.text;
-  });
+  bundle ??= bundleClient().then((contents) => new TextDecoder().decode(contents));
   return bundle;
 }
 
