@@ -12,9 +12,7 @@ import type { Resolver } from '../../src/resolver/main.js';
 import type { WarrenPublisher } from '../../src/sdk/publisher/index.js';
 import { clientBundle, launchChromium } from '../support/browser.js';
 import {
-  BrokerProbe,
   TEST_SECRET,
-  cleanRedis,
   connectPublisher,
   eventually,
   startTestGateway,
@@ -22,6 +20,7 @@ import {
   testConfig,
   testLogger,
   testPrefix,
+  removeInstallation,
 } from '../support/harness.js';
 
 describe('the warren dev demo page and its dev-only endpoints', () => {
@@ -63,13 +62,7 @@ describe('the warren dev demo page and its dev-only endpoints', () => {
   });
 
   afterEach(async () => {
-    await warren.close();
-    await gateway.close();
-    await resolver.close();
-    const probe = await BrokerProbe.open();
-    await probe.deleteExchangesAndQueues(prefix, [gateway.queue]);
-    await probe.close();
-    await cleanRedis(prefix);
+    await removeInstallation(prefix, { warren, resolvers: [resolver], gateways: [gateway] });
   });
 
   const post = (port: number, path: string, body: unknown, type = 'application/json') =>

@@ -13,8 +13,6 @@ import {
   type TabOptions,
 } from '../support/browser.js';
 import {
-  BrokerProbe,
-  cleanRedis,
   connectPublisher,
   counter,
   eventually,
@@ -22,6 +20,7 @@ import {
   startTestResolver,
   testConfig,
   testPrefix,
+  removeInstallation,
 } from '../support/harness.js';
 
 const TENANT = 'acme';
@@ -57,16 +56,7 @@ describe('browser client reconnects: drained node, expired token', () => {
 
   afterEach(async () => {
     await context.close();
-    await warren.close();
-    await Promise.all(gateways.map((g) => g.close()));
-    await resolver.close();
-    const probe = await BrokerProbe.open();
-    await probe.deleteExchangesAndQueues(
-      prefix,
-      gateways.map((g) => g.queue),
-    );
-    await probe.close();
-    await cleanRedis(prefix);
+    await removeInstallation(prefix, { warren, resolvers: [resolver], gateways });
   });
 
   async function gatewayOn(port: number): Promise<Gateway> {

@@ -5,8 +5,6 @@ import type { Resolver } from '../../src/resolver/main.js';
 import type { WarrenPublisher } from '../../src/sdk/publisher/index.js';
 import { allConnected, BrowserTab, launchChromium, TestSite, type TabOptions } from '../support/browser.js';
 import {
-  BrokerProbe,
-  cleanRedis,
   connectPublisher,
   eventually,
   openTab,
@@ -15,6 +13,7 @@ import {
   testConfig,
   testPrefix,
   token,
+  removeInstallation,
 } from '../support/harness.js';
 
 // User A is in team red, user B in team blue, both of tenant acme. Tabs run the real client bundle in
@@ -53,13 +52,7 @@ describe('browser tabs: every event once per tab, never to another user', () => 
 
   afterEach(async () => {
     await context.close();
-    await warren.close();
-    await gateway.close();
-    await resolver.close();
-    const probe = await BrokerProbe.open();
-    await probe.deleteExchangesAndQueues(prefix, [gateway.queue]);
-    await probe.close();
-    await cleanRedis(prefix);
+    await removeInstallation(prefix, { warren, resolvers: [resolver], gateways: [gateway] });
   });
 
   const tab = (sub: string, extra: Partial<TabOptions> = {}): Promise<BrowserTab> =>

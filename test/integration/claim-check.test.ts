@@ -23,6 +23,7 @@ import {
   testPrefix,
   token,
   type TestTab,
+  removeInstallation,
 } from '../support/harness.js';
 
 const TTL_SEC = 120;
@@ -96,17 +97,10 @@ describe('claim check over two gateway nodes, a resolver and the publisher SDK',
 
   afterEach(async () => {
     for (const t of tabs) t.tab.ws.terminate();
-    await warren.close();
-    await resolver.close();
-    await Promise.all(gateways.map((g) => g.close()));
+    await removeInstallation(prefix, { warren, resolvers: [resolver], gateways });
     await Promise.all(taps.map((t) => t.close()));
-    await probe.deleteExchangesAndQueues(
-      prefix,
-      gateways.map((g) => g.queue),
-    );
     await probe.close();
     await redis.quit();
-    await cleanRedis(prefix);
   });
 
   async function open(node: number, tid: string, sub: string): Promise<Tab> {

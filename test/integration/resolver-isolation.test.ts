@@ -10,7 +10,6 @@ import { Rng } from '../support/seeded-rng.js';
 import {
   BrokerProbe,
   counter,
-  cleanRedis,
   connectPublisher,
   eventually,
   openTab,
@@ -20,6 +19,7 @@ import {
   testPrefix,
   token,
   type TestTab,
+  removeInstallation,
 } from '../support/harness.js';
 
 // Property: every tab receives exactly the events a brute-force oracle (plain Sets, nothing of Warren's)
@@ -140,17 +140,10 @@ describe.each(['nodes', 'users'] as const)(
     });
     afterAll(async () => {
       for (const t of tabs) t.tab.ws.terminate();
-      await warren.close();
-      for (const r of resolvers) await r.close();
-      for (const g of gateways) await g.close();
       await spy.close();
-      await probe.deleteExchangesAndQueues(
-        prefix,
-        gateways.map((g) => g.queue),
-      );
       await probe.close();
       await redis.quit();
-      await cleanRedis(prefix);
+      await removeInstallation(prefix, { warren, resolvers, gateways });
     });
 
     const online = (tenant: string): Set<string> =>

@@ -7,7 +7,6 @@ import type { WarrenPublisher } from '../../src/sdk/publisher/index.js';
 import { Keys } from '../../src/store/keys.js';
 import {
   BrokerProbe,
-  cleanRedis,
   connectPublisher,
   eventually,
   openTab,
@@ -17,6 +16,7 @@ import {
   testPrefix,
   token,
   type TestTab,
+  removeInstallation,
 } from '../support/harness.js';
 
 // A resolution that throws (here: corrupt state, an online user whose id Redis no longer maps back) must
@@ -42,13 +42,9 @@ describe('a resolution that fails', () => {
   });
   afterAll(async () => {
     for (const tab of tabs) tab.ws.terminate();
-    await warren.close();
-    await resolver?.close();
-    await gateway.close();
     await redis.quit();
-    await probe.deleteExchangesAndQueues(prefix, [gateway.queue]);
     await probe.close();
-    await cleanRedis(prefix);
+    await removeInstallation(prefix, { warren, resolvers: [resolver], gateways: [gateway] });
   });
 
   it('is retried once, then dead-lettered with its reason, and the next event is resolved', async () => {

@@ -5,8 +5,6 @@ import type { WarrenPublisher } from '../../src/sdk/publisher/index.js';
 import { ConfirmHoldingProxy } from '../support/confirm-holding-proxy.js';
 import { DeliverySpy } from '../support/delivery-spy.js';
 import {
-  BrokerProbe,
-  cleanRedis,
   connectPublisher,
   counter,
   eventually,
@@ -17,6 +15,7 @@ import {
   testPrefix,
   token,
   type TestTab,
+  removeInstallation,
 } from '../support/harness.js';
 import { WarrenProcess } from '../support/warren-process.js';
 
@@ -55,18 +54,9 @@ describe('a resolver killed between publishing deliveries and acking the event',
   afterAll(async () => {
     for (const { tab } of tabs) tab.ws.terminate();
     await doomed?.kill();
-    await survivor?.close();
-    await warren.close();
-    for (const g of gateways) await g.close();
     await proxy.close();
     await spy.close();
-    const probe = await BrokerProbe.open();
-    await probe.deleteExchangesAndQueues(
-      prefix,
-      gateways.map((g) => g.queue),
-    );
-    await probe.close();
-    await cleanRedis(prefix);
+    await removeInstallation(prefix, { warren, resolvers: [survivor], gateways });
   });
 
   it('redelivers the event to another resolver; every tab shows it once', async () => {

@@ -315,14 +315,27 @@ export async function startTestStack(config: Readonly<WarrenConfig>): Promise<Te
     gateway,
     resolver,
     warren,
-    close: async () => {
-      await warren.close();
-      await resolver.close();
-      await gateway.close();
-      const probe = await BrokerProbe.open();
-      await probe.deleteExchangesAndQueues(config.prefix, [gateway.queue]);
-      await probe.close();
-      await cleanRedis(config.prefix);
-    },
+    close: () => removeInstallation(config.prefix, { warren, resolvers: [resolver], gateways: [gateway] }),
   };
+}
+
+/**
+ * Closes a test installation's publisher, resolvers and gateways, then removes everything its prefix left
+ * on the broker (exchanges, queues, the gateways' queues) and in Redis.
+ */
+export async function removeInstallation(
+  prefix: string,
+  parts: { warren?: WarrenPublisher; resolvers?: (Resolver | undefined)[]; gateways?: Gateway[] },
+): Promise<void> {
+  const gateways = parts.gateways ?? [];
+  await parts.warren?.close();
+  for (const resolver of parts.resolvers ?? []) await resolver?.close();
+  await Promise.all(gateways.map((g) => g.close()));
+  const probe = await BrokerProbe.open();
+  await probe.deleteExchangesAndQueues(
+    prefix,
+    gateways.map((g) => g.queue),
+  );
+  await probe.close();
+  await cleanRedis(prefix);
 }
