@@ -8,6 +8,7 @@ import { loadConfig } from '../../src/config/load.js';
 import { startGateway, type Gateway } from '../../src/gateway/main.js';
 import { nodeKey } from '../../src/protocol/ids.js';
 import { silentLogger } from '../../src/shared/logger.js';
+import { deletePrefixKeys, deleteTopology } from '../support/prefix-cleanup.js';
 import { viaTap } from './claim-probes.js';
 import type { ResolverReport, ResolverRequest } from './claim-resolver.js';
 import type { Mode, ServicesReport, ServicesRequest } from './claim-services.js';
@@ -225,20 +226,9 @@ export class ClaimStack {
     await this.services.ask({ op: 'close' }, 'closed').catch(() => {});
     await this.desk.ask({ op: 'close' }, 'closed').catch(() => {});
     const channel = await this.broker.createChannel();
-    channel.on('error', () => {});
-    for (const q of [`${this.prefix}.resolver`, `${this.prefix}.dead`, ...this.gateways.map((g) => g.queue)])
-      await channel.deleteQueue(q).catch(() => {});
-    for (const x of ['events', 'membership', 'deliveries', 'dlx'])
-      await channel.deleteExchange(`${this.prefix}.${x}`).catch(() => {});
+    await deleteTopology(channel, this.prefix, { queues: this.gateways.map((g) => g.queue) });
     await this.broker.close().catch(() => {});
-    for (const pattern of [`{${this.prefix}:*`, `${this.prefix}:*`]) {
-      let cursor = '0';
-      do {
-        const [next, keys] = await this.redis.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
-        cursor = next;
-        if (keys.length > 0) await this.redis.del(...keys);
-      } while (cursor !== '0');
-    }
+    await deletePrefixKeys(this.redis, this.prefix);
     await this.redis.quit();
   }
 }

@@ -5,6 +5,7 @@ import { SignJWT } from 'jose';
 import { loadConfig } from '../../src/config/load.js';
 import type { WarrenConfig } from '../../src/config/schema.js';
 import type { Gateway } from '../../src/gateway/main.js';
+import { deletePrefixKeys, deleteTopology } from '../support/prefix-cleanup.js';
 import type { BenchContext } from './lib.js';
 
 /** Shared set-up of the benches that start Warren's own processes in-process (gateway, resolver, throughput). */
@@ -66,14 +67,7 @@ export async function metricValue(gateway: Gateway, name: string, series?: strin
 export async function cleanRedis(redisUrl: string, prefix: string): Promise<void> {
   const redis = new Redis(redisUrl);
   try {
-    for (const pattern of [`{${prefix}:*`, `${prefix}:*`]) {
-      let cursor = '0';
-      do {
-        const [next, keys] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
-        cursor = next;
-        if (keys.length > 0) await redis.unlink(...keys);
-      } while (cursor !== '0');
-    }
+    await deletePrefixKeys(redis, prefix);
   } finally {
     await redis.quit();
   }
@@ -88,12 +82,7 @@ export async function cleanBroker(
   const model = await amqp.connect(rabbitmqUrl);
   try {
     const channel = await model.createChannel();
-    channel.on('error', () => {});
-    for (const q of [`${prefix}.resolver`, `${prefix}.dead`, ...(extra.queues ?? [])])
-      await channel.deleteQueue(q).catch(() => {});
-    for (const x of ['events', 'membership', 'deliveries', 'dlx'].map((x) => `${prefix}.${x}`))
-      await channel.deleteExchange(x).catch(() => {});
-    for (const x of extra.exchanges ?? []) await channel.deleteExchange(x).catch(() => {});
+    await deleteTopology(channel, prefix, extra);
     await channel.close().catch(() => {});
   } finally {
     await model.close().catch(() => {});

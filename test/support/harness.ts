@@ -11,6 +11,7 @@ import { createLogger } from '../../src/shared/logger.js';
 import type { Registry } from '../../src/shared/metrics.js';
 import { startResolver, type Resolver } from '../../src/resolver/main.js';
 import { WarrenPublisher } from '../../src/sdk/publisher/index.js';
+import { deletePrefixKeys, deleteTopology } from './prefix-cleanup.js';
 
 export const TEST_SECRET = 'test-secret-test-secret-test-secret';
 
@@ -237,16 +238,7 @@ export class BrokerProbe {
 
   async deleteExchangesAndQueues(prefix: string, gatewayQueues: string[] = []): Promise<void> {
     const ch = await this.model.createChannel();
-    ch.on('error', () => {});
-    for (const q of [
-      `${prefix}.resolver`,
-      `${prefix}.resolver.membership`,
-      `${prefix}.dead`,
-      ...gatewayQueues,
-    ])
-      await ch.deleteQueue(q).catch(() => {});
-    for (const x of ['events', 'membership', 'deliveries', 'dlx'])
-      await ch.deleteExchange(`${prefix}.${x}`).catch(() => {});
+    await deleteTopology(ch, prefix, { queues: gatewayQueues });
     await ch.close().catch(() => {});
   }
 
@@ -287,14 +279,7 @@ export async function connectPublisher(config: Readonly<WarrenConfig>): Promise<
 export async function cleanRedis(prefix: string): Promise<void> {
   const { Redis } = await import('ioredis');
   const redis = new Redis(inject('redisUrl'));
-  for (const pattern of [`{${prefix}:*`, `${prefix}:*`]) {
-    let cursor = '0';
-    do {
-      const [next, keys] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
-      cursor = next;
-      if (keys.length > 0) await redis.del(...keys);
-    } while (cursor !== '0');
-  }
+  await deletePrefixKeys(redis, prefix);
   await redis.quit();
 }
 
