@@ -10,9 +10,8 @@ import type { BrokerConnection } from './connection.js';
  * settled in one go costs one ack frame instead of a hundred.
  */
 class AckBatcher {
-  /** Delivery tags received and not yet acked, in the order received (ascending). */
-  private readonly window: { tag: number; done: boolean }[] = [];
-  private readonly byTag = new Map<number, { tag: number; done: boolean }>();
+  /** Delivery tags received and not yet acked → settled; a Map keeps them in the order received (ascending). */
+  private readonly window = new Map<number, boolean>();
   private scheduled = false;
   private readonly flush = (): void => {
     this.scheduled = false;
@@ -23,37 +22,30 @@ class AckBatcher {
     }
   };
 
-  private send(): void {
-    let head: number | undefined;
-    while (this.window.length > 0 && (this.window[0] as { done: boolean }).done) {
-      head = (this.window.shift() as { tag: number }).tag;
-      this.byTag.delete(head);
-    }
-    if (head !== undefined) this.channel.ack(tagged(head), true);
-    for (const entry of this.window) {
-      if (!entry.done) continue;
-      this.channel.ack(tagged(entry.tag));
-      this.byTag.delete(entry.tag);
-    }
-    if (this.byTag.size < this.window.length) {
-      const open = this.window.filter((e) => !e.done);
-      this.window.length = 0;
-      this.window.push(...open);
-    }
-  }
-
   constructor(private readonly channel: Channel) {}
 
+  private send(): void {
+    let head: number | undefined;
+    let atHead = true;
+    for (const [tag, done] of this.window) {
+      if (!done) {
+        atHead = false;
+        continue;
+      }
+      this.window.delete(tag);
+      if (atHead) head = tag;
+      else this.channel.ack(tagged(tag));
+    }
+    if (head !== undefined) this.channel.ack(tagged(head), true);
+  }
+
   received(tag: number): void {
-    const entry = { tag, done: false };
-    this.window.push(entry);
-    this.byTag.set(tag, entry);
+    this.window.set(tag, false);
   }
 
   ack(tag: number): void {
-    const entry = this.byTag.get(tag);
-    if (!entry) return;
-    entry.done = true;
+    if (!this.window.has(tag)) return;
+    this.window.set(tag, true);
     if (this.scheduled) return;
     this.scheduled = true;
     queueMicrotask(this.flush);
@@ -61,10 +53,7 @@ class AckBatcher {
 
   /** A message nacked (requeued or rejected) on its own: it leaves the window. */
   forget(tag: number): void {
-    const entry = this.byTag.get(tag);
-    if (!entry) return;
-    this.byTag.delete(tag);
-    this.window.splice(this.window.indexOf(entry), 1);
+    this.window.delete(tag);
   }
 }
 
