@@ -243,7 +243,7 @@ export class ResolverWorker {
         ),
       );
     } finally {
-      // Native memory, freed now rather than by the collector (see TenantView.resolve). The messages hold
+      // Native memory, freed now rather than by the collector (see TenantView.resolveBits). The messages hold
       // their own serialised copies by now.
       recipients.clear();
     }
