@@ -1,17 +1,10 @@
-import type { Browser, BrowserContext } from 'playwright-core';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import type { BrowserContext } from 'playwright-core';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { WarrenConfig } from '../../src/config/schema.js';
 import type { Gateway } from '../../src/gateway/main.js';
 import type { Resolver } from '../../src/resolver/main.js';
 import type { WarrenPublisher } from '../../src/sdk/publisher/index.js';
-import {
-  allConnected,
-  BrowserTab,
-  freePort,
-  launchChromium,
-  TestSite,
-  type TabOptions,
-} from '../support/browser.js';
+import { allConnected, BrowserTab, freePort, useChromium, type TabOptions } from '../support/browser.js';
 import {
   connectPublisher,
   counter,
@@ -26,23 +19,13 @@ import {
 const TENANT = 'acme';
 
 describe('browser client reconnects: drained node, expired token', () => {
-  let browser: Browser;
-  let site: TestSite;
+  const chromium = useChromium();
   let prefix: string;
   let config: Readonly<WarrenConfig>;
   let gateways: Gateway[];
   let resolver: Resolver;
   let warren: WarrenPublisher;
   let context: BrowserContext;
-
-  beforeAll(async () => {
-    [browser, site] = await Promise.all([launchChromium(), TestSite.start()]);
-  });
-
-  afterAll(async () => {
-    await browser?.close();
-    await site?.close();
-  });
 
   beforeEach(async () => {
     prefix = testPrefix('browser-reconnect');
@@ -51,7 +34,7 @@ describe('browser client reconnects: drained node, expired token', () => {
     resolver = await startTestResolver(config);
     warren = await connectPublisher(config);
     await warren.addUserToTeam(TENANT, 'A', 'red');
-    context = await browser.newContext();
+    context = await chromium.browser.newContext();
   });
 
   afterEach(async () => {
@@ -66,7 +49,7 @@ describe('browser client reconnects: drained node, expired token', () => {
   }
 
   const tab = (url: string | string[], extra: Partial<TabOptions> = {}): Promise<BrowserTab> =>
-    BrowserTab.open(context, site, {
+    BrowserTab.open(context, chromium.site, {
       url,
       tid: TENANT,
       sub: 'A',
@@ -112,8 +95,8 @@ describe('browser client reconnects: drained node, expired token', () => {
   it('an expired token (4001): the client fetches a new one and reconnects', async () => {
     const gateway = await gatewayOn(0);
     // exp has one-second resolution: 3 s leaves at least 2 s to connect before the gateway closes with 4001.
-    site.expireNextTokens('A', [3]);
-    const before = site.tokenRequests('A');
+    chromium.site.expireNextTokens('A', [3]);
+    const before = chromium.site.tokenRequests('A');
     const t = await tab(`ws://127.0.0.1:${gateway.port}/ws`);
     await allConnected([t]);
 
@@ -122,7 +105,7 @@ describe('browser client reconnects: drained node, expired token', () => {
       'the gateway closes with 4001 at expiry',
     );
     await allConnected([t]);
-    expect(site.tokenRequests('A') - before).toBe(2);
+    expect(chromium.site.tokenRequests('A') - before).toBe(2);
 
     await publish('after-expiry');
     await t.waitForEvents(['after-expiry'], 'event after the new token');
@@ -131,12 +114,12 @@ describe('browser client reconnects: drained node, expired token', () => {
 
   it('a token refused with HTTP 401 (the browser sees only 1006): after repeated failures a new token', async () => {
     const gateway = await gatewayOn(0);
-    site.refuseNextTokens('A', 1);
-    const before = site.tokenRequests('A');
+    chromium.site.refuseNextTokens('A', 1);
+    const before = chromium.site.tokenRequests('A');
     const t = await tab(`ws://127.0.0.1:${gateway.port}/ws`);
     await allConnected([t]);
     // Two refused attempts with the first token, then the policy suspects it: exactly one more fetch.
-    expect(site.tokenRequests('A') - before).toBe(2);
+    expect(chromium.site.tokenRequests('A') - before).toBe(2);
     expect(await counter(gateway, 'warren_gateway_auth_failures_total')).toBe(2);
 
     await publish('after-refusal');

@@ -1,9 +1,9 @@
-import type { Browser, BrowserContext } from 'playwright-core';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import type { BrowserContext } from 'playwright-core';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { Gateway } from '../../src/gateway/main.js';
 import type { Resolver } from '../../src/resolver/main.js';
 import type { WarrenPublisher } from '../../src/sdk/publisher/index.js';
-import { allConnected, BrowserTab, launchChromium, TestSite, type TabOptions } from '../support/browser.js';
+import { allConnected, BrowserTab, useChromium, type TabOptions } from '../support/browser.js';
 import {
   connectPublisher,
   eventually,
@@ -22,22 +22,12 @@ import {
 const TENANT = 'acme';
 
 describe('browser tabs: every event once per tab, never to another user', () => {
-  let browser: Browser;
-  let site: TestSite;
+  const chromium = useChromium();
   let prefix: string;
   let gateway: Gateway;
   let resolver: Resolver;
   let warren: WarrenPublisher;
   let context: BrowserContext;
-
-  beforeAll(async () => {
-    [browser, site] = await Promise.all([launchChromium(), TestSite.start()]);
-  });
-
-  afterAll(async () => {
-    await browser?.close();
-    await site?.close();
-  });
 
   beforeEach(async () => {
     prefix = testPrefix('browser-tabs');
@@ -47,7 +37,7 @@ describe('browser tabs: every event once per tab, never to another user', () => 
     warren = await connectPublisher(config);
     await warren.addUserToTeam(TENANT, 'A', 'red');
     await warren.addUserToTeam(TENANT, 'B', 'blue');
-    context = await browser.newContext();
+    context = await chromium.browser.newContext();
   });
 
   afterEach(async () => {
@@ -56,7 +46,7 @@ describe('browser tabs: every event once per tab, never to another user', () => 
   });
 
   const tab = (sub: string, extra: Partial<TabOptions> = {}): Promise<BrowserTab> =>
-    BrowserTab.open(context, site, {
+    BrowserTab.open(context, chromium.site, {
       url: `ws://127.0.0.1:${gateway.port}/ws`,
       tid: TENANT,
       sub,

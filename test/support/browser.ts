@@ -3,6 +3,7 @@ import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
 import { bundleClient } from '../../scripts/client-bundle.js';
 import type { ClientOptions, Session, StateChange } from '../../src/sdk/client/index.js';
+import { afterAll, beforeAll } from 'vitest';
 import { eventually, token } from './harness.js';
 
 /** Debian's Chromium, headless, with everything that would reach the network or slow start-up turned off. */
@@ -28,6 +29,22 @@ let bundle: Promise<string> | undefined;
 export function clientBundle(): Promise<string> {
   bundle ??= bundleClient().then((contents) => new TextDecoder().decode(contents));
   return bundle;
+}
+
+/**
+ * Chromium and a test site for the tests of a describe block, started before the first and closed after the
+ * last; read them from the returned object inside hooks and tests.
+ */
+export function useChromium(): { readonly browser: Browser; readonly site: TestSite } {
+  const state = {} as { browser: Browser; site: TestSite };
+  beforeAll(async () => {
+    [state.browser, state.site] = await Promise.all([launchChromium(), TestSite.start()]);
+  });
+  afterAll(async () => {
+    await state.browser?.close();
+    await state.site?.close();
+  });
+  return state;
 }
 
 /** A free TCP port now (for a node that must be known before it starts). */
