@@ -35,36 +35,32 @@ function recipientKeys(routingKey: string, cc: unknown): (string | undefined)[] 
 
 /**
  * The keys of this node's users among a node-routed delivery's recipients: users of the delivery's tenant
- * announced online here whose bit is in the bitmap. Walks whichever side is smaller. Undefined when the
- * header is not a readable bitmap.
+ * held here whose bit is in the bitmap. Walks whichever side is smaller. Undefined when the header is not
+ * a readable bitmap. `bits` is scratch space, overwritten by each call (one bitmap per router, not one per
+ * delivery).
  */
 function localKeysByBit(
   header: unknown,
   local: ReadonlyMap<number, UserEntry<Tab>> | undefined,
+  bits: InstanceType<typeof RoaringBitmap32>,
 ): string[] | undefined {
   if (!Buffer.isBuffer(header) || header.length === 0) return undefined;
-  let bits: InstanceType<typeof RoaringBitmap32>;
   try {
-    bits = RoaringBitmap32.deserialize(header, 'portable');
+    bits.deserialize(header, 'portable');
   } catch {
     return undefined;
   }
   const keys: string[] = [];
-  try {
-    if (!local) return keys;
-    if (bits.size <= local.size) {
-      for (const bit of bits.toUint32Array()) {
-        const entry = local.get(bit);
-        if (entry) keys.push(entry.key);
-      }
-    } else {
-      for (const [bit, entry] of local) if (bits.has(bit)) keys.push(entry.key);
+  if (!local) return keys;
+  if (bits.size <= local.size) {
+    for (const bit of bits.toUint32Array()) {
+      const entry = local.get(bit);
+      if (entry) keys.push(entry.key);
     }
-    return keys;
-  } finally {
-    // Native memory, freed now rather than when the collector gets to it (one bitmap per delivery).
-    bits.clear();
+  } else {
+    for (const [bit, entry] of local) if (bits.has(bit)) keys.push(entry.key);
   }
+  return keys;
 }
 
 /**
@@ -76,6 +72,7 @@ function localKeysByBit(
  */
 export class DeliveryRouter {
   private readonly writer = new SlicedWriter((tabs) => this.metrics.tabWrites.inc(tabs));
+  private readonly recipientBits = new RoaringBitmap32();
 
   constructor(
     private readonly registry: ConnectionRegistry<Tab>,
@@ -113,7 +110,7 @@ export class DeliveryRouter {
     const keys =
       byBit === undefined
         ? recipientKeys(message.fields.routingKey, headers['CC'])
-        : localKeysByBit(byBit, this.registry.usersByBit(tenantId));
+        : localKeysByBit(byBit, this.registry.usersByBit(tenantId), this.recipientBits);
     if (keys === undefined) {
       this.refuse('malformed', 1);
       this.logger.error(
