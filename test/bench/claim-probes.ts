@@ -2,6 +2,7 @@ import { createRequire } from 'node:module';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
 import type { Channel, ChannelModel, ConsumeMessage } from 'amqplib';
+import { throughLocalPort } from '../support/tcp-proxy.js';
 
 /**
  * Independent witnesses for the claim check, shared by its integration test and its bench: what crossed
@@ -83,14 +84,6 @@ export class SpyQueue {
   }
 }
 
-/** `redisUrl` with its host and port replaced by a tap's: same database and credentials. */
-export function viaTap(redisUrl: string, tapPort: number): string {
-  const url = new URL(redisUrl);
-  url.hostname = '127.0.0.1';
-  url.port = String(tapPort);
-  return url.toString();
-}
-
 // A read of a claim-checked payload as it crosses the wire: `GET <key>` in RESP, the key ending
 // `:job:<jobId>`. Case-insensitive: clients send command names in either case.
 const JOB_READ = /\*2\r\n\$\d+\r\n(?:GET|GETEX|GETDEL)\r\n\$\d+\r\n[^\r]*:job:([A-Za-z0-9_-]{1,64})\r\n/gi;
@@ -125,7 +118,7 @@ export class RedisTap {
 
   /** The Redis URL to give a gateway (same database and credentials as the real one). */
   url(redisUrl: string): string {
-    return viaTap(redisUrl, this.port);
+    return throughLocalPort(redisUrl, this.port);
   }
 
   /** Reads of one job's payload seen so far, or of all jobs without an argument. */

@@ -9,7 +9,7 @@ import { startGateway, type Gateway } from '../../src/gateway/main.js';
 import { nodeKey } from '../../src/protocol/ids.js';
 import { silentLogger } from '../../src/shared/logger.js';
 import { deletePrefixKeys, deleteTopology } from '../support/prefix-cleanup.js';
-import { viaTap } from './claim-probes.js';
+import { throughLocalPort } from '../support/tcp-proxy.js';
 import type { ResolverReport, ResolverRequest } from './claim-resolver.js';
 import type { Mode, ServicesReport, ServicesRequest } from './claim-services.js';
 import type { TabSpec, TabsReport, TabsRequest } from './claim-tabs.js';
@@ -128,7 +128,7 @@ export class ClaimStack {
     await desk.ask({ ...start, op: 'start', taps: false }, 'started');
     const gateways: Gateway[] = [];
     for (const tapPort of tapPorts) {
-      const config = loadConfig({ env: {}, overrides: overrides(viaTap(ctx.redisUrl, tapPort)) });
+      const config = loadConfig({ env: {}, overrides: overrides(throughLocalPort(ctx.redisUrl, tapPort)) });
       gateways.push(await startGateway(config, { logger: silentLogger() }));
     }
     const resolver = new Child<ResolverRequest, ResolverReport>('./claim-resolver.ts');

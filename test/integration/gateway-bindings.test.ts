@@ -71,10 +71,7 @@ describe('bindings: once per user, grace on reload, again after a reconnect, gon
     prefix = testPrefix('reconnect');
     const target = new URL(inject('rabbitmqUrl'));
     proxy = await TcpProxy.start(target.hostname, Number(target.port || 5672));
-    const viaProxy = new URL(target);
-    viaProxy.hostname = '127.0.0.1';
-    viaProxy.port = String(proxy.port);
-    gateway = await startTestGateway(testConfig(prefix, { rabbitmq: { url: viaProxy.toString() } }));
+    gateway = await startTestGateway(testConfig(prefix, { rabbitmq: { url: proxy.url(target) } }));
     probe = await BrokerProbe.open();
 
     const a = await open(gateway.port, 't1', 'A');

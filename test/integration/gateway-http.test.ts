@@ -51,10 +51,7 @@ describe('gateway HTTP: /healthz, /readyz, /metrics', () => {
     prefix = testPrefix('http-ready');
     const target = new URL(inject('rabbitmqUrl'));
     proxy = await TcpProxy.start(target.hostname, Number(target.port || 5672));
-    const viaProxy = new URL(target);
-    viaProxy.hostname = '127.0.0.1';
-    viaProxy.port = String(proxy.port);
-    gateway = await startTestGateway(testConfig(prefix, { rabbitmq: { url: viaProxy.toString() } }));
+    gateway = await startTestGateway(testConfig(prefix, { rabbitmq: { url: proxy.url(target) } }));
     const port = gateway.port;
 
     expect(await get(port, '/healthz')).toMatchObject({ status: 200 });

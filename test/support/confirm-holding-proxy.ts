@@ -1,4 +1,5 @@
 import { connect, createServer, type Server, type Socket } from 'node:net';
+import { throughLocalPort } from './tcp-proxy.js';
 
 // AMQP 0-9-1 frames: type (1 byte), channel (2), payload size (4), payload, frame end 0xCE.
 const HEADER = 7;
@@ -40,10 +41,7 @@ export class ConfirmHoldingProxy {
 
   /** The broker URL with this proxy in place of the broker. */
   url(target: URL): string {
-    const url = new URL(target.toString());
-    url.hostname = '127.0.0.1';
-    url.port = String(this.port);
-    return url.toString();
+    return throughLocalPort(target, this.port);
   }
 
   private track(client: Socket, upstream: Socket): void {

@@ -1,5 +1,13 @@
 import { createServer, connect, type Server, type Socket } from 'node:net';
 
+/** `url` with its host and port replaced by a local proxy's: same credentials, vhost or database. */
+export function throughLocalPort(url: string | URL, port: number): string {
+  const local = new URL(url.toString());
+  local.hostname = '127.0.0.1';
+  local.port = String(port);
+  return local.toString();
+}
+
 /**
  * A TCP proxy the test controls: `cut()` drops every connection through it, `refuse()` makes new
  * connections fail until `accept()`; used to take the broker away from a gateway without touching the broker.
@@ -40,6 +48,11 @@ export class TcpProxy {
     if (!address || typeof address === 'string') throw new Error('proxy has no port');
     state.proxy = new TcpProxy(server, address.port);
     return state.proxy;
+  }
+
+  /** `target` (the service's URL) with this proxy in place of the service. */
+  url(target: string | URL): string {
+    return throughLocalPort(target, this.port);
   }
 
   cut(): void {
