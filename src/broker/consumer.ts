@@ -1,4 +1,5 @@
 import type { Channel, ChannelModel, ConsumeMessage } from 'amqplib';
+import { fullJitterDelay } from '../shared/backoff.js';
 import { errorMessage } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
 import type { BrokerConnection } from './connection.js';
@@ -111,13 +112,28 @@ export interface ConsumerOptions {
   prefetch: number;
   /** Runs on each (re)connect before consuming starts, on the consumer's channel (declare, bind…). */
   prepare?: (channel: Channel, model: ChannelModel) => Promise<void>;
+  /**
+   * Runs after the consumer came back on a connection that stayed up: its channel was closed by the broker
+   * (an unacknowledged message past `consumer_timeout`, a protocol error) or its queue was deleted under
+   * it. `prepare` has run again; bindings made elsewhere may have gone with a deleted queue.
+   */
+  resubscribed?: () => Promise<void>;
 }
 
-/** Consumes one queue with manual acks and a prefetch window, re-subscribing after every reconnect. */
+// Re-subscribing after the broker closed the consumer's channel: first try soon, then back off.
+const RESUBSCRIBE_BASE_MS = 200;
+const RESUBSCRIBE_CAP_MS = 10_000;
+
+/**
+ * Consumes one queue with manual acks and a prefetch window, re-subscribing after every reconnect, and
+ * also when the broker closes its channel or cancels it while the connection stays up (without that the
+ * process would stay connected, and ready, and never receive again).
+ */
 export class Consumer {
   private channel: Channel | undefined;
   private consumerTag: string | undefined;
   private stopped = false;
+  private resubscribing = false;
 
   constructor(
     private readonly broker: BrokerConnection,
@@ -135,10 +151,17 @@ export class Consumer {
     const channel = await model.createChannel();
     channel.on('error', (error: Error) => this.logger.warn({ err: error.message }, 'consumer channel error'));
     channel.on('close', () => {
-      if (this.channel === channel) this.channel = undefined;
+      if (this.channel !== channel) return;
+      this.channel = undefined;
+      this.resubscribe(model, 'consumer channel closed by the broker');
     });
-    await this.options.prepare?.(channel, model);
-    await channel.prefetch(this.options.prefetch);
+    try {
+      await this.options.prepare?.(channel, model);
+      await channel.prefetch(this.options.prefetch);
+    } catch (error) {
+      await channel.close().catch(() => {});
+      throw error;
+    }
     this.channel = channel;
     const isCurrent = (c: Channel): boolean => c === this.channel;
     const acks = new AckBatcher(channel);
@@ -146,18 +169,53 @@ export class Consumer {
       this.options.queue,
       (message) => {
         if (message === null) {
-          this.logger.warn({ queue: this.options.queue }, 'consumer cancelled by the broker');
+          // The queue was deleted (or the node holding it went away): start over on a fresh channel.
+          if (this.channel === channel) this.channel = undefined;
+          channel.close().catch(() => {});
+          this.resubscribe(model, 'consumer cancelled by the broker');
           return;
         }
+        const delivery = new Delivery(message, channel, isCurrent, acks);
         try {
-          this.handle(new Delivery(message, channel, isCurrent, acks));
+          this.handle(delivery);
         } catch (error) {
-          this.logger.error({ err: errorMessage(error) }, 'delivery handler threw');
+          // A bug, not bad input (handlers dead-letter that themselves). Rejected rather than left
+          // unsettled, which would hold a prefetch slot until the broker's consumer timeout closes the
+          // channel; queues with a dead-letter exchange keep it there, with the reason logged here.
+          this.logger.error(
+            { err: errorMessage(error), queue: this.options.queue, messageId: message.properties.messageId },
+            'delivery handler threw; message rejected',
+          );
+          delivery.reject();
         }
       },
       { noAck: false },
     );
     this.consumerTag = reply.consumerTag;
+  }
+
+  private resubscribe(model: ChannelModel, reason: string, attempt = 1): void {
+    // One attempt pending at a time (a failed subscribe both rejects and closes its channel).
+    if (this.stopped || this.resubscribing) return;
+    this.resubscribing = true;
+    const retry = (): void => {
+      this.resubscribing = false;
+      // The connection went too (its reconnect subscribes again), or a reconnect already has.
+      if (this.stopped || this.channel || this.broker.model !== model) return;
+      if (attempt === 1) this.logger.warn({ queue: this.options.queue }, `${reason}; re-subscribing`);
+      this.open(model)
+        .then(() => this.options.resubscribed?.())
+        .then(
+          () => this.logger.info({ queue: this.options.queue }, 're-subscribed'),
+          (error: unknown) => {
+            this.logger.warn({ err: errorMessage(error), queue: this.options.queue }, 're-subscribe failed');
+            this.resubscribe(model, reason, attempt + 1);
+          },
+        );
+    };
+    // Never at once: when the whole connection is going, its channels close just before it is seen gone.
+    const delay = RESUBSCRIBE_BASE_MS + fullJitterDelay(attempt, RESUBSCRIBE_BASE_MS, RESUBSCRIBE_CAP_MS);
+    setTimeout(retry, delay).unref();
   }
 
   /** The channel, for operations that must happen on it (e.g. deleting the queue while draining). */

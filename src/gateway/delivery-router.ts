@@ -134,19 +134,25 @@ export class DeliveryRouter {
     // Small deliveries behind this one go on while the payload is read. Recipients are worked out once
     // it is here, so tabs that closed meanwhile are skipped and a copy of the same event that arrived
     // meanwhile (a redelivery) finds this one recorded and is not written twice.
-    this.payloads.get(tenantId, jobId).then(
-      (payload) => {
-        const targets = this.targets(tenantId, eventId, keys);
-        if (!payload) this.unavailable(tenantId, eventId, jobId, targets, 'missing');
-        else if (targets.length > 0) this.write(eventId, eventType, payload, targets);
-        delivery.ack();
-      },
-      (error: unknown) => {
-        const targets = this.targets(tenantId, eventId, keys);
-        this.unavailable(tenantId, eventId, jobId, targets, 'fetch_failed', errorMessage(error));
-        delivery.ack();
-      },
-    );
+    // Acked however it ends: a throw after the fetch must neither leave the message holding a prefetch
+    // slot nor become an unhandled rejection (which would end the process).
+    void this.payloads
+      .get(tenantId, jobId)
+      .then(
+        (payload) => {
+          const targets = this.targets(tenantId, eventId, keys);
+          if (!payload) this.unavailable(tenantId, eventId, jobId, targets, 'missing');
+          else if (targets.length > 0) this.write(eventId, eventType, payload, targets);
+        },
+        (error: unknown) => {
+          const targets = this.targets(tenantId, eventId, keys);
+          this.unavailable(tenantId, eventId, jobId, targets, 'fetch_failed', errorMessage(error));
+        },
+      )
+      .catch((error: unknown) => {
+        this.logger.error({ err: errorMessage(error), eventId, jobId }, 'claim-checked delivery failed');
+      })
+      .finally(() => delivery.ack());
   }
 
   private targets(tenantId: string, eventId: string, keys: readonly (string | undefined)[]): Target[] {

@@ -113,6 +113,8 @@ export async function startGateway(
       // Bound before consuming: node-routed deliveries reach the node by its own key.
       prepare: (channel) =>
         declareGatewayQueue(channel, queue, { exchange: names.deliveries, key: nodeKey(nodeId) }),
+      // The queue may have been deleted under the consumer, and its user bindings with it.
+      resubscribed: () => registry.rebindAll(),
     },
     (delivery) => router.handle(delivery),
     logger,

@@ -25,7 +25,7 @@ describe('consumer acks', () => {
     await model.close();
   });
 
-  async function consume(prefetch: number, handle: (d: Delivery) => void) {
+  async function consume(prefetch: number, handle: (d: Delivery) => void, from = queue) {
     const broker = new BrokerConnection(
       {
         url: inject('rabbitmqUrl'),
@@ -39,7 +39,7 @@ describe('consumer acks', () => {
     );
     const errors: string[] = [];
     broker.on('disconnected', () => errors.push('disconnected'));
-    const consumer = new Consumer(broker, { queue, prefetch }, handle, silentLogger());
+    const consumer = new Consumer(broker, { queue: from, prefetch }, handle, silentLogger());
     await consumer.start();
     await broker.start();
     return { broker, consumer, errors };
@@ -75,5 +75,40 @@ describe('consumer acks', () => {
       .map((d) => d.message.content.toString());
     expect(redelivered).toEqual(['5']);
     expect(received).toHaveLength(31);
+  });
+
+  it('rejects a message whose handler throws, to the dead-letter exchange, and keeps consuming', async () => {
+    const throwing = `${queue}.throwing`;
+    const dlx = `${queue}.dlx`;
+    const dead = `${queue}.dead`;
+    await admin.assertExchange(dlx, 'fanout', { durable: false, autoDelete: true });
+    await admin.assertQueue(dead, { durable: false });
+    await admin.bindQueue(dead, dlx, '');
+    await admin.assertQueue(throwing, { durable: false, arguments: { 'x-dead-letter-exchange': dlx } });
+    const handled: string[] = [];
+    const { broker, consumer } = await consume(
+      1,
+      (d) => {
+        const body = d.message.content.toString();
+        if (body === 'bug') throw new Error('a bug in the handler');
+        handled.push(body);
+        d.ack();
+      },
+      throwing,
+    );
+    try {
+      for (const body of ['first', 'bug', 'after']) admin.sendToQueue(throwing, Buffer.from(body));
+      // With a prefetch of 1, 'after' arrives only once 'bug' was settled.
+      await eventually(() => handled.includes('after'), 'the message after the one that threw');
+      await eventually(async () => (await admin.checkQueue(dead)).messageCount === 1, 'dead-lettered');
+      const deadMessage = await admin.get(dead, { noAck: true });
+      expect(deadMessage && deadMessage.content.toString()).toBe('bug');
+      expect(handled).toEqual(['first', 'after']);
+    } finally {
+      await consumer.close();
+      await broker.close();
+      await admin.deleteQueue(throwing);
+      await admin.deleteQueue(dead);
+    }
   });
 });

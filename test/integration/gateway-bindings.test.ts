@@ -105,6 +105,28 @@ describe('bindings: once per user, grace on reload, again after a reconnect, gon
     expect(proxy.connections).toBeGreaterThanOrEqual(2);
   });
 
+  it('subscribes again, re-declares its queue and re-binds its users when the queue is deleted under it', async () => {
+    prefix = testPrefix('cancelled');
+    gateway = await startTestGateway(testConfig(prefix));
+    probe = await BrokerProbe.open();
+    const a = await open(gateway.port, 't1', 'A');
+    await probe.deliver(prefix, ['u.t1.A'], { id: 'before', tenantId: 't1' });
+    await eventually(() => a.eventIds().includes('before'), 'before');
+
+    // The connection stays up: the broker only cancels the node's consumer (an operator deleting the
+    // queue, a queue lost with a cluster node).
+    const ch = await probe.model.createChannel();
+    await ch.deleteQueue(gateway.queue);
+    await ch.close();
+    expect(await probe.routes(prefix, 'u.t1.A')).toBe(false);
+
+    await eventually(() => probe!.routes(prefix, 'u.t1.A'), 'A bound again', 15_000);
+    await probe.deliver(prefix, ['u.t1.A'], { id: 'after', tenantId: 't1' });
+    await eventually(() => a.eventIds().includes('after'), 'the same tab receives again');
+    expect(a.eventIds()).toEqual(['before', 'after']);
+    expect(a.closeCode).toBeUndefined();
+  });
+
   it('drains: tabs get 4100, then the node’s queue and bindings are gone', async () => {
     prefix = testPrefix('drain');
     gateway = await startTestGateway(testConfig(prefix, { gateway: { drainWindowMs: 300 } }));
