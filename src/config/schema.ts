@@ -132,7 +132,9 @@ export const configSchema = z.strictObject({
         .describe('Largest client frame; larger ones get an error frame.'),
       maxBackpressureBytes: positiveInt
         .default(DEFAULTS.maxBackpressureBytes)
-        .describe('Unsent bytes a tab may accumulate before it is closed with 4009.'),
+        .describe(
+          'Unsent bytes a tab may accumulate before it is closed with 4009; one larger frame still reaches a tab with nothing else unsent.',
+        ),
       badFrameLimit: positiveInt
         .default(DEFAULTS.badFrameLimit)
         .describe('Bad frames a connection may send before it is closed with 4008.'),

@@ -11,6 +11,8 @@ const SMALL_FRAME_BYTES = 64 * 1024;
 interface Backlog {
   frames: Uint8Array[];
   bytes: number;
+  /** The largest frame ever held here (a tab may be one frame above its limit, see `Tab.wouldOverflow`). */
+  largest: number;
 }
 
 /**
@@ -40,7 +42,7 @@ export class SlicedWriter {
       const backlog = this.waiting.get(tab);
       if (backlog) this.hold(tab, backlog, frame);
       else if (!large || this.spent < SLICE_BYTES) written += this.send(tab, frame);
-      else this.hold(tab, { frames: [], bytes: 0 }, frame);
+      else this.hold(tab, { frames: [], bytes: 0, largest: 0 }, frame);
     }
     if (written > 0) this.onWritten(written);
     if (this.spent > 0 || this.waiting.size > 0) this.schedule();
@@ -48,13 +50,15 @@ export class SlicedWriter {
 
   private hold(tab: Tab, backlog: Backlog, frame: Uint8Array): void {
     if (tab.closed) return;
-    if (tab.wouldOverflow(backlog.bytes + frame.byteLength)) {
+    const largest = Math.max(backlog.largest, frame.byteLength);
+    if (tab.wouldOverflow(backlog.bytes + frame.byteLength, largest)) {
       this.waiting.delete(tab);
       tab.end(CloseCode.TooSlow, 'too slow');
       return;
     }
     backlog.frames.push(frame);
     backlog.bytes += frame.byteLength;
+    backlog.largest = largest;
     this.waiting.set(tab, backlog);
   }
 

@@ -33,11 +33,16 @@ export class Tab implements RegisteredTab {
   /** Frames written in this turn, sent together at its end (see `Tab.write`). */
   private pending: (Uint8Array | string)[] = [];
   private pendingBytes = 0;
+  /** The largest of the pending frames: the limit stretches to let one such frame through. */
+  private largestPending = 0;
+  /** The largest frame sent since the socket's unsent bytes were last within the limit. */
+  private largestUnsent = 0;
   private readonly sendPending = (): void => {
     for (const frame of this.pending) this.ws.send(frame, false);
     // uWS has copied them; a large payload must not stay referenced by every tab until its next frame.
     this.pending = [];
     this.pendingBytes = 0;
+    this.largestPending = 0;
   };
 
   constructor(
@@ -64,26 +69,43 @@ export class Tab implements RegisteredTab {
     if (this.closed) return false;
     if (this.pending.length === 0) outbox.add(this, tooSlowCode);
     this.pending.push(frame);
-    this.pendingBytes += typeof frame === 'string' ? Buffer.byteLength(frame) : frame.byteLength;
+    const bytes = typeof frame === 'string' ? Buffer.byteLength(frame) : frame.byteLength;
+    this.pendingBytes += bytes;
+    if (bytes > this.largestPending) this.largestPending = bytes;
     return true;
   }
 
   /** Sends what `write` queued (called by the outbox at the end of the turn, and before a close). */
   flush(tooSlowCode: number): void {
     if (this.closed || this.pending.length === 0) return;
+    // What is left of an earlier large frame is within the limit: it needs no allowance any more.
+    if (this.ws.getBufferedAmount() <= this.limits.maxBackpressureBytes) this.largestUnsent = 0;
+    this.largestUnsent = Math.max(this.largestUnsent, this.largestPending);
+    const allowed = this.allowance(0);
     this.ws.cork(this.sendPending);
-    if (this.ws.getBufferedAmount() > this.limits.maxBackpressureBytes) this.end(tooSlowCode, 'too slow');
+    if (this.ws.getBufferedAmount() > allowed) this.end(tooSlowCode, 'too slow');
   }
 
   /**
-   * Whether `pending` more bytes, on top of what the socket has not sent yet, would pass the backpressure
-   * limit (frames a writer holds back for the tab count as unsent).
+   * Whether `pending` more bytes (the largest frame among them `largestFrame`), on top of what the socket
+   * has not sent yet, would pass the backpressure limit (frames a writer holds back count as unsent).
    */
-  wouldOverflow(pending: number): boolean {
+  wouldOverflow(pending: number, largestFrame = 0): boolean {
     return (
-      !this.closed &&
-      this.ws.getBufferedAmount() + this.pendingBytes + pending > this.limits.maxBackpressureBytes
+      !this.closed && this.ws.getBufferedAmount() + this.pendingBytes + pending > this.allowance(largestFrame)
     );
+  }
+
+  /**
+   * Unsent bytes allowed: the configured limit, plus the largest frame that may still be unsent when that
+   * frame alone is over the limit. An event bigger than the limit then still reaches a tab that keeps up
+   * (instead of closing every tab it is for with 4009, and again on each resume), while a tab more than
+   * the limit behind it is still too slow.
+   */
+  private allowance(largestFrame: number): number {
+    const { maxBackpressureBytes } = this.limits;
+    const largest = Math.max(largestFrame, this.largestPending, this.largestUnsent);
+    return largest > maxBackpressureBytes ? maxBackpressureBytes + largest : maxBackpressureBytes;
   }
 
   /** Closes with a code (idempotent). Frames queued in this turn go first, unless the tab is too slow. */
@@ -92,6 +114,7 @@ export class Tab implements RegisteredTab {
     if (code !== CloseCode.TooSlow && this.pending.length > 0) this.ws.cork(this.sendPending);
     this.pending = [];
     this.pendingBytes = 0;
+    this.largestPending = 0;
     this.closed = true;
     clearTimeout(this.timer);
     this.onGatewayClose(code);
@@ -103,6 +126,7 @@ export class Tab implements RegisteredTab {
     this.closed = true;
     this.pending = [];
     this.pendingBytes = 0;
+    this.largestPending = 0;
     clearTimeout(this.timer);
   }
 }

@@ -239,3 +239,23 @@ describe('a bit given to another user after Redis lost id-map writes', () => {
     expect(y.eventIds()).toEqual(['for-y']);
   });
 });
+
+describe('an event larger than the backpressure limit', () => {
+  // 64 KiB of unsent bytes allowed per tab; the event is 1.5 MiB. Five tabs of one user on one node: the
+  // first ones are written at once, the rest wait for the next turn (the writer's slice is spent).
+  const { state, open } = twoNodes('oversized', { gateway: { maxBackpressureBytes: 64 * 1024 } });
+
+  it('still reaches tabs that keep up, and the events after it too', async () => {
+    const tabs: TestTab[] = [];
+    for (let i = 0; i < 5; i += 1) tabs.push(await open(0, 't1', 'A'));
+    const big = 'x'.repeat(1.5 * 1024 * 1024);
+    await state.probe.deliver(state.prefix, ['u.t1.A'], { id: 'big', tenantId: 't1', data: { big } });
+    await state.probe.deliver(state.prefix, ['u.t1.A'], { id: 'small', tenantId: 't1', data: { n: 1 } });
+    await eventually(() => tabs.every((t) => t.eventIds().includes('small')), 'every tab gets both');
+    for (const tab of tabs) {
+      expect(tab.eventIds()).toEqual(['big', 'small']);
+      expect((tab.events()[0]?.data as { big: string }).big.length).toBe(big.length);
+      expect(tab.closeCode).toBeUndefined();
+    }
+  });
+});
