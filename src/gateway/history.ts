@@ -33,7 +33,13 @@ export class DeliveryHistory {
   }
 
   add(offset: number, keys: readonly string[], frame: Uint8Array): void {
-    if (this.maxEntries === 0 || frame.byteLength > this.maxBytes) return;
+    if (this.maxEntries === 0) return;
+    if (frame.byteLength > this.maxBytes) {
+      // Not kept, so nothing before it can be replayed without a gap: history starts again after it.
+      this.entries.length = 0;
+      this.bytes = 0;
+      return;
+    }
     this.entries.push({ offset, keys, frame });
     this.bytes += frame.byteLength;
     while (this.entries.length > this.maxEntries || this.bytes > this.maxBytes) {
@@ -44,16 +50,18 @@ export class DeliveryHistory {
   }
 
   /**
-   * Frames delivered to `key` after `offset`, or undefined when history does not reach back that far
-   * (or the epoch is another node's).
+   * Frames delivered to `key` after `offset` up to `upTo` (the offset a reconnected tab was welcomed at:
+   * what came later was written to it live), or undefined when history does not reach back that far (or
+   * the epoch is another node's).
    */
-  since(epoch: string, offset: number, key: string): Uint8Array[] | undefined {
-    if (epoch !== this.epoch || offset > this.last) return undefined;
+  since(epoch: string, offset: number, key: string, upTo = this.last): Uint8Array[] | undefined {
+    if (epoch !== this.epoch || offset > upTo) return undefined;
     const first = this.entries[0];
     // Offsets are consecutive; a gap between the client's offset and the oldest entry means lost history.
-    if (offset < this.last && (!first || first.offset > offset + 1)) return undefined;
+    if (offset < upTo && (!first || first.offset > offset + 1)) return undefined;
     const frames: Uint8Array[] = [];
     for (const entry of this.entries) {
+      if (entry.offset > upTo) break;
       if (entry.offset > offset && entry.keys.includes(key)) frames.push(entry.frame);
     }
     return frames;

@@ -184,6 +184,7 @@ export class WsServer {
           epoch: history.epoch,
           offset: history.offset,
         });
+        tab.welcomeOffset = history.offset;
         tab.ready = true;
         metrics.welcomeSeconds.observe((performance.now() - data.upgradedAt) / 1000);
         this.armTimer(tab, Date.now() + this.lifetime());
@@ -248,7 +249,13 @@ export class WsServer {
 
   private resume(tab: Tab, epoch: string, offset: number): void {
     const { history } = this.deps;
-    const frames = history.since(epoch, offset, tab.key);
+    if (!tab.ready) return this.badFrame(tab, FrameErrorCode.BadFrame, 'resume before welcome');
+    if (tab.resumed) {
+      return this.badFrame(tab, FrameErrorCode.BadFrame, 'this connection has already resumed');
+    }
+    tab.resumed = true;
+    // Up to the welcome's offset: what was delivered since then has already been written to this tab.
+    const frames = history.since(epoch, offset, tab.key, tab.welcomeOffset);
     if (!frames) {
       this.sendFrame(tab, {
         type: 'error',

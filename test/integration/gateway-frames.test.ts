@@ -100,17 +100,25 @@ describe('client frames, limits and connection lifetime', () => {
     await eventually(() => keeper.eventIds().includes('missed'), 'missed reached the node');
 
     const back = await openTab(gateway.port, jwt);
+    // Delivered after the welcome and before the resume: written live, so not replayed a second time.
+    await probe.deliver(prefix, ['u.t1.r1'], { id: 'live', tenantId: 't1' });
+    await eventually(() => back.eventIds().includes('live'), 'live');
     back.send({ type: 'resume', epoch, offset: lastSeen });
     await eventually(() => back.frames.some((f) => f.type === 'resumed'), 'resumed');
-    expect(back.eventIds()).toEqual(['missed']);
+    expect(back.eventIds()).toEqual(['live', 'missed']);
 
-    back.send({ type: 'resume', epoch: 'another-node', offset: 1 });
+    // Once per connection: a second resume would only replay the same frames again.
+    back.send({ type: 'resume', epoch, offset: lastSeen });
+    await eventually(() => back.frames.some((f) => f.type === 'error' && f.code === 'bad_frame'), 'refused');
+    expect(back.eventIds()).toEqual(['live', 'missed']);
+
+    const elsewhere = await openTab(gateway.port, jwt);
+    elsewhere.send({ type: 'resume', epoch: 'another-node', offset: 1 });
     await eventually(
-      () => back.frames.some((f) => f.type === 'error' && f.code === 'resume_unavailable'),
+      () => elsewhere.frames.some((f) => f.type === 'error' && f.code === 'resume_unavailable'),
       'resume_unavailable',
     );
-    keeper.ws.terminate();
-    back.ws.terminate();
+    for (const tab of [keeper, back, elsewhere]) tab.ws.terminate();
   });
 });
 

@@ -1,0 +1,34 @@
+import { describe, expect, it } from 'vitest';
+import { DeliveryHistory } from '../../../src/gateway/history.js';
+
+const frame = (bytes: number) => new Uint8Array(bytes);
+
+describe('DeliveryHistory', () => {
+  it('replays a user’s frames after an offset, up to the offset the tab was welcomed at', () => {
+    const history = new DeliveryHistory('e', 100, 1024);
+    const frames = [1, 2, 3, 4].map(() => frame(10));
+    frames.forEach((f, i) => history.add(history.next(), i === 1 ? ['u.t.B'] : ['u.t.A'], f));
+    expect(history.since('e', 0, 'u.t.A')).toEqual([frames[0], frames[2], frames[3]]);
+    expect(history.since('e', 1, 'u.t.A', 3)).toEqual([frames[2]]);
+    expect(history.since('e', 3, 'u.t.A', 3)).toEqual([]);
+    expect(history.since('other-node', 1, 'u.t.A')).toBeUndefined();
+  });
+
+  it('answers that it cannot replay across a frame too large to keep, instead of skipping it', () => {
+    const history = new DeliveryHistory('e', 100, 1024);
+    history.add(history.next(), ['u.t.A'], frame(10));
+    history.add(history.next(), ['u.t.A'], frame(2048));
+    const after = frame(10);
+    history.add(history.next(), ['u.t.A'], after);
+    // Offset 1 was seen; 2 is not kept, so a replay from 1 would silently miss it.
+    expect(history.since('e', 1, 'u.t.A')).toBeUndefined();
+    expect(history.since('e', 2, 'u.t.A')).toEqual([after]);
+  });
+
+  it('forgets the oldest frames past its entry and byte limits, and then says so', () => {
+    const history = new DeliveryHistory('e', 2, 1024);
+    for (let i = 0; i < 3; i += 1) history.add(history.next(), ['u.t.A'], frame(10));
+    expect(history.since('e', 0, 'u.t.A')).toBeUndefined();
+    expect(history.since('e', 1, 'u.t.A')).toHaveLength(2);
+  });
+});
