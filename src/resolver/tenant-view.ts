@@ -82,7 +82,11 @@ export class TenantView {
     await this.init();
   }
 
-  /** Snapshot of presence. The log position is read first: entries after it re-apply harmlessly. */
+  /**
+   * Snapshot of presence. The log position is read first: entries after it re-apply harmlessly. Loaded
+   * into a set of its own and kept only whole: a snapshot that fails half-way (Redis gone mid-read) must
+   * not leave its half behind for the retry to add to.
+   */
   private async init(): Promise<void> {
     const k = this.keys;
     const position = await logHead(this.redis, k.log(this.tenantId), k.logSeq(this.tenantId));
@@ -90,7 +94,7 @@ export class TenantView {
     const pipeline = this.redis.pipeline();
     for (const node of nodes) pipeline.getBuffer(k.online(this.tenantId, node));
     const replies = (await pipeline.exec()) ?? [];
-    this.online.setDead(this.dead);
+    const online = new OnlineSet(this.tenantId);
     for (const [i, node] of nodes.entries()) {
       const [error, raw] = replies[i] ?? [];
       if (error) throw error;
@@ -101,8 +105,10 @@ export class TenantView {
         const slice = Array.from(bits.subarray(start, start + ID_BATCH), String);
         ids.push(...(await this.redis.hmget(k.reverseIds(this.tenantId), ...slice)));
       }
-      this.online.load(node, bits, ids);
+      online.load(node, bits, ids);
     }
+    online.setDead(this.dead);
+    this.onlineSet = online;
     this.position = position;
   }
 
