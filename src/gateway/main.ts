@@ -136,16 +136,26 @@ export async function startGateway(
   await broker.start();
 
   let firstBeat = true;
+  let reannounceDue = false;
+  let beating = false;
   const startedAt = Date.now();
   const beat = async (): Promise<void> => {
+    // A beat slower than the interval (Redis slow or away) is not overlapped by the next one.
+    if (beating) return;
+    beating = true;
     try {
       const stats = { connections: registry.size, users: registry.userCount, startedAt };
       const unknown = await presence.heartbeat(nodeId, stats, config.presence.expiryMs);
       if (unknown && !firstBeat) {
         logger.warn('this node had been declared dead; announcing its users again');
-        await registry.reannounce();
+        reannounceDue = true;
       }
       firstBeat = false;
+      // Until it has succeeded: the next beat finds the node known again and would not ask.
+      if (reannounceDue) {
+        await registry.reannounce();
+        reannounceDue = false;
+      }
       const wrong = await registry.verifyBits((tenantId, userIds) => presence.bitsOf(tenantId, userIds));
       if (wrong.length > 0)
         logger.error(
@@ -155,6 +165,8 @@ export async function startGateway(
       await presence.sweepDeadNodes(config.presence.expiryMs);
     } catch (error) {
       logger.warn({ err: errorMessage(error) }, 'presence heartbeat failed');
+    } finally {
+      beating = false;
     }
   };
   await beat();

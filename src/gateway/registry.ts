@@ -208,8 +208,16 @@ export class ConnectionRegistry<T extends RegisteredTab> {
         entries.map((e) => e.userId),
       );
       entries.forEach((e, i) => {
-        this.setBit(e, bits[i]);
+        const bit = bits[i] as number;
+        // Released while the announcement was on its way: take back what it just set.
+        if (this.users.get(e.key) !== e) {
+          void this.presence.offline(e.tenantId, bit).catch(() => {});
+          return;
+        }
+        this.setBit(e, bit);
         e.online = true;
+        // Its last tab closed meanwhile (its own offline step may have run before this announcement).
+        if (e.tabs.size === 0) void this.enqueue(e, () => this.goOffline(e)).catch(() => {});
       });
     }
   }

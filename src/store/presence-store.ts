@@ -81,7 +81,15 @@ export class PresenceStore {
         .pexpire(statsKey, ttlMs)
         .exec(),
     ]);
+    // Declared dead and forgotten (by whichever process swept it): the tenants it announced must be
+    // recorded again as its users are re-announced, or a real death later would leave their bits behind.
+    if (isNew === 1) this.forgetKnownTenants(nodeId);
     return isNew === 1;
+  }
+
+  private forgetKnownTenants(nodeId: string): void {
+    for (const known of this.knownTenants)
+      if (known.startsWith(`${nodeId}/`)) this.knownTenants.delete(known);
   }
 
   async nodeStats(nodeId: string): Promise<NodeStats | undefined> {
@@ -129,9 +137,10 @@ export class PresenceStore {
       ),
     );
     await this.redis.zrem(k.nodes(), nodeId);
-    await this.redis.del(k.nodeTenants(nodeId), k.nodeStats(nodeId));
-    for (const known of this.knownTenants)
-      if (known.startsWith(`${nodeId}/`)) this.knownTenants.delete(known);
+    // Only the tenants cleaned up here: one the node announced meanwhile (it was alive after all) stays.
+    if (tenants.length > 0) await this.redis.srem(k.nodeTenants(nodeId), ...tenants);
+    await this.redis.del(k.nodeStats(nodeId));
+    this.forgetKnownTenants(nodeId);
   }
 
   async liveNodes(expiryMs: number): Promise<string[]> {

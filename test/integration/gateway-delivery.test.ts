@@ -4,6 +4,8 @@ import { afterEach, beforeEach, describe, expect, inject, it } from 'vitest';
 import type { Gateway } from '../../src/gateway/main.js';
 import { DeliveryHeader } from '../../src/protocol/delivery.js';
 import { Keys } from '../../src/store/keys.js';
+import { PresenceStore } from '../../src/store/presence-store.js';
+import { withWarrenCommands } from '../../src/store/redis.js';
 import {
   BrokerProbe,
   counter,
@@ -256,6 +258,37 @@ describe('an event larger than the backpressure limit', () => {
       expect(tab.eventIds()).toEqual(['big', 'small']);
       expect((tab.events()[0]?.data as { big: string }).big.length).toBe(big.length);
       expect(tab.closeCode).toBeUndefined();
+    }
+  });
+});
+
+describe('a node declared dead while it was alive', () => {
+  const { state, open } = twoNodes('forgotten', { presence: { heartbeatMs: 200 } });
+
+  it('announces its users again on its next heartbeat, with the tenants it holds recorded for cleanup', async () => {
+    const redis = new Redis(inject('redisUrl'));
+    try {
+      const keys = new Keys(state.prefix);
+      const gateway = state.gateways[0] as Gateway;
+      await open(0, 't1', 'A');
+      const bit = Number(await redis.hget(keys.ids('t1'), 'A'));
+      expect(await redis.smembers(keys.nodeTenants(gateway.nodeId))).toEqual(['t1']);
+
+      // What a resolver or another gateway does to a node that stopped beating for a while.
+      await new PresenceStore(withWarrenCommands(redis), keys).forgetNode(gateway.nodeId);
+      expect(await redis.getbit(keys.online('t1', gateway.nodeId), bit)).toBe(0);
+
+      await eventually(
+        async () => (await redis.getbit(keys.online('t1', gateway.nodeId), bit)) === 1,
+        'A announced online again',
+      );
+      // Recorded again too: without it, the node's real death later would leave A's bit behind.
+      await eventually(
+        async () => (await redis.smembers(keys.nodeTenants(gateway.nodeId))).includes('t1'),
+        'the node’s tenants recorded again',
+      );
+    } finally {
+      await redis.quit();
     }
   });
 });
