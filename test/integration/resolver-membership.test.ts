@@ -1,5 +1,6 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { WarrenPublisher } from '../../src/sdk/publisher/index.js';
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { WarrenPublisher } from '../../src/sdk/publisher/index.js';
 import {
   eventually,
   openTab,
@@ -86,5 +87,22 @@ describe('membership changes take effect for the next event', () => {
     expect(await reach({ teams: ['lab'], users: ['bob'] })).toEqual(['ann', 'bob', 'dan']);
     expect(await reach({ teams: ['lab'], users: ['bob'], exceptUsers: ['dan'] })).toEqual(['ann', 'bob']);
     expect(await reach({ users: ['nobody-online'] })).toEqual([]);
+  });
+});
+
+describe('the publisher SDK given a Redis client of the application', () => {
+  it('refuses one with a keyPrefix, which would split membership changes across two key spaces', async () => {
+    const redis = new Redis(inject('redisUrl'), { keyPrefix: 'app:', lazyConnect: true });
+    try {
+      await expect(
+        WarrenPublisher.connect({
+          redis,
+          rabbitmqUrl: inject('rabbitmqUrl'),
+          prefix: testPrefix('keyprefix'),
+        }),
+      ).rejects.toThrow(/keyPrefix "app:"/);
+    } finally {
+      redis.disconnect();
+    }
   });
 });

@@ -26,7 +26,10 @@ export interface PublisherOptions {
   rabbitmqUrl?: string;
   /** Default `redis://127.0.0.1:6379`; ignored when `redis` is given. */
   redisUrl?: string;
-  /** An ioredis client of yours to use (and not close). */
+  /**
+   * An ioredis client of yours to use (and not close). Without `keyPrefix`: Warren names its keys itself
+   * (see `prefix`), and some of them are built inside its scripts, where ioredis would not prefix them.
+   */
   redis?: Redis;
   /** Must match the installation's `WARREN_PREFIX`. Default `warren`. */
   prefix?: string;
@@ -68,6 +71,15 @@ export class WarrenPublisher {
 
   static async connect(options: PublisherOptions = {}): Promise<WarrenPublisher> {
     const logger = options.logger ?? silentLogger();
+    const keyPrefix = options.redis?.options.keyPrefix;
+    if (keyPrefix) {
+      // Half of a membership change would land under the client's prefix and half outside it, where
+      // resolvers read: a user could get another user's bit, and a removal would silently do nothing.
+      throw new TypeError(
+        `WarrenPublisher.connect: the Redis client given has keyPrefix "${keyPrefix}"; pass one without it ` +
+          '(Warren prefixes its own keys: set the `prefix` option to match WARREN_PREFIX instead)',
+      );
+    }
     const prefix = options.prefix ?? DEFAULTS.prefix;
     const names = topologyNames(prefix);
     const keys = new Keys(prefix);
