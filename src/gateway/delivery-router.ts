@@ -22,6 +22,16 @@ interface Target {
   tabs: Tab[];
 }
 
+/**
+ * A delivery's place in one user's line: its frame and tabs once known. A claim-checked delivery takes its
+ * place when it arrives and is filled in once its payload is read.
+ */
+interface Place {
+  ready: boolean;
+  frame?: Uint8Array;
+  tabs?: Tab[];
+}
+
 /** The routing key and the CC header's keys; an entry that is not a string is undefined (refused later). */
 function recipientKeys(routingKey: string, cc: unknown): (string | undefined)[] {
   if (!Array.isArray(cc)) return [routingKey];
@@ -73,6 +83,12 @@ function localKeysByBit(
 export class DeliveryRouter {
   private readonly writer = new SlicedWriter((tabs) => this.metrics.tabWrites.inc(tabs));
   private readonly recipientBits = new RoaringBitmap32();
+  /**
+   * Per user key, while a claim-checked delivery to that user is having its payload read: the deliveries
+   * to the user that arrived from then on, in order. Each user sees events in the order the node received
+   * them; users with nothing being read (the usual case) are written to at once.
+   */
+  private readonly lines = new Map<string, Place[]>();
 
   constructor(
     private readonly registry: ConnectionRegistry<Tab>,
@@ -122,18 +138,30 @@ export class DeliveryRouter {
     }
     if (jobId === undefined) {
       const targets = this.targets(tenantId, eventId, keys);
-      if (targets.length > 0) this.write(eventId, eventType, message.content, targets);
+      if (targets.length > 0) this.send(this.record(eventId, eventType, message.content, targets), targets);
       delivery.ack();
       return;
+    }
+    // Its local recipients (tabs open or in grace) take their places in line now, and the event its
+    // offset: each tab sees offsets increase, so a resume from the last one seen misses nothing.
+    const places = new Map<string, Place>();
+    for (const key of keys) {
+      if (key === undefined || places.has(key) || !this.registry.entry(key)) continue;
+      const place: Place = { ready: false };
+      places.set(key, place);
+      const line = this.lines.get(key);
+      if (line) line.push(place);
+      else this.lines.set(key, [place]);
     }
     // No local tab among the recipients (they left since the resolver looked): no reason to read Redis.
-    if (!keys.some((key) => key !== undefined && this.registry.entry(key))) {
+    if (places.size === 0) {
       delivery.ack();
       return;
     }
-    // Small deliveries behind this one go on while the payload is read. Recipients are worked out once
-    // it is here, so tabs that closed meanwhile are skipped and a copy of the same event that arrived
-    // meanwhile (a redelivery) finds this one recorded and is not written twice.
+    const offset = this.history.next();
+    // Deliveries to other users go on while the payload is read. Recipients are worked out once it is
+    // here, so tabs that closed meanwhile are skipped and a copy of the same event that arrived meanwhile
+    // (a redelivery) finds this one recorded and is not written twice.
     // Acked however it ends: a throw after the fetch must neither leave the message holding a prefetch
     // slot nor become an unhandled rejection (which would end the process).
     void this.payloads
@@ -141,16 +169,26 @@ export class DeliveryRouter {
       .then(
         (payload) => {
           const targets = this.targets(tenantId, eventId, keys);
-          if (!payload) this.unavailable(tenantId, eventId, jobId, targets, 'missing');
-          else if (targets.length > 0) this.write(eventId, eventType, payload, targets);
+          if (!payload)
+            return this.fill(places, targets, this.unavailable(tenantId, eventId, jobId, targets, 'missing'));
+          const frame =
+            targets.length > 0 ? this.record(eventId, eventType, payload, targets, offset) : undefined;
+          this.fill(places, targets, frame);
         },
         (error: unknown) => {
           const targets = this.targets(tenantId, eventId, keys);
-          this.unavailable(tenantId, eventId, jobId, targets, 'fetch_failed', errorMessage(error));
+          const detail = errorMessage(error);
+          this.fill(
+            places,
+            targets,
+            this.unavailable(tenantId, eventId, jobId, targets, 'fetch_failed', detail),
+          );
         },
       )
       .catch((error: unknown) => {
         this.logger.error({ err: errorMessage(error), eventId, jobId }, 'claim-checked delivery failed');
+        // Never left holding its users' lines.
+        this.fill(places, [], undefined);
       })
       .finally(() => delivery.ack());
   }
@@ -193,21 +231,69 @@ export class DeliveryRouter {
     return targets;
   }
 
-  private write(eventId: string, eventType: string, data: Uint8Array, targets: Target[]): void {
-    const offset = this.history.next();
+  /** The event's frame, with its offset; recorded as delivered to the targets (for dedup and resume). */
+  private record(
+    eventId: string,
+    eventType: string,
+    data: Uint8Array,
+    targets: Target[],
+    offset = this.history.next(),
+  ): Uint8Array {
     const frame = eventFrame(eventId, eventType, offset, data);
-    const keys: string[] = [];
-    const tabs: Tab[] = [];
-    for (const target of targets) {
-      keys.push(target.key);
-      for (const tab of target.tabs) tabs.push(tab);
-    }
+    const keys = targets.map((target) => target.key);
     // Recorded before the last slice is written: a redelivery meanwhile must not write it again.
     this.recent.record(eventId, keys);
     this.history.add(offset, keys, frame);
-    this.writer.write(tabs, frame);
+    return frame;
   }
 
+  /** Writes a frame to the targets' tabs now, or behind what is still in line for their user. */
+  private send(frame: Uint8Array, targets: readonly Target[]): void {
+    const now: Tab[] = [];
+    for (const target of targets) {
+      const line = this.lines.get(target.key);
+      if (line) line.push({ ready: true, frame, tabs: target.tabs });
+      else for (const tab of target.tabs) now.push(tab);
+    }
+    if (now.length > 0) this.writer.write(now, frame);
+  }
+
+  /**
+   * Fills in a claim-checked delivery's places (`frame` for its targets; nothing for recipients that
+   * turned out not to be written to), then writes whatever is at the head of those users' lines, in order.
+   */
+  private fill(
+    places: ReadonlyMap<string, Place>,
+    targets: readonly Target[],
+    frame: Uint8Array | undefined,
+  ): void {
+    for (const target of targets) {
+      const place = places.get(target.key);
+      if (place && frame) {
+        place.frame = frame;
+        place.tabs = target.tabs;
+      }
+    }
+    // Frames in the order they come off the lines; each user's line is in arrival order, and all lines
+    // hold their deliveries in the same relative order, so one write per frame keeps every user's order.
+    const batches = new Map<Uint8Array, Tab[]>();
+    for (const [key, place] of places) {
+      place.ready = true;
+      const line = this.lines.get(key);
+      if (!line) continue;
+      while (line.length > 0 && (line[0] as Place).ready) {
+        const head = line.shift() as Place;
+        if (!head.frame || !head.tabs) continue;
+        const batch = batches.get(head.frame);
+        if (batch) batch.push(...head.tabs);
+        else batches.set(head.frame, [...head.tabs]);
+      }
+      if (line.length === 0) this.lines.delete(key);
+    }
+    for (const [batchFrame, tabs] of batches) this.writer.write(tabs, batchFrame);
+  }
+
+  /** Counts and logs a payload that could not be read; returns the error frame for the targets' tabs. */
   private unavailable(
     tenantId: string,
     eventId: string,
@@ -215,7 +301,7 @@ export class DeliveryRouter {
     targets: Target[],
     reason: PayloadUnavailableReason,
     detail?: string,
-  ): void {
+  ): Uint8Array {
     this.metrics.payloadUnavailable.inc({ reason });
     const tabs = targets.flatMap((target) => target.tabs);
     const frame = encodeFrame({
@@ -224,12 +310,11 @@ export class DeliveryRouter {
       message: `the payload of event ${eventId} is no longer available`,
       id: eventId,
     });
-    // Through the writer: behind any event still queued for a tab, like every frame of the router.
-    this.writer.write(tabs, Buffer.from(frame));
     this.logger.error(
       { tenantId, eventId, jobId, reason, tabs: tabs.length, ...(detail ? { err: detail } : {}) },
       'claim-checked payload unavailable; tabs sent payload_unavailable',
     );
+    return Buffer.from(frame);
   }
 
   private refuse(reason: RefusalReason, count: number): void {

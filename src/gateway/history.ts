@@ -26,7 +26,7 @@ export class DeliveryHistory {
     return this.last;
   }
 
-  /** Allocates the next offset (every delivery gets one, kept in history or not). */
+  /** Allocates the next offset (every delivery gets one on arrival, kept in history or not). */
   next(): number {
     this.last += 1;
     return this.last;
@@ -40,7 +40,11 @@ export class DeliveryHistory {
       this.bytes = 0;
       return;
     }
-    this.entries.push({ offset, keys, frame });
+    // A claim-checked event keeps the offset it got on arrival but is added once its payload is read,
+    // possibly after later ones: entries stay sorted by offset.
+    let at = this.entries.length;
+    while (at > 0 && (this.entries[at - 1] as Entry).offset > offset) at -= 1;
+    this.entries.splice(at, 0, { offset, keys, frame });
     this.bytes += frame.byteLength;
     while (this.entries.length > this.maxEntries || this.bytes > this.maxBytes) {
       const dropped = this.entries.shift();

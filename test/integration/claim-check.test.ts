@@ -347,6 +347,25 @@ describe('claim check over two gateway nodes, a resolver and the publisher SDK',
     expect(await counter(gateways[0] as Gateway, 'warren_gateway_payload_fetches_total')).toBe(1);
   });
 
+  it('keeps each user’s events in order while a claim-checked payload is read, and other users’ going', async () => {
+    const ann = await open(0, 't1', 'ann');
+    const bob = await open(0, 't1', 'bob');
+    const jobId = await warren.putPayload('t1', document(1_000_000).data);
+    await probe.deliver(prefix, ['u.t1.ann'], { id: 'large', tenantId: 't1', jobId });
+    // Inline, right behind it: written at once to bob, behind the large one to ann.
+    await probe.deliver(prefix, ['u.t1.ann', 'u.t1.bob'], { id: 'small', tenantId: 't1', data: { n: 1 } });
+    await probe.deliver(prefix, ['u.t1.ann'], { id: 'missing', tenantId: 't1', jobId: 'no-such-job' });
+    await probe.deliver(prefix, ['u.t1.ann'], { id: 'last', tenantId: 't1', data: { n: 2 } });
+    await eventually(() => ann.tab.eventIds().includes('last'), 'last');
+    expect(ann.tab.eventIds()).toEqual(['large', 'small', 'last']);
+    // Offsets are given on arrival, so they increase at every tab: a resume from the last one loses nothing.
+    const offsets = ann.tab.events().map((e) => e.offset);
+    expect(offsets).toEqual([...offsets].sort((x, y) => x - y));
+    const kinds = ann.tab.frames.filter((f) => f.type === 'event' || f.type === 'error');
+    expect(kinds.map((f) => f.id)).toEqual(['large', 'small', 'missing', 'last']);
+    expect(bob.tab.eventIds()).toEqual(['small']);
+  });
+
   it('writes a large fan-out a few tabs per turn of the event loop, keeping every tab in order', async () => {
     const holders: Tab[] = [];
     for (let i = 0; i < 40; i += 1) holders.push(await open(0, 't1', `holder-${i}`));

@@ -25,6 +25,16 @@ describe('DeliveryHistory', () => {
     expect(history.since('e', 2, 'u.t.A')).toEqual([after]);
   });
 
+  it('keeps entries in offset order when an earlier offset is added late (a claim-checked payload read)', () => {
+    const history = new DeliveryHistory('e', 100, 1024);
+    const [late, small] = [frame(10), frame(20)];
+    const lateOffset = history.next();
+    history.add(history.next(), ['u.t.A'], small);
+    history.add(lateOffset, ['u.t.A'], late);
+    expect(history.since('e', 0, 'u.t.A')).toEqual([late, small]);
+    expect(history.since('e', 1, 'u.t.A')).toEqual([small]);
+  });
+
   it('forgets the oldest frames past its entry and byte limits, and then says so', () => {
     const history = new DeliveryHistory('e', 2, 1024);
     for (let i = 0; i < 3; i += 1) history.add(history.next(), ['u.t.A'], frame(10));
