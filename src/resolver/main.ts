@@ -97,7 +97,12 @@ export async function startResolver(
   // flight a later change could be applied before it.
   const membershipConsumer = new Consumer(
     broker,
-    { queue: names.memberships, prefetch: 1 },
+    {
+      queue: names.memberships,
+      prefetch: 1,
+      // Every (re)subscription starts new membership terms (see MembershipStore.newTerm).
+      prepare: async () => worker.membershipSubscribed(),
+    },
     (delivery) => worker.handle(delivery),
     logger,
   );

@@ -6,7 +6,7 @@ import type { MembershipChange, ModelEvent } from '../protocol/schemas.js';
 import { errorMessage } from '../shared/errors.js';
 import { sleep } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
-import type { MembershipStore } from '../store/membership-store.js';
+import { StaleMembershipTerm, type MembershipStore } from '../store/membership-store.js';
 import type { PayloadStore } from '../store/payload-store.js';
 import type { DeliveryPublisher } from './delivery-publisher.js';
 import { parseMessage, type RejectCode } from './message-parser.js';
@@ -45,6 +45,8 @@ export class ResolverWorker {
   private running: Promise<void> | undefined;
   private looping = false;
   private readonly inflight = new Set<Promise<void>>();
+  /** Membership-queue terms taken in this subscription, per tenant (see `MembershipStore.newTerm`). */
+  private readonly terms = new Map<string, number>();
 
   constructor(private readonly deps: WorkerDeps) {}
 
@@ -101,12 +103,35 @@ export class ResolverWorker {
     void work.finally(() => this.inflight.delete(work));
   }
 
+  /**
+   * The membership queue was (re)subscribed: terms taken before may have been superseded by another
+   * resolver meanwhile, so each tenant's next change takes a new one.
+   */
+  membershipSubscribed(): void {
+    this.terms.clear();
+  }
+
   private async applyMembership(delivery: AmqpDelivery, change: MembershipChange): Promise<void> {
+    const { tenantId } = change;
     try {
-      await this.deps.membership.apply(change);
+      let term = this.terms.get(tenantId);
+      if (term === undefined) {
+        term = await this.deps.membership.newTerm(tenantId);
+        this.terms.set(tenantId, term);
+      }
+      await this.deps.membership.apply(change, term);
       this.deps.metrics.memberships.inc();
       delivery.ack();
     } catch (error) {
+      if (error instanceof StaleMembershipTerm) {
+        // Another resolver has applied this tenant's queue since this one took its term. If this one
+        // still holds the message, it comes back and is applied under a new term; if it lost it (cut off),
+        // the requeue is a no-op and the other resolver's later changes stand.
+        this.terms.delete(tenantId);
+        this.deps.logger.warn({ tenantId, term: error.term }, 'membership term superseded; change requeued');
+        delivery.requeue();
+        return;
+      }
       this.deps.logger.warn({ err: errorMessage(error) }, 'membership change not applied; requeued');
       await sleep(250);
       delivery.requeue();

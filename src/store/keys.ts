@@ -39,6 +39,14 @@ export class Keys {
     return `${this.t(tenantId)}:ids`;
   }
 
+  /**
+   * Counter: the term of the resolver applying the tenant's membership queue. A resolver takes a new term
+   * before its first change of a subscription; changes carrying an older term are refused (a fence).
+   */
+  membershipTerm(tenantId: string): string {
+    return `${this.t(tenantId)}:mterm`;
+  }
+
   /** Hash: bit position → external user id. */
   reverseIds(tenantId: string): string {
     return `${this.t(tenantId)}:rids`;

@@ -3,6 +3,17 @@ import { LOG_MAX_LEN } from './change-log.js';
 import type { Keys } from './keys.js';
 import type { WarrenRedis } from './redis.js';
 
+/** A membership change refused because another resolver has taken the tenant's queue since. */
+export class StaleMembershipTerm extends Error {
+  constructor(
+    readonly tenantId: string,
+    readonly term: number,
+  ) {
+    super(`membership term ${term} of tenant ${tenantId} is no longer current`);
+    this.name = 'StaleMembershipTerm';
+  }
+}
+
 type ChangeArgs = [kind: 'tu' | 'gu' | 'gt', op: 0 | 1, a: string, b: string];
 
 function toArgs(change: MembershipChange): ChangeArgs {
@@ -28,25 +39,47 @@ export class MembershipStore {
     private readonly keys: Keys,
   ) {}
 
-  private run(tenantId: string, mode: 'each' | 'bulk', changes: readonly ChangeArgs[]): Promise<number> {
+  private async run(
+    tenantId: string,
+    mode: 'each' | 'bulk',
+    changes: readonly ChangeArgs[],
+    term?: number,
+  ): Promise<number> {
     const k = this.keys;
-    return this.redis.warrenApplyMembership(
+    const changed = await this.redis.warrenApplyMembership(
       k.ids(tenantId),
       k.reverseIds(tenantId),
       k.idSeq(tenantId),
       k.log(tenantId),
       k.logSeq(tenantId),
+      k.membershipTerm(tenantId),
       `{${k.prefix}:${tenantId}}`,
       LOG_MAX_LEN,
       mode,
+      term === undefined ? '' : String(term),
       ...changes.flat(),
     );
+    if (changed < 0) throw new StaleMembershipTerm(tenantId, term as number);
+    return changed;
   }
 
-  /** Applies one change; resolves to whether it altered anything (adding an existing member does not). */
-  async apply(change: MembershipChange): Promise<boolean> {
+  /**
+   * Applies one change; resolves to whether it altered anything (adding an existing member does not).
+   * `term` (from `newTerm`) is for the resolver applying the membership queue: the change is refused with
+   * `StaleMembershipTerm` once another resolver has taken a newer term for the tenant.
+   */
+  async apply(change: MembershipChange, term?: number): Promise<boolean> {
     await this.redis.sadd(this.keys.tenants(), change.tenantId);
-    return (await this.run(change.tenantId, 'each', [toArgs(change)])) > 0;
+    return (await this.run(change.tenantId, 'each', [toArgs(change)], term)) > 0;
+  }
+
+  /**
+   * Takes a new membership-queue term for the tenant. A change sent to Redis by a resolver that has since
+   * lost the queue (cut off, its message given to another resolver) may arrive after the newer changes the
+   * other one applied; carrying an older term, it is refused instead of undoing them.
+   */
+  async newTerm(tenantId: string): Promise<number> {
+    return this.redis.incr(this.keys.membershipTerm(tenantId));
   }
 
   /**

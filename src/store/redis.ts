@@ -35,7 +35,7 @@ export function withWarrenCommands(redis: Redis): WarrenRedis {
   const define = (name: keyof WarrenCommands, numberOfKeys: number, lua: string): void => {
     redis.defineCommand(name, { numberOfKeys, lua });
   };
-  define('warrenApplyMembership', 5, APPLY_MEMBERSHIP);
+  define('warrenApplyMembership', 6, APPLY_MEMBERSHIP);
   define('warrenAssignIds', 3, ASSIGN_IDS);
   define('warrenPresenceOn', 6, PRESENCE_ON);
   define('warrenPresenceOff', 3, PRESENCE_OFF);

@@ -31,16 +31,18 @@ end
 
 /**
  * Applies membership changes of one tenant.
- * KEYS: ids, rids, idseq, log, logseq
+ * KEYS: ids, rids, idseq, log, logseq, term
  * ARGV: tag ("{prefix:tenant}"), maxlen, mode ("each" = one log entry per change, "bulk" = one `rl` entry),
+ *       term (the caller's membership-queue term, or "" when not applying from the queue),
  *       then per change: kind (tu|gu|gt), op (1 add, 0 remove), a, b
  * Target keys are derived from the tag: they share the tenant's slot, so this stays cluster-safe.
- * Returns how many changes altered state.
+ * Returns how many changes altered state, or -1 (nothing applied) when the term is not the current one.
  */
 export const APPLY_MEMBERSHIP = `${APPEND}
-local tag, maxlen, mode = ARGV[1], ARGV[2], ARGV[3]
+local tag, maxlen, mode, term = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if term ~= '' and tonumber(redis.call('GET', KEYS[6]) or '0') ~= tonumber(term) then return -1 end
 local changed = 0
-for i = 4, #ARGV, 4 do
+for i = 5, #ARGV, 4 do
   local kind, op, a, b = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local v = tonumber(op)
   if kind == 'gt' then

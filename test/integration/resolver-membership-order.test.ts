@@ -2,7 +2,11 @@ import amqp from 'amqplib';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { Resolver } from '../../src/resolver/main.js';
+import type { MembershipChange } from '../../src/protocol/schemas.js';
+import { silentLogger } from '../../src/shared/logger.js';
 import { Keys } from '../../src/store/keys.js';
+import { MembershipStore, StaleMembershipTerm } from '../../src/store/membership-store.js';
+import { createRedis } from '../../src/store/redis.js';
 import {
   BrokerProbe,
   counter,
@@ -12,6 +16,7 @@ import {
   testConfig,
   testPrefix,
 } from '../support/harness.js';
+import { deletePrefixKeys } from '../support/prefix-cleanup.js';
 
 // Changes published to the membership exchange are applied in the order they were published, however
 // many resolvers run: an add followed by a remove of the same pair must end removed. With the changes on
@@ -85,5 +90,46 @@ describe('membership changes from the exchange, with several resolvers', () => {
     );
     const wrong = [...expected].filter(([, want], i) => (members[i] === 1) !== want).map(([user]) => user);
     expect(wrong).toEqual([]);
+    // Applied under membership terms (the fence below).
+    expect(Number(await redis.get(keys.membershipTerm('acme')))).toBeGreaterThan(0);
+  });
+});
+
+describe('a membership change sent to Redis by a resolver that has since lost the queue', () => {
+  it('is refused once another resolver has taken a newer term, so the newer changes stand', async () => {
+    const prefix = testPrefix('member-term');
+    const keys = new Keys(prefix);
+    const redis = await createRedis({
+      url: inject('redisUrl'),
+      name: 'warren-test-term',
+      logger: silentLogger(),
+    });
+    try {
+      const [a, b] = [new MembershipStore(redis, keys), new MembershipStore(redis, keys)];
+      const change = (op: 'add' | 'remove'): MembershipChange => ({
+        op,
+        tenantId: 'acme',
+        kind: 'user-team',
+        userId: 'ann',
+        teamId: 'icu',
+      });
+      // Resolver A holds the queue and applies under its term...
+      const termA = await a.newTerm('acme');
+      expect(await a.apply(change('add'), termA)).toBe(true);
+      // ...then is cut off; the broker gives its next message (an add) to B, which applies it and a
+      // removal after it under a newer term.
+      const termB = await b.newTerm('acme');
+      expect(await b.apply(change('add'), termB)).toBe(false);
+      expect(await b.apply(change('remove'), termB)).toBe(true);
+      // A's copy of the add reaches Redis only now: refused, and ann stays removed.
+      await expect(a.apply(change('add'), termA)).rejects.toBeInstanceOf(StaleMembershipTerm);
+      const bit = Number(await redis.hget(keys.ids('acme'), 'ann'));
+      expect(await redis.getbit(keys.teamUsers('acme', 'icu'), bit)).toBe(0);
+      // Changes made outside the queue (the SDK, imports) carry no term and always apply.
+      expect(await a.apply(change('add'))).toBe(true);
+    } finally {
+      await deletePrefixKeys(redis, prefix);
+      await redis.quit();
+    }
   });
 });
