@@ -40,11 +40,16 @@ const SYNC_ATTEMPTS = 3;
  * events after it. An event is acked only once every chunk of its deliveries is confirmed (at-least-once);
  * gateways drop the duplicate a redelivery produces.
  */
+// Events remembered as having failed resolution once; more at a time would mean something else is wrong.
+const FAILED_ONCE_MAX = 10_000;
+
 export class ResolverWorker {
   private readonly queue: AmqpDelivery[] = [];
   private running: Promise<void> | undefined;
   private looping = false;
   private readonly inflight = new Set<Promise<void>>();
+  /** Events whose resolution failed once here (tenant/id), oldest first; a second failure dead-letters. */
+  private readonly failedOnce = new Set<string>();
   /** Membership-queue terms taken in this subscription, per tenant (see `MembershipStore.newTerm`). */
   private readonly terms = new Map<string, number>();
 
@@ -221,9 +226,15 @@ export class ResolverWorker {
         'resolution failed; view rebuilt',
       );
       view.invalidate();
-      if (delivery.message.fields.redelivered) {
+      // Remembered here rather than read off `redelivered`: an event redelivered for another reason (a
+      // resolver restarted, a sync failed) still gets its one retry on a rebuilt view.
+      const key = `${event.tenantId}/${event.id}`;
+      if (this.failedOnce.delete(key)) {
         this.track(this.deadLetter(delivery, 'resolve_failed', `resolution failed: ${errorMessage(error)}`));
       } else {
+        this.failedOnce.add(key);
+        if (this.failedOnce.size > FAILED_ONCE_MAX)
+          this.failedOnce.delete(this.failedOnce.values().next().value as string);
         this.deps.metrics.events.inc({ outcome: 'requeued' });
         delivery.requeue();
       }

@@ -8,6 +8,7 @@ import { Keys } from '../../src/store/keys.js';
 import {
   BrokerProbe,
   connectPublisher,
+  counter,
   eventually,
   openTab,
   startTestGateway,
@@ -72,6 +73,12 @@ describe('a resolution that fails', () => {
       audience: { teams: ['icu'] },
     });
     await warren.publishEvent({ id: 'after', tenantId: 'acme', type: 'note', audience: { users: ['bob'] } });
+    // Handed out once and returned, as when a resolver stops with them unacked: all three now arrive
+    // marked redelivered, and the failing one must still get its retry on a rebuilt view.
+    const queue = `${prefix}.resolver`;
+    await eventually(async () => (await channel.checkQueue(queue)).messageCount === 3, 'three queued');
+    for (let i = 0; i < 3; i += 1) await channel.get(queue, { noAck: false });
+    channel.nackAll(true);
     resolver = await startTestResolver(config);
     await eventually(() => dead.length === 1, 'the failing event dead-lettered');
     await eventually(() => bob.eventIds().includes('after'), 'the next event delivered');
@@ -79,6 +86,7 @@ describe('a resolution that fails', () => {
     const headers = dead[0]?.properties.headers ?? {};
     expect(dead[0]?.properties.messageId).toBe('poisoned');
     expect(headers['x-warren-code']).toBe('resolve_failed');
+    expect(await counter(resolver, 'warren_resolver_events_total', { outcome: 'requeued' })).toBe(1);
     expect(String(headers['x-warren-reason'])).toContain('has no user id');
     // Nothing half-resolved reached anyone.
     expect(ann.eventIds()).toEqual([]);
