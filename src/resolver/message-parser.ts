@@ -15,7 +15,8 @@ export type RejectCode =
   | 'invalid_membership'
   | 'routing_mismatch'
   | 'job_not_found'
-  | 'resolve_failed';
+  | 'resolve_failed'
+  | 'apply_failed';
 
 export type Parsed =
   | { kind: 'event'; event: ModelEvent }

@@ -42,12 +42,16 @@ const SYNC_ATTEMPTS = 3;
  */
 // Events remembered as having failed resolution once; more at a time would mean something else is wrong.
 const FAILED_ONCE_MAX = 10_000;
+// Attempts at a membership change that fails to apply (not bad input: that is dead-lettered at once).
+const MEMBERSHIP_ATTEMPTS = 5;
 
 export class ResolverWorker {
   private readonly queue: AmqpDelivery[] = [];
   private running: Promise<void> | undefined;
   private looping = false;
   private readonly inflight = new Set<Promise<void>>();
+  /** Failed attempts per membership message (by body) not yet applied. */
+  private readonly applyFailures = new Map<string, number>();
   /** Events whose resolution failed once here (tenant/id), oldest first; a second failure dead-letters. */
   private readonly failedOnce = new Set<string>();
   /** Membership-queue terms taken in this subscription, per tenant (see `MembershipStore.newTerm`). */
@@ -125,6 +129,7 @@ export class ResolverWorker {
         this.terms.set(tenantId, term);
       }
       await this.deps.membership.apply(change, term);
+      this.applyFailures.delete(delivery.message.content.toString('latin1'));
       this.deps.metrics.memberships.inc();
       delivery.ack();
     } catch (error) {
@@ -137,8 +142,30 @@ export class ResolverWorker {
         delivery.requeue();
         return;
       }
-      this.deps.logger.warn({ err: errorMessage(error) }, 'membership change not applied; requeued');
-      await sleep(250);
+      // Retried a few times (Redis away for a moment), then set aside: one change that can never apply
+      // (a key of the wrong type, say) must not hold up every later change of every tenant.
+      const key = delivery.message.content.toString('latin1');
+      const failures = (this.applyFailures.get(key) ?? 0) + 1;
+      if (failures >= MEMBERSHIP_ATTEMPTS) {
+        this.applyFailures.delete(key);
+        this.track(
+          this.deadLetter(
+            delivery,
+            'apply_failed',
+            `not applied after ${failures} attempts: ${errorMessage(error)}`,
+          ),
+        );
+        return;
+      }
+      this.applyFailures.set(key, failures);
+      if (this.applyFailures.size > FAILED_ONCE_MAX) {
+        this.applyFailures.delete(this.applyFailures.keys().next().value as string);
+      }
+      this.deps.logger.warn(
+        { err: errorMessage(error), failures },
+        'membership change not applied; requeued',
+      );
+      await sleep(250 * failures);
       delivery.requeue();
     }
   }

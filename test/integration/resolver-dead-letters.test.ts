@@ -1,8 +1,10 @@
 import type { ConfirmChannel, ConsumeMessage } from 'amqplib';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { Gateway } from '../../src/gateway/main.js';
 import type { Resolver } from '../../src/resolver/main.js';
 import type { WarrenPublisher } from '../../src/sdk/publisher/index.js';
+import { Keys } from '../../src/store/keys.js';
 import {
   BrokerProbe,
   cleanRedis,
@@ -253,6 +255,31 @@ describe('malformed input is dead-lettered with its reason, and resolving goes o
       expect(reason, c.name).toContain(c.reason);
       expect(headers['x-warren-original-exchange']).toBe(`${prefix}.${c.exchange ?? 'events'}`);
     }
+    await channel.close();
+  });
+
+  it('sets aside a valid membership change that can never be applied, and applies the ones behind it', async () => {
+    const dead: ConsumeMessage[] = [];
+    const channel = await probe.model.createChannel();
+    await channel.consume(`${prefix}.dead`, (m) => m && dead.push(m), { noAck: true });
+    // Team `broken` has a key of the wrong type in Redis: every attempt fails (WRONGTYPE).
+    const redis = new Redis(inject('redisUrl'));
+    await redis.hset(new Keys(prefix).teamUsers('acme', 'broken'), 'not', 'a bitmap');
+    await redis.quit();
+    const change = (teamId: string) =>
+      Buffer.from(JSON.stringify({ op: 'add', tenantId: 'acme', userId: 'ann', teamId }));
+    channel.publish(`${prefix}.membership`, 'acme', change('broken'), { contentType: 'application/json' });
+    channel.publish(`${prefix}.membership`, 'acme', change('ward'), { contentType: 'application/json' });
+
+    await eventually(() => dead.length === 1, 'the change dead-lettered', 15_000);
+    const headers = dead[0]?.properties.headers ?? {};
+    expect(headers['x-warren-code']).toBe('apply_failed');
+    expect(String(headers['x-warren-reason'])).toContain('WRONGTYPE');
+    // The change behind it was applied: an event to `ward` reaches ann.
+    await eventually(async () => {
+      await warren.publishEvent({ ...valid, id: `ward-${Date.now()}`, audience: { teams: ['ward'] } });
+      return ann.eventIds().some((id) => id.startsWith('ward-'));
+    }, 'the next change applied');
     await channel.close();
   });
 });
