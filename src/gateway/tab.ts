@@ -41,8 +41,10 @@ export class Tab implements RegisteredTab {
   private largestPending = 0;
   /** The largest frame sent since the socket's unsent bytes were last within the limit. */
   private largestUnsent = 0;
+  /** uWS refused a frame of this turn (2 = dropped): the tab has lost it and must not go on as if not. */
+  private dropped = false;
   private readonly sendPending = (): void => {
-    for (const frame of this.pending) this.ws.send(frame, false);
+    for (const frame of this.pending) if (this.ws.send(frame, false) === 2) this.dropped = true;
     // uWS has copied them; a large payload must not stay referenced by every tab until its next frame.
     this.pending = [];
     this.pendingBytes = 0;
@@ -87,7 +89,7 @@ export class Tab implements RegisteredTab {
     this.largestUnsent = Math.max(this.largestUnsent, this.largestPending);
     const allowed = this.allowance(0);
     this.ws.cork(this.sendPending);
-    if (this.ws.getBufferedAmount() > allowed) this.end(tooSlowCode, 'too slow');
+    if (this.dropped || this.ws.getBufferedAmount() > allowed) this.end(tooSlowCode, 'too slow');
   }
 
   /**

@@ -63,6 +63,10 @@ function tokenFrom(req: HttpRequest): { token: string | undefined; protocol: str
   return { token: token || undefined, protocol };
 }
 
+// uWS's limit is an unsigned 32-bit byte count; frames past it would be dropped silently (send returns 2,
+// which Tab treats as too slow anyway).
+const UWS_MAX_BACKPRESSURE = 0xffff_ffff;
+
 /** The uWebSockets.js app: `/ws` for tabs, `/healthz`, `/readyz`, `/metrics`. */
 export class WsServer {
   private readonly app: TemplatedApp;
@@ -77,8 +81,9 @@ export class WsServer {
       maxPayloadLength: Math.max(64 * 1024, limits.maxFrameBytes * 4),
       idleTimeout: limits.idleTimeoutSec,
       sendPingsAutomatically: true,
-      // Warren closes a slow tab itself (4009) before uWS would start dropping frames.
-      maxBackpressure: limits.maxBackpressureBytes * 2 + 1024 * 1024,
+      // Warren closes a slow tab itself (4009); uWS must never drop a frame first, and a tab may be one
+      // large event above the limit (see Tab.allowance), so uWS's own bound is set out of the way.
+      maxBackpressure: UWS_MAX_BACKPRESSURE,
       closeOnBackpressureLimit: false,
       upgrade: (res, req, context) => this.upgrade(res, req, context),
       open: (ws) => this.open(ws),
