@@ -1,3 +1,4 @@
+import { ReplyError } from 'ioredis';
 import type { Delivery as AmqpDelivery } from '../broker/consumer.js';
 import type { Publisher } from '../broker/publisher.js';
 import type { TopologyNames } from '../broker/topology.js';
@@ -142,10 +143,13 @@ export class ResolverWorker {
         delivery.requeue();
         return;
       }
-      // Retried a few times (Redis away for a moment), then set aside: one change that can never apply
-      // (a key of the wrong type, say) must not hold up every later change of every tenant.
+      // Redis refusing the change itself (a reply error: a key of the wrong type, say) is retried a few
+      // times, then set aside: one change that can never apply must not hold up every later change of
+      // every tenant. Redis unreachable is retried for as long as it takes: dropping a removal because
+      // Redis was down would leave the user a member.
       const key = delivery.message.content.toString('latin1');
-      const failures = (this.applyFailures.get(key) ?? 0) + 1;
+      const refused = error instanceof ReplyError;
+      const failures = (this.applyFailures.get(key) ?? 0) + (refused ? 1 : 0);
       if (failures >= MEMBERSHIP_ATTEMPTS) {
         this.applyFailures.delete(key);
         this.track(
@@ -157,7 +161,7 @@ export class ResolverWorker {
         );
         return;
       }
-      this.applyFailures.set(key, failures);
+      if (failures > 0) this.applyFailures.set(key, failures);
       if (this.applyFailures.size > FAILED_ONCE_MAX) {
         this.applyFailures.delete(this.applyFailures.keys().next().value as string);
       }
@@ -165,7 +169,7 @@ export class ResolverWorker {
         { err: errorMessage(error), failures },
         'membership change not applied; requeued',
       );
-      await sleep(250 * failures);
+      await sleep(Math.min(250 * (failures + 1), 2000));
       delivery.requeue();
     }
   }
@@ -245,6 +249,8 @@ export class ResolverWorker {
   private async routeOrRecover(view: TenantView, item: PendingEvent): Promise<boolean> {
     try {
       await this.route(view, item);
+      // Resolved after all: a later failure of the same event (redelivered) gets its own retry.
+      if (this.failedOnce.size > 0) this.failedOnce.delete(`${item.event.tenantId}/${item.event.id}`);
       return true;
     } catch (error) {
       const { delivery, event } = item;
