@@ -27,6 +27,8 @@ interface Target {
  * place when it arrives and is filled in once its payload is read.
  */
 interface Place {
+  /** The delivery's offset on this node, given on arrival: lines are written out in offset order. */
+  offset: number;
   ready: boolean;
   frame?: Uint8Array;
   tabs?: Tab[];
@@ -138,16 +140,20 @@ export class DeliveryRouter {
     }
     if (jobId === undefined) {
       const targets = this.targets(tenantId, eventId, keys);
-      if (targets.length > 0) this.send(this.record(eventId, eventType, message.content, targets), targets);
+      if (targets.length > 0) {
+        const offset = this.history.next();
+        this.send(this.record(eventId, eventType, message.content, targets, offset), offset, targets);
+      }
       delivery.ack();
       return;
     }
     // Its local recipients (tabs open or in grace) take their places in line now, and the event its
     // offset: each tab sees offsets increase, so a resume from the last one seen misses nothing.
+    const offset = this.history.next();
     const places = new Map<string, Place>();
     for (const key of keys) {
       if (key === undefined || places.has(key) || !this.registry.entry(key)) continue;
-      const place: Place = { ready: false };
+      const place: Place = { offset, ready: false };
       places.set(key, place);
       const line = this.lines.get(key);
       if (line) line.push(place);
@@ -158,14 +164,19 @@ export class DeliveryRouter {
       delivery.ack();
       return;
     }
-    const offset = this.history.next();
     // Deliveries to other users go on while the payload is read. Recipients are worked out once it is
     // here, so tabs that closed meanwhile are skipped and a copy of the same event that arrived meanwhile
     // (a redelivery) finds this one recorded and is not written twice.
     // Acked however it ends: a throw after the fetch must neither leave the message holding a prefetch
     // slot nor become an unhandled rejection (which would end the process).
-    void this.payloads
-      .get(tenantId, jobId)
+    let fetching: Promise<Uint8Array | undefined>;
+    try {
+      fetching = this.payloads.get(tenantId, jobId);
+    } catch (error) {
+      this.fill(places, [], undefined);
+      throw error;
+    }
+    void fetching
       .then(
         (payload) => {
           const targets = this.targets(tenantId, eventId, keys);
@@ -237,7 +248,7 @@ export class DeliveryRouter {
     eventType: string,
     data: Uint8Array,
     targets: Target[],
-    offset = this.history.next(),
+    offset: number,
   ): Uint8Array {
     const frame = eventFrame(eventId, eventType, offset, data);
     const keys = targets.map((target) => target.key);
@@ -248,11 +259,11 @@ export class DeliveryRouter {
   }
 
   /** Writes a frame to the targets' tabs now, or behind what is still in line for their user. */
-  private send(frame: Uint8Array, targets: readonly Target[]): void {
+  private send(frame: Uint8Array, offset: number, targets: readonly Target[]): void {
     const now: Tab[] = [];
     for (const target of targets) {
       const line = this.lines.get(target.key);
-      if (line) line.push({ ready: true, frame, tabs: target.tabs });
+      if (line) line.push({ offset, ready: true, frame, tabs: target.tabs });
       else for (const tab of target.tabs) now.push(tab);
     }
     if (now.length > 0) this.writer.write(now, frame);
@@ -260,23 +271,26 @@ export class DeliveryRouter {
 
   /**
    * Fills in a claim-checked delivery's places (`frame` for its targets; nothing for recipients that
-   * turned out not to be written to), then writes whatever is at the head of those users' lines, in order.
+   * turned out not to be written to), then writes whatever is at the head of those users' lines. Targets
+   * that had no place (their first tab came after the delivery did) get the frame with the others.
    */
   private fill(
     places: ReadonlyMap<string, Place>,
     targets: readonly Target[],
     frame: Uint8Array | undefined,
   ): void {
+    const latecomers: Tab[] = [];
     for (const target of targets) {
       const place = places.get(target.key);
-      if (place && frame) {
+      if (!frame) continue;
+      if (place) {
         place.frame = frame;
         place.tabs = target.tabs;
+      } else {
+        latecomers.push(...target.tabs);
       }
     }
-    // Frames in the order they come off the lines; each user's line is in arrival order, and all lines
-    // hold their deliveries in the same relative order, so one write per frame keeps every user's order.
-    const batches = new Map<Uint8Array, Tab[]>();
+    const batches = new Map<Uint8Array, { offset: number; tabs: Tab[] }>();
     for (const [key, place] of places) {
       place.ready = true;
       const line = this.lines.get(key);
@@ -285,12 +299,20 @@ export class DeliveryRouter {
         const head = line.shift() as Place;
         if (!head.frame || !head.tabs) continue;
         const batch = batches.get(head.frame);
-        if (batch) batch.push(...head.tabs);
-        else batches.set(head.frame, [...head.tabs]);
+        if (batch) batch.tabs.push(...head.tabs);
+        else batches.set(head.frame, { offset: head.offset, tabs: [...head.tabs] });
       }
       if (line.length === 0) this.lines.delete(key);
     }
-    for (const [batchFrame, tabs] of batches) this.writer.write(tabs, batchFrame);
+    if (frame && latecomers.length > 0) {
+      const batch = batches.get(frame);
+      if (batch) batch.tabs.push(...latecomers);
+      else batches.set(frame, { offset: (places.values().next().value as Place).offset, tabs: latecomers });
+    }
+    // One write per frame, in offset (arrival) order: every user's line is in that order, so each tab
+    // gets its frames in it too, whichever line a frame was first met in.
+    const ordered = [...batches].sort(([, a], [, b]) => a.offset - b.offset);
+    for (const [batchFrame, { tabs }] of ordered) this.writer.write(tabs, batchFrame);
   }
 
   /** Counts and logs a payload that could not be read; returns the error frame for the targets' tabs. */

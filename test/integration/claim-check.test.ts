@@ -366,6 +366,22 @@ describe('claim check over two gateway nodes, a resolver and the publisher SDK',
     expect(bob.tab.eventIds()).toEqual(['small']);
   });
 
+  it('keeps each user’s order when users’ lines hold different events behind the same payload', async () => {
+    const ann = await open(0, 't1', 'ann');
+    const bob = await open(0, 't1', 'bob');
+    const jobId = await warren.putPayload('t1', document(1_000_000).data);
+    // Published back to back (each publish is sent before the previous one's confirm is awaited), so the
+    // two small ones arrive while the payload is still being read.
+    await Promise.all([
+      probe.deliver(prefix, ['u.t1.ann', 'u.t1.bob'], { id: 'large', tenantId: 't1', jobId }),
+      probe.deliver(prefix, ['u.t1.bob'], { id: 'for-bob', tenantId: 't1', data: { n: 1 } }),
+      probe.deliver(prefix, ['u.t1.ann', 'u.t1.bob'], { id: 'for-both', tenantId: 't1', data: { n: 2 } }),
+    ]);
+    await eventually(() => bob.tab.eventIds().length === 3 && ann.tab.eventIds().length === 2, 'all');
+    expect(bob.tab.eventIds()).toEqual(['large', 'for-bob', 'for-both']);
+    expect(ann.tab.eventIds()).toEqual(['large', 'for-both']);
+  });
+
   it('writes a large fan-out a few tabs per turn of the event loop, keeping every tab in order', async () => {
     const holders: Tab[] = [];
     for (let i = 0; i < 40; i += 1) holders.push(await open(0, 't1', `holder-${i}`));
