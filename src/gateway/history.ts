@@ -14,6 +14,8 @@ export class DeliveryHistory {
   private readonly entries: Entry[] = [];
   private bytes = 0;
   private last = 0;
+  /** The highest offset history has dropped or refused to keep; everything above it that was kept is here. */
+  private floor = 0;
 
   constructor(
     readonly epoch: string,
@@ -34,8 +36,12 @@ export class DeliveryHistory {
 
   add(offset: number, keys: readonly string[], frame: Uint8Array): void {
     if (this.maxEntries === 0) return;
+    // Older than what history has already given up: a resume from before it is refused anyway.
+    if (offset <= this.floor) return;
     if (frame.byteLength > this.maxBytes) {
       // Not kept, so nothing before it can be replayed without a gap: history starts again after it.
+      const last = this.entries.at(-1)?.offset ?? 0;
+      this.floor = Math.max(this.floor, offset, last);
       this.entries.length = 0;
       this.bytes = 0;
       return;
@@ -50,6 +56,7 @@ export class DeliveryHistory {
       const dropped = this.entries.shift();
       if (!dropped) break;
       this.bytes -= dropped.frame.byteLength;
+      this.floor = Math.max(this.floor, dropped.offset);
     }
   }
 
@@ -60,9 +67,9 @@ export class DeliveryHistory {
    */
   since(epoch: string, offset: number, key: string, upTo = this.last): Uint8Array[] | undefined {
     if (epoch !== this.epoch || offset > upTo) return undefined;
-    const first = this.entries[0];
-    // Offsets are consecutive; a gap between the client's offset and the oldest entry means lost history.
-    if (offset < upTo && (!first || first.offset > offset + 1)) return undefined;
+    if (offset === upTo) return [];
+    // Offsets up to the floor may have been dropped (or never kept): from below it there may be a gap.
+    if (this.maxEntries === 0 || offset < this.floor) return undefined;
     const frames: Uint8Array[] = [];
     for (const entry of this.entries) {
       if (entry.offset > upTo) break;

@@ -35,6 +35,24 @@ describe('DeliveryHistory', () => {
     expect(history.since('e', 1, 'u.t.A')).toEqual([small]);
   });
 
+  it('refuses a resume from before frames it dropped, even when an older offset is added after them', () => {
+    const history = new DeliveryHistory('e', 100, 1024);
+    const late = history.next(); // 1: a payload still being read
+    history.add(history.next(), ['u.t.A'], frame(10)); // 2
+    history.add(history.next(), ['u.t.A'], frame(2048)); // 3: too large to keep, history starts after it
+    history.add(late, ['u.t.A'], frame(10));
+    // From 0, offsets 2 and 3 would be missing: not a silent gap, an answer that history does not reach.
+    expect(history.since('e', 0, 'u.t.A')).toBeUndefined();
+    expect(history.since('e', 3, 'u.t.A')).toEqual([]);
+  });
+
+  it('says it cannot resume at all when it keeps nothing, unless nothing was missed', () => {
+    const history = new DeliveryHistory('e', 0, 1024);
+    history.add(history.next(), ['u.t.A'], frame(10));
+    expect(history.since('e', 0, 'u.t.A')).toBeUndefined();
+    expect(history.since('e', 1, 'u.t.A')).toEqual([]);
+  });
+
   it('forgets the oldest frames past its entry and byte limits, and then says so', () => {
     const history = new DeliveryHistory('e', 2, 1024);
     for (let i = 0; i < 3; i += 1) history.add(history.next(), ['u.t.A'], frame(10));
