@@ -134,6 +134,7 @@ export class Consumer {
   private consumerTag: string | undefined;
   private stopped = false;
   private resubscribing = false;
+  private resubscribeAttempts = 0;
 
   constructor(
     private readonly broker: BrokerConnection,
@@ -143,7 +144,10 @@ export class Consumer {
   ) {}
 
   async start(): Promise<void> {
-    await this.broker.onConnect((model) => this.open(model));
+    await this.broker.onConnect(async (model) => {
+      await this.open(model);
+      this.resubscribeAttempts = 0;
+    });
   }
 
   private async open(model: ChannelModel): Promise<void> {
@@ -194,22 +198,40 @@ export class Consumer {
     this.consumerTag = reply.consumerTag;
   }
 
-  private resubscribe(model: ChannelModel, reason: string, attempt = 1): void {
+  private resubscribe(model: ChannelModel, reason: string): void {
     // One attempt pending at a time (a failed subscribe both rejects and closes its channel).
     if (this.stopped || this.resubscribing) return;
     this.resubscribing = true;
+    this.resubscribeAttempts += 1;
+    const attempt = this.resubscribeAttempts;
     const retry = (): void => {
       this.resubscribing = false;
-      // The connection went too (its reconnect subscribes again), or a reconnect already has.
-      if (this.stopped || this.channel || this.broker.model !== model) return;
+      // A reconnect has subscribed on its new connection already.
+      if (this.stopped || this.channel) return;
+      // The connection is down or being set up again: its setup subscribes, or this tries again after it.
+      if (this.broker.model === undefined) return this.resubscribe(model, reason);
+      if (this.broker.model !== model) return;
       if (attempt === 1) this.logger.warn({ queue: this.options.queue }, `${reason}; re-subscribing`);
       this.open(model)
-        .then(() => this.options.resubscribed?.())
+        .then(async () => {
+          try {
+            await this.options.resubscribed?.();
+          } catch (error) {
+            // Subscribed but not set up again (say, users not re-bound): start over, so that it is.
+            const channel = this.channel;
+            this.channel = undefined;
+            await channel?.close().catch(() => {});
+            throw error;
+          }
+        })
         .then(
-          () => this.logger.info({ queue: this.options.queue }, 're-subscribed'),
+          () => {
+            this.resubscribeAttempts = 0;
+            this.logger.info({ queue: this.options.queue }, 're-subscribed');
+          },
           (error: unknown) => {
             this.logger.warn({ err: errorMessage(error), queue: this.options.queue }, 're-subscribe failed');
-            this.resubscribe(model, reason, attempt + 1);
+            this.resubscribe(model, reason);
           },
         );
     };
