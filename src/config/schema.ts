@@ -30,6 +30,7 @@ export const DEFAULTS = {
   drainWindowMs: 5000,
   drainTimeoutMs: 30_000,
   payloadCacheBytes: 64 * 1024 * 1024,
+  payloadFetchTimeoutMs: 10_000,
   dedupKeys: 200_000,
   historyEvents: 2000,
   historyBytes: 16 * 1024 * 1024,
@@ -154,6 +155,11 @@ export const configSchema = z.strictObject({
         .min(0)
         .default(DEFAULTS.payloadCacheBytes)
         .describe('Claim-check payload cache per node.'),
+      payloadFetchTimeoutMs: positiveInt
+        .default(DEFAULTS.payloadFetchTimeoutMs)
+        .describe(
+          "A claim-check payload read slower than this fails: its tabs get payload_unavailable and the user's later events go on.",
+        ),
       dedupKeys: positiveInt
         .default(DEFAULTS.dedupKeys)
         .describe('Recent (event, user) pairs remembered to drop redelivered events.'),

@@ -17,6 +17,15 @@ interface Cached {
  */
 export const PAYLOAD_CACHE_MAX_AGE_MS = 60_000;
 
+/** `promise`, or a rejection once `ms` have passed without it settling. */
+function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
 /**
  * Claim-check payloads for this node: each job's bytes are read from Redis once however many local tabs
  * receive it. Concurrent requests for one job share a single read, and recent payloads stay in a cache
@@ -39,6 +48,8 @@ export class PayloadFetcher {
     private readonly maxBytes: number,
     private readonly counters: PayloadCounters,
     private readonly maxAgeMs = PAYLOAD_CACHE_MAX_AGE_MS,
+    /** A read that takes longer fails (the tabs get payload_unavailable) instead of holding its users' events. */
+    private readonly timeoutMs = 10_000,
   ) {
     this.sweeper = setInterval(() => this.sweep(), Math.max(1000, maxAgeMs / 4));
     this.sweeper.unref();
@@ -77,7 +88,7 @@ export class PayloadFetcher {
     let pending = this.inflight.get(key);
     if (!pending) {
       this.counters.onFetch();
-      pending = this.redis.getBuffer(key).then(
+      pending = within(this.redis.getBuffer(key), this.timeoutMs, `reading payload ${jobId}`).then(
         (value) => {
           this.inflight.delete(key);
           if (value) this.remember(key, value);

@@ -12,6 +12,7 @@ import { silentLogger } from '../../src/shared/logger.js';
 import { Keys } from '../../src/store/keys.js';
 import { createRedis, type WarrenRedis } from '../../src/store/redis.js';
 import { RedisTap, SpyQueue } from '../bench/claim-probes.js';
+import { TcpProxy } from '../support/tcp-proxy.js';
 import {
   BrokerProbe,
   cleanRedis,
@@ -499,5 +500,27 @@ describe('payload fetcher on a real Redis', () => {
     expect(await f.get('t1', 'old')).toBeUndefined();
     expect(tap.jobReads('old')).toBe(3);
     expect(f.cachedBytes).toBe(0);
+  });
+
+  it('fails a read that Redis does not answer in time, and reads afresh once it answers again', async () => {
+    const target = new URL(inject('redisUrl'));
+    const proxy = await TcpProxy.start(target.hostname, Number(target.port || 6379));
+    const stalling = await createRedis({
+      url: proxy.url(target),
+      name: 'fetcher-stall',
+      logger: silentLogger(),
+    });
+    try {
+      await redis.set(keys.job('t1', 'slow'), 'payload');
+      const f = new PayloadFetcher(stalling, keys, 1_000_000, { onFetch: () => {} }, 60_000, 200);
+      proxy.stall();
+      await expect(f.get('t1', 'slow')).rejects.toThrow(/timed out after 200 ms/);
+      proxy.flow();
+      expect((await f.get('t1', 'slow'))?.toString()).toBe('payload');
+      f.close();
+    } finally {
+      stalling.disconnect();
+      await proxy.close();
+    }
   });
 });

@@ -15,6 +15,8 @@ export function throughLocalPort(url: string | URL, port: number): string {
 export class TcpProxy {
   private readonly sockets = new Set<Socket>();
   private refusing = false;
+  private stalled = false;
+  private readonly pairs = new Set<[Socket, Socket]>();
   connections = 0;
 
   private constructor(
@@ -40,6 +42,9 @@ export class TcpProxy {
           upstream.destroy();
         });
       }
+      proxy.pairs.add([client, upstream]);
+      client.on('close', () => proxy.pairs.forEach((p) => p[0] === client && proxy.pairs.delete(p)));
+      if (proxy.stalled) return;
       client.pipe(upstream);
       upstream.pipe(client);
     });
@@ -58,6 +63,25 @@ export class TcpProxy {
   cut(): void {
     for (const s of this.sockets) s.destroy();
     this.sockets.clear();
+  }
+
+  /** Connections stay open but nothing crosses them (a peer that hangs), until `flow`. */
+  stall(): void {
+    this.stalled = true;
+    for (const [client, upstream] of this.pairs) {
+      client.unpipe(upstream);
+      upstream.unpipe(client);
+      client.pause();
+      upstream.pause();
+    }
+  }
+
+  flow(): void {
+    this.stalled = false;
+    for (const [client, upstream] of this.pairs) {
+      client.pipe(upstream);
+      upstream.pipe(client);
+    }
   }
 
   refuse(): void {
