@@ -274,7 +274,8 @@ export class WsServer {
       type: 'resumed',
       epoch: history.epoch,
       replayed: frames.length,
-      offset: history.offset,
+      // How far the replay reached: the welcome's offset (later deliveries came live).
+      offset: tab.welcomeOffset,
     });
   }
 

@@ -18,6 +18,11 @@ import {
 import { UrlRing } from './url-ring.js';
 
 const DEFAULT_DEDUP_WINDOW = 1000;
+
+/** `options` without the keys whose value is undefined. */
+function definedOnly<T extends object>(options: T): Partial<T> {
+  return Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
 const DEFAULT_PING_INTERVAL_MS = 25_000;
 
 /**
@@ -38,6 +43,12 @@ export class WarrenClient {
   private expected: { sub?: string; tid?: string } | undefined;
   /** A follower has accepted its leader's `up` for the expected user: only then are its relays shown. */
   private leaderTrusted = false;
+  /**
+   * While a resume is being answered: the highest offset received meanwhile. The cursor stays where the
+   * resume began until it is answered, so a resume cut short (the socket dropped mid-replay) is asked for
+   * again from there instead of from past live events, which would skip the rest of the replay.
+   */
+  private resumeSeen: number | undefined;
 
   constructor(private readonly options: ClientOptions) {
     const Socket = options.WebSocket ?? globalThis.WebSocket;
@@ -47,7 +58,8 @@ export class WarrenClient {
     this.link = {
       urls: new UrlRing(options.url),
       tokens: new TokenSource(options.getToken),
-      reconnect: { ...DEFAULT_RECONNECT, ...options.reconnect },
+      // Options given as undefined keep their defaults (a spread would put undefined over them).
+      reconnect: { ...DEFAULT_RECONNECT, ...definedOnly(options.reconnect ?? {}) },
       tokenTransport: options.tokenTransport ?? 'protocol',
       pingIntervalMs: options.pingIntervalMs ?? DEFAULT_PING_INTERVAL_MS,
       WebSocket: Socket,
@@ -209,9 +221,13 @@ export class WarrenClient {
   private welcomed(welcome: WelcomeFrame): void {
     const prev = this.cursor;
     this.welcome = welcome;
+    this.resumeSeen = undefined;
     if (prev && prev.epoch === welcome.epoch) {
       // Same node: ask for what was delivered since the last offset this tab (or its old leader) saw.
-      if (prev.offset < welcome.offset) this.socket?.send({ type: 'resume', ...prev });
+      if (prev.offset < welcome.offset) {
+        this.resumeSeen = prev.offset;
+        this.socket?.send({ type: 'resume', ...prev });
+      }
     } else {
       if (prev) this.resync({ reason: 'new_node' });
       this.cursor = { epoch: welcome.epoch, offset: welcome.offset };
@@ -239,17 +255,32 @@ export class WarrenClient {
       return;
     }
     switch (message.k) {
-      case 'up':
+      case 'up': {
+        const before = this.cursor;
         this.leaderTrusted = true;
         this.welcome = message.welcome;
         this.cursor = message.cursor && { ...message.cursor };
+        // The leader's resume, if it is still being answered, is this tab's too (see `resumeSeen`).
+        const cursor = this.cursor;
+        this.resumeSeen =
+          cursor && cursor.epoch === message.welcome.epoch && cursor.offset < message.welcome.offset
+            ? cursor.offset
+            : undefined;
+        // A leader now on another node: this tab's own history ends here. Told by this tab itself, as the
+        // leader's own `resync` was posted while this tab did not trust it (between its `down` and `up`).
+        if (before && before.epoch !== message.welcome.epoch)
+          this.emitter.emit('resync', { reason: 'new_node' });
         this.setState(ClientState.Connected);
         return;
+      }
       case 'frame':
         if (this.leaderTrusted) this.handle(message.frame);
         return;
       case 'resync':
-        if (this.leaderTrusted) this.emitter.emit('resync', message.resync);
+        // `new_node` is worked out from the leader's `up` (above).
+        if (!this.leaderTrusted || message.resync.reason === 'new_node') return;
+        if (message.resync.reason === 'history_gap') this.resumeDone(this.welcome?.offset ?? 0);
+        this.emitter.emit('resync', message.resync);
         return;
     }
   }
@@ -263,10 +294,14 @@ export class WarrenClient {
         this.emitter.emit('event', { id: frame.id, type: frame.eventType, data: frame.data });
         return true;
       case 'resumed':
-        this.advance(frame.offset);
+        // Replayed up to the offset the connection was welcomed at; what came later came live.
+        this.resumeDone(frame.offset);
         return true;
       case 'error':
         if (frame.code === FrameErrorCode.ResumeUnavailable) {
+          // From the welcome on, this connection has everything: do not ask again from the old offset
+          // (a quiet user would be told to resynchronise on every reconnect to this node).
+          this.resumeDone(this.welcome?.offset ?? 0);
           this.resync({ reason: 'history_gap' });
           return false;
         }
@@ -285,7 +320,18 @@ export class WarrenClient {
   }
 
   private advance(offset: number): void {
-    if (this.cursor && typeof offset === 'number' && offset > this.cursor.offset) this.cursor.offset = offset;
+    if (!this.cursor || typeof offset !== 'number') return;
+    if (this.resumeSeen !== undefined) {
+      if (offset > this.resumeSeen) this.resumeSeen = offset;
+    } else if (offset > this.cursor.offset) {
+      this.cursor.offset = offset;
+    }
+  }
+
+  private resumeDone(upTo: number): void {
+    const seen = this.resumeSeen ?? 0;
+    this.resumeSeen = undefined;
+    if (this.cursor) this.cursor.offset = Math.max(this.cursor.offset, upTo, seen);
   }
 
   private resync(resync: Resync): void {

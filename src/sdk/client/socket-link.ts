@@ -80,9 +80,11 @@ export class SocketLink {
     if (this.closed) return;
     this.refreshToken = false;
     const { urls, tokenTransport, WebSocket: Socket } = this.settings;
-    const url = urls.current();
+    let url = '(url option)';
     let ws: WebSocket;
     try {
+      // Inside the try: a `url` function of the application that throws is a failed attempt, retried.
+      url = urls.current();
       ws =
         tokenTransport === 'query'
           ? new Socket(

@@ -134,6 +134,47 @@ describe('client core (scripted socket, fake timers)', () => {
     expect(events[1]).toEqual({ id: 'b', type: 'test.event', data: { id: 'b' } });
   });
 
+  it('asks again from where a resume began when the socket drops before the replay is complete', async () => {
+    const first = latest();
+    first.welcome('e1', 5);
+    first.event('a', 6);
+    first.end(1006);
+
+    const second = await nextAttempt();
+    second.welcome('e1', 20);
+    expect(second.sent).toEqual([{ type: 'resume', epoch: 'e1', offset: 6 }]);
+    // A live event (after the welcome) and part of the replay, then the socket drops.
+    second.event('live', 21);
+    second.event('b', 8);
+    second.end(1006);
+
+    const third = await nextAttempt();
+    third.welcome('e1', 22);
+    // Not from 21, which would skip the rest of the replay (offsets 9–20).
+    expect(third.sent).toEqual([{ type: 'resume', epoch: 'e1', offset: 6 }]);
+    third.receive({ type: 'resumed', epoch: 'e1', replayed: 0, offset: 22 });
+    third.end(1006);
+    const fourth = await nextAttempt();
+    fourth.welcome('e1', 30);
+    expect(fourth.sent).toEqual([{ type: 'resume', epoch: 'e1', offset: 22 }]);
+  });
+
+  it('after history_gap does not ask again from the old offset on the next reconnect', async () => {
+    const resyncs: string[] = [];
+    client.on('resync', (r) => resyncs.push(r.reason));
+    latest().welcome('e1', 5);
+    latest().end(1006);
+    const second = await nextAttempt();
+    second.welcome('e1', 50);
+    second.receive({ type: 'error', code: 'resume_unavailable', message: 'gone' });
+    expect(resyncs).toEqual(['history_gap']);
+    second.end(1006);
+    const third = await nextAttempt();
+    third.welcome('e1', 50);
+    expect(third.sent).toEqual([]);
+    expect(resyncs).toEqual(['history_gap']);
+  });
+
   it('does not resume on another node but says events may have been missed', async () => {
     const resyncs: string[] = [];
     client.on('resync', (r) => resyncs.push(r.reason));
@@ -168,6 +209,36 @@ describe('client core (scripted socket, fake timers)', () => {
     latest().end(1006);
     expect((await nextAttempt()).token).toBe('token-2');
     expect(client.state).toBe('connecting');
+  });
+
+  it('keeps trying when a url function throws, and keeps reconnect defaults given as undefined', async () => {
+    client.close();
+    let calls = 0;
+    const errors: string[] = [];
+    // The jitter draw in the middle: the first retry waits 250 ms (half of the 500 ms base).
+    const random = vi.spyOn(Math, 'random').mockReturnValue(0.5);
+    client = connect({
+      url: () => {
+        calls += 1;
+        if (calls === 1) throw new Error('no gateway known yet');
+        return 'ws://later/ws';
+      },
+      getToken: () => 'token',
+      WebSocket: ScriptedSocket as unknown as typeof WebSocket,
+      pingIntervalMs: 0,
+      reconnect: { capMs: undefined },
+    });
+    client.on('error', (e) => errors.push(e.message));
+    await vi.advanceTimersByTimeAsync(0);
+    expect(errors).toEqual(['cannot open (url option)']);
+    const before = ScriptedSocket.all.length;
+    // A real backoff (not a NaN delay firing at once): nothing after 200 ms…
+    await vi.advanceTimersByTimeAsync(200);
+    expect(ScriptedSocket.all.length).toBe(before);
+    // …and a socket to the URL the function gives next, after the delay.
+    const socket = await nextAttempt();
+    expect(socket.url).toBe('ws://later/ws');
+    random.mockRestore();
   });
 
   it('stops for good on close()', async () => {

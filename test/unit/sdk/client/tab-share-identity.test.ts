@@ -21,6 +21,8 @@ function claimsOf(protocols: string | string[]): { tid: string; sub: string } {
 /** A stand-in browser WebSocket whose gateway welcomes whoever the token names. */
 class FakeSocket {
   static all: FakeSocket[] = [];
+  /** The epoch of the node the next sockets reach. */
+  static epoch = 'e';
   readyState = 0;
   onmessage: ((event: { data: unknown }) => void) | null = null;
   onclose: ((event: { code: number }) => void) | null = null;
@@ -40,7 +42,7 @@ class FakeSocket {
           userId: this.user.sub,
           tenantId: this.user.tid,
           gateway: 'g',
-          epoch: 'e',
+          epoch: FakeSocket.epoch,
           offset: 0,
         }),
       0,
@@ -108,6 +110,7 @@ describe('tab sharing never crosses users', () => {
 
   beforeEach(() => {
     FakeSocket.all = [];
+    FakeSocket.epoch = 'e';
     installLocks();
   });
   afterEach(() => {
@@ -170,6 +173,24 @@ describe('tab sharing never crosses users', () => {
     await new Promise((r) => setTimeout(r, 50));
     expect(follower.seen).toEqual([{ for: 'alice' }]);
     expect(leader.seen).toContainEqual({ for: 'bob' });
+  });
+
+  it('tells follower tabs, once, that the leader reconnected to another node', async () => {
+    const leader = tab(() => tokenFor('acme', 'alice'), true);
+    await vi.waitFor(() => expect(leader.client.role).toBe(TabRole.Leader));
+    const follower = tab(() => tokenFor('acme', 'alice'), true);
+    await vi.waitFor(() => expect(follower.client.state).toBe('connected'));
+    const resyncs = { leader: [] as string[], follower: [] as string[] };
+    leader.client.on('resync', (r) => resyncs.leader.push(r.reason));
+    follower.client.on('resync', (r) => resyncs.follower.push(r.reason));
+
+    // A deploy drains the node (4100); the leader reconnects to another one.
+    FakeSocket.epoch = 'e2';
+    FakeSocket.all[0]?.end(4100);
+    await vi.waitFor(() => expect(resyncs.leader).toEqual(['new_node']), { timeout: 5000 });
+    await vi.waitFor(() => expect(follower.client.state).toBe('connected'));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(resyncs.follower).toEqual(['new_node']);
   });
 
   it('ignores a relay on its channel that speaks for another user', async () => {
