@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { findPackageRoot, loadConfig } from '../config/load.js';
-import { isWarrenError } from '../shared/errors.js';
+import { errorMessage, isWarrenError } from '../shared/errors.js';
 import { runDev } from './dev.js';
 import { runGateway } from './gateway.js';
 import { runMembersImport } from './members-import.js';
@@ -87,6 +87,12 @@ async function main(argv: string[]): Promise<number> {
   return 2;
 }
 
+/** Exits with `code` once output is flushed, even if a connection opened before the failure is still up. */
+function fail(code: number): void {
+  process.exitCode = code;
+  setTimeout(() => process.exit(code), 200).unref();
+}
+
 main(process.argv.slice(2)).then(
   (code) => {
     process.exitCode = code;
@@ -94,10 +100,16 @@ main(process.argv.slice(2)).then(
   (error: unknown) => {
     if (isWarrenError(error, 'WARREN_ERR_CONFIG')) {
       console.error(error.message);
-      process.exitCode = 78;
-      return;
+      return fail(78);
     }
-    console.error(isWarrenError(error) ? `${error.code}: ${error.message}` : error);
-    process.exitCode = 1;
+    const code = (error as { code?: unknown } | null)?.code;
+    if (typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS')) {
+      console.error(`warren: ${(error as Error).message}\n\n${USAGE}`);
+      return fail(2);
+    }
+    console.error(
+      isWarrenError(error) ? `${error.code}: ${error.message}` : `warren: ${errorMessage(error)}`,
+    );
+    fail(1);
   },
 );

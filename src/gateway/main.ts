@@ -191,8 +191,6 @@ export async function startGateway(
     logger,
     ...(options.routes ? { routes: options.routes } : {}),
   });
-  const port = await server.listen(g.host, g.port);
-  logger.info({ port, queue }, 'listening');
 
   const closeTabs = async (windowMs: number): Promise<void> => {
     const tabs = registry.allTabs();
@@ -255,6 +253,16 @@ export async function startGateway(
       );
       logger.info('closed');
     });
+
+  let port: number;
+  try {
+    port = await server.listen(g.host, g.port);
+  } catch (error) {
+    // Not left heartbeating, bound and connected: `warren status` would show a node nobody can reach.
+    await close();
+    throw error;
+  }
+  logger.info({ port, queue }, 'listening');
 
   return {
     nodeId,

@@ -1,4 +1,5 @@
 import { Redis, type ChainableCommander } from 'ioredis';
+import { errorMessage } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
 import {
   APPLY_MEMBERSHIP,
@@ -54,6 +55,16 @@ export interface CreateRedisOptions {
   autoPipelining?: boolean;
 }
 
+/** Host, port and database of a Redis URL, without credentials (for error messages). */
+function describeUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    return `${u.protocol}//${u.host}${u.pathname === '/' ? '' : u.pathname}`;
+  } catch {
+    return '(unparsable URL)';
+  }
+}
+
 /** A client for the process's own use; resolves once connected. */
 export async function createRedis(options: CreateRedisOptions): Promise<WarrenRedis> {
   const redis = new Redis(options.url, {
@@ -65,7 +76,15 @@ export async function createRedis(options: CreateRedisOptions): Promise<WarrenRe
   });
   redis.on('error', (error: Error) => options.logger.warn({ err: error.message }, 'redis error'));
   redis.on('reconnecting', () => options.logger.warn('redis reconnecting'));
-  await redis.connect();
+  try {
+    await redis.connect();
+  } catch (error) {
+    // Not left reconnecting in the background: the caller is told, and can exit.
+    redis.disconnect();
+    throw new Error(`cannot connect to Redis at ${describeUrl(options.url)}: ${errorMessage(error)}`, {
+      cause: error,
+    });
+  }
   return withWarrenCommands(redis);
 }
 

@@ -78,6 +78,25 @@ describe('warren gateway as a process', () => {
     expect(gw.logged('drained')).toBeDefined();
   });
 
+  it('exits 1 with the reason when its port is taken, leaving no node behind', async () => {
+    prefix = testPrefix('port-taken');
+    const first = WarrenProcess.start(['gateway'], gatewayEnv(prefix));
+    processes.push(first);
+    const port = await first.listening();
+    const second = WarrenProcess.start(
+      ['gateway'],
+      gatewayEnv(prefix, { WARREN_GATEWAY_PORT: String(port) }),
+    );
+    processes.push(second);
+    expect(await second.exited).toBe(1);
+    expect(second.lines.join('\n')).toContain(`cannot listen on 127.0.0.1:${port}`);
+    // Only the first node counts as alive: the second took its heartbeat back before exiting.
+    const config = testConfig(prefix);
+    expect((await collectStatus(config)).gateways.map((g) => g.id)).toEqual([
+      first.logged('listening')?.['nodeId'],
+    ]);
+  });
+
   it('a node killed without cleaning up stops counting its users once its heartbeat expires', async () => {
     prefix = testPrefix('crash');
     // Short heartbeat and expiry so the test is quick; with the defaults (5 s / 15 s) the same path takes
