@@ -26,6 +26,17 @@ type Tree = Record<string, unknown>;
 /** Variables with the prefix that are not configuration keys and must not be reported as unknown. */
 const NON_CONFIG_ENV = /^WARREN_(CONFIG|TEST_.*)$/;
 
+/**
+ * Variables Kubernetes puts in every pod for a Service named `warren` or `warren-…` (service links:
+ * `WARREN_SERVICE_HOST`, `WARREN_PORT=tcp://…`, `WARREN_GATEWAY_PORT_8080_TCP_ADDR`, …). They are not
+ * configuration; one that shares a configuration variable's name carries a `tcp://` URL, not a value.
+ */
+function isServiceLink(name: string, value: string): boolean {
+  if (/^WARREN(_[A-Z0-9_]+)?_SERVICE_(HOST|PORT)(_[A-Z0-9_]+)?$/.test(name)) return true;
+  if (/^WARREN(_[A-Z0-9_]+)?_PORT_\d+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?$/.test(name)) return true;
+  return name.endsWith('_PORT') && /^(tcp|udp|sctp):\/\//.test(value);
+}
+
 export function findPackageRoot(from = dirname(fileURLToPath(import.meta.url))): string {
   let dir = from;
   for (;;) {
@@ -92,6 +103,8 @@ function fromEnv(env: Readonly<Record<string, string | undefined>>, problems: st
   const known = new Map(CONFIG_FIELDS.map((f) => [f.env, f]));
   for (const [name, raw] of Object.entries(env)) {
     if (!name.startsWith('WARREN_') || raw === undefined || NON_CONFIG_ENV.test(name)) continue;
+    // Set but empty (`WARREN_JWT_PUBLIC_KEY=` in a compose file) means not set, as in most tools.
+    if (raw === '' || isServiceLink(name, raw)) continue;
     const field = known.get(name);
     if (!field) {
       problems.push(`${name}: not a configuration variable (see the configuration table in README.md)`);
@@ -137,9 +150,19 @@ function describeIssues(issue: z.core.$ZodIssue, origins: Map<string, string>, m
   return [`${name}${env} (from ${originOf(path, origins) ?? 'default'}): ${issue.message}${got}`];
 }
 
-function crossChecks(config: WarrenConfig, requirements: readonly ConfigRequirement[]): string[] {
+type DeepPartial<T> = { [K in keyof T]?: T[K] extends object ? DeepPartial<T[K]> : T[K] | unknown };
+
+/**
+ * Rules across keys. Also run when the schema found problems (on the raw values, so that one message
+ * still names every problem); a rule whose values are missing or of the wrong type is skipped then.
+ */
+function crossChecks(
+  config: DeepPartial<WarrenConfig>,
+  requirements: readonly ConfigRequirement[],
+): string[] {
   const problems: string[] = [];
-  const keys = [config.jwt.secret, config.jwt.publicKey, config.jwt.jwksFile].filter((k) => k !== undefined);
+  const jwt = config.jwt ?? {};
+  const keys = [jwt.secret, jwt.publicKey, jwt.jwksFile].filter((k) => k !== undefined);
   if (keys.length > 1) {
     problems.push('jwt: set only one of jwt.secret, jwt.publicKey, jwt.jwksFile');
   }
@@ -148,12 +171,16 @@ function crossChecks(config: WarrenConfig, requirements: readonly ConfigRequirem
       'jwt: a gateway needs one of jwt.secret [WARREN_JWT_SECRET], jwt.publicKey [WARREN_JWT_PUBLIC_KEY] or jwt.jwksFile [WARREN_JWT_JWKS_FILE]',
     );
   }
-  if (config.presence.expiryMs < 2 * config.presence.heartbeatMs) {
+  const numbers = (a: unknown, b: unknown): [number, number] | undefined =>
+    typeof a === 'number' && typeof b === 'number' ? [a, b] : undefined;
+  const presence = numbers(config.presence?.expiryMs, config.presence?.heartbeatMs);
+  if (presence && presence[0] < 2 * presence[1]) {
     problems.push(
       'presence.expiryMs: must be at least twice presence.heartbeatMs, or a busy node flaps offline',
     );
   }
-  if (config.rabbitmq.reconnectCapMs < config.rabbitmq.reconnectBaseMs) {
+  const reconnect = numbers(config.rabbitmq?.reconnectCapMs, config.rabbitmq?.reconnectBaseMs);
+  if (reconnect && reconnect[0] < reconnect[1]) {
     problems.push('rabbitmq.reconnectCapMs: must not be below rabbitmq.reconnectBaseMs');
   }
   return problems;
@@ -188,8 +215,14 @@ export function loadConfig(options: LoadConfigOptions = {}): Readonly<WarrenConf
   if (options.overrides) merge(merged, options.overrides, 'overrides', origins);
 
   const result = configSchema.safeParse(merged);
-  if (result.success) problems.push(...crossChecks(result.data, options.require ?? []));
-  else problems.push(...result.error.issues.flatMap((issue) => describeIssues(issue, origins, merged)));
+  if (!result.success)
+    problems.push(...result.error.issues.flatMap((issue) => describeIssues(issue, origins, merged)));
+  problems.push(
+    ...crossChecks(
+      result.success ? result.data : (merged as DeepPartial<WarrenConfig>),
+      options.require ?? [],
+    ),
+  );
 
   if (problems.length > 0 || !result.success) {
     const noun = problems.length === 1 ? 'problem' : 'problems';

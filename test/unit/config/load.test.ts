@@ -110,6 +110,39 @@ describe('loadConfig', () => {
     expect(configError(() => loadConfig({ env: both, require: ['jwt'] }))).toContain('set only one of');
   });
 
+  it('reports the rules across keys together with the schema’s problems', () => {
+    const message = configError(() => loadConfig({ env: { WARREN_GATEWAY_PORT: 'abc' }, require: ['jwt'] }));
+    expect(message).toContain('gateway.port');
+    expect(message).toContain('a gateway needs one of');
+  });
+
+  it('treats an empty variable as not set', () => {
+    const env = { WARREN_JWT_SECRET: 'a-very-long-secret-value', WARREN_JWT_PUBLIC_KEY: '' };
+    expect(loadConfig({ env, require: ['jwt'] }).jwt.publicKey).toBeUndefined();
+  });
+
+  it('ignores the service-link variables Kubernetes sets for a Service named warren or warren-gateway', () => {
+    const links = {
+      WARREN_SERVICE_HOST: '10.0.0.7',
+      WARREN_SERVICE_PORT: '8080',
+      WARREN_SERVICE_PORT_HTTP: '8080',
+      WARREN_PORT: 'tcp://10.0.0.7:8080',
+      WARREN_PORT_8080_TCP: 'tcp://10.0.0.7:8080',
+      WARREN_PORT_8080_TCP_PROTO: 'tcp',
+      WARREN_PORT_8080_TCP_PORT: '8080',
+      WARREN_PORT_8080_TCP_ADDR: '10.0.0.7',
+      WARREN_GATEWAY_SERVICE_HOST: '10.0.0.8',
+      // Same name as the gateway's port variable, but a link: a URL, not a port.
+      WARREN_GATEWAY_PORT: 'tcp://10.0.0.8:8080',
+    };
+    expect(loadConfig({ env: links }).gateway.port).toBe(DEFAULTS.gatewayPort);
+    // A real value in that variable still counts, and a misspelt variable is still reported.
+    expect(loadConfig({ env: { WARREN_GATEWAY_PORT: '9000' } }).gateway.port).toBe(9000);
+    expect(configError(() => loadConfig({ env: { WARREN_GATEWAY_PROT: '9000' } }))).toContain(
+      'WARREN_GATEWAY_PROT: not a configuration variable',
+    );
+  });
+
   it('returns a frozen configuration', () => {
     const config = loadConfig({ env: {} });
     expect(Object.isFrozen(config)).toBe(true);
