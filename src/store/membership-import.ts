@@ -26,6 +26,17 @@ export interface ReadOptions {
 
 const CSV_COLUMNS = new Set(['op', 'tenantId', 'userId', 'teamId', 'groupId']);
 
+/** What is wrong with a CSV header, if anything: unknown, empty or repeated column names. */
+function headerProblem(cells: readonly string[]): string | undefined {
+  if (cells.some((c) => c === '')) return 'header has an empty column name (a trailing comma?)';
+  const unknown = cells.filter((c) => !CSV_COLUMNS.has(c));
+  if (unknown.length > 0) return `header has unknown columns: ${unknown.join(', ')}`;
+  const repeated = cells.filter((c, i) => cells.indexOf(c) !== i);
+  if (repeated.length > 0)
+    return `header names a column more than once: ${[...new Set(repeated)].join(', ')}`;
+  return undefined;
+}
+
 export function formatOf(file: string): ImportFormat | undefined {
   if (/\.(jsonl|ndjson|json)$/i.test(file)) return 'jsonl';
   if (/\.csv$/i.test(file)) return 'csv';
@@ -78,9 +89,9 @@ export async function readMembershipFile(file: string, options: ReadOptions): Pr
     } else {
       const cells = text.split(',').map(unquote);
       if (!header) {
-        const unknown = cells.filter((c) => !CSV_COLUMNS.has(c));
-        if (unknown.length > 0) {
-          plan.bad.push({ line: number, reason: `header has unknown columns: ${unknown.join(', ')}` });
+        const problem = headerProblem(cells);
+        if (problem) {
+          plan.bad.push({ line: number, reason: problem });
           break;
         }
         header = cells;

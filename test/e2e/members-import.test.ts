@@ -220,6 +220,18 @@ describe('warren members import', () => {
     expect(skipping.stdout).toMatch(/^Imported 2 row\(s\) .*; skipped 4 bad line\(s\)\.$/m);
     expect(await reach({ teams: ['or'] })).toEqual(['ann', 'cid']);
   });
+
+  it('refuses a header that names a column twice or has an empty name, before reading any row', async () => {
+    const twice = file('twice.csv', ['userId,userId,teamId', 'ann,bob,or'].join('\n'));
+    const run = await warrenMembersImport(prefix, [twice, '--tenant', 'acme']);
+    expect(run.code).not.toBe(0);
+    expect(reported(run.stderr, twice)).toEqual([[1, has('names a column more than once: userId')]]);
+
+    const trailing = file('trailing.csv', ['userId,teamId,', 'ann,or,'].join('\n'));
+    const empty = await warrenMembersImport(prefix, [trailing, '--tenant', 'acme']);
+    expect(empty.code).not.toBe(0);
+    expect(reported(empty.stderr, trailing)).toEqual([[1, has('empty column name')]]);
+  });
 });
 
 const has = (fragment: string): string => expect.stringContaining(fragment) as unknown as string;
