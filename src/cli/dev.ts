@@ -52,7 +52,8 @@ export async function runDev(loaded: Readonly<WarrenConfig>): Promise<number> {
   const sampleUser = sample?.users[0];
   if (secret && sample && sampleUser) {
     const token = await mintDevToken(secret, sample.id, sampleUser.id);
-    console.log(`  JWT secret (HS256${generated ? ', generated for this run' : ''}): ${secret}`);
+    // A secret of the operator's own is never echoed: it may be shared with a real installation.
+    if (generated) console.log(`  JWT secret (HS256, generated for this run): ${secret}`);
     console.log(`  Token for user ${sampleUser.id} of tenant ${sample.id} (1 h): ${token}`);
   }
   console.log('  Stop with Ctrl-C.\n');

@@ -1,6 +1,6 @@
 import { request as httpRequest } from 'node:http';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { networkInterfaces, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
@@ -46,7 +46,8 @@ describe('the warren dev demo page and its dev-only endpoints', () => {
 
   beforeEach(async () => {
     prefix = testPrefix('browser-demo');
-    const config = testConfig(prefix);
+    // On every interface, so the test can also come in by the machine's network address.
+    const config = testConfig(prefix, { gateway: { host: '0.0.0.0' } });
     resolver = await startTestResolver(config);
     warren = await connectPublisher(config);
     await seedDemoMemberships(warren);
@@ -102,11 +103,11 @@ describe('the warren dev demo page and its dev-only endpoints', () => {
   });
 
   it('answers only requests addressed to localhost (no DNS rebinding, no access by network address)', async () => {
-    const withHost = (host: string, path: string): Promise<number> =>
+    const withHost = (host: string, path: string, via = '127.0.0.1'): Promise<number> =>
       new Promise((resolve, reject) => {
         const req = httpRequest(
           {
-            host: '127.0.0.1',
+            host: via,
             port: gateway.port,
             path,
             method: 'POST',
@@ -123,6 +124,11 @@ describe('the warren dev demo page and its dev-only endpoints', () => {
     expect(await withHost('rebound.example.com', '/dev/token')).toBe(403);
     expect(await withHost('192.168.1.20:8080', '/dev/publish')).toBe(403);
     expect(await withHost(`localhost:${gateway.port}`, '/dev/token')).toBe(200);
+    // Another machine could send `Host: localhost` itself: the connection must come from this machine.
+    const lan = Object.values(networkInterfaces())
+      .flat()
+      .find((a) => a && a.family === 'IPv4' && !a.internal)?.address;
+    if (lan) expect(await withHost(`localhost:${gateway.port}`, '/dev/token', lan)).toBe(403);
   });
 
   async function openAs(hash: string): Promise<Page> {

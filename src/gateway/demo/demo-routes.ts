@@ -31,9 +31,30 @@ const MAX_TEXT = 500;
 
 class BadRequest extends Error {}
 
-// Browsers on other sites cannot reach these through a developer's `warren dev` by DNS rebinding, nor
-// machines on the same network by its address: the Host must be the loopback name the page was opened on.
+// Browsers on other sites cannot reach these through a developer's `warren dev` by DNS rebinding: the
+// Host must be the loopback name the page was opened on. Machines on the same network cannot either, even
+// sending that Host themselves: the connection must come from this machine.
 const LOCAL_HOST = /^(localhost|127\.0\.0\.1|\[::1\])(:\d+)?$/i;
+
+/** Whether uWS's text form of the peer address is a loopback address (IPv4, IPv6 or IPv4-mapped). */
+export function isLoopback(address: string): boolean {
+  const a = address.toLowerCase();
+  if (/^(::ffff:)?127\.\d+\.\d+\.\d+$/.test(a)) return true;
+  // IPv6 ::1, written short or in full; IPv4-mapped 127.x written in hex.
+  const groups = a.includes('::') ? expandIpv6(a) : a.split(':');
+  if (groups.length !== 8) return false;
+  const n = groups.map((g) => parseInt(g || '0', 16));
+  const zeros = (from: number, to: number) => n.slice(from, to).every((v) => v === 0);
+  if (zeros(0, 7) && n[7] === 1) return true;
+  return zeros(0, 5) && n[5] === 0xffff && (n[6] ?? 0) >> 8 === 127;
+}
+
+function expandIpv6(address: string): string[] {
+  const [head = '', tail = ''] = address.split('::');
+  const left = head ? head.split(':') : [];
+  const right = tail ? tail.split(':') : [];
+  return [...left, ...Array<string>(Math.max(0, 8 - left.length - right.length)).fill('0'), ...right];
+}
 
 /**
  * Reads a JSON object body. Only `application/json` is accepted: another site cannot send that type
@@ -66,7 +87,8 @@ function jsonPost(
 ): void {
   app.post(path, (res, req) => {
     const request = readBody(res, MAX_BODY_BYTES);
-    if (!LOCAL_HOST.test(req.getHeader('host'))) {
+    const peer = Buffer.from(res.getRemoteAddressAsText()).toString();
+    if (!LOCAL_HOST.test(req.getHeader('host')) || !isLoopback(peer)) {
       sendJson(res, '403 Forbidden', { error: 'dev endpoints answer only on localhost' });
       return;
     }
