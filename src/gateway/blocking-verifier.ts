@@ -115,6 +115,9 @@ export class BlockingTokenVerifier {
       if (left <= 0) {
         // Replace a worker that stopped answering rather than make every upgrade wait for it.
         this.logger.error('token worker did not answer; replacing it');
+        // Unavailable at once, not when its exit event comes: until then every upgrade would wait the
+        // full timeout on the worker being terminated, one after the other.
+        this.ready = false;
         void this.worker.terminate();
         throw new WarrenError(ErrorCode.Timeout, 'token verification timed out', { retryable: true });
       }

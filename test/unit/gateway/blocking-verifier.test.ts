@@ -1,3 +1,4 @@
+import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import { SignJWT } from 'jose';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { BlockingTokenVerifier } from '../../../src/gateway/blocking-verifier.js';
@@ -58,6 +59,21 @@ describe('BlockingTokenVerifier', () => {
     // Refused without waiting out the verify timeout: "unavailable", not "timed out".
     expect(() => verifier.verify(good)).toThrow('token verification unavailable');
     await vi.waitFor(() => expect(verifier.verify(good).userId).toBe('eve'), {
+      timeout: 10_000,
+      interval: 50,
+    });
+  });
+
+  it('after a worker that stopped answering times out once, answers at once until it is replaced', async () => {
+    const good = await sign({ sub: 'fay', tid: 'acme' });
+    // A worker that hangs: requests go to a port nobody reads.
+    const internals = verifier as unknown as { port: MessagePort };
+    internals.port = new MessageChannel().port1;
+    expect(() => verifier.verify(good)).toThrow('token verification timed out');
+    // The next upgrade, in the same turn, is refused as unavailable instead of waiting out the timeout
+    // again on the dying worker.
+    expect(() => verifier.verify(good)).toThrow('token verification unavailable');
+    await vi.waitFor(() => expect(verifier.verify(good).userId).toBe('fay'), {
       timeout: 10_000,
       interval: 50,
     });
