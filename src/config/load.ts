@@ -134,6 +134,21 @@ function valueAt(tree: Tree, path: readonly string[]): unknown {
   return node;
 }
 
+/** A bad value as an error message may show it: never a key, never a URL's password. */
+function shown(path: readonly string[], value: unknown): string {
+  if (path[0] === 'jwt' && path[1] !== 'clockToleranceSec') return 'a value, not shown';
+  if (typeof value === 'string' && /^[a-z][a-z0-9+.-]*:\/\//i.test(value)) {
+    try {
+      const url = new URL(value);
+      if (url.password) url.password = '***';
+      return JSON.stringify(url.toString());
+    } catch {
+      return JSON.stringify(value.replace(/\/\/[^@/]*@/, '//***@'));
+    }
+  }
+  return JSON.stringify(value);
+}
+
 function describeIssues(issue: z.core.$ZodIssue, origins: Map<string, string>, merged: Tree): string[] {
   const path = issue.path.map(String);
   if (issue.code === 'unrecognized_keys') {
@@ -146,7 +161,7 @@ function describeIssues(issue: z.core.$ZodIssue, origins: Map<string, string>, m
   const field = CONFIG_FIELDS.find((f) => f.path.join('.') === name);
   const env = field ? ` [${field.env}]` : '';
   const value = valueAt(merged, path);
-  const got = value === undefined || isTree(value) ? '' : ` (got ${JSON.stringify(value)})`;
+  const got = value === undefined || isTree(value) ? '' : ` (got ${shown(path, value)})`;
   return [`${name}${env} (from ${originOf(path, origins) ?? 'default'}): ${issue.message}${got}`];
 }
 

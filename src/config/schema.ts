@@ -179,7 +179,13 @@ export const configSchema = z.strictObject({
     .prefault({}),
   jwt: z
     .strictObject({
-      secret: z.string().min(16, 'must be at least 16 characters').optional().describe('HS256 secret.'),
+      secret: z
+        .string()
+        // HS256 wants a key as long as its hash (RFC 7518 §3.2); a short one falls to offline guessing
+        // from any token a browser holds.
+        .min(32, 'must be at least 32 characters (e.g. openssl rand -base64 32)')
+        .optional()
+        .describe('HS256 secret, at least 32 characters.'),
       publicKey: z.string().optional().describe('RS256/ES256 public key, PEM text or a path to a PEM file.'),
       jwksFile: z.string().optional().describe('RS256/ES256 keys as a JWKS file.'),
       issuer: z.string().optional().describe('Required `iss` claim, when set.'),

@@ -8,6 +8,10 @@ import type { TokenAnswer, TokenWorkerData } from './token-worker.js';
 
 // A verify takes well under a millisecond; this bounds how long a stuck worker can hold the event loop.
 const VERIFY_TIMEOUT_MS = 250;
+// Longer than any token a browser should send in a header (JWKS-signed RS256 tokens are ~1 KiB).
+const MAX_TOKEN_LENGTH = 8192;
+// Compact JWS: three base64url parts (the last, the signature, never empty for the algorithms allowed).
+const JWS_COMPACT = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/;
 const RESPAWN_DELAY_MS = 1000;
 
 // Run from the TypeScript sources (tests, benches), the worker registers tsx before loading its entry:
@@ -95,6 +99,11 @@ export class BlockingTokenVerifier {
    * WARREN_ERR_TIMEOUT when the worker does not answer.
    */
   verify(token: string | undefined): Identity {
+    // Refused here, without the worker round trip: nothing this cheap to send should cost the thread
+    // that carries every delivery a wait.
+    if (token === undefined || token.length > MAX_TOKEN_LENGTH || !JWS_COMPACT.test(token)) {
+      throw new WarrenError(ErrorCode.Unauthorized, 'not a signed JWT');
+    }
     if (!this.ready) {
       throw new WarrenError(ErrorCode.Timeout, 'token verification unavailable', { retryable: true });
     }

@@ -46,7 +46,7 @@ describe('loadConfig', () => {
         WARREN_PREFIX: 'fromenv',
         WARREN_GATEWAY_PORT: '9100',
         WARREN_GATEWAY_ID: 'node-7',
-        WARREN_JWT_SECRET: 'a-very-long-secret-value',
+        WARREN_JWT_SECRET: 'a-very-long-secret-value-of-32-chars',
         WARREN_CLAIM_CHECK_BYTES: '1024',
         WARREN_LOG_LEVEL: 'debug',
       },
@@ -57,7 +57,7 @@ describe('loadConfig', () => {
     expect(config.gateway.id).toBe('node-7');
     expect(config.rabbitmq.url).toBe('amqp://u:p@mq:5672/vh');
     expect(config.redis.url).toBe('redis://cache:6380');
-    expect(config.jwt.secret).toBe('a-very-long-secret-value');
+    expect(config.jwt.secret).toBe('a-very-long-secret-value-of-32-chars');
     expect(config.claimCheck.bytes).toBe(1024);
     expect(config.log.level).toBe('debug');
   });
@@ -106,7 +106,10 @@ describe('loadConfig', () => {
 
   it('requires a verification key for a gateway, and only one', () => {
     expect(configError(() => loadConfig({ env: {}, require: ['jwt'] }))).toContain('a gateway needs one of');
-    const both = { WARREN_JWT_SECRET: 'a-very-long-secret-value', WARREN_JWT_JWKS_FILE: '/k.json' };
+    const both = {
+      WARREN_JWT_SECRET: 'a-very-long-secret-value-of-32-chars',
+      WARREN_JWT_JWKS_FILE: '/k.json',
+    };
     expect(configError(() => loadConfig({ env: both, require: ['jwt'] }))).toContain('set only one of');
   });
 
@@ -116,8 +119,21 @@ describe('loadConfig', () => {
     expect(message).toContain('a gateway needs one of');
   });
 
+  it('never shows a key or a password in its message', () => {
+    const message = configError(() =>
+      loadConfig({
+        env: { WARREN_JWT_SECRET: 'hunter2-prod', WARREN_REDIS_URL: 'ftp://app:s3cret@cache:6379' },
+      }),
+    );
+    expect(message).toContain('jwt.secret');
+    expect(message).toContain('at least 32 characters');
+    expect(message).not.toContain('hunter2');
+    expect(message).toContain('redis.url');
+    expect(message).not.toContain('s3cret');
+  });
+
   it('treats an empty variable as not set', () => {
-    const env = { WARREN_JWT_SECRET: 'a-very-long-secret-value', WARREN_JWT_PUBLIC_KEY: '' };
+    const env = { WARREN_JWT_SECRET: 'a-very-long-secret-value-of-32-chars', WARREN_JWT_PUBLIC_KEY: '' };
     expect(loadConfig({ env, require: ['jwt'] }).jwt.publicKey).toBeUndefined();
   });
 

@@ -52,6 +52,18 @@ describe('BlockingTokenVerifier', () => {
     expect(verifier.verify(await sign({ sub: 'dan', tid: 'acme' })).userId).toBe('dan');
   });
 
+  it('refuses what is not a compact JWT, or is far too long, without asking its worker', () => {
+    const internals = verifier as unknown as { port: MessagePort };
+    const asked = vi.spyOn(internals.port, 'postMessage');
+    for (const junk of ['', 'garbage', 'a.b', 'a.b.', 'a.b.c.d', 'a b.c.d', `${'a'.repeat(9000)}.b.c`])
+      expect(
+        refusal(() => verifier.verify(junk)),
+        junk.slice(0, 20),
+      ).toBe('WARREN_ERR_UNAUTHORIZED');
+    expect(asked).not.toHaveBeenCalled();
+    asked.mockRestore();
+  });
+
   it('answers at once while its worker is replaced, then verifies again', async () => {
     const good = await sign({ sub: 'eve', tid: 'acme' });
     // The worker dies (a crash, an out-of-memory kill): no upgrade waits for it.
