@@ -107,8 +107,11 @@ main(process.argv.slice(2)).then(
       console.error(`warren: ${(error as Error).message}\n\n${USAGE}`);
       return fail(2);
     }
+    // A Warren error says what to do; anything else is unexpected and keeps its stack.
     console.error(
-      isWarrenError(error) ? `${error.code}: ${error.message}` : `warren: ${errorMessage(error)}`,
+      isWarrenError(error)
+        ? `${error.code}: ${error.message}`
+        : `warren: ${error instanceof Error && error.stack ? error.stack : errorMessage(error)}`,
     );
     fail(1);
   },

@@ -134,18 +134,12 @@ function valueAt(tree: Tree, path: readonly string[]): unknown {
   return node;
 }
 
-/** A bad value as an error message may show it: never a key, never a URL's password. */
+/** A bad value as an error message may show it: never a key, never a URL's credentials. */
 function shown(path: readonly string[], value: unknown): string {
   if (path[0] === 'jwt' && path[1] !== 'clockToleranceSec') return 'a value, not shown';
-  if (typeof value === 'string' && /^[a-z][a-z0-9+.-]*:\/\//i.test(value)) {
-    try {
-      const url = new URL(value);
-      if (url.password) url.password = '***';
-      return JSON.stringify(url.toString());
-    } catch {
-      return JSON.stringify(value.replace(/\/\/[^@/]*@/, '//***@'));
-    }
-  }
+  // Whatever comes before an `@` may be credentials, in a well-formed URL or not (`guest:pw@host`).
+  if (typeof value === 'string' && value.includes('@'))
+    return JSON.stringify(value.replace(/^(.*?\/\/)?[^/@]*@/, '$1***@'));
   return JSON.stringify(value);
 }
 

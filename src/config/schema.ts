@@ -156,6 +156,7 @@ export const configSchema = z.strictObject({
         .default(DEFAULTS.payloadCacheBytes)
         .describe('Claim-check payload cache per node.'),
       payloadFetchTimeoutMs: positiveInt
+        .max(2_147_483_647)
         .default(DEFAULTS.payloadFetchTimeoutMs)
         .describe(
           "A claim-check payload read slower than this fails: its tabs get payload_unavailable and the user's later events go on.",

@@ -10,8 +10,9 @@ import type { TokenAnswer, TokenWorkerData } from './token-worker.js';
 const VERIFY_TIMEOUT_MS = 250;
 // Longer than any token a browser should send in a header (JWKS-signed RS256 tokens are ~1 KiB).
 const MAX_TOKEN_LENGTH = 8192;
-// Compact JWS: three base64url parts (the last, the signature, never empty for the algorithms allowed).
-const JWS_COMPACT = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/;
+// Compact JWS: three base64url parts (the last, the signature, never empty for the algorithms allowed);
+// padding is tolerated, as jose tolerates it.
+const JWS_COMPACT = /^[A-Za-z0-9_-]+={0,2}\.[A-Za-z0-9_-]+={0,2}\.[A-Za-z0-9_-]+={0,2}$/;
 const RESPAWN_DELAY_MS = 1000;
 
 // Run from the TypeScript sources (tests, benches), the worker registers tsx before loading its entry:

@@ -259,7 +259,10 @@ export async function startGateway(
     port = await server.listen(g.host, g.port);
   } catch (error) {
     // Not left heartbeating, bound and connected: `warren status` would show a node nobody can reach.
-    await close();
+    // The listen error is the one to report, even if closing is slow or fails.
+    await close().catch((closeError: unknown) =>
+      logger.warn({ err: errorMessage(closeError) }, 'close after a failed listen did not finish'),
+    );
     throw error;
   }
   logger.info({ port, queue }, 'listening');

@@ -4,7 +4,7 @@ import type { HttpRequest, HttpResponse, TemplatedApp, WebSocket } from 'uWebSoc
 import { CloseCode } from '../protocol/close-codes.js';
 import { BEARER_PROTOCOL_PREFIX, FrameErrorCode, WS_PROTOCOL, type ServerFrame } from '../protocol/frames.js';
 import { clientFrameSchema, describeIssues } from '../protocol/schemas.js';
-import { ErrorCode, errorMessage, isWarrenError } from '../shared/errors.js';
+import { ErrorCode, errorMessage, isWarrenError, WarrenError } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
 import { jitter } from '../shared/backoff.js';
 import type { Registry } from '../shared/metrics.js';
@@ -115,7 +115,7 @@ export class WsServer {
     return new Promise((resolve, reject) => {
       this.app.listen(host, port, (socket) => {
         if (!socket) {
-          reject(new Error(`cannot listen on ${host}:${port}`));
+          reject(new WarrenError(ErrorCode.Listen, `cannot listen on ${host}:${port}`));
           return;
         }
         this.listenSocket = socket;

@@ -5,6 +5,8 @@ export const ErrorCode = {
   InvalidMembership: 'WARREN_ERR_INVALID_MEMBERSHIP',
   InvalidId: 'WARREN_ERR_INVALID_ID',
   BrokerUnavailable: 'WARREN_ERR_BROKER_UNAVAILABLE',
+  RedisUnavailable: 'WARREN_ERR_REDIS_UNAVAILABLE',
+  Listen: 'WARREN_ERR_LISTEN',
   PublishNacked: 'WARREN_ERR_PUBLISH_NACKED',
   PublishRejected: 'WARREN_ERR_PUBLISH_REJECTED',
   Timeout: 'WARREN_ERR_TIMEOUT',

@@ -1,5 +1,5 @@
 import { Redis, type ChainableCommander } from 'ioredis';
-import { errorMessage } from '../shared/errors.js';
+import { ErrorCode, errorMessage, WarrenError } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
 import {
   APPLY_MEMBERSHIP,
@@ -81,9 +81,11 @@ export async function createRedis(options: CreateRedisOptions): Promise<WarrenRe
   } catch (error) {
     // Not left reconnecting in the background: the caller is told, and can exit.
     redis.disconnect();
-    throw new Error(`cannot connect to Redis at ${describeUrl(options.url)}: ${errorMessage(error)}`, {
-      cause: error,
-    });
+    throw new WarrenError(
+      ErrorCode.RedisUnavailable,
+      `cannot connect to Redis at ${describeUrl(options.url)}: ${errorMessage(error)}`,
+      { cause: error, retryable: true },
+    );
   }
   return withWarrenCommands(redis);
 }

@@ -44,9 +44,10 @@ export class WarrenClient {
   /** A follower has accepted its leader's `up` for the expected user: only then are its relays shown. */
   private leaderTrusted = false;
   /**
-   * While a resume is being answered: the highest offset received meanwhile. The cursor stays where the
-   * resume began until it is answered, so a resume cut short (the socket dropped mid-replay) is asked for
-   * again from there instead of from past live events, which would skip the rest of the replay.
+   * While a resume is being answered: the highest live offset (after the welcome) received meanwhile. The
+   * cursor follows only the replay until it is answered, so a resume cut short (the socket dropped
+   * mid-replay) is asked for again from how far the replay got, not from past live events, which would
+   * skip the rest of it.
    */
   private resumeSeen: number | undefined;
 
@@ -321,9 +322,11 @@ export class WarrenClient {
 
   private advance(offset: number): void {
     if (!this.cursor || typeof offset !== 'number') return;
-    if (this.resumeSeen !== undefined) {
+    if (this.resumeSeen !== undefined && offset > (this.welcome?.offset ?? Infinity)) {
+      // Live, after the welcome: counted once the replay of what came before it is complete.
       if (offset > this.resumeSeen) this.resumeSeen = offset;
     } else if (offset > this.cursor.offset) {
+      // Replayed (in order) or live: a replay cut short is asked again from how far it got.
       this.cursor.offset = offset;
     }
   }

@@ -122,7 +122,11 @@ describe('loadConfig', () => {
   it('never shows a key or a password in its message', () => {
     const message = configError(() =>
       loadConfig({
-        env: { WARREN_JWT_SECRET: 'hunter2-prod', WARREN_REDIS_URL: 'ftp://app:s3cret@cache:6379' },
+        env: {
+          WARREN_JWT_SECRET: 'hunter2-prod',
+          WARREN_REDIS_URL: 'ftp://app:s3cret@cache:6379',
+          WARREN_RABBITMQ_URL: 'guest:pa55word@rabbit:5672',
+        },
       }),
     );
     expect(message).toContain('jwt.secret');
@@ -130,6 +134,8 @@ describe('loadConfig', () => {
     expect(message).not.toContain('hunter2');
     expect(message).toContain('redis.url');
     expect(message).not.toContain('s3cret');
+    expect(message).toContain('rabbitmq.url');
+    expect(message).not.toContain('pa55word');
   });
 
   it('treats an empty variable as not set', () => {

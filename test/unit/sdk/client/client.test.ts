@@ -134,7 +134,7 @@ describe('client core (scripted socket, fake timers)', () => {
     expect(events[1]).toEqual({ id: 'b', type: 'test.event', data: { id: 'b' } });
   });
 
-  it('asks again from where a resume began when the socket drops before the replay is complete', async () => {
+  it('asks again from how far the replay got when the socket drops before it is complete', async () => {
     const first = latest();
     first.welcome('e1', 5);
     first.event('a', 6);
@@ -150,8 +150,8 @@ describe('client core (scripted socket, fake timers)', () => {
 
     const third = await nextAttempt();
     third.welcome('e1', 22);
-    // Not from 21, which would skip the rest of the replay (offsets 9–20).
-    expect(third.sent).toEqual([{ type: 'resume', epoch: 'e1', offset: 6 }]);
+    // From the replay's progress (8), not from 21, which would skip the rest of it (offsets 9–20).
+    expect(third.sent).toEqual([{ type: 'resume', epoch: 'e1', offset: 8 }]);
     third.receive({ type: 'resumed', epoch: 'e1', replayed: 0, offset: 22 });
     third.end(1006);
     const fourth = await nextAttempt();
