@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Gateway } from '../../src/gateway/main.js';
 import {
   BrokerProbe,
+  cleanRedis,
   TEST_SECRET,
   UpgradeRefused,
   counter,
@@ -41,6 +42,7 @@ describe('upgrade authentication (HS256)', () => {
     const probe = await BrokerProbe.open();
     await probe.deleteExchangesAndQueues(prefix, [gateway.queue]);
     await probe.close();
+    await cleanRedis(prefix);
   });
 
   it('accepts a valid token in the query or in the Sec-WebSocket-Protocol header', async () => {
@@ -136,6 +138,7 @@ describe('upgrade authentication with public keys', () => {
           const probe = await BrokerProbe.open();
           await probe.deleteExchangesAndQueues(prefix, [gateway.queue]);
           await probe.close();
+          await cleanRedis(prefix);
         }
       }
     });

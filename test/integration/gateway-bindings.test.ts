@@ -3,6 +3,7 @@ import { inject } from 'vitest';
 import type { Gateway } from '../../src/gateway/main.js';
 import {
   BrokerProbe,
+  cleanRedis,
   counter,
   eventually,
   openTab,
@@ -28,6 +29,7 @@ describe('bindings: once per user, grace on reload, again after a reconnect, gon
     await probe?.deleteExchangesAndQueues(prefix, gateway ? [gateway.queue] : []);
     await probe?.close();
     await proxy?.close();
+    if (prefix) await cleanRedis(prefix);
     gateway = probe = proxy = undefined;
   });
 

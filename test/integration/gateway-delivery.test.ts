@@ -8,6 +8,7 @@ import { PresenceStore } from '../../src/store/presence-store.js';
 import { withWarrenCommands } from '../../src/store/redis.js';
 import {
   BrokerProbe,
+  cleanRedis,
   counter,
   eventually,
   openTab,
@@ -46,6 +47,7 @@ function twoNodes(name: string, overrides: Parameters<typeof testConfig>[1] = {}
       state.gateways.map((g) => g.queue),
     );
     await state.probe.close();
+    await cleanRedis(state.prefix);
   });
   const open = async (node: number, tid: string, sub: string): Promise<TestTab> => {
     const gateway = state.gateways[node];

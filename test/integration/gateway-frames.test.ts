@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Gateway } from '../../src/gateway/main.js';
 import {
   BrokerProbe,
+  cleanRedis,
   counter,
   eventually,
   openTab,
@@ -33,6 +34,7 @@ describe('client frames, limits and connection lifetime', () => {
     await gateway.close();
     await probe.deleteExchangesAndQueues(prefix, [gateway.queue]);
     await probe.close();
+    await cleanRedis(prefix);
   });
 
   it('answers ping with pong, and bad frames with error frames, then closes with 4008 on repeated abuse', async () => {
@@ -138,6 +140,7 @@ describe('connection lifetime', () => {
       const probe = await BrokerProbe.open();
       await probe.deleteExchangesAndQueues(prefix, [gateway.queue]);
       await probe.close();
+      await cleanRedis(prefix);
     }
   });
 });
