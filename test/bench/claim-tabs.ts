@@ -1,8 +1,9 @@
 // Child process of the claim-check bench (claim-stack.ts): holds its tabs, so reading 100 copies of a
-// megabyte is not billed to the gateways' event loop. Reports, per event, when every expected tab had it.
+// megabyte is not billed to the gateways' event loop, and reads them as lightly as it can (raw-tab.ts).
+// Reports, per event, when every expected tab had it.
 // It can also hold a spy queue on the deliveries exchange, to time events as they leave the broker.
 import amqp from 'amqplib';
-import WebSocket from 'ws';
+import { RawTab } from './raw-tab.js';
 
 export interface TabSpec {
   port: number;
@@ -31,7 +32,7 @@ export type TabsReport =
 
 const now = (): number => performance.timeOrigin + performance.now();
 const EVENT_HEAD = Buffer.from('{"type":"event","id":"');
-const sockets: WebSocket[] = [];
+const sockets: RawTab[] = [];
 const counts = new Map<string, { tabs: number; bytes: number }>();
 let expectations: { prefix: string; tabs: number }[] = [];
 let closing = false;
@@ -74,11 +75,12 @@ async function spy(request: Extract<TabsRequest, { op: 'spy' }>): Promise<void> 
   process.once('disconnect', () => void model.close().catch(() => {}));
 }
 
-function onFrame(frame: Buffer, group: string): void {
+/** A message: its first bytes (`head`) and its length. */
+function onFrame(head: Buffer, length: number, group: string): void {
   const at = now();
-  const id = eventId(frame);
+  const id = eventId(head);
   if (id === undefined) {
-    const text = frame.toString('utf8', 0, Math.min(frame.length, 300));
+    const text = head.toString('utf8');
     if (text.includes('"type":"error"')) send({ op: 'problem', message: `error frame: ${text}` });
     return;
   }
@@ -86,7 +88,7 @@ function onFrame(frame: Buffer, group: string): void {
   if (!rule) return arrived(id, at, group);
   const count = counts.get(id) ?? { tabs: 0, bytes: 0 };
   count.tabs += 1;
-  count.bytes += frame.length;
+  count.bytes += length;
   if (count.tabs < rule.tabs) {
     counts.set(id, count);
     return;
@@ -97,24 +99,20 @@ function onFrame(frame: Buffer, group: string): void {
 
 function open(spec: TabSpec): Promise<void> {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(`ws://127.0.0.1:${spec.port}/ws?token=${spec.token}`, {
-      perMessageDeflate: false,
-      skipUTF8Validation: true,
-    });
-    sockets.push(ws);
     let welcomed = false;
-    ws.on('message', (data: Buffer) => {
-      if (welcomed) return onFrame(data, spec.group);
-      if (data.includes('"type":"welcome"')) {
-        welcomed = true;
-        resolve();
-      }
-    });
-    ws.once('error', reject);
-    ws.once('close', (code) => {
-      if (!welcomed) reject(new Error(`closed with ${code} before welcome`));
-      else if (!closing) send({ op: 'problem', message: `tab closed by the gateway with ${code}` });
-    });
+    RawTab.open(spec.port, `/ws?token=${spec.token}`, {
+      message: (head, length) => {
+        if (welcomed) return onFrame(head, length, spec.group);
+        if (head.includes('"type":"welcome"')) {
+          welcomed = true;
+          resolve();
+        }
+      },
+      close: (code) => {
+        if (!welcomed) reject(new Error(`closed with ${code} before welcome`));
+        else if (!closing) send({ op: 'problem', message: `tab closed by the gateway with ${code}` });
+      },
+    }).then((tab) => sockets.push(tab), reject);
   });
 }
 
@@ -144,7 +142,7 @@ process.on('message', (request: TabsRequest) => {
     expectations = [...expectations.filter((e) => e.prefix !== request.prefix), request];
   } else {
     closing = true;
-    for (const ws of sockets) ws.terminate();
+    for (const tab of sockets) tab.terminate();
     send({ op: 'closed' });
     setTimeout(() => process.exit(0), 50);
   }
