@@ -280,14 +280,15 @@ export class DeliveryRouter {
     frame: Uint8Array | undefined,
   ): void {
     const latecomers: Tab[] = [];
-    for (const target of targets) {
-      const place = places.get(target.key);
-      if (!frame) continue;
-      if (place) {
-        place.frame = frame;
-        place.tabs = target.tabs;
-      } else {
-        latecomers.push(...target.tabs);
+    if (frame) {
+      for (const target of targets) {
+        const place = places.get(target.key);
+        if (place) {
+          place.frame = frame;
+          place.tabs = target.tabs;
+        } else {
+          latecomers.push(...target.tabs);
+        }
       }
     }
     const batches = new Map<Uint8Array, { offset: number; tabs: Tab[] }>();

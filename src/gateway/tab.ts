@@ -46,9 +46,7 @@ export class Tab implements RegisteredTab {
   private readonly sendPending = (): void => {
     for (const frame of this.pending) if (this.ws.send(frame, false) === 2) this.dropped = true;
     // uWS has copied them; a large payload must not stay referenced by every tab until its next frame.
-    this.pending = [];
-    this.pendingBytes = 0;
-    this.largestPending = 0;
+    this.clearPending();
   };
 
   constructor(
@@ -118,9 +116,7 @@ export class Tab implements RegisteredTab {
   end(code: number, reason: string): void {
     if (this.closed) return;
     if (code !== CloseCode.TooSlow && this.pending.length > 0) this.ws.cork(this.sendPending);
-    this.pending = [];
-    this.pendingBytes = 0;
-    this.largestPending = 0;
+    this.clearPending();
     this.closed = true;
     clearTimeout(this.timer);
     this.onGatewayClose(code);
@@ -130,10 +126,14 @@ export class Tab implements RegisteredTab {
   /** Marks the socket gone (its close handler ran). */
   markClosed(): void {
     this.closed = true;
+    this.clearPending();
+    clearTimeout(this.timer);
+  }
+
+  private clearPending(): void {
     this.pending = [];
     this.pendingBytes = 0;
     this.largestPending = 0;
-    clearTimeout(this.timer);
   }
 }
 
