@@ -41,20 +41,47 @@ const SYNC_ATTEMPTS = 3;
  * events after it. An event is acked only once every chunk of its deliveries is confirmed (at-least-once);
  * gateways drop the duplicate a redelivery produces.
  */
-// Events remembered as having failed resolution once; more at a time would mean something else is wrong.
-const FAILED_ONCE_MAX = 10_000;
-// Attempts at a membership change that fails to apply (not bad input: that is dead-lettered at once).
+// Messages remembered as failing at once; more would mean something else is wrong.
+const FAILURES_REMEMBERED = 10_000;
+// Attempts at an event whose resolution throws, and at a membership change Redis refuses, before the
+// message is dead-lettered (bad input is dead-lettered at once).
+const RESOLVE_ATTEMPTS = 2;
 const MEMBERSHIP_ATTEMPTS = 5;
+
+/**
+ * Failures per message, counted in this process (the broker's `redelivered` flag cannot tell why a message
+ * came back). Bounded: the oldest is forgotten first.
+ */
+class FailureCounts {
+  private readonly counts = new Map<string, number>();
+
+  get(key: string): number {
+    return this.counts.get(key) ?? 0;
+  }
+
+  /** One more failure of `key`; returns its total. */
+  add(key: string): number {
+    const total = this.get(key) + 1;
+    this.counts.set(key, total);
+    if (this.counts.size > FAILURES_REMEMBERED) this.counts.delete(this.counts.keys().next().value as string);
+    return total;
+  }
+
+  /** Forgets `key` (built only when anything is remembered: this runs for every message that succeeds). */
+  forget(key: () => string): void {
+    if (this.counts.size > 0) this.counts.delete(key());
+  }
+}
 
 export class ResolverWorker {
   private readonly queue: AmqpDelivery[] = [];
   private running: Promise<void> | undefined;
   private looping = false;
   private readonly inflight = new Set<Promise<void>>();
-  /** Failed attempts per membership message (by body) not yet applied. */
-  private readonly applyFailures = new Map<string, number>();
-  /** Events whose resolution failed once here (tenant/id), oldest first; a second failure dead-letters. */
-  private readonly failedOnce = new Set<string>();
+  /** Membership messages (by body) that Redis refused. */
+  private readonly applyFailures = new FailureCounts();
+  /** Events (tenant/id) whose resolution threw. */
+  private readonly resolveFailures = new FailureCounts();
   /** Membership-queue terms taken in this subscription, per tenant (see `MembershipStore.newTerm`). */
   private readonly terms = new Map<string, number>();
 
@@ -130,7 +157,7 @@ export class ResolverWorker {
         this.terms.set(tenantId, term);
       }
       await this.deps.membership.apply(change, term);
-      this.applyFailures.delete(delivery.message.content.toString('latin1'));
+      this.applyFailures.forget(() => delivery.message.content.toString('latin1'));
       this.deps.metrics.memberships.inc();
       delivery.ack();
     } catch (error) {
@@ -148,10 +175,10 @@ export class ResolverWorker {
       // every tenant. Redis unreachable is retried for as long as it takes: dropping a removal because
       // Redis was down would leave the user a member.
       const key = delivery.message.content.toString('latin1');
-      const refused = error instanceof ReplyError;
-      const failures = (this.applyFailures.get(key) ?? 0) + (refused ? 1 : 0);
+      const failures =
+        error instanceof ReplyError ? this.applyFailures.add(key) : this.applyFailures.get(key);
       if (failures >= MEMBERSHIP_ATTEMPTS) {
-        this.applyFailures.delete(key);
+        this.applyFailures.forget(() => key);
         this.track(
           this.deadLetter(
             delivery,
@@ -160,10 +187,6 @@ export class ResolverWorker {
           ),
         );
         return;
-      }
-      if (failures > 0) this.applyFailures.set(key, failures);
-      if (this.applyFailures.size > FAILED_ONCE_MAX) {
-        this.applyFailures.delete(this.applyFailures.keys().next().value as string);
       }
       this.deps.logger.warn(
         { err: errorMessage(error), failures },
@@ -250,7 +273,7 @@ export class ResolverWorker {
     try {
       await this.route(view, item);
       // Resolved after all: a later failure of the same event (redelivered) gets its own retry.
-      if (this.failedOnce.size > 0) this.failedOnce.delete(`${item.event.tenantId}/${item.event.id}`);
+      this.resolveFailures.forget(() => `${item.event.tenantId}/${item.event.id}`);
       return true;
     } catch (error) {
       const { delivery, event } = item;
@@ -262,12 +285,10 @@ export class ResolverWorker {
       // Remembered here rather than read off `redelivered`: an event redelivered for another reason (a
       // resolver restarted, a sync failed) still gets its one retry on a rebuilt view.
       const key = `${event.tenantId}/${event.id}`;
-      if (this.failedOnce.delete(key)) {
+      if (this.resolveFailures.add(key) >= RESOLVE_ATTEMPTS) {
+        this.resolveFailures.forget(() => key);
         this.track(this.deadLetter(delivery, 'resolve_failed', `resolution failed: ${errorMessage(error)}`));
       } else {
-        this.failedOnce.add(key);
-        if (this.failedOnce.size > FAILED_ONCE_MAX)
-          this.failedOnce.delete(this.failedOnce.values().next().value as string);
         this.deps.metrics.events.inc({ outcome: 'requeued' });
         delivery.requeue();
       }
