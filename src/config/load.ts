@@ -3,7 +3,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
 import type { z } from 'zod';
-import { ErrorCode, WarrenError, errorMessage } from '../shared/errors.js';
+import { ErrorCode, WarrenError, errorMessage, withoutCredentials } from '../shared/errors.js';
 import { CONFIG_FIELDS, type ConfigField } from './fields.js';
 import { configSchema, type WarrenConfig } from './schema.js';
 
@@ -137,10 +137,7 @@ function valueAt(tree: Tree, path: readonly string[]): unknown {
 /** A bad value as an error message may show it: never a key, never a URL's credentials. */
 function shown(path: readonly string[], value: unknown): string {
   if (path[0] === 'jwt' && path[1] !== 'clockToleranceSec') return 'a value, not shown';
-  // Whatever comes before an `@` may be credentials, in a well-formed URL or not (`guest:pw@host`).
-  if (typeof value === 'string' && value.includes('@'))
-    return JSON.stringify(value.replace(/^(.*?\/\/)?[^/@]*@/, '$1***@'));
-  return JSON.stringify(value);
+  return JSON.stringify(typeof value === 'string' ? withoutCredentials(value) : value);
 }
 
 function describeIssues(issue: z.core.$ZodIssue, origins: Map<string, string>, merged: Tree): string[] {

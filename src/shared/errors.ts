@@ -43,3 +43,11 @@ export function isWarrenError(error: unknown, code?: ErrorCode): error is Warren
 export function errorMessage(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
+
+/**
+ * `text` with whatever comes before an `@` in a URL masked: credentials, in a well-formed URL
+ * (`redis://:pw@host`) or not (`guest:pw@host`), never reach an error message or a log.
+ */
+export function withoutCredentials(text: string): string {
+  return text.replace(/^(.*?\/\/)?[^/@]*@/, '$1***@');
+}

@@ -1,5 +1,5 @@
 import { Redis, type ChainableCommander } from 'ioredis';
-import { ErrorCode, errorMessage, WarrenError } from '../shared/errors.js';
+import { ErrorCode, errorMessage, WarrenError, withoutCredentials } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
 import {
   APPLY_MEMBERSHIP,
@@ -55,16 +55,6 @@ export interface CreateRedisOptions {
   autoPipelining?: boolean;
 }
 
-/** Host, port and database of a Redis URL, without credentials (for error messages). */
-function describeUrl(url: string): string {
-  try {
-    const u = new URL(url);
-    return `${u.protocol}//${u.host}${u.pathname === '/' ? '' : u.pathname}`;
-  } catch {
-    return '(unparsable URL)';
-  }
-}
-
 /** A client for the process's own use; resolves once connected. */
 export async function createRedis(options: CreateRedisOptions): Promise<WarrenRedis> {
   const redis = new Redis(options.url, {
@@ -83,7 +73,7 @@ export async function createRedis(options: CreateRedisOptions): Promise<WarrenRe
     redis.disconnect();
     throw new WarrenError(
       ErrorCode.RedisUnavailable,
-      `cannot connect to Redis at ${describeUrl(options.url)}: ${errorMessage(error)}`,
+      `cannot connect to Redis at ${withoutCredentials(options.url)}: ${errorMessage(error)}`,
       { cause: error, retryable: true },
     );
   }
