@@ -18,7 +18,7 @@ import { BlockingTokenVerifier } from './blocking-verifier.js';
 import { DeliveryRouter } from './delivery-router.js';
 import { GatewayMetrics } from './gateway-metrics.js';
 import { DeliveryHistory } from './history.js';
-import { PAYLOAD_CACHE_MAX_AGE_MS, PayloadFetcher } from './payload-fetcher.js';
+import { PayloadFetcher } from './payload-fetcher.js';
 import { RecentDeliveries } from './recent-deliveries.js';
 import { ConnectionRegistry } from './registry.js';
 import type { Tab } from './tab.js';
@@ -94,14 +94,11 @@ export async function startGateway(
     g.historyEvents,
     g.historyBytes,
   );
-  const payloads = new PayloadFetcher(
-    redis,
-    keys,
-    g.payloadCacheBytes,
-    { onFetch: () => metrics.payloadFetches.inc() },
-    PAYLOAD_CACHE_MAX_AGE_MS,
-    g.payloadFetchTimeoutMs,
-  );
+  const payloads = new PayloadFetcher(redis, keys, {
+    maxBytes: g.payloadCacheBytes,
+    onFetch: () => metrics.payloadFetches.inc(),
+    timeoutMs: g.payloadFetchTimeoutMs,
+  });
   const router = new DeliveryRouter(
     registry,
     new RecentDeliveries(g.dedupKeys),

@@ -1,8 +1,15 @@
 import type { Keys } from '../store/keys.js';
 import type { WarrenRedis } from '../store/redis.js';
 
-export interface PayloadCounters {
+export interface PayloadFetcherOptions {
+  /** Bytes the cache may hold. */
+  maxBytes: number;
+  /** Called for every read from Redis. */
   onFetch(): void;
+  /** How long a cached payload may be served (default PAYLOAD_CACHE_MAX_AGE_MS). */
+  maxAgeMs?: number;
+  /** A read that takes longer fails (the tabs get payload_unavailable) instead of holding its users' events. */
+  timeoutMs?: number;
 }
 
 interface Cached {
@@ -41,17 +48,21 @@ export class PayloadFetcher {
   // Expired entries are dropped on a timer too, not only when read: payloads are health data, and one
   // nobody asks for again must not stay in memory until the byte bound pushes it out.
   private readonly sweeper: NodeJS.Timeout;
+  private readonly maxBytes: number;
+  private readonly onFetch: () => void;
+  private readonly maxAgeMs: number;
+  private readonly timeoutMs: number;
 
   constructor(
     private readonly redis: WarrenRedis,
     private readonly keys: Keys,
-    private readonly maxBytes: number,
-    private readonly counters: PayloadCounters,
-    private readonly maxAgeMs = PAYLOAD_CACHE_MAX_AGE_MS,
-    /** A read that takes longer fails (the tabs get payload_unavailable) instead of holding its users' events. */
-    private readonly timeoutMs = 10_000,
+    options: PayloadFetcherOptions,
   ) {
-    this.sweeper = setInterval(() => this.sweep(), Math.max(1000, maxAgeMs / 4));
+    this.maxBytes = options.maxBytes;
+    this.onFetch = options.onFetch;
+    this.maxAgeMs = options.maxAgeMs ?? PAYLOAD_CACHE_MAX_AGE_MS;
+    this.timeoutMs = options.timeoutMs ?? 10_000;
+    this.sweeper = setInterval(() => this.sweep(), Math.max(1000, this.maxAgeMs / 4));
     this.sweeper.unref();
   }
 
@@ -87,7 +98,7 @@ export class PayloadFetcher {
     }
     let pending = this.inflight.get(key);
     if (!pending) {
-      this.counters.onFetch();
+      this.onFetch();
       pending = within(this.redis.getBuffer(key), this.timeoutMs, `reading payload ${jobId}`).then(
         (value) => {
           this.inflight.delete(key);

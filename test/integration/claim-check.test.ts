@@ -453,7 +453,7 @@ describe('payload fetcher on a real Redis', () => {
 
   function fetcher(maxBytes: number, maxAgeMs?: number): { f: PayloadFetcher; fetches: () => number } {
     let n = 0;
-    const f = new PayloadFetcher(redis, keys, maxBytes, { onFetch: () => (n += 1) }, maxAgeMs);
+    const f = new PayloadFetcher(redis, keys, { maxBytes, onFetch: () => (n += 1), maxAgeMs });
     return { f, fetches: () => n };
   }
 
@@ -512,7 +512,11 @@ describe('payload fetcher on a real Redis', () => {
     });
     try {
       await redis.set(keys.job('t1', 'slow'), 'payload');
-      const f = new PayloadFetcher(stalling, keys, 1_000_000, { onFetch: () => {} }, 60_000, 200);
+      const f = new PayloadFetcher(stalling, keys, {
+        maxBytes: 1_000_000,
+        onFetch: () => {},
+        timeoutMs: 200,
+      });
       proxy.stall();
       await expect(f.get('t1', 'slow')).rejects.toThrow(/timed out after 200 ms/);
       proxy.flow();
