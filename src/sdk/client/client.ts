@@ -18,12 +18,12 @@ import {
 import { UrlRing } from './url-ring.js';
 
 const DEFAULT_DEDUP_WINDOW = 1000;
+const DEFAULT_PING_INTERVAL_MS = 25_000;
 
 /** `options` without the keys whose value is undefined. */
 function definedOnly<T extends object>(options: T): Partial<T> {
   return Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as Partial<T>;
 }
-const DEFAULT_PING_INTERVAL_MS = 25_000;
 
 /**
  * A browser's connection to Warren: state, events (each id once), reconnects, and optionally one socket
@@ -260,9 +260,9 @@ export class WarrenClient {
         const before = this.cursor;
         this.leaderTrusted = true;
         this.welcome = message.welcome;
-        this.cursor = message.cursor && { ...message.cursor };
+        const cursor = message.cursor && { ...message.cursor };
+        this.cursor = cursor;
         // The leader's resume, if it is still being answered, is this tab's too (see `resumeSeen`).
-        const cursor = this.cursor;
         this.resumeSeen =
           cursor && cursor.epoch === message.welcome.epoch && cursor.offset < message.welcome.offset
             ? cursor.offset
