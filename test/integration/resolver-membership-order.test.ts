@@ -3,10 +3,8 @@ import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { Resolver } from '../../src/resolver/main.js';
 import type { MembershipChange } from '../../src/protocol/schemas.js';
-import { silentLogger } from '../../src/shared/logger.js';
 import { Keys } from '../../src/store/keys.js';
 import { MembershipStore, StaleMembershipTerm } from '../../src/store/membership-store.js';
-import { createRedis } from '../../src/store/redis.js';
 import {
   BrokerProbe,
   counter,
@@ -15,8 +13,8 @@ import {
   startTestResolver,
   testConfig,
   testPrefix,
+  withWarrenRedis,
 } from '../support/harness.js';
-import { deletePrefixKeys } from '../support/prefix-cleanup.js';
 
 // Changes published to the membership exchange are applied in the order they were published, however
 // many resolvers run: an add followed by a remove of the same pair must end removed. With the changes on
@@ -97,14 +95,7 @@ describe('membership changes from the exchange, with several resolvers', () => {
 
 describe('a membership change sent to Redis by a resolver that has since lost the queue', () => {
   it('is refused once another resolver has taken a newer term, so the newer changes stand', async () => {
-    const prefix = testPrefix('member-term');
-    const keys = new Keys(prefix);
-    const redis = await createRedis({
-      url: inject('redisUrl'),
-      name: 'warren-test-term',
-      logger: silentLogger(),
-    });
-    try {
+    await withWarrenRedis('member-term', async (redis, keys) => {
       const [a, b] = [new MembershipStore(redis, keys), new MembershipStore(redis, keys)];
       const change = (op: 'add' | 'remove'): MembershipChange => ({
         op,
@@ -127,9 +118,6 @@ describe('a membership change sent to Redis by a resolver that has since lost th
       expect(await redis.getbit(keys.teamUsers('acme', 'icu'), bit)).toBe(0);
       // Changes made outside the queue (the SDK, imports) carry no term and always apply.
       expect(await a.apply(change('add'))).toBe(true);
-    } finally {
-      await deletePrefixKeys(redis, prefix);
-      await redis.quit();
-    }
+    });
   });
 });

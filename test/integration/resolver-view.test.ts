@@ -1,21 +1,10 @@
-import { describe, expect, inject, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { TenantView } from '../../src/resolver/tenant-view.js';
-import { silentLogger } from '../../src/shared/logger.js';
-import { Keys } from '../../src/store/keys.js';
-import { createRedis } from '../../src/store/redis.js';
-import { testPrefix } from '../support/harness.js';
-import { deletePrefixKeys } from '../support/prefix-cleanup.js';
+import { withWarrenRedis } from '../support/harness.js';
 
 describe('a resolver’s view of a tenant', () => {
   it('keeps nothing of a presence snapshot that failed half-way', async () => {
-    const prefix = testPrefix('view');
-    const keys = new Keys(prefix);
-    const redis = await createRedis({
-      url: inject('redisUrl'),
-      name: 'warren-test-view',
-      logger: silentLogger(),
-    });
-    try {
+    await withWarrenRedis('view', async (redis, keys) => {
       // Two nodes: n1 holds alice (bit 0); n2's online key is unreadable as a bitmap, so the snapshot
       // fails after loading n1.
       await redis.zadd(keys.nodes(), 1, 'n1', 2, 'n2');
@@ -30,9 +19,6 @@ describe('a resolver’s view of a tenant', () => {
       await redis.del(keys.online('t1', 'n2'));
       await view.sync();
       expect(view.online.bitmap.toArray()).toEqual([]);
-    } finally {
-      await deletePrefixKeys(redis, prefix);
-      await redis.quit();
-    }
+    });
   });
 });

@@ -7,10 +7,12 @@ import { loadConfig } from '../../src/config/load.js';
 import type { WarrenConfig } from '../../src/config/schema.js';
 import { startGateway, type Gateway } from '../../src/gateway/main.js';
 import type { ServerFrame } from '../../src/protocol/frames.js';
-import { createLogger } from '../../src/shared/logger.js';
+import { createLogger, silentLogger } from '../../src/shared/logger.js';
 import type { Registry } from '../../src/shared/metrics.js';
 import { startResolver, type Resolver } from '../../src/resolver/main.js';
 import { WarrenPublisher } from '../../src/sdk/publisher/index.js';
+import { Keys } from '../../src/store/keys.js';
+import { createRedis, type WarrenRedis } from '../../src/store/redis.js';
 import { deletePrefixKeys, deleteTopology } from './prefix-cleanup.js';
 
 export const TEST_SECRET = 'test-secret-test-secret-test-secret';
@@ -276,6 +278,28 @@ export async function connectPublisher(config: Readonly<WarrenConfig>): Promise<
 }
 
 /** Deletes every Redis key of a test prefix (tenant keys are `{prefix:tenant}:…`, global ones `prefix:…`). */
+/**
+ * Runs `test` with a Warren Redis client (its scripts loaded) and the keys of a fresh prefix, then removes
+ * everything under that prefix: for tests of a store or a view on their own, without a whole installation.
+ */
+export async function withWarrenRedis(
+  name: string,
+  test: (redis: WarrenRedis, keys: Keys) => Promise<void>,
+): Promise<void> {
+  const prefix = testPrefix(name);
+  const redis = await createRedis({
+    url: inject('redisUrl'),
+    name: `warren-test-${name}`,
+    logger: silentLogger(),
+  });
+  try {
+    await test(redis, new Keys(prefix));
+  } finally {
+    await deletePrefixKeys(redis, prefix);
+    await redis.quit();
+  }
+}
+
 export async function cleanRedis(prefix: string): Promise<void> {
   const { Redis } = await import('ioredis');
   const redis = new Redis(inject('redisUrl'));
