@@ -139,12 +139,35 @@ export async function wireSize(stack: ClaimStack, mode: Mode, size: number, node
 
 export type Plan = { tag: string; durationMs: number } & ({ window: number } | { rate: number });
 
+/** Several runs as one: events and small-event samples pooled, rates and reads weighted by events. */
+export function pool(runs: readonly Run[]): Run {
+  const events = runs.reduce((n, r) => n + r.events, 0);
+  const weighted = (f: (r: Run) => number) => runs.reduce((sum, r) => sum + f(r) * r.events, 0) / events;
+  const samples: Run['samples'] = {};
+  for (const run of runs)
+    for (const [group, list] of Object.entries(run.samples)) (samples[group] ??= []).push(...list);
+  const small: Run['small'] = {};
+  for (const [group, list] of Object.entries(samples)) small[group] = summarise(list);
+  return {
+    events,
+    eventsPerSec: weighted((r) => r.eventsPerSec),
+    largeP50: summarise(runs.map((r) => r.largeP50)).p50,
+    small,
+    samples,
+    smallLost: runs.reduce((n, r) => n + r.smallLost, 0),
+    readsMetric: weighted((r) => r.readsMetric),
+    readsTap: weighted((r) => r.readsTap),
+  };
+}
+
 export interface Run {
   events: number;
   eventsPerSec: number;
   largeP50: number;
   /** Small-event latency per tab group (`shared`: these tabs get the large events too; `bystander`: not). */
   small: Record<string, ReturnType<typeof summarise>>;
+  /** The latencies themselves, per group, so that runs can be pooled. */
+  samples: Record<string, number[]>;
   smallLost: number;
   readsMetric: number;
   readsTap: number;
@@ -211,12 +234,17 @@ export async function drive(
     const last = Math.max(...ids.map((id) => arrivals.done.get(id) as number));
     const latency = ids.map((id) => (arrivals.done.get(id) as number) - (arrivals.sentAt.get(id) ?? NaN));
     const small: Run['small'] = {};
-    for (const [group, samples] of arrivals.small) small[group] = summarise(samples);
+    const samples: Run['samples'] = {};
+    for (const [group, list] of arrivals.small) {
+      small[group] = summarise(list);
+      samples[group] = list;
+    }
     return {
       events: ids.length,
       eventsPerSec: ids.length / ((last - started) / 1000),
       largeP50: summarise(latency).p50,
       small,
+      samples,
       smallLost: expected - arrivals.smallCount,
       readsMetric: fetches / ids.length,
       readsTap: reads / ids.length,

@@ -8,7 +8,9 @@ export type ResolverRequest = { op: 'start'; overrides: Record<string, unknown> 
 export type ResolverReport = { op: 'started' } | { op: 'closed' } | { op: 'problem'; message: string };
 
 let resolver: Resolver | undefined;
-const send = (report: ResolverReport): void => void process.send?.(report);
+const send = (report: ResolverReport): void => void (process.connected && process.send?.(report));
+// The bench is gone (ended or killed): so is its resolver.
+process.on('disconnect', () => process.exit(0));
 
 process.on('message', (request: ResolverRequest) => {
   void (async () => {

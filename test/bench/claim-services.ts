@@ -49,7 +49,9 @@ export function payload(bytes: number): unknown {
 }
 
 const now = (): number => performance.timeOrigin + performance.now();
-const send = (report: ServicesReport): void => void process.send?.(report);
+const send = (report: ServicesReport): void => void (process.connected && process.send?.(report));
+// The bench is gone (ended or killed): so are its services and their taps.
+process.on('disconnect', () => process.exit(0));
 const payloads = new Map<number, unknown>();
 let publishers: Record<Mode, WarrenPublisher> | undefined;
 let taps: RedisTap[] = [];

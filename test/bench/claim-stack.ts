@@ -32,6 +32,8 @@ export const TENANT = 'acme';
 const NEVER = 64 * 1024 * 1024;
 /** Below every payload of the bench: everything is. */
 const ALWAYS = 512;
+/** How long a child may take over one step (start, membership, opening 100 tabs, closing). */
+const ASK_TIMEOUT_MS = 60_000;
 
 export interface StackOptions {
   /** Users in team `ward`, the large events' audience; alternately on each node. */
@@ -55,13 +57,17 @@ class Child<Request, Report extends { op: string }> {
   private readonly listeners = new Set<(report: Report) => void>();
   readonly process: ChildProcess;
 
-  constructor(file: string) {
+  constructor(private readonly file: string) {
     this.process = fork(fileURLToPath(new URL(file, import.meta.url)), [], {
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });
     this.process.on('message', (report: Report) => {
       for (const listener of this.listeners) listener(report);
     });
+  }
+
+  private get name(): string {
+    return this.file.replace(/^.*\//, '').replace(/\.ts$/, '');
   }
 
   onReport(listener: (report: Report) => void): () => void {
@@ -73,15 +79,33 @@ class Child<Request, Report extends { op: string }> {
     this.process.send(request as object);
   }
 
-  /** Sends a request and resolves with the first report of kind `until`. */
-  ask<K extends Report['op']>(request: Request, until: K): Promise<Extract<Report, { op: K }>> {
+  /**
+   * Sends a request and resolves with the first report of kind `until`; rejects, naming the step, if the
+   * child reports a problem, exits, or has not answered within `timeoutMs`.
+   */
+  ask<K extends Report['op']>(
+    request: Request,
+    until: K,
+    timeoutMs = ASK_TIMEOUT_MS,
+  ): Promise<Extract<Report, { op: K }>> {
     return new Promise((resolve, reject) => {
-      const stop = this.onReport((report) => {
-        if (report.op === 'problem') reject(new Error((report as { message?: string }).message));
-        else if (report.op !== until) return;
-        else resolve(report as Extract<Report, { op: K }>);
+      const step = `${this.name}: ${(request as { op?: string }).op ?? '?'} (waiting for ${until})`;
+      const settle = (error?: Error, report?: Report): void => {
         stop();
+        clearTimeout(timer);
+        this.process.off('exit', exited);
+        if (error) reject(error);
+        else resolve(report as Extract<Report, { op: K }>);
+      };
+      const exited = (code: number | null, signal: string | null) =>
+        settle(new Error(`${step}: child exited (${signal ?? code})`));
+      const timer = setTimeout(() => settle(new Error(`${step}: no answer in ${timeoutMs} ms`)), timeoutMs);
+      const stop = this.onReport((report) => {
+        if (report.op === 'problem')
+          settle(new Error(`${step}: ${(report as { message?: string }).message}`));
+        else if (report.op === until) settle(undefined, report);
       });
+      this.process.once('exit', exited);
       this.send(request);
     });
   }

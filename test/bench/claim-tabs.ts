@@ -41,8 +41,11 @@ let pendingAt: number[] = [];
 let pendingGroups: string[] = [];
 
 function send(report: TabsReport): void {
-  process.send?.(report);
+  if (process.connected) process.send?.(report);
 }
+
+// The bench is gone (ended or killed): so are its tabs.
+process.on('disconnect', () => process.exit(0));
 
 // Event ids are short ASCII; only the head of a frame is decoded, never the payload.
 function eventId(frame: Buffer): string | undefined {
