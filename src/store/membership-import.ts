@@ -109,8 +109,9 @@ export async function readMembershipFile(file: string, options: ReadOptions): Pr
       });
     }
     if (options.format === 'jsonl') plan.rows += 1;
-    row['op'] ??= 'add';
-    if (options.tenant !== undefined) row['tenantId'] ??= options.tenant;
+    // Defaults fill in what is absent, never what is there: `"op": null` is a bad line, not an add.
+    if (!('op' in row)) row['op'] = 'add';
+    if (options.tenant !== undefined && !('tenantId' in row)) row['tenantId'] = options.tenant;
     const result = membershipChangeSchema.safeParse(row);
     if (!result.success) {
       plan.bad.push({ line: number, reason: describeIssues(result.error) });

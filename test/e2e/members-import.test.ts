@@ -173,6 +173,8 @@ describe('warren members import', () => {
       JSON.stringify({ op: 'toggle', tenantId: 'acme', userId: 'dan', teamId: 'er' }),
       JSON.stringify(['acme', 'dan', 'er']),
       JSON.stringify({ tenantId: 'acme', userId: 'dan', teamId: 'er' }),
+      // null is not "absent": a removal whose op came out null must not turn into an add.
+      JSON.stringify({ op: null, tenantId: 'acme', userId: 'eve', teamId: 'er' }),
     ];
     const jsonl = file('bad.jsonl', lines.join('\n') + '\n');
     const run = await warrenMembersImport(prefix, [jsonl]);
@@ -184,8 +186,9 @@ describe('warren members import', () => {
       [5, has('exactly two')],
       [7, has('op')],
       [8, has('not a JSON object')],
+      [10, has('op')],
     ]);
-    expect(run.stderr).toContain('5 bad line(s) of 8; nothing was imported.');
+    expect(run.stderr).toContain('6 bad line(s) of 9; nothing was imported.');
     expect(await reach({ teams: ['er'] })).toEqual([]);
   });
 
