@@ -247,7 +247,11 @@ export class ConnectionRegistry<T extends RegisteredTab> {
       entries.forEach((entry, i) => {
         if (actual[i] === entry.bit) return;
         wrong.push(entry.key);
-        void this.enqueue(entry, () => this.reassign(entry)).catch((error: unknown) =>
+        // Off the bit now, not when the user's queued steps (a bind may wait seconds for the broker) let
+        // the re-announcement run: until then no node-routed delivery names this user.
+        const stale = entry.bit;
+        this.setBit(entry, undefined);
+        void this.enqueue(entry, () => this.reassign(entry, stale)).catch((error: unknown) =>
           this.logger.warn({ err: errorMessage(error), key: entry.key }, 're-announcing a user failed'),
         );
       });
@@ -255,9 +259,7 @@ export class ConnectionRegistry<T extends RegisteredTab> {
     return wrong;
   }
 
-  private async reassign(entry: UserEntry<T>): Promise<void> {
-    const stale = entry.bit;
-    this.setBit(entry, undefined);
+  private async reassign(entry: UserEntry<T>, stale: number | undefined): Promise<void> {
     // Unless a user of this node holds that bit now (then it is rightly online here).
     const taken = stale !== undefined && this.byBit.get(entry.tenantId)?.has(stale);
     if (stale !== undefined && entry.online && !taken) await this.presence.offline(entry.tenantId, stale);
