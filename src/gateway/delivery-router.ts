@@ -207,11 +207,15 @@ export class DeliveryRouter {
   private targets(tenantId: string, eventId: string, keys: readonly (string | undefined)[]): Target[] {
     const already = this.recent.delivered(eventId);
     const targets: Target[] = [];
+    // A key named twice (routing key and CC, say) is one recipient: its tabs get the event once.
+    const seen = new Set<string>();
     for (const key of keys) {
       if (key === undefined) {
         this.refuse('bad_key', 1);
         continue;
       }
+      if (seen.has(key)) continue;
+      seen.add(key);
       const entry = this.registry.entry(key);
       if (!entry) continue;
       const parts = parseUserKey(key);

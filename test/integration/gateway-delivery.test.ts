@@ -112,6 +112,14 @@ describe('delivery path over two gateway nodes', () => {
     await eventually(() => a.eventIds().includes('after'), 'marker');
     expect(a.eventIds()).toEqual(['once', 'after']);
   });
+
+  it('writes once to a user named twice in one delivery (routing key and CC)', async () => {
+    const a = await open(0, 't1', 'A');
+    await deliver(prefix(), ['u.t1.A', 'u.t1.A', 'u.t1.A'], { id: 'twice', tenantId: 't1' });
+    await deliver(prefix(), ['u.t1.A'], { id: 'after', tenantId: 't1' });
+    await eventually(() => a.eventIds().includes('after'), 'marker');
+    expect(a.eventIds()).toEqual(['twice', 'after']);
+  });
 });
 
 describe('node-routed deliveries (recipients as bits of the tenant id map)', () => {
