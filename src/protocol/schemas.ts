@@ -28,6 +28,9 @@ export const audienceSchema = z
 
 export type Audience = z.infer<typeof audienceSchema>;
 
+/** The longest AMQP short string: routing keys and the `type` property. */
+const MAX_ROUTING_KEY = 255;
+
 export const modelEventSchema = z
   .strictObject({
     id: z.string().regex(EVENT_ID_PATTERN, 'must match ^[A-Za-z0-9_.:-]{1,128}$'),
@@ -41,6 +44,12 @@ export const modelEventSchema = z
   .refine((e) => !(e.jobId !== undefined && e.data !== undefined), {
     message: 'carries either data or jobId, not both',
     path: ['jobId'],
+  })
+  // `<tenantId>.<type>` is the event's routing key, and `type` an AMQP message property: both are short
+  // strings of at most 255 bytes (the pattern alone allows longer types). ASCII ids: bytes = characters.
+  .refine((e) => e.tenantId.length + 1 + e.type.length <= MAX_ROUTING_KEY, {
+    message: `tenantId and type together must fit in a routing key of ${MAX_ROUTING_KEY} characters`,
+    path: ['type'],
   });
 
 export type ModelEvent = z.infer<typeof modelEventSchema>;

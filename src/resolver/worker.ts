@@ -339,14 +339,27 @@ export class ResolverWorker {
     }
   }
 
-  /** The delivery body: `data` inline, or claim-checked above the threshold; undefined when requeued. */
+  /**
+   * The delivery body: `data` inline, or claim-checked above the threshold; undefined when requeued or
+   * dead-lettered.
+   */
   private async body(
     event: ModelEvent,
     delivery: AmqpDelivery,
   ): Promise<{ body: Buffer; jobId: string | undefined } | undefined> {
     const { claimCheck, metrics } = this.deps;
     if (event.jobId) return { body: Buffer.alloc(0), jobId: event.jobId };
-    const body = Buffer.from(JSON.stringify(event.data ?? null));
+    let body: Buffer;
+    try {
+      body = Buffer.from(JSON.stringify(event.data ?? null));
+    } catch (error) {
+      // JSON.parse takes nesting of any depth, JSON.stringify runs out of stack: the event's fault, not the
+      // view's, so it is set aside rather than retried on a rebuilt view.
+      this.track(
+        this.deadLetter(delivery, 'invalid_event', `data cannot be serialised: ${errorMessage(error)}`),
+      );
+      return undefined;
+    }
     if (body.byteLength <= claimCheck.bytes) return { body, jobId: undefined };
     try {
       const jobId = await this.deps.payloads.put(event.tenantId, body, claimCheck.ttlSec);

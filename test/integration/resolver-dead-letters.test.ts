@@ -32,6 +32,8 @@ interface Case {
   name: string;
   body: Buffer | string | unknown;
   exchange?: 'events' | 'membership';
+  /** Sent straight to the resolver's queue (the default exchange), as a shovel or a stray client could. */
+  direct?: true;
   routingKey?: string;
   contentType?: string;
   code: string;
@@ -165,6 +167,22 @@ const cases: Case[] = [
     reason: 'nosuchjob',
   },
   {
+    name: 'type too long for a routing key',
+    body: event({ type: Array.from({ length: 5 }, () => 'x'.repeat(60)).join('.') }),
+    direct: true,
+    code: 'invalid_event',
+    reason: 'routing key of 255',
+  },
+  {
+    name: 'data nested too deep to serialise',
+    body: JSON.stringify({ ...valid, data: null }).replace(
+      '"data":null',
+      `"data":${'['.repeat(100_000)}${']'.repeat(100_000)}`,
+    ),
+    code: 'invalid_event',
+    reason: 'cannot be serialised',
+  },
+  {
     name: 'membership: unknown op',
     exchange: 'membership',
     body: { op: 'toggle', tenantId: 'acme', userId: 'ann', teamId: 'icu' },
@@ -221,8 +239,10 @@ describe('malformed input is dead-lettered with its reason, and resolving goes o
     await channel.consume(`${prefix}.dead`, (m) => m && dead.push(m), { noAck: true });
 
     for (const [i, c] of cases.entries()) {
-      const exchange = `${prefix}.${c.exchange ?? 'events'}`;
-      const routingKey = c.routingKey ?? (c.exchange === 'membership' ? 'acme' : 'acme.note.created');
+      const exchange = c.direct ? '' : `${prefix}.${c.exchange ?? 'events'}`;
+      const routingKey = c.direct
+        ? `${prefix}.resolver`
+        : (c.routingKey ?? (c.exchange === 'membership' ? 'acme' : 'acme.note.created'));
       const content = Buffer.isBuffer(c.body)
         ? c.body
         : Buffer.from(typeof c.body === 'string' ? c.body : JSON.stringify(c.body));
@@ -253,7 +273,9 @@ describe('malformed input is dead-lettered with its reason, and resolving goes o
       const reason = String(headers['x-warren-reason']);
       expect({ name: c.name, code: headers['x-warren-code'] }).toEqual({ name: c.name, code: c.code });
       expect(reason, c.name).toContain(c.reason);
-      expect(headers['x-warren-original-exchange']).toBe(`${prefix}.${c.exchange ?? 'events'}`);
+      expect(headers['x-warren-original-exchange']).toBe(
+        c.direct ? '' : `${prefix}.${c.exchange ?? 'events'}`,
+      );
     }
     await channel.close();
   });
