@@ -93,17 +93,23 @@ export class Delivery {
 
   /** Rejects without requeue: the queue's dead-letter exchange takes it. */
   reject(): void {
-    if (!this.live) return;
-    this.settled = true;
-    this.acks.forget(this.message.fields.deliveryTag);
-    this.channel.nack(this.message, false, false);
+    this.nack(false);
   }
 
   requeue(): void {
+    this.nack(true);
+  }
+
+  private nack(requeue: boolean): void {
     if (!this.live) return;
     this.settled = true;
     this.acks.forget(this.message.fields.deliveryTag);
-    this.channel.nack(this.message, false, true);
+    try {
+      this.channel.nack(this.message, false, requeue);
+    } catch {
+      // The channel is closing (amqplib throws IllegalOperationError): the broker requeues everything it
+      // had not been told about, this message included. Settling never throws into the caller.
+    }
   }
 }
 

@@ -137,7 +137,11 @@ export class ResolverWorker {
 
   private track(work: Promise<void>): void {
     this.inflight.add(work);
-    void work.finally(() => this.inflight.delete(work));
+    // Never an unhandled rejection (it would end the process): the message of failed work is requeued by
+    // the broker once its channel goes, or redelivered after a restart.
+    void work
+      .catch((error: unknown) => this.deps.logger.error({ err: errorMessage(error) }, 'resolver work failed'))
+      .finally(() => this.inflight.delete(work));
   }
 
   /**
@@ -204,7 +208,9 @@ export class ResolverWorker {
       list.push(pending);
       byTenant.set(pending.event.tenantId, list);
     }
-    await Promise.all(
+    // Every tenant's part settles before the batch ends: the next batch must not find one still running on
+    // the same view (sync and ensure assume one caller at a time).
+    const settled = await Promise.allSettled(
       [...byTenant].map(async ([tenantId, pending]) => {
         const view = this.deps.view(tenantId);
         let missingJobs = await this.prepare(view, pending);
@@ -229,6 +235,8 @@ export class ResolverWorker {
         }
       }),
     );
+    const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+    if (failed) throw failed.reason;
   }
 
   /** Syncs the view and loads what the batch needs; undefined when Redis failed (events requeued). */
