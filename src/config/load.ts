@@ -185,6 +185,12 @@ function crossChecks(
       'presence.expiryMs: must be at least twice presence.heartbeatMs, or a busy node flaps offline',
     );
   }
+  const drain = numbers(config.gateway?.drainWindowMs, config.gateway?.drainTimeoutMs);
+  if (drain && drain[0] >= drain[1]) {
+    problems.push(
+      'gateway.drainWindowMs: must be below gateway.drainTimeoutMs, or the drain times out before every tab is told 4100',
+    );
+  }
   const reconnect = numbers(config.rabbitmq?.reconnectCapMs, config.rabbitmq?.reconnectBaseMs);
   if (reconnect && reconnect[0] < reconnect[1]) {
     problems.push('rabbitmq.reconnectCapMs: must not be below rabbitmq.reconnectBaseMs');

@@ -48,6 +48,10 @@ export const DEFAULTS = {
 const id = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'must match ^[A-Za-z0-9_-]{1,64}$');
 const port = z.number().int().min(0).max(65_535);
 const positiveInt = z.number().int().positive();
+/** setTimeout fires almost at once for delays above 2^31-1 ms. */
+const MAX_TIMER_MS = 2_147_483_647;
+/** AMQP's prefetch count is 16 bits: a larger one fails channel set-up on every connect. */
+const MAX_PREFETCH = 65_535;
 const amqpUrl = z.string().regex(/^amqps?:\/\//, 'must be an amqp:// or amqps:// URL');
 const redisUrl = z
   .string()
@@ -104,6 +108,7 @@ export const configSchema = z.strictObject({
         .number()
         .int()
         .min(0)
+        .max(MAX_TIMER_MS)
         .default(DEFAULTS.unbindGraceMs)
         .describe(
           "Delay before a user's key is unbound after their last tab closes (a reload costs no bind).",
@@ -139,14 +144,19 @@ export const configSchema = z.strictObject({
       badFrameLimit: positiveInt
         .default(DEFAULTS.badFrameLimit)
         .describe('Bad frames a connection may send before it is closed with 4008.'),
-      prefetch: positiveInt.default(DEFAULTS.gatewayPrefetch).describe('Unacked deliveries per node.'),
+      prefetch: positiveInt
+        .max(MAX_PREFETCH)
+        .default(DEFAULTS.gatewayPrefetch)
+        .describe('Unacked deliveries per node.'),
       drainWindowMs: z
         .number()
         .int()
         .min(0)
+        .max(MAX_TIMER_MS)
         .default(DEFAULTS.drainWindowMs)
         .describe('Tabs are closed with 4100 spread over this window on SIGTERM.'),
       drainTimeoutMs: positiveInt
+        .max(MAX_TIMER_MS)
         .default(DEFAULTS.drainTimeoutMs)
         .describe('Upper bound of the whole drain-and-close.'),
       payloadCacheBytes: z
@@ -156,7 +166,7 @@ export const configSchema = z.strictObject({
         .default(DEFAULTS.payloadCacheBytes)
         .describe('Claim-check payload cache per node.'),
       payloadFetchTimeoutMs: positiveInt
-        .max(2_147_483_647)
+        .max(MAX_TIMER_MS)
         .default(DEFAULTS.payloadFetchTimeoutMs)
         .describe(
           "A claim-check payload read slower than this fails: its tabs get payload_unavailable and the user's later events go on.",
@@ -201,7 +211,10 @@ export const configSchema = z.strictObject({
     .prefault({}),
   resolver: z
     .strictObject({
-      prefetch: positiveInt.default(DEFAULTS.resolverPrefetch).describe('Unacked events per resolver.'),
+      prefetch: positiveInt
+        .max(MAX_PREFETCH)
+        .default(DEFAULTS.resolverPrefetch)
+        .describe('Unacked events per resolver.'),
       routing: z
         .enum(['nodes', 'users'])
         .default('nodes')

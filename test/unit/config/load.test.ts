@@ -119,6 +119,24 @@ describe('loadConfig', () => {
     expect(message).toContain('a gateway needs one of');
   });
 
+  it('refuses values the broker or the timers cannot take: prefetch over 16 bits, delays over 2^31-1 ms', () => {
+    const message = configError(() =>
+      loadConfig({
+        env: {
+          WARREN_GATEWAY_PREFETCH: '70000',
+          WARREN_RESOLVER_PREFETCH: '65536',
+          WARREN_GATEWAY_UNBIND_GRACE_MS: '3000000000',
+          WARREN_GATEWAY_DRAIN_WINDOW_MS: '40000',
+          WARREN_GATEWAY_DRAIN_TIMEOUT_MS: '30000',
+        },
+      }),
+    );
+    for (const key of ['gateway.prefetch', 'resolver.prefetch', 'gateway.unbindGraceMs'])
+      expect(message).toContain(key);
+    expect(message).toContain('gateway.drainWindowMs: must be below gateway.drainTimeoutMs');
+    expect(() => loadConfig({ env: { WARREN_GATEWAY_PREFETCH: '65535' } })).not.toThrow();
+  });
+
   it('never shows a key or a password in its message', () => {
     const message = configError(() =>
       loadConfig({
