@@ -204,6 +204,28 @@ export class DeliveryRouter {
       .finally(() => delivery.ack());
   }
 
+  /**
+   * The offset to welcome a new tab of `key` at. Everything to the user up to it is in history (a resume
+   * from it misses nothing); what is still in the user's line (behind a claim-checked payload being read)
+   * has higher offsets and reaches the tab live once it is `adopt`ed. Welcoming at the node's latest
+   * offset instead would let a tab's cursor pass an event that is recorded only later, when its payload
+   * arrives: a resume from that cursor would never replay it.
+   */
+  welcomeOffset(key: string): number {
+    const line = this.lines.get(key);
+    return line ? (line[0] as Place).offset - 1 : this.history.offset;
+  }
+
+  /**
+   * A tab just welcomed (ready): it gets what is in its user's line with the user's other tabs. Deliveries
+   * still being read pick it up when they are filled; those already filled, or queued behind, take it now.
+   */
+  adopt(tab: Tab): void {
+    const line = this.lines.get(tab.key);
+    if (!line) return;
+    for (const place of line) if (place.tabs && !place.tabs.includes(tab)) place.tabs.push(tab);
+  }
+
   private targets(tenantId: string, eventId: string, keys: readonly (string | undefined)[]): Target[] {
     const already = this.recent.delivered(eventId);
     const targets: Target[] = [];

@@ -181,6 +181,7 @@ export async function startGateway(
     verifier,
     registry,
     history,
+    router,
     metrics,
     metricsRegistry,
     limits: g,

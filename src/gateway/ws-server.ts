@@ -10,6 +10,7 @@ import { jitter } from '../shared/backoff.js';
 import type { Registry } from '../shared/metrics.js';
 import type { Identity } from './auth.js';
 import type { BlockingTokenVerifier } from './blocking-verifier.js';
+import type { DeliveryRouter } from './delivery-router.js';
 import { encodeFrame } from './frames.js';
 import type { GatewayMetrics } from './gateway-metrics.js';
 import type { DeliveryHistory } from './history.js';
@@ -37,6 +38,8 @@ export interface WsServerDeps {
   verifier: Pick<BlockingTokenVerifier, 'verify'>;
   registry: ConnectionRegistry<Tab>;
   history: DeliveryHistory;
+  /** Where a new tab's stream starts (see DeliveryRouter.welcomeOffset). */
+  router: Pick<DeliveryRouter, 'welcomeOffset' | 'adopt'>;
   metrics: GatewayMetrics;
   metricsRegistry: Registry;
   limits: WsServerLimits;
@@ -179,7 +182,8 @@ export class WsServer {
     registry.add(tab).then(
       () => {
         if (tab.closed) return;
-        const { history, nodeId } = this.deps;
+        const { history, nodeId, router } = this.deps;
+        const offset = router.welcomeOffset(tab.key);
         this.sendFrame(tab, {
           type: 'welcome',
           connectionId: tab.id,
@@ -187,10 +191,11 @@ export class WsServer {
           tenantId: tab.tenantId,
           gateway: nodeId,
           epoch: history.epoch,
-          offset: history.offset,
+          offset,
         });
-        tab.welcomeOffset = history.offset;
+        tab.welcomeOffset = offset;
         tab.ready = true;
+        router.adopt(tab);
         metrics.welcomeSeconds.observe((performance.now() - data.upgradedAt) / 1000);
         this.armTimer(tab, Date.now() + this.lifetime());
       },

@@ -383,6 +383,49 @@ describe('claim check over two gateway nodes, a resolver and the publisher SDK',
     expect(ann.tab.eventIds()).toEqual(['large', 'for-both']);
   });
 
+  it('welcomes a tab behind a payload still being read, so a resume from its welcome misses nothing', async () => {
+    // A node of its own whose Redis the test can hold still, so the payload read waits for the test.
+    const target = new URL(inject('redisUrl'));
+    const proxy = await TcpProxy.start(target.hostname, Number(target.port || 6379));
+    const node = await startGateway(testConfig(prefix, { redis: { url: proxy.url(target) } }), {
+      logger: silentLogger(),
+    });
+    try {
+      const tabOf = async () => openTab(node.port, await token({ sub: 'ann', tid: 't1' }));
+      const first = await tabOf();
+      const jobId = await warren.putPayload('t1', document(100_000).data);
+      const before = await counter(node, 'warren_gateway_deliveries_total');
+      proxy.stall();
+      await probe.deliver(prefix, ['u.t1.ann'], { id: 'held', tenantId: 't1', jobId });
+      await probe.deliver(prefix, ['u.t1.ann'], { id: 'behind', tenantId: 't1', data: { n: 1 } });
+      await eventually(
+        async () => (await counter(node, 'warren_gateway_deliveries_total')) === before + 2,
+        'both deliveries at the node, the payload read held',
+      );
+      // Ann's later tabs need nothing of Redis (she is online already): welcomed while the read waits.
+      const staying = await tabOf();
+      const leaving = await tabOf();
+      const cursor = leaving.welcome?.offset as number;
+      await leaving.close();
+      proxy.flow();
+      await eventually(() => first.eventIds().length === 2, 'the first tab gets both');
+      // Welcomed before them, the staying tab gets both live, in order.
+      await eventually(() => staying.eventIds().length === 2, 'the staying tab gets both');
+      expect(staying.eventIds()).toEqual(['held', 'behind']);
+      // The tab that left had seen neither: resumed from its welcome, a new tab gets both, in order.
+      const back = await tabOf();
+      back.send({ type: 'resume', epoch: back.welcome?.epoch, offset: cursor });
+      await eventually(() => back.frames.some((f) => f.type === 'resumed'), 'resumed');
+      expect(back.eventIds()).toEqual(['held', 'behind']);
+      for (const t of [first, staying, back]) t.ws.terminate();
+    } finally {
+      proxy.flow();
+      // Closed while its Redis still answers (it goes offline there and deletes its queue).
+      await node.close();
+      await proxy.close();
+    }
+  });
+
   it('writes a large fan-out a few tabs per turn of the event loop, keeping every tab in order', async () => {
     const holders: Tab[] = [];
     for (let i = 0; i < 40; i += 1) holders.push(await open(0, 't1', `holder-${i}`));
