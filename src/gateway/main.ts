@@ -171,6 +171,10 @@ export async function startGateway(
       beating = false;
     }
   };
+  // A node started under a fixed id (rabbitmq.id) may follow a process of that id that died holding users
+  // less than presence.expiryMs ago: their bits would stay set under a node that beats again, online
+  // for good. Its presence starts empty (for a random id there is nothing to clear).
+  await presence.forgetNode(nodeId);
   await beat();
   const heartbeat = setInterval(() => void beat(), config.presence.heartbeatMs);
   heartbeat.unref();

@@ -136,10 +136,14 @@ export class PresenceStore {
         this.redis.warrenNodeGone(k.online(t, nodeId), k.log(t), k.logSeq(t), nodeId, LOG_MAX_LEN),
       ),
     );
-    await this.redis.zrem(k.nodes(), nodeId);
     // Only the tenants cleaned up here: one the node announced meanwhile (it was alive after all) stays.
     if (tenants.length > 0) await this.redis.srem(k.nodeTenants(nodeId), ...tenants);
     await this.redis.del(k.nodeStats(nodeId));
+    // Last: a node that beats while it is being cleaned up is still listed then, so its beat does not
+    // count as a return; off the list now, its next beat does, and it announces its users and their
+    // tenants again (had the list gone first, a tenant it recorded in between would be removed above
+    // while the node believed it recorded).
+    await this.redis.zrem(k.nodes(), nodeId);
     this.forgetKnownTenants(nodeId);
   }
 
@@ -152,10 +156,21 @@ export class PresenceStore {
     return this.redis.warrenDeadNodes(this.keys.nodes(), expiryMs);
   }
 
+  /**
+   * Cleans up the node if it is still silent for longer than `expiryMs` (it may have beaten since a list of
+   * dead nodes was read); returns whether it did.
+   */
+  async forgetIfDead(nodeId: string, expiryMs: number): Promise<boolean> {
+    if ((await this.redis.warrenNodeDead(this.keys.nodes(), expiryMs, nodeId)) !== 1) return false;
+    await this.forgetNode(nodeId);
+    return true;
+  }
+
   /** Cleans up nodes silent for longer than `expiryMs`; returns them. */
   async sweepDeadNodes(expiryMs: number): Promise<string[]> {
-    const dead = await this.redis.warrenDeadNodes(this.keys.nodes(), expiryMs);
-    for (const nodeId of dead) await this.forgetNode(nodeId);
-    return dead;
+    const swept: string[] = [];
+    for (const nodeId of await this.redis.warrenDeadNodes(this.keys.nodes(), expiryMs))
+      if (await this.forgetIfDead(nodeId, expiryMs)) swept.push(nodeId);
+    return swept;
   }
 }

@@ -5,6 +5,7 @@ import {
   APPLY_MEMBERSHIP,
   ASSIGN_IDS,
   DEAD_NODES,
+  NODE_DEAD,
   LIVE_NODES,
   NODE_HEARTBEAT,
   PRESENCE_NODE_GONE,
@@ -23,6 +24,7 @@ export interface WarrenCommands {
   warrenNodeGone(...args: Arg[]): Promise<number>;
   warrenHeartbeat(...args: Arg[]): Promise<number>;
   warrenDeadNodes(...args: Arg[]): Promise<string[]>;
+  warrenNodeDead(...args: Arg[]): Promise<number>;
   warrenLiveNodes(...args: Arg[]): Promise<string[]>;
 }
 
@@ -43,6 +45,7 @@ export function withWarrenCommands(redis: Redis): WarrenRedis {
   define('warrenNodeGone', 3, PRESENCE_NODE_GONE);
   define('warrenHeartbeat', 1, NODE_HEARTBEAT);
   define('warrenDeadNodes', 1, DEAD_NODES);
+  define('warrenNodeDead', 1, NODE_DEAD);
   define('warrenLiveNodes', 1, LIVE_NODES);
   return redis as WarrenRedis;
 }

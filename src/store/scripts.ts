@@ -143,6 +143,19 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]))
 `;
 
 /**
+ * Whether node ARGV[2] is listed and has been silent for longer than ARGV[1] ms (1) or not (0): checked
+ * again right before a node is cleaned up, as it may have beaten since the list was read. KEYS: nodes
+ */
+export const NODE_DEAD = `
+local score = redis.call('ZSCORE', KEYS[1], ARGV[2])
+if not score then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if tonumber(score) <= now - tonumber(ARGV[1]) then return 1 end
+return 0
+`;
+
+/**
  * Nodes alive within ARGV[1] ms. KEYS: nodes
  */
 export const LIVE_NODES = `

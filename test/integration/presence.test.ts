@@ -1,0 +1,54 @@
+import { describe, expect, it } from 'vitest';
+import { PresenceStore } from '../../src/store/presence-store.js';
+import { BrokerProbe, startTestGateway, testConfig, withWarrenRedis } from '../support/harness.js';
+
+const EXPIRY_MS = 15_000;
+const stats = { connections: 1, users: 1, startedAt: 0 };
+
+describe('presence of gateway nodes in Redis', () => {
+  it('a node started under the id of one that died holding users does not keep them online', async () => {
+    await withWarrenRedis('presence-restart', async (redis, keys) => {
+      // The process that had the id: it announced ann and bob, then died without cleaning up.
+      const before = new PresenceStore(redis, keys);
+      await before.heartbeat('ward-gw', stats, EXPIRY_MS);
+      await before.online('ward-gw', 'acme', ['ann', 'bob']);
+      expect(await before.onlineCount('acme', ['ward-gw'])).toBe(2);
+
+      // Its successor starts within the expiry, under the same id, and beats at once.
+      const gateway = await startTestGateway(testConfig(keys.prefix, { gateway: { id: 'ward-gw' } }));
+      try {
+        expect(gateway.nodeId).toBe('ward-gw');
+        expect(await before.onlineCount('acme', ['ward-gw'])).toBe(0);
+      } finally {
+        await gateway.close();
+        const probe = await BrokerProbe.open();
+        await probe.deleteExchangesAndQueues(keys.prefix, [gateway.queue]);
+        await probe.close();
+      }
+    });
+  });
+
+  it('the dead-node sweep spares a node that beat again after the list of dead nodes was read', async () => {
+    await withWarrenRedis('presence-sweep', async (redis, keys) => {
+      const store = new PresenceStore(redis, keys);
+      await store.heartbeat('n1', stats, EXPIRY_MS);
+      await store.online('n1', 'acme', ['ann']);
+      // Silent for a minute: listed as dead.
+      await redis.zadd(keys.nodes(), Date.now() - 60_000, 'n1');
+      expect(await store.deadNodes(EXPIRY_MS)).toEqual(['n1']);
+
+      // Back before the sweeper got to it (a long pause, say), with a new user.
+      await store.heartbeat('n1', stats, EXPIRY_MS);
+      await store.online('n1', 'acme', ['bob']);
+      expect(await store.forgetIfDead('n1', EXPIRY_MS)).toBe(false);
+      expect(await store.onlineCount('acme', ['n1'])).toBe(2);
+
+      // Silent again, for real this time.
+      await redis.zadd(keys.nodes(), Date.now() - 60_000, 'n1');
+      expect(await store.sweepDeadNodes(EXPIRY_MS)).toEqual(['n1']);
+      expect(await store.onlineCount('acme', ['n1'])).toBe(0);
+      // Off the list: its next beat counts as a return, so it would announce its users again.
+      expect(await store.heartbeat('n1', stats, EXPIRY_MS)).toBe(true);
+    });
+  });
+});
