@@ -32,6 +32,18 @@ interface Place {
   ready: boolean;
   frame?: Uint8Array;
   tabs?: Tab[];
+  /** A delivery queued behind a payload read, acked once every line it waits in has let it through. */
+  held?: HeldAck;
+}
+
+/** An ack held until `left` lines have written their place of the delivery. */
+interface HeldAck {
+  left: number;
+  ack: () => void;
+}
+
+function letThrough(place: Place): void {
+  if (place.held && --place.held.left === 0) place.held.ack();
 }
 
 /** The routing key and the CC header's keys; an entry that is not a string is undefined (refused later). */
@@ -140,11 +152,10 @@ export class DeliveryRouter {
     }
     if (jobId === undefined) {
       const targets = this.targets(tenantId, eventId, keys);
-      if (targets.length > 0) {
-        const offset = this.history.next();
-        this.send(this.record(eventId, eventType, message.content, targets, offset), offset, targets);
-      }
-      delivery.ack();
+      if (targets.length === 0) return delivery.ack();
+      const offset = this.history.next();
+      const frame = this.record(eventId, eventType, message.content, targets, offset);
+      this.send(frame, offset, targets, () => delivery.ack());
       return;
     }
     // Its local recipients (tabs open or in grace) take their places in line now, and the event its
@@ -284,15 +295,25 @@ export class DeliveryRouter {
     return frame;
   }
 
-  /** Writes a frame to the targets' tabs now, or behind what is still in line for their user. */
-  private send(frame: Uint8Array, offset: number, targets: readonly Target[]): void {
+  /**
+   * Writes a frame to the targets' tabs now, or behind what is still in line for their user. `ack` is
+   * called once nothing of it waits in a line any more: a delivery held behind a payload read keeps its
+   * prefetch slot, so what the lines hold is bounded by the prefetch (times local recipients) however long
+   * Redis takes, instead of growing with every delivery the broker would otherwise keep sending.
+   */
+  private send(frame: Uint8Array, offset: number, targets: readonly Target[], ack: () => void): void {
     const now: Tab[] = [];
+    const held: HeldAck = { left: 1, ack };
     for (const target of targets) {
       const line = this.lines.get(target.key);
-      if (line) line.push({ offset, ready: true, frame, tabs: target.tabs });
-      else for (const tab of target.tabs) now.push(tab);
+      if (line) {
+        held.left += 1;
+        line.push({ offset, ready: true, frame, tabs: target.tabs, held });
+      } else for (const tab of target.tabs) now.push(tab);
     }
     if (now.length > 0) this.writer.write(now, frame);
+    // The count started at one so that no line could ack it before every place was queued.
+    if (--held.left === 0) ack();
   }
 
   /**
@@ -324,6 +345,7 @@ export class DeliveryRouter {
       if (!line) continue;
       while (line.length > 0 && (line[0] as Place).ready) {
         const head = line.shift() as Place;
+        letThrough(head);
         if (!head.frame || !head.tabs) continue;
         const batch = batches.get(head.frame);
         if (batch) batch.tabs.push(...head.tabs);

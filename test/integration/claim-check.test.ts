@@ -426,6 +426,42 @@ describe('claim check over two gateway nodes, a resolver and the publisher SDK',
     }
   });
 
+  it('holds deliveries queued behind a payload read unacked, so a Redis stall cannot pile them up', async () => {
+    const PREFETCH = 4;
+    const target = new URL(inject('redisUrl'));
+    const proxy = await TcpProxy.start(target.hostname, Number(target.port || 6379));
+    const node = await startGateway(
+      testConfig(prefix, { redis: { url: proxy.url(target) }, gateway: { prefetch: PREFETCH } }),
+      { logger: silentLogger() },
+    );
+    try {
+      const ann = await openTab(node.port, await token({ sub: 'ann', tid: 't1' }));
+      const bob = await openTab(node.port, await token({ sub: 'bob', tid: 't1' }));
+      const jobId = await warren.putPayload('t1', document(10_000).data);
+      const arrived = () => counter(node, 'warren_gateway_deliveries_total');
+      const before = await arrived();
+      proxy.stall();
+      await probe.deliver(prefix, ['u.t1.ann'], { id: 'held', tenantId: 't1', jobId });
+      const behind = Array.from({ length: 10 }, (_, i) => `behind-${i}`);
+      for (const id of behind) await probe.deliver(prefix, ['u.t1.ann'], { id, tenantId: 't1', data: {} });
+      await probe.deliver(prefix, ['u.t1.bob'], { id: 'for-bob', tenantId: 't1', data: {} });
+      await eventually(async () => (await arrived()) - before === PREFETCH, 'the prefetch window full');
+      // Nothing more comes while the read waits: the window is held by the read and what queued behind it.
+      await new Promise((r) => setTimeout(r, 300));
+      expect((await arrived()) - before).toBe(PREFETCH);
+      expect(bob.eventIds()).toEqual([]);
+      proxy.flow();
+      await eventually(() => ann.eventIds().length === 11 && bob.eventIds().length === 1, 'everything');
+      expect(ann.eventIds()).toEqual(['held', ...behind]);
+      expect(bob.eventIds()).toEqual(['for-bob']);
+      for (const t of [ann, bob]) t.ws.terminate();
+    } finally {
+      proxy.flow();
+      await node.close();
+      await proxy.close();
+    }
+  });
+
   it('writes a large fan-out a few tabs per turn of the event loop, keeping every tab in order', async () => {
     const holders: Tab[] = [];
     for (let i = 0; i < 40; i += 1) holders.push(await open(0, 't1', `holder-${i}`));
