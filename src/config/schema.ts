@@ -185,7 +185,7 @@ export const configSchema = z.strictObject({
         .int()
         .min(0)
         .default(DEFAULTS.historyBytes)
-        .describe('Byte bound of that history.'),
+        .describe('Byte bound of that history: its frames, and 32 bytes per recipient of each.'),
     })
     .prefault({}),
   jwt: z

@@ -2,7 +2,16 @@ interface Entry {
   offset: number;
   keys: readonly string[];
   frame: Uint8Array;
+  /** What it counts against the byte bound: the frame and its recipient list. */
+  cost: number;
 }
+
+/**
+ * Bytes a recipient key is counted for: the list's slot and, for a key read from a CC header, the string
+ * itself. Without it a broadcast to 20,000 local users would cost its frame's few hundred bytes while its
+ * key list held far more, and history could grow to hundreds of megabytes inside a 16 MiB bound.
+ */
+const KEY_BYTES = 32;
 
 /**
  * The node's recent deliveries, for `resume`: a tab that reconnects to the same node (same epoch) gets
@@ -38,7 +47,8 @@ export class DeliveryHistory {
     if (this.maxEntries === 0) return;
     // Older than what history has already given up: a resume from before it is refused anyway.
     if (offset <= this.floor) return;
-    if (frame.byteLength > this.maxBytes) {
+    const cost = frame.byteLength + keys.length * KEY_BYTES;
+    if (cost > this.maxBytes) {
       // Not kept, so nothing before it can be replayed without a gap: history starts again after it.
       const last = this.entries.at(-1)?.offset ?? 0;
       this.floor = Math.max(this.floor, offset, last);
@@ -50,12 +60,12 @@ export class DeliveryHistory {
     // possibly after later ones: entries stay sorted by offset.
     let at = this.entries.length;
     while (at > 0 && (this.entries[at - 1] as Entry).offset > offset) at -= 1;
-    this.entries.splice(at, 0, { offset, keys, frame });
-    this.bytes += frame.byteLength;
+    this.entries.splice(at, 0, { offset, keys, frame, cost });
+    this.bytes += cost;
     while (this.entries.length > this.maxEntries || this.bytes > this.maxBytes) {
       const dropped = this.entries.shift();
       if (!dropped) break;
-      this.bytes -= dropped.frame.byteLength;
+      this.bytes -= dropped.cost;
       this.floor = Math.max(this.floor, dropped.offset);
     }
   }

@@ -53,6 +53,15 @@ describe('DeliveryHistory', () => {
     expect(history.since('e', 1, 'u.t.A')).toEqual([]);
   });
 
+  it('counts recipient lists against its byte bound, not only frames', () => {
+    const history = new DeliveryHistory('e', 100, 64 * 1024);
+    const keys = Array.from({ length: 1000 }, (_, i) => `u.t.user-${i}`);
+    for (let i = 0; i < 3; i += 1) history.add(history.next(), keys, frame(10));
+    // Three 10-byte frames, but a thousand recipients each: the first no longer fits.
+    expect(history.since('e', 0, 'u.t.user-7')).toBeUndefined();
+    expect(history.since('e', 1, 'u.t.user-7')).toHaveLength(2);
+  });
+
   it('forgets the oldest frames past its entry and byte limits, and then says so', () => {
     const history = new DeliveryHistory('e', 2, 1024);
     for (let i = 0; i < 3; i += 1) history.add(history.next(), ['u.t.A'], frame(10));
