@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { ReplyError } from 'ioredis';
 import type { Delivery as AmqpDelivery } from '../broker/consumer.js';
 import type { Publisher } from '../broker/publisher.js';
@@ -8,7 +9,7 @@ import { errorMessage } from '../shared/errors.js';
 import { sleep } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import { StaleMembershipTerm, type MembershipStore } from '../store/membership-store.js';
-import type { PayloadStore } from '../store/payload-store.js';
+import { PayloadStore } from '../store/payload-store.js';
 import type { DeliveryPublisher } from './delivery-publisher.js';
 import { parseMessage, type RejectCode } from './message-parser.js';
 import type { ResolverMetrics } from './resolver-metrics.js';
@@ -84,6 +85,8 @@ export class ResolverWorker {
   private readonly resolveFailures = new FailureCounts();
   /** Membership-queue terms taken in this subscription, per tenant (see `MembershipStore.newTerm`). */
   private readonly terms = new Map<string, number>();
+  /** Keys this resolver's claim-check job ids: the same event gets the same id on every attempt here. */
+  private readonly jobSecret = randomBytes(32);
 
   constructor(private readonly deps: WorkerDeps) {}
 
@@ -370,7 +373,12 @@ export class ResolverWorker {
     }
     if (body.byteLength <= claimCheck.bytes) return { body, jobId: undefined };
     try {
-      const jobId = await this.deps.payloads.put(event.tenantId, body, claimCheck.ttlSec);
+      const jobId = await this.deps.payloads.put(
+        event.tenantId,
+        body,
+        claimCheck.ttlSec,
+        PayloadStore.jobIdFor(this.jobSecret, event.tenantId, event.id),
+      );
       metrics.claimChecked.inc();
       return { body: Buffer.alloc(0), jobId };
     } catch (error) {

@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { createHmac, randomBytes } from 'node:crypto';
 import type { Keys } from './keys.js';
 import type { WarrenRedis } from './redis.js';
 
@@ -15,6 +15,19 @@ export class PayloadStore {
 
   static newJobId(): string {
     return randomBytes(16).toString('base64url');
+  }
+
+  /**
+   * A job id that is the same for the same event under the same secret, and as unguessable as a random
+   * one without it: an event claim-checked again (requeued, retried) overwrites its payload instead of
+   * storing one more copy for the TTL.
+   */
+  static jobIdFor(secret: Buffer, tenantId: string, eventId: string): string {
+    return createHmac('sha256', secret)
+      .update(`${tenantId}\0${eventId}`)
+      .digest()
+      .subarray(0, 16)
+      .toString('base64url');
   }
 
   async put(

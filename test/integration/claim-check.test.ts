@@ -335,6 +335,15 @@ describe('claim check over two gateway nodes, a resolver and the publisher SDK',
     expect(await counter(gateways[1] as Gateway, 'warren_gateway_payload_fetches_total')).toBe(1);
     const claimChecked = await resolver.metrics.getSingleMetric('warren_resolver_claim_checked_total')?.get();
     expect(claimChecked?.values[0]?.value).toBe(1);
+
+    // The service publishes it again (its confirm got lost, say): the same payload key, not a second copy.
+    probe.channel.publish(`${prefix}.events`, 't1.doc.attached', Buffer.from(JSON.stringify(event)), {
+      contentType: 'application/json',
+    });
+    await eventually(() => deliveries.of('raw-big').length === 2, 'the second copy routed');
+    expect(deliveries.of('raw-big')[1]?.headers['x-warren-job']).toBe(copy?.headers['x-warren-job']);
+    expect(await redis.keys(jobKey('t1', '*'))).toHaveLength(1);
+    expect(ann.tab.eventIds()).toEqual(['raw-big']);
   });
 
   it('writes a claim-checked event once per user when a second copy arrives while the payload is being read', async () => {
