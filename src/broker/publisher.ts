@@ -1,6 +1,7 @@
 import type { ChannelModel, ConfirmChannel, Options } from 'amqplib';
 import { ErrorCode, WarrenError, errorMessage } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
+import { fullJitterDelay } from '../shared/backoff.js';
 import type { BrokerConnection } from './connection.js';
 
 export interface PublishOptions extends Options.Publish {
@@ -13,8 +14,15 @@ export interface PublishOptions extends Options.Publish {
  * rejects on a nack or when the connection drops first: at-least-once publishing, the caller decides
  * whether to retry or to let its own message be redelivered.
  */
+// Reopening the confirm channel after the broker closed it: soon at first, then backing off.
+const REOPEN_BASE_MS = 100;
+const REOPEN_CAP_MS = 5000;
+
 export class Publisher {
   private channel: ConfirmChannel | undefined;
+  private closed = false;
+  private reopening = false;
+  private reopenAttempts = 0;
 
   constructor(
     private readonly broker: BrokerConnection,
@@ -29,9 +37,38 @@ export class Publisher {
     const channel = await model.createConfirmChannel();
     channel.on('error', (error: Error) => this.logger.warn({ err: error.message }, 'publish channel error'));
     channel.on('close', () => {
-      if (this.channel === channel) this.channel = undefined;
+      if (this.channel !== channel) return;
+      this.channel = undefined;
+      // The broker closes a channel on its own for a channel-level error (a publish to an exchange that
+      // is gone, say) while the connection stays up: without a new one every later publish would fail as
+      // "not connected" until the whole connection dropped.
+      this.reopen(model);
     });
     this.channel = channel;
+    this.reopenAttempts = 0;
+  }
+
+  private reopen(model: ChannelModel): void {
+    if (this.closed || this.reopening) return;
+    this.reopening = true;
+    this.reopenAttempts += 1;
+    const retry = (): void => {
+      this.reopening = false;
+      // Closed, reopened by a reconnect meanwhile, or the connection is gone: its reconnect opens one.
+      if (this.closed || this.channel) return;
+      if (this.broker.model === undefined) return this.reopen(model);
+      if (this.broker.model !== model) return;
+      this.open(model).then(
+        () => this.logger.info('publish channel reopened'),
+        (error: unknown) => {
+          this.logger.warn({ err: errorMessage(error) }, 'reopening the publish channel failed');
+          this.reopen(model);
+        },
+      );
+    };
+    // Never at once: when the whole connection is going, its channels close just before it is seen gone.
+    const delay = REOPEN_BASE_MS + fullJitterDelay(this.reopenAttempts, REOPEN_BASE_MS, REOPEN_CAP_MS);
+    setTimeout(retry, delay).unref();
   }
 
   get ready(): boolean {
@@ -84,6 +121,7 @@ export class Publisher {
   }
 
   async close(): Promise<void> {
+    this.closed = true;
     const channel = this.channel;
     this.channel = undefined;
     if (!channel) return;

@@ -1,0 +1,65 @@
+import amqp, { type ChannelModel } from 'amqplib';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { BrokerConnection } from '../../src/broker/connection.js';
+import { Publisher } from '../../src/broker/publisher.js';
+import { silentLogger } from '../../src/shared/logger.js';
+import { eventually, testPrefix } from '../support/harness.js';
+
+describe('publisher', () => {
+  const queue = `${testPrefix('publisher')}.q`;
+  let model: ChannelModel;
+
+  beforeAll(async () => {
+    model = await amqp.connect(inject('rabbitmqUrl'));
+    const admin = await model.createChannel();
+    await admin.assertQueue(queue, { durable: false });
+    await admin.close();
+  });
+  afterAll(async () => {
+    const admin = await model.createChannel();
+    await admin.deleteQueue(queue);
+    await model.close();
+  });
+
+  it('opens a new confirm channel when the broker closes its channel but not the connection', async () => {
+    const broker = new BrokerConnection(
+      {
+        url: inject('rabbitmqUrl'),
+        frameMax: 131_072,
+        heartbeatSec: 10,
+        reconnectBaseMs: 100,
+        reconnectCapMs: 1000,
+        connectionName: 'warren-test-publisher',
+      },
+      silentLogger(),
+    );
+    const publisher = new Publisher(broker, silentLogger());
+    await publisher.start();
+    await broker.start();
+    let disconnects = 0;
+    broker.on('disconnected', () => (disconnects += 1));
+    try {
+      await publisher.publish('', queue, Buffer.from('before'));
+      // An exchange that does not exist: the broker closes the channel (404), the connection stays.
+      await expect(
+        publisher.publish(`${queue}.no-such-exchange`, 'k', Buffer.from('lost')),
+      ).rejects.toThrow();
+      await eventually(async () => {
+        try {
+          await publisher.publish('', queue, Buffer.from('after'));
+          return true;
+        } catch {
+          return false;
+        }
+      }, 'a publish confirmed on a new channel');
+      expect(disconnects).toBe(0);
+      const check = await model.createChannel();
+      const { messageCount } = await check.checkQueue(queue);
+      await check.close();
+      expect(messageCount).toBeGreaterThanOrEqual(2);
+    } finally {
+      await publisher.close();
+      await broker.close();
+    }
+  });
+});
