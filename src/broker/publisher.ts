@@ -35,6 +35,11 @@ export class Publisher {
 
   private async open(model: ChannelModel): Promise<void> {
     const channel = await model.createConfirmChannel();
+    if (this.closed) {
+      // Closed while the channel was being opened (a reopen racing close()): nothing may publish on it.
+      await channel.close().catch(() => {});
+      return;
+    }
     channel.on('error', (error: Error) => this.logger.warn({ err: error.message }, 'publish channel error'));
     channel.on('close', () => {
       if (this.channel !== channel) return;
@@ -42,27 +47,28 @@ export class Publisher {
       // The broker closes a channel on its own for a channel-level error (a publish to an exchange that
       // is gone, say) while the connection stays up: without a new one every later publish would fail as
       // "not connected" until the whole connection dropped.
-      this.reopen(model);
+      this.reopen();
     });
     this.channel = channel;
-    this.reopenAttempts = 0;
   }
 
-  private reopen(model: ChannelModel): void {
+  private reopen(): void {
     if (this.closed || this.reopening) return;
     this.reopening = true;
     this.reopenAttempts += 1;
     const retry = (): void => {
       this.reopening = false;
-      // Closed, reopened by a reconnect meanwhile, or the connection is gone: its reconnect opens one.
+      // Closed, or reopened by a reconnect meanwhile.
       if (this.closed || this.channel) return;
-      if (this.broker.model === undefined) return this.reopen(model);
-      if (this.broker.model !== model) return;
-      this.open(model).then(
+      // The connection is down: its reconnect opens a channel, or this tries again after it. On the
+      // current connection, whichever it is: one that came back and lost its channel again is included.
+      const current = this.broker.model;
+      if (current === undefined) return this.reopen();
+      this.open(current).then(
         () => this.logger.info('publish channel reopened'),
         (error: unknown) => {
           this.logger.warn({ err: errorMessage(error) }, 'reopening the publish channel failed');
-          this.reopen(model);
+          this.reopen();
         },
       );
     };
@@ -105,6 +111,8 @@ export class Publisher {
               ),
             );
           } else {
+            // A confirm: the channel works, so the next reopen (if any) starts from the short delay again.
+            this.reopenAttempts = 0;
             resolve();
           }
         });
