@@ -32,6 +32,7 @@ export const DEFAULTS = {
   payloadCacheBytes: 64 * 1024 * 1024,
   payloadFetchTimeoutMs: 10_000,
   dedupKeys: 200_000,
+  lineLimit: 100_000,
   historyEvents: 2000,
   historyBytes: 16 * 1024 * 1024,
   resolverPrefetch: 256,
@@ -87,7 +88,10 @@ export const configSchema = z.strictObject({
       reconnectBaseMs: positiveInt
         .default(DEFAULTS.reconnectBaseMs)
         .describe('First reconnect delay bound (full-jitter backoff).'),
-      reconnectCapMs: positiveInt.default(DEFAULTS.reconnectCapMs).describe('Largest reconnect delay.'),
+      reconnectCapMs: positiveInt
+        .max(MAX_TIMER_MS)
+        .default(DEFAULTS.reconnectCapMs)
+        .describe('Largest reconnect delay.'),
     })
     .prefault({}),
   redis: z
@@ -156,7 +160,8 @@ export const configSchema = z.strictObject({
         .default(DEFAULTS.drainWindowMs)
         .describe('Tabs are closed with 4100 spread over this window on SIGTERM.'),
       drainTimeoutMs: positiveInt
-        .max(MAX_TIMER_MS)
+        // The close waits 5 s past it, and that too must fit a timer.
+        .max(MAX_TIMER_MS - 5000)
         .default(DEFAULTS.drainTimeoutMs)
         .describe('Upper bound of the whole drain-and-close.'),
       payloadCacheBytes: z
@@ -170,6 +175,11 @@ export const configSchema = z.strictObject({
         .default(DEFAULTS.payloadFetchTimeoutMs)
         .describe(
           "A claim-check payload read slower than this fails: its tabs get payload_unavailable and the user's later events go on.",
+        ),
+      lineLimit: positiveInt
+        .default(DEFAULTS.lineLimit)
+        .describe(
+          'Deliveries (one per local recipient) a node queues behind claim-check payloads being read before it holds their acks, so that the prefetch window stops the broker instead of memory growing.',
         ),
       dedupKeys: positiveInt
         .default(DEFAULTS.dedupKeys)
@@ -230,7 +240,10 @@ export const configSchema = z.strictObject({
     .prefault({}),
   presence: z
     .strictObject({
-      heartbeatMs: positiveInt.default(DEFAULTS.presenceHeartbeatMs).describe('Gateway liveness heartbeat.'),
+      heartbeatMs: positiveInt
+        .max(MAX_TIMER_MS)
+        .default(DEFAULTS.presenceHeartbeatMs)
+        .describe('Gateway liveness heartbeat.'),
       expiryMs: positiveInt
         .default(DEFAULTS.presenceExpiryMs)
         .describe('A node silent this long no longer counts its users online.'),

@@ -32,19 +32,21 @@ interface Place {
   ready: boolean;
   frame?: Uint8Array;
   tabs?: Tab[];
-  /** A delivery queued behind a payload read, acked once every line it waits in has let it through. */
+  /** Queued behind an earlier place of its user (counted against the node's line limit). */
+  queued?: boolean;
+  /** Its delivery's ack, held while the lines were over their limit: released once every place is written. */
   held?: HeldAck;
 }
 
-/** An ack held until `left` lines have written their place of the delivery. */
+/** An ack held until `left` reaches zero: one for each queued place, one for the delivery's own work. */
 interface HeldAck {
   left: number;
   ack: () => void;
 }
 
-function letThrough(place: Place): void {
-  if (place.held && --place.held.left === 0) place.held.ack();
-}
+const release = (held: HeldAck): void => {
+  if (--held.left === 0) held.ack();
+};
 
 /** The routing key and the CC header's keys; an entry that is not a string is undefined (refused later). */
 function recipientKeys(routingKey: string, cc: unknown): (string | undefined)[] {
@@ -103,6 +105,8 @@ export class DeliveryRouter {
    * them; users with nothing being read (the usual case) are written to at once.
    */
   private readonly lines = new Map<string, Place[]>();
+  /** Places queued behind an earlier one, over all lines. */
+  private queued = 0;
 
   constructor(
     private readonly registry: ConnectionRegistry<Tab>,
@@ -111,6 +115,12 @@ export class DeliveryRouter {
     private readonly payloads: PayloadFetcher,
     private readonly metrics: GatewayMetrics,
     private readonly logger: Logger,
+    /**
+     * Places the lines may hold queued before deliveries queuing more are no longer acked until written:
+     * under it a slow payload read holds up only its own users; over it (Redis stalled, say) the prefetch
+     * window fills and the node stops taking deliveries instead of piling them up in memory.
+     */
+    private readonly lineLimit = Number.POSITIVE_INFINITY,
   ) {}
 
   handle(delivery: Delivery): void {
@@ -162,19 +172,24 @@ export class DeliveryRouter {
     // offset: each tab sees offsets increase, so a resume from the last one seen misses nothing.
     const offset = this.history.next();
     const places = new Map<string, Place>();
+    const behind: Place[] = [];
     for (const key of keys) {
       if (key === undefined || places.has(key) || !this.registry.entry(key)) continue;
       const place: Place = { offset, ready: false };
       places.set(key, place);
       const line = this.lines.get(key);
-      if (line) line.push(place);
-      else this.lines.set(key, [place]);
+      if (line) {
+        line.push(place);
+        behind.push(place);
+      } else this.lines.set(key, [place]);
     }
     // No local tab among the recipients (they left since the resolver looked): no reason to read Redis.
     if (places.size === 0) {
       delivery.ack();
       return;
     }
+    // Acked once read and filled in; and, if it queued over the limit, once its queued places are written.
+    const held = this.hold(behind, () => delivery.ack());
     // Deliveries to other users go on while the payload is read. Recipients are worked out once it is
     // here, so tabs that closed meanwhile are skipped and a copy of the same event that arrived meanwhile
     // (a redelivery) finds this one recorded and is not written twice.
@@ -212,7 +227,32 @@ export class DeliveryRouter {
         // Never left holding its users' lines.
         this.fill(places, [], undefined);
       })
-      .finally(() => delivery.ack());
+      .finally(() => release(held));
+  }
+
+  /**
+   * Counts places queued behind earlier ones against the line limit, and returns the delivery's ack with
+   * one count for the caller's own work: while the lines are over their limit, the queued places hold it
+   * too, so the delivery keeps its prefetch slot until they are written.
+   */
+  private hold(behind: readonly Place[], ack: () => void): HeldAck {
+    const held: HeldAck = { left: 1, ack };
+    this.queued += behind.length;
+    const over = this.queued > this.lineLimit;
+    for (const place of behind) {
+      place.queued = true;
+      if (over) {
+        place.held = held;
+        held.left += 1;
+      }
+    }
+    return held;
+  }
+
+  /** A place leaves its line (written, or found empty). */
+  private letThrough(place: Place): void {
+    if (place.queued) this.queued -= 1;
+    if (place.held) release(place.held);
   }
 
   /**
@@ -297,23 +337,23 @@ export class DeliveryRouter {
 
   /**
    * Writes a frame to the targets' tabs now, or behind what is still in line for their user. `ack` is
-   * called once nothing of it waits in a line any more: a delivery held behind a payload read keeps its
-   * prefetch slot, so what the lines hold is bounded by the prefetch (times local recipients) however long
-   * Redis takes, instead of growing with every delivery the broker would otherwise keep sending.
+   * called at once, or, while the lines are over their limit, once none of its places waits any more (see
+   * `hold`).
    */
   private send(frame: Uint8Array, offset: number, targets: readonly Target[], ack: () => void): void {
     const now: Tab[] = [];
-    const held: HeldAck = { left: 1, ack };
+    const behind: Place[] = [];
     for (const target of targets) {
       const line = this.lines.get(target.key);
       if (line) {
-        held.left += 1;
-        line.push({ offset, ready: true, frame, tabs: target.tabs, held });
+        const place: Place = { offset, ready: true, frame, tabs: target.tabs };
+        line.push(place);
+        behind.push(place);
       } else for (const tab of target.tabs) now.push(tab);
     }
     if (now.length > 0) this.writer.write(now, frame);
-    // The count started at one so that no line could ack it before every place was queued.
-    if (--held.left === 0) ack();
+    // Its own count last: no line can release it before every place is queued.
+    release(this.hold(behind, ack));
   }
 
   /**
@@ -345,7 +385,7 @@ export class DeliveryRouter {
       if (!line) continue;
       while (line.length > 0 && (line[0] as Place).ready) {
         const head = line.shift() as Place;
-        letThrough(head);
+        this.letThrough(head);
         if (!head.frame || !head.tabs) continue;
         const batch = batches.get(head.frame);
         if (batch) batch.tabs.push(...head.tabs);

@@ -106,6 +106,7 @@ export async function startGateway(
     payloads,
     metrics,
     logger,
+    g.lineLimit,
   );
   const consumer = new Consumer(
     broker,
@@ -174,7 +175,12 @@ export async function startGateway(
   // A node started under a fixed id (rabbitmq.id) may follow a process of that id that died holding users
   // less than presence.expiryMs ago: their bits would stay set under a node that beats again, online
   // for good. Its presence starts empty (for a random id there is nothing to clear).
-  await presence.forgetNode(nodeId);
+  try {
+    await presence.forgetNode(nodeId);
+  } catch (error) {
+    // Redis away at start: the node is not kept from starting; its readiness reports Redis meanwhile.
+    logger.warn({ err: errorMessage(error), nodeId }, 'could not clear an earlier presence of this node id');
+  }
   await beat();
   const heartbeat = setInterval(() => void beat(), config.presence.heartbeatMs);
   heartbeat.unref();

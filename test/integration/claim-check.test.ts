@@ -435,12 +435,16 @@ describe('claim check over two gateway nodes, a resolver and the publisher SDK',
     }
   });
 
-  it('holds deliveries queued behind a payload read unacked, so a Redis stall cannot pile them up', async () => {
+  it('holds up only its own user behind a slow read, until the queue passes its limit: then the whole node', async () => {
     const PREFETCH = 4;
+    const LIMIT = 2;
     const target = new URL(inject('redisUrl'));
     const proxy = await TcpProxy.start(target.hostname, Number(target.port || 6379));
     const node = await startGateway(
-      testConfig(prefix, { redis: { url: proxy.url(target) }, gateway: { prefetch: PREFETCH } }),
+      testConfig(prefix, {
+        redis: { url: proxy.url(target) },
+        gateway: { prefetch: PREFETCH, lineLimit: LIMIT },
+      }),
       { logger: silentLogger() },
     );
     try {
@@ -452,17 +456,25 @@ describe('claim check over two gateway nodes, a resolver and the publisher SDK',
       proxy.stall();
       await probe.deliver(prefix, ['u.t1.ann'], { id: 'held', tenantId: 't1', jobId });
       const behind = Array.from({ length: 10 }, (_, i) => `behind-${i}`);
-      for (const id of behind) await probe.deliver(prefix, ['u.t1.ann'], { id, tenantId: 't1', data: {} });
-      await probe.deliver(prefix, ['u.t1.bob'], { id: 'for-bob', tenantId: 't1', data: {} });
-      await eventually(async () => (await arrived()) - before === PREFETCH, 'the prefetch window full');
-      // Nothing more comes while the read waits: the window is held by the read and what queued behind it.
+      const toAnn = (id: string) => probe.deliver(prefix, ['u.t1.ann'], { id, tenantId: 't1', data: {} });
+      // Within the limit: ann's events wait behind her read, bob's go on.
+      for (const id of behind.slice(0, LIMIT)) await toAnn(id);
+      await probe.deliver(prefix, ['u.t1.bob'], { id: 'bob-1', tenantId: 't1', data: {} });
+      await eventually(() => bob.eventIds().includes('bob-1'), 'bob not held up by ann’s read');
+      expect(ann.eventIds()).toEqual([]);
+      // Past it: the rest keep their prefetch slots, the window fills and the node takes nothing more.
+      for (const id of behind.slice(LIMIT)) await toAnn(id);
+      await probe.deliver(prefix, ['u.t1.bob'], { id: 'bob-2', tenantId: 't1', data: {} });
+      // The read, ann's first LIMIT (acked), bob-1, then PREFETCH - 1 held beside the read.
+      const taken = 1 + LIMIT + 1 + (PREFETCH - 1);
+      await eventually(async () => (await arrived()) - before === taken, 'the prefetch window full');
       await new Promise((r) => setTimeout(r, 300));
-      expect((await arrived()) - before).toBe(PREFETCH);
-      expect(bob.eventIds()).toEqual([]);
+      expect((await arrived()) - before).toBe(taken);
+      expect(bob.eventIds()).toEqual(['bob-1']);
       proxy.flow();
-      await eventually(() => ann.eventIds().length === 11 && bob.eventIds().length === 1, 'everything');
+      await eventually(() => ann.eventIds().length === 11 && bob.eventIds().length === 2, 'everything');
       expect(ann.eventIds()).toEqual(['held', ...behind]);
-      expect(bob.eventIds()).toEqual(['for-bob']);
+      expect(bob.eventIds()).toEqual(['bob-1', 'bob-2']);
       for (const t of [ann, bob]) t.ws.terminate();
     } finally {
       proxy.flow();
