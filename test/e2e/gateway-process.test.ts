@@ -48,9 +48,11 @@ describe('warren gateway as a process', () => {
     await spy?.close();
     await warren?.close();
     await resolver?.close();
-    // A killed node leaves its queue behind (the broker would expire it after a minute).
-    await probe?.deleteExchangesAndQueues(prefix, queues);
-    await probe?.close();
+    // A killed node leaves its queue behind (the broker would expire it after a minute); the topology the
+    // nodes declared stays too, whether or not the test opened a probe of its own.
+    probe ??= await BrokerProbe.open();
+    await probe.deleteExchangesAndQueues(prefix, queues);
+    await probe.close();
     await cleanRedis(prefix);
     warren = resolver = probe = spy = undefined;
   });
