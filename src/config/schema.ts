@@ -183,7 +183,9 @@ export const configSchema = z.strictObject({
         ),
       dedupKeys: positiveInt
         .default(DEFAULTS.dedupKeys)
-        .describe('Recent (event, user) pairs remembered to drop redelivered events.'),
+        .describe(
+          'Bound of the memory of recent (event, user) pairs that drops redelivered events: a pair counts one, or 1/32 for the recipients of an event written to 256 or more users here.',
+        ),
       historyEvents: z
         .number()
         .int()

@@ -19,6 +19,8 @@ const { RoaringBitmap32 } = roaring;
 
 interface Target {
   key: string;
+  /** The user's bit in the tenant's id map, when announced (how the dedup window keeps large events). */
+  bit: number | undefined;
   tabs: Tab[];
 }
 
@@ -164,7 +166,7 @@ export class DeliveryRouter {
       const targets = this.targets(tenantId, eventId, keys);
       if (targets.length === 0) return delivery.ack();
       const offset = this.history.next();
-      const frame = this.record(eventId, eventType, message.content, targets, offset);
+      const frame = this.record(tenantId, eventId, eventType, message.content, targets, offset);
       this.send(frame, offset, targets, () => delivery.ack());
       return;
     }
@@ -209,7 +211,9 @@ export class DeliveryRouter {
           if (!payload)
             return this.fill(places, targets, this.unavailable(tenantId, eventId, jobId, targets, 'missing'));
           const frame =
-            targets.length > 0 ? this.record(eventId, eventType, payload, targets, offset) : undefined;
+            targets.length > 0
+              ? this.record(tenantId, eventId, eventType, payload, targets, offset)
+              : undefined;
           this.fill(places, targets, frame);
         },
         (error: unknown) => {
@@ -278,7 +282,7 @@ export class DeliveryRouter {
   }
 
   private targets(tenantId: string, eventId: string, keys: readonly (string | undefined)[]): Target[] {
-    const already = this.recent.delivered(eventId);
+    const already = this.recent.delivered(tenantId, eventId);
     const targets: Target[] = [];
     // A key named twice (routing key and CC, say) is one recipient: its tabs get the event once.
     const seen = new Set<string>();
@@ -301,7 +305,7 @@ export class DeliveryRouter {
         this.logger.error({ key, tenantId, eventId }, 'recipient outside the delivery tenant refused');
         continue;
       }
-      if (already?.has(key)) {
+      if (already?.has({ key, bit: entry.bit })) {
         this.metrics.duplicates.inc();
         continue;
       }
@@ -314,13 +318,14 @@ export class DeliveryRouter {
         }
         tabs.push(tab);
       }
-      targets.push({ key, tabs });
+      targets.push({ key, bit: entry.bit, tabs });
     }
     return targets;
   }
 
   /** The event's frame, with its offset; recorded as delivered to the targets (for dedup and resume). */
   private record(
+    tenantId: string,
     eventId: string,
     eventType: string,
     data: Uint8Array,
@@ -330,7 +335,7 @@ export class DeliveryRouter {
     const frame = eventFrame(eventId, eventType, offset, data);
     const keys = targets.map((target) => target.key);
     // Recorded before the last slice is written: a redelivery meanwhile must not write it again.
-    this.recent.record(eventId, keys);
+    this.recent.record(tenantId, eventId, targets);
     this.history.add(offset, keys, frame);
     return frame;
   }
