@@ -1,5 +1,5 @@
 import type { Channel, ChannelModel, ConsumeMessage } from 'amqplib';
-import { fullJitterDelay } from '../shared/backoff.js';
+import { RetrySchedule } from '../shared/backoff.js';
 import { errorMessage } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
 import type { BrokerConnection } from './connection.js';
@@ -139,8 +139,7 @@ export class Consumer {
   private channel: Channel | undefined;
   private consumerTag: string | undefined;
   private stopped = false;
-  private resubscribing = false;
-  private resubscribeAttempts = 0;
+  private readonly retries = new RetrySchedule(RESUBSCRIBE_BASE_MS, RESUBSCRIBE_CAP_MS);
 
   constructor(
     private readonly broker: BrokerConnection,
@@ -152,7 +151,7 @@ export class Consumer {
   async start(): Promise<void> {
     await this.broker.onConnect(async (model) => {
       await this.open(model);
-      this.resubscribeAttempts = 0;
+      this.retries.reset();
     });
   }
 
@@ -163,7 +162,7 @@ export class Consumer {
     channel.on('close', () => {
       if (this.channel !== channel) return;
       this.channel = undefined;
-      this.resubscribe(model, 'consumer channel closed by the broker');
+      this.resubscribe('consumer channel closed by the broker');
     });
     try {
       await this.options.prepare?.(channel, model);
@@ -182,7 +181,7 @@ export class Consumer {
           // The queue was deleted (or the node holding it went away): start over on a fresh channel.
           if (this.channel === channel) this.channel = undefined;
           channel.close().catch(() => {});
-          this.resubscribe(model, 'consumer cancelled by the broker');
+          this.resubscribe('consumer cancelled by the broker');
           return;
         }
         const delivery = new Delivery(message, channel, isCurrent, acks);
@@ -204,19 +203,17 @@ export class Consumer {
     this.consumerTag = reply.consumerTag;
   }
 
-  private resubscribe(model: ChannelModel, reason: string): void {
+  private resubscribe(reason: string): void {
     // One attempt pending at a time (a failed subscribe both rejects and closes its channel).
-    if (this.stopped || this.resubscribing) return;
-    this.resubscribing = true;
-    this.resubscribeAttempts += 1;
-    const attempt = this.resubscribeAttempts;
-    const retry = (): void => {
-      this.resubscribing = false;
+    if (this.stopped) return;
+    this.retries.schedule((attempt) => {
       // A reconnect has subscribed on its new connection already.
       if (this.stopped || this.channel) return;
       // The connection is down or being set up again: its setup subscribes, or this tries again after it.
-      if (this.broker.model === undefined) return this.resubscribe(model, reason);
-      if (this.broker.model !== model) return;
+      // Otherwise on the current connection, whichever it is: one that came back and lost its channel
+      // again while this attempt was pending included.
+      const model = this.broker.model;
+      if (model === undefined) return this.resubscribe(reason);
       if (attempt === 1) this.logger.warn({ queue: this.options.queue }, `${reason}; re-subscribing`);
       this.open(model)
         .then(async () => {
@@ -232,18 +229,15 @@ export class Consumer {
         })
         .then(
           () => {
-            this.resubscribeAttempts = 0;
+            this.retries.reset();
             this.logger.info({ queue: this.options.queue }, 're-subscribed');
           },
           (error: unknown) => {
             this.logger.warn({ err: errorMessage(error), queue: this.options.queue }, 're-subscribe failed');
-            this.resubscribe(model, reason);
+            this.resubscribe(reason);
           },
         );
-    };
-    // Never at once: when the whole connection is going, its channels close just before it is seen gone.
-    const delay = RESUBSCRIBE_BASE_MS + fullJitterDelay(attempt, RESUBSCRIBE_BASE_MS, RESUBSCRIBE_CAP_MS);
-    setTimeout(retry, delay).unref();
+    });
   }
 
   /** The channel, for operations that must happen on it (e.g. deleting the queue while draining). */

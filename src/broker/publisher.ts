@@ -1,7 +1,7 @@
 import type { ChannelModel, ConfirmChannel, Options } from 'amqplib';
 import { ErrorCode, WarrenError, errorMessage } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
-import { fullJitterDelay } from '../shared/backoff.js';
+import { RetrySchedule } from '../shared/backoff.js';
 import type { BrokerConnection } from './connection.js';
 
 export interface PublishOptions extends Options.Publish {
@@ -9,20 +9,19 @@ export interface PublishOptions extends Options.Publish {
   waitForConnectionMs?: number;
 }
 
+// Reopening the confirm channel after the broker closed it: soon at first, then backing off.
+const REOPEN_BASE_MS = 100;
+const REOPEN_CAP_MS = 5000;
+
 /**
  * Publishes over one confirm channel. `publish` resolves when the broker has confirmed the message and
  * rejects on a nack or when the connection drops first: at-least-once publishing, the caller decides
  * whether to retry or to let its own message be redelivered.
  */
-// Reopening the confirm channel after the broker closed it: soon at first, then backing off.
-const REOPEN_BASE_MS = 100;
-const REOPEN_CAP_MS = 5000;
-
 export class Publisher {
   private channel: ConfirmChannel | undefined;
   private closed = false;
-  private reopening = false;
-  private reopenAttempts = 0;
+  private readonly reopens = new RetrySchedule(REOPEN_BASE_MS, REOPEN_CAP_MS);
 
   constructor(
     private readonly broker: BrokerConnection,
@@ -53,11 +52,8 @@ export class Publisher {
   }
 
   private reopen(): void {
-    if (this.closed || this.reopening) return;
-    this.reopening = true;
-    this.reopenAttempts += 1;
-    const retry = (): void => {
-      this.reopening = false;
+    if (this.closed) return;
+    this.reopens.schedule(() => {
       // Closed, or reopened by a reconnect meanwhile.
       if (this.closed || this.channel) return;
       // The connection is down: its reconnect opens a channel, or this tries again after it. On the
@@ -71,10 +67,7 @@ export class Publisher {
           this.reopen();
         },
       );
-    };
-    // Never at once: when the whole connection is going, its channels close just before it is seen gone.
-    const delay = REOPEN_BASE_MS + fullJitterDelay(this.reopenAttempts, REOPEN_BASE_MS, REOPEN_CAP_MS);
-    setTimeout(retry, delay).unref();
+    });
   }
 
   get ready(): boolean {
@@ -112,7 +105,7 @@ export class Publisher {
             );
           } else {
             // A confirm: the channel works, so the next reopen (if any) starts from the short delay again.
-            this.reopenAttempts = 0;
+            this.reopens.reset();
             resolve();
           }
         });

@@ -17,3 +17,37 @@ export function fullJitterDelay(
 export function jitter(value: number, fraction: number, random = Math.random): number {
   return value * (1 - fraction + 2 * fraction * random());
 }
+
+/**
+ * Retries of one thing (re-subscribing, reopening a channel): at most one pending at a time, each after a
+ * growing full-jitter delay above `baseMs` (never at once: when a whole connection is going, its channels
+ * close just before it is seen gone). Timers never keep the process alive.
+ */
+export class RetrySchedule {
+  private pending = false;
+  private attempts = 0;
+
+  constructor(
+    private readonly baseMs: number,
+    private readonly capMs: number,
+  ) {}
+
+  /** Runs `attempt` after the next delay, with its number (1 for the first since `reset`); false if one is pending. */
+  schedule(attempt: (n: number) => void): boolean {
+    if (this.pending) return false;
+    this.pending = true;
+    this.attempts += 1;
+    const n = this.attempts;
+    const delay = this.baseMs + fullJitterDelay(n, this.baseMs, this.capMs);
+    setTimeout(() => {
+      this.pending = false;
+      attempt(n);
+    }, delay).unref();
+    return true;
+  }
+
+  /** It worked: the next retry starts from the short delay again. */
+  reset(): void {
+    this.attempts = 0;
+  }
+}
