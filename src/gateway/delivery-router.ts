@@ -43,22 +43,27 @@ interface Place {
 /** An ack held until `left` reaches zero: one for each queued place, one for the delivery's own work. */
 interface HeldAck {
   left: number;
-  ack: () => void;
+  delivery: Pick<Delivery, 'ack'>;
 }
 
 const release = (held: HeldAck): void => {
-  if (--held.left === 0) held.ack();
+  if (--held.left === 0) held.delivery.ack();
 };
 
-/** The routing key and the CC header's keys; an entry that is not a string is undefined (refused later). */
+/**
+ * The routing key and the CC header's keys, each once (a key named twice is one recipient, whose tabs get
+ * the event once); an entry that is not a string is undefined (refused later).
+ */
 function recipientKeys(routingKey: string, cc: unknown): (string | undefined)[] {
   if (!Array.isArray(cc)) return [routingKey];
-  const keys: (string | undefined)[] = [routingKey];
+  const keys = new Set<string | undefined>([routingKey]);
+  const refused: undefined[] = [];
   for (const raw of cc as unknown[]) {
     const key = Buffer.isBuffer(raw) ? raw.toString() : raw;
-    keys.push(typeof key === 'string' ? key : undefined);
+    if (typeof key === 'string') keys.add(key);
+    else refused.push(undefined);
   }
-  return keys;
+  return [...keys, ...refused];
 }
 
 /**
@@ -167,7 +172,7 @@ export class DeliveryRouter {
       if (targets.length === 0) return delivery.ack();
       const offset = this.history.next();
       const frame = this.record(tenantId, eventId, eventType, message.content, targets, offset);
-      this.send(frame, offset, targets, () => delivery.ack());
+      this.send(frame, offset, targets, delivery);
       return;
     }
     // Its local recipients (tabs open or in grace) take their places in line now, and the event its
@@ -191,7 +196,7 @@ export class DeliveryRouter {
       return;
     }
     // Acked once read and filled in; and, if it queued over the limit, once its queued places are written.
-    const held = this.hold(behind, () => delivery.ack());
+    const held = this.hold(behind, delivery);
     // Deliveries to other users go on while the payload is read. Recipients are worked out once it is
     // here, so tabs that closed meanwhile are skipped and a copy of the same event that arrived meanwhile
     // (a redelivery) finds this one recorded and is not written twice.
@@ -239,8 +244,8 @@ export class DeliveryRouter {
    * one count for the caller's own work: while the lines are over their limit, the queued places hold it
    * too, so the delivery keeps its prefetch slot until they are written.
    */
-  private hold(behind: readonly Place[], ack: () => void): HeldAck {
-    const held: HeldAck = { left: 1, ack };
+  private hold(behind: readonly Place[], delivery: Pick<Delivery, 'ack'>): HeldAck {
+    const held: HeldAck = { left: 1, delivery };
     this.queued += behind.length;
     const over = this.queued > this.lineLimit;
     for (const place of behind) {
@@ -284,15 +289,11 @@ export class DeliveryRouter {
   private targets(tenantId: string, eventId: string, keys: readonly (string | undefined)[]): Target[] {
     const already = this.recent.delivered(tenantId, eventId);
     const targets: Target[] = [];
-    // A key named twice (routing key and CC, say) is one recipient: its tabs get the event once.
-    const seen = new Set<string>();
     for (const key of keys) {
       if (key === undefined) {
         this.refuse('bad_key', 1);
         continue;
       }
-      if (seen.has(key)) continue;
-      seen.add(key);
       const entry = this.registry.entry(key);
       if (!entry) continue;
       const parts = parseUserKey(key);
@@ -341,24 +342,31 @@ export class DeliveryRouter {
   }
 
   /**
-   * Writes a frame to the targets' tabs now, or behind what is still in line for their user. `ack` is
-   * called at once, or, while the lines are over their limit, once none of its places waits any more (see
+   * Writes a frame to the targets' tabs now, or behind what is still in line for their user. The delivery
+   * is acked at once, or, while the lines are over their limit, once none of its places waits any more (see
    * `hold`).
    */
-  private send(frame: Uint8Array, offset: number, targets: readonly Target[], ack: () => void): void {
+  private send(
+    frame: Uint8Array,
+    offset: number,
+    targets: readonly Target[],
+    delivery: Pick<Delivery, 'ack'>,
+  ): void {
     const now: Tab[] = [];
-    const behind: Place[] = [];
+    // Only when a recipient has a line (rare): the usual delivery allocates nothing for it.
+    let behind: Place[] | undefined;
     for (const target of targets) {
       const line = this.lines.get(target.key);
       if (line) {
         const place: Place = { offset, ready: true, frame, tabs: target.tabs };
         line.push(place);
-        behind.push(place);
+        (behind ??= []).push(place);
       } else for (const tab of target.tabs) now.push(tab);
     }
     if (now.length > 0) this.writer.write(now, frame);
+    if (!behind) return delivery.ack();
     // Its own count last: no line can release it before every place is queued.
-    release(this.hold(behind, ack));
+    release(this.hold(behind, delivery));
   }
 
   /**

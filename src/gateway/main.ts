@@ -172,7 +172,7 @@ export async function startGateway(
       beating = false;
     }
   };
-  // A node started under a fixed id (rabbitmq.id) may follow a process of that id that died holding users
+  // A node started under a fixed id (gateway.id) may follow a process of that id that died holding users
   // less than presence.expiryMs ago: their bits would stay set under a node that beats again, online
   // for good. Its presence starts empty (for a random id there is nothing to clear).
   try {

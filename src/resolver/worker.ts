@@ -85,7 +85,7 @@ export class ResolverWorker {
   private readonly resolveFailures = new FailureCounts();
   /** Membership-queue terms taken in this subscription, per tenant (see `MembershipStore.newTerm`). */
   private readonly terms = new Map<string, number>();
-  /** Keys this resolver's claim-check job ids: the same event gets the same id on every attempt here. */
+  /** Key of this resolver's claim-check job ids: the same event gets the same id on every attempt here. */
   private readonly jobSecret = randomBytes(32);
 
   constructor(private readonly deps: WorkerDeps) {}
