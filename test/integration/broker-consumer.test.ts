@@ -1,10 +1,9 @@
 import amqp, { type Channel, type ChannelModel } from 'amqplib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { inject } from 'vitest';
-import { BrokerConnection } from '../../src/broker/connection.js';
 import { Consumer, type Delivery } from '../../src/broker/consumer.js';
 import { silentLogger } from '../../src/shared/logger.js';
-import { eventually, testPrefix } from '../support/harness.js';
+import { eventually, testBrokerConnection, testPrefix } from '../support/harness.js';
 
 // Acks are batched per turn (one `multiple` ack for the settled head of the window, single acks behind a
 // message still in progress). Against the real broker: a double or unknown ack would close the channel
@@ -26,17 +25,7 @@ describe('consumer acks', () => {
   });
 
   async function consume(prefetch: number, handle: (d: Delivery) => void, from = queue) {
-    const broker = new BrokerConnection(
-      {
-        url: inject('rabbitmqUrl'),
-        frameMax: 131_072,
-        heartbeatSec: 10,
-        reconnectBaseMs: 100,
-        reconnectCapMs: 1000,
-        connectionName: 'warren-test-acks',
-      },
-      silentLogger(),
-    );
+    const broker = testBrokerConnection('acks');
     const errors: string[] = [];
     broker.on('disconnected', () => errors.push('disconnected'));
     const consumer = new Consumer(broker, { queue: from, prefetch }, handle, silentLogger());

@@ -1,9 +1,8 @@
 import amqp, { type ChannelModel } from 'amqplib';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { BrokerConnection } from '../../src/broker/connection.js';
 import { Publisher } from '../../src/broker/publisher.js';
 import { silentLogger } from '../../src/shared/logger.js';
-import { eventually, testPrefix } from '../support/harness.js';
+import { eventually, testBrokerConnection, testPrefix } from '../support/harness.js';
 
 describe('publisher', () => {
   const queue = `${testPrefix('publisher')}.q`;
@@ -22,17 +21,7 @@ describe('publisher', () => {
   });
 
   it('opens a new confirm channel when the broker closes its channel but not the connection', async () => {
-    const broker = new BrokerConnection(
-      {
-        url: inject('rabbitmqUrl'),
-        frameMax: 131_072,
-        heartbeatSec: 10,
-        reconnectBaseMs: 100,
-        reconnectCapMs: 1000,
-        connectionName: 'warren-test-publisher',
-      },
-      silentLogger(),
-    );
+    const broker = testBrokerConnection('publisher');
     const publisher = new Publisher(broker, silentLogger());
     await publisher.start();
     await broker.start();

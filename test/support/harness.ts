@@ -3,6 +3,7 @@ import amqp, { type Channel, type ChannelModel } from 'amqplib';
 import { SignJWT } from 'jose';
 import { inject } from 'vitest';
 import WebSocket from 'ws';
+import { BrokerConnection } from '../../src/broker/connection.js';
 import { loadConfig } from '../../src/config/load.js';
 import type { WarrenConfig } from '../../src/config/schema.js';
 import { startGateway, type Gateway } from '../../src/gateway/main.js';
@@ -55,6 +56,21 @@ function mergeDeep(a: Record<string, unknown>, b: Record<string, unknown>): Reco
 
 export function testLogger(config: Readonly<WarrenConfig>) {
   return createLogger(config.log.level);
+}
+
+/** A broker connection to the test broker with short reconnect delays, not started yet. */
+export function testBrokerConnection(name: string): BrokerConnection {
+  return new BrokerConnection(
+    {
+      url: inject('rabbitmqUrl'),
+      frameMax: 131_072,
+      heartbeatSec: 10,
+      reconnectBaseMs: 100,
+      reconnectCapMs: 1000,
+      connectionName: `warren-test-${name}`,
+    },
+    silentLogger(),
+  );
 }
 
 export async function startTestGateway(config: Readonly<WarrenConfig>): Promise<Gateway> {
