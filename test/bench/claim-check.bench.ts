@@ -89,8 +89,12 @@ const withoutSamples = ({ samples: _samples, ...run }: Run): Omit<Run, 'samples'
 const kib = (size: number): string => (size >= MIB ? `${size / MIB} MiB` : `${size / 1024} KiB`);
 const p99 = (run: Run, group: string): number => run.small[group]?.p99 ?? NaN;
 const ratio = (a: number, b: number): string => fmt(a / b);
+/** Claim check ÷ inline small-event p99 of `group`, round by round. */
+const roundRatios = (claim: Result, inline: Result, group: string): number[] =>
+  claim.rounds.map((run, i) => p99(run, group) / p99(inline.rounds[i] as Run, group));
 
-function report(results: Result[], rounds: number): BenchResult {
+function report(results: Result[]): BenchResult {
+  const rounds = results[0]?.rounds.length ?? 0;
   const pick = (size: number, mode: Mode) =>
     results.find((r) => r.size === size && r.mode === mode) as Result;
   const wire = results.map((r) => ({
@@ -122,13 +126,10 @@ function report(results: Result[], rounds: number): BenchResult {
     const [inline, claim] = [pick(size, 'inline'), pick(size, 'claim')];
     const each = (run: 'saturated' | 'paced') =>
       GROUPS.map((g) => ratio(p99(claim[run], g), p99(inline[run], g))).join(' | ');
-    const perRound = claim.rounds.map((run, i) =>
-      ratio(p99(run, 'broker'), p99(inline.rounds[i] as Run, 'broker')),
-    );
     return {
       payload: kib(size),
       'broker bytes': ratio(claim.brokerBytes, inline.brokerBytes),
-      'paced small p99 at broker, each round': perRound.join(' | '),
+      'paced small p99 at broker, each round': roundRatios(claim, inline, 'broker').map(fmt).join(' | '),
       'sat events/s': ratio(claim.saturated.eventsPerSec, inline.saturated.eventsPerSec),
       [`paced small p99 ${GROUPS.join('|')}`]: each('paced'),
       [`sat small p99 ${GROUPS.join('|')}`]: each('saturated'),
@@ -141,9 +142,7 @@ function report(results: Result[], rounds: number): BenchResult {
   const runs = claims.flatMap((r) => [r.saturated, ...r.rounds]);
   const latency = (group: string) => {
     const [c, i] = [p99(bigClaim.paced, group), p99(bigInline.paced, group)];
-    const perRound = bigClaim.rounds.map(
-      (run, k) => p99(run, group) / p99(bigInline.rounds[k] as Run, group),
-    );
+    const perRound = roundRatios(bigClaim, bigInline, group);
     const spread =
       perRound.length > 1 ? `; rounds x${fmt(Math.min(...perRound))}-${fmt(Math.max(...perRound))}` : '';
     return {
@@ -202,7 +201,7 @@ const bench: Bench = {
     } finally {
       await stack.close();
     }
-    return report(results, results[0]?.rounds.length ?? 0);
+    return report(results);
   },
 };
 
