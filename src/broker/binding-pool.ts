@@ -14,6 +14,8 @@ interface Slot {
 }
 
 const WAIT_FOR_BROKER_MS = 10_000;
+/** AMQP reply code of a channel closed because the queue or exchange named does not exist. */
+const NOT_FOUND = 404;
 
 /**
  * Queue bind/unbind over a small pool of channels. amqplib runs one RPC at a time per channel, and binding
@@ -56,8 +58,11 @@ export class BindingPool {
     return channel;
   }
 
-  private async pick(): Promise<Slot> {
-    if (!this.model) await this.broker.waitConnected(WAIT_FOR_BROKER_MS);
+  private async pick(waitMs: number): Promise<Slot> {
+    if (!this.model) {
+      if (waitMs <= 0) throw new Error('broker not connected');
+      await this.broker.waitConnected(waitMs);
+    }
     let best: Slot | undefined;
     for (const slot of this.slots) if (!best || slot.pending < best.pending) best = slot;
     if (!best) throw new Error('binding pool has no channels');
@@ -65,8 +70,8 @@ export class BindingPool {
     return best;
   }
 
-  private async run(op: (channel: Channel) => Promise<unknown>): Promise<void> {
-    const slot = await this.pick();
+  private async run(op: (channel: Channel) => Promise<unknown>, waitMs: number): Promise<void> {
+    const slot = await this.pick(waitMs);
     const channel = slot.channel;
     if (!channel) throw new Error('binding channel unavailable');
     slot.pending += 1;
@@ -79,16 +84,24 @@ export class BindingPool {
 
   async bind(queue: string, exchange: string, key: string): Promise<void> {
     this.counters.onBind();
-    await this.run((channel) => channel.bindQueue(queue, exchange, key));
+    await this.run((channel) => channel.bindQueue(queue, exchange, key), WAIT_FOR_BROKER_MS);
   }
 
+  /**
+   * Unbinds at once or fails: with the broker away it does not wait for it (nobody waits on an unbind; the
+   * caller keeps the key and tries again once the broker is back). Unbinding from a queue that is gone
+   * (deleted, expired) succeeds, as there is nothing left to undo.
+   */
   async unbind(queue: string, exchange: string, key: string): Promise<void> {
     this.counters.onUnbind();
     try {
-      await this.run((channel) => channel.unbindQueue(queue, exchange, key));
+      await this.run((channel) => channel.unbindQueue(queue, exchange, key), 0);
     } catch (error) {
-      // Unbinding from a queue that is already gone (deleted, expired) has nothing left to undo.
-      this.logger.debug({ err: errorMessage(error), key }, 'unbind failed');
+      if ((error as { code?: unknown }).code === NOT_FOUND) {
+        this.logger.debug({ err: errorMessage(error), key }, 'unbind: queue already gone');
+        return;
+      }
+      throw error;
     }
   }
 

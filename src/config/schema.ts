@@ -115,7 +115,7 @@ export const configSchema = z.strictObject({
         .max(MAX_TIMER_MS)
         .default(DEFAULTS.unbindGraceMs)
         .describe(
-          "Delay before a user's key is unbound after their last tab closes (a reload costs no bind).",
+          "Delay before a user's key is unbound after their last tab closes (a reload costs no bind). An unbind that fails is tried again once the broker is back, and after every such delay.",
         ),
       maxLifetimeMs: z
         .number()

@@ -31,6 +31,11 @@ export class UserEntry<T extends RegisteredTab> {
   readonly tabs = new Set<T>();
   bound = false;
   /**
+   * Its unbind failed (the broker away when the grace period ended): the key may still be bound, so the
+   * entry stays until an unbind succeeds, retried once the broker is back and after every grace period.
+   */
+  stray = false;
+  /**
    * Position in the tenant's id map, once announced; kept through the grace period (a reload resumes from
    * the history node-routed deliveries still recorded for the user meanwhile).
    */
@@ -131,6 +136,11 @@ export class ConnectionRegistry<T extends RegisteredTab> {
     this.tabCount -= 1;
     if (entry.tabs.size > 0) return;
     void this.enqueue(entry, () => this.goOffline(entry)).catch(() => {});
+    this.releaseLater(entry);
+  }
+
+  /** Unbinds the user's key after the grace period, unless a tab comes back first. */
+  private releaseLater(entry: UserEntry<T>): void {
     entry.graceTimer = setTimeout(() => {
       entry.graceTimer = undefined;
       void this.enqueue(entry, () => this.release(entry)).catch(() => {});
@@ -149,6 +159,7 @@ export class ConnectionRegistry<T extends RegisteredTab> {
     if (!entry.bound) {
       await this.binder.bind(entry.key);
       entry.bound = true;
+      entry.stray = false;
     }
     if (!entry.online) {
       const [bit] = await this.presence.online(entry.tenantId, [entry.userId]);
@@ -170,9 +181,19 @@ export class ConnectionRegistry<T extends RegisteredTab> {
 
   private async release(entry: UserEntry<T>): Promise<void> {
     if (entry.tabs.size > 0) return;
-    if (entry.bound) {
+    if (entry.bound || entry.stray) {
       entry.bound = false;
-      await this.binder.unbind(entry.key);
+      try {
+        await this.binder.unbind(entry.key);
+        entry.stray = false;
+      } catch (error) {
+        // Left bound, the key would draw the user's deliveries to this node's queue for as long as the
+        // queue lives. Kept (a tab coming back binds it again) and tried again.
+        entry.stray = true;
+        this.logger.warn({ err: errorMessage(error), key: entry.key }, 'unbind failed; will retry');
+        if (entry.tabs.size === 0 && entry.graceTimer === undefined) this.releaseLater(entry);
+        return;
+      }
     }
     if (entry.tabs.size === 0 && entry.graceTimer === undefined && this.users.get(entry.key) === entry) {
       this.users.delete(entry.key);
@@ -188,9 +209,19 @@ export class ConnectionRegistry<T extends RegisteredTab> {
     return keys;
   }
 
-  /** Binds every held key again (after a reconnect: the queue may have been lost with its bindings). */
+  /**
+   * Binds every held key again (after a reconnect: the queue may have been lost with its bindings), and
+   * tries again at once the unbinds that failed while the broker was away.
+   */
   async rebindAll(): Promise<void> {
-    await Promise.all([...this.users.values()].filter((e) => e.bound).map((e) => this.binder.bind(e.key)));
+    const entries = [...this.users.values()];
+    for (const entry of entries) {
+      if (!entry.stray || entry.bound || entry.tabs.size > 0) continue;
+      clearTimeout(entry.graceTimer);
+      entry.graceTimer = undefined;
+      void this.enqueue(entry, () => this.release(entry)).catch(() => {});
+    }
+    await Promise.all(entries.filter((e) => e.bound).map((e) => this.binder.bind(e.key)));
   }
 
   /** Announces every user with open tabs online again (after this node had been declared dead). */
@@ -287,8 +318,8 @@ export class ConnectionRegistry<T extends RegisteredTab> {
     await Promise.all(
       entries.map((entry) =>
         this.enqueue(entry, async () => {
-          if (!entry.bound) return;
-          entry.bound = false;
+          if (!entry.bound && !entry.stray) return;
+          entry.bound = entry.stray = false;
           await this.binder.unbind(entry.key);
         }).catch(() => {}),
       ),

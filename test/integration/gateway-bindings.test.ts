@@ -107,6 +107,32 @@ describe('bindings: once per user, grace on reload, again after a reconnect, gon
     expect(proxy.connections).toBeGreaterThanOrEqual(2);
   });
 
+  it('unbinds a key whose grace period ended while the broker was away, once the broker is back', async () => {
+    prefix = testPrefix('stray');
+    const target = new URL(inject('rabbitmqUrl'));
+    proxy = await TcpProxy.start(target.hostname, Number(target.port || 5672));
+    gateway = await startTestGateway(
+      testConfig(prefix, { rabbitmq: { url: proxy.url(target) }, gateway: { unbindGraceMs: 200 } }),
+    );
+    probe = await BrokerProbe.open();
+    const a = await open(gateway.port, 't1', 'A');
+    await a.close();
+    tabs = [];
+    proxy.refuse();
+    proxy.cut();
+
+    // The grace period ends with the broker away: the unbind fails and the key is still bound.
+    await eventually(
+      async () => (await counter(gateway!, 'warren_gateway_unbinds_total')) >= 1,
+      'unbind attempted',
+      5000,
+    );
+    expect(await probe.routes(prefix, 'u.t1.A')).toBe(true);
+
+    proxy.accept();
+    await eventually(async () => !(await probe!.routes(prefix, 'u.t1.A')), 'A unbound', 15_000);
+  });
+
   it('subscribes again, re-declares its queue and re-binds its users when the queue is deleted under it', async () => {
     prefix = testPrefix('cancelled');
     gateway = await startTestGateway(testConfig(prefix));

@@ -63,3 +63,83 @@ describe('ConnectionRegistry.verifyBits', () => {
     expect(registry.usersByBit('acme')?.get(5)).toBeUndefined();
   });
 });
+
+describe('ConnectionRegistry: an unbind that fails', () => {
+  function registryWith(unbind: (key: string) => Promise<void>, graceMs: number) {
+    const binds: string[] = [];
+    const registry = new ConnectionRegistry<RegisteredTab>(
+      {
+        bind: async (key) => {
+          binds.push(key);
+        },
+        unbind,
+      },
+      { online: async () => [1], offline: async () => {} },
+      graceMs,
+      { onUsersChanged: () => {} },
+      silentLogger(),
+    );
+    return { registry, binds };
+  }
+  const key = userKey('acme', 'ann');
+
+  it('keeps the key and unbinds it after another grace period', async () => {
+    const attempts: string[] = [];
+    const { registry } = registryWith(async (k) => {
+      attempts.push(k);
+      if (attempts.length === 1) throw new Error('broker not connected');
+    }, 20);
+    const first = tab('t1', 'acme', 'ann');
+    await registry.add(first);
+    registry.remove(first);
+
+    await eventually(() => attempts.length === 1);
+    // Still held: the key may still draw the user's deliveries to this node.
+    expect(registry.entry(key)).toBeDefined();
+    await eventually(() => attempts.length === 2);
+    await eventually(() => registry.entry(key) === undefined);
+    expect(registry.userCount).toBe(0);
+  });
+
+  it('tries again at once when the broker is back, without binding the key again', async () => {
+    let fail = true;
+    const attempts: string[] = [];
+    const { registry, binds } = registryWith(async (k) => {
+      attempts.push(k);
+      if (fail) throw new Error('broker not connected');
+    }, 20);
+    const first = tab('t1', 'acme', 'ann');
+    await registry.add(first);
+    registry.remove(first);
+    await eventually(() => attempts.length === 1);
+
+    fail = false;
+    await registry.rebindAll();
+    await eventually(() => registry.entry(key) === undefined);
+    expect(attempts).toEqual([key, key]);
+    expect(binds).toEqual([key]);
+  });
+
+  it('binds the key again for a user who comes back before the retry', async () => {
+    const { registry, binds } = registryWith(async () => {
+      throw new Error('broker not connected');
+    }, 20);
+    const first = tab('t1', 'acme', 'ann');
+    await registry.add(first);
+    registry.remove(first);
+    await eventually(() => registry.entry(key)?.stray === true);
+
+    // The failed unbind may have reached the broker after all: the returning user is bound again.
+    await registry.add(tab('t2', 'acme', 'ann'));
+    expect(binds).toEqual([key, key]);
+    expect(registry.entry(key)?.stray).toBe(false);
+  });
+});
+
+async function eventually(check: () => boolean, timeoutMs = 2000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
