@@ -81,10 +81,25 @@ export class DeliveryHistory {
     // Offsets up to the floor may have been dropped (or never kept): from below it there may be a gap.
     if (this.maxEntries === 0 || offset < this.floor) return undefined;
     const frames: Uint8Array[] = [];
-    for (const entry of this.entries) {
+    // Entries are sorted by offset: a tab back after a blip looks only at what came since, not at all of
+    // history (up to a broadcast's thousands of keys per entry).
+    for (let i = this.firstAfter(offset); i < this.entries.length; i += 1) {
+      const entry = this.entries[i] as Entry;
       if (entry.offset > upTo) break;
-      if (entry.offset > offset && entry.keys.includes(key)) frames.push(entry.frame);
+      if (entry.keys.includes(key)) frames.push(entry.frame);
     }
     return frames;
+  }
+
+  /** Index of the first entry with an offset above `offset` (binary search). */
+  private firstAfter(offset: number): number {
+    let low = 0;
+    let high = this.entries.length;
+    while (low < high) {
+      const mid = (low + high) >>> 1;
+      if ((this.entries[mid] as Entry).offset > offset) high = mid;
+      else low = mid + 1;
+    }
+    return low;
   }
 }
