@@ -10,6 +10,7 @@ import { connect, type Socket } from 'node:net';
  */
 
 const HEAD_BYTES = 300;
+const READ_BUFFER = Buffer.alloc(256 * 1024);
 
 export interface RawTabHandlers {
   /** A whole message: its first bytes, and its length. */
@@ -38,7 +39,6 @@ export class RawTab {
     private readonly upgradedNow: () => void,
   ) {
     socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => this.data(chunk));
     socket.on('close', () => this.end(1006));
     socket.on('error', () => this.end(1006));
   }
@@ -46,8 +46,20 @@ export class RawTab {
   /** Opens `ws://127.0.0.1:<port><path>`; resolves once the server has switched protocols. */
   static open(port: number, path: string, handlers: RawTabHandlers): Promise<RawTab> {
     return new Promise((resolve, reject) => {
-      const socket = connect({ host: '127.0.0.1', port });
       let tab: RawTab | undefined = undefined;
+      // Read into one buffer of the process's, reused for every read of every tab: megabytes a second
+      // are only counted, so none of them needs a buffer of its own (what is kept is copied out).
+      const socket = connect({
+        host: '127.0.0.1',
+        port,
+        onread: {
+          buffer: READ_BUFFER,
+          callback: (bytes: number, buffer: Uint8Array) => {
+            tab?.data(Buffer.from(buffer.buffer, buffer.byteOffset, bytes));
+            return true;
+          },
+        },
+      });
       tab = new RawTab(
         socket,
         { ...handlers, close: (code) => (tab ? handlers.close(code) : undefined) },
@@ -77,13 +89,14 @@ export class RawTab {
     this.handlers.close(code);
   }
 
-  private data(chunk: Buffer): void {
+  /** Bytes read from the socket, valid only during this call (the read buffer is shared). */
+  data(chunk: Buffer): void {
     let data: Buffer = this.pending.length > 0 ? Buffer.concat([this.pending, chunk]) : chunk;
     this.pending = Buffer.alloc(0);
     if (!this.upgraded) {
       const end = data.indexOf('\r\n\r\n');
       if (end < 0) {
-        this.pending = data;
+        this.pending = Buffer.from(data);
         return;
       }
       if (!data.toString('latin1', 0, 12).startsWith('HTTP/1.1 101')) {
