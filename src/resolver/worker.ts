@@ -377,7 +377,7 @@ export class ResolverWorker {
         event.tenantId,
         body,
         claimCheck.ttlSec,
-        PayloadStore.jobIdFor(this.jobSecret, event.tenantId, event.id),
+        PayloadStore.jobIdFor(this.jobSecret, event.tenantId, event.id, body),
       );
       metrics.claimChecked.inc();
       return { body: Buffer.alloc(0), jobId };

@@ -18,13 +18,16 @@ export class PayloadStore {
   }
 
   /**
-   * A job id that is the same for the same event under the same secret, and as unguessable as a random
-   * one without it: an event claim-checked again (requeued, retried) overwrites its payload instead of
-   * storing one more copy for the TTL.
+   * A job id that is the same for the same event and payload under the same secret, and as unguessable as
+   * a random one without it: an event claim-checked again (requeued, retried) overwrites its payload
+   * instead of storing one more copy for the TTL. The payload is part of it: an event id a service reuses
+   * for other data must not get the first payload's id, or a node that cached that payload would write it
+   * to the second event's audience.
    */
-  static jobIdFor(secret: Buffer, tenantId: string, eventId: string): string {
+  static jobIdFor(secret: Buffer, tenantId: string, eventId: string, payload: Buffer): string {
     return createHmac('sha256', secret)
-      .update(`${tenantId}\0${eventId}`)
+      .update(`${tenantId}\0${eventId}\0`)
+      .update(payload)
       .digest()
       .subarray(0, 16)
       .toString('base64url');

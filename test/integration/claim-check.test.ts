@@ -344,6 +344,19 @@ describe('claim check over two gateway nodes, a resolver and the publisher SDK',
     expect(deliveries.of('raw-big')[1]?.headers['x-warren-job']).toBe(copy?.headers['x-warren-job']);
     expect(await redis.keys(jobKey('t1', '*'))).toHaveLength(1);
     expect(ann.tab.eventIds()).toEqual(['raw-big']);
+
+    // A service reuses the id for another document to another user of the same node, which has ann's
+    // payload cached: bob gets his own document, never ann's.
+    const bob = await open(1, 't1', 'bob');
+    const other = document(30_000);
+    const reused = { ...event, audience: { users: ['bob'] }, data: other.data };
+    probe.channel.publish(`${prefix}.events`, 't1.doc.attached', Buffer.from(JSON.stringify(reused)), {
+      contentType: 'application/json',
+    });
+    await eventually(() => bob.tab.eventIds().includes('raw-big'), 'the reused id delivered to bob');
+    expect(bob.tab.events()[0]?.data).toEqual(other.data);
+    expect(deliveries.of('raw-big')[2]?.headers['x-warren-job']).not.toBe(copy?.headers['x-warren-job']);
+    expect(ann.tab.eventIds()).toEqual(['raw-big']);
   });
 
   it('writes a claim-checked event once per user when a second copy arrives while the payload is being read', async () => {
