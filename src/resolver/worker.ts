@@ -1,5 +1,4 @@
 import { randomBytes } from 'node:crypto';
-import { ReplyError } from 'ioredis';
 import type { Delivery as AmqpDelivery } from '../broker/consumer.js';
 import type { Publisher } from '../broker/publisher.js';
 import type { TopologyNames } from '../broker/topology.js';
@@ -10,6 +9,7 @@ import { sleep } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import { StaleMembershipTerm, type MembershipStore } from '../store/membership-store.js';
 import { PayloadStore } from '../store/payload-store.js';
+import { refusedByRedis } from '../store/redis.js';
 import type { DeliveryPublisher } from './delivery-publisher.js';
 import { parseMessage, type RejectCode } from './message-parser.js';
 import type { ResolverMetrics } from './resolver-metrics.js';
@@ -177,13 +177,12 @@ export class ResolverWorker {
         delivery.requeue();
         return;
       }
-      // Redis refusing the change itself (a reply error: a key of the wrong type, say) is retried a few
-      // times, then set aside: one change that can never apply must not hold up every later change of
-      // every tenant. Redis unreachable is retried for as long as it takes: dropping a removal because
-      // Redis was down would leave the user a member.
+      // Redis refusing the change itself (a key of the wrong type, say) is retried a few times, then set
+      // aside: one change that can never apply must not hold up every later change of every tenant.
+      // Redis unreachable, or unable to take any write now (out of memory, read-only after a failover),
+      // is retried for as long as it takes: dropping a removal then would leave the user a member.
       const key = delivery.message.content.toString('latin1');
-      const failures =
-        error instanceof ReplyError ? this.applyFailures.add(key) : this.applyFailures.get(key);
+      const failures = refusedByRedis(error) ? this.applyFailures.add(key) : this.applyFailures.get(key);
       if (failures >= MEMBERSHIP_ATTEMPTS) {
         this.applyFailures.forget(() => key);
         this.track(

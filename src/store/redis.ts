@@ -1,4 +1,4 @@
-import { Redis, type ChainableCommander } from 'ioredis';
+import { Redis, ReplyError, type ChainableCommander } from 'ioredis';
 import { ErrorCode, errorMessage, WarrenError, withoutCredentials } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
 import {
@@ -64,6 +64,9 @@ export async function createRedis(options: CreateRedisOptions): Promise<WarrenRe
     connectionName: options.name,
     lazyConnect: true,
     enableAutoPipelining: options.autoPipelining ?? false,
+    // A master demoted by a failover answers writes with READONLY while the connection stays up:
+    // reconnect (to whatever the URL names now) and send the command again.
+    reconnectOnError: (error) => (error.message.startsWith('READONLY') ? 2 : false),
     // Commands wait in the offline queue across a reconnect instead of failing at once.
     maxRetriesPerRequest: 20,
   });
@@ -81,6 +84,21 @@ export async function createRedis(options: CreateRedisOptions): Promise<WarrenRe
     );
   }
   return withWarrenCommands(redis);
+}
+
+/**
+ * Error replies that say Redis cannot take commands now (out of memory under `noeviction`, a replica after
+ * a failover, loading its data, a script running, a cluster or its replicas down), whatever the command.
+ */
+const UNAVAILABLE_REPLIES = /^(OOM|READONLY|LOADING|BUSY|MASTERDOWN|CLUSTERDOWN|TRYAGAIN|NOREPLICAS)\b/;
+
+/**
+ * Whether Redis refused this very command (a key of the wrong type, a script's own error): trying it again
+ * will fail the same way. Not a refusal: a connection problem, or a reply that Redis cannot take any
+ * command now (see UNAVAILABLE_REPLIES), which passes once Redis is back.
+ */
+export function refusedByRedis(error: unknown): boolean {
+  return error instanceof ReplyError && !UNAVAILABLE_REPLIES.test((error as Error).message);
 }
 
 /** True while the client can run commands. */
