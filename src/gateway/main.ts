@@ -165,6 +165,8 @@ export async function startGateway(
           { users: wrong.slice(0, 20), count: wrong.length },
           'id map changed under held users; announced again',
         );
+      // Presence steps that failed since (Redis away) are done now that Redis answers again.
+      registry.repair();
       await presence.sweepDeadNodes(config.presence.expiryMs);
     } catch (error) {
       logger.warn({ err: errorMessage(error) }, 'presence heartbeat failed');

@@ -42,6 +42,10 @@ export class UserEntry<T extends RegisteredTab> {
   bit: number | undefined;
   /** Announced online (a tab is open). */
   online = false;
+  /** A bit this node announced for the user and must still take back (the offline call failed). */
+  offlineDue: number | undefined;
+  /** A repair step is queued (see `ConnectionRegistry.repair`). */
+  repairing = false;
   graceTimer: NodeJS.Timeout | undefined;
   /** Serialises this user's bind/unbind/presence steps so they never interleave. */
   chain: Promise<void> = Promise.resolve();
@@ -170,30 +174,50 @@ export class ConnectionRegistry<T extends RegisteredTab> {
 
   private async goOffline(entry: UserEntry<T>): Promise<void> {
     if (entry.tabs.size > 0 || !entry.online || entry.bit === undefined) return;
-    const bit = entry.bit;
     entry.online = false;
+    entry.offlineDue = entry.bit;
     try {
-      await this.presence.offline(entry.tenantId, bit);
+      await this.takeBackBit(entry);
     } catch (error) {
-      this.logger.warn({ err: errorMessage(error), key: entry.key }, 'presence offline failed');
+      this.logger.warn({ err: errorMessage(error), key: entry.key }, 'presence offline failed; will retry');
     }
+  }
+
+  /**
+   * Marks the user offline under the bit it still owes (`offlineDue`); throws, keeping it owed, when Redis
+   * fails. Left set, the bit would count the user online here for as long as the node lives: resolvers
+   * would keep routing their events to this node, and `warren status` count them.
+   */
+  private async takeBackBit(entry: UserEntry<T>): Promise<void> {
+    const bit = entry.offlineDue;
+    if (bit === undefined) return;
+    // Online under that bit here again (the user came back, or after a failover another user of this node
+    // holds it now): it is rightly set.
+    if (this.byBit.get(entry.tenantId)?.get(bit)?.online) {
+      entry.offlineDue = undefined;
+      return;
+    }
+    await this.presence.offline(entry.tenantId, bit);
+    entry.offlineDue = undefined;
   }
 
   private async release(entry: UserEntry<T>): Promise<void> {
     if (entry.tabs.size > 0) return;
-    if (entry.bound || entry.stray) {
-      entry.bound = false;
-      try {
+    try {
+      await this.takeBackBit(entry);
+      if (entry.bound || entry.stray) {
+        entry.bound = false;
+        // Left bound, the key would draw the user's deliveries to this node's queue for as long as the
+        // queue lives: kept as stray until an unbind succeeds (a tab coming back binds it again).
+        entry.stray = true;
         await this.binder.unbind(entry.key);
         entry.stray = false;
-      } catch (error) {
-        // Left bound, the key would draw the user's deliveries to this node's queue for as long as the
-        // queue lives. Kept (a tab coming back binds it again) and tried again.
-        entry.stray = true;
-        this.logger.warn({ err: errorMessage(error), key: entry.key }, 'unbind failed; will retry');
-        if (entry.tabs.size === 0 && entry.graceTimer === undefined) this.releaseLater(entry);
-        return;
       }
+    } catch (error) {
+      // Kept, and tried again once the broker is back (`rebindAll`) and after every grace period.
+      this.logger.warn({ err: errorMessage(error), key: entry.key }, 'releasing a user failed; will retry');
+      if (entry.tabs.size === 0 && entry.graceTimer === undefined) this.releaseLater(entry);
+      return;
     }
     if (entry.tabs.size === 0 && entry.graceTimer === undefined && this.users.get(entry.key) === entry) {
       this.users.delete(entry.key);
@@ -291,14 +315,42 @@ export class ConnectionRegistry<T extends RegisteredTab> {
   }
 
   private async reassign(entry: UserEntry<T>, stale: number | undefined): Promise<void> {
-    // Unless a user of this node holds that bit now (then it is rightly online here).
-    const taken = stale !== undefined && this.byBit.get(entry.tenantId)?.has(stale);
-    if (stale !== undefined && entry.online && !taken) await this.presence.offline(entry.tenantId, stale);
+    if (stale !== undefined && entry.online) entry.offlineDue = stale;
     entry.online = false;
+    // Failing here (Redis away: likely during a failover) leaves the entry for the next beat's `repair`.
+    await this.takeBackBit(entry);
+    await this.announce(entry);
+  }
+
+  /** Announces a user with open tabs online, under the bit the id map gives. */
+  private async announce(entry: UserEntry<T>): Promise<void> {
     if (entry.tabs.size === 0) return;
     const [bit] = await this.presence.online(entry.tenantId, [entry.userId]);
     this.setBit(entry, bit);
     entry.online = true;
+  }
+
+  /**
+   * Finishes what a failed presence step left undone, for every user: a bit still owed back, a user with
+   * open tabs not announced (or off every bit since `verifyBits`). Run on every heartbeat; each user's
+   * repair waits behind its own queued steps.
+   */
+  repair(): void {
+    for (const entry of this.users.values()) {
+      const unannounced = entry.bound && entry.tabs.size > 0 && (!entry.online || entry.bit === undefined);
+      if (entry.repairing || (entry.offlineDue === undefined && !unannounced)) continue;
+      entry.repairing = true;
+      void this.enqueue(entry, async () => {
+        entry.repairing = false;
+        await this.takeBackBit(entry);
+        if (entry.bound && (!entry.online || entry.bit === undefined)) {
+          entry.online = false;
+          await this.announce(entry);
+        }
+      }).catch((error: unknown) =>
+        this.logger.warn({ err: errorMessage(error), key: entry.key }, 'presence repair failed; will retry'),
+      );
+    }
   }
 
   /** Every open tab (for draining). */

@@ -143,3 +143,88 @@ async function eventually(check: () => boolean, timeoutMs = 2000): Promise<void>
     await new Promise((r) => setTimeout(r, 5));
   }
 }
+
+describe('ConnectionRegistry: presence steps that fail', () => {
+  function flaky() {
+    const calls: string[] = [];
+    let failures = 0;
+    const bits = new Map<string, number>();
+    const presence = {
+      online: async (_tenant: string, userIds: readonly string[]) => {
+        calls.push(`online ${userIds.join()}`);
+        if (failures > 0 && failures--) throw new Error('redis away');
+        return userIds.map((u) => bits.get(u) ?? 0);
+      },
+      offline: async (_tenant: string, bit: number) => {
+        calls.push(`offline ${bit}`);
+        if (failures > 0 && failures--) throw new Error('redis away');
+      },
+    };
+    const registry = new ConnectionRegistry<RegisteredTab>(
+      { bind: async () => {}, unbind: async () => {} },
+      presence,
+      60_000,
+      { onUsersChanged: () => {} },
+      silentLogger(),
+    );
+    return { registry, calls, bits, fail: (n: number) => (failures = n) };
+  }
+  const key = userKey('acme', 'ann');
+  const settled = (registry: ConnectionRegistry<RegisteredTab>) => registry.entry(key)?.chain;
+
+  it('takes a bit back on a later repair when marking the user offline failed', async () => {
+    const { registry, calls, bits, fail } = flaky();
+    bits.set('ann', 5);
+    const first = tab('t1', 'acme', 'ann');
+    await registry.add(first);
+    fail(1);
+    registry.remove(first);
+    await settled(registry);
+    expect(calls).toEqual(['online ann', 'offline 5']);
+
+    registry.repair();
+    await settled(registry);
+    expect(calls).toEqual(['online ann', 'offline 5', 'offline 5']);
+    // Nothing owed any more: a further repair does nothing.
+    registry.repair();
+    await settled(registry);
+    expect(calls).toHaveLength(3);
+  });
+
+  it('does not take the bit back from a user who came back before the repair', async () => {
+    const { registry, calls, bits, fail } = flaky();
+    bits.set('ann', 5);
+    const first = tab('t1', 'acme', 'ann');
+    await registry.add(first);
+    fail(1);
+    registry.remove(first);
+    await settled(registry);
+    await registry.add(tab('t2', 'acme', 'ann'));
+
+    registry.repair();
+    await settled(registry);
+    expect(calls).toEqual(['online ann', 'offline 5', 'online ann']);
+    expect(registry.usersByBit('acme')?.get(5)?.online).toBe(true);
+  });
+
+  it('announces again a user whose move to a new bit failed half-way, instead of leaving them off every bit', async () => {
+    const { registry, calls, bits, fail } = flaky();
+    bits.set('ann', 5);
+    await registry.add(tab('t1', 'acme', 'ann'));
+
+    // Redis lost writes (a failover): ann's bit is 9 now, and Redis fails the first step of the move.
+    bits.set('ann', 9);
+    fail(1);
+    expect(await registry.verifyBits(async () => [9])).toEqual([key]);
+    await settled(registry);
+    expect(registry.usersByBit('acme')?.get(9)).toBeUndefined();
+    // The next beat finds ann off every bit and her tab open.
+    expect(await registry.verifyBits(async () => [9])).toEqual([]);
+
+    registry.repair();
+    await settled(registry);
+    expect(calls).toEqual(['online ann', 'offline 5', 'offline 5', 'online ann']);
+    expect(registry.usersByBit('acme')?.get(9)?.userId).toBe('ann');
+    expect(registry.entry(key)?.online).toBe(true);
+  });
+});
