@@ -83,7 +83,34 @@ export async function createRedis(options: CreateRedisOptions): Promise<WarrenRe
       { cause: error, retryable: true },
     );
   }
+  let policy: string | undefined;
+  try {
+    const reply = (await redis.config('GET', 'maxmemory-policy')) as string[];
+    policy = reply[1];
+  } catch (error) {
+    // Managed services often rename or refuse CONFIG: nothing to check then.
+    options.logger.debug({ err: errorMessage(error) }, 'cannot read the Redis eviction policy');
+  }
+  const problem = policy === undefined ? undefined : evictionProblem(policy);
+  if (problem) {
+    redis.disconnect();
+    throw new WarrenError(ErrorCode.Config, problem);
+  }
   return withWarrenCommands(redis);
+}
+
+/**
+ * Why Redis under this `maxmemory-policy` must not hold Warren's keys, or undefined. An `allkeys-*` policy
+ * evicts any key when memory runs out: an id map or its counter (a user could then be given another
+ * user's bit, and with it their memberships), a membership bitmap, a change log. `volatile-*` policies
+ * evict only keys with a lifetime (claim-checked payloads, node heartbeats), which Warren survives.
+ */
+export function evictionProblem(policy: string): string | undefined {
+  if (!policy.startsWith('allkeys-')) return undefined;
+  return (
+    `Redis maxmemory-policy is ${policy}: a full Redis would evict Warren's id maps and memberships, and ` +
+    `could give one user another's bit; set it to noeviction (or a volatile-* policy)`
+  );
 }
 
 /**

@@ -23,6 +23,13 @@ local function bitOf(ids, rids, idseq, user, create)
   if bit then return tonumber(bit) end
   if not create then return nil end
   bit = redis.call('INCR', idseq) - 1
+  if redis.call('HEXISTS', rids, bit) == 1 then
+    -- The counter fell behind the map (evicted, or restored from an older copy): handing out a bit in use
+    -- would give this user the memberships of the one holding it. Move it past every bit in use.
+    bit = redis.call('HLEN', rids)
+    while redis.call('HEXISTS', rids, bit) == 1 do bit = bit + 1 end
+    redis.call('SET', idseq, bit + 1)
+  end
   redis.call('HSET', ids, user, bit)
   redis.call('HSET', rids, bit, user)
   return bit

@@ -28,6 +28,24 @@ describe('presence of gateway nodes in Redis', () => {
     });
   });
 
+  it('never hands out a bit another user holds, even when the id counter was lost', async () => {
+    await withWarrenRedis('presence-idseq', async (redis, keys) => {
+      const store = new PresenceStore(redis, keys);
+      await store.heartbeat('n1', stats, EXPIRY_MS);
+      expect(await store.online('n1', 'acme', ['ann', 'bob'])).toEqual([0, 1]);
+      // The counter is gone (evicted, or Redis restored from an older copy); the maps are intact.
+      await redis.del(keys.idSeq('acme'));
+      expect(await store.online('n1', 'acme', ['cat'])).toEqual([2]);
+      expect(await store.online('n1', 'acme', ['dan'])).toEqual([3]);
+      expect(await redis.hgetall(keys.reverseIds('acme'))).toEqual({
+        0: 'ann',
+        1: 'bob',
+        2: 'cat',
+        3: 'dan',
+      });
+    });
+  });
+
   it('the dead-node sweep spares a node that beat again after the list of dead nodes was read', async () => {
     await withWarrenRedis('presence-sweep', async (redis, keys) => {
       const store = new PresenceStore(redis, keys);

@@ -1,6 +1,6 @@
 import { ReplyError } from 'ioredis';
 import { describe, expect, it } from 'vitest';
-import { refusedByRedis } from '../../../src/store/redis.js';
+import { evictionProblem, refusedByRedis } from '../../../src/store/redis.js';
 
 describe('refusedByRedis', () => {
   it('tells a command Redis will never take from a Redis that cannot take any now', () => {
@@ -24,5 +24,14 @@ describe('refusedByRedis', () => {
     ])
       expect(refusedByRedis(new ReplyError(message)), message).toBe(false);
     expect(refusedByRedis(new Error('Connection is closed.'))).toBe(false);
+  });
+});
+
+describe('evictionProblem', () => {
+  it('refuses a Redis that may evict any key when full, and names the setting to change', () => {
+    for (const policy of ['allkeys-lru', 'allkeys-lfu', 'allkeys-random'])
+      expect(evictionProblem(policy), policy).toMatch(/maxmemory-policy is allkeys-.*noeviction/);
+    for (const policy of ['noeviction', 'volatile-lru', 'volatile-ttl'])
+      expect(evictionProblem(policy), policy).toBeUndefined();
   });
 });
