@@ -25,6 +25,12 @@ export interface ReadOptions {
 }
 
 const CSV_COLUMNS = new Set(['op', 'tenantId', 'userId', 'teamId', 'groupId']);
+/**
+ * Columns whose empty cell is a bad line rather than absent (then defaulted): a cleared `op` would turn
+ * a removal into an add, a cleared `tenantId` would put the row in the `--tenant` tenant. An empty
+ * `teamId` or `groupId` is how a row says which kind of membership it is.
+ */
+const REQUIRED_WHEN_PRESENT = new Set(['op', 'tenantId']);
 
 /** What is wrong with a CSV header, if anything: unknown, empty or repeated column names. */
 function headerProblem(cells: readonly string[]): string | undefined {
@@ -103,10 +109,16 @@ export async function readMembershipFile(file: string, options: ReadOptions): Pr
         continue;
       }
       row = {};
+      const empty: string[] = [];
       header.forEach((column, i) => {
         const cell = cells[i];
         if (cell) row[column] = cell;
+        else if (REQUIRED_WHEN_PRESENT.has(column)) empty.push(column);
       });
+      if (empty.length > 0) {
+        plan.bad.push({ line: number, reason: `empty ${empty.join(' and ')} (fill in the cell)` });
+        continue;
+      }
     }
     if (options.format === 'jsonl') plan.rows += 1;
     // Defaults fill in what is absent, never what is there: `"op": null` is a bad line, not an add.

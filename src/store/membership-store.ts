@@ -88,6 +88,11 @@ export class MembershipStore {
    */
   async applyBulk(tenantId: string, changes: readonly MembershipChange[]): Promise<number> {
     if (changes.length === 0) return 0;
+    // The changes are written under `tenantId` whatever they name: one of another tenant would be applied
+    // to this one's users.
+    const stranger = changes.find((change) => change.tenantId !== tenantId);
+    if (stranger)
+      throw new Error(`applyBulk for tenant ${tenantId} got a change of tenant ${stranger.tenantId}`);
     await this.redis.sadd(this.keys.tenants(), tenantId);
     return this.run(tenantId, 'bulk', changes.map(toArgs));
   }

@@ -203,24 +203,29 @@ describe('warren members import', () => {
         'join,acme,dan,or',
         'add,acme,dan,o r',
         'add,acme,bob,or,extra',
+        // A cleared op or tenant cell is not a default: not an add, not the --tenant tenant.
+        ',acme,eve,or',
+        'remove,,ann,or',
       ].join('\n'),
     );
-    const run = await warrenMembersImport(prefix, [csv]);
+    const run = await warrenMembersImport(prefix, [csv, '--tenant', 'acme']);
     expect(run.code).not.toBe(0);
     expect(reported(run.stderr, csv)).toEqual([
       [3, has('expected 4 cells, found 3')],
       [5, has('op')],
       [6, has('teamId')],
       [7, has('expected 4 cells, found 5')],
+      [8, has('empty op')],
+      [9, has('empty tenantId')],
     ]);
-    expect(run.stderr).toContain('4 bad line(s) of 6; nothing was imported.');
+    expect(run.stderr).toContain('6 bad line(s) of 8; nothing was imported.');
     expect(await reach({ teams: ['or'] })).toEqual([]);
 
     // The operator's way out: import the good rows, still listing the bad ones.
-    const skipping = await warrenMembersImport(prefix, [csv, '--skip-invalid']);
+    const skipping = await warrenMembersImport(prefix, [csv, '--tenant', 'acme', '--skip-invalid']);
     expect(skipping.code, skipping.stderr).toBe(0);
-    expect(reported(skipping.stderr, csv).map(([line]) => line)).toEqual([3, 5, 6, 7]);
-    expect(skipping.stdout).toMatch(/^Imported 2 row\(s\) .*; skipped 4 bad line\(s\)\.$/m);
+    expect(reported(skipping.stderr, csv).map(([line]) => line)).toEqual([3, 5, 6, 7, 8, 9]);
+    expect(skipping.stdout).toMatch(/^Imported 2 row\(s\) .*; skipped 6 bad line\(s\)\.$/m);
     expect(await reach({ teams: ['or'] })).toEqual(['ann', 'cid']);
   });
 
