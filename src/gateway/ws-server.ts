@@ -274,6 +274,22 @@ export class WsServer {
       });
       return;
     }
+    // Written at once, a replay past the tab's backpressure limit would close a healthy tab as too slow
+    // (4009, and a longer backoff): the client resynchronises from the application instead.
+    let bytes = 0;
+    let largest = 0;
+    for (const frame of frames) {
+      bytes += frame.byteLength;
+      largest = Math.max(largest, frame.byteLength);
+    }
+    if (tab.wouldOverflow(bytes, largest)) {
+      this.sendFrame(tab, {
+        type: 'error',
+        code: FrameErrorCode.ResumeUnavailable,
+        message: `${frames.length} missed events (${bytes} bytes) are more than this tab may buffer; resynchronise`,
+      });
+      return;
+    }
     for (const frame of frames) if (!tab.write(frame, CloseCode.TooSlow)) return;
     this.sendFrame(tab, {
       type: 'resumed',

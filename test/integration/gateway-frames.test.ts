@@ -122,6 +122,34 @@ describe('client frames, limits and connection lifetime', () => {
     );
     for (const tab of [keeper, back, elsewhere]) tab.ws.terminate();
   });
+
+  it('says it cannot resume, rather than closing the tab, when the missed events pass its buffer limit', async () => {
+    const jwt = await token({ sub: 'r2', tid: 't1' });
+    const keeper = await openTab(gateway.port, jwt);
+    const first = await openTab(gateway.port, jwt);
+    await probe.deliver(prefix, ['u.t1.r2'], { id: 'seen', tenantId: 't1' });
+    await eventually(() => first.eventIds().includes('seen'), 'seen');
+    const lastSeen = first.events().at(-1)?.offset ?? 0;
+    const epoch = first.welcome?.epoch ?? '';
+    first.ws.terminate();
+    // 3 × 120 KiB missed: within what history keeps, past the 256 KiB a tab may buffer.
+    for (const id of ['big-1', 'big-2', 'big-3'])
+      await probe.deliver(prefix, ['u.t1.r2'], { id, tenantId: 't1', data: 'x'.repeat(120 * 1024) });
+    await eventually(() => keeper.eventIds().includes('big-3'), 'the missed events reached the node');
+
+    const back = await openTab(gateway.port, jwt);
+    back.send({ type: 'resume', epoch, offset: lastSeen });
+    await eventually(
+      () => back.frames.some((f) => f.type === 'error' && f.code === 'resume_unavailable'),
+      'resume_unavailable',
+    );
+    expect(back.eventIds()).toEqual([]);
+    // Still open and receiving.
+    await probe.deliver(prefix, ['u.t1.r2'], { id: 'after', tenantId: 't1' });
+    await eventually(() => back.eventIds().includes('after'), 'after');
+    expect(back.closeCode).toBeUndefined();
+    for (const tab of [keeper, back]) tab.ws.terminate();
+  });
 });
 
 describe('connection lifetime', () => {
