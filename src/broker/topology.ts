@@ -1,4 +1,4 @@
-import type { Channel } from 'amqplib';
+import type { Channel, ChannelModel } from 'amqplib';
 
 /** Every exchange and queue name, derived from the prefix (DESIGN.md §3). */
 export interface TopologyNames {
@@ -80,4 +80,19 @@ export async function declareGatewayQueue(
     },
   });
   if (nodeBinding) await channel.bindQueue(queue, nodeBinding.exchange, nodeBinding.key);
+}
+
+/** Whether a queue exists (asked on a channel of its own: the broker closes a channel that asks for none). */
+export async function queueExists(model: ChannelModel, queue: string): Promise<boolean> {
+  const channel = await model.createChannel();
+  channel.on('error', () => {});
+  try {
+    await channel.checkQueue(queue);
+    await channel.close();
+    return true;
+  } catch (error) {
+    if ((error as { code?: unknown }).code === 404) return false;
+    await channel.close().catch(() => {});
+    throw error;
+  }
 }

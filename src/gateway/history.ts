@@ -25,6 +25,8 @@ export class DeliveryHistory {
   private last = 0;
   /** The highest offset history has dropped or refused to keep; everything above it that was kept is here. */
   private floor = 0;
+  /** The node's offset when it found it had missed deliveries (see `markGap`); -1 if it never did. */
+  private gapAt = -1;
 
   constructor(
     readonly epoch: string,
@@ -35,6 +37,17 @@ export class DeliveryHistory {
   /** The offset of the latest delivery. */
   get offset(): number {
     return this.last;
+  }
+
+  /**
+   * The node missed deliveries before now (its queue was lost, or its users were counted offline): they
+   * never got offsets, so a resume from any offset up to here would replay around a gap it cannot see.
+   */
+  markGap(): void {
+    this.gapAt = this.last;
+    this.floor = this.last;
+    this.entries.length = 0;
+    this.bytes = 0;
   }
 
   /** Allocates the next offset (every delivery gets one on arrival, kept in history or not). */
@@ -77,6 +90,8 @@ export class DeliveryHistory {
    */
   since(epoch: string, offset: number, key: string, upTo = this.last): Uint8Array[] | undefined {
     if (epoch !== this.epoch || offset > upTo) return undefined;
+    // Deliveries the node never received came before that point, even for a tab that saw its last offset.
+    if (offset <= this.gapAt) return undefined;
     if (offset === upTo) return [];
     // Offsets up to the floor may have been dropped (or never kept): from below it there may be a gap.
     if (this.maxEntries === 0 || offset < this.floor) return undefined;

@@ -3,9 +3,10 @@ import type { TemplatedApp } from 'uWebSockets.js';
 import { BindingPool } from '../broker/binding-pool.js';
 import { BrokerConnection } from '../broker/connection.js';
 import { Consumer } from '../broker/consumer.js';
-import { declareGatewayQueue, declareTopology, topologyNames } from '../broker/topology.js';
+import { declareGatewayQueue, declareTopology, queueExists, topologyNames } from '../broker/topology.js';
 import type { WarrenConfig } from '../config/schema.js';
 import { CloseCode } from '../protocol/close-codes.js';
+import { FrameErrorCode } from '../protocol/frames.js';
 import { nodeKey } from '../protocol/ids.js';
 import { Keys } from '../store/keys.js';
 import { PresenceStore } from '../store/presence-store.js';
@@ -16,6 +17,7 @@ import type { Logger } from '../shared/logger.js';
 import { createRegistry, type Registry } from '../shared/metrics.js';
 import { BlockingTokenVerifier } from './blocking-verifier.js';
 import { DeliveryRouter } from './delivery-router.js';
+import { encodeFrame } from './frames.js';
 import { GatewayMetrics } from './gateway-metrics.js';
 import { DeliveryHistory } from './history.js';
 import { PayloadFetcher } from './payload-fetcher.js';
@@ -108,14 +110,37 @@ export async function startGateway(
     logger,
     g.lineLimit,
   );
+  /**
+   * The node missed deliveries while tabs were connected (deliveries it never received, so no offset and no
+   * history shows the hole): no resume may reach back across it, and every open tab is told to
+   * resynchronise from the application.
+   */
+  const eventsMissed = (why: string): void => {
+    history.markGap();
+    const tabs = registry.allTabs();
+    const frame = encodeFrame({
+      type: 'error',
+      code: FrameErrorCode.EventsMissed,
+      message: `${why}; events may have been missed: resynchronise`,
+    });
+    for (const tab of tabs) tab.write(frame, CloseCode.TooSlow);
+    logger.warn({ tabs: tabs.length }, `${why}; tabs told to resynchronise`);
+  };
+  let queueDeclared = false;
   const consumer = new Consumer(
     broker,
     {
       queue,
       prefetch: g.prefetch,
       // Bound before consuming: node-routed deliveries reach the node by its own key.
-      prepare: (channel) =>
-        declareGatewayQueue(channel, queue, { exchange: names.deliveries, key: nodeKey(nodeId) }),
+      prepare: async (channel, model) => {
+        // Gone since the last declaration (deleted, expired during a long outage, a broker restart): what
+        // was routed to it meanwhile is lost. The first declaration of the process has nothing to lose.
+        const lost = queueDeclared && !(await queueExists(model, queue));
+        await declareGatewayQueue(channel, queue, { exchange: names.deliveries, key: nodeKey(nodeId) });
+        queueDeclared = true;
+        if (lost) eventsMissed('the node queue was lost');
+      },
       // The queue may have been deleted under the consumer, and its user bindings with it.
       resubscribed: () => registry.rebindAll(),
     },
@@ -158,6 +183,8 @@ export async function startGateway(
       if (reannounceDue) {
         await registry.reannounce();
         reannounceDue = false;
+        // Meanwhile resolvers counted this node's users offline and resolved events without them.
+        eventsMissed('this node had been declared dead');
       }
       const wrong = await registry.verifyBits((tenantId, userIds) => presence.bitsOf(tenantId, userIds));
       if (wrong.length > 0)

@@ -68,6 +68,11 @@ export const FrameErrorCode = {
   ResumeUnavailable: 'resume_unavailable',
   /** A claim-checked payload was missing or expired when the gateway fetched it. */
   PayloadUnavailable: 'payload_unavailable',
+  /**
+   * The node knows it missed deliveries while this connection was open (its queue was lost, or its users
+   * were counted offline while it could not reach Redis): resynchronise from the application.
+   */
+  EventsMissed: 'events_missed',
 } as const;
 
 export type FrameErrorCode = (typeof FrameErrorCode)[keyof typeof FrameErrorCode];

@@ -153,6 +153,10 @@ describe('bindings: once per user, grace on reload, again after a reconnect, gon
     await eventually(() => a.eventIds().includes('after'), 'the same tab receives again');
     expect(a.eventIds()).toEqual(['before', 'after']);
     expect(a.closeCode).toBeUndefined();
+    // What was routed while the queue was gone is lost: the tab is told to resynchronise, once.
+    expect(a.frames.filter((f) => f.type === 'error').map((f) => f.type === 'error' && f.code)).toEqual([
+      'events_missed',
+    ]);
   });
 
   it('drains: tabs get 4100, then the node’s queue and bindings are gone', async () => {

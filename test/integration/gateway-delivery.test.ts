@@ -275,12 +275,12 @@ describe('an event larger than the backpressure limit', () => {
 describe('a node declared dead while it was alive', () => {
   const { state, open } = twoNodes('forgotten', { presence: { heartbeatMs: 200 } });
 
-  it('announces its users again on its next heartbeat, with the tenants it holds recorded for cleanup', async () => {
+  it('announces its users again on its next heartbeat, with the tenants it holds recorded for cleanup, and tells their tabs to resynchronise', async () => {
     const redis = new Redis(inject('redisUrl'));
     try {
       const keys = new Keys(state.prefix);
       const gateway = state.gateways[0] as Gateway;
-      await open(0, 't1', 'A');
+      const tab = await open(0, 't1', 'A');
       const bit = Number(await redis.hget(keys.ids('t1'), 'A'));
       expect(await redis.smembers(keys.nodeTenants(gateway.nodeId))).toEqual(['t1']);
 
@@ -296,6 +296,19 @@ describe('a node declared dead while it was alive', () => {
       await eventually(
         async () => (await redis.smembers(keys.nodeTenants(gateway.nodeId))).includes('t1'),
         'the node’s tenants recorded again',
+      );
+      // Events resolved while A counted as offline never reached the node: the tab is told so, and a
+      // resume from before cannot pretend otherwise.
+      await eventually(
+        () => tab.frames.some((f) => f.type === 'error' && f.code === 'events_missed'),
+        'events_missed',
+      );
+      expect(tab.closeCode).toBeUndefined();
+      const again = await open(0, 't1', 'A');
+      again.send({ type: 'resume', epoch: tab.welcome?.epoch ?? '', offset: tab.welcome?.offset ?? 0 });
+      await eventually(
+        () => again.frames.some((f) => f.type === 'error' && f.code === 'resume_unavailable'),
+        'resume_unavailable',
       );
     } finally {
       await redis.quit();

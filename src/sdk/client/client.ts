@@ -306,6 +306,10 @@ export class WarrenClient {
           this.resync({ reason: 'history_gap' });
           return false;
         }
+        if (frame.code === FrameErrorCode.EventsMissed) {
+          this.resync({ reason: 'history_gap' });
+          return false;
+        }
         this.emitter.emit(
           'error',
           frame.code === FrameErrorCode.PayloadUnavailable

@@ -36,6 +36,20 @@ describe('DeliveryHistory', () => {
     }
   });
 
+  it('refuses every resume from before a gap the node found, even from its very last offset', () => {
+    const history = new DeliveryHistory('e', 100, 1 << 20);
+    history.add(history.next(), ['u.t.A'], frame(10));
+    history.add(history.next(), ['u.t.A'], frame(10));
+    history.markGap();
+    expect(history.since('e', 1, 'u.t.A')).toBeUndefined();
+    expect(history.since('e', 2, 'u.t.A')).toBeUndefined();
+    const after = frame(10);
+    history.add(history.next(), ['u.t.A'], after);
+    expect(history.since('e', 3, 'u.t.A')).toEqual([]);
+    // A tab that saw the gap's last offset and more resumes from past it.
+    expect(history.since('e', 2, 'u.t.A', 3)).toBeUndefined();
+  });
+
   it('answers that it cannot replay across a frame too large to keep, instead of skipping it', () => {
     const history = new DeliveryHistory('e', 100, 1024);
     history.add(history.next(), ['u.t.A'], frame(10));

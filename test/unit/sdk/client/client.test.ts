@@ -175,6 +175,18 @@ describe('client core (scripted socket, fake timers)', () => {
     expect(resyncs).toEqual(['history_gap']);
   });
 
+  it('resynchronises when the node says it missed events, and keeps receiving', async () => {
+    const resyncs: string[] = [];
+    const events: string[] = [];
+    client.on('resync', (r) => resyncs.push(r.reason));
+    client.on('event', (e) => events.push(e.id));
+    latest().welcome('e1', 5);
+    latest().receive({ type: 'error', code: 'events_missed', message: 'the node queue was lost' });
+    expect(resyncs).toEqual(['history_gap']);
+    latest().event('later', 6);
+    expect(events).toEqual(['later']);
+  });
+
   it('does not resume on another node but says events may have been missed', async () => {
     const resyncs: string[] = [];
     client.on('resync', (r) => resyncs.push(r.reason));
