@@ -103,7 +103,11 @@ export const configSchema = z.strictObject({
     .strictObject({
       host: z.string().min(1).default(DEFAULTS.gatewayHost).describe('Listen address.'),
       port: port.default(DEFAULTS.gatewayPort).describe('Listen port (0 picks a free one).'),
-      id: id.optional().describe('Node id; queue `<prefix>.gw.<id>`. Random per start when unset.'),
+      id: id
+        .optional()
+        .describe(
+          'Node id; queue `<prefix>.gw.<id>`. Random per start when unset; a node started under a fixed id deletes what an earlier process left under it (queue, bindings, presence).',
+        ),
       bindChannels: positiveInt
         .max(64)
         .default(DEFAULTS.bindChannels)

@@ -134,6 +134,10 @@ export async function startGateway(
       prefetch: g.prefetch,
       // Bound before consuming: node-routed deliveries reach the node by its own key.
       prepare: async (channel, model) => {
+        // A fixed id (gateway.id) may find the queue of an earlier process of that id, still bound with
+        // its users' keys: nothing here would ever unbind them. The node starts from an empty queue.
+        if (!queueDeclared && g.id !== undefined && (await queueExists(model, queue)))
+          await channel.deleteQueue(queue);
         // Gone since the last declaration (deleted, expired during a long outage, a broker restart): what
         // was routed to it meanwhile is lost. The first declaration of the process has nothing to lose.
         const lost = queueDeclared && !(await queueExists(model, queue));

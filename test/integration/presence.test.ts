@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { declareGatewayQueue, declareTopology, topologyNames } from '../../src/broker/topology.js';
 import { PresenceStore } from '../../src/store/presence-store.js';
 import { BrokerProbe, startTestGateway, testConfig, withWarrenRedis } from '../support/harness.js';
 
@@ -6,22 +7,32 @@ const EXPIRY_MS = 15_000;
 const stats = { connections: 1, users: 1, startedAt: 0 };
 
 describe('presence of gateway nodes in Redis', () => {
-  it('a node started under the id of one that died holding users does not keep them online', async () => {
+  it('a node started under the id of one that died holding users does not keep them online or bound', async () => {
     await withWarrenRedis('presence-restart', async (redis, keys) => {
-      // The process that had the id: it announced ann and bob, then died without cleaning up.
+      // The process that had the id: it announced ann and bob, bound their keys, then died without
+      // cleaning up.
       const before = new PresenceStore(redis, keys);
       await before.heartbeat('ward-gw', stats, EXPIRY_MS);
       await before.online('ward-gw', 'acme', ['ann', 'bob']);
       expect(await before.onlineCount('acme', ['ward-gw'])).toBe(2);
+      const names = topologyNames(keys.prefix);
+      const probe = await BrokerProbe.open();
+      const channel = await probe.model.createChannel();
+      await declareTopology(channel, names);
+      await declareGatewayQueue(channel, names.gatewayQueue('ward-gw'));
+      await channel.bindQueue(names.gatewayQueue('ward-gw'), names.deliveries, 'u.acme.ann');
+      await channel.close();
+      expect(await probe.routes(keys.prefix, 'u.acme.ann')).toBe(true);
 
       // Its successor starts within the expiry, under the same id, and beats at once.
       const gateway = await startTestGateway(testConfig(keys.prefix, { gateway: { id: 'ward-gw' } }));
       try {
         expect(gateway.nodeId).toBe('ward-gw');
         expect(await before.onlineCount('acme', ['ward-gw'])).toBe(0);
+        // Nothing in the new process knows ann's key: it would never be unbound.
+        expect(await probe.routes(keys.prefix, 'u.acme.ann')).toBe(false);
       } finally {
         await gateway.close();
-        const probe = await BrokerProbe.open();
         await probe.deleteExchangesAndQueues(keys.prefix, [gateway.queue]);
         await probe.close();
       }
