@@ -209,10 +209,17 @@ export class DeliveryRouter {
       this.fill(places, [], undefined);
       throw error;
     }
+    // Node-routed, the recipients are bits: a user moved off one while the payload was read (the heartbeat
+    // found the id map changed after a failover) must not get the event meant for the bit's new holder.
+    const stillHeld = (): readonly (string | undefined)[] => {
+      if (byBit === undefined) return keys;
+      const now = new Set(localKeysByBit(byBit, this.registry.usersByBit(tenantId), this.recipientBits));
+      return keys.filter((key) => key !== undefined && now.has(key));
+    };
     void fetching
       .then(
         (payload) => {
-          const targets = this.targets(tenantId, eventId, keys);
+          const targets = this.targets(tenantId, eventId, stillHeld());
           if (!payload)
             return this.fill(places, targets, this.unavailable(tenantId, eventId, jobId, targets, 'missing'));
           const frame =
@@ -222,7 +229,7 @@ export class DeliveryRouter {
           this.fill(places, targets, frame);
         },
         (error: unknown) => {
-          const targets = this.targets(tenantId, eventId, keys);
+          const targets = this.targets(tenantId, eventId, stillHeld());
           const detail = errorMessage(error);
           this.fill(
             places,

@@ -1,0 +1,100 @@
+import roaring from 'roaring';
+import { describe, expect, it } from 'vitest';
+import type { Delivery } from '../../../src/broker/consumer.js';
+import { DeliveryRouter } from '../../../src/gateway/delivery-router.js';
+import { GatewayMetrics } from '../../../src/gateway/gateway-metrics.js';
+import { DeliveryHistory } from '../../../src/gateway/history.js';
+import type { PayloadFetcher } from '../../../src/gateway/payload-fetcher.js';
+import { RecentDeliveries } from '../../../src/gateway/recent-deliveries.js';
+import { ConnectionRegistry } from '../../../src/gateway/registry.js';
+import type { Tab } from '../../../src/gateway/tab.js';
+import { DeliveryHeader } from '../../../src/protocol/delivery.js';
+import { userKey } from '../../../src/protocol/ids.js';
+import { silentLogger } from '../../../src/shared/logger.js';
+import { createRegistry } from '../../../src/shared/metrics.js';
+
+// The router between a node-routed delivery and the tabs, with the broker and Redis sides in the test's
+// hand: the delivery is a message object, the payload read a promise the test settles.
+
+function fakeTab(tenantId: string, userId: string, frames: string[]): Tab {
+  return {
+    id: `${tenantId}/${userId}`,
+    tenantId,
+    userId,
+    key: userKey(tenantId, userId),
+    ready: true,
+    closed: false,
+    write: (frame: Uint8Array | string) => {
+      frames.push(Buffer.from(frame).toString());
+      return true;
+    },
+    wouldOverflow: () => false,
+    end: () => {},
+  } as unknown as Tab;
+}
+
+describe('DeliveryRouter, node-routed and claim-checked', () => {
+  it('does not write an event to a user moved off its bit while the payload was being read', async () => {
+    const bits = new Map([['ann', 5]]);
+    const registry = new ConnectionRegistry<Tab>(
+      { bind: async () => {}, unbind: async () => {} },
+      {
+        online: async (_tenant, userIds) => userIds.map((u) => bits.get(u) as number),
+        offline: async () => {},
+      },
+      60_000,
+      { onUsersChanged: () => {} },
+      silentLogger(),
+    );
+    const frames: string[] = [];
+    await registry.add(fakeTab('acme', 'ann', frames));
+    let settle: (payload: Uint8Array) => void = () => {};
+    const payloads = {
+      get: () => new Promise<Uint8Array>((resolve) => (settle = resolve)),
+    } as unknown as PayloadFetcher;
+    const router = new DeliveryRouter(
+      registry,
+      new RecentDeliveries(1000),
+      new DeliveryHistory('e', 100, 1 << 20),
+      payloads,
+      new GatewayMetrics(createRegistry({ node: 'n1' })),
+      silentLogger(),
+    );
+    let acked = false;
+    const delivery = (id: string, bit: number): Delivery =>
+      ({
+        message: {
+          fields: { routingKey: 'n.n1' },
+          properties: {
+            messageId: id,
+            type: 'doc.attached',
+            headers: {
+              [DeliveryHeader.Tenant]: 'acme',
+              [DeliveryHeader.Job]: 'job-1',
+              [DeliveryHeader.Recipients]: new roaring.RoaringBitmap32([bit]).serialize('portable'),
+            },
+          },
+          content: Buffer.alloc(0),
+        },
+        ack: () => (acked = true),
+      }) as unknown as Delivery;
+
+    // An event for bit 5 arrives; its payload is being read.
+    router.handle(delivery('for-bit-5', 5));
+    // Meanwhile the heartbeat finds that after a failover bit 5 is someone else's, and ann's is 9.
+    bits.set('ann', 9);
+    await registry.verifyBits(async () => [9]);
+    await registry.entry(userKey('acme', 'ann'))?.chain;
+
+    settle(Buffer.from('{"doc":1}'));
+    await new Promise((r) => setTimeout(r, 10));
+    expect(acked).toBe(true);
+    expect(frames).toEqual([]);
+
+    // Her events now name bit 9, and reach her.
+    router.handle(delivery('for-bit-9', 9));
+    settle(Buffer.from('{"doc":2}'));
+    await new Promise((r) => setTimeout(r, 10));
+    expect(frames).toEqual([expect.stringContaining('"id":"for-bit-9"')]);
+  });
+});
