@@ -64,9 +64,10 @@ export async function createRedis(options: CreateRedisOptions): Promise<WarrenRe
     connectionName: options.name,
     lazyConnect: true,
     enableAutoPipelining: options.autoPipelining ?? false,
-    // A master demoted by a failover answers writes with READONLY while the connection stays up:
-    // reconnect (to whatever the URL names now) and send the command again.
-    reconnectOnError: (error) => (error.message.startsWith('READONLY') ? 2 : false),
+    // A master demoted by a failover answers writes with READONLY while the connection stays up: reconnect
+    // (to whatever the URL names now). The command fails and its caller retries it; resending it here
+    // could loop for good against a URL that stays a replica, or resend half a transaction.
+    reconnectOnError: (error) => (error.message.startsWith('READONLY') ? 1 : false),
     // Commands wait in the offline queue across a reconnect instead of failing at once.
     maxRetriesPerRequest: 20,
   });
@@ -83,15 +84,15 @@ export async function createRedis(options: CreateRedisOptions): Promise<WarrenRe
       { cause: error, retryable: true },
     );
   }
-  let policy: string | undefined;
+  let problem: string | undefined;
   try {
-    const reply = (await redis.config('GET', 'maxmemory-policy')) as string[];
-    policy = reply[1];
+    const [, policy] = (await redis.config('GET', 'maxmemory-policy')) as string[];
+    const [, maxmemory] = (await redis.config('GET', 'maxmemory')) as string[];
+    if (policy !== undefined) problem = evictionProblem(policy, Number(maxmemory ?? 0));
   } catch (error) {
     // Managed services often rename or refuse CONFIG: nothing to check then.
     options.logger.debug({ err: errorMessage(error) }, 'cannot read the Redis eviction policy');
   }
-  const problem = policy === undefined ? undefined : evictionProblem(policy);
   if (problem) {
     redis.disconnect();
     throw new WarrenError(ErrorCode.Config, problem);
@@ -100,13 +101,15 @@ export async function createRedis(options: CreateRedisOptions): Promise<WarrenRe
 }
 
 /**
- * Why Redis under this `maxmemory-policy` must not hold Warren's keys, or undefined. An `allkeys-*` policy
+ * Why Redis under this `maxmemory-policy` (and `maxmemory`, 0 for none) must not hold Warren's keys, or
+ * undefined. An `allkeys-*` policy
  * evicts any key when memory runs out: an id map or its counter (a user could then be given another
  * user's bit, and with it their memberships), a membership bitmap, a change log. `volatile-*` policies
  * evict only keys with a lifetime (claim-checked payloads, node heartbeats), which Warren survives.
  */
-export function evictionProblem(policy: string): string | undefined {
-  if (!policy.startsWith('allkeys-')) return undefined;
+export function evictionProblem(policy: string, maxmemory: number): string | undefined {
+  // Without a memory limit Redis never evicts, whatever the policy says.
+  if (!policy.startsWith('allkeys-') || maxmemory === 0) return undefined;
   return (
     `Redis maxmemory-policy is ${policy}: a full Redis would evict Warren's id maps and memberships, and ` +
     `could give one user another's bit; set it to noeviction (or a volatile-* policy)`
@@ -114,18 +117,28 @@ export function evictionProblem(policy: string): string | undefined {
 }
 
 /**
- * Error replies that say Redis cannot take commands now (out of memory under `noeviction`, a replica after
- * a failover, loading its data, a script running, a cluster or its replicas down), whatever the command.
+ * What an error reply of a command that can never succeed starts with: a key of the wrong type, or an
+ * error of the command (or of one of Warren's scripts) itself.
  */
-const UNAVAILABLE_REPLIES = /^(OOM|READONLY|LOADING|BUSY|MASTERDOWN|CLUSTERDOWN|TRYAGAIN|NOREPLICAS)\b/;
+const PERMANENT_REPLY = /^(WRONGTYPE|ERR)\b/;
+/**
+ * Replies that say Redis cannot take commands now, whatever the command, and pass once it can: out of
+ * memory, a replica after a failover, loading, a script running, a cluster or its replicas down, snapshots
+ * failing (MISCONF), too many clients, a password being rotated. Before Redis 7 they come wrapped in an
+ * `ERR Error running script …` reply when a script ran into them, hence looked for anywhere.
+ */
+const UNAVAILABLE_REPLY =
+  /\b(OOM|READONLY|LOADING|BUSY|MASTERDOWN|CLUSTERDOWN|TRYAGAIN|NOREPLICAS|MISCONF|NOAUTH)\b|max number of clients/;
 
 /**
  * Whether Redis refused this very command (a key of the wrong type, a script's own error): trying it again
- * will fail the same way. Not a refusal: a connection problem, or a reply that Redis cannot take any
- * command now (see UNAVAILABLE_REPLIES), which passes once Redis is back.
+ * will fail the same way. Anything else (a connection problem, a reply that Redis cannot take commands
+ * now, a reply not known to be permanent) may pass once Redis is back.
  */
 export function refusedByRedis(error: unknown): boolean {
-  return error instanceof ReplyError && !UNAVAILABLE_REPLIES.test((error as Error).message);
+  if (!(error instanceof ReplyError)) return false;
+  const message = (error as Error).message;
+  return PERMANENT_REPLY.test(message) && !UNAVAILABLE_REPLY.test(message);
 }
 
 /** True while the client can run commands. */

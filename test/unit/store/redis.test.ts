@@ -23,15 +23,29 @@ describe('refusedByRedis', () => {
       'NOREPLICAS Not enough good replicas to write.',
     ])
       expect(refusedByRedis(new ReplyError(message)), message).toBe(false);
+    // Also when a script ran into them before Redis 7, which wrapped them in its own error.
+    for (const message of [
+      'MISCONF Redis is configured to save RDB snapshots, but it is currently not able to persist on disk.',
+      'ERR max number of clients reached',
+      'NOAUTH Authentication required.',
+      'ERR Error running script (call to f_1a2b): @user_script:12: -OOM command not allowed when used memory',
+      "ERR Error running script (call to f_1a2b): @user_script:12: -READONLY You can't write against a read only replica.",
+      // Not known to be permanent: retried rather than set aside.
+      'SOMETHINGNEW cannot do that now',
+    ])
+      expect(refusedByRedis(new ReplyError(message)), message).toBe(false);
     expect(refusedByRedis(new Error('Connection is closed.'))).toBe(false);
   });
 });
 
 describe('evictionProblem', () => {
   it('refuses a Redis that may evict any key when full, and names the setting to change', () => {
+    const gib = 1 << 30;
     for (const policy of ['allkeys-lru', 'allkeys-lfu', 'allkeys-random'])
-      expect(evictionProblem(policy), policy).toMatch(/maxmemory-policy is allkeys-.*noeviction/);
+      expect(evictionProblem(policy, gib), policy).toMatch(/maxmemory-policy is allkeys-.*noeviction/);
     for (const policy of ['noeviction', 'volatile-lru', 'volatile-ttl'])
-      expect(evictionProblem(policy), policy).toBeUndefined();
+      expect(evictionProblem(policy, gib), policy).toBeUndefined();
+    // No memory limit: nothing is ever evicted.
+    expect(evictionProblem('allkeys-lru', 0)).toBeUndefined();
   });
 });
