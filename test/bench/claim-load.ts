@@ -11,7 +11,7 @@ export const SMALL_EVERY_MS = 20;
 const WIRE_SAMPLES = 3;
 
 const now = (): number => performance.timeOrigin + performance.now();
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 async function waitFor(check: () => boolean, what: string, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -137,7 +137,10 @@ export async function wireSize(stack: ClaimStack, mode: Mode, size: number, node
   };
 }
 
-export type Plan = { tag: string; durationMs: number } & ({ window: number } | { rate: number });
+/** Large events closed-loop (`window` in flight), paced (`rate` per second), or none at all (`quiet`). */
+export type Plan = { tag: string; durationMs: number } & (
+  { window: number } | { rate: number } | { quiet: true }
+);
 
 /** Several runs as one: events and small-event samples pooled, rates and reads weighted by events. */
 export function pool(runs: readonly Run[]): Run {
@@ -174,6 +177,7 @@ export interface Run {
 }
 
 function pace(plan: Plan, started: number, publishLarge: () => void, arrivals: Arrivals): Promise<void> {
+  if ('quiet' in plan) return sleep(plan.durationMs);
   if ('rate' in plan) {
     return (async () => {
       for (let i = 0; now() - started < plan.durationMs; i += 1) {
@@ -231,7 +235,7 @@ export async function drive(
     arrivals.check();
     const fetches = (await stack.gatewayFetches()) - fetches0;
     const reads = (await stack.tapReads()) - tap0;
-    const last = Math.max(...ids.map((id) => arrivals.done.get(id) as number));
+    const last = ids.length > 0 ? Math.max(...ids.map((id) => arrivals.done.get(id) as number)) : now();
     const latency = ids.map((id) => (arrivals.done.get(id) as number) - (arrivals.sentAt.get(id) ?? NaN));
     const small: Run['small'] = {};
     const samples: Run['samples'] = {};
@@ -246,8 +250,8 @@ export async function drive(
       small,
       samples,
       smallLost: expected - arrivals.smallCount,
-      readsMetric: fetches / ids.length,
-      readsTap: reads / ids.length,
+      readsMetric: ids.length > 0 ? fetches / ids.length : 0,
+      readsTap: ids.length > 0 ? reads / ids.length : 0,
     };
   } finally {
     arrivals.stop();
