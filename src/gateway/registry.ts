@@ -42,8 +42,8 @@ export class UserEntry<T extends RegisteredTab> {
   bit: number | undefined;
   /** Announced online (a tab is open). */
   online = false;
-  /** A bit this node announced for the user and must still take back (the offline call failed). */
-  offlineDue: number | undefined;
+  /** Bits this node announced for the user and must still take back (their offline calls failed). */
+  readonly offlineDue = new Set<number>();
   /** A repair step is queued (see `ConnectionRegistry.repair`). */
   repairing = false;
   graceTimer: NodeJS.Timeout | undefined;
@@ -67,6 +67,8 @@ export class ConnectionRegistry<T extends RegisteredTab> {
   /** tenant → bit → user, for the users held (tabs open or in grace; node-routed deliveries name them by bit). */
   private readonly byBit = new Map<string, Map<number, UserEntry<T>>>();
   private tabCount = 0;
+  /** Set by `unbindAll` (the node is draining): no step is scheduled any more. */
+  private closed = false;
 
   constructor(
     private readonly binder: KeyBinder,
@@ -145,6 +147,7 @@ export class ConnectionRegistry<T extends RegisteredTab> {
 
   /** Unbinds the user's key after the grace period, unless a tab comes back first. */
   private releaseLater(entry: UserEntry<T>): void {
+    if (this.closed) return;
     entry.graceTimer = setTimeout(() => {
       entry.graceTimer = undefined;
       void this.enqueue(entry, () => this.release(entry)).catch(() => {});
@@ -175,7 +178,7 @@ export class ConnectionRegistry<T extends RegisteredTab> {
   private async goOffline(entry: UserEntry<T>): Promise<void> {
     if (entry.tabs.size > 0 || !entry.online || entry.bit === undefined) return;
     entry.online = false;
-    entry.offlineDue = entry.bit;
+    entry.offlineDue.add(entry.bit);
     try {
       await this.takeBackBit(entry);
     } catch (error) {
@@ -184,39 +187,47 @@ export class ConnectionRegistry<T extends RegisteredTab> {
   }
 
   /**
-   * Marks the user offline under the bit it still owes (`offlineDue`); throws, keeping it owed, when Redis
-   * fails. Left set, the bit would count the user online here for as long as the node lives: resolvers
-   * would keep routing their events to this node, and `warren status` count them.
+   * Marks the user offline under the bits it still owes (`offlineDue`); throws, keeping the rest owed, when
+   * Redis fails. Left set, a bit would count its holder online here for as long as the node lives:
+   * resolvers would keep routing their events to this node, and `warren status` count them.
    */
   private async takeBackBit(entry: UserEntry<T>): Promise<void> {
-    const bit = entry.offlineDue;
-    if (bit === undefined) return;
-    // Online under that bit here again (the user came back, or after a failover another user of this node
-    // holds it now): it is rightly set.
-    if (this.byBit.get(entry.tenantId)?.get(bit)?.online) {
-      entry.offlineDue = undefined;
-      return;
+    for (const bit of [...entry.offlineDue]) {
+      // Online under that bit here again (the user came back, or after a failover another user of this
+      // node holds it now): it is rightly set.
+      if (!this.byBit.get(entry.tenantId)?.get(bit)?.online) await this.presence.offline(entry.tenantId, bit);
+      entry.offlineDue.delete(bit);
     }
-    await this.presence.offline(entry.tenantId, bit);
-    entry.offlineDue = undefined;
   }
 
   private async release(entry: UserEntry<T>): Promise<void> {
     if (entry.tabs.size > 0) return;
-    try {
-      await this.takeBackBit(entry);
-      if (entry.bound || entry.stray) {
-        entry.bound = false;
-        // Left bound, the key would draw the user's deliveries to this node's queue for as long as the
-        // queue lives: kept as stray until an unbind succeeds (a tab coming back binds it again).
-        entry.stray = true;
+    // Both tried, each whatever the other does: Redis away must not keep the key bound, nor the broker
+    // away the bit set.
+    let failed: unknown;
+    if (entry.bound || entry.stray) {
+      entry.bound = false;
+      // Left bound, the key would draw the user's deliveries to this node's queue for as long as the queue
+      // lives: kept as stray until an unbind succeeds (a tab coming back binds it again).
+      entry.stray = true;
+      try {
         await this.binder.unbind(entry.key);
         entry.stray = false;
+      } catch (error) {
+        failed = error;
       }
+    }
+    try {
+      await this.takeBackBit(entry);
     } catch (error) {
-      // Kept, and tried again once the broker is back (`rebindAll`) and after every grace period.
-      this.logger.warn({ err: errorMessage(error), key: entry.key }, 'releasing a user failed; will retry');
-      if (entry.tabs.size === 0 && entry.graceTimer === undefined) this.releaseLater(entry);
+      failed ??= error;
+    }
+    if (failed !== undefined) {
+      // Kept, and tried again once the broker is back (`rebindAll`), on heartbeats (`repair`, the bits)
+      // and after every grace period.
+      this.logger.warn({ err: errorMessage(failed), key: entry.key }, 'releasing a user failed; will retry');
+      if (entry.tabs.size === 0 && entry.graceTimer === undefined && this.users.get(entry.key) === entry)
+        this.releaseLater(entry);
       return;
     }
     if (entry.tabs.size === 0 && entry.graceTimer === undefined && this.users.get(entry.key) === entry) {
@@ -245,7 +256,17 @@ export class ConnectionRegistry<T extends RegisteredTab> {
       entry.graceTimer = undefined;
       void this.enqueue(entry, () => this.release(entry)).catch(() => {});
     }
-    await Promise.all(entries.filter((e) => e.bound).map((e) => this.binder.bind(e.key)));
+    // In each user's own queue of steps: a release at the end of a grace period must not be overtaken by
+    // (or overtake) the bind, or the key could stay bound with no entry left to unbind it.
+    await Promise.all(
+      entries
+        .filter((e) => e.bound)
+        .map((e) =>
+          this.enqueue(e, async () => {
+            if (e.bound) await this.binder.bind(e.key);
+          }),
+        ),
+    );
   }
 
   /** Announces every user with open tabs online again (after this node had been declared dead). */
@@ -315,7 +336,7 @@ export class ConnectionRegistry<T extends RegisteredTab> {
   }
 
   private async reassign(entry: UserEntry<T>, stale: number | undefined): Promise<void> {
-    if (stale !== undefined && entry.online) entry.offlineDue = stale;
+    if (stale !== undefined && entry.online) entry.offlineDue.add(stale);
     entry.online = false;
     // Failing here (Redis away: likely during a failover) leaves the entry for the next beat's `repair`.
     await this.takeBackBit(entry);
@@ -336,9 +357,10 @@ export class ConnectionRegistry<T extends RegisteredTab> {
    * repair waits behind its own queued steps.
    */
   repair(): void {
+    if (this.closed) return;
     for (const entry of this.users.values()) {
       const unannounced = entry.bound && entry.tabs.size > 0 && (!entry.online || entry.bit === undefined);
-      if (entry.repairing || (entry.offlineDue === undefined && !unannounced)) continue;
+      if (entry.repairing || (entry.offlineDue.size === 0 && !unannounced)) continue;
       entry.repairing = true;
       void this.enqueue(entry, async () => {
         entry.repairing = false;
@@ -362,6 +384,7 @@ export class ConnectionRegistry<T extends RegisteredTab> {
 
   /** Unbinds every key now, skipping the grace period (draining). */
   async unbindAll(): Promise<void> {
+    this.closed = true;
     const entries = [...this.users.values()];
     for (const entry of entries) {
       if (entry.graceTimer) clearTimeout(entry.graceTimer);

@@ -22,7 +22,8 @@ describe('DeliveryHistory', () => {
       // Not every delivery is kept for these users: offsets in history have gaps.
       if (i % 3 === 2) continue;
       const key = i % 2 === 0 ? 'u.t.A' : 'u.t.B';
-      const f = frame(4);
+      // Each frame its own: a replay of the wrong entries must not compare equal.
+      const f = Uint8Array.from([offset]);
       history.add(offset, [key], f);
       kept.push({ offset, key, frame: f });
     }

@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { ConnectionRegistry, type RegisteredTab } from '../../../src/gateway/registry.js';
 import { userKey } from '../../../src/protocol/ids.js';
 import { silentLogger } from '../../../src/shared/logger.js';
@@ -102,22 +102,31 @@ describe('ConnectionRegistry: an unbind that fails', () => {
   });
 
   it('tries again at once when the broker is back, without binding the key again', async () => {
-    let fail = true;
-    const attempts: string[] = [];
-    const { registry, binds } = registryWith(async (k) => {
-      attempts.push(k);
-      if (fail) throw new Error('broker not connected');
-    }, 20);
-    const first = tab('t1', 'acme', 'ann');
-    await registry.add(first);
-    registry.remove(first);
-    await eventually(() => attempts.length === 1);
+    vi.useFakeTimers();
+    try {
+      let fail = true;
+      const attempts: string[] = [];
+      const { registry, binds } = registryWith(async (k) => {
+        attempts.push(k);
+        if (fail) throw new Error('broker not connected');
+      }, 60_000);
+      const first = tab('t1', 'acme', 'ann');
+      await registry.add(first);
+      registry.remove(first);
+      await vi.advanceTimersByTimeAsync(60_000);
+      await registry.entry(key)?.chain;
+      expect(attempts).toEqual([key]);
 
-    fail = false;
-    await registry.rebindAll();
-    await eventually(() => registry.entry(key) === undefined);
-    expect(attempts).toEqual([key, key]);
-    expect(binds).toEqual([key]);
+      // The broker is back long before the next grace period would try again.
+      fail = false;
+      await registry.rebindAll();
+      await registry.entry(key)?.chain;
+      expect(registry.entry(key)).toBeUndefined();
+      expect(attempts).toEqual([key, key]);
+      expect(binds).toEqual([key]);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it('binds the key again for a user who comes back before the retry', async () => {
@@ -226,5 +235,121 @@ describe('ConnectionRegistry: presence steps that fail', () => {
     expect(calls).toEqual(['online ann', 'offline 5', 'offline 5', 'online ann']);
     expect(registry.usersByBit('acme')?.get(9)?.userId).toBe('ann');
     expect(registry.entry(key)?.online).toBe(true);
+  });
+});
+
+describe('ConnectionRegistry: steps that race', () => {
+  const key = userKey('acme', 'ann');
+
+  it('binds again on a reconnect before a grace period’s unbind, never after it', async () => {
+    vi.useFakeTimers();
+    try {
+      const ops: string[] = [];
+      let slowBind: (() => void) | undefined;
+      const registry = new ConnectionRegistry<RegisteredTab>(
+        {
+          bind: (k) => {
+            ops.push(`bind ${k}`);
+            // The rebind after a reconnect is slow (its channel is busy); the first bind is not.
+            if (ops.length === 1) return Promise.resolve();
+            return new Promise<void>((resolve) => (slowBind = resolve));
+          },
+          unbind: async (k) => void ops.push(`unbind ${k}`),
+        },
+        { online: async () => [1], offline: async () => {} },
+        1000,
+        { onUsersChanged: () => {} },
+        silentLogger(),
+      );
+      const first = tab('t1', 'acme', 'ann');
+      await registry.add(first);
+      registry.remove(first);
+      const rebinding = registry.rebindAll();
+      // The grace period ends while the rebind is on its way.
+      await vi.advanceTimersByTimeAsync(1000);
+      expect(ops).toEqual([`bind ${key}`, `bind ${key}`]);
+      slowBind?.();
+      await rebinding;
+      await registry.entry(key)?.chain;
+      // The unbind came last: the key is not left bound with nothing here to unbind it.
+      expect(ops).toEqual([`bind ${key}`, `bind ${key}`, `unbind ${key}`]);
+      expect(registry.entry(key)).toBeUndefined();
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it('schedules nothing more once draining, even when a release in flight fails', async () => {
+    vi.useFakeTimers();
+    try {
+      let failUnbind: ((error: Error) => void) | undefined;
+      const registry = new ConnectionRegistry<RegisteredTab>(
+        {
+          bind: async () => {},
+          unbind: () => new Promise<void>((_, reject) => (failUnbind = reject)),
+        },
+        { online: async () => [1], offline: async () => {} },
+        1000,
+        { onUsersChanged: () => {} },
+        silentLogger(),
+      );
+      const first = tab('t1', 'acme', 'ann');
+      await registry.add(first);
+      registry.remove(first);
+      await vi.advanceTimersByTimeAsync(1000);
+      // The release's unbind is in flight when the drain starts.
+      const draining = registry.unbindAll();
+      failUnbind?.(new Error('broker gone'));
+      await vi.advanceTimersByTimeAsync(0);
+      failUnbind?.(new Error('broker gone'));
+      await draining;
+      registry.repair();
+      expect(vi.getTimerCount()).toBe(0);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it('takes back every bit it owes, not only the last', async () => {
+    const bits = new Map([['ann', 5]]);
+    const offline: number[] = [];
+    let failing = 0;
+    const registry = new ConnectionRegistry<RegisteredTab>(
+      { bind: async () => {}, unbind: async () => {} },
+      {
+        online: async (_t, userIds) => userIds.map((u) => bits.get(u) as number),
+        offline: async (_t, bit) => {
+          offline.push(bit);
+          if (failing > 0 && failing--) throw new Error('redis away');
+        },
+      },
+      60_000,
+      { onUsersChanged: () => {} },
+      silentLogger(),
+    );
+    failing = 1;
+    const first = tab('t1', 'acme', 'ann');
+    await registry.add(first);
+    registry.remove(first);
+    await registry.entry(key)?.chain;
+    // Redis comes and goes (a failover): the map changed, ann's bit is 9 now; bit 5 is still owed.
+    bits.set('ann', 9);
+    failing = 100;
+    expect(await registry.verifyBits(async () => [9])).toEqual([key]);
+    await registry.entry(key)?.chain;
+    failing = 0;
+    const second = tab('t2', 'acme', 'ann');
+    await registry.add(second);
+    await registry.entry(key)?.chain;
+    // Gone again while Redis fails again: bit 9 is owed too.
+    failing = 100;
+    registry.remove(second);
+    await registry.entry(key)?.chain;
+
+    failing = 0;
+    offline.length = 0;
+    registry.repair();
+    await registry.entry(key)?.chain;
+    expect(offline.sort()).toEqual([5, 9]);
   });
 });
