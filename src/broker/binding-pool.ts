@@ -10,6 +10,8 @@ export interface BindingCounters {
 
 interface Slot {
   channel: Channel | undefined;
+  /** The channel being opened in its place, shared by every operation that finds it closed. */
+  opening: Promise<Channel> | undefined;
   pending: number;
 }
 
@@ -39,6 +41,7 @@ export class BindingPool {
       this.slots = await Promise.all(
         Array.from({ length: this.size }, async () => ({
           channel: await this.openChannel(model),
+          opening: undefined,
           pending: 0,
         })),
       );
@@ -58,28 +61,40 @@ export class BindingPool {
     return channel;
   }
 
-  private async pick(waitMs: number): Promise<Slot> {
+  /**
+   * Runs `op` on the least busy channel. The slot is counted busy before anything is awaited: binds started
+   * together (every held user's, after a reconnect) spread over the pool instead of all picking the first
+   * idle channel. A closed channel is reopened once, however many operations find it closed.
+   */
+  private async run(op: (channel: Channel) => Promise<unknown>, waitMs: number): Promise<void> {
     if (!this.model) {
       if (waitMs <= 0) throw new Error('broker not connected');
       await this.broker.waitConnected(waitMs);
     }
-    let best: Slot | undefined;
-    for (const slot of this.slots) if (!best || slot.pending < best.pending) best = slot;
-    if (!best) throw new Error('binding pool has no channels');
-    if (!best.channel && this.model) best.channel = await this.openChannel(this.model);
-    return best;
-  }
-
-  private async run(op: (channel: Channel) => Promise<unknown>, waitMs: number): Promise<void> {
-    const slot = await this.pick(waitMs);
-    const channel = slot.channel;
-    if (!channel) throw new Error('binding channel unavailable');
+    let slot: Slot | undefined;
+    for (const candidate of this.slots) if (!slot || candidate.pending < slot.pending) slot = candidate;
+    if (!slot) throw new Error('binding pool has no channels');
     slot.pending += 1;
     try {
+      const channel = slot.channel ?? (await this.reopen(slot));
       await op(channel);
     } finally {
       slot.pending -= 1;
     }
+  }
+
+  private reopen(slot: Slot): Promise<Channel> {
+    const model = this.model;
+    if (!model) return Promise.reject(new Error('binding channel unavailable'));
+    slot.opening ??= this.openChannel(model)
+      .then((channel) => {
+        slot.channel = channel;
+        return channel;
+      })
+      .finally(() => {
+        slot.opening = undefined;
+      });
+    return slot.opening;
   }
 
   async bind(queue: string, exchange: string, key: string): Promise<void> {

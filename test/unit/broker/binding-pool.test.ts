@@ -1,0 +1,70 @@
+import { EventEmitter } from 'node:events';
+import type { ChannelModel } from 'amqplib';
+import { describe, expect, it } from 'vitest';
+import { BindingPool } from '../../../src/broker/binding-pool.js';
+import type { BrokerConnection } from '../../../src/broker/connection.js';
+import { silentLogger } from '../../../src/shared/logger.js';
+
+// The pool's own scheduling, with amqplib's channels in the test's hand: binds against a real broker are
+// exercised by the gateway's integration tests; here a bind waits for as long as the test wants.
+
+class FakeChannel extends EventEmitter {
+  static opened = 0;
+  readonly id = FakeChannel.opened++;
+  readonly binds: string[] = [];
+  private readonly waiting: (() => void)[] = [];
+
+  bindQueue(_queue: string, _exchange: string, key: string): Promise<void> {
+    this.binds.push(key);
+    return new Promise((resolve) => this.waiting.push(resolve));
+  }
+
+  finish(): void {
+    for (const resolve of this.waiting.splice(0)) resolve();
+  }
+
+  close(): Promise<void> {
+    this.emit('close');
+    return Promise.resolve();
+  }
+}
+
+async function pool(size: number): Promise<{ pool: BindingPool; channels: FakeChannel[] }> {
+  const channels: FakeChannel[] = [];
+  const model = {
+    createChannel: async () => {
+      const channel = new FakeChannel();
+      channels.push(channel);
+      return channel;
+    },
+  } as unknown as ChannelModel;
+  const broker = Object.assign(new EventEmitter(), {
+    onConnect: async (hook: (m: ChannelModel) => Promise<void>) => hook(model),
+    waitConnected: async () => model,
+  }) as unknown as BrokerConnection;
+  const p = new BindingPool(broker, size, { onBind: () => {}, onUnbind: () => {} }, silentLogger());
+  await p.start();
+  return { pool: p, channels };
+}
+
+describe('BindingPool', () => {
+  it('spreads binds started together over its channels', async () => {
+    const { pool: p, channels } = await pool(4);
+    const binds = Array.from({ length: 8 }, (_, i) => p.bind('q', 'x', `u.t.${i}`));
+    await new Promise((r) => setImmediate(r));
+    expect(channels.map((c) => c.binds.length)).toEqual([2, 2, 2, 2]);
+    for (const channel of channels) channel.finish();
+    await Promise.all(binds);
+  });
+
+  it('reopens a closed channel once for every operation that finds it closed', async () => {
+    const { pool: p, channels } = await pool(1);
+    await channels[0]?.close();
+    const binds = Array.from({ length: 5 }, (_, i) => p.bind('q', 'x', `u.t.${i}`));
+    await new Promise((r) => setImmediate(r));
+    expect(channels).toHaveLength(2);
+    expect(channels[1]?.binds).toHaveLength(5);
+    channels[1]?.finish();
+    await Promise.all(binds);
+  });
+});
