@@ -25,8 +25,8 @@ export class DeliveryHistory {
   private last = 0;
   /** The highest offset history has dropped or refused to keep; everything above it that was kept is here. */
   private floor = 0;
-  /** The node's offset when it found it had missed deliveries (see `markGap`); -1 if it never did. */
-  private gapAt = -1;
+  /** The offset the node took when it found it had missed deliveries (see `markGap`); 0 if it never did. */
+  private gapAt = 0;
 
   constructor(
     readonly epoch: string,
@@ -41,13 +41,16 @@ export class DeliveryHistory {
 
   /**
    * The node missed deliveries before now (its queue was lost, or its users were counted offline): they
-   * never got offsets, so a resume from any offset up to here would replay around a gap it cannot see.
+   * never got offsets, so a resume from any offset before here would replay around a gap it cannot see.
+   * Takes an offset of its own for the gap and returns it: tabs told of the gap resume from it.
    */
-  markGap(): void {
+  markGap(): number {
+    this.last += 1;
     this.gapAt = this.last;
     this.floor = this.last;
     this.entries.length = 0;
     this.bytes = 0;
+    return this.gapAt;
   }
 
   /** Allocates the next offset (every delivery gets one on arrival, kept in history or not). */
@@ -90,8 +93,9 @@ export class DeliveryHistory {
    */
   since(epoch: string, offset: number, key: string, upTo = this.last): Uint8Array[] | undefined {
     if (epoch !== this.epoch || offset > upTo) return undefined;
-    // Deliveries the node never received came before that point, even for a tab that saw its last offset.
-    if (offset <= this.gapAt) return undefined;
+    // Deliveries the node never received came before that point, even for a tab that saw the offset
+    // before it.
+    if (offset < this.gapAt) return undefined;
     if (offset === upTo) return [];
     // Offsets up to the floor may have been dropped (or never kept): from below it there may be a gap.
     if (this.maxEntries === 0 || offset < this.floor) return undefined;

@@ -116,17 +116,27 @@ export async function startGateway(
    * resynchronise from the application.
    */
   const eventsMissed = (why: string): void => {
-    history.markGap();
-    const tabs = registry.allTabs();
+    const offset = history.markGap();
+    // Tabs not welcomed yet get a welcome offset past the gap.
+    const tabs = registry.allTabs().filter((tab) => tab.ready);
     const frame = encodeFrame({
       type: 'error',
       code: FrameErrorCode.EventsMissed,
       message: `${why}; events may have been missed: resynchronise`,
+      offset,
     });
     for (const tab of tabs) tab.write(frame, CloseCode.TooSlow);
     logger.warn({ tabs: tabs.length }, `${why}; tabs told to resynchronise`);
   };
   let queueDeclared = false;
+  /** The queue was found lost; the tabs are told once every held user is bound to the new one. */
+  let queueLost = false;
+  const rebind = async (): Promise<void> => {
+    await registry.rebindAll();
+    if (!queueLost) return;
+    queueLost = false;
+    eventsMissed('the node queue was lost');
+  };
   const consumer = new Consumer(
     broker,
     {
@@ -140,13 +150,12 @@ export async function startGateway(
           await channel.deleteQueue(queue);
         // Gone since the last declaration (deleted, expired during a long outage, a broker restart): what
         // was routed to it meanwhile is lost. The first declaration of the process has nothing to lose.
-        const lost = queueDeclared && !(await queueExists(model, queue));
+        if (queueDeclared && !(await queueExists(model, queue))) queueLost = true;
         await declareGatewayQueue(channel, queue, { exchange: names.deliveries, key: nodeKey(nodeId) });
         queueDeclared = true;
-        if (lost) eventsMissed('the node queue was lost');
       },
       // The queue may have been deleted under the consumer, and its user bindings with it.
-      resubscribed: () => registry.rebindAll(),
+      resubscribed: rebind,
     },
     (delivery) => router.handle(delivery),
     logger,
@@ -162,13 +171,16 @@ export async function startGateway(
   await consumer.start();
   await broker.onConnect(async () => {
     const keysHeld = registry.boundKeys().length;
-    await registry.rebindAll();
+    await rebind();
     if (keysHeld > 0) logger.info({ users: keysHeld }, 're-bound held users after reconnect');
   });
   await broker.start();
 
   let firstBeat = true;
   let reannounceDue = false;
+  /** Resolvers may have counted this node's users offline: its tabs are to be told. */
+  let missedDue = false;
+  let lastBeatAt = performance.now();
   let beating = false;
   const startedAt = Date.now();
   const beat = async (): Promise<void> => {
@@ -178,6 +190,11 @@ export async function startGateway(
     try {
       const stats = { connections: registry.size, users: registry.userCount, startedAt };
       const unknown = await presence.heartbeat(nodeId, stats, config.presence.expiryMs);
+      // Silent for longer than the expiry (Redis away, the event loop stalled): resolvers stopped counting
+      // this node's users as soon as they saw it, swept or not, and resolved events without them.
+      const silentMs = performance.now() - lastBeatAt;
+      lastBeatAt = performance.now();
+      if (!firstBeat && (unknown || silentMs >= config.presence.expiryMs)) missedDue = true;
       if (unknown && !firstBeat) {
         logger.warn('this node had been declared dead; announcing its users again');
         reannounceDue = true;
@@ -187,8 +204,12 @@ export async function startGateway(
       if (reannounceDue) {
         await registry.reannounce();
         reannounceDue = false;
-        // Meanwhile resolvers counted this node's users offline and resolved events without them.
-        eventsMissed('this node had been declared dead');
+      }
+      if (missedDue) {
+        missedDue = false;
+        eventsMissed(
+          `this node could not beat for ${Math.round(silentMs)} ms and may have been counted dead`,
+        );
       }
       const wrong = await registry.verifyBits((tenantId, userIds) => presence.bitsOf(tenantId, userIds));
       if (wrong.length > 0)

@@ -41,6 +41,8 @@ export interface ErrorFrame {
   message: string;
   /** The event the error is about, when it concerns one (e.g. a payload that expired). */
   id?: string;
+  /** `events_missed`: the node's offset at the gap; a resume from it (or later) misses nothing after it. */
+  offset?: number;
 }
 
 export type ServerFrame = WelcomeFrame | EventFrame | PongFrame | ResumedFrame | ErrorFrame;

@@ -1,7 +1,18 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, inject, it } from 'vitest';
 import { declareGatewayQueue, declareTopology, topologyNames } from '../../src/broker/topology.js';
 import { PresenceStore } from '../../src/store/presence-store.js';
-import { BrokerProbe, startTestGateway, testConfig, withWarrenRedis } from '../support/harness.js';
+import {
+  BrokerProbe,
+  cleanRedis,
+  eventually,
+  openTab,
+  startTestGateway,
+  testConfig,
+  testPrefix,
+  token,
+  withWarrenRedis,
+} from '../support/harness.js';
+import { TcpProxy } from '../support/tcp-proxy.js';
 
 const EXPIRY_MS = 15_000;
 const stats = { connections: 1, users: 1, startedAt: 0 };
@@ -37,6 +48,40 @@ describe('presence of gateway nodes in Redis', () => {
         await probe.close();
       }
     });
+  });
+
+  it('tells its tabs to resynchronise after it could not beat for longer than the expiry, swept or not', async () => {
+    const prefix = testPrefix('presence-silent');
+    const target = new URL(inject('redisUrl'));
+    const proxy = await TcpProxy.start(target.hostname, Number(target.port || 6379));
+    const gateway = await startTestGateway(
+      testConfig(prefix, {
+        redis: { url: proxy.url(target) },
+        presence: { heartbeatMs: 100, expiryMs: 600 },
+      }),
+    );
+    try {
+      const tab = await openTab(gateway.port, await token({ sub: 'ann', tid: 't1' }));
+      // Redis hangs for longer than the expiry: resolvers stop counting ann while the node cannot beat.
+      // Nobody sweeps the node (there is no other one), so its next beat finds it still listed.
+      proxy.stall();
+      await new Promise((r) => setTimeout(r, 1000));
+      proxy.flow();
+      await eventually(
+        () => tab.frames.some((f) => f.type === 'error' && f.code === 'events_missed'),
+        'events_missed',
+      );
+      expect(tab.closeCode).toBeUndefined();
+      tab.ws.terminate();
+    } finally {
+      proxy.flow();
+      await gateway.close();
+      const probe = await BrokerProbe.open();
+      await probe.deleteExchangesAndQueues(prefix, [gateway.queue]);
+      await probe.close();
+      await proxy.close();
+      await cleanRedis(prefix);
+    }
   });
 
   it('never hands out a bit another user holds, even when the id counter was lost', async () => {

@@ -307,6 +307,8 @@ export class WarrenClient {
           return false;
         }
         if (frame.code === FrameErrorCode.EventsMissed) {
+          // Past the gap: a later reconnect to this node resumes from here instead of being refused.
+          if (typeof frame.offset === 'number') this.advance(frame.offset);
           this.resync({ reason: 'history_gap' });
           return false;
         }

@@ -181,10 +181,16 @@ describe('client core (scripted socket, fake timers)', () => {
     client.on('resync', (r) => resyncs.push(r.reason));
     client.on('event', (e) => events.push(e.id));
     latest().welcome('e1', 5);
-    latest().receive({ type: 'error', code: 'events_missed', message: 'the node queue was lost' });
+    latest().receive({ type: 'error', code: 'events_missed', message: 'the node queue was lost', offset: 9 });
     expect(resyncs).toEqual(['history_gap']);
-    latest().event('later', 6);
+    // Back on the same node: from the gap on, not from before it (which would be refused).
+    latest().end(1006);
+    const second = await nextAttempt();
+    second.welcome('e1', 12);
+    expect(second.sent).toEqual([{ type: 'resume', epoch: 'e1', offset: 9 }]);
+    second.event('later', 13);
     expect(events).toEqual(['later']);
+    expect(resyncs).toEqual(['history_gap']);
   });
 
   it('does not resume on another node but says events may have been missed', async () => {
