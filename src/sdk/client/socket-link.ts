@@ -74,7 +74,7 @@ export class SocketLink {
     } catch (cause) {
       if (this.closed) return;
       this.hooks.error(new WarrenClientError(ClientErrorCode.Token, 'getToken failed', { cause }));
-      this.ended(ABNORMAL_CLOSURE, 0);
+      this.ended(ABNORMAL_CLOSURE, undefined);
       return;
     }
     if (this.closed) return;
@@ -94,7 +94,7 @@ export class SocketLink {
           : new Socket(url, [WS_PROTOCOL, `${BEARER_PROTOCOL_PREFIX}${token}`]);
     } catch (cause) {
       this.hooks.error(new WarrenClientError(ClientErrorCode.Socket, `cannot open ${url}`, { cause }));
-      this.ended(ABNORMAL_CLOSURE, 0);
+      this.ended(ABNORMAL_CLOSURE, undefined);
       return;
     }
     this.ws = ws;

@@ -268,3 +268,35 @@ describe('client core (scripted socket, fake timers)', () => {
     expect(ScriptedSocket.all).toHaveLength(1);
   });
 });
+
+describe('client: an attempt that fails before any socket', () => {
+  afterEach(() => {
+    vi.restoreAllMocks();
+    vi.useRealTimers();
+  });
+
+  it('moves on to the next URL when the browser refuses to open one (a ws:// URL on an https page)', async () => {
+    vi.useFakeTimers();
+    // The list's random start is its first URL.
+    vi.spyOn(Math, 'random').mockReturnValue(0);
+    const tried: string[] = [];
+    class Refusing extends ScriptedSocket {
+      constructor(url: string, protocols: string | string[]) {
+        tried.push(url);
+        if (url.startsWith('ws://a')) throw new Error('SecurityError: insecure WebSocket');
+        super(url, protocols);
+      }
+    }
+    ScriptedSocket.all = [];
+    const client = connect({
+      url: ['ws://a/ws', 'wss://b/ws'],
+      getToken: () => 'token',
+      WebSocket: Refusing as unknown as typeof WebSocket,
+      pingIntervalMs: 0,
+    });
+    client.on('error', () => {});
+    await vi.advanceTimersByTimeAsync(60_000);
+    expect(tried.slice(0, 2)).toEqual(['ws://a/ws', 'wss://b/ws']);
+    client.close();
+  });
+});
