@@ -47,6 +47,11 @@ export class BlockingTokenVerifier {
     private readonly logger: Logger,
   ) {}
 
+  /** Whether tokens can be verified now (false while a worker is being replaced, or cannot be). */
+  get available(): boolean {
+    return this.ready;
+  }
+
   static async start(settings: JwtSettings, logger: Logger): Promise<BlockingTokenVerifier> {
     const verifier = new BlockingTokenVerifier(settings, logger);
     await verifier.spawn();

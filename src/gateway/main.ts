@@ -249,7 +249,12 @@ export async function startGateway(
     metrics,
     metricsRegistry,
     limits: g,
-    readiness: () => ({ broker: broker.connected, redis: redisReady(redis), draining }),
+    readiness: () => ({
+      broker: broker.connected,
+      redis: redisReady(redis),
+      tokens: verifier.available,
+      draining,
+    }),
     logger,
     ...(options.routes ? { routes: options.routes } : {}),
   });

@@ -30,8 +30,13 @@ export interface WsServerLimits {
 export interface Readiness {
   broker: boolean;
   redis: boolean;
+  /** Tokens can be verified (the verifier's worker is up). */
+  tokens: boolean;
   draining: boolean;
 }
+
+/** Whether the node takes new tabs. */
+const isReady = (r: Readiness): boolean => r.broker && r.redis && r.tokens && !r.draining;
 
 export interface WsServerDeps {
   nodeId: string;
@@ -96,7 +101,7 @@ export class WsServer {
     this.app.get('/healthz', (res) => sendJson(res, '200 OK', { status: 'ok' }));
     this.app.get('/readyz', (res) => {
       const r = deps.readiness();
-      const ready = r.broker && r.redis && !r.draining;
+      const ready = isReady(r);
       sendJson(res, ready ? '200 OK' : '503 Service Unavailable', { ready, ...r });
     });
     this.app.get('/metrics', (res) => {
@@ -141,8 +146,7 @@ export class WsServer {
   }
 
   private upgrade(res: HttpResponse, req: HttpRequest, context: uWS.us_socket_context_t): void {
-    const r = this.deps.readiness();
-    if (!this.accepting || !r.broker || !r.redis || r.draining) {
+    if (!this.accepting || !isReady(this.deps.readiness())) {
       send(res, '503 Service Unavailable', 'not ready', 'text/plain', { 'retry-after': '1' });
       return;
     }

@@ -57,7 +57,13 @@ describe('gateway HTTP: /healthz, /readyz, /metrics', () => {
     expect(await get(port, '/healthz')).toMatchObject({ status: 200 });
     const ready = await get(port, '/readyz');
     expect(ready.status).toBe(200);
-    expect(JSON.parse(ready.body)).toEqual({ ready: true, broker: true, redis: true, draining: false });
+    expect(JSON.parse(ready.body)).toEqual({
+      ready: true,
+      broker: true,
+      redis: true,
+      tokens: true,
+      draining: false,
+    });
 
     proxy.refuse();
     proxy.cut();

@@ -68,12 +68,15 @@ describe('BlockingTokenVerifier', () => {
     const good = await sign({ sub: 'eve', tid: 'acme' });
     // The worker dies (a crash, an out-of-memory kill): no upgrade waits for it.
     await (verifier as unknown as { worker: { terminate(): Promise<number> } }).worker.terminate();
-    // Refused without waiting out the verify timeout: "unavailable", not "timed out".
+    // Refused without waiting out the verify timeout: "unavailable", not "timed out"; and said so, so that
+    // the node reports itself not ready meanwhile.
     expect(() => verifier.verify(good)).toThrow('token verification unavailable');
+    expect(verifier.available).toBe(false);
     await vi.waitFor(() => expect(verifier.verify(good).userId).toBe('eve'), {
       timeout: 10_000,
       interval: 50,
     });
+    expect(verifier.available).toBe(true);
   });
 
   it('after a worker that stopped answering times out once, answers at once until it is replaced', async () => {
