@@ -178,9 +178,15 @@ export class WarrenClient {
   }
 
   private isExpected(who: Speaker | undefined): boolean {
-    const expected = this.expected;
     if (!who) return false;
-    return !expected || (who.sub === expected.sub && who.tid === expected.tid);
+    const expected = this.expected;
+    if (expected?.sub === undefined || expected.tid === undefined) {
+      // Opaque tokens (the group names the user): the first user this tab hears speak, on its own socket or
+      // its leader's, is the group's; anyone later is someone else.
+      this.expected = { sub: who.sub, tid: who.tid };
+      return true;
+    }
+    return who.sub === expected.sub && who.tid === expected.tid;
   }
 
   /** Tells followers where the leader stands. */

@@ -12,8 +12,12 @@ function tokenFor(tid: string, sub: string): string {
   return `${part({ alg: 'none' })}.${part({ tid, sub, exp: Math.floor(Date.now() / 1000) + 3600 })}.x`;
 }
 
+/** A token the client cannot read (not a JWT): only the fake gateway knows whose it is. */
+const opaqueFor = (sub: string): string => `opaque-${sub}`;
+
 function claimsOf(protocols: string | string[]): { tid: string; sub: string } {
   const bearer = [protocols].flat().find((p) => p.startsWith('bearer.')) ?? '';
+  if (bearer.startsWith('bearer.opaque-')) return { tid: 'acme', sub: bearer.slice('bearer.opaque-'.length) };
   const payload = bearer.slice('bearer.'.length).split('.')[1] ?? '';
   return JSON.parse(Buffer.from(payload, 'base64url').toString()) as { tid: string; sub: string };
 }
@@ -173,6 +177,29 @@ describe('tab sharing never crosses users', () => {
     await new Promise((r) => setTimeout(r, 50));
     expect(follower.seen).toEqual([{ for: 'alice' }]);
     expect(leader.seen).toContainEqual({ for: 'bob' });
+  });
+
+  it('with opaque tokens, keeps the group to the user it first spoke for', async () => {
+    let leaderUser = 'alice';
+    const leader = tab(() => opaqueFor(leaderUser), 'user-alice');
+    await vi.waitFor(() => expect(leader.client.role).toBe(TabRole.Leader));
+    const follower = tab(() => opaqueFor('alice'), 'user-alice');
+    await vi.waitFor(() => expect(follower.client.state).toBe('connected'));
+    FakeSocket.all[0]?.event('shared');
+    await vi.waitFor(() => expect(follower.seen).toEqual([{ for: 'alice' }]));
+
+    // The leader's next token (a cookie-backed endpoint) is bob's: it leaves the group, and the follower
+    // never shows bob's events.
+    leaderUser = 'bob';
+    const errors: string[] = [];
+    leader.client.on('error', (e) => errors.push(e.code));
+    FakeSocket.all[0]?.end(4001);
+    await vi.waitFor(() => expect(leader.client.role).toBe(TabRole.Own), { timeout: 5000 });
+    expect(errors).toContain('share_mismatch');
+    FakeSocket.all.find((s) => s.user.sub === 'bob')?.event('bobs');
+    await vi.waitFor(() => expect(follower.client.role).toBe(TabRole.Leader));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(follower.seen).toEqual([{ for: 'alice' }]);
   });
 
   it('tells follower tabs, once, that the leader reconnected to another node', async () => {
