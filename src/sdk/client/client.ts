@@ -41,6 +41,8 @@ export class WarrenClient {
   private share: TabShare | undefined;
   /** The user this tab's token names; a relay from anyone else's socket is ignored. */
   private expected: { sub?: string; tid?: string } | undefined;
+  /** The node (a URL of the list) the trusted leader is on. */
+  private leaderUrl: string | undefined;
   /** A follower has accepted its leader's `up` for the expected user: only then are its relays shown. */
   private leaderTrusted = false;
   /**
@@ -163,6 +165,8 @@ export class WarrenClient {
       lead: () => {
         this.setRole(TabRole.Leader);
         this.connectionLost();
+        // To the node the last leader was on: offsets (and so a resume) mean something only there.
+        if (this.leaderUrl !== undefined) this.link.urls.moveTo(this.leaderUrl);
         this.openSocket();
       },
       hello: () => this.announce(),
@@ -194,7 +198,8 @@ export class WarrenClient {
     const welcome = this.welcome;
     const who = this.speaker();
     if (this.current === ClientState.Connected && welcome && who) {
-      this.share?.post({ k: 'up', who, welcome, cursor: this.cursor });
+      const url = this.link.urls.listed();
+      this.share?.post({ k: 'up', who, welcome, cursor: this.cursor, ...(url === undefined ? {} : { url }) });
     } else this.share?.post({ k: 'down' });
   }
 
@@ -265,6 +270,7 @@ export class WarrenClient {
       case 'up': {
         const before = this.cursor;
         this.leaderTrusted = true;
+        this.leaderUrl = message.url;
         this.welcome = message.welcome;
         const cursor = message.cursor && { ...message.cursor };
         this.cursor = cursor;

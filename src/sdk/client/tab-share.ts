@@ -21,7 +21,14 @@ export type RelayMessage =
   /** A tab started following: the leader answers with `up` or `down`. */
   | { k: 'hello' }
   /** The leader's socket is welcomed; followers adopt its cursor so they can resume if they take over. */
-  | { k: 'up'; who: Speaker; welcome: WelcomeFrame; cursor: Cursor | undefined }
+  | {
+      k: 'up';
+      who: Speaker;
+      welcome: WelcomeFrame;
+      cursor: Cursor | undefined;
+      /** The leader's node, from a URL list: a tab taking over goes there first, so it can resume. */
+      url?: string;
+    }
   | { k: 'down'; code?: number }
   | { k: 'frame'; who: Speaker; frame: ServerFrame }
   | { k: 'resync'; who: Speaker; resync: Resync };

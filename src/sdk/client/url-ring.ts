@@ -29,6 +29,20 @@ export class UrlRing {
     this.index += 1;
   }
 
+  /** The list entry in use, if the option is a list (a function is not called for this). */
+  listed(): string | undefined {
+    const { option } = this;
+    return typeof option === 'object' ? (option[this.index % option.length] as string) : undefined;
+  }
+
+  /** Goes on from `url` if the option is a list holding it (a tab taking over from its leader). */
+  moveTo(url: string): void {
+    const { option } = this;
+    if (typeof option !== 'object') return;
+    const at = option.indexOf(url);
+    if (at >= 0) this.index = at;
+  }
+
   /** A stable description of the option, for naming the tab-sharing channel. */
   describe(): string {
     const { option } = this;

@@ -202,6 +202,34 @@ describe('tab sharing never crosses users', () => {
     expect(follower.seen).toEqual([{ for: 'alice' }]);
   });
 
+  it('takes over on the node its leader was on, where it can resume', async () => {
+    const random = vi.spyOn(Math, 'random');
+    const open = (): WarrenClient => {
+      const client = connect({
+        url: ['ws://a/ws', 'ws://b/ws'],
+        getToken: () => tokenFor('acme', 'alice'),
+        shareAcrossTabs: true,
+        WebSocket: FakeSocket as unknown as typeof WebSocket,
+      });
+      clients.push(client);
+      return client;
+    };
+    // The leader's list starts at node a; the follower's own would start at b.
+    random.mockReturnValue(0);
+    const leader = open();
+    await vi.waitFor(() => expect(leader.role).toBe(TabRole.Leader));
+    random.mockReturnValue(0.6);
+    const follower = open();
+    await vi.waitFor(() => expect(follower.state).toBe('connected'));
+    expect(FakeSocket.all.map((s) => s.url)).toEqual(['ws://a/ws']);
+
+    leader.close();
+    await vi.waitFor(() => expect(follower.role).toBe(TabRole.Leader));
+    await vi.waitFor(() => expect(FakeSocket.all).toHaveLength(2));
+    expect(FakeSocket.all[1]?.url).toBe('ws://a/ws');
+    random.mockRestore();
+  });
+
   it('tells follower tabs, once, that the leader reconnected to another node', async () => {
     const leader = tab(() => tokenFor('acme', 'alice'), true);
     await vi.waitFor(() => expect(leader.client.role).toBe(TabRole.Leader));
