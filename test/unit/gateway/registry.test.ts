@@ -1,5 +1,5 @@
 import { describe, expect, it, vi } from 'vitest';
-import { ConnectionRegistry, type RegisteredTab } from '../../../src/gateway/registry.js';
+import { ConnectionRegistry, type KeyBinder, type RegisteredTab } from '../../../src/gateway/registry.js';
 import { userKey } from '../../../src/protocol/ids.js';
 import { silentLogger } from '../../../src/shared/logger.js';
 
@@ -14,6 +14,17 @@ function deferred(): { promise: Promise<void>; resolve: () => void } {
 
 function tab(id: string, tenantId: string, userId: string): RegisteredTab {
   return { id, tenantId, userId, key: userKey(tenantId, userId), closed: false };
+}
+
+/** A registry with the test's binder; presence always answers bit 1. */
+function registryWith1(binder: KeyBinder, graceMs: number): ConnectionRegistry<RegisteredTab> {
+  return new ConnectionRegistry<RegisteredTab>(
+    binder,
+    { online: async () => [1], offline: async () => {} },
+    graceMs,
+    { onUsersChanged: () => {} },
+    silentLogger(),
+  );
 }
 
 describe('ConnectionRegistry.verifyBits', () => {
@@ -67,17 +78,14 @@ describe('ConnectionRegistry.verifyBits', () => {
 describe('ConnectionRegistry: an unbind that fails', () => {
   function registryWith(unbind: (key: string) => Promise<void>, graceMs: number) {
     const binds: string[] = [];
-    const registry = new ConnectionRegistry<RegisteredTab>(
+    const registry = registryWith1(
       {
         bind: async (key) => {
           binds.push(key);
         },
         unbind,
       },
-      { online: async () => [1], offline: async () => {} },
       graceMs,
-      { onUsersChanged: () => {} },
-      silentLogger(),
     );
     return { registry, binds };
   }
@@ -180,15 +188,20 @@ describe('ConnectionRegistry: presence steps that fail', () => {
   }
   const key = userKey('acme', 'ann');
   const settled = (registry: ConnectionRegistry<RegisteredTab>) => registry.entry(key)?.chain;
+  /** Ann (bit 5) opens a tab and closes it, and Redis fails the offline call. */
+  async function leavesWhileRedisFails(): Promise<ReturnType<typeof flaky>> {
+    const setup = flaky();
+    setup.bits.set('ann', 5);
+    const first = tab('t1', 'acme', 'ann');
+    await setup.registry.add(first);
+    setup.fail(1);
+    setup.registry.remove(first);
+    await settled(setup.registry);
+    return setup;
+  }
 
   it('takes a bit back on a later repair when marking the user offline failed', async () => {
-    const { registry, calls, bits, fail } = flaky();
-    bits.set('ann', 5);
-    const first = tab('t1', 'acme', 'ann');
-    await registry.add(first);
-    fail(1);
-    registry.remove(first);
-    await settled(registry);
+    const { registry, calls } = await leavesWhileRedisFails();
     expect(calls).toEqual(['online ann', 'offline 5']);
 
     registry.repair();
@@ -201,13 +214,7 @@ describe('ConnectionRegistry: presence steps that fail', () => {
   });
 
   it('does not take the bit back from a user who came back before the repair', async () => {
-    const { registry, calls, bits, fail } = flaky();
-    bits.set('ann', 5);
-    const first = tab('t1', 'acme', 'ann');
-    await registry.add(first);
-    fail(1);
-    registry.remove(first);
-    await settled(registry);
+    const { registry, calls } = await leavesWhileRedisFails();
     await registry.add(tab('t2', 'acme', 'ann'));
 
     registry.repair();
@@ -246,7 +253,7 @@ describe('ConnectionRegistry: steps that race', () => {
     try {
       const ops: string[] = [];
       let slowBind: (() => void) | undefined;
-      const registry = new ConnectionRegistry<RegisteredTab>(
+      const registry = registryWith1(
         {
           bind: (k) => {
             ops.push(`bind ${k}`);
@@ -256,10 +263,7 @@ describe('ConnectionRegistry: steps that race', () => {
           },
           unbind: async (k) => void ops.push(`unbind ${k}`),
         },
-        { online: async () => [1], offline: async () => {} },
         1000,
-        { onUsersChanged: () => {} },
-        silentLogger(),
       );
       const first = tab('t1', 'acme', 'ann');
       await registry.add(first);
@@ -283,15 +287,12 @@ describe('ConnectionRegistry: steps that race', () => {
     vi.useFakeTimers();
     try {
       let failUnbind: ((error: Error) => void) | undefined;
-      const registry = new ConnectionRegistry<RegisteredTab>(
+      const registry = registryWith1(
         {
           bind: async () => {},
           unbind: () => new Promise<void>((_, reject) => (failUnbind = reject)),
         },
-        { online: async () => [1], offline: async () => {} },
         1000,
-        { onUsersChanged: () => {} },
-        silentLogger(),
       );
       const first = tab('t1', 'acme', 'ann');
       await registry.add(first);

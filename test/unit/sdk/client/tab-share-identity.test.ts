@@ -152,55 +152,39 @@ describe('tab sharing never crosses users', () => {
     expect(bob.seen).toEqual([{ for: 'bob' }]);
   });
 
-  it('stops relaying when the leader’s token comes to name another user; followers never see that user', async () => {
-    let leaderUser = 'alice';
-    const leader = tab(() => tokenFor('acme', leaderUser), true);
-    await vi.waitFor(() => expect(leader.client.role).toBe(TabRole.Leader));
-    const follower = tab(() => tokenFor('acme', 'alice'), true);
-    await vi.waitFor(() => expect(follower.client.state).toBe('connected'));
-    FakeSocket.all[0]?.event('shared');
-    await vi.waitFor(() => expect(follower.seen).toEqual([{ for: 'alice' }]));
+  it.each([
+    { tokens: 'JWTs', tokenOf: (sub: string) => tokenFor('acme', sub), share: true as boolean | string },
+    // Tokens the client cannot read, grouped by a name the application gives the user.
+    { tokens: 'opaque tokens', tokenOf: opaqueFor, share: 'user-alice' },
+  ])(
+    'stops relaying when the leader’s token comes to name another user; followers never see that user ($tokens)',
+    async ({ tokenOf, share }) => {
+      let leaderUser = 'alice';
+      const leader = tab(() => tokenOf(leaderUser), share);
+      await vi.waitFor(() => expect(leader.client.role).toBe(TabRole.Leader));
+      const follower = tab(() => tokenOf('alice'), share);
+      await vi.waitFor(() => expect(follower.client.state).toBe('connected'));
+      FakeSocket.all[0]?.event('shared');
+      await vi.waitFor(() => expect(follower.seen).toEqual([{ for: 'alice' }]));
 
-    // Someone else signs in: the leader's socket is told its token expired and reconnects as bob.
-    leaderUser = 'bob';
-    const errors: string[] = [];
-    leader.client.on('error', (e) => errors.push(e.code));
-    FakeSocket.all[0]?.end(4001);
-    await vi.waitFor(() => expect(FakeSocket.all.some((s) => s.user.sub === 'bob')).toBe(true), {
-      timeout: 5000,
-    });
-    await vi.waitFor(() => expect(leader.client.role).toBe(TabRole.Own));
-    expect(errors).toContain('share_mismatch');
-    FakeSocket.all.find((s) => s.user.sub === 'bob')?.event('bobs');
-    // The follower takes over with a socket of its own user.
-    await vi.waitFor(() => expect(follower.client.role).toBe(TabRole.Leader));
-    await new Promise((r) => setTimeout(r, 50));
-    expect(follower.seen).toEqual([{ for: 'alice' }]);
-    expect(leader.seen).toContainEqual({ for: 'bob' });
-  });
-
-  it('with opaque tokens, keeps the group to the user it first spoke for', async () => {
-    let leaderUser = 'alice';
-    const leader = tab(() => opaqueFor(leaderUser), 'user-alice');
-    await vi.waitFor(() => expect(leader.client.role).toBe(TabRole.Leader));
-    const follower = tab(() => opaqueFor('alice'), 'user-alice');
-    await vi.waitFor(() => expect(follower.client.state).toBe('connected'));
-    FakeSocket.all[0]?.event('shared');
-    await vi.waitFor(() => expect(follower.seen).toEqual([{ for: 'alice' }]));
-
-    // The leader's next token (a cookie-backed endpoint) is bob's: it leaves the group, and the follower
-    // never shows bob's events.
-    leaderUser = 'bob';
-    const errors: string[] = [];
-    leader.client.on('error', (e) => errors.push(e.code));
-    FakeSocket.all[0]?.end(4001);
-    await vi.waitFor(() => expect(leader.client.role).toBe(TabRole.Own), { timeout: 5000 });
-    expect(errors).toContain('share_mismatch');
-    FakeSocket.all.find((s) => s.user.sub === 'bob')?.event('bobs');
-    await vi.waitFor(() => expect(follower.client.role).toBe(TabRole.Leader));
-    await new Promise((r) => setTimeout(r, 50));
-    expect(follower.seen).toEqual([{ for: 'alice' }]);
-  });
+      // Someone else signs in: the leader's socket is told its token expired and reconnects as bob.
+      leaderUser = 'bob';
+      const errors: string[] = [];
+      leader.client.on('error', (e) => errors.push(e.code));
+      FakeSocket.all[0]?.end(4001);
+      await vi.waitFor(() => expect(FakeSocket.all.some((s) => s.user.sub === 'bob')).toBe(true), {
+        timeout: 5000,
+      });
+      await vi.waitFor(() => expect(leader.client.role).toBe(TabRole.Own));
+      expect(errors).toContain('share_mismatch');
+      FakeSocket.all.find((s) => s.user.sub === 'bob')?.event('bobs');
+      // The follower takes over with a socket of its own user.
+      await vi.waitFor(() => expect(follower.client.role).toBe(TabRole.Leader));
+      await new Promise((r) => setTimeout(r, 50));
+      expect(follower.seen).toEqual([{ for: 'alice' }]);
+      expect(leader.seen).toContainEqual({ for: 'bob' });
+    },
+  );
 
   it('takes over on the node its leader was on, where it can resume', async () => {
     const random = vi.spyOn(Math, 'random');
