@@ -49,6 +49,12 @@ export class UserEntry<T extends RegisteredTab> {
   graceTimer: NodeJS.Timeout | undefined;
   /** Serialises this user's bind/unbind/presence steps so they never interleave. */
   chain: Promise<void> = Promise.resolve();
+  /**
+   * Serialises the broker operations on the user's key (binds and unbinds) among themselves, apart from
+   * `chain`: a rebind after a reconnect must keep its order with a release's unbind, without waiting
+   * behind presence steps stuck on Redis.
+   */
+  bindings: Promise<void> = Promise.resolve();
 
   constructor(
     readonly key: string,
@@ -155,6 +161,13 @@ export class ConnectionRegistry<T extends RegisteredTab> {
     entry.graceTimer.unref();
   }
 
+  /** Runs a broker operation on the user's key after the ones before it (see `UserEntry.bindings`). */
+  private onKey(entry: UserEntry<T>, op: () => Promise<void>): Promise<void> {
+    const next = entry.bindings.then(op);
+    entry.bindings = next.catch(() => {});
+    return next;
+  }
+
   private enqueue(entry: UserEntry<T>, step: () => Promise<void>): Promise<void> {
     const next = entry.chain.then(step);
     entry.chain = next.catch(() => {});
@@ -164,7 +177,7 @@ export class ConnectionRegistry<T extends RegisteredTab> {
   private async bringUp(entry: UserEntry<T>): Promise<void> {
     if (entry.tabs.size === 0) return;
     if (!entry.bound) {
-      await this.binder.bind(entry.key);
+      await this.onKey(entry, () => this.binder.bind(entry.key));
       entry.bound = true;
       entry.stray = false;
     }
@@ -211,7 +224,7 @@ export class ConnectionRegistry<T extends RegisteredTab> {
       // lives: kept as stray until an unbind succeeds (a tab coming back binds it again).
       entry.stray = true;
       try {
-        await this.binder.unbind(entry.key);
+        await this.onKey(entry, () => this.binder.unbind(entry.key));
         entry.stray = false;
       } catch (error) {
         failed = error;
@@ -256,13 +269,13 @@ export class ConnectionRegistry<T extends RegisteredTab> {
       entry.graceTimer = undefined;
       void this.enqueue(entry, () => this.release(entry)).catch(() => {});
     }
-    // In each user's own queue of steps: a release at the end of a grace period must not be overtaken by
-    // (or overtake) the bind, or the key could stay bound with no entry left to unbind it.
+    // In each key's own order of broker operations: a release at the end of a grace period must not be
+    // overtaken by (or overtake) the bind, or the key could stay bound with no entry left to unbind it.
     await Promise.all(
       entries
         .filter((e) => e.bound)
         .map((e) =>
-          this.enqueue(e, async () => {
+          this.onKey(e, async () => {
             if (e.bound) await this.binder.bind(e.key);
           }),
         ),
@@ -395,7 +408,7 @@ export class ConnectionRegistry<T extends RegisteredTab> {
         this.enqueue(entry, async () => {
           if (!entry.bound && !entry.stray) return;
           entry.bound = entry.stray = false;
-          await this.binder.unbind(entry.key);
+          await this.onKey(entry, () => this.binder.unbind(entry.key));
         }).catch(() => {}),
       ),
     );

@@ -354,3 +354,54 @@ describe('ConnectionRegistry: steps that race', () => {
     expect(offline.sort()).toEqual([5, 9]);
   });
 });
+
+describe('ConnectionRegistry: the broker side does not wait for Redis', () => {
+  it('binds again after a reconnect while a presence step of the user hangs on Redis', async () => {
+    const binds: string[] = [];
+    const registry = new ConnectionRegistry<RegisteredTab>(
+      { bind: async (k) => void binds.push(k), unbind: async () => {} },
+      // Redis hangs: the offline step of a closing tab never returns.
+      { online: async () => [1], offline: () => new Promise<void>(() => {}) },
+      60_000,
+      { onUsersChanged: () => {} },
+      silentLogger(),
+    );
+    const first = tab('t1', 'acme', 'ann');
+    await registry.add(first);
+    registry.remove(first);
+    const outcome = await Promise.race([
+      registry.rebindAll().then(() => 'rebound'),
+      new Promise((r) => setTimeout(() => r('stuck behind Redis'), 500)),
+    ]);
+    expect(outcome).toBe('rebound');
+    expect(binds).toEqual([userKey('acme', 'ann'), userKey('acme', 'ann')]);
+  });
+
+  it('unbinds at the end of the grace period even when Redis fails the offline call', async () => {
+    vi.useFakeTimers();
+    try {
+      const unbinds: string[] = [];
+      const registry = new ConnectionRegistry<RegisteredTab>(
+        { bind: async () => {}, unbind: async (k) => void unbinds.push(k) },
+        {
+          online: async () => [1],
+          offline: async () => {
+            throw new Error('redis away');
+          },
+        },
+        1000,
+        { onUsersChanged: () => {} },
+        silentLogger(),
+      );
+      const first = tab('t1', 'acme', 'ann');
+      await registry.add(first);
+      registry.remove(first);
+      await vi.advanceTimersByTimeAsync(1000);
+      expect(unbinds).toEqual([userKey('acme', 'ann')]);
+      // Kept for its bit, which is still owed.
+      expect(registry.entry(userKey('acme', 'ann'))?.offlineDue.has(1)).toBe(true);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+});
