@@ -44,10 +44,20 @@ export function errorMessage(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
+/** Query parameters that carry a secret (ioredis takes `?password=`). */
+const SECRET_PARAMS = /([?&](?:password|pass|pwd|auth|token|secret)=)[^&#]*/gi;
+
 /**
- * `text` with whatever comes before an `@` in a URL masked: credentials, in a well-formed URL
- * (`redis://:pw@host`) or not (`guest:pw@host`), never reach an error message or a log.
+ * `text` (a URL, or any value a user set) with credentials masked, so that they never reach an error
+ * message or a log: everything between the scheme and the last `@` (a password may hold unencoded `@`
+ * or `/`; masking a little too much is the safe side), and secret query parameters.
  */
 export function withoutCredentials(text: string): string {
-  return text.replace(/^(.*?\/\/)?[^/@]*@/, '$1***@');
+  let out = text;
+  const at = text.lastIndexOf('@');
+  if (at >= 0) {
+    const start = /^[a-z][a-z0-9+.-]*:\/\//i.exec(text)?.[0].length ?? 0;
+    if (at >= start) out = `${text.slice(0, start)}***${text.slice(at)}`;
+  }
+  return out.replace(SECRET_PARAMS, '$1***');
 }
