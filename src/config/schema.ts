@@ -53,10 +53,19 @@ const positiveInt = z.number().int().positive();
 const MAX_TIMER_MS = 2_147_483_647;
 /** AMQP's prefetch count is 16 bits: a larger one fails channel set-up on every connect. */
 const MAX_PREFETCH = 65_535;
-const amqpUrl = z.string().regex(/^amqps?:\/\//, 'must be an amqp:// or amqps:// URL');
+/** A URL the clients will parse: checked here, so a typo is a config error naming its key, not a crash. */
+const parses = [
+  (value: string) => URL.canParse(value),
+  'is not a valid URL (percent-encode @, /, : and spaces in the user name and password)',
+] as const;
+const amqpUrl = z
+  .string()
+  .regex(/^amqps?:\/\//, 'must be an amqp:// or amqps:// URL')
+  .refine(...parses);
 const redisUrl = z
   .string()
-  .regex(/^(redis|rediss|unix):\/\//, 'must be a redis://, rediss:// or unix:// URL');
+  .regex(/^(redis|rediss|unix):\/\//, 'must be a redis://, rediss:// or unix:// URL')
+  .refine(...parses);
 
 export const configSchema = z.strictObject({
   prefix: id

@@ -71,7 +71,12 @@ export async function createRedis(options: CreateRedisOptions): Promise<WarrenRe
     // Commands wait in the offline queue across a reconnect instead of failing at once.
     maxRetriesPerRequest: 20,
   });
-  redis.on('error', (error: Error) => options.logger.warn({ err: error.message }, 'redis error'));
+  /** Why the connection failed: `connect()` itself only says that it closed. */
+  let lastError: string | undefined;
+  redis.on('error', (error: Error) => {
+    lastError = error.message;
+    options.logger.warn({ err: error.message }, 'redis error');
+  });
   redis.on('reconnecting', () => options.logger.warn('redis reconnecting'));
   try {
     await redis.connect();
@@ -80,7 +85,10 @@ export async function createRedis(options: CreateRedisOptions): Promise<WarrenRe
     redis.disconnect();
     throw new WarrenError(
       ErrorCode.RedisUnavailable,
-      `cannot connect to Redis at ${withoutCredentials(options.url)}: ${errorMessage(error)}`,
+      withoutCredentials(
+        `cannot connect to Redis at ${options.url}: ${errorMessage(error)}` +
+          (lastError && lastError !== errorMessage(error) ? ` (${lastError})` : ''),
+      ),
       { cause: error, retryable: true },
     );
   }
