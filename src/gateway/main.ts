@@ -9,7 +9,7 @@ import { CloseCode } from '../protocol/close-codes.js';
 import { FrameErrorCode } from '../protocol/frames.js';
 import { nodeKey } from '../protocol/ids.js';
 import { Keys } from '../store/keys.js';
-import { PresenceStore } from '../store/presence-store.js';
+import { LIVENESS_POLL_MS, PresenceStore } from '../store/presence-store.js';
 import { createRedis, redisReady } from '../store/redis.js';
 import { errorMessage } from '../shared/errors.js';
 import { CloseOnce, runSteps, sleep } from '../shared/lifecycle.js';
@@ -180,7 +180,7 @@ export async function startGateway(
   let reannounceDue = false;
   /** Resolvers may have counted this node's users offline: its tabs are to be told. */
   let missedDue = false;
-  let lastBeatAt = performance.now();
+  let missedTimer: NodeJS.Timeout | undefined;
   let beating = false;
   const startedAt = Date.now();
   const beat = async (): Promise<void> => {
@@ -189,11 +189,14 @@ export async function startGateway(
     beating = true;
     try {
       const stats = { connections: registry.size, users: registry.userCount, startedAt };
-      const unknown = await presence.heartbeat(nodeId, stats, config.presence.expiryMs);
-      // Silent for longer than the expiry (Redis away, the event loop stalled): resolvers stopped counting
-      // this node's users as soon as they saw it, swept or not, and resolved events without them.
-      const silentMs = performance.now() - lastBeatAt;
-      lastBeatAt = performance.now();
+      const { returned: unknown, silentMs } = await presence.heartbeat(
+        nodeId,
+        stats,
+        config.presence.expiryMs,
+      );
+      // Silent for longer than the expiry on Redis's clock (Redis away or slow, the event loop stalled):
+      // resolvers stopped counting this node's users as soon as they saw it, swept or not, and resolved
+      // events without them.
       if (!firstBeat && (unknown || silentMs >= config.presence.expiryMs)) missedDue = true;
       if (unknown && !firstBeat) {
         logger.warn('this node had been declared dead; announcing its users again');
@@ -207,9 +210,16 @@ export async function startGateway(
       }
       if (missedDue) {
         missedDue = false;
-        eventsMissed(
-          `this node could not beat for ${Math.round(silentMs)} ms and may have been counted dead`,
-        );
+        // Told once every resolver counts the users again (one liveness poll, and the batch in hand):
+        // events resolved before that are covered by this resynchronisation too.
+        const why = unknown
+          ? 'this node had been declared dead'
+          : `this node could not beat for ${silentMs} ms and may have been counted dead`;
+        clearTimeout(missedTimer);
+        missedTimer = setTimeout(() => {
+          if (!draining) eventsMissed(why);
+        }, 2 * LIVENESS_POLL_MS);
+        missedTimer.unref();
       }
       const wrong = await registry.verifyBits((tenantId, userIds) => presence.bitsOf(tenantId, userIds));
       if (wrong.length > 0)
@@ -306,6 +316,7 @@ export async function startGateway(
         logger.warn({ err: errorMessage(error) }, 'drain did not finish');
       }
       clearInterval(heartbeat);
+      clearTimeout(missedTimer);
       await runSteps(
         [
           { name: 'close sockets', run: () => server.close() },

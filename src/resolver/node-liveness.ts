@@ -1,8 +1,7 @@
 import { errorMessage } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
-import type { PresenceStore } from '../store/presence-store.js';
+import { LIVENESS_POLL_MS as POLL_MS, type PresenceStore } from '../store/presence-store.js';
 
-const POLL_MS = 1000;
 const SWEEP_EVERY = 5;
 
 /**

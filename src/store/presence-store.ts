@@ -13,6 +13,12 @@ export interface NodeStats {
  * a node that stops heartbeating is declared dead after `expiryMs` and its bits stop counting (resolvers
  * check liveness themselves, and whoever notices first cleans the node's keys up).
  */
+/**
+ * How often resolvers read which nodes are alive (see NodeLiveness): a node that beats again is counted
+ * again by every resolver within this, plus the batch it was resolving.
+ */
+export const LIVENESS_POLL_MS = 1000;
+
 export class PresenceStore {
   private readonly knownTenants = new Set<string>();
 
@@ -68,12 +74,18 @@ export class PresenceStore {
   }
 
   /**
-   * Records that the node is alive, with its current numbers for `warren status`. Returns true when the
-   * node was not listed as alive (first beat, or declared dead meanwhile).
+   * Records that the node is alive, with its current numbers for `warren status`. `returned`: the node was
+   * not listed as alive (first beat, or declared dead and cleaned up meanwhile); else `silentMs`, the time
+   * since its previous beat landed, on Redis's clock (over the expiry, resolvers counted its users offline
+   * whether or not anyone cleaned it up).
    */
-  async heartbeat(nodeId: string, stats: NodeStats, ttlMs: number): Promise<boolean> {
+  async heartbeat(
+    nodeId: string,
+    stats: NodeStats,
+    ttlMs: number,
+  ): Promise<{ returned: boolean; silentMs: number }> {
     const statsKey = this.keys.nodeStats(nodeId);
-    const [isNew] = await Promise.all([
+    const [since] = await Promise.all([
       this.redis.warrenHeartbeat(this.keys.nodes(), nodeId),
       this.redis
         .multi()
@@ -83,8 +95,9 @@ export class PresenceStore {
     ]);
     // Declared dead and forgotten (by whichever process swept it): the tenants it announced must be
     // recorded again as its users are re-announced, or a real death later would leave their bits behind.
-    if (isNew === 1) this.forgetKnownTenants(nodeId);
-    return isNew === 1;
+    const returned = since < 0;
+    if (returned) this.forgetKnownTenants(nodeId);
+    return { returned, silentMs: Math.max(0, since) };
   }
 
   private forgetKnownTenants(nodeId: string): void {

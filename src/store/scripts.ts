@@ -131,13 +131,17 @@ return 1
 
 /**
  * Node heartbeat on Redis's clock (nodes' clocks may disagree).
- * KEYS: nodes   ARGV: node   Returns 1 when the node was not listed (first beat, or it had been declared
- * dead and cleaned up: the caller must then re-announce its users).
+ * KEYS: nodes   ARGV: node   Returns -1 when the node was not listed (first beat, or it had been declared
+ * dead and cleaned up: the caller must then re-announce its users), else the ms since its previous beat
+ * landed, which is what resolvers judged its liveness by.
  */
 export const NODE_HEARTBEAT = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-return redis.call('ZADD', KEYS[1], now, ARGV[1])
+local previous = redis.call('ZSCORE', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+if not previous then return -1 end
+return now - tonumber(previous)
 `;
 
 /**

@@ -111,8 +111,11 @@ describe('presence of gateway nodes in Redis', () => {
       await redis.zadd(keys.nodes(), Date.now() - 60_000, 'n1');
       expect(await store.deadNodes(EXPIRY_MS)).toEqual(['n1']);
 
-      // Back before the sweeper got to it (a long pause, say), with a new user.
-      await store.heartbeat('n1', stats, EXPIRY_MS);
+      // Back before the sweeper got to it (a long pause, say), with a new user. Still listed, but it can
+      // tell from the beat how long resolvers had counted it dead.
+      const back = await store.heartbeat('n1', stats, EXPIRY_MS);
+      expect(back.returned).toBe(false);
+      expect(back.silentMs).toBeGreaterThanOrEqual(59_000);
       await store.online('n1', 'acme', ['bob']);
       expect(await store.forgetIfDead('n1', EXPIRY_MS)).toBe(false);
       expect(await store.onlineCount('acme', ['n1'])).toBe(2);
@@ -122,7 +125,7 @@ describe('presence of gateway nodes in Redis', () => {
       expect(await store.sweepDeadNodes(EXPIRY_MS)).toEqual(['n1']);
       expect(await store.onlineCount('acme', ['n1'])).toBe(0);
       // Off the list: its next beat counts as a return, so it would announce its users again.
-      expect(await store.heartbeat('n1', stats, EXPIRY_MS)).toBe(true);
+      expect((await store.heartbeat('n1', stats, EXPIRY_MS)).returned).toBe(true);
     });
   });
 });
