@@ -205,10 +205,11 @@ export class WarrenClient {
 
   private fromSocket(frame: ServerFrame): void {
     if (frame.type === 'welcome') {
-      this.welcomed(frame);
       // The token now names someone else (another person signed in on this browser): stop speaking for
       // the group, whose tabs elect a leader of their own user; this tab keeps its socket to itself.
-      if (this.share && !this.isExpected(this.speaker())) this.leaveTabs();
+      // Checked before the welcome is taken in, which may already tell the group something (a resync).
+      if (this.share && !this.isExpected({ tid: frame.tenantId, sub: frame.userId })) this.leaveTabs();
+      this.welcomed(frame);
       this.announce();
       return;
     }
@@ -293,6 +294,7 @@ export class WarrenClient {
         // `new_node` is worked out from the leader's `up` (above).
         if (!this.leaderTrusted || message.resync.reason === 'new_node') return;
         if (message.resync.reason === 'history_gap') this.resumeDone(this.welcome?.offset ?? 0);
+        if (message.offset !== undefined) this.advance(message.offset);
         this.emitter.emit('resync', message.resync);
         return;
     }
@@ -319,9 +321,11 @@ export class WarrenClient {
           return false;
         }
         if (frame.code === FrameErrorCode.EventsMissed) {
-          // Past the gap: a later reconnect to this node resumes from here instead of being refused.
-          if (typeof frame.offset === 'number') this.advance(frame.offset);
-          this.resync({ reason: 'history_gap' });
+          // Past the gap: a later reconnect to this node (this tab's, or a follower's taking over)
+          // resumes from here instead of being refused.
+          const offset = typeof frame.offset === 'number' ? frame.offset : undefined;
+          if (offset !== undefined) this.advance(offset);
+          this.resync({ reason: 'history_gap' }, offset);
           return false;
         }
         this.emitter.emit(
@@ -355,9 +359,9 @@ export class WarrenClient {
     if (this.cursor) this.cursor.offset = Math.max(this.cursor.offset, upTo, seen);
   }
 
-  private resync(resync: Resync): void {
+  private resync(resync: Resync, offset?: number): void {
     this.emitter.emit('resync', resync);
     const who = this.speaker();
-    if (who) this.share?.post({ k: 'resync', who, resync });
+    if (who) this.share?.post({ k: 'resync', who, resync, ...(offset === undefined ? {} : { offset }) });
   }
 }

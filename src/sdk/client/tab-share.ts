@@ -31,7 +31,8 @@ export type RelayMessage =
     }
   | { k: 'down'; code?: number }
   | { k: 'frame'; who: Speaker; frame: ServerFrame }
-  | { k: 'resync'; who: Speaker; resync: Resync };
+  /** `offset`: where the node's gap is (`events_missed`); a resume from before it would be refused. */
+  | { k: 'resync'; who: Speaker; resync: Resync; offset?: number };
 
 export interface ShareHooks {
   /** This tab holds the lock now: open the socket. */

@@ -25,8 +25,10 @@ function claimsOf(protocols: string | string[]): { tid: string; sub: string } {
 /** A stand-in browser WebSocket whose gateway welcomes whoever the token names. */
 class FakeSocket {
   static all: FakeSocket[] = [];
-  /** The epoch of the node the next sockets reach. */
+  /** The epoch of the node the next sockets reach, and the offset they are welcomed at. */
   static epoch = 'e';
+  static welcomeOffset = 0;
+  readonly sent: unknown[] = [];
   readyState = 0;
   onmessage: ((event: { data: unknown }) => void) | null = null;
   onclose: ((event: { code: number }) => void) | null = null;
@@ -47,13 +49,15 @@ class FakeSocket {
           tenantId: this.user.tid,
           gateway: 'g',
           epoch: FakeSocket.epoch,
-          offset: 0,
+          offset: FakeSocket.welcomeOffset,
         }),
       0,
     );
   }
 
-  send(): void {}
+  send(text: string): void {
+    this.sent.push(JSON.parse(text));
+  }
 
   close(): void {
     this.readyState = 3;
@@ -115,6 +119,7 @@ describe('tab sharing never crosses users', () => {
   beforeEach(() => {
     FakeSocket.all = [];
     FakeSocket.epoch = 'e';
+    FakeSocket.welcomeOffset = 0;
     installLocks();
   });
   afterEach(() => {
@@ -212,6 +217,31 @@ describe('tab sharing never crosses users', () => {
     await vi.waitFor(() => expect(FakeSocket.all).toHaveLength(2));
     expect(FakeSocket.all[1]?.url).toBe('ws://a/ws');
     random.mockRestore();
+  });
+
+  it('hands the offset of a gap the node reported to follower tabs, so a take-over resumes past it', async () => {
+    const leader = tab(() => tokenFor('acme', 'alice'), true);
+    await vi.waitFor(() => expect(leader.client.role).toBe(TabRole.Leader));
+    const follower = tab(() => tokenFor('acme', 'alice'), true);
+    await vi.waitFor(() => expect(follower.client.state).toBe('connected'));
+    const resyncs: string[] = [];
+    follower.client.on('resync', (r) => resyncs.push(r.reason));
+    FakeSocket.all[0]?.receive({
+      type: 'error',
+      code: 'events_missed',
+      message: 'the node queue was lost',
+      offset: 9,
+    });
+    await vi.waitFor(() => expect(resyncs).toEqual(['history_gap']));
+
+    // The leader tab closes before any later event; the follower takes over on the same node.
+    FakeSocket.welcomeOffset = 12;
+    leader.client.close();
+    await vi.waitFor(() => expect(FakeSocket.all).toHaveLength(2));
+    await vi.waitFor(() =>
+      expect(FakeSocket.all[1]?.sent).toContainEqual({ type: 'resume', epoch: 'e', offset: 9 }),
+    );
+    expect(resyncs).toEqual(['history_gap']);
   });
 
   it('tells follower tabs, once, that the leader reconnected to another node', async () => {
