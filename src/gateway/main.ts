@@ -129,12 +129,18 @@ export async function startGateway(
     logger.warn({ tabs: tabs.length }, `${why}; tabs told to resynchronise`);
   };
   let queueDeclared = false;
-  /** The queue was found lost; the tabs are told once every held user is bound to the new one. */
-  let queueLost = false;
+  /**
+   * Times the queue was found lost, and how many of them the tabs were told of: they are told once every
+   * held user is bound to the new queue, by the rebind started after the latest loss (an earlier one
+   * finishing first must not tell them while the latest is still binding).
+   */
+  let queueLosses = 0;
+  let lossesTold = 0;
   const rebind = async (): Promise<void> => {
+    const losses = queueLosses;
     await registry.rebindAll();
-    if (!queueLost) return;
-    queueLost = false;
+    if (losses === lossesTold || losses !== queueLosses) return;
+    lossesTold = losses;
     eventsMissed('the node queue was lost');
   };
   const consumer = new Consumer(
@@ -150,7 +156,7 @@ export async function startGateway(
           await channel.deleteQueue(queue);
         // Gone since the last declaration (deleted, expired during a long outage, a broker restart): what
         // was routed to it meanwhile is lost. The first declaration of the process has nothing to lose.
-        if (queueDeclared && !(await queueExists(model, queue))) queueLost = true;
+        if (queueDeclared && !(await queueExists(model, queue))) queueLosses += 1;
         await declareGatewayQueue(channel, queue, { exchange: names.deliveries, key: nodeKey(nodeId) });
         queueDeclared = true;
       },
