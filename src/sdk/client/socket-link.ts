@@ -74,7 +74,8 @@ export class SocketLink {
     } catch (cause) {
       if (this.closed) return;
       this.hooks.error(new WarrenClientError(ClientErrorCode.Token, 'getToken failed', { cause }));
-      this.ended(ABNORMAL_CLOSURE, undefined);
+      // No node was tried: the next attempt goes to the same one (a tab taking over stays on its leader's).
+      this.ended(ABNORMAL_CLOSURE, undefined, { keepUrl: true });
       return;
     }
     if (this.closed) return;
@@ -127,8 +128,8 @@ export class SocketLink {
     this.ended(code, welcomedAt === undefined ? undefined : this.settings.now() - welcomedAt);
   }
 
-  /** `uptimeMs` undefined: the connection never got its welcome. */
-  private ended(code: number, uptimeMs: number | undefined): void {
+  /** `uptimeMs` undefined: the connection never got its welcome. `keepUrl`: the URL was not at fault. */
+  private ended(code: number, uptimeMs: number | undefined, options: { keepUrl?: boolean } = {}): void {
     if (this.closed) return;
     const plan = planReconnect(
       {
@@ -144,7 +145,7 @@ export class SocketLink {
     this.attempt = plan.attempt;
     this.failures = plan.failuresBeforeWelcome;
     this.refreshToken ||= plan.refreshToken;
-    if (plan.nextUrl) this.settings.urls.advance();
+    if (plan.nextUrl && !options.keepUrl) this.settings.urls.advance();
     this.retryTimer = setTimeout(() => void this.open(), plan.delayMs);
     this.hooks.down(code);
   }

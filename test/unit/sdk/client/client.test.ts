@@ -275,6 +275,27 @@ describe('client: an attempt that fails before any socket', () => {
     vi.useRealTimers();
   });
 
+  it('stays on its URL when getToken fails: the node was never tried', async () => {
+    vi.useFakeTimers();
+    vi.spyOn(Math, 'random').mockReturnValue(0);
+    ScriptedSocket.all = [];
+    let calls = 0;
+    const client = connect({
+      url: ['ws://a/ws', 'ws://b/ws'],
+      getToken: () => {
+        calls += 1;
+        if (calls === 1) throw new Error('token endpoint down');
+        return 'token';
+      },
+      WebSocket: ScriptedSocket as unknown as typeof WebSocket,
+      pingIntervalMs: 0,
+    });
+    client.on('error', () => {});
+    await vi.advanceTimersByTimeAsync(60_000);
+    expect(ScriptedSocket.all.map((s) => s.url)).toEqual(['ws://a/ws']);
+    client.close();
+  });
+
   it('moves on to the next URL when the browser refuses to open one (a ws:// URL on an https page)', async () => {
     vi.useFakeTimers();
     // The list's random start is its first URL.
