@@ -156,6 +156,23 @@ describe('loadConfig', () => {
     expect(message).not.toContain('pa55word');
   });
 
+  it('reports a URL that does not parse under its key, without its password', () => {
+    const message = configError(() =>
+      loadConfig({
+        env: {
+          // Unencoded space and @: the clients' URL parser throws on these.
+          WARREN_RABBITMQ_URL: 'amqp://guest:pa55 word@rabbit host:5672',
+          WARREN_REDIS_URL: 'redis://:p@ss@cache host:6379',
+        },
+      }),
+    );
+    expect(message).toContain('rabbitmq.url');
+    expect(message).toContain('redis.url');
+    expect(message).toContain('is not a valid URL');
+    expect(message).not.toContain('pa55');
+    expect(message).not.toContain('p@ss');
+  });
+
   it('treats an empty variable as not set', () => {
     const env = { WARREN_JWT_SECRET: 'a-very-long-secret-value-of-32-chars', WARREN_JWT_PUBLIC_KEY: '' };
     expect(loadConfig({ env, require: ['jwt'] }).jwt.publicKey).toBeUndefined();
