@@ -246,6 +246,16 @@ export const configSchema = z.strictObject({
         .describe(
           'How deliveries are routed: `nodes`, one message to the gateway nodes holding recipients, recipients as a bitmap; `users`, their keys as routing key + CC.',
         ),
+      metricsPort: port
+        .optional()
+        .describe(
+          'Serve `/metrics`, `/healthz` and `/readyz` on this port (0 picks a free one); unset: no listener.',
+        ),
+      metricsHost: z
+        .string()
+        .min(1)
+        .default(DEFAULTS.gatewayHost)
+        .describe('Listen address of `resolver.metricsPort`.'),
       maxRecipientsPerMessage: positiveInt
         .optional()
         .describe(

@@ -4,6 +4,7 @@ import { Consumer } from '../broker/consumer.js';
 import { Publisher } from '../broker/publisher.js';
 import { declareTopology, topologyNames } from '../broker/topology.js';
 import { DEFAULTS, type WarrenConfig } from '../config/schema.js';
+import { ErrorCode, errorMessage, WarrenError } from '../shared/errors.js';
 import { CloseOnce, runSteps } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import { createRegistry, type Registry } from '../shared/metrics.js';
@@ -11,7 +12,8 @@ import { Keys } from '../store/keys.js';
 import { MembershipStore } from '../store/membership-store.js';
 import { PayloadStore } from '../store/payload-store.js';
 import { PresenceStore } from '../store/presence-store.js';
-import { createRedis } from '../store/redis.js';
+import { createRedis, redisReady } from '../store/redis.js';
+import { ResolverHttp } from './http.js';
 import { DeliveryPublisher } from './delivery-publisher.js';
 import { NodeLiveness } from './node-liveness.js';
 import { ResolverMetrics } from './resolver-metrics.js';
@@ -25,6 +27,8 @@ export interface ResolverOptions {
 export interface Resolver {
   readonly id: string;
   readonly metrics: Registry;
+  /** The port of `/metrics`, `/healthz`, `/readyz` (`resolver.metricsPort`), if served. */
+  readonly metricsPort: number | undefined;
   /** Stops consuming, finishes what it holds, closes its connections. Idempotent. */
   close(): Promise<void>;
 }
@@ -115,15 +119,42 @@ export async function startResolver(
   await consumer.start();
   await membershipConsumer.start();
   await broker.start();
-  logger.info({ queue: names.resolver }, 'resolving');
+  let stopping = false;
+  const { metricsPort, metricsHost } = config.resolver;
+  let http: ResolverHttp | undefined;
+  if (metricsPort !== undefined) {
+    try {
+      http = await ResolverHttp.start(metricsHost, metricsPort, metricsRegistry, () => ({
+        broker: broker.connected,
+        redis: redisReady(redis),
+        closing: stopping,
+      }));
+    } catch (error) {
+      // Not left running half started: the caller is told, and can exit.
+      await Promise.allSettled([
+        consumer.close(),
+        membershipConsumer.close(),
+        liveness.stop(),
+        publisher.close(),
+      ]);
+      await Promise.allSettled([broker.close(), redis.quit()]);
+      throw new WarrenError(
+        ErrorCode.Config,
+        `resolver.metricsPort: cannot listen on ${metricsHost}:${metricsPort}: ${errorMessage(error)}`,
+      );
+    }
+  }
+  logger.info({ queue: names.resolver, metricsPort: http?.port }, 'resolving');
 
   const closing = new CloseOnce(CLOSE_TIMEOUT_MS, 'resolver close');
   return {
     id,
     metrics: metricsRegistry,
+    metricsPort: http?.port,
     close: () =>
-      closing.run(() =>
-        runSteps(
+      closing.run(() => {
+        stopping = true;
+        return runSteps(
           [
             { name: 'stop consuming', run: () => consumer.cancel() },
             { name: 'stop consuming memberships', run: () => membershipConsumer.cancel() },
@@ -134,9 +165,10 @@ export async function startResolver(
             { name: 'close membership consumer', run: () => membershipConsumer.close() },
             { name: 'close broker', run: () => broker.close() },
             { name: 'close redis', run: async () => void (await redis.quit()) },
+            { name: 'close http', run: async () => http?.close() },
           ],
           logger,
-        ),
-      ),
+        );
+      }),
   };
 }
