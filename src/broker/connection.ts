@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import amqp, { type ChannelModel } from 'amqplib';
 import { fullJitterDelay } from '../shared/backoff.js';
-import { ErrorCode, WarrenError, errorMessage } from '../shared/errors.js';
+import { ErrorCode, WarrenError, errorMessage, withoutCredentials } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
 
 export interface BrokerOptions {
@@ -70,8 +70,12 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
     return Math.min(this.frameMax, AMQPLIB_TABLE_BUFFER);
   }
 
-  /** Connects, retrying forever with backoff; resolves after the first successful setup. */
-  async start(): Promise<void> {
+  /**
+   * Connects, retrying with backoff; resolves after the first successful setup. Forever by default (a
+   * daemon waits for its broker, logging each attempt); with `timeoutMs`, gives up after that long, stops
+   * retrying and rejects with the last attempt's error (a library's caller is told).
+   */
+  async start(options: { timeoutMs?: number } = {}): Promise<void> {
     const url = new URL(this.options.url);
     if (!url.searchParams.has('frameMax')) url.searchParams.set('frameMax', String(this.options.frameMax));
     if (!url.searchParams.has('heartbeat'))
@@ -100,7 +104,9 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
       this.logger.warn({ err: error.message }, 'broker connection lost; reconnecting');
       this.emit('disconnected', error);
     });
+    let lastFailure: string | undefined;
     this.recovering.on('connect-failed', (error: Error) => {
+      lastFailure = error.message;
       this.logger.warn({ err: error.message }, 'broker connect failed');
     });
     this.recovering.on('reconnect-scheduled', (info: { attempt: number; delay: number }) => {
@@ -109,7 +115,25 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
     this.recovering.on('error', (error: Error) => {
       this.logger.warn({ err: error.message }, 'broker connection error');
     });
-    await this.recovering.waitForConnect();
+    const { timeoutMs } = options;
+    if (timeoutMs === undefined) {
+      await this.recovering.waitForConnect();
+      return;
+    }
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<'timeout'>(
+      (resolve) => (timer = setTimeout(() => resolve('timeout'), timeoutMs)),
+    );
+    const outcome = await Promise.race([this.recovering.waitForConnect(), timedOut]);
+    clearTimeout(timer);
+    if (outcome !== 'timeout') return;
+    await this.close().catch(() => {});
+    throw new WarrenError(
+      ErrorCode.BrokerUnavailable,
+      `cannot connect to RabbitMQ at ${withoutCredentials(this.options.url)} within ${timeoutMs} ms` +
+        (lastFailure ? `: ${lastFailure}` : ''),
+      { retryable: true },
+    );
   }
 
   private async setup(model: ChannelModel): Promise<void> {

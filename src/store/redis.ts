@@ -85,10 +85,8 @@ export async function createRedis(options: CreateRedisOptions): Promise<WarrenRe
     redis.disconnect();
     throw new WarrenError(
       ErrorCode.RedisUnavailable,
-      withoutCredentials(
-        `cannot connect to Redis at ${options.url}: ${errorMessage(error)}` +
-          (lastError && lastError !== errorMessage(error) ? ` (${lastError})` : ''),
-      ),
+      `cannot connect to Redis at ${withoutCredentials(options.url)}: ${errorMessage(error)}` +
+        (lastError && lastError !== errorMessage(error) ? ` (${lastError})` : ''),
       { cause: error, retryable: true },
     );
   }

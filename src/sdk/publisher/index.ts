@@ -39,6 +39,11 @@ export interface PublisherOptions {
   claimCheckTtlSec?: number;
   /** How long `publishEvent` waits for a lost broker connection to come back. Default 10 s. */
   publishTimeoutMs?: number;
+  /**
+   * How long `connect` tries to reach RabbitMQ before it rejects (`WARREN_ERR_BROKER_UNAVAILABLE`, with the
+   * last attempt's error: refused, wrong credentials…). Default 30,000.
+   */
+  connectTimeoutMs?: number;
   logger?: Logger;
 }
 
@@ -104,7 +109,13 @@ export class WarrenPublisher {
       await channel.close();
     });
     await publisher.start();
-    await broker.start();
+    try {
+      await broker.start({ timeoutMs: options.connectTimeoutMs ?? 30_000 });
+    } catch (error) {
+      // Nothing left behind: the Redis client this made is closed too.
+      if (options.redis === undefined) redis.disconnect();
+      throw error;
+    }
     return new WarrenPublisher(
       broker,
       publisher,
