@@ -152,7 +152,9 @@ export const configSchema = z.strictObject({
       maxFrameBytes: positiveInt
         .max(1024 * 1024)
         .default(DEFAULTS.maxFrameBytes)
-        .describe('Largest client frame; larger ones get an error frame.'),
+        .describe(
+          'Largest client frame; larger ones get an error frame, and ones over 4 times this (at least 64 KiB) close the socket with 1009.',
+        ),
       maxBackpressureBytes: positiveInt
         .default(DEFAULTS.maxBackpressureBytes)
         .describe(
