@@ -11,7 +11,7 @@ import {
   type ModelEvent,
 } from '../../protocol/schemas.js';
 import { isValidId } from '../../protocol/ids.js';
-import { ErrorCode, WarrenError } from '../../shared/errors.js';
+import { ErrorCode, errorMessage, WarrenError } from '../../shared/errors.js';
 import { silentLogger, type Logger } from '../../shared/logger.js';
 import { Keys } from '../../store/keys.js';
 import { MembershipStore } from '../../store/membership-store.js';
@@ -146,7 +146,16 @@ export class WarrenPublisher {
     const { data, ...envelope } = result.data;
     let body = JSON.stringify(envelope);
     // Undefined for `undefined` or a bare function: then the event has no data, as JSON would say.
-    const serialised = data === undefined ? undefined : (JSON.stringify(data) as string | undefined);
+    let serialised: string | undefined;
+    try {
+      serialised = data === undefined ? undefined : (JSON.stringify(data) as string | undefined);
+    } catch (error) {
+      // A BigInt, a cycle, a toJSON that throws: the caller's event, not a broken SDK.
+      throw new WarrenError(
+        ErrorCode.InvalidEvent,
+        `invalid event: data: not serialisable as JSON (${errorMessage(error)})`,
+      );
+    }
     if (serialised !== undefined) {
       if (Buffer.byteLength(serialised) > this.settings.claimCheckBytes) {
         const jobId = await this.payloads.put(envelope.tenantId, serialised, this.settings.claimCheckTtlSec);
