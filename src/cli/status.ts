@@ -1,6 +1,7 @@
 import amqp from 'amqplib';
 import { topologyNames } from '../broker/topology.js';
 import type { WarrenConfig } from '../config/schema.js';
+import { ErrorCode, errorMessage, WarrenError, withoutCredentials } from '../shared/errors.js';
 import { silentLogger } from '../shared/logger.js';
 import { Keys } from '../store/keys.js';
 import { PresenceStore } from '../store/presence-store.js';
@@ -63,7 +64,12 @@ export async function collectStatus(config: Readonly<WarrenConfig>): Promise<Sta
     const tenants = await Promise.all(
       tenantIds.map(async (id) => ({ id, online: await presence.onlineCount(id, live) })),
     );
-    const model = await amqp.connect(config.rabbitmq.url);
+    const model = await amqp.connect(config.rabbitmq.url).catch((error: unknown) => {
+      throw new WarrenError(
+        ErrorCode.BrokerUnavailable,
+        `cannot connect to RabbitMQ at ${withoutCredentials(config.rabbitmq.url)}: ${errorMessage(error)}`,
+      );
+    });
     try {
       const queues = await Promise.all(
         [names.resolver, names.memberships, names.dead, ...gateways.map((g) => names.gatewayQueue(g.id))].map(

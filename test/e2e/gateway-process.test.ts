@@ -99,6 +99,21 @@ describe('warren gateway as a process', () => {
     ]);
   });
 
+  it('warren status says why it cannot reach the broker, without a stack trace or the password', async () => {
+    const status = WarrenProcess.start(['status'], {
+      WARREN_RABBITMQ_URL: 'amqp://ops:hunter2@127.0.0.1:1',
+      WARREN_REDIS_URL: inject('redisUrl'),
+    });
+    expect(await status.exited).toBe(1);
+    const output = status.lines.join('\n');
+    expect(output).toContain(
+      'WARREN_ERR_BROKER_UNAVAILABLE: cannot connect to RabbitMQ at amqp://***@127.0.0.1:1',
+    );
+    expect(output).toContain('ECONNREFUSED');
+    expect(output).not.toContain('hunter2');
+    expect(output).not.toMatch(/\n\s+at /);
+  });
+
   it('a node killed without cleaning up stops counting its users once its heartbeat expires', async () => {
     prefix = testPrefix('crash');
     // Short heartbeat and expiry so the test is quick; with the defaults (5 s / 15 s) the same path takes
