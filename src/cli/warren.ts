@@ -95,7 +95,10 @@ function fail(code: number): void {
 
 main(process.argv.slice(2)).then(
   (code) => {
+    // Done (stopped after a signal, or a one-shot command): a handle a close step left open (a client
+    // still reconnecting after its close timed out) must not keep the process up.
     process.exitCode = code;
+    setTimeout(() => process.exit(code), 1000).unref();
   },
   (error: unknown) => {
     if (isWarrenError(error, 'WARREN_ERR_CONFIG')) {
