@@ -20,6 +20,8 @@ export type SetupHook = (model: ChannelModel) => Promise<void>;
 interface BrokerEvents {
   connected: [];
   disconnected: [Error];
+  /** `close()` was called: nothing will connect any more. */
+  closing: [];
 }
 
 // amqplib's own serialisation buffer for header tables; a CC list larger than this cannot be published.
@@ -139,6 +141,9 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
   private async setup(model: ChannelModel): Promise<void> {
     // Channel-level errors surface on their channels; this keeps a stray one from crashing the process.
     model.on('error', (error: Error) => this.logger.debug({ err: error.message }, 'connection error event'));
+    // A memory or disk alarm: the broker takes no publishes (and confirms none) until it clears.
+    model.on('blocked', (reason: string) => this.logger.warn({ reason }, 'broker blocked this connection'));
+    model.on('unblocked', () => this.logger.info('broker unblocked this connection'));
     for (const hook of this.hooks) {
       try {
         await hook(model);
@@ -157,19 +162,27 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
     return new Promise<ChannelModel>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.off('connected', onConnected);
+        this.off('closing', onClosing);
         reject(
           new WarrenError(ErrorCode.BrokerUnavailable, `broker not connected within ${timeoutMs} ms`, {
             retryable: true,
           }),
         );
       }, timeoutMs);
+      const onClosing = (): void => {
+        clearTimeout(timer);
+        this.off('connected', onConnected);
+        reject(new WarrenError(ErrorCode.Closed, 'broker connection is closed'));
+      };
       const onConnected = (): void => {
         clearTimeout(timer);
+        this.off('closing', onClosing);
         if (this.current) resolve(this.current);
         else
           reject(new WarrenError(ErrorCode.BrokerUnavailable, 'broker connection lost', { retryable: true }));
       };
       this.once('connected', onConnected);
+      this.once('closing', onClosing);
     });
   }
 
@@ -177,6 +190,8 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
     if (this.closing) return;
     this.closing = true;
     this.current = undefined;
+    // Whoever waits for a connection is told now, not when their timeout ends.
+    this.emit('closing');
     await this.recovering?.close();
   }
 }

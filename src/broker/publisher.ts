@@ -7,7 +7,16 @@ import type { BrokerConnection } from './connection.js';
 export interface PublishOptions extends Options.Publish {
   /** How long to wait for the broker to come back before failing (default: fail at once). */
   waitForConnectionMs?: number;
+  /**
+   * How long to wait for the broker's confirm once the message is written (default: for as long as it
+   * takes). A broker under a memory or disk alarm blocks publishers and confirms nothing until it clears.
+   */
+  confirmTimeoutMs?: number;
 }
+
+// Closing waits this long for outstanding confirms and the channel's close (a blocked broker may send
+// neither).
+const CLOSE_CONFIRMS_MS = 5000;
 
 // Reopening the confirm channel after the broker closed it: soon at first, then backing off.
 const REOPEN_BASE_MS = 100;
@@ -80,7 +89,7 @@ export class Publisher {
     body: Buffer,
     options: PublishOptions = {},
   ): Promise<void> {
-    const { waitForConnectionMs, ...amqpOptions } = options;
+    const { waitForConnectionMs, confirmTimeoutMs, ...amqpOptions } = options;
     let channel = this.channel;
     if (!channel && waitForConnectionMs !== undefined && waitForConnectionMs > 0) {
       await this.broker.waitConnected(waitForConnectionMs);
@@ -90,8 +99,22 @@ export class Publisher {
       throw new WarrenError(ErrorCode.BrokerUnavailable, 'not connected to the broker', { retryable: true });
     }
     return new Promise<void>((resolve, reject) => {
+      const timer =
+        confirmTimeoutMs === undefined
+          ? undefined
+          : setTimeout(() => {
+              reject(
+                new WarrenError(
+                  ErrorCode.Timeout,
+                  `broker did not confirm within ${confirmTimeoutMs} ms (blocked by a resource alarm?); ` +
+                    'the message may still be published: sending it again is safe',
+                  { retryable: true },
+                ),
+              );
+            }, confirmTimeoutMs);
       try {
         channel.publish(exchange, routingKey, body, amqpOptions, (error: unknown) => {
+          clearTimeout(timer);
           if (error) {
             reject(
               new WarrenError(
@@ -110,6 +133,7 @@ export class Publisher {
           }
         });
       } catch (error) {
+        clearTimeout(timer);
         // amqplib throws synchronously on a closed channel or a header table that does not fit.
         reject(
           new WarrenError(ErrorCode.PublishRejected, `publish failed: ${errorMessage(error)}`, {
@@ -126,9 +150,17 @@ export class Publisher {
     const channel = this.channel;
     this.channel = undefined;
     if (!channel) return;
+    // Bounded: a blocked broker reads nothing from this connection, not even the close.
+    const deadline = Date.now() + CLOSE_CONFIRMS_MS;
+    const bounded = async (step: Promise<unknown>): Promise<void> => {
+      let timer: NodeJS.Timeout | undefined;
+      const left = Math.max(0, deadline - Date.now());
+      await Promise.race([step, new Promise((resolve) => (timer = setTimeout(resolve, left)))]);
+      clearTimeout(timer);
+    };
     try {
-      await channel.waitForConfirms();
-      await channel.close();
+      await bounded(channel.waitForConfirms());
+      await bounded(channel.close());
     } catch {
       // The connection may already be gone; nothing left to flush.
     }

@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { Publisher } from '../../src/broker/publisher.js';
 import { silentLogger } from '../../src/shared/logger.js';
 import { eventually, testBrokerConnection, testPrefix } from '../support/harness.js';
+import { TcpProxy } from '../support/tcp-proxy.js';
 
 describe('publisher', () => {
   const queue = `${testPrefix('publisher')}.q`;
@@ -50,5 +51,40 @@ describe('publisher', () => {
       await publisher.close();
       await broker.close();
     }
+  });
+
+  it('gives up on a confirm that does not come, and closes without waiting for it', async () => {
+    const target = new URL(inject('rabbitmqUrl'));
+    const proxy = await TcpProxy.start(target.hostname, Number(target.port || 5672));
+    const broker = testBrokerConnection('publisher-stalled', proxy.url(target));
+    const publisher = new Publisher(broker, silentLogger());
+    await publisher.start();
+    await broker.start();
+    try {
+      await publisher.publish('', queue, Buffer.from('confirmed'), { confirmTimeoutMs: 2000 });
+      // The broker stops answering (as under a resource alarm): the confirm never comes.
+      proxy.stall();
+      await expect(
+        publisher.publish('', queue, Buffer.from('unconfirmed'), { confirmTimeoutMs: 300 }),
+      ).rejects.toMatchObject({ code: 'WARREN_ERR_TIMEOUT' });
+      // Closing does not wait for the confirm (or the close) that never comes.
+      const closing = Date.now();
+      await publisher.close();
+      expect(Date.now() - closing).toBeLessThan(15_000);
+    } finally {
+      proxy.flow();
+      await broker.close();
+      await proxy.close();
+    }
+  });
+
+  it('tells a publish waiting for the connection that it was closed, at once', async () => {
+    const broker = testBrokerConnection('publisher-closed', 'amqp://guest:guest@127.0.0.1:1');
+    const publisher = new Publisher(broker, silentLogger());
+    await publisher.start();
+    void broker.start().catch(() => {});
+    const waiting = publisher.publish('', queue, Buffer.from('x'), { waitForConnectionMs: 60_000 });
+    await broker.close();
+    await expect(waiting).rejects.toMatchObject({ code: 'WARREN_ERR_CLOSED' });
   });
 });

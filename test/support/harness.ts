@@ -59,10 +59,10 @@ export function testLogger(config: Readonly<WarrenConfig>) {
 }
 
 /** A broker connection to the test broker with short reconnect delays, not started yet. */
-export function testBrokerConnection(name: string): BrokerConnection {
+export function testBrokerConnection(name: string, url = inject('rabbitmqUrl')): BrokerConnection {
   return new BrokerConnection(
     {
-      url: inject('rabbitmqUrl'),
+      url,
       frameMax: 131_072,
       heartbeatSec: 10,
       reconnectBaseMs: 100,

@@ -44,6 +44,12 @@ export interface PublisherOptions {
    * last attempt's error: refused, wrong credentials…). Default 30,000.
    */
   connectTimeoutMs?: number;
+  /**
+   * How long `publishEvent` waits for the broker's confirm (a broker under a memory or disk alarm confirms
+   * nothing until it clears); then it rejects with WARREN_ERR_TIMEOUT, and publishing the event again is
+   * safe (tabs show each id once). Default 30,000.
+   */
+  confirmTimeoutMs?: number;
   logger?: Logger;
 }
 
@@ -70,7 +76,7 @@ export class WarrenPublisher {
     private readonly members: MembershipStore,
     private readonly payloads: PayloadStore,
     private readonly settings: Required<
-      Pick<PublisherOptions, 'claimCheckBytes' | 'claimCheckTtlSec' | 'publishTimeoutMs'>
+      Pick<PublisherOptions, 'claimCheckBytes' | 'claimCheckTtlSec' | 'publishTimeoutMs' | 'confirmTimeoutMs'>
     >,
   ) {}
 
@@ -128,6 +134,7 @@ export class WarrenPublisher {
         claimCheckBytes: options.claimCheckBytes ?? DEFAULTS.claimCheckBytes,
         claimCheckTtlSec: options.claimCheckTtlSec ?? DEFAULTS.claimCheckTtlSec,
         publishTimeoutMs: options.publishTimeoutMs ?? 10_000,
+        confirmTimeoutMs: options.confirmTimeoutMs ?? 30_000,
       },
     );
   }
@@ -174,6 +181,7 @@ export class WarrenPublisher {
         messageId: envelope.id,
         persistent: true,
         waitForConnectionMs: this.settings.publishTimeoutMs,
+        confirmTimeoutMs: this.settings.confirmTimeoutMs,
       },
     );
   }
