@@ -1,4 +1,4 @@
-import { existsSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { SingleBar, Presets } from 'cli-progress';
 import type { WarrenConfig } from '../config/schema.js';
 import { errorMessage } from '../shared/errors.js';
@@ -30,7 +30,7 @@ function bar(label: string): SingleBar {
 }
 
 export async function runMembersImport(config: Readonly<WarrenConfig>, args: ImportArgs): Promise<number> {
-  if (!existsSync(args.file)) {
+  if (!existsSync(args.file) || !statSync(args.file).isFile()) {
     console.error(`warren members import: no such file: ${args.file}`);
     return 2;
   }
@@ -44,15 +44,23 @@ export async function runMembersImport(config: Readonly<WarrenConfig>, args: Imp
   const started = performance.now();
   const reading = bar('validating');
   reading.start(1, 0);
-  const plan = await readMembershipFile(args.file, {
-    format,
-    ...(args.tenant ? { tenant: args.tenant } : {}),
-    onBytes: (read, total) => {
-      reading.setTotal(total);
-      reading.update(read);
-    },
-  });
-  reading.stop();
+  let plan: Awaited<ReturnType<typeof readMembershipFile>>;
+  try {
+    plan = await readMembershipFile(args.file, {
+      format,
+      ...(args.tenant ? { tenant: args.tenant } : {}),
+      onBytes: (read, total) => {
+        reading.setTotal(total);
+        reading.update(read);
+      },
+    });
+  } catch (error) {
+    console.error(`warren members import: cannot read ${args.file}: ${errorMessage(error)}`);
+    return 1;
+  } finally {
+    // The cursor comes back whatever happened.
+    reading.stop();
+  }
 
   for (const bad of plan.bad) console.error(`${args.file}:${bad.line}: ${bad.reason}`);
   if (plan.bad.length > 0 && (!args.skipInvalid || plan.valid === 0)) {

@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { findPackageRoot, loadConfig } from '../config/load.js';
+import { isValidId } from '../protocol/ids.js';
 import { errorMessage, isWarrenError } from '../shared/errors.js';
 import { runDev } from './dev.js';
 import { runGateway } from './gateway.js';
@@ -35,6 +36,15 @@ function version(): string {
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
+  // Servers take their settings from WARREN_* and WARREN_CONFIG only: `warren gateway --port 9` must not
+  // start on the configured port as if the flag had been read.
+  if ((command === 'gateway' || command === 'resolver' || command === 'dev') && rest.length > 0) {
+    console.error(
+      `warren ${command}: takes no arguments (got ${rest.join(' ')}); set WARREN_* variables or ` +
+        `WARREN_CONFIG instead, e.g. WARREN_GATEWAY_PORT=9000\n\n${USAGE}`,
+    );
+    return 2;
+  }
   switch (command) {
     case 'gateway':
       return runGateway(loadConfig({ require: ['jwt'] }));
@@ -55,7 +65,14 @@ async function main(argv: string[]): Promise<number> {
         },
       });
       const file = positionals[0];
-      if (!file || positionals.length > 1) break;
+      if (!file || positionals.length > 1) {
+        console.error(`warren members import: one file expected, got ${positionals.length}\n\n${USAGE}`);
+        return 2;
+      }
+      if (values.tenant !== undefined && !isValidId(values.tenant)) {
+        console.error(`warren members import: --tenant must match ^[A-Za-z0-9_-]{1,120}$`);
+        return 2;
+      }
       const format = values.format;
       if (format !== undefined && format !== 'jsonl' && format !== 'csv') {
         console.error(`--format must be jsonl or csv, not ${format}`);

@@ -99,6 +99,13 @@ describe('warren gateway as a process', () => {
     ]);
   });
 
+  it('refuses arguments it would ignore: warren gateway --port 9 does not start on another port', async () => {
+    const gateway = WarrenProcess.start(['gateway', '--port', '9'], gatewayEnv(testPrefix('args')));
+    processes.push(gateway);
+    expect(await gateway.exited).toBe(2);
+    expect(gateway.lines.join('\n')).toContain('takes no arguments (got --port 9)');
+  });
+
   it('warren status says why it cannot reach the broker, without a stack trace or the password', async () => {
     const status = WarrenProcess.start(['status'], {
       WARREN_RABBITMQ_URL: 'amqp://ops:hunter2@127.0.0.1:1',

@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { findPackageRoot } from '../../src/config/load.js';
 import type { EventInput, WarrenPublisher } from '../../src/sdk/publisher/index.js';
@@ -227,6 +227,21 @@ describe('warren members import', () => {
     expect(reported(skipping.stderr, csv).map(([line]) => line)).toEqual([3, 5, 6, 7, 8, 9]);
     expect(skipping.stdout).toMatch(/^Imported 2 row\(s\) .*; skipped 6 bad line\(s\)\.$/m);
     expect(await reach({ teams: ['or'] })).toEqual(['ann', 'cid']);
+  });
+
+  it('refuses bad arguments up front: a malformed --tenant, a directory, two files', async () => {
+    const csv = file('members-args.csv', ['userId,teamId', 'ann,args'].join('\n'));
+    const tenant = await warrenMembersImport(prefix, [csv, '--tenant', 'ac.me']);
+    expect(tenant.code).toBe(2);
+    expect(tenant.stderr).toContain('--tenant must match');
+    const directory = await warrenMembersImport(prefix, [dirname(csv)]);
+    expect(directory.code).toBe(2);
+    expect(directory.stderr).toContain('no such file');
+    expect(directory.stderr).not.toMatch(/\n\s+at /);
+    const two = await warrenMembersImport(prefix, [csv, csv, '--tenant', 'acme']);
+    expect(two.code).toBe(2);
+    expect(two.stderr).toContain('one file expected, got 2');
+    expect(await reach({ teams: ['args'] })).toEqual([]);
   });
 
   it('refuses a header that names a column twice or has an empty name, before reading any row', async () => {
