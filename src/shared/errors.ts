@@ -53,11 +53,12 @@ const SECRET_PARAMS = /([?&](?:password|pass|pwd|auth|token|secret)=)[^&#]*/gi;
  * or `/`; masking a little too much is the safe side), and secret query parameters.
  */
 export function withoutCredentials(text: string): string {
-  let out = text;
-  const at = text.lastIndexOf('@');
+  // The query first: an @ inside a secret parameter must not be taken for the end of the user info.
+  let out = text.replace(SECRET_PARAMS, '$1***');
+  const at = out.lastIndexOf('@');
   if (at >= 0) {
-    const start = /^[a-z][a-z0-9+.-]*:\/\//i.exec(text)?.[0].length ?? 0;
-    if (at >= start) out = `${text.slice(0, start)}***${text.slice(at)}`;
+    const start = /^[a-z][a-z0-9+.-]*:\/\//i.exec(out)?.[0].length ?? 0;
+    if (at >= start) out = `${out.slice(0, start)}***${out.slice(at)}`;
   }
-  return out.replace(SECRET_PARAMS, '$1***');
+  return out;
 }

@@ -14,6 +14,9 @@ describe('withoutCredentials', () => {
       // A password in the query (ioredis accepts it).
       ['redis://127.0.0.1:1/0?password=hunter2xyz', 'redis://127.0.0.1:1/0?password=***'],
       ['redis://host/0?db=1&Password=x&name=warren', 'redis://host/0?db=1&Password=***&name=warren'],
+      // An @ inside a secret parameter, or in another one: the password never shows (the host may not).
+      ['redis://cache:6379/0?password=hunter@2xyz', 'redis://cache:6379/0?password=***'],
+      ['redis://:pw@host/0?password=ab@cd&db=1', 'redis://***@host/0?password=***&db=1'],
       // Nothing to mask.
       ['redis://127.0.0.1:6379', 'redis://127.0.0.1:6379'],
     ];
