@@ -24,6 +24,9 @@ interface BrokerEvents {
   closing: [];
 }
 
+/** How long `close` waits for the broker to answer before dropping the socket. */
+const CLOSE_TIMEOUT_MS = 5000;
+
 // amqplib's own serialisation buffer for header tables; a CC list larger than this cannot be published.
 const AMQPLIB_TABLE_BUFFER = 65_536;
 
@@ -37,6 +40,8 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
   private recovering: amqp.RecoveringChannelModel | undefined;
   private current: ChannelModel | undefined;
   private closing = false;
+  /** The last connection set up, for dropping its socket when a close is not answered. */
+  private lastModel: ChannelModel | undefined;
 
   constructor(
     private readonly options: BrokerOptions,
@@ -78,7 +83,16 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
    * retrying and rejects with the last attempt's error (a library's caller is told).
    */
   async start(options: { timeoutMs?: number } = {}): Promise<void> {
-    const url = new URL(this.options.url);
+    let url: URL;
+    try {
+      url = new URL(this.options.url);
+    } catch {
+      // URL's own error carries the whole input, password included.
+      throw new WarrenError(
+        ErrorCode.Config,
+        `not a valid broker URL: ${withoutCredentials(this.options.url)} (percent-encode @, /, : and spaces in the user name and password)`,
+      );
+    }
     if (!url.searchParams.has('frameMax')) url.searchParams.set('frameMax', String(this.options.frameMax));
     if (!url.searchParams.has('heartbeat'))
       url.searchParams.set('heartbeat', String(this.options.heartbeatSec));
@@ -126,8 +140,12 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
     const timedOut = new Promise<'timeout'>(
       (resolve) => (timer = setTimeout(() => resolve('timeout'), timeoutMs)),
     );
-    const outcome = await Promise.race([this.recovering.waitForConnect(), timedOut]);
-    clearTimeout(timer);
+    let outcome: unknown;
+    try {
+      outcome = await Promise.race([this.recovering.waitForConnect(), timedOut]);
+    } finally {
+      clearTimeout(timer);
+    }
     if (outcome !== 'timeout') return;
     await this.close().catch(() => {});
     throw new WarrenError(
@@ -152,7 +170,13 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
         throw error;
       }
     }
+    // Closed (or given up on) while the hooks ran: this connection is not to be used, or kept.
+    if (this.closing) {
+      await model.close().catch(() => {});
+      throw new WarrenError(ErrorCode.Closed, 'broker connection is closed');
+    }
     this.current = model;
+    this.lastModel = model;
   }
 
   /** Resolves when connected, or rejects after `timeoutMs`. */
@@ -192,6 +216,18 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
     this.current = undefined;
     // Whoever waits for a connection is told now, not when their timeout ends.
     this.emit('closing');
-    await this.recovering?.close();
+    // Bounded: a broker under a resource alarm reads nothing from a blocked connection, not even its
+    // close; past the bound the socket is dropped.
+    let timer: NodeJS.Timeout | undefined;
+    const closed = await Promise.race([
+      (this.recovering?.close() ?? Promise.resolve()).then(() => true),
+      new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), CLOSE_TIMEOUT_MS))),
+    ]).finally(() => clearTimeout(timer));
+    if (!closed) {
+      this.logger.warn('broker did not answer the close; dropping the connection');
+      (
+        this.lastModel as unknown as { connection?: { stream?: { destroy(): void } } } | undefined
+      )?.connection?.stream?.destroy();
+    }
   }
 }

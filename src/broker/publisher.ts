@@ -155,8 +155,11 @@ export class Publisher {
     const bounded = async (step: Promise<unknown>): Promise<void> => {
       let timer: NodeJS.Timeout | undefined;
       const left = Math.max(0, deadline - Date.now());
-      await Promise.race([step, new Promise((resolve) => (timer = setTimeout(resolve, left)))]);
-      clearTimeout(timer);
+      try {
+        await Promise.race([step, new Promise((resolve) => (timer = setTimeout(resolve, left)))]);
+      } finally {
+        clearTimeout(timer);
+      }
     };
     try {
       await bounded(channel.waitForConfirms());

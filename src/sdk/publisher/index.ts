@@ -118,7 +118,8 @@ export class WarrenPublisher {
     try {
       await broker.start({ timeoutMs: options.connectTimeoutMs ?? 30_000 });
     } catch (error) {
-      // Nothing left behind: the Redis client this made is closed too.
+      // Nothing left behind: no channel being reopened, and the Redis client this made closed too.
+      await publisher.close();
       if (options.redis === undefined) redis.disconnect();
       throw error;
     }
