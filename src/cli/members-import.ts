@@ -30,8 +30,13 @@ function bar(label: string): SingleBar {
 }
 
 export async function runMembersImport(config: Readonly<WarrenConfig>, args: ImportArgs): Promise<number> {
-  if (!existsSync(args.file) || !statSync(args.file).isFile()) {
+  if (!existsSync(args.file)) {
     console.error(`warren members import: no such file: ${args.file}`);
+    return 2;
+  }
+  // A pipe (/dev/stdin, <(zcat …)) is read like a file; a directory is not.
+  if (statSync(args.file).isDirectory()) {
+    console.error(`warren members import: ${args.file} is a directory, not a file`);
     return 2;
   }
   const format = args.format ?? formatOf(args.file);

@@ -236,7 +236,7 @@ describe('warren members import', () => {
     expect(tenant.stderr).toContain('--tenant must match');
     const directory = await warrenMembersImport(prefix, [dirname(csv)]);
     expect(directory.code).toBe(2);
-    expect(directory.stderr).toContain('no such file');
+    expect(directory.stderr).toContain('is a directory');
     expect(directory.stderr).not.toMatch(/\n\s+at /);
     const two = await warrenMembersImport(prefix, [csv, csv, '--tenant', 'acme']);
     expect(two.code).toBe(2);
