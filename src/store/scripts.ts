@@ -141,7 +141,8 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local previous = redis.call('ZSCORE', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 if not previous then return -1 end
-return now - tonumber(previous)
+-- Never negative (a clock stepped back, a failover to a Redis whose clock is behind): -1 means "not listed".
+return math.max(0, now - tonumber(previous))
 `;
 
 /**
