@@ -115,10 +115,6 @@ export async function startResolver(
     await declareTopology(channel, names);
     await channel.close();
   });
-  await publisher.start();
-  await consumer.start();
-  await membershipConsumer.start();
-  await broker.start();
   let stopping = false;
   const { metricsPort, metricsHost } = config.resolver;
   let http: ResolverHttp | undefined;
@@ -130,7 +126,7 @@ export async function startResolver(
         closing: stopping,
       }));
     } catch (error) {
-      // Not left running half started: the caller is told, and can exit.
+      // Before consuming anything: a taken port stops start-up with nothing to undo but what is open.
       await Promise.allSettled([
         consumer.close(),
         membershipConsumer.close(),
@@ -144,6 +140,10 @@ export async function startResolver(
       );
     }
   }
+  await publisher.start();
+  await consumer.start();
+  await membershipConsumer.start();
+  await broker.start();
   logger.info({ queue: names.resolver, metricsPort: http?.port }, 'resolving');
 
   const closing = new CloseOnce(CLOSE_TIMEOUT_MS, 'resolver close');
@@ -156,6 +156,8 @@ export async function startResolver(
         stopping = true;
         return runSteps(
           [
+            // First: the port is free again even if a later step hangs past the close timeout.
+            { name: 'close http', run: async () => http?.close() },
             { name: 'stop consuming', run: () => consumer.cancel() },
             { name: 'stop consuming memberships', run: () => membershipConsumer.cancel() },
             { name: 'finish in-flight', run: () => worker.idle() },
@@ -165,7 +167,6 @@ export async function startResolver(
             { name: 'close membership consumer', run: () => membershipConsumer.close() },
             { name: 'close broker', run: () => broker.close() },
             { name: 'close redis', run: async () => void (await redis.quit()) },
-            { name: 'close http', run: async () => http?.close() },
           ],
           logger,
         );
