@@ -42,6 +42,7 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
   private closing = false;
   /** The last connection set up, for dropping its socket when a close is not answered. */
   private lastModel: ChannelModel | undefined;
+  private blockedBy: string | undefined;
 
   constructor(
     private readonly options: BrokerOptions,
@@ -160,8 +161,14 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
     // Channel-level errors surface on their channels; this keeps a stray one from crashing the process.
     model.on('error', (error: Error) => this.logger.debug({ err: error.message }, 'connection error event'));
     // A memory or disk alarm: the broker takes no publishes (and confirms none) until it clears.
-    model.on('blocked', (reason: string) => this.logger.warn({ reason }, 'broker blocked this connection'));
-    model.on('unblocked', () => this.logger.info('broker unblocked this connection'));
+    model.on('blocked', (reason: string) => {
+      if (this.lastModel === model) this.blockedBy = reason;
+      this.logger.warn({ reason }, 'broker blocked this connection');
+    });
+    model.on('unblocked', () => {
+      if (this.lastModel === model) this.blockedBy = undefined;
+      this.logger.info('broker unblocked this connection');
+    });
     for (const hook of this.hooks) {
       try {
         await hook(model);
@@ -177,6 +184,12 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
     }
     this.current = model;
     this.lastModel = model;
+    this.blockedBy = undefined;
+  }
+
+  /** Why the broker blocks publishes on this connection (a memory or disk alarm), while it does. */
+  get blocked(): string | undefined {
+    return this.blockedBy;
   }
 
   /** Resolves when connected, or rejects after `timeoutMs`. */

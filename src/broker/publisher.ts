@@ -12,6 +12,11 @@ export interface PublishOptions extends Options.Publish {
    * takes). A broker under a memory or disk alarm blocks publishers and confirms nothing until it clears.
    */
   confirmTimeoutMs?: number;
+  /**
+   * Fail at once while the broker blocks the connection (a resource alarm) instead of writing into
+   * buffers that only drain once it clears: a caller that retries would pile up copies meanwhile.
+   */
+  failIfBlocked?: boolean;
 }
 
 // Closing waits this long for outstanding confirms and the channel's close (a blocked broker may send
@@ -89,7 +94,15 @@ export class Publisher {
     body: Buffer,
     options: PublishOptions = {},
   ): Promise<void> {
-    const { waitForConnectionMs, confirmTimeoutMs, ...amqpOptions } = options;
+    const { waitForConnectionMs, confirmTimeoutMs, failIfBlocked, ...amqpOptions } = options;
+    const blocked = this.broker.blocked;
+    if (failIfBlocked && blocked !== undefined) {
+      throw new WarrenError(
+        ErrorCode.BrokerUnavailable,
+        `the broker is not taking messages (${blocked}): try again later`,
+        { retryable: true },
+      );
+    }
     let channel = this.channel;
     if (!channel && waitForConnectionMs !== undefined && waitForConnectionMs > 0) {
       await this.broker.waitConnected(waitForConnectionMs);

@@ -78,6 +78,30 @@ describe('publisher', () => {
     }
   });
 
+  it('fails a publish at once while the broker blocks the connection, when asked to', async () => {
+    const broker = testBrokerConnection('publisher-blocked');
+    const publisher = new Publisher(broker, silentLogger());
+    await publisher.start();
+    await broker.start();
+    try {
+      // What amqplib reports when RabbitMQ raises a memory alarm (raised here without one).
+      broker.model?.emit('blocked', 'low on memory');
+      await expect(
+        publisher.publish('', queue, Buffer.from('x'), { failIfBlocked: true }),
+      ).rejects.toMatchObject({
+        code: 'WARREN_ERR_BROKER_UNAVAILABLE',
+        message: expect.stringContaining('low on memory') as unknown,
+      });
+      // Without the option (the resolver) it waits instead; here the broker is not really blocked.
+      await publisher.publish('', queue, Buffer.from('waits'));
+      broker.model?.emit('unblocked');
+      await publisher.publish('', queue, Buffer.from('after'), { failIfBlocked: true });
+    } finally {
+      await publisher.close();
+      await broker.close();
+    }
+  });
+
   it('tells a publish waiting for the connection that it was closed, at once', async () => {
     const broker = testBrokerConnection('publisher-closed', 'amqp://guest:guest@127.0.0.1:1');
     const publisher = new Publisher(broker, silentLogger());

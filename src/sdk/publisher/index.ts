@@ -183,6 +183,7 @@ export class WarrenPublisher {
         persistent: true,
         waitForConnectionMs: this.settings.publishTimeoutMs,
         confirmTimeoutMs: this.settings.confirmTimeoutMs,
+        failIfBlocked: true,
       },
     );
   }
