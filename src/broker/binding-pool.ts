@@ -2,6 +2,7 @@ import type { Channel, ChannelModel } from 'amqplib';
 import { errorMessage } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
 import type { BrokerConnection } from './connection.js';
+import { isNotFound } from './topology.js';
 
 export interface BindingCounters {
   onBind(): void;
@@ -16,8 +17,6 @@ interface Slot {
 }
 
 const WAIT_FOR_BROKER_MS = 10_000;
-/** AMQP reply code of a channel closed because the queue or exchange named does not exist. */
-const NOT_FOUND = 404;
 
 /**
  * Queue bind/unbind over a small pool of channels. amqplib runs one RPC at a time per channel, and binding
@@ -112,7 +111,7 @@ export class BindingPool {
     try {
       await this.run((channel) => channel.unbindQueue(queue, exchange, key), 0);
     } catch (error) {
-      if ((error as { code?: unknown }).code === NOT_FOUND) {
+      if (isNotFound(error)) {
         this.logger.debug({ err: errorMessage(error), key }, 'unbind: queue already gone');
         return;
       }

@@ -1,7 +1,8 @@
 import { EventEmitter } from 'node:events';
 import amqp, { type ChannelModel } from 'amqplib';
 import { fullJitterDelay } from '../shared/backoff.js';
-import { ErrorCode, WarrenError, errorMessage, withoutCredentials } from '../shared/errors.js';
+import { ErrorCode, WarrenError, errorMessage, isWarrenError, withoutCredentials } from '../shared/errors.js';
+import { withTimeout } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 
 export interface BrokerOptions {
@@ -137,17 +138,12 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
       await this.recovering.waitForConnect();
       return;
     }
-    let timer: NodeJS.Timeout | undefined;
-    const timedOut = new Promise<'timeout'>(
-      (resolve) => (timer = setTimeout(() => resolve('timeout'), timeoutMs)),
-    );
-    let outcome: unknown;
     try {
-      outcome = await Promise.race([this.recovering.waitForConnect(), timedOut]);
-    } finally {
-      clearTimeout(timer);
+      await withTimeout(this.recovering.waitForConnect(), timeoutMs, 'connecting to the broker');
+      return;
+    } catch (error) {
+      if (!isWarrenError(error, ErrorCode.Timeout)) throw error;
     }
-    if (outcome !== 'timeout') return;
     await this.close().catch(() => {});
     throw new WarrenError(
       ErrorCode.BrokerUnavailable,
@@ -231,11 +227,17 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
     this.emit('closing');
     // Bounded: a broker under a resource alarm reads nothing from a blocked connection, not even its
     // close; past the bound the socket is dropped.
-    let timer: NodeJS.Timeout | undefined;
-    const closed = await Promise.race([
-      (this.recovering?.close() ?? Promise.resolve()).then(() => true),
-      new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), CLOSE_TIMEOUT_MS))),
-    ]).finally(() => clearTimeout(timer));
+    const closed = await withTimeout(
+      this.recovering?.close() ?? Promise.resolve(),
+      CLOSE_TIMEOUT_MS,
+      'closing the broker connection',
+    ).then(
+      () => true,
+      (error: unknown) => {
+        if (isWarrenError(error, ErrorCode.Timeout)) return false;
+        throw error;
+      },
+    );
     if (!closed) {
       this.logger.warn('broker did not answer the close; dropping the connection');
       (

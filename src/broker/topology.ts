@@ -82,6 +82,11 @@ export async function declareGatewayQueue(
   if (nodeBinding) await channel.bindQueue(queue, nodeBinding.exchange, nodeBinding.key);
 }
 
+/** Whether an AMQP error is the broker's 404: the queue or exchange named does not exist. */
+export function isNotFound(error: unknown): boolean {
+  return (error as { code?: unknown } | null)?.code === 404;
+}
+
 /** Whether a queue exists (asked on a channel of its own: the broker closes a channel that asks for none). */
 export async function queueExists(model: ChannelModel, queue: string): Promise<boolean> {
   const channel = await model.createChannel();
@@ -91,7 +96,7 @@ export async function queueExists(model: ChannelModel, queue: string): Promise<b
     await channel.close();
     return true;
   } catch (error) {
-    if ((error as { code?: unknown }).code === 404) return false;
+    if (isNotFound(error)) return false;
     await channel.close().catch(() => {});
     throw error;
   }

@@ -1,3 +1,4 @@
+import { withTimeout } from '../shared/lifecycle.js';
 import type { Keys } from '../store/keys.js';
 import type { WarrenRedis } from '../store/redis.js';
 
@@ -23,15 +24,6 @@ interface Cached {
  * longer than that buys little and would outlive a short claim-check TTL by far.
  */
 export const PAYLOAD_CACHE_MAX_AGE_MS = 60_000;
-
-/** `promise`, or a rejection once `ms` have passed without it settling. */
-function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
 
 /**
  * Claim-check payloads for this node: each job's bytes are read from Redis once however many local tabs
@@ -99,7 +91,7 @@ export class PayloadFetcher {
     let pending = this.inflight.get(key);
     if (!pending) {
       this.onFetch();
-      pending = within(this.redis.getBuffer(key), this.timeoutMs, `reading payload ${jobId}`).then(
+      pending = withTimeout(this.redis.getBuffer(key), this.timeoutMs, `reading payload ${jobId}`).then(
         (value) => {
           this.inflight.delete(key);
           if (value) this.remember(key, value);
