@@ -203,8 +203,9 @@ export async function startGateway(
       // Silent for longer than the expiry on Redis's clock (Redis away or slow, the event loop stalled):
       // resolvers stopped counting this node's users as soon as they saw it, swept or not, and resolved
       // events without them.
-      if (!firstBeat && (unknown || silentMs >= config.presence.expiryMs)) missedDue = true;
-      if (unknown && !firstBeat) {
+      const declaredDead = unknown && !firstBeat;
+      if (declaredDead || (!firstBeat && silentMs >= config.presence.expiryMs)) missedDue = true;
+      if (declaredDead) {
         logger.warn('this node had been declared dead; announcing its users again');
         reannounceDue = true;
       }

@@ -181,11 +181,7 @@ export class ConnectionRegistry<T extends RegisteredTab> {
       entry.bound = true;
       entry.stray = false;
     }
-    if (!entry.online) {
-      const [bit] = await this.presence.online(entry.tenantId, [entry.userId]);
-      this.setBit(entry, bit);
-      entry.online = true;
-    }
+    if (!entry.online) await this.announce(entry);
   }
 
   private async goOffline(entry: UserEntry<T>): Promise<void> {
