@@ -1,9 +1,22 @@
 import amqp, { type ChannelModel } from 'amqplib';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import type { BrokerConnection } from '../../src/broker/connection.js';
 import { Publisher } from '../../src/broker/publisher.js';
 import { silentLogger } from '../../src/shared/logger.js';
 import { eventually, testBrokerConnection, testPrefix } from '../support/harness.js';
 import { TcpProxy } from '../support/tcp-proxy.js';
+
+/** A publisher on a connection of its own, connected. */
+async function connected(
+  name: string,
+  url?: string,
+): Promise<{ broker: BrokerConnection; publisher: Publisher }> {
+  const broker = testBrokerConnection(name, url);
+  const publisher = new Publisher(broker, silentLogger());
+  await publisher.start();
+  await broker.start();
+  return { broker, publisher };
+}
 
 describe('publisher', () => {
   const queue = `${testPrefix('publisher')}.q`;
@@ -22,10 +35,7 @@ describe('publisher', () => {
   });
 
   it('opens a new confirm channel when the broker closes its channel but not the connection', async () => {
-    const broker = testBrokerConnection('publisher');
-    const publisher = new Publisher(broker, silentLogger());
-    await publisher.start();
-    await broker.start();
+    const { broker, publisher } = await connected('publisher');
     let disconnects = 0;
     broker.on('disconnected', () => (disconnects += 1));
     try {
@@ -56,10 +66,7 @@ describe('publisher', () => {
   it('gives up on a confirm that does not come, and closes without waiting for it', async () => {
     const target = new URL(inject('rabbitmqUrl'));
     const proxy = await TcpProxy.start(target.hostname, Number(target.port || 5672));
-    const broker = testBrokerConnection('publisher-stalled', proxy.url(target));
-    const publisher = new Publisher(broker, silentLogger());
-    await publisher.start();
-    await broker.start();
+    const { broker, publisher } = await connected('publisher-stalled', proxy.url(target));
     try {
       await publisher.publish('', queue, Buffer.from('confirmed'), { confirmTimeoutMs: 2000 });
       // The broker stops answering (as under a resource alarm): the confirm never comes.
@@ -79,10 +86,7 @@ describe('publisher', () => {
   });
 
   it('fails a publish at once while the broker blocks the connection, when asked to', async () => {
-    const broker = testBrokerConnection('publisher-blocked');
-    const publisher = new Publisher(broker, silentLogger());
-    await publisher.start();
-    await broker.start();
+    const { broker, publisher } = await connected('publisher-blocked');
     try {
       // What amqplib reports when RabbitMQ raises a memory alarm (raised here without one).
       broker.model?.emit('blocked', 'low on memory');
