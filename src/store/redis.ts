@@ -92,9 +92,12 @@ export async function createRedis(options: CreateRedisOptions): Promise<WarrenRe
   }
   let problem: string | undefined;
   try {
-    const [, policy] = (await redis.config('GET', 'maxmemory-policy')) as string[];
-    const [, maxmemory] = (await redis.config('GET', 'maxmemory')) as string[];
-    if (policy !== undefined) problem = evictionProblem(policy, Number(maxmemory ?? 0));
+    // One round trip: the pattern answers maxmemory and maxmemory-policy (and a few more), name, value…
+    const reply = (await redis.config('GET', 'maxmemory*')) as string[];
+    const settings = new Map<string, string>();
+    for (let i = 0; i + 1 < reply.length; i += 2) settings.set(reply[i] as string, reply[i + 1] as string);
+    const policy = settings.get('maxmemory-policy');
+    if (policy !== undefined) problem = evictionProblem(policy, Number(settings.get('maxmemory') ?? 0));
   } catch (error) {
     // Managed services often rename or refuse CONFIG: nothing to check then.
     options.logger.debug({ err: errorMessage(error) }, 'cannot read the Redis eviction policy');
