@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { findPackageRoot, loadConfig } from '../config/load.js';
-import { isValidId } from '../protocol/ids.js';
+import { ID_PATTERN, isValidId } from '../protocol/ids.js';
 import { errorMessage, isWarrenError } from '../shared/errors.js';
 import { runDev } from './dev.js';
 import { runGateway } from './gateway.js';
@@ -70,7 +70,7 @@ async function main(argv: string[]): Promise<number> {
         return 2;
       }
       if (values.tenant !== undefined && !isValidId(values.tenant)) {
-        console.error(`warren members import: --tenant must match ^[A-Za-z0-9_-]{1,120}$`);
+        console.error(`warren members import: --tenant must match ${ID_PATTERN.source}`);
         return 2;
       }
       const format = values.format;
