@@ -21,8 +21,7 @@ export class UrlRing {
   current(): string {
     const { option } = this;
     if (typeof option === 'function') return option();
-    if (typeof option === 'string') return option;
-    return option[this.index % option.length] as string;
+    return this.listed() ?? (option as string);
   }
 
   advance(): void {
