@@ -68,8 +68,11 @@ export class MembershipCache {
     }
   }
 
-  /** Loads whatever these teams and groups need that is not cached yet (two round trips at most). */
-  async ensure(teamIds: Iterable<string>, groupIds: Iterable<string>): Promise<void> {
+  /**
+   * Loads whatever these teams and groups need that is not cached yet (two round trips at most); resolves
+   * to how many it loaded.
+   */
+  async ensure(teamIds: Iterable<string>, groupIds: Iterable<string>): Promise<number> {
     if (this.size > MAX_ENTRIES) this.clear();
     const k = this.keys;
     const t = this.tenantId;
@@ -91,7 +94,7 @@ export class MembershipCache {
     const wanted = new Set(groupIds);
     for (const id of new Set(teamIds)) for (const g of this.teams.get(id)?.groups ?? []) wanted.add(g);
     const missingGroups = [...wanted].filter((id) => !this.groups.has(id));
-    if (missingGroups.length === 0) return;
+    if (missingGroups.length === 0) return missingTeams.length;
     const pipeline = this.redis.pipeline();
     for (const id of missingGroups) pipeline.getBuffer(k.groupUsers(t, id));
     const replies = (await pipeline.exec()) ?? [];
@@ -100,6 +103,7 @@ export class MembershipCache {
       if (error) throw error;
       this.groups.set(id, bitmapOf(bits as Buffer | null));
     });
+    return missingTeams.length + missingGroups.length;
   }
 
   /**

@@ -12,6 +12,8 @@ type Bitmap = InstanceType<typeof RoaringBitmap32>;
 
 const LOG_BATCH = 10_000;
 const ID_BATCH = 10_000;
+// Load-and-sync rounds in one `prepare`: each round only loads groups linked since the previous one.
+const PREPARE_ROUNDS = 10;
 
 /**
  * Everything a resolver knows about one tenant, kept exact by reading the tenant's change log before each
@@ -128,12 +130,20 @@ export class TenantView {
     }
   }
 
-  /** Loads the memberships these audiences need. Call after `sync`, before `resolve`. */
+  /**
+   * Loads the memberships these audiences need. Call after `sync`, before `resolve`. What it loads is Redis
+   * as it is now, maybe past the log position the cached teams and groups are at; resolving with both would
+   * mix two moments (a cached group that has not seen a member leave, a team loaded after it joined that
+   * group: a user reachable at neither moment). So after loading it syncs again, bringing every structure to
+   * one position; a group that sync links to a team is loaded in turn, until nothing is left to load.
+   */
   async prepare(audiences: readonly Audience[]): Promise<void> {
-    await this.members.ensure(
-      audiences.flatMap((a) => a.teams ?? []),
-      audiences.flatMap((a) => a.groups ?? []),
-    );
+    const teams = audiences.flatMap((a) => a.teams ?? []);
+    const groups = audiences.flatMap((a) => a.groups ?? []);
+    for (let round = 1; (await this.members.ensure(teams, groups)) > 0; round += 1) {
+      if (round > PREPARE_ROUNDS) throw new Error('memberships kept changing while they were loaded');
+      await this.sync();
+    }
   }
 
   /**

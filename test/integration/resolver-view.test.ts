@@ -1,5 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { TenantView } from '../../src/resolver/tenant-view.js';
+import { MembershipStore } from '../../src/store/membership-store.js';
+import { PresenceStore } from '../../src/store/presence-store.js';
+import type { WarrenRedis } from '../../src/store/redis.js';
 import { withWarrenRedis } from '../support/harness.js';
 
 describe('a resolver’s view of a tenant', () => {
@@ -19,6 +22,41 @@ describe('a resolver’s view of a tenant', () => {
       await redis.del(keys.online('t1', 'n2'));
       await view.sync();
       expect(view.online.bitmap.toArray()).toEqual([]);
+    });
+  });
+
+  it('never resolves with a team loaded after changes that a cached group has not seen yet', async () => {
+    await withWarrenRedis('view-mix', async (redis, keys) => {
+      const store = new MembershipStore(redis, keys);
+      const change = { tenantId: 't1' } as const;
+      await store.apply({ ...change, op: 'add', kind: 'user-group', userId: 'u', groupId: 'g' });
+      await redis.zadd(keys.nodes(), 1, 'n1');
+      const [bit] = await new PresenceStore(redis, keys).online('n1', 't1', ['u']);
+      const view = new TenantView(redis, keys, 't1', new Set());
+      await view.sync();
+      await view.prepare([{ groups: ['g'] }]);
+      expect(view.resolveBits({ groups: ['g'] }).toArray()).toEqual([bit]);
+
+      // Between the batch's sync and the loading of team t, u leaves g and then g joins t. u was never
+      // reachable from t; the cached g has not seen u leave, the freshly loaded t already holds g.
+      const { pipeline } = redis;
+      let first = true;
+      redis.pipeline = ((...args: Parameters<WarrenRedis['pipeline']>) => {
+        const p = pipeline.apply(redis, args);
+        if (!first) return p;
+        first = false;
+        const exec = p.exec.bind(p);
+        p.exec = (async () => {
+          await store.apply({ ...change, op: 'remove', kind: 'user-group', userId: 'u', groupId: 'g' });
+          await store.apply({ ...change, op: 'add', kind: 'group-team', groupId: 'g', teamId: 't' });
+          return exec();
+        }) as typeof p.exec;
+        return p;
+      }) as WarrenRedis['pipeline'];
+      await view.sync();
+      await view.prepare([{ teams: ['t'] }]);
+      expect(first).toBe(false);
+      expect(view.resolveBits({ teams: ['t'] }).toArray()).toEqual([]);
     });
   });
 });
