@@ -39,8 +39,20 @@ function json(message: ConsumeMessage): { ok: true; value: unknown } | { ok: fal
   try {
     return { ok: true, value: JSON.parse(text) };
   } catch (error) {
-    return { ok: false, reason: `body is not JSON: ${(error as Error).message}` };
+    return { ok: false, reason: notJson(error) };
   }
+}
+
+/**
+ * Where the body stops being JSON, without V8's own message: that quotes the text around the error, and
+ * this reason goes to logs and a dead-letter header while bodies are health data.
+ */
+function notJson(error: unknown): string {
+  const message = error instanceof Error ? error.message : '';
+  const at = /at position (\d+)/.exec(message)?.[1];
+  if (at !== undefined) return `body is not JSON: syntax error at character ${at}`;
+  if (/end of JSON input/.test(message)) return 'body is not JSON: it ends too early';
+  return 'body is not JSON';
 }
 
 /**

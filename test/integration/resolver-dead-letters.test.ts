@@ -39,6 +39,8 @@ interface Case {
   code: string;
   /** A fragment the dead-letter reason must contain. */
   reason: string;
+  /** A fragment of the body it must not repeat (reasons go to logs and headers; bodies are health data). */
+  secret?: string;
 }
 
 const event = (patch: Record<string, unknown>) => ({ ...valid, ...patch });
@@ -47,6 +49,20 @@ const caseOf = (m: ConsumeMessage): number => Number(m.properties.headers?.['x-t
 const cases: Case[] = [
   { name: 'not JSON', body: '{"id": "e1", ', code: 'not_json', reason: 'not JSON' },
   { name: 'empty body', body: '', code: 'not_json', reason: 'not JSON' },
+  {
+    name: 'plain text',
+    body: 'patient Jane Roe, ward 3',
+    code: 'not_json',
+    reason: 'not JSON',
+    secret: 'Jane',
+  },
+  {
+    name: 'broken JSON',
+    body: '{"diagnosis": "flu" "ward": 3}',
+    code: 'not_json',
+    reason: 'at character 20',
+    secret: 'flu',
+  },
   {
     name: 'binary body',
     body: Buffer.from([0xff, 0xfe, 0x00, 0x81, 0x13]),
@@ -273,6 +289,7 @@ describe('malformed input is dead-lettered with its reason, and resolving goes o
       const reason = String(headers['x-warren-reason']);
       expect({ name: c.name, code: headers['x-warren-code'] }).toEqual({ name: c.name, code: c.code });
       expect(reason, c.name).toContain(c.reason);
+      if (c.secret) expect(reason, c.name).not.toContain(c.secret);
       expect(headers['x-warren-original-exchange']).toBe(
         c.direct ? '' : `${prefix}.${c.exchange ?? 'events'}`,
       );
