@@ -10,7 +10,7 @@ import { FrameErrorCode } from '../protocol/frames.js';
 import { nodeKey } from '../protocol/ids.js';
 import { Keys } from '../store/keys.js';
 import { LIVENESS_POLL_MS, PresenceStore } from '../store/presence-store.js';
-import { createRedis, redisReady } from '../store/redis.js';
+import { createRedis, redisReady, watchServer } from '../store/redis.js';
 import { errorMessage } from '../shared/errors.js';
 import { CloseOnce, runSteps, sleep } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
@@ -188,10 +188,15 @@ export async function startGateway(
   let missedDue = false;
   let missedTimer: NodeJS.Timeout | undefined;
   let beating = false;
+  /** A beat was asked for while one ran (Redis changed under it): run another when it ends. */
+  let beatAgain = false;
   const startedAt = Date.now();
   const beat = async (): Promise<void> => {
     // A beat slower than the interval (Redis slow or away) is not overlapped by the next one.
-    if (beating) return;
+    if (beating) {
+      beatAgain = true;
+      return;
+    }
     beating = true;
     try {
       const stats = { connections: registry.size, users: registry.userCount, startedAt };
@@ -241,6 +246,10 @@ export async function startGateway(
       logger.warn({ err: errorMessage(error) }, 'presence heartbeat failed');
     } finally {
       beating = false;
+      if (beatAgain) {
+        beatAgain = false;
+        void beat();
+      }
     }
   };
   // A node started under a fixed id (gateway.id) may follow a process of that id that died holding users
@@ -254,6 +263,9 @@ export async function startGateway(
   }
   await beat();
   const heartbeat = setInterval(() => void beat(), config.presence.heartbeatMs);
+  // Another Redis server (restart, failover) may have given a held user's bit to someone else: the beat
+  // checks every bit now rather than a heartbeat later.
+  await watchServer(redis, () => void beat(), logger);
   heartbeat.unref();
 
   let draining = false;

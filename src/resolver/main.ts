@@ -12,7 +12,7 @@ import { Keys } from '../store/keys.js';
 import { MembershipStore } from '../store/membership-store.js';
 import { PayloadStore } from '../store/payload-store.js';
 import { PresenceStore } from '../store/presence-store.js';
-import { createRedis, redisReady } from '../store/redis.js';
+import { createRedis, watchServer, redisReady } from '../store/redis.js';
 import { ResolverHttp } from './http.js';
 import { DeliveryPublisher } from './delivery-publisher.js';
 import { NodeLiveness } from './node-liveness.js';
@@ -59,6 +59,8 @@ export async function startResolver(
     logger,
   );
   await liveness.start();
+  // Against another server (restart, failover) the views may hold what it never got: each is built afresh.
+  await watchServer(redis, () => views.clear(), logger);
   const view = (tenantId: string): TenantView => {
     let v = views.get(tenantId);
     if (!v) {

@@ -150,6 +150,38 @@ export function refusedByRedis(error: unknown): boolean {
   return PERMANENT_REPLY.test(message) && !UNAVAILABLE_REPLY.test(message);
 }
 
+async function runIdOf(redis: Redis): Promise<string | undefined> {
+  try {
+    return /^run_id:(\S+)/m.exec(await redis.info('server'))?.[1];
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Calls `changed` when the client, back from a reconnect, talks to another Redis server than before (its
+ * run id differs: Redis restarted, or the URL names a replica promoted by a failover). Writes the old
+ * server acknowledged may be missing there (an id given out, a change-log entry), so what was read from
+ * it is to be read again. Where INFO is refused, every reconnect counts as a change. Returns a stop.
+ */
+export async function watchServer(
+  redis: Redis,
+  changed: () => void,
+  logger: Pick<Logger, 'warn'>,
+): Promise<() => void> {
+  let known = await runIdOf(redis);
+  const onReady = (): void => {
+    void runIdOf(redis).then((now) => {
+      if (now !== undefined && now === known) return;
+      logger.warn({ before: known, now }, 'redis server changed (restart or failover); re-reading its state');
+      known = now;
+      changed();
+    });
+  };
+  redis.on('ready', onReady);
+  return () => void redis.off('ready', onReady);
+}
+
 /** True while the client can run commands. */
 export function redisReady(redis: Redis): boolean {
   return redis.status === 'ready';

@@ -18,6 +18,8 @@ export class TcpProxy {
   private stalled = false;
   private readonly pairs = new Set<[Socket, Socket]>();
   connections = 0;
+  /** Where new connections go; `retarget` changes it (a failover behind one address). */
+  private target: { host: string; port: number } = { host: '', port: 0 };
 
   private constructor(
     private readonly server: Server,
@@ -33,7 +35,7 @@ export class TcpProxy {
         return;
       }
       proxy.connections += 1;
-      const upstream = connect({ host: targetHost, port: targetPort });
+      const upstream = connect(proxy.target);
       for (const s of [client, upstream]) {
         proxy.sockets.add(s);
         s.on('close', () => proxy.sockets.delete(s));
@@ -52,12 +54,18 @@ export class TcpProxy {
     const address = server.address();
     if (!address || typeof address === 'string') throw new Error('proxy has no port');
     state.proxy = new TcpProxy(server, address.port);
+    state.proxy.retarget(targetHost, targetPort);
     return state.proxy;
   }
 
   /** `target` (the service's URL) with this proxy in place of the service. */
   url(target: string | URL): string {
     return throughLocalPort(target, this.port);
+  }
+
+  /** New connections go to this service from now on; open ones stay where they are until `cut`. */
+  retarget(host: string, port: number): void {
+    this.target = { host, port };
   }
 
   cut(): void {

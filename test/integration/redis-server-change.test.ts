@@ -1,0 +1,159 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createServer } from 'node:net';
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { Keys } from '../../src/store/keys.js';
+import { createRedis, watchServer } from '../../src/store/redis.js';
+import { silentLogger } from '../../src/shared/logger.js';
+import {
+  BrokerProbe,
+  cleanRedis,
+  eventually,
+  openTab,
+  startTestGateway,
+  testConfig,
+  testPrefix,
+  token,
+} from '../support/harness.js';
+import { TcpProxy } from '../support/tcp-proxy.js';
+
+/**
+ * A Redis failover behind one address, played with a second Redis server of the machine's own (an empty
+ * one: every write of the first is "lost") and a proxy the test points at either.
+ */
+
+async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const address = server.address();
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  if (!address || typeof address === 'string') throw new Error('no port');
+  return address.port;
+}
+
+class SecondRedis {
+  private constructor(
+    private readonly child: ChildProcess,
+    readonly port: number,
+  ) {}
+
+  static async start(): Promise<SecondRedis> {
+    const port = await freePort();
+    const child = spawn(
+      'redis-server',
+      ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
+      { stdio: 'ignore' },
+    );
+    const failed = new Promise<never>((_, reject) =>
+      child.once('error', (error) =>
+        reject(new Error(`cannot start a second redis-server: ${error.message}`)),
+      ),
+    );
+    const client = new Redis({ port, host: '127.0.0.1', lazyConnect: true, retryStrategy: () => 50 });
+    client.on('error', () => {}); // refused until the server listens
+    await Promise.race([
+      failed,
+      eventually(
+        () =>
+          client.ping().then(
+            () => true,
+            () => false,
+          ),
+        'second Redis',
+      ),
+    ]);
+    client.disconnect();
+    return new SecondRedis(child, port);
+  }
+
+  client(): Redis {
+    return new Redis({ port: this.port, host: '127.0.0.1' });
+  }
+
+  stop(): void {
+    this.child.kill('SIGKILL');
+  }
+}
+
+describe('a Redis server changing behind its address', () => {
+  const main = new URL(inject('redisUrl'));
+  let second: SecondRedis;
+  beforeAll(async () => {
+    second = await SecondRedis.start();
+  });
+  afterAll(() => second?.stop());
+
+  it('is told apart from a reconnect to the same server', async () => {
+    const proxy = await TcpProxy.start(main.hostname, Number(main.port || 6379));
+    const redis = await createRedis({
+      url: proxy.url(main),
+      name: 'warren-test-watch',
+      logger: silentLogger(),
+    });
+    let changes = 0;
+    const stop = await watchServer(redis, () => (changes += 1), silentLogger());
+    // The watcher's INFO goes first on the new connection: once this one answers, it has decided.
+    const reconnected = async () => {
+      await new Promise((resolve) => redis.once('ready', resolve));
+      await redis.info('server');
+    };
+    try {
+      let back = reconnected();
+      proxy.cut();
+      await back;
+      expect(changes).toBe(0);
+
+      back = reconnected();
+      proxy.retarget('127.0.0.1', second.port);
+      proxy.cut();
+      await back;
+      expect(changes).toBe(1);
+    } finally {
+      stop();
+      redis.disconnect();
+      await proxy.close();
+    }
+  });
+
+  it('a gateway announces its users on the new server at once, not a heartbeat later', async () => {
+    const prefix = testPrefix('redis-change');
+    const keys = new Keys(prefix);
+    const proxy = await TcpProxy.start(main.hostname, Number(main.port || 6379));
+    const gateway = await startTestGateway(
+      testConfig(prefix, {
+        redis: { url: proxy.url(main) },
+        presence: { heartbeatMs: 60_000, expiryMs: 180_000 },
+      }),
+    );
+    const fresh = second.client();
+    try {
+      const tab = await openTab(gateway.port, await token({ sub: 'ann', tid: 't1' }));
+      expect(await fresh.hget(keys.ids('t1'), 'ann')).toBeNull();
+
+      // A failover that lost every write: the new server has never heard of ann, or of the node.
+      proxy.retarget('127.0.0.1', second.port);
+      proxy.cut();
+      await eventually(
+        async () => (await fresh.hget(keys.ids('t1'), 'ann')) !== null,
+        'ann announced',
+        5_000,
+      );
+      const bit = Number(await fresh.hget(keys.ids('t1'), 'ann'));
+      expect(await fresh.getbit(keys.online('t1', gateway.nodeId), bit)).toBe(1);
+      // Resolvers may have resolved events without ann meanwhile: the tab is told to resynchronise.
+      await eventually(
+        () => tab.frames.some((f) => f.type === 'error' && f.code === 'events_missed'),
+        'events_missed',
+      );
+      tab.ws.terminate();
+    } finally {
+      await gateway.close();
+      fresh.disconnect();
+      const probe = await BrokerProbe.open();
+      await probe.deleteExchangesAndQueues(prefix, [gateway.queue]);
+      await probe.close();
+      await proxy.close();
+      await cleanRedis(prefix);
+    }
+  });
+});
