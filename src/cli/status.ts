@@ -64,12 +64,15 @@ export async function collectStatus(config: Readonly<WarrenConfig>): Promise<Sta
     const tenants = await Promise.all(
       tenantIds.map(async (id) => ({ id, online: await presence.onlineCount(id, live) })),
     );
-    const model = await amqp.connect(config.rabbitmq.url).catch((error: unknown) => {
-      throw new WarrenError(
-        ErrorCode.BrokerUnavailable,
-        `cannot connect to RabbitMQ at ${withoutCredentials(config.rabbitmq.url)}: ${errorMessage(error)}`,
-      );
-    });
+    // Bounded: a broker host that drops packets would hold the command for the system's TCP timeout.
+    const model = await amqp
+      .connect(config.rabbitmq.url, { timeout: config.rabbitmq.connectTimeoutMs })
+      .catch((error: unknown) => {
+        throw new WarrenError(
+          ErrorCode.BrokerUnavailable,
+          `cannot connect to RabbitMQ at ${withoutCredentials(config.rabbitmq.url)}: ${errorMessage(error)}`,
+        );
+      });
     try {
       const queues = await Promise.all(
         [names.resolver, names.memberships, names.dead, ...gateways.map((g) => names.gatewayQueue(g.id))].map(

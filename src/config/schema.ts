@@ -14,6 +14,8 @@ export const DEFAULTS = {
   heartbeatSec: 10,
   reconnectBaseMs: 100,
   reconnectCapMs: 10_000,
+  // One attempt (TCP and AMQP handshake): a host that drops packets would otherwise hold it for minutes.
+  connectTimeoutMs: 10_000,
   redisUrl: 'redis://127.0.0.1:6379',
   gatewayHost: '0.0.0.0',
   gatewayPort: 8080,
@@ -101,6 +103,12 @@ export const configSchema = z.strictObject({
         .max(MAX_TIMER_MS)
         .default(DEFAULTS.reconnectCapMs)
         .describe('Largest reconnect delay.'),
+      connectTimeoutMs: positiveInt
+        .max(MAX_TIMER_MS)
+        .default(DEFAULTS.connectTimeoutMs)
+        .describe(
+          'How long one connection attempt (TCP connect and AMQP handshake) may take before it is dropped and retried.',
+        ),
     })
     .prefault({}),
   redis: z

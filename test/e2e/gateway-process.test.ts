@@ -1,3 +1,4 @@
+import { createServer, type AddressInfo } from 'node:net';
 import { afterEach, describe, expect, inject, it } from 'vitest';
 import { collectStatus } from '../../src/cli/status.js';
 import type { Resolver } from '../../src/resolver/main.js';
@@ -119,6 +120,22 @@ describe('warren gateway as a process', () => {
     expect(output).toContain('ECONNREFUSED');
     expect(output).not.toContain('hunter2');
     expect(output).not.toMatch(/\n\s+at /);
+  });
+
+  it('warren status gives up on a broker host that never answers, after rabbitmq.connectTimeoutMs', async () => {
+    const server = createServer(() => {});
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      const status = WarrenProcess.start(['status'], {
+        WARREN_RABBITMQ_URL: `amqp://127.0.0.1:${(server.address() as AddressInfo).port}`,
+        WARREN_RABBITMQ_CONNECT_TIMEOUT_MS: '500',
+        WARREN_REDIS_URL: inject('redisUrl'),
+      });
+      expect(await status.exited).toBe(1);
+      expect(status.lines.join('\n')).toContain('connect ETIMEDOUT');
+    } finally {
+      server.close();
+    }
   });
 
   it('a node killed without cleaning up stops counting its users once its heartbeat expires', async () => {

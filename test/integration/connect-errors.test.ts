@@ -3,6 +3,7 @@ import { describe, expect, inject, it } from 'vitest';
 import { WarrenPublisher } from '../../src/sdk/publisher/index.js';
 import { silentLogger } from '../../src/shared/logger.js';
 import { createRedis } from '../../src/store/redis.js';
+import { eventually } from '../support/harness.js';
 
 // A service that cannot reach its broker or Redis is told why, soon, without its password.
 
@@ -32,6 +33,27 @@ describe('connecting to services that refuse', () => {
       const seen = attempts;
       await new Promise((r) => setTimeout(r, 1500));
       expect(attempts).toBe(seen);
+    } finally {
+      server.close();
+    }
+  });
+
+  it('the publisher SDK leaves no connection behind to a broker host that never answers', async () => {
+    // Takes the connection and reads, but says nothing, as a hung broker would.
+    const server = createServer((socket) => socket.resume());
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const port = (server.address() as AddressInfo).port;
+    const open = () => new Promise<number>((resolve) => server.getConnections((_, n) => resolve(n)));
+    try {
+      const error = (await WarrenPublisher.connect({
+        rabbitmqUrl: `amqp://127.0.0.1:${port}`,
+        redisUrl: inject('redisUrl'),
+        connectTimeoutMs: 500,
+      }).catch((e: unknown) => e)) as Error & { code?: string };
+      expect(error.code).toBe('WARREN_ERR_BROKER_UNAVAILABLE');
+      // The attempt in flight ends within its own bound (no longer than the give-up): its socket would keep
+      // the caller's process alive.
+      await eventually(async () => (await open()) === 0, 'no connection left', 2000);
     } finally {
       server.close();
     }

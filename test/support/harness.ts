@@ -67,6 +67,7 @@ export function testBrokerConnection(name: string, url = inject('rabbitmqUrl')):
       heartbeatSec: 10,
       reconnectBaseMs: 100,
       reconnectCapMs: 1000,
+      connectTimeoutMs: 10_000,
       connectionName: `warren-test-${name}`,
     },
     silentLogger(),

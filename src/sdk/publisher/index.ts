@@ -104,6 +104,8 @@ export class WarrenPublisher {
         heartbeatSec: DEFAULTS.heartbeatSec,
         reconnectBaseMs: DEFAULTS.reconnectBaseMs,
         reconnectCapMs: DEFAULTS.reconnectCapMs,
+        // An attempt outliving the give-up would keep the process alive (its socket) after the rejection.
+        connectTimeoutMs: Math.min(DEFAULTS.connectTimeoutMs, options.connectTimeoutMs ?? Infinity),
         connectionName: 'warren-publisher',
       },
       logger,
