@@ -6,7 +6,10 @@ import { RetrySchedule } from '../shared/backoff.js';
 import type { BrokerConnection } from './connection.js';
 
 export interface PublishOptions extends Options.Publish {
-  /** How long to wait for the broker to come back before failing (default: fail at once). */
+  /**
+   * How long to wait for the broker, or for a publish channel the broker closed to be reopened, before
+   * failing (default: fail at once).
+   */
   waitForConnectionMs?: number;
   /**
    * How long to wait for the broker's confirm once the message is written (default: for as long as it
@@ -37,6 +40,8 @@ export class Publisher {
   private channel: ConfirmChannel | undefined;
   private closed = false;
   private readonly reopens = new RetrySchedule(REOPEN_BASE_MS, REOPEN_CAP_MS);
+  /** Publishes waiting for a channel; woken when one opens or the publisher closes. */
+  private readonly waiters = new Set<() => void>();
 
   constructor(
     private readonly broker: BrokerConnection,
@@ -64,6 +69,25 @@ export class Publisher {
       this.reopen();
     });
     this.channel = channel;
+    this.wake();
+  }
+
+  private wake(): void {
+    for (const waiter of [...this.waiters]) waiter();
+  }
+
+  /** The channel once there is one, or undefined after `timeoutMs` or a close. */
+  private channelWithin(timeoutMs: number): Promise<ConfirmChannel | undefined> {
+    if (this.channel || this.closed || timeoutMs <= 0) return Promise.resolve(this.channel);
+    return new Promise((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        this.waiters.delete(done);
+        resolve(this.channel);
+      };
+      const timer = setTimeout(done, timeoutMs);
+      this.waiters.add(done);
+    });
   }
 
   private reopen(): void {
@@ -106,8 +130,11 @@ export class Publisher {
     }
     let channel = this.channel;
     if (!channel && waitForConnectionMs !== undefined && waitForConnectionMs > 0) {
+      const deadline = Date.now() + waitForConnectionMs;
       await this.broker.waitConnected(waitForConnectionMs);
-      channel = this.channel;
+      // Connected, but the channel may be on its way: a reconnect's setup, or a reopen after the broker
+      // closed just the channel.
+      channel = await this.channelWithin(deadline - Date.now());
     }
     if (!channel) {
       throw new WarrenError(ErrorCode.BrokerUnavailable, 'not connected to the broker', { retryable: true });
@@ -163,6 +190,7 @@ export class Publisher {
     this.closed = true;
     const channel = this.channel;
     this.channel = undefined;
+    this.wake();
     if (!channel) return;
     // Bounded: a blocked broker reads nothing from this connection, not even the close.
     const deadline = Date.now() + CLOSE_CONFIRMS_MS;

@@ -48,6 +48,10 @@ const FAILURES_REMEMBERED = 10_000;
 // message is dead-lettered (bad input is dead-lettered at once).
 const RESOLVE_ATTEMPTS = 2;
 const MEMBERSHIP_ATTEMPTS = 5;
+// A dead letter waits this long for a publish channel (one being reopened) and for its confirm (a broker
+// under a resource alarm confirms nothing), then falls back to a plain reject, which loses the reason.
+const DEAD_LETTER_WAIT_MS = 5000;
+const DEAD_LETTER_CONFIRM_MS = 30_000;
 
 /**
  * Failures per message, counted in this process (the broker's `redelivered` flag cannot tell why a message
@@ -398,6 +402,8 @@ export class ResolverWorker {
         ...(message.properties.contentType ? { contentType: message.properties.contentType } : {}),
         ...(message.properties.messageId ? { messageId: message.properties.messageId } : {}),
         persistent: true,
+        waitForConnectionMs: DEAD_LETTER_WAIT_MS,
+        confirmTimeoutMs: DEAD_LETTER_CONFIRM_MS,
         headers: {
           ...(message.properties.headers ?? {}),
           [DeadLetterHeader.Reason]: reason.slice(0, 2000),

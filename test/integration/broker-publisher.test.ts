@@ -63,6 +63,20 @@ describe('publisher', () => {
     }
   });
 
+  it('a publish that may wait waits for a channel the broker closed to be reopened', async () => {
+    const { broker, publisher } = await connected('publisher-reopen');
+    try {
+      await expect(
+        publisher.publish(`${queue}.no-such-exchange`, 'k', Buffer.from('lost')),
+      ).rejects.toThrow();
+      // The connection is up, the channel is being reopened: this waits for it instead of failing.
+      await publisher.publish('', queue, Buffer.from('waited'), { waitForConnectionMs: 5000 });
+    } finally {
+      await publisher.close();
+      await broker.close();
+    }
+  });
+
   it('gives up on a confirm that does not come, and closes without waiting for it', async () => {
     const target = new URL(inject('rabbitmqUrl'));
     const proxy = await TcpProxy.start(target.hostname, Number(target.port || 5672));
