@@ -75,3 +75,19 @@ describe('publisher SDK: publishEvent validates before sending anything', () => 
     expect(published.map((m) => m.properties.messageId)).toEqual(['evt-ok']);
   });
 });
+
+describe('publisher SDK: close', () => {
+  it('can be called again, at once or later, and each call resolves once everything is closed', async () => {
+    const prefix = testPrefix('sdk-close');
+    const warren = await connectPublisher(testConfig(prefix));
+    try {
+      await Promise.all([warren.close(), warren.close()]);
+      await warren.close();
+    } finally {
+      const probe = await BrokerProbe.open();
+      await probe.deleteExchangesAndQueues(prefix);
+      await probe.close();
+      await cleanRedis(prefix);
+    }
+  });
+});

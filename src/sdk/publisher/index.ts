@@ -67,6 +67,8 @@ export type EventInput = Omit<ModelEvent, 'data' | 'jobId'> & { data?: unknown; 
  * ```
  */
 export class WarrenPublisher {
+  private closing: Promise<void> | undefined;
+
   private constructor(
     private readonly broker: BrokerConnection,
     private readonly publisher: Publisher,
@@ -241,10 +243,13 @@ export class WarrenPublisher {
     return this.applyMembership({ op: 'remove', tenantId, groupId, teamId });
   }
 
-  /** Waits for outstanding confirms, then closes what this publisher opened. */
-  async close(): Promise<void> {
-    await this.publisher.close();
-    await this.broker.close();
-    if (this.ownsRedis) await this.redis.quit();
+  /** Waits for outstanding confirms, then closes what this publisher opened. A second call waits for the first. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      await this.publisher.close();
+      await this.broker.close();
+      if (this.ownsRedis) await this.redis.quit();
+    })();
+    return this.closing;
   }
 }
