@@ -28,6 +28,7 @@ export async function runDev(loaded: Readonly<WarrenConfig>): Promise<number> {
     redisUrl: config.redis.url,
     prefix: config.prefix,
     claimCheckBytes: config.claimCheck.bytes,
+    claimCheckTtlSec: config.claimCheck.ttlSec,
     logger: logger.child({ component: 'demo-publisher' }),
   });
   // The demo teams need members before anyone publishes to them; adding a member again changes nothing.
