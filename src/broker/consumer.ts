@@ -171,6 +171,11 @@ export class Consumer {
       await channel.close().catch(() => {});
       throw error;
     }
+    // Closed (or cancelled) while it prepared: it found no channel to close, and none is to consume now.
+    if (this.stopped) {
+      await channel.close().catch(() => {});
+      return;
+    }
     this.channel = channel;
     const isCurrent = (c: Channel): boolean => c === this.channel;
     const acks = new AckBatcher(channel);
@@ -201,6 +206,8 @@ export class Consumer {
       { noAck: false },
     );
     this.consumerTag = reply.consumerTag;
+    // Cancelled while the subscription was on its way: `cancel` had no consumer tag to cancel yet.
+    if (this.stopped) await channel.cancel(reply.consumerTag).catch(() => {});
   }
 
   private resubscribe(reason: string): void {

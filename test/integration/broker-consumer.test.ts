@@ -66,6 +66,37 @@ describe('consumer acks', () => {
     expect(received).toHaveLength(31);
   });
 
+  it('does not start consuming once closed while it was still subscribing', async () => {
+    const broker = testBrokerConnection('acks-closed');
+    let release = (): void => {};
+    let preparing = false;
+    const consumer = new Consumer(
+      broker,
+      {
+        queue,
+        prefetch: 1,
+        prepare: async () => {
+          preparing = true;
+          await new Promise<void>((resolve) => (release = resolve));
+        },
+      },
+      (d) => d.ack(),
+      silentLogger(),
+    );
+    await consumer.start();
+    const started = broker.start();
+    try {
+      await eventually(() => preparing, 'subscribing');
+      await consumer.close();
+      release();
+      await started;
+      await new Promise((r) => setTimeout(r, 100));
+      expect((await admin.checkQueue(queue)).consumerCount).toBe(0);
+    } finally {
+      await broker.close();
+    }
+  });
+
   it('rejects a message whose handler throws, to the dead-letter exchange, and keeps consuming', async () => {
     const throwing = `${queue}.throwing`;
     const dlx = `${queue}.dlx`;
