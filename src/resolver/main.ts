@@ -1,3 +1,4 @@
+import type { Channel } from 'amqplib';
 import { randomBytes } from 'node:crypto';
 import { BrokerConnection } from '../broker/connection.js';
 import { Consumer } from '../broker/consumer.js';
@@ -93,9 +94,12 @@ export async function startResolver(
     metrics,
     logger,
   });
+  // Before every subscription, not only on connect: a queue deleted under a consumer (an operator, a
+  // policy) cancels it, and re-subscribing to a queue that is gone would fail for good.
+  const declared = (channel: Channel) => declareTopology(channel, names);
   const consumer = new Consumer(
     broker,
-    { queue: names.resolver, prefetch: config.resolver.prefetch },
+    { queue: names.resolver, prefetch: config.resolver.prefetch, prepare: declared },
     (delivery) => worker.handle(delivery),
     logger,
   );
@@ -107,16 +111,14 @@ export async function startResolver(
       queue: names.memberships,
       prefetch: 1,
       // Every (re)subscription starts new membership terms (see MembershipStore.newTerm).
-      prepare: async () => worker.membershipSubscribed(),
+      prepare: async (channel) => {
+        await declared(channel);
+        await worker.membershipSubscribed();
+      },
     },
     (delivery) => worker.handle(delivery),
     logger,
   );
-  await broker.onConnect(async (model) => {
-    const channel = await model.createChannel();
-    await declareTopology(channel, names);
-    await channel.close();
-  });
   let stopping = false;
   const { metricsPort, metricsHost } = config.resolver;
   let http: ResolverHttp | undefined;

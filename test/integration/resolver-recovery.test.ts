@@ -94,3 +94,48 @@ describe('a resolution that fails', () => {
     await channel.close();
   });
 });
+
+describe('a resolver whose queue is deleted under it', () => {
+  const prefix = testPrefix('recovery-queue');
+  const config = testConfig(prefix);
+  let gateway: Gateway;
+  let resolver: Resolver;
+  let warren: WarrenPublisher;
+  let probe: BrokerProbe;
+
+  beforeAll(async () => {
+    gateway = await startTestGateway(config);
+    resolver = await startTestResolver(config);
+    warren = await connectPublisher(config);
+    probe = await BrokerProbe.open();
+  });
+  afterAll(async () => {
+    await probe.close();
+    await removeInstallation(prefix, { warren, resolvers: [resolver], gateways: [gateway] });
+  });
+
+  it('declares it again, bound as before, and resolves what is published to it', async () => {
+    await warren.addUserToTeam('acme', 'ann', 'icu');
+    const ann = await openTab(gateway.port, await token({ sub: 'ann', tid: 'acme' }));
+    try {
+      const channel = await probe.model.createChannel();
+      await channel.deleteQueue(`${prefix}.resolver`);
+      await channel.close();
+      // Events published before it is back are unroutable and gone: publish until one arrives.
+      let n = 0;
+      await eventually(async () => {
+        n += 1;
+        await warren.publishEvent({
+          id: `after-${n}`,
+          tenantId: 'acme',
+          type: 'note',
+          audience: { teams: ['icu'] },
+        });
+        await new Promise((r) => setTimeout(r, 100));
+        return ann.events().length > 0;
+      }, 'an event resolved after the queue was deleted');
+    } finally {
+      ann.ws.terminate();
+    }
+  });
+});
