@@ -19,6 +19,8 @@ import { UrlRing } from './url-ring.js';
 
 const DEFAULT_DEDUP_WINDOW = 1000;
 const DEFAULT_PING_INTERVAL_MS = 25_000;
+// Generous: after a deploy a gateway binds thousands of returning users, and a welcome waits for its bind.
+const DEFAULT_CONNECT_TIMEOUT_MS = 20_000;
 
 /** `options` without the keys whose value is undefined. */
 function definedOnly<T extends object>(options: T): Partial<T> {
@@ -65,6 +67,7 @@ export class WarrenClient {
       reconnect: { ...DEFAULT_RECONNECT, ...definedOnly(options.reconnect ?? {}) },
       tokenTransport: options.tokenTransport ?? 'protocol',
       pingIntervalMs: options.pingIntervalMs ?? DEFAULT_PING_INTERVAL_MS,
+      connectTimeoutMs: options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS,
       WebSocket: Socket,
       random: Math.random,
       now: Date.now,
@@ -161,18 +164,41 @@ export class WarrenClient {
     const user = claims?.sub && claims.tid ? `${claims.tid}|${claims.sub}` : '';
     const name = `warren|${this.link.urls.describe()}|${user}|${group ?? ''}`;
     this.setRole(TabRole.Follower);
-    this.share = new TabShare(name, {
-      lead: () => {
-        this.setRole(TabRole.Leader);
-        this.connectionLost();
-        // To the node the last leader was on: offsets (and so a resume) mean something only there.
-        if (this.leaderUrl !== undefined) this.link.urls.moveTo(this.leaderUrl);
-        this.openSocket();
-      },
-      hello: () => this.announce(),
-      relay: (message) => this.fromLeader(message),
-    });
-    this.share.start();
+    const alone = (cause: unknown): void => {
+      this.share?.close();
+      this.share = undefined;
+      this.emitter.emit(
+        'error',
+        new WarrenClientError(
+          ClientErrorCode.Share,
+          'cannot share across tabs here; this tab keeps its own socket',
+          {
+            cause,
+          },
+        ),
+      );
+      if (this.current === ClientState.Closed) return;
+      this.setRole(TabRole.Own);
+      this.openSocket();
+    };
+    try {
+      this.share = new TabShare(name, {
+        lead: () => {
+          this.setRole(TabRole.Leader);
+          this.connectionLost();
+          // To the node the last leader was on: offsets (and so a resume) mean something only there.
+          if (this.leaderUrl !== undefined) this.link.urls.moveTo(this.leaderUrl);
+          this.openSocket();
+        },
+        hello: () => this.announce(),
+        relay: (message) => this.fromLeader(message),
+        refused: alone,
+      });
+      this.share.start();
+    } catch (error) {
+      // BroadcastChannel refused (an opaque origin).
+      alone(error);
+    }
   }
 
   /** The user this tab's socket belongs to. */

@@ -23,6 +23,8 @@ export interface LinkSettings {
   reconnect: ReconnectOptions;
   tokenTransport: 'protocol' | 'query';
   pingIntervalMs: number;
+  /** One attempt, from asking for the token to the gateway's welcome; 0 = unbounded. */
+  connectTimeoutMs: number;
   WebSocket: typeof WebSocket;
   random: () => number;
   now: () => number;
@@ -45,6 +47,9 @@ export class SocketLink {
   private welcomedAt: number | undefined;
   private lastFrameAt = 0;
   private pingSentAt: number | undefined;
+  /** Counts attempts: what an attempt given up on delivers late (a token, a socket's frames) is ignored. */
+  private attemptSeq = 0;
+  private attemptTimer: Timer | undefined;
 
   constructor(
     private readonly settings: LinkSettings,
@@ -64,21 +69,24 @@ export class SocketLink {
     if (this.closed) return;
     this.closed = true;
     clearTimeout(this.retryTimer);
+    clearTimeout(this.attemptTimer);
     this.detach()?.close(1000, 'client closed');
   }
 
   private async open(): Promise<void> {
+    const seq = ++this.attemptSeq;
+    this.bound(seq);
     let token: string;
     try {
       token = await this.settings.tokens.get(this.refreshToken);
     } catch (cause) {
-      if (this.closed) return;
+      if (this.closed || seq !== this.attemptSeq) return;
       this.hooks.error(new WarrenClientError(ClientErrorCode.Token, 'getToken failed', { cause }));
       // No node was tried: the next attempt goes to the same one (a tab taking over stays on its leader's).
       this.ended(ABNORMAL_CLOSURE, undefined, { keepUrl: true });
       return;
     }
-    if (this.closed) return;
+    if (this.closed || seq !== this.attemptSeq) return;
     this.refreshToken = false;
     const { urls, tokenTransport, WebSocket: Socket } = this.settings;
     let url = '(url option)';
@@ -116,6 +124,7 @@ export class SocketLink {
     }
     if (typeof frame !== 'object' || frame === null || typeof frame.type !== 'string') return;
     if (frame.type === 'welcome') {
+      clearTimeout(this.attemptTimer);
       this.welcomedAt = this.lastFrameAt;
       this.startPing();
     }
@@ -131,6 +140,7 @@ export class SocketLink {
   /** `uptimeMs` undefined: the connection never got its welcome. `keepUrl`: the URL was not at fault. */
   private ended(code: number, uptimeMs: number | undefined, options: { keepUrl?: boolean } = {}): void {
     if (this.closed) return;
+    clearTimeout(this.attemptTimer);
     const plan = planReconnect(
       {
         code,
@@ -148,6 +158,32 @@ export class SocketLink {
     if (plan.nextUrl && !options.keepUrl) this.settings.urls.advance();
     this.retryTimer = setTimeout(() => void this.open(), plan.delayMs);
     this.hooks.down(code);
+  }
+
+  /**
+   * Gives attempt `seq` up after `connectTimeoutMs` without a welcome: a `getToken` that never settles (a
+   * fetch has no timeout of its own), a socket that never opens (packets dropped), or a gateway that
+   * accepts and says nothing would otherwise hold the client in `connecting` for good. A token that never
+   * came keeps the URL; a node that never welcomed is left for the next.
+   */
+  private bound(seq: number): void {
+    const ms = this.settings.connectTimeoutMs;
+    clearTimeout(this.attemptTimer);
+    if (!(ms > 0)) return;
+    this.attemptTimer = setTimeout(() => {
+      if (this.closed || seq !== this.attemptSeq || this.welcomedAt !== undefined) return;
+      this.attemptSeq += 1;
+      const ws = this.detach();
+      if (ws) {
+        this.hooks.error(new WarrenClientError(ClientErrorCode.Socket, `no welcome within ${ms} ms`));
+        ws.close(4000, 'no welcome');
+        this.ended(ABNORMAL_CLOSURE, undefined);
+      } else {
+        const message = `getToken did not settle within ${ms} ms`;
+        this.hooks.error(new WarrenClientError(ClientErrorCode.Token, message));
+        this.ended(ABNORMAL_CLOSURE, undefined, { keepUrl: true });
+      }
+    }, ms);
   }
 
   /**

@@ -41,6 +41,8 @@ export interface ShareHooks {
   hello(): void;
   /** A follower received a relay from the leader. */
   relay(message: RelayMessage): void;
+  /** The browser refused the lock (storage blocked for the site, an opaque origin): no sharing here. */
+  refused(error: unknown): void;
 }
 
 /** Whether this browsing context can share a connection (Web Locks need a secure context: https or localhost). */
@@ -80,8 +82,11 @@ export class TabShare {
           this.release = resolve;
         });
       })
-      // An AbortError when close() withdraws a request still in the queue.
-      .catch(() => {});
+      // An AbortError when close() withdraws a request still in the queue. Anything else before this tab
+      // led (a SecurityError where site data is blocked) means it never will: it must not wait for good.
+      .catch((error: unknown) => {
+        if (!this.closed && !this.leading) this.hooks.refused(error);
+      });
     this.post({ k: 'hello' });
   }
 

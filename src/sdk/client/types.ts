@@ -17,14 +17,16 @@ export const TabRole = { Own: 'own', Leader: 'leader', Follower: 'follower' } as
 export type TabRole = (typeof TabRole)[keyof typeof TabRole];
 
 export const ClientErrorCode = {
-  /** `getToken` threw or returned nothing; the client retries with backoff. */
+  /** `getToken` threw, returned nothing or did not settle in time; the client retries with backoff. */
   Token: 'token_failed',
-  /** The WebSocket could not be created (e.g. a malformed URL); retried with backoff. */
+  /** The WebSocket could not be created (e.g. a malformed URL), or no welcome came in time; retried with backoff. */
   Socket: 'socket_failed',
   /** The server sent something that is not a JSON frame. */
   BadFrame: 'bad_frame',
   /** A large event's payload expired before the gateway fetched it; `eventId` names the event. */
   PayloadUnavailable: 'payload_unavailable',
+  /** `shareAcrossTabs` cannot work in this context (locks or channels refused); the tab has its own socket. */
+  Share: 'share_unavailable',
   /** A tab-sharing sibling announced a different user; its relay is ignored. */
   ShareMismatch: 'share_mismatch',
   /** An error frame from the gateway not covered above (its `code` is in the message). */
@@ -103,6 +105,12 @@ export interface ClientOptions {
   dedupWindow?: number;
   /** Ping interval; a connection silent for a whole interval after a ping is dropped. 0 = off. Default 25 s. */
   pingIntervalMs?: number;
+  /**
+   * How long one attempt may take, from calling `getToken` to the gateway's `welcome`, before it is given up
+   * and retried with backoff (a `token_failed` or `socket_failed` error says which part hung). 0 = off.
+   * Default 20 s.
+   */
+  connectTimeoutMs?: number;
   /** A WebSocket implementation, for runtimes without a global one. */
   WebSocket?: typeof WebSocket;
 }

@@ -94,6 +94,8 @@ describe('client core (scripted socket, fake timers)', () => {
       getToken: () => `token-${++tokens}`,
       WebSocket: ScriptedSocket as unknown as typeof WebSocket,
       pingIntervalMs: 0,
+      // Attempts here last as long as the test plays them; the bound has a test of its own.
+      connectTimeoutMs: 0,
     });
     client.on('event', (e) => events.push(e));
     client.on('state', (s) => states.push(s));
@@ -244,6 +246,8 @@ describe('client core (scripted socket, fake timers)', () => {
       getToken: () => 'token',
       WebSocket: ScriptedSocket as unknown as typeof WebSocket,
       pingIntervalMs: 0,
+      // Attempts here last as long as the test plays them; the bound has a test of its own.
+      connectTimeoutMs: 0,
       reconnect: { capMs: undefined },
     });
     client.on('error', (e) => errors.push(e.message));
@@ -289,6 +293,8 @@ describe('client: an attempt that fails before any socket', () => {
       },
       WebSocket: ScriptedSocket as unknown as typeof WebSocket,
       pingIntervalMs: 0,
+      // Attempts here last as long as the test plays them; the bound has a test of its own.
+      connectTimeoutMs: 0,
     });
     client.on('error', () => {});
     await vi.advanceTimersByTimeAsync(60_000);
@@ -314,10 +320,76 @@ describe('client: an attempt that fails before any socket', () => {
       getToken: () => 'token',
       WebSocket: Refusing as unknown as typeof WebSocket,
       pingIntervalMs: 0,
+      // Attempts here last as long as the test plays them; the bound has a test of its own.
+      connectTimeoutMs: 0,
     });
     client.on('error', () => {});
     await vi.advanceTimersByTimeAsync(60_000);
     expect(tried.slice(0, 2)).toEqual(['ws://a/ws', 'wss://b/ws']);
+    client.close();
+  });
+});
+
+describe('client: an attempt that hangs', () => {
+  afterEach(() => {
+    vi.restoreAllMocks();
+    vi.useRealTimers();
+  });
+
+  it('gives up on a gateway that accepts and never welcomes, and tries the next node', async () => {
+    vi.useFakeTimers();
+    vi.spyOn(Math, 'random').mockReturnValue(0);
+    ScriptedSocket.all = [];
+    const client = connect({
+      url: ['ws://a/ws', 'ws://b/ws'],
+      getToken: () => 'token',
+      WebSocket: ScriptedSocket as unknown as typeof WebSocket,
+      pingIntervalMs: 0,
+      connectTimeoutMs: 5000,
+    });
+    const errors: string[] = [];
+    client.on('error', (e) => errors.push(`${e.code}: ${e.message}`));
+    await vi.advanceTimersByTimeAsync(4999);
+    expect(ScriptedSocket.all).toHaveLength(1);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(errors).toEqual(['socket_failed: no welcome within 5000 ms']);
+    expect(ScriptedSocket.all[0]?.readyState).toBe(3);
+    await vi.advanceTimersByTimeAsync(1000);
+    expect(ScriptedSocket.all.map((s) => s.url)).toEqual(['ws://a/ws', 'ws://b/ws']);
+    // A welcome in time ends the bound: no more attempts.
+    ScriptedSocket.all[1]?.welcome('e1', 0);
+    await vi.advanceTimersByTimeAsync(60_000);
+    expect(ScriptedSocket.all).toHaveLength(2);
+    expect(client.state).toBe('connected');
+    client.close();
+  });
+
+  it('gives up on a getToken that never settles, stays on its URL, and ignores the token if it comes late', async () => {
+    vi.useFakeTimers();
+    vi.spyOn(Math, 'random').mockReturnValue(0);
+    ScriptedSocket.all = [];
+    let calls = 0;
+    let late: (token: string) => void = () => {};
+    const client = connect({
+      url: ['ws://a/ws', 'ws://b/ws'],
+      getToken: () => {
+        calls += 1;
+        return calls === 1 ? new Promise<string>((resolve) => (late = resolve)) : 'token-2';
+      },
+      WebSocket: ScriptedSocket as unknown as typeof WebSocket,
+      pingIntervalMs: 0,
+      connectTimeoutMs: 5000,
+    });
+    const errors: string[] = [];
+    client.on('error', (e) => errors.push(`${e.code}: ${e.message}`));
+    await vi.advanceTimersByTimeAsync(5000);
+    expect(errors).toEqual(['token_failed: getToken did not settle within 5000 ms']);
+    await vi.advanceTimersByTimeAsync(1000);
+    expect(ScriptedSocket.all.map((s) => [s.url, s.token])).toEqual([['ws://a/ws', 'token-2']]);
+    // The first attempt's token, long after it was given up: no second socket.
+    late('token-1');
+    await vi.advanceTimersByTimeAsync(0);
+    expect(ScriptedSocket.all).toHaveLength(1);
     client.close();
   });
 });

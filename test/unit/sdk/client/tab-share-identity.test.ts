@@ -140,6 +140,21 @@ describe('tab sharing never crosses users', () => {
     return { client, seen };
   }
 
+  it('keeps its own socket where the browser refuses the lock, instead of waiting for it for good', async () => {
+    // Site data blocked, or a sandboxed frame: the lock request rejects at once.
+    vi.stubGlobal('navigator', {
+      locks: { request: () => Promise.reject(new DOMException('storage blocked', 'SecurityError')) },
+    });
+    const { client, seen } = tab(() => tokenFor('acme', 'alice'), true);
+    const errors: string[] = [];
+    client.on('error', (e) => errors.push(e.code));
+    await vi.waitFor(() => expect(client.state).toBe('connected'));
+    expect(client.role).toBe(TabRole.Own);
+    expect(errors).toEqual(['share_unavailable']);
+    FakeSocket.all[0]?.event('mine');
+    await vi.waitFor(() => expect(seen).toEqual([{ for: 'alice' }]));
+  });
+
   it('keeps users apart even when the application groups their tabs under one name', async () => {
     const alice = tab(() => tokenFor('acme', 'alice'), 'app');
     const bob = tab(() => tokenFor('acme', 'bob'), 'app');
