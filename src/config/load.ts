@@ -1,3 +1,4 @@
+import { createPublicKey } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -195,7 +196,48 @@ function crossChecks(
   if (reconnect && reconnect[0] < reconnect[1]) {
     problems.push('rabbitmq.reconnectCapMs: must not be below rabbitmq.reconnectBaseMs');
   }
+  if (requirements.includes('jwt') && keys.length === 1) problems.push(...keyFileProblems(jwt));
   return problems;
+}
+
+/**
+ * The key files a gateway will read at start, read now: a missing or unreadable one is a configuration
+ * problem like any other, named with its key and listed with the rest.
+ */
+function keyFileProblems(jwt: { publicKey?: unknown; jwksFile?: unknown }): string[] {
+  const read = (key: string, path: string, check: (text: string) => string | undefined): string[] => {
+    let text: string;
+    try {
+      text = readFileSync(path, 'utf8');
+    } catch (error) {
+      return [`${key}: cannot read ${path}: ${errorMessage(error)}`];
+    }
+    const problem = check(text);
+    return problem ? [`${key}: ${path} ${problem}`] : [];
+  };
+  const { publicKey, jwksFile } = jwt;
+  // An inline PEM is the key itself; anything else names a file.
+  if (typeof publicKey === 'string' && !publicKey.includes('-----BEGIN')) {
+    return read('jwt.publicKey [WARREN_JWT_PUBLIC_KEY]', publicKey, (text) => {
+      try {
+        createPublicKey(text);
+        return undefined;
+      } catch {
+        return 'holds no PEM public key';
+      }
+    });
+  }
+  if (typeof jwksFile === 'string') {
+    return read('jwt.jwksFile [WARREN_JWT_JWKS_FILE]', jwksFile, (text) => {
+      try {
+        const value = JSON.parse(text) as { keys?: unknown };
+        return Array.isArray(value.keys) ? undefined : 'is not a JWKS (no "keys" array)';
+      } catch {
+        return 'is not JSON';
+      }
+    });
+  }
+  return [];
 }
 
 function deepFreeze<T>(value: T): Readonly<T> {

@@ -173,6 +173,30 @@ describe('loadConfig', () => {
     expect(message).not.toContain('p@ss');
   });
 
+  it('reads a gateway’s key file at load, and lists a missing or wrong one with the other problems', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'warren-keys-'));
+    const missing = join(dir, 'missing.json');
+    const message = configError(() =>
+      loadConfig({ env: { WARREN_GATEWAY_PORT: 'abc', WARREN_JWT_JWKS_FILE: missing }, require: ['jwt'] }),
+    );
+    expect(message).toContain('(2 problems)');
+    expect(message).toContain('gateway.port');
+    expect(message).toContain(`jwt.jwksFile [WARREN_JWT_JWKS_FILE]: cannot read ${missing}: ENOENT`);
+
+    const notPem = join(dir, 'key.pem');
+    writeFileSync(notPem, 'not a key');
+    expect(
+      configError(() => loadConfig({ env: { WARREN_JWT_PUBLIC_KEY: notPem }, require: ['jwt'] })),
+    ).toContain(`jwt.publicKey [WARREN_JWT_PUBLIC_KEY]: ${notPem} holds no PEM public key`);
+    const notJwks = join(dir, 'jwks.json');
+    writeFileSync(notJwks, '{"kty":"RSA"}');
+    expect(
+      configError(() => loadConfig({ env: { WARREN_JWT_JWKS_FILE: notJwks }, require: ['jwt'] })),
+    ).toContain(`${notJwks} is not a JWKS`);
+    // A process that verifies no tokens (a resolver) does not read them.
+    expect(loadConfig({ env: { WARREN_JWT_JWKS_FILE: missing } }).jwt.jwksFile).toBe(missing);
+  });
+
   it('treats an empty variable as not set', () => {
     const env = { WARREN_JWT_SECRET: 'a-very-long-secret-value-of-32-chars', WARREN_JWT_PUBLIC_KEY: '' };
     expect(loadConfig({ env, require: ['jwt'] }).jwt.publicKey).toBeUndefined();
