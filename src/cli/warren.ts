@@ -7,6 +7,7 @@ import { ID_PATTERN, isValidId } from '../protocol/ids.js';
 import { errorMessage, isWarrenError } from '../shared/errors.js';
 import { runDev } from './dev.js';
 import { runGateway } from './gateway.js';
+import { runHealth } from './health.js';
 import { runMembersImport } from './members-import.js';
 import { runResolver } from './resolver.js';
 import { runStatus } from './status.js';
@@ -22,6 +23,10 @@ Commands:
       --tenant ID           tenant for rows that do not name one
       --skip-invalid        import the valid rows even if some are bad
   status [--json]         gateways alive, connections, users online per tenant, queue depths
+  health [gateway|resolver]
+                          exit 0 if this machine's gateway (or resolver) answers /healthz, at the
+                          port its configuration gives; without a role, that of the container's
+                          main process (for HEALTHCHECK)
   help                    this text
 
 Configuration: config/default.yaml, then the file named by WARREN_CONFIG, then WARREN_* variables.
@@ -88,6 +93,16 @@ async function main(argv: string[]): Promise<number> {
     case 'status': {
       const { values } = parseArgs({ args: rest, options: { json: { type: 'boolean', default: false } } });
       return runStatus(loadConfig(), { json: values.json ?? false });
+    }
+    case 'health': {
+      const [role, ...extra] = rest;
+      if (extra.length > 0 || (role !== undefined && role !== 'gateway' && role !== 'resolver')) {
+        console.error(
+          `warren health: takes gateway, resolver or nothing (got ${rest.join(' ')})\n\n${USAGE}`,
+        );
+        return 2;
+      }
+      return runHealth(loadConfig(), role);
     }
     case '--version':
     case 'version':

@@ -1,4 +1,7 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterEach, describe, expect, inject, it } from 'vitest';
 import { collectStatus } from '../../src/cli/status.js';
 import type { Resolver } from '../../src/resolver/main.js';
@@ -120,6 +123,34 @@ describe('warren gateway as a process', () => {
     expect(output).toContain('ECONNREFUSED');
     expect(output).not.toContain('hunter2');
     expect(output).not.toMatch(/\n\s+at /);
+  });
+
+  it('warren health probes the port the gateway’s WARREN_CONFIG gives, and fails once it is gone', async () => {
+    prefix = testPrefix('health');
+    const port = await new Promise<number>((resolve) => {
+      const probePort = createServer();
+      probePort.listen(0, '127.0.0.1', () => {
+        const { port: free } = probePort.address() as AddressInfo;
+        probePort.close(() => resolve(free));
+      });
+    });
+    const dir = mkdtempSync(join(tmpdir(), 'warren-health-'));
+    const file = join(dir, 'warren.yaml');
+    writeFileSync(file, `gateway:\n  host: 0.0.0.0\n  port: ${port}\n`);
+    const env: Record<string, string> = { ...gatewayEnv(prefix), WARREN_CONFIG: file };
+    delete env['WARREN_GATEWAY_PORT'];
+    delete env['WARREN_GATEWAY_HOST'];
+    const gw = WarrenProcess.start(['gateway'], env);
+    processes.push(gw);
+    expect(await gw.listening()).toBe(port);
+
+    const health = WarrenProcess.start(['health', 'gateway'], { WARREN_CONFIG: file });
+    expect(await health.exited).toBe(0);
+    gw.child.kill('SIGTERM');
+    await gw.exited;
+    const down = WarrenProcess.start(['health', 'gateway'], { WARREN_CONFIG: file });
+    expect(await down.exited).toBe(1);
+    expect(down.lines.join('\n')).toContain(`http://127.0.0.1:${port}/healthz`);
   });
 
   it('warren status gives up on a broker host that never answers, after rabbitmq.connectTimeoutMs', async () => {

@@ -1,0 +1,64 @@
+import { readFileSync } from 'node:fs';
+import type { WarrenConfig } from '../config/schema.js';
+import { errorMessage } from '../shared/errors.js';
+
+export type HealthRole = 'gateway' | 'resolver';
+
+const TIMEOUT_MS = 2000;
+
+/**
+ * The role of the container's main process when it is a warren command (`warren resolver` as PID 1), so
+ * that one image-wide health check probes the right port. Anything else (no /proc, another program) is a
+ * gateway: `warren gateway` and `warren dev` both serve /healthz on the gateway port.
+ */
+function roleOfMainProcess(): HealthRole {
+  try {
+    const args = readFileSync('/proc/1/cmdline', 'utf8').split('\0');
+    return args.includes('resolver') ? 'resolver' : 'gateway';
+  } catch {
+    return 'gateway';
+  }
+}
+
+/** A listen address as a local client reaches it: the wildcard ones through loopback. */
+function reachable(host: string): string {
+  if (host === '0.0.0.0' || host === '') return '127.0.0.1';
+  if (host === '::') return '[::1]';
+  return host.includes(':') ? `[${host}]` : host;
+}
+
+/** Where the process of `role` serves /healthz under `config`, or why it serves it nowhere. */
+export function healthUrl(config: Readonly<WarrenConfig>, role: HealthRole): string | { problem: string } {
+  if (role === 'resolver') {
+    const { metricsPort, metricsHost } = config.resolver;
+    if (metricsPort === undefined)
+      return { problem: 'resolver.metricsPort is not set: a resolver serves /healthz only there' };
+    if (metricsPort === 0) return { problem: 'resolver.metricsPort is 0 (a free port picked at start)' };
+    return `http://${reachable(metricsHost)}:${metricsPort}/healthz`;
+  }
+  const { port, host } = config.gateway;
+  if (port === 0) return { problem: 'gateway.port is 0 (a free port picked at start)' };
+  return `http://${reachable(host)}:${port}/healthz`;
+}
+
+/**
+ * `warren health [gateway|resolver]`: asks the local process for /healthz at the port its configuration
+ * gives (every source, `WARREN_CONFIG` included), for container health checks. Exit 0 when it answers 200.
+ */
+export async function runHealth(config: Readonly<WarrenConfig>, role?: HealthRole): Promise<number> {
+  const url = healthUrl(config, role ?? roleOfMainProcess());
+  if (typeof url !== 'string') {
+    console.error(`warren health: ${url.problem}`);
+    return 1;
+  }
+  try {
+    const response = await fetch(url, { signal: AbortSignal.timeout(TIMEOUT_MS) });
+    if (response.ok) return 0;
+    console.error(`warren health: ${url} answered ${response.status}`);
+  } catch (error) {
+    // fetch says only "fetch failed"; its cause says why (ECONNREFUSED, a timeout).
+    const cause = (error as { cause?: unknown }).cause;
+    console.error(`warren health: ${url}: ${errorMessage(cause ?? error)}`);
+  }
+  return 1;
+}
