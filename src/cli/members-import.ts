@@ -70,12 +70,17 @@ export async function runMembersImport(config: Readonly<WarrenConfig>, args: Imp
   for (const bad of plan.bad) console.error(`${args.file}:${bad.line}: ${bad.reason}`);
   if (plan.bad.length > 0 && (!args.skipInvalid || plan.valid === 0)) {
     console.error(
-      `\n${plan.bad.length} bad line(s) of ${plan.rows}; nothing was imported.` +
+      // A bad CSV header is a bad line before any row.
+      `\n${plan.bad.length} bad line(s)${plan.rows > 0 ? ` of ${plan.rows}` : ''}; nothing was imported.` +
         (plan.valid > 0 ? ' Fix them, or pass --skip-invalid to import the valid rows only.' : ''),
     );
     return 1;
   }
 
+  if (plan.rows === 0) {
+    console.log(`Nothing to import: ${args.file} holds no rows.`);
+    return 0;
+  }
   const redis = await createRedis({ url: config.redis.url, name: 'warren-import', logger: silentLogger() });
   const applying = bar('importing ');
   applying.start(plan.valid, 0);

@@ -249,11 +249,19 @@ describe('warren members import', () => {
     const run = await warrenMembersImport(prefix, [twice, '--tenant', 'acme']);
     expect(run.code).not.toBe(0);
     expect(reported(run.stderr, twice)).toEqual([[1, has('names a column more than once: userId')]]);
+    expect(run.stderr).toContain('\n1 bad line(s); nothing was imported.');
 
     const trailing = file('trailing.csv', ['userId,teamId,', 'ann,or,'].join('\n'));
     const empty = await warrenMembersImport(prefix, [trailing, '--tenant', 'acme']);
     expect(empty.code).not.toBe(0);
     expect(reported(empty.stderr, trailing)).toEqual([[1, has('empty column name')]]);
+  });
+
+  it('says so when a file holds no rows at all', async () => {
+    const blank = file('blank.jsonl', '\n\n');
+    const run = await warrenMembersImport(prefix, [blank]);
+    expect(run.code).toBe(0);
+    expect(run.stdout).toContain(`Nothing to import: ${blank} holds no rows.`);
   });
 });
 
