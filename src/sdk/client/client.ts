@@ -1,7 +1,7 @@
 import { FrameErrorCode, type ServerFrame, type WelcomeFrame } from '../../protocol/frames.js';
 import { DedupWindow } from './dedup-window.js';
 import { Emitter, type Listener } from './emitter.js';
-import { DEFAULT_RECONNECT } from './reconnect-policy.js';
+import { DEFAULT_RECONNECT, type ReconnectOptions } from './reconnect-policy.js';
 import { SocketLink, type LinkSettings } from './socket-link.js';
 import { canShareTabs, TabShare, type Cursor, type RelayMessage, type Speaker } from './tab-share.js';
 import { readClaims, TokenSource } from './token-source.js';
@@ -25,6 +25,22 @@ const DEFAULT_CONNECT_TIMEOUT_MS = 20_000;
 /** `options` without the keys whose value is undefined. */
 function definedOnly<T extends object>(options: T): Partial<T> {
   return Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
+
+/** Options that would make every delay 0 (a reconnect loop against a node that closes at once) or worse. */
+function badOptions(options: ClientOptions, reconnect: ReconnectOptions): string[] {
+  const bad: string[] = [];
+  const check = (name: string, value: unknown, min: number): void => {
+    if (value !== undefined && !(typeof value === 'number' && Number.isFinite(value) && value >= min))
+      bad.push(`${name} must be a number >= ${min} (got ${String(value)})`);
+  };
+  check('reconnect.baseMs', reconnect.baseMs, 1);
+  check('reconnect.capMs', reconnect.capMs, 1);
+  check('reconnect.stableMs', reconnect.stableMs, 0);
+  check('pingIntervalMs', options.pingIntervalMs, 0);
+  check('connectTimeoutMs', options.connectTimeoutMs, 0);
+  check('dedupWindow', options.dedupWindow, 1);
+  return bad;
 }
 
 /**
@@ -59,12 +75,15 @@ export class WarrenClient {
     const Socket = options.WebSocket ?? globalThis.WebSocket;
     if (typeof Socket !== 'function')
       throw new TypeError('no WebSocket implementation: pass options.WebSocket');
+    // Options given as undefined keep their defaults (a spread would put undefined over them).
+    const reconnect = { ...DEFAULT_RECONNECT, ...definedOnly(options.reconnect ?? {}) };
+    const bad = badOptions(options, reconnect);
+    if (bad.length > 0) throw new TypeError(`warren client: ${bad.join('; ')}`);
     this.seen = new DedupWindow(options.dedupWindow ?? DEFAULT_DEDUP_WINDOW);
     this.link = {
       urls: new UrlRing(options.url),
       tokens: new TokenSource(options.getToken),
-      // Options given as undefined keep their defaults (a spread would put undefined over them).
-      reconnect: { ...DEFAULT_RECONNECT, ...definedOnly(options.reconnect ?? {}) },
+      reconnect,
       tokenTransport: options.tokenTransport ?? 'protocol',
       pingIntervalMs: options.pingIntervalMs ?? DEFAULT_PING_INTERVAL_MS,
       connectTimeoutMs: options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS,

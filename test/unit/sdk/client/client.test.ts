@@ -393,3 +393,22 @@ describe('client: an attempt that hangs', () => {
     client.close();
   });
 });
+
+describe('client options', () => {
+  it('refuses options that would turn backoff into a loop, naming each', () => {
+    ScriptedSocket.all = [];
+    const attempt = (extra: object) => () =>
+      connect({
+        url: 'ws://a/ws',
+        getToken: () => 'token',
+        WebSocket: ScriptedSocket as unknown as typeof WebSocket,
+        ...extra,
+      });
+    expect(attempt({ reconnect: { baseMs: 0, capMs: Number.NaN } })).toThrow(
+      'warren client: reconnect.baseMs must be a number >= 1 (got 0); reconnect.capMs must be a number >= 1 (got NaN)',
+    );
+    expect(attempt({ reconnect: { stableMs: null } })).toThrow('reconnect.stableMs');
+    expect(attempt({ connectTimeoutMs: -1 })).toThrow('connectTimeoutMs');
+    expect(ScriptedSocket.all).toHaveLength(0);
+  });
+});
