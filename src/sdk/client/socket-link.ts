@@ -75,6 +75,8 @@ export class SocketLink {
 
   private async open(): Promise<void> {
     const seq = ++this.attemptSeq;
+    // The last connection's welcome says nothing about this attempt.
+    this.welcomedAt = undefined;
     this.bound(seq);
     let token: string;
     try {
@@ -171,7 +173,8 @@ export class SocketLink {
     clearTimeout(this.attemptTimer);
     if (!(ms > 0)) return;
     this.attemptTimer = setTimeout(() => {
-      if (this.closed || seq !== this.attemptSeq || this.welcomedAt !== undefined) return;
+      // A welcome clears this timer; a later attempt has its own.
+      if (this.closed || seq !== this.attemptSeq) return;
       this.attemptSeq += 1;
       const ws = this.detach();
       if (ws) {
