@@ -1,7 +1,7 @@
 import { FrameErrorCode, type ServerFrame, type WelcomeFrame } from '../../protocol/frames.js';
 import { DedupWindow } from './dedup-window.js';
 import { Emitter, type Listener } from './emitter.js';
-import { DEFAULT_RECONNECT, type ReconnectOptions } from './reconnect-policy.js';
+import { DEFAULT_RECONNECT, fullJitter, type ReconnectOptions } from './reconnect-policy.js';
 import { SocketLink, type LinkSettings } from './socket-link.js';
 import { canShareTabs, TabShare, type Cursor, type RelayMessage, type Speaker } from './tab-share.js';
 import { readClaims, TokenSource } from './token-source.js';
@@ -27,15 +27,31 @@ function definedOnly<T extends object>(options: T): Partial<T> {
   return Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as Partial<T>;
 }
 
-/** Options that would make every delay 0 (a reconnect loop against a node that closes at once) or worse. */
+/** `promise`, or a rejection once `ms` (> 0) has passed without it settling. */
+function within<T>(promise: Promise<T>, ms: number): Promise<T> {
+  if (!(ms > 0)) return promise;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`getToken did not settle within ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
+}
+
+// The longest delay a timer takes; a longer one fires at once.
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * Options that would make delays (nearly) 0, a reconnect loop against a node that closes at once, or
+ * overflow a timer, which fires at once too.
+ */
 function badOptions(options: ClientOptions, reconnect: ReconnectOptions): string[] {
   const bad: string[] = [];
   const check = (name: string, value: unknown, min: number): void => {
-    if (value !== undefined && !(typeof value === 'number' && Number.isFinite(value) && value >= min))
-      bad.push(`${name} must be a number >= ${min} (got ${String(value)})`);
+    if (value !== undefined && !(typeof value === 'number' && value >= min && value <= MAX_TIMER_MS))
+      bad.push(`${name} must be a number from ${min} to ${MAX_TIMER_MS} (got ${String(value)})`);
   };
-  check('reconnect.baseMs', reconnect.baseMs, 1);
-  check('reconnect.capMs', reconnect.capMs, 1);
+  check('reconnect.baseMs', reconnect.baseMs, 10);
+  check('reconnect.capMs', reconnect.capMs, Math.max(1000, Number(reconnect.baseMs) || 0));
   check('reconnect.stableMs', reconnect.stableMs, 0);
   check('pingIntervalMs', options.pingIntervalMs, 0);
   check('connectTimeoutMs', options.connectTimeoutMs, 0);
@@ -57,6 +73,9 @@ export class WarrenClient {
   private welcome: WelcomeFrame | undefined;
   private socket: SocketLink | undefined;
   private share: TabShare | undefined;
+  /** Failed tries to get the token that names this tab's group, and the timer of the next one. */
+  private joinFailures = 0;
+  private joinTimer: ReturnType<typeof setTimeout> | undefined;
   /** The user this tab's token names; a relay from anyone else's socket is ignored. */
   private expected: { sub?: string; tid?: string } | undefined;
   /** The node (a URL of the list) the trusted leader is on. */
@@ -122,6 +141,7 @@ export class WarrenClient {
   close(): void {
     if (this.current === ClientState.Closed) return;
     if (this.share?.leading) this.share.post({ k: 'down' });
+    clearTimeout(this.joinTimer);
     this.socket?.close();
     this.share?.close();
     this.setState(ClientState.Closed);
@@ -162,10 +182,16 @@ export class WarrenClient {
   private async joinTabs(): Promise<void> {
     let token: string;
     try {
-      token = await this.link.tokens.get(false);
+      token = await within(this.link.tokens.get(false), this.link.connectTimeoutMs);
     } catch (cause) {
+      if (this.current === ClientState.Closed) return;
       this.emitter.emit('error', new WarrenClientError(ClientErrorCode.Token, 'getToken failed', { cause }));
-      if (this.current !== ClientState.Closed) this.openSocket();
+      // The group is named by the token: asked again with backoff, so that a token endpoint down while the
+      // page loaded does not leave this tab on a socket of its own for its whole life.
+      const { baseMs, capMs } = this.link.reconnect;
+      this.joinFailures += 1;
+      const delay = fullJitter(this.joinFailures, baseMs, capMs, this.link.random);
+      this.joinTimer = setTimeout(() => void this.joinTabs(), delay);
       return;
     }
     if (this.current === ClientState.Closed) return;

@@ -364,6 +364,35 @@ describe('client: an attempt that hangs', () => {
     client.close();
   });
 
+  it('gives up on a token that never comes when reconnecting after a connection it had', async () => {
+    vi.useFakeTimers();
+    vi.spyOn(Math, 'random').mockReturnValue(0);
+    ScriptedSocket.all = [];
+    let calls = 0;
+    const client = connect({
+      url: 'ws://a/ws',
+      getToken: () => {
+        calls += 1;
+        return calls === 2 ? new Promise<string>(() => {}) : `token-${calls}`;
+      },
+      WebSocket: ScriptedSocket as unknown as typeof WebSocket,
+      pingIntervalMs: 0,
+      connectTimeoutMs: 5000,
+    });
+    const errors: string[] = [];
+    client.on('error', (e) => errors.push(`${e.code}: ${e.message}`));
+    await vi.advanceTimersByTimeAsync(0);
+    ScriptedSocket.all[0]?.welcome('e1', 0);
+    // Expired: the reconnect asks for a new token, which hangs.
+    ScriptedSocket.all[0]?.end(4001);
+    await vi.advanceTimersByTimeAsync(6000);
+    expect(errors).toEqual(['token_failed: getToken did not settle within 5000 ms']);
+    expect(ScriptedSocket.all.map((s) => s.token)).toEqual(['token-1', 'token-3']);
+    ScriptedSocket.all[1]?.welcome('e1', 0);
+    expect(client.state).toBe('connected');
+    client.close();
+  });
+
   it('gives up on a getToken that never settles, stays on its URL, and ignores the token if it comes late', async () => {
     vi.useFakeTimers();
     vi.spyOn(Math, 'random').mockReturnValue(0);
@@ -405,8 +434,14 @@ describe('client options', () => {
         ...extra,
       });
     expect(attempt({ reconnect: { baseMs: 0, capMs: Number.NaN } })).toThrow(
-      'warren client: reconnect.baseMs must be a number >= 1 (got 0); reconnect.capMs must be a number >= 1 (got NaN)',
+      'warren client: reconnect.baseMs must be a number from 10 to 2147483647 (got 0); reconnect.capMs must be a number from 1000 to 2147483647 (got NaN)',
     );
+    // Every delay would be 0 ms: jitter draws below a 1 ms window.
+    expect(attempt({ reconnect: { capMs: 1 } })).toThrow('reconnect.capMs');
+    expect(attempt({ reconnect: { baseMs: 5000, capMs: 2000 } })).toThrow(
+      'reconnect.capMs must be a number from 5000',
+    );
+    expect(attempt({ connectTimeoutMs: 2 ** 31 })).toThrow('connectTimeoutMs');
     expect(attempt({ reconnect: { stableMs: null } })).toThrow('reconnect.stableMs');
     expect(attempt({ connectTimeoutMs: -1 })).toThrow('connectTimeoutMs');
     expect(ScriptedSocket.all).toHaveLength(0);

@@ -155,6 +155,21 @@ describe('tab sharing never crosses users', () => {
     await vi.waitFor(() => expect(seen).toEqual([{ for: 'alice' }]));
   });
 
+  it('joins its tabs once the token endpoint answers again, rather than keeping a socket of its own', async () => {
+    let calls = 0;
+    const { client } = tab(() => {
+      calls += 1;
+      if (calls === 1) throw new Error('token endpoint down');
+      return tokenFor('acme', 'alice');
+    }, true);
+    const errors: string[] = [];
+    client.on('error', (e) => errors.push(e.code));
+    await vi.waitFor(() => expect(client.role).toBe(TabRole.Leader), { timeout: 3000 });
+    await vi.waitFor(() => expect(client.state).toBe('connected'));
+    expect(errors).toEqual(['token_failed']);
+    expect(FakeSocket.all).toHaveLength(1);
+  });
+
   it('keeps users apart even when the application groups their tabs under one name', async () => {
     const alice = tab(() => tokenFor('acme', 'alice'), 'app');
     const bob = tab(() => tokenFor('acme', 'bob'), 'app');
