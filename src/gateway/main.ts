@@ -187,14 +187,20 @@ export async function startGateway(
   /** Resolvers may have counted this node's users offline: its tabs are to be told. */
   let missedDue = false;
   let missedTimer: NodeJS.Timeout | undefined;
+  /** Redis changed under the node (restart, failover): why its tabs are told `events_missed`. */
+  let serverChanged = false;
   let beating = false;
   /** A beat was asked for while one ran (Redis changed under it): run another when it ends. */
   let beatAgain = false;
+  let draining = false;
   const startedAt = Date.now();
-  const beat = async (): Promise<void> => {
+  /** `again`: if a beat is running, run another after it (the interval's ticks just skip). */
+  const beat = async (again = false): Promise<void> => {
+    // Draining forgets the node's presence: a beat now would bring it back.
+    if (draining) return;
     // A beat slower than the interval (Redis slow or away) is not overlapped by the next one.
     if (beating) {
-      beatAgain = true;
+      if (again) beatAgain = true;
       return;
     }
     beating = true;
@@ -224,9 +230,12 @@ export async function startGateway(
         missedDue = false;
         // Told once every resolver counts the users again (one liveness poll, and the batch in hand):
         // events resolved before that are covered by this resynchronisation too.
-        const why = unknown
-          ? 'this node had been declared dead'
-          : `this node could not beat for ${silentMs} ms and may have been counted dead`;
+        const why = serverChanged
+          ? 'Redis changed (restart or failover) and may have lost what this node had announced'
+          : unknown
+            ? 'this node had been declared dead'
+            : `this node could not beat for ${silentMs} ms and may have been counted dead`;
+        serverChanged = false;
         clearTimeout(missedTimer);
         missedTimer = setTimeout(() => {
           if (!draining) eventsMissed(why);
@@ -263,12 +272,22 @@ export async function startGateway(
   }
   await beat();
   const heartbeat = setInterval(() => void beat(), config.presence.heartbeatMs);
-  // Another Redis server (restart, failover) may have given a held user's bit to someone else: the beat
-  // checks every bit now rather than a heartbeat later.
-  await watchServer(redis, () => void beat(), logger);
+  // Another Redis server (restart, failover) may lack what this node wrote to the old one (its users'
+  // presence, the tenants it announced them in) and may have given a held user's bit to someone else:
+  // announce every user again and check every bit now, not a heartbeat later, and tell the tabs.
+  await watchServer(
+    redis,
+    () => {
+      presence.forgetKnownTenants(nodeId);
+      serverChanged = true;
+      reannounceDue = true;
+      missedDue = true;
+      void beat(true);
+    },
+    logger,
+  );
   heartbeat.unref();
 
-  let draining = false;
   const server = new WsServer({
     nodeId,
     verifier,

@@ -60,8 +60,15 @@ export async function startResolver(
     logger,
   );
   await liveness.start();
-  // Against another server (restart, failover) the views may hold what it never got: each is built afresh.
-  await watchServer(redis, () => views.clear(), logger);
+  // Against another server (restart, failover) the views may hold what it never got: each is built afresh,
+  // a batch in hand included, before it resolves another event.
+  await watchServer(
+    redis,
+    () => {
+      for (const v of views.values()) v.markStale();
+    },
+    logger,
+  );
   const view = (tenantId: string): TenantView => {
     let v = views.get(tenantId);
     if (!v) {

@@ -24,6 +24,7 @@ const PREPARE_ROUNDS = 10;
 export class TenantView {
   private position: LogPosition | undefined;
   private onlineSet: OnlineSet;
+  private stale = false;
   readonly members: MembershipCache;
 
   constructor(
@@ -46,8 +47,24 @@ export class TenantView {
     this.online.setDead(dead);
   }
 
+  /**
+   * What the view holds may come from a Redis server that is gone (a restart or failover may have lost
+   * writes it had): the next `sync` starts over from a fresh snapshot.
+   */
+  markStale(): void {
+    this.stale = true;
+  }
+
+  get isStale(): boolean {
+    return this.stale;
+  }
+
   /** Brings the view up to the end of the tenant's change log. */
   async sync(mayReset = true): Promise<void> {
+    if (this.stale) {
+      this.stale = false;
+      this.invalidate();
+    }
     if (!this.position) await this.init();
     for (;;) {
       const position = this.position as LogPosition;

@@ -222,6 +222,12 @@ export class ResolverWorker {
         let missingJobs = await this.prepare(view, pending);
         if (missingJobs === undefined) return;
         for (const [i, item] of pending.entries()) {
+          // Redis changed under the batch (restart, failover): the rest is resolved against a view built
+          // from the server there is now.
+          if (view.isStale) {
+            missingJobs = await this.prepare(view, pending.slice(i));
+            if (missingJobs === undefined) return;
+          }
           if (missingJobs.has(item)) {
             this.track(
               this.deadLetter(

@@ -100,7 +100,8 @@ export class PresenceStore {
     return { returned, silentMs: Math.max(0, since) };
   }
 
-  private forgetKnownTenants(nodeId: string): void {
+  /** Records of which tenants the node announced users in are written again on their next announcement. */
+  forgetKnownTenants(nodeId: string): void {
     for (const known of this.knownTenants)
       if (known.startsWith(`${nodeId}/`)) this.knownTenants.delete(known);
   }

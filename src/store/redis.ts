@@ -150,28 +150,37 @@ export function refusedByRedis(error: unknown): boolean {
   return PERMANENT_REPLY.test(message) && !UNAVAILABLE_REPLY.test(message);
 }
 
-async function runIdOf(redis: Redis): Promise<string | undefined> {
+/**
+ * Which server, holding which data: its run id changes when it restarts, its replication id when it is
+ * promoted by a failover or resyncs from another master (a demoted master still reached at the old
+ * address keeps its run id but takes the new master's data).
+ */
+async function identityOf(redis: Redis): Promise<string | undefined> {
   try {
-    return /^run_id:(\S+)/m.exec(await redis.info('server'))?.[1];
+    const info = await redis.info();
+    const runId = /^run_id:(\S+)/m.exec(info)?.[1];
+    const replId = /^master_replid:(\S+)/m.exec(info)?.[1];
+    return runId && replId ? `${runId}/${replId}` : undefined;
   } catch {
     return undefined;
   }
 }
 
 /**
- * Calls `changed` when the client, back from a reconnect, talks to another Redis server than before (its
- * run id differs: Redis restarted, or the URL names a replica promoted by a failover). Writes the old
- * server acknowledged may be missing there (an id given out, a change-log entry), so what was read from
- * it is to be read again. Where INFO is refused, every reconnect counts as a change. Returns a stop.
+ * Calls `changed` when the client, back from a reconnect, talks to another Redis server than before, or to
+ * one holding other data (`identityOf`: Redis restarted, the URL names a replica promoted by a failover,
+ * or the old master resynced from a new one). Writes the old server acknowledged may be missing there (an
+ * id given out, a change-log entry), so what was read from it is to be read again. Where INFO is refused,
+ * every reconnect counts as a change. Returns a stop.
  */
 export async function watchServer(
   redis: Redis,
   changed: () => void,
   logger: Pick<Logger, 'warn'>,
 ): Promise<() => void> {
-  let known = await runIdOf(redis);
+  let known = await identityOf(redis);
   const onReady = (): void => {
-    void runIdOf(redis).then((now) => {
+    void identityOf(redis).then((now) => {
       if (now !== undefined && now === known) return;
       logger.warn({ before: known, now }, 'redis server changed (restart or failover); re-reading its state');
       known = now;

@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
@@ -75,7 +75,11 @@ class SecondRedis {
   }
 }
 
-describe('a Redis server changing behind its address', () => {
+// The second server is this machine's own redis-server; where there is none (services in containers only),
+// these tests cannot play a failover and are skipped.
+const hasRedisServer = spawnSync('redis-server', ['--version']).status === 0;
+
+describe.skipIf(!hasRedisServer)('a Redis server changing behind its address', () => {
   const main = new URL(inject('redisUrl'));
   let second: SecondRedis;
   beforeAll(async () => {
@@ -115,45 +119,55 @@ describe('a Redis server changing behind its address', () => {
     }
   });
 
-  it('a gateway announces its users on the new server at once, not a heartbeat later', async () => {
-    const prefix = testPrefix('redis-change');
-    const keys = new Keys(prefix);
-    const proxy = await TcpProxy.start(main.hostname, Number(main.port || 6379));
-    const gateway = await startTestGateway(
-      testConfig(prefix, {
-        redis: { url: proxy.url(main) },
-        presence: { heartbeatMs: 60_000, expiryMs: 180_000 },
-      }),
-    );
-    const fresh = second.client();
-    try {
-      const tab = await openTab(gateway.port, await token({ sub: 'ann', tid: 't1' }));
-      expect(await fresh.hget(keys.ids('t1'), 'ann')).toBeNull();
+  it.each(['everything', 'presence'] as const)(
+    'a gateway announces its users on the new server at once, not a heartbeat later (lost: %s)',
+    async (lost) => {
+      const prefix = testPrefix('redis-change');
+      const keys = new Keys(prefix);
+      const proxy = await TcpProxy.start(main.hostname, Number(main.port || 6379));
+      const gateway = await startTestGateway(
+        testConfig(prefix, {
+          redis: { url: proxy.url(main) },
+          presence: { heartbeatMs: 60_000, expiryMs: 180_000 },
+        }),
+      );
+      const fresh = second.client();
+      await fresh.flushall();
+      const original = new Redis(inject('redisUrl'));
+      try {
+        const tab = await openTab(gateway.port, await token({ sub: 'ann', tid: 't1' }));
+        expect(await fresh.hget(keys.ids('t1'), 'ann')).toBeNull();
 
-      // A failover that lost every write: the new server has never heard of ann, or of the node.
-      proxy.retarget('127.0.0.1', second.port);
-      proxy.cut();
-      await eventually(
-        async () => (await fresh.hget(keys.ids('t1'), 'ann')) !== null,
-        'ann announced',
-        5_000,
-      );
-      const bit = Number(await fresh.hget(keys.ids('t1'), 'ann'));
-      expect(await fresh.getbit(keys.online('t1', gateway.nodeId), bit)).toBe(1);
-      // Resolvers may have resolved events without ann meanwhile: the tab is told to resynchronise.
-      await eventually(
-        () => tab.frames.some((f) => f.type === 'error' && f.code === 'events_missed'),
-        'events_missed',
-      );
-      tab.ws.terminate();
-    } finally {
-      await gateway.close();
-      fresh.disconnect();
-      const probe = await BrokerProbe.open();
-      await probe.deleteExchangesAndQueues(prefix, [gateway.queue]);
-      await probe.close();
-      await proxy.close();
-      await cleanRedis(prefix);
-    }
-  });
+        if (lost === 'presence') {
+          // The replica got the node's heartbeat and ann's id, but not her presence.
+          const bit = await original.hget(keys.ids('t1'), 'ann');
+          await fresh.zadd(keys.nodes(), Date.now(), gateway.nodeId);
+          await fresh.hset(keys.ids('t1'), 'ann', String(bit));
+          await fresh.hset(keys.reverseIds('t1'), String(bit), 'ann');
+        }
+        proxy.retarget('127.0.0.1', second.port);
+        proxy.cut();
+        const online = async () => {
+          const bit = await fresh.hget(keys.ids('t1'), 'ann');
+          return bit !== null && (await fresh.getbit(keys.online('t1', gateway.nodeId), Number(bit))) === 1;
+        };
+        await eventually(online, 'ann announced', 5_000);
+        // Resolvers may have resolved events without ann meanwhile: the tab is told to resynchronise.
+        await eventually(
+          () => tab.frames.some((f) => f.type === 'error' && f.code === 'events_missed'),
+          'events_missed',
+        );
+        tab.ws.terminate();
+      } finally {
+        await gateway.close();
+        fresh.disconnect();
+        original.disconnect();
+        const probe = await BrokerProbe.open();
+        await probe.deleteExchangesAndQueues(prefix, [gateway.queue]);
+        await probe.close();
+        await proxy.close();
+        await cleanRedis(prefix);
+      }
+    },
+  );
 });

@@ -59,4 +59,26 @@ describe('a resolver’s view of a tenant', () => {
       expect(view.resolveBits({ teams: ['t'] }).toArray()).toEqual([]);
     });
   });
+
+  it('once marked stale (Redis changed under it), starts over from what Redis holds now', async () => {
+    await withWarrenRedis('view-stale', async (redis, keys) => {
+      const store = new MembershipStore(redis, keys);
+      await store.apply({ tenantId: 't1', op: 'add', kind: 'user-team', userId: 'u', teamId: 't' });
+      await redis.zadd(keys.nodes(), 1, 'n1');
+      const [bit] = await new PresenceStore(redis, keys).online('n1', 't1', ['u']);
+      const view = new TenantView(redis, keys, 't1', new Set());
+      await view.sync();
+      await view.prepare([{ teams: ['t'] }]);
+      expect(view.resolveBits({ teams: ['t'] }).toArray()).toEqual([bit]);
+
+      // The new server never got u's membership (nor a log entry saying so).
+      await redis.del(keys.teamUsers('t1', 't'));
+      view.markStale();
+      expect(view.isStale).toBe(true);
+      await view.sync();
+      await view.prepare([{ teams: ['t'] }]);
+      expect(view.isStale).toBe(false);
+      expect(view.resolveBits({ teams: ['t'] }).toArray()).toEqual([]);
+    });
+  });
 });
