@@ -113,6 +113,18 @@ export class Publisher {
     return this.channel !== undefined;
   }
 
+  /** Whether a publish channel is open within `timeoutMs` (the connection and the channel waited for). */
+  async readyWithin(timeoutMs: number): Promise<boolean> {
+    if (this.channel) return true;
+    const deadline = Date.now() + timeoutMs;
+    try {
+      await this.broker.waitConnected(timeoutMs);
+    } catch {
+      return false;
+    }
+    return (await this.channelWithin(deadline - Date.now())) !== undefined;
+  }
+
   async publish(
     exchange: string,
     routingKey: string,

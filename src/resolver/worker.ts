@@ -400,6 +400,10 @@ export class ResolverWorker {
   private async deadLetter(delivery: AmqpDelivery, code: RejectCode, reason: string): Promise<void> {
     const { message } = delivery;
     const { names, publisher, metrics, logger } = this.deps;
+    // A publish channel being reopened is waited for. A delivery whose channel went meanwhile (the
+    // connection dropped) was requeued by the broker: it is dead-lettered when it comes back, not twice.
+    await publisher.readyWithin(DEAD_LETTER_WAIT_MS);
+    if (!delivery.live) return;
     metrics.deadLetters.inc({ code });
     metrics.events.inc({ outcome: 'dead_lettered' });
     logger.warn({ code, reason, routingKey: message.fields.routingKey }, 'message dead-lettered');
@@ -408,7 +412,6 @@ export class ResolverWorker {
         ...(message.properties.contentType ? { contentType: message.properties.contentType } : {}),
         ...(message.properties.messageId ? { messageId: message.properties.messageId } : {}),
         persistent: true,
-        waitForConnectionMs: DEAD_LETTER_WAIT_MS,
         confirmTimeoutMs: DEAD_LETTER_CONFIRM_MS,
         headers: {
           ...(message.properties.headers ?? {}),
