@@ -1,17 +1,22 @@
-import { createPublicKey } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
 import type { z } from 'zod';
 import { ErrorCode, WarrenError, errorMessage, withoutCredentials } from '../shared/errors.js';
+import { algorithmOf, readJwks, readPem } from '../shared/jwt-keys.js';
 import { CONFIG_FIELDS, type ConfigField } from './fields.js';
 import { configSchema, type WarrenConfig } from './schema.js';
 
 export type { WarrenConfig };
 
 /** What a process needs beyond the schema's own rules. */
-export type ConfigRequirement = 'jwt';
+/**
+ * What the process being configured needs beyond the schema: `jwt`, a verification key (a gateway);
+ * `jwtFile`, a key file that is set must be readable (`warren dev`, which makes up a secret when none is
+ * set). `jwt` implies `jwtFile`.
+ */
+export type ConfigRequirement = 'jwt' | 'jwtFile';
 
 export interface LoadConfigOptions {
   env?: Readonly<Record<string, string | undefined>>;
@@ -196,47 +201,31 @@ function crossChecks(
   if (reconnect && reconnect[0] < reconnect[1]) {
     problems.push('rabbitmq.reconnectCapMs: must not be below rabbitmq.reconnectBaseMs');
   }
-  if (requirements.includes('jwt') && keys.length === 1) problems.push(...keyFileProblems(jwt));
+  const readsKeys = requirements.includes('jwt') || requirements.includes('jwtFile');
+  if (readsKeys && keys.length === 1) problems.push(...keyProblems(jwt));
   return problems;
 }
 
 /**
- * The key files a gateway will read at start, read now: a missing or unreadable one is a configuration
- * problem like any other, named with its key and listed with the rest.
+ * The key a gateway will read at start, read now: a missing or unreadable file, or a key it cannot use,
+ * is a configuration problem like any other, named with its key and listed with the rest.
  */
-function keyFileProblems(jwt: { publicKey?: unknown; jwksFile?: unknown }): string[] {
-  const read = (key: string, path: string, check: (text: string) => string | undefined): string[] => {
-    let text: string;
+function keyProblems(jwt: { publicKey?: unknown; jwksFile?: unknown }): string[] {
+  const check = (key: string, run: () => unknown): string[] => {
     try {
-      text = readFileSync(path, 'utf8');
+      run();
+      return [];
     } catch (error) {
-      return [`${key}: cannot read ${path}: ${errorMessage(error)}`];
+      return [`${key}: ${errorMessage(error)}`];
     }
-    const problem = check(text);
-    return problem ? [`${key}: ${path} ${problem}`] : [];
   };
   const { publicKey, jwksFile } = jwt;
-  // An inline PEM is the key itself; anything else names a file.
-  if (typeof publicKey === 'string' && !publicKey.includes('-----BEGIN')) {
-    return read('jwt.publicKey [WARREN_JWT_PUBLIC_KEY]', publicKey, (text) => {
-      try {
-        createPublicKey(text);
-        return undefined;
-      } catch {
-        return 'holds no PEM public key';
-      }
-    });
+  if (typeof publicKey === 'string') {
+    const where = publicKey.includes('-----BEGIN') ? '(inline PEM)' : publicKey;
+    return check(`jwt.publicKey [WARREN_JWT_PUBLIC_KEY] ${where}`, () => algorithmOf(readPem(publicKey)));
   }
-  if (typeof jwksFile === 'string') {
-    return read('jwt.jwksFile [WARREN_JWT_JWKS_FILE]', jwksFile, (text) => {
-      try {
-        const value = JSON.parse(text) as { keys?: unknown };
-        return Array.isArray(value.keys) ? undefined : 'is not a JWKS (no "keys" array)';
-      } catch {
-        return 'is not JSON';
-      }
-    });
-  }
+  if (typeof jwksFile === 'string')
+    return check(`jwt.jwksFile [WARREN_JWT_JWKS_FILE] ${jwksFile}`, () => readJwks(jwksFile));
   return [];
 }
 

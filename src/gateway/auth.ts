@@ -1,5 +1,3 @@
-import { createPublicKey } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import {
   createLocalJWKSet,
   importSPKI,
@@ -11,6 +9,7 @@ import {
 } from 'jose';
 import { isValidId } from '../protocol/ids.js';
 import { ErrorCode, WarrenError, errorMessage } from '../shared/errors.js';
+import { algorithmOf, readJwks, readPem } from '../shared/jwt-keys.js';
 
 export interface Identity {
   userId: string;
@@ -30,19 +29,13 @@ export interface JwtSettings {
 
 type Key = Uint8Array | CryptoKey | JWTVerifyGetKey;
 
-function readPem(value: string): string {
-  return value.includes('-----BEGIN') ? value : readFileSync(value, 'utf8');
-}
-
-/** RS256 for RSA keys, ES256 for P-256 keys; anything else is a configuration error. */
-function algorithmOf(pem: string): 'RS256' | 'ES256' {
-  const key = createPublicKey(pem);
-  if (key.asymmetricKeyType === 'rsa') return 'RS256';
-  if (key.asymmetricKeyType === 'ec' && key.asymmetricKeyDetails?.namedCurve === 'prime256v1') return 'ES256';
-  throw new WarrenError(
-    ErrorCode.Config,
-    `jwt.publicKey: unsupported key type ${key.asymmetricKeyType ?? 'unknown'} (use RSA for RS256 or P-256 for ES256)`,
-  );
+/** `run`'s result, or its error as a configuration error naming `key`. */
+function asConfig<T>(key: string, run: () => T): T {
+  try {
+    return run();
+  } catch (error) {
+    throw new WarrenError(ErrorCode.Config, `${key}: ${errorMessage(error)}`, { cause: error });
+  }
 }
 
 /**
@@ -76,12 +69,14 @@ export class TokenVerifier {
       return new TokenVerifier(key, { ...base, algorithms: ['HS256'] });
     }
     if (settings.publicKey) {
-      const pem = readPem(settings.publicKey);
-      const alg = algorithmOf(pem);
+      const source = settings.publicKey;
+      const pem = asConfig('jwt.publicKey', () => readPem(source));
+      const alg = asConfig('jwt.publicKey', () => algorithmOf(pem));
       return new TokenVerifier(await importSPKI(pem, alg), { ...base, algorithms: [alg] });
     }
     if (settings.jwksFile) {
-      const jwks = JSON.parse(readFileSync(settings.jwksFile, 'utf8')) as JSONWebKeySet;
+      const file = settings.jwksFile;
+      const jwks = asConfig('jwt.jwksFile', () => readJwks(file)) as JSONWebKeySet;
       return new TokenVerifier(createLocalJWKSet(jwks), { ...base, algorithms: ['RS256', 'ES256'] });
     }
     throw new WarrenError(ErrorCode.Config, 'jwt: no verification key configured');

@@ -1,3 +1,4 @@
+import { generateKeyPairSync } from 'node:crypto';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -181,18 +182,28 @@ describe('loadConfig', () => {
     );
     expect(message).toContain('(2 problems)');
     expect(message).toContain('gateway.port');
-    expect(message).toContain(`jwt.jwksFile [WARREN_JWT_JWKS_FILE]: cannot read ${missing}: ENOENT`);
+    expect(message).toContain(`jwt.jwksFile [WARREN_JWT_JWKS_FILE] ${missing}: ENOENT`);
 
     const notPem = join(dir, 'key.pem');
     writeFileSync(notPem, 'not a key');
     expect(
       configError(() => loadConfig({ env: { WARREN_JWT_PUBLIC_KEY: notPem }, require: ['jwt'] })),
-    ).toContain(`jwt.publicKey [WARREN_JWT_PUBLIC_KEY]: ${notPem} holds no PEM public key`);
+    ).toContain(`jwt.publicKey [WARREN_JWT_PUBLIC_KEY] ${notPem}: holds no PEM public key`);
     const notJwks = join(dir, 'jwks.json');
     writeFileSync(notJwks, '{"kty":"RSA"}');
     expect(
       configError(() => loadConfig({ env: { WARREN_JWT_JWKS_FILE: notJwks }, require: ['jwt'] })),
-    ).toContain(`${notJwks} is not a JWKS`);
+    ).toContain(`${notJwks}: is not a JWKS`);
+    // A key the verifier could not use is refused now too, not at start.
+    const ed25519 = generateKeyPairSync('ed25519').publicKey.export({ type: 'spki', format: 'pem' });
+    expect(
+      configError(() => loadConfig({ env: { WARREN_JWT_PUBLIC_KEY: String(ed25519) }, require: ['jwt'] })),
+    ).toContain('jwt.publicKey [WARREN_JWT_PUBLIC_KEY] (inline PEM): unsupported key type ed25519');
+    // warren dev makes up a secret when no key is set, but reads one that is.
+    expect(
+      configError(() => loadConfig({ env: { WARREN_JWT_JWKS_FILE: missing }, require: ['jwtFile'] })),
+    ).toContain('jwt.jwksFile');
+    expect(loadConfig({ require: ['jwtFile'] }).jwt.jwksFile).toBeUndefined();
     // A process that verifies no tokens (a resolver) does not read them.
     expect(loadConfig({ env: { WARREN_JWT_JWKS_FILE: missing } }).jwt.jwksFile).toBe(missing);
   });
