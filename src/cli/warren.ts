@@ -5,12 +5,9 @@ import { parseArgs } from 'node:util';
 import { findPackageRoot, loadConfig } from '../config/load.js';
 import { ID_PATTERN, isValidId } from '../protocol/ids.js';
 import { errorMessage, isWarrenError } from '../shared/errors.js';
-import { runDev } from './dev.js';
-import { runGateway } from './gateway.js';
-import { runHealth } from './health.js';
-import { runMembersImport } from './members-import.js';
-import { runResolver } from './resolver.js';
-import { runStatus } from './status.js';
+
+// Each command's modules load when it runs: `warren health`, run by the container every few seconds, must
+// not load uWebSockets.js, roaring and amqplib to send one HTTP request.
 
 const USAGE = `Usage: warren <command> [options]
 
@@ -51,12 +48,18 @@ async function main(argv: string[]): Promise<number> {
     return 2;
   }
   switch (command) {
-    case 'gateway':
-      return runGateway(loadConfig({ require: ['jwt'] }));
-    case 'resolver':
-      return runResolver(loadConfig());
-    case 'dev':
-      return runDev(loadConfig());
+    case 'gateway': {
+      const config = loadConfig({ require: ['jwt'] });
+      return (await import('./gateway.js')).runGateway(config);
+    }
+    case 'resolver': {
+      const config = loadConfig();
+      return (await import('./resolver.js')).runResolver(config);
+    }
+    case 'dev': {
+      const config = loadConfig({ require: ['jwtFile'] });
+      return (await import('./dev.js')).runDev(config);
+    }
     case 'members': {
       const [sub, ...args] = rest;
       if (sub !== 'import') break;
@@ -83,7 +86,8 @@ async function main(argv: string[]): Promise<number> {
         console.error(`--format must be jsonl or csv, not ${format}`);
         return 2;
       }
-      return runMembersImport(loadConfig(), {
+      const config = loadConfig();
+      return (await import('./members-import.js')).runMembersImport(config, {
         file,
         ...(format ? { format } : {}),
         ...(values.tenant ? { tenant: values.tenant } : {}),
@@ -92,7 +96,8 @@ async function main(argv: string[]): Promise<number> {
     }
     case 'status': {
       const { values } = parseArgs({ args: rest, options: { json: { type: 'boolean', default: false } } });
-      return runStatus(loadConfig(), { json: values.json ?? false });
+      const config = loadConfig();
+      return (await import('./status.js')).runStatus(config, { json: values.json ?? false });
     }
     case 'health': {
       const [role, ...extra] = rest;
@@ -102,7 +107,8 @@ async function main(argv: string[]): Promise<number> {
         );
         return 2;
       }
-      return runHealth(loadConfig(), role);
+      const config = loadConfig();
+      return (await import('./health.js')).runHealth(config, role);
     }
     case '--version':
     case 'version':
