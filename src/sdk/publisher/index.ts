@@ -107,7 +107,10 @@ export class WarrenPublisher {
         reconnectBaseMs: DEFAULTS.reconnectBaseMs,
         reconnectCapMs: DEFAULTS.reconnectCapMs,
         // An attempt outliving the give-up would keep the process alive (its socket) after the rejection.
-        connectTimeoutMs: Math.min(DEFAULTS.connectTimeoutMs, options.connectTimeoutMs ?? Infinity),
+        connectTimeoutMs: Math.min(
+          DEFAULTS.connectTimeoutMs,
+          Math.max(1, options.connectTimeoutMs ?? Infinity),
+        ),
         connectionName: 'warren-publisher',
       },
       logger,
