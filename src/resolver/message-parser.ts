@@ -50,7 +50,8 @@ function json(message: ConsumeMessage): { ok: true; value: unknown } | { ok: fal
 function notJson(error: unknown): string {
   const message = error instanceof Error ? error.message : '';
   const at = /at position (\d+)/.exec(message)?.[1];
-  if (at !== undefined) return `body is not JSON: syntax error at character ${at}`;
+  // V8 gives the offending character's index: that many characters before it are fine.
+  if (at !== undefined) return `body is not JSON: syntax error after the first ${at} characters`;
   if (/end of JSON input/.test(message)) return 'body is not JSON: it ends too early';
   return 'body is not JSON';
 }

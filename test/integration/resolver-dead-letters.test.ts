@@ -60,7 +60,7 @@ const cases: Case[] = [
     name: 'broken JSON',
     body: '{"diagnosis": "flu" "ward": 3}',
     code: 'not_json',
-    reason: 'at character 20',
+    reason: 'after the first 20 characters',
     secret: 'flu',
   },
   {
