@@ -36,14 +36,23 @@ export class BindingPool {
 
   async start(): Promise<void> {
     await this.broker.onConnect(async (model) => {
-      this.model = model;
-      this.slots = await Promise.all(
+      const slots = await Promise.all(
         Array.from({ length: this.size }, async () => ({
           channel: await this.openChannel(model),
           opening: undefined,
           pending: 0,
         })),
       );
+      // Usable once every channel is open: a bind meanwhile waits for the connection instead of finding
+      // no channel. A setup that fails in a later hook closes this connection without a 'disconnected':
+      // the pool lets go of it then, rather than trying its channels.
+      model.once('close', () => {
+        if (this.model !== model) return;
+        this.model = undefined;
+        this.slots = [];
+      });
+      this.slots = slots;
+      this.model = model;
     });
     this.broker.on('disconnected', () => {
       this.model = undefined;

@@ -31,13 +31,13 @@ class FakeChannel extends EventEmitter {
 
 async function pool(size: number): Promise<{ pool: BindingPool; channels: FakeChannel[] }> {
   const channels: FakeChannel[] = [];
-  const model = {
+  const model = Object.assign(new EventEmitter(), {
     createChannel: async () => {
       const channel = new FakeChannel();
       channels.push(channel);
       return channel;
     },
-  } as unknown as ChannelModel;
+  }) as unknown as ChannelModel;
   const broker = Object.assign(new EventEmitter(), {
     onConnect: async (hook: (m: ChannelModel) => Promise<void>) => hook(model),
     waitConnected: async () => model,
@@ -66,5 +66,60 @@ describe('BindingPool', () => {
     expect(channels[1]?.binds).toHaveLength(5);
     channels[1]?.finish();
     await Promise.all(binds);
+  });
+
+  it('waits for the connection while its channels open, and lets go of one whose setup failed', async () => {
+    const channels: FakeChannel[] = [];
+    let opening: (() => void)[] = [];
+    const modelOf = () =>
+      Object.assign(new EventEmitter(), {
+        // Each channel opens when the test says so.
+        createChannel: () =>
+          new Promise<FakeChannel>((resolve) =>
+            opening.push(() => {
+              const channel = new FakeChannel();
+              channels.push(channel);
+              resolve(channel);
+            }),
+          ),
+      }) as unknown as ChannelModel;
+    let hook: (m: ChannelModel) => Promise<void> = async () => {};
+    let connected: (m: ChannelModel) => void = () => {};
+    const broker = Object.assign(new EventEmitter(), {
+      onConnect: async (h: (m: ChannelModel) => Promise<void>) => {
+        hook = h;
+      },
+      waitConnected: () => new Promise<ChannelModel>((resolve) => (connected = resolve)),
+    }) as unknown as BrokerConnection;
+    const p = new BindingPool(broker, 1, { onBind: () => {}, onUnbind: () => {} }, silentLogger());
+    await p.start();
+
+    // A reconnect's setup is opening the pool's channel: a bind now waits for the connection to be up.
+    const first = modelOf();
+    const setup = hook(first);
+    const bind = p.bind('q', 'x', 'u.t.a');
+    for (const open of opening.splice(0)) open();
+    await setup;
+    connected(first);
+    await new Promise((r) => setImmediate(r));
+    expect(channels[0]?.binds).toEqual(['u.t.a']);
+    channels[0]?.finish();
+    await bind;
+
+    // A later setup hook failed: the connection is closed without a 'disconnected'. The next bind waits
+    // for the one after it rather than using the dead connection's channel.
+    first.emit('close');
+    const next = p.bind('q', 'x', 'u.t.b');
+    const second = modelOf();
+    const again = hook(second);
+    for (const open of opening.splice(0)) open();
+    await again;
+    connected(second);
+    await new Promise((r) => setImmediate(r));
+    expect(channels[0]?.binds).toEqual(['u.t.a']);
+    expect(channels[1]?.binds).toEqual(['u.t.b']);
+    channels[1]?.finish();
+    await next;
+    opening = [];
   });
 });
