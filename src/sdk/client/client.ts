@@ -231,6 +231,9 @@ export class WarrenClient {
         lead: () => {
           this.setRole(TabRole.Leader);
           this.connectionLost();
+          // A leader whose tab was closed (or crashed) could not say so: the other followers hear it from
+          // here, and show `reconnecting` until this tab's socket is up.
+          this.share?.post({ k: 'down' });
           // To the node the last leader was on: offsets (and so a resume) mean something only there.
           if (this.leaderUrl !== undefined) this.link.urls.moveTo(this.leaderUrl);
           this.openSocket();

@@ -249,6 +249,17 @@ describe('tab sharing never crosses users', () => {
     random.mockRestore();
   });
 
+  it('tells the other followers the connection is down when a leader tab vanishes without a word', async () => {
+    const [leader, next, third] = [0, 1, 2].map(() => tab(() => tokenFor('acme', 'alice'), true).client);
+    await vi.waitFor(() => expect(third?.state).toBe('connected'));
+    const states: string[] = [];
+    third?.on('state', ({ to }) => states.push(to));
+    // The tab is gone: its lock is released, it posts nothing.
+    (leader as unknown as { share: { close(): void } }).share.close();
+    await vi.waitFor(() => expect(next?.role).toBe(TabRole.Leader));
+    await vi.waitFor(() => expect(states).toEqual(['reconnecting', 'connected']));
+  });
+
   it('hands the offset of a gap the node reported to follower tabs, so a take-over resumes past it', async () => {
     const leader = tab(() => tokenFor('acme', 'alice'), true);
     await vi.waitFor(() => expect(leader.client.role).toBe(TabRole.Leader));
