@@ -193,6 +193,8 @@ export async function startGateway(
   /** A beat was asked for while one ran (Redis changed under it): run another when it ends. */
   let beatAgain = false;
   let draining = false;
+  /** Counts Redis server changes: a re-announcement that began before the latest one does not count. */
+  let serverGeneration = 0;
   const startedAt = Date.now();
   /** `again`: if a beat is running, run another after it (the interval's ticks just skip). */
   const beat = async (again = false): Promise<void> => {
@@ -211,6 +213,8 @@ export async function startGateway(
         stats,
         config.presence.expiryMs,
       );
+      // Drain began meanwhile and forgot the node's presence: nothing more is written for it.
+      if (draining) return;
       // Silent for longer than the expiry on Redis's clock (Redis away or slow, the event loop stalled):
       // resolvers stopped counting this node's users as soon as they saw it, swept or not, and resolved
       // events without them.
@@ -223,8 +227,11 @@ export async function startGateway(
       firstBeat = false;
       // Until it has succeeded: the next beat finds the node known again and would not ask.
       if (reannounceDue) {
+        const generation = serverGeneration;
         await registry.reannounce();
-        reannounceDue = false;
+        // Redis changed during it: part of it went to the server that is gone; the next beat does it again.
+        if (generation === serverGeneration) reannounceDue = false;
+        if (draining) return;
       }
       if (missedDue) {
         missedDue = false;
@@ -278,6 +285,7 @@ export async function startGateway(
   await watchServer(
     redis,
     () => {
+      serverGeneration += 1;
       presence.forgetKnownTenants(nodeId);
       serverChanged = true;
       reannounceDue = true;

@@ -224,7 +224,7 @@ export class ResolverWorker {
         for (const [i, item] of pending.entries()) {
           // Redis changed under the batch (restart, failover): the rest is resolved against a view built
           // from the server there is now.
-          if (view.isStale) {
+          while (view.isStale) {
             missingJobs = await this.prepare(view, pending.slice(i));
             if (missingJobs === undefined) return;
           }

@@ -21,6 +21,8 @@ export const LIVENESS_POLL_MS = 1000;
 
 export class PresenceStore {
   private readonly knownTenants = new Set<string>();
+  /** Counts `forgetKnownTenants`: a record written before the latest one is not trusted. */
+  private generation = 0;
 
   constructor(
     private readonly redis: WarrenRedis,
@@ -30,11 +32,13 @@ export class PresenceStore {
   private async noteTenant(nodeId: string, tenantId: string): Promise<void> {
     const known = `${nodeId}/${tenantId}`;
     if (this.knownTenants.has(known)) return;
+    const generation = this.generation;
     await Promise.all([
       this.redis.sadd(this.keys.nodeTenants(nodeId), tenantId),
       this.redis.sadd(this.keys.tenants(), tenantId),
     ]);
-    this.knownTenants.add(known);
+    // Forgotten meanwhile (Redis changed): the write may have gone to the server that is gone.
+    if (generation === this.generation) this.knownTenants.add(known);
   }
 
   /** Marks users online on `nodeId`; returns their bit positions in the tenant's id map. */
@@ -102,6 +106,7 @@ export class PresenceStore {
 
   /** Records of which tenants the node announced users in are written again on their next announcement. */
   forgetKnownTenants(nodeId: string): void {
+    this.generation += 1;
     for (const known of this.knownTenants)
       if (known.startsWith(`${nodeId}/`)) this.knownTenants.delete(known);
   }

@@ -151,16 +151,16 @@ export function refusedByRedis(error: unknown): boolean {
 }
 
 /**
- * Which server, holding which data: its run id changes when it restarts, its replication id when it is
- * promoted by a failover or resyncs from another master (a demoted master still reached at the old
- * address keeps its run id but takes the new master's data).
+ * Which server, in which role: its run id changes when it restarts or another server answers (a replica
+ * promoted by a failover); its role when a demoted master, still reached at the old address, takes the new
+ * master's data. (Not the replication id: a master changes it on its own when its backlog expires.)
  */
 async function identityOf(redis: Redis): Promise<string | undefined> {
   try {
     const info = await redis.info();
     const runId = /^run_id:(\S+)/m.exec(info)?.[1];
-    const replId = /^master_replid:(\S+)/m.exec(info)?.[1];
-    return runId && replId ? `${runId}/${replId}` : undefined;
+    const role = /^role:(\S+)/m.exec(info)?.[1];
+    return runId && `${runId}/${role ?? ''}`;
   } catch {
     return undefined;
   }
@@ -168,8 +168,8 @@ async function identityOf(redis: Redis): Promise<string | undefined> {
 
 /**
  * Calls `changed` when the client, back from a reconnect, talks to another Redis server than before, or to
- * one holding other data (`identityOf`: Redis restarted, the URL names a replica promoted by a failover,
- * or the old master resynced from a new one). Writes the old server acknowledged may be missing there (an
+ * one in another role (`identityOf`: Redis restarted, the URL names a replica promoted by a failover, or
+ * the old master was demoted and resynced from a new one). Writes the old server acknowledged may be missing there (an
  * id given out, a change-log entry), so what was read from it is to be read again. Where INFO is refused,
  * every reconnect counts as a change. Returns a stop.
  */
