@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
 import type { z } from 'zod';
 import { ErrorCode, WarrenError, errorMessage, withoutCredentials } from '../shared/errors.js';
-import { algorithmOf, readJwks, readPem } from '../shared/jwt-keys.js';
+import { publicKeyOf, readJwks, readPem } from '../shared/jwt-keys.js';
 import { CONFIG_FIELDS, type ConfigField } from './fields.js';
 import { configSchema, type WarrenConfig } from './schema.js';
 
@@ -222,7 +222,7 @@ function keyProblems(jwt: { publicKey?: unknown; jwksFile?: unknown }): string[]
   const { publicKey, jwksFile } = jwt;
   if (typeof publicKey === 'string') {
     const where = publicKey.includes('-----BEGIN') ? '(inline PEM)' : publicKey;
-    return check(`jwt.publicKey [WARREN_JWT_PUBLIC_KEY] ${where}`, () => algorithmOf(readPem(publicKey)));
+    return check(`jwt.publicKey [WARREN_JWT_PUBLIC_KEY] ${where}`, () => publicKeyOf(readPem(publicKey)));
   }
   if (typeof jwksFile === 'string')
     return check(`jwt.jwksFile [WARREN_JWT_JWKS_FILE] ${jwksFile}`, () => readJwks(jwksFile));

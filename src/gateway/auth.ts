@@ -9,7 +9,7 @@ import {
 } from 'jose';
 import { isValidId } from '../protocol/ids.js';
 import { ErrorCode, WarrenError, errorMessage } from '../shared/errors.js';
-import { algorithmOf, readJwks, readPem } from '../shared/jwt-keys.js';
+import { publicKeyOf, readJwks, readPem } from '../shared/jwt-keys.js';
 
 export interface Identity {
   userId: string;
@@ -70,14 +70,13 @@ export class TokenVerifier {
     }
     if (settings.publicKey) {
       const source = settings.publicKey;
-      const pem = asConfig('jwt.publicKey', () => readPem(source));
-      const alg = asConfig('jwt.publicKey', () => algorithmOf(pem));
-      return new TokenVerifier(await importSPKI(pem, alg), { ...base, algorithms: [alg] });
+      const { spki, alg } = asConfig('jwt.publicKey', () => publicKeyOf(readPem(source)));
+      return new TokenVerifier(await importSPKI(spki, alg), { ...base, algorithms: [alg] });
     }
     if (settings.jwksFile) {
       const file = settings.jwksFile;
-      const jwks = asConfig('jwt.jwksFile', () => readJwks(file)) as JSONWebKeySet;
-      return new TokenVerifier(createLocalJWKSet(jwks), { ...base, algorithms: ['RS256', 'ES256'] });
+      const jwks = asConfig('jwt.jwksFile', () => createLocalJWKSet(readJwks(file) as JSONWebKeySet));
+      return new TokenVerifier(jwks, { ...base, algorithms: ['RS256', 'ES256'] });
     }
     throw new WarrenError(ErrorCode.Config, 'jwt: no verification key configured');
   }

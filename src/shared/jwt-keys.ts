@@ -14,16 +14,23 @@ export function readPem(value: string): string {
   return value.includes('-----BEGIN') ? value : readFileSync(value, 'utf8');
 }
 
-/** RS256 for RSA keys, ES256 for P-256 keys; anything else is refused. */
-export function algorithmOf(pem: string): KeyAlgorithm {
+/**
+ * The key as SPKI PEM (what jose imports; a certificate or a PKCS#1 key is converted) and its algorithm:
+ * RS256 for RSA keys, ES256 for P-256 keys. A private key is refused: a gateway only verifies.
+ */
+export function publicKeyOf(pem: string): { spki: string; alg: KeyAlgorithm } {
+  if (/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(pem))
+    throw new Error('holds a private key: give the gateway the public key only');
   let key;
   try {
     key = createPublicKey(pem);
   } catch {
     throw new Error('holds no PEM public key');
   }
-  if (key.asymmetricKeyType === 'rsa') return 'RS256';
-  if (key.asymmetricKeyType === 'ec' && key.asymmetricKeyDetails?.namedCurve === 'prime256v1') return 'ES256';
+  const spki = String(key.export({ type: 'spki', format: 'pem' }));
+  if (key.asymmetricKeyType === 'rsa') return { spki, alg: 'RS256' };
+  if (key.asymmetricKeyType === 'ec' && key.asymmetricKeyDetails?.namedCurve === 'prime256v1')
+    return { spki, alg: 'ES256' };
   throw new Error(
     `unsupported key type ${key.asymmetricKeyType ?? 'unknown'} (use RSA for RS256 or P-256 for ES256)`,
   );
@@ -39,6 +46,13 @@ export function readJwks(path: string): { keys: object[] } {
     throw new Error('is not JSON');
   }
   const keys = (value as { keys?: unknown } | null)?.keys;
-  if (!Array.isArray(keys)) throw new Error('is not a JWKS (no "keys" array)');
+  if (!Array.isArray(keys) || keys.length === 0)
+    throw new Error('is not a JWKS (no "keys" array, or an empty one)');
+  if (
+    !keys.every(
+      (k) => typeof k === 'object' && k !== null && typeof (k as { kty?: unknown }).kty === 'string',
+    )
+  )
+    throw new Error('is not a JWKS (every key needs a "kty")');
   return { keys: keys as object[] };
 }

@@ -2,11 +2,13 @@ import { generateKeyPairSync } from 'node:crypto';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { SignJWT } from 'jose';
 import { describe, expect, it } from 'vitest';
 import { renderDefaultYaml, withConfigTable } from '../../../src/config/docs.js';
 import { CONFIG_FIELDS } from '../../../src/config/fields.js';
 import { findPackageRoot, loadConfig } from '../../../src/config/load.js';
 import { DEFAULTS } from '../../../src/config/schema.js';
+import { TokenVerifier } from '../../../src/gateway/auth.js';
 import { isWarrenError } from '../../../src/shared/errors.js';
 import { formatMarkdown } from '../../../scripts/format-markdown.js';
 
@@ -174,7 +176,7 @@ describe('loadConfig', () => {
     expect(message).not.toContain('p@ss');
   });
 
-  it('reads a gateway’s key file at load, and lists a missing or wrong one with the other problems', () => {
+  it('reads a gateway’s key file at load, and lists a missing or wrong one with the other problems', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'warren-keys-'));
     const missing = join(dir, 'missing.json');
     const message = configError(() =>
@@ -199,6 +201,21 @@ describe('loadConfig', () => {
     expect(
       configError(() => loadConfig({ env: { WARREN_JWT_PUBLIC_KEY: String(ed25519) }, require: ['jwt'] })),
     ).toContain('jwt.publicKey [WARREN_JWT_PUBLIC_KEY] (inline PEM): unsupported key type ed25519');
+    // A private key is refused (a gateway only verifies); a PKCS#1 public key is taken, and works.
+    const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 });
+    const privatePem = String(rsa.privateKey.export({ type: 'pkcs8', format: 'pem' }));
+    expect(
+      configError(() => loadConfig({ env: { WARREN_JWT_PUBLIC_KEY: privatePem }, require: ['jwt'] })),
+    ).toContain('holds a private key');
+    const pkcs1 = String(rsa.publicKey.export({ type: 'pkcs1', format: 'pem' }));
+    const config = loadConfig({ env: { WARREN_JWT_PUBLIC_KEY: pkcs1 }, require: ['jwt'] });
+    const verifier = await TokenVerifier.create(config.jwt);
+    const signed = await new SignJWT({ tid: 'acme' })
+      .setProtectedHeader({ alg: 'RS256' })
+      .setSubject('ann')
+      .setExpirationTime('1h')
+      .sign(rsa.privateKey);
+    expect((await verifier.verify(signed)).userId).toBe('ann');
     // warren dev makes up a secret when no key is set, but reads one that is.
     expect(
       configError(() => loadConfig({ env: { WARREN_JWT_JWKS_FILE: missing }, require: ['jwtFile'] })),
