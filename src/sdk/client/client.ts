@@ -52,9 +52,11 @@ function badOptions(options: ClientOptions, reconnect: ReconnectOptions): string
   };
   check('reconnect.baseMs', reconnect.baseMs, 10);
   check('reconnect.capMs', reconnect.capMs, Math.max(1000, Number(reconnect.baseMs) || 0));
-  check('reconnect.stableMs', reconnect.stableMs, 0);
-  check('pingIntervalMs', options.pingIntervalMs, 0);
-  check('connectTimeoutMs', options.connectTimeoutMs, 0);
+  // A connection must live this long to reset the backoff: shorter, one that closes at once resets it.
+  check('reconnect.stableMs', reconnect.stableMs, 1000);
+  // 0 turns these off; below a second they would drop healthy connections or give up every attempt.
+  for (const name of ['pingIntervalMs', 'connectTimeoutMs'] as const)
+    if (options[name] !== 0) check(name, options[name], 1000);
   check('dedupWindow', options.dedupWindow, 1);
   return bad;
 }

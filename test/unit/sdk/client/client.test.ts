@@ -442,6 +442,13 @@ describe('client options', () => {
       'reconnect.capMs must be a number from 5000',
     );
     expect(attempt({ connectTimeoutMs: 2 ** 31 })).toThrow('connectTimeoutMs');
+    // Too short to work: a connection closed at once would reset the backoff, every attempt given up.
+    expect(attempt({ reconnect: { stableMs: 0 } })).toThrow('reconnect.stableMs');
+    expect(attempt({ connectTimeoutMs: 50 })).toThrow('connectTimeoutMs must be a number from 1000');
+    expect(attempt({ pingIntervalMs: 1 })).toThrow('pingIntervalMs');
+    expect(ScriptedSocket.all).toHaveLength(0);
+    // 0 turns them off.
+    attempt({ connectTimeoutMs: 0, pingIntervalMs: 0 })().close();
     expect(attempt({ reconnect: { stableMs: null } })).toThrow('reconnect.stableMs');
     expect(attempt({ connectTimeoutMs: -1 })).toThrow('connectTimeoutMs');
     expect(ScriptedSocket.all).toHaveLength(0);
