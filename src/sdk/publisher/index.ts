@@ -107,10 +107,10 @@ export class WarrenPublisher {
         reconnectBaseMs: DEFAULTS.reconnectBaseMs,
         reconnectCapMs: DEFAULTS.reconnectCapMs,
         // An attempt outliving the give-up would keep the process alive (its socket) after the rejection.
-        connectTimeoutMs: Math.min(
-          DEFAULTS.connectTimeoutMs,
-          Math.max(1, options.connectTimeoutMs ?? Infinity),
-        ),
+        connectTimeoutMs:
+          typeof options.connectTimeoutMs === 'number' && options.connectTimeoutMs >= 1
+            ? Math.min(DEFAULTS.connectTimeoutMs, options.connectTimeoutMs)
+            : DEFAULTS.connectTimeoutMs,
         connectionName: 'warren-publisher',
       },
       logger,
