@@ -114,15 +114,23 @@ export class Publisher {
   }
 
   /** Whether a publish channel is open within `timeoutMs` (the connection and the channel waited for). */
-  async readyWithin(timeoutMs: number): Promise<boolean> {
-    if (this.channel) return true;
+  readyWithin(timeoutMs: number): Promise<boolean> {
+    return this.waitForChannel(timeoutMs).then(
+      (channel) => channel !== undefined,
+      () => false,
+    );
+  }
+
+  /**
+   * The channel, waiting up to `timeoutMs` for the connection (rejecting as `waitConnected` does) and then
+   * for the channel: connected, it may be on its way (a reconnect's setup, or a reopen after the broker
+   * closed just the channel).
+   */
+  private async waitForChannel(timeoutMs: number): Promise<ConfirmChannel | undefined> {
+    if (this.channel) return this.channel;
     const deadline = Date.now() + timeoutMs;
-    try {
-      await this.broker.waitConnected(timeoutMs);
-    } catch {
-      return false;
-    }
-    return (await this.channelWithin(deadline - Date.now())) !== undefined;
+    await this.broker.waitConnected(timeoutMs);
+    return this.channelWithin(deadline - Date.now());
   }
 
   async publish(
@@ -140,14 +148,10 @@ export class Publisher {
         { retryable: true },
       );
     }
-    let channel = this.channel;
-    if (!channel && waitForConnectionMs !== undefined && waitForConnectionMs > 0) {
-      const deadline = Date.now() + waitForConnectionMs;
-      await this.broker.waitConnected(waitForConnectionMs);
-      // Connected, but the channel may be on its way: a reconnect's setup, or a reopen after the broker
-      // closed just the channel.
-      channel = await this.channelWithin(deadline - Date.now());
-    }
+    const channel =
+      waitForConnectionMs !== undefined && waitForConnectionMs > 0
+        ? await this.waitForChannel(waitForConnectionMs)
+        : this.channel;
     if (!channel) {
       throw new WarrenError(ErrorCode.BrokerUnavailable, 'not connected to the broker', { retryable: true });
     }
