@@ -12,6 +12,7 @@ import {
   cleanRedis,
   connectPublisher,
   eventually,
+  freePort,
   openTab,
   startTestResolver,
   testConfig,
@@ -127,13 +128,7 @@ describe('warren gateway as a process', () => {
 
   it('warren health probes the port the gateway’s WARREN_CONFIG gives, and fails once it is gone', async () => {
     prefix = testPrefix('health');
-    const port = await new Promise<number>((resolve) => {
-      const probePort = createServer();
-      probePort.listen(0, '127.0.0.1', () => {
-        const { port: free } = probePort.address() as AddressInfo;
-        probePort.close(() => resolve(free));
-      });
-    });
+    const port = await freePort();
     const dir = mkdtempSync(join(tmpdir(), 'warren-health-'));
     const file = join(dir, 'warren.yaml');
     writeFileSync(file, `gateway:\n  host: 0.0.0.0\n  port: ${port}\n`);

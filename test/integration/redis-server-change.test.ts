@@ -1,5 +1,4 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { createServer } from 'node:net';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { Keys } from '../../src/store/keys.js';
@@ -9,6 +8,7 @@ import {
   BrokerProbe,
   cleanRedis,
   eventually,
+  freePort,
   openTab,
   startTestGateway,
   testConfig,
@@ -21,15 +21,6 @@ import { TcpProxy } from '../support/tcp-proxy.js';
  * A Redis failover behind one address, played with a second Redis server of the machine's own (an empty
  * one: every write of the first is "lost") and a proxy the test points at either.
  */
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const address = server.address();
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  if (!address || typeof address === 'string') throw new Error('no port');
-  return address.port;
-}
 
 class SecondRedis {
   private constructor(

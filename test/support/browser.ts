@@ -1,10 +1,12 @@
 import { createServer, type Server } from 'node:http';
-import { createServer as createNetServer, type AddressInfo } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
 import { bundleClient } from '../../scripts/client-bundle.js';
 import type { ClientOptions, Session, StateChange } from '../../src/sdk/client/index.js';
 import { afterAll, beforeAll } from 'vitest';
 import { eventually, token } from './harness.js';
+
+export { freePort } from './harness.js';
 
 /** Debian's Chromium, headless, with everything that would reach the network or slow start-up turned off. */
 export function launchChromium(): Promise<Browser> {
@@ -45,15 +47,6 @@ export function useChromium(): { readonly browser: Browser; readonly site: TestS
     await state.site?.close();
   });
   return state;
-}
-
-/** A free TCP port now (for a node that must be known before it starts). */
-export async function freePort(): Promise<number> {
-  const server = createNetServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
 }
 
 /** What the test page records; read back with `page.evaluate`. */

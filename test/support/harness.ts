@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { createServer, type AddressInfo } from 'node:net';
 import amqp, { type Channel, type ChannelModel } from 'amqplib';
 import { SignJWT } from 'jose';
 import { inject } from 'vitest';
@@ -364,4 +365,13 @@ export async function removeInstallation(
   );
   await probe.close();
   await cleanRedis(prefix);
+}
+
+/** A free TCP port now (for a node that must be known before it starts). */
+export async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
 }
