@@ -4,7 +4,7 @@ import { Emitter, type Listener } from './emitter.js';
 import { DEFAULT_RECONNECT, fullJitter, type ReconnectOptions } from './reconnect-policy.js';
 import { SocketLink, type LinkSettings } from './socket-link.js';
 import { canShareTabs, TabShare, type Cursor, type RelayMessage, type Speaker } from './tab-share.js';
-import { readClaims, TokenSource } from './token-source.js';
+import { readClaims, tokenError, TokenSource } from './token-source.js';
 import {
   ClientErrorCode,
   ClientState,
@@ -25,16 +25,6 @@ const DEFAULT_CONNECT_TIMEOUT_MS = 20_000;
 /** `options` without the keys whose value is undefined. */
 function definedOnly<T extends object>(options: T): Partial<T> {
   return Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as Partial<T>;
-}
-
-/** `promise`, or a rejection once `ms` (> 0) has passed without it settling. */
-function within<T>(promise: Promise<T>, ms: number): Promise<T> {
-  if (!(ms > 0)) return promise;
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`getToken did not settle within ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
 }
 
 // The longest delay a timer takes; a longer one fires at once.
@@ -184,10 +174,10 @@ export class WarrenClient {
   private async joinTabs(): Promise<void> {
     let token: string;
     try {
-      token = await within(this.link.tokens.get(false), this.link.connectTimeoutMs);
+      token = await this.link.tokens.getWithin(false, this.link.connectTimeoutMs);
     } catch (cause) {
       if (this.current === ClientState.Closed) return;
-      this.emitter.emit('error', new WarrenClientError(ClientErrorCode.Token, 'getToken failed', { cause }));
+      this.emitter.emit('error', tokenError(cause));
       // The group is named by the token: asked again with backoff, so that a token endpoint down while the
       // page loaded does not leave this tab on a socket of its own for its whole life.
       const { baseMs, capMs } = this.link.reconnect;

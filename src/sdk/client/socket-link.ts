@@ -5,7 +5,7 @@ import {
   type ServerFrame,
 } from '../../protocol/frames.js';
 import { ABNORMAL_CLOSURE, planReconnect, type ReconnectOptions } from './reconnect-policy.js';
-import type { TokenSource } from './token-source.js';
+import { tokenError, type TokenSource } from './token-source.js';
 import { ClientErrorCode, WarrenClientError } from './types.js';
 import type { UrlRing } from './url-ring.js';
 
@@ -47,8 +47,7 @@ export class SocketLink {
   private welcomedAt: number | undefined;
   private lastFrameAt = 0;
   private pingSentAt: number | undefined;
-  /** Counts attempts: what an attempt given up on delivers late (a token, a socket's frames) is ignored. */
-  private attemptSeq = 0;
+  /** Gives the attempt up when no welcome comes in time (`bound`). */
   private attemptTimer: Timer | undefined;
 
   constructor(
@@ -74,21 +73,18 @@ export class SocketLink {
   }
 
   private async open(): Promise<void> {
-    const seq = ++this.attemptSeq;
-    // The last connection's welcome says nothing about this attempt.
-    this.welcomedAt = undefined;
-    this.bound(seq);
+    const started = this.settings.now();
     let token: string;
     try {
-      token = await this.settings.tokens.get(this.refreshToken);
+      token = await this.settings.tokens.getWithin(this.refreshToken, this.settings.connectTimeoutMs);
     } catch (cause) {
-      if (this.closed || seq !== this.attemptSeq) return;
-      this.hooks.error(new WarrenClientError(ClientErrorCode.Token, 'getToken failed', { cause }));
+      if (this.closed) return;
+      this.hooks.error(tokenError(cause));
       // No node was tried: the next attempt goes to the same one (a tab taking over stays on its leader's).
       this.ended(ABNORMAL_CLOSURE, undefined, { keepUrl: true });
       return;
     }
-    if (this.closed || seq !== this.attemptSeq) return;
+    if (this.closed) return;
     this.refreshToken = false;
     const { urls, tokenTransport, WebSocket: Socket } = this.settings;
     let url = '(url option)';
@@ -112,6 +108,7 @@ export class SocketLink {
     this.welcomedAt = undefined;
     ws.onmessage = (message: MessageEvent) => this.message(message.data);
     ws.onclose = (event: CloseEvent) => this.dropped(event.code);
+    this.bound(started);
   }
 
   private message(data: unknown): void {
@@ -163,30 +160,22 @@ export class SocketLink {
   }
 
   /**
-   * Gives attempt `seq` up after `connectTimeoutMs` without a welcome: a `getToken` that never settles (a
-   * fetch has no timeout of its own), a socket that never opens (packets dropped), or a gateway that
-   * accepts and says nothing would otherwise hold the client in `connecting` for good. A token that never
-   * came keeps the URL; a node that never welcomed is left for the next.
+   * Gives the attempt that began at `started` up once `connectTimeoutMs` has passed without a welcome (the
+   * token's share of it included): a socket that never opens (packets dropped) or a gateway that accepts and
+   * says nothing would otherwise hold the client in `connecting` for good. The node is left for the next.
+   * A welcome, a close, or the end of the attempt clears the timer.
    */
-  private bound(seq: number): void {
+  private bound(started: number): void {
     const ms = this.settings.connectTimeoutMs;
-    clearTimeout(this.attemptTimer);
     if (!(ms > 0)) return;
-    this.attemptTimer = setTimeout(() => {
-      // A welcome clears this timer; a later attempt has its own.
-      if (this.closed || seq !== this.attemptSeq) return;
-      this.attemptSeq += 1;
-      const ws = this.detach();
-      if (ws) {
+    this.attemptTimer = setTimeout(
+      () => {
         this.hooks.error(new WarrenClientError(ClientErrorCode.Socket, `no welcome within ${ms} ms`));
-        ws.close(4000, 'no welcome');
+        this.detach()?.close(4000, 'no welcome');
         this.ended(ABNORMAL_CLOSURE, undefined);
-      } else {
-        const message = `getToken did not settle within ${ms} ms`;
-        this.hooks.error(new WarrenClientError(ClientErrorCode.Token, message));
-        this.ended(ABNORMAL_CLOSURE, undefined, { keepUrl: true });
-      }
-    }, ms);
+      },
+      Math.max(0, started + ms - this.settings.now()),
+    );
   }
 
   /**

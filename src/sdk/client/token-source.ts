@@ -27,7 +27,16 @@ export function readClaims(token: string): TokenClaims | undefined {
   }
 }
 
+import { ClientErrorCode, WarrenClientError } from './types.js';
+
 export type GetToken = () => string | Promise<string>;
+
+/** Why an attempt got no token, as the client reports it. */
+export function tokenError(cause: unknown): WarrenClientError {
+  return cause instanceof WarrenClientError
+    ? cause
+    : new WarrenClientError(ClientErrorCode.Token, 'getToken failed', { cause });
+}
 
 /**
  * Caches the application's token between connections. It is fetched again when the gateway said it was
@@ -49,6 +58,23 @@ export class TokenSource {
     if (typeof token !== 'string' || token.length === 0) throw new TypeError('getToken returned no token');
     this.token = token;
     return token;
+  }
+
+  /**
+   * `get`, given up after `ms` (> 0; 0 waits for good): a `getToken` that never settles (a fetch has no
+   * timeout of its own) must not hold the client for good. What it gives later is ignored.
+   */
+  getWithin(refresh: boolean, ms: number): Promise<string> {
+    const token = this.get(refresh);
+    if (!(ms > 0)) return token;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new WarrenClientError(ClientErrorCode.Token, `getToken did not settle within ${ms} ms`)),
+        ms,
+      );
+    });
+    return Promise.race([token, late]).finally(() => clearTimeout(timer));
   }
 
   private expired(token: string): boolean {
