@@ -141,8 +141,7 @@ describe('warren gateway as a process', () => {
 
     const health = WarrenProcess.start(['health', 'gateway'], { WARREN_CONFIG: file });
     expect(await health.exited).toBe(0);
-    gw.child.kill('SIGTERM');
-    await gw.exited;
+    await gw.stop();
     const down = WarrenProcess.start(['health', 'gateway'], { WARREN_CONFIG: file });
     expect(await down.exited).toBe(1);
     expect(down.lines.join('\n')).toContain(`http://127.0.0.1:${port}/healthz`);

@@ -70,7 +70,7 @@ describe('BindingPool', () => {
 
   it('waits for the connection while its channels open, and lets go of one whose setup failed', async () => {
     const channels: FakeChannel[] = [];
-    let opening: (() => void)[] = [];
+    const opening: (() => void)[] = [];
     const modelOf = () =>
       Object.assign(new EventEmitter(), {
         // Each channel opens when the test says so.
@@ -120,6 +120,5 @@ describe('BindingPool', () => {
     expect(channels[1]?.binds).toEqual(['u.t.b']);
     channels[1]?.finish();
     await next;
-    opening = [];
   });
 });

@@ -125,6 +125,8 @@ describe('tab sharing never crosses users', () => {
   afterEach(() => {
     for (const c of clients.splice(0)) c.close();
     vi.unstubAllGlobals();
+    // A failed assertion must not leave Math.random mocked for the tests after it.
+    vi.restoreAllMocks();
   });
 
   function tab(getToken: () => string, share: boolean | string): { client: WarrenClient; seen: unknown[] } {
@@ -246,7 +248,6 @@ describe('tab sharing never crosses users', () => {
     await vi.waitFor(() => expect(follower.role).toBe(TabRole.Leader));
     await vi.waitFor(() => expect(FakeSocket.all).toHaveLength(2));
     expect(FakeSocket.all[1]?.url).toBe('ws://a/ws');
-    random.mockRestore();
   });
 
   it('tells the other followers the connection is down when a leader tab vanishes without a word', async () => {
