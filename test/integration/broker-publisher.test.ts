@@ -88,10 +88,10 @@ describe('publisher', () => {
       await expect(
         publisher.publish('', queue, Buffer.from('unconfirmed'), { confirmTimeoutMs: 300 }),
       ).rejects.toMatchObject({ code: 'WARREN_ERR_TIMEOUT' });
-      // Closing does not wait for the confirm (or the close) that never comes.
+      // Closing does not wait for the confirm (or the close) that never comes: past its 5 s bound it goes.
       const closing = Date.now();
       await publisher.close();
-      expect(Date.now() - closing).toBeLessThan(15_000);
+      expect(Date.now() - closing).toBeLessThan(7_000);
     } finally {
       proxy.flow();
       await broker.close();
