@@ -148,10 +148,12 @@ export class Publisher {
         { retryable: true },
       );
     }
+    // With a channel open, no await: the SDK passes waitForConnectionMs on every publish.
     const channel =
-      waitForConnectionMs !== undefined && waitForConnectionMs > 0
+      this.channel ??
+      (waitForConnectionMs !== undefined && waitForConnectionMs > 0
         ? await this.waitForChannel(waitForConnectionMs)
-        : this.channel;
+        : undefined);
     if (!channel) {
       throw new WarrenError(ErrorCode.BrokerUnavailable, 'not connected to the broker', { retryable: true });
     }

@@ -9,16 +9,16 @@ export interface NodeStats {
 }
 
 /**
- * Which users of a tenant are online, per gateway node. A user is online while any node has their bit set;
- * a node that stops heartbeating is declared dead after `expiryMs` and its bits stop counting (resolvers
- * check liveness themselves, and whoever notices first cleans the node's keys up).
- */
-/**
  * How often resolvers read which nodes are alive (see NodeLiveness): a node that beats again is counted
  * again by every resolver within this, plus the batch it was resolving.
  */
 export const LIVENESS_POLL_MS = 1000;
 
+/**
+ * Which users of a tenant are online, per gateway node. A user is online while any node has their bit set;
+ * a node that stops heartbeating is declared dead after `expiryMs` and its bits stop counting (resolvers
+ * check liveness themselves, and whoever notices first cleans the node's keys up).
+ */
 export class PresenceStore {
   private readonly knownTenants = new Set<string>();
   /** Counts `forgetKnownTenants`: a record written before the latest one is not trusted. */
