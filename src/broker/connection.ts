@@ -122,6 +122,9 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
     });
     this.recovering.on('disconnect', (error: Error) => {
       this.current = undefined;
+      // An alarm belongs to the connection it was raised on: the next one is told again if it still holds.
+      // Kept, it would fail every `failIfBlocked` publish at once while reconnecting, instead of waiting.
+      this.blockedBy = undefined;
       if (this.closing) return;
       this.logger.warn({ err: error.message }, 'broker connection lost; reconnecting');
       this.emit('disconnected', error);

@@ -120,6 +120,28 @@ describe('publisher', () => {
     }
   });
 
+  it('forgets a block with the connection it was raised on: a publish waits for the next one', async () => {
+    const target = new URL(inject('rabbitmqUrl'));
+    const proxy = await TcpProxy.start(target.hostname, Number(target.port || 5672));
+    const { broker, publisher } = await connected('publisher-blocked-cut', proxy.url(target));
+    try {
+      broker.model?.emit('blocked', 'low on memory');
+      proxy.refuse();
+      proxy.cut();
+      await eventually(() => broker.model === undefined, 'the connection seen lost');
+      const publishing = publisher.publish('', queue, Buffer.from('after the cut'), {
+        failIfBlocked: true,
+        waitForConnectionMs: 20_000,
+      });
+      proxy.accept();
+      await publishing;
+    } finally {
+      await publisher.close();
+      await broker.close();
+      await proxy.close();
+    }
+  });
+
   it('tells a publish waiting for the connection that it was closed, at once', async () => {
     const broker = testBrokerConnection('publisher-closed', 'amqp://guest:guest@127.0.0.1:1');
     const publisher = new Publisher(broker, silentLogger());
