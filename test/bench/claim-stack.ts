@@ -21,8 +21,9 @@ export type { Mode };
  * The claim-check bench's installation. In the bench process: two gateways, nothing else, as a gateway
  * node runs alone in production. In child processes: the resolver; the services (two publishers that
  * differ only in their claim-check threshold, `inline` above any payload of the bench and `claim` below
- * all of them, and a Redis tap in front of each gateway); the tabs of the large events' audience; and
- * bystander tabs that get small events only, so they are not slowed by reading other users' megabytes.
+ * all of them, and a Redis tap in front of each gateway); the tabs of the large events' audience;
+ * bystander tabs that get small events only, so they are not slowed by reading other users' megabytes; and
+ * the spy queues that time events at the broker.
  * The resolver's own threshold is above any payload: in inline mode every byte of `data` crosses the broker.
  */
 
@@ -177,7 +178,9 @@ export class ClaimStack {
       bystanders.push({ port: port(i), token: await jwt(`visitor-${i}`), group: 'bystander' });
     }
     await services.ask({ op: 'members', teams }, 'membersDone');
-    const tabs: TabsChild[] = [new Child('./claim-tabs.ts'), new Child('./claim-tabs.ts')];
+    // The audience's tabs, the bystanders' tabs, and the spies (a tabs process with no tabs): apart, so that
+    // each can be put with its tier (tierProcesses).
+    const tabs: TabsChild[] = [0, 1, 2].map(() => new Child('./claim-tabs.ts'));
     const stack = new ClaimStack(
       prefix,
       gateways,
@@ -191,7 +194,7 @@ export class ClaimStack {
     await (tabs[0] as TabsChild).ask({ op: 'open', tabs: audience }, 'opened');
     await (tabs[1] as TabsChild).ask({ op: 'open', tabs: bystanders }, 'opened');
     // Small events as the services' publishes reach the broker: the first hop, before any resolver.
-    await (tabs[1] as TabsChild).ask(
+    await (tabs[2] as TabsChild).ask(
       {
         op: 'spy',
         rabbitmqUrl: ctx.rabbitmqUrl,
@@ -203,7 +206,7 @@ export class ClaimStack {
       'spying',
     );
     // Small events as they leave the broker for the gateways: what the gateways' own work cannot delay.
-    await (tabs[1] as TabsChild).ask(
+    await (tabs[2] as TabsChild).ask(
       {
         op: 'spy',
         rabbitmqUrl: ctx.rabbitmqUrl,
@@ -216,6 +219,20 @@ export class ClaimStack {
       'spying',
     );
     return stack;
+  }
+
+  /**
+   * The bench's processes by tier (cpu-tiers.ts). Broker tier: the resolver, the small events' publisher
+   * and the spies. Edge tier: this process (the gateways), the large events' publisher with the Redis taps,
+   * and every tab.
+   */
+  tierProcesses(): { broker: number[]; edge: number[] } {
+    const pid = (child: { process: ChildProcess }) => child.process.pid as number;
+    const [audience, bystanders, spies] = this.tabs as [TabsChild, TabsChild, TabsChild];
+    return {
+      broker: [pid(this.resolver), pid(this.desk), pid(spies)],
+      edge: [process.pid, pid(this.services), pid(audience), pid(bystanders)],
+    };
   }
 
   /** From now on the tabs report an event whose id starts with `prefix` once `count` tabs have it. */
