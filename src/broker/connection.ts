@@ -122,8 +122,9 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
     });
     this.recovering.on('disconnect', (error: Error) => {
       this.current = undefined;
-      // An alarm belongs to the connection it was raised on: the next one is told again if it still holds.
-      // Kept, it would fail every `failIfBlocked` publish at once while reconnecting, instead of waiting.
+      // An alarm belongs to the connection it was raised on. Kept, it would fail every `failIfBlocked`
+      // publish at once while reconnecting, instead of waiting for the next connection. (The broker tells
+      // that one only once it publishes under the alarm: until then a publish waits for its confirm.)
       this.blockedBy = undefined;
       if (this.closing) return;
       this.logger.warn({ err: error.message }, 'broker connection lost; reconnecting');

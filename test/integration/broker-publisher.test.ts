@@ -2,6 +2,7 @@ import amqp, { type ChannelModel } from 'amqplib';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { BrokerConnection } from '../../src/broker/connection.js';
 import { Publisher } from '../../src/broker/publisher.js';
+import { sleep } from '../../src/shared/lifecycle.js';
 import { silentLogger } from '../../src/shared/logger.js';
 import { eventually, testBrokerConnection, testPrefix } from '../support/harness.js';
 import { TcpProxy } from '../support/tcp-proxy.js';
@@ -129,10 +130,17 @@ describe('publisher', () => {
       proxy.refuse();
       proxy.cut();
       await eventually(() => broker.model === undefined, 'the connection seen lost');
-      const publishing = publisher.publish('', queue, Buffer.from('after the cut'), {
-        failIfBlocked: true,
-        waitForConnectionMs: 20_000,
-      });
+      expect(broker.blocked).toBeUndefined();
+      let settled = false;
+      const publishing = publisher
+        .publish('', queue, Buffer.from('after the cut'), {
+          failIfBlocked: true,
+          waitForConnectionMs: 20_000,
+        })
+        .finally(() => (settled = true));
+      await sleep(200);
+      // Waiting for the next connection, not failed for a block the broker no longer holds against it.
+      expect(settled).toBe(false);
       proxy.accept();
       await publishing;
     } finally {
