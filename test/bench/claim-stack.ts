@@ -18,8 +18,8 @@ import type { BenchContext } from './lib.js';
 export type { Mode };
 
 /**
- * The claim-check bench's installation. In the bench process: two gateways, nothing else, as a gateway
- * node runs alone in production. In child processes: the resolver; the services (two publishers that
+ * The claim-check bench's installation. In the bench process: two gateways, and a third (the probe node)
+ * holding one small-event tab for the spy at the broker; nothing else. In child processes: the resolver; the services (two publishers that
  * differ only in their claim-check threshold, `inline` above any payload of the bench and `claim` below
  * all of them, and a Redis tap in front of each gateway); the tabs of the large events' audience;
  * bystander tabs that get small events only, so they are not slowed by reading other users' megabytes; and
@@ -119,6 +119,9 @@ export class ClaimStack {
   private constructor(
     readonly prefix: string,
     readonly gateways: Gateway[],
+    private readonly probe: Gateway,
+    /** Arrivals each small event makes: tabs of team `desk` and spies. */
+    readonly smallRecipients: number,
     readonly services: ServicesChild,
     /** The service publishing the small events: not the one serialising megabytes. */
     readonly desk: ServicesChild,
@@ -156,6 +159,12 @@ export class ClaimStack {
       const config = loadConfig({ env: {}, overrides: overrides(throughLocalPort(ctx.redisUrl, tapPort)) });
       gateways.push(await startGateway(config, { logger: silentLogger() }));
     }
+    // A third node holding one tab of team `desk` and no one else: the deliveries routed to it are small
+    // events only, so the spy bound to its key times them without taking the large events' megabytes on
+    // the broker tier's CPU.
+    const probe = await startGateway(loadConfig({ env: {}, overrides: overrides(ctx.redisUrl) }), {
+      logger: silentLogger(),
+    });
     const resolver = new Child<ResolverRequest, ResolverReport>('./claim-resolver.ts');
     await resolver.ask({ op: 'start', overrides: overrides(ctx.redisUrl) }, 'started');
 
@@ -177,6 +186,8 @@ export class ClaimStack {
       teams.push({ userId: `visitor-${i}`, teamId: 'desk' });
       bystanders.push({ port: port(i), token: await jwt(`visitor-${i}`), group: 'bystander' });
     }
+    teams.push({ userId: 'visitor-probe', teamId: 'desk' });
+    bystanders.push({ port: probe.port, token: await jwt('visitor-probe'), group: 'probe' });
     await services.ask({ op: 'members', teams }, 'membersDone');
     // The audience's tabs, the bystanders' tabs, and the spies (a tabs process with no tabs): apart, so that
     // each can be put with its tier (tierProcesses).
@@ -184,6 +195,9 @@ export class ClaimStack {
     const stack = new ClaimStack(
       prefix,
       gateways,
+      probe,
+      // Every small event reaches each desk tab (the probe's too) and the two spies once.
+      options.shared + options.bystanders + 1 + 2,
       services,
       desk,
       resolver,
@@ -199,7 +213,8 @@ export class ClaimStack {
         op: 'spy',
         rabbitmqUrl: ctx.rabbitmqUrl,
         exchange: `${prefix}.events`,
-        bindingKey: '#',
+        // The small events' type only (`<tenant>.<type>`): the large ones never reach this process.
+        bindingKey: `${TENANT}.note.created`,
         idPrefix: 'S-',
         group: 'published',
       },
@@ -211,8 +226,8 @@ export class ClaimStack {
         op: 'spy',
         rabbitmqUrl: ctx.rabbitmqUrl,
         exchange: `${prefix}.deliveries`,
-        // visitor-0's node: deliveries are routed to the nodes holding recipients.
-        bindingKey: nodeKey((gateways[0] as Gateway).nodeId),
+        // The probe node's key: deliveries are routed to the nodes holding recipients.
+        bindingKey: nodeKey(probe.nodeId),
         idPrefix: 'S-',
         group: 'broker',
       },
@@ -263,11 +278,12 @@ export class ClaimStack {
   async close(): Promise<void> {
     for (const tabs of this.tabs) await tabs.ask({ op: 'close' }, 'closed').catch(() => {});
     await this.resolver.ask({ op: 'close' }, 'closed').catch(() => {});
-    await Promise.all(this.gateways.map((g) => g.close()));
+    const nodes = [...this.gateways, this.probe];
+    await Promise.all(nodes.map((g) => g.close()));
     await this.services.ask({ op: 'close' }, 'closed').catch(() => {});
     await this.desk.ask({ op: 'close' }, 'closed').catch(() => {});
     const channel = await this.broker.createChannel();
-    await deleteTopology(channel, this.prefix, { queues: this.gateways.map((g) => g.queue) });
+    await deleteTopology(channel, this.prefix, { queues: nodes.map((g) => g.queue) });
     await this.broker.close().catch(() => {});
     await deletePrefixKeys(this.redis, this.prefix);
     await this.redis.quit();

@@ -1,96 +1,181 @@
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 /**
  * "Tiers apart" for a bench on one small machine: the broker tier (RabbitMQ, Redis, the resolver and what
  * probes it) on one half of the CPUs, the edge tier (gateways, the simulated browser tabs, the services
- * publishing megabytes) on the other, as they would be on separate hosts. Without it, on two cores, the
- * tabs reading a gigabyte a second and the gateways writing it take the CPU the broker path needs, and a
- * small event's latency measures the scheduler rather than what the broker holds.
+ * publishing megabytes) on the other. Without it, on two cores, the tabs reading a gigabyte a second and the
+ * gateways writing it take the CPU the broker path needs, and a small event's latency measures the
+ * scheduler rather than what the broker holds. On two cores each tier gets one CPU, which its processes
+ * share: nearer to separate hosts than one shared pair of CPUs, not the same.
  *
- * Linux only (taskset, from util-linux, and ss, from iproute2), at least two CPUs, and RabbitMQ and Redis
- * running here as local processes the bench may re-pin; otherwise `apply` says why not. The servers' own
- * affinity is put back on release, on exit, and after a crash at the next apply (a note of it is kept in
- * bench-results/).
+ * Linux only (/proc, taskset from util-linux, ss from iproute2), at least two CPUs, and RabbitMQ and Redis
+ * running here as local processes the bench may re-pin; otherwise `apply` says why not. Every thread's own
+ * affinity is recorded first (RabbitMQ binds each scheduler thread to a CPU of its own) and put back, thread
+ * by thread, on release, on exit, on SIGINT/SIGTERM/SIGHUP, and after a crash by the next bench run
+ * (`recoverCpuTiers`, from a note in the machine's temporary directory naming the run that wrote it).
  */
 
-const NOTE = join(process.cwd(), 'bench-results', '.cpu-tiers.json');
+const NOTE = join(tmpdir(), 'warren-bench-cpu-tiers.json');
+const SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
 
-interface Held {
+/** A process as /proc shows it: its name and start time tell it from a later one given the same pid. */
+interface Identity {
   pid: number;
-  /** The process's name, checked again before it is put back (a pid can be reused). */
   name: string;
-  /** Its affinity before, as `taskset -p` prints it (hex mask). */
-  mask: string;
+  /** Start time in clock ticks after boot (field 22 of /proc/<pid>/stat). */
+  started: string;
 }
 
-const run = (command: string, args: string[]): string =>
-  execFileSync(command, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+interface Held extends Identity {
+  /** Each thread's CPUs before, as the kernel lists them ("0-1", "0"). */
+  threads: { tid: number; cpus: string }[];
+}
 
-function processName(pid: number): string | undefined {
+interface Note {
+  owner: Identity;
+  held: Held[];
+}
+
+function identity(pid: number): Identity | undefined {
   try {
-    return readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+    const name = readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+    // The name in field 2 may hold spaces and parentheses: fields are counted after its closing one.
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const started = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+    return started === undefined ? undefined : { pid, name, started };
   } catch {
     return undefined;
   }
 }
 
-function maskOf(pid: number): string {
-  const match = /affinity mask:\s*([0-9a-f]+)/i.exec(run('taskset', ['-p', String(pid)]));
-  if (!match) throw new Error(`cannot read the CPU affinity of ${pid}`);
-  return match[1] as string;
+const same = (a: Identity, b: Identity | undefined): boolean =>
+  b !== undefined && a.name === b.name && a.started === b.started;
+
+function cpusOf(path: string): string | undefined {
+  try {
+    return /^Cpus_allowed_list:\s*(\S+)/m.exec(readFileSync(path, 'utf8'))?.[1];
+  } catch {
+    return undefined;
+  }
 }
 
-/** CPUs this process may run on, from `taskset -cp` ("0-3,6"). */
-function cpusOf(pid: number): number[] {
-  const list = /list:\s*(\S+)/.exec(run('taskset', ['-cp', String(pid)]))?.[1] ?? '';
+function threadsOf(pid: number): { tid: number; cpus: string }[] {
+  return readdirSync(`/proc/${pid}/task`).flatMap((entry) => {
+    const cpus = cpusOf(`/proc/${pid}/task/${entry}/status`);
+    return cpus === undefined ? [] : [{ tid: Number(entry), cpus }];
+  });
+}
+
+/** "0-3,6" as [0, 1, 2, 3, 6]. */
+function expand(list: string): number[] {
   return list.split(',').flatMap((part) => {
     const [from, to] = part.split('-').map(Number) as [number, number | undefined];
     return Array.from({ length: (to ?? from) - from + 1 }, (_, i) => from + i);
   });
 }
 
-/** The process listening on a local TCP port, or undefined. */
-function listener(port: number): number | undefined {
-  const match = /pid=(\d+)/.exec(run('ss', ['-ltnpH', `sport = :${port}`]));
-  return match ? Number(match[1]) : undefined;
+function run(command: string, args: string[]): string {
+  try {
+    return execFileSync(command, args, {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, LC_ALL: 'C' },
+    });
+  } catch (error) {
+    const stderr = String((error as { stderr?: unknown }).stderr ?? '').trim();
+    throw new Error(`${command} ${args.join(' ')} failed${stderr ? `: ${stderr}` : ''}`, { cause: error });
+  }
 }
 
+/** Sets the CPUs of every thread of `pid` (threads it starts later inherit them). */
 const pin = (pid: number, cpus: number[]): void =>
   void run('taskset', ['-a', '-cp', cpus.join(','), String(pid)]);
 
-function putBack(held: readonly Held[]): void {
-  for (const { pid, name, mask } of held) {
-    if (processName(pid) !== name) continue;
+/**
+ * Puts every thread of `held` that still runs back on its CPUs (threads started since, on those of the
+ * first thread), then reads them back. Returns what did not go back.
+ */
+function putBack(held: readonly Held[]): string[] {
+  const problems: string[] = [];
+  for (const proc of held) {
+    if (!same(proc, identity(proc.pid))) continue;
+    const before = new Map(proc.threads.map((t) => [t.tid, t.cpus]));
+    const fallback = proc.threads[0]?.cpus ?? '';
+    let now: { tid: number; cpus: string }[];
     try {
-      run('taskset', ['-a', '-p', mask, String(pid)]);
+      now = threadsOf(proc.pid);
     } catch {
-      // Gone meanwhile.
+      continue; // Gone since the identity check.
     }
+    for (const { tid, cpus } of now) {
+      const want = before.get(tid) ?? fallback;
+      if (cpus === want) continue;
+      try {
+        run('taskset', ['-cp', want, String(tid)]);
+      } catch (error) {
+        // A thread that ended meanwhile has nothing to put back; anything else is reported below.
+        if (existsSync(`/proc/${proc.pid}/task/${tid}`)) problems.push(String(error));
+      }
+      const after = cpusOf(`/proc/${proc.pid}/task/${tid}/status`);
+      if (after !== undefined && after !== want)
+        problems.push(`${proc.name} (pid ${proc.pid}) thread ${tid} is on CPUs ${after}, was on ${want}`);
+    }
+  }
+  return problems;
+}
+
+function readNote(): Note | undefined {
+  try {
+    return JSON.parse(readFileSync(NOTE, 'utf8')) as Note;
+  } catch {
+    return undefined;
   }
 }
 
-/** Servers a crashed run left pinned. */
-function recover(): void {
-  if (!existsSync(NOTE)) return;
-  try {
-    putBack(JSON.parse(readFileSync(NOTE, 'utf8')) as Held[]);
-  } finally {
+/**
+ * Puts back what a bench run that ended without releasing left pinned. Returns a warning when it could
+ * not (the note is kept), or when another run still holds the tiers.
+ */
+export function recoverCpuTiers(): string | undefined {
+  const note = existsSync(NOTE) ? readNote() : undefined;
+  if (!note) {
     rmSync(NOTE, { force: true });
+    return undefined;
   }
+  if (same(note.owner, identity(note.owner.pid)))
+    return `bench run ${note.owner.pid} has RabbitMQ and Redis pinned to some CPUs (${NOTE})`;
+  const problems = putBack(note.held);
+  if (problems.length > 0)
+    return `CPU affinity left by an earlier bench run not put back (${NOTE} kept): ${problems.join('; ')}`;
+  rmSync(NOTE, { force: true });
+  return undefined;
+}
+
+/** The process listening on a local TCP port, or why it cannot be named. */
+function listener(port: number): number | string {
+  const lines = run('ss', ['-ltnpH', `sport = :${port}`]).trim();
+  if (lines === '') return `nothing listens on port ${port}`;
+  const pid = /pid=(\d+)/.exec(lines)?.[1];
+  return pid === undefined
+    ? `port ${port} is open but its process is not visible here (another user, or a container)`
+    : Number(pid);
 }
 
 const LOCAL = new Set(['127.0.0.1', 'localhost', '[::1]', '::1']);
 
 /** The local server process behind `url` if it is `expected` (a proxy in front of it would not do). */
-function server(url: string, defaultPort: number, expected: string): number | string {
+function server(url: string, defaultPort: number, expected: string): Identity | string {
   const { hostname, port } = new URL(url);
   if (!LOCAL.has(hostname)) return `${url} is not on this machine`;
   const pid = listener(Number(port || defaultPort));
-  if (pid === undefined) return `no process seen listening for ${url}`;
-  const name = processName(pid);
-  return name === expected ? pid : `${url} is served by ${name ?? 'an unknown process'}, not ${expected}`;
+  if (typeof pid === 'string') return pid;
+  const found = identity(pid);
+  return found?.name === expected
+    ? found
+    : `${url} is served by ${found?.name ?? 'an unknown process'}, not ${expected}`;
 }
 
 export interface TierProcesses {
@@ -102,6 +187,8 @@ export interface TierProcesses {
   edge: number[];
 }
 
+export type TiersApplied = { applied: true; tiers: CpuTiers } | { applied: false; reason: string };
+
 export class CpuTiers {
   private released = false;
   private readonly onExit = (): void => this.release();
@@ -111,61 +198,72 @@ export class CpuTiers {
   };
 
   private constructor(
-    /** The servers' affinity before. */
-    private readonly servers: Held[],
-    /** The bench's processes' affinity before (children that have exited are skipped). */
-    private readonly own: Held[],
+    /** Every pinned process's threads' CPUs before. */
+    private readonly held: Held[],
     readonly brokerCpus: number[],
     readonly edgeCpus: number[],
   ) {
     process.once('exit', this.onExit);
-    process.once('SIGINT', this.onSignal);
-    process.once('SIGTERM', this.onSignal);
+    for (const signal of SIGNALS) process.once(signal, this.onSignal);
   }
 
   /** Pins the two tiers, or says why it cannot. */
-  static apply(processes: TierProcesses): CpuTiers | string {
-    if (process.platform !== 'linux') return 'not Linux';
+  static apply(processes: TierProcesses): TiersApplied {
+    const no = (reason: string): TiersApplied => ({ applied: false, reason });
+    if (process.platform !== 'linux') return no('not Linux');
+    let tiers: CpuTiers | undefined;
     try {
-      recover();
-      const cpus = cpusOf(process.pid);
-      if (cpus.length < 2) return `one CPU only (${cpus.join(',')})`;
+      const left = recoverCpuTiers();
+      if (left) return no(left);
+      const cpus = expand(cpusOf('/proc/self/status') ?? '');
+      if (cpus.length < 2) return no(`this process may use one CPU only (${cpus.join(',')})`);
       const rabbitmq = server(processes.rabbitmqUrl, 5672, 'beam.smp');
+      if (typeof rabbitmq === 'string') return no(rabbitmq);
       const redis = server(processes.redisUrl, 6379, 'redis-server');
-      if (typeof rabbitmq === 'string') return rabbitmq;
-      if (typeof redis === 'string') return redis;
-      const hold = (pid: number): Held => ({ pid, name: processName(pid) ?? '', mask: maskOf(pid) });
-      const servers = [hold(rabbitmq), hold(redis)];
-      const own = [...processes.broker, ...processes.edge].map(hold);
-      mkdirSync(join(process.cwd(), 'bench-results'), { recursive: true });
-      writeFileSync(NOTE, JSON.stringify(servers));
+      if (typeof redis === 'string') return no(redis);
+      const hold = (pid: number): Held => {
+        const found = identity(pid);
+        if (!found) throw new Error(`process ${pid} is gone`);
+        return { ...found, threads: threadsOf(pid) };
+      };
+      const servers = [hold(rabbitmq.pid), hold(redis.pid)];
+      const broker = processes.broker.map(hold);
+      const edge = processes.edge.map(hold);
       const half = Math.floor(cpus.length / 2);
-      const tiers = new CpuTiers(servers, own, cpus.slice(0, half), cpus.slice(half));
-      try {
-        for (const pid of [rabbitmq, redis, ...processes.broker]) pin(pid, tiers.brokerCpus);
-        for (const pid of processes.edge) pin(pid, tiers.edgeCpus);
-      } catch (error) {
-        tiers.release();
-        throw error;
-      }
-      return tiers;
+      tiers = new CpuTiers([...servers, ...broker, ...edge], cpus.slice(0, half), cpus.slice(half));
+      const owner = identity(process.pid) as Identity;
+      writeFileSync(NOTE, JSON.stringify({ owner, held: servers } satisfies Note));
+      for (const { pid } of [...servers, ...broker]) pin(pid, tiers.brokerCpus);
+      for (const { pid } of edge) pin(pid, tiers.edgeCpus);
+      return { applied: true, tiers };
     } catch (error) {
-      return error instanceof Error ? (error.message.split('\n')[0] as string) : String(error);
+      tiers?.release();
+      return no(error instanceof Error ? error.message : String(error));
     }
   }
 
-  /** Every process back on the CPUs it had. Idempotent. */
+  /** Every thread back on the CPUs it had. Idempotent; a thread that would not go back is reported. */
   release(): void {
     if (this.released) return;
     this.released = true;
     process.off('exit', this.onExit);
-    process.off('SIGINT', this.onSignal);
-    process.off('SIGTERM', this.onSignal);
-    putBack([...this.servers, ...this.own]);
-    rmSync(NOTE, { force: true });
+    for (const signal of SIGNALS) process.off(signal, this.onSignal);
+    const problems = putBack(this.held);
+    if (problems.length === 0) {
+      rmSync(NOTE, { force: true });
+      return;
+    }
+    process.stderr.write(
+      `\nWARNING: CPU affinity not put back (${NOTE} kept; the next bench run tries again):\n` +
+        `  ${problems.join('\n  ')}\n`,
+    );
   }
 
   describe(): string {
-    return `broker tier on CPU ${this.brokerCpus.join(',')}, edge tier on CPU ${this.edgeCpus.join(',')}`;
+    return (
+      `tiers apart: RabbitMQ, Redis, the resolver, the small events' service and the spies on CPU ` +
+      `${this.brokerCpus.join(',')}; the gateways, the tabs and the large events' service on CPU ` +
+      `${this.edgeCpus.join(',')}`
+    );
   }
 }

@@ -3,6 +3,7 @@
 import { readdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { recoverCpuTiers } from './cpu-tiers.js';
 import { benchServices, printTable, saveResult, type Bench } from './lib.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -26,6 +27,9 @@ if (unknown.length > 0) {
   process.exit(2);
 }
 
+// A run that ended without putting RabbitMQ and Redis back on their CPUs (killed) is mended first.
+const pinned = process.platform === 'linux' ? recoverCpuTiers() : undefined;
+if (pinned) process.stderr.write(`WARNING: ${pinned}\n`);
 const ctx = { ...(await benchServices()), quick };
 let failed = false;
 for (const bench of benches.filter((b) => wanted.length === 0 || wanted.includes(b.name))) {
