@@ -1,6 +1,6 @@
 import type { ChannelModel, ConfirmChannel, Options } from 'amqplib';
-import { ErrorCode, WarrenError, errorMessage, isWarrenError } from '../shared/errors.js';
-import { withTimeout } from '../shared/lifecycle.js';
+import { ErrorCode, WarrenError, errorMessage } from '../shared/errors.js';
+import { settlesWithin } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import { RetrySchedule } from '../shared/backoff.js';
 import type { BrokerConnection } from './connection.js';
@@ -212,14 +212,11 @@ export class Publisher {
     if (!channel) return;
     // Bounded: a blocked broker reads nothing from this connection, not even the close.
     const deadline = Date.now() + CLOSE_CONFIRMS_MS;
-    const bounded = (step: Promise<unknown>, what: string): Promise<unknown> =>
-      withTimeout(step, Math.max(0, deadline - Date.now()), what).catch((error: unknown) => {
-        // Out of time: on to the next step (a failure of the step itself ends the close below).
-        if (!isWarrenError(error, ErrorCode.Timeout)) throw error;
-      });
+    // Out of time, on to the next step; a failure of the step itself ends the close below.
+    const bounded = (step: Promise<unknown>) => settlesWithin(step, Math.max(0, deadline - Date.now()));
     try {
-      await bounded(channel.waitForConfirms(), 'waiting for confirms');
-      await bounded(channel.close(), 'closing the publish channel');
+      await bounded(channel.waitForConfirms());
+      await bounded(channel.close());
     } catch {
       // The connection may already be gone; nothing left to flush.
     }
