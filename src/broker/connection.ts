@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events';
 import amqp, { type ChannelModel } from 'amqplib';
 import { fullJitterDelay } from '../shared/backoff.js';
 import { ErrorCode, WarrenError, errorMessage, withoutCredentials } from '../shared/errors.js';
-import { settlesWithin } from '../shared/lifecycle.js';
+import { fulfilsWithin } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 
 export interface BrokerOptions {
@@ -146,7 +146,7 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
       await this.recovering.waitForConnect();
       return;
     }
-    if (await settlesWithin(this.recovering.waitForConnect(), timeoutMs)) return;
+    if (await fulfilsWithin(this.recovering.waitForConnect(), timeoutMs)) return;
     await this.close().catch(() => {});
     throw new WarrenError(
       ErrorCode.BrokerUnavailable,
@@ -230,7 +230,7 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
     this.emit('closing');
     // Bounded: a broker under a resource alarm reads nothing from a blocked connection, not even its
     // close; past the bound the socket is dropped.
-    const closed = await settlesWithin(this.recovering?.close() ?? Promise.resolve(), CLOSE_TIMEOUT_MS);
+    const closed = await fulfilsWithin(this.recovering?.close() ?? Promise.resolve(), CLOSE_TIMEOUT_MS);
     if (!closed) {
       this.logger.warn('broker did not answer the close; dropping the connection');
       (

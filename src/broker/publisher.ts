@@ -1,6 +1,6 @@
 import type { ChannelModel, ConfirmChannel, Options } from 'amqplib';
 import { ErrorCode, WarrenError, errorMessage } from '../shared/errors.js';
-import { settlesWithin } from '../shared/lifecycle.js';
+import { fulfilsWithin } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import { RetrySchedule } from '../shared/backoff.js';
 import type { BrokerConnection } from './connection.js';
@@ -213,7 +213,7 @@ export class Publisher {
     // Bounded: a blocked broker reads nothing from this connection, not even the close.
     const deadline = Date.now() + CLOSE_CONFIRMS_MS;
     // Out of time, on to the next step; a failure of the step itself ends the close below.
-    const bounded = (step: Promise<unknown>) => settlesWithin(step, Math.max(0, deadline - Date.now()));
+    const bounded = (step: Promise<unknown>) => fulfilsWithin(step, Math.max(0, deadline - Date.now()));
     try {
       await bounded(channel.waitForConfirms());
       await bounded(channel.close());

@@ -26,7 +26,7 @@ export async function withTimeout<T>(promise: Promise<T>, ms: number, what: stri
  * Whether `promise` fulfils within `ms`: false when it is still pending then (it is left to settle on its
  * own), its rejection thrown as it is. For bounded waits whose end is not an error (closing, say).
  */
-export async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
+export async function fulfilsWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
   let timer: NodeJS.Timeout | undefined;
   const late = new Promise<false>((resolve) => {
     timer = setTimeout(() => resolve(false), ms);
