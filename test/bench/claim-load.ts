@@ -95,8 +95,9 @@ export interface Wire {
 }
 
 /**
- * Gateway queues one delivery message reaches. Node-routed: its node keys (routing key plus CC). User-routed
- * (not what this bench's resolver publishes): every node, as every message of the bench has recipients on each.
+ * Gateway queues one delivery message of a large event reaches. Node-routed: its node keys (routing key
+ * plus CC). User-routed (not what this bench's resolver publishes): `nodes`, the nodes holding the large
+ * events' audience, as every message of the bench has recipients on each of them.
  */
 function queuesReached(message: SpiedMessage, nodes: number): number {
   return message.routingKey.startsWith('n.') ? 1 + message.cc : nodes;

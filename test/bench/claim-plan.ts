@@ -9,7 +9,7 @@ export const BYSTANDERS = 10;
 export const NODES = 2;
 export const WINDOW = 4;
 export const PACE = 0.5;
-export const ROUNDS = 3;
+export const ROUNDS = 4;
 export const MIB = 1024 * 1024;
 export const SIZES = [1024, 64 * 1024, MIB];
 export const MODES: Mode[] = ['inline', 'claim'];
@@ -38,14 +38,14 @@ export interface Result extends Wire {
   rounds: Run[];
 }
 
-/** The same installation with every process on every CPU: 1 MiB paced at `rate`, then small events alone. */
+/** The same installation, every thread back on its own CPUs: 1 MiB paced at `rate`, then small events alone. */
 export interface SharedReference {
   rate: number;
   paced: Record<Mode, Run>;
   quiet: Run;
 }
 
-/** Where the processes ran: tiers apart (cpu-tiers.ts), or every process on every CPU, and why. */
+/** Where the processes ran: tiers apart (cpu-tiers.ts), or on the CPUs they had (and why). */
 export interface Layout {
   tiersApart: boolean;
   description: string;

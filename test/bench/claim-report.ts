@@ -178,7 +178,7 @@ export function report(
         rows: wireRows(results),
       },
       {
-        title: `load (${layout.description}): sat = ${WINDOW} large events in flight; paced = ${PACE} x inline's sat rate for both modes, ${rounds} round(s) pooled; small events every ${SMALL_EVERY_MS} ms to ${SHARED} shared + ${BYSTANDERS} bystander tabs, ms`,
+        title: `load (${layout.description}): sat = ${WINDOW} large events in flight; paced = ${PACE} x inline's sat rate for both modes, ${rounds} round(s) pooled; small events every ${SMALL_EVERY_MS} ms to ${SHARED} shared + ${BYSTANDERS} bystander tabs + 1 on the probe node, ms`,
         rows: loadRows(results),
       },
       { title: 'claim check / inline, same run', rows: ratioRows(pick) },
@@ -193,7 +193,7 @@ export function report(
         ],
       },
       {
-        title: `1 MiB paced, ${where}, at the tabs (end to end: the gateways and all ${USERS + BYSTANDERS} tabs share ${layout.tiersApart ? 'the edge tier' : 'the machine'}'s CPUs)`,
+        title: `1 MiB paced, ${where}, at the tabs (end to end: the ${NODES + 1} gateways, all ${USERS + BYSTANDERS + 1} tabs and the Redis taps share ${layout.tiersApart ? 'the edge tier' : 'the machine'}'s CPUs)`,
         rows: atTabs,
       },
       ...(shared

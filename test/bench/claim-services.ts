@@ -84,7 +84,10 @@ async function handle(request: ServicesRequest): Promise<void> {
       tenantId = request.tenantId;
       if (request.taps)
         taps = [await RedisTap.start(request.redisUrl), await RedisTap.start(request.redisUrl)];
-      const connect = (claimCheckBytes: number) => WarrenPublisher.connect({ ...request, claimCheckBytes });
+      // Payloads live a minute, not the default hour: delivered within seconds here, and hundreds of
+      // megabytes of them would otherwise pile up in Redis over the run, under the claim check only.
+      const connect = (claimCheckBytes: number) =>
+        WarrenPublisher.connect({ ...request, claimCheckBytes, claimCheckTtlSec: 60 });
       publishers = {
         inline: await connect(request.thresholds.inline),
         claim: await connect(request.thresholds.claim),

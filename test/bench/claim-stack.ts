@@ -19,8 +19,8 @@ export type { Mode };
 
 /**
  * The claim-check bench's installation. In the bench process: two gateways, and a third (the probe node)
- * holding one small-event tab for the spy at the broker; nothing else. In child processes: the resolver; the services (two publishers that
- * differ only in their claim-check threshold, `inline` above any payload of the bench and `claim` below
+ * holding one small-event tab, whose key the spy at the broker binds. In child processes: the resolver;
+ * the services (two publishers that differ only in their claim-check threshold, `inline` above any payload of the bench and `claim` below
  * all of them, and a Redis tap in front of each gateway); the tabs of the large events' audience;
  * bystander tabs that get small events only, so they are not slowed by reading other users' megabytes; and
  * the spy queues that time events at the broker.
@@ -113,6 +113,27 @@ class Child<Request, Report extends { op: string }> {
 }
 
 type TabsChild = Child<TabsRequest, TabsReport>;
+
+/** What a start has made so far, for a failed one to undo. */
+interface Made {
+  children: { process: ChildProcess }[];
+  gateways: Gateway[];
+  stack?: ClaimStack;
+}
+
+/** The installation's queues, exchanges and Redis keys, on connections of their own. */
+async function removeLeftovers(ctx: BenchContext, prefix: string, nodes: Gateway[]): Promise<void> {
+  const model = await amqp.connect(ctx.rabbitmqUrl);
+  const redis = new Redis(ctx.redisUrl);
+  try {
+    const channel = await model.createChannel();
+    await deleteTopology(channel, prefix, { queues: nodes.map((g) => g.queue) });
+    await deletePrefixKeys(redis, prefix);
+  } finally {
+    await model.close().catch(() => {});
+    redis.disconnect();
+  }
+}
 type ServicesChild = Child<ServicesRequest, ServicesReport>;
 
 export class ClaimStack {
@@ -128,11 +149,33 @@ export class ClaimStack {
     private readonly resolver: Child<ResolverRequest, ResolverReport>,
     private readonly tabs: TabsChild[],
     readonly broker: ChannelModel,
-    private readonly redis: Redis,
+    private readonly ctx: BenchContext,
   ) {}
 
   static async start(ctx: BenchContext, options: StackOptions): Promise<ClaimStack> {
     const prefix = `bench-claim-${randomBytes(3).toString('hex')}`;
+    const made: Made = { children: [], gateways: [] };
+    try {
+      return await ClaimStack.build(ctx, options, prefix, made);
+    } catch (error) {
+      // Nothing of a failed start outlives it: the next benches of the run would share the machine with it.
+      if (made.stack) {
+        await made.stack.close();
+      } else {
+        for (const child of made.children) child.process.kill();
+        await Promise.allSettled(made.gateways.map((g) => g.close()));
+        await removeLeftovers(ctx, prefix, made.gateways);
+      }
+      throw error;
+    }
+  }
+
+  private static async build(
+    ctx: BenchContext,
+    options: StackOptions,
+    prefix: string,
+    made: Made,
+  ): Promise<ClaimStack> {
     const overrides = (redisUrl: string) => ({
       prefix,
       log: { level: 'silent' },
@@ -143,7 +186,9 @@ export class ClaimStack {
       gateway: { host: '127.0.0.1', port: 0, drainWindowMs: 0, maxBackpressureBytes: 32 * 1024 * 1024 },
       claimCheck: { bytes: NEVER },
     });
-    const services: ServicesChild = new Child('./claim-services.ts');
+    const child = <C extends { process: ChildProcess }>(c: C): C => (made.children.push(c), c);
+    const gateway = (g: Gateway): Gateway => (made.gateways.push(g), g);
+    const services: ServicesChild = child(new Child('./claim-services.ts'));
     const start = {
       op: 'start',
       ...ctx,
@@ -152,20 +197,22 @@ export class ClaimStack {
       thresholds: { inline: NEVER, claim: ALWAYS },
     };
     const { tapPorts } = await services.ask({ ...start, op: 'start', taps: true }, 'started');
-    const desk: ServicesChild = new Child('./claim-services.ts');
+    const desk: ServicesChild = child(new Child('./claim-services.ts'));
     await desk.ask({ ...start, op: 'start', taps: false }, 'started');
     const gateways: Gateway[] = [];
     for (const tapPort of tapPorts) {
       const config = loadConfig({ env: {}, overrides: overrides(throughLocalPort(ctx.redisUrl, tapPort)) });
-      gateways.push(await startGateway(config, { logger: silentLogger() }));
+      gateways.push(gateway(await startGateway(config, { logger: silentLogger() })));
     }
     // A third node holding one tab of team `desk` and no one else: the deliveries routed to it are small
     // events only, so the spy bound to its key times them without taking the large events' megabytes on
     // the broker tier's CPU.
-    const probe = await startGateway(loadConfig({ env: {}, overrides: overrides(ctx.redisUrl) }), {
-      logger: silentLogger(),
-    });
-    const resolver = new Child<ResolverRequest, ResolverReport>('./claim-resolver.ts');
+    const probe = gateway(
+      await startGateway(loadConfig({ env: {}, overrides: overrides(ctx.redisUrl) }), {
+        logger: silentLogger(),
+      }),
+    );
+    const resolver = child(new Child<ResolverRequest, ResolverReport>('./claim-resolver.ts'));
     await resolver.ask({ op: 'start', overrides: overrides(ctx.redisUrl) }, 'started');
 
     const port = (i: number) => (gateways[i % gateways.length] as Gateway).port;
@@ -191,7 +238,7 @@ export class ClaimStack {
     await services.ask({ op: 'members', teams }, 'membersDone');
     // The audience's tabs, the bystanders' tabs, and the spies (a tabs process with no tabs): apart, so that
     // each can be put with its tier (tierProcesses).
-    const tabs: TabsChild[] = [0, 1, 2].map(() => new Child('./claim-tabs.ts'));
+    const tabs: TabsChild[] = [0, 1, 2].map(() => child(new Child('./claim-tabs.ts')));
     const stack = new ClaimStack(
       prefix,
       gateways,
@@ -203,8 +250,9 @@ export class ClaimStack {
       resolver,
       tabs,
       await amqp.connect(ctx.rabbitmqUrl),
-      new Redis(ctx.redisUrl),
+      ctx,
     );
+    made.stack = stack;
     await (tabs[0] as TabsChild).ask({ op: 'open', tabs: audience }, 'opened');
     await (tabs[1] as TabsChild).ask({ op: 'open', tabs: bystanders }, 'opened');
     // Small events as the services' publishes reach the broker: the first hop, before any resolver.
@@ -275,17 +323,15 @@ export class ClaimStack {
     return (await this.services.ask({ op: 'tapReads' }, 'tapReads')).reads;
   }
 
+  /** Closes everything it started, each part whatever became of the others. */
   async close(): Promise<void> {
     for (const tabs of this.tabs) await tabs.ask({ op: 'close' }, 'closed').catch(() => {});
     await this.resolver.ask({ op: 'close' }, 'closed').catch(() => {});
     const nodes = [...this.gateways, this.probe];
-    await Promise.all(nodes.map((g) => g.close()));
+    await Promise.allSettled(nodes.map((g) => g.close()));
     await this.services.ask({ op: 'close' }, 'closed').catch(() => {});
     await this.desk.ask({ op: 'close' }, 'closed').catch(() => {});
-    const channel = await this.broker.createChannel();
-    await deleteTopology(channel, this.prefix, { queues: nodes.map((g) => g.queue) });
     await this.broker.close().catch(() => {});
-    await deletePrefixKeys(this.redis, this.prefix);
-    await this.redis.quit();
+    await removeLeftovers(this.ctx, this.prefix, nodes);
   }
 }

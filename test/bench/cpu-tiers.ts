@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -103,7 +103,8 @@ function putBack(held: readonly Held[]): string[] {
   for (const proc of held) {
     if (!same(proc, identity(proc.pid))) continue;
     const before = new Map(proc.threads.map((t) => [t.tid, t.cpus]));
-    const fallback = proc.threads[0]?.cpus ?? '';
+    // Threads started since the record get the main thread's CPUs (its tid is the pid).
+    const fallback = before.get(proc.pid) ?? proc.threads[0]?.cpus ?? '';
     let now: { tid: number; cpus: string }[];
     try {
       now = threadsOf(proc.pid);
@@ -113,39 +114,54 @@ function putBack(held: readonly Held[]): string[] {
     for (const { tid, cpus } of now) {
       const want = before.get(tid) ?? fallback;
       if (cpus === want) continue;
+      let failure = '';
       try {
         run('taskset', ['-cp', want, String(tid)]);
       } catch (error) {
-        // A thread that ended meanwhile has nothing to put back; anything else is reported below.
-        if (existsSync(`/proc/${proc.pid}/task/${tid}`)) problems.push(String(error));
+        failure = `: ${error instanceof Error ? error.message : String(error)}`;
       }
+      // Read back; a thread that ended meanwhile has nothing to put back.
       const after = cpusOf(`/proc/${proc.pid}/task/${tid}/status`);
       if (after !== undefined && after !== want)
-        problems.push(`${proc.name} (pid ${proc.pid}) thread ${tid} is on CPUs ${after}, was on ${want}`);
+        problems.push(
+          `${proc.name} (pid ${proc.pid}) thread ${tid} is on CPUs ${after}, was on ${want}${failure}`,
+        );
     }
   }
   return problems;
 }
 
+/** The note, undefined when there is none; throws when it cannot be read (it is then left alone). */
 function readNote(): Note | undefined {
-  try {
-    return JSON.parse(readFileSync(NOTE, 'utf8')) as Note;
-  } catch {
-    return undefined;
-  }
+  if (!existsSync(NOTE)) return undefined;
+  return JSON.parse(readFileSync(NOTE, 'utf8')) as Note;
 }
+
+/** Written whole or not at all: a reader never sees half a note. */
+function writeNote(note: Note): void {
+  const partial = `${NOTE}.${process.pid}`;
+  writeFileSync(partial, JSON.stringify(note));
+  renameSync(partial, NOTE);
+}
+
+/** The tiers this process holds now, if any. */
+let active: CpuTiers | undefined;
 
 /**
  * Puts back what a bench run that ended without releasing left pinned. Returns a warning when it could
  * not (the note is kept), or when another run still holds the tiers.
  */
 export function recoverCpuTiers(): string | undefined {
-  const note = existsSync(NOTE) ? readNote() : undefined;
-  if (!note) {
-    rmSync(NOTE, { force: true });
-    return undefined;
+  let note: Note | undefined;
+  try {
+    note = readNote();
+  } catch (error) {
+    return `cannot read ${NOTE} (remove it once RabbitMQ and Redis are on their CPUs): ${String(error)}`;
   }
-  if (same(note.owner, identity(note.owner.pid)))
+  if (!note) return undefined;
+  // Its owner still runs: another bench run, or this one, holding the tiers now.
+  const ownerRuns = same(note.owner, identity(note.owner.pid));
+  if (ownerRuns && (note.owner.pid !== process.pid || active))
     return `bench run ${note.owner.pid} has RabbitMQ and Redis pinned to some CPUs (${NOTE})`;
   const problems = putBack(note.held);
   if (problems.length > 0)
@@ -190,8 +206,9 @@ export interface TierProcesses {
 export type TiersApplied = { applied: true; tiers: CpuTiers } | { applied: false; reason: string };
 
 export class CpuTiers {
-  private released = false;
-  private readonly onExit = (): void => this.release();
+  /** Set once released: what would not go back. */
+  private problems: string[] | undefined;
+  private readonly onExit = (): void => void this.release();
   private readonly onSignal = (signal: NodeJS.Signals): void => {
     this.release();
     process.kill(process.pid, signal);
@@ -232,7 +249,8 @@ export class CpuTiers {
       const half = Math.floor(cpus.length / 2);
       tiers = new CpuTiers([...servers, ...broker, ...edge], cpus.slice(0, half), cpus.slice(half));
       const owner = identity(process.pid) as Identity;
-      writeFileSync(NOTE, JSON.stringify({ owner, held: servers } satisfies Note));
+      writeNote({ owner, held: servers });
+      active = tiers;
       for (const { pid } of [...servers, ...broker]) pin(pid, tiers.brokerCpus);
       for (const { pid } of edge) pin(pid, tiers.edgeCpus);
       return { applied: true, tiers };
@@ -242,21 +260,25 @@ export class CpuTiers {
     }
   }
 
-  /** Every thread back on the CPUs it had. Idempotent; a thread that would not go back is reported. */
-  release(): void {
-    if (this.released) return;
-    this.released = true;
+  /**
+   * Every thread back on the CPUs it had. Idempotent. Returns what would not go back (also written to
+   * stderr); the note is then kept for the next run to try again.
+   */
+  release(): string[] {
+    if (this.problems) return this.problems;
     process.off('exit', this.onExit);
     for (const signal of SIGNALS) process.off(signal, this.onSignal);
-    const problems = putBack(this.held);
-    if (problems.length === 0) {
+    this.problems = putBack(this.held);
+    if (active === this) active = undefined;
+    if (this.problems.length === 0) {
       rmSync(NOTE, { force: true });
-      return;
+    } else {
+      process.stderr.write(
+        `\nWARNING: CPU affinity not put back (${NOTE} kept; the next bench run tries again):\n` +
+          `  ${this.problems.join('\n  ')}\n`,
+      );
     }
-    process.stderr.write(
-      `\nWARNING: CPU affinity not put back (${NOTE} kept; the next bench run tries again):\n` +
-        `  ${problems.join('\n  ')}\n`,
-    );
+    return this.problems;
   }
 
   describe(): string {
