@@ -10,7 +10,6 @@ import { configSchema, type WarrenConfig } from './schema.js';
 
 export type { WarrenConfig };
 
-/** What a process needs beyond the schema's own rules. */
 /**
  * What the process being configured needs beyond the schema: `jwt`, a verification key (a gateway);
  * `jwtFile`, a key file that is set must be readable (`warren dev`, which makes up a secret when none is

@@ -184,11 +184,9 @@ export async function startGateway(
 
   let firstBeat = true;
   let reannounceDue = false;
-  /** Resolvers may have counted this node's users offline: its tabs are to be told. */
-  let missedDue = false;
+  /** Why the node's tabs are to be told `events_missed` (resolvers may have counted its users offline). */
+  let missedWhy: string | undefined;
   let missedTimer: NodeJS.Timeout | undefined;
-  /** Redis changed under the node (restart, failover): why its tabs are told `events_missed`. */
-  let serverChanged = false;
   let beating = false;
   /** A beat was asked for while one ran (Redis changed under it): run another when it ends. */
   let beatAgain = false;
@@ -219,7 +217,9 @@ export async function startGateway(
       // resolvers stopped counting this node's users as soon as they saw it, swept or not, and resolved
       // events without them.
       const declaredDead = unknown && !firstBeat;
-      if (declaredDead || (!firstBeat && silentMs >= config.presence.expiryMs)) missedDue = true;
+      if (declaredDead) missedWhy ??= 'this node had been declared dead';
+      else if (!firstBeat && silentMs >= config.presence.expiryMs)
+        missedWhy ??= `this node could not beat for ${silentMs} ms and may have been counted dead`;
       if (declaredDead) {
         logger.warn('this node had been declared dead; announcing its users again');
         reannounceDue = true;
@@ -233,16 +233,11 @@ export async function startGateway(
         if (generation === serverGeneration) reannounceDue = false;
         if (draining) return;
       }
-      if (missedDue) {
-        missedDue = false;
+      if (missedWhy !== undefined) {
+        const why = missedWhy;
+        missedWhy = undefined;
         // Told once every resolver counts the users again (one liveness poll, and the batch in hand):
         // events resolved before that are covered by this resynchronisation too.
-        const why = serverChanged
-          ? 'Redis changed (restart or failover) and may have lost what this node had announced'
-          : unknown
-            ? 'this node had been declared dead'
-            : `this node could not beat for ${silentMs} ms and may have been counted dead`;
-        serverChanged = false;
         clearTimeout(missedTimer);
         missedTimer = setTimeout(() => {
           if (!draining) eventsMissed(why);
@@ -287,9 +282,8 @@ export async function startGateway(
     () => {
       serverGeneration += 1;
       presence.forgetKnownTenants(nodeId);
-      serverChanged = true;
       reannounceDue = true;
-      missedDue = true;
+      missedWhy = 'Redis changed (restart or failover) and may have lost what this node had announced';
       void beat(true);
     },
     logger,

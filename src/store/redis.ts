@@ -169,9 +169,9 @@ async function identityOf(redis: Redis): Promise<string | undefined> {
 /**
  * Calls `changed` when the client, back from a reconnect, talks to another Redis server than before, or to
  * one in another role (`identityOf`: Redis restarted, the URL names a replica promoted by a failover, or
- * the old master was demoted and resynced from a new one). Writes the old server acknowledged may be missing there (an
- * id given out, a change-log entry), so what was read from it is to be read again. Where INFO is refused,
- * every reconnect counts as a change. Returns a stop.
+ * the old master was demoted and resynced from a new one). Writes the old server acknowledged may be
+ * missing there (an id given out, a change-log entry), so what was read from it is to be read again. Where
+ * INFO is refused, every reconnect counts as a change. Returns a stop.
  */
 export async function watchServer(
   redis: Redis,

@@ -1,3 +1,5 @@
+import { ClientErrorCode, WarrenClientError } from './types.js';
+
 /** The claims the client reads from a JWT without verifying it (only the gateway's check counts). */
 export interface TokenClaims {
   sub?: string;
@@ -26,8 +28,6 @@ export function readClaims(token: string): TokenClaims | undefined {
     return undefined;
   }
 }
-
-import { ClientErrorCode, WarrenClientError } from './types.js';
 
 export type GetToken = () => string | Promise<string>;
 
