@@ -5,11 +5,10 @@ import { Keys } from '../../src/store/keys.js';
 import { createRedis, watchServer } from '../../src/store/redis.js';
 import { silentLogger } from '../../src/shared/logger.js';
 import {
-  BrokerProbe,
-  cleanRedis,
   eventually,
   freePort,
   openTab,
+  removeInstallation,
   startTestGateway,
   testConfig,
   testPrefix,
@@ -150,14 +149,10 @@ describe.skipIf(!hasRedisServer)('a Redis server changing behind its address', (
         );
         tab.ws.terminate();
       } finally {
-        await gateway.close();
         fresh.disconnect();
         original.disconnect();
-        const probe = await BrokerProbe.open();
-        await probe.deleteExchangesAndQueues(prefix, [gateway.queue]);
-        await probe.close();
+        await removeInstallation(prefix, { gateways: [gateway] });
         await proxy.close();
-        await cleanRedis(prefix);
       }
     },
   );

@@ -1,9 +1,32 @@
 import { describe, expect, it } from 'vitest';
+import type { Audience, MembershipChange } from '../../src/protocol/schemas.js';
 import { TenantView } from '../../src/resolver/tenant-view.js';
+import type { Keys } from '../../src/store/keys.js';
 import { MembershipStore } from '../../src/store/membership-store.js';
 import { PresenceStore } from '../../src/store/presence-store.js';
 import type { WarrenRedis } from '../../src/store/redis.js';
 import { withWarrenRedis } from '../support/harness.js';
+
+/**
+ * A view of tenant t1 where user u, online on node n1, is a member as `change` says, loaded for `audience`
+ * (which reaches u, as checked here).
+ */
+async function viewWithMember(
+  redis: WarrenRedis,
+  keys: Keys,
+  change: MembershipChange,
+  audience: Audience,
+): Promise<{ store: MembershipStore; view: TenantView }> {
+  const store = new MembershipStore(redis, keys);
+  await store.apply(change);
+  await redis.zadd(keys.nodes(), 1, 'n1');
+  const [bit] = await new PresenceStore(redis, keys).online('n1', 't1', ['u']);
+  const view = new TenantView(redis, keys, 't1', new Set());
+  await view.sync();
+  await view.prepare([audience]);
+  expect(view.resolveBits(audience).toArray()).toEqual([bit]);
+  return { store, view };
+}
 
 describe('a resolver’s view of a tenant', () => {
   it('keeps nothing of a presence snapshot that failed half-way', async () => {
@@ -27,15 +50,13 @@ describe('a resolver’s view of a tenant', () => {
 
   it('never resolves with a team loaded after changes that a cached group has not seen yet', async () => {
     await withWarrenRedis('view-mix', async (redis, keys) => {
-      const store = new MembershipStore(redis, keys);
       const change = { tenantId: 't1' } as const;
-      await store.apply({ ...change, op: 'add', kind: 'user-group', userId: 'u', groupId: 'g' });
-      await redis.zadd(keys.nodes(), 1, 'n1');
-      const [bit] = await new PresenceStore(redis, keys).online('n1', 't1', ['u']);
-      const view = new TenantView(redis, keys, 't1', new Set());
-      await view.sync();
-      await view.prepare([{ groups: ['g'] }]);
-      expect(view.resolveBits({ groups: ['g'] }).toArray()).toEqual([bit]);
+      const { store, view } = await viewWithMember(
+        redis,
+        keys,
+        { ...change, op: 'add', kind: 'user-group', userId: 'u', groupId: 'g' },
+        { groups: ['g'] },
+      );
 
       // Between the batch's sync and the loading of team t, u leaves g and then g joins t. u was never
       // reachable from t; the cached g has not seen u leave, the freshly loaded t already holds g.
@@ -62,14 +83,12 @@ describe('a resolver’s view of a tenant', () => {
 
   it('once marked stale (Redis changed under it), starts over from what Redis holds now', async () => {
     await withWarrenRedis('view-stale', async (redis, keys) => {
-      const store = new MembershipStore(redis, keys);
-      await store.apply({ tenantId: 't1', op: 'add', kind: 'user-team', userId: 'u', teamId: 't' });
-      await redis.zadd(keys.nodes(), 1, 'n1');
-      const [bit] = await new PresenceStore(redis, keys).online('n1', 't1', ['u']);
-      const view = new TenantView(redis, keys, 't1', new Set());
-      await view.sync();
-      await view.prepare([{ teams: ['t'] }]);
-      expect(view.resolveBits({ teams: ['t'] }).toArray()).toEqual([bit]);
+      const { view } = await viewWithMember(
+        redis,
+        keys,
+        { tenantId: 't1', op: 'add', kind: 'user-team', userId: 'u', teamId: 't' },
+        { teams: ['t'] },
+      );
 
       // The new server never got u's membership (nor a log entry saying so).
       await redis.del(keys.teamUsers('t1', 't'));
