@@ -29,6 +29,7 @@ export async function runDev(loaded: Readonly<WarrenConfig>): Promise<number> {
     prefix: config.prefix,
     claimCheckBytes: config.claimCheck.bytes,
     claimCheckTtlSec: config.claimCheck.ttlSec,
+    payloadRedisUrl: config.claimCheck.redisUrl,
     logger: logger.child({ component: 'demo-publisher' }),
   });
   // The demo teams need members before anyone publishes to them; adding a member again changes nothing.

@@ -293,6 +293,11 @@ export const configSchema = z.strictObject({
         .default(DEFAULTS.claimCheckBytes)
         .describe('Payloads (`data`, serialised) larger than this travel through Redis.'),
       ttlSec: positiveInt.default(DEFAULTS.claimCheckTtlSec).describe('How long a stored payload lives.'),
+      redisUrl: redisUrl
+        .optional()
+        .describe(
+          'Redis for the payloads only, when they should not share a server with memberships and presence. Unset: `redis.url`. Gateways, resolvers and the publisher SDK must name the same one.',
+        ),
     })
     .prefault({}),
 });

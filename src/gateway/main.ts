@@ -10,7 +10,7 @@ import { FrameErrorCode } from '../protocol/frames.js';
 import { nodeKey } from '../protocol/ids.js';
 import { Keys } from '../store/keys.js';
 import { LIVENESS_POLL_MS, PresenceStore } from '../store/presence-store.js';
-import { createRedis, redisReady, watchServer } from '../store/redis.js';
+import { createRedis, redisReady, watchServer, type WarrenRedis } from '../store/redis.js';
 import { errorMessage } from '../shared/errors.js';
 import { CloseOnce, runSteps, sleep } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
@@ -68,6 +68,25 @@ export async function startGateway(
     autoPipelining: true,
   });
   const presence = new PresenceStore(redis, keys);
+  // Payloads on a Redis of their own when one is named: their megabytes then never queue ahead of the
+  // presence and membership commands on the same server.
+  let payloadRedis: WarrenRedis | undefined;
+  if (config.claimCheck.redisUrl !== undefined) {
+    try {
+      payloadRedis = await createRedis({
+        url: config.claimCheck.redisUrl,
+        name: `warren-gateway-${nodeId}-payloads`,
+        // Payloads only: every key has a lifetime, and an evicted one is reported where it is missed.
+        checkEviction: false,
+        logger,
+        autoPipelining: true,
+      });
+    } catch (error) {
+      redis.disconnect();
+      await verifier.close();
+      throw error;
+    }
+  }
   const broker = new BrokerConnection(
     { ...config.rabbitmq, connectionName: `warren-gateway-${nodeId}` },
     logger.child({ part: 'broker' }),
@@ -96,7 +115,7 @@ export async function startGateway(
     g.historyEvents,
     g.historyBytes,
   );
-  const payloads = new PayloadFetcher(redis, keys, {
+  const payloads = new PayloadFetcher(payloadRedis ?? redis, keys, {
     maxBytes: g.payloadCacheBytes,
     onFetch: () => metrics.payloadFetches.inc(),
     timeoutMs: g.payloadFetchTimeoutMs,
@@ -302,6 +321,7 @@ export async function startGateway(
     readiness: () => ({
       broker: broker.connected,
       redis: redisReady(redis),
+      ...(payloadRedis ? { payloadRedis: redisReady(payloadRedis) } : {}),
       tokens: verifier.available,
       draining,
     }),
@@ -364,6 +384,7 @@ export async function startGateway(
           { name: 'close bind channels', run: () => pool.close() },
           { name: 'close broker', run: () => broker.close() },
           { name: 'close redis', run: async () => void (await redis.quit()) },
+          { name: 'close payload redis', run: async () => void (await payloadRedis?.quit()) },
           { name: 'drop cached payloads', run: () => payloads.close() },
           { name: 'stop token worker', run: () => verifier.close() },
         ],

@@ -1,6 +1,6 @@
 import { withTimeout } from '../shared/lifecycle.js';
 import type { Keys } from '../store/keys.js';
-import type { WarrenRedis } from '../store/redis.js';
+import type { Redis } from 'ioredis';
 
 export interface PayloadFetcherOptions {
   /** Bytes the cache may hold. */
@@ -46,7 +46,7 @@ export class PayloadFetcher {
   private readonly timeoutMs: number;
 
   constructor(
-    private readonly redis: WarrenRedis,
+    private readonly redis: Redis,
     private readonly keys: Keys,
     options: PayloadFetcherOptions,
   ) {

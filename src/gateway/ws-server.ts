@@ -30,13 +30,16 @@ export interface WsServerLimits {
 export interface Readiness {
   broker: boolean;
   redis: boolean;
+  /** The payloads' own Redis (`claimCheck.redisUrl`), when one is set. */
+  payloadRedis?: boolean;
   /** Tokens can be verified (the verifier's worker is up). */
   tokens: boolean;
   draining: boolean;
 }
 
 /** Whether the node takes new tabs. */
-const isReady = (r: Readiness): boolean => r.broker && r.redis && r.tokens && !r.draining;
+const isReady = (r: Readiness): boolean =>
+  r.broker && r.redis && r.payloadRedis !== false && r.tokens && !r.draining;
 
 export interface WsServerDeps {
   nodeId: string;

@@ -13,7 +13,7 @@ import { Keys } from '../store/keys.js';
 import { MembershipStore } from '../store/membership-store.js';
 import { PayloadStore } from '../store/payload-store.js';
 import { PresenceStore } from '../store/presence-store.js';
-import { createRedis, watchServer, redisReady } from '../store/redis.js';
+import { createRedis, watchServer, redisReady, type WarrenRedis } from '../store/redis.js';
 import { ResolverHttp } from './http.js';
 import { DeliveryPublisher } from './delivery-publisher.js';
 import { NodeLiveness } from './node-liveness.js';
@@ -49,6 +49,21 @@ export async function startResolver(
   const metrics = new ResolverMetrics(metricsRegistry);
 
   const redis = await createRedis({ url: config.redis.url, name: `warren-resolver-${id}`, logger });
+  let payloadRedis: WarrenRedis | undefined;
+  if (config.claimCheck.redisUrl !== undefined) {
+    try {
+      payloadRedis = await createRedis({
+        url: config.claimCheck.redisUrl,
+        name: `warren-resolver-${id}-payloads`,
+        // Payloads only: every key has a lifetime, and an evicted one is reported where it is missed.
+        checkEviction: false,
+        logger,
+      });
+    } catch (error) {
+      redis.disconnect();
+      throw error;
+    }
+  }
   const presence = new PresenceStore(redis, keys);
   const views = new Map<string, TenantView>();
   const liveness = new NodeLiveness(
@@ -95,7 +110,7 @@ export async function startResolver(
       config.resolver.routing,
     ),
     membership: new MembershipStore(redis, keys),
-    payloads: new PayloadStore(redis, keys),
+    payloads: new PayloadStore(payloadRedis ?? redis, keys),
     view,
     claimCheck: config.claimCheck,
     metrics,
@@ -134,6 +149,7 @@ export async function startResolver(
       http = await ResolverHttp.start(metricsHost, metricsPort, metricsRegistry, () => ({
         broker: broker.connected,
         redis: redisReady(redis),
+        ...(payloadRedis ? { payloadRedis: redisReady(payloadRedis) } : {}),
         closing: stopping,
       }));
     } catch (error) {
@@ -144,7 +160,7 @@ export async function startResolver(
         liveness.stop(),
         publisher.close(),
       ]);
-      await Promise.allSettled([broker.close(), redis.quit()]);
+      await Promise.allSettled([broker.close(), redis.quit(), payloadRedis?.quit()]);
       throw new WarrenError(
         ErrorCode.Config,
         `resolver.metricsPort: cannot listen on ${metricsHost}:${metricsPort}: ${errorMessage(error)}`,
@@ -184,6 +200,7 @@ export async function startResolver(
             { name: 'close membership consumer', run: () => membershipConsumer.close() },
             { name: 'close broker', run: () => broker.close() },
             { name: 'close redis', run: async () => void (await redis.quit()) },
+            { name: 'close payload redis', run: async () => void (await payloadRedis?.quit()) },
           ],
           logger,
         );

@@ -1,6 +1,6 @@
 import { createHmac, randomBytes } from 'node:crypto';
+import type { Redis } from 'ioredis';
 import type { Keys } from './keys.js';
-import type { WarrenRedis } from './redis.js';
 
 /**
  * Claim-check payloads: stored once per event under a tenant-scoped key with a TTL, fetched by each
@@ -9,7 +9,7 @@ import type { WarrenRedis } from './redis.js';
  */
 export class PayloadStore {
   constructor(
-    private readonly redis: WarrenRedis,
+    private readonly redis: Redis,
     private readonly keys: Keys,
   ) {}
 

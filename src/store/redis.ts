@@ -56,6 +56,11 @@ export interface CreateRedisOptions {
   logger: Logger;
   /** Batch commands issued in the same tick into one round trip (presence and payload fetch bursts). */
   autoPipelining?: boolean;
+  /**
+   * Refuse a server that may evict any key (`evictionProblem`). Default true; false for a Redis holding
+   * only claim-checked payloads, which all have a lifetime and whose loss each delivery reports.
+   */
+  checkEviction?: boolean;
 }
 
 /** A client for the process's own use; resolves once connected. */
@@ -90,23 +95,29 @@ export async function createRedis(options: CreateRedisOptions): Promise<WarrenRe
       { cause: error, retryable: true },
     );
   }
-  let problem: string | undefined;
-  try {
-    // One round trip: the pattern answers maxmemory and maxmemory-policy (and a few more), name, value…
-    const reply = (await redis.config('GET', 'maxmemory*')) as string[];
-    const settings = new Map<string, string>();
-    for (let i = 0; i + 1 < reply.length; i += 2) settings.set(reply[i] as string, reply[i + 1] as string);
-    const policy = settings.get('maxmemory-policy');
-    if (policy !== undefined) problem = evictionProblem(policy, Number(settings.get('maxmemory') ?? 0));
-  } catch (error) {
-    // Managed services often rename or refuse CONFIG: nothing to check then.
-    options.logger.debug({ err: errorMessage(error) }, 'cannot read the Redis eviction policy');
-  }
+  const problem =
+    options.checkEviction === false ? undefined : await evictionProblemOf(redis, options.logger);
   if (problem) {
     redis.disconnect();
     throw new WarrenError(ErrorCode.Config, problem);
   }
   return withWarrenCommands(redis);
+}
+
+/** `evictionProblem` of a connected server, read in one round trip; undefined when it cannot be read. */
+async function evictionProblemOf(redis: Redis, logger: Logger): Promise<string | undefined> {
+  try {
+    // The pattern answers maxmemory and maxmemory-policy (and a few more), name, value…
+    const reply = (await redis.config('GET', 'maxmemory*')) as string[];
+    const settings = new Map<string, string>();
+    for (let i = 0; i + 1 < reply.length; i += 2) settings.set(reply[i] as string, reply[i + 1] as string);
+    const policy = settings.get('maxmemory-policy');
+    return policy === undefined ? undefined : evictionProblem(policy, Number(settings.get('maxmemory') ?? 0));
+  } catch (error) {
+    // Managed services often rename or refuse CONFIG: nothing to check then.
+    logger.debug({ err: errorMessage(error) }, 'cannot read the Redis eviction policy');
+    return undefined;
+  }
 }
 
 /**

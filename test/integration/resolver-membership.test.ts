@@ -100,9 +100,24 @@ describe('the publisher SDK given a Redis client of the application', () => {
           rabbitmqUrl: inject('rabbitmqUrl'),
           prefix: testPrefix('keyprefix'),
         }),
-      ).rejects.toThrow(/keyPrefix "app:"/);
+      ).rejects.toThrow(/`redis` client given has keyPrefix "app:"/);
     } finally {
       redis.disconnect();
+    }
+  });
+
+  it('refuses a payload client with a keyPrefix, whose payloads no gateway would find', async () => {
+    const payloadRedis = new Redis(inject('redisUrl'), { keyPrefix: 'blobs:', lazyConnect: true });
+    try {
+      await expect(
+        WarrenPublisher.connect({
+          payloadRedis,
+          rabbitmqUrl: inject('rabbitmqUrl'),
+          prefix: testPrefix('keyprefix'),
+        }),
+      ).rejects.toThrow(/`payloadRedis` client given has keyPrefix "blobs:"/);
+    } finally {
+      payloadRedis.disconnect();
     }
   });
 });

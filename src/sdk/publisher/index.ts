@@ -16,7 +16,7 @@ import { silentLogger, type Logger } from '../../shared/logger.js';
 import { Keys } from '../../store/keys.js';
 import { MembershipStore } from '../../store/membership-store.js';
 import { PayloadStore } from '../../store/payload-store.js';
-import { createRedis, withWarrenCommands, type WarrenRedis } from '../../store/redis.js';
+import { createRedis, withWarrenCommands } from '../../store/redis.js';
 
 export type { MembershipChange, ModelEvent };
 export { ErrorCode, WarrenError } from '../../shared/errors.js';
@@ -31,6 +31,14 @@ export interface PublisherOptions {
    * (see `prefix`), and some of them are built inside its scripts, where ioredis would not prefix them.
    */
   redis?: Redis;
+  /**
+   * Redis for claim-checked payloads, when the installation keeps them on a server of their own (its
+   * `WARREN_CLAIM_CHECK_REDIS_URL`). Default: the same Redis as everything else. Ignored when
+   * `payloadRedis` is given.
+   */
+  payloadRedisUrl?: string;
+  /** An ioredis client of yours for the payloads (not closed by `close`), without `keyPrefix`. */
+  payloadRedis?: Redis;
   /** Must match the installation's `WARREN_PREFIX`. Default `warren`. */
   prefix?: string;
   /** Payloads larger than this (serialised `data`, bytes) are put in Redis first. Default 16384. */
@@ -72,8 +80,8 @@ export class WarrenPublisher {
   private constructor(
     private readonly broker: BrokerConnection,
     private readonly publisher: Publisher,
-    private readonly redis: WarrenRedis,
-    private readonly ownsRedis: boolean,
+    /** The Redis clients this publisher made, and closes. */
+    private readonly ownRedis: Redis[],
     private readonly names: TopologyNames,
     private readonly members: MembershipStore,
     private readonly payloads: PayloadStore,
@@ -84,21 +92,41 @@ export class WarrenPublisher {
 
   static async connect(options: PublisherOptions = {}): Promise<WarrenPublisher> {
     const logger = options.logger ?? silentLogger();
-    const keyPrefix = options.redis?.options.keyPrefix;
-    if (keyPrefix) {
+    for (const name of ['redis', 'payloadRedis'] as const) {
+      const keyPrefix = options[name]?.options.keyPrefix;
+      if (!keyPrefix) continue;
       // Half of a membership change would land under the client's prefix and half outside it, where
-      // resolvers read: a user could get another user's bit, and a removal would silently do nothing.
+      // resolvers read: a user could get another user's bit, and a removal would silently do nothing. A
+      // payload would land where no gateway looks.
       throw new TypeError(
-        `WarrenPublisher.connect: the Redis client given has keyPrefix "${keyPrefix}"; pass one without it ` +
-          '(Warren prefixes its own keys: set the `prefix` option to match WARREN_PREFIX instead)',
+        `WarrenPublisher.connect: the \`${name}\` client given has keyPrefix "${keyPrefix}"; pass one ` +
+          'without it (Warren prefixes its own keys: set the `prefix` option to match WARREN_PREFIX instead)',
       );
     }
     const prefix = options.prefix ?? DEFAULTS.prefix;
     const names = topologyNames(prefix);
     const keys = new Keys(prefix);
+    const ownRedis: Redis[] = [];
     const redis = options.redis
       ? withWarrenCommands(options.redis)
       : await createRedis({ url: options.redisUrl ?? DEFAULTS.redisUrl, name: 'warren-publisher', logger });
+    if (!options.redis) ownRedis.push(redis);
+    let payloadRedis: Redis = options.payloadRedis ?? redis;
+    if (!options.payloadRedis && options.payloadRedisUrl !== undefined) {
+      try {
+        payloadRedis = await createRedis({
+          url: options.payloadRedisUrl,
+          name: 'warren-publisher-payloads',
+          // Payloads only: every key has a lifetime, and an evicted one is reported where it is missed.
+          checkEviction: false,
+          logger,
+        });
+      } catch (error) {
+        for (const client of ownRedis) client.disconnect();
+        throw error;
+      }
+      ownRedis.push(payloadRedis);
+    }
     const broker = new BrokerConnection(
       {
         url: options.rabbitmqUrl ?? DEFAULTS.rabbitmqUrl,
@@ -127,17 +155,16 @@ export class WarrenPublisher {
     } catch (error) {
       // Nothing left behind: no channel being reopened, and the Redis client this made closed too.
       await publisher.close();
-      if (options.redis === undefined) redis.disconnect();
+      for (const client of ownRedis) client.disconnect();
       throw error;
     }
     return new WarrenPublisher(
       broker,
       publisher,
-      redis,
-      options.redis === undefined,
+      ownRedis,
       names,
       new MembershipStore(redis, keys),
-      new PayloadStore(redis, keys),
+      new PayloadStore(payloadRedis, keys),
       {
         claimCheckBytes: options.claimCheckBytes ?? DEFAULTS.claimCheckBytes,
         claimCheckTtlSec: options.claimCheckTtlSec ?? DEFAULTS.claimCheckTtlSec,
@@ -251,7 +278,7 @@ export class WarrenPublisher {
     this.closing ??= (async () => {
       await this.publisher.close();
       await this.broker.close();
-      if (this.ownsRedis) await this.redis.quit();
+      await Promise.all(this.ownRedis.map((client) => client.quit()));
     })();
     return this.closing;
   }

@@ -36,6 +36,7 @@ describe('loadConfig', () => {
     expect(config.prefix).toBe('warren');
     expect(config.gateway.port).toBe(8080);
     expect(config.claimCheck.bytes).toBe(16_384);
+    expect(config.claimCheck.redisUrl).toBeUndefined();
     expect(config.gateway.unbindGraceMs).toBe(DEFAULTS.unbindGraceMs);
   });
 
@@ -51,6 +52,7 @@ describe('loadConfig', () => {
         WARREN_GATEWAY_ID: 'node-7',
         WARREN_JWT_SECRET: 'a-very-long-secret-value-of-32-chars',
         WARREN_CLAIM_CHECK_BYTES: '1024',
+        WARREN_CLAIM_CHECK_REDIS_URL: 'redis://blobs:6379/2',
         WARREN_LOG_LEVEL: 'debug',
       },
     });
@@ -62,6 +64,7 @@ describe('loadConfig', () => {
     expect(config.redis.url).toBe('redis://cache:6380');
     expect(config.jwt.secret).toBe('a-very-long-secret-value-of-32-chars');
     expect(config.claimCheck.bytes).toBe(1024);
+    expect(config.claimCheck.redisUrl).toBe('redis://blobs:6379/2');
     expect(config.log.level).toBe('debug');
   });
 
@@ -166,11 +169,13 @@ describe('loadConfig', () => {
           // Unencoded space and @: the clients' URL parser throws on these.
           WARREN_RABBITMQ_URL: 'amqp://guest:pa55 word@rabbit host:5672',
           WARREN_REDIS_URL: 'redis://:p@ss@cache host:6379',
+          WARREN_CLAIM_CHECK_REDIS_URL: 'http://blobs:6379',
         },
       }),
     );
     expect(message).toContain('rabbitmq.url');
     expect(message).toContain('redis.url');
+    expect(message).toMatch(/claimCheck.redisUrl \[WARREN_CLAIM_CHECK_REDIS_URL\].*: must be a redis:\/\//);
     expect(message).toContain('is not a valid URL');
     expect(message).not.toContain('pa55');
     expect(message).not.toContain('p@ss');

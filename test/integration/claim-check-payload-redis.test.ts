@@ -1,0 +1,145 @@
+import { randomBytes } from 'node:crypto';
+import { Redis } from 'ioredis';
+import { afterEach, beforeEach, describe, expect, inject, it } from 'vitest';
+import type { WarrenConfig } from '../../src/config/schema.js';
+import type { Gateway } from '../../src/gateway/main.js';
+import type { Resolver } from '../../src/resolver/main.js';
+import { WarrenPublisher } from '../../src/sdk/publisher/index.js';
+import { Keys } from '../../src/store/keys.js';
+import { deletePrefixKeys } from '../support/prefix-cleanup.js';
+import {
+  BrokerProbe,
+  counter,
+  eventually,
+  openTab,
+  removeInstallation,
+  startTestGateway,
+  startTestResolver,
+  testConfig,
+  testPrefix,
+  token,
+} from '../support/harness.js';
+
+/**
+ * `claimCheck.redisUrl`: payloads on a Redis of their own. The tests' Redis server stands in for both,
+ * memberships and presence in database 0, payloads in database 1: what matters is that every part looks
+ * for a payload where the others put it, and nowhere else.
+ */
+describe('claim check with payloads on a Redis of their own', () => {
+  let prefix: string;
+  let config: Readonly<WarrenConfig>;
+  let gateway: Gateway;
+  let resolver: Resolver;
+  let warren: WarrenPublisher;
+  let probe: BrokerProbe;
+  let main: Redis;
+  let payloads: Redis;
+  let keys: Keys;
+
+  const payloadUrl = () => `${inject('redisUrl').replace(/\/\d*$/, '')}/1`;
+
+  beforeEach(async () => {
+    prefix = testPrefix('payload-redis');
+    keys = new Keys(prefix);
+    config = testConfig(prefix, { claimCheck: { redisUrl: payloadUrl() }, resolver: { metricsPort: 0 } });
+    gateway = await startTestGateway(config);
+    resolver = await startTestResolver(config);
+    warren = await WarrenPublisher.connect({
+      rabbitmqUrl: config.rabbitmq.url,
+      redisUrl: config.redis.url,
+      payloadRedisUrl: payloadUrl(),
+      prefix,
+    });
+    probe = await BrokerProbe.open();
+    main = new Redis(config.redis.url);
+    payloads = new Redis(payloadUrl());
+  });
+
+  afterEach(async () => {
+    await removeInstallation(prefix, { warren, resolvers: [resolver], gateways: [gateway] });
+    await deletePrefixKeys(payloads, prefix);
+    await probe.close();
+    await Promise.all([main.quit(), payloads.quit()]);
+  });
+
+  const jobs = async (redis: Redis) => (await redis.keys(keys.job('t1', '*'))).length;
+  const document = () => ({
+    marker: randomBytes(8).toString('hex'),
+    text: randomBytes(30_000).toString('base64'),
+  });
+
+  it('stores, checks and reads payloads there, from the SDK and from the resolver, and never in the main Redis', async () => {
+    await warren.addUserToTeam('t1', 'ann', 'ward');
+    const ann = await openTab(gateway.port, await token({ sub: 'ann', tid: 't1' }));
+
+    // Claim-checked by the SDK above its threshold.
+    const bySdk = document();
+    await warren.publishEvent({
+      id: 'sdk',
+      tenantId: 't1',
+      type: 'doc.attached',
+      audience: { teams: ['ward'] },
+      data: bySdk,
+    });
+    // Claim-checked by the resolver: a service published it straight to the exchange.
+    const byResolver = document();
+    const raw = {
+      id: 'raw',
+      tenantId: 't1',
+      type: 'doc.attached',
+      audience: { users: ['ann'] },
+      data: byResolver,
+    };
+    probe.channel.publish(`${prefix}.events`, 't1.doc.attached', Buffer.from(JSON.stringify(raw)), {
+      contentType: 'application/json',
+    });
+    // "Jobless": put first, then an event naming the job.
+    const jobless = document();
+    const jobId = await warren.putPayload('t1', jobless);
+    await warren.publishEvent({
+      id: 'jobless',
+      tenantId: 't1',
+      type: 'doc.attached',
+      audience: { users: ['ann'] },
+      jobId,
+    });
+
+    await eventually(() => ann.eventIds().length === 3, 'three events');
+    const data = (id: string) => ann.events().find((e) => e.id === id)?.data;
+    expect(data('sdk')).toEqual(bySdk);
+    expect(data('raw')).toEqual(byResolver);
+    expect(data('jobless')).toEqual(jobless);
+    expect(await jobs(payloads)).toBe(3);
+    expect(await jobs(main)).toBe(0);
+    expect(await payloads.exists(keys.job('t1', jobId))).toBe(1);
+    expect(await counter(gateway, 'warren_gateway_payload_fetches_total')).toBe(3);
+  });
+
+  it('refuses an event naming a job that is only in the main Redis, as it refuses any unknown job', async () => {
+    const dead: string[] = [];
+    const channel = await probe.model.createChannel();
+    await channel.consume(
+      `${prefix}.dead`,
+      (m) => m && dead.push(String(m.properties.headers?.['x-warren-code'])),
+      { noAck: true },
+    );
+    await main.set(keys.job('t1', 'misplaced'), JSON.stringify({ secret: 'x' }), 'EX', 60);
+    await warren.publishEvent({
+      id: 'misplaced',
+      tenantId: 't1',
+      type: 'doc.attached',
+      audience: { users: ['ann'] },
+      jobId: 'misplaced',
+    });
+    await eventually(() => dead.length === 1, 'dead-lettered');
+    expect(dead).toEqual(['job_not_found']);
+  });
+
+  it('reports the payloads’ Redis in the gateway’s and the resolver’s /readyz', async () => {
+    for (const port of [gateway.port, resolver.metricsPort]) {
+      const response = await fetch(`http://127.0.0.1:${port}/readyz`);
+      expect(response.status).toBe(200);
+      expect(await response.json()).toMatchObject({ ready: true, redis: true, payloadRedis: true });
+    }
+  });
+});
