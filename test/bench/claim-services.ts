@@ -12,6 +12,8 @@ export type ServicesRequest =
       op: 'start';
       rabbitmqUrl: string;
       redisUrl: string;
+      /** Where payloads go, when not `redisUrl` (`claimCheck.redisUrl`). */
+      payloadRedisUrl?: string;
       prefix: string;
       tenantId: string;
       thresholds: Record<Mode, number>;
@@ -83,7 +85,9 @@ async function handle(request: ServicesRequest): Promise<void> {
     case 'start': {
       tenantId = request.tenantId;
       if (request.taps)
-        taps = [await RedisTap.start(request.redisUrl), await RedisTap.start(request.redisUrl)];
+        taps = await Promise.all(
+          [0, 1].map(() => RedisTap.start(request.payloadRedisUrl ?? request.redisUrl)),
+        );
       // Payloads live a minute, not the default hour: delivered within seconds here, and hundreds of
       // megabytes of them would otherwise pile up in Redis over the run, under the claim check only.
       const connect = (claimCheckBytes: number) =>

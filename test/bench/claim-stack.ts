@@ -124,14 +124,16 @@ interface Made {
 /** The installation's queues, exchanges and Redis keys, on connections of their own. */
 async function removeLeftovers(ctx: BenchContext, prefix: string, nodes: Gateway[]): Promise<void> {
   const model = await amqp.connect(ctx.rabbitmqUrl);
-  const redis = new Redis(ctx.redisUrl);
+  const redis = [ctx.redisUrl, ...(ctx.payloadRedisUrl ? [ctx.payloadRedisUrl] : [])].map(
+    (url) => new Redis(url),
+  );
   try {
     const channel = await model.createChannel();
     await deleteTopology(channel, prefix, { queues: nodes.map((g) => g.queue) });
-    await deletePrefixKeys(redis, prefix);
+    for (const client of redis) await deletePrefixKeys(client, prefix);
   } finally {
     await model.close().catch(() => {});
-    redis.disconnect();
+    for (const client of redis) client.disconnect();
   }
 }
 type ServicesChild = Child<ServicesRequest, ServicesReport>;
@@ -176,15 +178,20 @@ export class ClaimStack {
     prefix: string,
     made: Made,
   ): Promise<ClaimStack> {
-    const overrides = (redisUrl: string) => ({
+    // `tap`: a gateway's way to its payloads, counting the reads. Without a payload Redis of their own, the
+    // gateway reaches its one Redis through it, as deployed.
+    const overrides = (tap?: string) => ({
       prefix,
       log: { level: 'silent' },
       rabbitmq: { url: ctx.rabbitmqUrl },
-      redis: { url: redisUrl },
+      redis: { url: ctx.payloadRedisUrl ? ctx.redisUrl : (tap ?? ctx.redisUrl) },
       jwt: { secret: SECRET },
       // A tab may hold a few 1 MiB frames while it reads; the 4 MiB default would close it (4009).
       gateway: { host: '127.0.0.1', port: 0, drainWindowMs: 0, maxBackpressureBytes: 32 * 1024 * 1024 },
-      claimCheck: { bytes: NEVER },
+      claimCheck: {
+        bytes: NEVER,
+        ...(ctx.payloadRedisUrl ? { redisUrl: tap ?? ctx.payloadRedisUrl } : {}),
+      },
     });
     const child = <C extends { process: ChildProcess }>(c: C): C => (made.children.push(c), c);
     const gateway = (g: Gateway): Gateway => (made.gateways.push(g), g);
@@ -201,19 +208,22 @@ export class ClaimStack {
     await desk.ask({ ...start, op: 'start', taps: false }, 'started');
     const gateways: Gateway[] = [];
     for (const tapPort of tapPorts) {
-      const config = loadConfig({ env: {}, overrides: overrides(throughLocalPort(ctx.redisUrl, tapPort)) });
+      const config = loadConfig({
+        env: {},
+        overrides: overrides(throughLocalPort(ctx.payloadRedisUrl ?? ctx.redisUrl, tapPort)),
+      });
       gateways.push(gateway(await startGateway(config, { logger: silentLogger() })));
     }
     // A third node holding one tab of team `desk` and no one else: the deliveries routed to it are small
     // events only, so the spy bound to its key times them without taking the large events' megabytes on
     // the broker tier's CPU.
     const probe = gateway(
-      await startGateway(loadConfig({ env: {}, overrides: overrides(ctx.redisUrl) }), {
+      await startGateway(loadConfig({ env: {}, overrides: overrides() }), {
         logger: silentLogger(),
       }),
     );
     const resolver = child(new Child<ResolverRequest, ResolverReport>('./claim-resolver.ts'));
-    await resolver.ask({ op: 'start', overrides: overrides(ctx.redisUrl) }, 'started');
+    await resolver.ask({ op: 'start', overrides: overrides() }, 'started');
 
     const port = (i: number) => (gateways[i % gateways.length] as Gateway).port;
     const teams: { userId: string; teamId: string }[] = [];

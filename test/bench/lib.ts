@@ -10,6 +10,11 @@ import { answers } from '../support/services.js';
 export interface BenchContext {
   rabbitmqUrl: string;
   redisUrl: string;
+  /**
+   * WARREN_TEST_PAYLOAD_REDIS_URL: a Redis for claim-checked payloads only (`claimCheck.redisUrl`), started
+   * by whoever runs the bench (and pinned where they want it); unset, payloads share `redisUrl`.
+   */
+  payloadRedisUrl?: string;
   /** `--quick`: smaller sizes, for checking that a bench still runs. */
   quick: boolean;
 }
@@ -68,12 +73,13 @@ export function saveResult(name: string, result: BenchResult): string {
 }
 
 /** The same services the tests use: WARREN_TEST_* URLs, else the local ones. */
-export async function benchServices(): Promise<{ rabbitmqUrl: string; redisUrl: string }> {
+export async function benchServices(): Promise<Omit<BenchContext, 'quick'>> {
   const rabbitmqUrl = process.env['WARREN_TEST_RABBITMQ_URL'] ?? 'amqp://guest:guest@127.0.0.1:5672';
   const redisUrl = process.env['WARREN_TEST_REDIS_URL'] ?? 'redis://127.0.0.1:6379';
   if (!process.env['WARREN_TEST_RABBITMQ_URL'] && !(await answers(5672)))
     throw new Error('RabbitMQ does not answer on 127.0.0.1:5672 (or set WARREN_TEST_RABBITMQ_URL)');
   if (!process.env['WARREN_TEST_REDIS_URL'] && !(await answers(6379)))
     throw new Error('Redis does not answer on 127.0.0.1:6379 (or set WARREN_TEST_REDIS_URL)');
-  return { rabbitmqUrl, redisUrl };
+  const payloadRedisUrl = process.env['WARREN_TEST_PAYLOAD_REDIS_URL'];
+  return { rabbitmqUrl, redisUrl, ...(payloadRedisUrl ? { payloadRedisUrl } : {}) };
 }
