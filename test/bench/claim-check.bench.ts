@@ -1,3 +1,5 @@
+import { fork } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { ClaimStack, type Mode } from './claim-stack.js';
 import { drive, pool, wireSize, type Run, type Wire } from './claim-load.js';
 import {
@@ -97,6 +99,34 @@ async function measureQuiet(stack: ClaimStack, durations: Durations, tag: string
   return pool(runs);
 }
 
+/**
+ * Small events alone again while each edge CPU is kept busy by a process moving megabytes through loopback
+ * sockets, as the fan-out does, with no Warren and no broker work in it: what a busy edge tier by itself
+ * costs the broker tier's path on this machine (interrupts, the hypervisor, shared caches).
+ */
+async function measureBusyEdge(stack: ClaimStack, edgeCpus: number, durations: Durations): Promise<Run> {
+  const hogs = Array.from({ length: edgeCpus }, () =>
+    // Started by this process, which runs on the edge tier's CPUs: so do they.
+    fork(fileURLToPath(new URL('./claim-hog.ts', import.meta.url)), [], {
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    }),
+  );
+  try {
+    await Promise.all(
+      hogs.map(
+        (hog) =>
+          new Promise<void>((resolve, reject) => {
+            hog.once('message', () => resolve());
+            hog.once('exit', (code) => reject(new Error(`edge load exited (${code}) before it started`)));
+          }),
+      ),
+    );
+    return await measureQuiet(stack, durations, 'busy-quiet');
+  } finally {
+    for (const hog of hogs) hog.kill();
+  }
+}
+
 async function measureShared(
   stack: ClaimStack,
   rate: number,
@@ -118,12 +148,15 @@ const bench: Bench = {
     const stack = await ClaimStack.start(ctx, { users: USERS, shared: SHARED, bystanders: BYSTANDERS });
     const results: Result[] = [];
     let quiet: Run;
+    let busyQuiet: Run | undefined;
     let shared: SharedReference | undefined;
     const tiers = CpuTiers.apply({ ...ctx, ...stack.tierProcesses() });
     const layout: Layout = tiers.applied
       ? { tiersApart: true, description: tiers.tiers.describe() }
       : { tiersApart: false, description: `shared CPUs (tiers apart not possible here: ${tiers.reason})` };
     try {
+      if (ctx.payloadRedisUrl)
+        layout.description += `; payloads on a Redis of their own (${ctx.payloadRedisUrl}), where it was put`;
       process.stdout.write(`layout: ${layout.description}\n`);
       stack.expectWhole('L-', USERS);
       const durations: Durations = ctx.quick
@@ -133,6 +166,7 @@ const bench: Bench = {
       // Last, on a warm installation, as the runs it is compared with.
       quiet = await measureQuiet(stack, durations, 'quiet');
       if (tiers.applied) {
+        busyQuiet = await measureBusyEdge(stack, tiers.tiers.edgeCpus.length, durations);
         const stuck = tiers.tiers.release();
         // Not a shared-CPU figure if some thread is still pinned.
         if (stuck.length === 0) {
@@ -144,7 +178,7 @@ const bench: Bench = {
       if (tiers.applied) tiers.tiers.release();
       await stack.close();
     }
-    return report(results, quiet, layout, shared);
+    return report(results, { idle: quiet, ...(busyQuiet ? { busyEdge: busyQuiet } : {}) }, layout, shared);
   },
 };
 

@@ -45,6 +45,15 @@ export interface SharedReference {
   quiet: Run;
 }
 
+/**
+ * Small events with no large event: `idle`, the floor under every figure; `busyEdge`, the same while the
+ * edge tier's CPUs are kept busy by a load that involves neither Warren nor the broker (tiers apart only).
+ */
+export interface Quiet {
+  idle: Run;
+  busyEdge?: Run;
+}
+
 /** Where the processes ran: tiers apart (cpu-tiers.ts), or on the CPUs they had (and why). */
 export interface Layout {
   tiersApart: boolean;

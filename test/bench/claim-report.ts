@@ -12,6 +12,7 @@ import {
   USERS,
   WINDOW,
   type Layout,
+  type Quiet,
   type Result,
   type SharedReference,
 } from './claim-plan.js';
@@ -115,11 +116,12 @@ function sharedRows(shared: SharedReference): Row[] {
   ];
 }
 
-function savedData(results: Result[], quiet: Run, layout: Layout, shared: SharedReference | undefined) {
+function savedData(results: Result[], quiet: Quiet, layout: Layout, shared: SharedReference | undefined) {
   // Summaries only: the raw samples would make the saved file megabytes long.
   return {
     layout,
-    quiet: withoutSamples(quiet),
+    quiet: withoutSamples(quiet.idle),
+    ...(quiet.busyEdge ? { quietEdgeBusy: withoutSamples(quiet.busyEdge) } : {}),
     ...(shared
       ? {
           shared: {
@@ -141,7 +143,7 @@ function savedData(results: Result[], quiet: Run, layout: Layout, shared: Shared
 
 export function report(
   results: Result[],
-  quiet: Run,
+  quiet: Quiet,
   layout: Layout,
   shared: SharedReference | undefined,
 ): BenchResult {
@@ -160,7 +162,9 @@ export function report(
     const spread =
       perRound.length > 1 ? `; rounds x${fmt(Math.min(...perRound))}-${fmt(Math.max(...perRound))}` : '';
     return {
-      value: `${fmt(c)} vs ${fmt(i)} ms (x${ratio(c, i)}${spread}; no large events: ${fmt(p99(quiet, group))})`,
+      value:
+        `${fmt(c)} vs ${fmt(i)} ms (x${ratio(c, i)}${spread}; no large events: ${fmt(p99(quiet.idle, group))}` +
+        `${quiet.busyEdge ? `, edge CPU busy: ${fmt(p99(quiet.busyEdge, group))}` : ''})`,
       met: c * 5 <= i,
     };
   };
@@ -183,14 +187,15 @@ export function report(
       },
       { title: 'claim check / inline, same run', rows: ratioRows(pick) },
       {
-        title: `small events alone (no large events; the floor under the figures above), ${fmt(quiet.small['broker']?.n ?? 0)} events, ms`,
-        rows: [
-          {
-            [`p50 ${G}`]: perGroup(quiet, 'p50'),
-            [`p99 ${G}`]: perGroup(quiet, 'p99'),
-            lost: quiet.smallLost,
-          },
-        ],
+        title: `small events alone (no large events; the floor under the figures above), ${fmt(quiet.idle.small['broker']?.n ?? 0)} events each, ms; edge CPU busy: the edge tier's CPUs kept busy moving megabytes through loopback sockets, no Warren or broker work`,
+        rows: (
+          [['idle', quiet.idle], ...(quiet.busyEdge ? [['busy', quiet.busyEdge]] : [])] as [string, Run][]
+        ).map(([edge, run]) => ({
+          'edge CPU': edge,
+          [`p50 ${G}`]: perGroup(run, 'p50'),
+          [`p99 ${G}`]: perGroup(run, 'p99'),
+          lost: run.smallLost,
+        })),
       },
       {
         title: `1 MiB paced, ${where}, at the tabs (end to end: the ${NODES + 1} gateways, all ${USERS + BYSTANDERS + 1} tabs and the Redis taps share ${layout.tiersApart ? 'the edge tier' : 'the machine'}'s CPUs)`,
