@@ -61,18 +61,18 @@ export async function startGateway(
   const metricsRegistry = createRegistry({ node: nodeId });
   const metrics = new GatewayMetrics(metricsRegistry);
   const verifier = await BlockingTokenVerifier.start(config.jwt, logger);
-  const redis = await createRedis({
-    url: config.redis.url,
-    name: `warren-gateway-${nodeId}`,
-    logger,
-    autoPipelining: true,
-  });
-  const presence = new PresenceStore(redis, keys);
+  let redis: WarrenRedis | undefined;
   // Payloads on a Redis of their own when one is named: their megabytes then never queue ahead of the
   // presence and membership commands on the same server.
   let payloadRedis: WarrenRedis | undefined;
-  if (config.claimCheck.redisUrl !== undefined) {
-    try {
+  try {
+    redis = await createRedis({
+      url: config.redis.url,
+      name: `warren-gateway-${nodeId}`,
+      logger,
+      autoPipelining: true,
+    });
+    if (config.claimCheck.redisUrl !== undefined)
       payloadRedis = await createRedis({
         url: config.claimCheck.redisUrl,
         name: `warren-gateway-${nodeId}-payloads`,
@@ -81,12 +81,13 @@ export async function startGateway(
         logger,
         autoPipelining: true,
       });
-    } catch (error) {
-      redis.disconnect();
-      await verifier.close();
-      throw error;
-    }
+  } catch (error) {
+    // Nothing of a failed start left running in a process that goes on (a library user's).
+    redis?.disconnect();
+    await verifier.close();
+    throw error;
   }
+  const presence = new PresenceStore(redis, keys);
   const broker = new BrokerConnection(
     { ...config.rabbitmq, connectionName: `warren-gateway-${nodeId}` },
     logger.child({ part: 'broker' }),

@@ -7,6 +7,7 @@ import type { Resolver } from '../../src/resolver/main.js';
 import { WarrenPublisher } from '../../src/sdk/publisher/index.js';
 import { Keys } from '../../src/store/keys.js';
 import { deletePrefixKeys } from '../support/prefix-cleanup.js';
+import { TcpProxy } from '../support/tcp-proxy.js';
 import {
   BrokerProbe,
   counter,
@@ -133,6 +134,30 @@ describe('claim check with payloads on a Redis of their own', () => {
     });
     await eventually(() => dead.length === 1, 'dead-lettered');
     expect(dead).toEqual(['job_not_found']);
+  });
+
+  it('is not ready while the payloads’ Redis is away, and ready again once it is back', async () => {
+    const target = new URL(payloadUrl());
+    const proxy = await TcpProxy.start(target.hostname, Number(target.port || 6379));
+    const node = await startTestGateway(
+      testConfig(prefix, { claimCheck: { redisUrl: proxy.url(payloadUrl()) } }),
+    );
+    const readyz = async () => {
+      const response = await fetch(`http://127.0.0.1:${node.port}/readyz`);
+      return { status: response.status, body: (await response.json()) as Record<string, unknown> };
+    };
+    try {
+      expect(await readyz()).toMatchObject({ status: 200, body: { payloadRedis: true } });
+      proxy.refuse();
+      proxy.cut();
+      await eventually(async () => (await readyz()).status === 503, 'not ready');
+      expect((await readyz()).body).toMatchObject({ ready: false, redis: true, payloadRedis: false });
+      proxy.accept();
+      await eventually(async () => (await readyz()).status === 200, 'ready again');
+    } finally {
+      await node.close();
+      await proxy.close();
+    }
   });
 
   it('reports the payloads’ Redis in the gateway’s and the resolver’s /readyz', async () => {

@@ -1,9 +1,12 @@
+import { randomBytes } from 'node:crypto';
 import { createServer, type AddressInfo } from 'node:net';
+import { Redis } from 'ioredis';
 import { describe, expect, inject, it } from 'vitest';
+import { startGateway } from '../../src/gateway/main.js';
 import { WarrenPublisher } from '../../src/sdk/publisher/index.js';
 import { silentLogger } from '../../src/shared/logger.js';
 import { createRedis } from '../../src/store/redis.js';
-import { eventually } from '../support/harness.js';
+import { eventually, testConfig, testPrefix } from '../support/harness.js';
 
 // A service that cannot reach its broker or Redis is told why, soon, without its password.
 
@@ -90,5 +93,25 @@ describe('connecting to services that refuse', () => {
     expect(error.message).toContain('cannot connect to Redis at redis://***@127.0.0.1:1');
     expect(error.message).toContain('ECONNREFUSED');
     expect(error.message).not.toContain('hunter2');
+  });
+
+  it('a gateway whose payloads’ Redis refuses does not start, and leaves no client on its main Redis', async () => {
+    const id = `refused-${randomBytes(4).toString('hex')}`;
+    const config = testConfig(testPrefix('payload-refused'), {
+      gateway: { id },
+      claimCheck: { redisUrl: 'redis://127.0.0.1:1' },
+    });
+    await expect(startGateway(config, { logger: silentLogger() })).rejects.toThrow(
+      'cannot connect to Redis at redis://127.0.0.1:1',
+    );
+    const redis = new Redis(inject('redisUrl'));
+    try {
+      await eventually(
+        async () => !((await redis.client('LIST')) as string).includes(`name=warren-gateway-${id} `),
+        'the main client closed',
+      );
+    } finally {
+      redis.disconnect();
+    }
   });
 });
