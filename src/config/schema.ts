@@ -296,7 +296,7 @@ export const configSchema = z.strictObject({
       redisUrl: redisUrl
         .optional()
         .describe(
-          'Redis for the payloads only, when they should not share a server with memberships and presence. Unset: `redis.url`. Gateways, resolvers and the publisher SDK must name the same one.',
+          'Redis for the payloads only, apart from memberships and presence; any eviction policy. Unset: `redis.url`. Gateways, resolvers and the publisher SDK must name the same one; payloads in flight when it changes are lost (payload_unavailable).',
         ),
     })
     .prefault({}),

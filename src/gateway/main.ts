@@ -82,9 +82,10 @@ export async function startGateway(
         autoPipelining: true,
       });
   } catch (error) {
-    // Nothing of a failed start left running in a process that goes on (a library user's).
+    // Nothing of a failed start left running in a process that goes on (a library user's); the error
+    // reported is the one that stopped it.
     redis?.disconnect();
-    await verifier.close();
+    await verifier.close().catch(() => {});
     throw error;
   }
   const presence = new PresenceStore(redis, keys);

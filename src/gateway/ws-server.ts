@@ -30,7 +30,11 @@ export interface WsServerLimits {
 export interface Readiness {
   broker: boolean;
   redis: boolean;
-  /** The payloads' own Redis (`claimCheck.redisUrl`), when one is set. */
+  /**
+   * The payloads' own Redis (`claimCheck.redisUrl`), when one is set: reported, not required. Without it
+   * only claim-checked events fail (payload_unavailable); refusing every new tab of every node, which share
+   * it, would take the small events down with them.
+   */
   payloadRedis?: boolean;
   /** Tokens can be verified (the verifier's worker is up). */
   tokens: boolean;
@@ -38,8 +42,7 @@ export interface Readiness {
 }
 
 /** Whether the node takes new tabs. */
-const isReady = (r: Readiness): boolean =>
-  r.broker && r.redis && r.payloadRedis !== false && r.tokens && !r.draining;
+const isReady = (r: Readiness): boolean => r.broker && r.redis && r.tokens && !r.draining;
 
 export interface WsServerDeps {
   nodeId: string;

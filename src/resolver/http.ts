@@ -6,7 +6,7 @@ import type { Registry } from '../shared/metrics.js';
 export interface ResolverReadiness {
   broker: boolean;
   redis: boolean;
-  /** The payloads' own Redis (`claimCheck.redisUrl`), when one is set. */
+  /** The payloads' own Redis (`claimCheck.redisUrl`), when one is set: reported, not required. */
   payloadRedis?: boolean;
   closing: boolean;
 }
@@ -34,7 +34,7 @@ export class ResolverHttp {
       if (path === '/healthz') return json(200, { status: 'ok' });
       if (path === '/readyz') {
         const r = readiness();
-        const ready = r.broker && r.redis && r.payloadRedis !== false && !r.closing;
+        const ready = r.broker && r.redis && !r.closing;
         return json(ready ? 200 : 503, { ready, ...r });
       }
       if (path === '/metrics') {

@@ -34,6 +34,8 @@ interface PendingEvent {
 
 const MAX_BATCH = 512;
 const SYNC_ATTEMPTS = 3;
+/** How long an event whose payload could not be checked waits before it is requeued (not in a hot loop). */
+const UNCHECKED_REQUEUE_MS = 500;
 
 /**
  * Turns the resolver queue into deliveries. Messages are taken in batches: one read of each tenant's change
@@ -219,16 +221,19 @@ export class ResolverWorker {
     const settled = await Promise.allSettled(
       [...byTenant].map(async ([tenantId, pending]) => {
         const view = this.deps.view(tenantId);
-        let missingJobs = await this.prepare(view, pending);
-        if (missingJobs === undefined) return;
+        let prepared = await this.prepare(view, pending);
+        if (prepared === undefined) return;
         for (const [i, item] of pending.entries()) {
           // Redis changed under the batch (restart, failover): the rest is resolved against a view built
           // from the server there is now.
           while (view.isStale) {
-            missingJobs = await this.prepare(view, pending.slice(i));
-            if (missingJobs === undefined) return;
+            prepared = await this.prepare(view, pending.slice(i));
+            if (prepared === undefined) return;
           }
-          if (missingJobs.has(item)) {
+          if (prepared.unchecked.has(item)) {
+            this.deps.metrics.events.inc({ outcome: 'requeued' });
+            this.track(sleep(UNCHECKED_REQUEUE_MS).then(() => item.delivery.requeue()));
+          } else if (prepared.missing.has(item)) {
             this.track(
               this.deadLetter(
                 item.delivery,
@@ -241,8 +246,8 @@ export class ResolverWorker {
             // empty one (which would drop its events as having no recipients).
             const rest = pending.slice(i + 1);
             if (rest.length === 0) break;
-            missingJobs = await this.prepare(view, rest);
-            if (missingJobs === undefined) return;
+            prepared = await this.prepare(view, rest);
+            if (prepared === undefined) return;
           }
         }
       }),
@@ -251,8 +256,15 @@ export class ResolverWorker {
     if (failed) throw failed.reason;
   }
 
-  /** Syncs the view and loads what the batch needs; undefined when Redis failed (events requeued). */
-  private async prepare(view: TenantView, pending: PendingEvent[]): Promise<Set<PendingEvent> | undefined> {
+  /**
+   * Syncs the view and loads what the batch needs; undefined when Redis failed (events requeued). `missing`:
+   * events naming a job that is not there; `unchecked`: events naming a job when the payloads' Redis did
+   * not answer (on a server of its own, claimCheck.redisUrl): they wait for it, the others are routed.
+   */
+  private async prepare(
+    view: TenantView,
+    pending: PendingEvent[],
+  ): Promise<{ missing: Set<PendingEvent>; unchecked: Set<PendingEvent> } | undefined> {
     for (let attempt = 1; ; attempt += 1) {
       try {
         // Only whether the payload exists: the resolver never reads a claim-checked payload itself. Asked
@@ -260,15 +272,26 @@ export class ResolverWorker {
         const withJob = pending.filter((p) => p.event.jobId !== undefined);
         // Both settle before a retry: a sync still running must not overlap the next one.
         const [missing, synced] = await Promise.allSettled([
-          this.deps.payloads.missing(
-            view.tenantId,
-            withJob.map((p) => p.event.jobId as string),
-          ),
+          withJob.length === 0 || this.deps.payloads.reachable
+            ? this.deps.payloads.missing(
+                view.tenantId,
+                withJob.map((p) => p.event.jobId as string),
+              )
+            : Promise.reject(new Error("the payloads' Redis is not connected")),
           view.sync().then(() => view.prepare(pending.map((p) => p.event.audience))),
         ]);
         if (synced.status === 'rejected') throw synced.reason;
-        if (missing.status === 'rejected') throw missing.reason;
-        return new Set(withJob.filter((p) => missing.value.has(p.event.jobId as string)));
+        if (missing.status === 'rejected') {
+          this.deps.logger.warn(
+            { err: errorMessage(missing.reason), tenantId: view.tenantId, events: withJob.length },
+            'cannot check claim-checked payloads; their events requeued, the others routed',
+          );
+          return { missing: new Set(), unchecked: new Set(withJob) };
+        }
+        return {
+          missing: new Set(withJob.filter((p) => missing.value.has(p.event.jobId as string))),
+          unchecked: new Set(),
+        };
       } catch (error) {
         if (attempt >= SYNC_ATTEMPTS) {
           this.deps.logger.warn(
@@ -381,6 +404,14 @@ export class ResolverWorker {
       return undefined;
     }
     if (body.byteLength <= claimCheck.bytes) return { body, jobId: undefined };
+    const requeueLater = (why: string): undefined => {
+      this.deps.logger.warn({ err: why, eventId: event.id }, 'claim check failed; requeued');
+      this.deps.metrics.events.inc({ outcome: 'requeued' });
+      this.track(sleep(UNCHECKED_REQUEUE_MS).then(() => delivery.requeue()));
+      return undefined;
+    };
+    // Not waiting in the client's queue for it to come back, with the rest of the batch behind.
+    if (!this.deps.payloads.reachable) return requeueLater("the payloads' Redis is not connected");
     try {
       const jobId = await this.deps.payloads.put(
         event.tenantId,
@@ -391,9 +422,7 @@ export class ResolverWorker {
       metrics.claimChecked.inc();
       return { body: Buffer.alloc(0), jobId };
     } catch (error) {
-      this.deps.logger.warn({ err: errorMessage(error), eventId: event.id }, 'claim check failed; requeued');
-      delivery.requeue();
-      return undefined;
+      return requeueLater(errorMessage(error));
     }
   }
 

@@ -33,6 +33,11 @@ export class PayloadStore {
       .toString('base64url');
   }
 
+  /** Connected now: a check while it is not would wait in the client's queue for it to come back. */
+  get reachable(): boolean {
+    return this.redis.status === 'ready';
+  }
+
   async put(
     tenantId: string,
     payload: Buffer | string,

@@ -1,9 +1,10 @@
 import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
+import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, inject, it } from 'vitest';
 import type { WarrenConfig } from '../../src/config/schema.js';
 import type { Gateway } from '../../src/gateway/main.js';
-import type { Resolver } from '../../src/resolver/main.js';
+import { startResolver, type Resolver } from '../../src/resolver/main.js';
 import { WarrenPublisher } from '../../src/sdk/publisher/index.js';
 import { Keys } from '../../src/store/keys.js';
 import { deletePrefixKeys } from '../support/prefix-cleanup.js';
@@ -26,6 +27,13 @@ import {
  * memberships and presence in database 0, payloads in database 1: what matters is that every part looks
  * for a payload where the others put it, and nowhere else.
  */
+/** The tests' Redis, another database of it: 1, or 2 if the tests' URL names 1 already. */
+function payloadUrl(): string {
+  const url = new URL(inject('redisUrl'));
+  url.pathname = url.pathname === '/1' ? '/2' : '/1';
+  return url.toString();
+}
+
 describe('claim check with payloads on a Redis of their own', () => {
   let prefix: string;
   let config: Readonly<WarrenConfig>;
@@ -36,8 +44,6 @@ describe('claim check with payloads on a Redis of their own', () => {
   let main: Redis;
   let payloads: Redis;
   let keys: Keys;
-
-  const payloadUrl = () => `${inject('redisUrl').replace(/\/\d*$/, '')}/1`;
 
   beforeEach(async () => {
     prefix = testPrefix('payload-redis');
@@ -136,35 +142,101 @@ describe('claim check with payloads on a Redis of their own', () => {
     expect(dead).toEqual(['job_not_found']);
   });
 
-  it('is not ready while the payloads’ Redis is away, and ready again once it is back', async () => {
-    const target = new URL(payloadUrl());
-    const proxy = await TcpProxy.start(target.hostname, Number(target.port || 6379));
-    const node = await startTestGateway(
-      testConfig(prefix, { claimCheck: { redisUrl: proxy.url(payloadUrl()) } }),
-    );
-    const readyz = async () => {
-      const response = await fetch(`http://127.0.0.1:${node.port}/readyz`);
-      return { status: response.status, body: (await response.json()) as Record<string, unknown> };
-    };
-    try {
-      expect(await readyz()).toMatchObject({ status: 200, body: { payloadRedis: true } });
-      proxy.refuse();
-      proxy.cut();
-      await eventually(async () => (await readyz()).status === 503, 'not ready');
-      expect((await readyz()).body).toMatchObject({ ready: false, redis: true, payloadRedis: false });
-      proxy.accept();
-      await eventually(async () => (await readyz()).status === 200, 'ready again');
-    } finally {
-      await node.close();
-      await proxy.close();
-    }
-  });
-
   it('reports the payloads’ Redis in the gateway’s and the resolver’s /readyz', async () => {
     for (const port of [gateway.port, resolver.metricsPort]) {
       const response = await fetch(`http://127.0.0.1:${port}/readyz`);
       expect(response.status).toBe(200);
       expect(await response.json()).toMatchObject({ ready: true, redis: true, payloadRedis: true });
+    }
+  });
+});
+
+describe('claim check while the payloads’ own Redis is away', () => {
+  let prefix: string;
+  let proxy: TcpProxy;
+  let gateway: Gateway;
+  let resolver: Resolver;
+  let warren: WarrenPublisher;
+  let logs: { msg: string }[];
+
+  beforeEach(async () => {
+    prefix = testPrefix('payload-redis-away');
+    const target = new URL(payloadUrl());
+    proxy = await TcpProxy.start(target.hostname, Number(target.port || 6379));
+    // The gateway and the resolver reach the payloads' Redis through the proxy; the service directly.
+    const config = testConfig(prefix, {
+      claimCheck: { redisUrl: proxy.url(payloadUrl()) },
+      resolver: { metricsPort: 0 },
+    });
+    gateway = await startTestGateway(config);
+    logs = [];
+    resolver = await startResolver(config, {
+      logger: pino(
+        { level: 'warn' },
+        { write: (line: string) => void logs.push(JSON.parse(line) as { msg: string }) },
+      ),
+    });
+    warren = await WarrenPublisher.connect({
+      rabbitmqUrl: config.rabbitmq.url,
+      redisUrl: config.redis.url,
+      payloadRedisUrl: payloadUrl(),
+      prefix,
+    });
+  });
+
+  afterEach(async () => {
+    await removeInstallation(prefix, { warren, resolvers: [resolver], gateways: [gateway] });
+    await proxy.close();
+    const payloads = new Redis(payloadUrl());
+    await deletePrefixKeys(payloads, prefix);
+    await payloads.quit();
+  });
+
+  const readyz = async (port: number | undefined): Promise<Record<string, unknown>> => {
+    const response = await fetch(`http://127.0.0.1:${port}/readyz`);
+    return { status: response.status, ...((await response.json()) as Record<string, unknown>) };
+  };
+
+  it('keeps taking tabs and routing small events; claim-checked ones wait for it and arrive once it is back', async () => {
+    const ann = await openTab(gateway.port, await token({ sub: 'ann', tid: 't1' }));
+    const doc = { marker: randomBytes(8).toString('hex') };
+    const jobId = await warren.putPayload('t1', doc);
+
+    proxy.refuse();
+    proxy.cut();
+    for (const port of [gateway.port, resolver.metricsPort])
+      await eventually(async () => (await readyz(port)).payloadRedis === false, 'payloadRedis: false');
+    // Reported, not required: every node shares that Redis, and only claim-checked events need it.
+    for (const port of [gateway.port, resolver.metricsPort])
+      expect(await readyz(port)).toMatchObject({
+        status: 200,
+        ready: true,
+        redis: true,
+        payloadRedis: false,
+      });
+    const late = await openTab(gateway.port, await token({ sub: 'bob', tid: 't1' }));
+
+    const audience = { users: ['ann', 'bob'] };
+    // Together, so that the resolver most likely takes them in one batch.
+    await Promise.all([
+      warren.publishEvent({ id: 'big', tenantId: 't1', type: 'doc.attached', audience, jobId }),
+      warren.publishEvent({ id: 'small', tenantId: 't1', type: 'note.created', audience, data: { n: 1 } }),
+    ]);
+    await eventually(() => [ann, late].every((t) => t.eventIds().includes('small')), 'small events routed');
+    expect(await counter(resolver, 'warren_resolver_events_total', { outcome: 'requeued' })).toBeGreaterThan(
+      0,
+    );
+    expect(ann.eventIds()).toEqual(['small']);
+    // Only the event that needs the payloads' Redis waited for it: the batch was not retried and requeued.
+    const said = logs.map((l) => l.msg);
+    expect(said).toContain('cannot check claim-checked payloads; their events requeued, the others routed');
+    expect(said).not.toContain('cannot sync; requeueing');
+
+    proxy.accept();
+    await eventually(() => [ann, late].every((t) => t.eventIds().includes('big')), 'the claim-checked event');
+    for (const t of [ann, late]) {
+      expect(t.events().find((e) => e.id === 'big')?.data).toEqual(doc);
+      expect(t.eventIds().filter((id) => id === 'big')).toHaveLength(1);
     }
   });
 });

@@ -149,6 +149,7 @@ describe('loadConfig', () => {
         env: {
           WARREN_JWT_SECRET: 'hunter2-prod',
           WARREN_REDIS_URL: 'ftp://app:s3cret@cache:6379',
+          WARREN_CLAIM_CHECK_REDIS_URL: 'http://:bl0bpass@blobs:6379',
           WARREN_RABBITMQ_URL: 'guest:pa55word@rabbit:5672',
         },
       }),
@@ -158,6 +159,8 @@ describe('loadConfig', () => {
     expect(message).not.toContain('hunter2');
     expect(message).toContain('redis.url');
     expect(message).not.toContain('s3cret');
+    expect(message).toContain('claimCheck.redisUrl');
+    expect(message).not.toContain('bl0bpass');
     expect(message).toContain('rabbitmq.url');
     expect(message).not.toContain('pa55word');
   });
