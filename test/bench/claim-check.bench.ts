@@ -1,5 +1,6 @@
 import { fork } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { withoutCredentials } from '../../src/shared/errors.js';
 import { ClaimStack, type Mode } from './claim-stack.js';
 import { drive, pool, wireSize, type Run, type Wire } from './claim-load.js';
 import {
@@ -117,13 +118,24 @@ async function measureBusyEdge(stack: ClaimStack, edgeCpus: number, durations: D
         (hog) =>
           new Promise<void>((resolve, reject) => {
             hog.once('message', () => resolve());
+            hog.once('error', reject);
             hog.once('exit', (code) => reject(new Error(`edge load exited (${code}) before it started`)));
           }),
       ),
     );
     return await measureQuiet(stack, durations, 'busy-quiet');
   } finally {
-    for (const hog of hogs) hog.kill();
+    // Gone before anything else is measured or the tiers are released.
+    await Promise.all(
+      hogs.map(
+        (hog) =>
+          new Promise<void>((resolve) => {
+            if (hog.exitCode !== null || hog.signalCode !== null) return resolve();
+            hog.once('exit', () => resolve());
+            hog.kill();
+          }),
+      ),
+    );
   }
 }
 
@@ -156,7 +168,7 @@ const bench: Bench = {
       : { tiersApart: false, description: `shared CPUs (tiers apart not possible here: ${tiers.reason})` };
     try {
       if (ctx.payloadRedisUrl)
-        layout.description += `; payloads on a Redis of their own (${ctx.payloadRedisUrl}), where it was put`;
+        layout.description += `; payloads on a Redis of their own (${withoutCredentials(ctx.payloadRedisUrl)}), not pinned by the bench: on the CPUs it was started on`;
       process.stdout.write(`layout: ${layout.description}\n`);
       stack.expectWhole('L-', USERS);
       const durations: Durations = ctx.quick

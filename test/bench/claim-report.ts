@@ -187,11 +187,14 @@ export function report(
       },
       { title: 'claim check / inline, same run', rows: ratioRows(pick) },
       {
-        title: `small events alone (no large events; the floor under the figures above), ${fmt(quiet.idle.small['broker']?.n ?? 0)} events each, ms; edge CPU busy: the edge tier's CPUs kept busy moving megabytes through loopback sockets, no Warren or broker work`,
+        title: `small events alone, no large events, ${fmt(quiet.idle.small['broker']?.n ?? 0)} events each, ms. No extra load: the floor under the figures above. Edge CPU busy: the edge tier's CPUs also kept busy moving megabytes through loopback sockets, with no Warren or broker work in it`,
         rows: (
-          [['idle', quiet.idle], ...(quiet.busyEdge ? [['busy', quiet.busyEdge]] : [])] as [string, Run][]
+          [['no extra load', quiet.idle], ...(quiet.busyEdge ? [['edge CPU busy', quiet.busyEdge]] : [])] as [
+            string,
+            Run,
+          ][]
         ).map(([edge, run]) => ({
-          'edge CPU': edge,
+          run: edge,
           [`p50 ${G}`]: perGroup(run, 'p50'),
           [`p99 ${G}`]: perGroup(run, 'p99'),
           lost: run.smallLost,
