@@ -10,7 +10,7 @@ import { FrameErrorCode } from '../protocol/frames.js';
 import { nodeKey } from '../protocol/ids.js';
 import { Keys } from '../store/keys.js';
 import { LIVENESS_POLL_MS, PresenceStore } from '../store/presence-store.js';
-import { createRedis, redisReady, watchServer, type WarrenRedis } from '../store/redis.js';
+import { closeRedis, createRedis, redisReady, watchServer, type WarrenRedis } from '../store/redis.js';
 import { errorMessage } from '../shared/errors.js';
 import { CloseOnce, runSteps, sleep } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
@@ -386,7 +386,7 @@ export async function startGateway(
           { name: 'close bind channels', run: () => pool.close() },
           { name: 'close broker', run: () => broker.close() },
           { name: 'close redis', run: async () => void (await redis.quit()) },
-          { name: 'close payload redis', run: async () => void (await payloadRedis?.quit()) },
+          { name: 'close payload redis', run: async () => payloadRedis && closeRedis(payloadRedis) },
           { name: 'drop cached payloads', run: () => payloads.close() },
           { name: 'stop token worker', run: () => verifier.close() },
         ],

@@ -13,7 +13,7 @@ import { Keys } from '../store/keys.js';
 import { MembershipStore } from '../store/membership-store.js';
 import { PayloadStore } from '../store/payload-store.js';
 import { PresenceStore } from '../store/presence-store.js';
-import { createRedis, watchServer, redisReady, type WarrenRedis } from '../store/redis.js';
+import { closeRedis, createRedis, watchServer, redisReady, type WarrenRedis } from '../store/redis.js';
 import { ResolverHttp } from './http.js';
 import { DeliveryPublisher } from './delivery-publisher.js';
 import { NodeLiveness } from './node-liveness.js';
@@ -110,7 +110,7 @@ export async function startResolver(
       config.resolver.routing,
     ),
     membership: new MembershipStore(redis, keys),
-    payloads: new PayloadStore(payloadRedis ?? redis, keys),
+    payloads: payloadRedis ? new PayloadStore(payloadRedis, keys, true) : new PayloadStore(redis, keys),
     view,
     claimCheck: config.claimCheck,
     metrics,
@@ -160,7 +160,7 @@ export async function startResolver(
         liveness.stop(),
         publisher.close(),
       ]);
-      await Promise.allSettled([broker.close(), redis.quit(), payloadRedis?.quit()]);
+      await Promise.allSettled([broker.close(), redis.quit(), payloadRedis && closeRedis(payloadRedis)]);
       throw new WarrenError(
         ErrorCode.Config,
         `resolver.metricsPort: cannot listen on ${metricsHost}:${metricsPort}: ${errorMessage(error)}`,
@@ -200,7 +200,7 @@ export async function startResolver(
             { name: 'close membership consumer', run: () => membershipConsumer.close() },
             { name: 'close broker', run: () => broker.close() },
             { name: 'close redis', run: async () => void (await redis.quit()) },
-            { name: 'close payload redis', run: async () => void (await payloadRedis?.quit()) },
+            { name: 'close payload redis', run: async () => payloadRedis && closeRedis(payloadRedis) },
           ],
           logger,
         );

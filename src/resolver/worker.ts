@@ -281,6 +281,8 @@ export class ResolverWorker {
           view.sync().then(() => view.prepare(pending.map((p) => p.event.audience))),
         ]);
         if (synced.status === 'rejected') throw synced.reason;
+        // On the shared server the sync would have failed too; retried with it, as before.
+        if (missing.status === 'rejected' && !this.deps.payloads.own) throw missing.reason;
         if (missing.status === 'rejected') {
           this.deps.logger.warn(
             { err: errorMessage(missing.reason), tenantId: view.tenantId, events: withJob.length },

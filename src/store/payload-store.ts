@@ -1,6 +1,14 @@
 import { createHmac, randomBytes } from 'node:crypto';
 import type { Redis } from 'ioredis';
+import { withTimeout } from '../shared/lifecycle.js';
 import type { Keys } from './keys.js';
+
+/**
+ * How long a command may take on a payloads' Redis of its own before it counts as failed: a check, and a
+ * store (which may carry many megabytes).
+ */
+const OWN_CHECK_TIMEOUT_MS = 2000;
+const OWN_STORE_TIMEOUT_MS = 10_000;
 
 /**
  * Claim-check payloads: stored once per event under a tenant-scoped key with a TTL, fetched by each
@@ -8,9 +16,16 @@ import type { Keys } from './keys.js';
  * another tenant that names the id finds nothing.
  */
 export class PayloadStore {
+  /**
+   * `own`: the client is the payloads' own server (claimCheck.redisUrl), not the one memberships and
+   * presence live on. Its commands then fail after a timeout (a server that hangs), and `reachable` follows its
+   * connection, so that a resolver does not hold other events behind it; on the shared server, whatever
+   * waits for it waits for memberships too.
+   */
   constructor(
     private readonly redis: Redis,
     private readonly keys: Keys,
+    readonly own = false,
   ) {}
 
   static newJobId(): string {
@@ -33,9 +48,16 @@ export class PayloadStore {
       .toString('base64url');
   }
 
-  /** Connected now: a check while it is not would wait in the client's queue for it to come back. */
+  /**
+   * Whether to ask it now: always on the shared server; on an own one, only while connected (a command
+   * would otherwise wait in the client's queue for it to come back).
+   */
   get reachable(): boolean {
-    return this.redis.status === 'ready';
+    return !this.own || this.redis.status === 'ready';
+  }
+
+  private bounded<T>(command: Promise<T>, ms: number, what: string): Promise<T> {
+    return this.own ? withTimeout(command, ms, what) : command;
   }
 
   async put(
@@ -44,7 +66,11 @@ export class PayloadStore {
     ttlSec: number,
     jobId = PayloadStore.newJobId(),
   ): Promise<string> {
-    await this.redis.set(this.keys.job(tenantId, jobId), payload, 'EX', ttlSec);
+    await this.bounded(
+      this.redis.set(this.keys.job(tenantId, jobId), payload, 'EX', ttlSec),
+      OWN_STORE_TIMEOUT_MS,
+      'storing a payload',
+    );
     return jobId;
   }
 
@@ -57,7 +83,7 @@ export class PayloadStore {
     if (jobIds.length === 0) return new Set();
     const pipeline = this.redis.pipeline();
     for (const jobId of jobIds) pipeline.exists(this.keys.job(tenantId, jobId));
-    const replies = (await pipeline.exec()) ?? [];
+    const replies = (await this.bounded(pipeline.exec(), OWN_CHECK_TIMEOUT_MS, 'checking payloads')) ?? [];
     const missing = new Set<string>();
     jobIds.forEach((jobId, i) => {
       const [error, count] = replies[i] ?? [new Error('no reply'), 0];

@@ -206,3 +206,12 @@ export async function watchServer(
 export function redisReady(redis: Redis): boolean {
   return redis.status === 'ready';
 }
+
+/**
+ * Closes a client: QUIT when connected; otherwise at once (a QUIT would wait in the offline queue for a
+ * server that may not come back, and hold up a shutdown).
+ */
+export async function closeRedis(redis: Redis): Promise<void> {
+  if (redis.status === 'ready') await redis.quit();
+  else redis.disconnect();
+}

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import type { ConfirmChannel } from 'amqplib';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, inject, it } from 'vitest';
@@ -192,6 +193,24 @@ describe('claim check while the payloads’ own Redis is away', () => {
     await payloads.quit();
   });
 
+  /** Straight to the events exchange, as a service without the SDK would. */
+  const publishRaw = async (event: object): Promise<void> => {
+    const probe = await BrokerProbe.open();
+    try {
+      await new Promise<void>((resolve, reject) =>
+        (probe.channel as ConfirmChannel).publish(
+          `${prefix}.events`,
+          't1.doc.attached',
+          Buffer.from(JSON.stringify(event)),
+          { contentType: 'application/json' },
+          (error: unknown) => (error ? reject(error as Error) : resolve()),
+        ),
+      );
+    } finally {
+      await probe.close();
+    }
+  };
+
   const readyz = async (port: number | undefined): Promise<Record<string, unknown>> => {
     const response = await fetch(`http://127.0.0.1:${port}/readyz`);
     return { status: response.status, ...((await response.json()) as Record<string, unknown>) };
@@ -217,9 +236,12 @@ describe('claim check while the payloads’ own Redis is away', () => {
     const late = await openTab(gateway.port, await token({ sub: 'bob', tid: 't1' }));
 
     const audience = { users: ['ann', 'bob'] };
-    // Together, so that the resolver most likely takes them in one batch.
+    // Together, so that the resolver most likely takes them in one batch. `inline` is large and comes
+    // straight to the exchange: the resolver would claim-check it itself.
+    const large = { text: randomBytes(30_000).toString('base64') };
     await Promise.all([
       warren.publishEvent({ id: 'big', tenantId: 't1', type: 'doc.attached', audience, jobId }),
+      publishRaw({ id: 'inline', tenantId: 't1', type: 'doc.attached', audience, data: large }),
       warren.publishEvent({ id: 'small', tenantId: 't1', type: 'note.created', audience, data: { n: 1 } }),
     ]);
     await eventually(() => [ann, late].every((t) => t.eventIds().includes('small')), 'small events routed');
@@ -231,12 +253,44 @@ describe('claim check while the payloads’ own Redis is away', () => {
     const said = logs.map((l) => l.msg);
     expect(said).toContain('cannot check claim-checked payloads; their events requeued, the others routed');
     expect(said).not.toContain('cannot sync; requeueing');
+    await eventually(
+      () => logs.some((l) => l.msg === 'claim check failed; requeued'),
+      'the large inline event requeued',
+    );
 
     proxy.accept();
-    await eventually(() => [ann, late].every((t) => t.eventIds().includes('big')), 'the claim-checked event');
+    await eventually(
+      () => [ann, late].every((t) => ['big', 'inline'].every((id) => t.eventIds().includes(id))),
+      'the claim-checked events',
+    );
     for (const t of [ann, late]) {
       expect(t.events().find((e) => e.id === 'big')?.data).toEqual(doc);
-      expect(t.eventIds().filter((id) => id === 'big')).toHaveLength(1);
+      expect(t.events().find((e) => e.id === 'inline')?.data).toEqual(large);
+      expect([...t.eventIds()].sort()).toEqual(['big', 'inline', 'small']);
     }
+  });
+
+  it('does not hold other events behind a payloads’ Redis that hangs', async () => {
+    const ann = await openTab(gateway.port, await token({ sub: 'ann', tid: 't1' }));
+    const doc = { marker: randomBytes(8).toString('hex') };
+    const jobId = await warren.putPayload('t1', doc);
+
+    // Connected, so it looks reachable, but nothing comes back.
+    proxy.stall();
+    const audience = { users: ['ann'] };
+    await Promise.all([
+      warren.publishEvent({ id: 'big', tenantId: 't1', type: 'doc.attached', audience, jobId }),
+      warren.publishEvent({ id: 'small', tenantId: 't1', type: 'note.created', audience, data: { n: 1 } }),
+    ]);
+    await eventually(() => ann.eventIds().includes('small'), 'the small event routed');
+    await eventually(
+      () => logs.some((l) => l.msg.startsWith('cannot check claim-checked payloads')),
+      'the check timed out',
+    );
+    expect(ann.eventIds()).toEqual(['small']);
+
+    proxy.flow();
+    await eventually(() => ann.eventIds().includes('big'), 'the claim-checked event once it answers');
+    expect(ann.events().find((e) => e.id === 'big')?.data).toEqual(doc);
   });
 });

@@ -16,7 +16,7 @@ import { silentLogger, type Logger } from '../../shared/logger.js';
 import { Keys } from '../../store/keys.js';
 import { MembershipStore } from '../../store/membership-store.js';
 import { PayloadStore } from '../../store/payload-store.js';
-import { createRedis, withWarrenCommands } from '../../store/redis.js';
+import { closeRedis, createRedis, withWarrenCommands } from '../../store/redis.js';
 
 export type { MembershipChange, ModelEvent };
 export { ErrorCode, WarrenError } from '../../shared/errors.js';
@@ -278,7 +278,7 @@ export class WarrenPublisher {
     this.closing ??= (async () => {
       await this.publisher.close();
       await this.broker.close();
-      await Promise.all(this.ownRedis.map((client) => client.quit()));
+      await Promise.all(this.ownRedis.map((client) => closeRedis(client)));
     })();
     return this.closing;
   }
