@@ -1,5 +1,6 @@
 import { createHmac, randomBytes } from 'node:crypto';
 import type { Redis } from 'ioredis';
+import { ErrorCode, WarrenError } from '../shared/errors.js';
 import { withTimeout } from '../shared/lifecycle.js';
 import type { Keys } from './keys.js';
 
@@ -48,16 +49,32 @@ export class PayloadStore {
       .toString('base64url');
   }
 
+  /** Commands of an own server that timed out and have not been answered since. */
+  private unanswered = 0;
+
   /**
-   * Whether to ask it now: always on the shared server; on an own one, only while connected (a command
-   * would otherwise wait in the client's queue for it to come back).
+   * Whether to ask it now: always on the shared server; on an own one, only while connected and answering
+   * (a command would otherwise wait in the client's queue, or behind one it has not answered).
    */
   get reachable(): boolean {
-    return !this.own || this.redis.status === 'ready';
+    return !this.own || (this.redis.status === 'ready' && this.unanswered === 0);
   }
 
-  private bounded<T>(command: Promise<T>, ms: number, what: string): Promise<T> {
-    return this.own ? withTimeout(command, ms, what) : command;
+  private async bounded<T>(command: Promise<T>, ms: number, what: string): Promise<T> {
+    if (!this.own) return command;
+    try {
+      return await withTimeout(command, ms, what);
+    } catch (error) {
+      if (error instanceof WarrenError && error.code === ErrorCode.Timeout) {
+        // Hung until it answers this one (or the connection drops and fails it).
+        this.unanswered += 1;
+        void command.then(
+          () => (this.unanswered -= 1),
+          () => (this.unanswered -= 1),
+        );
+      }
+      throw error;
+    }
   }
 
   async put(

@@ -1,5 +1,6 @@
 import { Redis, ReplyError, type ChainableCommander } from 'ioredis';
 import { ErrorCode, errorMessage, WarrenError, withoutCredentials } from '../shared/errors.js';
+import { fulfilsWithin } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import {
   APPLY_MEMBERSHIP,
@@ -141,6 +142,8 @@ export function evictionProblem(policy: string, maxmemory: number): string | und
  * error of the command (or of one of Warren's scripts) itself.
  */
 const PERMANENT_REPLY = /^(WRONGTYPE|ERR)\b/;
+/** How long `closeRedis` waits for a QUIT to be answered. */
+const QUIT_WAIT_MS = 1000;
 /**
  * Replies that say Redis cannot take commands now, whatever the command, and pass once it can: out of
  * memory, a replica after a failover, loading, a script running, a cluster or its replicas down, snapshots
@@ -212,6 +215,8 @@ export function redisReady(redis: Redis): boolean {
  * server that may not come back, and hold up a shutdown).
  */
 export async function closeRedis(redis: Redis): Promise<void> {
-  if (redis.status === 'ready') await redis.quit();
-  else redis.disconnect();
+  // Connected but not answering: not waited for long either.
+  const quit =
+    redis.status === 'ready' ? await fulfilsWithin(redis.quit(), QUIT_WAIT_MS).catch(() => false) : false;
+  if (!quit) redis.disconnect();
 }

@@ -186,6 +186,9 @@ describe('claim check while the payloads’ own Redis is away', () => {
   });
 
   afterEach(async () => {
+    // Back, for a test that failed while it was away or hung: closing must not wait for it.
+    proxy.accept();
+    proxy.flow();
     await removeInstallation(prefix, { warren, resolvers: [resolver], gateways: [gateway] });
     await proxy.close();
     const payloads = new Redis(payloadUrl());
