@@ -10,7 +10,14 @@ import { FrameErrorCode } from '../protocol/frames.js';
 import { nodeKey } from '../protocol/ids.js';
 import { Keys } from '../store/keys.js';
 import { LIVENESS_POLL_MS, PresenceStore } from '../store/presence-store.js';
-import { closeRedis, createRedis, redisReady, watchServer, type WarrenRedis } from '../store/redis.js';
+import {
+  closeRedis,
+  createPayloadRedis,
+  createRedis,
+  redisReady,
+  watchServer,
+  type WarrenRedis,
+} from '../store/redis.js';
 import { errorMessage } from '../shared/errors.js';
 import { CloseOnce, runSteps, sleep } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
@@ -73,11 +80,9 @@ export async function startGateway(
       autoPipelining: true,
     });
     if (config.claimCheck.redisUrl !== undefined)
-      payloadRedis = await createRedis({
+      payloadRedis = await createPayloadRedis({
         url: config.claimCheck.redisUrl,
         name: `warren-gateway-${nodeId}-payloads`,
-        // Payloads only: every key has a lifetime, and an evicted one is reported where it is missed.
-        checkEviction: false,
         logger,
         autoPipelining: true,
       });

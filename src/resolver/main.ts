@@ -13,7 +13,14 @@ import { Keys } from '../store/keys.js';
 import { MembershipStore } from '../store/membership-store.js';
 import { PayloadStore } from '../store/payload-store.js';
 import { PresenceStore } from '../store/presence-store.js';
-import { closeRedis, createRedis, watchServer, redisReady, type WarrenRedis } from '../store/redis.js';
+import {
+  closeRedis,
+  createPayloadRedis,
+  createRedis,
+  watchServer,
+  redisReady,
+  type WarrenRedis,
+} from '../store/redis.js';
 import { ResolverHttp } from './http.js';
 import { DeliveryPublisher } from './delivery-publisher.js';
 import { NodeLiveness } from './node-liveness.js';
@@ -52,11 +59,9 @@ export async function startResolver(
   let payloadRedis: WarrenRedis | undefined;
   if (config.claimCheck.redisUrl !== undefined) {
     try {
-      payloadRedis = await createRedis({
+      payloadRedis = await createPayloadRedis({
         url: config.claimCheck.redisUrl,
         name: `warren-resolver-${id}-payloads`,
-        // Payloads only: every key has a lifetime, and an evicted one is reported where it is missed.
-        checkEviction: false,
         logger,
       });
     } catch (error) {

@@ -34,8 +34,8 @@ interface PendingEvent {
 
 const MAX_BATCH = 512;
 const SYNC_ATTEMPTS = 3;
-/** How long an event whose payload could not be checked waits before it is requeued (not in a hot loop). */
-const UNCHECKED_REQUEUE_MS = 500;
+/** How long an event waits before it is requeued when the payloads' store failed it. */
+const REQUEUE_PAUSE_MS = 500;
 
 /**
  * Turns the resolver queue into deliveries. Messages are taken in batches: one read of each tenant's change
@@ -231,8 +231,7 @@ export class ResolverWorker {
             if (prepared === undefined) return;
           }
           if (prepared.unchecked.has(item)) {
-            this.deps.metrics.events.inc({ outcome: 'requeued' });
-            this.track(sleep(UNCHECKED_REQUEUE_MS).then(() => item.delivery.requeue()));
+            this.requeueLater(item.delivery);
           } else if (prepared.missing.has(item)) {
             this.track(
               this.deadLetter(
@@ -272,12 +271,10 @@ export class ResolverWorker {
         const withJob = pending.filter((p) => p.event.jobId !== undefined);
         // Both settle before a retry: a sync still running must not overlap the next one.
         const [missing, synced] = await Promise.allSettled([
-          withJob.length === 0 || this.deps.payloads.reachable
-            ? this.deps.payloads.missing(
-                view.tenantId,
-                withJob.map((p) => p.event.jobId as string),
-              )
-            : Promise.reject(new Error("the payloads' Redis is not connected")),
+          this.deps.payloads.missing(
+            view.tenantId,
+            withJob.map((p) => p.event.jobId as string),
+          ),
           view.sync().then(() => view.prepare(pending.map((p) => p.event.audience))),
         ]);
         if (synced.status === 'rejected') throw synced.reason;
@@ -406,14 +403,6 @@ export class ResolverWorker {
       return undefined;
     }
     if (body.byteLength <= claimCheck.bytes) return { body, jobId: undefined };
-    const requeueLater = (why: string): undefined => {
-      this.deps.logger.warn({ err: why, eventId: event.id }, 'claim check failed; requeued');
-      this.deps.metrics.events.inc({ outcome: 'requeued' });
-      this.track(sleep(UNCHECKED_REQUEUE_MS).then(() => delivery.requeue()));
-      return undefined;
-    };
-    // Not waiting in the client's queue for it to come back, with the rest of the batch behind.
-    if (!this.deps.payloads.reachable) return requeueLater("the payloads' Redis is not connected");
     try {
       const jobId = await this.deps.payloads.put(
         event.tenantId,
@@ -424,8 +413,16 @@ export class ResolverWorker {
       metrics.claimChecked.inc();
       return { body: Buffer.alloc(0), jobId };
     } catch (error) {
-      return requeueLater(errorMessage(error));
+      this.deps.logger.warn({ err: errorMessage(error), eventId: event.id }, 'claim check failed; requeued');
+      this.requeueLater(delivery);
+      return undefined;
     }
+  }
+
+  /** Requeued after a pause, not in a hot loop against a store that failed it a moment ago. */
+  private requeueLater(delivery: AmqpDelivery): void {
+    this.deps.metrics.events.inc({ outcome: 'requeued' });
+    this.track(sleep(REQUEUE_PAUSE_MS).then(() => delivery.requeue()));
   }
 
   private async deadLetter(delivery: AmqpDelivery, code: RejectCode, reason: string): Promise<void> {

@@ -19,8 +19,8 @@ const OWN_STORE_TIMEOUT_MS = 10_000;
 export class PayloadStore {
   /**
    * `own`: the client is the payloads' own server (claimCheck.redisUrl), not the one memberships and
-   * presence live on. Its commands then fail after a timeout (a server that hangs), and `reachable` follows its
-   * connection, so that a resolver does not hold other events behind it; on the shared server, whatever
+   * presence live on. Its commands then fail at once while it is away, and after a timeout when it hangs
+   * (`bounded`), so that a resolver does not hold other events behind it; on the shared server, whatever
    * waits for it waits for memberships too.
    */
   constructor(
@@ -53,15 +53,22 @@ export class PayloadStore {
   private unanswered = 0;
 
   /**
-   * Whether to ask it now: always on the shared server; on an own one, only while connected and answering
-   * (a command would otherwise wait in the client's queue, or behind one it has not answered).
+   * `command()` on the shared server as it is. On an own one it is not sent unless connected and answering
+   * (it would otherwise wait in the client's queue, or behind one the server has not answered), and it
+   * fails after `ms`.
    */
-  get reachable(): boolean {
-    return !this.own || (this.redis.status === 'ready' && this.unanswered === 0);
+  private bounded<T>(command: () => Promise<T>, ms: number, what: string): Promise<T> {
+    if (!this.own) return command();
+    if (this.redis.status !== 'ready' || this.unanswered > 0)
+      return Promise.reject(
+        new WarrenError(ErrorCode.RedisUnavailable, "the payloads' Redis is not connected or not answering", {
+          retryable: true,
+        }),
+      );
+    return this.timed(command(), ms, what);
   }
 
-  private async bounded<T>(command: Promise<T>, ms: number, what: string): Promise<T> {
-    if (!this.own) return command;
+  private async timed<T>(command: Promise<T>, ms: number, what: string): Promise<T> {
     try {
       return await withTimeout(command, ms, what);
     } catch (error) {
@@ -84,7 +91,7 @@ export class PayloadStore {
     jobId = PayloadStore.newJobId(),
   ): Promise<string> {
     await this.bounded(
-      this.redis.set(this.keys.job(tenantId, jobId), payload, 'EX', ttlSec),
+      () => this.redis.set(this.keys.job(tenantId, jobId), payload, 'EX', ttlSec),
       OWN_STORE_TIMEOUT_MS,
       'storing a payload',
     );
@@ -98,9 +105,12 @@ export class PayloadStore {
    */
   async missing(tenantId: string, jobIds: readonly string[]): Promise<Set<string>> {
     if (jobIds.length === 0) return new Set();
-    const pipeline = this.redis.pipeline();
-    for (const jobId of jobIds) pipeline.exists(this.keys.job(tenantId, jobId));
-    const replies = (await this.bounded(pipeline.exec(), OWN_CHECK_TIMEOUT_MS, 'checking payloads')) ?? [];
+    const check = () => {
+      const pipeline = this.redis.pipeline();
+      for (const jobId of jobIds) pipeline.exists(this.keys.job(tenantId, jobId));
+      return pipeline.exec();
+    };
+    const replies = (await this.bounded(check, OWN_CHECK_TIMEOUT_MS, 'checking payloads')) ?? [];
     const missing = new Set<string>();
     jobIds.forEach((jobId, i) => {
       const [error, count] = replies[i] ?? [new Error('no reply'), 0];

@@ -105,6 +105,14 @@ export async function createRedis(options: CreateRedisOptions): Promise<WarrenRe
   return withWarrenCommands(redis);
 }
 
+/**
+ * A client for a Redis of claim-checked payloads only (`claimCheck.redisUrl`): its eviction policy is not
+ * checked, since every payload has a lifetime and a lost one is reported where it is missed.
+ */
+export function createPayloadRedis(options: Omit<CreateRedisOptions, 'checkEviction'>): Promise<WarrenRedis> {
+  return createRedis({ ...options, checkEviction: false });
+}
+
 /** `evictionProblem` of a connected server, read in one round trip; undefined when it cannot be read. */
 async function evictionProblemOf(redis: Redis, logger: Logger): Promise<string | undefined> {
   try {

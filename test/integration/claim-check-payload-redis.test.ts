@@ -1,5 +1,4 @@
 import { randomBytes } from 'node:crypto';
-import type { ConfirmChannel } from 'amqplib';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, inject, it } from 'vitest';
@@ -8,10 +7,11 @@ import type { Gateway } from '../../src/gateway/main.js';
 import { startResolver, type Resolver } from '../../src/resolver/main.js';
 import { WarrenPublisher } from '../../src/sdk/publisher/index.js';
 import { Keys } from '../../src/store/keys.js';
-import { deletePrefixKeys } from '../support/prefix-cleanup.js';
 import { TcpProxy } from '../support/tcp-proxy.js';
 import {
   BrokerProbe,
+  cleanRedis,
+  connectPublisher,
   counter,
   eventually,
   openTab,
@@ -52,12 +52,7 @@ describe('claim check with payloads on a Redis of their own', () => {
     config = testConfig(prefix, { claimCheck: { redisUrl: payloadUrl() }, resolver: { metricsPort: 0 } });
     gateway = await startTestGateway(config);
     resolver = await startTestResolver(config);
-    warren = await WarrenPublisher.connect({
-      rabbitmqUrl: config.rabbitmq.url,
-      redisUrl: config.redis.url,
-      payloadRedisUrl: payloadUrl(),
-      prefix,
-    });
+    warren = await connectPublisher(config);
     probe = await BrokerProbe.open();
     main = new Redis(config.redis.url);
     payloads = new Redis(payloadUrl());
@@ -65,7 +60,7 @@ describe('claim check with payloads on a Redis of their own', () => {
 
   afterEach(async () => {
     await removeInstallation(prefix, { warren, resolvers: [resolver], gateways: [gateway] });
-    await deletePrefixKeys(payloads, prefix);
+    await cleanRedis(prefix, payloadUrl());
     await probe.close();
     await Promise.all([main.quit(), payloads.quit()]);
   });
@@ -98,9 +93,7 @@ describe('claim check with payloads on a Redis of their own', () => {
       audience: { users: ['ann'] },
       data: byResolver,
     };
-    probe.channel.publish(`${prefix}.events`, 't1.doc.attached', Buffer.from(JSON.stringify(raw)), {
-      contentType: 'application/json',
-    });
+    await probe.publishEvent(prefix, raw);
     // "Jobless": put first, then an event naming the job.
     const jobless = document();
     const jobId = await warren.putPayload('t1', jobless);
@@ -158,6 +151,7 @@ describe('claim check while the payloads’ own Redis is away', () => {
   let gateway: Gateway;
   let resolver: Resolver;
   let warren: WarrenPublisher;
+  let probe: BrokerProbe;
   let logs: { msg: string }[];
 
   beforeEach(async () => {
@@ -183,6 +177,7 @@ describe('claim check while the payloads’ own Redis is away', () => {
       payloadRedisUrl: payloadUrl(),
       prefix,
     });
+    probe = await BrokerProbe.open();
   });
 
   afterEach(async () => {
@@ -191,28 +186,9 @@ describe('claim check while the payloads’ own Redis is away', () => {
     proxy.flow();
     await removeInstallation(prefix, { warren, resolvers: [resolver], gateways: [gateway] });
     await proxy.close();
-    const payloads = new Redis(payloadUrl());
-    await deletePrefixKeys(payloads, prefix);
-    await payloads.quit();
+    await cleanRedis(prefix, payloadUrl());
+    await probe.close();
   });
-
-  /** Straight to the events exchange, as a service without the SDK would. */
-  const publishRaw = async (event: object): Promise<void> => {
-    const probe = await BrokerProbe.open();
-    try {
-      await new Promise<void>((resolve, reject) =>
-        (probe.channel as ConfirmChannel).publish(
-          `${prefix}.events`,
-          't1.doc.attached',
-          Buffer.from(JSON.stringify(event)),
-          { contentType: 'application/json' },
-          (error: unknown) => (error ? reject(error as Error) : resolve()),
-        ),
-      );
-    } finally {
-      await probe.close();
-    }
-  };
 
   const readyz = async (port: number | undefined): Promise<Record<string, unknown>> => {
     const response = await fetch(`http://127.0.0.1:${port}/readyz`);
@@ -244,7 +220,13 @@ describe('claim check while the payloads’ own Redis is away', () => {
     const large = { text: randomBytes(30_000).toString('base64') };
     await Promise.all([
       warren.publishEvent({ id: 'big', tenantId: 't1', type: 'doc.attached', audience, jobId }),
-      publishRaw({ id: 'inline', tenantId: 't1', type: 'doc.attached', audience, data: large }),
+      probe.publishEvent(prefix, {
+        id: 'inline',
+        tenantId: 't1',
+        type: 'doc.attached',
+        audience,
+        data: large,
+      }),
       warren.publishEvent({ id: 'small', tenantId: 't1', type: 'note.created', audience, data: { n: 1 } }),
     ]);
     await eventually(() => [ann, late].every((t) => t.eventIds().includes('small')), 'small events routed');

@@ -324,9 +324,7 @@ describe('claim check over two gateway nodes, a resolver and the publisher SDK',
       audience: { users: ['ann'] },
       data: big.data,
     };
-    probe.channel.publish(`${prefix}.events`, 't1.doc.attached', Buffer.from(JSON.stringify(event)), {
-      contentType: 'application/json',
-    });
+    await probe.publishEvent(prefix, event);
     await eventually(() => ann.tab.eventIds().includes('raw-big'), 'raw-big delivered');
     expect(ann.tab.events()[0]?.data).toEqual(big.data);
     const [copy] = deliveries.of('raw-big');
@@ -337,9 +335,7 @@ describe('claim check over two gateway nodes, a resolver and the publisher SDK',
     expect(claimChecked?.values[0]?.value).toBe(1);
 
     // The service publishes it again (its confirm got lost, say): the same payload key, not a second copy.
-    probe.channel.publish(`${prefix}.events`, 't1.doc.attached', Buffer.from(JSON.stringify(event)), {
-      contentType: 'application/json',
-    });
+    await probe.publishEvent(prefix, event);
     await eventually(() => deliveries.of('raw-big').length === 2, 'the second copy routed');
     expect(deliveries.of('raw-big')[1]?.headers['x-warren-job']).toBe(copy?.headers['x-warren-job']);
     expect(await redis.keys(jobKey('t1', '*'))).toHaveLength(1);
@@ -350,9 +346,7 @@ describe('claim check over two gateway nodes, a resolver and the publisher SDK',
     const bob = await open(1, 't1', 'bob');
     const other = document(30_000);
     const reused = { ...event, audience: { users: ['bob'] }, data: other.data };
-    probe.channel.publish(`${prefix}.events`, 't1.doc.attached', Buffer.from(JSON.stringify(reused)), {
-      contentType: 'application/json',
-    });
+    await probe.publishEvent(prefix, reused);
     await eventually(() => bob.tab.eventIds().includes('raw-big'), 'the reused id delivered to bob');
     expect(bob.tab.events()[0]?.data).toEqual(other.data);
     expect(deliveries.of('raw-big')[2]?.headers['x-warren-job']).not.toBe(copy?.headers['x-warren-job']);

@@ -193,6 +193,22 @@ export class BrokerProbe {
     return new BrokerProbe(model, channel);
   }
 
+  /** Publishes a model event straight to the events exchange, as a service without the SDK would. */
+  async publishEvent(
+    prefix: string,
+    event: { tenantId: string; type: string } & Record<string, unknown>,
+  ): Promise<void> {
+    await new Promise<void>((resolve, reject) => {
+      (this.channel as unknown as amqp.ConfirmChannel).publish(
+        `${prefix}.events`,
+        `${event.tenantId}.${event.type}`,
+        Buffer.from(JSON.stringify(event)),
+        { contentType: 'application/json' },
+        (err: unknown) => (err ? reject(err as Error) : resolve()),
+      );
+    });
+  }
+
   /**
    * Publishes a delivery as a resolver would: first key as routing key, the rest in CC. User keys name the
    * recipients themselves; node keys (`n.<node>`) go with a recipients bitmap in `extraHeaders`.
@@ -290,6 +306,7 @@ export async function connectPublisher(config: Readonly<WarrenConfig>): Promise<
   return WarrenPublisher.connect({
     rabbitmqUrl: config.rabbitmq.url,
     redisUrl: config.redis.url,
+    payloadRedisUrl: config.claimCheck.redisUrl,
     prefix: config.prefix,
     claimCheckBytes: config.claimCheck.bytes,
   });
@@ -318,9 +335,9 @@ export async function withWarrenRedis(
   }
 }
 
-export async function cleanRedis(prefix: string): Promise<void> {
+export async function cleanRedis(prefix: string, url = inject('redisUrl')): Promise<void> {
   const { Redis } = await import('ioredis');
-  const redis = new Redis(inject('redisUrl'));
+  const redis = new Redis(url);
   await deletePrefixKeys(redis, prefix);
   await redis.quit();
 }

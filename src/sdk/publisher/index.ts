@@ -16,7 +16,7 @@ import { silentLogger, type Logger } from '../../shared/logger.js';
 import { Keys } from '../../store/keys.js';
 import { MembershipStore } from '../../store/membership-store.js';
 import { PayloadStore } from '../../store/payload-store.js';
-import { closeRedis, createRedis, withWarrenCommands } from '../../store/redis.js';
+import { closeRedis, createPayloadRedis, createRedis, withWarrenCommands } from '../../store/redis.js';
 
 export type { MembershipChange, ModelEvent };
 export { ErrorCode, WarrenError } from '../../shared/errors.js';
@@ -114,11 +114,9 @@ export class WarrenPublisher {
     let payloadRedis: Redis = options.payloadRedis ?? redis;
     if (!options.payloadRedis && options.payloadRedisUrl !== undefined) {
       try {
-        payloadRedis = await createRedis({
+        payloadRedis = await createPayloadRedis({
           url: options.payloadRedisUrl,
           name: 'warren-publisher-payloads',
-          // Payloads only: every key has a lifetime, and an evicted one is reported where it is missed.
-          checkEviction: false,
           logger,
         });
       } catch (error) {
