@@ -6,7 +6,7 @@ import { silentLogger } from '../shared/logger.js';
 import { Keys } from '../store/keys.js';
 import { applyPlan, formatOf, readMembershipFile, type ImportFormat } from '../store/membership-import.js';
 import { MembershipStore } from '../store/membership-store.js';
-import { createRedis } from '../store/redis.js';
+import { closeRedis, createRedis } from '../store/redis.js';
 
 export interface ImportArgs {
   file: string;
@@ -111,6 +111,6 @@ export async function runMembersImport(config: Readonly<WarrenConfig>, args: Imp
     );
     return 1;
   } finally {
-    await redis.quit();
+    await closeRedis(redis);
   }
 }

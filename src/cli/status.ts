@@ -5,7 +5,7 @@ import { ErrorCode, errorMessage, WarrenError, withoutCredentials } from '../sha
 import { silentLogger } from '../shared/logger.js';
 import { Keys } from '../store/keys.js';
 import { PresenceStore } from '../store/presence-store.js';
-import { createRedis } from '../store/redis.js';
+import { closeRedis, createRedis } from '../store/redis.js';
 
 interface QueueInfo {
   queue: string;
@@ -84,7 +84,7 @@ export async function collectStatus(config: Readonly<WarrenConfig>): Promise<Sta
       await model.close();
     }
   } finally {
-    await redis.quit();
+    await closeRedis(redis);
   }
 }
 

@@ -165,7 +165,7 @@ export async function startResolver(
         liveness.stop(),
         publisher.close(),
       ]);
-      await Promise.allSettled([broker.close(), redis.quit(), payloadRedis && closeRedis(payloadRedis)]);
+      await Promise.allSettled([broker.close(), closeRedis(redis), payloadRedis && closeRedis(payloadRedis)]);
       throw new WarrenError(
         ErrorCode.Config,
         `resolver.metricsPort: cannot listen on ${metricsHost}:${metricsPort}: ${errorMessage(error)}`,
@@ -204,8 +204,8 @@ export async function startResolver(
             { name: 'close consumer', run: () => consumer.close() },
             { name: 'close membership consumer', run: () => membershipConsumer.close() },
             { name: 'close broker', run: () => broker.close() },
-            { name: 'close redis', run: async () => void (await redis.quit()) },
-            { name: 'close payload redis', run: async () => payloadRedis && closeRedis(payloadRedis) },
+            { name: 'close redis', run: () => closeRedis(redis) },
+            { name: 'close payload redis', run: () => payloadRedis && closeRedis(payloadRedis) },
           ],
           logger,
         );

@@ -219,8 +219,8 @@ export function redisReady(redis: Redis): boolean {
 }
 
 /**
- * Closes a client: QUIT when connected; otherwise at once (a QUIT would wait in the offline queue for a
- * server that may not come back, and hold up a shutdown).
+ * Closes a client of Warren's own: QUIT when connected; otherwise at once (a QUIT would wait in the
+ * offline queue for a server that may not come back, and hold up a shutdown or a command's exit).
  */
 export async function closeRedis(redis: Redis): Promise<void> {
   // Connected but not answering: not waited for long either.

@@ -5,7 +5,8 @@ import { describe, expect, inject, it } from 'vitest';
 import { startGateway } from '../../src/gateway/main.js';
 import { WarrenPublisher } from '../../src/sdk/publisher/index.js';
 import { silentLogger } from '../../src/shared/logger.js';
-import { createRedis } from '../../src/store/redis.js';
+import { closeRedis, createRedis } from '../../src/store/redis.js';
+import { TcpProxy } from '../support/tcp-proxy.js';
 import { eventually, testConfig, testPrefix } from '../support/harness.js';
 
 // A service that cannot reach its broker or Redis is told why, soon, without its password.
@@ -93,6 +94,27 @@ describe('connecting to services that refuse', () => {
     expect(error.message).toContain('cannot connect to Redis at redis://***@127.0.0.1:1');
     expect(error.message).toContain('ECONNREFUSED');
     expect(error.message).not.toContain('hunter2');
+  });
+
+  it('a Redis client closes when its server hangs or is away, instead of waiting for it', async () => {
+    const target = new URL(inject('redisUrl'));
+    const proxy = await TcpProxy.start(target.hostname, Number(target.port || 6379));
+    try {
+      for (const fail of [() => proxy.stall(), () => (proxy.refuse(), proxy.cut())]) {
+        const redis = await createRedis({
+          url: proxy.url(target),
+          name: 'test-close',
+          logger: silentLogger(),
+        });
+        fail();
+        await closeRedis(redis);
+        await eventually(() => redis.status === 'end', 'the client ended');
+        proxy.flow();
+        proxy.accept();
+      }
+    } finally {
+      await proxy.close();
+    }
   });
 
   it('a gateway whose payloads’ Redis refuses does not start, and leaves no client on its main Redis', async () => {
