@@ -7,6 +7,11 @@ export interface TopologyNames {
   resolver: string;
   /** Membership changes from the exchange, applied in order by one resolver at a time. */
   memberships: string;
+  /**
+   * Events put aside for a while (their payloads' Redis did not answer): each waits out its own expiry
+   * here, then the broker dead-letters it back to the resolver queue.
+   */
+  resolverRetry: string;
   deliveries: string;
   dlx: string;
   dead: string;
@@ -19,6 +24,7 @@ export function topologyNames(prefix: string): TopologyNames {
     membership: `${prefix}.membership`,
     resolver: `${prefix}.resolver`,
     memberships: `${prefix}.resolver.membership`,
+    resolverRetry: `${prefix}.resolver.retry`,
     deliveries: `${prefix}.deliveries`,
     dlx: `${prefix}.dlx`,
     dead: `${prefix}.dead`,
@@ -56,6 +62,12 @@ export async function declareTopology(channel: Channel, names: TopologyNames): P
     arguments: { 'x-single-active-consumer': true, 'x-dead-letter-exchange': names.dlx },
   });
   await channel.bindQueue(names.memberships, names.membership, '#');
+  // No consumer: a message expires (its own `expiration`) and goes back to the resolver queue by the
+  // default exchange. Expiry happens at the head only, so one with a longer wait ahead of it waits too.
+  await channel.assertQueue(names.resolverRetry, {
+    durable: true,
+    arguments: { 'x-dead-letter-exchange': '', 'x-dead-letter-routing-key': names.resolver },
+  });
   // Installations from before that queue routed membership changes to the resolver queue.
   await channel.unbindQueue(names.resolver, names.membership, '#');
 }

@@ -75,9 +75,13 @@ export async function collectStatus(config: Readonly<WarrenConfig>): Promise<Sta
       });
     try {
       const queues = await Promise.all(
-        [names.resolver, names.memberships, names.dead, ...gateways.map((g) => names.gatewayQueue(g.id))].map(
-          (q) => queueInfo(model, q),
-        ),
+        [
+          names.resolver,
+          names.memberships,
+          names.resolverRetry,
+          names.dead,
+          ...gateways.map((g) => names.gatewayQueue(g.id)),
+        ].map((q) => queueInfo(model, q)),
       );
       return { gateways, tenants, queues };
     } finally {

@@ -17,6 +17,15 @@ export const DeliveryHeader = {
   Redelivered: 'x-warren-redelivered',
 } as const;
 
+/**
+ * On an event the resolver put aside in `<prefix>.resolver.retry`: how many times so far. The copy also
+ * carries `DeadLetterHeader.Exchange` and `RoutingKey`, where it was first published, since it comes back
+ * by the default exchange.
+ */
+export const RetryHeader = {
+  Attempts: 'x-warren-attempts',
+} as const;
+
 /** Headers on messages the resolver dead-letters. */
 export const DeadLetterHeader = {
   Reason: 'x-warren-reason',

@@ -13,7 +13,7 @@ export class ResolverMetrics {
     const r = [registry];
     this.events = new Counter({
       name: 'warren_resolver_events_total',
-      help: 'Events handled, by outcome (routed, no_recipients, dead_lettered, requeued)',
+      help: 'Events handled, by outcome (routed, no_recipients, dead_lettered, requeued, retried: put aside in the retry queue)',
       labelNames: ['outcome'],
       registers: r,
     });

@@ -1,8 +1,9 @@
 import { randomBytes } from 'node:crypto';
+import type { ConsumeMessage, Options } from 'amqplib';
 import type { Delivery as AmqpDelivery } from '../broker/consumer.js';
 import type { Publisher } from '../broker/publisher.js';
 import type { TopologyNames } from '../broker/topology.js';
-import { DeadLetterHeader } from '../protocol/delivery.js';
+import { DeadLetterHeader, RetryHeader } from '../protocol/delivery.js';
 import type { MembershipChange, ModelEvent } from '../protocol/schemas.js';
 import { errorMessage } from '../shared/errors.js';
 import { sleep } from '../shared/lifecycle.js';
@@ -34,8 +35,23 @@ interface PendingEvent {
 
 const MAX_BATCH = 512;
 const SYNC_ATTEMPTS = 3;
-/** How long an event waits before it is requeued when the payloads' store failed it. */
+/**
+ * An event its payloads' store failed waits in the retry queue this long the first time, twice as long
+ * each time after, up to RETRY_MAX_MS; requeued after REQUEUE_PAUSE_MS where the retry queue cannot take it.
+ */
+const RETRY_FIRST_MS = 500;
+const RETRY_MAX_MS = 8000;
 const REQUEUE_PAUSE_MS = 500;
+// Headers the broker adds when it dead-letters a message: a copy starts without them.
+const DEATH_HEADERS = [
+  'x-death',
+  'x-first-death-exchange',
+  'x-first-death-queue',
+  'x-first-death-reason',
+  'x-last-death-exchange',
+  'x-last-death-queue',
+  'x-last-death-reason',
+];
 
 /**
  * Turns the resolver queue into deliveries. Messages are taken in batches: one read of each tenant's change
@@ -50,8 +66,9 @@ const FAILURES_REMEMBERED = 10_000;
 // message is dead-lettered (bad input is dead-lettered at once).
 const RESOLVE_ATTEMPTS = 2;
 const MEMBERSHIP_ATTEMPTS = 5;
-// A dead letter waits this long for a publish channel (one being reopened) and for its confirm (a broker
-// under a resource alarm confirms nothing), then falls back to a plain reject, which loses the reason.
+// A dead letter (or a copy put aside in the retry queue) waits this long for a publish channel (one being
+// reopened) and for its confirm (a broker under a resource alarm confirms nothing), then falls back to a
+// plain reject, which loses the reason (a requeue after a pause, for the copy).
 const DEAD_LETTER_WAIT_MS = 5000;
 const DEAD_LETTER_CONFIRM_MS = 30_000;
 
@@ -231,7 +248,7 @@ export class ResolverWorker {
             if (prepared === undefined) return;
           }
           if (prepared.unchecked.has(item)) {
-            this.requeueLater(item.delivery);
+            this.putAside(item.delivery);
           } else if (prepared.missing.has(item)) {
             this.track(
               this.deadLetter(
@@ -283,7 +300,7 @@ export class ResolverWorker {
         if (missing.status === 'rejected') {
           this.deps.logger.warn(
             { err: errorMessage(missing.reason), tenantId: view.tenantId, events: withJob.length },
-            'cannot check claim-checked payloads; their events requeued, the others routed',
+            'cannot check claim-checked payloads; their events put aside, the others routed',
           );
           return { missing: new Set(), unchecked: new Set(withJob) };
         }
@@ -413,16 +430,72 @@ export class ResolverWorker {
       metrics.claimChecked.inc();
       return { body: Buffer.alloc(0), jobId };
     } catch (error) {
-      this.deps.logger.warn({ err: errorMessage(error), eventId: event.id }, 'claim check failed; requeued');
-      this.requeueLater(delivery);
+      this.deps.logger.warn({ err: errorMessage(error), eventId: event.id }, 'claim check failed; put aside');
+      this.putAside(delivery);
       return undefined;
     }
   }
 
-  /** Requeued after a pause, not in a hot loop against a store that failed it a moment ago. */
-  private requeueLater(delivery: AmqpDelivery): void {
-    this.deps.metrics.events.inc({ outcome: 'requeued' });
-    this.track(sleep(REQUEUE_PAUSE_MS).then(() => delivery.requeue()));
+  /**
+   * An event its payloads' store failed (that Redis away or full) waits in the retry queue and comes back
+   * by itself: the original is acked once the broker has confirmed the copy, so it does not hold a slot of
+   * the prefetch window meanwhile, and however many wait, the other events go on being routed. Where the
+   * retry queue cannot take it, it is requeued after a pause instead (holding its slot meanwhile).
+   */
+  private putAside(delivery: AmqpDelivery): void {
+    this.deps.metrics.events.inc({ outcome: 'retried' });
+    this.track(this.retryLater(delivery));
+  }
+
+  private async retryLater(delivery: AmqpDelivery): Promise<void> {
+    const { message } = delivery;
+    const { names, publisher, logger } = this.deps;
+    const origin = this.origin(message);
+    const headers: Record<string, unknown> = { ...(message.properties.headers ?? {}) };
+    for (const name of DEATH_HEADERS) delete headers[name];
+    const before = Number(headers[RetryHeader.Attempts]);
+    const attempts = Number.isSafeInteger(before) && before > 0 ? before + 1 : 1;
+    const waitMs = Math.min(RETRY_FIRST_MS * 2 ** Math.min(attempts - 1, 30), RETRY_MAX_MS);
+    try {
+      if (!(await publisher.readyWithin(DEAD_LETTER_WAIT_MS))) throw new Error('no publish channel');
+      // Its channel went meanwhile: the broker has requeued it already, a copy would be a second one.
+      if (!delivery.live) return;
+      await publisher.publish('', names.resolverRetry, message.content, {
+        ...copiedProperties(message),
+        expiration: String(waitMs),
+        headers: {
+          ...headers,
+          [RetryHeader.Attempts]: attempts,
+          [DeadLetterHeader.Exchange]: origin.exchange,
+          [DeadLetterHeader.RoutingKey]: origin.routingKey,
+        },
+        confirmTimeoutMs: DEAD_LETTER_CONFIRM_MS,
+      });
+      delivery.ack();
+    } catch (error) {
+      logger.warn({ err: errorMessage(error) }, 'retry queue did not take an event; requeued after a pause');
+      await sleep(REQUEUE_PAUSE_MS);
+      delivery.requeue();
+    }
+  }
+
+  /**
+   * Where a message was first published: an event back from the retry queue arrives by the default
+   * exchange, and its copy says where it came from.
+   */
+  private origin(message: ConsumeMessage): { exchange: string; routingKey: string } {
+    const { exchange, routingKey } = message.fields;
+    const headers = message.properties.headers ?? {};
+    const first = headers[DeadLetterHeader.Exchange];
+    const firstKey = headers[DeadLetterHeader.RoutingKey];
+    if (
+      exchange === '' &&
+      routingKey === this.deps.names.resolver &&
+      typeof first === 'string' &&
+      typeof firstKey === 'string'
+    )
+      return { exchange: first, routingKey: firstKey };
+    return { exchange, routingKey };
   }
 
   private async deadLetter(delivery: AmqpDelivery, code: RejectCode, reason: string): Promise<void> {
@@ -434,9 +507,10 @@ export class ResolverWorker {
     if (!delivery.live) return;
     metrics.deadLetters.inc({ code });
     metrics.events.inc({ outcome: 'dead_lettered' });
-    logger.warn({ code, reason, routingKey: message.fields.routingKey }, 'message dead-lettered');
+    const origin = this.origin(message);
+    logger.warn({ code, reason, routingKey: origin.routingKey }, 'message dead-lettered');
     try {
-      await publisher.publish(names.dlx, message.fields.routingKey, message.content, {
+      await publisher.publish(names.dlx, origin.routingKey, message.content, {
         ...(message.properties.contentType ? { contentType: message.properties.contentType } : {}),
         ...(message.properties.messageId ? { messageId: message.properties.messageId } : {}),
         persistent: true,
@@ -445,8 +519,8 @@ export class ResolverWorker {
           ...(message.properties.headers ?? {}),
           [DeadLetterHeader.Reason]: reason.slice(0, 2000),
           [DeadLetterHeader.Code]: code,
-          [DeadLetterHeader.Exchange]: message.fields.exchange,
-          [DeadLetterHeader.RoutingKey]: message.fields.routingKey,
+          [DeadLetterHeader.Exchange]: origin.exchange,
+          [DeadLetterHeader.RoutingKey]: origin.routingKey,
         },
       });
       delivery.ack();
@@ -456,4 +530,24 @@ export class ResolverWorker {
       delivery.reject();
     }
   }
+}
+
+/**
+ * What a copy keeps of a message's properties. Not `userId` (the broker checks it against the connection's
+ * own user) nor `expiration` (the copy has its own).
+ */
+function copiedProperties(message: ConsumeMessage): Options.Publish {
+  const p = message.properties;
+  const kept: Options.Publish = {
+    contentType: p.contentType as string | undefined,
+    contentEncoding: p.contentEncoding as string | undefined,
+    messageId: p.messageId as string | undefined,
+    correlationId: p.correlationId as string | undefined,
+    type: p.type as string | undefined,
+    appId: p.appId as string | undefined,
+    timestamp: p.timestamp as number | undefined,
+    priority: p.priority as number | undefined,
+    persistent: p.deliveryMode === 2,
+  };
+  return Object.fromEntries(Object.entries(kept).filter(([, v]) => v !== undefined)) as Options.Publish;
 }

@@ -145,6 +145,8 @@ describe('claim check with payloads on a Redis of their own', () => {
   });
 });
 
+const PREFETCH = 4;
+
 describe('claim check while the payloads’ own Redis is away', () => {
   let prefix: string;
   let proxy: TcpProxy;
@@ -159,9 +161,10 @@ describe('claim check while the payloads’ own Redis is away', () => {
     const target = new URL(payloadUrl());
     proxy = await TcpProxy.start(target.hostname, Number(target.port || 6379));
     // The gateway and the resolver reach the payloads' Redis through the proxy; the service directly.
+    // A small prefetch window: events waiting for the payloads' Redis must not fill it.
     const config = testConfig(prefix, {
       claimCheck: { redisUrl: proxy.url(payloadUrl()) },
-      resolver: { metricsPort: 0 },
+      resolver: { metricsPort: 0, prefetch: PREFETCH },
     });
     gateway = await startTestGateway(config);
     logs = [];
@@ -230,18 +233,19 @@ describe('claim check while the payloads’ own Redis is away', () => {
       warren.publishEvent({ id: 'small', tenantId: 't1', type: 'note.created', audience, data: { n: 1 } }),
     ]);
     await eventually(() => [ann, late].every((t) => t.eventIds().includes('small')), 'small events routed');
-    expect(await counter(resolver, 'warren_resolver_events_total', { outcome: 'requeued' })).toBeGreaterThan(
-      0,
-    );
     expect(ann.eventIds()).toEqual(['small']);
     // Only the event that needs the payloads' Redis waited for it: the batch was not retried and requeued.
     const said = logs.map((l) => l.msg);
-    expect(said).toContain('cannot check claim-checked payloads; their events requeued, the others routed');
+    expect(said).toContain('cannot check claim-checked payloads; their events put aside, the others routed');
     expect(said).not.toContain('cannot sync; requeueing');
     await eventually(
-      () => logs.some((l) => l.msg === 'claim check failed; requeued'),
-      'the large inline event requeued',
+      () => logs.some((l) => l.msg === 'claim check failed; put aside'),
+      'the large inline event put aside',
     );
+    expect(await counter(resolver, 'warren_resolver_events_total', { outcome: 'retried' })).toBeGreaterThan(
+      1,
+    );
+    expect(await counter(resolver, 'warren_resolver_events_total', { outcome: 'requeued' })).toBe(0);
 
     proxy.accept();
     await eventually(
@@ -253,6 +257,57 @@ describe('claim check while the payloads’ own Redis is away', () => {
       expect(t.events().find((e) => e.id === 'inline')?.data).toEqual(large);
       expect([...t.eventIds()].sort()).toEqual(['big', 'inline', 'small']);
     }
+  });
+
+  it('puts waiting events aside in the retry queue, so more of them than the prefetch window hold up nothing', async () => {
+    const ann = await openTab(gateway.port, await token({ sub: 'ann', tid: 't1' }));
+    const doc = { marker: randomBytes(8).toString('hex') };
+    const jobId = await warren.putPayload('t1', doc);
+    const dead: Record<string, unknown>[] = [];
+    const channel = await probe.model.createChannel();
+    await channel.consume(`${prefix}.dead`, (m) => m && dead.push(m.properties.headers ?? {}), {
+      noAck: true,
+    });
+    const retryDepth = async () => (await channel.checkQueue(`${prefix}.resolver.retry`)).messageCount;
+
+    proxy.refuse();
+    proxy.cut();
+    await eventually(async () => (await readyz(resolver.metricsPort)).payloadRedis === false, 'away');
+    const audience = { users: ['ann'] };
+    const waiting = Array.from({ length: 3 * PREFETCH }, (_, i) => `big-${i}`);
+    for (const id of waiting)
+      await warren.publishEvent({ id, tenantId: 't1', type: 'doc.attached', audience, jobId });
+    // Named by no job there is: found out once the payloads' Redis answers again.
+    await warren.publishEvent({ id: 'lost', tenantId: 't1', type: 'doc.attached', audience, jobId: 'gone' });
+    await warren.publishEvent({
+      id: 'small',
+      tenantId: 't1',
+      type: 'note.created',
+      audience,
+      data: { n: 1 },
+    });
+
+    // Behind three windows' worth of waiting events, still routed while the payloads' Redis is away.
+    await eventually(() => ann.eventIds().includes('small'), 'the small event, published last');
+    expect(ann.eventIds()).toEqual(['small']);
+    await eventually(async () => (await retryDepth()) > PREFETCH, 'events waiting in the retry queue');
+    expect(await counter(resolver, 'warren_resolver_events_total', { outcome: 'requeued' })).toBe(0);
+    expect(dead).toEqual([]);
+
+    proxy.accept();
+    await eventually(() => waiting.every((id) => ann.eventIds().includes(id)), 'every waiting event', 30_000);
+    await eventually(() => dead.length === 1, 'the event naming no job dead-lettered', 30_000);
+    // Once each, with the payload as published.
+    expect([...ann.eventIds()].sort()).toEqual([...waiting, 'small'].sort());
+    for (const id of waiting) expect(ann.events().find((e) => e.id === id)?.data).toEqual(doc);
+    // Where it was published, not the default exchange it came back by; and how often it waited.
+    expect(dead[0]).toMatchObject({
+      'x-warren-code': 'job_not_found',
+      'x-warren-original-exchange': `${prefix}.events`,
+      'x-warren-original-routing-key': 't1.doc.attached',
+    });
+    expect(Number(dead[0]?.['x-warren-attempts'])).toBeGreaterThanOrEqual(1);
+    expect(await retryDepth()).toBe(0);
   });
 
   it('does not hold other events behind a payloads’ Redis that hangs', async () => {

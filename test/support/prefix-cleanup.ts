@@ -27,7 +27,13 @@ export async function deleteTopology(
 ): Promise<void> {
   const names = topologyNames(prefix);
   channel.on('error', () => {});
-  for (const queue of [names.resolver, names.memberships, names.dead, ...(extra.queues ?? [])])
+  for (const queue of [
+    names.resolver,
+    names.memberships,
+    names.resolverRetry,
+    names.dead,
+    ...(extra.queues ?? []),
+  ])
     await channel.deleteQueue(queue).catch(() => {});
   for (const exchange of [
     names.events,
