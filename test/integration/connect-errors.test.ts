@@ -3,6 +3,7 @@ import { createServer, type AddressInfo } from 'node:net';
 import { Redis } from 'ioredis';
 import { describe, expect, inject, it } from 'vitest';
 import { startGateway } from '../../src/gateway/main.js';
+import { startResolver } from '../../src/resolver/main.js';
 import { WarrenPublisher } from '../../src/sdk/publisher/index.js';
 import { silentLogger } from '../../src/shared/logger.js';
 import { closeRedis, createRedis } from '../../src/store/redis.js';
@@ -116,6 +117,47 @@ describe('connecting to services that refuse', () => {
       await proxy.close();
     }
   });
+
+  // The main Redis through a proxy of the test's own: what is left open there is this start's, whatever
+  // other tests run meanwhile.
+  it.each([
+    [
+      'a resolver',
+      (mainUrl: string) =>
+        startResolver(
+          testConfig(testPrefix('payload-refused'), {
+            redis: { url: mainUrl },
+            claimCheck: { redisUrl: 'redis://127.0.0.1:1' },
+          }),
+          { logger: silentLogger() },
+        ),
+    ],
+    [
+      'the publisher SDK',
+      (mainUrl: string) =>
+        WarrenPublisher.connect({
+          rabbitmqUrl: inject('rabbitmqUrl'),
+          redisUrl: mainUrl,
+          payloadRedisUrl: 'redis://127.0.0.1:1',
+          prefix: testPrefix('payload-refused'),
+        }),
+    ],
+  ])(
+    '%s whose payloads’ Redis refuses does not start, and leaves no client on its main Redis',
+    async (_, start: (mainUrl: string) => Promise<unknown>) => {
+      const target = new URL(inject('redisUrl'));
+      const proxy = await TcpProxy.start(target.hostname, Number(target.port || 6379));
+      try {
+        await expect(start(proxy.url(target))).rejects.toThrow(
+          'cannot connect to Redis at redis://127.0.0.1:1',
+        );
+        expect(proxy.connections).toBeGreaterThan(0);
+        await eventually(() => proxy.open === 0, 'the main client closed');
+      } finally {
+        await proxy.close();
+      }
+    },
+  );
 
   it('a gateway whose payloads’ Redis refuses does not start, and leaves no client on its main Redis', async () => {
     const id = `refused-${randomBytes(4).toString('hex')}`;

@@ -58,6 +58,11 @@ export class TcpProxy {
     return state.proxy;
   }
 
+  /** Connections through the proxy still open on the client's side. */
+  get open(): number {
+    return this.pairs.size;
+  }
+
   /** `target` (the service's URL) with this proxy in place of the service. */
   url(target: string | URL): string {
     return throughLocalPort(target, this.port);
