@@ -7,6 +7,10 @@ import type { Gateway } from '../../src/gateway/main.js';
 import { startResolver, type Resolver } from '../../src/resolver/main.js';
 import { WarrenPublisher } from '../../src/sdk/publisher/index.js';
 import { Keys } from '../../src/store/keys.js';
+import { PayloadStore } from '../../src/store/payload-store.js';
+import { closeRedis, createPayloadRedis } from '../../src/store/redis.js';
+import { ErrorCode } from '../../src/shared/errors.js';
+import { silentLogger } from '../../src/shared/logger.js';
 import { TcpProxy } from '../support/tcp-proxy.js';
 import {
   BrokerProbe,
@@ -332,5 +336,43 @@ describe('claim check while the payloads’ own Redis is away', () => {
     proxy.flow();
     await eventually(() => ann.eventIds().includes('big'), 'the claim-checked event once it answers');
     expect(ann.events().find((e) => e.id === 'big')?.data).toEqual(doc);
+  });
+});
+
+describe('the payload store on a Redis of its own that hangs', () => {
+  it('times a check out once, then refuses the next ones at once until the server answers again', async () => {
+    const prefix = testPrefix('payload-store-hung');
+    const keys = new Keys(prefix);
+    const target = new URL(payloadUrl());
+    const proxy = await TcpProxy.start(target.hostname, Number(target.port || 6379));
+    const redis = await createPayloadRedis({
+      url: proxy.url(payloadUrl()),
+      name: 'test-payload-store',
+      logger: silentLogger(),
+    });
+    try {
+      const store = new PayloadStore(redis, keys, true);
+      const jobId = await store.put('t1', 'payload', 60);
+      expect(await store.missing('t1', [jobId, 'absent'])).toEqual(new Set(['absent']));
+
+      proxy.stall();
+      // Connected, so it looks ready; the first check waits out its timeout.
+      await expect(store.missing('t1', [jobId])).rejects.toMatchObject({ code: ErrorCode.Timeout });
+      // The next ones would queue behind the one it has not answered: refused without being sent.
+      for (const attempt of [() => store.missing('t1', [jobId]), () => store.put('t1', 'more', 60)])
+        await expect(attempt()).rejects.toMatchObject({ code: ErrorCode.RedisUnavailable });
+
+      proxy.flow();
+      // Once the hung check is answered, commands go through again.
+      await eventually(
+        async () => (await store.missing('t1', [jobId]).catch(() => undefined))?.size === 0,
+        'checks answered again',
+      );
+    } finally {
+      proxy.flow();
+      await closeRedis(redis);
+      await proxy.close();
+      await cleanRedis(prefix, payloadUrl());
+    }
   });
 });
