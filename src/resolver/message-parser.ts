@@ -1,5 +1,6 @@
 import type { ConsumeMessage } from 'amqplib';
 import type { TopologyNames } from '../broker/topology.js';
+import { DeadLetterHeader } from '../protocol/delivery.js';
 import {
   describeIssues,
   membershipChangeSchema,
@@ -57,14 +58,37 @@ function notJson(error: unknown): string {
 }
 
 /**
+ * Where a message was first published. An event the resolver put aside comes back from the retry queue by
+ * the default exchange, addressed to the resolver queue, and its copy names where it came from; any other
+ * message is where it says.
+ */
+export function originOf(
+  message: ConsumeMessage,
+  names: TopologyNames,
+): { exchange: string; routingKey: string } {
+  const { exchange, routingKey } = message.fields;
+  const headers = message.properties.headers ?? {};
+  const first = headers[DeadLetterHeader.Exchange];
+  const firstKey = headers[DeadLetterHeader.RoutingKey];
+  if (
+    exchange === '' &&
+    routingKey === names.resolver &&
+    typeof first === 'string' &&
+    typeof firstKey === 'string'
+  )
+    return { exchange: first, routingKey: firstKey };
+  return { exchange, routingKey };
+}
+
+/**
  * Validates what arrives on the resolver queue: model events from `<prefix>.events`, membership changes
  * from `<prefix>.membership`. Anything else is invalid, with a reason a person can act on.
  */
 export function parseMessage(message: ConsumeMessage, names: TopologyNames): Parsed {
   const body = json(message);
   if (!body.ok) return { kind: 'invalid', code: 'not_json', reason: body.reason };
-  const { exchange, routingKey } = message.fields;
-  if (exchange === names.membership) {
+  // Only what arrives from the membership exchange itself is a membership change: a header cannot make one.
+  if (message.fields.exchange === names.membership) {
     const result = membershipChangeSchema.safeParse(body.value);
     if (!result.success) {
       return { kind: 'invalid', code: 'invalid_membership', reason: describeIssues(result.error) };
@@ -76,7 +100,8 @@ export function parseMessage(message: ConsumeMessage, names: TopologyNames): Par
     return { kind: 'invalid', code: 'invalid_event', reason: describeIssues(result.error) };
   const event = result.data;
   // The routing key names the tenant too; if the two disagree, one of them is a bug, and guessing which
-  // could send health data to the wrong tenant.
+  // could send health data to the wrong tenant. Checked again when an event comes back from the retry queue.
+  const { exchange, routingKey } = originOf(message, names);
   if (exchange === names.events && routingKey !== `${event.tenantId}.${event.type}`) {
     return {
       kind: 'invalid',

@@ -12,7 +12,7 @@ import { StaleMembershipTerm, type MembershipStore } from '../store/membership-s
 import { PayloadStore } from '../store/payload-store.js';
 import { refusedByRedis } from '../store/redis.js';
 import type { DeliveryPublisher } from './delivery-publisher.js';
-import { parseMessage, type RejectCode } from './message-parser.js';
+import { originOf, parseMessage, type RejectCode } from './message-parser.js';
 import type { ResolverMetrics } from './resolver-metrics.js';
 import type { TenantView } from './tenant-view.js';
 
@@ -42,8 +42,11 @@ const SYNC_ATTEMPTS = 3;
 const RETRY_FIRST_MS = 500;
 const RETRY_MAX_MS = 8000;
 const REQUEUE_PAUSE_MS = 500;
-// Headers the broker adds when it dead-letters a message: a copy starts without them.
-const DEATH_HEADERS = [
+// Headers a copy of a message does not keep: those the broker reads to route a publish (`CC` and `BCC`: to
+// the default exchange each names a queue, any queue), and those it adds when it dead-letters one.
+const DROPPED_HEADERS = [
+  'CC',
+  'BCC',
   'x-death',
   'x-first-death-exchange',
   'x-first-death-queue',
@@ -443,16 +446,14 @@ export class ResolverWorker {
    * retry queue cannot take it, it is requeued after a pause instead (holding its slot meanwhile).
    */
   private putAside(delivery: AmqpDelivery): void {
-    this.deps.metrics.events.inc({ outcome: 'retried' });
     this.track(this.retryLater(delivery));
   }
 
   private async retryLater(delivery: AmqpDelivery): Promise<void> {
     const { message } = delivery;
-    const { names, publisher, logger } = this.deps;
-    const origin = this.origin(message);
-    const headers: Record<string, unknown> = { ...(message.properties.headers ?? {}) };
-    for (const name of DEATH_HEADERS) delete headers[name];
+    const { names, publisher, metrics, logger } = this.deps;
+    const origin = originOf(message, names);
+    const headers = copiedHeaders(message);
     const before = Number(headers[RetryHeader.Attempts]);
     const attempts = Number.isSafeInteger(before) && before > 0 ? before + 1 : 1;
     const waitMs = Math.min(RETRY_FIRST_MS * 2 ** Math.min(attempts - 1, 30), RETRY_MAX_MS);
@@ -471,31 +472,14 @@ export class ResolverWorker {
         },
         confirmTimeoutMs: DEAD_LETTER_CONFIRM_MS,
       });
+      metrics.events.inc({ outcome: 'retried' });
       delivery.ack();
     } catch (error) {
+      metrics.events.inc({ outcome: 'requeued' });
       logger.warn({ err: errorMessage(error) }, 'retry queue did not take an event; requeued after a pause');
       await sleep(REQUEUE_PAUSE_MS);
       delivery.requeue();
     }
-  }
-
-  /**
-   * Where a message was first published: an event back from the retry queue arrives by the default
-   * exchange, and its copy says where it came from.
-   */
-  private origin(message: ConsumeMessage): { exchange: string; routingKey: string } {
-    const { exchange, routingKey } = message.fields;
-    const headers = message.properties.headers ?? {};
-    const first = headers[DeadLetterHeader.Exchange];
-    const firstKey = headers[DeadLetterHeader.RoutingKey];
-    if (
-      exchange === '' &&
-      routingKey === this.deps.names.resolver &&
-      typeof first === 'string' &&
-      typeof firstKey === 'string'
-    )
-      return { exchange: first, routingKey: firstKey };
-    return { exchange, routingKey };
   }
 
   private async deadLetter(delivery: AmqpDelivery, code: RejectCode, reason: string): Promise<void> {
@@ -507,7 +491,7 @@ export class ResolverWorker {
     if (!delivery.live) return;
     metrics.deadLetters.inc({ code });
     metrics.events.inc({ outcome: 'dead_lettered' });
-    const origin = this.origin(message);
+    const origin = originOf(message, names);
     logger.warn({ code, reason, routingKey: origin.routingKey }, 'message dead-lettered');
     try {
       await publisher.publish(names.dlx, origin.routingKey, message.content, {
@@ -516,7 +500,7 @@ export class ResolverWorker {
         persistent: true,
         confirmTimeoutMs: DEAD_LETTER_CONFIRM_MS,
         headers: {
-          ...(message.properties.headers ?? {}),
+          ...copiedHeaders(message),
           [DeadLetterHeader.Reason]: reason.slice(0, 2000),
           [DeadLetterHeader.Code]: code,
           [DeadLetterHeader.Exchange]: origin.exchange,
@@ -530,6 +514,13 @@ export class ResolverWorker {
       delivery.reject();
     }
   }
+}
+
+/** What a copy keeps of a message's headers: all but DROPPED_HEADERS. */
+function copiedHeaders(message: ConsumeMessage): Record<string, unknown> {
+  const headers: Record<string, unknown> = { ...(message.properties.headers ?? {}) };
+  for (const name of DROPPED_HEADERS) delete headers[name];
+  return headers;
 }
 
 /**

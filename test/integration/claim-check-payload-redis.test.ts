@@ -246,8 +246,9 @@ describe('claim check while the payloads’ own Redis is away', () => {
       () => logs.some((l) => l.msg === 'claim check failed; put aside'),
       'the large inline event put aside',
     );
-    expect(await counter(resolver, 'warren_resolver_events_total', { outcome: 'retried' })).toBeGreaterThan(
-      1,
+    await eventually(
+      async () => (await counter(resolver, 'warren_resolver_events_total', { outcome: 'retried' })) > 1,
+      'both events put aside',
     );
     expect(await counter(resolver, 'warren_resolver_events_total', { outcome: 'requeued' })).toBe(0);
 
@@ -273,6 +274,12 @@ describe('claim check while the payloads’ own Redis is away', () => {
       noAck: true,
     });
     const retryDepth = async () => (await channel.checkQueue(`${prefix}.resolver.retry`)).messageCount;
+    // A queue of the test's own that no exchange routes to: only a `CC` header, kept on a copy published to
+    // the default exchange, would put something there.
+    const { queue: bystander } = await channel.assertQueue('', { exclusive: true });
+    // Consumed as it arrives: the copy's own expiry would take it out of that queue too.
+    const leaked: string[] = [];
+    await channel.consume(bystander, (m) => m && leaked.push(m.content.toString()), { noAck: true });
 
     proxy.refuse();
     proxy.cut();
@@ -281,6 +288,13 @@ describe('claim check while the payloads’ own Redis is away', () => {
     const waiting = Array.from({ length: 3 * PREFETCH }, (_, i) => `big-${i}`);
     for (const id of waiting)
       await warren.publishEvent({ id, tenantId: 't1', type: 'doc.attached', audience, jobId });
+    // A raw publisher's routing headers: they must not route the event anywhere when it is put aside.
+    await probe.publishEvent(
+      prefix,
+      { id: 'cc', tenantId: 't1', type: 'doc.attached', audience, jobId },
+      { CC: [bystander], BCC: [bystander] },
+    );
+    waiting.push('cc');
     // Named by no job there is: found out once the payloads' Redis answers again.
     await warren.publishEvent({ id: 'lost', tenantId: 't1', type: 'doc.attached', audience, jobId: 'gone' });
     await warren.publishEvent({
@@ -312,6 +326,7 @@ describe('claim check while the payloads’ own Redis is away', () => {
     });
     expect(Number(dead[0]?.['x-warren-attempts'])).toBeGreaterThanOrEqual(1);
     expect(await retryDepth()).toBe(0);
+    expect(leaked).toEqual([]);
   });
 
   it('does not hold other events behind a payloads’ Redis that hangs', async () => {

@@ -197,13 +197,14 @@ export class BrokerProbe {
   async publishEvent(
     prefix: string,
     event: { tenantId: string; type: string } & Record<string, unknown>,
+    headers?: Record<string, unknown>,
   ): Promise<void> {
     await new Promise<void>((resolve, reject) => {
       (this.channel as unknown as amqp.ConfirmChannel).publish(
         `${prefix}.events`,
         `${event.tenantId}.${event.type}`,
         Buffer.from(JSON.stringify(event)),
-        { contentType: 'application/json' },
+        { contentType: 'application/json', ...(headers ? { headers } : {}) },
         (err: unknown) => (err ? reject(err as Error) : resolve()),
       );
     });
