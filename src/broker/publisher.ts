@@ -1,4 +1,5 @@
-import type { ChannelModel, ConfirmChannel, Options } from 'amqplib';
+import { randomUUID } from 'node:crypto';
+import type { ChannelModel, ConfirmChannel, ConsumeMessage, Options } from 'amqplib';
 import { ErrorCode, WarrenError, errorMessage } from '../shared/errors.js';
 import { fulfilsWithin } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
@@ -21,7 +22,16 @@ export interface PublishOptions extends Options.Publish {
    * buffers that only drain once it clears: a caller that retries would pile up copies meanwhile.
    */
   failIfBlocked?: boolean;
+  /**
+   * Fail (`WARREN_ERR_UNROUTABLE`) when no queue takes the message, instead of resolving: the broker
+   * confirms a message it routed nowhere. The message carries a header of its own so that a return can be
+   * told apart from the others.
+   */
+  mandatory?: boolean;
 }
+
+// Names a mandatory publish, so that the broker's return of it can be matched with its confirm.
+const PUBLISH_ID_HEADER = 'x-warren-publish-id';
 
 // Closing waits this long for outstanding confirms and the channel's close (a blocked broker may send
 // neither).
@@ -42,6 +52,11 @@ export class Publisher {
   private readonly reopens = new RetrySchedule(REOPEN_BASE_MS, REOPEN_CAP_MS);
   /** Publishes waiting for a channel; woken when one opens or the publisher closes. */
   private readonly waiters = new Set<() => void>();
+  /**
+   * Mandatory publishes the broker returned as unroutable, until their confirm: it comes after the return
+   * on the same channel.
+   */
+  private readonly returned = new Set<string>();
 
   constructor(
     private readonly broker: BrokerConnection,
@@ -60,6 +75,10 @@ export class Publisher {
       return;
     }
     channel.on('error', (error: Error) => this.logger.warn({ err: error.message }, 'publish channel error'));
+    channel.on('return', (message: ConsumeMessage) => {
+      const id: unknown = message.properties.headers?.[PUBLISH_ID_HEADER];
+      if (typeof id === 'string') this.returned.add(id);
+    });
     channel.on('close', () => {
       if (this.channel !== channel) return;
       this.channel = undefined;
@@ -140,6 +159,9 @@ export class Publisher {
     options: PublishOptions = {},
   ): Promise<void> {
     const { waitForConnectionMs, confirmTimeoutMs, failIfBlocked, ...amqpOptions } = options;
+    const publishId = options.mandatory ? randomUUID() : undefined;
+    if (publishId !== undefined)
+      amqpOptions.headers = { ...(options.headers ?? {}), [PUBLISH_ID_HEADER]: publishId };
     const blocked = this.broker.blocked;
     if (failIfBlocked && blocked !== undefined) {
       throw new WarrenError(
@@ -174,6 +196,7 @@ export class Publisher {
       try {
         channel.publish(exchange, routingKey, body, amqpOptions, (error: unknown) => {
           clearTimeout(timer);
+          const wasReturned = publishId !== undefined && this.returned.delete(publishId);
           if (error) {
             reject(
               new WarrenError(
@@ -188,7 +211,17 @@ export class Publisher {
           } else {
             // A confirm: the channel works, so the next reopen (if any) starts from the short delay again.
             this.reopens.reset();
-            resolve();
+            if (wasReturned) {
+              reject(
+                new WarrenError(
+                  ErrorCode.Unroutable,
+                  `no queue took the message (exchange "${exchange}", routing key "${routingKey}")`,
+                  { retryable: true },
+                ),
+              );
+            } else {
+              resolve();
+            }
           }
         });
       } catch (error) {

@@ -9,6 +9,7 @@ export const ErrorCode = {
   Listen: 'WARREN_ERR_LISTEN',
   PublishNacked: 'WARREN_ERR_PUBLISH_NACKED',
   PublishRejected: 'WARREN_ERR_PUBLISH_REJECTED',
+  Unroutable: 'WARREN_ERR_UNROUTABLE',
   Timeout: 'WARREN_ERR_TIMEOUT',
   Closed: 'WARREN_ERR_CLOSED',
   Unauthorized: 'WARREN_ERR_UNAUTHORIZED',

@@ -78,6 +78,35 @@ describe('publisher', () => {
     }
   });
 
+  it('fails a mandatory publish no queue takes, which the broker confirms all the same', async () => {
+    const { broker, publisher } = await connected('publisher-mandatory');
+    const check = await model.createChannel();
+    await check.purgeQueue(queue);
+    try {
+      const nowhere = `${queue}.no-such-queue`;
+      // Without `mandatory` the broker's confirm is all there is to go by.
+      await publisher.publish('', nowhere, Buffer.from('dropped'));
+      await expect(
+        publisher.publish('', nowhere, Buffer.from('returned'), { mandatory: true }),
+      ).rejects.toMatchObject({ code: 'WARREN_ERR_UNROUTABLE' });
+      // Routed, among returned ones on the same channel: each is told apart by its own header.
+      const outcomes = await Promise.allSettled(
+        [nowhere, queue, nowhere, queue].map((to, i) =>
+          publisher.publish('', to, Buffer.from(`m${i}`), { mandatory: true, headers: { n: i } }),
+        ),
+      );
+      expect(outcomes.map((o) => o.status)).toEqual(['rejected', 'fulfilled', 'rejected', 'fulfilled']);
+      const got = await check.get(queue, { noAck: true });
+      // The caller's headers are kept.
+      expect(got && got.properties.headers?.['n']).toBe(1);
+    } finally {
+      await check.purgeQueue(queue);
+      await check.close();
+      await publisher.close();
+      await broker.close();
+    }
+  });
+
   it('gives up on a confirm that does not come, and closes without waiting for it', async () => {
     const target = new URL(inject('rabbitmqUrl'));
     const proxy = await TcpProxy.start(target.hostname, Number(target.port || 5672));
