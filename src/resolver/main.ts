@@ -120,6 +120,18 @@ export async function startResolver(
     claimCheck: config.claimCheck,
     metrics,
     logger,
+    redeclare: async () => {
+      const model = broker.model;
+      if (!model) return;
+      const channel = await model.createChannel();
+      // A failed declaration closes the channel with an error event: reported by the rejection below.
+      channel.on('error', () => {});
+      try {
+        await declareTopology(channel, names);
+      } finally {
+        await channel.close().catch(() => {});
+      }
+    },
   });
   // Before every subscription, not only on connect: a queue deleted under a consumer (an operator, a
   // policy) cancels it, and re-subscribing to a queue that is gone would fail for good.

@@ -5,7 +5,7 @@ import type { Publisher } from '../broker/publisher.js';
 import type { TopologyNames } from '../broker/topology.js';
 import { DeadLetterHeader, RetryHeader } from '../protocol/delivery.js';
 import type { MembershipChange, ModelEvent } from '../protocol/schemas.js';
-import { errorMessage } from '../shared/errors.js';
+import { ErrorCode, WarrenError, errorMessage } from '../shared/errors.js';
 import { sleep } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import { StaleMembershipTerm, type MembershipStore } from '../store/membership-store.js';
@@ -26,6 +26,8 @@ export interface WorkerDeps {
   claimCheck: { bytes: number; ttlSec: number };
   metrics: ResolverMetrics;
   logger: Logger;
+  /** Declares the shared topology again, on a channel of its own (a queue found missing). */
+  redeclare: () => Promise<void>;
 }
 
 interface PendingEvent {
@@ -72,8 +74,8 @@ const MEMBERSHIP_ATTEMPTS = 5;
 // A dead letter (or a copy put aside in the retry queue) waits this long for a publish channel (one being
 // reopened) and for its confirm (a broker under a resource alarm confirms nothing), then falls back to a
 // plain reject, which loses the reason (a requeue after a pause, for the copy).
-const DEAD_LETTER_WAIT_MS = 5000;
-const DEAD_LETTER_CONFIRM_MS = 30_000;
+const SIDE_PUBLISH_WAIT_MS = 5000;
+const SIDE_PUBLISH_CONFIRM_MS = 30_000;
 
 /**
  * Failures per message, counted in this process (the broker's `redelivered` flag cannot tell why a message
@@ -402,7 +404,7 @@ export class ResolverWorker {
   }
 
   /**
-   * The delivery body: `data` inline, or claim-checked above the threshold; undefined when requeued or
+   * The delivery body: `data` inline, or claim-checked above the threshold; undefined when put aside or
    * dead-lettered.
    */
   private async body(
@@ -458,7 +460,7 @@ export class ResolverWorker {
     const attempts = Number.isSafeInteger(before) && before > 0 ? before + 1 : 1;
     const waitMs = Math.min(RETRY_FIRST_MS * 2 ** Math.min(attempts - 1, 30), RETRY_MAX_MS);
     try {
-      if (!(await publisher.readyWithin(DEAD_LETTER_WAIT_MS))) throw new Error('no publish channel');
+      if (!(await publisher.readyWithin(SIDE_PUBLISH_WAIT_MS))) throw new Error('no publish channel');
       // Its channel went meanwhile: the broker has requeued it already, a copy would be a second one.
       if (!delivery.live) return;
       await publisher.publish('', names.resolverRetry, message.content, {
@@ -470,14 +472,25 @@ export class ResolverWorker {
           [DeadLetterHeader.Exchange]: origin.exchange,
           [DeadLetterHeader.RoutingKey]: origin.routingKey,
         },
-        confirmTimeoutMs: DEAD_LETTER_CONFIRM_MS,
+        confirmTimeoutMs: SIDE_PUBLISH_CONFIRM_MS,
+        // The retry queue gone (deleted by hand): the broker would confirm a copy it routed nowhere.
+        mandatory: true,
       });
       metrics.events.inc({ outcome: 'retried' });
       delivery.ack();
     } catch (error) {
-      metrics.events.inc({ outcome: 'requeued' });
-      logger.warn({ err: errorMessage(error) }, 'retry queue did not take an event; requeued after a pause');
+      logger.warn(
+        { err: errorMessage(error), eventId: message.properties.messageId as unknown },
+        'retry queue did not take an event; requeued after a pause',
+      );
+      if (error instanceof WarrenError && error.code === ErrorCode.Unroutable)
+        await this.deps
+          .redeclare()
+          .catch((failed: unknown) =>
+            logger.warn({ err: errorMessage(failed) }, 'cannot declare the topology again'),
+          );
       await sleep(REQUEUE_PAUSE_MS);
+      if (delivery.live) metrics.events.inc({ outcome: 'requeued' });
       delivery.requeue();
     }
   }
@@ -487,7 +500,7 @@ export class ResolverWorker {
     const { names, publisher, metrics, logger } = this.deps;
     // A publish channel being reopened is waited for. A delivery whose channel went meanwhile (the
     // connection dropped) was requeued by the broker: it is dead-lettered when it comes back, not twice.
-    await publisher.readyWithin(DEAD_LETTER_WAIT_MS);
+    await publisher.readyWithin(SIDE_PUBLISH_WAIT_MS);
     if (!delivery.live) return;
     metrics.deadLetters.inc({ code });
     metrics.events.inc({ outcome: 'dead_lettered' });
@@ -498,7 +511,7 @@ export class ResolverWorker {
         ...(message.properties.contentType ? { contentType: message.properties.contentType } : {}),
         ...(message.properties.messageId ? { messageId: message.properties.messageId } : {}),
         persistent: true,
-        confirmTimeoutMs: DEAD_LETTER_CONFIRM_MS,
+        confirmTimeoutMs: SIDE_PUBLISH_CONFIRM_MS,
         headers: {
           ...copiedHeaders(message),
           [DeadLetterHeader.Reason]: reason.slice(0, 2000),

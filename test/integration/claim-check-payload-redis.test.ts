@@ -6,6 +6,7 @@ import type { WarrenConfig } from '../../src/config/schema.js';
 import type { Gateway } from '../../src/gateway/main.js';
 import { startResolver, type Resolver } from '../../src/resolver/main.js';
 import { WarrenPublisher } from '../../src/sdk/publisher/index.js';
+import { queueExists } from '../../src/broker/topology.js';
 import { Keys } from '../../src/store/keys.js';
 import { PayloadStore } from '../../src/store/payload-store.js';
 import { closeRedis, createPayloadRedis } from '../../src/store/redis.js';
@@ -247,8 +248,8 @@ describe('claim check while the payloads’ own Redis is away', () => {
       'the large inline event put aside',
     );
     await eventually(
-      async () => (await counter(resolver, 'warren_resolver_events_total', { outcome: 'retried' })) > 1,
-      'both events put aside',
+      async () => (await counter(resolver, 'warren_resolver_events_total', { outcome: 'retried' })) > 0,
+      'events put aside',
     );
     expect(await counter(resolver, 'warren_resolver_events_total', { outcome: 'requeued' })).toBe(0);
 
@@ -270,63 +271,107 @@ describe('claim check while the payloads’ own Redis is away', () => {
     const jobId = await warren.putPayload('t1', doc);
     const dead: Record<string, unknown>[] = [];
     const channel = await probe.model.createChannel();
-    await channel.consume(`${prefix}.dead`, (m) => m && dead.push(m.properties.headers ?? {}), {
-      noAck: true,
-    });
-    const retryDepth = async () => (await channel.checkQueue(`${prefix}.resolver.retry`)).messageCount;
-    // A queue of the test's own that no exchange routes to: only a `CC` header, kept on a copy published to
-    // the default exchange, would put something there.
-    const { queue: bystander } = await channel.assertQueue('', { exclusive: true });
-    // Consumed as it arrives: the copy's own expiry would take it out of that queue too.
-    const leaked: string[] = [];
-    await channel.consume(bystander, (m) => m && leaked.push(m.content.toString()), { noAck: true });
+    try {
+      await channel.consume(`${prefix}.dead`, (m) => m && dead.push(m.properties.headers ?? {}), {
+        noAck: true,
+      });
+      const retryDepth = async () => (await channel.checkQueue(`${prefix}.resolver.retry`)).messageCount;
+      // A queue of the test's own that no exchange routes to: only a `CC` header, kept on a copy published to
+      // the default exchange, would put something there.
+      const { queue: bystander } = await channel.assertQueue('', { exclusive: true });
+      // Consumed as it arrives: the copy's own expiry would take it out of that queue too.
+      const leaked: string[] = [];
+      await channel.consume(bystander, (m) => m && leaked.push(m.content.toString()), { noAck: true });
 
-    proxy.refuse();
-    proxy.cut();
-    await eventually(async () => (await readyz(resolver.metricsPort)).payloadRedis === false, 'away');
-    const audience = { users: ['ann'] };
-    const waiting = Array.from({ length: 3 * PREFETCH }, (_, i) => `big-${i}`);
-    for (const id of waiting)
-      await warren.publishEvent({ id, tenantId: 't1', type: 'doc.attached', audience, jobId });
-    // A raw publisher's routing headers: they must not route the event anywhere when it is put aside.
-    await probe.publishEvent(
-      prefix,
-      { id: 'cc', tenantId: 't1', type: 'doc.attached', audience, jobId },
-      { CC: [bystander], BCC: [bystander] },
-    );
-    waiting.push('cc');
-    // Named by no job there is: found out once the payloads' Redis answers again.
-    await warren.publishEvent({ id: 'lost', tenantId: 't1', type: 'doc.attached', audience, jobId: 'gone' });
-    await warren.publishEvent({
-      id: 'small',
-      tenantId: 't1',
-      type: 'note.created',
-      audience,
-      data: { n: 1 },
-    });
+      proxy.refuse();
+      proxy.cut();
+      await eventually(async () => (await readyz(resolver.metricsPort)).payloadRedis === false, 'away');
+      const audience = { users: ['ann'] };
+      const waiting = Array.from({ length: 3 * PREFETCH }, (_, i) => `big-${i}`);
+      for (const id of waiting)
+        await warren.publishEvent({ id, tenantId: 't1', type: 'doc.attached', audience, jobId });
+      // A raw publisher's routing headers: they must not route the event anywhere when it is put aside.
+      await probe.publishEvent(
+        prefix,
+        { id: 'cc', tenantId: 't1', type: 'doc.attached', audience, jobId },
+        { CC: [bystander] },
+      );
+      waiting.push('cc');
+      // Named by no job there is: found out once the payloads' Redis answers again.
+      await warren.publishEvent({
+        id: 'lost',
+        tenantId: 't1',
+        type: 'doc.attached',
+        audience,
+        jobId: 'gone',
+      });
+      await warren.publishEvent({
+        id: 'small',
+        tenantId: 't1',
+        type: 'note.created',
+        audience,
+        data: { n: 1 },
+      });
 
-    // Behind three windows' worth of waiting events, still routed while the payloads' Redis is away.
-    await eventually(() => ann.eventIds().includes('small'), 'the small event, published last');
-    expect(ann.eventIds()).toEqual(['small']);
-    await eventually(async () => (await retryDepth()) > PREFETCH, 'events waiting in the retry queue');
-    expect(await counter(resolver, 'warren_resolver_events_total', { outcome: 'requeued' })).toBe(0);
-    expect(dead).toEqual([]);
+      // Behind three windows' worth of waiting events, still routed while the payloads' Redis is away.
+      await eventually(() => ann.eventIds().includes('small'), 'the small event, published last');
+      expect(ann.eventIds()).toEqual(['small']);
+      await eventually(async () => (await retryDepth()) > PREFETCH, 'events waiting in the retry queue');
+      expect(await counter(resolver, 'warren_resolver_events_total', { outcome: 'requeued' })).toBe(0);
+      expect(dead).toEqual([]);
 
-    proxy.accept();
-    await eventually(() => waiting.every((id) => ann.eventIds().includes(id)), 'every waiting event', 30_000);
-    await eventually(() => dead.length === 1, 'the event naming no job dead-lettered', 30_000);
-    // Once each, with the payload as published.
-    expect([...ann.eventIds()].sort()).toEqual([...waiting, 'small'].sort());
-    for (const id of waiting) expect(ann.events().find((e) => e.id === id)?.data).toEqual(doc);
-    // Where it was published, not the default exchange it came back by; and how often it waited.
-    expect(dead[0]).toMatchObject({
-      'x-warren-code': 'job_not_found',
-      'x-warren-original-exchange': `${prefix}.events`,
-      'x-warren-original-routing-key': 't1.doc.attached',
-    });
-    expect(Number(dead[0]?.['x-warren-attempts'])).toBeGreaterThanOrEqual(1);
-    expect(await retryDepth()).toBe(0);
-    expect(leaked).toEqual([]);
+      proxy.accept();
+      await eventually(
+        () => waiting.every((id) => ann.eventIds().includes(id)),
+        'every waiting event',
+        20_000,
+      );
+      await eventually(() => dead.length === 1, 'the event naming no job dead-lettered', 20_000);
+      // Once each, with the payload as published.
+      expect([...ann.eventIds()].sort()).toEqual([...waiting, 'small'].sort());
+      for (const id of waiting) expect(ann.events().find((e) => e.id === id)?.data).toEqual(doc);
+      // Where it was published, not the default exchange it came back by; and how often it waited.
+      expect(dead[0]).toMatchObject({
+        'x-warren-code': 'job_not_found',
+        'x-warren-original-exchange': `${prefix}.events`,
+        'x-warren-original-routing-key': 't1.doc.attached',
+      });
+      expect(Number(dead[0]?.['x-warren-attempts'])).toBeGreaterThanOrEqual(1);
+      expect(await retryDepth()).toBe(0);
+      expect(leaked).toEqual([]);
+    } finally {
+      await channel.close().catch(() => {});
+    }
+  }, 60_000);
+
+  it('loses no event put aside while the retry queue is gone, and declares that queue again', async () => {
+    const ann = await openTab(gateway.port, await token({ sub: 'ann', tid: 't1' }));
+    const doc = { marker: randomBytes(8).toString('hex') };
+    const jobId = await warren.putPayload('t1', doc);
+    const channel = await probe.model.createChannel();
+    try {
+      // Deleted by hand: a copy published there would be confirmed and routed nowhere.
+      await channel.deleteQueue(`${prefix}.resolver.retry`);
+      proxy.refuse();
+      proxy.cut();
+      await eventually(async () => (await readyz(resolver.metricsPort)).payloadRedis === false, 'away');
+      const audience = { users: ['ann'] };
+      await warren.publishEvent({ id: 'big', tenantId: 't1', type: 'doc.attached', audience, jobId });
+      await eventually(
+        () => logs.some((l) => l.msg === 'retry queue did not take an event; requeued after a pause'),
+        'the copy returned',
+      );
+      await eventually(
+        () => queueExists(probe.model, `${prefix}.resolver.retry`),
+        'the retry queue declared again',
+      );
+
+      proxy.accept();
+      await eventually(() => ann.eventIds().includes('big'), 'the event, once the payloads’ Redis is back');
+      expect(ann.events().find((e) => e.id === 'big')?.data).toEqual(doc);
+    } finally {
+      await channel.close().catch(() => {});
+    }
   });
 
   it('does not hold other events behind a payloads’ Redis that hangs', async () => {
