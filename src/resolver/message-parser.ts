@@ -102,7 +102,16 @@ export function parseMessage(message: ConsumeMessage, names: TopologyNames): Par
   // The routing key names the tenant too; if the two disagree, one of them is a bug, and guessing which
   // could send health data to the wrong tenant. Checked again when an event comes back from the retry queue.
   const { exchange, routingKey } = originOf(message, names);
-  if (exchange === names.events && routingKey !== `${event.tenantId}.${event.type}`) {
+  // The resolver queue is bound to the events exchange only: anything else was sent to the queue by name,
+  // past that check.
+  if (exchange !== names.events) {
+    return {
+      kind: 'invalid',
+      code: 'routing_mismatch',
+      reason: `events are published to ${names.events}; this one came by exchange "${exchange.slice(0, 255)}"`,
+    };
+  }
+  if (routingKey !== `${event.tenantId}.${event.type}`) {
     return {
       kind: 'invalid',
       code: 'routing_mismatch',

@@ -46,6 +46,15 @@ describe('parseMessage and originOf: events back from the retry queue', () => {
     expect(originOf(elsewhere, names)).toEqual({ exchange: '', routingKey: 'warren.dead' });
   });
 
+  it('refuses an event sent to the resolver queue by name, past the events exchange', () => {
+    for (const headers of [{}, from('amq.topic', 't1.note.created')])
+      expect(parseMessage(message('', names.resolver, event, headers), names)).toMatchObject({
+        kind: 'invalid',
+        code: 'routing_mismatch',
+        reason: expect.stringContaining('events are published to warren.events') as unknown,
+      });
+  });
+
   it('never reads a membership change off a header: only the membership exchange itself gives one', () => {
     expect(parseMessage(message(names.membership, 't1', membership), names)).toMatchObject({
       kind: 'membership',
