@@ -4,7 +4,14 @@ import type { WarrenConfig } from '../config/schema.js';
 import { errorMessage } from '../shared/errors.js';
 import { silentLogger } from '../shared/logger.js';
 import { Keys } from '../store/keys.js';
-import { applyPlan, formatOf, readMembershipFile, type ImportFormat } from '../store/membership-import.js';
+import {
+  applyRows,
+  formatOf,
+  readMembershipFile,
+  replayRows,
+  type ImportFormat,
+  type ImportPlan,
+} from '../store/membership-import.js';
 import { MembershipStore } from '../store/membership-store.js';
 import { closeRedis, createRedis } from '../store/redis.js';
 
@@ -49,11 +56,15 @@ export async function runMembersImport(config: Readonly<WarrenConfig>, args: Imp
   const started = performance.now();
   const reading = bar('validating');
   reading.start(1, 0);
-  let plan: Awaited<ReturnType<typeof readMembershipFile>>;
+  const options = { format, ...(args.tenant ? { tenant: args.tenant } : {}) };
+  // A regular file is validated, then read again to apply it: no row is held in memory. A pipe can be read
+  // once only, so its rows are kept from the first reading.
+  const replay = statSync(args.file).isFile();
+  let plan: ImportPlan;
   try {
     plan = await readMembershipFile(args.file, {
-      format,
-      ...(args.tenant ? { tenant: args.tenant } : {}),
+      ...options,
+      keepRows: !replay,
       onBytes: (read, total) => {
         reading.setTotal(total);
         reading.update(read);
@@ -86,9 +97,9 @@ export async function runMembersImport(config: Readonly<WarrenConfig>, args: Imp
   applying.start(plan.valid, 0);
   let done = 0;
   try {
-    const { applied, changed } = await applyPlan(
+    const { applied, changed } = await applyRows(
       new MembershipStore(redis, new Keys(config.prefix)),
-      plan,
+      replay ? replayRows(args.file, options, plan) : (plan.changes ?? []),
       BATCH,
       (n) => {
         done = n;
@@ -98,7 +109,7 @@ export async function runMembersImport(config: Readonly<WarrenConfig>, args: Imp
     applying.stop();
     const seconds = (performance.now() - started) / 1000;
     console.log(
-      `Imported ${applied} row(s) for ${plan.byTenant.size} tenant(s) in ${seconds.toFixed(1)} s ` +
+      `Imported ${applied} row(s) for ${plan.tenants.size} tenant(s) in ${seconds.toFixed(1)} s ` +
         `(${changed} changed memberships, ${applied - changed} already as requested)` +
         (plan.bad.length > 0 ? `; skipped ${plan.bad.length} bad line(s).` : '.'),
     );

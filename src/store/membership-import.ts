@@ -14,8 +14,18 @@ export interface ImportPlan {
   rows: number;
   valid: number;
   bad: BadLine[];
-  byTenant: Map<string, MembershipChange[]>;
+  /** Tenants the valid rows name. */
+  tenants: Set<string>;
+  /** The valid rows in file order, when read with `keepRows` (a pipe, which cannot be read again). */
+  changes?: MembershipChange[];
+  /** The file's size and modification time before it was read. */
+  source: { size: number; mtimeMs: number };
 }
+
+/** A row of a membership file, valid or not; `row: false` for a bad line that is not a row (the header). */
+export type ImportItem =
+  | { kind: 'row'; line: number; change: MembershipChange }
+  | { kind: 'bad'; line: number; reason: string; row: boolean };
 
 export interface ReadOptions {
   format: ImportFormat;
@@ -57,113 +67,195 @@ function unquote(cell: string): string {
 }
 
 /**
- * Reads and validates a whole membership file before anything is applied. Rows default to `op: add` and to
- * the `--tenant` given. CSV needs a header naming its columns (op, tenantId, userId, teamId, groupId).
+ * Every line of a membership file that holds a row, validated, in file order. Rows default to `op: add` and
+ * to the `--tenant` given. CSV needs a header naming its columns (op, tenantId, userId, teamId, groupId);
+ * a bad header ends the file.
  */
-export async function readMembershipFile(file: string, options: ReadOptions): Promise<ImportPlan> {
+export async function* readRows(file: string, options: ReadOptions): AsyncGenerator<ImportItem> {
   const total = statSync(file).size;
   const stream = createReadStream(file);
   const lines = createInterface({ input: stream, crlfDelay: Infinity });
-  const plan: ImportPlan = { rows: 0, valid: 0, bad: [], byTenant: new Map() };
   let header: string[] | undefined;
   let number = 0;
   let lastReport = 0;
-  for await (const line of lines) {
-    number += 1;
-    // Windows tools often save UTF-8 with a byte-order mark, which JSON.parse rejects as a bad first line.
-    const text = number === 1 && line.startsWith('\uFEFF') ? line.slice(1) : line;
-    if (options.onBytes && number - lastReport >= 10_000) {
-      lastReport = number;
-      options.onBytes(stream.bytesRead, total);
-    }
-    if (text.trim() === '' || (options.format === 'csv' && text.startsWith('#'))) continue;
-    let row: Record<string, unknown>;
-    if (options.format === 'jsonl') {
-      try {
-        const parsed: unknown = JSON.parse(text);
+  let anyBad = false;
+  const bad = (reason: string, row = true): ImportItem => {
+    anyBad = true;
+    return { kind: 'bad', line: number, reason, row };
+  };
+  try {
+    for await (const line of lines) {
+      number += 1;
+      // Windows tools often save UTF-8 with a byte-order mark, which JSON.parse rejects as a bad first line.
+      const text = number === 1 && line.startsWith('\uFEFF') ? line.slice(1) : line;
+      if (options.onBytes && number - lastReport >= 10_000) {
+        lastReport = number;
+        options.onBytes(stream.bytesRead, total);
+      }
+      if (text.trim() === '' || (options.format === 'csv' && text.startsWith('#'))) continue;
+      let row: Record<string, unknown>;
+      if (options.format === 'jsonl') {
+        let parsed: unknown;
+        try {
+          parsed = JSON.parse(text);
+        } catch {
+          yield bad('not valid JSON');
+          continue;
+        }
         if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
-          plan.rows += 1;
-          plan.bad.push({ line: number, reason: 'not a JSON object' });
+          yield bad('not a JSON object');
           continue;
         }
         row = parsed as Record<string, unknown>;
-      } catch {
-        plan.rows += 1;
-        plan.bad.push({ line: number, reason: 'not valid JSON' });
-        continue;
-      }
-    } else {
-      const cells = text.split(',').map(unquote);
-      if (!header) {
-        const problem = headerProblem(cells);
-        if (problem) {
-          plan.bad.push({ line: number, reason: problem });
-          break;
+      } else {
+        const cells = text.split(',').map(unquote);
+        if (!header) {
+          const problem = headerProblem(cells);
+          if (problem) {
+            yield bad(problem, false);
+            return;
+          }
+          header = cells;
+          continue;
         }
-        header = cells;
+        if (cells.length !== header.length) {
+          yield bad(`expected ${header.length} cells, found ${cells.length}`);
+          continue;
+        }
+        row = {};
+        const empty: string[] = [];
+        header.forEach((column, i) => {
+          const cell = cells[i];
+          if (cell) row[column] = cell;
+          else if (REQUIRED_WHEN_PRESENT.has(column)) empty.push(column);
+        });
+        if (empty.length > 0) {
+          yield bad(`empty ${empty.join(' and ')} (fill in the cell)`);
+          continue;
+        }
+      }
+      // Defaults fill in what is absent, never what is there: `"op": null` is a bad line, not an add.
+      if (!('op' in row)) row['op'] = 'add';
+      if (options.tenant !== undefined && !('tenantId' in row)) row['tenantId'] = options.tenant;
+      const result = membershipChangeSchema.safeParse(row);
+      if (!result.success) {
+        yield bad(describeIssues(result.error));
         continue;
       }
-      plan.rows += 1;
-      if (cells.length !== header.length) {
-        plan.bad.push({ line: number, reason: `expected ${header.length} cells, found ${cells.length}` });
-        continue;
-      }
-      row = {};
-      const empty: string[] = [];
-      header.forEach((column, i) => {
-        const cell = cells[i];
-        if (cell) row[column] = cell;
-        else if (REQUIRED_WHEN_PRESENT.has(column)) empty.push(column);
-      });
-      if (empty.length > 0) {
-        plan.bad.push({ line: number, reason: `empty ${empty.join(' and ')} (fill in the cell)` });
-        continue;
-      }
+      yield { kind: 'row', line: number, change: result.data };
     }
-    if (options.format === 'jsonl') plan.rows += 1;
-    // Defaults fill in what is absent, never what is there: `"op": null` is a bad line, not an add.
-    if (!('op' in row)) row['op'] = 'add';
-    if (options.tenant !== undefined && !('tenantId' in row)) row['tenantId'] = options.tenant;
-    const result = membershipChangeSchema.safeParse(row);
-    if (!result.success) {
-      plan.bad.push({ line: number, reason: describeIssues(result.error) });
-      continue;
-    }
-    const change = result.data;
-    let list = plan.byTenant.get(change.tenantId);
-    if (!list) {
-      list = [];
-      plan.byTenant.set(change.tenantId, list);
-    }
-    list.push(change);
-    plan.valid += 1;
+  } finally {
+    // Also when the reader stops early (a bad header, a consumer that failed): no file left open.
+    lines.close();
+    stream.destroy();
   }
-  if (options.format === 'csv' && !header && plan.bad.length === 0) {
-    plan.bad.push({ line: 1, reason: 'the CSV file has no header row' });
+  if (options.format === 'csv' && !header && !anyBad) {
+    number = 1;
+    yield bad('the CSV file has no header row', false);
   }
   options.onBytes?.(total, total);
+}
+
+/**
+ * Reads and validates a whole membership file before anything is applied. The rows themselves are kept
+ * only with `keepRows` (a pipe cannot be read a second time); a regular file is read again to apply it.
+ */
+export async function readMembershipFile(
+  file: string,
+  options: ReadOptions & { keepRows: boolean },
+): Promise<ImportPlan> {
+  const { size, mtimeMs } = statSync(file);
+  const plan: ImportPlan = {
+    source: { size, mtimeMs },
+    rows: 0,
+    valid: 0,
+    bad: [],
+    tenants: new Set(),
+    ...(options.keepRows ? { changes: [] } : {}),
+  };
+  for await (const item of readRows(file, options)) {
+    if (item.kind === 'bad') {
+      if (item.row) plan.rows += 1;
+      plan.bad.push({ line: item.line, reason: item.reason });
+      continue;
+    }
+    plan.rows += 1;
+    plan.valid += 1;
+    plan.tenants.add(item.change.tenantId);
+    plan.changes?.push(item.change);
+  }
   return plan;
 }
 
 /**
- * Applies a validated plan in batches, each atomic in Redis and announced to resolvers as a bulk change.
- * Adding and removing are set operations, so running an interrupted import again finishes it.
+ * The valid rows of a file read again after `plan` was made from it, checked against it: a line whose
+ * verdict changed, or a count that differs, means the file changed in between, and the import stops there
+ * (what was applied before is applied; running the import again on a fixed file completes it).
  */
-export async function applyPlan(
-  store: MembershipStore,
+export async function* replayRows(
+  file: string,
+  options: ReadOptions,
   plan: ImportPlan,
+): AsyncGenerator<MembershipChange> {
+  const changed = (why: string) => new Error(`${file} changed while it was imported (${why})`);
+  const unchanged = () => {
+    const { size, mtimeMs } = statSync(file);
+    if (size !== plan.source.size || mtimeMs !== plan.source.mtimeMs)
+      throw changed('its size or modification time differs');
+  };
+  unchanged();
+  const badLines = new Set(plan.bad.map((b) => b.line));
+  let valid = 0;
+  for await (const item of readRows(file, options)) {
+    if (item.kind === 'bad' ? !badLines.has(item.line) : badLines.has(item.line))
+      throw changed(`line ${item.line} reads differently now`);
+    if (item.kind === 'row') {
+      valid += 1;
+      yield item.change;
+    }
+  }
+  if (valid !== plan.valid) throw changed(`${valid} valid rows now, ${plan.valid} before`);
+  unchanged();
+}
+
+// Rows held back, over all tenants, before every tenant's batch so far is applied.
+const MAX_HELD_BATCHES = 20;
+
+/**
+ * Applies validated rows in batches of up to `batchSize` rows of one tenant, each atomic in Redis and
+ * announced to resolvers as a bulk change; a tenant's rows are applied in file order. Adding and removing are
+ * set operations, so running an interrupted import again finishes it.
+ */
+export async function applyRows(
+  store: MembershipStore,
+  rows: Iterable<MembershipChange> | AsyncIterable<MembershipChange>,
   batchSize: number,
   onRows: (applied: number) => void,
 ): Promise<{ applied: number; changed: number }> {
   let applied = 0;
   let changed = 0;
-  for (const [tenantId, changes] of plan.byTenant) {
-    for (let start = 0; start < changes.length; start += batchSize) {
-      const batch = changes.slice(start, start + batchSize);
-      changed += await store.applyBulk(tenantId, batch);
-      applied += batch.length;
-      onRows(applied);
+  let held = 0;
+  const pending = new Map<string, MembershipChange[]>();
+  const flush = async (tenantId: string, batch: MembershipChange[]) => {
+    pending.delete(tenantId);
+    held -= batch.length;
+    changed += await store.applyBulk(tenantId, batch);
+    applied += batch.length;
+    onRows(applied);
+  };
+  for await (const change of rows) {
+    let batch = pending.get(change.tenantId);
+    if (!batch) {
+      batch = [];
+      pending.set(change.tenantId, batch);
     }
+    batch.push(change);
+    held += 1;
+    if (batch.length >= batchSize) await flush(change.tenantId, batch);
+    // Many tenants, few rows each: memory stays bounded all the same.
+    else if (held >= MAX_HELD_BATCHES * batchSize)
+      for (const [tenantId, rest] of [...pending]) await flush(tenantId, rest);
   }
+  for (const [tenantId, rest] of [...pending]) await flush(tenantId, rest);
   return { applied, changed };
 }

@@ -1,5 +1,5 @@
-import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { createWriteStream, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
@@ -150,6 +150,31 @@ describe('warren members import', () => {
     expect(run.code, run.stderr).toBe(0);
     expect(run.stdout.match(summary)?.slice(1)).toEqual(['4', '1', '4', '0']);
     expect(await reach({ teams: ['lab'] })).toEqual(['ann', 'cid', 'dan']);
+  });
+
+  it('imports from a pipe, which it reads once, applying each tenant’s rows in order', async () => {
+    const rows = [
+      { tenantId: 'acme', userId: 'dan', teamId: 'pipe' },
+      { tenantId: 'globex', userId: 'ann', teamId: 'pipe' },
+      { tenantId: 'acme', userId: 'cid', teamId: 'pipe' },
+      // Added, then removed further down: it ends removed.
+      { op: 'remove', tenantId: 'acme', userId: 'dan', teamId: 'pipe' },
+    ];
+    // A named pipe, as `<(zcat members.jsonl.gz)` gives: it can be read once only.
+    const fifo = join(dir, 'members.fifo');
+    execFileSync('mkfifo', [fifo]);
+    const running = warrenMembersImport(prefix, [fifo, '--format', 'jsonl']);
+    const writer = createWriteStream(fifo);
+    for (const row of rows) {
+      writer.write(JSON.stringify(row) + '\n');
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    writer.end();
+    const run = await running;
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.stdout.match(summary)?.slice(1)).toEqual(['4', '2', '4', '0']);
+    expect(await reach({ teams: ['pipe'] })).toEqual(['cid']);
+    expect(await reach({ teams: ['pipe'] }, 'globex')).toEqual(['globex/ann']);
   });
 
   it('imports a JSONL file saved with a byte-order mark', async () => {
