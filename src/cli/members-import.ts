@@ -6,6 +6,7 @@ import { silentLogger } from '../shared/logger.js';
 import { Keys } from '../store/keys.js';
 import {
   applyRows,
+  FileChanged,
   formatOf,
   readMembershipFile,
   replayRows,
@@ -117,8 +118,12 @@ export async function runMembersImport(config: Readonly<WarrenConfig>, args: Imp
   } catch (error) {
     applying.stop();
     console.error(
-      `\nImport stopped after ${done} of ${plan.valid} rows: ${errorMessage(error)}\nEvery row is an add or a remove, so ` +
-        'running the same import again completes it without doubling anything.',
+      `\nImport stopped after ${done} of ${plan.valid} rows: ${errorMessage(error)}\n` +
+        (error instanceof FileChanged
+          ? 'The rows applied are the first of each tenant’s, in file order, as the file read when it was ' +
+            'applied. Check the file, then run the import again: every row is an add or a remove.'
+          : 'Every row is an add or a remove, so running the same import again completes it without ' +
+            'doubling anything.'),
     );
     return 1;
   } finally {

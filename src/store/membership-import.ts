@@ -18,9 +18,26 @@ export interface ImportPlan {
   tenants: Set<string>;
   /** The valid rows in file order, when read with `keepRows` (a pipe, which cannot be read again). */
   changes?: MembershipChange[];
-  /** The file's size and modification time before it was read. */
-  source: { size: number; mtimeMs: number };
+  /** The file as it was before it was read: which file, its size, when it last changed. */
+  source: FileState;
 }
+
+interface FileState {
+  dev: number;
+  ino: number;
+  size: number;
+  mtimeMs: number;
+  /** Set by the system on every change, also one that puts the modification time back (`cp -p`, `rsync -a`). */
+  ctimeMs: number;
+}
+
+function fileState(file: string): FileState {
+  const { dev, ino, size, mtimeMs, ctimeMs } = statSync(file);
+  return { dev, ino, size, mtimeMs, ctimeMs };
+}
+
+/** The file being imported changed after it was validated. */
+export class FileChanged extends Error {}
 
 /** A row of a membership file, valid or not; `row: false` for a bad line that is not a row (the header). */
 export type ImportItem =
@@ -113,7 +130,7 @@ export async function* readRows(file: string, options: ReadOptions): AsyncGenera
           const problem = headerProblem(cells);
           if (problem) {
             yield bad(problem, false);
-            return;
+            break;
           }
           header = cells;
           continue;
@@ -149,11 +166,11 @@ export async function* readRows(file: string, options: ReadOptions): AsyncGenera
     lines.close();
     stream.destroy();
   }
+  options.onBytes?.(total, total);
   if (options.format === 'csv' && !header && !anyBad) {
     number = 1;
     yield bad('the CSV file has no header row', false);
   }
-  options.onBytes?.(total, total);
 }
 
 /**
@@ -164,9 +181,8 @@ export async function readMembershipFile(
   file: string,
   options: ReadOptions & { keepRows: boolean },
 ): Promise<ImportPlan> {
-  const { size, mtimeMs } = statSync(file);
   const plan: ImportPlan = {
-    source: { size, mtimeMs },
+    source: fileState(file),
     rows: 0,
     valid: 0,
     bad: [],
@@ -197,11 +213,11 @@ export async function* replayRows(
   options: ReadOptions,
   plan: ImportPlan,
 ): AsyncGenerator<MembershipChange> {
-  const changed = (why: string) => new Error(`${file} changed while it was imported (${why})`);
+  const changed = (why: string) => new FileChanged(`${file} changed after it was validated (${why})`);
   const unchanged = () => {
-    const { size, mtimeMs } = statSync(file);
-    if (size !== plan.source.size || mtimeMs !== plan.source.mtimeMs)
-      throw changed('its size or modification time differs');
+    const now = fileState(file);
+    const differs = (Object.keys(now) as (keyof FileState)[]).filter((k) => now[k] !== plan.source[k]);
+    if (differs.length > 0) throw changed(`its ${differs.join(', ')} differ`);
   };
   unchanged();
   const badLines = new Set(plan.bad.map((b) => b.line));

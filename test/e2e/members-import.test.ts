@@ -1,5 +1,13 @@
 import { execFileSync, spawn } from 'node:child_process';
-import { createWriteStream, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  constants,
+  createWriteStream,
+  mkdtempSync,
+  openSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
@@ -165,6 +173,14 @@ describe('warren members import', () => {
     execFileSync('mkfifo', [fifo]);
     const running = warrenMembersImport(prefix, [fifo, '--format', 'jsonl']);
     const writer = createWriteStream(fifo);
+    writer.on('error', () => {});
+    // Opening a pipe to write waits for a reader: one that failed before it opened the pipe must not leave
+    // the test waiting, so a reader of the test's own then takes its place.
+    let opened = false;
+    writer.once('open', () => (opened = true));
+    void running.then(() => {
+      if (!opened) closeSync(openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK));
+    });
     for (const row of rows) {
       writer.write(JSON.stringify(row) + '\n');
       await new Promise((r) => setTimeout(r, 5));

@@ -1,9 +1,18 @@
-import { appendFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  appendFileSync,
+  mkdtempSync,
+  renameSync,
+  rmSync,
+  statSync,
+  utimesSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { MembershipChange } from '../../../src/protocol/schemas.js';
-import { readMembershipFile, replayRows } from '../../../src/store/membership-import.js';
+import type { MembershipStore } from '../../../src/store/membership-store.js';
+import { applyRows, readMembershipFile, replayRows } from '../../../src/store/membership-import.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'warren-import-unit-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -42,14 +51,73 @@ describe('membership import: validated once, read again to apply', () => {
     writeFileSync(grown, rows(3));
     let plan = await readMembershipFile(grown, { format: 'jsonl', keepRows: false });
     appendFileSync(grown, 'not json\n');
-    await expect(replayed(grown, plan)).rejects.toThrow(`${grown} changed while it was imported`);
+    await expect(replayed(grown, plan)).rejects.toThrow(`${grown} changed after it was validated`);
 
-    // Same size, every line still valid: told by its modification time.
+    // Same size, every line still valid, its modification time put back (`cp -p`, `rsync -a`): another
+    // file in its place, or the same one changed since (its status-change time).
+    const replaced = join(dir, 'replaced.jsonl');
+    writeFileSync(replaced, rows(3));
+    plan = await readMembershipFile(replaced, { format: 'jsonl', keepRows: false });
+    const { atime, mtime } = statSync(replaced);
+    writeFileSync(`${replaced}.new`, rows(3).replace('u1', 'u9'));
+    utimesSync(`${replaced}.new`, atime, mtime);
+    renameSync(`${replaced}.new`, replaced);
+    await expect(replayed(replaced, plan)).rejects.toThrow(/its dev, ino|its ino/);
+
     const edited = join(dir, 'edited.jsonl');
     writeFileSync(edited, rows(3));
     plan = await readMembershipFile(edited, { format: 'jsonl', keepRows: false });
     await new Promise((r) => setTimeout(r, 20));
     writeFileSync(edited, rows(3).replace('u1', 'u9'));
-    await expect(replayed(edited, plan)).rejects.toThrow('its size or modification time differs');
+    utimesSync(edited, statSync(edited).atime, new Date(plan.source.mtimeMs));
+    await expect(replayed(edited, plan)).rejects.toThrow(/ctimeMs/);
+  });
+});
+
+describe('membership import: applying', () => {
+  /** A store that keeps memberships in a set and records each batch it was given. */
+  function fakeStore() {
+    const members = new Set<string>();
+    const batches: MembershipChange[][] = [];
+    const store = {
+      applyBulk: (tenantId: string, batch: MembershipChange[]) => {
+        batches.push(batch);
+        let changed = 0;
+        for (const c of batch) {
+          if (c.tenantId !== tenantId) throw new Error('a batch of two tenants');
+          const key = `${c.tenantId}/${'userId' in c ? c.userId : ''}/${'teamId' in c ? c.teamId : ''}`;
+          const before = members.has(key);
+          if (c.op === 'add') members.add(key);
+          else members.delete(key);
+          if (before !== members.has(key)) changed += 1;
+        }
+        return Promise.resolve(changed);
+      },
+    };
+    return { members, batches, store: store as unknown as MembershipStore };
+  }
+
+  it('applies each tenant’s rows in order, in batches of one tenant, however the tenants interleave', async () => {
+    const tenants = Array.from({ length: 50 }, (_, i) => `t${i}`);
+    const change = (op: 'add' | 'remove', tenantId: string, userId: string): MembershipChange => ({
+      op,
+      tenantId,
+      kind: 'user-team',
+      userId,
+      teamId: 'icu',
+    });
+    // Fifty tenants one row each (past 20 batches of 2 held: every tenant's rows so far are applied), then
+    // each tenant's removal of that row and an add of another (a tenant's batch full).
+    const all = [
+      ...tenants.map((t) => change('add', t, 'ann')),
+      ...tenants.flatMap((t) => [change('remove', t, 'ann'), change('add', t, 'bob')]),
+    ];
+    const { members, batches, store } = fakeStore();
+    const seen: number[] = [];
+    const result = await applyRows(store, all, 2, (n) => seen.push(n));
+    expect(result).toEqual({ applied: 150, changed: 150 });
+    expect([...members].sort()).toEqual(tenants.map((t) => `${t}/bob/icu`).sort());
+    expect(batches.every((b) => b.length >= 1 && b.length <= 2)).toBe(true);
+    expect(seen.at(-1)).toBe(150);
   });
 });
