@@ -31,7 +31,7 @@ export interface PublishOptions extends Options.Publish {
 }
 
 // Names a mandatory publish, so that the broker's return of it can be matched with its confirm.
-const PUBLISH_ID_HEADER = 'x-warren-publish-id';
+export const PUBLISH_ID_HEADER = 'x-warren-publish-id';
 
 // Closing waits this long for outstanding confirms and the channel's close (a blocked broker may send
 // neither).

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import type { ConsumeMessage, Options } from 'amqplib';
 import type { Delivery as AmqpDelivery } from '../broker/consumer.js';
-import type { Publisher } from '../broker/publisher.js';
+import { PUBLISH_ID_HEADER, type Publisher } from '../broker/publisher.js';
 import type { TopologyNames } from '../broker/topology.js';
 import { DeadLetterHeader, RetryHeader } from '../protocol/delivery.js';
 import type { MembershipChange, ModelEvent } from '../protocol/schemas.js';
@@ -45,10 +45,12 @@ const RETRY_FIRST_MS = 500;
 const RETRY_MAX_MS = 8000;
 const REQUEUE_PAUSE_MS = 500;
 // Headers a copy of a message does not keep: those the broker reads to route a publish (`CC` and `BCC`: to
-// the default exchange each names a queue, any queue), and those it adds when it dead-letters one.
+// the default exchange each names a queue, any queue), those it adds when it dead-letters one, and the id
+// an earlier copy was published under.
 const DROPPED_HEADERS = [
   'CC',
   'BCC',
+  PUBLISH_ID_HEADER,
   'x-death',
   'x-first-death-exchange',
   'x-first-death-queue',
@@ -113,6 +115,8 @@ export class ResolverWorker {
   private readonly resolveFailures = new FailureCounts();
   /** Membership-queue terms taken in this subscription, per tenant (see `MembershipStore.newTerm`). */
   private readonly terms = new Map<string, number>();
+  /** The declaration a returned retry copy asked for, while it runs. */
+  private redeclaring: Promise<void> | undefined;
   /** Key of this resolver's claim-check job ids: the same event gets the same id on every attempt here. */
   private readonly jobSecret = randomBytes(32);
 
@@ -483,16 +487,22 @@ export class ResolverWorker {
         { err: errorMessage(error), eventId: message.properties.messageId as unknown },
         'retry queue did not take an event; requeued after a pause',
       );
-      if (error instanceof WarrenError && error.code === ErrorCode.Unroutable)
-        await this.deps
-          .redeclare()
-          .catch((failed: unknown) =>
-            logger.warn({ err: errorMessage(failed) }, 'cannot declare the topology again'),
-          );
+      if (error instanceof WarrenError && error.code === ErrorCode.Unroutable) await this.redeclare();
       await sleep(REQUEUE_PAUSE_MS);
       if (delivery.live) metrics.events.inc({ outcome: 'requeued' });
       delivery.requeue();
     }
+  }
+
+  /** Declares the topology again; copies returned together share one declaration. */
+  private redeclare(): Promise<void> {
+    this.redeclaring ??= this.deps
+      .redeclare()
+      .catch((error: unknown) =>
+        this.deps.logger.warn({ err: errorMessage(error) }, 'cannot declare the topology again'),
+      )
+      .finally(() => (this.redeclaring = undefined));
+    return this.redeclaring;
   }
 
   private async deadLetter(delivery: AmqpDelivery, code: RejectCode, reason: string): Promise<void> {
