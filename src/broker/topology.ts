@@ -16,6 +16,8 @@ export interface TopologyNames {
   dlx: string;
   dead: string;
   gatewayQueue(gatewayId: string): string;
+  /** Where a node's queue puts the deliveries it drops when full: the node tells its tabs. */
+  gatewayDropped(gatewayId: string): string;
 }
 
 export function topologyNames(prefix: string): TopologyNames {
@@ -29,13 +31,14 @@ export function topologyNames(prefix: string): TopologyNames {
     dlx: `${prefix}.dlx`,
     dead: `${prefix}.dead`,
     gatewayQueue: (gatewayId) => `${prefix}.gw.${gatewayId}`,
+    gatewayDropped: (gatewayId) => `${prefix}.gw.${gatewayId}.dropped`,
   };
 }
 
 // A gateway that dies without cleaning up leaves its queue; the broker removes it after this long unused.
 const GATEWAY_QUEUE_EXPIRES_MS = 60_000;
-// Bounds what an orphaned or stalled gateway queue can hold; the oldest deliveries go first.
-const GATEWAY_QUEUE_MAX_LENGTH = 100_000;
+// What the dropped-deliveries queue keeps: it only tells the node that some were dropped, and how many.
+const DROPPED_MAX_LENGTH = 1000;
 
 /**
  * Declares the shared topology. Idempotent: every process runs it on every (re)connect, whoever is first
@@ -72,26 +75,55 @@ export async function declareTopology(channel: Channel, names: TopologyNames): P
   await channel.unbindQueue(names.resolver, names.membership, '#');
 }
 
+export interface GatewayQueueOptions {
+  /** Deliveries it holds ready; past that the oldest are dropped (gateway.queueMaxLength). */
+  maxLength: number;
+  /** Dropped deliveries go there (`gatewayDropped`), declared here first. */
+  dropped: string;
+  /** The node's own key for node-routed deliveries. */
+  nodeBinding?: { exchange: string; key: string };
+}
+
 /**
  * A gateway node's own queue: not exclusive, so deliveries that arrive during a broker blip wait for it.
- * With `nodeBinding`, also bound with the node's own key for node-routed deliveries.
+ * Bounded, so that an orphaned or stalled node's queue cannot take the broker's memory: the oldest
+ * deliveries go first, dead-lettered to the node's dropped-deliveries queue so that the node can tell its
+ * tabs instead of losing them silently.
  */
 export async function declareGatewayQueue(
   channel: Channel,
   queue: string,
-  nodeBinding?: { exchange: string; key: string },
+  options: GatewayQueueOptions,
 ): Promise<void> {
+  await declareDroppedQueue(channel, options.dropped);
   await channel.assertQueue(queue, {
     durable: false,
     exclusive: false,
     autoDelete: false,
     arguments: {
       'x-expires': GATEWAY_QUEUE_EXPIRES_MS,
-      'x-max-length': GATEWAY_QUEUE_MAX_LENGTH,
+      'x-max-length': options.maxLength,
+      'x-overflow': 'drop-head',
+      'x-dead-letter-exchange': '',
+      'x-dead-letter-routing-key': options.dropped,
+    },
+  });
+  if (options.nodeBinding)
+    await channel.bindQueue(queue, options.nodeBinding.exchange, options.nodeBinding.key);
+}
+
+/** A node's dropped-deliveries queue (`gatewayDropped`), which its queue dead-letters to. */
+export async function declareDroppedQueue(channel: Channel, dropped: string): Promise<void> {
+  await channel.assertQueue(dropped, {
+    durable: false,
+    exclusive: false,
+    autoDelete: false,
+    arguments: {
+      'x-expires': GATEWAY_QUEUE_EXPIRES_MS,
+      'x-max-length': DROPPED_MAX_LENGTH,
       'x-overflow': 'drop-head',
     },
   });
-  if (nodeBinding) await channel.bindQueue(queue, nodeBinding.exchange, nodeBinding.key);
 }
 
 /** Whether an AMQP error is the broker's 404: the queue or exchange named does not exist. */

@@ -29,6 +29,7 @@ export const DEFAULTS = {
   maxBackpressureBytes: 4 * 1024 * 1024,
   badFrameLimit: 10,
   gatewayPrefetch: 512,
+  gatewayQueueMaxLength: 100_000,
   drainWindowMs: 5000,
   drainTimeoutMs: 30_000,
   payloadCacheBytes: 64 * 1024 * 1024,
@@ -175,6 +176,11 @@ export const configSchema = z.strictObject({
         .max(MAX_PREFETCH)
         .default(DEFAULTS.gatewayPrefetch)
         .describe('Unacked deliveries per node.'),
+      queueMaxLength: positiveInt
+        .default(DEFAULTS.gatewayQueueMaxLength)
+        .describe(
+          "Deliveries a node's queue holds waiting for the node; past it the broker drops the oldest and the node tells its tabs events_missed.",
+        ),
       drainWindowMs: z
         .number()
         .int()

@@ -20,6 +20,7 @@ export class GatewayMetrics {
   readonly badFrames: Counter;
   readonly payloadFetches: Counter;
   readonly payloadUnavailable: Counter<'reason'>;
+  readonly dropped: Counter;
   readonly welcomeSeconds: Histogram;
 
   constructor(registry: Registry) {
@@ -86,6 +87,11 @@ export class GatewayMetrics {
       name: 'warren_gateway_payload_unavailable_total',
       help: 'Claim-checked deliveries whose payload could not be read; their tabs got payload_unavailable',
       labelNames: ['reason'],
+      registers: r,
+    });
+    this.dropped = new Counter({
+      name: 'warren_gateway_dropped_deliveries_total',
+      help: "Deliveries the broker dropped from this node's full queue (gateway.queueMaxLength); its tabs got events_missed. Counts up to 1,000 drops between two reads.",
       registers: r,
     });
     this.welcomeSeconds = new Histogram({

@@ -3,7 +3,13 @@ import type { TemplatedApp } from 'uWebSockets.js';
 import { BindingPool } from '../broker/binding-pool.js';
 import { BrokerConnection } from '../broker/connection.js';
 import { Consumer } from '../broker/consumer.js';
-import { declareGatewayQueue, declareTopology, queueExists, topologyNames } from '../broker/topology.js';
+import {
+  declareDroppedQueue,
+  declareGatewayQueue,
+  declareTopology,
+  queueExists,
+  topologyNames,
+} from '../broker/topology.js';
 import type { WarrenConfig } from '../config/schema.js';
 import { CloseCode } from '../protocol/close-codes.js';
 import { FrameErrorCode } from '../protocol/frames.js';
@@ -32,6 +38,11 @@ import { RecentDeliveries } from './recent-deliveries.js';
 import { ConnectionRegistry } from './registry.js';
 import type { Tab } from './tab.js';
 import { WsServer } from './ws-server.js';
+
+// The dropped-deliveries queue is read for a count only; one notice to the tabs covers the drops of this
+// long.
+const DROPPED_PREFETCH = 100;
+const DROPPED_NOTICE_MS = 200;
 
 export interface GatewayOptions {
   logger: Logger;
@@ -63,6 +74,7 @@ export async function startGateway(
   const logger = options.logger.child({ component: 'gateway', nodeId });
   const names = topologyNames(config.prefix);
   const queue = names.gatewayQueue(nodeId);
+  const droppedQueue = names.gatewayDropped(nodeId);
   const keys = new Keys(config.prefix);
 
   const metricsRegistry = createRegistry({ node: nodeId });
@@ -178,18 +190,51 @@ export async function startGateway(
       prepare: async (channel, model) => {
         // A fixed id (gateway.id) may find the queue of an earlier process of that id, still bound with
         // its users' keys: nothing here would ever unbind them. The node starts from an empty queue.
-        if (!queueDeclared && g.id !== undefined && (await queueExists(model, queue)))
+        if (!queueDeclared && g.id !== undefined && (await queueExists(model, queue))) {
           await channel.deleteQueue(queue);
+          // What that process's queue dropped is not this one's to report.
+          await channel.deleteQueue(droppedQueue);
+        }
         // Gone since the last declaration (deleted, expired during a long outage, a broker restart): what
         // was routed to it meanwhile is lost. The first declaration of the process has nothing to lose.
         if (queueDeclared && !(await queueExists(model, queue))) queueLosses += 1;
-        await declareGatewayQueue(channel, queue, { exchange: names.deliveries, key: nodeKey(nodeId) });
+        await declareGatewayQueue(channel, queue, {
+          maxLength: g.queueMaxLength,
+          dropped: droppedQueue,
+          nodeBinding: { exchange: names.deliveries, key: nodeKey(nodeId) },
+        });
         queueDeclared = true;
       },
       // The queue may have been deleted under the consumer, and its user bindings with it.
       resubscribed: rebind,
     },
     (delivery) => router.handle(delivery),
+    logger,
+  );
+
+  let draining = false;
+  /** Deliveries the node's queue dropped (it was full) that the tabs have not been told of yet. */
+  let droppedUntold = 0;
+  let droppedTimer: NodeJS.Timeout | undefined;
+  const droppedConsumer = new Consumer(
+    broker,
+    {
+      queue: droppedQueue,
+      prefetch: DROPPED_PREFETCH,
+      prepare: (channel) => declareDroppedQueue(channel, droppedQueue),
+    },
+    (delivery) => {
+      delivery.ack();
+      metrics.dropped.inc();
+      droppedUntold += 1;
+      // One notice for a run of drops, not one per delivery.
+      droppedTimer ??= setTimeout(() => {
+        droppedTimer = undefined;
+        const n = droppedUntold;
+        droppedUntold = 0;
+        if (!draining) eventsMissed(`this node's queue was full and the broker dropped ${n} deliveries`);
+      }, DROPPED_NOTICE_MS);
+    },
     logger,
   );
 
@@ -201,6 +246,7 @@ export async function startGateway(
   });
   await pool.start();
   await consumer.start();
+  await droppedConsumer.start();
   await broker.onConnect(async () => {
     const keysHeld = registry.boundKeys().length;
     await rebind();
@@ -216,7 +262,6 @@ export async function startGateway(
   let beating = false;
   /** A beat was asked for while one ran (Redis changed under it): run another when it ends. */
   let beatAgain = false;
-  let draining = false;
   /** Counts Redis server changes: a re-announcement that began before the latest one does not count. */
   let serverGeneration = 0;
   const startedAt = Date.now();
@@ -265,6 +310,7 @@ export async function startGateway(
         // Told once every resolver counts the users again (one liveness poll, and the batch in hand):
         // events resolved before that are covered by this resynchronisation too.
         clearTimeout(missedTimer);
+        clearTimeout(droppedTimer);
         missedTimer = setTimeout(() => {
           if (!draining) eventsMissed(why);
         }, 2 * LIVENESS_POLL_MS);
@@ -357,6 +403,7 @@ export async function startGateway(
           { name: 'stop accepting', run: () => server.stopAccepting() },
           { name: 'close tabs', run: () => closeTabs(g.drainWindowMs) },
           { name: 'cancel consumer', run: () => consumer.cancel() },
+          { name: 'cancel dropped-deliveries consumer', run: () => droppedConsumer.cancel() },
           { name: 'unbind', run: () => registry.unbindAll() },
           {
             name: 'delete queue',
@@ -364,6 +411,7 @@ export async function startGateway(
               const channel = await broker.model?.createChannel();
               if (!channel) return;
               await channel.deleteQueue(queue);
+              await channel.deleteQueue(droppedQueue);
               await channel.close();
             },
           },
@@ -384,10 +432,12 @@ export async function startGateway(
       }
       clearInterval(heartbeat);
       clearTimeout(missedTimer);
+      clearTimeout(droppedTimer);
       await runSteps(
         [
           { name: 'close sockets', run: () => server.close() },
           { name: 'close consumer', run: () => consumer.close() },
+          { name: 'close dropped-deliveries consumer', run: () => droppedConsumer.close() },
           { name: 'close bind channels', run: () => pool.close() },
           { name: 'close broker', run: () => broker.close() },
           { name: 'close redis', run: () => closeRedis(redis) },

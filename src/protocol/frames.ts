@@ -71,8 +71,8 @@ export const FrameErrorCode = {
   /** A claim-checked payload was missing or expired when the gateway fetched it. */
   PayloadUnavailable: 'payload_unavailable',
   /**
-   * The node knows it missed deliveries while this connection was open (its queue was lost, or its users
-   * were counted offline while it could not reach Redis): resynchronise from the application.
+   * The node knows it missed deliveries while this connection was open (its queue was lost or full, or its
+   * users were counted offline while it could not reach Redis): resynchronise from the application.
    */
   EventsMissed: 'events_missed',
 } as const;

@@ -134,7 +134,7 @@ async function rawBindRates(ctx: BenchContext, prefix: string, n: number) {
     await setup.assertExchange(exchange, 'topic', { durable: true });
     for (const channels of [1, RAW_CHANNELS]) {
       const queue = `${prefix}.rawbind.${channels}`;
-      await declareGatewayQueue(setup, queue);
+      await declareGatewayQueue(setup, queue, { maxLength: 100_000, dropped: `${queue}.dropped` });
       const pool = await Promise.all(Array.from({ length: channels }, () => model.createChannel()));
       let next = 0;
       const services = await serviceCpu();
@@ -148,6 +148,7 @@ async function rawBindRates(ctx: BenchContext, prefix: string, n: number) {
       const cpu = serviceCpuColumns(services, await serviceCpu(), seconds * 1000);
       const deleting = performance.now();
       await setup.deleteQueue(queue);
+      await setup.deleteQueue(`${queue}.dropped`);
       const deleteSeconds = (performance.now() - deleting) / 1000;
       await Promise.all(pool.map((c) => c.close()));
       rates.push(n / seconds);

@@ -30,7 +30,10 @@ describe('presence of gateway nodes in Redis', () => {
       const probe = await BrokerProbe.open();
       const channel = await probe.model.createChannel();
       await declareTopology(channel, names);
-      await declareGatewayQueue(channel, names.gatewayQueue('ward-gw'));
+      await declareGatewayQueue(channel, names.gatewayQueue('ward-gw'), {
+        maxLength: 1000,
+        dropped: names.gatewayDropped('ward-gw'),
+      });
       await channel.bindQueue(names.gatewayQueue('ward-gw'), names.deliveries, 'u.acme.ann');
       await channel.close();
       expect(await probe.routes(keys.prefix, 'u.acme.ann')).toBe(true);

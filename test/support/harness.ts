@@ -379,7 +379,7 @@ export async function removeInstallation(
   const probe = await BrokerProbe.open();
   await probe.deleteExchangesAndQueues(
     prefix,
-    gateways.map((g) => g.queue),
+    gateways.flatMap((g) => [g.queue, `${g.queue}.dropped`]),
   );
   await probe.close();
   await cleanRedis(prefix);
