@@ -39,6 +39,7 @@ export function topologyNames(prefix: string): TopologyNames {
 const GATEWAY_QUEUE_EXPIRES_MS = 60_000;
 // What the dropped-deliveries queue keeps: it only tells the node that some were dropped, and how many.
 const DROPPED_MAX_LENGTH = 1000;
+const DROPPED_MAX_BYTES = 16 * 1024 * 1024;
 
 /**
  * Declares the shared topology. Idempotent: every process runs it on every (re)connect, whoever is first
@@ -121,6 +122,7 @@ export async function declareDroppedQueue(channel: Channel, dropped: string): Pr
     arguments: {
       'x-expires': GATEWAY_QUEUE_EXPIRES_MS,
       'x-max-length': DROPPED_MAX_LENGTH,
+      'x-max-length-bytes': DROPPED_MAX_BYTES,
       'x-overflow': 'drop-head',
     },
   });

@@ -20,7 +20,7 @@ export class GatewayMetrics {
   readonly badFrames: Counter;
   readonly payloadFetches: Counter;
   readonly payloadUnavailable: Counter<'reason'>;
-  readonly dropped: Counter;
+  readonly dropped: Counter<'reason'>;
   readonly welcomeSeconds: Histogram;
 
   constructor(registry: Registry) {
@@ -91,7 +91,8 @@ export class GatewayMetrics {
     });
     this.dropped = new Counter({
       name: 'warren_gateway_dropped_deliveries_total',
-      help: "Deliveries the broker dropped from this node's full queue (gateway.queueMaxLength); its tabs got events_missed. Counts up to 1,000 drops between two reads.",
+      help: "Deliveries this node lost, by reason: queue_full (the broker dropped them from the node's full queue, gateway.queueMaxLength) or rejected (a delivery handler threw); its tabs got events_missed. Counts up to 1,000 between two reads.",
+      labelNames: ['reason'],
       registers: r,
     });
     this.welcomeSeconds = new Histogram({

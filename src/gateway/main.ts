@@ -30,6 +30,7 @@ import type { Logger } from '../shared/logger.js';
 import { createRegistry, type Registry } from '../shared/metrics.js';
 import { BlockingTokenVerifier } from './blocking-verifier.js';
 import { DeliveryRouter } from './delivery-router.js';
+import { DropNotices } from './drop-notices.js';
 import { encodeFrame } from './frames.js';
 import { GatewayMetrics } from './gateway-metrics.js';
 import { DeliveryHistory } from './history.js';
@@ -43,6 +44,14 @@ import { WsServer } from './ws-server.js';
 // long.
 const DROPPED_PREFETCH = 100;
 const DROPPED_NOTICE_MS = 200;
+
+/** Why the broker dead-lettered a message: `maxlen`, `rejected`, `expired`…, as its headers say. */
+function deathReason(headers: Record<string, unknown> | undefined): unknown {
+  const first = headers?.['x-first-death-reason'];
+  if (first !== undefined) return first;
+  const deaths = headers?.['x-death'];
+  return Array.isArray(deaths) ? (deaths[0] as { reason?: unknown } | undefined)?.reason : undefined;
+}
 
 export interface GatewayOptions {
   logger: Logger;
@@ -190,9 +199,10 @@ export async function startGateway(
       prepare: async (channel, model) => {
         // A fixed id (gateway.id) may find the queue of an earlier process of that id, still bound with
         // its users' keys: nothing here would ever unbind them. The node starts from an empty queue.
-        if (!queueDeclared && g.id !== undefined && (await queueExists(model, queue))) {
-          await channel.deleteQueue(queue);
-          // What that process's queue dropped is not this one's to report.
+        if (!queueDeclared && g.id !== undefined) {
+          if (await queueExists(model, queue)) await channel.deleteQueue(queue);
+          // What that process's queue dropped is not this one's to report (a queue that is not there is
+          // no error to delete).
           await channel.deleteQueue(droppedQueue);
         }
         // Gone since the last declaration (deleted, expired during a long outage, a broker restart): what
@@ -213,9 +223,11 @@ export async function startGateway(
   );
 
   let draining = false;
-  /** Deliveries the node's queue dropped (it was full) that the tabs have not been told of yet. */
-  let droppedUntold = 0;
-  let droppedTimer: NodeJS.Timeout | undefined;
+  // Lost deliveries (dropped by the broker from a full queue, or rejected by a handler that threw: both are
+  // dead-lettered to the dropped queue) are told to the tabs, a run of them in one notice.
+  const dropNotices = new DropNotices(DROPPED_NOTICE_MS, (why) => {
+    if (!draining) eventsMissed(why);
+  });
   const droppedConsumer = new Consumer(
     broker,
     {
@@ -225,15 +237,10 @@ export async function startGateway(
     },
     (delivery) => {
       delivery.ack();
-      metrics.dropped.inc();
-      droppedUntold += 1;
-      // One notice for a run of drops, not one per delivery.
-      droppedTimer ??= setTimeout(() => {
-        droppedTimer = undefined;
-        const n = droppedUntold;
-        droppedUntold = 0;
-        if (!draining) eventsMissed(`this node's queue was full and the broker dropped ${n} deliveries`);
-      }, DROPPED_NOTICE_MS);
+      const reason =
+        deathReason(delivery.message.properties.headers) === 'maxlen' ? 'queue_full' : 'rejected';
+      metrics.dropped.inc({ reason });
+      dropNotices.record(reason);
     },
     logger,
   );
@@ -310,7 +317,6 @@ export async function startGateway(
         // Told once every resolver counts the users again (one liveness poll, and the batch in hand):
         // events resolved before that are covered by this resynchronisation too.
         clearTimeout(missedTimer);
-        clearTimeout(droppedTimer);
         missedTimer = setTimeout(() => {
           if (!draining) eventsMissed(why);
         }, 2 * LIVENESS_POLL_MS);
@@ -432,7 +438,7 @@ export async function startGateway(
       }
       clearInterval(heartbeat);
       clearTimeout(missedTimer);
-      clearTimeout(droppedTimer);
+      dropNotices.close();
       await runSteps(
         [
           { name: 'close sockets', run: () => server.close() },

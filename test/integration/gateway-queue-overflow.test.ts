@@ -96,7 +96,9 @@ describe('a node whose queue overflows', () => {
     await eventually(() => ids.slice(-MAX_LENGTH).every((id) => ann.eventIds().includes(id)), 'the newest');
     const lost = ids.filter((id) => !ann.eventIds().includes(id));
     expect(lost.length).toBeGreaterThan(0);
-    expect(await counter(gateway, 'warren_gateway_dropped_deliveries_total')).toBe(lost.length);
+    expect(await counter(gateway, 'warren_gateway_dropped_deliveries_total', { reason: 'queue_full' })).toBe(
+      lost.length,
+    );
     const missed = ann.frames.filter((f) => f.type === 'error' && f.code === 'events_missed');
     // One notice for the run of drops.
     expect(missed).toHaveLength(1);

@@ -1,0 +1,41 @@
+/** Why a delivery for this node was lost, as the dropped-deliveries queue tells it. */
+export type DropReason = 'queue_full' | 'rejected';
+
+/**
+ * Gathers the deliveries a node lost over a short window into one notice (`events_missed` to every tab),
+ * not one per delivery: a full queue drops them by the hundred. Owns its timer; `close` stops it.
+ */
+export class DropNotices {
+  private readonly untold: Record<DropReason, number> = { queue_full: 0, rejected: 0 };
+  private timer: NodeJS.Timeout | undefined;
+  private closed = false;
+
+  constructor(
+    private readonly windowMs: number,
+    private readonly tell: (why: string) => void,
+  ) {}
+
+  record(reason: DropReason): void {
+    if (this.closed) return;
+    this.untold[reason] += 1;
+    this.timer ??= setTimeout(() => this.flush(), this.windowMs);
+  }
+
+  close(): void {
+    this.closed = true;
+    clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  private flush(): void {
+    this.timer = undefined;
+    const { queue_full: full, rejected } = this.untold;
+    this.untold.queue_full = 0;
+    this.untold.rejected = 0;
+    const why = [
+      ...(full > 0 ? [`this node's queue was full and the broker dropped ${full} deliveries`] : []),
+      ...(rejected > 0 ? [`this node failed on ${rejected} deliveries`] : []),
+    ].join('; ');
+    if (why) this.tell(why);
+  }
+}

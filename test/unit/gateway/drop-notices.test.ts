@@ -1,0 +1,36 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { DropNotices } from '../../../src/gateway/drop-notices.js';
+
+describe('DropNotices', () => {
+  beforeEach(() => void vi.useFakeTimers());
+  afterEach(() => void vi.useRealTimers());
+
+  it('tells a run of lost deliveries once, by reason, and every later run again', () => {
+    const told: string[] = [];
+    const notices = new DropNotices(200, (why) => told.push(why));
+    for (let i = 0; i < 5; i += 1) notices.record('queue_full');
+    notices.record('rejected');
+    vi.advanceTimersByTime(199);
+    expect(told).toEqual([]);
+    vi.advanceTimersByTime(1);
+    expect(told).toEqual([
+      "this node's queue was full and the broker dropped 5 deliveries; this node failed on 1 deliveries",
+    ]);
+    // Counts start again; a later run gets a notice of its own.
+    vi.advanceTimersByTime(10_000);
+    notices.record('queue_full');
+    vi.advanceTimersByTime(200);
+    expect(told).toHaveLength(2);
+    expect(told[1]).toBe("this node's queue was full and the broker dropped 1 deliveries");
+  });
+
+  it('tells nothing once closed, also of what was waiting', () => {
+    const told: string[] = [];
+    const notices = new DropNotices(200, (why) => told.push(why));
+    notices.record('queue_full');
+    notices.close();
+    notices.record('rejected');
+    vi.advanceTimersByTime(1000);
+    expect(told).toEqual([]);
+  });
+});
