@@ -120,8 +120,8 @@ export async function runMembersImport(config: Readonly<WarrenConfig>, args: Imp
     console.error(
       `\nImport stopped after ${done} of ${plan.valid} rows: ${errorMessage(error)}\n` +
         (error instanceof FileChanged
-          ? 'The rows applied are the first of each tenant’s, in file order, as the file read when it was ' +
-            'applied. Check the file, then run the import again: every row is an add or a remove.'
+          ? 'The first rows of each tenant, in file order, may have been applied from the changed file. ' +
+            'Check the file, then run the import again: every row is an add or a remove.'
           : 'Every row is an add or a remove, so running the same import again completes it without ' +
             'doubling anything.'),
     );

@@ -32,9 +32,10 @@ export class DropNotices {
     const { queue_full: full, rejected } = this.untold;
     this.untold.queue_full = 0;
     this.untold.rejected = 0;
+    const deliveries = (n: number) => `${n} ${n === 1 ? 'delivery' : 'deliveries'}`;
     const why = [
-      ...(full > 0 ? [`this node's queue was full and the broker dropped ${full} deliveries`] : []),
-      ...(rejected > 0 ? [`this node failed on ${rejected} deliveries`] : []),
+      ...(full > 0 ? [`this node's queue was full and the broker dropped ${deliveries(full)}`] : []),
+      ...(rejected > 0 ? [`this node failed on ${deliveries(rejected)}`] : []),
     ].join('; ');
     if (why) this.tell(why);
   }

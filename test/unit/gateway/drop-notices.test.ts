@@ -14,14 +14,14 @@ describe('DropNotices', () => {
     expect(told).toEqual([]);
     vi.advanceTimersByTime(1);
     expect(told).toEqual([
-      "this node's queue was full and the broker dropped 5 deliveries; this node failed on 1 deliveries",
+      "this node's queue was full and the broker dropped 5 deliveries; this node failed on 1 delivery",
     ]);
     // Counts start again; a later run gets a notice of its own.
     vi.advanceTimersByTime(10_000);
     notices.record('queue_full');
     vi.advanceTimersByTime(200);
     expect(told).toHaveLength(2);
-    expect(told[1]).toBe("this node's queue was full and the broker dropped 1 deliveries");
+    expect(told[1]).toBe("this node's queue was full and the broker dropped 1 delivery");
   });
 
   it('tells nothing once closed, also of what was waiting', () => {
