@@ -39,6 +39,7 @@ export const DEFAULTS = {
   historyEvents: 2000,
   historyBytes: 16 * 1024 * 1024,
   resolverPrefetch: 256,
+  maxTenantViews: 10_000,
   // DESIGN.md §6: chunk long recipient key lists at about 1,000 keys (user routing).
   maxRecipientsPerMessage: 1000,
   presenceHeartbeatMs: 5000,
@@ -256,6 +257,11 @@ export const configSchema = z.strictObject({
         .max(MAX_PREFETCH)
         .default(DEFAULTS.resolverPrefetch)
         .describe('Unacked events per resolver.'),
+      maxTenantViews: positiveInt
+        .default(DEFAULTS.maxTenantViews)
+        .describe(
+          'Tenants whose view (online users, cached team and group bitmaps) a resolver keeps; past it the least recently used is forgotten and rebuilt from Redis at its next event.',
+        ),
       routing: z
         .enum(['nodes', 'users'])
         .default('nodes')

@@ -26,6 +26,7 @@ import { DeliveryPublisher } from './delivery-publisher.js';
 import { NodeLiveness } from './node-liveness.js';
 import { ResolverMetrics } from './resolver-metrics.js';
 import { TenantView } from './tenant-view.js';
+import { TenantViews } from './tenant-views.js';
 import { ResolverWorker } from './worker.js';
 
 export interface ResolverOptions {
@@ -70,7 +71,12 @@ export async function startResolver(
     }
   }
   const presence = new PresenceStore(redis, keys);
-  const views = new Map<string, TenantView>();
+  // The views are made once `liveness` exists (they start from its dead nodes); nothing asks before.
+  const views: TenantViews = new TenantViews(
+    (tenantId) => new TenantView(redis, keys, tenantId, liveness.dead),
+    config.resolver.maxTenantViews,
+    (size) => metrics.tenantViews.set(size),
+  );
   const liveness = new NodeLiveness(
     presence,
     config.presence.expiryMs,
@@ -89,14 +95,6 @@ export async function startResolver(
     },
     logger,
   );
-  const view = (tenantId: string): TenantView => {
-    let v = views.get(tenantId);
-    if (!v) {
-      v = new TenantView(redis, keys, tenantId, liveness.dead);
-      views.set(tenantId, v);
-    }
-    return v;
-  };
 
   const broker = new BrokerConnection(
     { ...config.rabbitmq, connectionName: `warren-resolver-${id}` },
@@ -116,7 +114,8 @@ export async function startResolver(
     ),
     membership: new MembershipStore(redis, keys),
     payloads: payloadRedis ? new PayloadStore(payloadRedis, keys, true) : new PayloadStore(redis, keys),
-    view,
+    view: (tenantId) => views.get(tenantId),
+    trimViews: () => views.trim(),
     claimCheck: config.claimCheck,
     metrics,
     logger,

@@ -1,4 +1,4 @@
-import { Counter, Histogram, type Registry } from '../shared/metrics.js';
+import { Counter, Gauge, Histogram, type Registry } from '../shared/metrics.js';
 
 export class ResolverMetrics {
   readonly events: Counter<'outcome'>;
@@ -8,6 +8,7 @@ export class ResolverMetrics {
   readonly resolveSeconds: Histogram;
   readonly deliveries: Counter;
   readonly claimChecked: Counter;
+  readonly tenantViews: Gauge;
 
   constructor(registry: Registry) {
     const r = [registry];
@@ -43,6 +44,11 @@ export class ResolverMetrics {
     this.deliveries = new Counter({
       name: 'warren_resolver_delivery_messages_total',
       help: 'Delivery messages (chunks) published',
+      registers: r,
+    });
+    this.tenantViews = new Gauge({
+      name: 'warren_resolver_tenant_views',
+      help: 'Tenants whose view (online users, cached memberships) this resolver holds (resolver.maxTenantViews)',
       registers: r,
     });
     this.claimChecked = new Counter({

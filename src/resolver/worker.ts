@@ -23,6 +23,8 @@ export interface WorkerDeps {
   membership: MembershipStore;
   payloads: PayloadStore;
   view: (tenantId: string) => TenantView;
+  /** Called between batches, when no view is in use: forgets views past the configured number. */
+  trimViews: () => void;
   claimCheck: { bytes: number; ttlSec: number };
   metrics: ResolverMetrics;
   logger: Logger;
@@ -168,6 +170,7 @@ export class ResolverWorker {
     }
     if (events.length > 0) await this.resolveBatch(events);
     if (membership) await this.applyMembership(membership.delivery, membership.change);
+    this.deps.trimViews();
   }
 
   private track(work: Promise<void>): void {
