@@ -48,7 +48,7 @@ export class ResolverMetrics {
     });
     this.tenantViews = new Gauge({
       name: 'warren_resolver_tenant_views',
-      help: 'Tenants whose view (online users, cached memberships) this resolver holds (resolver.maxTenantViews)',
+      help: 'Tenants whose view (online users, cached memberships) this resolver holds: at most resolver.maxTenantViews between batches, more during one',
       registers: r,
     });
     this.claimChecked = new Counter({

@@ -41,9 +41,11 @@ export class TenantViews {
    * changes, told of dead nodes) while the batch still resolves with it.
    */
   trim(): void {
-    for (const tenantId of this.views.keys()) {
+    for (const [tenantId, view] of this.views) {
       if (this.views.size <= this.max) break;
       this.views.delete(tenantId);
+      // Its bitmaps live in native memory: freed now, not when the collector gets to the view.
+      view.invalidate();
     }
     this.onSize(this.views.size);
   }

@@ -168,9 +168,13 @@ export class ResolverWorker {
       else if (parsed.kind === 'event') events.push({ delivery, event: parsed.event });
       else membership = { delivery, change: parsed.change };
     }
-    if (events.length > 0) await this.resolveBatch(events);
-    if (membership) await this.applyMembership(membership.delivery, membership.change);
-    this.deps.trimViews();
+    try {
+      if (events.length > 0) await this.resolveBatch(events);
+      if (membership) await this.applyMembership(membership.delivery, membership.change);
+    } finally {
+      // Every tenant's part of the batch has settled, failed or not: no view is in use.
+      this.deps.trimViews();
+    }
   }
 
   private track(work: Promise<void>): void {

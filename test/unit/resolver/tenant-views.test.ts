@@ -5,11 +5,12 @@ import { TenantViews } from '../../../src/resolver/tenant-views.js';
 describe('TenantViews', () => {
   it('keeps the most recently used views, forgetting the others only when trimmed', () => {
     const made: string[] = [];
+    const invalidated: string[] = [];
     const sizes: number[] = [];
     const views = new TenantViews(
       (tenantId) => {
         made.push(tenantId);
-        return { tenantId } as unknown as TenantView;
+        return { tenantId, invalidate: () => invalidated.push(tenantId) } as unknown as TenantView;
       },
       2,
       (size) => sizes.push(size),
@@ -24,6 +25,8 @@ describe('TenantViews', () => {
     // `b` was the least recently used: `a` was asked for again after it.
     expect([...views.values()].map((v) => v.tenantId)).toEqual(['c', 'a']);
     expect(sizes.at(-1)).toBe(2);
+    // Its native memory freed at once.
+    expect(invalidated).toEqual(['b']);
     // Forgotten, so made afresh.
     views.get('b');
     expect(made).toEqual(['a', 'b', 'c', 'b']);
