@@ -263,7 +263,7 @@ export class ResolverWorker {
             prepared = await this.prepare(view, pending.slice(i));
             if (prepared === undefined) return;
           }
-          if (prepared.unchecked.has(item)) {
+          if (prepared.unchecked && item.event.jobId !== undefined) {
             this.putAside(item.delivery);
           } else if (prepared.missing.has(item)) {
             this.track(
@@ -290,13 +290,13 @@ export class ResolverWorker {
 
   /**
    * Syncs the view and loads what the batch needs; undefined when Redis failed (events requeued). `missing`:
-   * events naming a job that is not there; `unchecked`: events naming a job when the payloads' Redis did
-   * not answer (on a server of its own, claimCheck.redisUrl): they wait for it, the others are routed.
+   * events naming a job that is not there; `unchecked`: the payloads' Redis did not answer (on a server of
+   * its own, claimCheck.redisUrl), so the events naming a job wait for it and the others are routed.
    */
   private async prepare(
     view: TenantView,
     pending: PendingEvent[],
-  ): Promise<{ missing: Set<PendingEvent>; unchecked: Set<PendingEvent> } | undefined> {
+  ): Promise<{ missing: Set<PendingEvent>; unchecked: boolean } | undefined> {
     for (let attempt = 1; ; attempt += 1) {
       try {
         // Only whether the payload exists: the resolver never reads a claim-checked payload itself. Asked
@@ -318,11 +318,11 @@ export class ResolverWorker {
             { err: errorMessage(missing.reason), tenantId: view.tenantId, events: withJob.length },
             'cannot check claim-checked payloads; their events put aside, the others routed',
           );
-          return { missing: new Set(), unchecked: new Set(withJob) };
+          return { missing: new Set(), unchecked: true };
         }
         return {
           missing: new Set(withJob.filter((p) => missing.value.has(p.event.jobId as string))),
-          unchecked: new Set(),
+          unchecked: false,
         };
       } catch (error) {
         if (attempt >= SYNC_ATTEMPTS) {
@@ -464,29 +464,18 @@ export class ResolverWorker {
 
   private async retryLater(delivery: AmqpDelivery): Promise<void> {
     const { message } = delivery;
-    const { names, publisher, metrics, logger } = this.deps;
-    const origin = originOf(message, names);
-    const headers = copiedHeaders(message);
-    const before = Number(headers[RetryHeader.Attempts]);
+    const { names, metrics, logger } = this.deps;
+    const before = Number(message.properties.headers?.[RetryHeader.Attempts]);
     const attempts = Number.isSafeInteger(before) && before > 0 ? before + 1 : 1;
     const waitMs = Math.min(RETRY_FIRST_MS * 2 ** Math.min(attempts - 1, 30), RETRY_MAX_MS);
     try {
-      if (!(await publisher.readyWithin(SIDE_PUBLISH_WAIT_MS))) throw new Error('no publish channel');
-      // Its channel went meanwhile: the broker has requeued it already, a copy would be a second one.
-      if (!delivery.live) return;
-      await publisher.publish('', names.resolverRetry, message.content, {
-        ...copiedProperties(message),
-        expiration: String(waitMs),
-        headers: {
-          ...headers,
-          [RetryHeader.Attempts]: attempts,
-          [DeadLetterHeader.Exchange]: origin.exchange,
-          [DeadLetterHeader.RoutingKey]: origin.routingKey,
-        },
-        confirmTimeoutMs: SIDE_PUBLISH_CONFIRM_MS,
+      const copied = await this.publishCopy(delivery, '', names.resolverRetry, {
+        properties: { ...copiedProperties(message), expiration: String(waitMs) },
+        headers: { [RetryHeader.Attempts]: attempts },
         // The retry queue gone (deleted by hand): the broker would confirm a copy it routed nowhere.
         mandatory: true,
       });
+      if (!copied) return;
       metrics.events.inc({ outcome: 'retried' });
       delivery.ack();
     } catch (error) {
@@ -512,35 +501,64 @@ export class ResolverWorker {
     return this.redeclaring;
   }
 
+  /**
+   * Publishes a copy of a delivery's message (its headers as `copiedHeaders` keeps them, plus `headers` and
+   * where it was first published) and waits for the broker's confirm. A publish channel being reopened is
+   * waited for; false, and nothing published, when the delivery's own channel went meanwhile (the broker has
+   * requeued it already: a copy would be a second one). The caller settles the delivery.
+   */
+  private async publishCopy(
+    delivery: AmqpDelivery,
+    exchange: string,
+    routingKey: string,
+    copy: { properties: Options.Publish; headers: Record<string, unknown>; mandatory?: boolean },
+  ): Promise<boolean> {
+    const { message } = delivery;
+    const { names, publisher } = this.deps;
+    await publisher.readyWithin(SIDE_PUBLISH_WAIT_MS);
+    if (!delivery.live) return false;
+    const origin = originOf(message, names);
+    await publisher.publish(exchange, routingKey, message.content, {
+      ...copy.properties,
+      headers: {
+        ...copiedHeaders(message),
+        ...copy.headers,
+        [DeadLetterHeader.Exchange]: origin.exchange,
+        [DeadLetterHeader.RoutingKey]: origin.routingKey,
+      },
+      confirmTimeoutMs: SIDE_PUBLISH_CONFIRM_MS,
+      ...(copy.mandatory ? { mandatory: true } : {}),
+    });
+    return true;
+  }
+
   private async deadLetter(delivery: AmqpDelivery, code: RejectCode, reason: string): Promise<void> {
     const { message } = delivery;
-    const { names, publisher, metrics, logger } = this.deps;
-    // A publish channel being reopened is waited for. A delivery whose channel went meanwhile (the
-    // connection dropped) was requeued by the broker: it is dead-lettered when it comes back, not twice.
-    await publisher.readyWithin(SIDE_PUBLISH_WAIT_MS);
-    if (!delivery.live) return;
+    const { names, metrics, logger } = this.deps;
+    const origin = originOf(message, names);
+    let failed: unknown;
+    const copied = await this.publishCopy(delivery, names.dlx, origin.routingKey, {
+      properties: {
+        ...(message.properties.contentType ? { contentType: message.properties.contentType as string } : {}),
+        ...(message.properties.messageId ? { messageId: message.properties.messageId as string } : {}),
+        persistent: true,
+      },
+      headers: { [DeadLetterHeader.Reason]: reason.slice(0, 2000), [DeadLetterHeader.Code]: code },
+    }).catch((error: unknown) => {
+      failed = error;
+      return true;
+    });
+    // A delivery whose channel went (the connection dropped) was requeued by the broker: it is dead-lettered
+    // when it comes back, not twice.
+    if (!copied) return;
     metrics.deadLetters.inc({ code });
     metrics.events.inc({ outcome: 'dead_lettered' });
-    const origin = originOf(message, names);
     logger.warn({ code, reason, routingKey: origin.routingKey }, 'message dead-lettered');
-    try {
-      await publisher.publish(names.dlx, origin.routingKey, message.content, {
-        ...(message.properties.contentType ? { contentType: message.properties.contentType } : {}),
-        ...(message.properties.messageId ? { messageId: message.properties.messageId } : {}),
-        persistent: true,
-        confirmTimeoutMs: SIDE_PUBLISH_CONFIRM_MS,
-        headers: {
-          ...copiedHeaders(message),
-          [DeadLetterHeader.Reason]: reason.slice(0, 2000),
-          [DeadLetterHeader.Code]: code,
-          [DeadLetterHeader.Exchange]: origin.exchange,
-          [DeadLetterHeader.RoutingKey]: origin.routingKey,
-        },
-      });
+    if (failed === undefined) {
       delivery.ack();
-    } catch (error) {
+    } else {
       // The queue's own dead-letter exchange still takes it, without the reason header.
-      logger.warn({ err: errorMessage(error) }, 'dead-letter publish failed; rejecting');
+      logger.warn({ err: errorMessage(failed) }, 'dead-letter publish failed; rejecting');
       delivery.reject();
     }
   }
