@@ -76,7 +76,21 @@ export async function declareTopology(channel: Channel, names: TopologyNames): P
   await channel.unbindQueue(names.resolver, names.membership, '#');
 }
 
-export interface GatewayQueueOptions {
+/**
+ * `declareTopology` on a channel of its own, closed afterwards whatever happened (a failed declaration
+ * closes the channel with an error event: reported by the rejection instead).
+ */
+export async function declareTopologyOn(model: ChannelModel, names: TopologyNames): Promise<void> {
+  const channel = await model.createChannel();
+  channel.on('error', () => {});
+  try {
+    await declareTopology(channel, names);
+  } finally {
+    await channel.close().catch(() => {});
+  }
+}
+
+interface GatewayQueueOptions {
   /** Deliveries it holds ready; past that the oldest are dropped (gateway.queueMaxLength). */
   maxLength: number;
   /** Dropped deliveries go there (`gatewayDropped`), declared here first. */

@@ -1,5 +1,17 @@
 /** Why a delivery for this node was lost, as the dropped-deliveries queue tells it. */
-export type DropReason = 'queue_full' | 'rejected';
+type DropReason = 'queue_full' | 'rejected';
+
+/**
+ * Why the broker dead-lettered a delivery to the dropped queue, from the headers it added: `maxlen` (the
+ * node's queue was full), or a reject by a handler that threw.
+ */
+export function dropReasonOf(headers: Record<string, unknown> | undefined): DropReason {
+  const deaths = headers?.['x-death'];
+  const reason =
+    headers?.['x-first-death-reason'] ??
+    (Array.isArray(deaths) ? (deaths[0] as { reason?: unknown } | undefined)?.reason : undefined);
+  return reason === 'maxlen' ? 'queue_full' : 'rejected';
+}
 
 /**
  * Gathers the deliveries a node lost over a short window into one notice (`events_missed` to every tab),

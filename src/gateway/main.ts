@@ -6,7 +6,7 @@ import { Consumer } from '../broker/consumer.js';
 import {
   declareDroppedQueue,
   declareGatewayQueue,
-  declareTopology,
+  declareTopologyOn,
   queueExists,
   topologyNames,
 } from '../broker/topology.js';
@@ -16,21 +16,14 @@ import { FrameErrorCode } from '../protocol/frames.js';
 import { nodeKey } from '../protocol/ids.js';
 import { Keys } from '../store/keys.js';
 import { LIVENESS_POLL_MS, PresenceStore } from '../store/presence-store.js';
-import {
-  closeRedis,
-  createPayloadRedis,
-  createRedis,
-  redisReady,
-  watchServer,
-  type WarrenRedis,
-} from '../store/redis.js';
+import { closeRedis, createRedisClients, redisReady, watchServer } from '../store/redis.js';
 import { errorMessage } from '../shared/errors.js';
 import { CloseOnce, runSteps, sleep } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import { createRegistry, type Registry } from '../shared/metrics.js';
 import { BlockingTokenVerifier } from './blocking-verifier.js';
 import { DeliveryRouter } from './delivery-router.js';
-import { DropNotices } from './drop-notices.js';
+import { DropNotices, dropReasonOf } from './drop-notices.js';
 import { encodeFrame } from './frames.js';
 import { GatewayMetrics } from './gateway-metrics.js';
 import { DeliveryHistory } from './history.js';
@@ -44,14 +37,6 @@ import { WsServer } from './ws-server.js';
 // long.
 const DROPPED_PREFETCH = 100;
 const DROPPED_NOTICE_MS = 200;
-
-/** Why the broker dead-lettered a message: `maxlen`, `rejected`, `expired`…, as its headers say. */
-function deathReason(headers: Record<string, unknown> | undefined): unknown {
-  const first = headers?.['x-first-death-reason'];
-  if (first !== undefined) return first;
-  const deaths = headers?.['x-death'];
-  return Array.isArray(deaths) ? (deaths[0] as { reason?: unknown } | undefined)?.reason : undefined;
-}
 
 export interface GatewayOptions {
   logger: Logger;
@@ -89,31 +74,24 @@ export async function startGateway(
   const metricsRegistry = createRegistry({ node: nodeId });
   const metrics = new GatewayMetrics(metricsRegistry);
   const verifier = await BlockingTokenVerifier.start(config.jwt, logger);
-  let redis: WarrenRedis | undefined;
   // Payloads on a Redis of their own when one is named: their megabytes then never queue ahead of the
   // presence and membership commands on the same server.
-  let payloadRedis: WarrenRedis | undefined;
+  let clients: Awaited<ReturnType<typeof createRedisClients>>;
   try {
-    redis = await createRedis({
+    clients = await createRedisClients({
       url: config.redis.url,
+      payloadUrl: config.claimCheck.redisUrl,
       name: `warren-gateway-${nodeId}`,
       logger,
       autoPipelining: true,
     });
-    if (config.claimCheck.redisUrl !== undefined)
-      payloadRedis = await createPayloadRedis({
-        url: config.claimCheck.redisUrl,
-        name: `warren-gateway-${nodeId}-payloads`,
-        logger,
-        autoPipelining: true,
-      });
   } catch (error) {
     // Nothing of a failed start left running in a process that goes on (a library user's); the error
     // reported is the one that stopped it.
-    redis?.disconnect();
     await verifier.close().catch(() => {});
     throw error;
   }
+  const { redis, payloadRedis } = clients;
   const presence = new PresenceStore(redis, keys);
   const broker = new BrokerConnection(
     { ...config.rabbitmq, connectionName: `warren-gateway-${nodeId}` },
@@ -237,8 +215,7 @@ export async function startGateway(
     },
     (delivery) => {
       delivery.ack();
-      const reason =
-        deathReason(delivery.message.properties.headers) === 'maxlen' ? 'queue_full' : 'rejected';
+      const reason = dropReasonOf(delivery.message.properties.headers);
       metrics.dropped.inc({ reason });
       dropNotices.record(reason);
     },
@@ -246,11 +223,7 @@ export async function startGateway(
   );
 
   // Order matters on every (re)connect: topology, bind channels, queue + consumer, then re-bind held users.
-  await broker.onConnect(async (model) => {
-    const channel = await model.createChannel();
-    await declareTopology(channel, names);
-    await channel.close();
-  });
+  await broker.onConnect((model) => declareTopologyOn(model, names));
   await pool.start();
   await consumer.start();
   await droppedConsumer.start();

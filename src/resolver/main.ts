@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { BrokerConnection } from '../broker/connection.js';
 import { Consumer } from '../broker/consumer.js';
 import { Publisher } from '../broker/publisher.js';
-import { declareTopology, topologyNames } from '../broker/topology.js';
+import { declareTopology, declareTopologyOn, topologyNames } from '../broker/topology.js';
 import { DEFAULTS, type WarrenConfig } from '../config/schema.js';
 import { ErrorCode, errorMessage, WarrenError } from '../shared/errors.js';
 import { CloseOnce, runSteps } from '../shared/lifecycle.js';
@@ -13,14 +13,7 @@ import { Keys } from '../store/keys.js';
 import { MembershipStore } from '../store/membership-store.js';
 import { PayloadStore } from '../store/payload-store.js';
 import { PresenceStore } from '../store/presence-store.js';
-import {
-  closeRedis,
-  createPayloadRedis,
-  createRedis,
-  watchServer,
-  redisReady,
-  type WarrenRedis,
-} from '../store/redis.js';
+import { closeRedis, createRedisClients, watchServer, redisReady } from '../store/redis.js';
 import { ResolverHttp } from './http.js';
 import { DeliveryPublisher } from './delivery-publisher.js';
 import { NodeLiveness } from './node-liveness.js';
@@ -56,20 +49,12 @@ export async function startResolver(
   const metricsRegistry = createRegistry({ resolver: id });
   const metrics = new ResolverMetrics(metricsRegistry);
 
-  const redis = await createRedis({ url: config.redis.url, name: `warren-resolver-${id}`, logger });
-  let payloadRedis: WarrenRedis | undefined;
-  if (config.claimCheck.redisUrl !== undefined) {
-    try {
-      payloadRedis = await createPayloadRedis({
-        url: config.claimCheck.redisUrl,
-        name: `warren-resolver-${id}-payloads`,
-        logger,
-      });
-    } catch (error) {
-      redis.disconnect();
-      throw error;
-    }
-  }
+  const { redis, payloadRedis } = await createRedisClients({
+    url: config.redis.url,
+    payloadUrl: config.claimCheck.redisUrl,
+    name: `warren-resolver-${id}`,
+    logger,
+  });
   const presence = new PresenceStore(redis, keys);
   // The views are made once `liveness` exists (they start from its dead nodes); nothing asks before.
   const views: TenantViews = new TenantViews(
@@ -120,16 +105,7 @@ export async function startResolver(
     metrics,
     logger,
     redeclare: async () => {
-      const model = broker.model;
-      if (!model) return;
-      const channel = await model.createChannel();
-      // A failed declaration closes the channel with an error event: reported by the rejection below.
-      channel.on('error', () => {});
-      try {
-        await declareTopology(channel, names);
-      } finally {
-        await channel.close().catch(() => {});
-      }
+      if (broker.model) await declareTopologyOn(broker.model, names);
     },
   });
   // Before every subscription, not only on connect: a queue deleted under a consumer (an operator, a

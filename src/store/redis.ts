@@ -113,6 +113,30 @@ export function createPayloadRedis(options: Omit<CreateRedisOptions, 'checkEvict
   return createRedis({ ...options, checkEviction: false });
 }
 
+/**
+ * A process's Redis clients: the main one, and the payloads' own when `payloadUrl` names a server for them
+ * (`claimCheck.redisUrl`; its client is named `<name>-payloads`). Neither is left connected when the other
+ * cannot be made.
+ */
+export async function createRedisClients(
+  options: CreateRedisOptions & { payloadUrl: string | undefined },
+): Promise<{ redis: WarrenRedis; payloadRedis: WarrenRedis | undefined }> {
+  const { payloadUrl, ...main } = options;
+  const redis = await createRedis(main);
+  if (payloadUrl === undefined) return { redis, payloadRedis: undefined };
+  try {
+    const payloadRedis = await createPayloadRedis({
+      ...main,
+      url: payloadUrl,
+      name: `${main.name}-payloads`,
+    });
+    return { redis, payloadRedis };
+  } catch (error) {
+    redis.disconnect();
+    throw error;
+  }
+}
+
 /** `evictionProblem` of a connected server, read in one round trip; undefined when it cannot be read. */
 async function evictionProblemOf(redis: Redis, logger: Logger): Promise<string | undefined> {
   try {
@@ -224,7 +248,6 @@ export function redisReady(redis: Redis): boolean {
  */
 export async function closeRedis(redis: Redis): Promise<void> {
   // Connected but not answering: not waited for long either.
-  const quit =
-    redis.status === 'ready' ? await fulfilsWithin(redis.quit(), QUIT_WAIT_MS).catch(() => false) : false;
+  const quit = redisReady(redis) ? await fulfilsWithin(redis.quit(), QUIT_WAIT_MS).catch(() => false) : false;
   if (!quit) redis.disconnect();
 }

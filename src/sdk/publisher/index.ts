@@ -1,7 +1,7 @@
 import type { Redis } from 'ioredis';
 import { BrokerConnection } from '../../broker/connection.js';
 import { Publisher } from '../../broker/publisher.js';
-import { declareTopology, topologyNames, type TopologyNames } from '../../broker/topology.js';
+import { declareTopologyOn, topologyNames, type TopologyNames } from '../../broker/topology.js';
 import { DEFAULTS } from '../../config/schema.js';
 import {
   describeIssues,
@@ -142,11 +142,7 @@ export class WarrenPublisher {
       logger,
     );
     const publisher = new Publisher(broker, logger);
-    await broker.onConnect(async (model) => {
-      const channel = await model.createChannel();
-      await declareTopology(channel, names);
-      await channel.close();
-    });
+    await broker.onConnect((model) => declareTopologyOn(model, names));
     await publisher.start();
     try {
       await broker.start({ timeoutMs: options.connectTimeoutMs ?? 30_000 });
