@@ -9,7 +9,7 @@ import {
   FileChanged,
   formatOf,
   readMembershipFile,
-  replayRows,
+  validRows,
   type ImportFormat,
   type ImportPlan,
 } from '../store/membership-import.js';
@@ -58,14 +58,10 @@ export async function runMembersImport(config: Readonly<WarrenConfig>, args: Imp
   const reading = bar('validating');
   reading.start(1, 0);
   const options = { format, ...(args.tenant ? { tenant: args.tenant } : {}) };
-  // A regular file is validated, then read again to apply it: no row is held in memory. A pipe can be read
-  // once only, so its rows are kept from the first reading.
-  const replay = statSync(args.file).isFile();
   let plan: ImportPlan;
   try {
     plan = await readMembershipFile(args.file, {
       ...options,
-      keepRows: !replay,
       onBytes: (read, total) => {
         reading.setTotal(total);
         reading.update(read);
@@ -100,7 +96,7 @@ export async function runMembersImport(config: Readonly<WarrenConfig>, args: Imp
   try {
     const { applied, changed } = await applyRows(
       new MembershipStore(redis, new Keys(config.prefix)),
-      replay ? replayRows(args.file, options, plan) : (plan.changes ?? []),
+      validRows(args.file, options, plan),
       BATCH,
       (n) => {
         done = n;

@@ -13,14 +13,14 @@ export const DeliveryHeader = {
   Job: 'x-warren-job',
   /** Node-routed deliveries: the recipients' bit positions in the tenant's id map, a portable roaring bitmap. */
   Recipients: 'x-warren-recipients',
-  /** Set by a resolver on a redelivered event; gateways still deduplicate by event id either way. */
+  /** Not set by this release's resolvers (gateways deduplicate by event id); kept for clients that read it. */
   Redelivered: 'x-warren-redelivered',
 } as const;
 
 /**
- * On an event the resolver put aside in `<prefix>.resolver.retry`: how many times so far. The copy also
- * carries `DeadLetterHeader.Exchange` and `RoutingKey`, where it was first published, since it comes back
- * by the default exchange.
+ * On an event the resolver put aside in `<prefix>.resolver.retry`: how many times so far (also on its dead
+ * letter, if it ends as one). The copy also carries `DeadLetterHeader.Exchange` and `RoutingKey`, where it
+ * was first published, since it comes back by the default exchange.
  */
 export const RetryHeader = {
   Attempts: 'x-warren-attempts',

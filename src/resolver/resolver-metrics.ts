@@ -48,7 +48,7 @@ export class ResolverMetrics {
     });
     this.tenantViews = new Gauge({
       name: 'warren_resolver_tenant_views',
-      help: 'Tenants whose view (online users, cached memberships) this resolver holds: at most resolver.maxTenantViews between batches, more during one',
+      help: 'Tenants whose view (online users, cached memberships) this resolver held after its last batch: at most resolver.maxTenantViews',
       registers: r,
     });
     this.claimChecked = new Counter({

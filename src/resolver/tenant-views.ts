@@ -11,6 +11,7 @@ export class TenantViews {
   constructor(
     private readonly create: (tenantId: string) => TenantView,
     private readonly max: number,
+    /** Told the number held after each trim. */
     private readonly onSize: (size: number) => void = () => {},
   ) {}
 
@@ -27,7 +28,6 @@ export class TenantViews {
       view = this.create(tenantId);
     }
     this.views.set(tenantId, view);
-    this.onSize(this.views.size);
     return view;
   }
 

@@ -16,7 +16,7 @@ export interface ImportPlan {
   bad: BadLine[];
   /** Tenants the valid rows name. */
   tenants: Set<string>;
-  /** The valid rows in file order, when read with `keepRows` (a pipe, which cannot be read again). */
+  /** The valid rows in file order, kept when the input is not a regular file (a pipe cannot be read again). */
   changes?: MembershipChange[];
   /** The file as it was before it was read: which file, its size, when it last changed. */
   source: FileState;
@@ -40,11 +40,11 @@ function fileState(file: string): FileState {
 export class FileChanged extends Error {}
 
 /** A row of a membership file, valid or not; `row: false` for a bad line that is not a row (the header). */
-export type ImportItem =
+type ImportItem =
   | { kind: 'row'; line: number; change: MembershipChange }
   | { kind: 'bad'; line: number; reason: string; row: boolean };
 
-export interface ReadOptions {
+interface ReadOptions {
   format: ImportFormat;
   /** Tenant for rows that do not name one. */
   tenant?: string;
@@ -88,7 +88,7 @@ function unquote(cell: string): string {
  * to the `--tenant` given. CSV needs a header naming its columns (op, tenantId, userId, teamId, groupId);
  * a bad header ends the file.
  */
-export async function* readRows(file: string, options: ReadOptions): AsyncGenerator<ImportItem> {
+async function* readRows(file: string, options: ReadOptions): AsyncGenerator<ImportItem> {
   const total = statSync(file).size;
   const stream = createReadStream(file);
   const lines = createInterface({ input: stream, crlfDelay: Infinity });
@@ -174,20 +174,18 @@ export async function* readRows(file: string, options: ReadOptions): AsyncGenera
 }
 
 /**
- * Reads and validates a whole membership file before anything is applied. The rows themselves are kept
- * only with `keepRows` (a pipe cannot be read a second time); a regular file is read again to apply it.
+ * Reads and validates a whole membership file before anything is applied. A regular file is read again to
+ * apply it (`validRows`), so its rows are not kept; those of anything else (a pipe, which cannot be read a
+ * second time) are.
  */
-export async function readMembershipFile(
-  file: string,
-  options: ReadOptions & { keepRows: boolean },
-): Promise<ImportPlan> {
+export async function readMembershipFile(file: string, options: ReadOptions): Promise<ImportPlan> {
   const plan: ImportPlan = {
     source: fileState(file),
     rows: 0,
     valid: 0,
     bad: [],
     tenants: new Set(),
-    ...(options.keepRows ? { changes: [] } : {}),
+    ...(statSync(file).isFile() ? {} : { changes: [] }),
   };
   for await (const item of readRows(file, options)) {
     if (item.kind === 'bad') {
@@ -208,6 +206,15 @@ export async function readMembershipFile(
  * verdict changed, or a count that differs, means the file changed in between, and the import stops there
  * (what was applied before is applied; running the import again on a fixed file completes it).
  */
+/** The valid rows of a validated plan, in file order: kept in it, or read again from the file. */
+export function validRows(
+  file: string,
+  options: ReadOptions,
+  plan: ImportPlan,
+): Iterable<MembershipChange> | AsyncIterable<MembershipChange> {
+  return plan.changes ?? replayRows(file, options, plan);
+}
+
 export async function* replayRows(
   file: string,
   options: ReadOptions,

@@ -3,6 +3,7 @@ import type { Redis } from 'ioredis';
 import { ErrorCode, WarrenError } from '../shared/errors.js';
 import { withTimeout } from '../shared/lifecycle.js';
 import type { Keys } from './keys.js';
+import { redisReady } from './redis.js';
 
 /**
  * How long a command may take on a payloads' Redis of its own before it counts as failed: a check, and a
@@ -59,29 +60,24 @@ export class PayloadStore {
    */
   private bounded<T>(command: () => Promise<T>, ms: number, what: string): Promise<T> {
     if (!this.own) return command();
-    if (this.redis.status !== 'ready' || this.unanswered > 0)
+    if (!redisReady(this.redis) || this.unanswered > 0)
       return Promise.reject(
         new WarrenError(ErrorCode.RedisUnavailable, "the payloads' Redis is not connected or not answering", {
           retryable: true,
         }),
       );
-    return this.timed(command(), ms, what);
-  }
-
-  private async timed<T>(command: Promise<T>, ms: number, what: string): Promise<T> {
-    try {
-      return await withTimeout(command, ms, what);
-    } catch (error) {
+    const sent = command();
+    return withTimeout(sent, ms, what).catch((error: unknown) => {
       if (error instanceof WarrenError && error.code === ErrorCode.Timeout) {
         // Hung until it answers this one (or the connection drops and fails it).
         this.unanswered += 1;
-        void command.then(
+        void sent.then(
           () => (this.unanswered -= 1),
           () => (this.unanswered -= 1),
         );
       }
       throw error;
-    }
+    });
   }
 
   async put(
