@@ -148,8 +148,8 @@ async function rawBindRates(ctx: BenchContext, prefix: string, n: number) {
       const cpu = serviceCpuColumns(services, await serviceCpu(), seconds * 1000);
       const deleting = performance.now();
       await setup.deleteQueue(queue);
-      await setup.deleteQueue(`${queue}.dropped`);
       const deleteSeconds = (performance.now() - deleting) / 1000;
+      await setup.deleteQueue(`${queue}.dropped`);
       await Promise.all(pool.map((c) => c.close()));
       rates.push(n / seconds);
       rows.push({

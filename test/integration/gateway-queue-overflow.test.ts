@@ -2,6 +2,7 @@ import { afterEach, describe, expect, inject, it } from 'vitest';
 import type { Gateway } from '../../src/gateway/main.js';
 import type { Resolver } from '../../src/resolver/main.js';
 import type { WarrenPublisher } from '../../src/sdk/publisher/index.js';
+import { sleep } from '../../src/shared/lifecycle.js';
 import { TcpProxy } from '../support/tcp-proxy.js';
 import {
   BrokerProbe,
@@ -99,6 +100,8 @@ describe('a node whose queue overflows', () => {
     expect(await counter(gateway, 'warren_gateway_dropped_deliveries_total', { reason: 'queue_full' })).toBe(
       lost.length,
     );
+    // Past the notice window (0.2 s) and then some: a second notice would be there by now.
+    await sleep(1000);
     const missed = ann.frames.filter((f) => f.type === 'error' && f.code === 'events_missed');
     // One notice for the run of drops.
     expect(missed).toHaveLength(1);

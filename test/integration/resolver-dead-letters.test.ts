@@ -177,6 +177,13 @@ const cases: Case[] = [
     reason: 'does not match',
   },
   {
+    name: 'valid event sent to the resolver queue by name, past the events exchange',
+    body: valid,
+    direct: true,
+    code: 'routing_mismatch',
+    reason: 'events are published to',
+  },
+  {
     name: 'unknown job id',
     body: event({ data: undefined, jobId: 'nosuchjob' }),
     code: 'job_not_found',

@@ -5,6 +5,7 @@ import { SignJWT } from 'jose';
 import { inject } from 'vitest';
 import WebSocket from 'ws';
 import { BrokerConnection } from '../../src/broker/connection.js';
+import { queueExists } from '../../src/broker/topology.js';
 import { loadConfig } from '../../src/config/load.js';
 import type { WarrenConfig } from '../../src/config/schema.js';
 import { startGateway, type Gateway } from '../../src/gateway/main.js';
@@ -239,17 +240,9 @@ export class BrokerProbe {
     });
   }
 
-  /** Whether a queue exists (checked on a throwaway channel: a 404 closes the channel). */
-  async queueExists(queue: string): Promise<boolean> {
-    const ch = await this.model.createChannel();
-    ch.on('error', () => {});
-    try {
-      await ch.checkQueue(queue);
-      await ch.close();
-      return true;
-    } catch {
-      return false;
-    }
+  /** Whether a queue exists (other broker errors are thrown, not taken for "missing"). */
+  queueExists(queue: string): Promise<boolean> {
+    return queueExists(this.model, queue);
   }
 
   /** Whether a routing key reaches any queue on the deliveries exchange (mandatory publish). */
@@ -313,7 +306,6 @@ export async function connectPublisher(config: Readonly<WarrenConfig>): Promise<
   });
 }
 
-/** Deletes every Redis key of a test prefix (tenant keys are `{prefix:tenant}:…`, global ones `prefix:…`). */
 /**
  * Runs `test` with a Warren Redis client (its scripts loaded) and the keys of a fresh prefix, then removes
  * everything under that prefix: for tests of a store or a view on their own, without a whole installation.
@@ -336,6 +328,7 @@ export async function withWarrenRedis(
   }
 }
 
+/** Deletes every Redis key of a test prefix (tenant keys are `{prefix:tenant}:…`, global ones `prefix:…`). */
 export async function cleanRedis(prefix: string, url = inject('redisUrl')): Promise<void> {
   const { Redis } = await import('ioredis');
   const redis = new Redis(url);
@@ -379,7 +372,7 @@ export async function removeInstallation(
   const probe = await BrokerProbe.open();
   await probe.deleteExchangesAndQueues(
     prefix,
-    gateways.flatMap((g) => [g.queue, `${g.queue}.dropped`]),
+    gateways.map((g) => g.queue),
   );
   await probe.close();
   await cleanRedis(prefix);

@@ -17,7 +17,8 @@ export async function deletePrefixKeys(redis: Redis, prefix: string): Promise<vo
 }
 
 /**
- * Deletes a prefix's shared queues and exchanges, plus `extra` ones (gateway queues, a bench's own).
+ * Deletes a prefix's shared queues and exchanges, plus `extra` ones (gateway queues, with each one's
+ * dropped-deliveries queue; a bench's own).
  * Missing ones are skipped; the channel's errors are swallowed (a 404 closes it, so each goes on its own).
  */
 export async function deleteTopology(
@@ -32,7 +33,7 @@ export async function deleteTopology(
     names.memberships,
     names.resolverRetry,
     names.dead,
-    ...(extra.queues ?? []),
+    ...(extra.queues ?? []).flatMap((queue) => [queue, `${queue}.dropped`]),
   ])
     await channel.deleteQueue(queue).catch(() => {});
   for (const exchange of [

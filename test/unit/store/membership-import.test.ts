@@ -32,7 +32,7 @@ describe('membership import: validated once, read again to apply', () => {
   it('keeps no rows of a regular file, and gives them back in file order on the second reading', async () => {
     const file = join(dir, 'ok.jsonl');
     writeFileSync(file, rows(3, 'acme') + rows(2, 'globex') + 'not json\n');
-    const plan = await readMembershipFile(file, { format: 'jsonl', keepRows: false });
+    const plan = await readMembershipFile(file, { format: 'jsonl' });
     expect(plan).toMatchObject({ rows: 6, valid: 5, bad: [{ line: 6, reason: 'not valid JSON' }] });
     expect(plan.changes).toBeUndefined();
     expect([...plan.tenants].sort()).toEqual(['acme', 'globex']);
@@ -49,7 +49,7 @@ describe('membership import: validated once, read again to apply', () => {
   it('stops when the file changed after it was validated, whatever the change', async () => {
     const grown = join(dir, 'grown.jsonl');
     writeFileSync(grown, rows(3));
-    let plan = await readMembershipFile(grown, { format: 'jsonl', keepRows: false });
+    let plan = await readMembershipFile(grown, { format: 'jsonl' });
     appendFileSync(grown, 'not json\n');
     await expect(replayed(grown, plan)).rejects.toThrow(`${grown} changed after it was validated`);
 
@@ -57,7 +57,7 @@ describe('membership import: validated once, read again to apply', () => {
     // file in its place, or the same one changed since (its status-change time).
     const replaced = join(dir, 'replaced.jsonl');
     writeFileSync(replaced, rows(3));
-    plan = await readMembershipFile(replaced, { format: 'jsonl', keepRows: false });
+    plan = await readMembershipFile(replaced, { format: 'jsonl' });
     const { atime, mtime } = statSync(replaced);
     writeFileSync(`${replaced}.new`, rows(3).replace('u1', 'u9'));
     utimesSync(`${replaced}.new`, atime, mtime);
@@ -66,7 +66,7 @@ describe('membership import: validated once, read again to apply', () => {
 
     const edited = join(dir, 'edited.jsonl');
     writeFileSync(edited, rows(3));
-    plan = await readMembershipFile(edited, { format: 'jsonl', keepRows: false });
+    plan = await readMembershipFile(edited, { format: 'jsonl' });
     await new Promise((r) => setTimeout(r, 20));
     writeFileSync(edited, rows(3).replace('u1', 'u9'));
     utimesSync(edited, statSync(edited).atime, new Date(plan.source.mtimeMs));
