@@ -15,16 +15,16 @@ import { TcpProxy } from '../support/tcp-proxy.js';
 import {
   BrokerProbe,
   cleanRedis,
-  connectPublisher,
   counter,
   eventually,
   openTab,
   removeInstallation,
   startTestGateway,
-  startTestResolver,
+  startTestStack,
   testConfig,
   testPrefix,
   token,
+  type TestStack,
 } from '../support/harness.js';
 
 /**
@@ -42,6 +42,7 @@ function payloadUrl(): string {
 describe('claim check with payloads on a Redis of their own', () => {
   let prefix: string;
   let config: Readonly<WarrenConfig>;
+  let stack: TestStack | undefined;
   let gateway: Gateway;
   let resolver: Resolver;
   let warren: WarrenPublisher;
@@ -53,19 +54,19 @@ describe('claim check with payloads on a Redis of their own', () => {
   beforeEach(async () => {
     prefix = testPrefix('payload-redis');
     keys = new Keys(prefix);
-    config = testConfig(prefix, { claimCheck: { redisUrl: payloadUrl() }, resolver: { metricsPort: 0 } });
-    gateway = await startTestGateway(config);
-    resolver = await startTestResolver(config);
-    warren = await connectPublisher(config);
-    probe = await BrokerProbe.open();
-    main = new Redis(config.redis.url);
+    main = new Redis(inject('redisUrl'));
     payloads = new Redis(payloadUrl());
+    config = testConfig(prefix, { claimCheck: { redisUrl: payloadUrl() }, resolver: { metricsPort: 0 } });
+    stack = await startTestStack(config);
+    ({ gateway, resolver, warren } = stack);
+    probe = await BrokerProbe.open();
   });
 
   afterEach(async () => {
-    await removeInstallation(prefix, { warren, resolvers: [resolver], gateways: [gateway] });
+    // Whatever beforeEach got to: a failed start reports its own error, not this hook's.
+    await stack?.close();
     await cleanRedis(prefix, payloadUrl());
-    await probe.close();
+    await (probe as BrokerProbe | undefined)?.close();
     await Promise.all([main.quit(), payloads.quit()]);
   });
 
@@ -120,14 +121,27 @@ describe('claim check with payloads on a Redis of their own', () => {
     expect(await counter(gateway, 'warren_gateway_payload_fetches_total')).toBe(3);
   });
 
+  it('takes a payloads’ client of the service’s own in the SDK, and leaves it open on close', async () => {
+    const mine = new Redis(payloadUrl());
+    const sdk = await WarrenPublisher.connect({
+      rabbitmqUrl: config.rabbitmq.url,
+      redisUrl: config.redis.url,
+      payloadRedis: mine,
+      prefix,
+    });
+    try {
+      const jobId = await sdk.putPayload('t1', { marker: 'mine' });
+      expect(await payloads.exists(keys.job('t1', jobId))).toBe(1);
+      expect(await main.exists(keys.job('t1', jobId))).toBe(0);
+    } finally {
+      await sdk.close();
+    }
+    expect(await mine.ping()).toBe('PONG');
+    await mine.quit();
+  });
+
   it('refuses an event naming a job that is only in the main Redis, as it refuses any unknown job', async () => {
-    const dead: string[] = [];
-    const channel = await probe.model.createChannel();
-    await channel.consume(
-      `${prefix}.dead`,
-      (m) => m && dead.push(String(m.properties.headers?.['x-warren-code'])),
-      { noAck: true },
-    );
+    const dead = await probe.deadLetters(prefix);
     await main.set(keys.job('t1', 'misplaced'), JSON.stringify({ secret: 'x' }), 'EX', 60);
     await warren.publishEvent({
       id: 'misplaced',
@@ -137,7 +151,7 @@ describe('claim check with payloads on a Redis of their own', () => {
       jobId: 'misplaced',
     });
     await eventually(() => dead.length === 1, 'dead-lettered');
-    expect(dead).toEqual(['job_not_found']);
+    expect(dead.map((m) => m.properties.headers?.['x-warren-code'])).toEqual(['job_not_found']);
   });
 
   it('reports the payloads’ Redis in the gateway’s and the resolver’s /readyz', async () => {
@@ -268,12 +282,9 @@ describe('claim check while the payloads’ own Redis is away', () => {
     const ann = await openTab(gateway.port, await token({ sub: 'ann', tid: 't1' }));
     const doc = { marker: randomBytes(8).toString('hex') };
     const jobId = await warren.putPayload('t1', doc);
-    const dead: Record<string, unknown>[] = [];
+    const dead = await probe.deadLetters(prefix);
     const channel = await probe.model.createChannel();
     try {
-      await channel.consume(`${prefix}.dead`, (m) => m && dead.push(m.properties.headers ?? {}), {
-        noAck: true,
-      });
       const retryDepth = async () => (await channel.checkQueue(`${prefix}.resolver.retry`)).messageCount;
       // A queue of the test's own that no exchange routes to: only a `CC` header, kept on a copy published to
       // the default exchange, would put something there.
@@ -330,12 +341,12 @@ describe('claim check while the payloads’ own Redis is away', () => {
       expect([...ann.eventIds()].sort()).toEqual([...waiting, 'small'].sort());
       for (const id of waiting) expect(ann.events().find((e) => e.id === id)?.data).toEqual(doc);
       // Where it was published, not the default exchange it came back by; and how often it waited.
-      expect(dead[0]).toMatchObject({
+      expect(dead[0]?.properties.headers).toMatchObject({
         'x-warren-code': 'job_not_found',
         'x-warren-original-exchange': `${prefix}.events`,
         'x-warren-original-routing-key': 't1.doc.attached',
       });
-      expect(Number(dead[0]?.['x-warren-attempts'])).toBeGreaterThanOrEqual(1);
+      expect(Number(dead[0]?.properties.headers?.['x-warren-attempts'])).toBeGreaterThanOrEqual(1);
       expect(await retryDepth()).toBe(0);
       expect(leaked).toEqual([]);
     } finally {

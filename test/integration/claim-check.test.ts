@@ -89,9 +89,7 @@ describe('claim check over two gateway nodes, a resolver and the publisher SDK',
     probe = await BrokerProbe.open();
     deliveries = await SpyQueue.open(probe.model, `${prefix}.deliveries`);
     events = await SpyQueue.open(probe.model, `${prefix}.events`);
-    dead = [];
-    const deadChannel = await probe.model.createChannel();
-    await deadChannel.consume(`${prefix}.dead`, (m) => m && dead.push(m), { noAck: true });
+    dead = await probe.deadLetters(prefix);
     redis = new Redis(redisUrl);
     tabs = [];
   });

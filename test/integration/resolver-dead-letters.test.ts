@@ -257,9 +257,8 @@ describe('malformed input is dead-lettered with its reason, and resolving goes o
 
   it(`dead-letters ${cases.length} kinds of malformed message, each with a reason`, async () => {
     expect(cases.length).toBeGreaterThanOrEqual(20);
-    const dead: ConsumeMessage[] = [];
+    const dead = await probe.deadLetters(prefix);
     const channel = await probe.model.createChannel();
-    await channel.consume(`${prefix}.dead`, (m) => m && dead.push(m), { noAck: true });
 
     for (const [i, c] of cases.entries()) {
       const exchange = c.direct ? '' : `${prefix}.${c.exchange ?? 'events'}`;
@@ -305,9 +304,8 @@ describe('malformed input is dead-lettered with its reason, and resolving goes o
   });
 
   it('sets aside a valid membership change that can never be applied, and applies the ones behind it', async () => {
-    const dead: ConsumeMessage[] = [];
+    const dead = await probe.deadLetters(prefix);
     const channel = await probe.model.createChannel();
-    await channel.consume(`${prefix}.dead`, (m) => m && dead.push(m), { noAck: true });
     // Team `broken` has a key of the wrong type in Redis: every attempt fails (WRONGTYPE).
     const redis = new Redis(inject('redisUrl'));
     await redis.hset(new Keys(prefix).teamUsers('acme', 'broken'), 'not', 'a bitmap');

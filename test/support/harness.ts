@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { createServer, type AddressInfo } from 'node:net';
-import amqp, { type Channel, type ChannelModel } from 'amqplib';
+import amqp, { type Channel, type ChannelModel, type ConsumeMessage } from 'amqplib';
 import { SignJWT } from 'jose';
 import { inject } from 'vitest';
 import WebSocket from 'ws';
@@ -192,6 +192,31 @@ export class BrokerProbe {
     const channel = await model.createConfirmChannel();
     channel.on('error', () => {});
     return new BrokerProbe(model, channel);
+  }
+
+  /** Per prefix, the lists `deadLetters` handed out: every one gets each dead letter that arrives. */
+  private readonly deadLists = new Map<string, ConsumeMessage[][]>();
+
+  /**
+   * The dead letters of an installation that arrive from now on. One consumer per prefix (without acks, on
+   * a channel that closes with the probe) feeds every list asked for: a second consumer on the queue would
+   * take turns with the first.
+   */
+  async deadLetters(prefix: string): Promise<ConsumeMessage[]> {
+    const dead: ConsumeMessage[] = [];
+    let lists = this.deadLists.get(prefix);
+    if (lists) {
+      lists.push(dead);
+      return dead;
+    }
+    lists = [dead];
+    this.deadLists.set(prefix, lists);
+    const channel = await this.model.createChannel();
+    channel.on('error', () => {});
+    await channel.consume(`${prefix}.dead`, (m) => m && lists.forEach((list) => list.push(m)), {
+      noAck: true,
+    });
+    return dead;
   }
 
   /** Publishes a model event straight to the events exchange, as a service without the SDK would. */
