@@ -80,7 +80,8 @@ export async function collectStatus(config: Readonly<WarrenConfig>): Promise<Sta
           names.memberships,
           names.resolverRetry,
           names.dead,
-          ...gateways.map((g) => names.gatewayQueue(g.id)),
+          // Each node's queue, and beside it where the broker puts what that queue dropped when full.
+          ...gateways.flatMap((g) => [names.gatewayQueue(g.id), names.gatewayDropped(g.id)]),
         ].map((q) => queueInfo(model, q)),
       );
       return { gateways, tenants, queues };

@@ -112,6 +112,51 @@ describe('warren gateway as a process', () => {
     expect(gateway.lines.join('\n')).toContain('takes no arguments (got --port 9)');
   });
 
+  it('warren status lists the gateway, its users and every queue with its depth and readers', async () => {
+    prefix = testPrefix('status');
+    const env = gatewayEnv(prefix, { WARREN_PRESENCE_HEARTBEAT_MS: '200' });
+    const gw = WarrenProcess.start(['gateway'], env);
+    processes.push(gw);
+    const port = await gw.listening();
+    const nodeId = String(gw.logged('listening')?.['nodeId']);
+    const config = testConfig(prefix, { presence: { heartbeatMs: 200 } });
+    resolver = await startTestResolver(config);
+    probe = await BrokerProbe.open();
+    tabs.push(await openTab(port, await token({ sub: 'ann', tid: 'acme' })));
+    tabs.push(await openTab(port, await token({ sub: 'ann', tid: 'acme' })));
+    // An event without id or audience: dead-lettered, and left in the dead-letter queue for an operator.
+    await probe.publishEvent(prefix, { tenantId: 'acme', type: 'test.event' });
+    await eventually(async () => {
+      const status = await collectStatus(config);
+      return status.gateways[0]?.connections === 2 && status.queues.some((q) => q.messages === 1);
+    }, 'the second tab counted and the dead letter queued');
+
+    const json = WarrenProcess.start(['status', '--json'], env);
+    expect(await json.exited).toBe(0);
+    const status = JSON.parse(json.lines.join('\n')) as Awaited<ReturnType<typeof collectStatus>>;
+    expect(status.gateways).toMatchObject([{ id: nodeId, alive: true, connections: 2, users: 1 }]);
+    expect(status.tenants).toEqual([{ id: 'acme', online: 1 }]);
+    expect(status.queues).toEqual([
+      { queue: `${prefix}.resolver`, messages: 0, consumers: 1 },
+      { queue: `${prefix}.resolver.membership`, messages: 0, consumers: 1 },
+      { queue: `${prefix}.resolver.retry`, messages: 0, consumers: 0 },
+      { queue: `${prefix}.dead`, messages: 1, consumers: 0 },
+      { queue: `${prefix}.gw.${nodeId}`, messages: 0, consumers: 1 },
+      { queue: `${prefix}.gw.${nodeId}.dropped`, messages: 0, consumers: 1 },
+    ]);
+
+    // The same as tables for a person; a queue that is not there shows dashes, not an error.
+    await probe.channel.deleteQueue(`${prefix}.resolver.retry`);
+    const text = WarrenProcess.start(['status'], env);
+    expect(await text.exited).toBe(0);
+    const rows = text.lines.map((line) => line.trim().split(/\s{2,}/));
+    expect(rows).toContainEqual([nodeId, 'yes', expect.stringMatching(/^\d+ s ago$/), '2', '1']);
+    expect(rows).toContainEqual(['acme', '1']);
+    expect(rows).toContainEqual([`${prefix}.dead`, '1', '0']);
+    expect(rows).toContainEqual([`${prefix}.resolver.retry`, '-', '-']);
+    expect(rows).toContainEqual([`${prefix}.gw.${nodeId}.dropped`, '0', '1']);
+  });
+
   it('warren status says why it cannot reach the broker, without a stack trace or the password', async () => {
     const status = WarrenProcess.start(['status'], {
       WARREN_RABBITMQ_URL: 'amqp://ops:hunter2@127.0.0.1:1',
