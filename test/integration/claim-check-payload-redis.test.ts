@@ -18,6 +18,7 @@ import {
   counter,
   eventually,
   openTab,
+  payloadRedisUrl,
   removeInstallation,
   startTestGateway,
   startTestStack,
@@ -32,12 +33,6 @@ import {
  * memberships and presence in database 0, payloads in database 1: what matters is that every part looks
  * for a payload where the others put it, and nowhere else.
  */
-/** The tests' Redis, another database of it: 1, or 2 if the tests' URL names 1 already. */
-function payloadUrl(): string {
-  const url = new URL(inject('redisUrl'));
-  url.pathname = url.pathname === '/1' ? '/2' : '/1';
-  return url.toString();
-}
 
 describe('claim check with payloads on a Redis of their own', () => {
   let prefix: string;
@@ -55,8 +50,11 @@ describe('claim check with payloads on a Redis of their own', () => {
     prefix = testPrefix('payload-redis');
     keys = new Keys(prefix);
     main = new Redis(inject('redisUrl'));
-    payloads = new Redis(payloadUrl());
-    config = testConfig(prefix, { claimCheck: { redisUrl: payloadUrl() }, resolver: { metricsPort: 0 } });
+    payloads = new Redis(payloadRedisUrl());
+    config = testConfig(prefix, {
+      claimCheck: { redisUrl: payloadRedisUrl() },
+      resolver: { metricsPort: 0 },
+    });
     stack = await startTestStack(config);
     ({ gateway, resolver, warren } = stack);
     probe = await BrokerProbe.open();
@@ -65,7 +63,7 @@ describe('claim check with payloads on a Redis of their own', () => {
   afterEach(async () => {
     // Whatever beforeEach got to: a failed start reports its own error, not this hook's.
     await stack?.close();
-    await cleanRedis(prefix, payloadUrl());
+    await cleanRedis(prefix, payloadRedisUrl());
     await (probe as BrokerProbe | undefined)?.close();
     await Promise.all([main.quit(), payloads.quit()]);
   });
@@ -122,7 +120,7 @@ describe('claim check with payloads on a Redis of their own', () => {
   });
 
   it('takes a payloads’ client of the service’s own in the SDK, and leaves it open on close', async () => {
-    const mine = new Redis(payloadUrl());
+    const mine = new Redis(payloadRedisUrl());
     const sdk = await WarrenPublisher.connect({
       rabbitmqUrl: config.rabbitmq.url,
       redisUrl: config.redis.url,
@@ -176,12 +174,12 @@ describe('claim check while the payloads’ own Redis is away', () => {
 
   beforeEach(async () => {
     prefix = testPrefix('payload-redis-away');
-    const target = new URL(payloadUrl());
+    const target = new URL(payloadRedisUrl());
     proxy = await TcpProxy.start(target.hostname, Number(target.port || 6379));
     // The gateway and the resolver reach the payloads' Redis through the proxy; the service directly.
     // A small prefetch window: events waiting for the payloads' Redis must not fill it.
     const config = testConfig(prefix, {
-      claimCheck: { redisUrl: proxy.url(payloadUrl()) },
+      claimCheck: { redisUrl: proxy.url(payloadRedisUrl()) },
       resolver: { metricsPort: 0, prefetch: PREFETCH },
     });
     gateway = await startTestGateway(config);
@@ -195,7 +193,7 @@ describe('claim check while the payloads’ own Redis is away', () => {
     warren = await WarrenPublisher.connect({
       rabbitmqUrl: config.rabbitmq.url,
       redisUrl: config.redis.url,
-      payloadRedisUrl: payloadUrl(),
+      payloadRedisUrl: payloadRedisUrl(),
       prefix,
     });
     probe = await BrokerProbe.open();
@@ -207,7 +205,7 @@ describe('claim check while the payloads’ own Redis is away', () => {
     proxy.flow();
     await removeInstallation(prefix, { warren, resolvers: [resolver], gateways: [gateway] });
     await proxy.close();
-    await cleanRedis(prefix, payloadUrl());
+    await cleanRedis(prefix, payloadRedisUrl());
     await probe.close();
   });
 
@@ -412,10 +410,10 @@ describe('the payload store on a Redis of its own that hangs', () => {
   it('times a check out once, then refuses the next ones at once until the server answers again', async () => {
     const prefix = testPrefix('payload-store-hung');
     const keys = new Keys(prefix);
-    const target = new URL(payloadUrl());
+    const target = new URL(payloadRedisUrl());
     const proxy = await TcpProxy.start(target.hostname, Number(target.port || 6379));
     const redis = await createPayloadRedis({
-      url: proxy.url(payloadUrl()),
+      url: proxy.url(payloadRedisUrl()),
       name: 'test-payload-store',
       logger: silentLogger(),
     });
@@ -441,7 +439,7 @@ describe('the payload store on a Redis of its own that hangs', () => {
       proxy.flow();
       await closeRedis(redis);
       await proxy.close();
-      await cleanRedis(prefix, payloadUrl());
+      await cleanRedis(prefix, payloadRedisUrl());
     }
   });
 });

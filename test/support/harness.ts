@@ -353,6 +353,16 @@ export async function withWarrenRedis(
   }
 }
 
+/**
+ * The tests' Redis, another database of it (1, or 2 if the tests' URL names 1 already): stands in for a
+ * Redis of the payloads' own (`claimCheck.redisUrl`).
+ */
+export function payloadRedisUrl(): string {
+  const url = new URL(inject('redisUrl'));
+  url.pathname = url.pathname === '/1' ? '/2' : '/1';
+  return url.toString();
+}
+
 /** Deletes every Redis key of a test prefix (tenant keys are `{prefix:tenant}:…`, global ones `prefix:…`). */
 export async function cleanRedis(prefix: string, url = inject('redisUrl')): Promise<void> {
   const { Redis } = await import('ioredis');

@@ -1,0 +1,107 @@
+import { Redis } from 'ioredis';
+import { afterEach, describe, expect, inject, it } from 'vitest';
+import {
+  BrokerProbe,
+  UpgradeRefused,
+  cleanRedis,
+  eventually,
+  openTab,
+  payloadRedisUrl,
+  testPrefix,
+  token,
+  type TestTab,
+} from '../support/harness.js';
+import { WarrenProcess } from '../support/warren-process.js';
+
+// `warren dev` as `npm start` runs it: one process, nothing configured but where RabbitMQ and Redis are.
+
+describe('warren dev as a process', () => {
+  let prefix = '';
+  let dev: WarrenProcess | undefined;
+  const tabs: TestTab[] = [];
+  const redis: Redis[] = [];
+
+  afterEach(async () => {
+    for (const tab of tabs.splice(0)) tab.ws.terminate();
+    const queue = dev?.logged('listening')?.['queue'];
+    await dev?.kill();
+    dev = undefined;
+    const probe = await BrokerProbe.open();
+    await probe.deleteExchangesAndQueues(prefix, queue ? [String(queue)] : []);
+    await probe.close();
+    for (const client of redis.splice(0)) client.disconnect();
+    await cleanRedis(prefix);
+    await cleanRedis(prefix, payloadRedisUrl());
+  });
+
+  it('prints a token that works, routes a demo event with its payload through the payload Redis, and stops on SIGTERM', async () => {
+    prefix = testPrefix('dev-process');
+    dev = WarrenProcess.start(['dev'], {
+      WARREN_PREFIX: prefix,
+      WARREN_RABBITMQ_URL: inject('rabbitmqUrl'),
+      WARREN_REDIS_URL: inject('redisUrl'),
+      WARREN_GATEWAY_HOST: '127.0.0.1',
+      WARREN_GATEWAY_PORT: '0',
+      // Every payload claim-checked, on a Redis of the payloads' own.
+      WARREN_CLAIM_CHECK_BYTES: '0',
+      WARREN_CLAIM_CHECK_REDIS_URL: payloadRedisUrl(),
+    });
+    const port = await dev.listening();
+    await eventually(() => dev!.lines.some((l) => l.includes('Stop with Ctrl-C')), 'the start-up banner');
+    expect(dev.lines).toContain(`  Demo page: http://localhost:${port}/`);
+    expect(dev.lines.some((l) => l.startsWith('  JWT secret (HS256, generated for this run): '))).toBe(true);
+    const banner = dev.lines.find((l) =>
+      l.startsWith('  Token for user alice of tenant acme-health (1 h): '),
+    );
+    const printed = banner?.split(' ').at(-1) ?? '';
+
+    const page = await fetch(`http://127.0.0.1:${port}/`);
+    expect(page.status).toBe(200);
+    expect(await page.text()).toContain('<title>Warren · dev demo</title>');
+
+    // The printed token opens a tab; one signed with any other secret does not (the secret is this run's).
+    const alice = await openTab(port, printed);
+    tabs.push(alice);
+    expect(alice.welcome).toMatchObject({ type: 'welcome', tenantId: 'acme-health', userId: 'alice' });
+    await expect(openTab(port, await token({ sub: 'alice', tid: 'acme-health' }))).rejects.toEqual(
+      new UpgradeRefused(401),
+    );
+
+    const published = await fetch(`http://127.0.0.1:${port}/dev/publish`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({
+        tenantId: 'acme-health',
+        teamId: 'icu',
+        text: 'bed 4 needs a check',
+        from: 'bob',
+      }),
+    });
+    expect(published.status).toBe(200);
+    const { id } = (await published.json()) as { id: string };
+    await eventually(() => alice.eventIds().includes(id), 'the demo event at alice’s tab');
+    expect(alice.events().find((e) => e.id === id)?.data).toEqual({
+      text: 'bed 4 needs a check',
+      team: 'icu',
+      from: 'bob',
+    });
+    // Its payload went to the payloads' Redis and nowhere else.
+    const jobKeys = `{${prefix}:acme-health}:job:*`;
+    const payloads = new Redis(payloadRedisUrl());
+    const main = new Redis(inject('redisUrl'));
+    redis.push(payloads, main);
+    expect(await payloads.keys(jobKeys)).toHaveLength(1);
+    expect(await main.keys(jobKeys)).toEqual([]);
+
+    // Ctrl-C: the tab is told to reconnect elsewhere, the node's queue goes, the process exits cleanly.
+    const queue = String(dev.logged('listening')?.['queue']);
+    expect(await dev.stop()).toBe(0);
+    expect(await alice.closed).toBe(4100);
+    const probe = await BrokerProbe.open();
+    try {
+      expect(await probe.queueExists(queue)).toBe(false);
+    } finally {
+      await probe.close();
+    }
+  });
+});
