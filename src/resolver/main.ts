@@ -58,7 +58,7 @@ export async function startResolver(
   const presence = new PresenceStore(redis, keys);
   // The views are made once `liveness` exists (they start from its dead nodes); nothing asks before.
   const views: TenantViews = new TenantViews(
-    (tenantId) => new TenantView(redis, keys, tenantId, liveness.dead),
+    (tenantId) => new TenantView(redis, keys, tenantId, liveness.dead, logger),
     config.resolver.maxTenantViews,
     (size) => metrics.tenantViews.set(size),
   );

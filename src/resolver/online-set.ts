@@ -67,15 +67,21 @@ export class OnlineSet {
     if (this.nodes.delete(nodeId)) this.dirty = true;
   }
 
-  /** Snapshot load of one node's bits with their user ids. */
-  load(nodeId: string, bits: Uint32Array, userIds: readonly (string | null)[]): void {
-    const bitmap = this.node(nodeId);
+  /**
+   * Snapshot load of one node's bits with their user ids. A bit without an id (the reverse map lost it: a
+   * partial restore, a hand repair) is left offline: with node routing nothing else would stop it being
+   * delivered to, and `exceptUsers`, which names users, could not take it out. Returns how many were left.
+   */
+  load(nodeId: string, bits: Uint32Array, userIds: readonly (string | null)[]): number {
+    let unknown = 0;
     bits.forEach((bit, i) => {
       const userId = userIds[i];
       if (userId) this.learn(bit, userId);
+      else unknown += 1;
     });
-    bitmap.addMany(bits);
+    this.node(nodeId).addMany(unknown === 0 ? bits : bits.filter((_, i) => Boolean(userIds[i])));
     this.dirty = true;
+    return unknown;
   }
 
   /** Tells the set which nodes are dead now; recomputes the union only when one of its nodes changed. */

@@ -1,5 +1,6 @@
 import roaring from 'roaring';
 import type { Audience } from '../protocol/schemas.js';
+import type { Logger } from '../shared/logger.js';
 import { bitsOfRedisBitmap } from '../store/bitmap-codec.js';
 import { logHead, readLog, type LogEntry, type LogPosition } from '../store/change-log.js';
 import type { Keys } from '../store/keys.js';
@@ -32,6 +33,7 @@ export class TenantView {
     private readonly keys: Keys,
     readonly tenantId: string,
     private dead: ReadonlySet<string>,
+    private readonly logger?: Logger,
   ) {
     this.onlineSet = new OnlineSet(tenantId);
     this.members = new MembershipCache(redis, keys, tenantId);
@@ -124,7 +126,13 @@ export class TenantView {
         const slice = Array.from(bits.subarray(start, start + ID_BATCH), String);
         ids.push(...(await this.redis.hmget(k.reverseIds(this.tenantId), ...slice)));
       }
-      online.load(node, bits, ids);
+      const unknown = online.load(node, bits, ids);
+      if (unknown > 0) {
+        this.logger?.error(
+          { tenantId: this.tenantId, node, unknown },
+          'online bits without a user id left offline: the id map lost their entries',
+        );
+      }
     }
     online.setDead(this.dead);
     this.onlineSet = online;

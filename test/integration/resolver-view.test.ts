@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { Audience, MembershipChange } from '../../src/protocol/schemas.js';
 import { TenantView } from '../../src/resolver/tenant-view.js';
+import type { Logger } from '../../src/shared/logger.js';
 import type { Keys } from '../../src/store/keys.js';
 import { MembershipStore } from '../../src/store/membership-store.js';
 import { PresenceStore } from '../../src/store/presence-store.js';
@@ -45,6 +46,26 @@ describe('a resolver’s view of a tenant', () => {
       await redis.del(keys.online('t1', 'n2'));
       await view.sync();
       expect(view.online.bitmap.toArray()).toEqual([]);
+    });
+  });
+
+  it('leaves offline an online bit whose user id is missing, so no routing can reach it', async () => {
+    await withWarrenRedis('view-unknown', async (redis, keys) => {
+      // alice (bit 0) is online as her gateway recorded her; bit 1 is online with no reverse id entry (a
+      // partial restore): nobody could name it in exceptUsers, and node routing would deliver to it.
+      await redis.zadd(keys.nodes(), 1, 'n1');
+      await new PresenceStore(redis, keys).online('n1', 't1', ['alice']);
+      await redis.setbit(keys.online('t1', 'n1'), 1, 1);
+      await redis.setbit(keys.teamUsers('t1', 'icu'), 0, 1);
+      await redis.setbit(keys.teamUsers('t1', 'icu'), 1, 1);
+      const logged: unknown[] = [];
+      const logger = { error: (fields: unknown) => logged.push(fields) } as unknown as Logger;
+      const view = new TenantView(redis, keys, 't1', new Set(), logger);
+      await view.sync();
+      await view.prepare([{ teams: ['icu'] }]);
+      expect(view.online.bitmap.toArray()).toEqual([0]);
+      expect(view.resolveBits({ teams: ['icu'] }).toArray()).toEqual([0]);
+      expect(logged).toEqual([{ tenantId: 't1', node: 'n1', unknown: 1 }]);
     });
   });
 
