@@ -177,7 +177,14 @@ export class ConnectionRegistry<T extends RegisteredTab> {
   private async bringUp(entry: UserEntry<T>): Promise<void> {
     if (entry.tabs.size === 0) return;
     if (!entry.bound) {
-      await this.onKey(entry, () => this.binder.bind(entry.key));
+      try {
+        await this.onKey(entry, () => this.binder.bind(entry.key));
+      } catch (error) {
+        // The broker may have applied it before its reply was lost with the connection, and the queue
+        // outlived the cut: unbound when the user goes, like a key whose unbind failed.
+        entry.stray = true;
+        throw error;
+      }
       entry.bound = true;
       entry.stray = false;
     }

@@ -153,6 +153,26 @@ describe('ConnectionRegistry: an unbind that fails', () => {
   });
 });
 
+describe('ConnectionRegistry: a bind that fails', () => {
+  it('unbinds the key when the user goes: the broker may have bound it before the reply was lost', async () => {
+    const ops: string[] = [];
+    const registry = registryWith1(
+      {
+        bind: async (k) => {
+          ops.push(`bind ${k}`);
+          throw new Error('connection closed');
+        },
+        unbind: async (k) => void ops.push(`unbind ${k}`),
+      },
+      20,
+    );
+    const key = userKey('acme', 'ann');
+    await expect(registry.add(tab('t1', 'acme', 'ann'))).rejects.toThrow('connection closed');
+    await eventually(() => registry.entry(key) === undefined);
+    expect(ops).toEqual([`bind ${key}`, `unbind ${key}`]);
+  });
+});
+
 async function eventually(check: () => boolean, timeoutMs = 2000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!check()) {
