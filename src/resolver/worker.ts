@@ -117,6 +117,8 @@ export class ResolverWorker {
   private readonly resolveFailures = new FailureCounts();
   /** Membership-queue terms taken in this subscription, per tenant (see `MembershipStore.newTerm`). */
   private readonly terms = new Map<string, number>();
+  /** Subscriptions to the membership queue so far: a term asked for under an earlier one is not kept. */
+  private subscriptions = 0;
   /** The declaration a returned retry copy asked for, while it runs. */
   private redeclaring: Promise<void> | undefined;
   /** Key of this resolver's claim-check job ids: the same event gets the same id on every attempt here. */
@@ -191,6 +193,7 @@ export class ResolverWorker {
    * resolver meanwhile, so each tenant's next change takes a new one.
    */
   membershipSubscribed(): void {
+    this.subscriptions += 1;
     this.terms.clear();
   }
 
@@ -199,7 +202,19 @@ export class ResolverWorker {
     try {
       let term = this.terms.get(tenantId);
       if (term === undefined) {
+        const subscription = this.subscriptions;
         term = await this.deps.membership.newTerm(tenantId);
+        // The message went back to the broker while the term was being taken (its channel closed, or the
+        // queue was subscribed again): another resolver may have applied it, and later changes, since.
+        // The term, newer than theirs, is dropped unused; the message comes back if this one still reads.
+        if (subscription !== this.subscriptions || !delivery.live) {
+          this.deps.logger.warn(
+            { tenantId },
+            'membership queue lost while taking a term; change not applied',
+          );
+          delivery.requeue();
+          return;
+        }
         this.terms.set(tenantId, term);
       }
       await this.deps.membership.apply(change, term);
@@ -340,7 +355,7 @@ export class ResolverWorker {
   }
 
   /**
-   * A resolution that throws is a bug or corrupt state (say, an online bit whose user id is missing): the
+   * A resolution that throws is a bug, or state no check foresaw: the
    * tenant's view is rebuilt from Redis and the event requeued once; failing again, it is dead-lettered
    * rather than retried forever, and the batch goes on either way. Returns false when the view was rebuilt.
    */

@@ -1,4 +1,5 @@
 import type { MembershipChange } from '../protocol/schemas.js';
+import { ErrorCode, WarrenError } from '../shared/errors.js';
 import { LOG_MAX_LEN } from './change-log.js';
 import type { Keys } from './keys.js';
 import type { WarrenRedis } from './redis.js';
@@ -34,6 +35,10 @@ function toArgs(change: MembershipChange): ChangeArgs {
  * log entry, so once `apply` returns, no resolver can resolve a later event with the old membership.
  */
 export class MembershipStore {
+  /** Connections of `redis` closed since `newTerm` was first called. */
+  private closes = 0;
+  private watching = false;
+
   constructor(
     private readonly redis: WarrenRedis,
     private readonly keys: Keys,
@@ -79,7 +84,31 @@ export class MembershipStore {
    * other one applied; carrying an older term, it is refused instead of undoing them.
    */
   async newTerm(tenantId: string): Promise<number> {
-    return this.redis.incr(this.keys.membershipTerm(tenantId));
+    // A term must be taken when asked for, never later: ioredis resends, after a reconnect, a command
+    // whose reply was lost and one queued while it was offline. Taken late, after another resolver's, it
+    // would be the newest and let this resolver re-apply a change the other has since undone.
+    if (this.redis.status !== 'ready') {
+      throw new WarrenError(ErrorCode.RedisUnavailable, 'Redis is not connected: no membership term taken', {
+        retryable: true,
+      });
+    }
+    this.watchCloses();
+    const closes = this.closes;
+    const term = await this.redis.incr(this.keys.membershipTerm(tenantId));
+    if (this.closes !== closes) {
+      throw new WarrenError(
+        ErrorCode.RedisUnavailable,
+        'the Redis connection closed while a membership term was taken: it may have been taken late',
+        { retryable: true },
+      );
+    }
+    return term;
+  }
+
+  private watchCloses(): void {
+    if (this.watching) return;
+    this.watching = true;
+    this.redis.on('close', () => (this.closes += 1));
   }
 
   /**

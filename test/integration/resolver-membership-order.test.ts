@@ -1,6 +1,6 @@
 import amqp from 'amqplib';
 import { Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { Resolver } from '../../src/resolver/main.js';
 import type { MembershipChange } from '../../src/protocol/schemas.js';
 import { Keys } from '../../src/store/keys.js';
@@ -15,6 +15,7 @@ import {
   testPrefix,
   withWarrenRedis,
 } from '../support/harness.js';
+import { TcpProxy } from '../support/tcp-proxy.js';
 
 // Changes published to the membership exchange are applied in the order they were published, however
 // many resolvers run: an add followed by a remove of the same pair must end removed. With the changes on
@@ -119,5 +120,84 @@ describe('a membership change sent to Redis by a resolver that has since lost th
       // Changes made outside the queue (the SDK, imports) carry no term and always apply.
       expect(await a.apply(change('add'))).toBe(true);
     });
+  });
+});
+
+describe('a resolver cut off from the broker while its membership term is on the way to Redis', () => {
+  const prefix = testPrefix('member-late-term');
+  const keys = new Keys(prefix);
+  const resolvers: Resolver[] = [];
+  const proxies: TcpProxy[] = [];
+  let redis: Redis | undefined;
+
+  afterEach(async () => {
+    for (const proxy of proxies) proxy.flow();
+    await Promise.all(resolvers.splice(0).map((r) => r.close()));
+    await Promise.all(proxies.splice(0).map((p) => p.close()));
+    await redis?.quit();
+    const probe = await BrokerProbe.open();
+    await probe.deleteExchangesAndQueues(prefix);
+    await probe.close();
+    await cleanRedis(prefix);
+  });
+
+  // Resolver A reads the membership queue; its first change of the tenant asks Redis for a term (INCR),
+  // which is held up. Cut off from the broker, A loses the change to resolver B, which applies it and a
+  // removal after it. A's INCR then lands, after B's: a term newer than B's. Used, it let A apply its
+  // stale add over B's removal. `flow`: the INCR arrives late on its connection; `cut`: the connection
+  // dies and ioredis resends it on the next.
+  it.each(['flow', 'cut'] as const)('never applies the change under it (%s)', async (release) => {
+    const redisTarget = new URL(inject('redisUrl'));
+    const amqpTarget = new URL(inject('rabbitmqUrl'));
+    const redisProxy = await TcpProxy.start(redisTarget.hostname, Number(redisTarget.port || 6379));
+    const amqpProxy = await TcpProxy.start(amqpTarget.hostname, Number(amqpTarget.port || 5672));
+    proxies.push(redisProxy, amqpProxy);
+    // A subscribes first, so it is the queue's active reader; B waits behind it.
+    resolvers.push(
+      await startTestResolver(
+        testConfig(prefix, {
+          redis: { url: redisProxy.url(inject('redisUrl')) },
+          rabbitmq: { url: amqpProxy.url(inject('rabbitmqUrl')) },
+        }),
+      ),
+    );
+    resolvers.push(await startTestResolver(testConfig(prefix)));
+    redis = new Redis(inject('redisUrl'));
+    const member = async (): Promise<boolean> => {
+      const bit = await redis!.hget(keys.ids('acme'), 'ann');
+      return bit !== null && (await redis!.getbit(keys.teamUsers('acme', 'icu'), Number(bit))) === 1;
+    };
+    const probe = await BrokerProbe.open();
+    const publish = async (op: 'add' | 'remove'): Promise<void> => {
+      const change = { op, tenantId: 'acme', userId: 'ann', teamId: 'icu' };
+      probe.channel.publish(`${prefix}.membership`, 'acme', Buffer.from(JSON.stringify(change)));
+      await (probe.channel as unknown as amqp.ConfirmChannel).waitForConfirms();
+    };
+    try {
+      redisProxy.stall();
+      await publish('add');
+      await eventually(
+        async () => (await probe.channel.checkQueue(`${prefix}.resolver.membership`)).messageCount === 0,
+        'the add handed to A',
+      );
+      await new Promise((r) => setTimeout(r, 100));
+      amqpProxy.cut();
+      await eventually(member, 'the add applied by B');
+      const termB = Number(await redis.get(keys.membershipTerm('acme')));
+      await publish('remove');
+      await eventually(async () => !(await member()), 'the removal applied by B');
+
+      if (release === 'cut') redisProxy.cut();
+      redisProxy.flow();
+      await eventually(
+        async () => Number(await redis!.get(keys.membershipTerm('acme'))) > termB,
+        'A’s term taken after B’s',
+      );
+      // A applies at once what it applies at all: a little longer than that, and ann is still out.
+      await new Promise((r) => setTimeout(r, 500));
+      expect(await member()).toBe(false);
+    } finally {
+      await probe.close();
+    }
   });
 });
