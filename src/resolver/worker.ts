@@ -355,9 +355,9 @@ export class ResolverWorker {
   }
 
   /**
-   * A resolution that throws is a bug, or state no check foresaw: the
-   * tenant's view is rebuilt from Redis and the event requeued once; failing again, it is dead-lettered
-   * rather than retried forever, and the batch goes on either way. Returns false when the view was rebuilt.
+   * A resolution that throws is a bug, or state no check foresaw: the tenant's view is rebuilt from Redis
+   * and the event requeued once; failing again, it is dead-lettered rather than retried forever, and the
+   * batch goes on either way. Returns false when the view was rebuilt.
    */
   private async routeOrRecover(view: TenantView, item: PendingEvent): Promise<boolean> {
     try {
