@@ -13,6 +13,12 @@ export const DeliveryHeader = {
   Job: 'x-warren-job',
   /** Node-routed deliveries: the recipients' bit positions in the tenant's id map, a portable roaring bitmap. */
   Recipients: 'x-warren-recipients',
+  /**
+   * Node-routed deliveries: which Redis server the bits were read from (a digest of its run id and role).
+   * A gateway whose bits come from another server (a failover may have given them to other users) drops
+   * the delivery rather than decode it. Absent where the resolver cannot read INFO.
+   */
+  IdMap: 'x-warren-id-map',
   /** Not set by this release's resolvers (gateways deduplicate by event id); kept for clients that read it. */
   Redelivered: 'x-warren-redelivered',
 } as const;

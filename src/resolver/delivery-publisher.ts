@@ -84,6 +84,8 @@ export interface Delivery {
   /** Serialised `data`, or empty when `jobId` names a claim-checked payload. */
   body: Buffer;
   jobId?: string | undefined;
+  /** The stamp of the Redis server the recipients' bits come from, for node-routed messages. */
+  idMap?: string | undefined;
 }
 
 /** Publishes one message per chunk of recipients on the deliveries exchange; resolves when all are confirmed. */
@@ -106,7 +108,11 @@ export class DeliveryPublisher {
     if (delivery.jobId) headers[DeliveryHeader.Job] = delivery.jobId;
     const messages: Message[] =
       this.routing === 'nodes'
-        ? this.byNode(recipients, online, headers)
+        ? this.byNode(
+            recipients,
+            online,
+            delivery.idMap === undefined ? headers : { ...headers, [DeliveryHeader.IdMap]: delivery.idMap },
+          )
         : chunkKeys(online.keysOf(recipients), this.headerBudget(), this.maxRecipients).map(
             ([first, ...cc]) => ({ routingKey: first as string, cc, headers }),
           );

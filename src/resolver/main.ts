@@ -73,7 +73,7 @@ export async function startResolver(
   await liveness.start();
   // Against another server (restart, failover) the views may hold what it never got: each is built afresh,
   // a batch in hand included, before it resolves another event.
-  await watchServer(
+  const watch = await watchServer(
     redis,
     () => {
       for (const v of views.values()) v.markStale();
@@ -104,6 +104,7 @@ export async function startResolver(
     claimCheck: config.claimCheck,
     metrics,
     logger,
+    idMapStamp: () => watch.stamp,
     redeclare: async () => {
       if (broker.model) await declareTopologyOn(broker.model, names);
     },

@@ -30,6 +30,8 @@ export interface WorkerDeps {
   logger: Logger;
   /** Declares the shared topology again, on a channel of its own (a queue found missing). */
   redeclare: () => Promise<void>;
+  /** The stamp of the Redis server the views are read from (`ServerWatch.stamp`). */
+  idMapStamp: () => string | undefined;
 }
 
 interface PendingEvent {
@@ -388,6 +390,8 @@ export class ResolverWorker {
 
   private async route(view: TenantView, { delivery, event }: PendingEvent): Promise<void> {
     const { metrics } = this.deps;
+    // Read in the same tick as the bits: a server change marks the views stale in the tick it changes this.
+    const idMap = this.deps.idMapStamp();
     const started = performance.now();
     const recipients = view.resolveBits(event.audience);
     metrics.resolveSeconds.observe((performance.now() - started) / 1000);
@@ -401,7 +405,7 @@ export class ResolverWorker {
       const prepared = await this.body(event, delivery);
       if (!prepared) return;
       const publishing = this.deps.deliveries.publish(
-        { eventId: event.id, eventType: event.type, tenantId: event.tenantId, ...prepared },
+        { eventId: event.id, eventType: event.type, tenantId: event.tenantId, idMap, ...prepared },
         recipients,
         view.online,
       );

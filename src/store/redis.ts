@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { Redis, ReplyError, type ChainableCommander } from 'ioredis';
 import { ErrorCode, errorMessage, WarrenError, withoutCredentials } from '../shared/errors.js';
 import { fulfilsWithin } from '../shared/lifecycle.js';
@@ -212,29 +213,55 @@ async function identityOf(redis: Redis): Promise<string | undefined> {
   }
 }
 
+/** A short digest of a server identity: what node-routed deliveries carry (`DeliveryHeader.IdMap`). */
+function stampOf(identity: string | undefined): string | undefined {
+  return identity && createHash('sha256').update(identity).digest('base64url').slice(0, 12);
+}
+
+/** The stamp of the server `redis` talks to now (undefined where INFO is refused). */
+export async function serverStamp(redis: Redis): Promise<string | undefined> {
+  return stampOf(await identityOf(redis));
+}
+
+export interface ServerWatch {
+  /**
+   * The stamp of the server last seen (a digest of its identity), undefined where INFO is refused. Bits
+   * of an id map are only comparable between processes that read them from the server of the same stamp.
+   */
+  readonly stamp: string | undefined;
+  stop(): void;
+}
+
 /**
  * Calls `changed` when the client, back from a reconnect, talks to another Redis server than before, or to
  * one in another role (`identityOf`: Redis restarted, the URL names a replica promoted by a failover, or
  * the old master was demoted and resynced from a new one). Writes the old server acknowledged may be
  * missing there (an id given out, a change-log entry), so what was read from it is to be read again. Where
- * INFO is refused, every reconnect counts as a change. Returns a stop.
+ * INFO is refused, every reconnect counts as a change. `stamp` changes in the same tick `changed` runs.
  */
 export async function watchServer(
   redis: Redis,
   changed: () => void,
   logger: Pick<Logger, 'warn'>,
-): Promise<() => void> {
+): Promise<ServerWatch> {
   let known = await identityOf(redis);
+  let stamp = stampOf(known);
   const onReady = (): void => {
     void identityOf(redis).then((now) => {
       if (now !== undefined && now === known) return;
       logger.warn({ before: known, now }, 'redis server changed (restart or failover); re-reading its state');
       known = now;
+      stamp = stampOf(now);
       changed();
     });
   };
   redis.on('ready', onReady);
-  return () => void redis.off('ready', onReady);
+  return {
+    get stamp() {
+      return stamp;
+    },
+    stop: () => void redis.off('ready', onReady),
+  };
 }
 
 /** True while the client can run commands. */

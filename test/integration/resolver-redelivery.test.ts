@@ -1,7 +1,10 @@
+import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { Gateway } from '../../src/gateway/main.js';
+import { DeliveryHeader } from '../../src/protocol/delivery.js';
 import type { Resolver } from '../../src/resolver/main.js';
 import type { WarrenPublisher } from '../../src/sdk/publisher/index.js';
+import { serverStamp } from '../../src/store/redis.js';
 import { ConfirmHoldingProxy } from '../support/confirm-holding-proxy.js';
 import { DeliverySpy } from '../support/delivery-spy.js';
 import {
@@ -84,6 +87,13 @@ describe('a resolver killed between publishing deliveries and acking the event',
     await warren.publishEvent({ id: 'marker', tenantId: 'acme', type: 'test.marker', audience });
     await eventually(() => tabs.every(({ tab }) => tab.eventIds().includes('marker')), 'marker on every tab');
     expect(spy.recipients(id)).toEqual(['u.acme.ann', 'u.acme.ann', 'u.acme.bob', 'u.acme.bob']);
+    // Both resolvers stamped their bits with the Redis server they read them from.
+    const redis = new Redis(inject('redisUrl'));
+    const stamp = await serverStamp(redis).finally(() => redis.disconnect());
+    const stamps = spy.messages
+      .filter((m) => m.properties.messageId === id)
+      .map((m) => String((m.properties.headers ?? {})[DeliveryHeader.IdMap]));
+    expect(stamps).toEqual([stamp, stamp]);
     expect(tabs.map(({ name, tab }) => [name, tab.eventIds()])).toEqual(
       tabs.map(({ name }) => [name, [id, 'marker']]),
     );
