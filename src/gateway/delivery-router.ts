@@ -96,6 +96,16 @@ function localKeysByBit(
   return keys;
 }
 
+/** Whether node-routed bits read from the Redis server of a stamp are this node's bits. */
+export interface IdMapCheck {
+  /** `stamp`: the delivery's `DeliveryHeader.IdMap`. */
+  accepts(stamp: string): boolean;
+  /** A delivery was dropped for its stamp (its users are told they missed events). */
+  dropped(): void;
+}
+
+const ANY_ID_MAP: IdMapCheck = { accepts: () => true, dropped: () => {} };
+
 /**
  * Writes each delivery of the node's queue to the local tabs of its recipients, and to no other tab.
  * Recipients are the users of the delivery's tenant whose bits are in the recipients header (node-routed),
@@ -128,7 +138,20 @@ export class DeliveryRouter {
      * window fills and the node stops taking deliveries instead of piling them up in memory.
      */
     private readonly lineLimit = Number.POSITIVE_INFINITY,
+    /**
+     * Node-routed deliveries name users by bits of an id map that a Redis failover may have reassigned: one
+     * whose bits come from another server than this node's (a backlog from before the failover, a resolver
+     * that has not noticed it yet) would reach whoever holds those bits here now, and is dropped.
+     */
+    private readonly idMap: IdMapCheck = ANY_ID_MAP,
   ) {}
+
+  /** Whether a node-routed delivery's bits are this node's bits (unstamped: the resolver cannot tell). */
+  private bitsAreOurs(stamp: unknown): boolean {
+    if (stamp === undefined) return true;
+    const text = Buffer.isBuffer(stamp) ? stamp.toString() : stamp;
+    return typeof text === 'string' && this.idMap.accepts(text);
+  }
 
   handle(delivery: Delivery): void {
     this.metrics.deliveries.inc();
@@ -149,6 +172,16 @@ export class DeliveryRouter {
       this.logger.error(
         { routingKey: message.fields.routingKey },
         'delivery without tenant, id or type, or with a malformed job id, dropped',
+      );
+      delivery.ack();
+      return;
+    }
+    const stamp: unknown = headers[DeliveryHeader.IdMap];
+    if (byBit !== undefined && !this.bitsAreOurs(stamp)) {
+      this.idMap.dropped();
+      this.logger.warn(
+        { eventId, tenantId },
+        'delivery resolved against another Redis server’s id map, dropped',
       );
       delivery.ack();
       return;
@@ -210,9 +243,14 @@ export class DeliveryRouter {
       throw error;
     }
     // Node-routed, the recipients are bits: a user moved off one while the payload was read (the heartbeat
-    // found the id map changed after a failover) must not get the event meant for the bit's new holder.
+    // found the id map changed after a failover) must not get the event meant for the bit's new holder,
+    // nor anyone, once this node's bits come from another server than the delivery's.
     const stillHeld = (): readonly (string | undefined)[] => {
       if (byBit === undefined) return keys;
+      if (!this.bitsAreOurs(stamp)) {
+        this.idMap.dropped();
+        return [];
+      }
       const now = new Set(localKeysByBit(byBit, this.registry.usersByBit(tenantId), this.recipientBits));
       return keys.filter((key) => key !== undefined && now.has(key));
     };

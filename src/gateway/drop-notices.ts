@@ -1,5 +1,8 @@
-/** Why a delivery for this node was lost, as the dropped-deliveries queue tells it. */
-type DropReason = 'queue_full' | 'rejected';
+/**
+ * Why a delivery for this node was lost: as the dropped-deliveries queue tells it, or dropped by the node
+ * itself because its bits came from another Redis server (`IdMapCheck`).
+ */
+export type DropReason = 'queue_full' | 'rejected' | 'id_map_changed';
 
 /**
  * Why the broker dead-lettered a delivery to the dropped queue, from the headers it added: `maxlen` (the
@@ -18,7 +21,7 @@ export function dropReasonOf(headers: Record<string, unknown> | undefined): Drop
  * not one per delivery: a full queue drops them by the hundred. Owns its timer; `close` stops it.
  */
 export class DropNotices {
-  private readonly untold: Record<DropReason, number> = { queue_full: 0, rejected: 0 };
+  private readonly untold: Record<DropReason, number> = { queue_full: 0, rejected: 0, id_map_changed: 0 };
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
 
@@ -41,13 +44,17 @@ export class DropNotices {
 
   private flush(): void {
     this.timer = undefined;
-    const { queue_full: full, rejected } = this.untold;
+    const { queue_full: full, rejected, id_map_changed: stale } = this.untold;
     this.untold.queue_full = 0;
     this.untold.rejected = 0;
+    this.untold.id_map_changed = 0;
     const deliveries = (n: number) => `${n} ${n === 1 ? 'delivery' : 'deliveries'}`;
     const why = [
       ...(full > 0 ? [`this node's queue was full and the broker dropped ${deliveries(full)}`] : []),
       ...(rejected > 0 ? [`this node failed on ${deliveries(rejected)}`] : []),
+      ...(stale > 0
+        ? [`${deliveries(stale)} resolved against an earlier Redis server's ids were dropped`]
+        : []),
     ].join('; ');
     if (why) this.tell(why);
   }

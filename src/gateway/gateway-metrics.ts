@@ -91,7 +91,7 @@ export class GatewayMetrics {
     });
     this.dropped = new Counter({
       name: 'warren_gateway_dropped_deliveries_total',
-      help: "Deliveries this node lost, by reason: queue_full (the broker dropped them from the node's full queue, gateway.queueMaxLength) or rejected (a delivery handler threw); its tabs got events_missed. Counts up to 1,000 between two reads.",
+      help: "Deliveries this node lost, by reason: queue_full (the broker dropped them from the node's full queue, gateway.queueMaxLength), rejected (a delivery handler threw), id_map_changed (resolved against another Redis server's id map than this node's, around a failover); its tabs got events_missed. queue_full and rejected count up to 1,000 between two reads.",
       labelNames: ['reason'],
       registers: r,
     });

@@ -16,7 +16,7 @@ import { FrameErrorCode } from '../protocol/frames.js';
 import { nodeKey } from '../protocol/ids.js';
 import { Keys } from '../store/keys.js';
 import { LIVENESS_POLL_MS, PresenceStore } from '../store/presence-store.js';
-import { closeRedis, createRedisClients, redisReady, watchServer } from '../store/redis.js';
+import { closeRedis, createRedisClients, redisReady, watchServer, type ServerWatch } from '../store/redis.js';
 import { errorMessage } from '../shared/errors.js';
 import { CloseOnce, runSteps, sleep } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
@@ -126,6 +126,13 @@ export async function startGateway(
     onFetch: () => metrics.payloadFetches.inc(),
     timeoutMs: g.payloadFetchTimeoutMs,
   });
+  /** The Redis server this node reads and announces on (set once presence starts). */
+  const redisServer: { watch?: ServerWatch } = {};
+  /**
+   * False from a Redis server change until this node has announced its users on the new server: its bits
+   * may then be the old server's, and no node-routed delivery can be decoded against them.
+   */
+  let bitsCurrent = true;
   const router = new DeliveryRouter(
     registry,
     new RecentDeliveries(g.dedupKeys),
@@ -134,6 +141,16 @@ export async function startGateway(
     metrics,
     logger,
     g.lineLimit,
+    {
+      accepts: (stamp) => {
+        const current = redisServer.watch?.stamp;
+        return bitsCurrent && (current === undefined || current === stamp);
+      },
+      dropped: () => {
+        metrics.dropped.inc({ reason: 'id_map_changed' });
+        dropNotices.record('id_map_changed');
+      },
+    },
   );
   /**
    * The node missed deliveries while tabs were connected (deliveries it never received, so no offset and no
@@ -281,7 +298,10 @@ export async function startGateway(
         const generation = serverGeneration;
         await registry.reannounce();
         // Redis changed during it: part of it went to the server that is gone; the next beat does it again.
-        if (generation === serverGeneration) reannounceDue = false;
+        if (generation === serverGeneration) {
+          reannounceDue = false;
+          bitsCurrent = true;
+        }
         if (draining) return;
       }
       if (missedWhy !== undefined) {
@@ -328,10 +348,11 @@ export async function startGateway(
   // Another Redis server (restart, failover) may lack what this node wrote to the old one (its users'
   // presence, the tenants it announced them in) and may have given a held user's bit to someone else:
   // announce every user again and check every bit now, not a heartbeat later, and tell the tabs.
-  await watchServer(
+  redisServer.watch = await watchServer(
     redis,
     () => {
       serverGeneration += 1;
+      bitsCurrent = false;
       presence.forgetKnownTenants(nodeId);
       reannounceDue = true;
       missedWhy = 'Redis changed (restart or failover) and may have lost what this node had announced';

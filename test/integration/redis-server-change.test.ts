@@ -2,9 +2,14 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { Keys } from '../../src/store/keys.js';
-import { createRedis, watchServer } from '../../src/store/redis.js';
+import roaring from 'roaring';
+import { DeliveryHeader } from '../../src/protocol/delivery.js';
+import { nodeKey } from '../../src/protocol/ids.js';
+import { createRedis, serverStamp, watchServer } from '../../src/store/redis.js';
 import { silentLogger } from '../../src/shared/logger.js';
 import {
+  BrokerProbe,
+  counter,
   eventually,
   freePort,
   openTab,
@@ -85,7 +90,9 @@ describe.skipIf(!hasRedisServer)('a Redis server changing behind its address', (
       logger: silentLogger(),
     });
     let changes = 0;
-    const stop = await watchServer(redis, () => (changes += 1), silentLogger());
+    const watch = await watchServer(redis, () => (changes += 1), silentLogger());
+    const first = watch.stamp;
+    expect(first).toMatch(/^[\w-]{12}$/);
     // The watcher's INFO goes first on the new connection: once this one answers, it has decided.
     const reconnected = async () => {
       await new Promise((resolve) => redis.once('ready', resolve));
@@ -96,14 +103,17 @@ describe.skipIf(!hasRedisServer)('a Redis server changing behind its address', (
       proxy.cut();
       await back;
       expect(changes).toBe(0);
+      expect(watch.stamp).toBe(first);
 
       back = reconnected();
       proxy.retarget('127.0.0.1', second.port);
       proxy.cut();
       await back;
       expect(changes).toBe(1);
+      expect(watch.stamp).toMatch(/^[\w-]{12}$/);
+      expect(watch.stamp).not.toBe(first);
     } finally {
-      stop();
+      watch.stop();
       redis.disconnect();
       await proxy.close();
     }
@@ -156,4 +166,71 @@ describe.skipIf(!hasRedisServer)('a Redis server changing behind its address', (
       }
     },
   );
+
+  it('a gateway drops node-routed deliveries resolved against the old server, whose bits are now others’', async () => {
+    const prefix = testPrefix('redis-change-bits');
+    const keys = new Keys(prefix);
+    const proxy = await TcpProxy.start(main.hostname, Number(main.port || 6379));
+    const gateway = await startTestGateway(
+      testConfig(prefix, {
+        redis: { url: proxy.url(main) },
+        presence: { heartbeatMs: 60_000, expiryMs: 180_000 },
+      }),
+    );
+    const fresh = second.client();
+    await fresh.flushall();
+    const original = new Redis(inject('redisUrl'));
+    const probe = await BrokerProbe.open();
+    try {
+      const ann = await openTab(gateway.port, await token({ sub: 'ann', tid: 't1' }));
+      const annBit = Number(await original.hget(keys.ids('t1'), 'ann'));
+      const oldServer = await serverStamp(original);
+      // The promoted replica lost ann's id and gave her bit to dave, a user of the same node.
+      await fresh.hset(keys.ids('t1'), 'dave', String(annBit));
+      await fresh.hset(keys.reverseIds('t1'), String(annBit), 'dave');
+      const dave = await openTab(gateway.port, await token({ sub: 'dave', tid: 't1' }));
+      proxy.retarget('127.0.0.1', second.port);
+      proxy.cut();
+      await eventually(
+        () => dave.frames.some((f) => f.type === 'error' && f.code === 'events_missed'),
+        'the node announced again on the new server',
+      );
+      expect(Number(await fresh.hget(keys.ids('t1'), 'dave'))).toBe(annBit);
+      const newServer = await serverStamp(fresh);
+      expect(newServer).not.toBe(oldServer);
+
+      // Resolved for ann before the failover (still in the node's queue, or from a resolver that has not
+      // noticed it yet), then one resolved on the new server for dave: the same bit.
+      const forBit = (stamp: string | undefined) => ({
+        [DeliveryHeader.Recipients]: new roaring.RoaringBitmap32([annBit]).serialize('portable'),
+        [DeliveryHeader.IdMap]: stamp,
+      });
+      await probe.deliver(
+        prefix,
+        [nodeKey(gateway.nodeId)],
+        { id: 'for-ann', tenantId: 't1' },
+        forBit(oldServer),
+      );
+      await probe.deliver(
+        prefix,
+        [nodeKey(gateway.nodeId)],
+        { id: 'for-dave', tenantId: 't1' },
+        forBit(newServer),
+      );
+      await eventually(() => dave.eventIds().includes('for-dave'), 'dave’s event');
+      expect(dave.eventIds()).toEqual(['for-dave']);
+      expect(ann.eventIds()).toEqual([]);
+      expect(
+        await counter(gateway, 'warren_gateway_dropped_deliveries_total', { reason: 'id_map_changed' }),
+      ).toBe(1);
+      ann.ws.terminate();
+      dave.ws.terminate();
+    } finally {
+      await probe.close();
+      fresh.disconnect();
+      original.disconnect();
+      await removeInstallation(prefix, { gateways: [gateway] });
+      await proxy.close();
+    }
+  });
 });

@@ -98,3 +98,81 @@ describe('DeliveryRouter, node-routed and claim-checked', () => {
     expect(frames).toEqual([expect.stringContaining('"id":"for-bit-9"')]);
   });
 });
+
+describe('DeliveryRouter, node-routed deliveries stamped with a Redis server', () => {
+  async function routerAccepting(current: { stamp: string }) {
+    const registry = new ConnectionRegistry<Tab>(
+      { bind: async () => {}, unbind: async () => {} },
+      { online: async () => [5], offline: async () => {} },
+      60_000,
+      { onUsersChanged: () => {} },
+      silentLogger(),
+    );
+    const frames: string[] = [];
+    await registry.add(fakeTab('acme', 'dave', frames));
+    let dropped = 0;
+    let settle: (payload: Uint8Array) => void = () => {};
+    const payloads = {
+      get: () => new Promise<Uint8Array>((resolve) => (settle = resolve)),
+    } as unknown as PayloadFetcher;
+    const router = new DeliveryRouter(
+      registry,
+      new RecentDeliveries(1000),
+      new DeliveryHistory('e', 100, 1 << 20),
+      payloads,
+      new GatewayMetrics(createRegistry({ node: 'n1' })),
+      silentLogger(),
+      Number.POSITIVE_INFINITY,
+      { accepts: (stamp) => stamp === current.stamp, dropped: () => (dropped += 1) },
+    );
+    const acks: string[] = [];
+    const deliver = (id: string, stamp: unknown, job?: string): void =>
+      router.handle({
+        message: {
+          fields: { routingKey: 'n.n1' },
+          properties: {
+            messageId: id,
+            type: 'note',
+            headers: {
+              [DeliveryHeader.Tenant]: 'acme',
+              [DeliveryHeader.Recipients]: new roaring.RoaringBitmap32([5]).serialize('portable'),
+              ...(stamp === undefined ? {} : { [DeliveryHeader.IdMap]: stamp }),
+              ...(job ? { [DeliveryHeader.Job]: job } : {}),
+            },
+          },
+          content: Buffer.from('{}'),
+        },
+        ack: () => acks.push(id),
+      } as unknown as Delivery);
+    return { frames, acks, deliver, dropped: () => dropped, settle: (p: Uint8Array) => settle(p) };
+  }
+
+  it('writes bits read from this node’s server, drops (and acks) those of another', async () => {
+    const { frames, acks, deliver, dropped } = await routerAccepting({ stamp: 'new-server' });
+    // Bit 5 was ann's on the server that is gone; on this one it is dave's.
+    deliver('old', 'old-server');
+    deliver('old-as-bytes', Buffer.from('old-server'));
+    deliver('garbled', 42);
+    deliver('new', 'new-server');
+    deliver('new-as-bytes', Buffer.from('new-server'));
+    // A resolver that cannot read INFO stamps nothing: nothing to check it against.
+    deliver('unstamped', undefined);
+    await new Promise((r) => setTimeout(r, 10));
+    const written = frames.map((f) => (JSON.parse(f) as { id: string }).id);
+    expect(written).toEqual(['new', 'new-as-bytes', 'unstamped']);
+    expect(dropped()).toBe(3);
+    expect(acks.sort()).toEqual(['garbled', 'new', 'new-as-bytes', 'old', 'old-as-bytes', 'unstamped']);
+  });
+
+  it('drops a claim-checked one whose server stopped being this node’s while its payload was read', async () => {
+    const current = { stamp: 'first' };
+    const { frames, acks, deliver, dropped, settle } = await routerAccepting(current);
+    deliver('doc', 'first', 'job-1');
+    current.stamp = 'second';
+    settle(Buffer.from('{"doc":1}'));
+    await new Promise((r) => setTimeout(r, 10));
+    expect(frames).toEqual([]);
+    expect(dropped()).toBe(1);
+    expect(acks).toEqual(['doc']);
+  });
+});
