@@ -556,17 +556,30 @@ export class ResolverWorker {
     const { names, metrics, logger } = this.deps;
     const origin = originOf(message, names);
     let failed: unknown;
-    const copied = await this.publishCopy(delivery, names.dlx, origin.routingKey, {
-      properties: {
-        ...(message.properties.contentType ? { contentType: message.properties.contentType as string } : {}),
-        ...(message.properties.messageId ? { messageId: message.properties.messageId as string } : {}),
-        persistent: true,
-      },
-      headers: { [DeadLetterHeader.Reason]: reason.slice(0, 2000), [DeadLetterHeader.Code]: code },
-    }).catch((error: unknown) => {
-      failed = error;
-      return true;
-    });
+    const copy = () =>
+      this.publishCopy(delivery, names.dlx, origin.routingKey, {
+        properties: {
+          ...(message.properties.contentType
+            ? { contentType: message.properties.contentType as string }
+            : {}),
+          ...(message.properties.messageId ? { messageId: message.properties.messageId as string } : {}),
+          persistent: true,
+        },
+        headers: { [DeadLetterHeader.Reason]: reason.slice(0, 2000), [DeadLetterHeader.Code]: code },
+        // The dead-letter queue gone (deleted by hand): the broker would confirm a copy it routed nowhere.
+        mandatory: true,
+      });
+    const copied = await copy()
+      .catch(async (error: unknown) => {
+        if (!(error instanceof WarrenError && error.code === ErrorCode.Unroutable)) throw error;
+        logger.warn({ queue: names.dead }, 'dead-letter queue missing; declaring the topology again');
+        await this.redeclare();
+        return copy();
+      })
+      .catch((error: unknown) => {
+        failed = error;
+        return true;
+      });
     // A delivery whose channel went (the connection dropped) was requeued by the broker: it is dead-lettered
     // when it comes back, not twice.
     if (!copied) return;

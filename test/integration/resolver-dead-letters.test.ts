@@ -326,6 +326,26 @@ describe('malformed input is dead-lettered with its reason, and resolving goes o
     }, 'the next change applied');
     await channel.close();
   });
+
+  // Last here: deleting the queue ends the probe's reader on it.
+  it('declares the dead-letter queue again when it was deleted, and the dead letter keeps its reason', async () => {
+    const channel = await probe.model.createChannel();
+    await channel.deleteQueue(`${prefix}.dead`);
+    channel.publish(`${prefix}.events`, 'acme.note.created', Buffer.from('{"not":"an event"'), {
+      contentType: 'application/json',
+    });
+    await warren.publishEvent({ ...valid, id: 'after-the-queue-went' });
+    await eventually(() => ann.eventIds().includes('after-the-queue-went'), 'the next event delivered');
+    await eventually(() => probe.queueExists(`${prefix}.dead`), 'the dead-letter queue declared again');
+    const dead: ConsumeMessage[] = [];
+    await eventually(async () => {
+      const message = await channel.get(`${prefix}.dead`, { noAck: true });
+      if (message) dead.push(message);
+      return dead.length > 0;
+    }, 'the dead letter in it');
+    expect(dead[0]?.properties.headers?.['x-warren-code']).toBe('not_json');
+    await channel.close();
+  });
 });
 
 describe('an event queued right behind malformed messages', () => {
