@@ -13,6 +13,8 @@ export class NodeLiveness {
   private deadNodes: ReadonlySet<string> = new Set();
   private timer: NodeJS.Timeout | undefined;
   private polls = 0;
+  /** A poll is running: a slow one (a sweep, Redis slow) is not overlapped, nor its result overwritten late. */
+  private polling = false;
 
   constructor(
     private readonly presence: PresenceStore,
@@ -32,6 +34,8 @@ export class NodeLiveness {
   }
 
   private async poll(): Promise<void> {
+    if (this.polling) return;
+    this.polling = true;
     try {
       this.polls += 1;
       if (this.polls % SWEEP_EVERY === 0) {
@@ -46,6 +50,8 @@ export class NodeLiveness {
       }
     } catch (error) {
       this.logger.warn({ err: errorMessage(error) }, 'node liveness poll failed');
+    } finally {
+      this.polling = false;
     }
   }
 
