@@ -1,4 +1,4 @@
-import type { ConfirmChannel, ConsumeMessage } from 'amqplib';
+import type { ConfirmChannel, ConsumeMessage, GetMessage } from 'amqplib';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { Gateway } from '../../src/gateway/main.js';
@@ -337,7 +337,7 @@ describe('malformed input is dead-lettered with its reason, and resolving goes o
     await warren.publishEvent({ ...valid, id: 'after-the-queue-went' });
     await eventually(() => ann.eventIds().includes('after-the-queue-went'), 'the next event delivered');
     await eventually(() => probe.queueExists(`${prefix}.dead`), 'the dead-letter queue declared again');
-    const dead: ConsumeMessage[] = [];
+    const dead: GetMessage[] = [];
     await eventually(async () => {
       const message = await channel.get(`${prefix}.dead`, { noAck: true });
       if (message) dead.push(message);
