@@ -147,17 +147,25 @@ export function isNotFound(error: unknown): boolean {
   return (error as { code?: unknown } | null)?.code === 404;
 }
 
-/** Whether a queue exists (asked on a channel of its own: the broker closes a channel that asks for none). */
-export async function queueExists(model: ChannelModel, queue: string): Promise<boolean> {
+/**
+ * How many consumers read a queue, undefined when there is no such queue (asked on a channel of its own:
+ * the broker closes a channel that asks for none).
+ */
+export async function queueConsumers(model: ChannelModel, queue: string): Promise<number | undefined> {
   const channel = await model.createChannel();
   channel.on('error', () => {});
   try {
-    await channel.checkQueue(queue);
+    const { consumerCount } = await channel.checkQueue(queue);
     await channel.close();
-    return true;
+    return consumerCount;
   } catch (error) {
-    if (isNotFound(error)) return false;
+    if (isNotFound(error)) return undefined;
     await channel.close().catch(() => {});
     throw error;
   }
+}
+
+/** Whether a queue exists. */
+export async function queueExists(model: ChannelModel, queue: string): Promise<boolean> {
+  return (await queueConsumers(model, queue)) !== undefined;
 }

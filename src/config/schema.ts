@@ -125,7 +125,7 @@ export const configSchema = z.strictObject({
       id: id
         .optional()
         .describe(
-          'Node id; queue `<prefix>.gw.<id>`. Random per start when unset; a node started under a fixed id deletes what an earlier process left under it (queue, bindings, presence).',
+          'Node id; queue `<prefix>.gw.<id>`. Random per start when unset; a fixed id takes over what an earlier process left (queue, bindings, presence), not a running one’s queue.',
         ),
       bindChannels: positiveInt
         .max(64)

@@ -7,6 +7,7 @@ import {
   declareDroppedQueue,
   declareGatewayQueue,
   declareTopologyOn,
+  queueConsumers,
   queueExists,
   topologyNames,
 } from '../broker/topology.js';
@@ -17,7 +18,7 @@ import { nodeKey } from '../protocol/ids.js';
 import { Keys } from '../store/keys.js';
 import { LIVENESS_POLL_MS, PresenceStore } from '../store/presence-store.js';
 import { closeRedis, createRedisClients, redisReady, watchServer, type ServerWatch } from '../store/redis.js';
-import { errorMessage } from '../shared/errors.js';
+import { ErrorCode, errorMessage, WarrenError } from '../shared/errors.js';
 import { CloseOnce, runSteps, sleep } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import { createRegistry, type Registry } from '../shared/metrics.js';
@@ -195,7 +196,16 @@ export async function startGateway(
         // A fixed id (gateway.id) may find the queue of an earlier process of that id, still bound with
         // its users' keys: nothing here would ever unbind them. The node starts from an empty queue.
         if (!queueDeclared && g.id !== undefined) {
-          if (await queueExists(model, queue)) await channel.deleteQueue(queue);
+          const readers = await queueConsumers(model, queue);
+          // Read by a live process (one that died is no reader once the broker sees its connection gone):
+          // taking its queue would split its deliveries between the two, its tabs missing half unawares.
+          if (readers !== undefined && readers > 0) {
+            throw new WarrenError(
+              ErrorCode.Config,
+              `gateway.id ${g.id}: a running gateway of that id reads ${queue}; each process needs an id of its own (or none)`,
+            );
+          }
+          if (readers !== undefined) await channel.deleteQueue(queue);
           // What that process's queue dropped is not this one's to report (a queue that is not there is
           // no error to delete).
           await channel.deleteQueue(droppedQueue);

@@ -105,6 +105,29 @@ describe('warren gateway as a process', () => {
     ]);
   });
 
+  it('will not take the queue of a running gateway of the same fixed id', async () => {
+    prefix = testPrefix('same-id');
+    const env = gatewayEnv(prefix, { WARREN_GATEWAY_ID: 'gw-a' });
+    const first = WarrenProcess.start(['gateway'], env);
+    processes.push(first);
+    const port = await first.listening();
+    const ann = await openTab(port, await token({ sub: 'ann', tid: 'acme' }));
+    tabs.push(ann);
+
+    const second = WarrenProcess.start(['gateway'], env);
+    processes.push(second);
+    await eventually(
+      () => second.lines.some((l) => l.includes('gateway.id gw-a: a running gateway of that id reads')),
+      'the second process refused',
+      15_000,
+    );
+    expect(second.logged('listening')).toBeUndefined();
+    // The first keeps its queue, its bindings and every delivery.
+    probe = await BrokerProbe.open();
+    await probe.deliver(prefix, ['u.acme.ann'], { id: 'still-mine', tenantId: 'acme' });
+    await eventually(() => ann.eventIds().includes('still-mine'), 'the delivery at ann’s tab');
+  });
+
   it('refuses arguments it would ignore: warren gateway --port 9 does not start on another port', async () => {
     const gateway = WarrenProcess.start(['gateway', '--port', '9'], gatewayEnv(testPrefix('args')));
     processes.push(gateway);
