@@ -179,12 +179,22 @@ export async function startGateway(
    */
   let queueLosses = 0;
   let lossesTold = 0;
-  const rebind = async (): Promise<void> => {
+  /**
+   * The losses after which every held key was bound again (by a rebind that finished). A queue that
+   * outlived a drop still has every binding confirmed before it: binding thousands of keys again would
+   * keep the node unready for seconds, for nothing.
+   */
+  let lossesRebound = 0;
+  /** Returns whether the held keys were bound again. */
+  const rebind = async (): Promise<boolean> => {
     const losses = queueLosses;
-    await registry.rebindAll();
-    if (losses === lossesTold || losses !== queueLosses) return;
+    const keysLost = losses !== lossesRebound;
+    await registry.rebindAll(keysLost);
+    if (losses > lossesRebound) lossesRebound = losses;
+    if (losses === lossesTold || losses !== queueLosses) return keysLost;
     lossesTold = losses;
     eventsMissed('the node queue was lost');
+    return keysLost;
   };
   const consumer = new Consumer(
     broker,
@@ -221,7 +231,7 @@ export async function startGateway(
         queueDeclared = true;
       },
       // The queue may have been deleted under the consumer, and its user bindings with it.
-      resubscribed: rebind,
+      resubscribed: async () => void (await rebind()),
     },
     (delivery) => router.handle(delivery),
     logger,
@@ -256,8 +266,8 @@ export async function startGateway(
   await droppedConsumer.start();
   await broker.onConnect(async () => {
     const keysHeld = registry.boundKeys().length;
-    await rebind();
-    if (keysHeld > 0) logger.info({ users: keysHeld }, 're-bound held users after reconnect');
+    if ((await rebind()) && keysHeld > 0)
+      logger.info({ users: keysHeld }, 're-bound held users after reconnect');
   });
   await broker.start();
 

@@ -261,10 +261,10 @@ export class ConnectionRegistry<T extends RegisteredTab> {
   }
 
   /**
-   * Binds every held key again (after a reconnect: the queue may have been lost with its bindings), and
-   * tries again at once the unbinds that failed while the broker was away.
+   * After a reconnect: tries again at once the unbinds that failed while the broker was away, and with
+   * `keysLost` (the queue was lost, and its bindings with it) binds every held key again.
    */
-  async rebindAll(): Promise<void> {
+  async rebindAll(keysLost = true): Promise<void> {
     const entries = [...this.users.values()];
     for (const entry of entries) {
       if (!entry.stray || entry.bound || entry.tabs.size > 0) continue;
@@ -272,6 +272,7 @@ export class ConnectionRegistry<T extends RegisteredTab> {
       entry.graceTimer = undefined;
       void this.enqueue(entry, () => this.release(entry)).catch(() => {});
     }
+    if (!keysLost) return;
     // In each key's own order of broker operations: a release at the end of a grace period must not be
     // overtaken by (or overtake) the bind, or the key could stay bound with no entry left to unbind it.
     await Promise.all(

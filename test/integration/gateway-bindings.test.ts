@@ -107,6 +107,30 @@ describe('bindings: once per user, grace on reload, again after a reconnect, gon
     expect(proxy.connections).toBeGreaterThanOrEqual(2);
   });
 
+  it('binds nothing again when its queue outlived the dropped broker connection', async () => {
+    prefix = testPrefix('reconnect-kept');
+    const target = new URL(inject('rabbitmqUrl'));
+    proxy = await TcpProxy.start(target.hostname, Number(target.port || 5672));
+    gateway = await startTestGateway(testConfig(prefix, { rabbitmq: { url: proxy.url(target) } }));
+    probe = await BrokerProbe.open();
+    const a = await open(gateway.port, 't1', 'A');
+    const c = await open(gateway.port, 't2', 'C');
+    expect(await counter(gateway, 'warren_gateway_binds_total')).toBe(2);
+
+    proxy.cut();
+    await eventually(() => proxy!.connections >= 2, 'the node reconnecting');
+    // Ready once every step of the reconnect (a rebind included) has run.
+    const ready = async () => (await fetch(`http://127.0.0.1:${gateway!.port}/readyz`)).status === 200;
+    await eventually(ready, 'ready again');
+    expect(await probe.queueExists(gateway.queue)).toBe(true);
+    expect(await counter(gateway, 'warren_gateway_binds_total')).toBe(2);
+    // The bindings the queue kept still route to the same tabs.
+    await probe.deliver(prefix, ['u.t1.A'], { id: 'after', tenantId: 't1' });
+    await probe.deliver(prefix, ['u.t2.C'], { id: 'after-c', tenantId: 't2' });
+    await eventually(() => a.eventIds().includes('after') && c.eventIds().includes('after-c'), 'after');
+    for (const tab of [a, c]) expect(tab.closeCode).toBeUndefined();
+  });
+
   it('unbinds a key whose grace period ended while the broker was away, once the broker is back', async () => {
     prefix = testPrefix('stray');
     const target = new URL(inject('rabbitmqUrl'));
