@@ -37,6 +37,7 @@ export class PayloadFetcher {
   // A Map iterates in insertion order; re-inserting on every hit makes its first entry the least recent.
   private readonly cache = new Map<string, Cached>();
   private bytes = 0;
+  private closed = false;
   // Expired entries are dropped on a timer too, not only when read: payloads are health data, and one
   // nobody asks for again must not stay in memory until the byte bound pushes it out.
   private readonly sweeper: NodeJS.Timeout;
@@ -66,6 +67,7 @@ export class PayloadFetcher {
 
   /** Stops the sweeper and empties the cache. */
   close(): void {
+    this.closed = true;
     clearInterval(this.sweeper);
     this.cache.clear();
     this.bytes = 0;
@@ -108,7 +110,8 @@ export class PayloadFetcher {
   }
 
   private remember(key: string, value: Buffer): void {
-    if (value.byteLength > this.maxBytes) return;
+    // A read still in flight at close: its payload is handed to its callers, not kept with no sweeper left.
+    if (this.closed || value.byteLength > this.maxBytes) return;
     const previous = this.cache.get(key);
     if (previous) this.forget(key, previous);
     this.cache.set(key, { value, storedAt: performance.now() });

@@ -607,6 +607,15 @@ describe('payload fetcher on a real Redis', () => {
     expect(f.cachedBytes).toBe(0);
   });
 
+  it('keeps nothing of a read that ends after close: its caller gets the payload, the cache stays empty', async () => {
+    await redis.set(keys.job('t1', 'late'), 'payload');
+    const { f } = fetcher(1_000_000);
+    const reading = f.get('t1', 'late');
+    f.close();
+    expect((await reading)?.toString()).toBe('payload');
+    expect(f.cachedBytes).toBe(0);
+  });
+
   it('fails a read that Redis does not answer in time, and reads afresh once it answers again', async () => {
     const target = new URL(inject('redisUrl'));
     const proxy = await TcpProxy.start(target.hostname, Number(target.port || 6379));
