@@ -29,6 +29,8 @@ export class MembershipCache {
     private readonly redis: WarrenRedis,
     private readonly keys: Keys,
     private readonly tenantId: string,
+    /** Teams and groups kept between batches at most. */
+    private readonly maxEntries = MAX_ENTRIES,
   ) {}
 
   get size(): number {
@@ -69,11 +71,19 @@ export class MembershipCache {
   }
 
   /**
+   * Empties the cache if it holds more than its bound. Before a batch's loading, not during it: a batch
+   * needing more than the bound would otherwise clear what it had just loaded on every round, and never
+   * settle.
+   */
+  trim(): void {
+    if (this.size > this.maxEntries) this.clear();
+  }
+
+  /**
    * Loads whatever these teams and groups need that is not cached yet (two round trips at most); resolves
    * to how many it loaded.
    */
   async ensure(teamIds: Iterable<string>, groupIds: Iterable<string>): Promise<number> {
-    if (this.size > MAX_ENTRIES) this.clear();
     const k = this.keys;
     const t = this.tenantId;
     const missingTeams = [...new Set(teamIds)].filter((id) => !this.teams.has(id));

@@ -165,6 +165,7 @@ export class TenantView {
   async prepare(audiences: readonly Audience[]): Promise<void> {
     const teams = audiences.flatMap((a) => a.teams ?? []);
     const groups = audiences.flatMap((a) => a.groups ?? []);
+    this.members.trim();
     for (let round = 1; (await this.members.ensure(teams, groups)) > 0; round += 1) {
       if (round > PREPARE_ROUNDS) throw new Error('memberships kept changing while they were loaded');
       await this.sync();

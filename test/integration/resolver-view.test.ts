@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { Audience, MembershipChange } from '../../src/protocol/schemas.js';
+import { MembershipCache } from '../../src/resolver/membership-cache.js';
 import { TenantView } from '../../src/resolver/tenant-view.js';
 import type { Logger } from '../../src/shared/logger.js';
 import type { Keys } from '../../src/store/keys.js';
@@ -66,6 +67,24 @@ describe('a resolver’s view of a tenant', () => {
       expect(view.online.bitmap.toArray()).toEqual([0]);
       expect(view.resolveBits({ teams: ['icu'] }).toArray()).toEqual([0]);
       expect(logged).toEqual([{ tenantId: 't1', node: 'n1', unknown: 1 }]);
+    });
+  });
+
+  it('keeps what a batch loaded over the cache’s bound until the batch is done, so it settles', async () => {
+    await withWarrenRedis('view-bound', async (redis, keys) => {
+      const store = new MembershipStore(redis, keys);
+      for (const team of ['a', 'b', 'c']) {
+        await store.apply({ tenantId: 't1', op: 'add', kind: 'user-team', userId: 'u', teamId: team });
+      }
+      // A bound of 2 entries; the batch needs 3 teams.
+      const cache = new MembershipCache(redis, keys, 't1', 2);
+      cache.trim();
+      expect(await cache.ensure(['a', 'b', 'c'], [])).toBe(3);
+      // The next round of the same batch finds them all: nothing to load, the batch is ready.
+      expect(await cache.ensure(['a', 'b', 'c'], [])).toBe(0);
+      // Between batches the cache goes back under its bound.
+      cache.trim();
+      expect(cache.size).toBe(0);
     });
   });
 
