@@ -98,8 +98,8 @@ function localKeysByBit(
 
 /** Whether node-routed bits read from the Redis server of a stamp are this node's bits. */
 export interface IdMapCheck {
-  /** `stamp`: the delivery's `DeliveryHeader.IdMap`. */
-  accepts(stamp: string): boolean;
+  /** `stamp`: the delivery's `DeliveryHeader.IdMap`, undefined when it has none. */
+  accepts(stamp: string | undefined): boolean;
   /** A delivery was dropped for its stamp (its users are told they missed events). */
   dropped(): void;
 }
@@ -146,9 +146,9 @@ export class DeliveryRouter {
     private readonly idMap: IdMapCheck = ANY_ID_MAP,
   ) {}
 
-  /** Whether a node-routed delivery's bits are this node's bits (unstamped: the resolver cannot tell). */
+  /** Whether a node-routed delivery's bits are this node's bits. */
   private bitsAreOurs(stamp: unknown): boolean {
-    if (stamp === undefined) return true;
+    if (stamp === undefined) return this.idMap.accepts(undefined);
     const text = Buffer.isBuffer(stamp) ? stamp.toString() : stamp;
     return typeof text === 'string' && this.idMap.accepts(text);
   }

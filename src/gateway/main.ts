@@ -13,13 +13,14 @@ import {
 } from '../broker/topology.js';
 import type { WarrenConfig } from '../config/schema.js';
 import { CloseCode } from '../protocol/close-codes.js';
+import { ID_MAP_UNSETTLED } from '../protocol/delivery.js';
 import { FrameErrorCode } from '../protocol/frames.js';
 import { nodeKey } from '../protocol/ids.js';
 import { Keys } from '../store/keys.js';
 import { LIVENESS_POLL_MS, PresenceStore } from '../store/presence-store.js';
 import { closeRedis, createRedisClients, redisReady, watchServer, type ServerWatch } from '../store/redis.js';
 import { ErrorCode, errorMessage, WarrenError } from '../shared/errors.js';
-import { CloseOnce, runSteps, sleep } from '../shared/lifecycle.js';
+import { CloseOnce, fulfilsWithin, runSteps, sleep } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import { createRegistry, type Registry } from '../shared/metrics.js';
 import { BlockingTokenVerifier } from './blocking-verifier.js';
@@ -34,6 +35,8 @@ import { ConnectionRegistry } from './registry.js';
 import type { Tab } from './tab.js';
 import { WsServer } from './ws-server.js';
 
+// A start-up refused after it connected closes what it opened within this long.
+const STARTUP_CLEANUP_MS = 5000;
 // The dropped-deliveries queue is read for a count only; one notice to the tabs covers the drops of this
 // long.
 const DROPPED_PREFETCH = 100;
@@ -144,8 +147,12 @@ export async function startGateway(
     g.lineLimit,
     {
       accepts: (stamp) => {
-        const current = redisServer.watch?.stamp;
-        return bitsCurrent && (current === undefined || current === stamp);
+        const { watch } = redisServer;
+        // Before presence starts the node holds no user: there is nothing to decode.
+        if (!watch) return true;
+        if (!bitsCurrent || !watch.settled || stamp === ID_MAP_UNSETTLED) return false;
+        // Unstamped (the resolver cannot read INFO), or this node cannot: nothing to compare.
+        return watch.stamp === undefined || stamp === undefined || stamp === watch.stamp;
       },
       dropped: () => {
         metrics.dropped.inc({ reason: 'id_map_changed' });
@@ -172,6 +179,10 @@ export async function startGateway(
     logger.warn({ tabs: tabs.length }, `${why}; tabs told to resynchronise`);
   };
   let queueDeclared = false;
+  /** Stops start-up with what a connect found that no retry can mend. */
+  let refuseStart: (error: Error) => void = () => {};
+  const startRefused = new Promise<never>((_, reject) => (refuseStart = reject));
+  startRefused.catch(() => {});
   /**
    * Times the queue was found lost, and how many of them the tabs were told of: they are told once every
    * held user is bound to the new queue, by the rebind started after the latest loss (an earlier one
@@ -209,11 +220,14 @@ export async function startGateway(
           const readers = await queueConsumers(model, queue);
           // Read by a live process (one that died is no reader once the broker sees its connection gone):
           // taking its queue would split its deliveries between the two, its tabs missing half unawares.
+          // Start-up stops: retried, this would take the queue the moment that process's reader blinks.
           if (readers !== undefined && readers > 0) {
-            throw new WarrenError(
+            const error = new WarrenError(
               ErrorCode.Config,
               `gateway.id ${g.id}: a running gateway of that id reads ${queue}; each process needs an id of its own (or none)`,
             );
+            refuseStart(error);
+            throw error;
           }
           if (readers !== undefined) await channel.deleteQueue(queue);
           // What that process's queue dropped is not this one's to report (a queue that is not there is
@@ -269,7 +283,26 @@ export async function startGateway(
     if ((await rebind()) && keysHeld > 0)
       logger.info({ users: keysHeld }, 're-bound held users after reconnect');
   });
-  await broker.start();
+  try {
+    await Promise.race([broker.start(), startRefused]);
+  } catch (error) {
+    // Nothing of the refused start left retrying in the background, nor holding its connections: the
+    // connection first (its reconnects stop, its channels end with it), then what used it, bounded.
+    await broker.close().catch(() => {});
+    await fulfilsWithin(
+      Promise.allSettled([
+        consumer.close(),
+        droppedConsumer.close(),
+        pool.close(),
+        closeRedis(redis),
+        payloadRedis && closeRedis(payloadRedis),
+        verifier.close(),
+      ]),
+      STARTUP_CLEANUP_MS,
+    );
+    payloads.close();
+    throw error;
+  }
 
   let firstBeat = true;
   let reannounceDue = false;
@@ -318,10 +351,7 @@ export async function startGateway(
         const generation = serverGeneration;
         await registry.reannounce();
         // Redis changed during it: part of it went to the server that is gone; the next beat does it again.
-        if (generation === serverGeneration) {
-          reannounceDue = false;
-          bitsCurrent = true;
-        }
+        if (generation === serverGeneration) reannounceDue = false;
         if (draining) return;
       }
       if (missedWhy !== undefined) {
@@ -335,7 +365,10 @@ export async function startGateway(
         }, 2 * LIVENESS_POLL_MS);
         missedTimer.unref();
       }
+      const verifying = serverGeneration;
       const wrong = await registry.verifyBits((tenantId, userIds) => presence.bitsOf(tenantId, userIds));
+      // Every held bit, those of users in their grace period too, now agrees with the server there is.
+      if (!reannounceDue && verifying === serverGeneration) bitsCurrent = true;
       if (wrong.length > 0)
         logger.error(
           { users: wrong.slice(0, 20), count: wrong.length },

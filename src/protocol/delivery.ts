@@ -24,6 +24,12 @@ export const DeliveryHeader = {
 } as const;
 
 /**
+ * `DeliveryHeader.IdMap` of a delivery resolved while its resolver did not know which Redis server it was
+ * reading (reconnected, not yet answered): no gateway takes it.
+ */
+export const ID_MAP_UNSETTLED = '?';
+
+/**
  * On an event the resolver put aside in `<prefix>.resolver.retry`: how many times so far (also on its dead
  * letter, if it ends as one). The copy also carries `DeadLetterHeader.Exchange` and `RoutingKey`, where it
  * was first published, since it comes back by the default exchange.

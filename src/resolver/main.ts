@@ -4,6 +4,7 @@ import { BrokerConnection } from '../broker/connection.js';
 import { Consumer } from '../broker/consumer.js';
 import { Publisher } from '../broker/publisher.js';
 import { declareTopology, declareTopologyOn, topologyNames } from '../broker/topology.js';
+import { ID_MAP_UNSETTLED } from '../protocol/delivery.js';
 import { DEFAULTS, type WarrenConfig } from '../config/schema.js';
 import { ErrorCode, errorMessage, WarrenError } from '../shared/errors.js';
 import { CloseOnce, runSteps } from '../shared/lifecycle.js';
@@ -104,7 +105,7 @@ export async function startResolver(
     claimCheck: config.claimCheck,
     metrics,
     logger,
-    idMapStamp: () => watch.stamp,
+    idMapStamp: () => (watch.settled ? watch.stamp : ID_MAP_UNSETTLED),
     redeclare: async () => {
       if (broker.model) await declareTopologyOn(broker.model, names);
     },

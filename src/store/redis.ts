@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { Redis, ReplyError, type ChainableCommander } from 'ioredis';
 import { ErrorCode, errorMessage, WarrenError, withoutCredentials } from '../shared/errors.js';
-import { fulfilsWithin } from '../shared/lifecycle.js';
+import { fulfilsWithin, sleep } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import {
   APPLY_MEMBERSHIP,
@@ -203,14 +203,18 @@ export function refusedByRedis(error: unknown): boolean {
  * master's data. (Not the replication id: a master changes it on its own when its backlog expires.)
  */
 async function identityOf(redis: Redis): Promise<string | undefined> {
+  let info: string;
   try {
-    const info = await redis.info();
-    const runId = /^run_id:(\S+)/m.exec(info)?.[1];
-    const role = /^role:(\S+)/m.exec(info)?.[1];
-    return runId && `${runId}/${role ?? ''}`;
-  } catch {
-    return undefined;
+    info = await redis.info();
+  } catch (error) {
+    // Refused by the server (an ACL, a renamed command): it never will answer. Anything else (the
+    // connection) is passing, and thrown.
+    if (error instanceof ReplyError) return undefined;
+    throw error;
   }
+  const runId = /^run_id:(\S+)/m.exec(info)?.[1];
+  const role = /^role:(\S+)/m.exec(info)?.[1];
+  return runId && `${runId}/${role ?? ''}`;
 }
 
 /** A short digest of a server identity: what node-routed deliveries carry (`DeliveryHeader.IdMap`). */
@@ -225,42 +229,85 @@ export async function serverStamp(redis: Redis): Promise<string | undefined> {
 
 export interface ServerWatch {
   /**
-   * The stamp of the server last seen (a digest of its identity), undefined where INFO is refused. Bits
-   * of an id map are only comparable between processes that read them from the server of the same stamp.
+   * The stamp of the server (a digest of its identity), undefined where INFO is refused. Bits of an id map
+   * are only comparable between processes that read them from the server of the same stamp.
    */
   readonly stamp: string | undefined;
+  /**
+   * False from a reconnect until the server there has said who it is (or refused INFO): meanwhile what is
+   * read from it may come from another server than `stamp` names.
+   */
+  readonly settled: boolean;
   stop(): void;
 }
+
+// Asking a server who it is again after a passing failure: soon, then backing off.
+const IDENTITY_RETRY_MS = 100;
+const IDENTITY_RETRY_CAP_MS = 2000;
 
 /**
  * Calls `changed` when the client, back from a reconnect, talks to another Redis server than before, or to
  * one in another role (`identityOf`: Redis restarted, the URL names a replica promoted by a failover, or
  * the old master was demoted and resynced from a new one). Writes the old server acknowledged may be
  * missing there (an id given out, a change-log entry), so what was read from it is to be read again. Where
- * INFO is refused, every reconnect counts as a change. `stamp` changes in the same tick `changed` runs.
+ * INFO is refused, every reconnect counts as a change; where it fails for a moment it is asked again.
+ * `stamp` and `settled` change in the same tick `changed` runs.
  */
 export async function watchServer(
   redis: Redis,
   changed: () => void,
   logger: Pick<Logger, 'warn'>,
 ): Promise<ServerWatch> {
-  let known = await identityOf(redis);
-  let stamp = stampOf(known);
-  const onReady = (): void => {
-    void identityOf(redis).then((now) => {
-      if (now !== undefined && now === known) return;
-      logger.warn({ before: known, now }, 'redis server changed (restart or failover); re-reading its state');
+  let known: string | undefined;
+  let stamp: string | undefined;
+  let settled = false;
+  let checks = 0;
+  let stopped = false;
+  /** Asks until the server answers or refuses; a check begun by a later reconnect supersedes it. */
+  const check = async (first: boolean): Promise<void> => {
+    const mine = (checks += 1);
+    settled = false;
+    for (let delay = IDENTITY_RETRY_MS; ; delay = Math.min(delay * 2, IDENTITY_RETRY_CAP_MS)) {
+      let now: string | undefined;
+      try {
+        now = await identityOf(redis);
+      } catch (error) {
+        if (mine !== checks || stopped) return;
+        logger.warn({ err: errorMessage(error) }, 'cannot ask Redis which server it is; asking again');
+        await sleep(delay);
+        if (mine !== checks || stopped) return;
+        continue;
+      }
+      if (mine !== checks) return;
+      // Where INFO is refused every reconnect counts as a change: nothing tells the server apart.
+      const change = !first && (now === undefined || now !== known);
+      if (change) {
+        logger.warn(
+          { before: known, now },
+          'redis server changed (restart or failover); re-reading its state',
+        );
+      }
       known = now;
       stamp = stampOf(now);
-      changed();
-    });
+      settled = true;
+      if (change) changed();
+      return;
+    }
   };
+  await check(true);
+  const onReady = (): void => void check(false);
   redis.on('ready', onReady);
   return {
     get stamp() {
       return stamp;
     },
-    stop: () => void redis.off('ready', onReady),
+    get settled() {
+      return settled;
+    },
+    stop: () => {
+      stopped = true;
+      redis.off('ready', onReady);
+    },
   };
 }
 

@@ -107,26 +107,32 @@ describe('warren gateway as a process', () => {
 
   it('will not take the queue of a running gateway of the same fixed id', async () => {
     prefix = testPrefix('same-id');
-    const env = gatewayEnv(prefix, { WARREN_GATEWAY_ID: 'gw-a' });
+    const env = gatewayEnv(prefix, { WARREN_GATEWAY_ID: 'gw-a', WARREN_PRESENCE_HEARTBEAT_MS: '200' });
     const first = WarrenProcess.start(['gateway'], env);
     processes.push(first);
     const port = await first.listening();
     const ann = await openTab(port, await token({ sub: 'ann', tid: 'acme' }));
     tabs.push(ann);
 
+    // The second stops at once, with the reason: retrying, it would take the queue the moment the first's
+    // reader blinked.
     const second = WarrenProcess.start(['gateway'], env);
     processes.push(second);
-    await eventually(
-      () => second.lines.some((l) => l.includes('gateway.id gw-a: a running gateway of that id reads')),
-      'the second process refused',
-      15_000,
-    );
+    // 78: a configuration error (EX_CONFIG), as for any other bad setting.
+    expect(await second.exited).toBe(78);
+    expect(second.lines.join('\n')).toContain('gateway.id gw-a: a running gateway of that id reads');
     expect(second.logged('listening')).toBeUndefined();
-    // The first keeps its queue, its bindings and every delivery.
+    // The first keeps its queue (read by it alone), its presence, its bindings and every delivery.
     probe = await BrokerProbe.open();
+    const { consumerCount } = await probe.channel.checkQueue(`${prefix}.gw.gw-a`);
+    expect(consumerCount).toBe(1);
+    await eventually(async () => {
+      const { gateways } = await collectStatus(testConfig(prefix));
+      return gateways.length === 1 && gateways[0]?.id === 'gw-a' && gateways[0].users === 1;
+    }, 'gw-a alone, still counting ann');
     await probe.deliver(prefix, ['u.acme.ann'], { id: 'still-mine', tenantId: 'acme' });
     await eventually(() => ann.eventIds().includes('still-mine'), 'the delivery at ann’s tab');
-  });
+  }, 60_000);
 
   it('refuses arguments it would ignore: warren gateway --port 9 does not start on another port', async () => {
     const gateway = WarrenProcess.start(['gateway', '--port', '9'], gatewayEnv(testPrefix('args')));
@@ -151,10 +157,12 @@ describe('warren gateway as a process', () => {
     await probe.publishEvent(prefix, { tenantId: 'acme', type: 'test.event' });
     await eventually(async () => {
       const status = await collectStatus(config);
-      return status.gateways[0]?.connections === 2 && status.queues.some((q) => q.messages === 1);
+      const dead = status.queues.find((q) => q.queue === `${prefix}.dead`);
+      return status.gateways[0]?.connections === 2 && dead?.messages === 1;
     }, 'the second tab counted and the dead letter queued');
 
     const json = WarrenProcess.start(['status', '--json'], env);
+    processes.push(json);
     expect(await json.exited).toBe(0);
     const status = JSON.parse(json.lines.join('\n')) as Awaited<ReturnType<typeof collectStatus>>;
     expect(status.gateways).toMatchObject([{ id: nodeId, alive: true, connections: 2, users: 1 }]);
@@ -171,6 +179,7 @@ describe('warren gateway as a process', () => {
     // The same as tables for a person; a queue that is not there shows dashes, not an error.
     await probe.channel.deleteQueue(`${prefix}.resolver.retry`);
     const text = WarrenProcess.start(['status'], env);
+    processes.push(text);
     expect(await text.exited).toBe(0);
     const rows = text.lines.map((line) => line.trim().split(/\s{2,}/));
     expect(rows).toContainEqual([nodeId, 'yes', expect.stringMatching(/^\d+ s ago$/), '2', '1']);
@@ -178,7 +187,7 @@ describe('warren gateway as a process', () => {
     expect(rows).toContainEqual([`${prefix}.dead`, '1', '0']);
     expect(rows).toContainEqual([`${prefix}.resolver.retry`, '-', '-']);
     expect(rows).toContainEqual([`${prefix}.gw.${nodeId}.dropped`, '0', '1']);
-  });
+  }, 60_000);
 
   it('warren status says why it cannot reach the broker, without a stack trace or the password', async () => {
     const status = WarrenProcess.start(['status'], {

@@ -110,6 +110,7 @@ describe.skipIf(!hasRedisServer)('a Redis server changing behind its address', (
       proxy.cut();
       await back;
       expect(changes).toBe(1);
+      expect(watch.settled).toBe(true);
       expect(watch.stamp).toMatch(/^[\w-]{12}$/);
       expect(watch.stamp).not.toBe(first);
     } finally {
