@@ -45,6 +45,7 @@ describe('warren dev as a process', () => {
       // Every payload claim-checked, on a Redis of the payloads' own.
       WARREN_CLAIM_CHECK_BYTES: '0',
       WARREN_CLAIM_CHECK_REDIS_URL: payloadRedisUrl(),
+      WARREN_GATEWAY_DRAIN_WINDOW_MS: '200',
     });
     const port = await dev.listening();
     await eventually(() => dev!.lines.some((l) => l.includes('Stop with Ctrl-C')), 'the start-up banner');
@@ -94,14 +95,15 @@ describe('warren dev as a process', () => {
     expect(await main.keys(jobKeys)).toEqual([]);
 
     // Ctrl-C: the tab is told to reconnect elsewhere, the node's queue goes, the process exits cleanly.
-    const queue = String(dev.logged('listening')?.['queue']);
+    const queue = dev.logged('listening')?.['queue'];
+    expect(queue).toMatch(new RegExp(`^${prefix}\\.gw\\.`));
     expect(await dev.stop()).toBe(0);
     expect(await alice.closed).toBe(4100);
     const probe = await BrokerProbe.open();
     try {
-      expect(await probe.queueExists(queue)).toBe(false);
+      expect(await probe.queueExists(String(queue))).toBe(false);
     } finally {
       await probe.close();
     }
-  });
+  }, 60_000);
 });

@@ -128,6 +128,7 @@ describe('bindings: once per user, grace on reload, again after a reconnect, gon
     await probe.deliver(prefix, ['u.t1.A'], { id: 'after', tenantId: 't1' });
     await probe.deliver(prefix, ['u.t2.C'], { id: 'after-c', tenantId: 't2' });
     await eventually(() => a.eventIds().includes('after') && c.eventIds().includes('after-c'), 'after');
+    expect(await counter(gateway, 'warren_gateway_binds_total')).toBe(2);
     for (const tab of [a, c]) expect(tab.closeCode).toBeUndefined();
   });
 

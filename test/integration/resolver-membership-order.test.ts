@@ -1,10 +1,13 @@
 import amqp from 'amqplib';
 import { Redis } from 'ioredis';
-import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, inject, it, vi } from 'vitest';
 import type { Resolver } from '../../src/resolver/main.js';
 import type { MembershipChange } from '../../src/protocol/schemas.js';
 import { Keys } from '../../src/store/keys.js';
 import { MembershipStore, StaleMembershipTerm } from '../../src/store/membership-store.js';
+import { createRedis, type WarrenRedis } from '../../src/store/redis.js';
+import { ErrorCode } from '../../src/shared/errors.js';
+import { silentLogger } from '../../src/shared/logger.js';
 import {
   BrokerProbe,
   counter,
@@ -131,10 +134,12 @@ describe('a resolver cut off from the broker while its membership term is on the
   let redis: Redis | undefined;
 
   afterEach(async () => {
+    vi.restoreAllMocks();
     for (const proxy of proxies) proxy.flow();
     await Promise.all(resolvers.splice(0).map((r) => r.close()));
     await Promise.all(proxies.splice(0).map((p) => p.close()));
     await redis?.quit();
+    redis = undefined;
     const probe = await BrokerProbe.open();
     await probe.deleteExchangesAndQueues(prefix);
     await probe.close();
@@ -150,8 +155,10 @@ describe('a resolver cut off from the broker while its membership term is on the
     const redisTarget = new URL(inject('redisUrl'));
     const amqpTarget = new URL(inject('rabbitmqUrl'));
     const redisProxy = await TcpProxy.start(redisTarget.hostname, Number(redisTarget.port || 6379));
+    proxies.push(redisProxy);
     const amqpProxy = await TcpProxy.start(amqpTarget.hostname, Number(amqpTarget.port || 5672));
-    proxies.push(redisProxy, amqpProxy);
+    proxies.push(amqpProxy);
+    const termsAsked = vi.spyOn(MembershipStore.prototype, 'newTerm');
     // A subscribes first, so it is the queue's active reader; B waits behind it.
     resolvers.push(
       await startTestResolver(
@@ -176,11 +183,8 @@ describe('a resolver cut off from the broker while its membership term is on the
     try {
       redisProxy.stall();
       await publish('add');
-      await eventually(
-        async () => (await probe.channel.checkQueue(`${prefix}.resolver.membership`)).messageCount === 0,
-        'the add handed to A',
-      );
-      await new Promise((r) => setTimeout(r, 100));
+      // A has the add and has sent its INCR (into the stalled proxy); B is idle.
+      await eventually(() => termsAsked.mock.calls.length === 1, 'A asking for a term');
       amqpProxy.cut();
       await eventually(member, 'the add applied by B');
       const termB = Number(await redis.get(keys.membershipTerm('acme')));
@@ -193,11 +197,53 @@ describe('a resolver cut off from the broker while its membership term is on the
         async () => Number(await redis!.get(keys.membershipTerm('acme'))) > termB,
         'A’s term taken after B’s',
       );
-      // A applies at once what it applies at all: a little longer than that, and ann is still out.
-      await new Promise((r) => setTimeout(r, 500));
+      // Closing A waits for what it holds to settle: whatever A was going to apply is applied by then.
+      await resolvers.shift()?.close();
       expect(await member()).toBe(false);
     } finally {
       await probe.close();
+    }
+  });
+});
+
+describe('a membership term asked of Redis', () => {
+  it('is refused while Redis is not connected, and when the connection closed before the answer', async () => {
+    const prefix = testPrefix('term-guard');
+    const keys = new Keys(prefix);
+    const target = new URL(inject('redisUrl'));
+    const proxy = await TcpProxy.start(target.hostname, Number(target.port || 6379));
+    const direct = new Redis(inject('redisUrl'));
+    let client: WarrenRedis | undefined;
+    const term = async () => Number(await direct.get(keys.membershipTerm('acme')));
+    try {
+      client = await createRedis({ url: proxy.url(target), name: 'term-guard', logger: silentLogger() });
+      const redis = client;
+      const store = new MembershipStore(redis, keys);
+      expect(await store.newTerm('acme')).toBe(1);
+
+      // Sent into a stalled connection that then dies: ioredis resends the INCR on the next connection,
+      // where it lands late. The term it takes is not handed out.
+      proxy.stall();
+      const late = store.newTerm('acme');
+      proxy.cut();
+      proxy.flow();
+      await expect(late).rejects.toMatchObject({ code: ErrorCode.RedisUnavailable });
+      await eventually(async () => (await term()) === 2, 'the resent INCR landed');
+
+      // Not connected: refused at once, nothing queued to be sent later.
+      proxy.refuse();
+      proxy.cut();
+      await eventually(() => redis.status !== 'ready', 'disconnected');
+      await expect(store.newTerm('acme')).rejects.toMatchObject({ code: ErrorCode.RedisUnavailable });
+      proxy.accept();
+      await eventually(() => redis.status === 'ready', 'connected again');
+      await redis.ping();
+      expect(await term()).toBe(2);
+    } finally {
+      client?.disconnect();
+      direct.disconnect();
+      await proxy.close();
+      await cleanRedis(prefix);
     }
   });
 });

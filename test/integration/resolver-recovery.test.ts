@@ -61,7 +61,7 @@ describe('a resolution that fails', () => {
     const annBit = Number(await redis.hget(keys.ids('acme'), 'ann'));
     const keysOf = OnlineSet.prototype.keysOf;
     faulty = vi.spyOn(OnlineSet.prototype, 'keysOf').mockImplementation(function (this: OnlineSet, bits) {
-      if (bits.has(annBit)) throw new Error(`online bit ${annBit} of tenant acme has no user id`);
+      if (bits.has(annBit)) throw new Error(`injected fault: no key for bit ${annBit}`);
       return keysOf.call(this, bits);
     });
 
@@ -92,7 +92,7 @@ describe('a resolution that fails', () => {
     expect(dead[0]?.properties.messageId).toBe('poisoned');
     expect(headers['x-warren-code']).toBe('resolve_failed');
     expect(await counter(resolver, 'warren_resolver_events_total', { outcome: 'requeued' })).toBe(1);
-    expect(String(headers['x-warren-reason'])).toContain('has no user id');
+    expect(String(headers['x-warren-reason'])).toContain('injected fault');
     // Nothing half-resolved reached anyone.
     expect(ann.eventIds()).toEqual([]);
     expect(bob.eventIds()).toEqual(['first', 'after']);

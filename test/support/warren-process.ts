@@ -28,11 +28,16 @@ export class WarrenProcess {
     return new WarrenProcess(child);
   }
 
-  /** The first pino line with this `msg`, parsed. */
+  /** The first pino line with this `msg`, parsed (other lines, a command's own output among them, skipped). */
   logged(msg: string): Record<string, unknown> | undefined {
     for (const line of this.lines) {
       if (!line.startsWith('{')) continue;
-      const record = JSON.parse(line) as Record<string, unknown>;
+      let record: Record<string, unknown>;
+      try {
+        record = JSON.parse(line) as Record<string, unknown>;
+      } catch {
+        continue;
+      }
       if (record['msg'] === msg) return record;
     }
     return undefined;
