@@ -1,8 +1,10 @@
 import { errorMessage } from '../shared/errors.js';
+import { withTimeout } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import { LIVENESS_POLL_MS as POLL_MS, type PresenceStore } from '../store/presence-store.js';
 
 const SWEEP_EVERY = 5;
+const POLL_TIMEOUT_MS = 10_000;
 
 /**
  * Which gateway nodes have stopped heartbeating. Polled every second on Redis's clock; views stop counting
@@ -36,22 +38,29 @@ export class NodeLiveness {
   private async poll(): Promise<void> {
     if (this.polling) return;
     this.polling = true;
+    const poll = (this.polls += 1);
     try {
-      this.polls += 1;
-      if (this.polls % SWEEP_EVERY === 0) {
-        const swept = await this.presence.sweepDeadNodes(this.expiryMs);
-        if (swept.length > 0) this.logger.info({ nodes: swept }, 'cleaned up dead gateway nodes');
-      }
-      const dead = new Set(await this.presence.deadNodes(this.expiryMs));
-      const changed = dead.size !== this.deadNodes.size || [...dead].some((n) => !this.deadNodes.has(n));
-      if (changed) {
-        this.deadNodes = dead;
-        this.onChange(dead);
-      }
+      // Bounded: a connection that hangs without closing would otherwise hold `polling` set for good.
+      await withTimeout(this.check(poll), POLL_TIMEOUT_MS, 'node liveness poll');
     } catch (error) {
       this.logger.warn({ err: errorMessage(error) }, 'node liveness poll failed');
     } finally {
       this.polling = false;
+    }
+  }
+
+  private async check(poll: number): Promise<void> {
+    if (poll % SWEEP_EVERY === 0) {
+      const swept = await this.presence.sweepDeadNodes(this.expiryMs);
+      if (swept.length > 0) this.logger.info({ nodes: swept }, 'cleaned up dead gateway nodes');
+    }
+    const dead = new Set(await this.presence.deadNodes(this.expiryMs));
+    // A poll given up on (timed out) that answers after a newer one began: its answer is the older one.
+    if (poll !== this.polls) return;
+    const changed = dead.size !== this.deadNodes.size || [...dead].some((n) => !this.deadNodes.has(n));
+    if (changed) {
+      this.deadNodes = dead;
+      this.onChange(dead);
     }
   }
 

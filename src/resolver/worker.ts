@@ -583,6 +583,14 @@ export class ResolverWorker {
     // A delivery whose channel went (the connection dropped) was requeued by the broker: it is dead-lettered
     // when it comes back, not twice.
     if (!copied) return;
+    if (failed instanceof WarrenError && failed.code === ErrorCode.Unroutable) {
+      // Still nowhere to go after declaring again (a declaration already under way began before the queue
+      // went): a reject would go the same way, into nothing. It comes back after a pause and tries again.
+      logger.error({ queue: names.dead, code }, 'dead-letter queue still missing; message requeued');
+      await sleep(REQUEUE_PAUSE_MS);
+      delivery.requeue();
+      return;
+    }
     metrics.deadLetters.inc({ code });
     metrics.events.inc({ outcome: 'dead_lettered' });
     logger.warn({ code, reason, routingKey: origin.routingKey }, 'message dead-lettered');
