@@ -82,6 +82,43 @@ describe.skipIf(!hasRedisServer)('a Redis server changing behind its address', (
   });
   afterAll(() => second?.stop());
 
+  /**
+   * A gateway reaching Redis through a proxy the test can point at the second, emptied server; `original`
+   * and `fresh` talk to the two servers directly.
+   */
+  async function failoverStage(name: string) {
+    const prefix = testPrefix(name);
+    const proxy = await TcpProxy.start(main.hostname, Number(main.port || 6379));
+    const gateway = await startTestGateway(
+      testConfig(prefix, {
+        redis: { url: proxy.url(main) },
+        presence: { heartbeatMs: 60_000, expiryMs: 180_000 },
+      }),
+    );
+    const fresh = second.client();
+    await fresh.flushall();
+    const original = new Redis(inject('redisUrl'));
+    return {
+      prefix,
+      keys: new Keys(prefix),
+      proxy,
+      gateway,
+      fresh,
+      original,
+      /** The proxy's connections go to the second server from now on. */
+      failOver: () => {
+        proxy.retarget('127.0.0.1', second.port);
+        proxy.cut();
+      },
+      close: async () => {
+        fresh.disconnect();
+        original.disconnect();
+        await removeInstallation(prefix, { gateways: [gateway] });
+        await proxy.close();
+      },
+    };
+  }
+
   it('is told apart from a reconnect to the same server', async () => {
     const proxy = await TcpProxy.start(main.hostname, Number(main.port || 6379));
     const redis = await createRedis({
@@ -123,18 +160,8 @@ describe.skipIf(!hasRedisServer)('a Redis server changing behind its address', (
   it.each(['everything', 'presence'] as const)(
     'a gateway announces its users on the new server at once, not a heartbeat later (lost: %s)',
     async (lost) => {
-      const prefix = testPrefix('redis-change');
-      const keys = new Keys(prefix);
-      const proxy = await TcpProxy.start(main.hostname, Number(main.port || 6379));
-      const gateway = await startTestGateway(
-        testConfig(prefix, {
-          redis: { url: proxy.url(main) },
-          presence: { heartbeatMs: 60_000, expiryMs: 180_000 },
-        }),
-      );
-      const fresh = second.client();
-      await fresh.flushall();
-      const original = new Redis(inject('redisUrl'));
+      const stage = await failoverStage('redis-change');
+      const { keys, gateway, fresh, original } = stage;
       try {
         const tab = await openTab(gateway.port, await token({ sub: 'ann', tid: 't1' }));
         expect(await fresh.hget(keys.ids('t1'), 'ann')).toBeNull();
@@ -146,8 +173,7 @@ describe.skipIf(!hasRedisServer)('a Redis server changing behind its address', (
           await fresh.hset(keys.ids('t1'), 'ann', String(bit));
           await fresh.hset(keys.reverseIds('t1'), String(bit), 'ann');
         }
-        proxy.retarget('127.0.0.1', second.port);
-        proxy.cut();
+        stage.failOver();
         const online = async () => {
           const bit = await fresh.hget(keys.ids('t1'), 'ann');
           return bit !== null && (await fresh.getbit(keys.online('t1', gateway.nodeId), Number(bit))) === 1;
@@ -160,27 +186,14 @@ describe.skipIf(!hasRedisServer)('a Redis server changing behind its address', (
         );
         tab.ws.terminate();
       } finally {
-        fresh.disconnect();
-        original.disconnect();
-        await removeInstallation(prefix, { gateways: [gateway] });
-        await proxy.close();
+        await stage.close();
       }
     },
   );
 
   it('a gateway drops node-routed deliveries resolved against the old server, whose bits are now others’', async () => {
-    const prefix = testPrefix('redis-change-bits');
-    const keys = new Keys(prefix);
-    const proxy = await TcpProxy.start(main.hostname, Number(main.port || 6379));
-    const gateway = await startTestGateway(
-      testConfig(prefix, {
-        redis: { url: proxy.url(main) },
-        presence: { heartbeatMs: 60_000, expiryMs: 180_000 },
-      }),
-    );
-    const fresh = second.client();
-    await fresh.flushall();
-    const original = new Redis(inject('redisUrl'));
+    const stage = await failoverStage('redis-change-bits');
+    const { prefix, keys, gateway, fresh, original } = stage;
     const probe = await BrokerProbe.open();
     try {
       const ann = await openTab(gateway.port, await token({ sub: 'ann', tid: 't1' }));
@@ -190,8 +203,7 @@ describe.skipIf(!hasRedisServer)('a Redis server changing behind its address', (
       await fresh.hset(keys.ids('t1'), 'dave', String(annBit));
       await fresh.hset(keys.reverseIds('t1'), String(annBit), 'dave');
       const dave = await openTab(gateway.port, await token({ sub: 'dave', tid: 't1' }));
-      proxy.retarget('127.0.0.1', second.port);
-      proxy.cut();
+      stage.failOver();
       await eventually(
         () => dave.frames.some((f) => f.type === 'error' && f.code === 'events_missed'),
         'the node announced again on the new server',
@@ -228,10 +240,7 @@ describe.skipIf(!hasRedisServer)('a Redis server changing behind its address', (
       dave.ws.terminate();
     } finally {
       await probe.close();
-      fresh.disconnect();
-      original.disconnect();
-      await removeInstallation(prefix, { gateways: [gateway] });
-      await proxy.close();
+      await stage.close();
     }
   });
 });

@@ -1,7 +1,7 @@
 import roaring from 'roaring';
 import { describe, expect, it } from 'vitest';
 import type { Delivery } from '../../../src/broker/consumer.js';
-import { DeliveryRouter } from '../../../src/gateway/delivery-router.js';
+import { DeliveryRouter, type IdMapCheck } from '../../../src/gateway/delivery-router.js';
 import { GatewayMetrics } from '../../../src/gateway/gateway-metrics.js';
 import { DeliveryHistory } from '../../../src/gateway/history.js';
 import type { PayloadFetcher } from '../../../src/gateway/payload-fetcher.js';
@@ -33,33 +33,41 @@ function fakeTab(tenantId: string, userId: string, frames: string[]): Tab {
   } as unknown as Tab;
 }
 
+/**
+ * A router over a registry holding one user of tenant acme, with payload reads the test settles: `bitOf`
+ * answers the user's bit when announced.
+ */
+async function routerFor(userId: string, bitOf: (userId: string) => number, idMap?: IdMapCheck) {
+  const registry = new ConnectionRegistry<Tab>(
+    { bind: async () => {}, unbind: async () => {} },
+    { online: async (_tenant, userIds) => userIds.map(bitOf), offline: async () => {} },
+    60_000,
+    { onUsersChanged: () => {} },
+    silentLogger(),
+  );
+  const frames: string[] = [];
+  await registry.add(fakeTab('acme', userId, frames));
+  let settle: (payload: Uint8Array) => void = () => {};
+  const payloads = {
+    get: () => new Promise<Uint8Array>((resolve) => (settle = resolve)),
+  } as unknown as PayloadFetcher;
+  const router = new DeliveryRouter(
+    registry,
+    new RecentDeliveries(1000),
+    new DeliveryHistory('e', 100, 1 << 20),
+    payloads,
+    new GatewayMetrics(createRegistry({ node: 'n1' })),
+    silentLogger(),
+    Number.POSITIVE_INFINITY,
+    idMap,
+  );
+  return { registry, frames, router, settle: (payload: Uint8Array) => settle(payload) };
+}
+
 describe('DeliveryRouter, node-routed and claim-checked', () => {
   it('does not write an event to a user moved off its bit while the payload was being read', async () => {
     const bits = new Map([['ann', 5]]);
-    const registry = new ConnectionRegistry<Tab>(
-      { bind: async () => {}, unbind: async () => {} },
-      {
-        online: async (_tenant, userIds) => userIds.map((u) => bits.get(u) as number),
-        offline: async () => {},
-      },
-      60_000,
-      { onUsersChanged: () => {} },
-      silentLogger(),
-    );
-    const frames: string[] = [];
-    await registry.add(fakeTab('acme', 'ann', frames));
-    let settle: (payload: Uint8Array) => void = () => {};
-    const payloads = {
-      get: () => new Promise<Uint8Array>((resolve) => (settle = resolve)),
-    } as unknown as PayloadFetcher;
-    const router = new DeliveryRouter(
-      registry,
-      new RecentDeliveries(1000),
-      new DeliveryHistory('e', 100, 1 << 20),
-      payloads,
-      new GatewayMetrics(createRegistry({ node: 'n1' })),
-      silentLogger(),
-    );
+    const { registry, frames, router, settle } = await routerFor('ann', (u) => bits.get(u) as number);
     let acked = false;
     const delivery = (id: string, bit: number): Delivery =>
       ({
@@ -101,34 +109,12 @@ describe('DeliveryRouter, node-routed and claim-checked', () => {
 
 describe('DeliveryRouter, node-routed deliveries stamped with a Redis server', () => {
   async function routerAccepting(current: { stamp: string }) {
-    const registry = new ConnectionRegistry<Tab>(
-      { bind: async () => {}, unbind: async () => {} },
-      { online: async () => [5], offline: async () => {} },
-      60_000,
-      { onUsersChanged: () => {} },
-      silentLogger(),
-    );
-    const frames: string[] = [];
-    await registry.add(fakeTab('acme', 'dave', frames));
     let dropped = 0;
-    let settle: (payload: Uint8Array) => void = () => {};
-    const payloads = {
-      get: () => new Promise<Uint8Array>((resolve) => (settle = resolve)),
-    } as unknown as PayloadFetcher;
-    const router = new DeliveryRouter(
-      registry,
-      new RecentDeliveries(1000),
-      new DeliveryHistory('e', 100, 1 << 20),
-      payloads,
-      new GatewayMetrics(createRegistry({ node: 'n1' })),
-      silentLogger(),
-      Number.POSITIVE_INFINITY,
-      {
-        // As a gateway that reads INFO takes them: its own server's stamp, or none (a resolver that cannot).
-        accepts: (stamp) => stamp === undefined || stamp === current.stamp,
-        dropped: () => (dropped += 1),
-      },
-    );
+    const { frames, router, settle } = await routerFor('dave', () => 5, {
+      // As a gateway that reads INFO takes them: its own server's stamp, or none (a resolver that cannot).
+      accepts: (stamp) => stamp === undefined || stamp === current.stamp,
+      dropped: () => (dropped += 1),
+    });
     const acks: string[] = [];
     const deliver = (id: string, stamp: unknown, job?: string): void =>
       router.handle({
@@ -148,7 +134,7 @@ describe('DeliveryRouter, node-routed deliveries stamped with a Redis server', (
         },
         ack: () => acks.push(id),
       } as unknown as Delivery);
-    return { frames, acks, deliver, dropped: () => dropped, settle: (p: Uint8Array) => settle(p) };
+    return { frames, acks, deliver, dropped: () => dropped, settle };
   }
 
   it('writes bits read from this node’s server, drops (and acks) those of another', async () => {
