@@ -137,6 +137,8 @@ export async function startGateway(
    * may then be the old server's, and no node-routed delivery can be decoded against them.
    */
   let bitsCurrent = true;
+  /** The tabs were told of drops for the id map since the node's bits last became current. */
+  let idMapDropsTold = false;
   const router = new DeliveryRouter(
     registry,
     new RecentDeliveries(g.dedupKeys),
@@ -156,6 +158,10 @@ export async function startGateway(
       },
       dropped: () => {
         metrics.dropped.inc({ reason: 'id_map_changed' });
+        // One notice while the node cannot decode (however long its bits stay unverified), not one a window.
+        if (idMapDropsTold) return;
+        idMapDropsTold = true;
+        logger.warn('dropping node-routed deliveries resolved against another Redis server’s id map');
         dropNotices.record('id_map_changed');
       },
     },
@@ -368,7 +374,10 @@ export async function startGateway(
       const verifying = serverGeneration;
       const wrong = await registry.verifyBits((tenantId, userIds) => presence.bitsOf(tenantId, userIds));
       // Every held bit, those of users in their grace period too, now agrees with the server there is.
-      if (!reannounceDue && verifying === serverGeneration) bitsCurrent = true;
+      if (!reannounceDue && verifying === serverGeneration && !bitsCurrent) {
+        bitsCurrent = true;
+        idMapDropsTold = false;
+      }
       if (wrong.length > 0)
         logger.error(
           { users: wrong.slice(0, 20), count: wrong.length },
@@ -493,6 +502,7 @@ export async function startGateway(
           { name: 'close dropped-deliveries consumer', run: () => droppedConsumer.close() },
           { name: 'close bind channels', run: () => pool.close() },
           { name: 'close broker', run: () => broker.close() },
+          { name: 'stop watching the redis server', run: () => redisServer.watch?.stop() },
           { name: 'close redis', run: () => closeRedis(redis) },
           { name: 'close payload redis', run: () => payloadRedis && closeRedis(payloadRedis) },
           { name: 'drop cached payloads', run: () => payloads.close() },

@@ -106,6 +106,7 @@ export async function startResolver(
     metrics,
     logger,
     idMapStamp: () => (watch.settled ? watch.stamp : ID_MAP_UNSETTLED),
+    serverUnsettled: () => (watch.settled ? undefined : watch.whenSettled()),
     redeclare: async () => {
       if (broker.model) await declareTopologyOn(broker.model, names);
     },
@@ -154,6 +155,7 @@ export async function startResolver(
         liveness.stop(),
         publisher.close(),
       ]);
+      watch.stop();
       await Promise.allSettled([broker.close(), closeRedis(redis), payloadRedis && closeRedis(payloadRedis)]);
       throw new WarrenError(
         ErrorCode.Config,
@@ -193,6 +195,7 @@ export async function startResolver(
             { name: 'close consumer', run: () => consumer.close() },
             { name: 'close membership consumer', run: () => membershipConsumer.close() },
             { name: 'close broker', run: () => broker.close() },
+            { name: 'stop watching the redis server', run: () => watch.stop() },
             { name: 'close redis', run: () => closeRedis(redis) },
             { name: 'close payload redis', run: () => payloadRedis && closeRedis(payloadRedis) },
           ],

@@ -32,6 +32,8 @@ export interface WorkerDeps {
   redeclare: () => Promise<void>;
   /** The stamp of the Redis server the views are read from (`ServerWatch.stamp`). */
   idMapStamp: () => string | undefined;
+  /** Undefined while the Redis server is known; else resolves once it is (`ServerWatch.whenSettled`). */
+  serverUnsettled: () => Promise<void> | undefined;
 }
 
 interface PendingEvent {
@@ -274,6 +276,10 @@ export class ResolverWorker {
         let prepared = await this.prepare(view, pending);
         if (prepared === undefined) return;
         for (const [i, item] of pending.entries()) {
+          // Reconnected to Redis, and the server there has not yet said who it is: what the view read
+          // since may be another server's. Waited for (a change marks the view stale in the same tick).
+          const unsettled = this.deps.serverUnsettled();
+          if (unsettled) await unsettled;
           // Redis changed under the batch (restart, failover): the rest is resolved against a view built
           // from the server there is now.
           while (view.isStale) {
@@ -569,9 +575,12 @@ export class ResolverWorker {
         // The dead-letter queue gone (deleted by hand): the broker would confirm a copy it routed nowhere.
         mandatory: true,
       });
+    /** The dead-letter queue was found missing: a reject would go into nothing too. */
+    let queueMissing = false;
     const copied = await copy()
       .catch(async (error: unknown) => {
         if (!(error instanceof WarrenError && error.code === ErrorCode.Unroutable)) throw error;
+        queueMissing = true;
         logger.warn({ queue: names.dead }, 'dead-letter queue missing; declaring the topology again');
         await this.redeclare();
         return copy();
@@ -583,10 +592,13 @@ export class ResolverWorker {
     // A delivery whose channel went (the connection dropped) was requeued by the broker: it is dead-lettered
     // when it comes back, not twice.
     if (!copied) return;
-    if (failed instanceof WarrenError && failed.code === ErrorCode.Unroutable) {
-      // Still nowhere to go after declaring again (a declaration already under way began before the queue
-      // went): a reject would go the same way, into nothing. It comes back after a pause and tries again.
-      logger.error({ queue: names.dead, code }, 'dead-letter queue still missing; message requeued');
+    if (failed !== undefined && queueMissing) {
+      // The copy still failed after declaring again (a declaration already under way began before the
+      // queue went, or the broker failed it): a reject would go into nothing. It comes back after a pause.
+      logger.error(
+        { queue: names.dead, code, err: errorMessage(failed) },
+        'dead letter not taken after declaring the topology again; message requeued',
+      );
       await sleep(REQUEUE_PAUSE_MS);
       delivery.requeue();
       return;

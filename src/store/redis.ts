@@ -207,9 +207,9 @@ async function identityOf(redis: Redis): Promise<string | undefined> {
   try {
     info = await redis.info();
   } catch (error) {
-    // Refused by the server (an ACL, a renamed command): it never will answer. Anything else (the
-    // connection) is passing, and thrown.
-    if (error instanceof ReplyError) return undefined;
+    // Refused by the server (an ACL, a command renamed away): it never will answer. Anything else (the
+    // connection, a server busy or loading) is passing, and thrown.
+    if (error instanceof ReplyError && INFO_REFUSED.test((error as Error).message)) return undefined;
     throw error;
   }
   const runId = /^run_id:(\S+)/m.exec(info)?.[1];
@@ -238,12 +238,19 @@ export interface ServerWatch {
    * read from it may come from another server than `stamp` names.
    */
   readonly settled: boolean;
+  /** Resolves once `settled` (at once if it is), or on `stop`. */
+  whenSettled(): Promise<void>;
+  /** Stops watching; a check under way gives up. */
   stop(): void;
 }
 
 // Asking a server who it is again after a passing failure: soon, then backing off.
 const IDENTITY_RETRY_MS = 100;
 const IDENTITY_RETRY_CAP_MS = 2000;
+// How long start-up waits for the server to say who it is before going on unsettled.
+const FIRST_CHECK_MS = 5000;
+// INFO refused for good: by an ACL, or not a command there. Anything else (BUSY, LOADING…) passes.
+const INFO_REFUSED = /^(NOPERM|ERR unknown command)/;
 
 /**
  * Calls `changed` when the client, back from a reconnect, talks to another Redis server than before, or to
@@ -263,22 +270,28 @@ export async function watchServer(
   let settled = false;
   let checks = 0;
   let stopped = false;
+  let waiters: (() => void)[] = [];
+  const settle = (): void => {
+    settled = true;
+    for (const wake of waiters.splice(0)) wake();
+  };
   /** Asks until the server answers or refuses; a check begun by a later reconnect supersedes it. */
   const check = async (first: boolean): Promise<void> => {
     const mine = (checks += 1);
     settled = false;
+    const current = (): boolean => mine === checks && !stopped && redis.status !== 'end';
     for (let delay = IDENTITY_RETRY_MS; ; delay = Math.min(delay * 2, IDENTITY_RETRY_CAP_MS)) {
       let now: string | undefined;
       try {
         now = await identityOf(redis);
       } catch (error) {
-        if (mine !== checks || stopped) return;
+        if (!current()) return;
         logger.warn({ err: errorMessage(error) }, 'cannot ask Redis which server it is; asking again');
         await sleep(delay);
-        if (mine !== checks || stopped) return;
+        if (!current()) return;
         continue;
       }
-      if (mine !== checks) return;
+      if (!current()) return;
       // Where INFO is refused every reconnect counts as a change: nothing tells the server apart.
       const change = !first && (now === undefined || now !== known);
       if (change) {
@@ -289,12 +302,14 @@ export async function watchServer(
       }
       known = now;
       stamp = stampOf(now);
-      settled = true;
+      settle();
       if (change) changed();
       return;
     }
   };
-  await check(true);
+  // Not waited for past a bound: a Redis that does not answer now holds up no start-up (unsettled
+  // meanwhile, which those who compare stamps take as "cannot tell").
+  await fulfilsWithin(check(true), FIRST_CHECK_MS);
   const onReady = (): void => void check(false);
   redis.on('ready', onReady);
   return {
@@ -304,9 +319,14 @@ export async function watchServer(
     get settled() {
       return settled;
     },
+    whenSettled: () =>
+      settled || stopped ? Promise.resolve() : new Promise<void>((resolve) => waiters.push(resolve)),
     stop: () => {
       stopped = true;
       redis.off('ready', onReady);
+      const woken = waiters;
+      waiters = [];
+      for (const wake of woken) wake();
     },
   };
 }
