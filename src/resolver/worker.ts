@@ -279,7 +279,15 @@ export class ResolverWorker {
           // Reconnected to Redis, and the server there has not yet said who it is: what the view read
           // since may be another server's. Waited for (a change marks the view stale in the same tick).
           const unsettled = this.deps.serverUnsettled();
-          if (unsettled) await unsettled;
+          if (unsettled) {
+            await unsettled;
+            // Woken unsettled: the watch stopped (the resolver is closing). Back to the queue, for another.
+            if (this.deps.serverUnsettled()) {
+              for (const rest of pending.slice(i)) rest.delivery.requeue();
+              this.deps.metrics.events.inc({ outcome: 'requeued' }, pending.length - i);
+              return;
+            }
+          }
           // Redis changed under the batch (restart, failover): the rest is resolved against a view built
           // from the server there is now.
           while (view.isStale) {
