@@ -53,7 +53,7 @@ export class DropNotices {
       ...(full > 0 ? [`this node's queue was full and the broker dropped ${deliveries(full)}`] : []),
       ...(rejected > 0 ? [`this node failed on ${deliveries(rejected)}`] : []),
       ...(stale > 0
-        ? [`${deliveries(stale)} resolved against an earlier Redis server's ids were dropped`]
+        ? [`${deliveries(stale)} resolved against ids this node could not take as its own were dropped`]
         : []),
     ].join('; ');
     if (why) this.tell(why);

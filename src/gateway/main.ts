@@ -35,6 +35,8 @@ import { ConnectionRegistry } from './registry.js';
 import type { Tab } from './tab.js';
 import { WsServer } from './ws-server.js';
 
+// Deliveries dropped for the id map are told to the tabs in one notice per this long at most.
+const ID_MAP_NOTICE_MS = 5000;
 // A start-up refused after it connected closes what it opened within this long.
 const STARTUP_CLEANUP_MS = 5000;
 // The dropped-deliveries queue is read for a count only; one notice to the tabs covers the drops of this
@@ -137,8 +139,6 @@ export async function startGateway(
    * may then be the old server's, and no node-routed delivery can be decoded against them.
    */
   let bitsCurrent = true;
-  /** The tabs were told of drops for the id map since the node's bits last became current. */
-  let idMapDropsTold = false;
   const router = new DeliveryRouter(
     registry,
     new RecentDeliveries(g.dedupKeys),
@@ -158,11 +158,7 @@ export async function startGateway(
       },
       dropped: () => {
         metrics.dropped.inc({ reason: 'id_map_changed' });
-        // One notice while the node cannot decode (however long its bits stay unverified), not one a window.
-        if (idMapDropsTold) return;
-        idMapDropsTold = true;
-        logger.warn('dropping node-routed deliveries resolved against another Redis server’s id map');
-        dropNotices.record('id_map_changed');
+        idMapNotices.record('id_map_changed');
       },
     },
   );
@@ -262,6 +258,13 @@ export async function startGateway(
   // dead-lettered to the dropped queue) are told to the tabs, a run of them in one notice.
   const dropNotices = new DropNotices(DROPPED_NOTICE_MS, (why) => {
     if (!draining) eventsMissed(why);
+  });
+  // Drops for the id map gathered over a longer window: while a node cannot verify its bits it drops every
+  // node-routed delivery, and its tabs are told every few seconds, not five times a second.
+  const idMapNotices = new DropNotices(ID_MAP_NOTICE_MS, (why) => {
+    if (draining) return;
+    logger.warn({ why }, 'node-routed deliveries dropped: resolved against another Redis server’s id map');
+    eventsMissed(why);
   });
   const droppedConsumer = new Consumer(
     broker,
@@ -374,10 +377,7 @@ export async function startGateway(
       const verifying = serverGeneration;
       const wrong = await registry.verifyBits((tenantId, userIds) => presence.bitsOf(tenantId, userIds));
       // Every held bit, those of users in their grace period too, now agrees with the server there is.
-      if (!reannounceDue && verifying === serverGeneration && !bitsCurrent) {
-        bitsCurrent = true;
-        idMapDropsTold = false;
-      }
+      if (!reannounceDue && verifying === serverGeneration) bitsCurrent = true;
       if (wrong.length > 0)
         logger.error(
           { users: wrong.slice(0, 20), count: wrong.length },
@@ -495,6 +495,7 @@ export async function startGateway(
       clearInterval(heartbeat);
       clearTimeout(missedTimer);
       dropNotices.close();
+      idMapNotices.close();
       await runSteps(
         [
           { name: 'close sockets', run: () => server.close() },

@@ -6,7 +6,7 @@ import type { TopologyNames } from '../broker/topology.js';
 import { DeadLetterHeader, RetryHeader } from '../protocol/delivery.js';
 import type { MembershipChange, ModelEvent } from '../protocol/schemas.js';
 import { ErrorCode, WarrenError, errorMessage } from '../shared/errors.js';
-import { sleep } from '../shared/lifecycle.js';
+import { fulfilsWithin, sleep } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import { StaleMembershipTerm, type MembershipStore } from '../store/membership-store.js';
 import { PayloadStore } from '../store/payload-store.js';
@@ -42,6 +42,8 @@ interface PendingEvent {
 }
 
 const MAX_BATCH = 512;
+// How long a batch waits for a reconnected Redis to say which server it is, before going back to the queue.
+const SETTLE_WAIT_MS = 10_000;
 const SYNC_ATTEMPTS = 3;
 /**
  * An event its payloads' store failed waits in the retry queue this long the first time, twice as long
@@ -276,21 +278,25 @@ export class ResolverWorker {
         let prepared = await this.prepare(view, pending);
         if (prepared === undefined) return;
         for (const [i, item] of pending.entries()) {
-          // Reconnected to Redis, and the server there has not yet said who it is: what the view read
-          // since may be another server's. Waited for (a change marks the view stale in the same tick).
-          const unsettled = this.deps.serverUnsettled();
-          if (unsettled) {
-            await unsettled;
-            // Woken unsettled: the watch stopped (the resolver is closing). Back to the queue, for another.
-            if (this.deps.serverUnsettled()) {
-              for (const rest of pending.slice(i)) rest.delivery.requeue();
-              this.deps.metrics.events.inc({ outcome: 'requeued' }, pending.length - i);
-              return;
+          // Until the Redis server is known and the view is read from it, in one loop: a re-read may span
+          // another reconnect.
+          for (;;) {
+            // Reconnected to Redis, and the server there has not yet said who it is: what the view read
+            // since may be another server's. Waited for (a change marks the view stale in the same tick).
+            const unsettled = this.deps.serverUnsettled();
+            if (unsettled) {
+              await fulfilsWithin(unsettled, SETTLE_WAIT_MS);
+              // Still unknown (Redis away, or the resolver closing): back to the queue, for later or another.
+              if (this.deps.serverUnsettled()) {
+                for (const rest of pending.slice(i)) rest.delivery.requeue();
+                this.deps.metrics.events.inc({ outcome: 'requeued' }, pending.length - i);
+                return;
+              }
+              continue;
             }
-          }
-          // Redis changed under the batch (restart, failover): the rest is resolved against a view built
-          // from the server there is now.
-          while (view.isStale) {
+            // Redis changed under the batch (restart, failover): the rest is resolved against a view
+            // built from the server there is now.
+            if (!view.isStale) break;
             prepared = await this.prepare(view, pending.slice(i));
             if (prepared === undefined) return;
           }

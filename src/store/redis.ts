@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { Redis, ReplyError, type ChainableCommander } from 'ioredis';
 import { ErrorCode, errorMessage, WarrenError, withoutCredentials } from '../shared/errors.js';
-import { fulfilsWithin, sleep } from '../shared/lifecycle.js';
+import { fulfilsWithin } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import {
   APPLY_MEMBERSHIP,
@@ -207,9 +207,9 @@ async function identityOf(redis: Redis): Promise<string | undefined> {
   try {
     info = await redis.info();
   } catch (error) {
-    // Refused by the server (an ACL, a command renamed away): it never will answer. Anything else (the
-    // connection, a server busy or loading) is passing, and thrown.
-    if (error instanceof ReplyError && INFO_REFUSED.test((error as Error).message)) return undefined;
+    // Refused by the server (an ACL, a command renamed away or a proxy that lacks it): it never will
+    // answer. The connection, or a server busy, loading or out of memory, is passing, and thrown.
+    if (error instanceof ReplyError && !UNAVAILABLE_REPLY.test((error as Error).message)) return undefined;
     throw error;
   }
   const runId = /^run_id:(\S+)/m.exec(info)?.[1];
@@ -240,7 +240,7 @@ export interface ServerWatch {
   readonly settled: boolean;
   /** Resolves once `settled` (at once if it is), or on `stop`. */
   whenSettled(): Promise<void>;
-  /** Stops watching; a check under way gives up. */
+  /** Stops watching: unsettled from then on, and a check under way gives up. */
   stop(): void;
 }
 
@@ -249,8 +249,6 @@ const IDENTITY_RETRY_MS = 100;
 const IDENTITY_RETRY_CAP_MS = 2000;
 // How long start-up waits for the server to say who it is before going on unsettled.
 const FIRST_CHECK_MS = 5000;
-// INFO refused for good: by an ACL, or not a command there. Anything else (BUSY, LOADING…) passes.
-const INFO_REFUSED = /^(NOPERM|ERR unknown command)/;
 
 /**
  * Calls `changed` when the client, back from a reconnect, talks to another Redis server than before, or to
@@ -271,15 +269,27 @@ export async function watchServer(
   let checks = 0;
   let stopped = false;
   let waiters: (() => void)[] = [];
-  const settle = (): void => {
-    settled = true;
-    for (const wake of waiters.splice(0)) wake();
+  const wake = (): void => {
+    const woken = waiters;
+    waiters = [];
+    for (const resolve of woken) resolve();
+  };
+  /** No more checks: unsettled for good, and whoever waits is woken to see it. */
+  const halt = (): void => {
+    stopped = true;
+    settled = false;
+    redis.off('ready', onReady);
+    wake();
   };
   /** Asks until the server answers or refuses; a check begun by a later reconnect supersedes it. */
   const check = async (first: boolean): Promise<void> => {
     const mine = (checks += 1);
     settled = false;
-    const current = (): boolean => mine === checks && !stopped && redis.status !== 'end';
+    const current = (): boolean => {
+      // The client was closed for good: no answer will come.
+      if (redis.status === 'end' && !stopped) halt();
+      return mine === checks && !stopped;
+    };
     for (let delay = IDENTITY_RETRY_MS; ; delay = Math.min(delay * 2, IDENTITY_RETRY_CAP_MS)) {
       let now: string | undefined;
       try {
@@ -287,7 +297,7 @@ export async function watchServer(
       } catch (error) {
         if (!current()) return;
         logger.warn({ err: errorMessage(error) }, 'cannot ask Redis which server it is; asking again');
-        await sleep(delay);
+        await new Promise((resolve) => setTimeout(resolve, delay).unref());
         if (!current()) return;
         continue;
       }
@@ -302,16 +312,19 @@ export async function watchServer(
       }
       known = now;
       stamp = stampOf(now);
-      settle();
+      settled = true;
+      wake();
       if (change) changed();
       return;
     }
   };
+  // Listening first: a reconnect during the first check supersedes it (and, nothing known yet, counts as
+  // a change).
+  const onReady = (): void => void check(false);
+  redis.on('ready', onReady);
   // Not waited for past a bound: a Redis that does not answer now holds up no start-up (unsettled
   // meanwhile, which those who compare stamps take as "cannot tell").
   await fulfilsWithin(check(true), FIRST_CHECK_MS);
-  const onReady = (): void => void check(false);
-  redis.on('ready', onReady);
   return {
     get stamp() {
       return stamp;
@@ -321,13 +334,7 @@ export async function watchServer(
     },
     whenSettled: () =>
       settled || stopped ? Promise.resolve() : new Promise<void>((resolve) => waiters.push(resolve)),
-    stop: () => {
-      stopped = true;
-      redis.off('ready', onReady);
-      const woken = waiters;
-      waiters = [];
-      for (const wake of woken) wake();
-    },
+    stop: halt,
   };
 }
 
