@@ -179,10 +179,6 @@ export class DeliveryRouter {
     const stamp: unknown = headers[DeliveryHeader.IdMap];
     if (byBit !== undefined && !this.bitsAreOurs(stamp)) {
       this.idMap.dropped();
-      this.logger.debug(
-        { eventId, tenantId },
-        'delivery resolved against another Redis server’s id map, dropped',
-      );
       delivery.ack();
       return;
     }

@@ -186,28 +186,22 @@ export async function startGateway(
   const startRefused = new Promise<never>((_, reject) => (refuseStart = reject));
   startRefused.catch(() => {});
   /**
-   * Times the queue was found lost, and how many of them the tabs were told of: they are told once every
-   * held user is bound to the new queue, by the rebind started after the latest loss (an earlier one
-   * finishing first must not tell them while the latest is still binding).
+   * Times the queue was found lost, and the latest loss after which every held key was bound again and
+   * the tabs told, by the rebind started after it (an earlier one finishing first must not tell them while
+   * the latest is still binding). A queue that outlived a drop still has every binding confirmed before
+   * it: binding thousands of keys again would keep the node unready for seconds, for nothing.
    */
   let queueLosses = 0;
-  let lossesTold = 0;
-  /**
-   * The losses after which every held key was bound again (by a rebind that finished). A queue that
-   * outlived a drop still has every binding confirmed before it: binding thousands of keys again would
-   * keep the node unready for seconds, for nothing.
-   */
   let lossesRebound = 0;
   /** Returns whether the held keys were bound again. */
   const rebind = async (): Promise<boolean> => {
     const losses = queueLosses;
     const keysLost = losses !== lossesRebound;
     await registry.rebindAll(keysLost);
-    if (losses > lossesRebound) lossesRebound = losses;
-    if (losses === lossesTold || losses !== queueLosses) return keysLost;
-    lossesTold = losses;
+    if (!keysLost || losses !== queueLosses) return keysLost;
+    lossesRebound = losses;
     eventsMissed('the node queue was lost');
-    return keysLost;
+    return true;
   };
   const consumer = new Consumer(
     broker,
@@ -256,16 +250,13 @@ export async function startGateway(
   let draining = false;
   // Lost deliveries (dropped by the broker from a full queue, or rejected by a handler that threw: both are
   // dead-lettered to the dropped queue) are told to the tabs, a run of them in one notice.
-  const dropNotices = new DropNotices(DROPPED_NOTICE_MS, (why) => {
+  const tellTabs = (why: string): void => {
     if (!draining) eventsMissed(why);
-  });
+  };
+  const dropNotices = new DropNotices(DROPPED_NOTICE_MS, tellTabs);
   // Drops for the id map gathered over a longer window: while a node cannot verify its bits it drops every
   // node-routed delivery, and its tabs are told every few seconds, not five times a second.
-  const idMapNotices = new DropNotices(ID_MAP_NOTICE_MS, (why) => {
-    if (draining) return;
-    logger.warn({ why }, 'node-routed deliveries dropped: resolved against another Redis server’s id map');
-    eventsMissed(why);
-  });
+  const idMapNotices = new DropNotices(ID_MAP_NOTICE_MS, tellTabs);
   const droppedConsumer = new Consumer(
     broker,
     {

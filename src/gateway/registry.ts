@@ -264,7 +264,7 @@ export class ConnectionRegistry<T extends RegisteredTab> {
    * After a reconnect: tries again at once the unbinds that failed while the broker was away, and with
    * `keysLost` (the queue was lost, and its bindings with it) binds every held key again.
    */
-  async rebindAll(keysLost = true): Promise<void> {
+  async rebindAll(keysLost: boolean): Promise<void> {
     const entries = [...this.users.values()];
     for (const entry of entries) {
       if (!entry.stray || entry.bound || entry.tabs.size > 0) continue;

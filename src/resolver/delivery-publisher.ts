@@ -106,13 +106,12 @@ export class DeliveryPublisher {
   publish(delivery: Delivery, recipients: Bitmap, online: OnlineSet): Promise<number> {
     const headers: Headers = { [DeliveryHeader.Tenant]: delivery.tenantId };
     if (delivery.jobId) headers[DeliveryHeader.Job] = delivery.jobId;
+    // Bits name the recipients only when node-routed; user keys name them themselves.
+    if (this.routing === 'nodes' && delivery.idMap !== undefined)
+      headers[DeliveryHeader.IdMap] = delivery.idMap;
     const messages: Message[] =
       this.routing === 'nodes'
-        ? this.byNode(
-            recipients,
-            online,
-            delivery.idMap === undefined ? headers : { ...headers, [DeliveryHeader.IdMap]: delivery.idMap },
-          )
+        ? this.byNode(recipients, online, headers)
         : chunkKeys(online.keysOf(recipients), this.headerBudget(), this.maxRecipients).map(
             ([first, ...cc]) => ({ routingKey: first as string, cc, headers }),
           );

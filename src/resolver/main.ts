@@ -164,11 +164,7 @@ export async function startResolver(
     }
   }
   // First on every connect: dead letters and deliveries may be published before a consumer has declared.
-  await broker.onConnect(async (model) => {
-    const channel = await model.createChannel();
-    await declared(channel);
-    await channel.close();
-  });
+  await broker.onConnect((model) => declareTopologyOn(model, names));
   await publisher.start();
   await consumer.start();
   await membershipConsumer.start();

@@ -5,7 +5,7 @@ import { PUBLISH_ID_HEADER, type Publisher } from '../broker/publisher.js';
 import type { TopologyNames } from '../broker/topology.js';
 import { DeadLetterHeader, RetryHeader } from '../protocol/delivery.js';
 import type { MembershipChange, ModelEvent } from '../protocol/schemas.js';
-import { ErrorCode, WarrenError, errorMessage } from '../shared/errors.js';
+import { ErrorCode, errorMessage, isWarrenError } from '../shared/errors.js';
 import { fulfilsWithin, sleep } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import { StaleMembershipTerm, type MembershipStore } from '../store/membership-store.js';
@@ -522,7 +522,7 @@ export class ResolverWorker {
         { err: errorMessage(error), eventId: message.properties.messageId as unknown },
         'retry queue did not take an event; requeued after a pause',
       );
-      if (error instanceof WarrenError && error.code === ErrorCode.Unroutable) await this.redeclare();
+      if (isWarrenError(error, ErrorCode.Unroutable)) await this.redeclare();
       await sleep(REQUEUE_PAUSE_MS);
       if (delivery.live) metrics.events.inc({ outcome: 'requeued' });
       delivery.requeue();
@@ -593,7 +593,7 @@ export class ResolverWorker {
     let queueMissing = false;
     const copied = await copy()
       .catch(async (error: unknown) => {
-        if (!(error instanceof WarrenError && error.code === ErrorCode.Unroutable)) throw error;
+        if (!isWarrenError(error, ErrorCode.Unroutable)) throw error;
         queueMissing = true;
         logger.warn({ queue: names.dead }, 'dead-letter queue missing; declaring the topology again');
         await this.redeclare();

@@ -2,7 +2,7 @@ import type { MembershipChange } from '../protocol/schemas.js';
 import { ErrorCode, WarrenError } from '../shared/errors.js';
 import { LOG_MAX_LEN } from './change-log.js';
 import type { Keys } from './keys.js';
-import type { WarrenRedis } from './redis.js';
+import { redisReady, type WarrenRedis } from './redis.js';
 
 /** A membership change refused because another resolver has taken the tenant's queue since. */
 export class StaleMembershipTerm extends Error {
@@ -87,7 +87,7 @@ export class MembershipStore {
     // A term must be taken when asked for, never later: ioredis resends, after a reconnect, a command
     // whose reply was lost and one queued while it was offline. Taken late, after another resolver's, it
     // would be the newest and let this resolver re-apply a change the other has since undone.
-    if (this.redis.status !== 'ready') {
+    if (!redisReady(this.redis)) {
       throw new WarrenError(ErrorCode.RedisUnavailable, 'Redis is not connected: no membership term taken', {
         retryable: true,
       });

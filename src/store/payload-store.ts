@@ -1,6 +1,6 @@
 import { createHmac, randomBytes } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import { ErrorCode, WarrenError } from '../shared/errors.js';
+import { ErrorCode, isWarrenError, WarrenError } from '../shared/errors.js';
 import { withTimeout } from '../shared/lifecycle.js';
 import type { Keys } from './keys.js';
 import { redisReady } from './redis.js';
@@ -68,7 +68,7 @@ export class PayloadStore {
       );
     const sent = command();
     return withTimeout(sent, ms, what).catch((error: unknown) => {
-      if (error instanceof WarrenError && error.code === ErrorCode.Timeout) {
+      if (isWarrenError(error, ErrorCode.Timeout)) {
         // Hung until it answers this one (or the connection drops and fails it).
         this.unanswered += 1;
         void sent.then(

@@ -127,7 +127,7 @@ describe('ConnectionRegistry: an unbind that fails', () => {
 
       // The broker is back long before the next grace period would try again.
       fail = false;
-      await registry.rebindAll();
+      await registry.rebindAll(true);
       await registry.entry(key)?.chain;
       expect(registry.entry(key)).toBeUndefined();
       expect(attempts).toEqual([key, key]);
@@ -288,7 +288,7 @@ describe('ConnectionRegistry: steps that race', () => {
       const first = tab('t1', 'acme', 'ann');
       await registry.add(first);
       registry.remove(first);
-      const rebinding = registry.rebindAll();
+      const rebinding = registry.rebindAll(true);
       // The grace period ends while the rebind is on its way.
       await vi.advanceTimersByTimeAsync(1000);
       expect(ops).toEqual([`bind ${key}`, `bind ${key}`]);
@@ -390,7 +390,7 @@ describe('ConnectionRegistry: the broker side does not wait for Redis', () => {
     await registry.add(first);
     registry.remove(first);
     const outcome = await Promise.race([
-      registry.rebindAll().then(() => 'rebound'),
+      registry.rebindAll(true).then(() => 'rebound'),
       new Promise((r) => setTimeout(() => r('stuck behind Redis'), 500)),
     ]);
     expect(outcome).toBe('rebound');
