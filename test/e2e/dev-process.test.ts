@@ -34,7 +34,7 @@ describe('warren dev as a process', () => {
     await cleanRedis(prefix, payloadRedisUrl());
   });
 
-  it('prints a token that works, routes a demo event with its payload through the payload Redis, and stops on SIGTERM', async () => {
+  it('prints a token that works, routes a demo event with its payload through the payload Redis, and stops on Ctrl-C (SIGINT)', async () => {
     prefix = testPrefix('dev-process');
     dev = WarrenProcess.start(['dev'], {
       WARREN_PREFIX: prefix,
@@ -97,7 +97,7 @@ describe('warren dev as a process', () => {
     // Ctrl-C: the tab is told to reconnect elsewhere, the node's queue goes, the process exits cleanly.
     const queue = dev.logged('listening')?.['queue'];
     expect(queue).toMatch(new RegExp(`^${prefix}\\.gw\\.`));
-    expect(await dev.stop()).toBe(0);
+    expect(await dev.stop('SIGINT')).toBe(0);
     expect(await alice.closed).toBe(4100);
     const probe = await BrokerProbe.open();
     try {

@@ -259,8 +259,8 @@ describe('claim check while the payloads’ own Redis is away', () => {
       'the large inline event put aside',
     );
     await eventually(
-      async () => (await counter(resolver, 'warren_resolver_events_total', { outcome: 'retried' })) > 0,
-      'events put aside',
+      async () => (await counter(resolver, 'warren_resolver_events_total', { outcome: 'retried' })) >= 2,
+      'both events put aside',
     );
     expect(await counter(resolver, 'warren_resolver_events_total', { outcome: 'requeued' })).toBe(0);
 

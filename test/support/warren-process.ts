@@ -64,8 +64,9 @@ export class WarrenProcess {
     await this.exited;
   }
 
-  async stop(): Promise<number | null> {
-    if (this.child.exitCode === null) this.child.kill('SIGTERM');
+  /** Stops as an orchestrator does (SIGTERM) or a person at the terminal (Ctrl-C, SIGINT). */
+  async stop(signal: 'SIGTERM' | 'SIGINT' = 'SIGTERM'): Promise<number | null> {
+    if (this.child.exitCode === null) this.child.kill(signal);
     return this.exited;
   }
 }

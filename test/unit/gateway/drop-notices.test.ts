@@ -24,6 +24,25 @@ describe('DropNotices', () => {
     expect(told[1]).toBe("this node's queue was full and the broker dropped 1 delivery");
   });
 
+  it('tells deliveries dropped for the id map apart from those the broker dropped', () => {
+    const told: string[] = [];
+    const notices = new DropNotices(5000, (why) => told.push(why));
+    notices.record('id_map_changed');
+    notices.record('id_map_changed');
+    vi.advanceTimersByTime(4999);
+    expect(told).toEqual([]);
+    vi.advanceTimersByTime(1);
+    expect(told).toEqual([
+      '2 deliveries resolved against ids this node could not take as its own were dropped',
+    ]);
+    notices.record('id_map_changed');
+    notices.record('rejected');
+    vi.advanceTimersByTime(5000);
+    expect(told[1]).toBe(
+      'this node failed on 1 delivery; 1 delivery resolved against ids this node could not take as its own were dropped',
+    );
+  });
+
   it('tells nothing once closed, also of what was waiting', () => {
     const told: string[] = [];
     const notices = new DropNotices(200, (why) => told.push(why));
