@@ -49,7 +49,7 @@ export const APPLY_MEMBERSHIP = `${APPEND}
 local tag, maxlen, mode, term = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if term ~= '' and tonumber(redis.call('GET', KEYS[6]) or '0') ~= tonumber(term) then return -1 end
 local changed = 0
-for i = 5, #ARGV, 4 do
+local function applyAt(i)
   local kind, op, a, b = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local v = tonumber(op)
   if kind == 'gt' then
@@ -77,7 +77,21 @@ for i = 5, #ARGV, 4 do
     end
   end
 end
-if mode == 'bulk' and changed > 0 then append(KEYS[4], KEYS[5], maxlen, 'o', 'rl') end
+-- Redis keeps what a script wrote before it failed: a change refused by Redis (a key of the wrong type)
+-- ends the batch, and a bulk entry is logged for whatever was written before it (also half a 'gt'), or a
+-- resolver would go on serving memberships older than Redis holds.
+local failed
+for i = 5, #ARGV, 4 do
+  local ok, err = pcall(applyAt, i)
+  if not ok then
+    failed = err
+    break
+  end
+end
+if failed or (mode == 'bulk' and changed > 0) then append(KEYS[4], KEYS[5], maxlen, 'o', 'rl') end
+if failed then
+  return redis.error_reply(type(failed) == 'table' and failed.err or tostring(failed))
+end
 return changed
 `;
 

@@ -121,6 +121,54 @@ describe('a resolver’s view of a tenant', () => {
     });
   });
 
+  it('drops what it cached when a bulk change failed half-way, after Redis had applied part of it', async () => {
+    await withWarrenRedis('view-bulk-half', async (redis, keys) => {
+      const { store, view } = await viewWithMember(
+        redis,
+        keys,
+        { tenantId: 't1', op: 'add', kind: 'user-team', userId: 'u', teamId: 't' },
+        { teams: ['t'] },
+      );
+      // Team `broken` has a key of the wrong type: the batch fails there, after u left t.
+      await redis.hset(keys.teamUsers('t1', 'broken'), 'not', 'a bitmap');
+      await expect(
+        store.applyBulk('t1', [
+          { tenantId: 't1', op: 'remove', kind: 'user-team', userId: 'u', teamId: 't' },
+          { tenantId: 't1', op: 'add', kind: 'user-team', userId: 'v', teamId: 'broken' },
+        ]),
+      ).rejects.toThrow(/WRONGTYPE/);
+      expect(await redis.getbit(keys.teamUsers('t1', 't'), 0)).toBe(0);
+      await view.sync();
+      await view.prepare([{ teams: ['t'] }]);
+      expect(view.resolveBits({ teams: ['t'] }).toArray()).toEqual([]);
+    });
+  });
+
+  it('drops what it cached when a single change was half written (a group joining a team)', async () => {
+    await withWarrenRedis('view-each-half', async (redis, keys) => {
+      const { store, view } = await viewWithMember(
+        redis,
+        keys,
+        { tenantId: 't1', op: 'add', kind: 'user-group', userId: 'u', groupId: 'g' },
+        { groups: ['g'] },
+      );
+      await view.prepare([{ teams: ['t'] }]);
+      expect(view.resolveBits({ teams: ['t'] }).toArray()).toEqual([]);
+      // g's list of teams takes t, the reverse list of t cannot: the change fails after its first write.
+      await redis.hset(keys.teamGroups('t1', 't'), 'not', 'a set');
+      await expect(
+        store.apply({ tenantId: 't1', op: 'add', kind: 'group-team', groupId: 'g', teamId: 't' }),
+      ).rejects.toThrow(/WRONGTYPE/);
+      expect(await redis.smembers(keys.groupTeams('t1', 'g'))).toEqual(['t']);
+      // The view no longer trusts what it cached of g and t: it holds what Redis holds, whatever that is.
+      await redis.del(keys.teamGroups('t1', 't'));
+      await redis.sadd(keys.teamGroups('t1', 't'), 'g');
+      await view.sync();
+      await view.prepare([{ teams: ['t'] }]);
+      expect(view.resolveBits({ teams: ['t'] }).toArray()).toHaveLength(1);
+    });
+  });
+
   it('once marked stale (Redis changed under it), starts over from what Redis holds now', async () => {
     await withWarrenRedis('view-stale', async (redis, keys) => {
       const { view } = await viewWithMember(
