@@ -162,6 +162,7 @@ export class Publisher {
     const publishId = options.mandatory ? randomUUID() : undefined;
     if (publishId !== undefined)
       amqpOptions.headers = { ...(options.headers ?? {}), [PUBLISH_ID_HEADER]: publishId };
+    if (this.closed) throw new WarrenError(ErrorCode.Closed, 'the publisher is closed');
     const blocked = this.broker.blocked;
     if (failIfBlocked && blocked !== undefined) {
       throw new WarrenError(
@@ -177,6 +178,8 @@ export class Publisher {
         ? await this.waitForChannel(waitForConnectionMs)
         : undefined);
     if (!channel) {
+      // Closing: trying again cannot help, unlike a connection that is coming back.
+      if (this.closed) throw new WarrenError(ErrorCode.Closed, 'the publisher is closed');
       throw new WarrenError(ErrorCode.BrokerUnavailable, 'not connected to the broker', { retryable: true });
     }
     return new Promise<void>((resolve, reject) => {

@@ -1,6 +1,6 @@
 import type { ConsumeMessage } from 'amqplib';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { WarrenPublisher } from '../../src/sdk/publisher/index.js';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { WarrenPublisher } from '../../src/sdk/publisher/index.js';
 import {
   BrokerProbe,
   cleanRedis,
@@ -9,6 +9,7 @@ import {
   testConfig,
   testPrefix,
 } from '../support/harness.js';
+import { TcpProxy } from '../support/tcp-proxy.js';
 
 describe('publisher SDK: publishEvent validates before sending anything', () => {
   const prefix = testPrefix('sdk');
@@ -76,7 +77,83 @@ describe('publisher SDK: publishEvent validates before sending anything', () => 
   });
 });
 
+describe('publisher SDK: options', () => {
+  it('refuses numbers that are no timeout or size, naming every one, before connecting', async () => {
+    const refused = await WarrenPublisher.connect({
+      // Nothing listens here: the refusal comes before any connection is tried.
+      rabbitmqUrl: 'amqp://127.0.0.1:1',
+      redisUrl: 'redis://127.0.0.1:1',
+      confirmTimeoutMs: Infinity,
+      connectTimeoutMs: 0,
+      claimCheckTtlSec: 1.5,
+      redisTimeoutMs: -1,
+    }).catch((error: unknown) => error);
+    expect(refused).toBeInstanceOf(TypeError);
+    for (const name of ['confirmTimeoutMs', 'connectTimeoutMs', 'claimCheckTtlSec', 'redisTimeoutMs'])
+      expect(String(refused)).toContain(name);
+  });
+});
+
+describe('publisher SDK: Redis that takes the connection and never answers', () => {
+  it('rejects membership changes and large events after redisTimeoutMs, and works again once it answers', async () => {
+    const prefix = testPrefix('sdk-redis-hang');
+    const redisUrl = new URL(inject('redisUrl'));
+    const proxy = await TcpProxy.start(redisUrl.hostname, Number(redisUrl.port || 6379));
+    const warren = await WarrenPublisher.connect({
+      rabbitmqUrl: inject('rabbitmqUrl'),
+      redisUrl: proxy.url(redisUrl),
+      prefix,
+      claimCheckBytes: 10,
+      redisTimeoutMs: 300,
+    });
+    try {
+      proxy.stall();
+      const change = warren.addUserToTeam('acme', 'ann', 'icu').catch((error: unknown) => error);
+      const event = warren
+        .publishEvent({
+          id: 'evt-big',
+          tenantId: 'acme',
+          type: 'doc.attached',
+          audience: { users: ['ann'] },
+          data: { text: 'more than ten bytes' },
+        })
+        .catch((error: unknown) => error);
+      for (const refused of await Promise.all([change, event])) {
+        expect(refused).toMatchObject({ code: 'WARREN_ERR_TIMEOUT' });
+        expect(String(refused)).toMatch(/timed out after 300 ms/);
+      }
+      proxy.flow();
+      expect(await warren.addUserToTeam('acme', 'bob', 'icu')).toBe(true);
+    } finally {
+      await warren.close();
+      await proxy.close();
+      const probe = await BrokerProbe.open();
+      await probe.deleteExchangesAndQueues(prefix);
+      await probe.close();
+      await cleanRedis(prefix);
+    }
+  });
+});
+
 describe('publisher SDK: close', () => {
+  it('tells a publish made while it closes that the publisher is closed, not to try again', async () => {
+    const prefix = testPrefix('sdk-closing');
+    const warren = await connectPublisher(testConfig(prefix));
+    try {
+      const closing = warren.close();
+      const refused = await warren
+        .publishEvent({ id: 'late', tenantId: 'acme', type: 'x', audience: { users: ['ann'] } })
+        .catch((error: unknown) => error);
+      expect(refused).toMatchObject({ code: 'WARREN_ERR_CLOSED', retryable: false });
+      await closing;
+    } finally {
+      const probe = await BrokerProbe.open();
+      await probe.deleteExchangesAndQueues(prefix);
+      await probe.close();
+      await cleanRedis(prefix);
+    }
+  });
+
   it('can be called again, at once or later, and each call resolves once everything is closed', async () => {
     const prefix = testPrefix('sdk-close');
     const warren = await connectPublisher(testConfig(prefix));

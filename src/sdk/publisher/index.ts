@@ -12,6 +12,7 @@ import {
 } from '../../protocol/schemas.js';
 import { isValidId } from '../../protocol/ids.js';
 import { ErrorCode, errorMessage, WarrenError } from '../../shared/errors.js';
+import { withTimeout } from '../../shared/lifecycle.js';
 import { silentLogger, type Logger } from '../../shared/logger.js';
 import { Keys } from '../../store/keys.js';
 import { MembershipStore } from '../../store/membership-store.js';
@@ -58,7 +59,31 @@ export interface PublisherOptions {
    * safe (tabs show each id once). Default 30,000.
    */
   confirmTimeoutMs?: number;
+  /**
+   * How long a call that needs Redis (a membership change, a payload put, `publishEvent` of a large
+   * payload) waits for it before it rejects with WARREN_ERR_TIMEOUT; the change may still be applied, and
+   * applying it again is safe. Default 10,000.
+   */
+  redisTimeoutMs?: number;
   logger?: Logger;
+}
+
+/** The longest delay a Node timer takes; a longer one (or Infinity) fires after 1 ms. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** Every problem with the numeric options, so that a bad one is not taken for a timeout of 1 ms. */
+function badOptions(options: PublisherOptions): string[] {
+  const bad: string[] = [];
+  const check = (name: keyof PublisherOptions, min: number, max = MAX_TIMER_MS): void => {
+    const value = options[name];
+    if (value !== undefined && !(Number.isInteger(value) && Number(value) >= min && Number(value) <= max))
+      bad.push(`${name} must be a whole number from ${min} to ${max} (got ${String(value)})`);
+  };
+  check('claimCheckBytes', 0, Number.MAX_SAFE_INTEGER);
+  check('claimCheckTtlSec', 1, MAX_TIMER_MS);
+  for (const name of ['publishTimeoutMs', 'connectTimeoutMs', 'confirmTimeoutMs', 'redisTimeoutMs'] as const)
+    check(name, 1);
+  return bad;
 }
 
 /** An event as a service writes it; `data` is any JSON value. */
@@ -86,12 +111,17 @@ export class WarrenPublisher {
     private readonly members: MembershipStore,
     private readonly payloads: PayloadStore,
     private readonly settings: Required<
-      Pick<PublisherOptions, 'claimCheckBytes' | 'claimCheckTtlSec' | 'publishTimeoutMs' | 'confirmTimeoutMs'>
+      Pick<
+        PublisherOptions,
+        'claimCheckBytes' | 'claimCheckTtlSec' | 'publishTimeoutMs' | 'confirmTimeoutMs' | 'redisTimeoutMs'
+      >
     >,
   ) {}
 
   static async connect(options: PublisherOptions = {}): Promise<WarrenPublisher> {
     const logger = options.logger ?? silentLogger();
+    const bad = badOptions(options);
+    if (bad.length > 0) throw new TypeError(`WarrenPublisher.connect: ${bad.join('; ')}`);
     for (const name of ['redis', 'payloadRedis'] as const) {
       const keyPrefix = options[name]?.options.keyPrefix;
       if (!keyPrefix) continue;
@@ -133,10 +163,7 @@ export class WarrenPublisher {
         reconnectBaseMs: DEFAULTS.reconnectBaseMs,
         reconnectCapMs: DEFAULTS.reconnectCapMs,
         // An attempt outliving the give-up would keep the process alive (its socket) after the rejection.
-        connectTimeoutMs:
-          typeof options.connectTimeoutMs === 'number' && options.connectTimeoutMs >= 1
-            ? Math.min(DEFAULTS.connectTimeoutMs, options.connectTimeoutMs)
-            : DEFAULTS.connectTimeoutMs,
+        connectTimeoutMs: Math.min(DEFAULTS.connectTimeoutMs, options.connectTimeoutMs ?? Infinity),
         connectionName: 'warren-publisher',
       },
       logger,
@@ -158,14 +185,21 @@ export class WarrenPublisher {
       ownRedis,
       names,
       new MembershipStore(redis, keys),
-      new PayloadStore(payloadRedis, keys),
+      // On a server of their own, payload commands fail at once while it is away (PayloadStore's `own`).
+      new PayloadStore(payloadRedis, keys, payloadRedis !== redis),
       {
         claimCheckBytes: options.claimCheckBytes ?? DEFAULTS.claimCheckBytes,
         claimCheckTtlSec: options.claimCheckTtlSec ?? DEFAULTS.claimCheckTtlSec,
         publishTimeoutMs: options.publishTimeoutMs ?? 10_000,
         confirmTimeoutMs: options.confirmTimeoutMs ?? 30_000,
+        redisTimeoutMs: options.redisTimeoutMs ?? 10_000,
       },
     );
+  }
+
+  /** A Redis call bounded by `redisTimeoutMs`: a Redis that takes the connection but never answers. */
+  private bounded<T>(call: Promise<T>, what: string): Promise<T> {
+    return withTimeout(call, this.settings.redisTimeoutMs, what);
   }
 
   /**
@@ -194,7 +228,10 @@ export class WarrenPublisher {
     }
     if (serialised !== undefined) {
       if (Buffer.byteLength(serialised) > this.settings.claimCheckBytes) {
-        const jobId = await this.payloads.put(envelope.tenantId, serialised, this.settings.claimCheckTtlSec);
+        const jobId = await this.bounded(
+          this.payloads.put(envelope.tenantId, serialised, this.settings.claimCheckTtlSec),
+          'storing the payload in Redis',
+        );
         body = JSON.stringify({ ...envelope, jobId });
       } else {
         // Spliced in rather than serialised a second time along with the envelope.
@@ -228,7 +265,10 @@ export class WarrenPublisher {
     const ttlSec = options.ttlSec ?? this.settings.claimCheckTtlSec;
     if (!Number.isInteger(ttlSec) || ttlSec <= 0)
       throw new WarrenError(ErrorCode.Config, `ttlSec must be a positive integer, got ${ttlSec}`);
-    return this.payloads.put(tenantId, JSON.stringify(data ?? null), ttlSec);
+    return this.bounded(
+      this.payloads.put(tenantId, JSON.stringify(data ?? null), ttlSec),
+      'storing the payload in Redis',
+    );
   }
 
   /** Applies a membership change; resolves once no resolver can use the old membership any more. */
@@ -240,7 +280,7 @@ export class WarrenPublisher {
         `invalid membership change: ${describeIssues(result.error)}`,
       );
     }
-    return this.members.apply(result.data);
+    return this.bounded(this.members.apply(result.data), 'applying the membership change in Redis');
   }
 
   addUserToTeam(tenantId: string, userId: string, teamId: string): Promise<boolean> {
