@@ -139,6 +139,7 @@ export async function startGateway(
    * may then be the old server's, and no node-routed delivery can be decoded against them.
    */
   let bitsCurrent = true;
+  let warnedUnstamped = false;
   const router = new DeliveryRouter(
     registry,
     new RecentDeliveries(g.dedupKeys),
@@ -153,8 +154,17 @@ export async function startGateway(
         // Before presence starts the node holds no user: there is nothing to decode.
         if (!watch) return true;
         if (!bitsCurrent || !watch.settled || stamp === ID_MAP_UNSETTLED) return false;
-        // Unstamped (the resolver cannot read INFO), or this node cannot: nothing to compare.
-        return watch.stamp === undefined || stamp === undefined || stamp === watch.stamp;
+        // This node cannot read INFO: nothing to compare with.
+        if (watch.stamp === undefined) return true;
+        if (stamp === undefined && !warnedUnstamped) {
+          // Its resolver cannot (INFO refused to its Redis user): its bits may be another server's, and
+          // this node cannot tell, so they are not decoded. Said once; every drop is counted.
+          warnedUnstamped = true;
+          logger.error(
+            'node-routed deliveries arrive without the id-map stamp (can every resolver run INFO on Redis?); dropped',
+          );
+        }
+        return stamp === watch.stamp;
       },
       dropped: () => {
         metrics.dropped.inc({ reason: 'id_map_changed' });

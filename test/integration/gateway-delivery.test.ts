@@ -1,11 +1,11 @@
 import { Redis } from 'ioredis';
 import roaring from 'roaring';
-import { afterEach, beforeEach, describe, expect, inject, it } from 'vitest';
+import { afterEach, beforeAll, beforeEach, describe, expect, inject, it } from 'vitest';
 import type { Gateway } from '../../src/gateway/main.js';
 import { DeliveryHeader } from '../../src/protocol/delivery.js';
 import { Keys } from '../../src/store/keys.js';
 import { PresenceStore } from '../../src/store/presence-store.js';
-import { withWarrenCommands } from '../../src/store/redis.js';
+import { serverStamp, withWarrenCommands } from '../../src/store/redis.js';
 import {
   BrokerProbe,
   cleanRedis,
@@ -19,9 +19,22 @@ import {
   type TestTab,
 } from '../support/harness.js';
 
-/** The recipients header of a node-routed delivery to these bits. */
+/** The id-map stamp of the test Redis, as resolvers put it on node-routed deliveries. */
+let stamp: string | undefined;
+beforeAll(async () => {
+  const redis = new Redis(inject('redisUrl'));
+  try {
+    stamp = await serverStamp(redis);
+  } finally {
+    redis.disconnect();
+  }
+  expect(stamp).toBeDefined();
+});
+
+/** The recipients header of a node-routed delivery to these bits, with the stamp of the bits' server. */
 const recipients = (...bits: number[]) => ({
   [DeliveryHeader.Recipients]: Buffer.from(new roaring.RoaringBitmap32(bits).serialize('portable')),
+  [DeliveryHeader.IdMap]: stamp,
 });
 
 /** Two gateway nodes on a fresh prefix per test, tabs opened on either, everything removed afterwards. */
@@ -201,7 +214,7 @@ describe('node-routed deliveries (recipients as bits of the tenant id map)', () 
         prefix(),
         nodes(0),
         { id: 'bad', tenantId: 't1' },
-        { [DeliveryHeader.Recipients]: header },
+        { [DeliveryHeader.Recipients]: header, [DeliveryHeader.IdMap]: stamp },
       );
     await deliver(prefix(), nodes(0), { id: 'good', tenantId: 't1' }, recipients(bitA));
     await eventually(() => a.eventIds().includes('good'), 'the next delivery');
@@ -210,6 +223,25 @@ describe('node-routed deliveries (recipients as bits of the tenant id map)', () 
       await counter(state.gateways[0] as Gateway, 'warren_gateway_refused_total', { reason: 'malformed' }),
     ).toBe(3);
     expect(a.closeCode).toBeUndefined();
+  });
+
+  it('drops a node-routed delivery without the id-map stamp: its bits may be another server’s', async () => {
+    const a = await open(0, 't1', 'A');
+    const bitA = await bitOf('t1', 'A');
+    const { [DeliveryHeader.Recipients]: bits } = recipients(bitA);
+    await deliver(
+      prefix(),
+      nodes(0),
+      { id: 'unstamped', tenantId: 't1' },
+      { [DeliveryHeader.Recipients]: bits },
+    );
+    await deliver(prefix(), nodes(0), { id: 'stamped', tenantId: 't1' }, recipients(bitA));
+    await eventually(() => a.eventIds().includes('stamped'), 'the stamped delivery');
+    expect(a.eventIds()).toEqual(['stamped']);
+    const gateway = state.gateways[0] as Gateway;
+    expect(
+      await counter(gateway, 'warren_gateway_dropped_deliveries_total', { reason: 'id_map_changed' }),
+    ).toBe(1);
   });
 });
 
