@@ -348,11 +348,19 @@ export async function startGateway(
       // resolvers stopped counting this node's users as soon as they saw it, swept or not, and resolved
       // events without them.
       const declaredDead = unknown && !firstBeat;
+      // Not listed yet, and holding users: the first beat failed (Redis away at start) and tabs came
+      // meanwhile. A resolver that built a tenant view then read only the listed nodes' users.
+      const unlisted = unknown && firstBeat && registry.userCount > 0;
       if (declaredDead) missedWhy ??= 'this node had been declared dead';
+      else if (unlisted) missedWhy ??= 'this node was not yet counted when its users came';
       else if (!firstBeat && silentMs >= config.presence.expiryMs)
         missedWhy ??= `this node could not beat for ${silentMs} ms and may have been counted dead`;
-      if (declaredDead) {
-        logger.warn('this node had been declared dead; announcing its users again');
+      if (declaredDead || unlisted) {
+        logger.warn(
+          declaredDead
+            ? 'this node had been declared dead; announcing its users again'
+            : 'this node is counted only now; announcing its users again',
+        );
         reannounceDue = true;
       }
       firstBeat = false;

@@ -1,10 +1,16 @@
+import { Redis } from 'ioredis';
 import { describe, expect, inject, it } from 'vitest';
 import { declareGatewayQueue, declareTopology, topologyNames } from '../../src/broker/topology.js';
+import { startResolver, type Resolver } from '../../src/resolver/main.js';
+import { Keys } from '../../src/store/keys.js';
 import { PresenceStore } from '../../src/store/presence-store.js';
 import {
   BrokerProbe,
   cleanRedis,
+  connectPublisher,
+  counter,
   eventually,
+  testLogger,
   openTab,
   startTestGateway,
   testConfig,
@@ -86,6 +92,52 @@ describe('presence of gateway nodes in Redis', () => {
       await cleanRedis(prefix);
     }
   });
+
+  it('announces its users again when its first beat failed and tabs came before it was counted', async () => {
+    const prefix = testPrefix('presence-unlisted');
+    const keys = new Keys(prefix);
+    const redis = new Redis(inject('redisUrl'));
+    // The list of nodes unreadable as one: the node's first beat fails, as with Redis away at start.
+    await redis.hset(keys.nodes(), 'not', 'a sorted set');
+    const config = testConfig(prefix, { presence: { heartbeatMs: 3000 } });
+    const gateway = await startTestGateway(config);
+    const warren = await connectPublisher(config);
+    let resolver: Resolver | undefined;
+    try {
+      const tab = await openTab(gateway.port, await token({ sub: 'ann', tid: 't1' }));
+      await redis.del(keys.nodes());
+      // A resolver builds t1's view before the node's next beat lists it: ann is not in it.
+      resolver = await startResolver(config, { logger: testLogger(config) });
+      const event = (id: string) => ({ id, tenantId: 't1', type: 'x', audience: { users: ['ann'] } });
+      await warren.publishEvent(event('before'));
+      const started = resolver;
+      await eventually(
+        async () =>
+          (await counter(started, 'warren_resolver_events_total', { outcome: 'no_recipients' })) === 1,
+        'the first event resolved without ann',
+      );
+      // The next beat lists the node, which announces ann again: the view learns of her, and the tab is
+      // told it may have missed events.
+      await eventually(
+        () => tab.frames.some((f) => f.type === 'error' && f.code === 'events_missed'),
+        'events_missed',
+        10_000,
+      );
+      await warren.publishEvent(event('after'));
+      await eventually(() => tab.eventIds().includes('after'), 'the event after the beat');
+      expect(tab.eventIds()).toEqual(['after']);
+      tab.ws.terminate();
+    } finally {
+      await resolver?.close();
+      await warren.close();
+      await gateway.close();
+      redis.disconnect();
+      const probe = await BrokerProbe.open();
+      await probe.deleteExchangesAndQueues(prefix, [gateway.queue]);
+      await probe.close();
+      await cleanRedis(prefix);
+    }
+  }, 30_000);
 
   it('never hands out a bit another user holds, even when the id counter was lost', async () => {
     await withWarrenRedis('presence-idseq', async (redis, keys) => {
