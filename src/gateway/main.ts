@@ -258,6 +258,8 @@ export async function startGateway(
   );
 
   let draining = false;
+  /** Set by the drain's last step, after which the node writes nothing more to its presence. */
+  let presenceGone = false;
   // Lost deliveries (dropped by the broker from a full queue, or rejected by a handler that threw: both are
   // dead-lettered to the dropped queue) are told to the tabs, a run of them in one notice.
   const tellTabs = (why: string): void => {
@@ -327,8 +329,10 @@ export async function startGateway(
   const startedAt = Date.now();
   /** `again`: if a beat is running, run another after it (the interval's ticks just skip). */
   const beat = async (again = false): Promise<void> => {
-    // Draining forgets the node's presence: a beat now would bring it back.
-    if (draining) return;
+    // The drain forgot the node's presence: a beat now would bring it back. Until then it beats, also
+    // while its tabs are being closed: silent for longer than the expiry, it would be counted dead and
+    // its open tabs would get nothing more.
+    if (presenceGone) return;
     // A beat slower than the interval (Redis slow or away) is not overlapped by the next one.
     if (beating) {
       if (again) beatAgain = true;
@@ -342,8 +346,8 @@ export async function startGateway(
         stats,
         config.presence.expiryMs,
       );
-      // Drain began meanwhile and forgot the node's presence: nothing more is written for it.
-      if (draining) return;
+      // The drain forgot the node's presence meanwhile: nothing more is written for it.
+      if (presenceGone) return;
       // Silent for longer than the expiry on Redis's clock (Redis away or slow, the event loop stalled):
       // resolvers stopped counting this node's users as soon as they saw it, swept or not, and resolved
       // events without them.
@@ -370,7 +374,7 @@ export async function startGateway(
         await registry.reannounce();
         // Redis changed during it: part of it went to the server that is gone; the next beat does it again.
         if (generation === serverGeneration) reannounceDue = false;
-        if (draining) return;
+        if (presenceGone) return;
       }
       if (missedWhy !== undefined) {
         const why = missedWhy;
@@ -486,7 +490,15 @@ export async function startGateway(
               await channel.close();
             },
           },
-          { name: 'forget presence', run: () => presence.forgetNode(nodeId) },
+          {
+            name: 'forget presence',
+            run: async () => {
+              presenceGone = true;
+              // A beat under way would list the node again after it is forgotten.
+              while (beating) await sleep(10);
+              await presence.forgetNode(nodeId);
+            },
+          },
         ],
         logger,
       );

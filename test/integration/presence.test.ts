@@ -4,6 +4,7 @@ import { declareGatewayQueue, declareTopology, topologyNames } from '../../src/b
 import { startResolver, type Resolver } from '../../src/resolver/main.js';
 import { Keys } from '../../src/store/keys.js';
 import { PresenceStore } from '../../src/store/presence-store.js';
+import { withWarrenCommands } from '../../src/store/redis.js';
 import {
   BrokerProbe,
   cleanRedis,
@@ -130,6 +131,47 @@ describe('presence of gateway nodes in Redis', () => {
     } finally {
       await resolver?.close();
       await warren.close();
+      await gateway.close();
+      redis.disconnect();
+      const probe = await BrokerProbe.open();
+      await probe.deleteExchangesAndQueues(prefix, [gateway.queue]);
+      await probe.close();
+      await cleanRedis(prefix);
+    }
+  }, 30_000);
+
+  it('keeps beating while a drain closes its tabs over a window longer than the expiry', async () => {
+    const prefix = testPrefix('presence-drain');
+    const expiryMs = 1000;
+    const gateway = await startTestGateway(
+      testConfig(prefix, {
+        presence: { heartbeatMs: 200, expiryMs },
+        gateway: { drainWindowMs: 3000, drainTimeoutMs: 10_000 },
+      }),
+    );
+    const redis = new Redis(inject('redisUrl'));
+    try {
+      const presence = new PresenceStore(withWarrenCommands(redis), new Keys(prefix));
+      const tabs = await Promise.all(
+        Array.from({ length: 20 }, async () => openTab(gateway.port, await token({ sub: 'ann', tid: 't1' }))),
+      );
+      let drained = false;
+      const drain = gateway.drain().then(() => (drained = true));
+      // While any tab is still open, resolvers must go on counting the node (and so ann) alive.
+      let openWhileDead = 0;
+      let checks = 0;
+      while (!drained) {
+        const dead = await presence.deadNodes(expiryMs);
+        const open = tabs.filter((t) => t.closeCode === undefined).length;
+        if (!drained && dead.includes(gateway.nodeId) && open > 0) openWhileDead = open;
+        checks += 1;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      await drain;
+      expect(checks).toBeGreaterThan(15);
+      expect(openWhileDead).toBe(0);
+      for (const tab of tabs) expect(await tab.closed).toBe(4100);
+    } finally {
       await gateway.close();
       redis.disconnect();
       const probe = await BrokerProbe.open();
