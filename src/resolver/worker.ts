@@ -433,7 +433,9 @@ export class ResolverWorker {
         publishing.then(
           (messages) => {
             metrics.deliveries.inc(messages);
-            metrics.events.inc({ outcome: 'routed' });
+            // None: every recipient's node was counted dead while the payload was being stored (the
+            // nodes tell their tabs events_missed when they beat again).
+            metrics.events.inc({ outcome: messages > 0 ? 'routed' : 'no_recipients' });
             delivery.ack();
           },
           (error: unknown) => {
