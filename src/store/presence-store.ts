@@ -1,3 +1,4 @@
+import { bitsOfRedisBitmap } from './bitmap-codec.js';
 import { LOG_MAX_LEN } from './change-log.js';
 import type { Keys } from './keys.js';
 import type { WarrenRedis } from './redis.js';
@@ -133,17 +134,14 @@ export class PresenceStore {
   /** Users of a tenant online on any of `nodeIds`, counted once however many nodes hold them. */
   async onlineCount(tenantId: string, nodeIds: readonly string[]): Promise<number> {
     if (nodeIds.length === 0) return 0;
-    const k = this.keys;
-    const scratch = `${k.online(tenantId, 'status')}:${process.pid}:${Date.now()}`;
-    const sources = nodeIds.map((n) => k.online(tenantId, n));
-    const [, [, count] = []] =
-      (await this.redis
-        .multi()
-        .bitop('OR', scratch, ...sources)
-        .bitcount(scratch)
-        .del(scratch)
-        .exec()) ?? [];
-    return Number(count ?? 0);
+    // Read and joined here, not with BITOP into a scratch key: `warren status` must work against a
+    // replica, or a Redis too full to take a write, when it is most needed.
+    const bitmaps = await Promise.all(
+      nodeIds.map((n) => this.redis.getBuffer(this.keys.online(tenantId, n))),
+    );
+    const online = new Set<number>();
+    for (const bitmap of bitmaps) if (bitmap) for (const bit of bitsOfRedisBitmap(bitmap)) online.add(bit);
+    return online.size;
   }
 
   /** Removes everything a node announced, in every tenant. Idempotent. */

@@ -181,6 +181,33 @@ describe('presence of gateway nodes in Redis', () => {
     }
   }, 30_000);
 
+  it('counts a tenant’s online users over several nodes with reads only (a replica, a full Redis)', async () => {
+    await withWarrenRedis('presence-count', async (redis, keys) => {
+      const presence = new PresenceStore(redis, keys);
+      await presence.online('n1', 'acme', ['ann', 'bob']);
+      await presence.online('n2', 'acme', ['bob', 'cy']);
+      await presence.online('n2', 'globex', ['dee']);
+      // A user allowed to read and nothing else: a write (BITOP into a scratch key) would be refused.
+      const user = `warren-test-ro-${process.pid}`;
+      await redis.call('ACL', 'SETUSER', user, 'on', '>ro-secret', '~*', '+@read', '+@connection');
+      const url = new URL(inject('redisUrl'));
+      url.username = user;
+      url.password = 'ro-secret';
+      const readOnly = new Redis(url.toString());
+      try {
+        await expect(readOnly.set(keys.nodes(), 'x')).rejects.toThrow(/NOPERM/);
+        const counted = new PresenceStore(withWarrenCommands(readOnly), keys);
+        expect(await counted.onlineCount('acme', ['n1', 'n2'])).toBe(3);
+        expect(await counted.onlineCount('acme', ['n2', 'gone'])).toBe(2);
+        expect(await counted.onlineCount('globex', ['n1', 'n2'])).toBe(1);
+        expect(await counted.onlineCount('acme', [])).toBe(0);
+      } finally {
+        readOnly.disconnect();
+        await redis.call('ACL', 'DELUSER', user);
+      }
+    });
+  });
+
   it('never hands out a bit another user holds, even when the id counter was lost', async () => {
     await withWarrenRedis('presence-idseq', async (redis, keys) => {
       const store = new PresenceStore(redis, keys);
