@@ -93,8 +93,9 @@ function readYaml(file: string, label: string, problems: string[]): Tree {
 
 function coerce(field: ConfigField, raw: string): unknown {
   if (field.type === 'number' || field.type === 'integer') {
-    const n = Number(raw);
-    return raw.trim() !== '' && Number.isFinite(n) ? n : raw;
+    // Plain decimal only: Number() would also take 0x1F90 (8080), 1e3, 0b1 and -0 for a port or a size.
+    const plain = field.type === 'integer' ? /^\s*\d+\s*$/ : /^\s*\d+(\.\d+)?\s*$/;
+    return plain.test(raw) ? Number(raw) : raw;
   }
   if (field.type === 'boolean') {
     if (/^(true|1|yes)$/i.test(raw)) return true;

@@ -149,9 +149,10 @@ export const configSchema = z.strictObject({
       lifetimeJitter: z
         .number()
         .min(0)
-        .max(1)
+        // Up to 1 a tab could be closed with 4101 right after its welcome.
+        .max(0.5)
         .default(DEFAULTS.lifetimeJitter)
-        .describe('Fraction of the lifetime spread at random either way.'),
+        .describe('Fraction of the lifetime spread at random either way (at most 0.5).'),
       idleTimeoutSec: z
         .number()
         .int()

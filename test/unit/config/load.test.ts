@@ -143,6 +143,26 @@ describe('loadConfig', () => {
     expect(() => loadConfig({ env: { WARREN_GATEWAY_PREFETCH: '65535' } })).not.toThrow();
   });
 
+  it('takes numbers from the environment in plain decimal only, and a lifetime jitter up to a half', () => {
+    const message = configError(() =>
+      loadConfig({
+        env: {
+          WARREN_GATEWAY_PORT: '0x1F90',
+          WARREN_GATEWAY_UNBIND_GRACE_MS: '-0',
+          WARREN_GATEWAY_IDLE_TIMEOUT_SEC: '1e2',
+          WARREN_GATEWAY_LIFETIME_JITTER: '0.9',
+        },
+      }),
+    );
+    for (const shown of ['"0x1F90"', '"-0"', '"1e2"', 'gateway.lifetimeJitter'])
+      expect(message).toContain(shown);
+    const config = loadConfig({
+      env: { WARREN_GATEWAY_PORT: ' 8081 ', WARREN_GATEWAY_LIFETIME_JITTER: '0.5' },
+    });
+    expect(config.gateway.port).toBe(8081);
+    expect(config.gateway.lifetimeJitter).toBe(0.5);
+  });
+
   it('never shows a key or a password in its message', () => {
     const message = configError(() =>
       loadConfig({
