@@ -126,6 +126,8 @@ async function* readRows(file: string, options: ReadOptions): AsyncGenerator<Imp
         row = parsed as Record<string, unknown>;
       } else {
         const cells = text.split(',').map(unquote);
+        // A row of empty cells (`,,,,`: what spreadsheets save for a formatted empty row) is a blank line.
+        if (cells.every((c) => c === '')) continue;
         if (!header) {
           const problem = headerProblem(cells);
           if (problem) {

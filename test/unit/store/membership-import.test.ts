@@ -46,6 +46,17 @@ describe('membership import: validated once, read again to apply', () => {
     ]);
   });
 
+  it('skips a CSV row of empty cells as a blank line, and counts lines as the file has them', async () => {
+    const file = join(dir, 'commas.csv');
+    writeFileSync(
+      file,
+      'op,tenantId,userId,teamId,groupId\r\nadd,acme,ann,icu,\r\n,,,,\r\n\r\nadd,acme,bob,,\r\n',
+    );
+    const plan = await readMembershipFile(file, { format: 'csv' });
+    // Line 5: bob names neither a team nor a group.
+    expect(plan).toMatchObject({ valid: 1, bad: [{ line: 5 }] });
+  });
+
   it('stops when the file changed after it was validated, whatever the change', async () => {
     const grown = join(dir, 'grown.jsonl');
     writeFileSync(grown, rows(3));
