@@ -22,6 +22,7 @@ export async function runDev(loaded: Readonly<WarrenConfig>): Promise<number> {
   const secret = generated ? randomBytes(24).toString('base64url') : jwt.secret;
   const config = generated ? loadConfig({ overrides: { jwt: { secret } } }) : loaded;
   const logger = createLogger(config.log.level, { mode: 'dev' });
+  const claims = { issuer: config.jwt.issuer, audience: config.jwt.audience };
   const resolver = await startResolver(config, { logger });
   const publisher = await WarrenPublisher.connect({
     rabbitmqUrl: config.rabbitmq.url,
@@ -38,7 +39,7 @@ export async function runDev(loaded: Readonly<WarrenConfig>): Promise<number> {
     logger,
     routes: demoRoutes({
       ...(secret
-        ? { mintToken: (tenantId: string, userId: string) => mintDevToken(secret, tenantId, userId) }
+        ? { mintToken: (tenantId: string, userId: string) => mintDevToken(secret, tenantId, userId, claims) }
         : {}),
       publish: (event) => publisher.publishEvent(event),
       clientBundlePath: join(findPackageRoot(), 'dist', 'client', 'warren-client.js'),
@@ -53,7 +54,7 @@ export async function runDev(loaded: Readonly<WarrenConfig>): Promise<number> {
   const sample = DEMO_DIRECTORY[0];
   const sampleUser = sample?.users[0];
   if (secret && sample && sampleUser) {
-    const token = await mintDevToken(secret, sample.id, sampleUser.id);
+    const token = await mintDevToken(secret, sample.id, sampleUser.id, claims);
     // A secret of the operator's own is never echoed: it may be shared with a real installation.
     if (generated) console.log(`  JWT secret (HS256, generated for this run): ${secret}`);
     console.log(`  Token for user ${sampleUser.id} of tenant ${sample.id} (1 h): ${token}`);

@@ -1,16 +1,27 @@
 import { SignJWT } from 'jose';
 
+export interface DevTokenClaims {
+  /** `iss`, set when the gateway requires one (`jwt.issuer`). */
+  issuer?: string | undefined;
+  /** `aud`, set when the gateway requires one (`jwt.audience`). */
+  audience?: string | undefined;
+  ttlSec?: number;
+}
+
 /** HS256 token for local development and the demo page. Never used outside `warren dev`. */
 export async function mintDevToken(
   secret: string,
   tenantId: string,
   userId: string,
-  ttlSec = 3600,
+  { issuer, audience, ttlSec = 3600 }: DevTokenClaims = {},
 ): Promise<string> {
-  return new SignJWT({ tid: tenantId })
+  const token = new SignJWT({ tid: tenantId })
     .setProtectedHeader({ alg: 'HS256' })
     .setSubject(userId)
     .setIssuedAt()
-    .setExpirationTime(Math.floor(Date.now() / 1000) + ttlSec)
-    .sign(new TextEncoder().encode(secret));
+    .setExpirationTime(Math.floor(Date.now() / 1000) + ttlSec);
+  // Without them, a gateway configured to require them would refuse every demo token with 401.
+  if (issuer !== undefined) token.setIssuer(issuer);
+  if (audience !== undefined) token.setAudience(audience);
+  return token.sign(new TextEncoder().encode(secret));
 }

@@ -46,6 +46,9 @@ describe('warren dev as a process', () => {
       WARREN_CLAIM_CHECK_BYTES: '0',
       WARREN_CLAIM_CHECK_REDIS_URL: payloadRedisUrl(),
       WARREN_GATEWAY_DRAIN_WINDOW_MS: '200',
+      // Required claims: the printed token and the demo page's carry them.
+      WARREN_JWT_ISSUER: 'https://id.example.test',
+      WARREN_JWT_AUDIENCE: 'warren-dev',
     });
     const port = await dev.listening();
     await eventually(() => dev!.lines.some((l) => l.includes('Stop with Ctrl-C')), 'the start-up banner');
