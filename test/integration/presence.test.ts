@@ -11,6 +11,7 @@ import {
   connectPublisher,
   counter,
   eventually,
+  removeInstallation,
   testLogger,
   openTab,
   startTestGateway,
@@ -129,14 +130,8 @@ describe('presence of gateway nodes in Redis', () => {
       expect(tab.eventIds()).toEqual(['after']);
       tab.ws.terminate();
     } finally {
-      await resolver?.close();
-      await warren.close();
-      await gateway.close();
       redis.disconnect();
-      const probe = await BrokerProbe.open();
-      await probe.deleteExchangesAndQueues(prefix, [gateway.queue]);
-      await probe.close();
-      await cleanRedis(prefix);
+      await removeInstallation(prefix, { warren, resolvers: [resolver], gateways: [gateway] });
     }
   }, 30_000);
 
@@ -172,12 +167,8 @@ describe('presence of gateway nodes in Redis', () => {
       expect(openWhileDead).toBe(0);
       for (const tab of tabs) expect(await tab.closed).toBe(4100);
     } finally {
-      await gateway.close();
       redis.disconnect();
-      const probe = await BrokerProbe.open();
-      await probe.deleteExchangesAndQueues(prefix, [gateway.queue]);
-      await probe.close();
-      await cleanRedis(prefix);
+      await removeInstallation(prefix, { gateways: [gateway] });
     }
   }, 30_000);
 
