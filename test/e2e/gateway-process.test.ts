@@ -132,6 +132,11 @@ describe('warren gateway as a process', () => {
     }, 'gw-a alone, still counting ann');
     await probe.deliver(prefix, ['u.acme.ann'], { id: 'still-mine', tenantId: 'acme' });
     await eventually(() => ann.eventIds().includes('still-mine'), 'the delivery at ann’s tab');
+    // Had the second cleared gw-a's presence, the first would have found itself declared dead at its next
+    // beat (every 200 ms) and announced ann again, which the checks above cannot tell from never losing it.
+    await new Promise((r) => setTimeout(r, 1000));
+    expect(first.lines.join('\n')).toContain('"msg":"listening"');
+    expect(first.lines.join('\n')).not.toContain('declared dead');
   }, 60_000);
 
   it('refuses arguments it would ignore: warren gateway --port 9 does not start on another port', async () => {

@@ -156,11 +156,28 @@ describe('publisher SDK: close', () => {
 
   it('can be called again, at once or later, and each call resolves once everything is closed', async () => {
     const prefix = testPrefix('sdk-close');
-    const warren = await connectPublisher(testConfig(prefix));
+    const broker = new URL(inject('rabbitmqUrl'));
+    const redis = new URL(inject('redisUrl'));
+    const toBroker = await TcpProxy.start(broker.hostname, Number(broker.port || 5672));
+    const toRedis = await TcpProxy.start(redis.hostname, Number(redis.port || 6379));
+    const warren = await WarrenPublisher.connect({
+      rabbitmqUrl: toBroker.url(broker),
+      redisUrl: toRedis.url(redis),
+      prefix,
+    });
     try {
+      expect(toBroker.open).toBeGreaterThan(0);
+      expect(toRedis.open).toBeGreaterThan(0);
       await Promise.all([warren.close(), warren.close()]);
+      // Both calls resolved with every connection it opened closed.
+      await eventually(() => toBroker.open === 0 && toRedis.open === 0, 'connections closed');
       await warren.close();
+      await expect(
+        warren.publishEvent({ id: 'late', tenantId: 'acme', type: 'x', audience: { users: ['ann'] } }),
+      ).rejects.toMatchObject({ code: 'WARREN_ERR_CLOSED' });
     } finally {
+      await toBroker.close();
+      await toRedis.close();
       const probe = await BrokerProbe.open();
       await probe.deleteExchangesAndQueues(prefix);
       await probe.close();

@@ -319,6 +319,7 @@ describe('ConnectionRegistry: steps that race', () => {
       registry.remove(first);
       await vi.advanceTimersByTimeAsync(1000);
       // The release's unbind is in flight when the drain starts.
+      expect(failUnbind).toBeDefined();
       const draining = registry.unbindAll();
       failUnbind?.(new Error('broker gone'));
       await vi.advanceTimersByTimeAsync(0);

@@ -184,9 +184,13 @@ describe('tab sharing never crosses users', () => {
     );
     aliceSocket?.event('for-alice');
     bobSocket?.event('for-bob');
-    await new Promise((r) => setTimeout(r, 50));
-    expect(alice.seen).toEqual([{ for: 'alice' }]);
-    expect(bob.seen).toEqual([{ for: 'bob' }]);
+    // Each then gets a second event of its own: a relay of the other's first, sent before it, would be in.
+    aliceSocket?.event('for-alice-2');
+    bobSocket?.event('for-bob-2');
+    await vi.waitFor(() => expect(alice.seen).toHaveLength(2));
+    await vi.waitFor(() => expect(bob.seen).toHaveLength(2));
+    expect(alice.seen).toEqual([{ for: 'alice' }, { for: 'alice' }]);
+    expect(bob.seen).toEqual([{ for: 'bob' }, { for: 'bob' }]);
   });
 
   it.each([
@@ -299,8 +303,10 @@ describe('tab sharing never crosses users', () => {
     FakeSocket.epoch = 'e2';
     FakeSocket.all[0]?.end(4100);
     await vi.waitFor(() => expect(resyncs.leader).toEqual(['new_node']), { timeout: 5000 });
-    await vi.waitFor(() => expect(follower.client.state).toBe('connected'));
-    await new Promise((r) => setTimeout(r, 50));
+    await vi.waitFor(() => expect(resyncs.follower).toEqual(['new_node']));
+    // Once: a later event reaches the follower with no second notice before it.
+    FakeSocket.all[1]?.event('after');
+    await vi.waitFor(() => expect(follower.seen).toHaveLength(1));
     expect(resyncs.follower).toEqual(['new_node']);
   });
 
