@@ -96,8 +96,7 @@ export class PayloadFetcher {
       pending = withTimeout(this.redis.getBuffer(key), this.timeoutMs, `reading payload ${jobId}`).then(
         (value) => {
           this.inflight.delete(key);
-          if (value) this.remember(key, value);
-          return value ?? undefined;
+          return value ? this.remember(key, value) : undefined;
         },
         (error: unknown) => {
           this.inflight.delete(key);
@@ -109,18 +108,23 @@ export class PayloadFetcher {
     return pending;
   }
 
-  private remember(key: string, value: Buffer): void {
+  /** Caches a payload read (unless closed, or too large); returns the buffer to hand out. */
+  private remember(key: string, value: Buffer): Buffer {
     // A read still in flight at close: its payload is handed to its callers, not kept with no sweeper left.
-    if (this.closed || value.byteLength > this.maxBytes) return;
+    if (this.closed || value.byteLength > this.maxBytes) return value;
     const previous = this.cache.get(key);
     if (previous) this.forget(key, previous);
-    this.cache.set(key, { value, storedAt: performance.now() });
+    // A reply that arrived in one socket read is a view of that read's buffer (up to 64 KiB, with other
+    // replies in it): kept as it is, it would hold all of it, beyond what `bytes` counts.
+    const own = value.byteLength < value.buffer.byteLength ? Buffer.from(value) : value;
+    this.cache.set(key, { value: own, storedAt: performance.now() });
     this.bytes += value.byteLength;
     while (this.bytes > this.maxBytes) {
       const oldest = this.cache.entries().next().value;
       if (!oldest) break;
       this.forget(oldest[0], oldest[1]);
     }
+    return own;
   }
 
   private forget(key: string, entry: Cached): void {

@@ -574,6 +574,18 @@ describe('payload fetcher on a real Redis', () => {
     expect(await f.get('t2', 'j1')).toBeUndefined();
   });
 
+  it('keeps a payload in memory of its own, not in the socket read it arrived in', async () => {
+    await redis.set(keys.job('t1', 'doc'), 'd'.repeat(20_000));
+    await redis.set(keys.job('t1', 'note'), 'n'.repeat(100));
+    const { f } = fetcher(1_000_000);
+    // Read together, the two replies may arrive in one read of the socket.
+    const [doc, note] = await Promise.all([f.get('t1', 'doc'), f.get('t1', 'note')]);
+    expect(doc?.byteLength).toBe(20_000);
+    expect(doc?.buffer.byteLength).toBe(20_000);
+    expect(note?.toString()).toBe('n'.repeat(100));
+    expect(f.cachedBytes).toBe(20_100);
+  });
+
   it('keeps the cache within its byte bound, dropping the least recently used payload first', async () => {
     for (const id of ['a', 'b', 'c']) await redis.set(keys.job('t1', id), id.repeat(400));
     const { f } = fetcher(1000);
