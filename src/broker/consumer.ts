@@ -1,6 +1,7 @@
 import type { Channel, ChannelModel, ConsumeMessage } from 'amqplib';
 import { RetrySchedule } from '../shared/backoff.js';
 import { errorMessage } from '../shared/errors.js';
+import { fulfilsWithin } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import type { BrokerConnection } from './connection.js';
 
@@ -129,6 +130,8 @@ export interface ConsumerOptions {
 // Re-subscribing after the broker closed the consumer's channel: first try soon, then back off.
 const RESUBSCRIBE_BASE_MS = 200;
 const RESUBSCRIBE_CAP_MS = 10_000;
+/** How long a cancel or a channel close may take before stopping goes on without its answer. */
+const STOP_STEP_MS = 2000;
 
 /**
  * Consumes one queue with manual acks and a prefetch window, re-subscribing after every reconnect, and
@@ -155,8 +158,9 @@ export class Consumer {
     });
   }
 
-  private async open(model: ChannelModel): Promise<void> {
-    if (this.stopped) return;
+  /** Subscribes on a new channel of `model`; resolves with it, or undefined when stopped meanwhile. */
+  private async open(model: ChannelModel): Promise<Channel | undefined> {
+    if (this.stopped) return undefined;
     const channel = await model.createChannel();
     channel.on('error', (error: Error) => this.logger.warn({ err: error.message }, 'consumer channel error'));
     channel.on('close', () => {
@@ -174,7 +178,7 @@ export class Consumer {
     // Closed (or cancelled) while it prepared: it found no channel to close, and none is to consume now.
     if (this.stopped) {
       await channel.close().catch(() => {});
-      return;
+      return undefined;
     }
     this.channel = channel;
     const isCurrent = (c: Channel): boolean => c === this.channel;
@@ -208,6 +212,7 @@ export class Consumer {
     this.consumerTag = reply.consumerTag;
     // Cancelled while the subscription was on its way: `cancel` had no consumer tag to cancel yet.
     if (this.stopped) await channel.cancel(reply.consumerTag).catch(() => {});
+    return channel;
   }
 
   private resubscribe(reason: string): void {
@@ -223,14 +228,14 @@ export class Consumer {
       if (model === undefined) return this.resubscribe(reason);
       if (attempt === 1) this.logger.warn({ queue: this.options.queue }, `${reason}; re-subscribing`);
       this.open(model)
-        .then(async () => {
+        .then(async (opened) => {
           try {
             await this.options.resubscribed?.();
           } catch (error) {
-            // Subscribed but not set up again (say, users not re-bound): start over, so that it is.
-            const channel = this.channel;
-            this.channel = undefined;
-            await channel?.close().catch(() => {});
+            // Subscribed but not set up again (say, users not re-bound): start over, so that it is. Only
+            // this attempt's channel: a reconnect meanwhile may have subscribed on a new one, set up.
+            if (opened && this.channel === opened) this.channel = undefined;
+            await opened?.close().catch(() => {});
             throw error;
           }
         })
@@ -254,11 +259,15 @@ export class Consumer {
 
   /** Stops receiving new messages; those already received can still be acked. */
   async cancel(): Promise<void> {
+    const again = this.stopped;
     this.stopped = true;
     const { channel, consumerTag } = this;
-    if (channel && consumerTag) {
+    // Cancelled already (close after cancel): not asked, and waited for, twice.
+    if (channel && consumerTag && !again) {
       try {
-        await channel.cancel(consumerTag);
+        // Bounded: a broker that blocks the connection (a resource alarm) reads nothing, not the cancel.
+        if (!(await fulfilsWithin(channel.cancel(consumerTag), STOP_STEP_MS)))
+          this.logger.warn({ queue: this.options.queue }, 'the broker did not answer the cancel; going on');
       } catch (error) {
         this.logger.debug({ err: errorMessage(error) }, 'cancel failed');
       }
@@ -270,7 +279,8 @@ export class Consumer {
     const channel = this.channel;
     this.channel = undefined;
     try {
-      await channel?.close();
+      // Bounded as the cancel: the connection's own close, which follows, ends the channel anyway.
+      if (channel) await fulfilsWithin(channel.close(), STOP_STEP_MS);
     } catch {
       // Already closed with its connection.
     }

@@ -183,15 +183,20 @@ export async function startResolver(
           [
             // First: the port is free again even if a later step hangs past the close timeout.
             { name: 'close http', run: async () => http?.close() },
-            { name: 'stop consuming', run: () => consumer.cancel() },
-            { name: 'stop consuming memberships', run: () => membershipConsumer.cancel() },
+            // Together: on a connection the broker blocks (a resource alarm) each waits out its bound.
+            {
+              name: 'stop consuming',
+              run: () => Promise.all([consumer.cancel(), membershipConsumer.cancel()]),
+            },
             // Before waiting for the batch in hand: one waiting for Redis to settle is woken, and requeued.
             { name: 'stop watching the redis server', run: () => watch.stop() },
             { name: 'finish in-flight', run: () => worker.idle() },
             { name: 'stop liveness', run: () => liveness.stop() },
             { name: 'close publisher', run: () => publisher.close() },
-            { name: 'close consumer', run: () => consumer.close() },
-            { name: 'close membership consumer', run: () => membershipConsumer.close() },
+            {
+              name: 'close consumers',
+              run: () => Promise.all([consumer.close(), membershipConsumer.close()]),
+            },
             { name: 'close broker', run: () => broker.close() },
             { name: 'close redis', run: () => closeRedis(redis) },
             { name: 'close payload redis', run: () => payloadRedis && closeRedis(payloadRedis) },

@@ -19,6 +19,7 @@ import {
   type TestTab,
   removeInstallation,
 } from '../support/harness.js';
+import { TcpProxy } from '../support/tcp-proxy.js';
 
 // A resolution that throws (a bug, state no check foresaw) must not wedge the resolver or loop forever:
 // the event is retried once from a rebuilt view, then dead-lettered with the reason, and the events after
@@ -143,4 +144,26 @@ describe('a resolver whose queue is deleted under it', () => {
       ann.ws.terminate();
     }
   });
+});
+
+describe('a resolver closing while the broker stops answering (as under a resource alarm)', () => {
+  it('goes through every step, bounded, and leaves no connection open', async () => {
+    const prefix = testPrefix('recovery-close');
+    const target = new URL(inject('rabbitmqUrl'));
+    const proxy = await TcpProxy.start(target.hostname, Number(target.port || 5672));
+    try {
+      const resolver = await startTestResolver(testConfig(prefix, { rabbitmq: { url: proxy.url(target) } }));
+      expect(proxy.open).toBeGreaterThan(0);
+      proxy.stall();
+      // Neither the cancels nor the channel closes are ever answered: each step waits out its bound, and
+      // the close ends with the connection torn down, not rejected by its overall timeout half-way.
+      await resolver.close();
+      proxy.flow();
+      await eventually(() => proxy.open === 0, 'the broker connection closed');
+    } finally {
+      proxy.flow();
+      await proxy.close();
+      await removeInstallation(prefix, {});
+    }
+  }, 40_000);
 });
