@@ -285,10 +285,12 @@ export async function startGateway(
     logger,
   );
 
-  // Order matters on every (re)connect: topology, bind channels, queue + consumer, then re-bind held users.
+  // Order matters on every (re)connect: topology, queue + consumer, bind channels (usable from then on:
+  // a tab arriving earlier, after a broker restart, would bind to a queue not declared yet), then re-bind
+  // held users.
   await broker.onConnect((model) => declareTopologyOn(model, names));
-  await pool.start();
   await consumer.start();
+  await pool.start();
   await droppedConsumer.start();
   await broker.onConnect(async () => {
     const keysHeld = registry.boundKeys().length;
