@@ -275,9 +275,11 @@ export class ConnectionRegistry<T extends RegisteredTab> {
     if (!keysLost) return;
     // In each key's own order of broker operations: a release at the end of a grace period must not be
     // overtaken by (or overtake) the bind, or the key could stay bound with no entry left to unbind it.
+    // Keys with tabs too: a first bind in flight now is not `bound` yet, and may have landed on the queue
+    // just before it was lost; whether to bind is decided when its turn comes.
     await Promise.all(
       entries
-        .filter((e) => e.bound)
+        .filter((e) => e.bound || e.tabs.size > 0)
         .map((e) =>
           this.onKey(e, async () => {
             if (e.bound) await this.binder.bind(e.key);

@@ -426,3 +426,33 @@ describe('ConnectionRegistry: the broker side does not wait for Redis', () => {
     }
   });
 });
+
+describe('ConnectionRegistry.rebindAll after the queue was lost', () => {
+  it('binds again a key whose first bind was in flight when the queue went', async () => {
+    const gate = deferred();
+    const binds: string[] = [];
+    let first = true;
+    const registry = registryWith1(
+      {
+        bind: async (key) => {
+          binds.push(key);
+          // The first bind lands on the queue just before it is deleted, and answers afterwards.
+          if (first) {
+            first = false;
+            await gate.promise;
+          }
+        },
+        unbind: async () => {},
+      },
+      60_000,
+    );
+    const adding = registry.add(tab('t1', 'acme', 'ann'));
+    await vi.waitFor(() => expect(binds).toHaveLength(1));
+    // The queue is found lost while that bind is still unanswered.
+    const rebinding = registry.rebindAll(true);
+    gate.resolve();
+    await adding;
+    await rebinding;
+    expect(binds).toEqual([userKey('acme', 'ann'), userKey('acme', 'ann')]);
+  });
+});
