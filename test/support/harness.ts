@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { createServer, type AddressInfo } from 'node:net';
+import { createServer } from 'node:net';
 import amqp, { type Channel, type ChannelModel, type ConsumeMessage } from 'amqplib';
 import { SignJWT } from 'jose';
 import { inject } from 'vitest';
@@ -413,11 +413,21 @@ export async function removeInstallation(
   await cleanRedis(prefix);
 }
 
-/** A free TCP port now (for a node that must be known before it starts). */
+/**
+ * A free TCP port now (for a node that must be known before it starts), below the range the system hands
+ * out for port 0 (32768 and up on Linux): until the node binds it, no test's listener on port 0, nor any
+ * outgoing connection, can be given it meanwhile.
+ */
 export async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
+  for (;;) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000);
+    const server = createServer();
+    const free = await new Promise<boolean>((resolve) => {
+      server.once('error', () => resolve(false));
+      server.listen(port, '127.0.0.1', () => resolve(true));
+    });
+    if (!free) continue;
+    await new Promise((resolve) => server.close(resolve));
+    return port;
+  }
 }
