@@ -116,7 +116,12 @@ export class PayloadFetcher {
     if (previous) this.forget(key, previous);
     // A reply that arrived in one socket read is a view of that read's buffer (up to 64 KiB, with other
     // replies in it): kept as it is, it would hold all of it, beyond what `bytes` counts.
-    const own = value.byteLength < value.buffer.byteLength ? Buffer.from(value) : value;
+    let own = value;
+    if (value.byteLength < value.buffer.byteLength) {
+      // Not Buffer.from: a small one would land in Node's shared pool, a view again.
+      own = Buffer.allocUnsafeSlow(value.byteLength);
+      value.copy(own);
+    }
     this.cache.set(key, { value: own, storedAt: performance.now() });
     this.bytes += value.byteLength;
     while (this.bytes > this.maxBytes) {

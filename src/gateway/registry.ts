@@ -275,17 +275,22 @@ export class ConnectionRegistry<T extends RegisteredTab> {
     if (!keysLost) return;
     // In each key's own order of broker operations: a release at the end of a grace period must not be
     // overtaken by (or overtake) the bind, or the key could stay bound with no entry left to unbind it.
-    // Keys with tabs too: a first bind in flight now is not `bound` yet, and may have landed on the queue
-    // just before it was lost; whether to bind is decided when its turn comes.
-    await Promise.all(
-      entries
-        .filter((e) => e.bound || e.tabs.size > 0)
-        .map((e) =>
-          this.onKey(e, async () => {
-            if (e.bound) await this.binder.bind(e.key);
-          }),
-        ),
-    );
+    const rebind = (e: UserEntry<T>): Promise<void> =>
+      this.onKey(e, async () => {
+        if (e.bound) await this.binder.bind(e.key);
+      });
+    // Keys with tabs whose first bind is in flight (not `bound` yet; it may have landed on the queue just
+    // before it was lost) are bound again after it, but not waited for: a bind queued behind it waits for
+    // the connection this rebind is part of setting up.
+    for (const e of entries)
+      if (!e.bound && e.tabs.size > 0)
+        void rebind(e).catch((error: unknown) =>
+          this.logger.warn(
+            { err: errorMessage(error), key: e.key },
+            'binding again after a queue loss failed',
+          ),
+        );
+    await Promise.all(entries.filter((e) => e.bound).map(rebind));
   }
 
   /** Announces every user with open tabs online again (after this node had been declared dead). */

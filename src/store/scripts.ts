@@ -53,15 +53,14 @@ local function applyAt(i)
   local kind, op, a, b = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local v = tonumber(op)
   if kind == 'gt' then
+    -- Either side counts: one left behind by a change that failed half-way is a change when it is mended.
     local n
     if v == 1 then
-      n = redis.call('SADD', tag .. ':gt:' .. a, b)
-      redis.call('SADD', tag .. ':tg:' .. b, a)
+      n = redis.call('SADD', tag .. ':gt:' .. a, b) + redis.call('SADD', tag .. ':tg:' .. b, a)
     else
-      n = redis.call('SREM', tag .. ':gt:' .. a, b)
-      redis.call('SREM', tag .. ':tg:' .. b, a)
+      n = redis.call('SREM', tag .. ':gt:' .. a, b) + redis.call('SREM', tag .. ':tg:' .. b, a)
     end
-    if n == 1 then
+    if n > 0 then
       changed = changed + 1
       if mode == 'each' then append(KEYS[4], KEYS[5], maxlen, 'o', 'gt', 'a', a, 'b', b, 'c', v) end
     end
@@ -90,7 +89,8 @@ for i = 5, #ARGV, 4 do
 end
 if failed or (mode == 'bulk' and changed > 0) then append(KEYS[4], KEYS[5], maxlen, 'o', 'rl') end
 if failed then
-  return redis.error_reply(type(failed) == 'table' and failed.err or tostring(failed))
+  -- A Redis refusal keeps its code (WRONGTYPE…); a Lua error gets ERR, which callers take as permanent.
+  return redis.error_reply(type(failed) == 'table' and failed.err or ('ERR ' .. tostring(failed)))
 end
 return changed
 `;

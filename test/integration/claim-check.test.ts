@@ -583,6 +583,7 @@ describe('payload fetcher on a real Redis', () => {
     expect(doc?.byteLength).toBe(20_000);
     expect(doc?.buffer.byteLength).toBe(20_000);
     expect(note?.toString()).toBe('n'.repeat(100));
+    expect(note?.buffer.byteLength).toBe(100);
     expect(f.cachedBytes).toBe(20_100);
   });
 

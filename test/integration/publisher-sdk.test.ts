@@ -1,3 +1,4 @@
+import { Redis } from 'ioredis';
 import type { ConsumeMessage } from 'amqplib';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { WarrenPublisher } from '../../src/sdk/publisher/index.js';
@@ -10,6 +11,7 @@ import {
   testPrefix,
 } from '../support/harness.js';
 import { TcpProxy } from '../support/tcp-proxy.js';
+import { Keys } from '../../src/store/keys.js';
 
 describe('publisher SDK: publishEvent validates before sending anything', () => {
   const prefix = testPrefix('sdk');
@@ -87,10 +89,36 @@ describe('publisher SDK: options', () => {
       connectTimeoutMs: 0,
       claimCheckTtlSec: 1.5,
       redisTimeoutMs: -1,
+      // 0: publish at once or fail; allowed.
+      publishTimeoutMs: 0,
     }).catch((error: unknown) => error);
     expect(refused).toBeInstanceOf(TypeError);
     for (const name of ['confirmTimeoutMs', 'connectTimeoutMs', 'claimCheckTtlSec', 'redisTimeoutMs'])
       expect(String(refused)).toContain(name);
+    expect(String(refused)).not.toContain('publishTimeoutMs');
+  });
+
+  it('uses a payloads’ client of the caller’s that connects lazily, on first use', async () => {
+    const prefix = testPrefix('sdk-lazy-payloads');
+    const payloadRedis = new Redis(inject('redisUrl'), { lazyConnect: true });
+    const warren = await WarrenPublisher.connect({
+      rabbitmqUrl: inject('rabbitmqUrl'),
+      redisUrl: inject('redisUrl'),
+      payloadRedis,
+      prefix,
+    });
+    try {
+      expect(payloadRedis.status).toBe('wait');
+      const jobId = await warren.putPayload('acme', { doc: 1 });
+      expect(await payloadRedis.get(new Keys(prefix).job('acme', jobId))).toBe('{"doc":1}');
+    } finally {
+      await warren.close();
+      payloadRedis.disconnect();
+      const probe = await BrokerProbe.open();
+      await probe.deleteExchangesAndQueues(prefix);
+      await probe.close();
+      await cleanRedis(prefix);
+    }
   });
 });
 

@@ -169,6 +169,19 @@ describe('a resolver’s view of a tenant', () => {
     });
   });
 
+  it('counts a half-written change as one when it is applied again once Redis is mended', async () => {
+    await withWarrenRedis('view-half-mended', async (redis, keys) => {
+      const store = new MembershipStore(redis, keys);
+      const join = { tenantId: 't1', op: 'add', kind: 'group-team', groupId: 'g', teamId: 't' } as const;
+      await redis.hset(keys.teamGroups('t1', 't'), 'not', 'a set');
+      await expect(store.apply(join)).rejects.toThrow(/WRONGTYPE/);
+      await redis.del(keys.teamGroups('t1', 't'));
+      // g's side was written the first time, t's only now: a change, logged for resolvers.
+      expect(await store.apply(join)).toBe(true);
+      expect(await redis.smembers(keys.teamGroups('t1', 't'))).toEqual(['g']);
+    });
+  });
+
   it('once marked stale (Redis changed under it), starts over from what Redis holds now', async () => {
     await withWarrenRedis('view-stale', async (redis, keys) => {
       const { view } = await viewWithMember(

@@ -81,8 +81,9 @@ function badOptions(options: PublisherOptions): string[] {
   };
   check('claimCheckBytes', 0, Number.MAX_SAFE_INTEGER);
   check('claimCheckTtlSec', 1, MAX_TIMER_MS);
-  for (const name of ['publishTimeoutMs', 'connectTimeoutMs', 'confirmTimeoutMs', 'redisTimeoutMs'] as const)
-    check(name, 1);
+  // 0: publish at once or fail, without waiting for a lost connection to come back.
+  check('publishTimeoutMs', 0);
+  for (const name of ['connectTimeoutMs', 'confirmTimeoutMs', 'redisTimeoutMs'] as const) check(name, 1);
   return bad;
 }
 
@@ -185,8 +186,9 @@ export class WarrenPublisher {
       ownRedis,
       names,
       new MembershipStore(redis, keys),
-      // On a server of their own, payload commands fail at once while it is away (PayloadStore's `own`).
-      new PayloadStore(payloadRedis, keys, payloadRedis !== redis),
+      // On a server of their own (payloadRedisUrl), payload commands fail at once while it is away
+      // (PayloadStore's `own`). Not for a client of the caller's, which may connect lazily, on first use.
+      new PayloadStore(payloadRedis, keys, payloadRedis !== redis && ownRedis.includes(payloadRedis)),
       {
         claimCheckBytes: options.claimCheckBytes ?? DEFAULTS.claimCheckBytes,
         claimCheckTtlSec: options.claimCheckTtlSec ?? DEFAULTS.claimCheckTtlSec,

@@ -453,6 +453,6 @@ describe('ConnectionRegistry.rebindAll after the queue was lost', () => {
     gate.resolve();
     await adding;
     await rebinding;
-    expect(binds).toEqual([userKey('acme', 'ann'), userKey('acme', 'ann')]);
+    await vi.waitFor(() => expect(binds).toEqual([userKey('acme', 'ann'), userKey('acme', 'ann')]));
   });
 });
