@@ -159,10 +159,10 @@ export class Publisher {
     options: PublishOptions = {},
   ): Promise<void> {
     const { waitForConnectionMs, confirmTimeoutMs, failIfBlocked, ...amqpOptions } = options;
+    if (this.closed) throw new WarrenError(ErrorCode.Closed, 'the publisher is closed');
     const publishId = options.mandatory ? randomUUID() : undefined;
     if (publishId !== undefined)
       amqpOptions.headers = { ...(options.headers ?? {}), [PUBLISH_ID_HEADER]: publishId };
-    if (this.closed) throw new WarrenError(ErrorCode.Closed, 'the publisher is closed');
     const blocked = this.broker.blocked;
     if (failIfBlocked && blocked !== undefined) {
       throw new WarrenError(

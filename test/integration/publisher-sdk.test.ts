@@ -2,16 +2,17 @@ import { Redis } from 'ioredis';
 import type { ConsumeMessage } from 'amqplib';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { WarrenPublisher } from '../../src/sdk/publisher/index.js';
+import { Keys } from '../../src/store/keys.js';
 import {
   BrokerProbe,
   cleanRedis,
   connectPublisher,
   eventually,
+  removeInstallation,
   testConfig,
   testPrefix,
 } from '../support/harness.js';
 import { TcpProxy } from '../support/tcp-proxy.js';
-import { Keys } from '../../src/store/keys.js';
 
 describe('publisher SDK: publishEvent validates before sending anything', () => {
   const prefix = testPrefix('sdk');
@@ -112,12 +113,8 @@ describe('publisher SDK: options', () => {
       const jobId = await warren.putPayload('acme', { doc: 1 });
       expect(await payloadRedis.get(new Keys(prefix).job('acme', jobId))).toBe('{"doc":1}');
     } finally {
-      await warren.close();
+      await removeInstallation(prefix, { warren });
       payloadRedis.disconnect();
-      const probe = await BrokerProbe.open();
-      await probe.deleteExchangesAndQueues(prefix);
-      await probe.close();
-      await cleanRedis(prefix);
     }
   });
 });
@@ -153,12 +150,8 @@ describe('publisher SDK: Redis that takes the connection and never answers', () 
       proxy.flow();
       expect(await warren.addUserToTeam('acme', 'bob', 'icu')).toBe(true);
     } finally {
-      await warren.close();
+      await removeInstallation(prefix, { warren });
       await proxy.close();
-      const probe = await BrokerProbe.open();
-      await probe.deleteExchangesAndQueues(prefix);
-      await probe.close();
-      await cleanRedis(prefix);
     }
   });
 });
@@ -175,10 +168,7 @@ describe('publisher SDK: close', () => {
       expect(refused).toMatchObject({ code: 'WARREN_ERR_CLOSED', retryable: false });
       await closing;
     } finally {
-      const probe = await BrokerProbe.open();
-      await probe.deleteExchangesAndQueues(prefix);
-      await probe.close();
-      await cleanRedis(prefix);
+      await removeInstallation(prefix, {});
     }
   });
 
@@ -206,10 +196,7 @@ describe('publisher SDK: close', () => {
     } finally {
       await toBroker.close();
       await toRedis.close();
-      const probe = await BrokerProbe.open();
-      await probe.deleteExchangesAndQueues(prefix);
-      await probe.close();
-      await cleanRedis(prefix);
+      await removeInstallation(prefix, {});
     }
   });
 });

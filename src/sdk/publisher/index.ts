@@ -143,6 +143,8 @@ export class WarrenPublisher {
       : await createRedis({ url: options.redisUrl ?? DEFAULTS.redisUrl, name: 'warren-publisher', logger });
     if (!options.redis) ownRedis.push(redis);
     let payloadRedis: Redis = options.payloadRedis ?? redis;
+    /** The payloads' server of their own, through a client made here (not one of the caller's). */
+    let ownPayloadServer = false;
     if (!options.payloadRedis && options.payloadRedisUrl !== undefined) {
       try {
         payloadRedis = await createPayloadRedis({
@@ -155,6 +157,7 @@ export class WarrenPublisher {
         throw error;
       }
       ownRedis.push(payloadRedis);
+      ownPayloadServer = true;
     }
     const broker = new BrokerConnection(
       {
@@ -188,7 +191,7 @@ export class WarrenPublisher {
       new MembershipStore(redis, keys),
       // On a server of their own (payloadRedisUrl), payload commands fail at once while it is away
       // (PayloadStore's `own`). Not for a client of the caller's, which may connect lazily, on first use.
-      new PayloadStore(payloadRedis, keys, payloadRedis !== redis && ownRedis.includes(payloadRedis)),
+      new PayloadStore(payloadRedis, keys, ownPayloadServer),
       {
         claimCheckBytes: options.claimCheckBytes ?? DEFAULTS.claimCheckBytes,
         claimCheckTtlSec: options.claimCheckTtlSec ?? DEFAULTS.claimCheckTtlSec,
