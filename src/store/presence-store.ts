@@ -1,3 +1,4 @@
+import roaring from 'roaring';
 import { bitsOfRedisBitmap } from './bitmap-codec.js';
 import { LOG_MAX_LEN } from './change-log.js';
 import type { Keys } from './keys.js';
@@ -139,8 +140,8 @@ export class PresenceStore {
     const bitmaps = await Promise.all(
       nodeIds.map((n) => this.redis.getBuffer(this.keys.online(tenantId, n))),
     );
-    const online = new Set<number>();
-    for (const bitmap of bitmaps) if (bitmap) for (const bit of bitsOfRedisBitmap(bitmap)) online.add(bit);
+    const online = new roaring.RoaringBitmap32();
+    for (const bitmap of bitmaps) if (bitmap) online.addMany(bitsOfRedisBitmap(bitmap));
     return online.size;
   }
 
