@@ -249,7 +249,9 @@ export const configSchema = z.strictObject({
         .int()
         .min(0)
         .default(DEFAULTS.jwtClockToleranceSec)
-        .describe('Clock skew allowed on `exp`/`nbf`.'),
+        .describe(
+          'Clock skew allowed on `nbf`/`iat`. Not on `exp`: a socket closes (4001) when its token expires, and an expired token is refused.',
+        ),
     })
     .prefault({}),
   resolver: z

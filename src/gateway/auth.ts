@@ -96,6 +96,10 @@ export class TokenVerifier {
     if (!isValidId(tid))
       throw new WarrenError(ErrorCode.Unauthorized, 'token `tid` is not a valid tenant id');
     if (typeof exp !== 'number') throw new WarrenError(ErrorCode.Unauthorized, 'token has no `exp`');
+    // The clock tolerance is for `nbf` and `iat`, not for `exp`: a socket closes with 4001 when its token
+    // expires, so one opened on an expired token would get a welcome (its user bound and announced online,
+    // deliveries written to it) and be closed in the same breath.
+    if (exp * 1000 <= Date.now()) throw new WarrenError(ErrorCode.Unauthorized, 'token expired');
     return { userId: sub, tenantId: tid, expiresAt: exp * 1000 };
   }
 }

@@ -192,6 +192,8 @@ export class WsServer {
     registry.add(tab).then(
       () => {
         if (tab.closed) return;
+        // The token ran out while the user was being bound (a slow broker): no welcome, and no delivery.
+        if (Date.now() >= tab.expiresAt) return tab.end(CloseCode.Unauthorized, 'token expired');
         const { history, nodeId, router } = this.deps;
         const offset = router.welcomeOffset(tab.key);
         this.sendFrame(tab, {

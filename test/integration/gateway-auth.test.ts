@@ -3,7 +3,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SignJWT, UnsecuredJWT, exportJWK, importPKCS8 } from 'jose';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { Gateway } from '../../src/gateway/main.js';
 import {
   BrokerProbe,
@@ -12,11 +12,13 @@ import {
   UpgradeRefused,
   counter,
   openTab,
+  removeInstallation,
   startTestGateway,
   testConfig,
   testPrefix,
   token,
 } from '../support/harness.js';
+import { TcpProxy } from '../support/tcp-proxy.js';
 
 const now = () => Math.floor(Date.now() / 1000);
 
@@ -65,6 +67,8 @@ describe('upgrade authentication (HS256)', () => {
       garbage: 'not-a-jwt',
       'wrong secret': await token({ sub: 'u1', tid: 't1', secret: 'another-secret-another-secret' }),
       expired: await token({ sub: 'u1', tid: 't1', expiresIn: -60 }),
+      // Inside jwt.clockToleranceSec (5 s): its socket would be closed with 4001 as soon as it opened.
+      'expired 2 s ago': await token({ sub: 'u1', tid: 't1', expiresIn: -2 }),
       'alg none': new UnsecuredJWT(claims)
         .setSubject('u1')
         .setExpirationTime(now() + 60)
@@ -95,6 +99,34 @@ describe('upgrade authentication (HS256)', () => {
   it('closes a socket with 4001 when its token expires while connected', async () => {
     const tab = await openTab(gateway.port, await token({ sub: 'u1', tid: 't1', expiresIn: 2 }));
     expect(await tab.closed).toBe(4001);
+  });
+});
+
+describe('a token that expires before its tab is welcomed', () => {
+  const prefix = testPrefix('auth-late');
+  let gateway: Gateway | undefined;
+  let proxy: TcpProxy | undefined;
+
+  afterAll(async () => {
+    proxy?.flow();
+    await removeInstallation(prefix, { gateways: gateway ? [gateway] : [] });
+    await proxy?.close();
+  });
+
+  it('closes the tab with 4001 and sends no welcome', async () => {
+    const target = new URL(inject('rabbitmqUrl'));
+    proxy = await TcpProxy.start(target.hostname, Number(target.port || 5672));
+    gateway = await startTestGateway(
+      testConfig(prefix, { rabbitmq: { url: proxy.url(target), heartbeatSec: 0 } }),
+    );
+    // The broker hangs: the user's bind, which comes before the welcome, outlasts the token.
+    proxy.stall();
+    const opening = openTab(gateway.port, await token({ sub: 'u1', tid: 't1', expiresIn: 1 })).catch(
+      (error: unknown) => error,
+    );
+    await new Promise((r) => setTimeout(r, 1500));
+    proxy.flow();
+    expect(String(await opening)).toContain('closed with 4001 before welcome');
   });
 });
 
