@@ -318,6 +318,15 @@ export class DeliveryRouter {
   }
 
   /**
+   * Writes `frames` to one tab, in order, behind whatever is still waiting for it, sharing the per-turn
+   * slice with live deliveries: a wave of tabs resuming with megabytes of history each does not stall the
+   * node (its other deliveries, pings and heartbeat) while it is copied into their sockets.
+   */
+  writeTo(tab: Tab, frames: readonly Uint8Array[]): void {
+    for (const frame of frames) this.writer.write([tab], frame);
+  }
+
+  /**
    * A tab just welcomed (ready): it gets what is in its user's line with the user's other tabs. Deliveries
    * still being read pick it up when they are filled; those already filled, or queued behind, take it now.
    */

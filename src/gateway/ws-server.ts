@@ -50,7 +50,7 @@ export interface WsServerDeps {
   registry: ConnectionRegistry<Tab>;
   history: DeliveryHistory;
   /** Where a new tab's stream starts (see DeliveryRouter.welcomeOffset). */
-  router: Pick<DeliveryRouter, 'welcomeOffset' | 'adopt'>;
+  router: Pick<DeliveryRouter, 'welcomeOffset' | 'adopt' | 'writeTo'>;
   metrics: GatewayMetrics;
   metricsRegistry: Registry;
   limits: WsServerLimits;
@@ -302,14 +302,17 @@ export class WsServer {
       });
       return;
     }
-    for (const frame of frames) if (!tab.write(frame, CloseCode.TooSlow)) return;
-    this.sendFrame(tab, {
-      type: 'resumed',
-      epoch: history.epoch,
-      replayed: frames.length,
-      // How far the replay reached: the welcome's offset (later deliveries came live).
-      offset: tab.welcomeOffset,
-    });
+    const resumed = Buffer.from(
+      encodeFrame({
+        type: 'resumed',
+        epoch: history.epoch,
+        replayed: frames.length,
+        // How far the replay reached: the welcome's offset (later deliveries came live).
+        offset: tab.welcomeOffset,
+      }),
+    );
+    // `resumed` after the last replayed frame, however many turns the replay is spread over.
+    this.deps.router.writeTo(tab, [...frames, resumed]);
   }
 
   private badFrame(tab: Tab, code: FrameErrorCode, message: string): void {

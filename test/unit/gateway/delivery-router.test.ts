@@ -163,3 +163,17 @@ describe('DeliveryRouter, node-routed deliveries stamped with a Redis server', (
     expect(dropped()).toBe(1);
   });
 });
+
+describe('DeliveryRouter.writeTo (resume replays)', () => {
+  it('shares the per-turn slice with live deliveries and keeps the replay in order, its last frame after it', async () => {
+    const { router } = await routerFor('ann', () => 1);
+    const written: string[] = [];
+    const tab = fakeTab('acme', 'bob', written);
+    const large = (n: number) => Buffer.alloc(3 * 1024 * 1024, String(n));
+    router.writeTo(tab, [large(1), large(2), large(3), large(4), Buffer.from('resumed')]);
+    // 12 MiB of replay is not copied into the socket in one turn: about 4 MiB goes now, the rest later.
+    expect(written.length).toBe(2);
+    for (let i = 0; i < 10 && written.length < 5; i += 1) await new Promise((r) => setImmediate(r));
+    expect(written.map((frame) => frame.slice(0, 1))).toEqual(['1', '2', '3', '4', 'r']);
+  });
+});
