@@ -199,14 +199,14 @@ export class DeliveryRouter {
     if (jobId === undefined) {
       const targets = this.targets(tenantId, eventId, keys);
       if (targets.length === 0) return delivery.ack();
-      const offset = this.history.next();
+      const offset = this.history.next(tenantId);
       const frame = this.record(tenantId, eventId, eventType, message.content, targets, offset);
       this.send(frame, offset, targets, delivery);
       return;
     }
     // Its local recipients (tabs open or in grace) take their places in line now, and the event its
     // offset: each tab sees offsets increase, so a resume from the last one seen misses nothing.
-    const offset = this.history.next();
+    const offset = this.history.next(tenantId);
     const places = new Map<string, Place>();
     const behind: Place[] = [];
     for (const key of keys) {
@@ -312,9 +312,9 @@ export class DeliveryRouter {
    * offset instead would let a tab's cursor pass an event that is recorded only later, when its payload
    * arrives: a resume from that cursor would never replay it.
    */
-  welcomeOffset(key: string): number {
+  welcomeOffset(tenantId: string, key: string): number {
     const line = this.lines.get(key);
-    return line ? (line[0] as Place).offset - 1 : this.history.offset;
+    return line ? (line[0] as Place).offset - 1 : this.history.offset(tenantId);
   }
 
   /**
@@ -387,7 +387,7 @@ export class DeliveryRouter {
     const keys = targets.map((target) => target.key);
     // Recorded before the last slice is written: a redelivery meanwhile must not write it again.
     this.recent.record(tenantId, eventId, targets);
-    this.history.add(offset, keys, frame);
+    this.history.add(tenantId, offset, keys, frame);
     return frame;
   }
 

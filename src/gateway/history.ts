@@ -1,9 +1,20 @@
 interface Entry {
+  tenant: string;
   offset: number;
   keys: readonly string[];
   frame: Uint8Array;
   /** What it counts against the byte bound: the frame and its recipient list. */
   cost: number;
+}
+
+/** A tenant's own offsets on this node. */
+interface TenantOffsets {
+  /** The offset of its latest delivery. */
+  last: number;
+  /** The highest offset history has dropped or refused to keep; everything above it that was kept is here. */
+  floor: number;
+  /** The offset it took when the node found it had missed deliveries (see `markGap`); 0 if it never did. */
+  gapAt: number;
 }
 
 /**
@@ -16,17 +27,20 @@ const KEY_BYTES = 32;
 /**
  * The node's recent deliveries, for `resume`: a tab that reconnects to the same node (same epoch) gets
  * what was delivered to its user after the offset it last saw, as long as it is still here. Offsets are
- * the node's own delivery sequence, so they mean nothing on another node: there the answer is
- * `resume_unavailable` and the application resynchronises from its API.
+ * the node's own sequence of its deliveries to each tenant, so they mean nothing on another node: there
+ * the answer is `resume_unavailable` and the application resynchronises from its API.
+ *
+ * Each tenant counts its own: tabs see offsets in every event frame and welcome, and one node-wide count
+ * would tell a user of one tenant how much the node delivered to the others, and when (a ward's burst of
+ * alerts in another hospital is health data too). The bounds are the node's, over all tenants; a tenant
+ * once seen keeps its few numbers for the node's lifetime (a count started again would let a cursor from
+ * before pass events it never saw).
  */
 export class DeliveryHistory {
+  /** In arrival order across tenants, each tenant's entries sorted by its offsets. */
   private readonly entries: Entry[] = [];
   private bytes = 0;
-  private last = 0;
-  /** The highest offset history has dropped or refused to keep; everything above it that was kept is here. */
-  private floor = 0;
-  /** The offset the node took when it found it had missed deliveries (see `markGap`); 0 if it never did. */
-  private gapAt = 0;
+  private readonly tenants = new Map<string, TenantOffsets>();
 
   constructor(
     readonly epoch: string,
@@ -34,91 +48,114 @@ export class DeliveryHistory {
     private readonly maxBytes: number,
   ) {}
 
-  /** The offset of the latest delivery. */
-  get offset(): number {
-    return this.last;
+  private of(tenant: string): TenantOffsets {
+    let offsets = this.tenants.get(tenant);
+    if (!offsets) {
+      offsets = { last: 0, floor: 0, gapAt: 0 };
+      this.tenants.set(tenant, offsets);
+    }
+    return offsets;
+  }
+
+  /** The offset of the tenant's latest delivery. */
+  offset(tenant: string): number {
+    return this.of(tenant).last;
   }
 
   /**
    * The node missed deliveries before now (its queue was lost, or its users were counted offline): they
    * never got offsets, so a resume from any offset before here would replay around a gap it cannot see.
-   * Takes an offset of its own for the gap and returns it: tabs told of the gap resume from it.
+   * Every tenant takes an offset of its own for the gap (`offset(tenant)` after this): tabs told of the
+   * gap resume from it.
    */
-  markGap(): number {
-    this.last += 1;
-    this.gapAt = this.last;
-    this.floor = this.last;
+  markGap(): void {
+    for (const offsets of this.tenants.values()) {
+      offsets.last += 1;
+      offsets.gapAt = offsets.last;
+      offsets.floor = offsets.last;
+    }
     this.entries.length = 0;
     this.bytes = 0;
-    return this.gapAt;
   }
 
-  /** Allocates the next offset (every delivery gets one on arrival, kept in history or not). */
-  next(): number {
-    this.last += 1;
-    return this.last;
+  /** Allocates the tenant's next offset (every delivery gets one on arrival, kept in history or not). */
+  next(tenant: string): number {
+    const offsets = this.of(tenant);
+    offsets.last += 1;
+    return offsets.last;
   }
 
-  add(offset: number, keys: readonly string[], frame: Uint8Array): void {
+  add(tenant: string, offset: number, keys: readonly string[], frame: Uint8Array): void {
     if (this.maxEntries === 0) return;
+    const offsets = this.of(tenant);
     // Older than what history has already given up: a resume from before it is refused anyway.
-    if (offset <= this.floor) return;
+    if (offset <= offsets.floor) return;
     const cost = frame.byteLength + keys.length * KEY_BYTES;
     if (cost > this.maxBytes) {
-      // Not kept, so nothing before it can be replayed without a gap: history starts again after it.
-      const last = this.entries.at(-1)?.offset ?? 0;
-      this.floor = Math.max(this.floor, offset, last);
-      this.entries.length = 0;
-      this.bytes = 0;
+      // Not kept, so nothing of the tenant's before it can be replayed without a gap: its history starts
+      // again after it.
+      let last = 0;
+      for (const entry of this.entries) if (entry.tenant === tenant) last = Math.max(last, entry.offset);
+      offsets.floor = Math.max(offsets.floor, offset, last);
+      this.forget(tenant);
       return;
     }
     // A claim-checked event keeps the offset it got on arrival but is added once its payload is read,
-    // possibly after later ones: entries stay sorted by offset.
+    // possibly after later ones of its tenant: it goes before them, so each tenant's entries stay sorted.
     let at = this.entries.length;
-    while (at > 0 && (this.entries[at - 1] as Entry).offset > offset) at -= 1;
-    this.entries.splice(at, 0, { offset, keys, frame, cost });
+    for (let i = this.entries.length - 1; i >= 0; i -= 1) {
+      const entry = this.entries[i] as Entry;
+      if (entry.tenant !== tenant) continue;
+      if (entry.offset < offset) break;
+      at = i;
+    }
+    this.entries.splice(at, 0, { tenant, offset, keys, frame, cost });
     this.bytes += cost;
     while (this.entries.length > this.maxEntries || this.bytes > this.maxBytes) {
+      // The oldest of its tenant's too (see above).
       const dropped = this.entries.shift();
       if (!dropped) break;
       this.bytes -= dropped.cost;
-      this.floor = Math.max(this.floor, dropped.offset);
+      const owner = this.of(dropped.tenant);
+      owner.floor = Math.max(owner.floor, dropped.offset);
     }
+  }
+
+  /** Drops the tenant's entries. */
+  private forget(tenant: string): void {
+    let kept = 0;
+    for (const entry of this.entries) {
+      if (entry.tenant === tenant) this.bytes -= entry.cost;
+      else this.entries[kept++] = entry;
+    }
+    this.entries.length = kept;
   }
 
   /**
-   * Frames delivered to `key` after `offset` up to `upTo` (the offset a reconnected tab was welcomed at:
-   * what came later was written to it live), or undefined when history does not reach back that far (or
-   * the epoch is another node's).
+   * Frames delivered to `key` (a user of `tenant`) after `offset` up to `upTo` (the offset a reconnected
+   * tab was welcomed at: what came later was written to it live), or undefined when history does not reach
+   * back that far (or the epoch is another node's).
    */
-  since(epoch: string, offset: number, key: string, upTo = this.last): Uint8Array[] | undefined {
+  since(
+    epoch: string,
+    tenant: string,
+    offset: number,
+    key: string,
+    upTo = this.offset(tenant),
+  ): Uint8Array[] | undefined {
     if (epoch !== this.epoch || offset > upTo) return undefined;
+    const offsets = this.of(tenant);
     // Deliveries the node never received came before that point, even for a tab that saw the offset
     // before it.
-    if (offset < this.gapAt) return undefined;
+    if (offset < offsets.gapAt) return undefined;
     if (offset === upTo) return [];
     // Offsets up to the floor may have been dropped (or never kept): from below it there may be a gap.
-    if (this.maxEntries === 0 || offset < this.floor) return undefined;
+    if (this.maxEntries === 0 || offset < offsets.floor) return undefined;
     const frames: Uint8Array[] = [];
-    // Entries are sorted by offset: a tab back after a blip looks only at what came since, not at all of
-    // history (up to a broadcast's thousands of keys per entry).
-    for (let i = this.firstAfter(offset); i < this.entries.length; i += 1) {
-      const entry = this.entries[i] as Entry;
-      if (entry.offset > upTo) break;
+    for (const entry of this.entries) {
+      if (entry.tenant !== tenant || entry.offset <= offset || entry.offset > upTo) continue;
       if (entry.keys.includes(key)) frames.push(entry.frame);
     }
     return frames;
-  }
-
-  /** Index of the first entry with an offset above `offset` (binary search). */
-  private firstAfter(offset: number): number {
-    let low = 0;
-    let high = this.entries.length;
-    while (low < high) {
-      const mid = (low + high) >>> 1;
-      if ((this.entries[mid] as Entry).offset > offset) high = mid;
-      else low = mid + 1;
-    }
-    return low;
   }
 }

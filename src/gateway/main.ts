@@ -178,16 +178,24 @@ export async function startGateway(
    * resynchronise from the application.
    */
   const eventsMissed = (why: string): void => {
-    const offset = history.markGap();
+    history.markGap();
     // Tabs not welcomed yet get a welcome offset past the gap.
     const tabs = registry.allTabs().filter((tab) => tab.ready);
-    const frame = encodeFrame({
-      type: 'error',
-      code: FrameErrorCode.EventsMissed,
-      message: `${why}; events may have been missed: resynchronise`,
-      offset,
-    });
-    for (const tab of tabs) tab.write(frame, CloseCode.TooSlow);
+    // At the gap's offset in each tenant's own count.
+    const frames = new Map<string, string>();
+    for (const tab of tabs) {
+      let frame = frames.get(tab.tenantId);
+      if (frame === undefined) {
+        frame = encodeFrame({
+          type: 'error',
+          code: FrameErrorCode.EventsMissed,
+          message: `${why}; events may have been missed: resynchronise`,
+          offset: history.offset(tab.tenantId),
+        });
+        frames.set(tab.tenantId, frame);
+      }
+      tab.write(frame, CloseCode.TooSlow);
+    }
     logger.warn({ tabs: tabs.length }, `${why}; tabs told to resynchronise`);
   };
   let queueDeclared = false;

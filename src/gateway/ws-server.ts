@@ -195,7 +195,7 @@ export class WsServer {
         // The token ran out while the user was being bound (a slow broker): no welcome, and no delivery.
         if (Date.now() >= tab.expiresAt) return tab.end(CloseCode.Unauthorized, 'token expired');
         const { history, nodeId, router } = this.deps;
-        const offset = router.welcomeOffset(tab.key);
+        const offset = router.welcomeOffset(tab.tenantId, tab.key);
         this.sendFrame(tab, {
           type: 'welcome',
           connectionId: tab.id,
@@ -277,7 +277,7 @@ export class WsServer {
     }
     tab.resumed = true;
     // Up to the welcome's offset: what was delivered since then has already been written to this tab.
-    const frames = history.since(epoch, offset, tab.key, tab.welcomeOffset);
+    const frames = history.since(epoch, tab.tenantId, offset, tab.key, tab.welcomeOffset);
     if (!frames) {
       this.sendFrame(tab, {
         type: 'error',

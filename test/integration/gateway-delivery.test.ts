@@ -206,6 +206,27 @@ describe('node-routed deliveries (recipients as bits of the tenant id map)', () 
     expect(back.eventIds()).toEqual(['missed']);
   });
 
+  it('counts offsets per tenant: a tab learns nothing of how much the node delivers to other tenants', async () => {
+    const busy = await open(0, 't1', 'A');
+    const quiet = await open(0, 't2', 'A');
+    const [bitBusy, bitQuiet] = [await bitOf('t1', 'A'), await bitOf('t2', 'A')];
+    for (const id of ['b1', 'b2', 'b3'])
+      await deliver(prefix(), nodes(0), { id, tenantId: 't1' }, recipients(bitBusy));
+    await eventually(() => busy.eventIds().length === 3, 't1 events');
+    expect(busy.events().map((e) => e.offset)).toEqual([1, 2, 3]);
+    // t1's three deliveries moved nothing in t2's count.
+    const late = await open(0, 't2', 'A');
+    expect([quiet.welcome?.offset, late.welcome?.offset]).toEqual([0, 0]);
+    await deliver(prefix(), nodes(0), { id: 'q1', tenantId: 't2' }, recipients(bitQuiet));
+    await eventually(() => late.eventIds().includes('q1'), 'q1');
+    expect(quiet.events().map((e) => [e.id, e.offset])).toEqual([['q1', 1]]);
+    // A resume in t2 from its welcome replays t2's event only.
+    const back = await open(0, 't2', 'A');
+    back.send({ type: 'resume', epoch: quiet.welcome?.epoch, offset: 0 });
+    await eventually(() => back.frames.some((f) => f.type === 'resumed'), 'resumed');
+    expect(back.eventIds()).toEqual(['q1']);
+  });
+
   it('drops a delivery whose recipients header is not a bitmap, counts it, and keeps serving', async () => {
     const a = await open(0, 't1', 'A');
     const bitA = await bitOf('t1', 'A');
