@@ -273,67 +273,107 @@ export class ResolverWorker {
     // Every tenant's part settles before the batch ends: the next batch must not find one still running on
     // the same view (sync and ensure assume one caller at a time).
     const settled = await Promise.allSettled(
-      [...byTenant].map(async ([tenantId, pending]) => {
-        const view = this.deps.view(tenantId);
-        let prepared = await this.prepare(view, pending);
-        if (prepared === undefined) return;
-        for (const [i, item] of pending.entries()) {
-          // Until the Redis server is known and the view is read from it, in one loop: a re-read may span
-          // another reconnect.
-          for (;;) {
-            // Reconnected to Redis, and the server there has not yet said who it is: what the view read
-            // since may be another server's. Waited for (a change marks the view stale in the same tick).
-            const unsettled = this.deps.serverUnsettled();
-            if (unsettled) {
-              await fulfilsWithin(unsettled, SETTLE_WAIT_MS);
-              // Still unknown (Redis away, or the resolver closing): back to the queue, for later or another.
-              if (this.deps.serverUnsettled()) {
-                for (const rest of pending.slice(i)) rest.delivery.requeue();
-                this.deps.metrics.events.inc({ outcome: 'requeued' }, pending.length - i);
-                return;
-              }
-              continue;
-            }
-            // Redis changed under the batch (restart, failover): the rest is resolved against a view
-            // built from the server there is now.
-            if (!view.isStale) break;
-            prepared = await this.prepare(view, pending.slice(i));
-            if (prepared === undefined) return;
-          }
-          if (prepared.unchecked && item.event.jobId !== undefined) {
-            this.putAside(item.delivery);
-          } else if (prepared.missing.has(item)) {
-            this.track(
-              this.deadLetter(
-                item.delivery,
-                'job_not_found',
-                `job ${item.event.jobId} not found in tenant ${tenantId}`,
-              ),
-            );
-          } else if (!(await this.routeOrRecover(view, item))) {
-            // The view was thrown away: the rest of the batch is resolved against a fresh one, never an
-            // empty one (which would drop its events as having no recipients).
-            const rest = pending.slice(i + 1);
-            if (rest.length === 0) break;
-            prepared = await this.prepare(view, rest);
-            if (prepared === undefined) return;
-          }
-        }
-      }),
+      [...byTenant].map(([tenantId, pending]) => this.resolveTenant(tenantId, pending)),
     );
     const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
     if (failed) throw failed.reason;
   }
 
+  /** Resolves one tenant's events of a batch, in order. */
+  private async resolveTenant(tenantId: string, pending: PendingEvent[]): Promise<void> {
+    const view = this.deps.view(tenantId);
+    let prepared = await this.prepare(view, pending);
+    if (prepared === undefined) return;
+    if ('refused' in prepared) return this.refused(tenantId, pending, prepared.refused);
+    for (const [i, item] of pending.entries()) {
+      // Until the Redis server is known and the view is read from it, in one loop: a re-read may span
+      // another reconnect.
+      for (;;) {
+        // Reconnected to Redis, and the server there has not yet said who it is: what the view read
+        // since may be another server's. Waited for (a change marks the view stale in the same tick).
+        const unsettled = this.deps.serverUnsettled();
+        if (unsettled) {
+          await fulfilsWithin(unsettled, SETTLE_WAIT_MS);
+          // Still unknown (Redis away, or the resolver closing): back to the queue, for later or another.
+          if (this.deps.serverUnsettled()) {
+            for (const rest of pending.slice(i)) rest.delivery.requeue();
+            this.deps.metrics.events.inc({ outcome: 'requeued' }, pending.length - i);
+            return;
+          }
+          continue;
+        }
+        // Redis changed under the batch (restart, failover): the rest is resolved against a view
+        // built from the server there is now.
+        if (!view.isStale) break;
+        prepared = await this.prepare(view, pending.slice(i));
+        if (prepared === undefined) return;
+        if ('refused' in prepared) return this.refused(tenantId, pending.slice(i), prepared.refused);
+      }
+      if (prepared.unchecked && item.event.jobId !== undefined) {
+        this.putAside(item.delivery);
+      } else if (prepared.missing.has(item)) {
+        this.track(
+          this.deadLetter(
+            item.delivery,
+            'job_not_found',
+            `job ${item.event.jobId} not found in tenant ${tenantId}`,
+          ),
+        );
+      } else if (!(await this.routeOrRecover(view, item))) {
+        // The view was thrown away: the rest of the batch is resolved against a fresh one, never an
+        // empty one (which would drop its events as having no recipients).
+        const rest = pending.slice(i + 1);
+        if (rest.length === 0) break;
+        prepared = await this.prepare(view, rest);
+        if (prepared === undefined) return;
+        if ('refused' in prepared) return this.refused(tenantId, rest, prepared.refused);
+      }
+    }
+  }
+
   /**
-   * Syncs the view and loads what the batch needs; undefined when Redis failed (events requeued). `missing`:
+   * Redis refused to read what these events need (a key of the wrong type, say): no wait mends that. Each
+   * event is then tried on its own, so one whose audience names the bad key does not hold up the tenant's
+   * others; one refused on its own is requeued once, then dead-lettered (`resolve_failed`), not retried
+   * forever.
+   */
+  private async refused(tenantId: string, pending: PendingEvent[], error: unknown): Promise<void> {
+    if (pending.length > 1) {
+      for (const one of pending) await this.resolveTenant(tenantId, [one]);
+      return;
+    }
+    const [item] = pending as [PendingEvent];
+    const key = `${tenantId}/${item.event.id}`;
+    const failures = this.resolveFailures.add(key);
+    this.deps.logger.warn(
+      { err: errorMessage(error), tenantId, eventId: item.event.id, failures },
+      'Redis refused to read the event’s audience',
+    );
+    if (failures >= RESOLVE_ATTEMPTS) {
+      this.resolveFailures.forget(() => key);
+      this.track(
+        this.deadLetter(
+          item.delivery,
+          'resolve_failed',
+          `Redis refused to read its audience: ${errorMessage(error)}`,
+        ),
+      );
+      return;
+    }
+    this.deps.metrics.events.inc({ outcome: 'requeued' });
+    item.delivery.requeue();
+  }
+
+  /**
+   * Syncs the view and loads what the batch needs; undefined when Redis failed (events requeued), `refused`
+   * when Redis refused a read (nothing requeued: see `refused`). `missing`:
    * events naming a job that is not there; `unchecked`: the payloads' Redis did not answer (on a server of
    * its own, claimCheck.redisUrl), so the events naming a job wait for it and the others are routed.
    */
   private async prepare(
     view: TenantView,
     pending: PendingEvent[],
-  ): Promise<{ missing: Set<PendingEvent>; unchecked: boolean } | undefined> {
+  ): Promise<{ missing: Set<PendingEvent>; unchecked: boolean } | { refused: unknown } | undefined> {
     for (let attempt = 1; ; attempt += 1) {
       try {
         // Only whether the payload exists: the resolver never reads a claim-checked payload itself. Asked
@@ -362,6 +402,8 @@ export class ResolverWorker {
           unchecked: false,
         };
       } catch (error) {
+        // Not passing (Redis answered, and said no): the caller sorts the events out.
+        if (refusedByRedis(error)) return { refused: error };
         if (attempt >= SYNC_ATTEMPTS) {
           this.deps.logger.warn(
             { err: errorMessage(error), tenantId: view.tenantId },

@@ -327,6 +327,27 @@ describe('malformed input is dead-lettered with its reason, and resolving goes o
     await channel.close();
   });
 
+  it('dead-letters an event whose audience Redis refuses to read, and routes the tenant’s others', async () => {
+    const dead = await probe.deadLetters(prefix);
+    // Team `corrupt` has a key of the wrong type: reading its members fails (WRONGTYPE) however often.
+    const redis = new Redis(inject('redisUrl'));
+    await redis.hset(new Keys(prefix).teamUsers('acme', 'corrupt'), 'not', 'a bitmap');
+    await redis.quit();
+    await warren.publishEvent({
+      ...valid,
+      id: 'to-corrupt',
+      audience: { teams: ['corrupt'], users: ['ann'] },
+    });
+    await warren.publishEvent({ ...valid, id: 'beside-corrupt' });
+    await eventually(() => dead.length === 1, 'the event dead-lettered', 15_000);
+    const headers = dead[0]?.properties.headers ?? {};
+    expect(JSON.parse(dead[0]?.content.toString() ?? '{}')).toMatchObject({ id: 'to-corrupt' });
+    expect(headers['x-warren-code']).toBe('resolve_failed');
+    expect(String(headers['x-warren-reason'])).toContain('WRONGTYPE');
+    await eventually(() => ann.eventIds().includes('beside-corrupt'), 'the tenant’s next event delivered');
+    expect(ann.eventIds()).not.toContain('to-corrupt');
+  });
+
   // Last here: deleting the queue ends the probe's reader on it.
   it('declares the dead-letter queue again when it was deleted, and the dead letter keeps its reason', async () => {
     const channel = await probe.model.createChannel();
