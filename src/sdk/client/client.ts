@@ -68,8 +68,11 @@ export class WarrenClient {
   /** Failed tries to get the token that names this tab's group, and the timer of the next one. */
   private joinFailures = 0;
   private joinTimer: ReturnType<typeof setTimeout> | undefined;
-  /** The user this tab's token names; a relay from anyone else's socket is ignored. */
-  private expected: { sub?: string; tid?: string } | undefined;
+  /**
+   * The user this client is for: the one its token named when it joined its tabs, or the first welcome.
+   * A relay from anyone else's socket is ignored; a welcome of its own for anyone else closes the client.
+   */
+  private expected: Speaker | undefined;
   /** The node (a URL of the list) the trusted leader is on. */
   private leaderUrl: string | undefined;
   /** A follower has accepted its leader's `up` for the expected user: only then are its relays shown. */
@@ -188,18 +191,17 @@ export class WarrenClient {
     }
     if (this.current === ClientState.Closed) return;
     const claims = readClaims(token);
-    const group = typeof this.options.shareAcrossTabs === 'string' ? this.options.shareAcrossTabs : undefined;
-    // Sharing across users would hand one user's events to another: without a group naming the user, or
-    // claims that do, this tab keeps its own socket.
-    if (group === undefined && (!claims?.sub || !claims.tid)) {
+    const group = typeof this.options.shareAcrossTabs === 'string' ? this.options.shareAcrossTabs : '';
+    // Sharing across users would hand one user's events to another: a token that does not say whose it is
+    // (every token the gateway accepts is a JWT naming `tid` and `sub`) keeps this tab on its own socket.
+    if (!claims?.sub || !claims.tid) {
       this.openSocket();
       return;
     }
-    this.expected = claims;
-    // The user is part of the name whenever the token says who it is, even with a group given: tabs of
-    // different users never meet on one channel.
-    const user = claims?.sub && claims.tid ? `${claims.tid}|${claims.sub}` : '';
-    const name = `warren|${this.link.urls.describe()}|${user}|${group ?? ''}`;
+    this.expected = { sub: claims.sub, tid: claims.tid };
+    // The user is part of the name, even with a group given: tabs of different users never meet on one
+    // channel.
+    const name = `warren|${this.link.urls.describe()}|${claims.tid}|${claims.sub}|${group}`;
     this.setRole(TabRole.Follower);
     const alone = (cause: unknown): void => {
       this.share?.close();
@@ -250,13 +252,7 @@ export class WarrenClient {
   private isExpected(who: Speaker | undefined): boolean {
     if (!who) return false;
     const expected = this.expected;
-    if (expected?.sub === undefined || expected.tid === undefined) {
-      // Opaque tokens (the group names the user): the first user this tab hears speak, on its own socket or
-      // its leader's, is the group's; anyone later is someone else.
-      this.expected = { sub: who.sub, tid: who.tid };
-      return true;
-    }
-    return who.sub === expected.sub && who.tid === expected.tid;
+    return expected !== undefined && who.sub === expected.sub && who.tid === expected.tid;
   }
 
   /** Tells followers where the leader stands. */
@@ -271,10 +267,17 @@ export class WarrenClient {
 
   private fromSocket(frame: ServerFrame): void {
     if (frame.type === 'welcome') {
-      // The token now names someone else (another person signed in on this browser): stop speaking for
-      // the group, whose tabs elect a leader of their own user; this tab keeps its socket to itself.
-      // Checked before the welcome is taken in, which may already tell the group something (a resync).
-      if (this.share && !this.isExpected({ tid: frame.tenantId, sub: frame.userId })) this.leaveTabs();
+      const who = { tid: frame.tenantId, sub: frame.userId };
+      // Without tab sharing, the first welcome says who this client is for.
+      this.expected ??= who;
+      // The token now names someone else (another person signed in on this browser): this page was made
+      // for the first user, so nothing of the new one's is shown, and the client closes (a leader hands
+      // its tabs on; they elect one of their own user, or close too when their tokens changed as well).
+      // Checked before the welcome is taken in: no resume, no cursor or dedup carried across users.
+      if (!this.isExpected(who)) {
+        this.identityChanged(who);
+        return;
+      }
       this.welcomed(frame);
       this.announce();
       return;
@@ -283,18 +286,16 @@ export class WarrenClient {
     if (this.handle(frame) && who) this.share?.post({ k: 'frame', who, frame });
   }
 
-  private leaveTabs(): void {
-    this.share?.post({ k: 'down' });
-    this.share?.close();
-    this.share = undefined;
-    this.setRole(TabRole.Own);
+  private identityChanged(who: Speaker): void {
+    const was = this.expected;
     this.emitter.emit(
       'error',
       new WarrenClientError(
-        ClientErrorCode.ShareMismatch,
-        'the token now names another user; tab sharing stopped',
+        ClientErrorCode.IdentityChanged,
+        `the token now names ${who.tid}/${who.sub}, not ${was?.tid ?? '?'}/${was?.sub ?? '?'}: client closed; reload the page or connect again for the new user`,
       ),
     );
+    this.close();
   }
 
   private welcomed(welcome: WelcomeFrame): void {
@@ -326,7 +327,9 @@ export class WarrenClient {
       !this.isExpected(message.who) ||
       (welcome && (welcome.userId !== message.who.sub || welcome.tenantId !== message.who.tid))
     ) {
-      this.leaderTrusted = false;
+      // Ignored, and only that: trust in the leader is not withdrawn, or one stray message on the channel
+      // would silence the real leader's relays until its next `up`. Every relay names its user and is
+      // checked on its own.
       this.emitter.emit(
         'error',
         new WarrenClientError(ClientErrorCode.ShareMismatch, 'a sibling tab relayed another user; ignored'),

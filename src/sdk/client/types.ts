@@ -29,6 +29,12 @@ export const ClientErrorCode = {
   Share: 'share_unavailable',
   /** A tab-sharing sibling announced a different user; its relay is ignored. */
   ShareMismatch: 'share_mismatch',
+  /**
+   * `getToken` came to name another user (someone else signed in on this browser): the client closed
+   * without showing anything of theirs. The page still shows the first user: reload it, or create a new
+   * client for the new user.
+   */
+  IdentityChanged: 'identity_changed',
   /** An error frame from the gateway not covered above (its `code` is in the message). */
   Server: 'server_error',
 } as const;
@@ -94,8 +100,8 @@ export interface ClientOptions {
   getToken: GetToken;
   /**
    * Share one WebSocket among this user's tabs of the same origin: one tab (elected with Web Locks) holds
-   * it and relays over BroadcastChannel. `true` groups tabs by the token's `tid`/`sub` claims; a string
-   * names the group yourself (for opaque tokens: include the user). Default false.
+   * it and relays over BroadcastChannel. Tabs are grouped by the token's `tid`/`sub` claims; a string
+   * separates groups further. A token that is not a readable JWT shares nothing. Default false.
    */
   shareAcrossTabs?: boolean | string;
   /** `protocol` (default) sends the token as `Sec-WebSocket-Protocol: warren, bearer.<jwt>`, `query` as `?token=`. */

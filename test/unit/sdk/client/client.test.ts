@@ -223,6 +223,35 @@ describe('client core (scripted socket, fake timers)', () => {
     expect(second.token).toBe('token-2');
   });
 
+  it('closes, showing nothing, when a new token names another user (someone else signed in)', async () => {
+    const errors: string[] = [];
+    client.on('error', (e) => errors.push(e.code));
+    latest().welcome('e1', 3);
+    latest().event('a', 3);
+    latest().end(4001);
+    const second = await nextAttempt();
+    second.receive({
+      type: 'welcome',
+      connectionId: 'c1',
+      userId: 'u2',
+      tenantId: 't1',
+      gateway: 'gw-1',
+      epoch: 'e1',
+      offset: 9,
+    });
+    expect(second.readyState).toBe(3);
+    second.event('theirs', 10);
+    expect(errors).toEqual(['identity_changed']);
+    expect(client.state).toBe('closed');
+    // No resume for the other user from the first one's cursor, and none of their events shown.
+    expect(second.sent).toEqual([]);
+    expect(events.map((e) => e.id)).toEqual(['a']);
+    expect(client.session).toMatchObject({ userId: 'u1' });
+    expect(ScriptedSocket.all).toHaveLength(2);
+    await vi.advanceTimersByTimeAsync(120_000);
+    expect(ScriptedSocket.all).toHaveLength(2);
+  });
+
   it('fetches a new token after repeated failures before welcome (a browser’s view of HTTP 401)', async () => {
     latest().end(1006);
     expect((await nextAttempt()).token).toBe('token-1');
