@@ -145,6 +145,10 @@ describe('the warren dev demo page and its dev-only endpoints', () => {
     const bob = await openAs('acme-health/bob');
     const carol = await openAs('acme-health/carol');
     expect(await alice.locator('#status-text').textContent()).toContain('Alice Nguyen');
+    // Picking another user only says whom "Switch user" signs in next: the page stays Alice's.
+    await alice.selectOption('#user', 'carol');
+    expect(await alice.locator('#status-text').textContent()).toContain('Alice Nguyen');
+    expect(await alice.locator('#audience').textContent()).toContain('Alice’s tabs');
 
     await alice.selectOption('#team', 'icu');
     await alice.fill('#text', 'Bed 4 needs a check');
@@ -164,6 +168,8 @@ describe('the warren dev demo page and its dev-only endpoints', () => {
     // Carol's own event arrived after Alice's was published: Alice's would be on her page by now if misrouted.
     expect(await feed(carol)).toEqual(['Imaging slot moved']);
     expect(await feed(alice)).toEqual(['Bed 4 needs a check']);
+    // Published as the signed-in Alice, not as the user picked.
+    expect(await bob.locator('#events .event-head').first().textContent()).toContain('from Alice Nguyen');
     expect(await alice.locator('#count').textContent()).toBe('1');
     for (const page of [alice, bob, carol]) await page.context().close();
   });

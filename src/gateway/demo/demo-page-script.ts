@@ -21,6 +21,9 @@ const SAMPLES = ['Bed 4 needs a check', 'New lab results for patient 1182', 'Shi
 let directory = [];
 let client;
 let count = 0;
+// Who the page is signed in as. The pickers only say whom "Switch user" signs in next: until then the
+// status, memberships, names and the publish form stay with the signed-in user.
+let me;
 
 async function api(path, body) {
   const init = body === undefined ? {} : {
@@ -33,8 +36,10 @@ async function api(path, body) {
 
 const tenant = () => directory.find((t) => t.id === $('tenant').value) || directory[0];
 const user = () => tenant().users.find((u) => u.id === $('user').value) || tenant().users[0];
-const teamName = (id) => (tenant().teams.find((t) => t.id === id) || { name: id }).name;
-const userName = (id) => (tenant().users.find((u) => u.id === id) || { name: id }).name;
+// The signed-in user, or while nobody is, the one picked.
+const who = () => me || { t: tenant(), u: user() };
+const teamName = (id) => (who().t.teams.find((t) => t.id === id) || { name: id }).name;
+const userName = (id) => (who().t.users.find((u) => u.id === id) || { name: id }).name;
 const options = (items) => items.map((i) => Object.assign(el('option', '', i.name), { value: i.id }));
 
 function chip(teamId) {
@@ -45,17 +50,19 @@ function chip(teamId) {
 
 function fillUsers() {
   $('user').replaceChildren(...options(tenant().users));
-  $('team').replaceChildren(...options(tenant().teams));
   fillMemberships();
 }
 
 function fillMemberships() {
-  const teams = user().teams;
+  const { t, u } = who();
+  const teams = u.teams;
   $('memberships').replaceChildren(el('span', '', 'Member of'), ...teams.map(chip));
-  if (teams[0]) $('team').value = teams[0];
+  const picked = $('team').value;
+  $('team').replaceChildren(...options(t.teams));
+  $('team').value = t.teams.some((x) => x.id === picked) ? picked : teams[0] || t.teams[0].id;
   const names = teams.map(teamName);
   const list = names.length > 1 ? names.slice(0, -1).join(', ') + ' and ' + names.at(-1) : names[0];
-  $('audience').textContent = 'Events for ' + list + ' reach ' + user().name.split(' ')[0] +
+  $('audience').textContent = 'Events for ' + list + ' reach ' + u.name.split(' ')[0] +
     '’s tabs; events for other teams and organisations never do.';
 }
 
@@ -74,10 +81,10 @@ function showStatus() {
   box.dataset.state = state;
   const text = $('status-text');
   if (!client || state === 'closed') return text.replaceChildren('Not connected');
-  const who = el('strong', '', user().name + ' · ' + tenant().name);
+  const name = el('strong', '', who().u.name + ' · ' + who().t.name);
   const session = client.session;
-  if (state !== 'connected' || !session) return text.replaceChildren(who, ' — ' + state + '…');
-  text.replaceChildren(who, ' — node ', el('span', 'node', session.gateway), ' · ' + ROLE[client.role]);
+  if (state !== 'connected' || !session) return text.replaceChildren(name, ' — ' + state + '…');
+  text.replaceChildren(name, ' — node ', el('span', 'node', session.gateway), ' · ' + ROLE[client.role]);
 }
 
 function addEvent(e) {
@@ -106,6 +113,8 @@ function clearEvents() {
 function disconnect() {
   if (client) client.close();
   client = undefined;
+  me = undefined;
+  fillMemberships();
   $('disconnect').disabled = true;
   $('connect').textContent = 'Connect';
   showStatus();
@@ -116,6 +125,8 @@ function start() {
   clearEvents();
   const t = tenant();
   const u = user();
+  me = { t, u };
+  fillMemberships();
   history.replaceState(null, '', '#' + t.id + '/' + u.id + ($('share').checked ? '' : '/own'));
   client = connect({
     url: (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws',
@@ -142,8 +153,9 @@ async function publish(event) {
   const text = $('text').value.trim() || $('text').placeholder;
   const flash = $('flash');
   try {
-    const { id } = await api('/dev/publish', { tenantId: tenant().id, teamId: $('team').value,
-      type: $('type').value.trim(), text, from: user().id });
+    const { t, u } = who();
+    const { id } = await api('/dev/publish', { tenantId: t.id, teamId: $('team').value,
+      type: $('type').value.trim(), text, from: u.id });
     flash.className = 'flash';
     flash.textContent = 'Published ' + id + ' to ' + teamName($('team').value);
     $('text').value = '';
