@@ -4,7 +4,7 @@ import type { Logger } from '../shared/logger.js';
 import { bitsOfRedisBitmap } from '../store/bitmap-codec.js';
 import { logHead, readLog, type LogEntry, type LogPosition } from '../store/change-log.js';
 import type { Keys } from '../store/keys.js';
-import type { WarrenRedis } from '../store/redis.js';
+import { refusedByRedis, type WarrenRedis } from '../store/redis.js';
 import { MembershipCache } from './membership-cache.js';
 import { IdMapConflict, OnlineSet } from './online-set.js';
 
@@ -15,6 +15,18 @@ const LOG_BATCH = 10_000;
 const ID_BATCH = 10_000;
 // Load-and-sync rounds in one `prepare`: each round only loads groups linked since the previous one.
 const PREPARE_ROUNDS = 10;
+
+/**
+ * Redis refused (a key of the wrong type, say) to read a team or group an audience names: the events naming
+ * it cannot be resolved, the tenant's others can. A refusal reading what every event needs (the change log,
+ * presence, the id map) is not one of these.
+ */
+export class AudienceRefused extends Error {
+  constructor(cause: unknown) {
+    super(cause instanceof Error ? cause.message : String(cause), { cause });
+    this.name = 'AudienceRefused';
+  }
+}
 
 /**
  * Everything a resolver knows about one tenant, kept exact by reading the tenant's change log before each
@@ -166,9 +178,17 @@ export class TenantView {
     const teams = audiences.flatMap((a) => a.teams ?? []);
     const groups = audiences.flatMap((a) => a.groups ?? []);
     this.members.trim();
-    for (let round = 1; (await this.members.ensure(teams, groups)) > 0; round += 1) {
+    for (let round = 1; (await this.ensure(teams, groups)) > 0; round += 1) {
       if (round > PREPARE_ROUNDS) throw new Error('memberships kept changing while they were loaded');
       await this.sync();
+    }
+  }
+
+  private async ensure(teams: string[], groups: string[]): Promise<number> {
+    try {
+      return await this.members.ensure(teams, groups);
+    } catch (error) {
+      throw refusedByRedis(error) ? new AudienceRefused(error) : error;
     }
   }
 

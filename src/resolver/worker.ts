@@ -14,7 +14,7 @@ import { refusedByRedis } from '../store/redis.js';
 import type { DeliveryPublisher } from './delivery-publisher.js';
 import { originOf, parseMessage, type RejectCode } from './message-parser.js';
 import type { ResolverMetrics } from './resolver-metrics.js';
-import type { TenantView } from './tenant-view.js';
+import { AudienceRefused, type TenantView } from './tenant-view.js';
 
 export interface WorkerDeps {
   names: TopologyNames;
@@ -279,11 +279,14 @@ export class ResolverWorker {
     if (failed) throw failed.reason;
   }
 
-  /** Resolves one tenant's events of a batch, in order. */
-  private async resolveTenant(tenantId: string, pending: PendingEvent[]): Promise<void> {
+  /**
+   * Resolves one tenant's events of a batch, in order. False when Redis could not be read (away, unsettled,
+   * or refusing what every event of the tenant needs) and the events not yet handled went back to the queue.
+   */
+  private async resolveTenant(tenantId: string, pending: PendingEvent[]): Promise<boolean> {
     const view = this.deps.view(tenantId);
     let prepared = await this.prepare(view, pending);
-    if (prepared === undefined) return;
+    if (prepared === undefined) return false;
     if ('refused' in prepared) return this.refused(tenantId, pending, prepared.refused);
     for (const [i, item] of pending.entries()) {
       // Until the Redis server is known and the view is read from it, in one loop: a re-read may span
@@ -296,9 +299,8 @@ export class ResolverWorker {
           await fulfilsWithin(unsettled, SETTLE_WAIT_MS);
           // Still unknown (Redis away, or the resolver closing): back to the queue, for later or another.
           if (this.deps.serverUnsettled()) {
-            for (const rest of pending.slice(i)) rest.delivery.requeue();
-            this.deps.metrics.events.inc({ outcome: 'requeued' }, pending.length - i);
-            return;
+            this.requeue(pending.slice(i));
+            return false;
           }
           continue;
         }
@@ -306,7 +308,7 @@ export class ResolverWorker {
         // built from the server there is now.
         if (!view.isStale) break;
         prepared = await this.prepare(view, pending.slice(i));
-        if (prepared === undefined) return;
+        if (prepared === undefined) return false;
         if ('refused' in prepared) return this.refused(tenantId, pending.slice(i), prepared.refused);
       }
       if (prepared.unchecked && item.event.jobId !== undefined) {
@@ -325,22 +327,33 @@ export class ResolverWorker {
         const rest = pending.slice(i + 1);
         if (rest.length === 0) break;
         prepared = await this.prepare(view, rest);
-        if (prepared === undefined) return;
+        if (prepared === undefined) return false;
         if ('refused' in prepared) return this.refused(tenantId, rest, prepared.refused);
       }
     }
+    return true;
+  }
+
+  private requeue(pending: readonly PendingEvent[]): void {
+    for (const p of pending) p.delivery.requeue();
+    this.deps.metrics.events.inc({ outcome: 'requeued' }, pending.length);
   }
 
   /**
-   * Redis refused to read what these events need (a key of the wrong type, say): no wait mends that. Each
-   * event is then tried on its own, so one whose audience names the bad key does not hold up the tenant's
-   * others; one refused on its own is requeued once, then dead-lettered (`resolve_failed`), not retried
-   * forever.
+   * Redis refused to read a team or group these events name (a key of the wrong type, say): no wait mends
+   * that. Each event is then tried on its own, so one whose audience names the bad key does not hold up the
+   * tenant's others; one refused on its own is requeued once, then dead-lettered (`resolve_failed`), not
+   * retried forever. Should Redis become unreadable meanwhile, the rest go back to the queue at once rather
+   * than each waiting out the retries on its own.
    */
-  private async refused(tenantId: string, pending: PendingEvent[], error: unknown): Promise<void> {
+  private async refused(tenantId: string, pending: PendingEvent[], error: unknown): Promise<boolean> {
     if (pending.length > 1) {
-      for (const one of pending) await this.resolveTenant(tenantId, [one]);
-      return;
+      for (const [i, one] of pending.entries()) {
+        if (await this.resolveTenant(tenantId, [one])) continue;
+        this.requeue(pending.slice(i + 1));
+        return false;
+      }
+      return true;
     }
     const [item] = pending as [PendingEvent];
     const key = `${tenantId}/${item.event.id}`;
@@ -358,15 +371,17 @@ export class ResolverWorker {
           `Redis refused to read its audience: ${errorMessage(error)}`,
         ),
       );
-      return;
+      return true;
     }
-    this.deps.metrics.events.inc({ outcome: 'requeued' });
-    item.delivery.requeue();
+    this.requeue([item]);
+    return true;
   }
 
   /**
    * Syncs the view and loads what the batch needs; undefined when Redis failed (events requeued), `refused`
-   * when Redis refused a read (nothing requeued: see `refused`). `missing`:
+   * when Redis refused to read a team or group the audiences name (nothing requeued: see `refused`). A
+   * refusal to read what every event of the tenant needs (its change log, presence, the id map) is retried
+   * and requeued like Redis being away: dead-lettering would throw away events that are fine. `missing`:
    * events naming a job that is not there; `unchecked`: the payloads' Redis did not answer (on a server of
    * its own, claimCheck.redisUrl), so the events naming a job wait for it and the others are routed.
    */
@@ -403,14 +418,14 @@ export class ResolverWorker {
         };
       } catch (error) {
         // Not passing (Redis answered, and said no): the caller sorts the events out.
-        if (refusedByRedis(error)) return { refused: error };
+        if (error instanceof AudienceRefused) return { refused: error.cause };
         if (attempt >= SYNC_ATTEMPTS) {
-          this.deps.logger.warn(
+          const refused = refusedByRedis(error);
+          this.deps.logger[refused ? 'error' : 'warn'](
             { err: errorMessage(error), tenantId: view.tenantId },
-            'cannot sync; requeueing',
+            refused ? 'Redis refuses to read the tenant’s state; requeueing' : 'cannot sync; requeueing',
           );
-          for (const p of pending) p.delivery.requeue();
-          this.deps.metrics.events.inc({ outcome: 'requeued' }, pending.length);
+          this.requeue(pending);
           return undefined;
         }
         await sleep(100 * attempt);

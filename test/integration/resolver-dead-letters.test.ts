@@ -348,6 +348,42 @@ describe('malformed input is dead-lettered with its reason, and resolving goes o
     expect(ann.eventIds()).not.toContain('to-corrupt');
   });
 
+  it('requeues, never dead-letters, events of a tenant whose change log Redis refuses to read', async () => {
+    const dead = await probe.deadLetters(prefix);
+    const before = dead.length;
+    const gus = await openTab(stack.gateway.port, await token({ sub: 'gus', tid: 'globex' }));
+    // The log every globex event is resolved against turns into a key of the wrong type: no event of the
+    // tenant can be resolved, and none is at fault.
+    const redis = new Redis(inject('redisUrl'));
+    const log = new Keys(prefix).log('globex');
+    const entries = await redis.xlen(log);
+    expect(entries).toBeGreaterThan(0);
+    await redis.del(log);
+    await redis.hset(log, 'not', 'a stream');
+    await warren.publishEvent({
+      ...valid,
+      id: 'while-refused',
+      tenantId: 'globex',
+      audience: { users: ['gus'] },
+    });
+    await warren.publishEvent({ ...valid, id: 'acme-meanwhile' });
+    await eventually(() => ann.eventIds().includes('acme-meanwhile'), 'the other tenant’s event delivered');
+    // Passes through the resolver several times over (each pass ~300 ms), and stays in the queue.
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    expect(dead.slice(before)).toEqual([]);
+    expect(gus.eventIds()).toEqual([]);
+
+    await redis.del(log);
+    await redis.quit();
+    await eventually(
+      () => gus.eventIds().includes('while-refused'),
+      'the event delivered once Redis reads again',
+    );
+    expect(gus.eventIds()).toEqual(['while-refused']);
+    expect(dead.slice(before)).toEqual([]);
+    gus.ws.terminate();
+  });
+
   // Last here: deleting the queue ends the probe's reader on it.
   it('declares the dead-letter queue again when it was deleted, and the dead letter keeps its reason', async () => {
     const channel = await probe.model.createChannel();
