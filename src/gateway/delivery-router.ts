@@ -206,10 +206,13 @@ export class DeliveryRouter {
     }
     // Its local recipients (tabs open or in grace) take their places in line now, and the event its
     // offset: each tab sees offsets increase, so a resume from the last one seen misses nothing.
+    // A user of another tenant is refused now, and takes no place: its line would hold its own tenant's
+    // deliveries behind this one, and welcome its new tabs at this tenant's offsets.
+    const ours = this.withoutStrays(tenantId, eventId, keys);
     const offset = this.history.next(tenantId);
     const places = new Map<string, Place>();
     const behind: Place[] = [];
-    for (const key of keys) {
+    for (const key of ours) {
       if (key === undefined || places.has(key) || !this.registry.entry(key)) continue;
       const place: Place = { offset, ready: false };
       places.set(key, place);
@@ -242,13 +245,13 @@ export class DeliveryRouter {
     // found the id map changed after a failover) must not get the event meant for the bit's new holder,
     // nor anyone, once this node's bits come from another server than the delivery's.
     const stillHeld = (): readonly (string | undefined)[] => {
-      if (byBit === undefined) return keys;
+      if (byBit === undefined) return ours;
       if (!this.bitsAreOurs(stamp)) {
         this.idMap.dropped();
         return [];
       }
       const now = new Set(localKeysByBit(byBit, this.registry.usersByBit(tenantId), this.recipientBits));
-      return keys.filter((key) => key !== undefined && now.has(key));
+      return ours.filter((key) => key !== undefined && now.has(key));
     };
     void fetching
       .then(
@@ -336,6 +339,26 @@ export class DeliveryRouter {
     for (const place of line) if (place.tabs && !place.tabs.includes(tab)) place.tabs.push(tab);
   }
 
+  /** The keys less those of users held here of another tenant than the delivery's, each refused. */
+  private withoutStrays(
+    tenantId: string,
+    eventId: string,
+    keys: readonly (string | undefined)[],
+  ): readonly (string | undefined)[] {
+    return keys.filter((key) => {
+      if (key === undefined || !this.registry.entry(key)) return true;
+      const parts = parseUserKey(key);
+      if (!parts || parts.tenantId === tenantId) return true;
+      this.strayRecipient(key, tenantId, eventId);
+      return false;
+    });
+  }
+
+  private strayRecipient(key: string, tenantId: string, eventId: string): void {
+    this.refuse('tenant_mismatch', 1);
+    this.logger.error({ key, tenantId, eventId }, 'recipient outside the delivery tenant refused');
+  }
+
   private targets(tenantId: string, eventId: string, keys: readonly (string | undefined)[]): Target[] {
     const already = this.recent.delivered(tenantId, eventId);
     const targets: Target[] = [];
@@ -352,8 +375,7 @@ export class DeliveryRouter {
         continue;
       }
       if (parts.tenantId !== tenantId) {
-        this.refuse('tenant_mismatch', 1);
-        this.logger.error({ key, tenantId, eventId }, 'recipient outside the delivery tenant refused');
+        this.strayRecipient(key, tenantId, eventId);
         continue;
       }
       if (already?.has({ key, bit: entry.bit })) {

@@ -51,17 +51,18 @@ async function routerFor(userId: string, bitOf: (userId: string) => number, idMa
   const payloads = {
     get: () => new Promise<Uint8Array>((resolve) => (settle = resolve)),
   } as unknown as PayloadFetcher;
+  const metrics = new GatewayMetrics(createRegistry({ node: 'n1' }));
   const router = new DeliveryRouter(
     registry,
     new RecentDeliveries(1000),
     new DeliveryHistory('e', 100, 1 << 20),
     payloads,
-    new GatewayMetrics(createRegistry({ node: 'n1' })),
+    metrics,
     silentLogger(),
     Number.POSITIVE_INFINITY,
     idMap,
   );
-  return { registry, frames, router, settle: (payload: Uint8Array) => settle(payload) };
+  return { registry, frames, router, metrics, settle: (payload: Uint8Array) => settle(payload) };
 }
 
 describe('DeliveryRouter, node-routed and claim-checked', () => {
@@ -102,6 +103,53 @@ describe('DeliveryRouter, node-routed and claim-checked', () => {
     router.handle(delivery('for-bit-9', 9));
     settle(Buffer.from('{"doc":2}'));
     await vi.waitFor(() => expect(frames).toEqual([expect.stringContaining('"id":"for-bit-9"')]));
+  });
+});
+
+describe('DeliveryRouter, claim-checked deliveries naming a user of another tenant', () => {
+  const delivery = (tenantId: string, id: string, keys: string[], jobId?: string): Delivery =>
+    ({
+      message: {
+        fields: { routingKey: keys[0] },
+        properties: {
+          messageId: id,
+          type: 'doc.attached',
+          headers: {
+            [DeliveryHeader.Tenant]: tenantId,
+            ...(jobId === undefined ? {} : { [DeliveryHeader.Job]: jobId }),
+            CC: keys.slice(1),
+          },
+        },
+        content: Buffer.from('{"doc":0}'),
+      },
+      ack: () => {},
+    }) as unknown as Delivery;
+
+  it('gives the stray user no place in line: neither its offsets nor its deliveries wait on the payload', async () => {
+    const { registry, frames, router, metrics, settle } = await routerFor('ann', () => 1);
+    const gus: string[] = [];
+    await registry.add(fakeTab('globex', 'gus', gus));
+    const gusKey = userKey('globex', 'gus');
+    // acme has delivered three events on this node; globex none.
+    for (const id of ['a1', 'a2', 'a3']) router.handle(delivery('acme', id, [userKey('acme', 'ann')]));
+    expect(frames).toHaveLength(3);
+    expect(router.welcomeOffset('globex', gusKey)).toBe(0);
+
+    // An acme event whose recipients (wrongly) include gus, its payload being read.
+    router.handle(delivery('acme', 'a4', [userKey('acme', 'ann'), gusKey], 'job-1'));
+    // A tab of gus opening now is welcomed at globex's offset, not at one counted among acme's deliveries.
+    expect(router.welcomeOffset('globex', gusKey)).toBe(0);
+    // And gus's own events are not held behind acme's payload.
+    router.handle(delivery('globex', 'g1', [gusKey]));
+    expect(gus).toEqual([expect.stringContaining('"id":"g1"')]);
+
+    settle(Buffer.from('{"doc":4}'));
+    await vi.waitFor(() => expect(frames).toHaveLength(4));
+    expect(frames[3]).toContain('"id":"a4"');
+    expect(gus).toHaveLength(1);
+    // Refused, and counted, once.
+    const refused = (await metrics.refused.get()).values;
+    expect(refused).toEqual([expect.objectContaining({ labels: { reason: 'tenant_mismatch' }, value: 1 })]);
   });
 });
 
