@@ -322,11 +322,17 @@ export class DeliveryRouter {
 
   /**
    * Writes `frames` to one tab, in order, behind whatever is still waiting for it, sharing the per-turn
-   * slice with live deliveries: a wave of tabs resuming with megabytes of history each does not stall the
-   * node (its other deliveries, pings and heartbeat) while it is copied into their sockets.
+   * slice with live deliveries (every replayed byte counts, small frames too): a wave of tabs resuming with
+   * megabytes of history each does not stall the node (its other deliveries, pings and heartbeat) while it
+   * is copied into their sockets.
    */
   writeTo(tab: Tab, frames: readonly Uint8Array[]): void {
-    for (const frame of frames) this.writer.write([tab], frame);
+    this.writer.writeAll(tab, frames);
+  }
+
+  /** Bytes held back for a tab by the per-turn slice, not yet in its socket, and the largest frame. */
+  heldFor(tab: Tab): { bytes: number; largest: number } {
+    return this.writer.held(tab);
   }
 
   /**

@@ -48,6 +48,31 @@ export class SlicedWriter {
     if (this.spent > 0 || this.waiting.size > 0) this.schedule();
   }
 
+  /**
+   * Writes a run of frames to one tab (a resume's replay), in order behind whatever waits for it. Every
+   * frame counts against the turn's slice, small ones too: a replay of thousands of small events is
+   * megabytes all the same.
+   */
+  writeAll(tab: Tab, frames: readonly Uint8Array[]): void {
+    let written = 0;
+    for (const frame of frames) {
+      const backlog = this.waiting.get(tab);
+      if (backlog) this.hold(tab, backlog, frame);
+      else if (this.spent < SLICE_BYTES) {
+        this.spent += frame.byteLength;
+        written += tab.write(frame, CloseCode.TooSlow) ? 1 : 0;
+      } else this.hold(tab, { frames: [], bytes: 0, largest: 0 }, frame);
+    }
+    if (written > 0) this.onWritten(written);
+    if (this.spent > 0 || this.waiting.size > 0) this.schedule();
+  }
+
+  /** What is held back for a tab, not yet in its socket: bytes, and the largest frame among them. */
+  held(tab: Tab): { bytes: number; largest: number } {
+    const backlog = this.waiting.get(tab);
+    return backlog ? { bytes: backlog.bytes, largest: backlog.largest } : { bytes: 0, largest: 0 };
+  }
+
   private hold(tab: Tab, backlog: Backlog, frame: Uint8Array): void {
     if (tab.closed) return;
     const largest = Math.max(backlog.largest, frame.byteLength);

@@ -50,7 +50,7 @@ export interface WsServerDeps {
   registry: ConnectionRegistry<Tab>;
   history: DeliveryHistory;
   /** Where a new tab's stream starts (see DeliveryRouter.welcomeOffset). */
-  router: Pick<DeliveryRouter, 'welcomeOffset' | 'adopt' | 'writeTo'>;
+  router: Pick<DeliveryRouter, 'welcomeOffset' | 'adopt' | 'writeTo' | 'heldFor'>;
   metrics: GatewayMetrics;
   metricsRegistry: Registry;
   limits: WsServerLimits;
@@ -287,9 +287,9 @@ export class WsServer {
       return;
     }
     // Written at once, a replay past the tab's backpressure limit would close a healthy tab as too slow
-    // (4009, and a longer backoff): the client resynchronises from the application instead.
-    let bytes = 0;
-    let largest = 0;
+    // (4009, and a longer backoff): the client resynchronises from the application instead. Counted with
+    // what is already held back for the tab (live events waiting for the next turns): they are sent first.
+    let { bytes, largest } = this.deps.router.heldFor(tab);
     for (const frame of frames) {
       bytes += frame.byteLength;
       largest = Math.max(largest, frame.byteLength);
@@ -298,7 +298,7 @@ export class WsServer {
       this.sendFrame(tab, {
         type: 'error',
         code: FrameErrorCode.ResumeUnavailable,
-        message: `${frames.length} missed events (${bytes} bytes) are more than this tab may buffer; resynchronise`,
+        message: `${frames.length} missed events (${bytes} bytes with what waits for this tab) are more than it may buffer; resynchronise`,
       });
       return;
     }

@@ -72,4 +72,23 @@ describe('SlicedWriter', () => {
     expect(idle.frames).toHaveLength(1);
     expect(busy.frames.length).toBeLessThan(6);
   });
+
+  it('spreads a replay of small frames over turns, in order, and says what it holds back', async () => {
+    const resuming = new StalledTab(64 * MiB);
+    const other = new StalledTab(64 * MiB);
+    const writer = new SlicedWriter(() => {});
+    // 12.5 MiB of 64 KiB frames: each small enough to skip the slice when written live, not in a replay.
+    const replay = Array.from({ length: 200 }, (_, i) => new Uint8Array(64 * 1024).fill(i));
+    writer.writeAll(resuming as unknown as Tab, replay);
+    expect(resuming.buffered).toBeLessThanOrEqual(4 * MiB + 64 * 1024);
+    const held = writer.held(resuming as unknown as Tab);
+    expect(held).toEqual({ bytes: 200 * 64 * 1024 - resuming.buffered, largest: 64 * 1024 });
+    // Another user's small event is not held up behind it.
+    writer.write([other as unknown as Tab], new Uint8Array(100));
+    expect(other.frames).toHaveLength(1);
+
+    for (let i = 0; i < 10; i += 1) await turn();
+    expect(resuming.frames.map((f) => f[0])).toEqual(replay.map((_, i) => i));
+    expect(writer.held(resuming as unknown as Tab)).toEqual({ bytes: 0, largest: 0 });
+  });
 });
