@@ -194,7 +194,8 @@ export async function startGateway(
         });
         frames.set(tab.tenantId, frame);
       }
-      tab.write(frame, CloseCode.TooSlow);
+      // Behind what is still held back for the tab (lower offsets): the notice does not overtake them.
+      router.writeTo(tab, [Buffer.from(frame)]);
     }
     logger.warn({ tabs: tabs.length }, `${why}; tabs told to resynchronise`);
   };
