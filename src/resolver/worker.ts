@@ -52,6 +52,9 @@ const SYNC_ATTEMPTS = 3;
 const RETRY_FIRST_MS = 500;
 const RETRY_MAX_MS = 8000;
 const REQUEUE_PAUSE_MS = 500;
+
+/** How a tenant's events went back when Redis could not be read: to the queue's head, or the retry queue. */
+type SentBack = 'requeued' | 'aside';
 // Headers a copy of a message does not keep: those the broker reads to route a publish (`CC` and `BCC`: to
 // the default exchange each names a queue, any queue), those it adds when it dead-letters one, and the id
 // an earlier copy was published under.
@@ -280,13 +283,14 @@ export class ResolverWorker {
   }
 
   /**
-   * Resolves one tenant's events of a batch, in order. False when Redis could not be read (away, unsettled,
-   * or refusing what every event of the tenant needs) and the events not yet handled went back to the queue.
+   * Resolves one tenant's events of a batch, in order. Undefined when each was handled; otherwise Redis
+   * could not be read (away or unsettled: `requeued`; refusing what every event of the tenant needs:
+   * `aside`, in the retry queue) and the events not yet handled went back that way.
    */
-  private async resolveTenant(tenantId: string, pending: PendingEvent[]): Promise<boolean> {
+  private async resolveTenant(tenantId: string, pending: PendingEvent[]): Promise<SentBack | undefined> {
     const view = this.deps.view(tenantId);
     let prepared = await this.prepare(view, pending);
-    if (prepared === undefined) return false;
+    if ('sentBack' in prepared) return prepared.sentBack;
     if ('refused' in prepared) return this.refused(tenantId, pending, prepared.refused);
     for (const [i, item] of pending.entries()) {
       // Until the Redis server is known and the view is read from it, in one loop: a re-read may span
@@ -300,7 +304,7 @@ export class ResolverWorker {
           // Still unknown (Redis away, or the resolver closing): back to the queue, for later or another.
           if (this.deps.serverUnsettled()) {
             this.requeue(pending.slice(i));
-            return false;
+            return 'requeued';
           }
           continue;
         }
@@ -308,7 +312,7 @@ export class ResolverWorker {
         // built from the server there is now.
         if (!view.isStale) break;
         prepared = await this.prepare(view, pending.slice(i));
-        if (prepared === undefined) return false;
+        if ('sentBack' in prepared) return prepared.sentBack;
         if ('refused' in prepared) return this.refused(tenantId, pending.slice(i), prepared.refused);
       }
       if (prepared.unchecked && item.event.jobId !== undefined) {
@@ -327,11 +331,11 @@ export class ResolverWorker {
         const rest = pending.slice(i + 1);
         if (rest.length === 0) break;
         prepared = await this.prepare(view, rest);
-        if (prepared === undefined) return false;
+        if ('sentBack' in prepared) return prepared.sentBack;
         if ('refused' in prepared) return this.refused(tenantId, rest, prepared.refused);
       }
     }
-    return true;
+    return undefined;
   }
 
   private requeue(pending: readonly PendingEvent[]): void {
@@ -346,14 +350,21 @@ export class ResolverWorker {
    * retried forever. Should Redis become unreadable meanwhile, the rest go back to the queue at once rather
    * than each waiting out the retries on its own.
    */
-  private async refused(tenantId: string, pending: PendingEvent[], error: unknown): Promise<boolean> {
+  private async refused(
+    tenantId: string,
+    pending: PendingEvent[],
+    error: unknown,
+  ): Promise<SentBack | undefined> {
     if (pending.length > 1) {
       for (const [i, one] of pending.entries()) {
-        if (await this.resolveTenant(tenantId, [one])) continue;
-        this.requeue(pending.slice(i + 1));
-        return false;
+        const sentBack = await this.resolveTenant(tenantId, [one]);
+        if (sentBack === undefined) continue;
+        const rest = pending.slice(i + 1);
+        if (sentBack === 'requeued') this.requeue(rest);
+        else for (const p of rest) this.putAside(p.delivery);
+        return sentBack;
       }
-      return true;
+      return undefined;
     }
     const [item] = pending as [PendingEvent];
     const key = `${tenantId}/${item.event.id}`;
@@ -371,24 +382,28 @@ export class ResolverWorker {
           `Redis refused to read its audience: ${errorMessage(error)}`,
         ),
       );
-      return true;
+      return undefined;
     }
     this.requeue([item]);
-    return true;
+    return undefined;
   }
 
   /**
-   * Syncs the view and loads what the batch needs; undefined when Redis failed (events requeued), `refused`
+   * Syncs the view and loads what the batch needs; `sentBack` when Redis failed (events requeued), `refused`
    * when Redis refused to read a team or group the audiences name (nothing requeued: see `refused`). A
-   * refusal to read what every event of the tenant needs (its change log, presence, the id map) is retried
-   * and requeued like Redis being away: dead-lettering would throw away events that are fine. `missing`:
+   * refusal to read what every event of the tenant needs (its change log, presence, the id map) blames no
+   * event, and no wait mends it: the events wait in the retry queue, backing off, and come back until it is
+   * mended. Requeued instead, they would come straight back to the head of the queue, pass after pass,
+   * filling the prefetch window and holding up every tenant. `missing`:
    * events naming a job that is not there; `unchecked`: the payloads' Redis did not answer (on a server of
    * its own, claimCheck.redisUrl), so the events naming a job wait for it and the others are routed.
    */
   private async prepare(
     view: TenantView,
     pending: PendingEvent[],
-  ): Promise<{ missing: Set<PendingEvent>; unchecked: boolean } | { refused: unknown } | undefined> {
+  ): Promise<
+    { missing: Set<PendingEvent>; unchecked: boolean } | { refused: unknown } | { sentBack: SentBack }
+  > {
     for (let attempt = 1; ; attempt += 1) {
       try {
         // Only whether the payload exists: the resolver never reads a claim-checked payload itself. Asked
@@ -419,14 +434,21 @@ export class ResolverWorker {
       } catch (error) {
         // Not passing (Redis answered, and said no): the caller sorts the events out.
         if (error instanceof AudienceRefused) return { refused: error.cause };
+        if (refusedByRedis(error)) {
+          this.deps.logger.error(
+            { err: errorMessage(error), tenantId: view.tenantId, events: pending.length },
+            'Redis refuses to read the tenant’s state; its events wait in the retry queue',
+          );
+          for (const p of pending) this.putAside(p.delivery);
+          return { sentBack: 'aside' };
+        }
         if (attempt >= SYNC_ATTEMPTS) {
-          const refused = refusedByRedis(error);
-          this.deps.logger[refused ? 'error' : 'warn'](
+          this.deps.logger.warn(
             { err: errorMessage(error), tenantId: view.tenantId },
-            refused ? 'Redis refuses to read the tenant’s state; requeueing' : 'cannot sync; requeueing',
+            'cannot sync; requeueing',
           );
           this.requeue(pending);
-          return undefined;
+          return { sentBack: 'requeued' };
         }
         await sleep(100 * attempt);
       }
