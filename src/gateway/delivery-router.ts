@@ -2,7 +2,7 @@ import roaring from 'roaring';
 import type { Delivery } from '../broker/consumer.js';
 import { DeliveryHeader } from '../protocol/delivery.js';
 import { FrameErrorCode } from '../protocol/frames.js';
-import { isValidId, parseUserKey } from '../protocol/ids.js';
+import { isValidId, parseUserKey, userKey } from '../protocol/ids.js';
 import { JOB_ID_PATTERN } from '../protocol/schemas.js';
 import { errorMessage } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
@@ -351,10 +351,13 @@ export class DeliveryRouter {
     eventId: string,
     keys: readonly (string | undefined)[],
   ): readonly (string | undefined)[] {
+    // Every key held here is a well-formed user key (the registry holds only those): a prefix says whose.
+    const ours = userKey(tenantId, '');
+    const stray = (key: string | undefined): key is string =>
+      key !== undefined && !key.startsWith(ours) && this.registry.entry(key) !== undefined;
+    if (!keys.some(stray)) return keys;
     return keys.filter((key) => {
-      if (key === undefined || !this.registry.entry(key)) return true;
-      const parts = parseUserKey(key);
-      if (!parts || parts.tenantId === tenantId) return true;
+      if (!stray(key)) return true;
       this.strayRecipient(key, tenantId, eventId);
       return false;
     });

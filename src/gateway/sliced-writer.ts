@@ -58,10 +58,8 @@ export class SlicedWriter {
     for (const frame of frames) {
       const backlog = this.waiting.get(tab);
       if (backlog) this.hold(tab, backlog, frame);
-      else if (this.spent < SLICE_BYTES) {
-        this.spent += frame.byteLength;
-        written += tab.write(frame, CloseCode.TooSlow) ? 1 : 0;
-      } else this.hold(tab, { frames: [], bytes: 0, largest: 0 }, frame);
+      else if (this.spent < SLICE_BYTES) written += this.send(tab, frame, true);
+      else this.hold(tab, { frames: [], bytes: 0, largest: 0 }, frame);
     }
     if (written > 0) this.onWritten(written);
     if (this.spent > 0 || this.waiting.size > 0) this.schedule();
@@ -87,8 +85,9 @@ export class SlicedWriter {
     this.waiting.set(tab, backlog);
   }
 
-  private send(tab: Tab, frame: Uint8Array): number {
-    if (frame.byteLength > SMALL_FRAME_BYTES) this.spent += frame.byteLength;
+  /** `charged`: counts against the slice whatever its size (a replay's frames, and every held-back one). */
+  private send(tab: Tab, frame: Uint8Array, charged = false): number {
+    if (charged || frame.byteLength > SMALL_FRAME_BYTES) this.spent += frame.byteLength;
     return tab.write(frame, CloseCode.TooSlow) ? 1 : 0;
   }
 
@@ -106,8 +105,9 @@ export class SlicedWriter {
       while (backlog.frames.length > 0 && this.spent < SLICE_BYTES) {
         const frame = backlog.frames.shift() as Uint8Array;
         backlog.bytes -= frame.byteLength;
-        // A closed tab (gone, or too slow) gets nothing more.
-        if (this.send(tab, frame) === 0) {
+        // A closed tab (gone, or too slow) gets nothing more. Small frames count here too: held back, they
+        // are work deferred from earlier turns (a replay's thousands of small events, say).
+        if (this.send(tab, frame, true) === 0) {
           backlog.frames.length = 0;
           break;
         }

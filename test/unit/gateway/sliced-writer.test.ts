@@ -73,6 +73,26 @@ describe('SlicedWriter', () => {
     expect(busy.frames.length).toBeLessThan(6);
   });
 
+  it('spreads a wave of replays of small frames over turns, every turn within the slice', async () => {
+    const tabs = Array.from({ length: 20 }, () => new StalledTab(64 * MiB));
+    const writer = new SlicedWriter(() => {});
+    // 20 tabs resuming ~3.9 MiB of 1 KiB events each: 78 MiB in all.
+    const replay = Array.from({ length: 4000 }, (_, i) => new Uint8Array(1024).fill(i % 256));
+    for (const tab of tabs) writer.writeAll(tab as unknown as Tab, replay);
+    const total = () => tabs.reduce((sum, t) => sum + t.buffered, 0);
+    let before = 0;
+    const perTurn: number[] = [];
+    for (let i = 0; i < 40 && total() < 20 * 4000 * 1024; i += 1) {
+      perTurn.push(total() - before);
+      before = total();
+      await turn();
+    }
+    perTurn.push(total() - before);
+    expect(Math.max(...perTurn)).toBeLessThanOrEqual(4 * MiB + 1024);
+    expect(total()).toBe(20 * 4000 * 1024);
+    for (const tab of tabs) expect(tab.frames.map((f) => f[0])).toEqual(replay.map((f) => f[0]));
+  });
+
   it('spreads a replay of small frames over turns, in order, and says what it holds back', async () => {
     const resuming = new StalledTab(64 * MiB);
     const other = new StalledTab(64 * MiB);
