@@ -209,11 +209,18 @@ export class DeliveryRouter {
     // A user of another tenant is refused now, and takes no place: its line would hold its own tenant's
     // deliveries behind this one, and welcome its new tabs at this tenant's offsets.
     const ours = this.withoutStrays(tenantId, eventId, keys);
+    const local = new Set<string>();
+    for (const key of ours) if (key !== undefined && this.registry.entry(key)) local.add(key);
+    // No local tab among the recipients (they left since the resolver looked): no reason to read Redis,
+    // and no offset taken (as inline: offsets count deliveries to this node's tabs).
+    if (local.size === 0) {
+      delivery.ack();
+      return;
+    }
     const offset = this.history.next(tenantId);
     const places = new Map<string, Place>();
     const behind: Place[] = [];
-    for (const key of ours) {
-      if (key === undefined || places.has(key) || !this.registry.entry(key)) continue;
+    for (const key of local) {
       const place: Place = { offset, ready: false };
       places.set(key, place);
       const line = this.lines.get(key);
@@ -221,11 +228,6 @@ export class DeliveryRouter {
         line.push(place);
         behind.push(place);
       } else this.lines.set(key, [place]);
-    }
-    // No local tab among the recipients (they left since the resolver looked): no reason to read Redis.
-    if (places.size === 0) {
-      delivery.ack();
-      return;
     }
     // Acked once read and filled in; and, if it queued over the limit, once its queued places are written.
     const held = this.hold(behind, delivery);

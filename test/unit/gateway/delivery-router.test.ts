@@ -134,6 +134,9 @@ describe('DeliveryRouter, claim-checked deliveries naming a user of another tena
     for (const id of ['a1', 'a2', 'a3']) router.handle(delivery('acme', id, [userKey('acme', 'ann')]));
     expect(frames).toHaveLength(3);
     expect(router.welcomeOffset('globex', gusKey)).toBe(0);
+    // A claim-checked acme event for no one held here takes no offset (nor reads its payload).
+    router.handle(delivery('acme', 'a-elsewhere', [userKey('acme', 'zoe')], 'job-0'));
+    expect(router.welcomeOffset('acme', userKey('acme', 'zoe'))).toBe(3);
 
     // An acme event whose recipients (wrongly) include gus, its payload being read.
     router.handle(delivery('acme', 'a4', [userKey('acme', 'ann'), gusKey], 'job-1'));
@@ -145,7 +148,7 @@ describe('DeliveryRouter, claim-checked deliveries naming a user of another tena
 
     settle(Buffer.from('{"doc":4}'));
     await vi.waitFor(() => expect(frames).toHaveLength(4));
-    expect(frames[3]).toContain('"id":"a4"');
+    expect(frames[3]).toContain('"id":"a4","eventType":"doc.attached","offset":4,');
     expect(gus).toHaveLength(1);
     // Refused, and counted, once.
     const refused = (await metrics.refused.get()).values;
