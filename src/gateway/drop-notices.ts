@@ -18,7 +18,9 @@ export function dropReasonOf(headers: Record<string, unknown> | undefined): Drop
 
 /**
  * Gathers the deliveries a node lost over a short window into one notice (`events_missed` to every tab),
- * not one per delivery: a full queue drops them by the hundred. Owns its timer; `close` stops it.
+ * not one per delivery: a full queue drops them by the hundred. `tell` gets why, for the tabs, without
+ * counts (the node's counts span every tenant: a user would learn how much others get), and the same
+ * with counts, for the log. Owns its timer; `close` stops it.
  */
 export class DropNotices {
   private readonly untold: Record<DropReason, number> = { queue_full: 0, rejected: 0, id_map_changed: 0 };
@@ -27,7 +29,7 @@ export class DropNotices {
 
   constructor(
     private readonly windowMs: number,
-    private readonly tell: (why: string) => void,
+    private readonly tell: (why: string, counted: string) => void,
   ) {}
 
   record(reason: DropReason): void {
@@ -49,13 +51,22 @@ export class DropNotices {
     this.untold.rejected = 0;
     this.untold.id_map_changed = 0;
     const deliveries = (n: number) => `${n} ${n === 1 ? 'delivery' : 'deliveries'}`;
-    const why = [
-      ...(full > 0 ? [`this node's queue was full and the broker dropped ${deliveries(full)}`] : []),
-      ...(rejected > 0 ? [`this node failed on ${deliveries(rejected)}`] : []),
-      ...(stale > 0
-        ? [`${deliveries(stale)} resolved against ids this node could not take as its own were dropped`]
-        : []),
-    ].join('; ');
-    if (why) this.tell(why);
+    const told: string[] = [];
+    const counted: string[] = [];
+    if (full > 0) {
+      told.push("this node's queue was full and the broker dropped deliveries");
+      counted.push(`this node's queue was full and the broker dropped ${deliveries(full)}`);
+    }
+    if (rejected > 0) {
+      told.push('this node failed on deliveries');
+      counted.push(`this node failed on ${deliveries(rejected)}`);
+    }
+    if (stale > 0) {
+      told.push('deliveries resolved against ids this node could not take as its own were dropped');
+      counted.push(
+        `${deliveries(stale)} resolved against ids this node could not take as its own were dropped`,
+      );
+    }
+    if (told.length > 0) this.tell(told.join('; '), counted.join('; '));
   }
 }

@@ -177,7 +177,7 @@ export async function startGateway(
    * history shows the hole): no resume may reach back across it, and every open tab is told to
    * resynchronise from the application.
    */
-  const eventsMissed = (why: string): void => {
+  const eventsMissed = (why: string, counted = why): void => {
     history.markGap();
     // Tabs not welcomed yet get a welcome offset past the gap.
     const tabs = registry.allTabs().filter((tab) => tab.ready);
@@ -197,7 +197,7 @@ export async function startGateway(
       // Behind what is still held back for the tab (lower offsets): the notice does not overtake them.
       router.writeTo(tab, [Buffer.from(frame)]);
     }
-    logger.warn({ tabs: tabs.length }, `${why}; tabs told to resynchronise`);
+    logger.warn({ tabs: tabs.length }, `${counted}; tabs told to resynchronise`);
   };
   let queueDeclared = false;
   /** Stops start-up with what a connect found that no retry can mend. */
@@ -271,8 +271,8 @@ export async function startGateway(
   let presenceGone = false;
   // Lost deliveries (dropped by the broker from a full queue, or rejected by a handler that threw: both are
   // dead-lettered to the dropped queue) are told to the tabs, a run of them in one notice.
-  const tellTabs = (why: string): void => {
-    if (!draining) eventsMissed(why);
+  const tellTabs = (why: string, counted: string): void => {
+    if (!draining) eventsMissed(why, counted);
   };
   const dropNotices = new DropNotices(DROPPED_NOTICE_MS, tellTabs);
   // Drops for the id map gathered over a longer window: while a node cannot verify its bits it drops every

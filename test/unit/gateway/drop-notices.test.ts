@@ -5,47 +5,53 @@ describe('DropNotices', () => {
   beforeEach(() => void vi.useFakeTimers());
   afterEach(() => void vi.useRealTimers());
 
-  it('tells a run of lost deliveries once, by reason, and every later run again', () => {
+  it('tells a run of lost deliveries once, by reason (counted only for the log), and every later run again', () => {
     const told: string[] = [];
-    const notices = new DropNotices(200, (why) => told.push(why));
+    const notices = new DropNotices(200, (why, counted) => told.push(`${why} | ${counted}`));
     for (let i = 0; i < 5; i += 1) notices.record('queue_full');
     notices.record('rejected');
     vi.advanceTimersByTime(199);
     expect(told).toEqual([]);
     vi.advanceTimersByTime(1);
     expect(told).toEqual([
-      "this node's queue was full and the broker dropped 5 deliveries; this node failed on 1 delivery",
+      "this node's queue was full and the broker dropped deliveries; this node failed on deliveries | " +
+        "this node's queue was full and the broker dropped 5 deliveries; this node failed on 1 delivery",
     ]);
     // Counts start again; a later run gets a notice of its own.
     vi.advanceTimersByTime(10_000);
     notices.record('queue_full');
     vi.advanceTimersByTime(200);
     expect(told).toHaveLength(2);
-    expect(told[1]).toBe("this node's queue was full and the broker dropped 1 delivery");
+    expect(told[1]).toBe(
+      "this node's queue was full and the broker dropped deliveries | " +
+        "this node's queue was full and the broker dropped 1 delivery",
+    );
   });
 
   it('tells deliveries dropped for the id map apart from those the broker dropped', () => {
     const told: string[] = [];
-    const notices = new DropNotices(5000, (why) => told.push(why));
+    const notices = new DropNotices(5000, (why, counted) => told.push(`${why} | ${counted}`));
     notices.record('id_map_changed');
     notices.record('id_map_changed');
     vi.advanceTimersByTime(4999);
     expect(told).toEqual([]);
     vi.advanceTimersByTime(1);
     expect(told).toEqual([
-      '2 deliveries resolved against ids this node could not take as its own were dropped',
+      'deliveries resolved against ids this node could not take as its own were dropped | ' +
+        '2 deliveries resolved against ids this node could not take as its own were dropped',
     ]);
     notices.record('id_map_changed');
     notices.record('rejected');
     vi.advanceTimersByTime(5000);
     expect(told[1]).toBe(
-      'this node failed on 1 delivery; 1 delivery resolved against ids this node could not take as its own were dropped',
+      'this node failed on deliveries; deliveries resolved against ids this node could not take as its own were dropped | ' +
+        'this node failed on 1 delivery; 1 delivery resolved against ids this node could not take as its own were dropped',
     );
   });
 
   it('tells nothing once closed, also of what was waiting', () => {
     const told: string[] = [];
-    const notices = new DropNotices(200, (why) => told.push(why));
+    const notices = new DropNotices(200, (why, counted) => told.push(`${why} | ${counted}`));
     notices.record('queue_full');
     notices.close();
     notices.record('rejected');
