@@ -93,6 +93,15 @@ export function parseMessage(message: ConsumeMessage, names: TopologyNames): Par
     if (!result.success) {
       return { kind: 'invalid', code: 'invalid_membership', reason: describeIssues(result.error) };
     }
+    // As for events: the routing key names the tenant, so that a broker account's topic permission can
+    // confine a service to its own tenant's memberships.
+    if (message.fields.routingKey !== result.data.tenantId) {
+      return {
+        kind: 'invalid',
+        code: 'routing_mismatch',
+        reason: `membership changes are published with the tenant id as routing key: ${message.fields.routingKey.slice(0, 255)} is not ${result.data.tenantId}`,
+      };
+    }
     return { kind: 'membership', change: result.data };
   }
   const result = modelEventSchema.safeParse(body.value);

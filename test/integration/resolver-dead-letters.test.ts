@@ -227,6 +227,14 @@ const cases: Case[] = [
     reason: 'exactly two',
   },
   {
+    name: 'membership: routing key of another tenant',
+    exchange: 'membership',
+    routingKey: 'globex',
+    body: { op: 'add', tenantId: 'acme', userId: 'ann', teamId: 'icu' },
+    code: 'routing_mismatch',
+    reason: 'globex is not acme',
+  },
+  {
     name: 'membership: dotted team',
     exchange: 'membership',
     body: { op: 'add', tenantId: 'acme', userId: 'ann', teamId: 'a.b' },

@@ -62,4 +62,12 @@ describe('parseMessage and originOf: events back from the retry queue', () => {
     const back = message('', names.resolver, membership, from(names.membership, 't1'));
     expect(parseMessage(back, names)).toMatchObject({ kind: 'invalid', code: 'invalid_event' });
   });
+
+  it('takes a membership change only under its own tenant’s routing key', () => {
+    for (const key of ['t2', 't1.x', '#', ''])
+      expect(parseMessage(message(names.membership, key, membership), names)).toMatchObject({
+        kind: 'invalid',
+        code: 'routing_mismatch',
+      });
+  });
 });
