@@ -57,6 +57,8 @@ export class Publisher {
    * on the same channel.
    */
   private readonly returned = new Set<string>();
+  /** Why the broker closed a channel (an access refusal, an exchange gone): told to the publishes on it. */
+  private readonly closedBy = new WeakMap<ConfirmChannel, Error>();
 
   constructor(
     private readonly broker: BrokerConnection,
@@ -74,7 +76,10 @@ export class Publisher {
       await channel.close().catch(() => {});
       return;
     }
-    channel.on('error', (error: Error) => this.logger.warn({ err: error.message }, 'publish channel error'));
+    channel.on('error', (error: Error) => {
+      this.closedBy.set(channel, error);
+      this.logger.warn({ err: error.message }, 'publish channel error');
+    });
     channel.on('return', (message: ConsumeMessage) => {
       const id: unknown = message.properties.headers?.[PUBLISH_ID_HEADER];
       if (typeof id === 'string') this.returned.add(id);
@@ -200,7 +205,26 @@ export class Publisher {
         channel.publish(exchange, routingKey, body, amqpOptions, (error: unknown) => {
           clearTimeout(timer);
           const wasReturned = publishId !== undefined && this.returned.delete(publishId);
-          if (error) {
+          const closedBy = error ? this.closedBy.get(channel) : undefined;
+          if (closedBy) {
+            // The broker closed the channel over this publish, or one beside it: its reason says which
+            // ("ACCESS_REFUSED …" for a routing key the account may not use), not "channel closed".
+            reject(
+              new WarrenError(
+                ErrorCode.PublishRejected,
+                `broker refused the message: ${closedBy.message}`,
+                // A refusal of this routing key stays one; a message published beside it, or another
+                // reason (an exchange deleted by hand, then declared again), may pass next time.
+                {
+                  cause: closedBy,
+                  retryable: !(
+                    (closedBy as { code?: unknown }).code === 403 &&
+                    closedBy.message.includes(`'${routingKey}'`)
+                  ),
+                },
+              ),
+            );
+          } else if (error) {
             reject(
               new WarrenError(
                 ErrorCode.PublishNacked,

@@ -1,4 +1,5 @@
 import type { Channel, ChannelModel } from 'amqplib';
+import { errorMessage } from '../shared/errors.js';
 
 /** Every exchange and queue name, derived from the prefix (DESIGN.md §3). */
 export interface TopologyNames {
@@ -85,6 +86,25 @@ export async function declareTopologyOn(model: ChannelModel, names: TopologyName
   channel.on('error', () => {});
   try {
     await declareTopology(channel, names);
+  } finally {
+    await channel.close().catch(() => {});
+  }
+}
+
+/**
+ * Checks, declaring nothing, that an exchange exists (a passive declare needs no permission): for a client
+ * whose account may only publish. Rejects with a message that says what to do when it is missing.
+ */
+export async function checkExchangeOn(model: ChannelModel, exchange: string): Promise<void> {
+  const channel = await model.createChannel();
+  channel.on('error', () => {});
+  try {
+    await channel.checkExchange(exchange);
+  } catch (error) {
+    throw new Error(
+      `exchange ${exchange} does not exist: start a Warren gateway or resolver (they declare it), or check the prefix (${errorMessage(error)})`,
+      { cause: error },
+    );
   } finally {
     await channel.close().catch(() => {});
   }

@@ -1,7 +1,12 @@
 import type { Redis } from 'ioredis';
 import { BrokerConnection } from '../../broker/connection.js';
 import { Publisher } from '../../broker/publisher.js';
-import { declareTopologyOn, topologyNames, type TopologyNames } from '../../broker/topology.js';
+import {
+  checkExchangeOn,
+  declareTopologyOn,
+  topologyNames,
+  type TopologyNames,
+} from '../../broker/topology.js';
 import { DEFAULTS } from '../../config/schema.js';
 import {
   describeIssues,
@@ -42,6 +47,12 @@ export interface PublisherOptions {
   payloadRedis?: Redis;
   /** Must match the installation's `WARREN_PREFIX`. Default `warren`. */
   prefix?: string;
+  /**
+   * Declare Warren's exchanges and queues on connect, as gateways and resolvers do. Default true. Set false
+   * for a service account that may only publish (RabbitMQ write on `<prefix>.events`, nothing else: see
+   * "Broker permissions" in the README); `connect` then only checks that `<prefix>.events` exists.
+   */
+  declareTopology?: boolean;
   /** Payloads larger than this (serialised `data`, bytes) are put in Redis first. Default 16384. */
   claimCheckBytes?: number;
   /** Lifetime of such payloads in Redis; must cover the time to deliver the event. Default 3600 s. */
@@ -173,7 +184,11 @@ export class WarrenPublisher {
       logger,
     );
     const publisher = new Publisher(broker, logger);
-    await broker.onConnect((model) => declareTopologyOn(model, names));
+    await broker.onConnect((model) =>
+      options.declareTopology === false
+        ? checkExchangeOn(model, names.events)
+        : declareTopologyOn(model, names),
+    );
     await publisher.start();
     try {
       await broker.start({ timeoutMs: options.connectTimeoutMs ?? 30_000 });

@@ -1,0 +1,215 @@
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { promisify } from 'node:util';
+import amqp from 'amqplib';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import type { Gateway } from '../../src/gateway/main.js';
+import type { Resolver } from '../../src/resolver/main.js';
+import { WarrenPublisher } from '../../src/sdk/publisher/index.js';
+import {
+  eventually,
+  openTab,
+  removeInstallation,
+  startTestGateway,
+  startTestResolver,
+  testConfig,
+  testPrefix,
+  token,
+} from '../support/harness.js';
+
+// The broker accounts the README's "Broker permissions" section gives Warren's processes and the services
+// that publish to it, created for real: the installation runs under them, and a service's account can
+// publish events and nothing else. Needs rabbitmqctl next to the broker (the local services; not a
+// container), and skips without it.
+const run = promisify(execFile);
+const ctl = (...args: string[]) => run('rabbitmqctl', args, { timeout: 30_000 });
+const local = await ctl('version').then(
+  () => true,
+  () => false,
+);
+const rabbitmqUrl = inject('rabbitmqUrl');
+const brokerIsLocal = ['127.0.0.1', 'localhost'].includes(new URL(rabbitmqUrl).hostname);
+
+describe.skipIf(!local || !brokerIsLocal)('broker permissions from the README', () => {
+  const prefix = testPrefix('perms');
+  const escaped = prefix.replace(/[.*+?^${}()|[\]\\-]/g, '\\$&');
+  const password = randomBytes(12).toString('hex');
+  const accounts = {
+    // Gateways and resolvers: everything under the prefix, and the default exchange (the resolver's
+    // retry queue sends events back to its queue through it).
+    warren: {
+      user: `${prefix}-warren`,
+      configure: `^${escaped}\\.`,
+      write: `^(${escaped}\\..*|amq\\.default)$`,
+      read: `^${escaped}\\.`,
+    },
+    // A service of tenant acme: publishes acme's events and membership changes, nothing else (its topic
+    // permissions below).
+    service: {
+      user: `${prefix}-service`,
+      configure: '^$',
+      write: `^${escaped}\\.(events|membership)$`,
+      read: '^$',
+    },
+  };
+  const vhost = decodeURIComponent(new URL(rabbitmqUrl).pathname.slice(1)) || '/';
+  const urlFor = (user: string) => {
+    const url = new URL(rabbitmqUrl);
+    url.username = user;
+    url.password = password;
+    return url.toString();
+  };
+  let gateway: Gateway | undefined;
+  let resolver: Resolver | undefined;
+  let warren: WarrenPublisher | undefined;
+
+  beforeAll(async () => {
+    for (const { user, configure, write, read } of Object.values(accounts)) {
+      await ctl('add_user', user, password);
+      await ctl('set_permissions', '-p', vhost, user, configure, write, read);
+    }
+    // Routing keys name the tenant (<tenant>.<type> for events, <tenant> for memberships): the broker
+    // checks them against the account's topic permissions.
+    const { user } = accounts.service;
+    await ctl('set_topic_permissions', '-p', vhost, user, `${prefix}.events`, '^acme\\.', '^$');
+    await ctl('set_topic_permissions', '-p', vhost, user, `${prefix}.membership`, '^acme$', '^$');
+  });
+  afterAll(async () => {
+    await removeInstallation(prefix, { warren, resolvers: [resolver], gateways: gateway ? [gateway] : [] });
+    for (const { user } of Object.values(accounts)) await ctl('delete_user', user).catch(() => {});
+  });
+
+  it('a service account without configure rights cannot connect to an installation that is not there yet', async () => {
+    const connecting = WarrenPublisher.connect({
+      rabbitmqUrl: urlFor(accounts.service.user),
+      redisUrl: inject('redisUrl'),
+      prefix,
+      declareTopology: false,
+      connectTimeoutMs: 1500,
+    });
+    await expect(connecting).rejects.toThrow(`exchange ${prefix}.events does not exist`);
+  });
+
+  it('runs gateways and resolvers under the Warren account, and a service publishes under its own', async () => {
+    const config = testConfig(prefix, { rabbitmq: { url: urlFor(accounts.warren.user) } });
+    gateway = await startTestGateway(config);
+    resolver = await startTestResolver(config);
+    warren = await WarrenPublisher.connect({
+      rabbitmqUrl: urlFor(accounts.service.user),
+      redisUrl: inject('redisUrl'),
+      prefix,
+      declareTopology: false,
+    });
+    const ann = await openTab(gateway.port, await token({ sub: 'ann', tid: 'acme' }));
+    await warren.publishEvent({
+      id: 'under-least-privilege',
+      tenantId: 'acme',
+      type: 'note.created',
+      audience: { users: ['ann'] },
+      data: { ok: true },
+    });
+    await eventually(() => ann.eventIds().includes('under-least-privilege'), 'the event delivered');
+    ann.ws.terminate();
+  });
+
+  it('a service account confined to its tenant cannot publish another tenant’s events', async () => {
+    const publishing = (warren as WarrenPublisher).publishEvent({
+      id: 'for-globex',
+      tenantId: 'globex',
+      type: 'note.created',
+      audience: { users: ['gus'] },
+      data: { ok: true },
+    });
+    await expect(publishing).rejects.toMatchObject({
+      code: 'WARREN_ERR_PUBLISH_REJECTED',
+      message: expect.stringMatching(/ACCESS_REFUSED.*'globex\.note\.created'/),
+      // Sending it again cannot help.
+      retryable: false,
+    });
+    // And it goes on publishing its own.
+    const ann = await openTab((gateway as Gateway).port, await token({ sub: 'ann', tid: 'acme' }));
+    await eventually(async () => {
+      await (warren as WarrenPublisher).publishEvent({
+        id: `after-refusal-${Date.now()}`,
+        tenantId: 'acme',
+        type: 'note.created',
+        audience: { users: ['ann'] },
+      });
+      return ann.eventIds().some((id) => id.startsWith('after-refusal-'));
+    }, 'its own tenant’s event delivered after the refusal');
+    ann.ws.terminate();
+  });
+
+  it('a service account changes its own tenant’s memberships by message, and no other tenant’s', async () => {
+    const model = await amqp.connect(urlFor(accounts.service.user));
+    try {
+      const send = async (tenantId: string) => {
+        const channel = await model.createConfirmChannel();
+        let reason: string | undefined;
+        channel.on('error', (error: Error) => (reason = error.message));
+        const change = { op: 'add', tenantId, userId: 'ann', teamId: 'ward' };
+        return new Promise<string>((resolve) =>
+          channel.publish(
+            `${prefix}.membership`,
+            tenantId,
+            Buffer.from(JSON.stringify(change)),
+            {},
+            (error) => resolve(error ? (reason ?? String(error)) : 'confirmed'),
+          ),
+        );
+      };
+      expect(await send('globex')).toMatch(/ACCESS_REFUSED/);
+      expect(await send('acme')).toBe('confirmed');
+      const ann = await openTab((gateway as Gateway).port, await token({ sub: 'ann', tid: 'acme' }));
+      await eventually(async () => {
+        await (warren as WarrenPublisher).publishEvent({
+          id: `to-ward-${Date.now()}`,
+          tenantId: 'acme',
+          type: 'note.created',
+          audience: { teams: ['ward'] },
+        });
+        return ann.eventIds().some((id) => id.startsWith('to-ward-'));
+      }, 'the membership change applied');
+      ann.ws.terminate();
+    } finally {
+      await model.close();
+    }
+  });
+
+  it('a service account cannot put a message on a Warren queue by name, nor declare anything', async () => {
+    const model = await amqp.connect(urlFor(accounts.service.user));
+    try {
+      // What the broker said: a refusal closes the channel, its reason on the channel's error event.
+      const refused = async (use: (channel: amqp.ConfirmChannel) => Promise<unknown>) => {
+        const channel = await model.createConfirmChannel();
+        let reason: string | undefined;
+        channel.on('error', (error: Error) => (reason = error.message));
+        return use(channel).then(
+          () => 'allowed',
+          (error: Error) => reason ?? error.message,
+        );
+      };
+      // Straight to the gateway's queue, past the resolver: the broker refuses.
+      const direct = await refused(
+        (channel) =>
+          new Promise((resolve, reject) =>
+            channel.publish('', (gateway as Gateway).queue, Buffer.from('{}'), {}, (error: unknown) =>
+              error ? reject(error as Error) : resolve(undefined),
+            ),
+          ),
+      );
+      expect(direct).toMatch(/ACCESS_REFUSED/);
+      expect(await refused((channel) => channel.assertQueue(`${prefix}.mine`))).toMatch(/ACCESS_REFUSED/);
+      expect(
+        await refused((channel) =>
+          channel.bindQueue((gateway as Gateway).queue, `${prefix}.deliveries`, '#'),
+        ),
+      ).toMatch(/ACCESS_REFUSED/);
+      expect(await refused((channel) => channel.consume(`${prefix}.dead`, () => {}))).toMatch(
+        /ACCESS_REFUSED/,
+      );
+    } finally {
+      await model.close();
+    }
+  });
+});
