@@ -122,6 +122,16 @@ export const configSchema = z.strictObject({
     .strictObject({
       host: z.string().min(1).default(DEFAULTS.gatewayHost).describe('Listen address.'),
       port: port.default(DEFAULTS.gatewayPort).describe('Listen port (0 picks a free one).'),
+      metricsPort: port
+        .optional()
+        .describe(
+          'Serve `/metrics` (and `/healthz`, `/readyz`) on this port of its own (0 picks a free one), and no longer on the tabs’ port; unset: on the tabs’ port.',
+        ),
+      metricsHost: z
+        .string()
+        .min(1)
+        .default(DEFAULTS.gatewayHost)
+        .describe('Listen address of `gateway.metricsPort`.'),
       id: id
         .optional()
         .describe(

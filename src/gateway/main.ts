@@ -20,6 +20,7 @@ import { Keys } from '../store/keys.js';
 import { LIVENESS_POLL_MS, PresenceStore } from '../store/presence-store.js';
 import { closeRedis, createRedisClients, redisReady, watchServer, type ServerWatch } from '../store/redis.js';
 import { ErrorCode, errorMessage, WarrenError } from '../shared/errors.js';
+import { OpsHttp } from '../shared/ops-http.js';
 import { CloseOnce, fulfilsWithin, runSteps, sleep } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import { createRegistry, type Registry } from '../shared/metrics.js';
@@ -33,7 +34,7 @@ import { PayloadFetcher } from './payload-fetcher.js';
 import { RecentDeliveries } from './recent-deliveries.js';
 import { ConnectionRegistry } from './registry.js';
 import type { Tab } from './tab.js';
-import { WsServer } from './ws-server.js';
+import { isReady, WsServer, type Readiness } from './ws-server.js';
 
 // Deliveries dropped for the id map are told to the tabs in one notice per this long at most.
 const ID_MAP_NOTICE_MS = 5000;
@@ -54,6 +55,8 @@ export interface GatewayOptions {
 export interface Gateway {
   readonly nodeId: string;
   readonly port: number;
+  /** The port of `/metrics` when served on one of its own (`gateway.metricsPort`). */
+  readonly metricsPort: number | undefined;
   readonly queue: string;
   readonly metrics: Registry;
   /** Open tabs on this node. */
@@ -448,6 +451,15 @@ export async function startGateway(
   );
   heartbeat.unref();
 
+  /** `/metrics` and the health checks on a port of their own (`gateway.metricsPort`), once listening. */
+  let opsHttp: OpsHttp | undefined;
+  const readiness = (): Readiness => ({
+    broker: broker.connected,
+    redis: redisReady(redis),
+    ...(payloadRedis ? { payloadRedis: redisReady(payloadRedis) } : {}),
+    tokens: verifier.available,
+    draining,
+  });
   const server = new WsServer({
     nodeId,
     verifier,
@@ -456,14 +468,9 @@ export async function startGateway(
     router,
     metrics,
     metricsRegistry,
+    metricsElsewhere: g.metricsPort !== undefined,
     limits: g,
-    readiness: () => ({
-      broker: broker.connected,
-      redis: redisReady(redis),
-      ...(payloadRedis ? { payloadRedis: redisReady(payloadRedis) } : {}),
-      tokens: verifier.available,
-      draining,
-    }),
+    readiness,
     logger,
     ...(options.routes ? { routes: options.routes } : {}),
   });
@@ -531,6 +538,7 @@ export async function startGateway(
       await runSteps(
         [
           { name: 'close sockets', run: () => server.close() },
+          { name: 'close metrics listener', run: () => opsHttp?.close() },
           { name: 'close consumer', run: () => consumer.close() },
           { name: 'close dropped-deliveries consumer', run: () => droppedConsumer.close() },
           { name: 'close bind channels', run: () => pool.close() },
@@ -549,6 +557,17 @@ export async function startGateway(
   let port: number;
   try {
     port = await server.listen(g.host, g.port);
+    if (g.metricsPort !== undefined) {
+      opsHttp = await OpsHttp.start(g.metricsHost, g.metricsPort, metricsRegistry, () => {
+        const r = readiness();
+        return { ready: isReady(r), ...r };
+      }).catch((error: unknown) => {
+        throw new WarrenError(
+          ErrorCode.Config,
+          `gateway.metricsPort: cannot listen on ${g.metricsHost}:${g.metricsPort}: ${errorMessage(error)}`,
+        );
+      });
+    }
   } catch (error) {
     // Not left heartbeating, bound and connected: `warren status` would show a node nobody can reach.
     // The listen error is the one to report, even if closing is slow or fails.
@@ -557,11 +576,12 @@ export async function startGateway(
     );
     throw error;
   }
-  logger.info({ port, queue }, 'listening');
+  logger.info({ port, queue, ...(opsHttp ? { metricsPort: opsHttp.port } : {}) }, 'listening');
 
   return {
     nodeId,
     port,
+    metricsPort: opsHttp?.port,
     queue,
     metrics: metricsRegistry,
     get connections() {

@@ -42,7 +42,7 @@ export interface Readiness {
 }
 
 /** Whether the node takes new tabs. */
-const isReady = (r: Readiness): boolean => r.broker && r.redis && r.tokens && !r.draining;
+export const isReady = (r: Readiness): boolean => r.broker && r.redis && r.tokens && !r.draining;
 
 export interface WsServerDeps {
   nodeId: string;
@@ -53,6 +53,8 @@ export interface WsServerDeps {
   router: Pick<DeliveryRouter, 'welcomeOffset' | 'adopt' | 'writeTo' | 'heldFor'>;
   metrics: GatewayMetrics;
   metricsRegistry: Registry;
+  /** `/metrics` is served on another port (`gateway.metricsPort`): this app answers it 404. */
+  metricsElsewhere?: boolean;
   limits: WsServerLimits;
   readiness: () => Readiness;
   logger: Logger;
@@ -110,17 +112,20 @@ export class WsServer {
       const ready = isReady(r);
       sendJson(res, ready ? '200 OK' : '503 Service Unavailable', { ready, ...r });
     });
-    this.app.get('/metrics', (res) => {
-      const state = watchAbort(res);
-      deps.metricsRegistry.metrics().then(
-        (text) => {
-          if (!state.aborted) send(res, '200 OK', text, deps.metricsRegistry.contentType);
-        },
-        (error: unknown) => {
-          if (!state.aborted) send(res, '500 Internal Server Error', errorMessage(error), 'text/plain');
-        },
-      );
-    });
+    // Unless served on a port of its own (`gateway.metricsPort`), away from the tabs' public one.
+    if (!deps.metricsElsewhere) {
+      this.app.get('/metrics', (res) => {
+        const state = watchAbort(res);
+        deps.metricsRegistry.metrics().then(
+          (text) => {
+            if (!state.aborted) send(res, '200 OK', text, deps.metricsRegistry.contentType);
+          },
+          (error: unknown) => {
+            if (!state.aborted) send(res, '500 Internal Server Error', errorMessage(error), 'text/plain');
+          },
+        );
+      });
+    }
     deps.routes?.(this.app);
     this.app.any('/*', (res) => sendJson(res, '404 Not Found', { error: 'not found' }));
   }

@@ -10,12 +10,12 @@ import { ErrorCode, errorMessage, WarrenError } from '../shared/errors.js';
 import { CloseOnce, runSteps } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import { createRegistry, type Registry } from '../shared/metrics.js';
+import { OpsHttp } from '../shared/ops-http.js';
 import { Keys } from '../store/keys.js';
 import { MembershipStore } from '../store/membership-store.js';
 import { PayloadStore } from '../store/payload-store.js';
 import { PresenceStore } from '../store/presence-store.js';
 import { closeRedis, createRedisClients, watchServer, redisReady } from '../store/redis.js';
-import { ResolverHttp } from './http.js';
 import { DeliveryPublisher } from './delivery-publisher.js';
 import { NodeLiveness } from './node-liveness.js';
 import { ResolverMetrics } from './resolver-metrics.js';
@@ -138,15 +138,19 @@ export async function startResolver(
   );
   let stopping = false;
   const { metricsPort, metricsHost } = config.resolver;
-  let http: ResolverHttp | undefined;
+  let http: OpsHttp | undefined;
   if (metricsPort !== undefined) {
     try {
-      http = await ResolverHttp.start(metricsHost, metricsPort, metricsRegistry, () => ({
-        broker: broker.connected,
-        redis: redisReady(redis),
-        ...(payloadRedis ? { payloadRedis: redisReady(payloadRedis) } : {}),
-        closing: stopping,
-      }));
+      http = await OpsHttp.start(metricsHost, metricsPort, metricsRegistry, () => {
+        const r = {
+          broker: broker.connected,
+          redis: redisReady(redis),
+          // The payloads' own Redis (`claimCheck.redisUrl`), when one is set: reported, not required.
+          ...(payloadRedis ? { payloadRedis: redisReady(payloadRedis) } : {}),
+          closing: stopping,
+        };
+        return { ready: r.broker && r.redis && !r.closing, ...r };
+      });
     } catch (error) {
       // Before consuming anything: a taken port stops start-up with nothing to undo but what is open.
       await Promise.allSettled([

@@ -1,4 +1,5 @@
 import { Agent, get as httpGet } from 'node:http';
+import { createServer } from 'node:net';
 import { afterEach, describe, expect, inject, it } from 'vitest';
 import type { Gateway } from '../../src/gateway/main.js';
 import {
@@ -79,6 +80,41 @@ describe('gateway HTTP: /healthz, /readyz, /metrics', () => {
     await eventually(async () => (await get(port, '/readyz')).status === 200, 'ready again', 15_000);
     const tab = await openTab(port, await token({ sub: 'ann', tid: 'acme' }));
     tab.ws.terminate();
+  });
+
+  it('serves /metrics on a port of its own when gateway.metricsPort is set, and not on the tabs’ port', async () => {
+    prefix = testPrefix('http-ops');
+    gateway = await startTestGateway(
+      testConfig(prefix, { gateway: { metricsPort: 0, metricsHost: '127.0.0.1' } }),
+    );
+    const ops = gateway.metricsPort as number;
+    expect(ops).toBeGreaterThan(0);
+    expect(ops).not.toBe(gateway.port);
+    const metrics = await get(ops, '/metrics');
+    expect(metrics.status).toBe(200);
+    expect(metrics.body).toMatch(/^warren_gateway_connections\{node="[0-9a-f]+"\} 0$/m);
+    // The tabs' port, reachable by browsers, no longer tells the node's traffic.
+    expect((await get(gateway.port, '/metrics')).status).toBe(404);
+    // Health checks on both: a load balancer keeps asking the tabs' port.
+    for (const port of [ops, gateway.port]) {
+      const ready = await get(port, '/readyz');
+      expect(ready.status).toBe(200);
+      expect(JSON.parse(ready.body)).toMatchObject({ ready: true, broker: true, redis: true });
+      expect((await get(port, '/healthz')).status).toBe(200);
+    }
+  });
+
+  it('refuses to start, naming the key, when gateway.metricsPort is taken', async () => {
+    prefix = testPrefix('http-ops-taken');
+    const taken = createServer();
+    await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
+    const port = (taken.address() as { port: number }).port;
+    try {
+      const config = testConfig(prefix, { gateway: { metricsPort: port, metricsHost: '127.0.0.1' } });
+      await expect(startTestGateway(config)).rejects.toThrow(/gateway\.metricsPort: cannot listen/);
+    } finally {
+      taken.close();
+    }
   });
 
   it('is not ready while draining, and serves Prometheus metrics and a JSON 404', async () => {

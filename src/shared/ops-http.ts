@@ -1,30 +1,25 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { errorMessage } from '../shared/errors.js';
-import type { Registry } from '../shared/metrics.js';
+import { errorMessage } from './errors.js';
+import type { Registry } from './metrics.js';
 
-export interface ResolverReadiness {
-  broker: boolean;
-  redis: boolean;
-  /** The payloads' own Redis (`claimCheck.redisUrl`), when one is set: reported, not required. */
-  payloadRedis?: boolean;
-  closing: boolean;
-}
+/** What `/readyz` answers: whether the process is ready, and the parts that say why. */
+export type Readiness = { ready: boolean } & Record<string, unknown>;
 
 /**
- * The resolver's own small HTTP listener (`resolver.metricsPort`): `/metrics` for Prometheus (dead letters,
- * requeued events…), `/healthz` (alive) and `/readyz` (broker and Redis connected, not closing), the same
- * paths a gateway serves. Labels hold no tenant or user.
+ * A small HTTP listener for operators, on a port of its own (`resolver.metricsPort`,
+ * `gateway.metricsPort`): `/metrics` for Prometheus, `/healthz` (alive) and `/readyz` (503 when not ready).
+ * Labels hold no tenant or user.
  */
-export class ResolverHttp {
+export class OpsHttp {
   private constructor(private readonly server: Server) {}
 
   static async start(
     host: string,
     port: number,
     registry: Registry,
-    readiness: () => ResolverReadiness,
-  ): Promise<ResolverHttp> {
+    readiness: () => Readiness,
+  ): Promise<OpsHttp> {
     const server = createServer((req, res) => {
       const json = (status: number, body: object): void => {
         res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body));
@@ -34,8 +29,7 @@ export class ResolverHttp {
       if (path === '/healthz') return json(200, { status: 'ok' });
       if (path === '/readyz') {
         const r = readiness();
-        const ready = r.broker && r.redis && !r.closing;
-        return json(ready ? 200 : 503, { ready, ...r });
+        return json(r.ready ? 200 : 503, r);
       }
       if (path === '/metrics') {
         registry.metrics().then(
@@ -53,7 +47,7 @@ export class ResolverHttp {
         resolve();
       });
     });
-    return new ResolverHttp(server);
+    return new OpsHttp(server);
   }
 
   get port(): number {
