@@ -59,6 +59,14 @@ export async function runDev(loaded: Readonly<WarrenConfig>): Promise<number> {
     if (generated) console.log(`  JWT secret (HS256, generated for this run): ${secret}`);
     console.log(`  Token for user ${sampleUser.id} of tenant ${sample.id} (1 h): ${token}`);
   }
+  if (secret && !generated) {
+    // The demo's token endpoint signs whatever user it is asked for: with a secret shared with a real
+    // installation, its tokens would open sockets there too.
+    const warning =
+      'warren dev signs demo tokens with the configured jwt.secret: use a secret of its own, never one a real installation accepts (unset it and dev makes one per run)';
+    logger.warn(warning);
+    console.log(`  Warning: ${warning}.`);
+  }
   console.log('  Stop with Ctrl-C.\n');
 
   return untilSignal(

@@ -34,6 +34,24 @@ describe('warren dev as a process', () => {
     await cleanRedis(prefix, payloadRedisUrl());
   });
 
+  it('warns, and never prints the secret, when it signs demo tokens with a configured one', async () => {
+    prefix = testPrefix('dev-secret');
+    dev = WarrenProcess.start(['dev'], {
+      WARREN_PREFIX: prefix,
+      WARREN_RABBITMQ_URL: inject('rabbitmqUrl'),
+      WARREN_REDIS_URL: inject('redisUrl'),
+      WARREN_GATEWAY_HOST: '127.0.0.1',
+      WARREN_GATEWAY_PORT: '0',
+      WARREN_JWT_SECRET: 'a-secret-of-the-operator-0123456789',
+    });
+    await dev.listening();
+    await eventually(() => dev!.lines.some((l) => l.includes('Stop with Ctrl-C')), 'the start-up banner');
+    expect(
+      dev.lines.some((l) => l.startsWith('  Warning: warren dev signs demo tokens with the configured')),
+    ).toBe(true);
+    expect(dev.lines.some((l) => l.includes('a-secret-of-the-operator'))).toBe(false);
+  });
+
   it('prints a token that works, routes a demo event with its payload through the payload Redis, and stops on Ctrl-C (SIGINT)', async () => {
     prefix = testPrefix('dev-process');
     dev = WarrenProcess.start(['dev'], {
