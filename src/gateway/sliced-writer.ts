@@ -7,6 +7,8 @@ import type { Tab } from './tab.js';
 const SLICE_BYTES = 4 * 1024 * 1024;
 // Frames up to this size are written at once to a tab with nothing queued, whatever the turn has spent.
 const SMALL_FRAME_BYTES = 64 * 1024;
+// Bytes a tab's held-back frames get at a time before the next tab's turn.
+const VISIT_BYTES = 64 * 1024;
 
 interface Backlog {
   frames: Uint8Array[];
@@ -97,23 +99,31 @@ export class SlicedWriter {
     setImmediate(this.nextTurn);
   }
 
+  /**
+   * Writes what is held back, tab by tab in turn, about VISIT_BYTES (at least one frame) at each visit: a
+   * tab visited goes to the back of the line, so each of a wave of resuming tabs gets its first frames
+   * within a few turns instead of waiting for every tab ahead of it to be drained whole (and overflowing
+   * meanwhile).
+   */
   private drain(): void {
     let written = 0;
-    for (const [tab, backlog] of this.waiting) {
-      if (this.spent >= SLICE_BYTES) break;
-      // Stops within a tab's backlog too once the slice is spent; the rest keeps its place and order.
-      while (backlog.frames.length > 0 && this.spent < SLICE_BYTES) {
+    while (this.spent < SLICE_BYTES) {
+      const next = this.waiting.entries().next();
+      if (next.done) break;
+      const [tab, backlog] = next.value;
+      this.waiting.delete(tab);
+      let visit = 0;
+      let open = true;
+      while (open && visit < VISIT_BYTES && this.spent < SLICE_BYTES && backlog.frames.length > 0) {
         const frame = backlog.frames.shift() as Uint8Array;
         backlog.bytes -= frame.byteLength;
-        // A closed tab (gone, or too slow) gets nothing more. Small frames count here too: held back, they
-        // are work deferred from earlier turns (a replay's thousands of small events, say).
-        if (this.send(tab, frame, true) === 0) {
-          backlog.frames.length = 0;
-          break;
-        }
-        written += 1;
+        visit += frame.byteLength;
+        // Small frames count here too: held back, they are work deferred from earlier turns (a replay's
+        // thousands of small events, say). A closed tab (gone, or too slow) gets nothing more.
+        if (this.send(tab, frame, true) === 1) written += 1;
+        else open = false;
       }
-      if (backlog.frames.length === 0) this.waiting.delete(tab);
+      if (open && backlog.frames.length > 0) this.waiting.set(tab, backlog);
     }
     if (written > 0) this.onWritten(written);
     if (this.waiting.size > 0) this.schedule();

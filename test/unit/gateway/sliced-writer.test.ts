@@ -93,6 +93,22 @@ describe('SlicedWriter', () => {
     for (const tab of tabs) expect(tab.frames.map((f) => f[0])).toEqual(replay.map((f) => f[0]));
   });
 
+  it('takes held-back tabs in turn: a wave of resuming tabs each gets its first frames within a few turns', async () => {
+    const tabs = Array.from({ length: 10 }, () => new StalledTab(64 * MiB));
+    const writer = new SlicedWriter(() => {});
+    // 8 MiB of replay each, 80 MiB in all: about four frames a turn.
+    for (const tab of tabs)
+      writer.writeAll(
+        tab as unknown as Tab,
+        Array.from({ length: 8 }, (_, i) => new Uint8Array(MiB).fill(i)),
+      );
+    for (let i = 0; i < 3; i += 1) await turn();
+    // Drained one tab after the other, the last would wait about 18 turns for its first byte.
+    for (const tab of tabs) expect(tab.frames.length).toBeGreaterThan(0);
+    for (let i = 0; i < 30; i += 1) await turn();
+    for (const tab of tabs) expect(tab.frames.map((f) => f[0])).toEqual([0, 1, 2, 3, 4, 5, 6, 7]);
+  });
+
   it('spreads a replay of small frames over turns, in order, and says what it holds back', async () => {
     const resuming = new StalledTab(64 * MiB);
     const other = new StalledTab(64 * MiB);
