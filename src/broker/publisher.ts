@@ -46,6 +46,28 @@ const REOPEN_CAP_MS = 5000;
  * rejects on a nack or when the connection drops first: at-least-once publishing, the caller decides
  * whether to retry or to let its own message be redelivered.
  */
+/**
+ * Whether a channel's close reason refuses this very publish: an access refusal (403) of its topic (routing
+ * key) or of its whole exchange. The broker names them ("write access to topic 'acme.x' in exchange
+ * 'warren.events' …", "write access to exchange 'warren.events' …"), cutting the text at 255 bytes ("…"
+ * then ends a name it cut short).
+ */
+export function refuses(error: Error, exchange: string, routingKey: string): boolean {
+  if ((error as { code?: unknown }).code !== 403) return false;
+  const named = (what: string, name: string): boolean => {
+    const at = error.message.indexOf(`${what} '`);
+    if (at < 0) return false;
+    const rest = error.message.slice(at + what.length + 2);
+    const end = rest.indexOf("'");
+    if (end >= 0) return rest.slice(0, end) === name;
+    // Cut short: the name as far as it goes.
+    const partial = rest.replace(/\.\.\.$/, '');
+    return partial.length > 0 && name.startsWith(partial);
+  };
+  if (error.message.includes("topic '")) return named('topic', routingKey);
+  return named('exchange', exchange);
+}
+
 export class Publisher {
   private channel: ConfirmChannel | undefined;
   private closed = false;
@@ -213,15 +235,9 @@ export class Publisher {
               new WarrenError(
                 ErrorCode.PublishRejected,
                 `broker refused the message: ${closedBy.message}`,
-                // A refusal of this routing key stays one; a message published beside it, or another
-                // reason (an exchange deleted by hand, then declared again), may pass next time.
-                {
-                  cause: closedBy,
-                  retryable: !(
-                    (closedBy as { code?: unknown }).code === 403 &&
-                    closedBy.message.includes(`'${routingKey}'`)
-                  ),
-                },
+                // Sending it again cannot help when the refusal is this message's: its routing key, or the
+                // exchange itself; one published beside it, or another reason, may pass next time.
+                { cause: closedBy, retryable: !refuses(closedBy, exchange, routingKey) },
               ),
             );
           } else if (error) {
