@@ -48,7 +48,7 @@ export class GatewayMetrics {
     });
     this.tabWrites = new Counter({
       name: 'warren_gateway_tab_writes_total',
-      help: 'Frames the delivery path wrote to tabs (events, and payload_unavailable errors)',
+      help: 'Frames the delivery path wrote to tabs: events, payload_unavailable and events_missed errors, resume replays',
       registers: r,
     });
     this.refused = new Counter({

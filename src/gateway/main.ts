@@ -185,20 +185,23 @@ export async function startGateway(
     // Tabs not welcomed yet get a welcome offset past the gap.
     const tabs = registry.allTabs().filter((tab) => tab.ready);
     // At the gap's offset in each tenant's own count.
-    const frames = new Map<string, string>();
+    const frames = new Map<string, Buffer>();
     for (const tab of tabs) {
       let frame = frames.get(tab.tenantId);
       if (frame === undefined) {
-        frame = encodeFrame({
-          type: 'error',
-          code: FrameErrorCode.EventsMissed,
-          message: `${why}; events may have been missed: resynchronise`,
-          offset: history.offset(tab.tenantId),
-        });
+        frame = Buffer.from(
+          encodeFrame({
+            type: 'error',
+            code: FrameErrorCode.EventsMissed,
+            message: `${why}; events may have been missed: resynchronise`,
+            offset: history.offset(tab.tenantId),
+          }),
+        );
         frames.set(tab.tenantId, frame);
       }
-      // Behind what is still held back for the tab (lower offsets): the notice does not overtake them.
-      router.writeTo(tab, [Buffer.from(frame)]);
+      // Behind what the writer still holds back for the tab: the notice does not overtake it. (Claim-checked
+      // events still being read for the user come after it; the client keeps the highest offset it saw.)
+      router.writeTo(tab, [frame]);
     }
     logger.warn({ tabs: tabs.length }, `${counted}; tabs told to resynchronise`);
   };
