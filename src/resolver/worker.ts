@@ -11,6 +11,7 @@ import type { Logger } from '../shared/logger.js';
 import { StaleMembershipTerm, type MembershipStore } from '../store/membership-store.js';
 import { PayloadStore } from '../store/payload-store.js';
 import { refusedByRedis } from '../store/redis.js';
+import { PerKeyThrottle } from '../shared/throttle.js';
 import type { DeliveryPublisher } from './delivery-publisher.js';
 import { originOf, parseMessage, type RejectCode } from './message-parser.js';
 import type { ResolverMetrics } from './resolver-metrics.js';
@@ -52,6 +53,9 @@ const SYNC_ATTEMPTS = 3;
 const RETRY_FIRST_MS = 500;
 const RETRY_MAX_MS = 8000;
 const REQUEUE_PAUSE_MS = 500;
+
+// How often the same tenant's tenant-wide refusal is logged (its events come back one by one for as long).
+const REFUSAL_LOG_MS = 10_000;
 
 /** How a tenant's events went back when Redis could not be read: to the queue's head, or the retry queue. */
 type SentBack = 'requeued' | 'aside';
@@ -124,6 +128,8 @@ export class ResolverWorker {
   private readonly applyFailures = new FailureCounts();
   /** Events (tenant/id) whose resolution threw. */
   private readonly resolveFailures = new FailureCounts();
+  /** Tenant-wide refusals come back with every event of the tenant: told once a while per tenant. */
+  private readonly refusalLog = new PerKeyThrottle(REFUSAL_LOG_MS);
   /** Membership-queue terms taken in this subscription, per tenant (see `MembershipStore.newTerm`). */
   private readonly terms = new Map<string, number>();
   /** Subscriptions to the membership queue so far: a term asked for under an earlier one is not kept. */
@@ -435,9 +441,11 @@ export class ResolverWorker {
         // Not passing (Redis answered, and said no): the caller sorts the events out.
         if (error instanceof AudienceRefused) return { refused: error.cause };
         if (refusedByRedis(error)) {
-          this.deps.logger.error(
-            { err: errorMessage(error), tenantId: view.tenantId, events: pending.length },
-            'Redis refuses to read the tenant’s state; its events wait in the retry queue',
+          this.refusalLog.tell(view.tenantId, pending.length, (events) =>
+            this.deps.logger.error(
+              { err: errorMessage(error), tenantId: view.tenantId, events },
+              'Redis refuses to read the tenant’s state; its events wait in the retry queue',
+            ),
           );
           for (const p of pending) this.putAside(p.delivery);
           return { sentBack: 'aside' };

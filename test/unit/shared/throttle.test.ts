@@ -1,0 +1,22 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { PerKeyThrottle } from '../../../src/shared/throttle.js';
+
+describe('PerKeyThrottle', () => {
+  beforeEach(() => void vi.useFakeTimers());
+  afterEach(() => void vi.useRealTimers());
+
+  it('says a thing once per interval per key, then with the count of what it kept quiet', () => {
+    const said: string[] = [];
+    const throttle = new PerKeyThrottle(10_000);
+    const tell = (key: string, n = 1) => throttle.tell(key, n, (count) => said.push(`${key}:${count}`));
+    tell('acme', 3);
+    tell('acme');
+    tell('acme', 2);
+    tell('globex');
+    expect(said).toEqual(['acme:3', 'globex:1']);
+    vi.advanceTimersByTime(10_000);
+    tell('acme');
+    // One now, and the three kept quiet since it was last said.
+    expect(said).toEqual(['acme:3', 'globex:1', 'acme:4']);
+  });
+});
