@@ -19,11 +19,12 @@ import {
 
 // The broker accounts the README's "Broker permissions" section gives Warren's processes and the services
 // that publish to it, created for real: the installation runs under them, and a service's account can
-// publish events and nothing else. Needs rabbitmqctl next to the broker (the local services; not a
+// publish events and nothing else. Needs rabbitmqctl able to reach the broker (the local services; not a
 // container), and skips without it.
 const run = promisify(execFile);
 const ctl = (...args: string[]) => run('rabbitmqctl', args, { timeout: 30_000 });
-const local = await ctl('version').then(
+// Asks the broker itself (not only whether the command is installed): the Erlang cookie must let it in.
+const local = await ctl('-q', 'list_users').then(
   () => true,
   () => false,
 );
@@ -59,9 +60,9 @@ describe.skipIf(!local || !brokerIsLocal)('broker permissions from the README', 
     url.password = password;
     return url.toString();
   };
-  let gateway: Gateway | undefined;
-  let resolver: Resolver | undefined;
-  let warren: WarrenPublisher | undefined;
+  let gateway: Gateway;
+  let resolver: Resolver;
+  let warren: WarrenPublisher;
 
   beforeAll(async () => {
     for (const { user, configure, write, read } of Object.values(accounts)) {
@@ -73,24 +74,7 @@ describe.skipIf(!local || !brokerIsLocal)('broker permissions from the README', 
     const { user } = accounts.service;
     await ctl('set_topic_permissions', '-p', vhost, user, `${prefix}.events`, '^acme\\.', '^$');
     await ctl('set_topic_permissions', '-p', vhost, user, `${prefix}.membership`, '^acme$', '^$');
-  });
-  afterAll(async () => {
-    await removeInstallation(prefix, { warren, resolvers: [resolver], gateways: gateway ? [gateway] : [] });
-    for (const { user } of Object.values(accounts)) await ctl('delete_user', user).catch(() => {});
-  });
 
-  it('a service account without configure rights cannot connect to an installation that is not there yet', async () => {
-    const connecting = WarrenPublisher.connect({
-      rabbitmqUrl: urlFor(accounts.service.user),
-      redisUrl: inject('redisUrl'),
-      prefix,
-      declareTopology: false,
-      connectTimeoutMs: 1500,
-    });
-    await expect(connecting).rejects.toThrow(`exchange ${prefix}.events does not exist`);
-  });
-
-  it('runs gateways and resolvers under the Warren account, and a service publishes under its own', async () => {
     const config = testConfig(prefix, { rabbitmq: { url: urlFor(accounts.warren.user) } });
     gateway = await startTestGateway(config);
     resolver = await startTestResolver(config);
@@ -100,6 +84,32 @@ describe.skipIf(!local || !brokerIsLocal)('broker permissions from the README', 
       prefix,
       declareTopology: false,
     });
+  });
+  afterAll(async () => {
+    // Set unless start-up failed (in which case the installation left is removed all the same).
+    const started = (gateway as Gateway | undefined) ? [gateway] : [];
+    await removeInstallation(prefix, {
+      warren: warren as WarrenPublisher | undefined,
+      resolvers: [resolver as Resolver | undefined],
+      gateways: started,
+    });
+    for (const { user } of Object.values(accounts)) await ctl('delete_user', user).catch(() => {});
+  });
+
+  it('a service account without configure rights cannot connect to an installation that is not there yet', async () => {
+    // A prefix nothing was declared for (the check declares nothing, and needs no permission).
+    const absent = testPrefix('perms-absent');
+    const connecting = WarrenPublisher.connect({
+      rabbitmqUrl: urlFor(accounts.service.user),
+      redisUrl: inject('redisUrl'),
+      prefix: absent,
+      declareTopology: false,
+      connectTimeoutMs: 1500,
+    });
+    await expect(connecting).rejects.toThrow(`exchange ${absent}.events does not exist`);
+  });
+
+  it('runs gateways and resolvers under the Warren account, and a service publishes under its own', async () => {
     const ann = await openTab(gateway.port, await token({ sub: 'ann', tid: 'acme' }));
     await warren.publishEvent({
       id: 'under-least-privilege',
@@ -113,7 +123,7 @@ describe.skipIf(!local || !brokerIsLocal)('broker permissions from the README', 
   });
 
   it('a service account confined to its tenant cannot publish another tenant’s events', async () => {
-    const publishing = (warren as WarrenPublisher).publishEvent({
+    const publishing = warren.publishEvent({
       id: 'for-globex',
       tenantId: 'globex',
       type: 'note.created',
@@ -127,9 +137,9 @@ describe.skipIf(!local || !brokerIsLocal)('broker permissions from the README', 
       retryable: false,
     });
     // And it goes on publishing its own.
-    const ann = await openTab((gateway as Gateway).port, await token({ sub: 'ann', tid: 'acme' }));
+    const ann = await openTab(gateway.port, await token({ sub: 'ann', tid: 'acme' }));
     await eventually(async () => {
-      await (warren as WarrenPublisher).publishEvent({
+      await warren.publishEvent({
         id: `after-refusal-${Date.now()}`,
         tenantId: 'acme',
         type: 'note.created',
@@ -160,9 +170,9 @@ describe.skipIf(!local || !brokerIsLocal)('broker permissions from the README', 
       };
       expect(await send('globex')).toMatch(/ACCESS_REFUSED/);
       expect(await send('acme')).toBe('confirmed');
-      const ann = await openTab((gateway as Gateway).port, await token({ sub: 'ann', tid: 'acme' }));
+      const ann = await openTab(gateway.port, await token({ sub: 'ann', tid: 'acme' }));
       await eventually(async () => {
-        await (warren as WarrenPublisher).publishEvent({
+        await warren.publishEvent({
           id: `to-ward-${Date.now()}`,
           tenantId: 'acme',
           type: 'note.created',
@@ -193,7 +203,7 @@ describe.skipIf(!local || !brokerIsLocal)('broker permissions from the README', 
       const direct = await refused(
         (channel) =>
           new Promise((resolve, reject) =>
-            channel.publish('', (gateway as Gateway).queue, Buffer.from('{}'), {}, (error: unknown) =>
+            channel.publish('', gateway.queue, Buffer.from('{}'), {}, (error: unknown) =>
               error ? reject(error as Error) : resolve(undefined),
             ),
           ),
@@ -201,9 +211,7 @@ describe.skipIf(!local || !brokerIsLocal)('broker permissions from the README', 
       expect(direct).toMatch(/ACCESS_REFUSED/);
       expect(await refused((channel) => channel.assertQueue(`${prefix}.mine`))).toMatch(/ACCESS_REFUSED/);
       expect(
-        await refused((channel) =>
-          channel.bindQueue((gateway as Gateway).queue, `${prefix}.deliveries`, '#'),
-        ),
+        await refused((channel) => channel.bindQueue(gateway.queue, `${prefix}.deliveries`, '#')),
       ).toMatch(/ACCESS_REFUSED/);
       expect(await refused((channel) => channel.consume(`${prefix}.dead`, () => {}))).toMatch(
         /ACCESS_REFUSED/,
