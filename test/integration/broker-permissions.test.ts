@@ -109,6 +109,16 @@ describe.skipIf(!local || !brokerIsLocal)('broker permissions from the README', 
     await expect(connecting).rejects.toThrow(`exchange ${absent}.events does not exist`);
   });
 
+  it('tells a service whose account may not declare to connect with declareTopology: false', async () => {
+    const connecting = WarrenPublisher.connect({
+      rabbitmqUrl: urlFor(accounts.service.user),
+      redisUrl: inject('redisUrl'),
+      prefix,
+      connectTimeoutMs: 1500,
+    });
+    await expect(connecting).rejects.toThrow(/ACCESS_REFUSED.*connect with declareTopology: false/);
+  });
+
   it('runs gateways and resolvers under the Warren account, and a service publishes under its own', async () => {
     const ann = await openTab(gateway.port, await token({ sub: 'ann', tid: 'acme' }));
     await warren.publishEvent({

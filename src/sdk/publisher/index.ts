@@ -16,7 +16,7 @@ import {
   type ModelEvent,
 } from '../../protocol/schemas.js';
 import { isValidId } from '../../protocol/ids.js';
-import { ErrorCode, errorMessage, WarrenError } from '../../shared/errors.js';
+import { ErrorCode, errorMessage, isWarrenError, WarrenError } from '../../shared/errors.js';
 import { withTimeout } from '../../shared/lifecycle.js';
 import { silentLogger, type Logger } from '../../shared/logger.js';
 import { Keys } from '../../store/keys.js';
@@ -196,6 +196,18 @@ export class WarrenPublisher {
       // Nothing left behind: no channel being reopened, and the Redis client this made closed too.
       await publisher.close();
       for (const client of ownRedis) client.disconnect();
+      // Declaring the topology was refused: most likely an account meant only to publish.
+      if (
+        options.declareTopology !== false &&
+        isWarrenError(error) &&
+        /ACCESS.REFUSED - (configure )?access to (exchange|queue)/.test(error.message)
+      ) {
+        throw new WarrenError(
+          error.code,
+          `${error.message} (an account that may only publish: connect with declareTopology: false)`,
+          { cause: error, retryable: error.retryable },
+        );
+      }
       throw error;
     }
     return new WarrenPublisher(
