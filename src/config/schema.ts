@@ -125,7 +125,7 @@ export const configSchema = z.strictObject({
       metricsPort: port
         .optional()
         .describe(
-          'Serve `/metrics` (and `/healthz`, `/readyz`) on this port of its own (0 picks a free one), and no longer on the tabs’ port; unset: on the tabs’ port.',
+          'Serve `/metrics` on this port of its own (0 picks a free one), with `/healthz` and `/readyz` (which stay on the tabs’ port too), and no longer on the tabs’ port; unset: on the tabs’ port.',
         ),
       metricsHost: z
         .string()
