@@ -61,7 +61,8 @@ export function refuses(error: Error, exchange: string, routingKey: string): boo
     const end = rest.indexOf("'");
     if (end >= 0) return rest.slice(0, end) === name;
     // Cut short: the name as far as it goes.
-    const partial = rest.replace(/\.\.\.$/, '');
+    // (amqplib quotes the broker's text: `… with message "ACCESS_REFUSED - …..."`.)
+    const partial = rest.replace(/\.\.\."?$/, '');
     return partial.length > 0 && name.startsWith(partial);
   };
   if (error.message.includes("topic '")) return named('topic', routingKey);

@@ -107,14 +107,20 @@ export class SlicedWriter {
    */
   private drain(): void {
     let written = 0;
-    while (this.spent < SLICE_BYTES) {
-      const next = this.waiting.entries().next();
-      if (next.done) break;
-      const [tab, backlog] = next.value;
+    // One iterator for the whole drain: it visits a tab set again at the back, and skips no hole left by
+    // the deletes (a fresh iterator per visit would, costing time in the number of tabs waiting).
+    for (const [tab, backlog] of this.waiting) {
+      if (this.spent >= SLICE_BYTES) break;
       this.waiting.delete(tab);
       let visit = 0;
       let open = true;
-      while (open && visit < VISIT_BYTES && this.spent < SLICE_BYTES && backlog.frames.length > 0) {
+      // A remainder of at most VISIT_BYTES is finished at once, whatever the turn has spent: a tab past
+      // its large frame leaves the line, and its next small events are written straight away again.
+      while (
+        open &&
+        backlog.frames.length > 0 &&
+        (backlog.bytes <= VISIT_BYTES || (visit < VISIT_BYTES && this.spent < SLICE_BYTES))
+      ) {
         const frame = backlog.frames.shift() as Uint8Array;
         backlog.bytes -= frame.byteLength;
         visit += frame.byteLength;

@@ -205,7 +205,8 @@ export class WarrenPublisher {
         throw new WarrenError(
           error.code,
           `${error.message} (an account that may only publish: connect with declareTopology: false)`,
-          { cause: error, retryable: error.retryable },
+          // Waiting does not mend a permission (an operator may, and a later connect then succeeds).
+          { cause: error, retryable: false },
         );
       }
       throw error;

@@ -28,7 +28,11 @@ describe('refuses', () => {
 
   it('matches a routing key the broker cut short', () => {
     const key = `${'t'.repeat(120)}.${'x'.repeat(100)}`;
-    const cut = closed(403, `ACCESS_REFUSED - write access to topic '${key.slice(0, 180)}...`);
+    // As amqplib words it: the broker's text, cut to 252 bytes and "...", in quotes.
+    const cut = closed(
+      403,
+      `Channel closed by server: 403 (ACCESS-REFUSED) with message "ACCESS_REFUSED - write access to topic '${key.slice(0, 180)}..."`,
+    );
     expect(refuses(cut, 'warren.events', key)).toBe(true);
     expect(refuses(cut, 'warren.events', `other.${key}`)).toBe(false);
   });

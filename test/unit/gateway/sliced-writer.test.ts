@@ -109,6 +109,22 @@ describe('SlicedWriter', () => {
     for (const tab of tabs) expect(tab.frames.map((f) => f[0])).toEqual([0, 1, 2, 3, 4, 5, 6, 7]);
   });
 
+  it('lets a tab past its large frame of a broadcast take its small events at once again', async () => {
+    const tabs = Array.from({ length: 20 }, () => new StalledTab(64 * MiB));
+    const writer = new SlicedWriter(() => {});
+    writer.write(tabs as unknown as Tab[], new Uint8Array(MiB).fill(1));
+    writer.write(tabs as unknown as Tab[], new Uint8Array(300).fill(2));
+    for (let i = 0; i < 8; i += 1) {
+      await turn();
+      // Whoever has the broadcast has the small event behind it too, and nothing held back.
+      for (const tab of tabs.filter((t) => t.frames.length > 0)) {
+        expect(tab.frames.map((f) => f[0])).toEqual([1, 2]);
+        expect(writer.held(tab as unknown as Tab).bytes).toBe(0);
+      }
+    }
+    for (const tab of tabs) expect(tab.frames).toHaveLength(2);
+  });
+
   it('spreads a replay of small frames over turns, in order, and says what it holds back', async () => {
     const resuming = new StalledTab(64 * MiB);
     const other = new StalledTab(64 * MiB);
