@@ -42,11 +42,6 @@ const REOPEN_BASE_MS = 100;
 const REOPEN_CAP_MS = 5000;
 
 /**
- * Publishes over one confirm channel. `publish` resolves when the broker has confirmed the message and
- * rejects on a nack or when the connection drops first: at-least-once publishing, the caller decides
- * whether to retry or to let its own message be redelivered.
- */
-/**
  * Whether a channel's close reason refuses this very publish: an access refusal (403) of its topic (routing
  * key) or of its whole exchange. The broker names them ("write access to topic 'acme.x' in exchange
  * 'warren.events' …", "write access to exchange 'warren.events' …"), cutting the text at 255 bytes ("…"
@@ -69,6 +64,11 @@ export function refuses(error: Error, exchange: string, routingKey: string): boo
   return named('exchange', exchange);
 }
 
+/**
+ * Publishes over one confirm channel. `publish` resolves when the broker has confirmed the message and
+ * rejects on a nack or when the connection drops first: at-least-once publishing, the caller decides
+ * whether to retry or to let its own message be redelivered.
+ */
 export class Publisher {
   private channel: ConfirmChannel | undefined;
   private closed = false;

@@ -38,16 +38,9 @@ export class SlicedWriter {
   constructor(private readonly onWritten: (tabs: number) => void) {}
 
   write(tabs: readonly Tab[], frame: Uint8Array): void {
-    const large = frame.byteLength > SMALL_FRAME_BYTES;
     let written = 0;
-    for (const tab of tabs) {
-      const backlog = this.waiting.get(tab);
-      if (backlog) this.hold(tab, backlog, frame);
-      else if (!large || this.spent < SLICE_BYTES) written += this.send(tab, frame);
-      else this.hold(tab, { frames: [], bytes: 0, largest: 0 }, frame);
-    }
-    if (written > 0) this.onWritten(written);
-    if (this.spent > 0 || this.waiting.size > 0) this.schedule();
+    for (const tab of tabs) written += this.put(tab, frame, false);
+    this.wrote(written);
   }
 
   /**
@@ -57,12 +50,24 @@ export class SlicedWriter {
    */
   writeAll(tab: Tab, frames: readonly Uint8Array[]): void {
     let written = 0;
-    for (const frame of frames) {
-      const backlog = this.waiting.get(tab);
-      if (backlog) this.hold(tab, backlog, frame);
-      else if (this.spent < SLICE_BYTES) written += this.send(tab, frame, true);
-      else this.hold(tab, { frames: [], bytes: 0, largest: 0 }, frame);
-    }
+    for (const frame of frames) written += this.put(tab, frame, true);
+    this.wrote(written);
+  }
+
+  /**
+   * One frame to one tab: behind its backlog if it has one; else written now, unless it counts against a
+   * slice already spent (a large frame, or any `charged` one), when it starts a backlog. 1 if written.
+   */
+  private put(tab: Tab, frame: Uint8Array, charged: boolean): number {
+    const backlog = this.waiting.get(tab);
+    if (backlog) this.hold(tab, backlog, frame);
+    else if ((!charged && frame.byteLength <= SMALL_FRAME_BYTES) || this.spent < SLICE_BYTES)
+      return this.send(tab, frame, charged);
+    else this.hold(tab, { frames: [], bytes: 0, largest: 0 }, frame);
+    return 0;
+  }
+
+  private wrote(written: number): void {
     if (written > 0) this.onWritten(written);
     if (this.spent > 0 || this.waiting.size > 0) this.schedule();
   }

@@ -349,6 +349,11 @@ export class ResolverWorker {
     this.deps.metrics.events.inc({ outcome: 'requeued' }, pending.length);
   }
 
+  private sendBack(pending: readonly PendingEvent[], how: SentBack): void {
+    if (how === 'requeued') this.requeue(pending);
+    else for (const p of pending) this.putAside(p.delivery);
+  }
+
   /**
    * Redis refused to read a team or group these events name (a key of the wrong type, say): no wait mends
    * that. Each event is then tried on its own, so one whose audience names the bad key does not hold up the
@@ -365,9 +370,7 @@ export class ResolverWorker {
       for (const [i, one] of pending.entries()) {
         const sentBack = await this.resolveTenant(tenantId, [one]);
         if (sentBack === undefined) continue;
-        const rest = pending.slice(i + 1);
-        if (sentBack === 'requeued') this.requeue(rest);
-        else for (const p of rest) this.putAside(p.delivery);
+        this.sendBack(pending.slice(i + 1), sentBack);
         return sentBack;
       }
       return undefined;
@@ -447,7 +450,7 @@ export class ResolverWorker {
               'Redis refuses to read the tenant’s state; its events wait in the retry queue',
             ),
           );
-          for (const p of pending) this.putAside(p.delivery);
+          this.sendBack(pending, 'aside');
           return { sentBack: 'aside' };
         }
         if (attempt >= SYNC_ATTEMPTS) {

@@ -34,16 +34,19 @@ describe('warren dev as a process', () => {
     await cleanRedis(prefix, payloadRedisUrl());
   });
 
+  /** What every run here sets: where the services are, and a port of the system's choosing. */
+  const devEnv = (extra: Record<string, string>) => ({
+    WARREN_PREFIX: prefix,
+    WARREN_RABBITMQ_URL: inject('rabbitmqUrl'),
+    WARREN_REDIS_URL: inject('redisUrl'),
+    WARREN_GATEWAY_HOST: '127.0.0.1',
+    WARREN_GATEWAY_PORT: '0',
+    ...extra,
+  });
+
   it('warns, and never prints the secret, when it signs demo tokens with a configured one', async () => {
     prefix = testPrefix('dev-secret');
-    dev = WarrenProcess.start(['dev'], {
-      WARREN_PREFIX: prefix,
-      WARREN_RABBITMQ_URL: inject('rabbitmqUrl'),
-      WARREN_REDIS_URL: inject('redisUrl'),
-      WARREN_GATEWAY_HOST: '127.0.0.1',
-      WARREN_GATEWAY_PORT: '0',
-      WARREN_JWT_SECRET: 'a-secret-of-the-operator-0123456789',
-    });
+    dev = WarrenProcess.start(['dev'], devEnv({ WARREN_JWT_SECRET: 'a-secret-of-the-operator-0123456789' }));
     await dev.listening();
     await eventually(() => dev!.lines.some((l) => l.includes('Stop with Ctrl-C')), 'the start-up banner');
     expect(
@@ -54,20 +57,18 @@ describe('warren dev as a process', () => {
 
   it('prints a token that works, routes a demo event with its payload through the payload Redis, and stops on Ctrl-C (SIGINT)', async () => {
     prefix = testPrefix('dev-process');
-    dev = WarrenProcess.start(['dev'], {
-      WARREN_PREFIX: prefix,
-      WARREN_RABBITMQ_URL: inject('rabbitmqUrl'),
-      WARREN_REDIS_URL: inject('redisUrl'),
-      WARREN_GATEWAY_HOST: '127.0.0.1',
-      WARREN_GATEWAY_PORT: '0',
-      // Every payload claim-checked, on a Redis of the payloads' own.
-      WARREN_CLAIM_CHECK_BYTES: '0',
-      WARREN_CLAIM_CHECK_REDIS_URL: payloadRedisUrl(),
-      WARREN_GATEWAY_DRAIN_WINDOW_MS: '200',
-      // Required claims: the printed token and the demo page's carry them.
-      WARREN_JWT_ISSUER: 'https://id.example.test',
-      WARREN_JWT_AUDIENCE: 'warren-dev',
-    });
+    dev = WarrenProcess.start(
+      ['dev'],
+      devEnv({
+        // Every payload claim-checked, on a Redis of the payloads' own.
+        WARREN_CLAIM_CHECK_BYTES: '0',
+        WARREN_CLAIM_CHECK_REDIS_URL: payloadRedisUrl(),
+        WARREN_GATEWAY_DRAIN_WINDOW_MS: '200',
+        // Required claims: the printed token and the demo page's carry them.
+        WARREN_JWT_ISSUER: 'https://id.example.test',
+        WARREN_JWT_AUDIENCE: 'warren-dev',
+      }),
+    );
     const port = await dev.listening();
     await eventually(() => dev!.lines.some((l) => l.includes('Stop with Ctrl-C')), 'the start-up banner');
     expect(dev.lines).toContain(`  Demo page: http://localhost:${port}/`);

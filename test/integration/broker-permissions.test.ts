@@ -60,6 +60,49 @@ describe.skipIf(!local || !brokerIsLocal)('broker permissions from the README', 
     url.password = password;
     return url.toString();
   };
+  /**
+   * What the broker said to a use of a fresh channel of `model`: 'allowed', or its reason (a refusal closes
+   * the channel, its reason on the channel's error event).
+   */
+  const outcome = async (
+    model: amqp.ChannelModel,
+    use: (channel: amqp.ConfirmChannel) => Promise<unknown>,
+  ): Promise<string> => {
+    const channel = await model.createConfirmChannel();
+    let reason: string | undefined;
+    channel.on('error', (error: Error) => (reason = error.message));
+    return use(channel).then(
+      () => 'allowed',
+      (error: Error) => reason ?? error.message,
+    );
+  };
+  const published = (channel: amqp.ConfirmChannel, exchange: string, key: string, body: unknown) =>
+    new Promise<void>((resolve, reject) =>
+      channel.publish(exchange, key, Buffer.from(JSON.stringify(body)), {}, (error: unknown) =>
+        error ? reject(error as Error) : resolve(),
+      ),
+    );
+  /** Publishes events for ann (in acme) until one reaches her tab: `what` says what that shows. */
+  const reachesAnn = async (
+    idPrefix: string,
+    audience: { users?: string[]; teams?: string[] },
+    what: string,
+  ) => {
+    const ann = await openTab(gateway.port, await token({ sub: 'ann', tid: 'acme' }));
+    try {
+      await eventually(async () => {
+        await warren.publishEvent({
+          id: `${idPrefix}-${Date.now()}`,
+          tenantId: 'acme',
+          type: 'note.created',
+          audience,
+        });
+        return ann.eventIds().some((id) => id.startsWith(`${idPrefix}-`));
+      }, what);
+    } finally {
+      ann.ws.terminate();
+    }
+  };
   let gateway: Gateway;
   let resolver: Resolver;
   let warren: WarrenPublisher;
@@ -147,50 +190,28 @@ describe.skipIf(!local || !brokerIsLocal)('broker permissions from the README', 
       retryable: false,
     });
     // And it goes on publishing its own.
-    const ann = await openTab(gateway.port, await token({ sub: 'ann', tid: 'acme' }));
-    await eventually(async () => {
-      await warren.publishEvent({
-        id: `after-refusal-${Date.now()}`,
-        tenantId: 'acme',
-        type: 'note.created',
-        audience: { users: ['ann'] },
-      });
-      return ann.eventIds().some((id) => id.startsWith('after-refusal-'));
-    }, 'its own tenant’s event delivered after the refusal');
-    ann.ws.terminate();
+    await reachesAnn(
+      'after-refusal',
+      { users: ['ann'] },
+      'its own tenant’s event delivered after the refusal',
+    );
   });
 
   it('a service account changes its own tenant’s memberships by message, and no other tenant’s', async () => {
     const model = await amqp.connect(urlFor(accounts.service.user));
     try {
-      const send = async (tenantId: string) => {
-        const channel = await model.createConfirmChannel();
-        let reason: string | undefined;
-        channel.on('error', (error: Error) => (reason = error.message));
-        const change = { op: 'add', tenantId, userId: 'ann', teamId: 'ward' };
-        return new Promise<string>((resolve) =>
-          channel.publish(
-            `${prefix}.membership`,
+      const send = (tenantId: string) =>
+        outcome(model, (channel) =>
+          published(channel, `${prefix}.membership`, tenantId, {
+            op: 'add',
             tenantId,
-            Buffer.from(JSON.stringify(change)),
-            {},
-            (error) => resolve(error ? (reason ?? String(error)) : 'confirmed'),
-          ),
+            userId: 'ann',
+            teamId: 'ward',
+          }),
         );
-      };
       expect(await send('globex')).toMatch(/ACCESS_REFUSED/);
-      expect(await send('acme')).toBe('confirmed');
-      const ann = await openTab(gateway.port, await token({ sub: 'ann', tid: 'acme' }));
-      await eventually(async () => {
-        await warren.publishEvent({
-          id: `to-ward-${Date.now()}`,
-          tenantId: 'acme',
-          type: 'note.created',
-          audience: { teams: ['ward'] },
-        });
-        return ann.eventIds().some((id) => id.startsWith('to-ward-'));
-      }, 'the membership change applied');
-      ann.ws.terminate();
+      expect(await send('acme')).toBe('allowed');
+      await reachesAnn('to-ward', { teams: ['ward'] }, 'the membership change applied');
     } finally {
       await model.close();
     }
@@ -199,25 +220,9 @@ describe.skipIf(!local || !brokerIsLocal)('broker permissions from the README', 
   it('a service account cannot put a message on a Warren queue by name, nor declare anything', async () => {
     const model = await amqp.connect(urlFor(accounts.service.user));
     try {
-      // What the broker said: a refusal closes the channel, its reason on the channel's error event.
-      const refused = async (use: (channel: amqp.ConfirmChannel) => Promise<unknown>) => {
-        const channel = await model.createConfirmChannel();
-        let reason: string | undefined;
-        channel.on('error', (error: Error) => (reason = error.message));
-        return use(channel).then(
-          () => 'allowed',
-          (error: Error) => reason ?? error.message,
-        );
-      };
+      const refused = (use: (channel: amqp.ConfirmChannel) => Promise<unknown>) => outcome(model, use);
       // Straight to the gateway's queue, past the resolver: the broker refuses.
-      const direct = await refused(
-        (channel) =>
-          new Promise((resolve, reject) =>
-            channel.publish('', gateway.queue, Buffer.from('{}'), {}, (error: unknown) =>
-              error ? reject(error as Error) : resolve(undefined),
-            ),
-          ),
-      );
+      const direct = await refused((channel) => published(channel, '', gateway.queue, {}));
       expect(direct).toMatch(/ACCESS_REFUSED/);
       expect(await refused((channel) => channel.assertQueue(`${prefix}.mine`))).toMatch(/ACCESS_REFUSED/);
       expect(
