@@ -427,6 +427,13 @@ export class ResolverWorker {
           view.sync().then(() => view.prepare(pending.map((p) => p.event.audience))),
         ]);
         if (synced.status === 'rejected') throw synced.reason;
+        // An operator told the tenant's state was refused hears that it reads again, and what waited since.
+        this.refusalLog.settle(view.tenantId, (events) =>
+          this.deps.logger.info(
+            { tenantId: view.tenantId, events },
+            'Redis reads the tenant’s state again; the events put aside are routed as they come back',
+          ),
+        );
         // On the shared server the sync would have failed too; retried with it, as before.
         if (missing.status === 'rejected' && !this.deps.payloads.own) throw missing.reason;
         if (missing.status === 'rejected') {

@@ -23,4 +23,15 @@ export class PerKeyThrottle {
     this.last.set(key, { at: now, untold: 0 });
     say(count + (entry?.untold ?? 0));
   }
+
+  /**
+   * The thing has stopped happening for `key`: if it was told, `say` hears how many times it happened
+   * since it was last said (0 when none), and the next time is said at once. Not told, nothing is said.
+   */
+  settle(key: string, say: (untold: number) => void): void {
+    const entry = this.last.get(key);
+    if (!entry) return;
+    this.last.delete(key);
+    say(entry.untold);
+  }
 }

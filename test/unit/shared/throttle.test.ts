@@ -19,4 +19,21 @@ describe('PerKeyThrottle', () => {
     // One now, and the three kept quiet since it was last said.
     expect(said).toEqual(['acme:3', 'globex:1', 'acme:4']);
   });
+
+  it('settles a key it told with the count kept quiet since, and says the next time at once', () => {
+    const said: string[] = [];
+    const throttle = new PerKeyThrottle(10_000);
+    const tell = (key: string, n = 1) => throttle.tell(key, n, (count) => said.push(`${key}:${count}`));
+    const settle = (key: string) => throttle.settle(key, (untold) => said.push(`${key} settled:${untold}`));
+    settle('acme');
+    expect(said).toEqual([]);
+    tell('acme', 2);
+    tell('acme', 5);
+    settle('acme');
+    settle('acme');
+    expect(said).toEqual(['acme:2', 'acme settled:5']);
+    // Within the interval of the last telling, yet said: the key was settled.
+    tell('acme');
+    expect(said).toEqual(['acme:2', 'acme settled:5', 'acme:1']);
+  });
 });
