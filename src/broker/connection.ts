@@ -38,6 +38,16 @@ const AMQPLIB_TABLE_BUFFER = 65_536;
  * hooks (declare topology, open channels, start consumers, re-bind) which run again after every reconnect,
  * so nothing above this class has to notice a reconnect other than by its hook running.
  */
+/**
+ * The broker refused the credentials, the virtual host, or a permission a setup step needs (AMQP 403
+ * ACCESS_REFUSED, 530 NOT_ALLOWED): trying again with the same account fails the same way. For a library's
+ * caller, who would rather hear it at once than after the connect timeout; daemons keep trying (an
+ * operator may grant the permission).
+ */
+export function refusedForGood(error: Error): boolean {
+  return /\b(ACCESS.REFUSED|NOT.ALLOWED)\b/.test(error.message);
+}
+
 export class BrokerConnection extends EventEmitter<BrokerEvents> {
   private readonly hooks: SetupHook[] = [];
   private recovering: amqp.RecoveringChannelModel | undefined;
@@ -84,9 +94,10 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
   /**
    * Connects, retrying with backoff; resolves after the first successful setup. Forever by default (a
    * daemon waits for its broker, logging each attempt); with `timeoutMs`, gives up after that long, stops
-   * retrying and rejects with the last attempt's error (a library's caller is told).
+   * retrying and rejects with the last attempt's error (a library's caller is told). An attempt that
+   * `giveUpOn` says will fail the same way again (see `refusedForGood`) ends it at once, not retryable.
    */
-  async start(options: { timeoutMs?: number } = {}): Promise<void> {
+  async start(options: { timeoutMs?: number; giveUpOn?: (error: Error) => boolean } = {}): Promise<void> {
     let url: URL;
     try {
       url = new URL(this.options.url);
@@ -131,9 +142,16 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
       this.emit('disconnected', error);
     });
     let lastFailure: string | undefined;
+    let refusal: Error | undefined;
+    let refused: () => void = () => {};
+    const givenUp = new Promise<void>((resolve) => (refused = resolve));
     this.recovering.on('connect-failed', (error: Error) => {
       lastFailure = error.message;
       this.logger.warn({ err: error.message }, 'broker connect failed');
+      if (refusal === undefined && options.giveUpOn?.(error)) {
+        refusal = error;
+        refused();
+      }
     });
     this.recovering.on('reconnect-scheduled', (info: { attempt: number; delay: number }) => {
       this.logger.debug(info, 'broker reconnect scheduled');
@@ -146,8 +164,17 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
       await this.recovering.waitForConnect();
       return;
     }
-    if (await fulfilsWithin(this.recovering.waitForConnect(), timeoutMs)) return;
+    const settled = await fulfilsWithin(Promise.race([this.recovering.waitForConnect(), givenUp]), timeoutMs);
+    if (settled && refusal === undefined) return;
     await this.close().catch(() => {});
+    if (refusal !== undefined) {
+      throw new WarrenError(
+        ErrorCode.BrokerUnavailable,
+        `RabbitMQ at ${withoutCredentials(this.options.url)} refused: ${refusal.message}`,
+        // The same credentials, vhost and permissions are refused the same way until an operator acts.
+        { cause: refusal, retryable: false },
+      );
+    }
     throw new WarrenError(
       ErrorCode.BrokerUnavailable,
       `cannot connect to RabbitMQ at ${withoutCredentials(this.options.url)} within ${timeoutMs} ms` +

@@ -16,6 +16,7 @@ import {
   testPrefix,
   token,
 } from '../support/harness.js';
+import { TcpProxy } from '../support/tcp-proxy.js';
 
 // The broker accounts the README's "Broker permissions" section gives Warren's processes and the services
 // that publish to it, created for real: the installation runs under them, and a service's account can
@@ -152,14 +153,26 @@ describe.skipIf(!local || !brokerIsLocal)('broker permissions from the README', 
     await expect(connecting).rejects.toThrow(`exchange ${absent}.events does not exist`);
   });
 
-  it('tells a service whose account may not declare to connect with declareTopology: false', async () => {
-    const connecting = WarrenPublisher.connect({
-      rabbitmqUrl: urlFor(accounts.service.user),
-      redisUrl: inject('redisUrl'),
-      prefix,
-      connectTimeoutMs: 1500,
-    });
-    await expect(connecting).rejects.toThrow(/ACCESS_REFUSED.*connect with declareTopology: false/);
+  it('tells a service whose account may not declare to connect with declareTopology: false, at the first refusal', async () => {
+    const url = new URL(urlFor(accounts.service.user));
+    // Through a proxy of the test's own, which counts the attempts.
+    const proxy = await TcpProxy.start(url.hostname, Number(url.port || 5672));
+    try {
+      const connecting = WarrenPublisher.connect({
+        rabbitmqUrl: proxy.url(url),
+        redisUrl: inject('redisUrl'),
+        prefix,
+        // Far beyond the test's run: what ends the wait is the refusal, not the timeout.
+        connectTimeoutMs: 25_000,
+      });
+      await expect(connecting).rejects.toMatchObject({
+        message: expect.stringMatching(/ACCESS_REFUSED.*connect with declareTopology: false/),
+        retryable: false,
+      });
+      expect(proxy.connections).toBe(1);
+    } finally {
+      await proxy.close();
+    }
   });
 
   it('runs gateways and resolvers under the Warren account, and a service publishes under its own', async () => {

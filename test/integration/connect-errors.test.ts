@@ -71,17 +71,29 @@ describe('connecting to services that refuse', () => {
     expect(JSON.stringify({ ...error, message: error.message })).not.toContain('hunter2');
   });
 
-  it('the publisher SDK reports credentials the broker refuses', async () => {
+  it('the publisher SDK reports credentials the broker refuses at the first refusal, not retryable', async () => {
     const url = new URL(inject('rabbitmqUrl'));
     url.password = 'not-the-password';
-    const error = (await WarrenPublisher.connect({
-      rabbitmqUrl: url.toString(),
-      redisUrl: inject('redisUrl'),
-      connectTimeoutMs: 1500,
-    }).catch((e: unknown) => e)) as Error & { code?: string };
-    expect(error.code).toBe('WARREN_ERR_BROKER_UNAVAILABLE');
-    expect(error.message).toContain('ACCESS');
-    expect(error.message).not.toContain('not-the-password');
+    // Through a proxy of the test's own, which counts the attempts.
+    const proxy = await TcpProxy.start(url.hostname, Number(url.port || 5672));
+    try {
+      const error = (await WarrenPublisher.connect({
+        rabbitmqUrl: proxy.url(url),
+        redisUrl: inject('redisUrl'),
+        // Far beyond the test's run: what ends the wait is the refusal, not the timeout.
+        connectTimeoutMs: 25_000,
+      }).catch((e: unknown) => e)) as Error & { code?: string; retryable?: boolean };
+      expect(error.code).toBe('WARREN_ERR_BROKER_UNAVAILABLE');
+      expect(error.message).toContain('ACCESS_REFUSED');
+      expect(error.message).not.toContain('not-the-password');
+      expect(error.retryable).toBe(false);
+      expect(proxy.connections).toBe(1);
+      // Given up: no attempt after the rejection.
+      await new Promise((r) => setTimeout(r, 1000));
+      expect(proxy.connections).toBe(1);
+    } finally {
+      await proxy.close();
+    }
   });
 
   it('a Redis that refuses the connection is reported with the cause, without the password', async () => {

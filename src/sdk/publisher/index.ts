@@ -1,5 +1,5 @@
 import type { Redis } from 'ioredis';
-import { BrokerConnection } from '../../broker/connection.js';
+import { BrokerConnection, refusedForGood } from '../../broker/connection.js';
 import { Publisher } from '../../broker/publisher.js';
 import {
   checkExchangeOn,
@@ -191,7 +191,7 @@ export class WarrenPublisher {
     );
     await publisher.start();
     try {
-      await broker.start({ timeoutMs: options.connectTimeoutMs ?? 30_000 });
+      await broker.start({ timeoutMs: options.connectTimeoutMs ?? 30_000, giveUpOn: refusedForGood });
     } catch (error) {
       // Nothing left behind: no channel being reopened, and the Redis client this made closed too.
       await publisher.close();
