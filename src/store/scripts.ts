@@ -14,6 +14,19 @@
  */
 
 const APPEND = `
+-- Checked before a script writes anything: Redis keeps what a script wrote before it failed, and a change
+-- applied but not logged would never reach resolvers' caches (a member removed, yet still served).
+local function unloggable(logKey, seqKey)
+  local t = redis.call('TYPE', logKey)['ok']
+  if t ~= 'stream' and t ~= 'none' then
+    return 'WRONGTYPE the change log ' .. logKey .. ' is a ' .. t .. ', not a stream: nothing applied'
+  end
+  t = redis.call('TYPE', seqKey)['ok']
+  if t ~= 'string' and t ~= 'none' then
+    return 'WRONGTYPE the change log counter ' .. seqKey .. ' is a ' .. t .. ', not a string: nothing applied'
+  end
+  return nil
+end
 local function append(logKey, seqKey, maxlen, ...)
   local s = redis.call('INCR', seqKey)
   redis.call('XADD', logKey, 'MAXLEN', '~', maxlen, '*', 's', s, ...)
@@ -48,6 +61,8 @@ end
 export const APPLY_MEMBERSHIP = `${APPEND}
 local tag, maxlen, mode, term = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if term ~= '' and tonumber(redis.call('GET', KEYS[6]) or '0') ~= tonumber(term) then return -1 end
+local refused = unloggable(KEYS[4], KEYS[5])
+if refused then return redis.error_reply(refused) end
 local changed = 0
 local function applyAt(i)
   local kind, op, a, b = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
@@ -111,6 +126,8 @@ return out
  * Returns the users' bit positions.
  */
 export const PRESENCE_ON = `${APPEND}
+local refused = unloggable(KEYS[5], KEYS[6])
+if refused then return redis.error_reply(refused) end
 local node, maxlen = ARGV[1], ARGV[2]
 local out = {}
 for i = 3, #ARGV do
@@ -128,6 +145,8 @@ return out
  * KEYS: online(node), log, logseq   ARGV: node, maxlen, bit
  */
 export const PRESENCE_OFF = `${APPEND}
+local refused = unloggable(KEYS[2], KEYS[3])
+if refused then return redis.error_reply(refused) end
 local old = redis.call('SETBIT', KEYS[1], ARGV[3], 0)
 if old == 1 then append(KEYS[2], KEYS[3], ARGV[2], 'o', 'off', 'a', ARGV[1], 'b', ARGV[3]) end
 return old
@@ -138,6 +157,8 @@ return old
  * KEYS: online(node), log, logseq   ARGV: node, maxlen
  */
 export const PRESENCE_NODE_GONE = `${APPEND}
+local refused = unloggable(KEYS[2], KEYS[3])
+if refused then return redis.error_reply(refused) end
 redis.call('DEL', KEYS[1])
 append(KEYS[2], KEYS[3], ARGV[2], 'o', 'nd', 'a', ARGV[1])
 return 1

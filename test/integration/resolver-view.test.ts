@@ -169,6 +169,38 @@ describe('a resolver’s view of a tenant', () => {
     });
   });
 
+  it('applies nothing, membership or presence, while the change log cannot take the entry saying so', async () => {
+    await withWarrenRedis('view-log-refused', async (redis, keys) => {
+      const { store, view } = await viewWithMember(
+        redis,
+        keys,
+        { tenantId: 't1', op: 'add', kind: 'user-team', userId: 'u', teamId: 't' },
+        { teams: ['t'] },
+      );
+      // The log turns into a key of the wrong type, then its counter does: each moved aside, put back after.
+      const presence = new PresenceStore(redis, keys);
+      const leave = { tenantId: 't1', op: 'remove', kind: 'user-team', userId: 'u', teamId: 't' } as const;
+      for (const key of [keys.log('t1'), keys.logSeq('t1')]) {
+        await redis.rename(key, `${key}:saved`);
+        await redis.hset(key, 'not', 'a log');
+        await expect(store.apply(leave)).rejects.toThrow(/WRONGTYPE.*nothing applied/);
+        await expect(presence.online('n1', 't1', ['v'])).rejects.toThrow(/WRONGTYPE.*nothing applied/);
+        await expect(presence.offline('n1', 't1', 0)).rejects.toThrow(/WRONGTYPE.*nothing applied/);
+        await redis.del(key);
+        await redis.rename(`${key}:saved`, key);
+      }
+      // Nothing landed: u is still in t and online, v never came online.
+      expect(await redis.getbit(keys.teamUsers('t1', 't'), 0)).toBe(1);
+      expect(await redis.getbit(keys.online('t1', 'n1'), 0)).toBe(1);
+      expect(await redis.hget(keys.ids('t1'), 'v')).toBeNull();
+      // Applied once the log is mended, and logged: the view that cached u in t hears it.
+      expect(await store.apply(leave)).toBe(true);
+      await view.sync();
+      await view.prepare([{ teams: ['t'] }]);
+      expect(view.resolveBits({ teams: ['t'] }).toArray()).toEqual([]);
+    });
+  });
+
   it('counts a half-written change as one when it is applied again once Redis is mended', async () => {
     await withWarrenRedis('view-half-mended', async (redis, keys) => {
       const store = new MembershipStore(redis, keys);
