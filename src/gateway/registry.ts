@@ -309,9 +309,17 @@ export class ConnectionRegistry<T extends RegisteredTab> {
       );
       entries.forEach((e, i) => {
         const bit = bits[i] as number;
-        // Released while the announcement was on its way: take back what it just set.
-        if (this.users.get(e.key) !== e) {
-          void this.presence.offline(e.tenantId, bit).catch(() => {});
+        // Released while the announcement was on its way: take back what it just set, unless the user
+        // came back meanwhile. Through the new entry's own steps, after its announcement (which may still
+        // be on its way, and would otherwise be undone by this offline landing behind it in Redis).
+        const current = this.users.get(e.key);
+        if (current !== e) {
+          if (!current) {
+            void this.presence.offline(e.tenantId, bit).catch(() => {});
+            return;
+          }
+          current.offlineDue.add(bit);
+          void this.enqueue(current, () => this.takeBackBit(current)).catch(() => {});
           return;
         }
         this.setBit(e, bit);

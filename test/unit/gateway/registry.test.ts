@@ -303,6 +303,52 @@ describe('ConnectionRegistry: steps that race', () => {
     }
   });
 
+  for (const when of ['has been answered', 'is still on its way'])
+    it(`leaves a user who came back online when a re-announcement made before they left answers late, after their own announcement ${when}`, async () => {
+      // Redis as the node's bitmap: a call takes effect when sent (in the order sent, as on one
+      // connection); its answer may come later, when the test says.
+      const online = new Set<number>();
+      const answers: (() => void)[] = [];
+      let holdAnswers = false;
+      const registry = new ConnectionRegistry<RegisteredTab>(
+        { bind: async () => {}, unbind: async () => {} },
+        {
+          online: async (_tenant, users) => {
+            online.add(5);
+            if (holdAnswers) await new Promise<void>((resolve) => answers.push(resolve));
+            return users.map(() => 5);
+          },
+          offline: async (_tenant, bit) => void online.delete(bit),
+        },
+        10,
+        { onUsersChanged: () => {} },
+        silentLogger(),
+      );
+      const first = tab('t1', 'acme', 'ann');
+      await registry.add(first);
+      // The node was declared dead: the re-announcement's answer is slow.
+      holdAnswers = true;
+      const reannouncing = registry.reannounce();
+      // Meanwhile the tab closes, the grace period ends, the user is released; then comes back.
+      registry.remove(first);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      expect(registry.entry(key)).toBeUndefined();
+      holdAnswers = when === 'is still on its way';
+      const adding = registry.add(tab('t2', 'acme', 'ann'));
+      if (when === 'has been answered') await adding;
+      // Sent, whether answered or not.
+      await new Promise((resolve) => setTimeout(resolve, 0));
+      expect(answers).toHaveLength(when === 'has been answered' ? 1 : 2);
+      // The re-announcement answers, then (if it was held) the return's own announcement.
+      answers.shift()?.();
+      await reannouncing;
+      answers.shift()?.();
+      await adding;
+      await registry.entry(key)?.chain;
+      expect(registry.entry(key)?.online).toBe(true);
+      expect([...online]).toEqual([5]);
+    });
+
   it('schedules nothing more once draining, even when a release in flight fails', async () => {
     vi.useFakeTimers();
     try {
