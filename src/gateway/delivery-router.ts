@@ -260,7 +260,11 @@ export class DeliveryRouter {
         (payload) => {
           const targets = this.targets(tenantId, eventId, stillHeld());
           if (!payload)
-            return this.fill(places, targets, this.unavailable(tenantId, eventId, jobId, targets, 'missing'));
+            return this.fill(
+              places,
+              targets,
+              this.unavailable(tenantId, eventId, jobId, offset, targets, 'missing'),
+            );
           const frame =
             targets.length > 0
               ? this.record(tenantId, eventId, eventType, payload, targets, offset)
@@ -273,7 +277,7 @@ export class DeliveryRouter {
           this.fill(
             places,
             targets,
-            this.unavailable(tenantId, eventId, jobId, targets, 'fetch_failed', detail),
+            this.unavailable(tenantId, eventId, jobId, offset, targets, 'fetch_failed', detail),
           );
         },
       )
@@ -500,11 +504,16 @@ export class DeliveryRouter {
     for (const [batchFrame, { tabs }] of ordered) this.writer.write(tabs, batchFrame);
   }
 
-  /** Counts and logs a payload that could not be read; returns the error frame for the targets' tabs. */
+  /**
+   * Counts and logs a payload that could not be read; returns the error frame for the targets' tabs, and
+   * keeps it in history at the event's offset: a tab of theirs that was reconnecting (between a reload's
+   * two pages, say) gets it with its resume, instead of a silent gap at that offset.
+   */
   private unavailable(
     tenantId: string,
     eventId: string,
     jobId: string,
+    offset: number,
     targets: Target[],
     reason: PayloadUnavailableReason,
     detail?: string,
@@ -521,7 +530,15 @@ export class DeliveryRouter {
       { tenantId, eventId, jobId, reason, tabs: tabs.length, ...(detail ? { err: detail } : {}) },
       'claim-checked payload unavailable; tabs sent payload_unavailable',
     );
-    return Buffer.from(frame);
+    const bytes = Buffer.from(frame);
+    if (targets.length > 0)
+      this.history.add(
+        tenantId,
+        offset,
+        targets.map((target) => target.key),
+        bytes,
+      );
+    return bytes;
   }
 
   private refuse(reason: RefusalReason, count: number): void {

@@ -47,22 +47,30 @@ async function routerFor(userId: string, bitOf: (userId: string) => number, idMa
   );
   const frames: string[] = [];
   await registry.add(fakeTab('acme', userId, frames));
-  let settle: (payload: Uint8Array) => void = () => {};
+  let settle: (payload: Uint8Array | undefined) => void = () => {};
   const payloads = {
-    get: () => new Promise<Uint8Array>((resolve) => (settle = resolve)),
+    get: () => new Promise<Uint8Array | undefined>((resolve) => (settle = resolve)),
   } as unknown as PayloadFetcher;
+  const history = new DeliveryHistory('e', 100, 1 << 20);
   const metrics = new GatewayMetrics(createRegistry({ node: 'n1' }));
   const router = new DeliveryRouter(
     registry,
     new RecentDeliveries(1000),
-    new DeliveryHistory('e', 100, 1 << 20),
+    history,
     payloads,
     metrics,
     silentLogger(),
     Number.POSITIVE_INFINITY,
     idMap,
   );
-  return { registry, frames, router, metrics, settle: (payload: Uint8Array) => settle(payload) };
+  return {
+    registry,
+    frames,
+    router,
+    metrics,
+    history,
+    settle: (payload: Uint8Array | undefined) => settle(payload),
+  };
 }
 
 describe('DeliveryRouter, node-routed and claim-checked', () => {
@@ -153,6 +161,47 @@ describe('DeliveryRouter, claim-checked deliveries naming a user of another tena
     // Refused, and counted, once.
     const refused = (await metrics.refused.get()).values;
     expect(refused).toEqual([expect.objectContaining({ labels: { reason: 'tenant_mismatch' }, value: 1 })]);
+  });
+});
+
+describe('DeliveryRouter, a claim-checked payload gone while its user was between tabs', () => {
+  const delivery = (id: string, jobId?: string): Delivery =>
+    ({
+      message: {
+        fields: { routingKey: userKey('acme', 'ann') },
+        properties: {
+          messageId: id,
+          type: 'doc.attached',
+          headers: {
+            [DeliveryHeader.Tenant]: 'acme',
+            ...(jobId === undefined ? {} : { [DeliveryHeader.Job]: jobId }),
+          },
+        },
+        content: Buffer.from('{"doc":0}'),
+      },
+      ack: () => {},
+    }) as unknown as Delivery;
+
+  it('keeps its payload_unavailable in history at the event’s offset, so the next tab’s resume has it', async () => {
+    const { registry, frames, router, history, settle } = await routerFor('ann', () => 1);
+    const key = userKey('acme', 'ann');
+    router.handle(delivery('e1'));
+    expect(frames).toEqual([expect.stringContaining('"id":"e1"')]);
+    const cursor = history.offset('acme');
+    // The page reloads: the user is in the grace period when a claim-checked event arrives, whose payload
+    // has expired; then an inline one.
+    const [first] = registry.entry(key)?.tabs ?? [];
+    registry.remove(first as Tab);
+    router.handle(delivery('e2', 'job-2'));
+    settle(undefined);
+    await vi.waitFor(() => expect(router.welcomeOffset('acme', key)).toBe(cursor + 1));
+    router.handle(delivery('e3'));
+    // The new page resumes from the last offset the old one saw.
+    const replay = history.since('e', 'acme', cursor, key, router.welcomeOffset('acme', key));
+    expect(replay?.map((frame) => JSON.parse(Buffer.from(frame).toString()) as object)).toEqual([
+      expect.objectContaining({ type: 'error', code: 'payload_unavailable', id: 'e2' }),
+      expect.objectContaining({ type: 'event', id: 'e3', offset: cursor + 2 }),
+    ]);
   });
 });
 
