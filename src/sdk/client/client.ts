@@ -230,6 +230,9 @@ export class WarrenClient {
           this.share?.post({ k: 'down' });
           // To the node the last leader was on: offsets (and so a resume) mean something only there.
           if (this.leaderUrl !== undefined) this.link.urls.moveTo(this.leaderUrl);
+          // With a token asked for now, not the one this tab joined with (maybe hours ago): the user may
+          // have signed out since, or someone else signed in, and the application's answer says so.
+          this.link.tokens.forget();
           this.openSocket();
         },
         hello: () => this.announce(),

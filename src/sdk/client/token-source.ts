@@ -60,6 +60,11 @@ export class TokenSource {
     return token;
   }
 
+  /** Drops the cached token: the next `get` asks the application, whatever it is asked with. */
+  forget(): void {
+    this.token = undefined;
+  }
+
   /**
    * `get`, given up after `ms` (> 0; 0 waits for good): a `getToken` that never settles (a fetch has no
    * timeout of its own) must not hold the client for good. What it gives later is ignored.

@@ -96,7 +96,11 @@ export interface ClientEvents {
 export interface ClientOptions {
   /** `ws(s)://host/ws`, a list of gateway nodes (random start, next on failure or drain), or a function. */
   url: UrlOption;
-  /** Returns a token for the current user; called at start, after 4001, and after repeated failed attempts. */
+  /**
+   * Returns a token for the current user; called at start, after 4001, after repeated failed attempts, and
+   * when a tab takes over its tabs' shared socket (so that a user signed out meanwhile is not connected
+   * with the token the tab started with: throw, or return another user's, and no socket opens for them).
+   */
   getToken: GetToken;
   /**
    * Share one WebSocket among this user's tabs of the same origin: one tab (elected with Web Locks) holds

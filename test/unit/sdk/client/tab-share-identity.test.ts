@@ -219,6 +219,32 @@ describe('tab sharing never crosses users', () => {
     expect(leader.seen).toEqual([{ for: 'alice' }]);
   });
 
+  it('takes over with a token asked for then, not the one it joined with: signed out, it opens no socket', async () => {
+    const leader = tab(() => tokenFor('acme', 'alice'), true);
+    await vi.waitFor(() => expect(leader.client.role).toBe(TabRole.Leader));
+    let signedIn = true;
+    let asked = 0;
+    const follower = tab(() => {
+      asked += 1;
+      if (!signedIn) throw new Error('signed out');
+      return tokenFor('acme', 'alice');
+    }, true);
+    await vi.waitFor(() => expect(follower.client.state).toBe('connected'));
+    const errors: string[] = [];
+    follower.client.on('error', (e) => errors.push(e.code));
+    expect(asked).toBe(1);
+
+    // Alice signs out in another tab, which closes the leader's page.
+    signedIn = false;
+    const sockets = FakeSocket.all.length;
+    leader.client.close();
+    await vi.waitFor(() => expect(follower.client.role).toBe(TabRole.Leader));
+    await vi.waitFor(() => expect(errors).toContain('token_failed'));
+    expect(asked).toBeGreaterThan(1);
+    // No socket opened with the token the tab joined with.
+    expect(FakeSocket.all.length).toBe(sockets);
+  });
+
   it('shares nothing on tokens it cannot read, even under a group name: each tab keeps its own socket', async () => {
     const tabs = [tab(() => opaqueFor('alice'), 'user-alice'), tab(() => opaqueFor('bob'), 'user-alice')];
     await vi.waitFor(() => expect(FakeSocket.all).toHaveLength(2));
