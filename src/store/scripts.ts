@@ -36,10 +36,13 @@ local function bitOf(ids, rids, idseq, user, create)
   if bit then return tonumber(bit) end
   if not create then return nil end
   bit = redis.call('INCR', idseq) - 1
-  if redis.call('HEXISTS', rids, bit) == 1 then
-    -- The counter fell behind the map (evicted, or restored from an older copy): handing out a bit in use
-    -- would give this user the memberships of the one holding it. Move it past every bit in use.
-    bit = redis.call('HLEN', rids)
+  -- Bits are handed out in order and never taken back, so every user listed holds one below the count of
+  -- users listed; a bit under that count, or one the reverse map lists, means the counter fell behind the
+  -- maps (evicted, or restored from an older copy, maybe with the reverse map lost too): handing out a bit
+  -- in use would give this user the memberships of the one holding it. Move it past every bit in use.
+  local listed = redis.call('HLEN', ids)
+  if bit < listed or redis.call('HEXISTS', rids, bit) == 1 then
+    bit = math.max(listed, redis.call('HLEN', rids))
     while redis.call('HEXISTS', rids, bit) == 1 do bit = bit + 1 end
     redis.call('SET', idseq, bit + 1)
   end

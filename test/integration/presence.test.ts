@@ -214,6 +214,10 @@ describe('presence of gateway nodes in Redis', () => {
         2: 'cat',
         3: 'dan',
       });
+      // The reverse map is lost as well: the ids listed still say which bits are taken.
+      await redis.del(keys.idSeq('acme'), keys.reverseIds('acme'));
+      expect(await store.online('n1', 'acme', ['eve'])).toEqual([4]);
+      expect(await redis.hgetall(keys.reverseIds('acme'))).toEqual({ 4: 'eve' });
     });
   });
 
