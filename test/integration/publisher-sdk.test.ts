@@ -92,10 +92,13 @@ describe('publisher SDK: options', () => {
       redisTimeoutMs: -1,
       // 0: publish at once or fail; allowed.
       publishTimeoutMs: 0,
+      // A brace would take keys out of the tenant's hash slot.
+      prefix: 'warren}x',
     }).catch((error: unknown) => error);
     expect(refused).toBeInstanceOf(TypeError);
     for (const name of ['confirmTimeoutMs', 'connectTimeoutMs', 'claimCheckTtlSec', 'redisTimeoutMs'])
       expect(String(refused)).toContain(name);
+    expect(String(refused)).toContain('prefix must match');
     expect(String(refused)).not.toContain('publishTimeoutMs');
   });
 

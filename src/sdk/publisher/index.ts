@@ -82,7 +82,9 @@ export interface PublisherOptions {
 /** The longest delay a Node timer takes; a longer one (or Infinity) fires after 1 ms. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
-/** Every problem with the numeric options, so that a bad one is not taken for a timeout of 1 ms. */
+const PREFIX_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
+
+/** Every problem with the numeric options (and the prefix), so that a bad one is not taken for a timeout of 1 ms. */
 function badOptions(options: PublisherOptions): string[] {
   const bad: string[] = [];
   const check = (name: keyof PublisherOptions, min: number, max = MAX_TIMER_MS): void => {
@@ -95,6 +97,11 @@ function badOptions(options: PublisherOptions): string[] {
   // 0: publish at once or fail, without waiting for a lost connection to come back.
   check('publishTimeoutMs', 0);
   for (const name of ['connectTimeoutMs', 'confirmTimeoutMs', 'redisTimeoutMs'] as const) check(name, 1);
+  // As WARREN_PREFIX: it is part of every exchange, queue and Redis key (a `:` or brace would move keys
+  // out of the tenant's hash slot, a `.` out of the routing-key layout).
+  const { prefix } = options;
+  if (prefix !== undefined && !(typeof prefix === 'string' && PREFIX_PATTERN.test(prefix)))
+    bad.push(`prefix must match ${String(PREFIX_PATTERN)}, as WARREN_PREFIX (got ${JSON.stringify(prefix)})`);
   return bad;
 }
 
