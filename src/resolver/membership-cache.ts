@@ -63,7 +63,11 @@ export class MembershipCache {
         break;
       }
       case 'rl':
-        this.clear();
+        // Partial: the teams and groups a bulk change touched (ids never hold a comma); else everything.
+        if (entry.c === 'p') {
+          for (const id of entry.a.split(',')) this.teams.delete(id);
+          for (const id of entry.b.split(',')) this.groups.delete(id);
+        } else this.clear();
         break;
       default:
         break;

@@ -11,6 +11,7 @@
  *   off a=node  b=bit          user offline on a node
  *   nd  a=node                 node gone: forget everything it held
  *   rl                         memberships changed in bulk: drop membership caches
+ *   rl  a=teams b=groups c=p   the same, for these teams and groups only (comma-separated)
  */
 
 const APPEND = `
@@ -52,6 +53,9 @@ local function bitOf(ids, rids, idseq, user, create)
 end
 `;
 
+/** At most this many teams and groups are named by a reload entry; past it, the entry reloads everything. */
+export const RELOAD_NAMED = 64;
+
 /**
  * Applies membership changes of one tenant.
  * KEYS: ids, rids, idseq, log, logseq, term
@@ -62,14 +66,26 @@ end
  * Returns how many changes altered state, or -1 (nothing applied) when the term is not the current one.
  */
 export const APPLY_MEMBERSHIP = `${APPEND}
+local RELOAD_NAMED = ${RELOAD_NAMED}
 local tag, maxlen, mode, term = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if term ~= '' and tonumber(redis.call('GET', KEYS[6]) or '0') ~= tonumber(term) then return -1 end
 local refused = unloggable(KEYS[4], KEYS[5])
 if refused then return redis.error_reply(refused) end
 local changed = 0
+-- The teams and groups a bulk entry (or a failure) must make resolvers reload: a team's direct members and
+-- the groups holding it, a group's members.
+local teams, groups, touched = {}, {}, 0
+local function touch(list, id)
+  if not list[id] then
+    list[id] = true
+    touched = touched + 1
+  end
+end
 local function applyAt(i)
   local kind, op, a, b = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local v = tonumber(op)
+  -- Before writing: a change that fails half-way has written something too.
+  if kind == 'gt' then touch(teams, b) elseif kind == 'tu' then touch(teams, a) else touch(groups, a) end
   if kind == 'gt' then
     -- Either side counts: one left behind by a change that failed half-way is a change when it is mended.
     local n
@@ -105,7 +121,18 @@ for i = 5, #ARGV, 4 do
     break
   end
 end
-if failed or (mode == 'bulk' and changed > 0) then append(KEYS[4], KEYS[5], maxlen, 'o', 'rl') end
+if failed or (mode == 'bulk' and changed > 0) then
+  -- Naming what to reload (c = 'p', partial) when that is short: resolvers keep the rest of their cache, and
+  -- a tenant's events to other teams resolve undisturbed while an import runs. Longer: reload everything.
+  if touched <= RELOAD_NAMED then
+    local t, g = {}, {}
+    for id in pairs(teams) do t[#t + 1] = id end
+    for id in pairs(groups) do g[#g + 1] = id end
+    append(KEYS[4], KEYS[5], maxlen, 'o', 'rl', 'a', table.concat(t, ','), 'b', table.concat(g, ','), 'c', 'p')
+  else
+    append(KEYS[4], KEYS[5], maxlen, 'o', 'rl')
+  end
+end
 if failed then
   -- A Redis refusal keeps its code (WRONGTYPE…); a Lua error gets ERR, which callers take as permanent.
   return redis.error_reply(type(failed) == 'table' and failed.err or ('ERR ' .. tostring(failed)))

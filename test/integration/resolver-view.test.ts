@@ -5,6 +5,7 @@ import { TenantView } from '../../src/resolver/tenant-view.js';
 import type { Logger } from '../../src/shared/logger.js';
 import type { Keys } from '../../src/store/keys.js';
 import { MembershipStore } from '../../src/store/membership-store.js';
+import { RELOAD_NAMED } from '../../src/store/scripts.js';
 import { PresenceStore } from '../../src/store/presence-store.js';
 import type { WarrenRedis } from '../../src/store/redis.js';
 import { withWarrenRedis } from '../support/harness.js';
@@ -198,6 +199,47 @@ describe('a resolver’s view of a tenant', () => {
       await view.sync();
       await view.prepare([{ teams: ['t'] }]);
       expect(view.resolveBits({ teams: ['t'] }).toArray()).toEqual([]);
+    });
+  });
+
+  it('reloads only the teams and groups a bulk change touched, or everything past RELOAD_NAMED of them', async () => {
+    await withWarrenRedis('view-bulk-named', async (redis, keys) => {
+      const { store, view } = await viewWithMember(
+        redis,
+        keys,
+        { tenantId: 't1', op: 'add', kind: 'user-team', userId: 'u', teamId: 't' },
+        { teams: ['t'] },
+      );
+      await view.prepare([{ teams: ['other'], groups: ['g'] }]);
+      expect(view.members.size).toBe(3);
+      // An import's batch: u leaves t, and joins g.
+      await store.applyBulk('t1', [
+        { tenantId: 't1', op: 'remove', kind: 'user-team', userId: 'u', teamId: 't' },
+        { tenantId: 't1', op: 'add', kind: 'user-group', userId: 'u', groupId: 'g' },
+      ]);
+      const [[, fields] = ['', []]] = (await redis.xrevrange(keys.log('t1'), '+', '-', 'COUNT', 1)) as [
+        string,
+        string[],
+      ][];
+      expect(fields.slice(2)).toEqual(['o', 'rl', 'a', 't', 'b', 'g', 'c', 'p']);
+      await view.sync();
+      // `other` is kept; t and g are read again, as Redis holds them now.
+      expect(view.members.size).toBe(1);
+      await view.prepare([{ teams: ['t'] }, { groups: ['g'] }]);
+      expect(view.resolveBits({ teams: ['t'] }).toArray()).toEqual([]);
+      expect(view.resolveBits({ groups: ['g'] }).toArray()).toHaveLength(1);
+
+      // Too many to name: everything goes.
+      const many = Array.from({ length: RELOAD_NAMED + 1 }, (_, i) => ({
+        tenantId: 't1',
+        op: 'add' as const,
+        kind: 'user-team' as const,
+        userId: 'v',
+        teamId: `team-${i}`,
+      }));
+      await store.applyBulk('t1', many);
+      await view.sync();
+      expect(view.members.size).toBe(0);
     });
   });
 
