@@ -82,7 +82,13 @@ export class TenantView {
     if (!this.position) await this.init();
     for (;;) {
       const position = this.position as LogPosition;
-      const entries = await readLog(this.redis, this.keys.log(this.tenantId), position.cursor, LOG_BATCH);
+      const { entries, seq } = await readLog(
+        this.redis,
+        this.keys.log(this.tenantId),
+        this.keys.logSeq(this.tenantId),
+        position.cursor,
+        LOG_BATCH,
+      );
       for (const entry of entries) {
         if (entry.seq !== position.seq + 1) {
           await this.reset();
@@ -99,7 +105,15 @@ export class TenantView {
         position.cursor = entry.id;
         position.seq = entry.seq;
       }
-      if (entries.length < LOG_BATCH) return;
+      if (entries.length < LOG_BATCH) {
+        // At the end of the log, yet behind its counter: entries this view never read are gone (the log
+        // emptied or deleted from outside). Without this, nothing would say so until the next entry.
+        if (seq > position.seq) {
+          await this.reset();
+          return this.sync();
+        }
+        return;
+      }
     }
   }
 

@@ -46,29 +46,47 @@ function toEntry([id, fields]: RawEntry): LogEntry {
   return entry;
 }
 
-/** Where the log ends now. Read it *before* loading a snapshot: re-applying entries is idempotent. */
+/**
+ * Where the log ends now. Read it *before* loading a snapshot: re-applying entries is idempotent. Its last
+ * entry and the sequence counter are read at one moment (a transaction): with entries missing at the end
+ * (deleted from outside), the counter says where the log really is, and the snapshot covers them.
+ */
 export async function logHead(redis: WarrenRedis, logKey: string, seqKey: string): Promise<LogPosition> {
-  const [last, seq] = await Promise.all([
-    redis.xrevrange(logKey, '+', '-', 'COUNT', 1) as Promise<RawEntry[]>,
-    redis.get(seqKey),
-  ]);
+  const replies = await redis.multi().xrevrange(logKey, '+', '-', 'COUNT', 1).get(seqKey).exec();
+  const [last, seq] = resultsOf(replies) as [RawEntry[], string | null];
+  const counted = Number(seq ?? 0);
   const top = last[0];
   if (top) {
     const entry = toEntry(top);
-    return { cursor: entry.id, seq: entry.seq };
+    // A counter behind the last entry was lost (it starts again, and the next entry shows a gap).
+    return { cursor: entry.id, seq: Math.max(entry.seq, counted) };
   }
-  return { cursor: '0-0', seq: Number(seq ?? 0) };
+  return { cursor: '0-0', seq: counted };
 }
 
-/** Entries after `cursor`, oldest first, at most `count`. */
+/**
+ * Entries after `cursor`, oldest first, at most `count`, and the sequence counter at the same moment (a
+ * transaction): a reader at the end of the log whose last sequence number is below it knows entries it
+ * has not read are gone (the log emptied or deleted from outside), which no later entry might tell.
+ */
 export async function readLog(
   redis: WarrenRedis,
   logKey: string,
+  seqKey: string,
   cursor: string,
   count: number,
-): Promise<LogEntry[]> {
-  const reply = (await redis.xread('COUNT', count, 'STREAMS', logKey, cursor)) as
-    [string, RawEntry[]][] | null;
+): Promise<{ entries: LogEntry[]; seq: number }> {
+  const replies = await redis.multi().xread('COUNT', count, 'STREAMS', logKey, cursor).get(seqKey).exec();
+  const [reply, seq] = resultsOf(replies) as [[string, RawEntry[]][] | null, string | null];
   const stream = reply?.[0];
-  return stream ? stream[1].map(toEntry) : [];
+  return { entries: stream ? stream[1].map(toEntry) : [], seq: Number(seq ?? 0) };
+}
+
+/** The replies of a transaction, or its first error (a key of the wrong type, say). */
+function resultsOf(replies: [Error | null, unknown][] | null): unknown[] {
+  if (!replies) throw new Error('change log read aborted');
+  return replies.map(([error, value]) => {
+    if (error) throw error;
+    return value;
+  });
 }

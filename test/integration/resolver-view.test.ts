@@ -243,6 +243,28 @@ describe('a resolver’s view of a tenant', () => {
     });
   });
 
+  it('starts over when entries it never read are gone from the end of the log, with no entry after them', async () => {
+    await withWarrenRedis('view-log-emptied', async (redis, keys) => {
+      const { store, view } = await viewWithMember(
+        redis,
+        keys,
+        { tenantId: 't1', op: 'add', kind: 'user-team', userId: 'u', teamId: 't' },
+        { teams: ['t'] },
+      );
+      // u leaves t; then the log is emptied from outside before this view read the entry saying so.
+      await store.apply({ tenantId: 't1', op: 'remove', kind: 'user-team', userId: 'u', teamId: 't' });
+      await redis.xtrim(keys.log('t1'), 'MAXLEN', 0);
+      await view.sync();
+      await view.prepare([{ teams: ['t'] }]);
+      expect(view.resolveBits({ teams: ['t'] }).toArray()).toEqual([]);
+      // And settles there: the next change is read as the next entry, not taken for another gap.
+      await store.apply({ tenantId: 't1', op: 'add', kind: 'user-team', userId: 'u', teamId: 't' });
+      await view.sync();
+      await view.prepare([{ teams: ['t'] }]);
+      expect(view.resolveBits({ teams: ['t'] }).toArray()).toHaveLength(1);
+    });
+  });
+
   it('counts a half-written change as one when it is applied again once Redis is mended', async () => {
     await withWarrenRedis('view-half-mended', async (redis, keys) => {
       const store = new MembershipStore(redis, keys);
