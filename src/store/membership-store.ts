@@ -15,6 +15,10 @@ export class StaleMembershipTerm extends Error {
   }
 }
 
+/** How long a measured clock offset is used, and the slowest round trip one is kept from. */
+const CLOCK_KEPT_MS = 60_000;
+const CLOCK_MAX_RTT_MS = 50;
+
 type ChangeArgs = [kind: 'tu' | 'gu' | 'gt', op: 0 | 1, a: string, b: string];
 
 function toArgs(change: MembershipChange): ChangeArgs {
@@ -37,6 +41,8 @@ function toArgs(change: MembershipChange): ChangeArgs {
 export class MembershipStore {
   /** Connections of `redis` closed since `newTerm` was first called. */
   private closes = 0;
+  /** Redis's clock minus this host's (ms), and when it was measured (see `applyWithin`). */
+  private clock: { offset: number; at: number } | undefined;
   private watching = false;
 
   constructor(
@@ -49,6 +55,7 @@ export class MembershipStore {
     mode: 'each' | 'bulk',
     changes: readonly ChangeArgs[],
     term?: number,
+    notAfter?: number,
   ): Promise<number> {
     const k = this.keys;
     const changed = await this.redis.warrenApplyMembership(
@@ -62,10 +69,46 @@ export class MembershipStore {
       LOG_MAX_LEN,
       mode,
       term === undefined ? '' : String(term),
+      notAfter === undefined ? '' : String(notAfter),
       ...changes.flat(),
     );
+    if (changed === -2) {
+      throw new WarrenError(
+        ErrorCode.Timeout,
+        `the membership change reached Redis after its caller gave up, and was not applied`,
+        { retryable: true },
+      );
+    }
     if (changed < 0) throw new StaleMembershipTerm(tenantId, term as number);
     return changed;
+  }
+
+  /**
+   * `apply`, refused by Redis itself if it arrives after `ms` from now. A call given up after `ms` must not
+   * land later: ioredis resends a command whose reply was lost, and sends those queued while it was away,
+   * once it reconnects, maybe minutes on, after changes made meanwhile through other clients (a removal
+   * the late add would undo). The deadline is set on Redis's clock, from an offset measured with `TIME`
+   * and taken at its earliest: a change may be refused a little before `ms`, never applied after it.
+   */
+  async applyWithin(change: MembershipChange, ms: number): Promise<boolean> {
+    const started = Date.now();
+    const offset = await this.clockOffset();
+    await this.redis.sadd(this.keys.tenants(), change.tenantId);
+    const notAfter = Math.floor(started + ms + offset);
+    return (await this.run(change.tenantId, 'each', [toArgs(change)], undefined, notAfter)) > 0;
+  }
+
+  /** Redis's clock minus this host's, at its smallest given the round trip; re-measured once a minute. */
+  private async clockOffset(): Promise<number> {
+    const now = Date.now();
+    if (this.clock && now - this.clock.at < CLOCK_KEPT_MS) return this.clock.offset;
+    const [seconds, micros] = await this.redis.time();
+    const after = Date.now();
+    const offset = Number(seconds) * 1000 + Math.floor(Number(micros) / 1000) - after;
+    // Kept only when measured over a quick round trip: a slow one (Redis busy) understates the offset by up
+    // to its length, which would shorten every later change's time to arrive.
+    if (after - now <= CLOCK_MAX_RTT_MS) this.clock = { offset, at: after };
+    return offset;
   }
 
   /**

@@ -61,14 +61,20 @@ export const RELOAD_NAMED = 64;
  * KEYS: ids, rids, idseq, log, logseq, term
  * ARGV: tag ("{prefix:tenant}"), maxlen, mode ("each" = one log entry per change, "bulk" = one `rl` entry),
  *       term (the caller's membership-queue term, or "" when not applying from the queue),
+ *       notAfter (ms on Redis's clock past which nothing is applied: the caller has given up; or ""),
  *       then per change: kind (tu|gu|gt), op (1 add, 0 remove), a, b
  * Target keys are derived from the tag: they share the tenant's slot, so this stays cluster-safe.
- * Returns how many changes altered state, or -1 (nothing applied) when the term is not the current one.
+ * Returns how many changes altered state, -1 (nothing applied) when the term is not the current one, or -2
+ * (nothing applied) when it arrived after notAfter.
  */
 export const APPLY_MEMBERSHIP = `${APPEND}
 local RELOAD_NAMED = ${RELOAD_NAMED}
-local tag, maxlen, mode, term = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local tag, maxlen, mode, term, notAfter = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 if term ~= '' and tonumber(redis.call('GET', KEYS[6]) or '0') ~= tonumber(term) then return -1 end
+if notAfter ~= '' then
+  local t = redis.call('TIME')
+  if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(notAfter) then return -2 end
+end
 local refused = unloggable(KEYS[4], KEYS[5])
 if refused then return redis.error_reply(refused) end
 local changed = 0
@@ -114,7 +120,7 @@ end
 -- ends the batch, and a bulk entry is logged for whatever was written before it (also half a 'gt'), or a
 -- resolver would go on serving memberships older than Redis holds.
 local failed
-for i = 5, #ARGV, 4 do
+for i = 6, #ARGV, 4 do
   local ok, err = pcall(applyAt, i)
   if not ok then
     failed = err

@@ -123,7 +123,7 @@ describe('publisher SDK: options', () => {
 });
 
 describe('publisher SDK: Redis that takes the connection and never answers', () => {
-  it('rejects membership changes and large events after redisTimeoutMs, and works again once it answers', async () => {
+  it('rejects membership changes and large events after redisTimeoutMs, never applies them later, and works again once it answers', async () => {
     const prefix = testPrefix('sdk-redis-hang');
     const redisUrl = new URL(inject('redisUrl'));
     const proxy = await TcpProxy.start(redisUrl.hostname, Number(redisUrl.port || 6379));
@@ -150,8 +150,32 @@ describe('publisher SDK: Redis that takes the connection and never answers', () 
         expect(refused).toMatchObject({ code: 'WARREN_ERR_TIMEOUT' });
         expect(String(refused)).toMatch(/timed out after 300 ms/);
       }
+      // The application undoes the change it was told timed out, through another client (another instance
+      // of the service), which reaches Redis.
+      const other = await WarrenPublisher.connect({
+        rabbitmqUrl: inject('rabbitmqUrl'),
+        redisUrl: inject('redisUrl'),
+        prefix,
+      });
+      await other.removeUserFromTeam('acme', 'ann', 'icu');
+      await other.close();
+      // Redis answers again: what the stalled client had sent or queued arrives now, before this change.
       proxy.flow();
       expect(await warren.addUserToTeam('acme', 'bob', 'icu')).toBe(true);
+      // The change given up on was not applied late, after the removal made since.
+      const redis = new Redis(inject('redisUrl'));
+      const keys = new Keys(prefix);
+      const bits = await redis.hgetall(keys.ids('acme'));
+      const members = await redis.getBuffer(keys.teamUsers('acme', 'icu'));
+      await redis.quit();
+      const member = (user: string): boolean => {
+        const bit = bits[user];
+        if (bit === undefined || !members) return false;
+        const byte = members[Math.floor(Number(bit) / 8)] ?? 0;
+        return (byte & (0x80 >> (Number(bit) % 8))) !== 0;
+      };
+      expect(member('bob')).toBe(true);
+      expect(member('ann')).toBe(false);
     } finally {
       await removeInstallation(prefix, { warren });
       await proxy.close();

@@ -320,7 +320,12 @@ export class WarrenPublisher {
         `invalid membership change: ${describeIssues(result.error)}`,
       );
     }
-    return this.bounded(this.members.apply(result.data), 'applying the membership change in Redis');
+    // Refused by Redis if it arrives after this call gives up: never applied later, behind changes made
+    // meanwhile (see `applyWithin`).
+    return this.bounded(
+      this.members.applyWithin(result.data, this.settings.redisTimeoutMs),
+      'applying the membership change in Redis',
+    );
   }
 
   addUserToTeam(tenantId: string, userId: string, teamId: string): Promise<boolean> {
