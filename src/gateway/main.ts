@@ -408,11 +408,14 @@ export async function startGateway(
       const wrong = await registry.verifyBits((tenantId, userIds) => presence.bitsOf(tenantId, userIds));
       // Every held bit, those of users in their grace period too, now agrees with the server there is.
       if (!reannounceDue && verifying === serverGeneration) bitsCurrent = true;
-      if (wrong.length > 0)
+      if (wrong.length > 0) {
         logger.error(
           { users: wrong.slice(0, 20), count: wrong.length },
           'id map changed under held users; announced again',
         );
+        // Their events went to bits that were no longer theirs until now: told on the next beat, as above.
+        missedWhy ??= 'the id map changed under users held here';
+      }
       // Presence steps that failed since (Redis away) are done now that Redis answers again.
       registry.repair();
       await presence.sweepDeadNodes(config.presence.expiryMs);

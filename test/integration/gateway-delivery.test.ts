@@ -276,7 +276,7 @@ describe('a bit given to another user after Redis lost id-map writes', () => {
     await redis.quit();
   });
 
-  it('is noticed on the next heartbeat: the old holder leaves it and is announced under a new one', async () => {
+  it('is noticed on the next heartbeat: the old holder leaves it, is announced under a new one, and is told to resynchronise', async () => {
     const keys = new Keys(state.prefix);
     const x = await open(0, 't1', 'X');
     const bit = Number(await redis.hget(keys.ids('t1'), 'X'));
@@ -302,6 +302,11 @@ describe('a bit given to another user after Redis lost id-map writes', () => {
     await eventually(() => x.eventIds().includes('for-x') && y.eventIds().includes('for-y'), 'both');
     expect(x.eventIds()).toEqual(['for-x']);
     expect(y.eventIds()).toEqual(['for-y']);
+    // X's events went to a bit that was not X's until then.
+    await eventually(
+      () => x.frames.some((f) => f.type === 'error' && f.code === 'events_missed'),
+      'events_missed to X’s tab',
+    );
   });
 });
 
