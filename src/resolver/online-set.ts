@@ -26,6 +26,12 @@ export class OnlineSet {
   readonly bitOf = new Map<string, number>();
   /** bit → routing key `u.<tenant>.<user>`. */
   readonly keyOf = new Map<number, string>();
+  /**
+   * user id → the other bits it was seen online under (rare: the id map gave it a new bit after losing
+   * writes, and its gateway moves it over). Still the user's here until the view starts over, so
+   * `exceptUsers` takes them out too.
+   */
+  readonly formerBits = new Map<string, number[]>();
 
   constructor(private readonly tenantId: string) {}
 
@@ -45,6 +51,12 @@ export class OnlineSet {
       // learned can be trusted, and routing on it could reach the wrong user.
       if (known !== userKey(this.tenantId, userId)) throw new IdMapConflict(this.tenantId, bit);
       return;
+    }
+    const had = this.bitOf.get(userId);
+    if (had !== undefined) {
+      const former = this.formerBits.get(userId);
+      if (former) former.push(had);
+      else this.formerBits.set(userId, [had]);
     }
     this.bitOf.set(userId, bit);
     this.keyOf.set(bit, userKey(this.tenantId, userId));

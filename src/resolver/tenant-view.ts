@@ -217,7 +217,7 @@ export class TenantView {
   resolveBits(audience: Audience): Bitmap {
     const parts = this.members.parts(audience.teams ?? [], audience.groups ?? []);
     const result = parts.length > 0 ? RoaringBitmap32.orMany(parts) : new RoaringBitmap32();
-    const { bitOf } = this.online;
+    const { bitOf, formerBits } = this.online;
     for (const user of audience.users ?? []) {
       const bit = bitOf.get(user);
       if (bit !== undefined) result.add(bit);
@@ -226,6 +226,8 @@ export class TenantView {
     for (const user of audience.exceptUsers ?? []) {
       const bit = bitOf.get(user);
       if (bit !== undefined) result.remove(bit);
+      // Empty unless the id map moved a user to a new bit while this view was up.
+      if (formerBits.size > 0) for (const former of formerBits.get(user) ?? []) result.remove(former);
     }
     return result;
   }

@@ -265,6 +265,28 @@ describe('a resolver’s view of a tenant', () => {
     });
   });
 
+  it('leaves out every bit a user excepted was seen online under, when the id map gave them a new one', async () => {
+    await withWarrenRedis('view-except-two-bits', async (redis, keys) => {
+      const { store, view } = await viewWithMember(
+        redis,
+        keys,
+        { tenantId: 't1', op: 'add', kind: 'user-team', userId: 'u', teamId: 't' },
+        { teams: ['t'] },
+      );
+      const first = Number(await redis.hget(keys.ids('t1'), 'u'));
+      // The id map lost u's entry and gave u bit 5 (a failover that lost writes); u's tab on another node
+      // is announced under it while u's first bit is still online on n1. Both are in team t.
+      await redis.hset(keys.ids('t1'), 'u', '5');
+      await store.apply({ tenantId: 't1', op: 'add', kind: 'user-team', userId: 'u', teamId: 't' });
+      await redis.zadd(keys.nodes(), 1, 'n2');
+      expect(await new PresenceStore(redis, keys).online('n2', 't1', ['u'])).toEqual([5]);
+      await view.sync();
+      await view.prepare([{ teams: ['t'] }]);
+      expect(view.resolveBits({ teams: ['t'] }).toArray()).toEqual([first, 5]);
+      expect(view.resolveBits({ teams: ['t'], exceptUsers: ['u'] }).toArray()).toEqual([]);
+    });
+  });
+
   it('counts a half-written change as one when it is applied again once Redis is mended', async () => {
     await withWarrenRedis('view-half-mended', async (redis, keys) => {
       const store = new MembershipStore(redis, keys);
