@@ -36,15 +36,18 @@ local function bitOf(ids, rids, idseq, user, create)
   local bit = redis.call('HGET', ids, user)
   if bit then return tonumber(bit) end
   if not create then return nil end
+  local lost = redis.call('EXISTS', idseq) == 0
   bit = redis.call('INCR', idseq) - 1
-  -- Bits are handed out in order and never taken back, so every user listed holds one below the count of
-  -- users listed; a bit under that count, or one the reverse map lists, means the counter fell behind the
-  -- maps (evicted, or restored from an older copy, maybe with the reverse map lost too): handing out a bit
-  -- in use would give this user the memberships of the one holding it. Move it past every bit in use.
+  -- The counter lost (evicted, or restored from an older copy) while the maps list users, or behind them
+  -- (a bit under the count of users listed, or one the reverse map lists): handing out a bit in use would
+  -- give this user the memberships of the one holding it. Moved past every bit either map lists, whatever
+  -- gaps earlier losses left (one pass over the maps, only on this path); the reverse map may be lost too.
   local listed = redis.call('HLEN', ids)
-  if bit < listed or redis.call('HEXISTS', rids, bit) == 1 then
-    bit = math.max(listed, redis.call('HLEN', rids))
-    while redis.call('HEXISTS', rids, bit) == 1 do bit = bit + 1 end
+  if (lost and listed > 0) or bit < listed or redis.call('HEXISTS', rids, bit) == 1 then
+    local top = -1
+    for _, value in ipairs(redis.call('HVALS', ids)) do top = math.max(top, tonumber(value) or -1) end
+    for _, value in ipairs(redis.call('HKEYS', rids)) do top = math.max(top, tonumber(value) or -1) end
+    bit = top + 1
     redis.call('SET', idseq, bit + 1)
   end
   redis.call('HSET', ids, user, bit)

@@ -218,6 +218,15 @@ describe('presence of gateway nodes in Redis', () => {
       await redis.del(keys.idSeq('acme'), keys.reverseIds('acme'));
       expect(await store.online('n1', 'acme', ['eve'])).toEqual([4]);
       expect(await redis.hgetall(keys.reverseIds('acme'))).toEqual({ 4: 'eve' });
+      // A second loss, after the first left gaps: the id map lost ann and bob, who came back under new bits
+      // (5, 6), leaving bits 0 and 1 unlisted; then the counter and the reverse map went again. Bits above
+      // the count of users listed are in use too.
+      await redis.hdel(keys.ids('acme'), 'ann', 'bob');
+      expect(await store.online('n1', 'acme', ['ann', 'bob'])).toEqual([5, 6]);
+      await redis.del(keys.idSeq('acme'), keys.reverseIds('acme'));
+      expect(await store.online('n1', 'acme', ['fay', 'gus'])).toEqual([7, 8]);
+      const bits = Object.values(await redis.hgetall(keys.ids('acme')));
+      expect(new Set(bits).size).toBe(bits.length);
     });
   });
 
