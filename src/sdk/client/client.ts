@@ -77,6 +77,8 @@ export class WarrenClient {
   private leaderUrl: string | undefined;
   /** A follower has accepted its leader's `up` for the expected user: only then are its relays shown. */
   private leaderTrusted = false;
+  /** Another tab led before this one: taking over, this tab's token may be old (see `lead`). */
+  private followed = false;
   /**
    * While a resume is being answered: the highest live offset (after the welcome) received meanwhile. The
    * cursor follows only the replay until it is answered, so a resume cut short (the socket dropped
@@ -230,9 +232,10 @@ export class WarrenClient {
           this.share?.post({ k: 'down' });
           // To the node the last leader was on: offsets (and so a resume) mean something only there.
           if (this.leaderUrl !== undefined) this.link.urls.moveTo(this.leaderUrl);
-          // With a token asked for now, not the one this tab joined with (maybe hours ago): the user may
-          // have signed out since, or someone else signed in, and the application's answer says so.
-          this.link.tokens.forget();
+          // After another tab led: with a token asked for now, not the one this tab joined with (maybe
+          // hours ago): the user may have signed out since, or someone else signed in, and the
+          // application's answer says so. Leading from the start, the token it joined with is new.
+          if (this.followed) this.link.tokens.forget();
           this.openSocket();
         },
         hello: () => this.announce(),
@@ -320,6 +323,7 @@ export class WarrenClient {
 
   private fromLeader(message: RelayMessage): void {
     if (message.k === 'hello') return;
+    this.followed = true;
     if (message.k === 'down') {
       this.leaderTrusted = false;
       this.connectionLost(message.code);
@@ -400,6 +404,13 @@ export class WarrenClient {
           this.resync({ reason: 'history_gap' }, offset);
           return false;
         }
+        // Once per event, as the event itself would be: a resume (or a redelivery) may bring it again.
+        if (
+          frame.code === FrameErrorCode.PayloadUnavailable &&
+          frame.id !== undefined &&
+          !this.seen.admit(frame.id)
+        )
+          return false;
         this.emitter.emit(
           'error',
           frame.code === FrameErrorCode.PayloadUnavailable

@@ -136,6 +136,28 @@ describe('client core (scripted socket, fake timers)', () => {
     expect(events[1]).toEqual({ id: 'b', type: 'test.event', data: { id: 'b' } });
   });
 
+  it('reports a payload_unavailable once, even when the gateway replays it after a reconnect', async () => {
+    const errors: { code: string; eventId?: string }[] = [];
+    client.on('error', (e) => errors.push({ code: e.code, eventId: e.eventId }));
+    const gone = {
+      type: 'error',
+      code: 'payload_unavailable',
+      message: 'the payload of event big is no longer available',
+      id: 'big',
+    } as const;
+    const first = latest();
+    first.welcome('e1', 5);
+    first.receive(gone);
+    first.end(1006);
+    const second = await nextAttempt();
+    second.welcome('e1', 6);
+    // The error carries no offset: the resume asks from before it, and the node replays it.
+    expect(second.sent).toEqual([{ type: 'resume', epoch: 'e1', offset: 5 }]);
+    second.receive(gone);
+    second.receive({ type: 'resumed', epoch: 'e1', replayed: 1, offset: 6 });
+    expect(errors).toEqual([{ code: 'payload_unavailable', eventId: 'big' }]);
+  });
+
   it('asks again from how far the replay got when the socket drops before it is complete', async () => {
     const first = latest();
     first.welcome('e1', 5);

@@ -219,6 +219,17 @@ describe('tab sharing never crosses users', () => {
     expect(leader.seen).toEqual([{ for: 'alice' }]);
   });
 
+  it('asks for its token once when it leads from the start', async () => {
+    let asked = 0;
+    const only = tab(() => {
+      asked += 1;
+      return tokenFor('acme', 'alice');
+    }, true);
+    await vi.waitFor(() => expect(only.client.state).toBe('connected'));
+    expect(only.client.role).toBe(TabRole.Leader);
+    expect(asked).toBe(1);
+  });
+
   it('takes over with a token asked for then, not the one it joined with: signed out, it opens no socket', async () => {
     const leader = tab(() => tokenFor('acme', 'alice'), true);
     await vi.waitFor(() => expect(leader.client.role).toBe(TabRole.Leader));
