@@ -39,13 +39,14 @@ const AMQPLIB_TABLE_BUFFER = 65_536;
  * so nothing above this class has to notice a reconnect other than by its hook running.
  */
 /**
- * The broker refused the credentials, the virtual host, or a permission a setup step needs (AMQP 403
- * ACCESS_REFUSED, 530 NOT_ALLOWED): trying again with the same account fails the same way. For a library's
- * caller, who would rather hear it at once than after the connect timeout; daemons keep trying (an
- * operator may grant the permission).
+ * The broker refused the credentials or a permission a setup step needs (AMQP 403 ACCESS_REFUSED): trying
+ * again with the same account fails the same way. For a library's caller, who would rather hear it at once
+ * than after the connect timeout; daemons keep trying (an operator may grant the permission). Not 530
+ * NOT_ALLOWED: RabbitMQ also says that for a connection limit reached, which passes (and amqplib reports a
+ * refused virtual host without the broker's text anyway).
  */
 export function refusedForGood(error: Error): boolean {
-  return /\b(ACCESS.REFUSED|NOT.ALLOWED)\b/.test(error.message);
+  return /\bACCESS.REFUSED\b/.test(error.message);
 }
 
 export class BrokerConnection extends EventEmitter<BrokerEvents> {

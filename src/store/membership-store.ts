@@ -18,6 +18,8 @@ export class StaleMembershipTerm extends Error {
 /** How long a measured clock offset is used, and the slowest round trip one is kept from. */
 const CLOCK_KEPT_MS = 60_000;
 const CLOCK_MAX_RTT_MS = 50;
+/** How far the wall clock may drift from the monotonic one before the offset is measured again. */
+const CLOCK_STEP_MS = 250;
 
 type ChangeArgs = [kind: 'tu' | 'gu' | 'gt', op: 0 | 1, a: string, b: string];
 
@@ -41,8 +43,9 @@ function toArgs(change: MembershipChange): ChangeArgs {
 export class MembershipStore {
   /** Connections of `redis` closed since `newTerm` was first called. */
   private closes = 0;
-  /** Redis's clock minus this host's (ms), and when it was measured (see `applyWithin`). */
-  private clock: { offset: number; at: number } | undefined;
+  /** Redis's clock minus this host's (ms), and when it was measured, on both clocks (see `applyWithin`). */
+  private clock: { offset: number; at: number; monotonicAt: number } | undefined;
+  private watchingReconnects = false;
   private watching = false;
 
   constructor(
@@ -98,16 +101,28 @@ export class MembershipStore {
     return (await this.run(change.tenantId, 'each', [toArgs(change)], undefined, notAfter)) > 0;
   }
 
-  /** Redis's clock minus this host's, at its smallest given the round trip; re-measured once a minute. */
+  /**
+   * Redis's clock minus this host's, at its smallest given the round trip. Re-measured once a minute, after
+   * every reconnect (maybe to another server, with a clock of its own), and when this host's clock has been
+   * stepped since (it moved apart from the monotonic clock).
+   */
   private async clockOffset(): Promise<number> {
     const now = Date.now();
-    if (this.clock && now - this.clock.at < CLOCK_KEPT_MS) return this.clock.offset;
+    const clock = this.clock;
+    if (clock) {
+      const stepped = Math.abs(now - clock.at - (performance.now() - clock.monotonicAt)) > CLOCK_STEP_MS;
+      if (!stepped && now - clock.at < CLOCK_KEPT_MS) return clock.offset;
+    }
+    if (!this.watchingReconnects) {
+      this.watchingReconnects = true;
+      this.redis.on('ready', () => (this.clock = undefined));
+    }
     const [seconds, micros] = await this.redis.time();
     const after = Date.now();
     const offset = Number(seconds) * 1000 + Math.floor(Number(micros) / 1000) - after;
     // Kept only when measured over a quick round trip: a slow one (Redis busy) understates the offset by up
     // to its length, which would shorten every later change's time to arrive.
-    if (after - now <= CLOCK_MAX_RTT_MS) this.clock = { offset, at: after };
+    if (after - now <= CLOCK_MAX_RTT_MS) this.clock = { offset, at: after, monotonicAt: performance.now() };
     return offset;
   }
 
