@@ -7,6 +7,7 @@ import type { WarrenPublisher } from '../../src/sdk/publisher/index.js';
 import { Keys } from '../../src/store/keys.js';
 import {
   BrokerProbe,
+  capturingLogger,
   cleanRedis,
   eventually,
   openTab,
@@ -250,9 +251,10 @@ describe('malformed input is dead-lettered with its reason, and resolving goes o
   let warren: WarrenPublisher;
   let probe: BrokerProbe;
   let ann: TestTab;
+  const resolverLog = capturingLogger('info');
 
   beforeAll(async () => {
-    stack = await startTestStack(config);
+    stack = await startTestStack(config, { resolverLogger: resolverLog.logger });
     warren = stack.warren;
     probe = await BrokerProbe.open();
     ann = await openTab(stack.gateway.port, await token({ sub: 'ann', tid: 'acme' }));
@@ -393,6 +395,12 @@ describe('malformed input is dead-lettered with its reason, and resolving goes o
     // Each once (in whatever order the retry queue gave them back).
     expect([...gus.eventIds()].sort()).toEqual(['globex-before', ...stuck].sort());
     expect(dead.slice(before)).toEqual([]);
+    // Operators were told, once in a while, and told again when it passed.
+    const told = (msg: RegExp) =>
+      resolverLog.lines.filter((line) => line['tenantId'] === 'globex' && msg.test(String(line['msg'])));
+    expect(told(/refuses to read the tenant’s state/).length).toBeGreaterThan(0);
+    expect(told(/refuses to read the tenant’s state/).length).toBeLessThan(10);
+    expect(told(/reads the tenant’s state again/)).toHaveLength(1);
     gus.ws.terminate();
   });
 

@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { createServer } from 'node:net';
 import amqp, { type Channel, type ChannelModel, type ConsumeMessage } from 'amqplib';
 import { SignJWT } from 'jose';
+import { pino } from 'pino';
 import { inject } from 'vitest';
 import WebSocket from 'ws';
 import { BrokerConnection } from '../../src/broker/connection.js';
@@ -10,7 +11,7 @@ import { loadConfig } from '../../src/config/load.js';
 import type { WarrenConfig } from '../../src/config/schema.js';
 import { startGateway, type Gateway } from '../../src/gateway/main.js';
 import type { ServerFrame } from '../../src/protocol/frames.js';
-import { createLogger, silentLogger } from '../../src/shared/logger.js';
+import { createLogger, silentLogger, type Logger } from '../../src/shared/logger.js';
 import type { Registry } from '../../src/shared/metrics.js';
 import { startResolver, type Resolver } from '../../src/resolver/main.js';
 import { WarrenPublisher } from '../../src/sdk/publisher/index.js';
@@ -317,8 +318,24 @@ export async function counter(
     .reduce((sum, v) => sum + v.value, 0);
 }
 
-export async function startTestResolver(config: Readonly<WarrenConfig>): Promise<Resolver> {
-  return startResolver(config, { logger: testLogger(config) });
+export async function startTestResolver(
+  config: Readonly<WarrenConfig>,
+  logger: Logger = testLogger(config),
+): Promise<Resolver> {
+  return startResolver(config, { logger });
+}
+
+/** A logger whose lines the test reads back (`lines`), at `level`. */
+export function capturingLogger(level: 'info' | 'warn' | 'error' = 'info'): {
+  logger: Logger;
+  lines: Record<string, unknown>[];
+} {
+  const lines: Record<string, unknown>[] = [];
+  const logger = pino(
+    { level },
+    { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) },
+  );
+  return { logger, lines };
 }
 
 export async function connectPublisher(config: Readonly<WarrenConfig>): Promise<WarrenPublisher> {
@@ -380,9 +397,12 @@ export interface TestStack {
   close(): Promise<void>;
 }
 
-export async function startTestStack(config: Readonly<WarrenConfig>): Promise<TestStack> {
+export async function startTestStack(
+  config: Readonly<WarrenConfig>,
+  options: { resolverLogger?: Logger } = {},
+): Promise<TestStack> {
   const gateway = await startTestGateway(config);
-  const resolver = await startTestResolver(config);
+  const resolver = await startTestResolver(config, options.resolverLogger);
   const warren = await connectPublisher(config);
   return {
     gateway,
