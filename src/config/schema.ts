@@ -174,7 +174,7 @@ export const configSchema = z.strictObject({
         .max(1024 * 1024)
         .default(DEFAULTS.maxFrameBytes)
         .describe(
-          'Largest client frame; larger ones get an error frame, and ones over 4 times this (at least 64 KiB) close the socket with 1009.',
+          'Largest client frame; larger ones get an error frame, ones over 4 times this (at least 64 KiB) close the socket with 1009, and ones 4 times larger again drop it.',
         ),
       maxBackpressureBytes: positiveInt
         .default(DEFAULTS.maxBackpressureBytes)

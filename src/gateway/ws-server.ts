@@ -83,6 +83,11 @@ function tokenFrom(req: HttpRequest): { token: string | undefined; protocol: str
 // which Tab treats as too slow anyway).
 const UWS_MAX_BACKPRESSURE = 0xffff_ffff;
 
+/** Frames up to this get an error frame when over `maxFrameBytes`; larger ones close the socket (1009). */
+function closeAbove(maxFrameBytes: number): number {
+  return Math.max(64 * 1024, maxFrameBytes * 4);
+}
+
 /** The uWebSockets.js app: `/ws` for tabs, `/healthz`, `/readyz`, `/metrics`. */
 export class WsServer {
   private readonly app: TemplatedApp;
@@ -93,8 +98,9 @@ export class WsServer {
     const { limits } = deps;
     this.app = uWS.App();
     this.app.ws<TabSocketData>('/ws', {
-      // uWS closes the socket (1009) past this; frames between maxFrameBytes and it get an error frame.
-      maxPayloadLength: Math.max(64 * 1024, limits.maxFrameBytes * 4),
+      // Past this uWS drops the connection without a close frame (the browser says 1006): set 4 times
+      // above the bound Warren closes at itself, with 1009, so that a client sending too much hears why.
+      maxPayloadLength: 4 * closeAbove(limits.maxFrameBytes),
       idleTimeout: limits.idleTimeoutSec,
       sendPingsAutomatically: true,
       // Warren closes a slow tab itself (4009); uWS must never drop a frame first, and a tab may be one
@@ -251,6 +257,10 @@ export class WsServer {
     const tab = ws.getUserData().tab;
     if (!tab || tab.closed) return;
     if (isBinary) return this.badFrame(tab, FrameErrorCode.BinaryFrame, 'binary frames are not accepted');
+    if (message.byteLength > closeAbove(this.deps.limits.maxFrameBytes)) {
+      tab.end(CloseCode.MessageTooBig, 'frame too large');
+      return;
+    }
     if (message.byteLength > this.deps.limits.maxFrameBytes) {
       return this.badFrame(
         tab,

@@ -3,6 +3,8 @@ export const CloseCode = {
   Normal: 1000,
   /** Token missing, invalid or expired: fetch a new token before reconnecting. */
   Unauthorized: 4001,
+  /** A client frame far over the limit (RFC 6455 "message too big"): fix the client. */
+  MessageTooBig: 1009,
   /** Too many bad frames or messages: back off. */
   RateLimited: 4008,
   /** The tab did not read fast enough and crossed the backpressure limit: back off. */

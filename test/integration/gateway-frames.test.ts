@@ -54,6 +54,17 @@ describe('client frames, limits and connection lifetime', () => {
     expect(await tab.closed).toBe(4008);
   });
 
+  it('closes with 1009 a frame far over the limit, saying why, and drops past 4 times that', async () => {
+    // maxFrameBytes 256: up to 64 KiB an error frame, then 1009 up to 256 KiB, then uWS drops the socket.
+    const jwt = await token({ sub: 'p3', tid: 't1' });
+    const big = await openTab(gateway.port, jwt);
+    big.ws.send('x'.repeat(70_000));
+    expect(await big.closed).toBe(1009);
+    const huge = await openTab(gateway.port, jwt);
+    huge.ws.send('x'.repeat(300 * 1024));
+    expect(await huge.closed).toBe(1006);
+  });
+
   it('never takes identity from a client frame', async () => {
     const tab = await openTab(gateway.port, await token({ sub: 'p2', tid: 't1' }));
     tab.send({ type: 'ping', userId: 'someone-else', tenantId: 't2' });
