@@ -69,7 +69,12 @@ const amqpUrl = z
 const redisUrl = z
   .string()
   .regex(/^(redis|rediss|unix):\/\//, 'must be a redis://, rediss:// or unix:// URL')
-  .refine(...parses);
+  .refine(...parses)
+  // The path names the database: a number, or nothing (0). ioredis would take anything else as 0.
+  .refine(
+    (value) => !/^rediss?:/.test(value) || !URL.canParse(value) || /^\/?\d*$/.test(new URL(value).pathname),
+    'names a database that is not a number (redis://host:6379/2 is database 2)',
+  );
 
 export const configSchema = z.strictObject({
   prefix: id

@@ -97,6 +97,20 @@ export async function createRedis(options: CreateRedisOptions): Promise<WarrenRe
       { cause: error, retryable: true },
     );
   }
+  // ioredis reports a database the server does not have (`/16` where there are 16) only as an error event
+  // and stays on database 0: another installation's, maybe. Asked again here, where it can stop start-up.
+  const db = Number(redis.options.db ?? 0);
+  if (db !== 0) {
+    try {
+      await redis.select(db);
+    } catch (error) {
+      redis.disconnect();
+      throw new WarrenError(
+        ErrorCode.Config,
+        `Redis at ${withoutCredentials(options.url)} refuses database ${db}: ${errorMessage(error)}`,
+      );
+    }
+  }
   const problem =
     options.checkEviction === false ? undefined : await evictionProblemOf(redis, options.logger);
   if (problem) {

@@ -107,6 +107,18 @@ describe('connecting to services that refuse', () => {
     expect(error.message).not.toContain('hunter2');
   });
 
+  it('a Redis database the server does not have stops start-up, instead of writing to database 0', async () => {
+    const url = new URL(inject('redisUrl'));
+    url.pathname = '/4096';
+    const error = (await createRedis({
+      url: url.toString(),
+      name: 'test-db',
+      logger: silentLogger(),
+    }).catch((e: unknown) => e)) as Error & { code?: string };
+    expect(error.code).toBe('WARREN_ERR_CONFIG');
+    expect(error.message).toContain('refuses database 4096');
+  });
+
   it('a Redis client closes when its server hangs or is away, instead of waiting for it', async () => {
     const target = new URL(inject('redisUrl'));
     const proxy = await TcpProxy.start(target.hostname, Number(target.port || 6379));

@@ -204,6 +204,19 @@ describe('loadConfig', () => {
     expect(message).not.toContain('p@ss');
   });
 
+  it('refuses a Redis URL whose path is not a database number', () => {
+    const message = configError(() =>
+      loadConfig({
+        env: {
+          WARREN_REDIS_URL: 'redis://cache:6379/warren',
+          WARREN_CLAIM_CHECK_REDIS_URL: 'redis://blobs:6379/3',
+        },
+      }),
+    );
+    expect(message).toContain('(1 problem)');
+    expect(message).toMatch(/redis.url \[WARREN_REDIS_URL\].*names a database that is not a number/);
+  });
+
   it('reads a gateway’s key file at load, and lists a missing or wrong one with the other problems', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'warren-keys-'));
     const missing = join(dir, 'missing.json');
