@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { get } from 'node:http';
 import type { WarrenConfig } from '../config/schema.js';
 import { errorMessage } from '../shared/errors.js';
 
@@ -52,13 +53,26 @@ export async function runHealth(config: Readonly<WarrenConfig>, role?: HealthRol
     return 1;
   }
   try {
-    const response = await fetch(url, { signal: AbortSignal.timeout(TIMEOUT_MS) });
-    if (response.ok) return 0;
-    console.error(`warren health: ${url} answered ${response.status}`);
+    const status = await statusOf(url);
+    if (status === 200) return 0;
+    console.error(`warren health: ${url} answered ${status}`);
   } catch (error) {
-    // fetch says only "fetch failed"; its cause says why (ECONNREFUSED, a timeout).
-    const cause = (error as { cause?: unknown }).cause;
-    console.error(`warren health: ${url}: ${errorMessage(cause ?? error)}`);
+    console.error(`warren health: ${url}: ${errorMessage(error)}`);
   }
   return 1;
+}
+
+/**
+ * The status `GET url` answers with, within TIMEOUT_MS. Plain `node:http`, not `fetch`: fetch refuses the
+ * ports browsers block (6000, 6665–6669, 10080…), which a gateway may well listen on.
+ */
+function statusOf(url: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const request = get(url, { timeout: TIMEOUT_MS }, (response) => {
+      response.resume();
+      resolve(response.statusCode ?? 0);
+    });
+    request.on('timeout', () => request.destroy(new Error(`no answer within ${TIMEOUT_MS} ms`)));
+    request.on('error', reject);
+  });
 }

@@ -230,6 +230,31 @@ describe('warren gateway as a process', () => {
     expect(down.lines.join('\n')).toContain(`http://127.0.0.1:${port}/healthz`);
   });
 
+  it('warren health probes a gateway on a port browsers (and fetch) refuse to reach', async () => {
+    prefix = testPrefix('health-port');
+    // Ports on fetch's blocked list; the first one free here.
+    let port: number | undefined;
+    for (const candidate of [6666, 6667, 6668, 6669, 6665, 10080]) {
+      const free = await new Promise<boolean>((resolve) => {
+        const probe = createServer();
+        probe.once('error', () => resolve(false));
+        probe.listen(candidate, '127.0.0.1', () => probe.close(() => resolve(true)));
+      });
+      if (free) {
+        port = candidate;
+        break;
+      }
+    }
+    if (port === undefined) return;
+    const env = { ...gatewayEnv(prefix), WARREN_GATEWAY_PORT: String(port) };
+    const gw = WarrenProcess.start(['gateway'], env);
+    processes.push(gw);
+    expect(await gw.listening()).toBe(port);
+    const health = WarrenProcess.start(['health', 'gateway'], env);
+    expect(await health.exited).toBe(0);
+    await gw.stop();
+  });
+
   it('warren status gives up on a broker host that never answers, after rabbitmq.connectTimeoutMs', async () => {
     const server = createServer(() => {});
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
