@@ -100,6 +100,11 @@ describe('the warren dev demo page and its dev-only endpoints', () => {
     expect(form.status).toBe(400);
     const publish = { tenantId: 'acme-health', teamId: 'icu', text: 'x', from: 'alice' };
     expect((await post(gateway.port, '/dev/publish', publish, 'text/plain')).status).toBe(400);
+    // A bad request says so (400), whichever check refuses it: a sender not in the tenant, a type whose
+    // routing key would be over 255 characters.
+    expect((await post(gateway.port, '/dev/publish', { ...publish, from: 'mallory' })).status).toBe(400);
+    const long = Array.from({ length: 5 }, () => 'a'.repeat(64)).join('.');
+    expect((await post(gateway.port, '/dev/publish', { ...publish, type: long })).status).toBe(400);
   });
 
   it('answers only requests addressed to localhost (no DNS rebinding, no access by network address)', async () => {

@@ -151,8 +151,15 @@ export function demoRoutes(deps: DemoRoutesDeps): (app: TemplatedApp) => void {
       const from = tenant && findUser(tenant, body['from']);
       const { type = 'message.created', text } = body;
       if (!tenant || !team) throw new BadRequest('unknown demo tenant or team');
-      if (typeof type !== 'string' || !EVENT_TYPE_PATTERN.test(type)) throw new BadRequest('bad event type');
-      if (typeof text !== 'string' || text.trim() === '' || text.length > MAX_TEXT) {
+      // The routing key `<tenant>.<type>` must fit in 255 characters too (checked again by the SDK).
+      if (
+        typeof type !== 'string' ||
+        !EVENT_TYPE_PATTERN.test(type) ||
+        tenant.id.length + 1 + type.length > 255
+      )
+        throw new BadRequest('bad event type');
+      if (body['from'] !== undefined && !from) throw new BadRequest('unknown demo user in from');
+      if (typeof text !== 'string' || text.trim() === '' || text.trim().length > MAX_TEXT) {
         throw new BadRequest(`text must be 1 to ${MAX_TEXT} characters`);
       }
       const id = `evt_${Date.now().toString(36)}${randomBytes(4).toString('hex')}`;
