@@ -60,6 +60,8 @@ function merge(target: Tree, source: Tree, origin: string, origins: Map<string, 
   for (const [key, value] of Object.entries(source)) {
     const at = path ? `${path}.${key}` : key;
     const current = target[key];
+    // A section left empty (every key under it commented out) reads as null: it changes nothing.
+    if (value === null && isTree(current)) continue;
     if (isTree(value) && isTree(current)) {
       merge(current, value, origin, origins, at);
     } else {
@@ -94,8 +96,11 @@ function readYaml(file: string, label: string, problems: string[]): Tree {
 function coerce(field: ConfigField, raw: string): unknown {
   if (field.type === 'number' || field.type === 'integer') {
     // Plain decimal only: Number() would also take 0x1F90 (8080), 1e3, 0b1 and -0 for a port or a size.
-    const plain = field.type === 'integer' ? /^\s*\d+\s*$/ : /^\s*\d+(\.\d+)?\s*$/;
-    return plain.test(raw) ? Number(raw) : raw;
+    // A sign and a leading point are taken (`-1`, `.3`), so that the schema says what is wrong with them.
+    const plain = field.type === 'integer' ? /^\s*-?\d+\s*$/ : /^\s*-?(\d+(\.\d*)?|\.\d+)\s*$/;
+    const value = plain.test(raw) ? Number(raw) : NaN;
+    // -0 would pass a minimum of 0 as the zero it is not written as.
+    return Number.isNaN(value) || Object.is(value, -0) ? raw : value;
   }
   if (field.type === 'boolean') {
     if (/^(true|1|yes)$/i.test(raw)) return true;
@@ -114,6 +119,11 @@ function fromEnv(env: Readonly<Record<string, string | undefined>>, problems: st
     const field = known.get(name);
     if (!field) {
       problems.push(`${name}: not a configuration variable (see the configuration table in README.md)`);
+      continue;
+    }
+    // Only spaces: a slip (`WARREN_JWT_ISSUER= `), which would otherwise refuse every token or fail later.
+    if (raw.trim() === '') {
+      problems.push(`${field.path.join('.')} [${name}]: blank (leave it unset or empty for the default)`);
       continue;
     }
     let node = tree;

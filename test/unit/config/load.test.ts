@@ -204,6 +204,31 @@ describe('loadConfig', () => {
     expect(message).not.toContain('p@ss');
   });
 
+  it('takes numbers written with a sign or a leading point, and says what is wrong with them', () => {
+    const config = loadConfig({ env: { WARREN_GATEWAY_LIFETIME_JITTER: '.3' } });
+    expect(config.gateway.lifetimeJitter).toBe(0.3);
+    const message = configError(() => loadConfig({ env: { WARREN_CLAIM_CHECK_BYTES: '-1' } }));
+    expect(message).toMatch(/claimCheck.bytes \[WARREN_CLAIM_CHECK_BYTES\]/);
+    expect(message).toContain('Too small');
+    expect(message).not.toContain('received string');
+  });
+
+  it('reads a section whose every key is commented out as no change, as in a copy of default.yaml', () => {
+    const file = tempFile('warren.yaml', 'gateway:\n  # port: 1\njwt:\nlog:\n  level: warn\n');
+    const config = loadConfig({ env: { WARREN_CONFIG: file } });
+    expect(config.gateway.port).toBe(DEFAULTS.gatewayPort);
+    expect(config.log.level).toBe('warn');
+  });
+
+  it('refuses a variable of only spaces, which would count as a value', () => {
+    const message = configError(() =>
+      loadConfig({ env: { WARREN_JWT_ISSUER: '  ', WARREN_GATEWAY_HOST: ' ' } }),
+    );
+    expect(message).toContain('(2 problems)');
+    expect(message).toContain('jwt.issuer [WARREN_JWT_ISSUER]: blank');
+    expect(message).toContain('gateway.host [WARREN_GATEWAY_HOST]: blank');
+  });
+
   it('refuses a Redis URL whose path is not a database number', () => {
     const message = configError(() =>
       loadConfig({
