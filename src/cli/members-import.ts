@@ -9,6 +9,7 @@ import {
   FileChanged,
   formatOf,
   readMembershipFile,
+  STDIN,
   validRows,
   type ImportFormat,
   type ImportPlan,
@@ -38,12 +39,14 @@ function bar(label: string): SingleBar {
 }
 
 export async function runMembersImport(config: Readonly<WarrenConfig>, args: ImportArgs): Promise<number> {
-  if (!existsSync(args.file)) {
+  // `-` for standard input, read once like any other pipe.
+  const stdin = args.file === STDIN;
+  if (!stdin && !existsSync(args.file)) {
     console.error(`warren members import: no such file: ${args.file}`);
     return 2;
   }
   // A pipe (/dev/stdin, <(zcat …)) is read like a file; a directory is not.
-  if (statSync(args.file).isDirectory()) {
+  if (!stdin && statSync(args.file).isDirectory()) {
     console.error(`warren members import: ${args.file} is a directory, not a file`);
     return 2;
   }

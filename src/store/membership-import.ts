@@ -1,4 +1,5 @@
-import { createReadStream, statSync } from 'node:fs';
+import { createReadStream, fstatSync, statSync, type Stats } from 'node:fs';
+import type { Readable } from 'node:stream';
 import { createInterface } from 'node:readline';
 import { describeIssues, membershipChangeSchema, type MembershipChange } from '../protocol/schemas.js';
 import type { MembershipStore } from './membership-store.js';
@@ -31,8 +32,15 @@ interface FileState {
   ctimeMs: number;
 }
 
+/** The file name that means standard input, as most tools take it. */
+export const STDIN = '-';
+
+function statOf(file: string): Stats {
+  return file === STDIN ? fstatSync(0) : statSync(file);
+}
+
 function fileState(file: string): FileState {
-  const { dev, ino, size, mtimeMs, ctimeMs } = statSync(file);
+  const { dev, ino, size, mtimeMs, ctimeMs } = statOf(file);
   return { dev, ino, size, mtimeMs, ctimeMs };
 }
 
@@ -89,8 +97,10 @@ function unquote(cell: string): string {
  * a bad header ends the file.
  */
 async function* readRows(file: string, options: ReadOptions): AsyncGenerator<ImportItem> {
-  const total = statSync(file).size;
-  const stream = createReadStream(file);
+  const total = statOf(file).size;
+  // Standard input as it is: a pipe from a child process's parent may be a socket, which /dev/stdin is not
+  // able to open.
+  const stream: Readable & { bytesRead?: number } = file === STDIN ? process.stdin : createReadStream(file);
   const lines = createInterface({ input: stream, crlfDelay: Infinity });
   let header: string[] | undefined;
   let number = 0;
@@ -107,9 +117,9 @@ async function* readRows(file: string, options: ReadOptions): AsyncGenerator<Imp
       const text = number === 1 && line.startsWith('\uFEFF') ? line.slice(1) : line;
       if (options.onBytes && number - lastReport >= 10_000) {
         lastReport = number;
-        options.onBytes(stream.bytesRead, total);
+        options.onBytes(stream.bytesRead ?? 0, total);
       }
-      if (text.trim() === '' || (options.format === 'csv' && text.startsWith('#'))) continue;
+      if (text.trim() === '' || (options.format === 'csv' && text.trimStart().startsWith('#'))) continue;
       let row: Record<string, unknown>;
       if (options.format === 'jsonl') {
         let parsed: unknown;
@@ -138,7 +148,9 @@ async function* readRows(file: string, options: ReadOptions): AsyncGenerator<Imp
           continue;
         }
         if (cells.length !== header.length) {
-          yield bad(`expected ${header.length} cells, found ${cells.length}`);
+          // Ids never hold a comma or a line break, so CSV quoting is not parsed: say so where it shows.
+          const quoted = text.includes('"') ? ' (a comma inside quotes counts too: ids never hold one)' : '';
+          yield bad(`expected ${header.length} cells, found ${cells.length}${quoted}`);
           continue;
         }
         row = {};
@@ -187,7 +199,8 @@ export async function readMembershipFile(file: string, options: ReadOptions): Pr
     valid: 0,
     bad: [],
     tenants: new Set(),
-    ...(statSync(file).isFile() ? {} : { changes: [] }),
+    // Standard input is read once, even when it is a file (`< members.csv`).
+    ...(file !== STDIN && statSync(file).isFile() ? {} : { changes: [] }),
   };
   for await (const item of readRows(file, options)) {
     if (item.kind === 'bad') {

@@ -34,7 +34,7 @@ interface Run {
   stderr: string;
 }
 
-function warrenMembersImport(prefix: string, args: string[]): Promise<Run> {
+function warrenMembersImport(prefix: string, args: string[], input?: string): Promise<Run> {
   const root = findPackageRoot();
   const child = spawn(
     process.execPath,
@@ -47,13 +47,14 @@ function warrenMembersImport(prefix: string, args: string[]): Promise<Run> {
         WARREN_REDIS_URL: inject('redisUrl'),
         WARREN_RABBITMQ_URL: inject('rabbitmqUrl'),
       },
-      stdio: ['ignore', 'pipe', 'pipe'],
+      stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
     },
   );
+  if (input !== undefined) child.stdin?.end(input);
   let stdout = '';
   let stderr = '';
-  child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  child.stdout?.on('data', (d: Buffer) => (stdout += d.toString()));
+  child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
   return new Promise((resolve) => child.on('close', (code) => resolve({ code, stdout, stderr })));
 }
 
@@ -283,6 +284,17 @@ describe('warren members import', () => {
     expect(two.code).toBe(2);
     expect(two.stderr).toContain('one file expected, got 2');
     expect(await reach({ teams: ['args'] })).toEqual([]);
+  });
+
+  it('reads standard input given as -, skipping indented comments, and says a quoted comma splits a cell', async () => {
+    const input = ['userId,teamId', '  # ward 4, night shift', 'ann,stdin', '"bob, jr",stdin'].join('\n');
+    const bad = await warrenMembersImport(prefix, ['-', '--format', 'csv', '--tenant', 'acme'], input);
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toMatch(/:4: expected 2 cells, found 3 \(a comma inside quotes counts too/);
+    const good = ['userId,teamId', '  # ward 4', 'ann,stdin'].join('\n');
+    const run = await warrenMembersImport(prefix, ['-', '--format', 'csv', '--tenant', 'acme'], good);
+    expect(run.code, run.stderr).toBe(0);
+    expect(await reach({ teams: ['stdin'] })).toEqual(['ann']);
   });
 
   it('refuses a header that names a column twice or has an empty name, before reading any row', async () => {
