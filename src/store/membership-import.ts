@@ -170,7 +170,9 @@ async function* readRows(file: string, options: ReadOptions): AsyncGenerator<Imp
       if (options.tenant !== undefined && !('tenantId' in row)) row['tenantId'] = options.tenant;
       const result = membershipChangeSchema.safeParse(row);
       if (!result.success) {
-        yield bad(describeIssues(result.error));
+        // The likeliest cause of a missing tenant is a file written for one tenant, imported without --tenant.
+        const hint = 'tenantId' in row ? '' : ' (give each row a tenantId, or pass --tenant)';
+        yield bad(describeIssues(result.error) + hint);
         continue;
       }
       yield { kind: 'row', line: number, change: result.data };

@@ -57,6 +57,14 @@ describe('membership import: validated once, read again to apply', () => {
     expect(plan).toMatchObject({ valid: 1, bad: [{ line: 5 }] });
   });
 
+  it('says that a row without a tenant wants a tenantId or --tenant', async () => {
+    const file = join(dir, 'no-tenant.csv');
+    writeFileSync(file, 'userId,teamId\nann,icu\n');
+    const plan = await readMembershipFile(file, { format: 'csv' });
+    expect(plan.bad).toEqual([{ line: 2, reason: expect.stringContaining('or pass --tenant') }]);
+    expect((await readMembershipFile(file, { format: 'csv', tenant: 'acme' })).bad).toEqual([]);
+  });
+
   it('stops when the file changed after it was validated, whatever the change', async () => {
     const grown = join(dir, 'grown.jsonl');
     writeFileSync(grown, rows(3));
