@@ -27,6 +27,8 @@ export class Tab implements RegisteredTab {
   readonly expiresAt: number;
   /** Set once `welcome` is sent; deliveries before that are not this tab's to receive. */
   ready = false;
+  /** A ping came before the welcome: its pong follows the welcome. */
+  pongDue = false;
   /** The node's delivery offset when `welcome` was sent: deliveries after it reach the tab live. */
   welcomeOffset = 0;
   /** A tab resumes once; the replay is bounded by `welcomeOffset`, so a second one would only repeat it. */

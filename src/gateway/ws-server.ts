@@ -218,6 +218,8 @@ export class WsServer {
         });
         tab.welcomeOffset = offset;
         tab.ready = true;
+        // Asked before the welcome: answered after it, which is always a tab's first frame.
+        if (tab.pongDue) this.sendFrame(tab, { type: 'pong' });
         router.adopt(tab);
         metrics.welcomeSeconds.observe((performance.now() - data.upgradedAt) / 1000);
         this.armTimer(tab, Date.now() + this.lifetime());
@@ -278,7 +280,8 @@ export class WsServer {
     if (!result.success) return this.badFrame(tab, FrameErrorCode.BadFrame, describeIssues(result.error));
     const frame = result.data;
     if (frame.type === 'ping') {
-      this.sendFrame(tab, { type: 'pong' });
+      if (tab.ready) this.sendFrame(tab, { type: 'pong' });
+      else tab.pongDue = true;
       return;
     }
     this.resume(tab, frame.epoch, frame.offset);

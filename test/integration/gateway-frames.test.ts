@@ -9,8 +9,10 @@ import {
   startTestGateway,
   testConfig,
   testPrefix,
+  TestTab,
   token,
 } from '../support/harness.js';
+import WebSocket from 'ws';
 
 describe('client frames, limits and connection lifetime', () => {
   const prefix = testPrefix('frames');
@@ -63,6 +65,17 @@ describe('client frames, limits and connection lifetime', () => {
     const huge = await openTab(gateway.port, jwt);
     huge.ws.send('x'.repeat(300 * 1024));
     expect(await huge.closed).toBe(1006);
+  });
+
+  it('answers a ping sent before the welcome after it: the welcome is always a tab’s first frame', async () => {
+    const jwt = await token({ sub: 'early', tid: 't1' });
+    const ws = new WebSocket(`ws://127.0.0.1:${gateway.port}/ws?token=${jwt}`);
+    const tab = new TestTab(ws);
+    // At once: the user's first bind is still on its way to the broker.
+    ws.on('open', () => ws.send(JSON.stringify({ type: 'ping' })));
+    await eventually(() => tab.frames.length >= 2, 'welcome and pong');
+    expect(tab.frames.map((f) => f.type)).toEqual(['welcome', 'pong']);
+    ws.terminate();
   });
 
   it('never takes identity from a client frame', async () => {
