@@ -82,6 +82,7 @@ export function planReconnect(
       return plan(fullJitter(attempt, baseMs, capMs, random), true, false);
     case CloseCode.TooSlow:
     case CloseCode.RateLimited:
+    case CloseCode.MessageTooBig:
     case TRY_AGAIN_LATER: {
       // Coming straight back would repeat what got us closed: wait at least half of a window 8× wider.
       const window = Math.min(capMs, baseMs * 2 ** (attempt + 2));

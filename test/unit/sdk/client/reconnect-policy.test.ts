@@ -55,7 +55,7 @@ describe('planReconnect: close codes', () => {
     expect(plan.delayMs).toBeLessThan(options.baseMs);
   });
 
-  it.each([CloseCode.TooSlow, CloseCode.RateLimited, 1013])(
+  it.each([CloseCode.TooSlow, CloseCode.RateLimited, CloseCode.MessageTooBig, 1013])(
     '%i backs off: even the luckiest draw waits longer than any prompt reconnect',
     (code) => {
       const backoff = planReconnect(healthy(code), options, lowest);
