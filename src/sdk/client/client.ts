@@ -51,6 +51,9 @@ function badOptions(options: ClientOptions, reconnect: ReconnectOptions): string
   return bad;
 }
 
+/** A token fetched this recently is used as it is when a tab takes over (see `lead`). */
+const FRESH_TOKEN_MS = 10_000;
+
 /**
  * A browser's connection to Warren: state, events (each id once), reconnects, and optionally one socket
  * shared by the user's tabs. Create it with `connect()`.
@@ -60,6 +63,8 @@ export class WarrenClient {
   private currentRole: TabRole = TabRole.Own;
   private readonly emitter = new Emitter<ClientEvents>();
   private readonly seen: DedupWindow;
+  /** Events told `payload_unavailable`, so that a replay of the error is not reported twice. */
+  private readonly unavailable: DedupWindow;
   private readonly link: LinkSettings;
   private cursor: Cursor | undefined;
   private welcome: WelcomeFrame | undefined;
@@ -96,6 +101,7 @@ export class WarrenClient {
     const bad = badOptions(options, reconnect);
     if (bad.length > 0) throw new TypeError(`warren client: ${bad.join('; ')}`);
     this.seen = new DedupWindow(options.dedupWindow ?? DEFAULT_DEDUP_WINDOW);
+    this.unavailable = new DedupWindow(options.dedupWindow ?? DEFAULT_DEDUP_WINDOW);
     this.link = {
       urls: new UrlRing(options.url),
       tokens: new TokenSource(options.getToken),
@@ -232,10 +238,10 @@ export class WarrenClient {
           this.share?.post({ k: 'down' });
           // To the node the last leader was on: offsets (and so a resume) mean something only there.
           if (this.leaderUrl !== undefined) this.link.urls.moveTo(this.leaderUrl);
-          // After another tab led: with a token asked for now, not the one this tab joined with (maybe
-          // hours ago): the user may have signed out since, or someone else signed in, and the
-          // application's answer says so. Leading from the start, the token it joined with is new.
-          if (this.followed) this.link.tokens.forget();
+          // After another tab led (it spoke, or the token this tab joined with is no longer new: a leader
+          // frozen in the background says nothing): with a token asked for now, as the user may have
+          // signed out since, or someone else signed in. Leading from the start, the token is new.
+          if (this.followed || this.link.tokens.ageMs() > FRESH_TOKEN_MS) this.link.tokens.forget();
           this.openSocket();
         },
         hello: () => this.announce(),
@@ -404,11 +410,13 @@ export class WarrenClient {
           this.resync({ reason: 'history_gap' }, offset);
           return false;
         }
-        // Once per event, as the event itself would be: a resume (or a redelivery) may bring it again.
+        // Once per event: a resume (or a redelivery) may bring it again. Not for an event already shown,
+        // and kept apart from the events' own ids: a later copy of the event whose payload is read after
+        // all (a redelivery, another node) is still shown.
         if (
           frame.code === FrameErrorCode.PayloadUnavailable &&
           frame.id !== undefined &&
-          !this.seen.admit(frame.id)
+          (this.seen.has(frame.id) || !this.unavailable.admit(frame.id))
         )
           return false;
         this.emitter.emit(

@@ -22,6 +22,11 @@ export class DedupWindow {
     return true;
   }
 
+  /** Whether an id is in the window, without offering it. */
+  has(id: string): boolean {
+    return this.ids.has(id);
+  }
+
   get size(): number {
     return this.ids.size;
   }

@@ -45,10 +45,11 @@ export function tokenError(cause: unknown): WarrenClientError {
  */
 export class TokenSource {
   private token: string | undefined;
+  private fetchedAt = 0;
 
   constructor(
     private readonly getToken: GetToken,
-    private readonly now: () => number = Date.now,
+    private readonly now: () => number = () => Date.now(),
   ) {}
 
   async get(refresh: boolean): Promise<string> {
@@ -57,7 +58,13 @@ export class TokenSource {
     const token = await this.getToken();
     if (typeof token !== 'string' || token.length === 0) throw new TypeError('getToken returned no token');
     this.token = token;
+    this.fetchedAt = this.now();
     return token;
+  }
+
+  /** How long ago the cached token was fetched (Infinity with none). */
+  ageMs(): number {
+    return this.token === undefined ? Infinity : this.now() - this.fetchedAt;
   }
 
   /** Drops the cached token: the next `get` asks the application, whatever it is asked with. */

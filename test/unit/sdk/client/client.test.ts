@@ -156,6 +156,12 @@ describe('client core (scripted socket, fake timers)', () => {
     second.receive(gone);
     second.receive({ type: 'resumed', epoch: 'e1', replayed: 1, offset: 6 });
     expect(errors).toEqual([{ code: 'payload_unavailable', eventId: 'big' }]);
+    // A later copy of the event whose payload was read after all (a redelivery) is still shown, once.
+    second.event('big', 7);
+    second.event('big', 7);
+    expect(events.map((e) => e.id)).toEqual(['big']);
+    second.receive(gone);
+    expect(errors).toHaveLength(1);
   });
 
   it('asks again from how far the replay got when the socket drops before it is complete', async () => {

@@ -230,6 +230,29 @@ describe('tab sharing never crosses users', () => {
     expect(asked).toBe(1);
   });
 
+  it('asks for a new token taking over from a leader that never spoke (frozen), once its own is not new', async () => {
+    // The lock is held by a tab that says nothing (frozen in the background), until it lets go.
+    let letGo: () => void = () => {};
+    void navigator.locks.request(
+      'warren|ws://gateway/ws|acme|alice|',
+      {},
+      () => new Promise<void>((r) => (letGo = r)),
+    );
+    let asked = 0;
+    const follower = tab(() => {
+      asked += 1;
+      return tokenFor('acme', 'alice');
+    }, true);
+    await vi.waitFor(() => expect(follower.client.role).toBe(TabRole.Follower));
+    expect(asked).toBe(1);
+    // A minute on, the frozen tab is discarded and lets go.
+    const now = Date.now();
+    vi.spyOn(Date, 'now').mockReturnValue(now + 60_000);
+    letGo();
+    await vi.waitFor(() => expect(follower.client.role).toBe(TabRole.Leader));
+    await vi.waitFor(() => expect(asked).toBe(2));
+  });
+
   it('takes over with a token asked for then, not the one it joined with: signed out, it opens no socket', async () => {
     const leader = tab(() => tokenFor('acme', 'alice'), true);
     await vi.waitFor(() => expect(leader.client.role).toBe(TabRole.Leader));
