@@ -60,8 +60,9 @@ function merge(target: Tree, source: Tree, origin: string, origins: Map<string, 
   for (const [key, value] of Object.entries(source)) {
     const at = path ? `${path}.${key}` : key;
     const current = target[key];
-    // A section left empty (every key under it commented out) reads as null: it changes nothing.
-    if (value === null && isTree(current)) continue;
+    // A section or a key left empty (everything under it commented out, `issuer:` alone) reads as null: it
+    // changes nothing, as if it were not there.
+    if (value === null) continue;
     if (isTree(value) && isTree(current)) {
       merge(current, value, origin, origins, at);
     } else {

@@ -71,10 +71,12 @@ const redisUrl = z
   .regex(/^(redis|rediss|unix):\/\//, 'must be a redis://, rediss:// or unix:// URL')
   .refine(...parses)
   // The path names the database: a number, or nothing (0). ioredis would take anything else as 0.
-  .refine(
-    (value) => !/^rediss?:/.test(value) || !URL.canParse(value) || /^\/?\d*$/.test(new URL(value).pathname),
-    'names a database that is not a number (redis://host:6379/2 is database 2)',
-  );
+  .refine((value) => {
+    if (!/^rediss?:/.test(value) || !URL.canParse(value)) return true;
+    const url = new URL(value);
+    const db = url.searchParams.get('db');
+    return /^\/?\d*$/.test(url.pathname) && (db === null || /^\d+$/.test(db));
+  }, 'names a database that is not a number (redis://host:6379/2 is database 2)');
 
 export const configSchema = z.strictObject({
   prefix: id

@@ -214,7 +214,7 @@ describe('loadConfig', () => {
   });
 
   it('reads a section whose every key is commented out as no change, as in a copy of default.yaml', () => {
-    const file = tempFile('warren.yaml', 'gateway:\n  # port: 1\njwt:\nlog:\n  level: warn\n');
+    const file = tempFile('warren.yaml', 'gateway:\n  # port: 1\njwt:\n  issuer:\nlog:\n  level: warn\n');
     const config = loadConfig({ env: { WARREN_CONFIG: file } });
     expect(config.gateway.port).toBe(DEFAULTS.gatewayPort);
     expect(config.log.level).toBe('warn');
@@ -234,12 +234,17 @@ describe('loadConfig', () => {
       loadConfig({
         env: {
           WARREN_REDIS_URL: 'redis://cache:6379/warren',
-          WARREN_CLAIM_CHECK_REDIS_URL: 'redis://blobs:6379/3',
+          WARREN_CLAIM_CHECK_REDIS_URL: 'redis://blobs:6379?db=1.5',
         },
       }),
     );
-    expect(message).toContain('(1 problem)');
+    expect(message).toContain('(2 problems)');
     expect(message).toMatch(/redis.url \[WARREN_REDIS_URL\].*names a database that is not a number/);
+    expect(message).toMatch(/claimCheck.redisUrl \[WARREN_CLAIM_CHECK_REDIS_URL\].*names a database/);
+    const fine = loadConfig({
+      env: { WARREN_REDIS_URL: 'redis://cache:6379/?db=2', WARREN_CLAIM_CHECK_REDIS_URL: 'redis://b:6379/3' },
+    });
+    expect(fine.redis.url).toBe('redis://cache:6379/?db=2');
   });
 
   it('reads a gateway’s key file at load, and lists a missing or wrong one with the other problems', async () => {
