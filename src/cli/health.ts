@@ -68,11 +68,19 @@ export async function runHealth(config: Readonly<WarrenConfig>, role?: HealthRol
  */
 function statusOf(url: string): Promise<number> {
   return new Promise((resolve, reject) => {
-    const request = get(url, { timeout: TIMEOUT_MS }, (response) => {
+    const request = get(url, (response) => {
+      clearTimeout(timer);
       response.resume();
       resolve(response.statusCode ?? 0);
     });
-    request.on('timeout', () => request.destroy(new Error(`no answer within ${TIMEOUT_MS} ms`)));
-    request.on('error', reject);
+    // Over the whole request, not per silence (`timeout`): a server trickling bytes is not healthy either.
+    const timer = setTimeout(
+      () => request.destroy(new Error(`no answer within ${TIMEOUT_MS} ms`)),
+      TIMEOUT_MS,
+    );
+    request.on('error', (error) => {
+      clearTimeout(timer);
+      reject(error);
+    });
   });
 }
