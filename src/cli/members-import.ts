@@ -59,16 +59,22 @@ export async function runMembersImport(config: Readonly<WarrenConfig>, args: Imp
   }
   const started = performance.now();
   const reading = bar('validating');
-  reading.start(1, 0);
+  // A pipe has no size to measure the reading against: no bar then (the import's own bar counts rows).
+  const sized = !stdin && statSync(args.file).isFile();
+  if (sized) reading.start(1, 0);
   const options = { format, ...(args.tenant ? { tenant: args.tenant } : {}) };
   let plan: ImportPlan;
   try {
     plan = await readMembershipFile(args.file, {
       ...options,
-      onBytes: (read, total) => {
-        reading.setTotal(total);
-        reading.update(read);
-      },
+      ...(sized
+        ? {
+            onBytes: (read: number, total: number) => {
+              reading.setTotal(total);
+              reading.update(read);
+            },
+          }
+        : {}),
     });
   } catch (error) {
     console.error(`warren members import: cannot read ${args.file}: ${errorMessage(error)}`);
