@@ -46,6 +46,15 @@ export class MembershipStore {
   /** Redis's clock minus this host's (ms), and when it was measured, on both clocks (see `applyWithin`). */
   private clock: { offset: number; at: number; monotonicAt: number } | undefined;
   private watchingReconnects = false;
+  private readonly forgetClock = (): void => {
+    this.clock = undefined;
+  };
+
+  /** Stops listening to the client (which may be the caller's, and outlive this store). */
+  close(): void {
+    this.redis.off('ready', this.forgetClock);
+    this.watchingReconnects = false;
+  }
   private watching = false;
 
   constructor(
@@ -115,7 +124,7 @@ export class MembershipStore {
     }
     if (!this.watchingReconnects) {
       this.watchingReconnects = true;
-      this.redis.on('ready', () => (this.clock = undefined));
+      this.redis.on('ready', this.forgetClock);
     }
     const [seconds, micros] = await this.redis.time();
     const after = Date.now();

@@ -102,6 +102,23 @@ describe('publisher SDK: options', () => {
     expect(String(refused)).not.toContain('publishTimeoutMs');
   });
 
+  it('leaves no listener on a Redis client of the caller’s once closed, however many publishers used it', async () => {
+    const prefix = testPrefix('sdk-callers-redis');
+    const redis = new Redis(inject('redisUrl'));
+    const before = redis.listenerCount('ready');
+    try {
+      for (let i = 0; i < 3; i += 1) {
+        const warren = await WarrenPublisher.connect({ rabbitmqUrl: inject('rabbitmqUrl'), redis, prefix });
+        expect(await warren.addUserToTeam('acme', `u${i}`, 'icu')).toBe(true);
+        await warren.close();
+      }
+      expect(redis.listenerCount('ready')).toBe(before);
+    } finally {
+      await removeInstallation(prefix, {});
+      await redis.quit();
+    }
+  });
+
   it('uses a payloads’ client of the caller’s that connects lazily, on first use', async () => {
     const prefix = testPrefix('sdk-lazy-payloads');
     const payloadRedis = new Redis(inject('redisUrl'), { lazyConnect: true });

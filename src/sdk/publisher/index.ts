@@ -355,6 +355,8 @@ export class WarrenPublisher {
   /** Waits for outstanding confirms, then closes what this publisher opened. A second call waits for the first. */
   close(): Promise<void> {
     this.closing ??= (async () => {
+      // Its listener off a Redis client of the caller's, which outlives this publisher.
+      this.members.close();
       await this.publisher.close();
       await this.broker.close();
       await Promise.all(this.ownRedis.map((client) => closeRedis(client)));
