@@ -34,11 +34,6 @@ const CLOSE_TIMEOUT_MS = 5000;
 const AMQPLIB_TABLE_BUFFER = 65_536;
 
 /**
- * One AMQP connection per process, recovered by amqplib with full-jitter backoff. Components register setup
- * hooks (declare topology, open channels, start consumers, re-bind) which run again after every reconnect,
- * so nothing above this class has to notice a reconnect other than by its hook running.
- */
-/**
  * The broker refused the credentials or a permission a setup step needs (AMQP 403 ACCESS_REFUSED): trying
  * again with the same account fails the same way. For a library's caller, who would rather hear it at once
  * than after the connect timeout; daemons keep trying (an operator may grant the permission). Not 530
@@ -49,6 +44,11 @@ export function refusedForGood(error: Error): boolean {
   return /\bACCESS.REFUSED\b/.test(error.message);
 }
 
+/**
+ * One AMQP connection per process, recovered by amqplib with full-jitter backoff. Components register setup
+ * hooks (declare topology, open channels, start consumers, re-bind) which run again after every reconnect,
+ * so nothing above this class has to notice a reconnect other than by its hook running.
+ */
 export class BrokerConnection extends EventEmitter<BrokerEvents> {
   private readonly hooks: SetupHook[] = [];
   private recovering: amqp.RecoveringChannelModel | undefined;
@@ -144,16 +144,17 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
     });
     let lastFailure: string | undefined;
     let refusal: Error | undefined;
-    let refused: () => void = () => {};
-    const givenUp = new Promise<void>((resolve) => (refused = resolve));
-    this.recovering.on('connect-failed', (error: Error) => {
-      lastFailure = error.message;
-      this.logger.warn({ err: error.message }, 'broker connect failed');
-      if (refusal === undefined && options.giveUpOn?.(error)) {
-        refusal = error;
-        refused();
-      }
-    });
+    const recovering = this.recovering;
+    const givenUp = new Promise<void>((resolve) =>
+      recovering.on('connect-failed', (error: Error) => {
+        lastFailure = error.message;
+        this.logger.warn({ err: error.message }, 'broker connect failed');
+        if (refusal === undefined && options.giveUpOn?.(error)) {
+          refusal = error;
+          resolve();
+        }
+      }),
+    );
     this.recovering.on('reconnect-scheduled', (info: { attempt: number; delay: number }) => {
       this.logger.debug(info, 'broker reconnect scheduled');
     });

@@ -50,7 +50,9 @@ export const DEFAULTS = {
   devPort: 8080,
 } as const;
 
-const id = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'must match ^[A-Za-z0-9_-]{1,64}$');
+/** A prefix or node id: part of exchange, queue and Redis key names (no `.`, `:` or braces). */
+export const NAME_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
+const id = z.string().regex(NAME_PATTERN, 'must match ^[A-Za-z0-9_-]{1,64}$');
 const port = z.number().int().min(0).max(65_535);
 const positiveInt = z.number().int().positive();
 /** setTimeout fires almost at once for delays above 2^31-1 ms. */

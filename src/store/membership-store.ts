@@ -41,26 +41,28 @@ function toArgs(change: MembershipChange): ChangeArgs {
  * log entry, so once `apply` returns, no resolver can resolve a later event with the old membership.
  */
 export class MembershipStore {
-  /** Connections of `redis` closed since `newTerm` was first called. */
+  /** Connections of `redis` closed since `newTerm` or `applyWithin` was first called. */
   private closes = 0;
-  /** Redis's clock minus this host's (ms), and when it was measured, on both clocks (see `applyWithin`). */
-  private clock: { offset: number; at: number; monotonicAt: number } | undefined;
-  private watchingReconnects = false;
-  private readonly forgetClock = (): void => {
-    this.clock = undefined;
-  };
-
-  /** Stops listening to the client (which may be the caller's, and outlive this store). */
-  close(): void {
-    this.redis.off('ready', this.forgetClock);
-    this.watchingReconnects = false;
-  }
   private watching = false;
+  private readonly countClose = (): void => {
+    this.closes += 1;
+  };
+  /**
+   * Redis's clock minus this host's (ms), when it was measured on both clocks, and on which connection (see
+   * `applyWithin`).
+   */
+  private clock: { offset: number; at: number; monotonicAt: number; closes: number } | undefined;
 
   constructor(
     private readonly redis: WarrenRedis,
     private readonly keys: Keys,
   ) {}
+
+  /** Stops listening to the client (which may be the caller's, and outlive this store). */
+  close(): void {
+    this.redis.off('close', this.countClose);
+    this.watching = false;
+  }
 
   private async run(
     tenantId: string,
@@ -118,20 +120,19 @@ export class MembershipStore {
   private async clockOffset(): Promise<number> {
     const now = Date.now();
     const clock = this.clock;
-    if (clock) {
+    if (clock && clock.closes === this.closes) {
       const stepped = Math.abs(now - clock.at - (performance.now() - clock.monotonicAt)) > CLOCK_STEP_MS;
       if (!stepped && now - clock.at < CLOCK_KEPT_MS) return clock.offset;
     }
-    if (!this.watchingReconnects) {
-      this.watchingReconnects = true;
-      this.redis.on('ready', this.forgetClock);
-    }
+    this.watchCloses();
+    const closes = this.closes;
     const [seconds, micros] = await this.redis.time();
     const after = Date.now();
     const offset = Number(seconds) * 1000 + Math.floor(Number(micros) / 1000) - after;
     // Kept only when measured over a quick round trip: a slow one (Redis busy) understates the offset by up
     // to its length, which would shorten every later change's time to arrive.
-    if (after - now <= CLOCK_MAX_RTT_MS) this.clock = { offset, at: after, monotonicAt: performance.now() };
+    if (after - now <= CLOCK_MAX_RTT_MS)
+      this.clock = { offset, at: after, monotonicAt: performance.now(), closes };
     return offset;
   }
 
@@ -175,7 +176,7 @@ export class MembershipStore {
   private watchCloses(): void {
     if (this.watching) return;
     this.watching = true;
-    this.redis.on('close', () => (this.closes += 1));
+    this.redis.on('close', this.countClose);
   }
 
   /**

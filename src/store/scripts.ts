@@ -15,18 +15,19 @@
  */
 
 const APPEND = `
--- Checked before a script writes anything: Redis keeps what a script wrote before it failed, and a change
--- applied but not logged would never reach resolvers' caches (a member removed, yet still served).
-local function unloggable(logKey, seqKey)
-  local t = redis.call('TYPE', logKey)['ok']
-  if t ~= 'stream' and t ~= 'none' then
-    return 'WRONGTYPE the change log ' .. logKey .. ' is a ' .. t .. ', not a stream: nothing applied'
+-- Called before a script writes anything, it fails the script while the log could not take an entry: Redis
+-- keeps what a script wrote before it failed, and a change applied but not logged would never reach
+-- resolvers' caches (a member removed, yet still served).
+local function requireType(what, key, want)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= want and t ~= 'none' then
+    error(redis.error_reply(
+      'WRONGTYPE ' .. what .. ' ' .. key .. ' is a ' .. t .. ', not a ' .. want .. ': nothing applied'))
   end
-  t = redis.call('TYPE', seqKey)['ok']
-  if t ~= 'string' and t ~= 'none' then
-    return 'WRONGTYPE the change log counter ' .. seqKey .. ' is a ' .. t .. ', not a string: nothing applied'
-  end
-  return nil
+end
+local function requireLog(logKey, seqKey)
+  requireType('the change log', logKey, 'stream')
+  requireType('the change log counter', seqKey, 'string')
 end
 local function append(logKey, seqKey, maxlen, ...)
   local s = redis.call('INCR', seqKey)
@@ -78,8 +79,7 @@ if notAfter ~= '' then
   local t = redis.call('TIME')
   if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(notAfter) then return -2 end
 end
-local refused = unloggable(KEYS[4], KEYS[5])
-if refused then return redis.error_reply(refused) end
+requireLog(KEYS[4], KEYS[5])
 local changed = 0
 -- The teams and groups a bulk entry (or a failure) must make resolvers reload: a team's direct members and
 -- the groups holding it, a group's members.
@@ -93,9 +93,9 @@ end
 local function applyAt(i)
   local kind, op, a, b = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local v = tonumber(op)
-  -- Before writing: a change that fails half-way has written something too.
-  if kind == 'gt' then touch(teams, b) elseif kind == 'tu' then touch(teams, a) else touch(groups, a) end
+  -- Each touched before writing: a change that fails half-way has written something too.
   if kind == 'gt' then
+    touch(teams, b)
     -- Either side counts: one left behind by a change that failed half-way is a change when it is mended.
     local n
     if v == 1 then
@@ -108,6 +108,7 @@ local function applyAt(i)
       if mode == 'each' then append(KEYS[4], KEYS[5], maxlen, 'o', 'gt', 'a', a, 'b', b, 'c', v) end
     end
   else
+    touch(kind == 'tu' and teams or groups, a)
     local bit = bitOf(KEYS[1], KEYS[2], KEYS[3], b, v == 1)
     if bit then
       local target = tag .. ':' .. kind .. ':' .. a
@@ -165,8 +166,7 @@ return out
  * Returns the users' bit positions.
  */
 export const PRESENCE_ON = `${APPEND}
-local refused = unloggable(KEYS[5], KEYS[6])
-if refused then return redis.error_reply(refused) end
+requireLog(KEYS[5], KEYS[6])
 local node, maxlen = ARGV[1], ARGV[2]
 local out = {}
 for i = 3, #ARGV do
@@ -184,8 +184,7 @@ return out
  * KEYS: online(node), log, logseq   ARGV: node, maxlen, bit
  */
 export const PRESENCE_OFF = `${APPEND}
-local refused = unloggable(KEYS[2], KEYS[3])
-if refused then return redis.error_reply(refused) end
+requireLog(KEYS[2], KEYS[3])
 local old = redis.call('SETBIT', KEYS[1], ARGV[3], 0)
 if old == 1 then append(KEYS[2], KEYS[3], ARGV[2], 'o', 'off', 'a', ARGV[1], 'b', ARGV[3]) end
 return old
@@ -196,8 +195,7 @@ return old
  * KEYS: online(node), log, logseq   ARGV: node, maxlen
  */
 export const PRESENCE_NODE_GONE = `${APPEND}
-local refused = unloggable(KEYS[2], KEYS[3])
-if refused then return redis.error_reply(refused) end
+requireLog(KEYS[2], KEYS[3])
 redis.call('DEL', KEYS[1])
 append(KEYS[2], KEYS[3], ARGV[2], 'o', 'nd', 'a', ARGV[1])
 return 1

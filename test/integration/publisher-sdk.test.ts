@@ -106,6 +106,7 @@ describe('publisher SDK: options', () => {
     const prefix = testPrefix('sdk-callers-redis');
     const redis = new Redis(inject('redisUrl'));
     const before = redis.listenerCount('ready');
+    const closeBefore = redis.listenerCount('close');
     try {
       for (let i = 0; i < 3; i += 1) {
         const warren = await WarrenPublisher.connect({ rabbitmqUrl: inject('rabbitmqUrl'), redis, prefix });
@@ -113,6 +114,7 @@ describe('publisher SDK: options', () => {
         await warren.close();
       }
       expect(redis.listenerCount('ready')).toBe(before);
+      expect(redis.listenerCount('close')).toBe(closeBefore);
     } finally {
       await removeInstallation(prefix, {});
       await redis.quit();

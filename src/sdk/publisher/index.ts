@@ -7,7 +7,7 @@ import {
   topologyNames,
   type TopologyNames,
 } from '../../broker/topology.js';
-import { DEFAULTS } from '../../config/schema.js';
+import { DEFAULTS, NAME_PATTERN } from '../../config/schema.js';
 import {
   describeIssues,
   membershipChangeSchema,
@@ -82,8 +82,6 @@ export interface PublisherOptions {
 /** The longest delay a Node timer takes; a longer one (or Infinity) fires after 1 ms. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
-const PREFIX_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
-
 /** Every problem with the numeric options (and the prefix), so that a bad one is not taken for a timeout of 1 ms. */
 function badOptions(options: PublisherOptions): string[] {
   const bad: string[] = [];
@@ -100,8 +98,8 @@ function badOptions(options: PublisherOptions): string[] {
   // As WARREN_PREFIX: it is part of every exchange, queue and Redis key (a `:` or brace would move keys
   // out of the tenant's hash slot, a `.` out of the routing-key layout).
   const { prefix } = options;
-  if (prefix !== undefined && !(typeof prefix === 'string' && PREFIX_PATTERN.test(prefix)))
-    bad.push(`prefix must match ${String(PREFIX_PATTERN)}, as WARREN_PREFIX (got ${JSON.stringify(prefix)})`);
+  if (prefix !== undefined && !(typeof prefix === 'string' && NAME_PATTERN.test(prefix)))
+    bad.push(`prefix must match ${String(NAME_PATTERN)}, as WARREN_PREFIX (got ${JSON.stringify(prefix)})`);
   return bad;
 }
 
