@@ -16,8 +16,33 @@ export function send(
   });
 }
 
-export function sendJson(res: HttpResponse, status: string, value: unknown): void {
-  send(res, status, JSON.stringify(value));
+export function sendJson(
+  res: HttpResponse,
+  status: string,
+  value: unknown,
+  headers: Record<string, string> = {},
+): void {
+  send(res, status, JSON.stringify(value), 'application/json', headers);
+}
+
+/**
+ * Answers a HEAD request with the headers a GET would get, its length included, and no body. The length is
+ * written as a header: this uWS build's `endWithoutBody(length)` aborts the process unless an abort
+ * handler is attached (uNetworking/uWebSockets#1855) and leaves a kept-alive connection unusable.
+ */
+export function sendHead(
+  res: HttpResponse,
+  status: string,
+  body: string,
+  contentType = 'application/json',
+): void {
+  res.cork(() => {
+    res
+      .writeStatus(status)
+      .writeHeader('content-type', contentType)
+      .writeHeader('content-length', String(Buffer.byteLength(body)));
+    res.endWithoutBody();
+  });
 }
 
 /** Tracks whether the client went away, which uWS requires before any asynchronous response. */

@@ -14,7 +14,7 @@ import type { DeliveryRouter } from './delivery-router.js';
 import { encodeFrame } from './frames.js';
 import type { GatewayMetrics } from './gateway-metrics.js';
 import type { DeliveryHistory } from './history.js';
-import { send, sendJson, watchAbort } from './http.js';
+import { send, sendHead, sendJson, watchAbort } from './http.js';
 import type { ConnectionRegistry } from './registry.js';
 import { Tab, type TabSocketData } from './tab.js';
 
@@ -112,11 +112,38 @@ export class WsServer {
       message: (ws, message, isBinary) => this.message(ws, message, isBinary),
       close: (ws) => this.closed(ws),
     });
-    this.app.get('/healthz', (res) => sendJson(res, '200 OK', { status: 'ok' }));
-    this.app.get('/readyz', (res) => {
+    // A plain GET of the socket's path: say what it wants rather than 404 (someone pasting the URL into a
+    // browser, a load balancer's check pointed at it).
+    this.app.get('/ws', (res) =>
+      send(
+        res,
+        '426 Upgrade Required',
+        JSON.stringify({ error: 'WebSocket upgrade required' }),
+        'application/json',
+        {
+          upgrade: 'websocket',
+        },
+      ),
+    );
+    // Load balancers and uptime checks ask with GET or HEAD.
+    const health = (path: string, answer: () => { status: string; body: string }): void => {
+      this.app.get(path, (res) => {
+        const { status, body } = answer();
+        send(res, status, body);
+      });
+      this.app.head(path, (res) => {
+        const { status, body } = answer();
+        sendHead(res, status, body);
+      });
+      this.app.any(path, (res) =>
+        sendJson(res, '405 Method Not Allowed', { error: 'method not allowed' }, { allow: 'GET, HEAD' }),
+      );
+    };
+    health('/healthz', () => ({ status: '200 OK', body: JSON.stringify({ status: 'ok' }) }));
+    health('/readyz', () => {
       const r = deps.readiness();
       const ready = isReady(r);
-      sendJson(res, ready ? '200 OK' : '503 Service Unavailable', { ready, ...r });
+      return { status: ready ? '200 OK' : '503 Service Unavailable', body: JSON.stringify({ ready, ...r }) };
     });
     // Unless served on a port of its own (`gateway.metricsPort`), away from the tabs' public one.
     if (!deps.metricsElsewhere) {

@@ -21,11 +21,17 @@ export class OpsHttp {
     readiness: () => Readiness,
   ): Promise<OpsHttp> {
     const server = createServer((req, res) => {
-      const json = (status: number, body: object): void => {
-        res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body));
+      // node:http leaves the body out of a HEAD answer itself, and its length too unless told.
+      const json = (status: number, value: object, headers: Record<string, string> = {}): void => {
+        const body = JSON.stringify(value);
+        const length = String(Buffer.byteLength(body));
+        res
+          .writeHead(status, { 'content-type': 'application/json', 'content-length': length, ...headers })
+          .end(body);
       };
       const path = (req.url ?? '/').split('?')[0];
-      if (req.method !== 'GET') return json(405, { error: 'method not allowed' });
+      if (req.method !== 'GET' && req.method !== 'HEAD')
+        return json(405, { error: 'method not allowed' }, { allow: 'GET, HEAD' });
       if (path === '/healthz') return json(200, { status: 'ok' });
       if (path === '/readyz') {
         const r = readiness();

@@ -1,4 +1,4 @@
-import { Agent, get as httpGet } from 'node:http';
+import { Agent, get as httpGet, request as httpRequest, type IncomingHttpHeaders } from 'node:http';
 import { createServer } from 'node:net';
 import { afterEach, describe, expect, inject, it } from 'vitest';
 import type { Gateway } from '../../src/gateway/main.js';
@@ -25,6 +25,25 @@ function request(agent: Agent, port: number, path: string): Promise<{ status: nu
       res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
     });
     req.on('error', reject);
+  });
+}
+
+function ask(
+  agent: Agent,
+  port: number,
+  method: string,
+  path: string,
+): Promise<{ status: number; body: string; headers: IncomingHttpHeaders }> {
+  return new Promise((resolve, reject) => {
+    // An explicit empty body: this uWS build does not read a chunked one and hangs up.
+    const headers = { 'content-length': '0' };
+    const req = httpRequest({ host: '127.0.0.1', port, path, method, agent, headers }, (res) => {
+      let body = '';
+      res.on('data', (chunk: Buffer) => (body += chunk.toString()));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body, headers: res.headers }));
+    });
+    req.on('error', reject);
+    req.end();
   });
 }
 
@@ -144,5 +163,38 @@ describe('gateway HTTP: /healthz, /readyz, /metrics', () => {
     expect(await tab.closed).toBe(4100);
     await draining;
     agent.destroy();
+  });
+
+  it('answers HEAD like GET without a body, other methods with 405, and a plain GET of /ws with 426', async () => {
+    prefix = testPrefix('http-head');
+    gateway = await startTestGateway(
+      testConfig(prefix, { gateway: { metricsPort: 0, metricsHost: '127.0.0.1' } }),
+    );
+    for (const port of [gateway.port, gateway.metricsPort as number]) {
+      // One kept-alive connection for all of them: a HEAD answer that sent a body, or none of its
+      // headers' end, would leave the next answer unreadable.
+      const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+      try {
+        for (const path of ['/healthz', '/readyz']) {
+          const got = await ask(agent, port, 'GET', path);
+          const head = await ask(agent, port, 'HEAD', path);
+          expect(head.status).toBe(200);
+          expect(head.body).toBe('');
+          expect(head.headers['content-type']).toBe('application/json');
+          expect(head.headers['content-length']).toBe(String(Buffer.byteLength(got.body)));
+          const post = await ask(agent, port, 'POST', path);
+          expect(post.status).toBe(405);
+          expect(post.headers.allow).toBe('GET, HEAD');
+        }
+      } finally {
+        agent.destroy();
+      }
+    }
+    const plain = await get(gateway.port, '/ws');
+    expect(plain.status).toBe(426);
+    expect(JSON.parse(plain.body)).toEqual({ error: 'WebSocket upgrade required' });
+    // The socket's path still upgrades.
+    const tab = await openTab(gateway.port, await token({ sub: 'ann', tid: 'acme' }));
+    tab.ws.terminate();
   });
 });
