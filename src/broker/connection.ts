@@ -45,6 +45,21 @@ export function refusedForGood(error: Error): boolean {
 }
 
 /**
+ * What a failed connection attempt says to an operator. RabbitMQ closes the connection at `connection.open`
+ * (530 NOT_ALLOWED) for a virtual host that does not exist, one the user has no permissions on, or a
+ * connection limit reached, and amqplib drops the broker's text from its error: name the virtual host and
+ * the likely causes instead of amqplib's "Expected ConnectionOpenOk".
+ */
+export function explainConnectFailure(error: Error, url: URL): string {
+  if (!/^Expected ConnectionOpenOk; got <ConnectionClose\b/.test(error.message)) return error.message;
+  const vhost = decodeURIComponent(url.pathname.slice(1)) || '/';
+  return (
+    `RabbitMQ refused to open virtual host "${vhost}": it does not exist, the user has no permissions on it, ` +
+    `or a connection limit is reached (rabbitmqctl list_vhosts, list_user_permissions)`
+  );
+}
+
+/**
  * One AMQP connection per process, recovered by amqplib with full-jitter backoff. Components register setup
  * hooks (declare topology, open channels, start consumers, re-bind) which run again after every reconnect,
  * so nothing above this class has to notice a reconnect other than by its hook running.
@@ -147,8 +162,8 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
     const recovering = this.recovering;
     const givenUp = new Promise<void>((resolve) =>
       recovering.on('connect-failed', (error: Error) => {
-        lastFailure = error.message;
-        this.logger.warn({ err: error.message }, 'broker connect failed');
+        lastFailure = explainConnectFailure(error, url);
+        this.logger.warn({ err: lastFailure }, 'broker connect failed');
         if (refusal === undefined && options.giveUpOn?.(error)) {
           refusal = error;
           resolve();

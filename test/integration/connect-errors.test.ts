@@ -96,6 +96,21 @@ describe('connecting to services that refuse', () => {
     }
   });
 
+  it('a virtual host the broker will not open is named, with what to check, not amqplib’s frame name', async () => {
+    const url = new URL(inject('rabbitmqUrl'));
+    url.pathname = '/warren-no-such-vhost';
+    const error = (await WarrenPublisher.connect({
+      rabbitmqUrl: url.toString(),
+      redisUrl: inject('redisUrl'),
+      connectTimeoutMs: 1500,
+    }).catch((e: unknown) => e)) as Error & { code?: string; retryable?: boolean };
+    expect(error.code).toBe('WARREN_ERR_BROKER_UNAVAILABLE');
+    expect(error.message).toContain(
+      'RabbitMQ refused to open virtual host "warren-no-such-vhost": it does not exist, the user has no permissions on it',
+    );
+    expect(error.message).not.toContain('Expected ConnectionOpenOk');
+  });
+
   it('a Redis that refuses the connection is reported with the cause, without the password', async () => {
     const error = (await createRedis({
       url: 'redis://:hunter2@127.0.0.1:1',
