@@ -94,20 +94,23 @@ function readYaml(file: string, label: string, problems: string[]): Tree {
   }
 }
 
-function coerce(field: ConfigField, raw: string): unknown {
+/** A value for `field` read from the environment, or what is wrong with it. */
+function coerce(field: ConfigField, raw: string): { value: unknown } | { problem: string } {
   if (field.type === 'number' || field.type === 'integer') {
     // Plain decimal only: Number() would also take 0x1F90 (8080), 1e3, 0b1 and -0 for a port or a size.
     // A sign and a leading point are taken (`-1`, `.3`), so that the schema says what is wrong with them.
-    const plain = field.type === 'integer' ? /^\s*-?\d+\s*$/ : /^\s*-?(\d+(\.\d*)?|\.\d+)\s*$/;
-    const value = plain.test(raw) ? Number(raw) : NaN;
-    // -0 would pass a minimum of 0 as the zero it is not written as.
-    return Number.isNaN(value) || Object.is(value, -0) ? raw : value;
+    const whole = field.type === 'integer';
+    if (!/^\s*-?(\d+(\.\d*)?|\.\d+)\s*$/.test(raw) || /^\s*-0*(\.0*)?\s*$/.test(raw))
+      return { problem: `must be a ${whole ? 'whole number' : 'number'} in plain decimal digits` };
+    const value = Number(raw);
+    if (whole && !Number.isInteger(value)) return { problem: 'must be a whole number' };
+    return { value };
   }
   if (field.type === 'boolean') {
-    if (/^(true|1|yes)$/i.test(raw)) return true;
-    if (/^(false|0|no)$/i.test(raw)) return false;
+    if (/^(true|1|yes)$/i.test(raw)) return { value: true };
+    if (/^(false|0|no)$/i.test(raw)) return { value: false };
   }
-  return raw;
+  return { value: raw };
 }
 
 function fromEnv(env: Readonly<Record<string, string | undefined>>, problems: string[]): Tree {
@@ -127,12 +130,19 @@ function fromEnv(env: Readonly<Record<string, string | undefined>>, problems: st
       problems.push(`${field.path.join('.')} [${name}]: blank (leave it unset or empty for the default)`);
       continue;
     }
+    const read = coerce(field, raw);
+    if ('problem' in read) {
+      problems.push(
+        `${field.path.join('.')} [${name}] (from environment): ${read.problem} (got ${JSON.stringify(raw)})`,
+      );
+      continue;
+    }
     let node = tree;
     for (const segment of field.path.slice(0, -1)) {
       const next = (node[segment] ??= {});
       node = next as Tree;
     }
-    node[field.path[field.path.length - 1] as string] = coerce(field, raw);
+    node[field.path[field.path.length - 1] as string] = read.value;
   }
   return tree;
 }

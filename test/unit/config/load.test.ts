@@ -156,6 +156,13 @@ describe('loadConfig', () => {
     );
     for (const shown of ['"0x1F90"', '"-0"', '"1e2"', 'gateway.lifetimeJitter'])
       expect(message).toContain(shown);
+    expect(message).toContain(
+      'gateway.port [WARREN_GATEWAY_PORT] (from environment): must be a whole number in plain decimal digits (got "0x1F90")',
+    );
+    // A fraction where a whole number belongs is named as such, not as a string where a number belongs.
+    expect(configError(() => loadConfig({ env: { WARREN_RABBITMQ_HEARTBEAT_SEC: '1.5' } }))).toContain(
+      'rabbitmq.heartbeatSec [WARREN_RABBITMQ_HEARTBEAT_SEC] (from environment): must be a whole number (got "1.5")',
+    );
     const config = loadConfig({
       env: { WARREN_GATEWAY_PORT: ' 8081 ', WARREN_GATEWAY_LIFETIME_JITTER: '0.5' },
     });
