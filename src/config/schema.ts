@@ -131,6 +131,12 @@ export const configSchema = z.strictObject({
     .strictObject({
       host: z.string().min(1).default(DEFAULTS.gatewayHost).describe('Listen address.'),
       port: port.default(DEFAULTS.gatewayPort).describe('Listen port (0 picks a free one).'),
+      reusePort: z
+        .boolean()
+        .default(false)
+        .describe(
+          'Let several gateway processes on one host share `gateway.port` (SO_REUSEPORT: the kernel spreads new connections over them). Off: a port another process holds stops start-up.',
+        ),
       metricsPort: port
         .optional()
         .describe(

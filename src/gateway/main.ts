@@ -562,7 +562,7 @@ export async function startGateway(
 
   let port: number;
   try {
-    port = await server.listen(g.host, g.port);
+    port = await server.listen(g.host, g.port, g.reusePort);
     if (g.metricsPort !== undefined) {
       opsHttp = await OpsHttp.start(g.metricsHost, g.metricsPort, metricsRegistry, () => {
         const r = readiness();

@@ -83,6 +83,16 @@ function tokenFrom(req: HttpRequest): { token: string | undefined; protocol: str
 // which Tab treats as too slow anyway).
 const UWS_MAX_BACKPRESSURE = 0xffff_ffff;
 
+/** uSockets' listen options (`ListenOptions` is a const enum only in the typings). */
+const LISTEN_DEFAULT = 0;
+const LISTEN_EXCLUSIVE_PORT = 1;
+type ListenWithOptions = (
+  host: string,
+  port: number,
+  options: number,
+  cb: (socket: uWS.us_listen_socket | false) => void,
+) => void;
+
 /** Frames up to this get an error frame when over `maxFrameBytes`; larger ones close the socket (1009). */
 function closeAbove(maxFrameBytes: number): number {
   return Math.max(64 * 1024, maxFrameBytes * 4);
@@ -163,16 +173,25 @@ export class WsServer {
     this.app.any('/*', (res) => sendJson(res, '404 Not Found', { error: 'not found' }));
   }
 
-  listen(host: string, port: number): Promise<number> {
+  /**
+   * Listens on `host:port`. uSockets sets SO_REUSEPORT unless told otherwise, so a second process on a
+   * port already taken would listen too and take every other connection (with `warren dev`, each its own
+   * secret: half the tokens refused); unless `reusePort`, a taken port fails here instead.
+   */
+  listen(host: string, port: number, reusePort = false): Promise<number> {
     return new Promise((resolve, reject) => {
-      this.app.listen(host, port, (socket) => {
+      const done = (socket: uWS.us_listen_socket | false): void => {
         if (!socket) {
-          reject(new WarrenError(ErrorCode.Listen, `cannot listen on ${host}:${port}`));
+          const hint = reusePort ? '' : ' (is another process listening on it?)';
+          reject(new WarrenError(ErrorCode.Listen, `cannot listen on ${host}:${port}${hint}`));
           return;
         }
         this.listenSocket = socket;
         resolve(uWS.us_socket_local_port(socket as unknown as uWS.us_socket));
-      });
+      };
+      const options = reusePort ? LISTEN_DEFAULT : LISTEN_EXCLUSIVE_PORT;
+      // The typings give options only without a host; the binding takes (host, port, options, cb) too.
+      (this.app as unknown as { listen: ListenWithOptions }).listen(host, port, options, done);
     });
   }
 

@@ -88,9 +88,12 @@ describe('warren gateway as a process', () => {
 
   it('exits 1 with the reason when its port is taken, leaving no node behind', async () => {
     prefix = testPrefix('port-taken');
-    const first = WarrenProcess.start(['gateway'], gatewayEnv(prefix));
+    // A port named, as operators do: uSockets would share it (SO_REUSEPORT) unless told not to, and the
+    // second node would take every other connection.
+    const port = await freePort();
+    const first = WarrenProcess.start(['gateway'], gatewayEnv(prefix, { WARREN_GATEWAY_PORT: String(port) }));
     processes.push(first);
-    const port = await first.listening();
+    expect(await first.listening()).toBe(port);
     const second = WarrenProcess.start(
       ['gateway'],
       gatewayEnv(prefix, { WARREN_GATEWAY_PORT: String(port) }),
@@ -103,6 +106,31 @@ describe('warren gateway as a process', () => {
     expect((await collectStatus(config)).gateways.map((g) => g.id)).toEqual([
       first.logged('listening')?.['nodeId'],
     ]);
+  });
+
+  it('shares its port with another gateway when both set gateway.reusePort', async () => {
+    prefix = testPrefix('port-shared');
+    const port = await freePort();
+    const env = gatewayEnv(prefix, {
+      WARREN_GATEWAY_PORT: String(port),
+      WARREN_GATEWAY_REUSE_PORT: 'true',
+      WARREN_PRESENCE_HEARTBEAT_MS: '200',
+    });
+    const nodes = [WarrenProcess.start(['gateway'], env), WarrenProcess.start(['gateway'], env)];
+    processes.push(...nodes);
+    for (const node of nodes) expect(await node.listening()).toBe(port);
+    // The kernel spreads connections over both (by a hash of each connection's addresses): of 20 tabs,
+    // all on one node would be one chance in half a million.
+    const tabs: TestTab[] = [];
+    for (let i = 0; i < 20; i += 1)
+      tabs.push(await openTab(port, await token({ sub: `u${i}`, tid: 'acme' })));
+    const ids = nodes.map((n) => n.logged('listening')?.['nodeId']);
+    await eventually(async () => {
+      const { gateways } = await collectStatus(testConfig(prefix));
+      const users = ids.map((id) => gateways.find((g) => g.id === id)?.users ?? 0);
+      return users.every((u) => u > 0) && users.reduce((a, b) => a + b, 0) === 20;
+    }, 'tabs on both nodes');
+    for (const tab of tabs) tab.ws.terminate();
   });
 
   it('will not take the queue of a running gateway of the same fixed id', async () => {
