@@ -121,6 +121,10 @@ describe('browser client reconnects: drained node, expired token', () => {
     // Two refused attempts with the first token, then the policy suspects it: exactly one more fetch.
     expect(chromium.site.tokenRequests('A') - before).toBe(2);
     expect(await counter(gateway, 'warren_gateway_auth_failures_total')).toBe(2);
+    // The application hears of each failed attempt, not only of the socket that finally opens.
+    const url = `ws://127.0.0.1:${gateway.port}/ws`;
+    const failed = `socket_failed: no connection to ${url}: refused (a token the gateway does not accept, a node not ready) or unreachable; retrying`;
+    expect((await t.log()).errors).toEqual([failed, failed]);
 
     await publish('after-refusal');
     await t.waitForEvents(['after-refusal'], 'event with the new token');

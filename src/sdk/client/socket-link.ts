@@ -33,6 +33,19 @@ export interface LinkSettings {
 type Timer = ReturnType<typeof setTimeout>;
 
 /**
+ * A connection that closed before the gateway's welcome. A browser reports an upgrade the gateway refused
+ * (401 for a token it does not accept, 503 for a node not ready) as it reports an unreachable host: 1006,
+ * with nothing more; the gateway's log and its `warren_gateway_auth_failures_total` say which.
+ */
+function attemptFailed(url: string, code: number): WarrenClientError {
+  const why =
+    code === ABNORMAL_CLOSURE
+      ? 'refused (a token the gateway does not accept, a node not ready) or unreachable'
+      : `closed with ${code}`;
+  return new WarrenClientError(ClientErrorCode.Socket, `no connection to ${url}: ${why}; retrying`);
+}
+
+/**
  * One WebSocket to a gateway and the loop that keeps it up: token, URL, connect, and after every close a
  * delay chosen by the reconnect policy. Knows nothing of events, dedup or tabs.
  */
@@ -49,6 +62,8 @@ export class SocketLink {
   private pingSentAt: number | undefined;
   /** Gives the attempt up when no welcome comes in time (`bound`). */
   private attemptTimer: Timer | undefined;
+  /** The URL of the current attempt, without a token. */
+  private attemptUrl = '';
 
   constructor(
     private readonly settings: LinkSettings,
@@ -105,6 +120,7 @@ export class SocketLink {
       return;
     }
     this.ws = ws;
+    this.attemptUrl = url;
     this.welcomedAt = undefined;
     ws.onmessage = (message: MessageEvent) => this.message(message.data);
     ws.onclose = (event: CloseEvent) => this.dropped(event.code);
@@ -133,6 +149,9 @@ export class SocketLink {
   private dropped(code: number): void {
     this.detach();
     const { welcomedAt } = this;
+    // An attempt that ended before its welcome would otherwise leave the application with a client
+    // `connecting` for good and nothing to show: a token the gateway refuses and a wrong URL look alike.
+    if (welcomedAt === undefined) this.hooks.error(attemptFailed(this.attemptUrl, code));
     this.ended(code, welcomedAt === undefined ? undefined : this.settings.now() - welcomedAt);
   }
 

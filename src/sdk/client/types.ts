@@ -19,7 +19,11 @@ export type TabRole = (typeof TabRole)[keyof typeof TabRole];
 export const ClientErrorCode = {
   /** `getToken` threw, returned nothing or did not settle in time; the client retries with backoff. */
   Token: 'token_failed',
-  /** The WebSocket could not be created (e.g. a malformed URL), or no welcome came in time; retried with backoff. */
+  /**
+   * An attempt failed before the gateway's welcome: the WebSocket could not be created (a malformed URL),
+   * the connection was refused or closed (a token the gateway does not accept, a node not ready, a host
+   * not reachable: a browser does not tell them apart), or no welcome came in time. Retried with backoff.
+   */
   Socket: 'socket_failed',
   /** The server sent something that is not a JSON frame. */
   BadFrame: 'bad_frame',

@@ -387,6 +387,50 @@ describe('client: an attempt that fails before any socket', () => {
   });
 });
 
+describe('client: an attempt that fails', () => {
+  afterEach(() => {
+    vi.restoreAllMocks();
+    vi.useRealTimers();
+  });
+
+  it('tells the application of every attempt closed before its welcome, without the token', async () => {
+    vi.useFakeTimers();
+    vi.spyOn(Math, 'random').mockReturnValue(0);
+    ScriptedSocket.all = [];
+    const client = connect({
+      url: 'ws://a/ws',
+      getToken: () => 'secret-token',
+      tokenTransport: 'query',
+      WebSocket: ScriptedSocket as unknown as typeof WebSocket,
+      pingIntervalMs: 0,
+      connectTimeoutMs: 0,
+    });
+    const errors: string[] = [];
+    const states: string[] = [];
+    client.on('error', (e) => errors.push(`${e.code}: ${e.message}`));
+    client.on('state', ({ to }) => states.push(to));
+    await vi.advanceTimersByTimeAsync(0);
+    ScriptedSocket.all[0]?.end(1006);
+    await vi.advanceTimersByTimeAsync(1000);
+    ScriptedSocket.all[1]?.end(4008);
+    expect(errors).toEqual([
+      'socket_failed: no connection to ws://a/ws: refused (a token the gateway does not accept, a node not ready) or unreachable; retrying',
+      'socket_failed: no connection to ws://a/ws: closed with 4008; retrying',
+    ]);
+    expect(ScriptedSocket.all[0]?.url).toContain('secret-token');
+    // Still connecting: there was no connection to lose.
+    expect(states).toEqual([]);
+    // Once welcomed, a drop is a state change, not an error.
+    await vi.advanceTimersByTimeAsync(60_000);
+    const last = ScriptedSocket.all[ScriptedSocket.all.length - 1];
+    last?.welcome('e1', 0);
+    last?.end(1006);
+    expect(errors).toHaveLength(2);
+    expect(states).toEqual(['connected', 'reconnecting']);
+    client.close();
+  });
+});
+
 describe('client: an attempt that hangs', () => {
   afterEach(() => {
     vi.restoreAllMocks();
