@@ -29,6 +29,56 @@ export interface JwtSettings {
 
 type Key = Uint8Array | CryptoKey | JWTVerifyGetKey;
 
+/**
+ * Why a token was refused, for the refusal metric's `reason` label and the log: a bounded set, so that
+ * an operator sees at a glance whether tokens expire, are signed with another key, or name a subject the
+ * gateway cannot take.
+ */
+export const RefusalReason = {
+  /** No token, or not a compact signed JWT at all. */
+  Malformed: 'malformed',
+  /** Signed with another key, or by a key the JWKS file does not hold. */
+  Signature: 'signature',
+  /** Signed with an algorithm the configured key does not allow (`none` included). */
+  Algorithm: 'algorithm',
+  Expired: 'expired',
+  /** `iss`, `aud`, `nbf`, `iat` or a required claim (`exp`, `sub`) missing or not as configured. */
+  Claims: 'claims',
+  /** `sub` or `tid` is not a valid id (`^[A-Za-z0-9_-]{1,120}$`). */
+  Identity: 'identity',
+} as const;
+export type RefusalReason = (typeof RefusalReason)[keyof typeof RefusalReason];
+
+/** A token the gateway does not accept (HTTP 401). */
+export class TokenRefused extends WarrenError {
+  constructor(
+    readonly reason: RefusalReason,
+    message: string,
+    options: { cause?: unknown } = {},
+  ) {
+    super(ErrorCode.Unauthorized, message, options);
+  }
+}
+
+/** jose's error codes, by the reason they mean. */
+function reasonOf(error: unknown): RefusalReason {
+  switch ((error as { code?: unknown }).code) {
+    case 'ERR_JWT_EXPIRED':
+      return RefusalReason.Expired;
+    case 'ERR_JWT_CLAIM_VALIDATION_FAILED':
+      return RefusalReason.Claims;
+    case 'ERR_JOSE_ALG_NOT_ALLOWED':
+    case 'ERR_JOSE_NOT_SUPPORTED':
+      return RefusalReason.Algorithm;
+    case 'ERR_JWS_SIGNATURE_VERIFICATION_FAILED':
+    case 'ERR_JWKS_NO_MATCHING_KEY':
+    case 'ERR_JWKS_MULTIPLE_MATCHING_KEYS':
+      return RefusalReason.Signature;
+    default:
+      return RefusalReason.Malformed;
+  }
+}
+
 /** `run`'s result, or its error as a configuration error naming `key`. */
 function asConfig<T>(key: string, run: () => T): T {
   try {
@@ -82,24 +132,31 @@ export class TokenVerifier {
   }
 
   async verify(token: string | undefined): Promise<Identity> {
-    if (!token) throw new WarrenError(ErrorCode.Unauthorized, 'missing token');
+    if (!token) throw new TokenRefused(RefusalReason.Malformed, 'missing token');
     let payload;
     try {
       ({ payload } = await jwtVerify(token, this.key as Uint8Array, this.options));
     } catch (error) {
-      throw new WarrenError(ErrorCode.Unauthorized, `invalid token: ${errorMessage(error)}`, {
-        cause: error,
-      });
+      throw new TokenRefused(reasonOf(error), `invalid token: ${errorMessage(error)}`, { cause: error });
     }
     const { sub, tid, exp } = payload as { sub?: unknown; tid?: unknown; exp?: unknown };
-    if (!isValidId(sub)) throw new WarrenError(ErrorCode.Unauthorized, 'token `sub` is not a valid user id');
+    // The value is not logged (a user's id); the rule is, as ids from identity providers often break it
+    // (`auth0|…`, an email address): map them to ids of this form when minting Warren's tokens.
+    if (!isValidId(sub))
+      throw new TokenRefused(
+        RefusalReason.Identity,
+        'token `sub` is not a valid user id (^[A-Za-z0-9_-]{1,120}$)',
+      );
     if (!isValidId(tid))
-      throw new WarrenError(ErrorCode.Unauthorized, 'token `tid` is not a valid tenant id');
-    if (typeof exp !== 'number') throw new WarrenError(ErrorCode.Unauthorized, 'token has no `exp`');
+      throw new TokenRefused(
+        RefusalReason.Identity,
+        'token `tid` is not a valid tenant id (^[A-Za-z0-9_-]{1,120}$)',
+      );
+    if (typeof exp !== 'number') throw new TokenRefused(RefusalReason.Claims, 'token has no numeric `exp`');
     // The clock tolerance is for `nbf` and `iat`, not for `exp`: a socket closes with 4001 when its token
     // expires, so one opened on an expired token would get a welcome (its user bound and announced online,
     // deliveries written to it) and be closed in the same breath.
-    if (exp * 1000 <= Date.now()) throw new WarrenError(ErrorCode.Unauthorized, 'token expired');
+    if (exp * 1000 <= Date.now()) throw new TokenRefused(RefusalReason.Expired, 'token expired');
     return { userId: sub, tenantId: tid, expiresAt: exp * 1000 };
   }
 }

@@ -3,7 +3,7 @@ import { pathToFileURL } from 'node:url';
 import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { ErrorCode, WarrenError } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
-import type { Identity, JwtSettings } from './auth.js';
+import { RefusalReason, TokenRefused, type Identity, type JwtSettings } from './auth.js';
 import type { TokenAnswer, TokenWorkerData } from './token-worker.js';
 
 // A verify takes well under a millisecond; this bounds how long a stuck worker can hold the event loop.
@@ -108,7 +108,10 @@ export class BlockingTokenVerifier {
     // Refused here, without the worker round trip: nothing this cheap to send should cost the thread
     // that carries every delivery a wait.
     if (token === undefined || token.length > MAX_TOKEN_LENGTH || !JWS_COMPACT.test(token)) {
-      throw new WarrenError(ErrorCode.Unauthorized, 'not a signed JWT');
+      throw new TokenRefused(
+        RefusalReason.Malformed,
+        token === undefined ? 'missing token' : 'not a signed JWT',
+      );
     }
     if (!this.ready) {
       throw new WarrenError(ErrorCode.Timeout, 'token verification unavailable', { retryable: true });
@@ -121,7 +124,7 @@ export class BlockingTokenVerifier {
       const received = receiveMessageOnPort(this.port) as { message: TokenAnswer } | undefined;
       if (received?.message.id === id) {
         const answer = received.message;
-        if (!answer.ok) throw new WarrenError(ErrorCode.Unauthorized, answer.message);
+        if (!answer.ok) throw new TokenRefused(answer.reason, answer.message);
         return { userId: answer.userId, tenantId: answer.tenantId, expiresAt: answer.expiresAt };
       }
       // An answer to an earlier request that timed out is dropped.

@@ -70,7 +70,8 @@ export class GatewayMetrics {
     });
     this.authFailures = new Counter({
       name: 'warren_gateway_auth_failures_total',
-      help: 'Upgrades refused with 401',
+      help: 'Upgrades refused with 401, by reason (malformed, signature, algorithm, expired, claims, identity)',
+      labelNames: ['reason'],
       registers: r,
     });
     this.badFrames = new Counter({

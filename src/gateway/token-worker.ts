@@ -1,6 +1,6 @@
 import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import { errorMessage } from '../shared/errors.js';
-import { TokenVerifier, type JwtSettings } from './auth.js';
+import { RefusalReason, TokenRefused, TokenVerifier, type JwtSettings } from './auth.js';
 
 /**
  * Worker thread behind BlockingTokenVerifier: verifies tokens with jose (asynchronous) while the gateway's
@@ -20,7 +20,7 @@ export interface TokenRequest {
 
 export type TokenAnswer =
   | { id: number; ok: true; userId: string; tenantId: string; expiresAt: number }
-  | { id: number; ok: false; message: string };
+  | { id: number; ok: false; message: string; reason: RefusalReason };
 
 const { settings, port, signal } = workerData as TokenWorkerData;
 
@@ -35,7 +35,13 @@ TokenVerifier.create(settings).then(
     port.on('message', ({ id, token }: TokenRequest) => {
       verifier.verify(token).then(
         (identity) => answer({ id, ok: true, ...identity }),
-        (error: unknown) => answer({ id, ok: false, message: errorMessage(error) }),
+        (error: unknown) =>
+          answer({
+            id,
+            ok: false,
+            message: errorMessage(error),
+            reason: error instanceof TokenRefused ? error.reason : RefusalReason.Malformed,
+          }),
       );
     });
     answer({ ready: true });

@@ -4,11 +4,12 @@ import type { HttpRequest, HttpResponse, TemplatedApp, WebSocket } from 'uWebSoc
 import { CloseCode } from '../protocol/close-codes.js';
 import { BEARER_PROTOCOL_PREFIX, FrameErrorCode, WS_PROTOCOL, type ServerFrame } from '../protocol/frames.js';
 import { clientFrameSchema, describeIssues } from '../protocol/schemas.js';
-import { ErrorCode, errorMessage, isWarrenError, WarrenError } from '../shared/errors.js';
+import { ErrorCode, errorMessage, WarrenError } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
 import { jitter } from '../shared/backoff.js';
+import { PerKeyThrottle } from '../shared/throttle.js';
 import type { Registry } from '../shared/metrics.js';
-import type { Identity } from './auth.js';
+import { TokenRefused, type Identity } from './auth.js';
 import type { BlockingTokenVerifier } from './blocking-verifier.js';
 import type { DeliveryRouter } from './delivery-router.js';
 import { encodeFrame } from './frames.js';
@@ -83,6 +84,9 @@ function tokenFrom(req: HttpRequest): { token: string | undefined; protocol: str
 // which Tab treats as too slow anyway).
 const UWS_MAX_BACKPRESSURE = 0xffff_ffff;
 
+/** How often the log says, per reason, that tokens were refused. */
+const REFUSAL_LOG_INTERVAL_MS = 10_000;
+
 /** uSockets' listen options (`ListenOptions` is a const enum only in the typings). */
 const LISTEN_DEFAULT = 0;
 const LISTEN_EXCLUSIVE_PORT = 1;
@@ -103,6 +107,7 @@ export class WsServer {
   private readonly app: TemplatedApp;
   private listenSocket: uWS.us_listen_socket | undefined;
   private accepting = true;
+  private readonly refusals = new PerKeyThrottle(REFUSAL_LOG_INTERVAL_MS);
 
   constructor(private readonly deps: WsServerDeps) {
     const { limits } = deps;
@@ -219,11 +224,17 @@ export class WsServer {
       // Synchronous on purpose (see BlockingTokenVerifier): the upgrade then completes inside this handler.
       identity = this.deps.verifier.verify(token);
     } catch (error) {
-      this.deps.logger.debug({ err: errorMessage(error) }, 'upgrade refused');
-      if (isWarrenError(error, ErrorCode.Unauthorized)) {
-        this.deps.metrics.authFailures.inc();
+      if (error instanceof TokenRefused) {
+        this.deps.metrics.authFailures.inc({ reason: error.reason });
+        // Said once per reason per interval, with how many: a token minted wrong refuses every connection,
+        // and at debug level nothing would say why; a flood of junk tokens costs a line per interval.
+        const { reason } = error;
+        this.refusals.tell(reason, 1, (count) =>
+          this.deps.logger.info({ reason, err: error.message, count }, 'tokens refused (HTTP 401)'),
+        );
         send(res, '401 Unauthorized', 'unauthorized', 'text/plain');
       } else {
+        this.deps.logger.debug({ err: errorMessage(error) }, 'upgrade refused');
         send(res, '503 Service Unavailable', 'try again', 'text/plain', { 'retry-after': '1' });
       }
       return;

@@ -4,12 +4,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SignJWT, UnsecuredJWT, exportJWK, importPKCS8 } from 'jose';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import type { Gateway } from '../../src/gateway/main.js';
+import { startGateway, type Gateway } from '../../src/gateway/main.js';
 import {
   BrokerProbe,
   cleanRedis,
   TEST_SECRET,
   UpgradeRefused,
+  capturingLogger,
   counter,
   openTab,
   removeInstallation,
@@ -35,9 +36,10 @@ async function refusal(port: number, jwt: string | undefined, how: 'query' | 'pr
 describe('upgrade authentication (HS256)', () => {
   const prefix = testPrefix('auth');
   let gateway: Gateway;
+  const log = capturingLogger('info');
 
   beforeAll(async () => {
-    gateway = await startTestGateway(testConfig(prefix));
+    gateway = await startGateway(testConfig(prefix), { logger: log.logger });
   });
   afterAll(async () => {
     await gateway.close();
@@ -94,6 +96,33 @@ describe('upgrade authentication (HS256)', () => {
     expect(await refusal(gateway.port, cases['wrong secret'], 'protocol')).toBe(401);
     expect(await counter(gateway, 'warren_gateway_connections')).toBe(before);
     expect(await counter(gateway, 'warren_gateway_auth_failures_total')).toBe(Object.keys(cases).length + 1);
+    // Why, for the operator: by reason in the metric, and said in the log (once per reason per 10 s).
+    const reasons = {
+      malformed: 3, // missing, garbage, alg none (no signature at all)
+      signature: 2, // wrong secret, twice
+      algorithm: 2,
+      expired: 2,
+      claims: 1, // no exp
+      identity: 2,
+    };
+    for (const [reason, count] of Object.entries(reasons))
+      expect({
+        reason,
+        count: await counter(gateway, 'warren_gateway_auth_failures_total', { reason }),
+      }).toEqual({
+        reason,
+        count,
+      });
+    const said = log.lines.filter((l) => l['msg'] === 'tokens refused (HTTP 401)');
+    expect(new Set(said.map((l) => l['reason']))).toEqual(new Set(Object.keys(reasons)));
+    expect(said.find((l) => l['reason'] === 'identity')?.['err']).toBe(
+      'token `tid` is not a valid tenant id (^[A-Za-z0-9_-]{1,120}$)',
+    );
+    expect(said.find((l) => l['reason'] === 'signature')?.['err']).toBe(
+      'invalid token: signature verification failed',
+    );
+    // No token in the log, nor a user's id.
+    expect(JSON.stringify(said)).not.toContain(cases['wrong secret']);
   });
 
   it('closes a socket with 4001 when its token expires while connected', async () => {
