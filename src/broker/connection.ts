@@ -35,8 +35,9 @@ const AMQPLIB_TABLE_BUFFER = 65_536;
 
 /**
  * The broker refused the credentials or a permission a setup step needs (AMQP 403 ACCESS_REFUSED): trying
- * again with the same account fails the same way. For a library's caller, who would rather hear it at once
- * than after the connect timeout; daemons keep trying (an operator may grant the permission). Not 530
+ * again with the same account fails the same way. A library's caller hears it at once rather than after the
+ * connect timeout, and a daemon starting stops with it (a wrong password in its configuration); once
+ * connected, a daemon keeps trying through such refusals (an operator may be rotating the password). Not 530
  * NOT_ALLOWED: RabbitMQ also says that for a connection limit reached, which passes (and amqplib reports a
  * refused virtual host without the broker's text anyway).
  */
@@ -111,7 +112,8 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
    * Connects, retrying with backoff; resolves after the first successful setup. Forever by default (a
    * daemon waits for its broker, logging each attempt); with `timeoutMs`, gives up after that long, stops
    * retrying and rejects with the last attempt's error (a library's caller is told). An attempt that
-   * `giveUpOn` says will fail the same way again (see `refusedForGood`) ends it at once, not retryable.
+   * `giveUpOn` says will fail the same way again (see `refusedForGood`) ends it at once, not retryable,
+   * with or without a timeout. Once connected, reconnects go on whatever they meet.
    */
   async start(options: { timeoutMs?: number; giveUpOn?: (error: Error) => boolean } = {}): Promise<void> {
     let url: URL;
@@ -177,11 +179,11 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
       this.logger.warn({ err: error.message }, 'broker connection error');
     });
     const { timeoutMs } = options;
-    if (timeoutMs === undefined) {
-      await this.recovering.waitForConnect();
-      return;
-    }
-    const settled = await fulfilsWithin(Promise.race([this.recovering.waitForConnect(), givenUp]), timeoutMs);
+    const connectedOrRefused = Promise.race([this.recovering.waitForConnect(), givenUp]);
+    const settled =
+      timeoutMs === undefined
+        ? (await connectedOrRefused, true)
+        : await fulfilsWithin(connectedOrRefused, timeoutMs);
     if (settled && refusal === undefined) return;
     await this.close().catch(() => {});
     if (refusal !== undefined) {

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import type { TemplatedApp } from 'uWebSockets.js';
 import { BindingPool } from '../broker/binding-pool.js';
-import { BrokerConnection } from '../broker/connection.js';
+import { BrokerConnection, refusedForGood } from '../broker/connection.js';
 import { Consumer } from '../broker/consumer.js';
 import {
   declareDroppedQueue,
@@ -313,7 +313,7 @@ export async function startGateway(
       logger.info({ users: keysHeld }, 're-bound held users after reconnect');
   });
   try {
-    await Promise.race([broker.start(), startRefused]);
+    await Promise.race([broker.start({ giveUpOn: refusedForGood }), startRefused]);
   } catch (error) {
     // Nothing of the refused start left retrying in the background, nor holding its connections: the
     // connection first (its reconnects stop, its channels end with it), then what used it, bounded.

@@ -1,6 +1,6 @@
 import type { Channel } from 'amqplib';
 import { randomBytes } from 'node:crypto';
-import { BrokerConnection } from '../broker/connection.js';
+import { BrokerConnection, refusedForGood } from '../broker/connection.js';
 import { Consumer } from '../broker/consumer.js';
 import { Publisher } from '../broker/publisher.js';
 import { declareTopology, declareTopologyOn, topologyNames } from '../broker/topology.js';
@@ -139,6 +139,20 @@ export async function startResolver(
   let stopping = false;
   const { metricsPort, metricsHost } = config.resolver;
   let http: OpsHttp | undefined;
+  /** Undoes a start-up that failed before anything was consumed. */
+  const abandon = async (): Promise<void> => {
+    // The connection first: its reconnects stop, and its channels end with it.
+    await broker.close().catch(() => {});
+    await Promise.allSettled([
+      consumer.close(),
+      membershipConsumer.close(),
+      liveness.stop(),
+      publisher.close(),
+      http?.close(),
+    ]);
+    watch.stop();
+    await Promise.allSettled([closeRedis(redis), payloadRedis && closeRedis(payloadRedis)]);
+  };
   if (metricsPort !== undefined) {
     try {
       http = await OpsHttp.start(metricsHost, metricsPort, metricsRegistry, () => {
@@ -153,14 +167,7 @@ export async function startResolver(
       });
     } catch (error) {
       // Before consuming anything: a taken port stops start-up with nothing to undo but what is open.
-      await Promise.allSettled([
-        consumer.close(),
-        membershipConsumer.close(),
-        liveness.stop(),
-        publisher.close(),
-      ]);
-      watch.stop();
-      await Promise.allSettled([broker.close(), closeRedis(redis), payloadRedis && closeRedis(payloadRedis)]);
+      await abandon();
       throw new WarrenError(
         ErrorCode.Config,
         `resolver.metricsPort: cannot listen on ${metricsHost}:${metricsPort}: ${errorMessage(error)}`,
@@ -172,7 +179,13 @@ export async function startResolver(
   await publisher.start();
   await consumer.start();
   await membershipConsumer.start();
-  await broker.start();
+  try {
+    // A password or a permission the broker refuses stops start-up, rather than retrying for good.
+    await broker.start({ giveUpOn: refusedForGood });
+  } catch (error) {
+    await abandon();
+    throw error;
+  }
   logger.info({ queue: names.resolver, metricsPort: http?.port }, 'resolving');
 
   const closing = new CloseOnce(CLOSE_TIMEOUT_MS, 'resolver close');

@@ -6,7 +6,7 @@ import { WarrenPublisher } from '../../src/sdk/publisher/index.js';
 import { silentLogger } from '../../src/shared/logger.js';
 import { closeRedis, createRedis } from '../../src/store/redis.js';
 import { TcpProxy } from '../support/tcp-proxy.js';
-import { eventually, testConfig, testPrefix } from '../support/harness.js';
+import { cleanRedis, eventually, testConfig, testPrefix } from '../support/harness.js';
 
 // A service that cannot reach its broker or Redis is told why, soon, without its password.
 
@@ -93,6 +93,38 @@ describe('connecting to services that refuse', () => {
       expect(proxy.connections).toBe(1);
     } finally {
       await proxy.close();
+    }
+  });
+
+  it('a gateway or a resolver whose broker password is refused stops starting at the first refusal', async () => {
+    const url = new URL(inject('rabbitmqUrl'));
+    url.password = 'not-the-password';
+    const proxy = await TcpProxy.start(url.hostname, Number(url.port || 5672));
+    const prefix = testPrefix('refused-start');
+    try {
+      const config = testConfig(prefix, { rabbitmq: { url: proxy.url(url) } });
+      for (const start of [
+        () => startGateway(config, { logger: silentLogger() }),
+        () => startResolver(config, { logger: silentLogger() }),
+      ]) {
+        const before = proxy.connections;
+        const error = (await start().catch((e: unknown) => e)) as Error & {
+          code?: string;
+          retryable?: boolean;
+        };
+        expect(error.code).toBe('WARREN_ERR_BROKER_UNAVAILABLE');
+        expect(error.message).toContain('ACCESS_REFUSED');
+        expect(error.message).not.toContain('not-the-password');
+        expect(error.retryable).toBe(false);
+        expect(proxy.connections - before).toBe(1);
+      }
+      // Nothing left retrying.
+      const seen = proxy.connections;
+      await new Promise((r) => setTimeout(r, 1500));
+      expect(proxy.connections).toBe(seen);
+    } finally {
+      await proxy.close();
+      await cleanRedis(prefix);
     }
   });
 
