@@ -9,6 +9,7 @@ import {
   connectPublisher,
   eventually,
   removeInstallation,
+  startTestResolver,
   testConfig,
   testPrefix,
 } from '../support/harness.js';
@@ -77,6 +78,42 @@ describe('publisher SDK: publishEvent validates before sending anything', () => 
     });
     await eventually(() => published.length > 0, 'the valid event on the exchange');
     expect(published.map((m) => m.properties.messageId)).toEqual(['evt-ok']);
+  });
+});
+
+describe('publisher SDK: a prefix no resolver reads', () => {
+  it('warns, as a process warning without a logger of the caller’s, when no resolver reads its events', async () => {
+    const prefix = testPrefix('sdk-unread');
+    const config = testConfig(prefix);
+    const warnings: Error[] = [];
+    const onWarning = (w: Error): number => warnings.push(w);
+    process.on('warning', onWarning);
+    const connect = () =>
+      WarrenPublisher.connect({ rabbitmqUrl: config.rabbitmq.url, redisUrl: config.redis.url, prefix });
+    try {
+      // A prefix nothing runs under (the servers' WARREN_PREFIX is another): events would wait for good.
+      const lone = await connect();
+      await lone.close();
+      await eventually(async () => warnings.length === 1, 'a warning');
+      expect((warnings[0] as Error & { code?: string }).code).toBe('WARREN_NO_RESOLVER');
+      expect(warnings[0]?.message).toBe(
+        `no resolver reads ${prefix}.resolver: published events wait there until one does ` +
+          `(if Warren is running, its WARREN_PREFIX is not this publisher's prefix "${prefix}")`,
+      );
+      // With a resolver reading, nothing to say.
+      const resolver = await startTestResolver(config);
+      try {
+        const read = await connect();
+        await read.close();
+        await new Promise((r) => setTimeout(r, 100));
+        expect(warnings).toHaveLength(1);
+      } finally {
+        await resolver.close();
+      }
+    } finally {
+      process.off('warning', onWarning);
+      await removeInstallation(prefix, {});
+    }
   });
 });
 

@@ -345,6 +345,8 @@ export async function connectPublisher(config: Readonly<WarrenConfig>): Promise<
     payloadRedisUrl: config.claimCheck.redisUrl,
     prefix: config.prefix,
     claimCheckBytes: config.claimCheck.bytes,
+    // Tests often connect one before their resolver starts: no process warning for that.
+    logger: silentLogger(),
   });
 }
 

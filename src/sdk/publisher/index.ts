@@ -4,6 +4,7 @@ import { Publisher } from '../../broker/publisher.js';
 import {
   checkExchangeOn,
   declareTopologyOn,
+  queueConsumers,
   topologyNames,
   type TopologyNames,
 } from '../../broker/topology.js';
@@ -81,6 +82,30 @@ export interface PublisherOptions {
 
 /** The longest delay a Node timer takes; a longer one (or Infinity) fires after 1 ms. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * Says so when no resolver reads the queue events go to. Declaring the topology, the SDK made the queue
+ * itself if it was missing: with a `prefix` other than the servers' WARREN_PREFIX, events would wait there
+ * for good, every publish confirmed. Also said when the SDK starts before any resolver, which is then
+ * true (events wait until one starts). Without a logger of the caller's, it is a process warning (code
+ * `WARREN_NO_RESOLVER`), so that it is seen at all.
+ */
+async function warnIfUnread(
+  broker: BrokerConnection,
+  queue: string,
+  prefix: string,
+  logger: Logger,
+  processWarning: boolean,
+): Promise<void> {
+  const model = broker.model;
+  const readers = model && (await queueConsumers(model, queue).catch(() => undefined));
+  if (readers !== 0) return;
+  const message =
+    `no resolver reads ${queue}: published events wait there until one does ` +
+    `(if Warren is running, its WARREN_PREFIX is not this publisher's prefix "${prefix}")`;
+  logger.warn({ queue }, message);
+  if (processWarning) process.emitWarning(message, { code: 'WARREN_NO_RESOLVER' });
+}
 
 /** Every problem with the numeric options (and the prefix), so that a bad one is not taken for a timeout of 1 ms. */
 function badOptions(options: PublisherOptions): string[] {
@@ -216,6 +241,8 @@ export class WarrenPublisher {
       }
       throw error;
     }
+    if (options.declareTopology !== false)
+      await warnIfUnread(broker, names.resolver, prefix, logger, !options.logger);
     return new WarrenPublisher(
       broker,
       publisher,
