@@ -348,11 +348,16 @@ export class ConnectionRegistry<T extends RegisteredTab> {
     }
     const wrong: string[] = [];
     for (const [tenantId, entries] of byTenant) {
+      // The bits as asked about: while the map is read (one tenant after another), a user's grace may end
+      // (its bit released) or a re-announcement may move it. Such a user was not found wrong: compared
+      // with what it holds now, it would be, and its tabs and the node's history would hear of a gap.
+      const asked = entries.map((e) => e.bit);
       const actual = await bitsOf(
         tenantId,
         entries.map((e) => e.userId),
       );
       entries.forEach((entry, i) => {
+        if (entry.bit !== asked[i] || this.users.get(entry.key) !== entry) return;
         if (actual[i] === entry.bit) return;
         wrong.push(entry.key);
         // Off the bit now, not when the user's queued steps (a bind may wait seconds for the broker) let

@@ -75,6 +75,31 @@ describe('ConnectionRegistry.verifyBits', () => {
   });
 });
 
+describe('ConnectionRegistry.verifyBits while users leave', () => {
+  it('does not count a user whose bit was released while the map was read as found wrong', async () => {
+    const registry = new ConnectionRegistry<RegisteredTab>(
+      { bind: async () => {}, unbind: async () => {} },
+      { online: async () => [4], offline: async () => {} },
+      0,
+      { onUsersChanged: () => {} },
+      silentLogger(),
+    );
+    const ann = tab('t1', 'acme', 'ann');
+    await registry.add(ann);
+    const read = deferred();
+    const checking = registry.verifyBits(async () => {
+      await read.promise;
+      return [4];
+    });
+    // Her last tab closes and the grace (0 here) ends while the id map is being read.
+    registry.remove(ann);
+    await registry.entry(userKey('acme', 'ann'))?.chain;
+    await new Promise((r) => setTimeout(r, 10));
+    read.resolve();
+    expect(await checking).toEqual([]);
+  });
+});
+
 describe('ConnectionRegistry: an unbind that fails', () => {
   function registryWith(unbind: (key: string) => Promise<void>, graceMs: number) {
     const binds: string[] = [];
