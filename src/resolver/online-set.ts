@@ -22,18 +22,25 @@ export class OnlineSet {
   private dead: ReadonlySet<string> = new Set();
   private union: Bitmap = new RoaringBitmap32();
   private dirty = false;
-  /** user id → bit, for every user seen online. */
+  /**
+   * user id → bit, for every user some node holds (a dead node's included: it may only have paused). A user
+   * no node holds any more is forgotten, so that a tenant's view holds its users online now, not every user
+   * ever online while the view was up (about 175 bytes each).
+   */
   readonly bitOf = new Map<string, number>();
-  /** bit → routing key `u.<tenant>.<user>`. */
+  /** bit → routing key `u.<tenant>.<user>`, for the same users. */
   readonly keyOf = new Map<number, string>();
   /**
-   * user id → the other bits it was seen online under (rare: the id map gave it a new bit after losing
-   * writes, and its gateway moves it over). Still the user's here until the view starts over, so
-   * `exceptUsers` takes them out too.
+   * user id → the other bits it is held under (rare: the id map gave it a new bit after losing writes, and
+   * its gateways move it over one by one), so that `exceptUsers` takes them out too.
    */
   readonly formerBits = new Map<string, number[]>();
 
-  constructor(private readonly tenantId: string) {}
+  private readonly keyPrefix: string;
+
+  constructor(private readonly tenantId: string) {
+    this.keyPrefix = userKey(tenantId, '');
+  }
 
   private node(nodeId: string): Bitmap {
     let bitmap = this.nodes.get(nodeId);
@@ -70,13 +77,47 @@ export class OnlineSet {
 
   off(nodeId: string, bit: number): void {
     this.nodes.get(nodeId)?.remove(bit);
-    if (this.dirty) return;
-    for (const [other, bitmap] of this.nodes) if (!this.dead.has(other) && bitmap.has(bit)) return;
-    this.union.remove(bit);
+    let held = false;
+    for (const [other, bitmap] of this.nodes) {
+      if (!bitmap.has(bit)) continue;
+      held = true;
+      if (!this.dead.has(other)) return;
+    }
+    if (!this.dirty) this.union.remove(bit);
+    if (!held) this.forget(bit);
   }
 
   nodeGone(nodeId: string): void {
-    if (this.nodes.delete(nodeId)) this.dirty = true;
+    const bitmap = this.nodes.get(nodeId);
+    if (!bitmap) return;
+    this.nodes.delete(nodeId);
+    this.dirty = true;
+    for (const bit of bitmap) if (!this.held(bit)) this.forget(bit);
+  }
+
+  private held(bit: number): boolean {
+    for (const bitmap of this.nodes.values()) if (bitmap.has(bit)) return true;
+    return false;
+  }
+
+  /** No node holds `bit` any more: its user's mapping goes (or falls back to a bit still held). */
+  private forget(bit: number): void {
+    const key = this.keyOf.get(bit);
+    if (key === undefined) return;
+    this.keyOf.delete(bit);
+    const userId = key.slice(this.keyPrefix.length);
+    const former = this.formerBits.get(userId);
+    if (this.bitOf.get(userId) === bit) {
+      // Every former bit left is still held (each is dropped from the list when it is not): the last one
+      // the user had becomes theirs again.
+      const last = former?.pop();
+      if (last === undefined) this.bitOf.delete(userId);
+      else this.bitOf.set(userId, last);
+    } else if (former) {
+      const at = former.indexOf(bit);
+      if (at >= 0) former.splice(at, 1);
+    }
+    if (former && former.length === 0) this.formerBits.delete(userId);
   }
 
   /**
