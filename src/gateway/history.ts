@@ -18,11 +18,20 @@ interface TenantOffsets {
 }
 
 /**
- * Bytes a recipient key is counted for: the list's slot and, for a key read from a CC header, the string
- * itself. Without it a broadcast to 20,000 local users would cost its frame's few hundred bytes while its
- * key list held far more, and history could grow to hundreds of megabytes inside a 16 MiB bound.
+ * Bytes a recipient key is counted for besides its characters: the list's slot and the string's header.
+ * Measured on Node 20 for keys decoded from a header, as with user routing: 44 bytes a key of 10
+ * characters, 164 of 130, 284 of 250. (Node routing names keys the registry holds anyway: counted all the
+ * same, the bound errs on the safe side.) Without it a broadcast to 20,000 local users would cost its
+ * frame's few hundred bytes while its key list held far more, and history could grow to hundreds of
+ * megabytes inside a 16 MiB bound.
  */
-const KEY_BYTES = 32;
+const KEY_OVERHEAD_BYTES = 34;
+
+function costOf(frame: Uint8Array, keys: readonly string[]): number {
+  let cost = frame.byteLength;
+  for (const key of keys) cost += KEY_OVERHEAD_BYTES + key.length;
+  return cost;
+}
 
 /**
  * The node's recent deliveries, for `resume`: a tab that reconnects to the same node (same epoch) gets
@@ -90,7 +99,7 @@ export class DeliveryHistory {
     const offsets = this.of(tenant);
     // Older than what history has already given up: a resume from before it is refused anyway.
     if (offset <= offsets.floor) return;
-    const cost = frame.byteLength + keys.length * KEY_BYTES;
+    const cost = costOf(frame, keys);
     if (cost > this.maxBytes) {
       // Not kept, so nothing of the tenant's before it can be replayed without a gap: its history starts
       // again after it.

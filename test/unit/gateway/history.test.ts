@@ -93,12 +93,19 @@ describe('DeliveryHistory', () => {
   });
 
   it('counts recipient lists against its byte bound, not only frames', () => {
-    const history = new DeliveryHistory('e', 100, 64 * 1024);
+    const history = new DeliveryHistory('e', 100, 100 * 1024);
     const keys = Array.from({ length: 1000 }, (_, i) => `u.t.user-${i}`);
     for (let i = 0; i < 3; i += 1) history.add('t', history.next('t'), keys, frame(10));
-    // Three 10-byte frames, but a thousand recipients each: the first no longer fits.
+    // Three 10-byte frames, but a thousand recipients each (about 46 KB of heap a list): the first no
+    // longer fits.
     expect(history.since('e', 't', 0, 'u.t.user-7')).toBeUndefined();
     expect(history.since('e', 't', 1, 'u.t.user-7')).toHaveLength(2);
+    // Keys of the longest ids (244 characters) cost their length: 300 of them, about 83 KB, leave room for
+    // nothing else.
+    const long = Array.from({ length: 300 }, (_, i) => `u.t.${String(i).padEnd(120, 'x')}`.padEnd(244, 'y'));
+    history.add('t', history.next('t'), long, frame(10));
+    expect(history.since('e', 't', 2, long[0] as string)).toBeUndefined();
+    expect(history.since('e', 't', 3, long[0] as string)).toHaveLength(1);
   });
 
   it('forgets the oldest frames past its entry and byte limits, and then says so', () => {
