@@ -253,7 +253,9 @@ export const configSchema = z.strictObject({
         .int()
         .min(0)
         .default(DEFAULTS.historyBytes)
-        .describe('Byte bound of that history: its frames, and each recipient's key (its length and 34 bytes).'),
+        .describe(
+          'Byte bound of that history: its frames, and each recipient’s key (its length and 34 bytes).',
+        ),
     })
     .prefault({}),
   jwt: z
