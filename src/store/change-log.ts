@@ -3,6 +3,12 @@ import type { WarrenRedis } from './redis.js';
 /** Entries kept per tenant log; a resolver that falls further behind reloads the tenant instead. */
 export const LOG_MAX_LEN = 100_000;
 
+/**
+ * How long a log entry is kept (and a log nothing was appended to): a resolver whose view of a tenant was
+ * last brought up to date longer ago reloads the tenant instead, as one that fell LOG_MAX_LEN behind does.
+ */
+export const LOG_MAX_AGE_MS = 3_600_000;
+
 export type LogOp = 'tu' | 'gu' | 'gt' | 'on' | 'off' | 'nd' | 'rl';
 
 export interface LogEntry {

@@ -1,3 +1,5 @@
+import { LOG_MAX_AGE_MS } from './change-log.js';
+
 /**
  * Lua scripts. Every change to a tenant's memberships or presence is applied and appended to the tenant's
  * change log in one script, so a resolver that has read the log up to entry N holds exactly the state
@@ -29,9 +31,15 @@ local function requireLog(logKey, seqKey)
   requireType('the change log', logKey, 'stream')
   requireType('the change log counter', seqKey, 'string')
 end
+-- A log keeps at most maxlen entries and none older than LOG_MAX_AGE_MS, and goes altogether once nothing
+-- was appended for that long: an idle tenant would otherwise keep up to maxlen entries (about 6 MB) for
+-- good. A reader that finds entries gone reloads the tenant (the counter, kept, tells it).
 local function append(logKey, seqKey, maxlen, ...)
   local s = redis.call('INCR', seqKey)
   redis.call('XADD', logKey, 'MAXLEN', '~', maxlen, '*', 's', s, ...)
+  local t = redis.call('TIME')
+  redis.call('XTRIM', logKey, 'MINID', '~', tonumber(t[1]) * 1000 - ${LOG_MAX_AGE_MS})
+  redis.call('PEXPIRE', logKey, ${LOG_MAX_AGE_MS})
 end
 local function bitOf(ids, rids, idseq, user, create)
   local bit = redis.call('HGET', ids, user)

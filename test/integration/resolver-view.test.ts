@@ -265,6 +265,41 @@ describe('a resolver’s view of a tenant', () => {
     });
   });
 
+  it('keeps a tenant’s change log an hour at most, and no log at all for a tenant idle that long', async () => {
+    await withWarrenRedis('view-log-age', async (redis, keys) => {
+      // A log whose first 150 entries are from 1970 (ids are Redis's clock in ms), as an idle tenant's would
+      // look to the next change: a membership change appends, and the old entries go with it.
+      for (let i = 1; i <= 150; i += 1) await redis.xadd(keys.log('t1'), `1-${i}`, 's', i, 'o', 'rl');
+      await redis.set(keys.logSeq('t1'), 150);
+      const store = new MembershipStore(redis, keys);
+      await store.apply({ tenantId: 't1', op: 'add', kind: 'user-team', userId: 'u', teamId: 't' });
+      // Trimmed by whole nodes of the stream (100 entries each, `~`): the first hundred at least.
+      expect(await redis.xlen(keys.log('t1'))).toBeLessThanOrEqual(51);
+      // And the log expires an hour after its last entry, the counter staying for readers to see the gap.
+      const ttl = await redis.pttl(keys.log('t1'));
+      expect(ttl).toBeGreaterThan(3_500_000);
+      expect(ttl).toBeLessThanOrEqual(3_600_000);
+      expect(await redis.pttl(keys.logSeq('t1'))).toBe(-1);
+      // Presence writes the same way.
+      await redis.zadd(keys.nodes(), 1, 'n1');
+      await new PresenceStore(redis, keys).online('n1', 't2', ['u']);
+      expect(await redis.pttl(keys.log('t2'))).toBeGreaterThan(3_500_000);
+      // A view that last read the log before it expired (u online, a member of t) starts over from what
+      // Redis holds: u has left t meanwhile.
+      const { view } = await viewWithMember(
+        redis,
+        keys,
+        { tenantId: 't1', op: 'add', kind: 'user-team', userId: 'u', teamId: 't' },
+        { teams: ['t'] },
+      );
+      await store.apply({ tenantId: 't1', op: 'remove', kind: 'user-team', userId: 'u', teamId: 't' });
+      await redis.del(keys.log('t1'));
+      await view.sync();
+      await view.prepare([{ teams: ['t'] }]);
+      expect(view.resolveBits({ teams: ['t'] }).toArray()).toEqual([]);
+    });
+  });
+
   it('leaves out every bit a user excepted was seen online under, when the id map gave them a new one', async () => {
     await withWarrenRedis('view-except-two-bits', async (redis, keys) => {
       const { store, view } = await viewWithMember(
