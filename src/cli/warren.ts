@@ -19,6 +19,9 @@ Commands:
       --format jsonl|csv    default: from the file extension
       --tenant ID           tenant for rows that do not name one
       --skip-invalid        import the valid rows even if some are bad
+  token --tenant ID --user ID [--ttl SECONDS]
+                          print a token the gateways accept (signed with WARREN_JWT_SECRET;
+                          default lifetime 3600 s), for trying an installation out
   status [--json]         gateways alive, connections, users online per tenant, queue depths
   health [gateway|resolver]
                           exit 0 if this machine's gateway (or resolver) answers /healthz, at the
@@ -62,7 +65,13 @@ async function main(argv: string[]): Promise<number> {
     }
     case 'members': {
       const [sub, ...args] = rest;
-      if (sub !== 'import') break;
+      if (sub !== 'import') {
+        console.error(
+          `warren members: ${sub === undefined ? 'a subcommand is needed' : `unknown subcommand "${sub}"`}` +
+            ` (import)\n\n${USAGE}`,
+        );
+        return 2;
+      }
       const { values, positionals } = parseArgs({
         args,
         allowPositionals: true,
@@ -92,6 +101,33 @@ async function main(argv: string[]): Promise<number> {
         ...(format ? { format } : {}),
         ...(values.tenant ? { tenant: values.tenant } : {}),
         skipInvalid: values['skip-invalid'] ?? false,
+      });
+    }
+    case 'token': {
+      const { values, positionals } = parseArgs({
+        args: rest,
+        allowPositionals: true,
+        options: { tenant: { type: 'string' }, user: { type: 'string' }, ttl: { type: 'string' } },
+      });
+      const problems: string[] = [];
+      if (positionals.length > 0) problems.push(`unexpected ${positionals.join(' ')}`);
+      for (const name of ['tenant', 'user'] as const) {
+        const value = values[name];
+        if (value === undefined) problems.push(`--${name} is required`);
+        else if (!isValidId(value)) problems.push(`--${name} must match ${ID_PATTERN.source}`);
+      }
+      const ttl = values.ttl === undefined ? 3600 : Number(values.ttl);
+      if (!/^\d+$/.test(values.ttl ?? '3600') || !(ttl >= 1 && ttl <= 31_536_000))
+        problems.push(`--ttl must be a whole number of seconds from 1 to 31536000 (got ${values.ttl})`);
+      if (problems.length > 0) {
+        console.error(`warren token: ${problems.join('; ')}\n\n${USAGE}`);
+        return 2;
+      }
+      const config = loadConfig();
+      return (await import('./token.js')).runToken(config, {
+        tenant: values.tenant as string,
+        user: values.user as string,
+        ttlSec: ttl,
       });
     }
     case 'status': {

@@ -8,7 +8,7 @@ export interface DevTokenClaims {
   ttlSec?: number;
 }
 
-/** HS256 token for local development and the demo page. Never used outside `warren dev`. */
+/** HS256 token for local development: the demo page of `warren dev`, and `warren token`. */
 export async function mintDevToken(
   secret: string,
   tenantId: string,

@@ -167,6 +167,34 @@ describe('warren gateway as a process', () => {
     expect(first.lines.join('\n')).not.toContain('declared dead');
   }, 60_000);
 
+  it('warren token prints a token the gateway accepts, with the issuer and audience it requires', async () => {
+    prefix = testPrefix('token-cli');
+    const env = gatewayEnv(prefix, {
+      WARREN_JWT_ISSUER: 'https://id.example',
+      WARREN_JWT_AUDIENCE: 'warren',
+    });
+    const gw = WarrenProcess.start(['gateway'], env);
+    processes.push(gw);
+    const port = await gw.listening();
+    const minted = WarrenProcess.start(['token', '--tenant', 'acme', '--user', 'ann', '--ttl', '120'], env);
+    expect(await minted.exited).toBe(0);
+    const jwt = minted.lines.join('').trim();
+    const tab = await openTab(port, jwt);
+    expect(tab.welcome).toMatchObject({ userId: 'ann', tenantId: 'acme' });
+    tab.ws.terminate();
+    // What it cannot do, it says: bad arguments (2), and no secret to sign with (78, a configuration error).
+    const bad = WarrenProcess.start(['token', '--tenant', 'a.b'], env);
+    expect(await bad.exited).toBe(2);
+    expect(bad.lines.join('\n')).toContain('--tenant must match');
+    expect(bad.lines.join('\n')).toContain('--user is required');
+    const { WARREN_JWT_SECRET: _secret, ...withoutSecret } = env;
+    const unsigned = WarrenProcess.start(['token', '--tenant', 'acme', '--user', 'ann'], withoutSecret);
+    expect(await unsigned.exited).toBe(78);
+    expect(unsigned.lines.join('\n')).toContain(
+      'warren token signs with jwt.secret (WARREN_JWT_SECRET, HS256)',
+    );
+  });
+
   it('refuses arguments it would ignore: warren gateway --port 9 does not start on another port', async () => {
     const gateway = WarrenProcess.start(['gateway', '--port', '9'], gatewayEnv(testPrefix('args')));
     processes.push(gateway);
