@@ -1,7 +1,8 @@
 import amqp from 'amqplib';
+import { explainConnectFailure } from '../broker/connection.js';
 import { topologyNames } from '../broker/topology.js';
 import type { WarrenConfig } from '../config/schema.js';
-import { ErrorCode, errorMessage, WarrenError, withoutCredentials } from '../shared/errors.js';
+import { ErrorCode, errorMessage, withoutCredentials } from '../shared/errors.js';
 import { silentLogger } from '../shared/logger.js';
 import { Keys } from '../store/keys.js';
 import { PresenceStore } from '../store/presence-store.js';
@@ -22,7 +23,10 @@ export interface Status {
     users: number | null;
   }[];
   tenants: { id: string; online: number }[];
+  /** Empty when the broker could not be reached (`brokerError` says why). */
   queues: QueueInfo[];
+  /** Why the queues are missing: what Redis told is shown all the same (a broker outage is when it is asked). */
+  brokerError?: string;
 }
 
 async function queueInfo(model: amqp.ChannelModel, queue: string): Promise<QueueInfo> {
@@ -64,15 +68,15 @@ export async function collectStatus(config: Readonly<WarrenConfig>): Promise<Sta
     const tenants = await Promise.all(
       tenantIds.map(async (id) => ({ id, online: await presence.onlineCount(id, live) })),
     );
-    // Bounded: a broker host that drops packets would hold the command for the system's TCP timeout.
-    const model = await amqp
-      .connect(config.rabbitmq.url, { timeout: config.rabbitmq.connectTimeoutMs })
-      .catch((error: unknown) => {
-        throw new WarrenError(
-          ErrorCode.BrokerUnavailable,
-          `cannot connect to RabbitMQ at ${withoutCredentials(config.rabbitmq.url)}: ${errorMessage(error)}`,
-        );
-      });
+    let model: amqp.ChannelModel;
+    try {
+      // Bounded: a broker host that drops packets would hold the command for the system's TCP timeout.
+      model = await amqp.connect(config.rabbitmq.url, { timeout: config.rabbitmq.connectTimeoutMs });
+    } catch (error) {
+      const url = new URL(config.rabbitmq.url);
+      const brokerError = `cannot connect to RabbitMQ at ${withoutCredentials(config.rabbitmq.url)}: ${explainConnectFailure(error instanceof Error ? error : new Error(errorMessage(error)), url)}`;
+      return { gateways, tenants, queues: [], brokerError };
+    }
     try {
       const queues = await Promise.all(
         [
@@ -102,11 +106,13 @@ function table(headers: string[], rows: (string | number)[][]): string {
 
 const dash = (v: number | null): string | number => (v === null ? '-' : v);
 
+/** Exit 1 when the broker could not be asked: what Redis holds is printed all the same. */
 export async function runStatus(config: Readonly<WarrenConfig>, options: { json: boolean }): Promise<number> {
   const status = await collectStatus(config);
+  const code = status.brokerError === undefined ? 0 : 1;
   if (options.json) {
     console.log(JSON.stringify(status, null, 2));
-    return 0;
+    return code;
   }
   console.log(`Warren status (prefix ${config.prefix})\n`);
   console.log(
@@ -133,5 +139,7 @@ export async function runStatus(config: Readonly<WarrenConfig>, options: { json:
       status.queues.map((q) => [q.queue, dash(q.messages), dash(q.consumers)]),
     )}`,
   );
-  return 0;
+  if (status.brokerError !== undefined)
+    console.error(`\n${ErrorCode.BrokerUnavailable}: ${status.brokerError} (queue depths unknown)`);
+  return code;
 }

@@ -251,12 +251,22 @@ describe('warren gateway as a process', () => {
   }, 60_000);
 
   it('warren status says why it cannot reach the broker, without a stack trace or the password', async () => {
+    // A gateway alive in Redis: during a broker outage, what Redis tells is what an operator needs.
+    prefix = testPrefix('status-no-broker');
+    const gw = WarrenProcess.start(['gateway'], gatewayEnv(prefix));
+    processes.push(gw);
+    await gw.listening();
+    const nodeId = gw.logged('listening')?.['nodeId'] as string;
     const status = WarrenProcess.start(['status'], {
+      WARREN_PREFIX: prefix,
       WARREN_RABBITMQ_URL: 'amqp://ops:hunter2@127.0.0.1:1',
       WARREN_REDIS_URL: inject('redisUrl'),
     });
     expect(await status.exited).toBe(1);
     const output = status.lines.join('\n');
+    const rows = status.lines.map((line) => line.trim().split(/\s{2,}/));
+    expect(rows).toContainEqual([nodeId, 'yes', expect.stringMatching(/^\d+ s ago$/), '0', '0']);
+    expect(output).toContain('(queue depths unknown)');
     expect(output).toContain(
       'WARREN_ERR_BROKER_UNAVAILABLE: cannot connect to RabbitMQ at amqp://***@127.0.0.1:1',
     );
