@@ -357,7 +357,10 @@ export class WsServer {
       this.sendFrame(tab, {
         type: 'error',
         code: FrameErrorCode.ResumeUnavailable,
-        message: 'history does not cover that offset on this node; resynchronise',
+        message:
+          epoch === history.epoch
+            ? 'history does not cover that offset on this node; resynchronise'
+            : 'that epoch is not this node’s (another node, or this one restarted); resynchronise',
       });
       return;
     }

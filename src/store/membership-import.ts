@@ -71,7 +71,13 @@ const REQUIRED_WHEN_PRESENT = new Set(['op', 'tenantId']);
 function headerProblem(cells: readonly string[]): string | undefined {
   if (cells.some((c) => c === '')) return 'header has an empty column name (a trailing comma?)';
   const unknown = cells.filter((c) => !CSV_COLUMNS.has(c));
-  if (unknown.length > 0) return `header has unknown columns: ${unknown.join(', ')}`;
+  if (unknown.length > 0) {
+    const separator = unknown.some((c) => /[;\t|]/.test(c)) ? '; columns are separated by commas' : '';
+    return (
+      `header has unknown columns: ${unknown.join(', ')} ` +
+      `(known: ${[...CSV_COLUMNS].join(', ')}${separator})`
+    );
+  }
   const repeated = cells.filter((c, i) => cells.indexOf(c) !== i);
   if (repeated.length > 0)
     return `header names a column more than once: ${[...new Set(repeated)].join(', ')}`;

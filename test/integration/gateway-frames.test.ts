@@ -144,6 +144,10 @@ describe('client frames, limits and connection lifetime', () => {
       () => elsewhere.frames.some((f) => f.type === 'error' && f.code === 'resume_unavailable'),
       'resume_unavailable',
     );
+    // Said as it is: not an offset out of reach, an epoch of another node (or of this one before a restart).
+    expect(elsewhere.frames.find((f) => f.type === 'error')).toMatchObject({
+      message: 'that epoch is not this node’s (another node, or this one restarted); resynchronise',
+    });
     for (const tab of [keeper, back, elsewhere]) tab.ws.terminate();
   });
 

@@ -57,6 +57,17 @@ describe('membership import: validated once, read again to apply', () => {
     expect(plan).toMatchObject({ valid: 1, bad: [{ line: 5 }] });
   });
 
+  it('names the known columns, and the separator, for a header it does not know', async () => {
+    const file = join(dir, 'semicolons.csv');
+    writeFileSync(file, 'userId;teamId\nann;icu\n');
+    const plan = await readMembershipFile(file, { format: 'csv', tenant: 'acme' });
+    expect(plan.bad[0]).toEqual({
+      line: 1,
+      reason:
+        'header has unknown columns: userId;teamId (known: op, tenantId, userId, teamId, groupId; columns are separated by commas)',
+    });
+  });
+
   it('says that a row without a tenant wants a tenantId or --tenant', async () => {
     const file = join(dir, 'no-tenant.csv');
     writeFileSync(file, 'userId,teamId\nann,icu\n');
