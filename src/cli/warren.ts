@@ -22,6 +22,10 @@ Commands:
   token --tenant ID --user ID [--ttl SECONDS]
                           print a token the gateways accept (signed with WARREN_JWT_SECRET;
                           default lifetime 3600 s), for trying an installation out
+  explain --tenant ID --user ID [--team ID]... [--group ID]... [--json]
+                          why a user would or would not receive an event to those teams and
+                          groups: their bit, the gateways holding them online, each membership
+                          (direct or through which group); exit 1 when it would not
   status [--json]         gateways alive, connections, users online per tenant, queue depths
   health [gateway|resolver]
                           exit 0 if this machine's gateway (or resolver) answers /healthz, at the
@@ -128,6 +132,41 @@ async function main(argv: string[]): Promise<number> {
         tenant: values.tenant as string,
         user: values.user as string,
         ttlSec: ttl,
+      });
+    }
+    case 'explain': {
+      const { values, positionals } = parseArgs({
+        args: rest,
+        allowPositionals: true,
+        options: {
+          tenant: { type: 'string' },
+          user: { type: 'string' },
+          team: { type: 'string', multiple: true },
+          group: { type: 'string', multiple: true },
+          json: { type: 'boolean', default: false },
+        },
+      });
+      const problems: string[] = [];
+      if (positionals.length > 0) problems.push(`unexpected ${positionals.join(' ')}`);
+      for (const name of ['tenant', 'user'] as const) {
+        const value = values[name];
+        if (value === undefined) problems.push(`--${name} is required`);
+        else if (!isValidId(value)) problems.push(`--${name} must match ${ID_PATTERN.source}`);
+      }
+      for (const name of ['team', 'group'] as const)
+        for (const value of values[name] ?? [])
+          if (!isValidId(value)) problems.push(`--${name} ${value} must match ${ID_PATTERN.source}`);
+      if (problems.length > 0) {
+        console.error(`warren explain: ${problems.join('; ')}\n\n${USAGE}`);
+        return 2;
+      }
+      const config = loadConfig();
+      return (await import('./explain.js')).runExplain(config, {
+        tenant: values.tenant as string,
+        user: values.user as string,
+        teams: values.team ?? [],
+        groups: values.group ?? [],
+        json: values.json ?? false,
       });
     }
     case 'status': {

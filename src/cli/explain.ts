@@ -1,0 +1,131 @@
+import type { WarrenConfig } from '../config/schema.js';
+import { silentLogger } from '../shared/logger.js';
+import { Keys } from '../store/keys.js';
+import { PresenceStore } from '../store/presence-store.js';
+import { closeRedis, createRedis, type WarrenRedis } from '../store/redis.js';
+
+export interface ExplainOptions {
+  tenant: string;
+  user: string;
+  teams: readonly string[];
+  groups: readonly string[];
+}
+
+/** How a user stands against one team or group named. */
+export interface Standing {
+  id: string;
+  /** Member directly (a team's direct member, a group's member). */
+  direct: boolean;
+  /** For a team: the groups holding it that the user belongs to. */
+  viaGroups: string[];
+}
+
+export interface Explanation {
+  tenant: string;
+  user: string;
+  /** The user's bit in the tenant's id map; null when the map has never seen them. */
+  bit: number | null;
+  /** Gateway nodes whose presence holds the user's bit, and whether each is alive. */
+  nodes: { id: string; alive: boolean }[];
+  online: boolean;
+  teams: Standing[];
+  groups: Standing[];
+  /** Whether an event to the teams and groups named (their union) would reach the user now. */
+  reached: boolean;
+}
+
+/**
+ * Why a user would or would not receive an event: their bit, the nodes announcing them online, and their
+ * membership of each team and group named, directly or through a group. Reads Redis only, as resolvers
+ * see it (a resolver's cache follows the same state through the change log); writes nothing.
+ */
+export async function explain(
+  redis: WarrenRedis,
+  keys: Keys,
+  expiryMs: number,
+  options: ExplainOptions,
+): Promise<Explanation> {
+  const { tenant, user } = options;
+  const presence = new PresenceStore(redis, keys);
+  const [bit = null] = await presence.bitsOf(tenant, [user]);
+  const none: Explanation = {
+    tenant,
+    user,
+    bit,
+    nodes: [],
+    online: false,
+    teams: options.teams.map((id) => ({ id, direct: false, viaGroups: [] })),
+    groups: options.groups.map((id) => ({ id, direct: false, viaGroups: [] })),
+    reached: false,
+  };
+  // Never a member of anything, never online: nothing else to read.
+  if (bit === null) return none;
+  const [time] = await redis.time();
+  const now = Number(time) * 1000;
+  const nodes: Explanation['nodes'] = [];
+  for (const { nodeId, lastBeat } of await presence.nodes()) {
+    if ((await redis.getbit(keys.online(tenant, nodeId), bit)) === 1)
+      nodes.push({ id: nodeId, alive: now - lastBeat <= expiryMs });
+  }
+  const inGroup = async (groupId: string): Promise<boolean> =>
+    (await redis.getbit(keys.groupUsers(tenant, groupId), bit)) === 1;
+  const teams: Standing[] = [];
+  for (const id of options.teams) {
+    const direct = (await redis.getbit(keys.teamUsers(tenant, id), bit)) === 1;
+    const viaGroups: string[] = [];
+    for (const groupId of (await redis.smembers(keys.teamGroups(tenant, id))).sort())
+      if (await inGroup(groupId)) viaGroups.push(groupId);
+    teams.push({ id, direct, viaGroups });
+  }
+  const groups: Standing[] = [];
+  for (const id of options.groups) groups.push({ id, direct: await inGroup(id), viaGroups: [] });
+  const online = nodes.some((n) => n.alive);
+  const member = [...teams, ...groups].some((s) => s.direct || s.viaGroups.length > 0);
+  return { ...none, nodes, online, teams, groups, reached: online && member };
+}
+
+function describe(e: Explanation): string {
+  const lines: string[] = [];
+  if (e.bit === null) {
+    lines.push(`${e.user} is unknown in tenant ${e.tenant}: never a member of anything, never online.`);
+  } else {
+    lines.push(`${e.user} of tenant ${e.tenant}: bit ${e.bit}`);
+    const alive = e.nodes.filter((n) => n.alive).map((n) => n.id);
+    const dead = e.nodes.filter((n) => !n.alive).map((n) => n.id);
+    lines.push(
+      alive.length > 0
+        ? `  online on ${alive.join(', ')}`
+        : '  offline: no live gateway holds a tab of theirs (events reach online users only)',
+    );
+    if (dead.length > 0) lines.push(`  held by gateways no longer beating, not counted: ${dead.join(', ')}`);
+    for (const t of e.teams) {
+      const how = [t.direct ? 'direct member' : '', ...t.viaGroups.map((g) => `via group ${g}`)].filter(
+        Boolean,
+      );
+      lines.push(`  team ${t.id}: ${how.length > 0 ? how.join(', ') : 'not a member'}`);
+    }
+    for (const g of e.groups) lines.push(`  group ${g.id}: ${g.direct ? 'member' : 'not a member'}`);
+  }
+  if (e.teams.length + e.groups.length > 0)
+    lines.push(
+      `An event to ${[...e.teams.map((t) => `team ${t.id}`), ...e.groups.map((g) => `group ${g.id}`)].join(', ')} ` +
+        `${e.reached ? 'reaches' : 'does not reach'} ${e.user} now` +
+        ' (unless the event lists them in exceptUsers).',
+    );
+  return lines.join('\n');
+}
+
+/** `warren explain`: exit 0 when the audience named reaches the user (or none was named), 1 when not. */
+export async function runExplain(
+  config: Readonly<WarrenConfig>,
+  options: ExplainOptions & { json: boolean },
+): Promise<number> {
+  const redis = await createRedis({ url: config.redis.url, name: 'warren-explain', logger: silentLogger() });
+  try {
+    const result = await explain(redis, new Keys(config.prefix), config.presence.expiryMs, options);
+    console.log(options.json ? JSON.stringify(result, null, 2) : describe(result));
+    return options.teams.length + options.groups.length === 0 || result.reached ? 0 : 1;
+  } finally {
+    await closeRedis(redis);
+  }
+}

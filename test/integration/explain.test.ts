@@ -1,0 +1,79 @@
+import { describe, expect, inject, it } from 'vitest';
+import { explain } from '../../src/cli/explain.js';
+import { MembershipStore } from '../../src/store/membership-store.js';
+import { PresenceStore } from '../../src/store/presence-store.js';
+import { withWarrenRedis } from '../support/harness.js';
+import { WarrenProcess } from '../support/warren-process.js';
+
+// `warren explain`: what an operator asks when a user says they did not get an event.
+
+describe('warren explain', () => {
+  it('says whether, and how, a user is reached by an audience, from what Redis holds', async () => {
+    await withWarrenRedis('explain', async (redis, keys) => {
+      const store = new MembershipStore(redis, keys);
+      await store.apply({
+        tenantId: 'acme',
+        op: 'add',
+        kind: 'group-team',
+        groupId: 'nurses',
+        teamId: 'icu',
+      });
+      await store.apply({ tenantId: 'acme', op: 'add', kind: 'group-team', groupId: 'night', teamId: 'icu' });
+      await store.apply({
+        tenantId: 'acme',
+        op: 'add',
+        kind: 'user-group',
+        userId: 'ann',
+        groupId: 'nurses',
+      });
+      await store.apply({ tenantId: 'acme', op: 'add', kind: 'user-team', userId: 'bob', teamId: 'er' });
+      const [time] = await redis.time();
+      const now = Number(time) * 1000;
+      // n1 beats; n2 stopped beating a minute ago (dead, its users not counted).
+      await redis.zadd(keys.nodes(), now, 'n1', now - 60_000, 'n2');
+      const presence = new PresenceStore(redis, keys);
+      const [annBit] = await presence.online('n1', 'acme', ['ann']);
+      await presence.online('n2', 'acme', ['bob']);
+      const ask = (user: string, teams: string[], groups: string[] = []) =>
+        explain(redis, keys, 15_000, { tenant: 'acme', user, teams, groups });
+
+      expect(await ask('ann', ['icu', 'er'], ['nurses'])).toEqual({
+        tenant: 'acme',
+        user: 'ann',
+        bit: annBit,
+        nodes: [{ id: 'n1', alive: true }],
+        online: true,
+        teams: [
+          { id: 'icu', direct: false, viaGroups: ['nurses'] },
+          { id: 'er', direct: false, viaGroups: [] },
+        ],
+        groups: [{ id: 'nurses', direct: true, viaGroups: [] }],
+        reached: true,
+      });
+      // A member, but held only by a node that stopped beating: not reached.
+      expect(await ask('bob', ['er'])).toMatchObject({
+        nodes: [{ id: 'n2', alive: false }],
+        online: false,
+        teams: [{ id: 'er', direct: true, viaGroups: [] }],
+        reached: false,
+      });
+      // Online, but not a member of what was named.
+      expect(await ask('ann', ['er'])).toMatchObject({ online: true, reached: false });
+      // Never seen in the tenant: no bit, and nothing else to read.
+      expect(await ask('zed', ['icu'])).toMatchObject({ bit: null, online: false, reached: false });
+
+      // As an operator runs it: words, and the exit code says reached (0) or not (1).
+      const env = { WARREN_PREFIX: keys.prefix, WARREN_REDIS_URL: inject('redisUrl') };
+      const yes = WarrenProcess.start(['explain', '--tenant', 'acme', '--user', 'ann', '--team', 'icu'], env);
+      expect(await yes.exited).toBe(0);
+      expect(yes.lines).toContain('  team icu: via group nurses');
+      expect(yes.lines).toContain(
+        'An event to team icu reaches ann now (unless the event lists them in exceptUsers).',
+      );
+      const no = WarrenProcess.start(['explain', '--tenant', 'acme', '--user', 'bob', '--team', 'er'], env);
+      expect(await no.exited).toBe(1);
+      expect(no.lines.join('\n')).toContain('offline: no live gateway holds a tab of theirs');
+      expect(no.lines.join('\n')).toContain('held by gateways no longer beating, not counted: n2');
+    });
+  });
+});
