@@ -162,6 +162,11 @@ export class WsServer {
     });
     // Unless served on a port of its own (`gateway.metricsPort`), away from the tabs' public one.
     if (!deps.metricsElsewhere) {
+      const notAllowed = JSON.stringify({ error: 'method not allowed' });
+      this.app.head('/metrics', (res) => sendHead(res, '405 Method Not Allowed', notAllowed));
+      this.app.any('/metrics', (res) =>
+        send(res, '405 Method Not Allowed', notAllowed, 'application/json', { allow: 'GET' }),
+      );
       this.app.get('/metrics', (res) => {
         const state = watchAbort(res);
         deps.metricsRegistry.metrics().then(
@@ -175,7 +180,11 @@ export class WsServer {
       });
     }
     deps.routes?.(this.app);
-    this.app.any('/*', (res) => sendJson(res, '404 Not Found', { error: 'not found' }));
+    // A HEAD answer must carry no body, whatever the path: bytes after it would be read as the start of the
+    // next answer on a kept-alive connection.
+    const notFound = JSON.stringify({ error: 'not found' });
+    this.app.head('/*', (res) => sendHead(res, '404 Not Found', notFound));
+    this.app.any('/*', (res) => send(res, '404 Not Found', notFound));
   }
 
   /**

@@ -38,6 +38,8 @@ export class OpsHttp {
         return json(r.ready ? 200 : 503, r);
       }
       if (path === '/metrics') {
+        // Prometheus asks with GET; the exposition is not computed for a HEAD.
+        if (req.method === 'HEAD') return json(405, { error: 'method not allowed' }, { allow: 'GET' });
         registry.metrics().then(
           (text) => res.writeHead(200, { 'content-type': registry.contentType }).end(text),
           (error: unknown) => res.writeHead(500, { 'content-type': 'text/plain' }).end(errorMessage(error)),

@@ -148,6 +148,7 @@ describe('gateway HTTP: /healthz, /readyz, /metrics', () => {
     expect(metrics.body).toMatch(/^warren_gateway_connections\{node="[0-9a-f]+"\} 1$/m);
     expect(metrics.body).toMatch(/^warren_gateway_binds_total\{node="[0-9a-f]+"\} 1$/m);
 
+    expect((await fetch(`http://127.0.0.1:${port}/metrics`, { method: 'POST' })).status).toBe(405);
     const missing = await get(port, '/nope');
     expect(missing.status).toBe(404);
     expect(JSON.parse(missing.body)).toEqual({ error: 'not found' });
@@ -186,6 +187,19 @@ describe('gateway HTTP: /healthz, /readyz, /metrics', () => {
           expect(post.status).toBe(405);
           expect(post.headers.allow).toBe('GET, HEAD');
         }
+        // Any other path: no body after a HEAD either, or the next answer on this connection would be
+        // read from the wrong bytes.
+        for (const path of ['/metrics', '/ws', '/nope']) {
+          const head = await ask(agent, port, 'HEAD', path);
+          expect({ path, status: head.status >= 400, body: head.body }).toEqual({
+            path,
+            status: true,
+            body: '',
+          });
+          expect((await ask(agent, port, 'GET', '/healthz')).body).toBe('{"status":"ok"}');
+        }
+        // Served on the ops port only (gateway.metricsPort is set here): other methods 405 there.
+        expect((await ask(agent, port, 'POST', '/metrics')).status).toBe(port === gateway.port ? 404 : 405);
       } finally {
         agent.destroy();
       }
