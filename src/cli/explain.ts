@@ -60,12 +60,12 @@ export async function explain(
   };
   // Never a member of anything, never online: nothing else to read.
   if (bit === null) return none;
-  const [time] = await redis.time();
-  const now = Number(time) * 1000;
+  // Dead as resolvers judge it (the same script), not by arithmetic of its own here.
+  const dead = new Set(await presence.deadNodes(expiryMs));
   const nodes: Explanation['nodes'] = [];
-  for (const { nodeId, lastBeat } of await presence.nodes()) {
+  for (const { nodeId } of await presence.nodes()) {
     if ((await redis.getbit(keys.online(tenant, nodeId), bit)) === 1)
-      nodes.push({ id: nodeId, alive: now - lastBeat <= expiryMs });
+      nodes.push({ id: nodeId, alive: !dead.has(nodeId) });
   }
   const inGroup = async (groupId: string): Promise<boolean> =>
     (await redis.getbit(keys.groupUsers(tenant, groupId), bit)) === 1;

@@ -1,3 +1,4 @@
+import { RefusalReason as TokenRefusal } from './auth.js';
 import { Counter, Gauge, Histogram, type Registry } from '../shared/metrics.js';
 
 export type RefusalReason = 'bad_key' | 'tenant_mismatch' | 'identity_mismatch' | 'malformed';
@@ -74,6 +75,9 @@ export class GatewayMetrics {
       labelNames: ['reason'],
       registers: r,
     });
+    // Every reason from the start, at 0: an alert on a rate, or on absent(), sees the series before the
+    // first refusal.
+    for (const reason of Object.values(TokenRefusal)) this.authFailures.inc({ reason }, 0);
     this.badFrames = new Counter({
       name: 'warren_gateway_bad_frames_total',
       help: 'Bad client frames',

@@ -92,12 +92,12 @@ export class OnlineSet {
     if (!bitmap) return;
     this.nodes.delete(nodeId);
     this.dirty = true;
-    for (const bit of bitmap) if (!this.held(bit)) this.forget(bit);
-  }
-
-  private held(bit: number): boolean {
-    for (const bitmap of this.nodes.values()) if (bitmap.has(bit)) return true;
-    return false;
+    // Its bits no other node holds, in one native pass: asked bit by bit of every node, a million users over
+    // twenty nodes held the event loop for about 180 ms.
+    const others = [...this.nodes.values()];
+    const orphaned =
+      others.length > 0 ? RoaringBitmap32.andNot(bitmap, RoaringBitmap32.orMany(others)) : bitmap;
+    for (const bit of orphaned) this.forget(bit);
   }
 
   /** No node holds `bit` any more: its user's mapping goes (or falls back to a bit still held). */

@@ -147,6 +147,8 @@ describe('gateway HTTP: /healthz, /readyz, /metrics', () => {
     expect(metrics.type).toMatch(/^text\/plain/);
     expect(metrics.body).toMatch(/^warren_gateway_connections\{node="[0-9a-f]+"\} 1$/m);
     expect(metrics.body).toMatch(/^warren_gateway_binds_total\{node="[0-9a-f]+"\} 1$/m);
+    // Each refusal reason has its series from the start, for alerts on rates.
+    expect(metrics.body).toMatch(/^warren_gateway_auth_failures_total\{[^}]*reason="signature"[^}]*\} 0$/m);
 
     expect((await fetch(`http://127.0.0.1:${port}/metrics`, { method: 'POST' })).status).toBe(405);
     const missing = await get(port, '/nope');

@@ -4,6 +4,7 @@ import {
   type ClientFrame,
   type ServerFrame,
 } from '../../protocol/frames.js';
+import { CloseCode } from '../../protocol/close-codes.js';
 import { ABNORMAL_CLOSURE, planReconnect, type ReconnectOptions } from './reconnect-policy.js';
 import { tokenError, type TokenSource } from './token-source.js';
 import { ClientErrorCode, WarrenClientError } from './types.js';
@@ -151,7 +152,9 @@ export class SocketLink {
     const { welcomedAt } = this;
     // An attempt that ended before its welcome would otherwise leave the application with a client
     // `connecting` for good and nothing to show: a token the gateway refuses and a wrong URL look alike.
-    if (welcomedAt === undefined) this.hooks.error(attemptFailed(this.attemptUrl, code));
+    // Not for a node draining or at its lifetime before the welcome: expected, and moved on from at once.
+    if (welcomedAt === undefined && code !== CloseCode.Draining && code !== CloseCode.LifetimeReached)
+      this.hooks.error(attemptFailed(this.attemptUrl, code));
     this.ended(code, welcomedAt === undefined ? undefined : this.settings.now() - welcomedAt);
   }
 

@@ -413,6 +413,10 @@ describe('client: an attempt that fails', () => {
     ScriptedSocket.all[0]?.end(1006);
     await vi.advanceTimersByTimeAsync(1000);
     ScriptedSocket.all[1]?.end(4008);
+    // A node draining before its welcome is moved on from without an error.
+    await vi.advanceTimersByTimeAsync(60_000);
+    expect(ScriptedSocket.all).toHaveLength(3);
+    ScriptedSocket.all[2]?.end(4100);
     expect(errors).toEqual([
       'socket_failed: no connection to ws://a/ws: refused (a token the gateway does not accept, a node not ready) or unreachable; retrying',
       'socket_failed: no connection to ws://a/ws: closed with 4008; retrying',
