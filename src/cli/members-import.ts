@@ -22,6 +22,8 @@ export interface ImportArgs {
   format?: ImportFormat;
   tenant?: string;
   skipInvalid: boolean;
+  /** Validate and report only: nothing is written, Redis is not asked. */
+  dryRun?: boolean;
 }
 
 // Rows per Lua call: large enough to amortise the round trip, small enough not to block Redis long (~20 ms).
@@ -85,6 +87,14 @@ export async function runMembersImport(config: Readonly<WarrenConfig>, args: Imp
   }
 
   for (const bad of plan.bad) console.error(`${args.file}:${bad.line}: ${bad.reason}`);
+  if (args.dryRun) {
+    console.log(
+      `Dry run: ${plan.valid} valid row(s) for ${plan.tenants.size} tenant(s)` +
+        (plan.bad.length > 0 ? `, ${plan.bad.length} bad line(s)` : '') +
+        '; nothing was imported.',
+    );
+    return plan.bad.length > 0 ? 1 : 0;
+  }
   if (plan.bad.length > 0 && (!args.skipInvalid || plan.valid === 0)) {
     console.error(
       // A bad CSV header is a bad line before any row.

@@ -19,6 +19,7 @@ Commands:
       --format jsonl|csv    default: from the file extension
       --tenant ID           tenant for rows that do not name one
       --skip-invalid        import the valid rows even if some are bad
+      --dry-run             validate and report every bad line; import nothing
   token --tenant ID --user ID [--ttl SECONDS]
                           print a token the gateways accept (signed with WARREN_JWT_SECRET;
                           default lifetime 3600 s), for trying an installation out
@@ -83,6 +84,7 @@ async function main(argv: string[]): Promise<number> {
           format: { type: 'string' },
           tenant: { type: 'string' },
           'skip-invalid': { type: 'boolean', default: false },
+          'dry-run': { type: 'boolean', default: false },
         },
       });
       const file = positionals[0];
@@ -105,6 +107,7 @@ async function main(argv: string[]): Promise<number> {
         ...(format ? { format } : {}),
         ...(values.tenant ? { tenant: values.tenant } : {}),
         skipInvalid: values['skip-invalid'] ?? false,
+        dryRun: values['dry-run'] ?? false,
       });
     }
     case 'token': {

@@ -204,6 +204,24 @@ describe('warren members import', () => {
     expect(await reach({ teams: ['bom'] })).toEqual(['cid']);
   });
 
+  it('with --dry-run validates and reports, and imports nothing', async () => {
+    const good = file('dry.jsonl', JSON.stringify({ tenantId: 'acme', userId: 'cid', teamId: 'drylab' }) + '\n');
+    const run = await warrenMembersImport(prefix, ['--dry-run', good]);
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.stdout).toContain('Dry run: 1 valid row(s) for 1 tenant(s); nothing was imported.');
+    const bad = file(
+      'dry-bad.jsonl',
+      JSON.stringify({ tenantId: 'acme', userId: 'c.d', teamId: 'drylab' }) + '\n',
+    );
+    const failed = await warrenMembersImport(prefix, ['--dry-run', bad]);
+    expect(failed.code).toBe(1);
+    expect(failed.stderr).toContain(`${bad}:1: `);
+    expect(failed.stdout).toContain(
+      'Dry run: 0 valid row(s) for 0 tenant(s), 1 bad line(s); nothing was imported.',
+    );
+    expect(await reach({ teams: ['drylab'] })).toEqual([]);
+  });
+
   it('reports every bad JSONL line by number, exits non-zero, imports nothing', async () => {
     const lines = [
       JSON.stringify({ tenantId: 'acme', userId: 'ann', teamId: 'er' }),
