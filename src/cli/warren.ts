@@ -44,6 +44,18 @@ function version(): string {
   return pkg.version;
 }
 
+/** What is wrong with the `--tenant ID --user ID` (required, valid ids) of a command taking no positionals. */
+function userArgProblems(values: { tenant?: string; user?: string }, positionals: string[]): string[] {
+  const problems: string[] = [];
+  if (positionals.length > 0) problems.push(`unexpected ${positionals.join(' ')}`);
+  for (const name of ['tenant', 'user'] as const) {
+    const value = values[name];
+    if (value === undefined) problems.push(`--${name} is required`);
+    else if (!isValidId(value)) problems.push(`--${name} must match ${ID_PATTERN.source}`);
+  }
+  return problems;
+}
+
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   // Servers take their settings from WARREN_* and WARREN_CONFIG only: `warren gateway --port 9` must not
@@ -116,13 +128,7 @@ async function main(argv: string[]): Promise<number> {
         allowPositionals: true,
         options: { tenant: { type: 'string' }, user: { type: 'string' }, ttl: { type: 'string' } },
       });
-      const problems: string[] = [];
-      if (positionals.length > 0) problems.push(`unexpected ${positionals.join(' ')}`);
-      for (const name of ['tenant', 'user'] as const) {
-        const value = values[name];
-        if (value === undefined) problems.push(`--${name} is required`);
-        else if (!isValidId(value)) problems.push(`--${name} must match ${ID_PATTERN.source}`);
-      }
+      const problems = userArgProblems(values, positionals);
       const ttl = values.ttl === undefined ? 3600 : Number(values.ttl);
       if (!/^\d+$/.test(values.ttl ?? '3600') || !(ttl >= 1 && ttl <= 31_536_000))
         problems.push(`--ttl must be a whole number of seconds from 1 to 31536000 (got ${values.ttl})`);
@@ -149,13 +155,7 @@ async function main(argv: string[]): Promise<number> {
           json: { type: 'boolean', default: false },
         },
       });
-      const problems: string[] = [];
-      if (positionals.length > 0) problems.push(`unexpected ${positionals.join(' ')}`);
-      for (const name of ['tenant', 'user'] as const) {
-        const value = values[name];
-        if (value === undefined) problems.push(`--${name} is required`);
-        else if (!isValidId(value)) problems.push(`--${name} must match ${ID_PATTERN.source}`);
-      }
+      const problems = userArgProblems(values, positionals);
       for (const name of ['team', 'group'] as const)
         for (const value of values[name] ?? [])
           if (!isValidId(value)) problems.push(`--${name} ${value} must match ${ID_PATTERN.source}`);
