@@ -2,6 +2,8 @@ import { Redis } from 'ioredis';
 import type { ConsumeMessage } from 'amqplib';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { WarrenPublisher } from '../../src/sdk/publisher/index.js';
+import { silentLogger } from '../../src/shared/logger.js';
+
 import { Keys } from '../../src/store/keys.js';
 import {
   BrokerProbe,
@@ -14,6 +16,9 @@ import {
   testPrefix,
 } from '../support/harness.js';
 import { TcpProxy } from '../support/tcp-proxy.js';
+
+// These publishers run without a resolver: the warning saying so is not what they test.
+const quiet = silentLogger();
 
 describe('publisher SDK: publishEvent validates before sending anything', () => {
   const prefix = testPrefix('sdk');
@@ -146,7 +151,12 @@ describe('publisher SDK: options', () => {
     const closeBefore = redis.listenerCount('close');
     try {
       for (let i = 0; i < 3; i += 1) {
-        const warren = await WarrenPublisher.connect({ rabbitmqUrl: inject('rabbitmqUrl'), redis, prefix });
+        const warren = await WarrenPublisher.connect({
+          rabbitmqUrl: inject('rabbitmqUrl'),
+          redis,
+          prefix,
+          logger: quiet,
+        });
         expect(await warren.addUserToTeam('acme', `u${i}`, 'icu')).toBe(true);
         await warren.close();
       }
@@ -162,6 +172,7 @@ describe('publisher SDK: options', () => {
     const prefix = testPrefix('sdk-lazy-payloads');
     const payloadRedis = new Redis(inject('redisUrl'), { lazyConnect: true });
     const warren = await WarrenPublisher.connect({
+      logger: quiet,
       rabbitmqUrl: inject('rabbitmqUrl'),
       redisUrl: inject('redisUrl'),
       payloadRedis,
@@ -184,6 +195,7 @@ describe('publisher SDK: Redis that takes the connection and never answers', () 
     const redisUrl = new URL(inject('redisUrl'));
     const proxy = await TcpProxy.start(redisUrl.hostname, Number(redisUrl.port || 6379));
     const warren = await WarrenPublisher.connect({
+      logger: quiet,
       rabbitmqUrl: inject('rabbitmqUrl'),
       redisUrl: proxy.url(redisUrl),
       prefix,
@@ -209,6 +221,7 @@ describe('publisher SDK: Redis that takes the connection and never answers', () 
       // The application undoes the change it was told timed out, through another client (another instance
       // of the service), which reaches Redis.
       const other = await WarrenPublisher.connect({
+        logger: quiet,
         rabbitmqUrl: inject('rabbitmqUrl'),
         redisUrl: inject('redisUrl'),
         prefix,
@@ -262,6 +275,7 @@ describe('publisher SDK: close', () => {
     const toBroker = await TcpProxy.start(broker.hostname, Number(broker.port || 5672));
     const toRedis = await TcpProxy.start(redis.hostname, Number(redis.port || 6379));
     const warren = await WarrenPublisher.connect({
+      logger: quiet,
       rabbitmqUrl: toBroker.url(broker),
       redisUrl: toRedis.url(redis),
       prefix,
