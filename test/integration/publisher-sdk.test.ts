@@ -3,7 +3,6 @@ import type { ConsumeMessage } from 'amqplib';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { WarrenPublisher } from '../../src/sdk/publisher/index.js';
 import { silentLogger } from '../../src/shared/logger.js';
-
 import { Keys } from '../../src/store/keys.js';
 import {
   BrokerProbe,
