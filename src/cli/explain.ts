@@ -25,6 +25,11 @@ export interface Explanation {
   user: string;
   /** The user's bit in the tenant's id map; null when the map has never seen them. */
   bit: number | null;
+  /**
+   * Whether the reverse id map names the user for their bit. When it does not (a partial restore, a hand
+   * repair), resolvers leave the bit offline: nothing is delivered to it.
+   */
+  reverseMapped: boolean;
   /** Gateway nodes whose presence holds the user's bit, and whether each is alive. */
   nodes: { id: string; alive: boolean }[];
   online: boolean;
@@ -52,6 +57,7 @@ export async function explain(
     tenant,
     user,
     bit,
+    reverseMapped: false,
     nodes: [],
     online: false,
     teams: options.teams.map((id) => ({ id, direct: false, viaGroups: [] })),
@@ -60,6 +66,7 @@ export async function explain(
   };
   // Never a member of anything, never online: nothing else to read.
   if (bit === null) return none;
+  const reverseMapped = (await redis.hget(keys.reverseIds(tenant), String(bit))) === user;
   // Dead as resolvers judge it (the same script), not by arithmetic of its own here.
   const dead = new Set(await presence.deadNodes(expiryMs));
   const nodes: Explanation['nodes'] = [];
@@ -79,9 +86,9 @@ export async function explain(
   }
   const groups: Standing[] = [];
   for (const id of options.groups) groups.push({ id, direct: await inGroup(id), viaGroups: [] });
-  const online = nodes.some((n) => n.alive);
+  const online = reverseMapped && nodes.some((n) => n.alive);
   const member = [...teams, ...groups].some((s) => s.direct || s.viaGroups.length > 0);
-  return { ...none, nodes, online, teams, groups, reached: online && member };
+  return { ...none, reverseMapped, nodes, online, teams, groups, reached: online && member };
 }
 
 function describe(e: Explanation): string {
@@ -92,9 +99,13 @@ function describe(e: Explanation): string {
     lines.push(`${e.user} of tenant ${e.tenant}: bit ${e.bit}`);
     const alive = e.nodes.filter((n) => n.alive).map((n) => n.id);
     const dead = e.nodes.filter((n) => !n.alive).map((n) => n.id);
+    if (!e.reverseMapped)
+      lines.push(
+        `  the reverse id map does not name ${e.user} for bit ${e.bit}: resolvers leave the bit offline`,
+      );
     lines.push(
       alive.length > 0
-        ? `  online on ${alive.join(', ')}`
+        ? `  ${e.reverseMapped ? 'online' : 'held'} on ${alive.join(', ')}`
         : '  offline: no live gateway holds a tab of theirs (events reach online users only)',
     );
     if (dead.length > 0) lines.push(`  held by gateways no longer beating, not counted: ${dead.join(', ')}`);

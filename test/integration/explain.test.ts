@@ -41,6 +41,7 @@ describe('warren explain', () => {
         tenant: 'acme',
         user: 'ann',
         bit: annBit,
+        reverseMapped: true,
         nodes: [{ id: 'n1', alive: true }],
         online: true,
         teams: [
@@ -59,6 +60,14 @@ describe('warren explain', () => {
       });
       // Online, but not a member of what was named.
       expect(await ask('ann', ['er'])).toMatchObject({ online: true, reached: false });
+      // A bit the reverse map does not name ann for (a partial restore): resolvers leave it offline.
+      await redis.hdel(keys.reverseIds('acme'), String(annBit));
+      expect(await ask('ann', ['icu'])).toMatchObject({
+        reverseMapped: false,
+        online: false,
+        reached: false,
+      });
+      await redis.hset(keys.reverseIds('acme'), String(annBit), 'ann');
       // Never seen in the tenant: no bit, and nothing else to read.
       expect(await ask('zed', ['icu'])).toMatchObject({ bit: null, online: false, reached: false });
 
