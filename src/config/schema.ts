@@ -17,6 +17,7 @@ export const DEFAULTS = {
   // One attempt (TCP and AMQP handshake): a host that drops packets would otherwise hold it for minutes.
   connectTimeoutMs: 10_000,
   redisUrl: 'redis://127.0.0.1:6379',
+  redisSocketTimeoutMs: 30_000,
   gatewayHost: '0.0.0.0',
   gatewayPort: 8080,
   // DESIGN.md §6: 1,700 binds/s one by one, about 5,000/s over 8 channels.
@@ -125,6 +126,15 @@ export const configSchema = z.strictObject({
   redis: z
     .strictObject({
       url: redisUrl.default(DEFAULTS.redisUrl).describe('Redis URL.'),
+      socketTimeoutMs: z
+        .number()
+        .int()
+        .min(0)
+        .max(MAX_TIMER_MS)
+        .default(DEFAULTS.redisSocketTimeoutMs)
+        .describe(
+          'A Redis connection that sends nothing back for this long while commands wait on it (a peer or a NAT entry gone without closing it) is dropped and made again, its commands sent again; 0 = wait for the system to give it up (minutes). Above the longest script Warren runs (about 2 s per million users of a tenant whose id counter was lost).',
+        ),
     })
     .prefault({}),
   gateway: z

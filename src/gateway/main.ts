@@ -92,6 +92,7 @@ export async function startGateway(
       payloadUrl: config.claimCheck.redisUrl,
       name: `warren-gateway-${nodeId}`,
       logger,
+      socketTimeoutMs: config.redis.socketTimeoutMs,
       autoPipelining: true,
     });
   } catch (error) {

@@ -55,6 +55,7 @@ export async function startResolver(
     payloadUrl: config.claimCheck.redisUrl,
     name: `warren-resolver-${id}`,
     logger,
+    socketTimeoutMs: config.redis.socketTimeoutMs,
   });
   const presence = new PresenceStore(redis, keys);
   // The views are made once `liveness` exists (they start from its dead nodes); nothing asks before.

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { Redis, ReplyError, type ChainableCommander } from 'ioredis';
 import { ErrorCode, errorMessage, WarrenError, withoutCredentials } from '../shared/errors.js';
+import { DEFAULTS } from '../config/schema.js';
 import { fulfilsWithin } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import {
@@ -63,12 +64,22 @@ export interface CreateRedisOptions {
    * only claim-checked payloads, which all have a lifetime and whose loss each delivery reports.
    */
   checkEviction?: boolean;
+  /**
+   * Drop and make again a connection that sends nothing back for this long while commands wait on it
+   * (`redis.socketTimeoutMs`; default 30 s, 0 = never): a peer or a NAT entry gone without a word would
+   * otherwise hold every command until the system gives the connection up, minutes later.
+   */
+  socketTimeoutMs?: number;
 }
 
 /** A client for the process's own use; resolves once connected. */
 export async function createRedis(options: CreateRedisOptions): Promise<WarrenRedis> {
+  const socketTimeout = options.socketTimeoutMs ?? DEFAULTS.redisSocketTimeoutMs;
   const redis = new Redis(options.url, {
     connectionName: options.name,
+    // ioredis destroys the socket, reconnects and sends the commands that got no answer again: Warren's
+    // scripts may be applied twice (a change applied again changes nothing more).
+    ...(socketTimeout > 0 ? { socketTimeout } : {}),
     lazyConnect: true,
     enableAutoPipelining: options.autoPipelining ?? false,
     // A master demoted by a failover answers writes with READONLY while the connection stays up: reconnect

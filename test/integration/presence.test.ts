@@ -95,6 +95,41 @@ describe('presence of gateway nodes in Redis', () => {
     }
   });
 
+  it('makes its Redis connection again when the one it has goes silent without closing', async () => {
+    const prefix = testPrefix('presence-blackhole');
+    const target = new URL(inject('redisUrl'));
+    const proxy = await TcpProxy.start(target.hostname, Number(target.port || 6379));
+    const gateway = await startTestGateway(
+      testConfig(prefix, {
+        redis: { url: proxy.url(target), socketTimeoutMs: 1000 },
+        presence: { heartbeatMs: 100, expiryMs: 600 },
+      }),
+    );
+    try {
+      const ann = await openTab(gateway.port, await token({ sub: 'ann', tid: 't1' }));
+      const before = proxy.connections;
+      // The connection goes quiet for good (its NAT entry dropped, say): nothing ever comes back on it.
+      proxy.blackhole();
+      await eventually(() => proxy.connections > before, 'a new connection', 10_000);
+      // Served again: a new user is announced (presence, on Redis) and welcomed.
+      const bob = await openTab(gateway.port, await token({ sub: 'bob', tid: 't1' }));
+      expect(bob.welcome?.userId).toBe('bob');
+      // ann's tab was told it may have missed events while the node could not beat.
+      await eventually(
+        () => ann.frames.some((f) => f.type === 'error' && f.code === 'events_missed'),
+        'events_missed',
+      );
+      for (const tab of [ann, bob]) tab.ws.terminate();
+    } finally {
+      await gateway.close();
+      const probe = await BrokerProbe.open();
+      await probe.deleteExchangesAndQueues(prefix, [gateway.queue]);
+      await probe.close();
+      await proxy.close();
+      await cleanRedis(prefix);
+    }
+  });
+
   it('announces its users again when its first beat failed and tabs came before it was counted', async () => {
     const prefix = testPrefix('presence-unlisted');
     const keys = new Keys(prefix);

@@ -89,6 +89,20 @@ export class TcpProxy {
     }
   }
 
+  /**
+   * The connections open now go silent for good, neither side told (a peer gone, a NAT entry dropped);
+   * new connections go through.
+   */
+  blackhole(): void {
+    for (const [client, upstream] of this.pairs) {
+      client.unpipe(upstream);
+      upstream.unpipe(client);
+      client.pause();
+      upstream.pause();
+    }
+    this.pairs.clear();
+  }
+
   flow(): void {
     this.stalled = false;
     for (const [client, upstream] of this.pairs) {
