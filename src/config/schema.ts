@@ -39,6 +39,7 @@ export const DEFAULTS = {
   lineLimit: 100_000,
   historyEvents: 2000,
   historyBytes: 16 * 1024 * 1024,
+  resumeWindowMs: 60_000,
   resolverPrefetch: 256,
   maxTenantViews: 10_000,
   // DESIGN.md §6: chunk long recipient key lists at about 1,000 keys (user routing).
@@ -265,6 +266,12 @@ export const configSchema = z.strictObject({
         .default(DEFAULTS.historyBytes)
         .describe(
           'Byte bound of that history: its frames, and each recipient’s key (its length and 34 bytes).',
+        ),
+      resumeWindowMs: positiveInt
+        .max(MAX_TIMER_MS)
+        .default(DEFAULTS.resumeWindowMs)
+        .describe(
+          'A `resume` replays deliveries at most this old; from a cursor further back it is answered resume_unavailable (the client resynchronises). Bounds what a user who has since lost access can pull again into a new connection.',
         ),
     })
     .prefault({}),

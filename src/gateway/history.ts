@@ -5,6 +5,8 @@ interface Entry {
   frame: Uint8Array;
   /** What it counts against the byte bound: the frame and its recipient list. */
   cost: number;
+  /** When it was kept (ms since the epoch). */
+  at: number;
 }
 
 /** A tenant's own offsets on this node. */
@@ -55,6 +57,7 @@ export class DeliveryHistory {
     readonly epoch: string,
     private readonly maxEntries: number,
     private readonly maxBytes: number,
+    private readonly now: () => number = Date.now,
   ) {}
 
   private of(tenant: string): TenantOffsets {
@@ -118,7 +121,7 @@ export class DeliveryHistory {
       if (entry.offset < offset) break;
       at = i;
     }
-    this.entries.splice(at, 0, { tenant, offset, keys, frame, cost });
+    this.entries.splice(at, 0, { tenant, offset, keys, frame, cost, at: this.now() });
     this.bytes += cost;
     while (this.entries.length > this.maxEntries || this.bytes > this.maxBytes) {
       // The oldest of its tenant's too (see above).
@@ -145,12 +148,19 @@ export class DeliveryHistory {
    * tab was welcomed at: what came later was written to it live), or undefined when history does not reach
    * back that far (or the epoch is another node's).
    */
+  /**
+   * What was delivered to `key` after `offset` up to `upTo`, or undefined when that cannot be told in full:
+   * another epoch, a gap, entries dropped, or (with `windowMs`) a delivery of the tenant in that span kept
+   * longer ago than that: a cursor so old is not a reconnect, and a user who has lost access since must
+   * not pull those events into a new connection.
+   */
   since(
     epoch: string,
     tenant: string,
     offset: number,
     key: string,
     upTo = this.offset(tenant),
+    windowMs = Infinity,
   ): Uint8Array[] | undefined {
     if (epoch !== this.epoch || offset > upTo) return undefined;
     const offsets = this.of(tenant);
@@ -161,8 +171,10 @@ export class DeliveryHistory {
     // Offsets up to the floor may have been dropped (or never kept): from below it there may be a gap.
     if (this.maxEntries === 0 || offset < offsets.floor) return undefined;
     const frames: Uint8Array[] = [];
+    const oldest = this.now() - windowMs;
     for (const entry of this.entries) {
       if (entry.tenant !== tenant || entry.offset <= offset || entry.offset > upTo) continue;
+      if (entry.at < oldest) return undefined;
       if (entry.keys.includes(key)) frames.push(entry.frame);
     }
     return frames;

@@ -26,6 +26,8 @@ export interface WsServerLimits {
   maxLifetimeMs: number;
   lifetimeJitter: number;
   badFrameLimit: number;
+  /** How old a delivery a `resume` may replay (`gateway.resumeWindowMs`). */
+  resumeWindowMs: number;
 }
 
 export interface Readiness {
@@ -361,7 +363,14 @@ export class WsServer {
     }
     tab.resumed = true;
     // Up to the welcome's offset: what was delivered since then has already been written to this tab.
-    const frames = history.since(epoch, tab.tenantId, offset, tab.key, tab.welcomeOffset);
+    const frames = history.since(
+      epoch,
+      tab.tenantId,
+      offset,
+      tab.key,
+      tab.welcomeOffset,
+      this.deps.limits.resumeWindowMs,
+    );
     if (!frames) {
       this.sendFrame(tab, {
         type: 'error',

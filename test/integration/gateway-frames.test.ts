@@ -151,6 +151,34 @@ describe('client frames, limits and connection lifetime', () => {
     for (const tab of [keeper, back, elsewhere]) tab.ws.terminate();
   });
 
+  it('replays nothing older than gateway.resumeWindowMs: a user cut from a team cannot pull its events back', async () => {
+    const own = testPrefix('frames-window');
+    const windowed = await startTestGateway(
+      testConfig(own, { gateway: { historyEvents: 100, resumeWindowMs: 1000 } }),
+    );
+    try {
+      const jwt = await token({ sub: 'w1', tid: 't1' });
+      const keeper = await openTab(windowed.port, jwt);
+      await probe.deliver(own, ['u.t1.w1'], { id: 'before-removal', tenantId: 't1' });
+      await eventually(() => keeper.eventIds().includes('before-removal'), 'delivered');
+      const epoch = keeper.welcome?.epoch ?? '';
+      // Inside the window, a new connection could get it again by resuming from 0; past it, not.
+      await new Promise((r) => setTimeout(r, 1200));
+      const again = await openTab(windowed.port, jwt);
+      again.send({ type: 'resume', epoch, offset: 0 });
+      await eventually(
+        () => again.frames.some((f) => f.type === 'error' && f.code === 'resume_unavailable'),
+        'resume_unavailable',
+      );
+      expect(again.eventIds()).toEqual([]);
+      for (const tab of [keeper, again]) tab.ws.terminate();
+    } finally {
+      await windowed.close();
+      await probe.deleteExchangesAndQueues(own, [windowed.queue]);
+      await cleanRedis(own);
+    }
+  });
+
   it('says it cannot resume, rather than closing the tab, when the missed events pass its buffer limit', async () => {
     const jwt = await token({ sub: 'r2', tid: 't1' });
     const keeper = await openTab(gateway.port, jwt);

@@ -92,6 +92,21 @@ describe('DeliveryHistory', () => {
     expect(history.since('e', 't', 1, 'u.t.A')).toEqual([]);
   });
 
+  it('replays nothing kept longer ago than the window: from a cursor that old it cannot resume', () => {
+    let now = 0;
+    const history = new DeliveryHistory('e', 100, 1 << 20, () => now);
+    history.add('t', history.next('t'), ['u.t.ann'], frame(1));
+    now = 70_000;
+    history.add('t', history.next('t'), ['u.t.ann'], frame(2));
+    now = 100_000;
+    // From before the first delivery (kept 100 s ago): a cursor that old is refused, not replayed in part.
+    expect(history.since('e', 't', 0, 'u.t.ann', undefined, 60_000)).toBeUndefined();
+    // From after it, the second (30 s old) is replayed.
+    expect(history.since('e', 't', 1, 'u.t.ann', undefined, 60_000)).toEqual([frame(2)]);
+    // Without a window, everything kept.
+    expect(history.since('e', 't', 0, 'u.t.ann')).toHaveLength(2);
+  });
+
   it('counts recipient lists against its byte bound, not only frames', () => {
     const history = new DeliveryHistory('e', 100, 100 * 1024);
     const keys = Array.from({ length: 1000 }, (_, i) => `u.t.user-${i}`);
