@@ -68,6 +68,11 @@ export interface Gateway {
 }
 
 /** Starts a gateway node: connects to Redis and RabbitMQ, then listens. */
+/** Whether `host` listens on the loopback interface only. */
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || host.startsWith('127.');
+}
+
 export async function startGateway(
   config: Readonly<WarrenConfig>,
   options: GatewayOptions,
@@ -584,6 +589,12 @@ export async function startGateway(
     throw error;
   }
   logger.info({ port, queue, ...(opsHttp ? { metricsPort: opsHttp.port } : {}) }, 'listening');
+  // Said once at start: the node's figures span every tenant on it, and the tabs' port is public.
+  if (g.metricsPort === undefined && !isLoopback(g.host))
+    logger.warn(
+      { port },
+      '/metrics is served on the tabs’ port: keep it from browsers at the proxy, or set gateway.metricsPort',
+    );
 
   return {
     nodeId,

@@ -1,10 +1,11 @@
 import { Agent, get as httpGet, request as httpRequest, type IncomingHttpHeaders } from 'node:http';
 import { createServer } from 'node:net';
 import { afterEach, describe, expect, inject, it } from 'vitest';
-import type { Gateway } from '../../src/gateway/main.js';
+import { startGateway, type Gateway } from '../../src/gateway/main.js';
 import {
   BrokerProbe,
   UpgradeRefused,
+  capturingLogger,
   cleanRedis,
   eventually,
   openTab,
@@ -121,6 +122,24 @@ describe('gateway HTTP: /healthz, /readyz, /metrics', () => {
       expect(JSON.parse(ready.body)).toMatchObject({ ready: true, broker: true, redis: true });
       expect((await get(port, '/healthz')).status).toBe(200);
     }
+  });
+
+  it('warns at start when /metrics is served on a public tabs’ port', async () => {
+    prefix = testPrefix('http-ops-warn');
+    const warned = (lines: Record<string, unknown>[]) =>
+      lines.some((l) => String(l['msg']).startsWith('/metrics is served on the tabs’ port'));
+    const open = capturingLogger('warn');
+    gateway = await startGateway(testConfig(prefix, { gateway: { host: '0.0.0.0' } }), {
+      logger: open.logger,
+    });
+    expect(warned(open.lines)).toBe(true);
+    await gateway.close();
+    const apart = capturingLogger('warn');
+    gateway = await startGateway(
+      testConfig(prefix, { gateway: { host: '0.0.0.0', metricsPort: 0, metricsHost: '127.0.0.1' } }),
+      { logger: apart.logger },
+    );
+    expect(warned(apart.lines)).toBe(false);
   });
 
   it('refuses to start, naming the key, when gateway.metricsPort is taken', async () => {
