@@ -205,7 +205,10 @@ describe('warren members import', () => {
   });
 
   it('with --dry-run validates and reports, and imports nothing', async () => {
-    const good = file('dry.jsonl', JSON.stringify({ tenantId: 'acme', userId: 'cid', teamId: 'drylab' }) + '\n');
+    const good = file(
+      'dry.jsonl',
+      JSON.stringify({ tenantId: 'acme', userId: 'cid', teamId: 'drylab' }) + '\n',
+    );
     const run = await warrenMembersImport(prefix, ['--dry-run', good]);
     expect(run.code, run.stderr).toBe(0);
     expect(run.stdout).toContain('Dry run: 1 valid row(s) for 1 tenant(s); nothing was imported.');
