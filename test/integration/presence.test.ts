@@ -111,6 +111,12 @@ describe('presence of gateway nodes in Redis', () => {
       // The connection goes quiet for good (its NAT entry dropped, say): nothing ever comes back on it.
       proxy.blackhole();
       await eventually(() => proxy.connections > before, 'a new connection', 10_000);
+      // Ready once the new connection is (until then upgrades get 503, as while Redis is away).
+      await eventually(
+        async () => (await fetch(`http://127.0.0.1:${gateway.port}/readyz`)).status === 200,
+        'ready again',
+        10_000,
+      );
       // Served again: a new user is announced (presence, on Redis) and welcomed.
       const bob = await openTab(gateway.port, await token({ sub: 'bob', tid: 't1' }));
       expect(bob.welcome?.userId).toBe('bob');
