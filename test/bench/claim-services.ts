@@ -3,6 +3,7 @@
 // gateway process when Warren is deployed, so here it does not share the gateways' thread either.
 import { randomBytes } from 'node:crypto';
 import { WarrenPublisher } from '../../src/sdk/publisher/index.js';
+import { silentLogger } from '../../src/shared/logger.js';
 import { RedisTap } from './claim-probes.js';
 
 export type Mode = 'inline' | 'claim';
@@ -91,7 +92,13 @@ async function handle(request: ServicesRequest): Promise<void> {
       // Payloads live a minute, not the default hour: delivered within seconds here, and hundreds of
       // megabytes of them would otherwise pile up in Redis over the run, under the claim check only.
       const connect = (claimCheckBytes: number) =>
-        WarrenPublisher.connect({ ...request, claimCheckBytes, claimCheckTtlSec: 60 });
+        // A silent logger: the resolver starts after these publishers, which is not worth a warning.
+        WarrenPublisher.connect({
+          ...request,
+          claimCheckBytes,
+          claimCheckTtlSec: 60,
+          logger: silentLogger(),
+        });
       publishers = {
         inline: await connect(request.thresholds.inline),
         claim: await connect(request.thresholds.claim),

@@ -3,7 +3,7 @@ import type { WarrenConfig } from '../../src/config/schema.js';
 import { startGateway, type Gateway } from '../../src/gateway/main.js';
 import type { MembershipChange } from '../../src/protocol/schemas.js';
 import { WarrenPublisher } from '../../src/sdk/publisher/index.js';
-import { createLogger } from '../../src/shared/logger.js';
+import { createLogger, silentLogger } from '../../src/shared/logger.js';
 import { Keys } from '../../src/store/keys.js';
 import { MembershipStore } from '../../src/store/membership-store.js';
 import { createRedis } from '../../src/store/redis.js';
@@ -122,6 +122,8 @@ async function endToEnd(ctx: BenchContext, prefix: string, sizes: Sizes, fleet: 
     rabbitmqUrl: ctx.rabbitmqUrl,
     redisUrl: ctx.redisUrl,
     prefix,
+    // Silent: the bench's resolver starts after this publisher, which is not worth a warning.
+    logger: silentLogger(),
   });
   const results: { variant: Variant; size: number; round: number; run: RunResult }[] = [];
   try {
