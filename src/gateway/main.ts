@@ -132,7 +132,9 @@ export async function startGateway(
     logger,
   );
   const history = new DeliveryHistory(
-    `${nodeId}.${Date.now().toString(36)}`,
+    // New with every start (a node of a fixed id starts its offsets again), and random: a start time in it
+    // would tell every tab when the node started.
+    `${nodeId}.${randomBytes(6).toString('hex')}`,
     g.historyEvents,
     g.historyBytes,
   );
