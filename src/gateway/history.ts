@@ -5,7 +5,7 @@ interface Entry {
   frame: Uint8Array;
   /** What it counts against the byte bound: the frame and its recipient list. */
   cost: number;
-  /** When it was kept (ms since the epoch). */
+  /** When it was kept (ms, on the history's monotonic clock). */
   at: number;
 }
 
@@ -57,7 +57,8 @@ export class DeliveryHistory {
     readonly epoch: string,
     private readonly maxEntries: number,
     private readonly maxBytes: number,
-    private readonly now: () => number = Date.now,
+    // Monotonic: a wall clock stepped back would keep old deliveries replayable for as long.
+    private readonly now: () => number = () => performance.now(),
   ) {}
 
   private of(tenant: string): TenantOffsets {
@@ -145,14 +146,11 @@ export class DeliveryHistory {
 
   /**
    * Frames delivered to `key` (a user of `tenant`) after `offset` up to `upTo` (the offset a reconnected
-   * tab was welcomed at: what came later was written to it live), or undefined when history does not reach
-   * back that far (or the epoch is another node's).
-   */
-  /**
-   * What was delivered to `key` after `offset` up to `upTo`, or undefined when that cannot be told in full:
-   * another epoch, a gap, entries dropped, or (with `windowMs`) a delivery of the tenant in that span kept
-   * longer ago than that: a cursor so old is not a reconnect, and a user who has lost access since must
-   * not pull those events into a new connection.
+   * tab was welcomed at: what came later was written to it live), or undefined when that cannot be told in
+   * full: another epoch, a gap, entries dropped, or (with `windowMs`) a delivery to this user in that span
+   * kept longer ago than that. A cursor so old is no reconnect, and a user who has lost access since must
+   * not pull those events into a new connection; deliveries to other users do not count (a user with no
+   * events of their own for a while still resumes after a blip).
    */
   since(
     epoch: string,
@@ -174,8 +172,9 @@ export class DeliveryHistory {
     const oldest = this.now() - windowMs;
     for (const entry of this.entries) {
       if (entry.tenant !== tenant || entry.offset <= offset || entry.offset > upTo) continue;
+      if (!entry.keys.includes(key)) continue;
       if (entry.at < oldest) return undefined;
-      if (entry.keys.includes(key)) frames.push(entry.frame);
+      frames.push(entry.frame);
     }
     return frames;
   }

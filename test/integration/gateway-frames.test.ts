@@ -151,7 +151,7 @@ describe('client frames, limits and connection lifetime', () => {
     for (const tab of [keeper, back, elsewhere]) tab.ws.terminate();
   });
 
-  it('replays nothing older than gateway.resumeWindowMs: a user cut from a team cannot pull its events back', async () => {
+  it('replays nothing older than gateway.resumeWindowMs to a new connection resuming from far back', async () => {
     const own = testPrefix('frames-window');
     const windowed = await startTestGateway(
       testConfig(own, { gateway: { historyEvents: 100, resumeWindowMs: 1000 } }),

@@ -105,6 +105,10 @@ describe('DeliveryHistory', () => {
     expect(history.since('e', 't', 1, 'u.t.ann', undefined, 60_000)).toEqual([frame(2)]);
     // Without a window, everything kept.
     expect(history.since('e', 't', 0, 'u.t.ann')).toHaveLength(2);
+    // Deliveries to others do not count: bob, whose last event is old, resumes after a blip as usual
+    // while ann's old event lies in his span.
+    history.add('t', history.next('t'), ['u.t.bob'], frame(3));
+    expect(history.since('e', 't', 0, 'u.t.bob', undefined, 60_000)).toEqual([frame(3)]);
   });
 
   it('counts recipient lists against its byte bound, not only frames', () => {
