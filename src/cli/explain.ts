@@ -26,10 +26,12 @@ export interface Explanation {
   /** The user's bit in the tenant's id map; null when the map has never seen them. */
   bit: number | null;
   /**
-   * Whether the reverse id map names the user for their bit. When it does not (a partial restore, a hand
-   * repair), resolvers leave the bit offline: nothing is delivered to it.
+   * Whom the reverse id map names for the user's bit: the user, or, after a partial restore or a hand
+   * repair, nobody (null) or someone else. Resolvers read it when they load the tenant afresh: such a one
+   * then leaves the bit offline (nobody) or routes it as that other user's, while one that learned the
+   * bit from the change log routes it as the user's. Either way, worth repairing.
    */
-  reverseMapped: boolean;
+  reverseName: string | null;
   /** Gateway nodes whose presence holds the user's bit, and whether each is alive. */
   nodes: { id: string; alive: boolean }[];
   online: boolean;
@@ -57,7 +59,7 @@ export async function explain(
     tenant,
     user,
     bit,
-    reverseMapped: false,
+    reverseName: null,
     nodes: [],
     online: false,
     teams: options.teams.map((id) => ({ id, direct: false, viaGroups: [] })),
@@ -66,7 +68,7 @@ export async function explain(
   };
   // Never a member of anything, never online: nothing else to read.
   if (bit === null) return none;
-  const reverseMapped = (await redis.hget(keys.reverseIds(tenant), String(bit))) === user;
+  const reverseName = await redis.hget(keys.reverseIds(tenant), String(bit));
   // Dead as resolvers judge it (the same script), not by arithmetic of its own here.
   const dead = new Set(await presence.deadNodes(expiryMs));
   const nodes: Explanation['nodes'] = [];
@@ -86,9 +88,9 @@ export async function explain(
   }
   const groups: Standing[] = [];
   for (const id of options.groups) groups.push({ id, direct: await inGroup(id), viaGroups: [] });
-  const online = reverseMapped && nodes.some((n) => n.alive);
+  const online = nodes.some((n) => n.alive);
   const member = [...teams, ...groups].some((s) => s.direct || s.viaGroups.length > 0);
-  return { ...none, reverseMapped, nodes, online, teams, groups, reached: online && member };
+  return { ...none, reverseName, nodes, online, teams, groups, reached: online && member };
 }
 
 function describe(e: Explanation): string {
@@ -99,13 +101,14 @@ function describe(e: Explanation): string {
     lines.push(`${e.user} of tenant ${e.tenant}: bit ${e.bit}`);
     const alive = e.nodes.filter((n) => n.alive).map((n) => n.id);
     const dead = e.nodes.filter((n) => !n.alive).map((n) => n.id);
-    if (!e.reverseMapped)
+    if (e.reverseName !== e.user)
       lines.push(
-        `  the reverse id map does not name ${e.user} for bit ${e.bit}: resolvers leave the bit offline`,
+        `  the reverse id map names ${e.reverseName ?? 'nobody'} for bit ${e.bit}, not ${e.user}: a resolver ` +
+          `loading the tenant afresh ${e.reverseName === null ? 'leaves the bit offline' : `routes it as ${e.reverseName}'s`}; repair it`,
       );
     lines.push(
       alive.length > 0
-        ? `  ${e.reverseMapped ? 'online' : 'held'} on ${alive.join(', ')}`
+        ? `  online on ${alive.join(', ')}`
         : '  offline: no live gateway holds a tab of theirs (events reach online users only)',
     );
     if (dead.length > 0) lines.push(`  held by gateways no longer beating, not counted: ${dead.join(', ')}`);
@@ -131,7 +134,12 @@ export async function runExplain(
   config: Readonly<WarrenConfig>,
   options: ExplainOptions & { json: boolean },
 ): Promise<number> {
-  const redis = await createRedis({ url: config.redis.url, name: 'warren-explain', logger: silentLogger() });
+  const redis = await createRedis({
+    url: config.redis.url,
+    name: 'warren-explain',
+    logger: silentLogger(),
+    socketTimeoutMs: config.redis.socketTimeoutMs,
+  });
   try {
     const result = await explain(redis, new Keys(config.prefix), config.presence.expiryMs, options);
     console.log(options.json ? JSON.stringify(result, null, 2) : describe(result));

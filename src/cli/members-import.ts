@@ -93,7 +93,8 @@ export async function runMembersImport(config: Readonly<WarrenConfig>, args: Imp
         (plan.bad.length > 0 ? `, ${plan.bad.length} bad line(s)` : '') +
         '; nothing was imported.',
     );
-    return plan.bad.length > 0 ? 1 : 0;
+    // As the import itself would end: bad lines fail it unless skipped, and then only if nothing is left.
+    return plan.bad.length > 0 && (!args.skipInvalid || plan.valid === 0) ? 1 : 0;
   }
   if (plan.bad.length > 0 && (!args.skipInvalid || plan.valid === 0)) {
     console.error(
@@ -108,7 +109,12 @@ export async function runMembersImport(config: Readonly<WarrenConfig>, args: Imp
     console.log(`Nothing to import: ${args.file} holds no rows.`);
     return 0;
   }
-  const redis = await createRedis({ url: config.redis.url, name: 'warren-import', logger: silentLogger() });
+  const redis = await createRedis({
+    url: config.redis.url,
+    name: 'warren-import',
+    logger: silentLogger(),
+    socketTimeoutMs: config.redis.socketTimeoutMs,
+  });
   const applying = bar('importing ');
   applying.start(plan.valid, 0);
   let done = 0;

@@ -45,7 +45,12 @@ async function queueInfo(model: amqp.ChannelModel, queue: string): Promise<Queue
 export async function collectStatus(config: Readonly<WarrenConfig>): Promise<Status> {
   const keys = new Keys(config.prefix);
   const names = topologyNames(config.prefix);
-  const redis = await createRedis({ url: config.redis.url, name: 'warren-status', logger: silentLogger() });
+  const redis = await createRedis({
+    url: config.redis.url,
+    name: 'warren-status',
+    logger: silentLogger(),
+    socketTimeoutMs: config.redis.socketTimeoutMs,
+  });
   try {
     const presence = new PresenceStore(redis, keys);
     const [time] = await redis.time();

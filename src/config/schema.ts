@@ -132,6 +132,8 @@ export const configSchema = z.strictObject({
         .int()
         .min(0)
         .max(MAX_TIMER_MS)
+        // Under a second, a healthy connection waiting on an ordinary command would be dropped again and again.
+        .refine((ms) => ms === 0 || ms >= 1000, 'must be 0 (off) or at least 1000')
         .default(DEFAULTS.redisSocketTimeoutMs)
         .describe(
           'A Redis connection that sends nothing back for this long while commands wait on it (a peer or a NAT entry gone without closing it) is dropped and made again, its commands sent again; 0 = wait for the system to give it up (minutes). Above the longest script Warren runs (about 2 s per million users of a tenant whose id counter was lost).',

@@ -67,12 +67,12 @@ export interface Gateway {
   close(): Promise<void>;
 }
 
-/** Starts a gateway node: connects to Redis and RabbitMQ, then listens. */
 /** Whether `host` listens on the loopback interface only. */
 function isLoopback(host: string): boolean {
-  return host === 'localhost' || host === '::1' || host.startsWith('127.');
+  return host === 'localhost' || host === '::1' || /^(::ffff:)?127\./.test(host);
 }
 
+/** Starts a gateway node: connects to Redis and RabbitMQ, then listens. */
 export async function startGateway(
   config: Readonly<WarrenConfig>,
   options: GatewayOptions,

@@ -268,6 +268,13 @@ export async function* replayRows(
 const MAX_HELD_BATCHES = 20;
 
 /**
+ * How long a batch may take to reach Redis before Redis refuses it (see `MembershipStore.applyBulk`): far
+ * above the ~20 ms a batch takes, and below the 30 s after which a silent connection is made again and its
+ * unanswered batch resent, so that a resent batch never lands after a removal made meanwhile.
+ */
+const BATCH_DEADLINE_MS = 10_000;
+
+/**
  * Applies validated rows in batches of up to `batchSize` rows of one tenant, each atomic in Redis and
  * announced to resolvers as a bulk change; a tenant's rows are applied in file order. Adding and removing are
  * set operations, so running an interrupted import again finishes it.
@@ -285,7 +292,7 @@ export async function applyRows(
   const flush = async (tenantId: string, batch: MembershipChange[]) => {
     pending.delete(tenantId);
     held -= batch.length;
-    changed += await store.applyBulk(tenantId, batch);
+    changed += await store.applyBulk(tenantId, batch, BATCH_DEADLINE_MS);
     applied += batch.length;
     onRows(applied);
   };

@@ -89,7 +89,8 @@ export class MembershipStore {
     if (changed === -2) {
       throw new WarrenError(
         ErrorCode.Timeout,
-        `the membership change reached Redis after its caller gave up, and was not applied`,
+        'the membership change reached Redis after its deadline and was refused there (if an earlier ' +
+          'send of it got through before its answer was lost, that one applied it: applying it again is safe)',
         { retryable: true },
       );
     }
@@ -105,11 +106,16 @@ export class MembershipStore {
    * and taken at its earliest: a change may be refused a little before `ms`, never applied after it.
    */
   async applyWithin(change: MembershipChange, ms: number): Promise<boolean> {
+    const notAfter = await this.deadline(ms);
+    await this.redis.sadd(this.keys.tenants(), change.tenantId);
+    return (await this.run(change.tenantId, 'each', [toArgs(change)], undefined, notAfter)) > 0;
+  }
+
+  /** `ms` from now on Redis's clock, for a script's `notAfter` (see `applyWithin`). */
+  private async deadline(ms: number): Promise<number> {
     const started = Date.now();
     const offset = await this.clockOffset();
-    await this.redis.sadd(this.keys.tenants(), change.tenantId);
-    const notAfter = Math.floor(started + ms + offset);
-    return (await this.run(change.tenantId, 'each', [toArgs(change)], undefined, notAfter)) > 0;
+    return Math.floor(started + ms + offset);
   }
 
   /**
@@ -181,16 +187,23 @@ export class MembershipStore {
 
   /**
    * Applies many changes of one tenant atomically, logging one bulk entry (resolvers drop their membership
-   * caches) instead of one entry per change. For imports.
+   * caches) instead of one entry per change. For imports. With `withinMs`, refused by Redis if it arrives
+   * later than that (as `applyWithin`): a batch whose reply was lost is resent once ioredis reconnects, and
+   * without a deadline it could land after a removal made meanwhile and undo it.
    */
-  async applyBulk(tenantId: string, changes: readonly MembershipChange[]): Promise<number> {
+  async applyBulk(
+    tenantId: string,
+    changes: readonly MembershipChange[],
+    withinMs?: number,
+  ): Promise<number> {
     if (changes.length === 0) return 0;
     // The changes are written under `tenantId` whatever they name: one of another tenant would be applied
     // to this one's users.
     const stranger = changes.find((change) => change.tenantId !== tenantId);
     if (stranger)
       throw new Error(`applyBulk for tenant ${tenantId} got a change of tenant ${stranger.tenantId}`);
+    const notAfter = withinMs === undefined ? undefined : await this.deadline(withinMs);
     await this.redis.sadd(this.keys.tenants(), tenantId);
-    return this.run(tenantId, 'bulk', changes.map(toArgs));
+    return this.run(tenantId, 'bulk', changes.map(toArgs), undefined, notAfter);
   }
 }

@@ -41,7 +41,7 @@ describe('warren explain', () => {
         tenant: 'acme',
         user: 'ann',
         bit: annBit,
-        reverseMapped: true,
+        reverseName: 'ann',
         nodes: [{ id: 'n1', alive: true }],
         online: true,
         teams: [
@@ -60,13 +60,17 @@ describe('warren explain', () => {
       });
       // Online, but not a member of what was named.
       expect(await ask('ann', ['er'])).toMatchObject({ online: true, reached: false });
-      // A bit the reverse map does not name ann for (a partial restore): resolvers leave it offline.
+      // A bit the reverse map does not name ann for (a partial restore): said, for repair.
       await redis.hdel(keys.reverseIds('acme'), String(annBit));
-      expect(await ask('ann', ['icu'])).toMatchObject({
-        reverseMapped: false,
-        online: false,
-        reached: false,
+      expect(await ask('ann', ['icu'])).toMatchObject({ reverseName: null, online: true });
+      const unnamed = WarrenProcess.start(['explain', '--tenant', 'acme', '--user', 'ann', '--team', 'icu'], {
+        WARREN_PREFIX: keys.prefix,
+        WARREN_REDIS_URL: inject('redisUrl'),
       });
+      expect(await unnamed.exited).toBe(0);
+      expect(unnamed.lines.join('\n')).toContain(
+        `the reverse id map names nobody for bit ${annBit}, not ann: a resolver loading the tenant afresh leaves the bit offline; repair it`,
+      );
       await redis.hset(keys.reverseIds('acme'), String(annBit), 'ann');
       // Never seen in the tenant: no bit, and nothing else to read.
       expect(await ask('zed', ['icu'])).toMatchObject({ bit: null, online: false, reached: false });

@@ -159,6 +159,10 @@ describe('loadConfig', () => {
     expect(message).toContain(
       'gateway.port [WARREN_GATEWAY_PORT] (from environment): must be a whole number in plain decimal digits (got "0x1F90")',
     );
+    // A Redis socket timeout under a second would drop healthy connections waiting on ordinary commands.
+    expect(configError(() => loadConfig({ env: { WARREN_REDIS_SOCKET_TIMEOUT_MS: '500' } }))).toContain(
+      'must be 0 (off) or at least 1000',
+    );
     // A fraction where a whole number belongs is named as such, not as a string where a number belongs.
     expect(configError(() => loadConfig({ env: { WARREN_RABBITMQ_HEARTBEAT_SEC: '1.5' } }))).toContain(
       'rabbitmq.heartbeatSec [WARREN_RABBITMQ_HEARTBEAT_SEC] (from environment): must be a whole number (got "1.5")',
