@@ -131,13 +131,20 @@ describe('publisher SDK: options', () => {
       connectTimeoutMs: 0,
       claimCheckTtlSec: 1.5,
       redisTimeoutMs: -1,
+      redisSocketTimeoutMs: 500,
       // 0: publish at once or fail; allowed.
       publishTimeoutMs: 0,
       // A brace would take keys out of the tenant's hash slot.
       prefix: 'warren}x',
     }).catch((error: unknown) => error);
     expect(refused).toBeInstanceOf(TypeError);
-    for (const name of ['confirmTimeoutMs', 'connectTimeoutMs', 'claimCheckTtlSec', 'redisTimeoutMs'])
+    for (const name of [
+      'confirmTimeoutMs',
+      'connectTimeoutMs',
+      'claimCheckTtlSec',
+      'redisTimeoutMs',
+      'redisSocketTimeoutMs',
+    ])
       expect(String(refused)).toContain(name);
     expect(String(refused)).toContain('prefix must match');
     expect(String(refused)).not.toContain('publishTimeoutMs');

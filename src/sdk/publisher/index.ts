@@ -77,6 +77,12 @@ export interface PublisherOptions {
    * applying it again is safe. Default 10,000.
    */
   redisTimeoutMs?: number;
+  /**
+   * A Redis connection of the SDK's own that sends nothing back for this long while commands wait on it is
+   * made again (as `redis.socketTimeoutMs` on the servers). 0 = wait for the system to give it up. Default
+   * 30,000. Not for a client of yours (`redis`, `payloadRedis`): its settings are yours.
+   */
+  redisSocketTimeoutMs?: number;
   logger?: Logger;
 }
 
@@ -120,6 +126,8 @@ function badOptions(options: PublisherOptions): string[] {
   // 0: publish at once or fail, without waiting for a lost connection to come back.
   check('publishTimeoutMs', 0);
   for (const name of ['connectTimeoutMs', 'confirmTimeoutMs', 'redisTimeoutMs'] as const) check(name, 1);
+  // Under a second, a healthy connection waiting on an ordinary command would be dropped again and again.
+  if (options.redisSocketTimeoutMs !== 0) check('redisSocketTimeoutMs', 1000);
   // As WARREN_PREFIX: it is part of every exchange, queue and Redis key (a `:` or brace would move keys
   // out of the tenant's hash slot, a `.` out of the routing-key layout).
   const { prefix } = options;
@@ -181,7 +189,12 @@ export class WarrenPublisher {
     const ownRedis: Redis[] = [];
     const redis = options.redis
       ? withWarrenCommands(options.redis)
-      : await createRedis({ url: options.redisUrl ?? DEFAULTS.redisUrl, name: 'warren-publisher', logger });
+      : await createRedis({
+          url: options.redisUrl ?? DEFAULTS.redisUrl,
+          name: 'warren-publisher',
+          logger,
+          socketTimeoutMs: options.redisSocketTimeoutMs,
+        });
     if (!options.redis) ownRedis.push(redis);
     let payloadRedis: Redis = options.payloadRedis ?? redis;
     /** The payloads' server of their own, through a client made here (not one of the caller's). */
@@ -192,6 +205,7 @@ export class WarrenPublisher {
           url: options.payloadRedisUrl,
           name: 'warren-publisher-payloads',
           logger,
+          socketTimeoutMs: options.redisSocketTimeoutMs,
         });
       } catch (error) {
         for (const client of ownRedis) client.disconnect();
