@@ -33,10 +33,15 @@ local function requireLog(logKey, seqKey)
 end
 -- A log keeps at most maxlen entries and none older than LOG_MAX_AGE_MS, and goes altogether once nothing
 -- was appended for that long: an idle tenant would otherwise keep up to maxlen entries (about 6 MB) for
--- good. A reader that finds entries gone reloads the tenant (the counter, kept, tells it).
+-- good. A reader that finds entries gone reloads the tenant (the counter, kept, tells it). Trimmed by age
+-- and given its lifetime once per script, at its first entry: a script appending one entry per user or
+-- change would otherwise do it for each.
+local aged = false
 local function append(logKey, seqKey, maxlen, ...)
   local s = redis.call('INCR', seqKey)
   redis.call('XADD', logKey, 'MAXLEN', '~', maxlen, '*', 's', s, ...)
+  if aged then return end
+  aged = true
   local t = redis.call('TIME')
   redis.call('XTRIM', logKey, 'MINID', '~', tonumber(t[1]) * 1000 - ${LOG_MAX_AGE_MS})
   redis.call('PEXPIRE', logKey, ${LOG_MAX_AGE_MS})
