@@ -51,9 +51,10 @@ export function refusedForGood(error: Error): boolean {
  * connection limit reached, and amqplib drops the broker's text from its error: name the virtual host and
  * the likely causes instead of amqplib's "Expected ConnectionOpenOk".
  */
-export function explainConnectFailure(error: Error, url: URL): string {
-  if (!/^Expected ConnectionOpenOk; got <ConnectionClose\b/.test(error.message)) return error.message;
-  const vhost = decodeURIComponent(url.pathname.slice(1)) || '/';
+export function explainConnectFailure(error: unknown, url: string): string {
+  const message = errorMessage(error);
+  if (!/^Expected ConnectionOpenOk; got <ConnectionClose\b/.test(message)) return message;
+  const vhost = decodeURIComponent(new URL(url).pathname.slice(1)) || '/';
   return (
     `RabbitMQ refused to open virtual host "${vhost}": it does not exist, the user has no permissions on it, ` +
     `or a connection limit is reached (rabbitmqctl list_vhosts, list_user_permissions)`
@@ -164,7 +165,7 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
     const recovering = this.recovering;
     const givenUp = new Promise<void>((resolve) =>
       recovering.on('connect-failed', (error: Error) => {
-        lastFailure = explainConnectFailure(error, url);
+        lastFailure = explainConnectFailure(error, this.options.url);
         this.logger.warn({ err: lastFailure }, 'broker connect failed');
         if (refusal === undefined && options.giveUpOn?.(error)) {
           refusal = error;
@@ -180,9 +181,10 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
     });
     const { timeoutMs } = options;
     const connectedOrRefused = Promise.race([this.recovering.waitForConnect(), givenUp]);
+    // Without a timeout it waits for one or the other, however long.
     const settled =
       timeoutMs === undefined
-        ? (await connectedOrRefused, true)
+        ? await connectedOrRefused.then(() => true)
         : await fulfilsWithin(connectedOrRefused, timeoutMs);
     if (settled && refusal === undefined) return;
     await this.close().catch(() => {});

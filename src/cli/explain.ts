@@ -1,8 +1,8 @@
 import type { WarrenConfig } from '../config/schema.js';
-import { silentLogger } from '../shared/logger.js';
 import { Keys } from '../store/keys.js';
 import { PresenceStore } from '../store/presence-store.js';
-import { closeRedis, createRedis, type WarrenRedis } from '../store/redis.js';
+import { closeRedis, type WarrenRedis } from '../store/redis.js';
+import { commandRedis } from './command-redis.js';
 
 export interface ExplainOptions {
   tenant: string;
@@ -134,12 +134,7 @@ export async function runExplain(
   config: Readonly<WarrenConfig>,
   options: ExplainOptions & { json: boolean },
 ): Promise<number> {
-  const redis = await createRedis({
-    url: config.redis.url,
-    name: 'warren-explain',
-    logger: silentLogger(),
-    socketTimeoutMs: config.redis.socketTimeoutMs,
-  });
+  const redis = await commandRedis(config, 'warren-explain');
   try {
     const result = await explain(redis, new Keys(config.prefix), config.presence.expiryMs, options);
     console.log(options.json ? JSON.stringify(result, null, 2) : describe(result));

@@ -2,7 +2,6 @@ import { existsSync, statSync } from 'node:fs';
 import { SingleBar, Presets } from 'cli-progress';
 import type { WarrenConfig } from '../config/schema.js';
 import { errorMessage } from '../shared/errors.js';
-import { silentLogger } from '../shared/logger.js';
 import { Keys } from '../store/keys.js';
 import {
   applyRows,
@@ -15,7 +14,8 @@ import {
   type ImportPlan,
 } from '../store/membership-import.js';
 import { MembershipStore } from '../store/membership-store.js';
-import { closeRedis, createRedis } from '../store/redis.js';
+import { closeRedis } from '../store/redis.js';
+import { commandRedis } from './command-redis.js';
 
 export interface ImportArgs {
   file: string;
@@ -87,16 +87,17 @@ export async function runMembersImport(config: Readonly<WarrenConfig>, args: Imp
   }
 
   for (const bad of plan.bad) console.error(`${args.file}:${bad.line}: ${bad.reason}`);
+  // Bad lines stop the import unless skipped, and then still when nothing valid is left.
+  const refused = plan.bad.length > 0 && (!args.skipInvalid || plan.valid === 0);
   if (args.dryRun) {
     console.log(
       `Dry run: ${plan.valid} valid row(s) for ${plan.tenants.size} tenant(s)` +
         (plan.bad.length > 0 ? `, ${plan.bad.length} bad line(s)` : '') +
         '; nothing was imported.',
     );
-    // As the import itself would end: bad lines fail it unless skipped, and then only if nothing is left.
-    return plan.bad.length > 0 && (!args.skipInvalid || plan.valid === 0) ? 1 : 0;
+    return refused ? 1 : 0;
   }
-  if (plan.bad.length > 0 && (!args.skipInvalid || plan.valid === 0)) {
+  if (refused) {
     console.error(
       // A bad CSV header is a bad line before any row.
       `\n${plan.bad.length} bad line(s)${plan.rows > 0 ? ` of ${plan.rows}` : ''}; nothing was imported.` +
@@ -109,12 +110,7 @@ export async function runMembersImport(config: Readonly<WarrenConfig>, args: Imp
     console.log(`Nothing to import: ${args.file} holds no rows.`);
     return 0;
   }
-  const redis = await createRedis({
-    url: config.redis.url,
-    name: 'warren-import',
-    logger: silentLogger(),
-    socketTimeoutMs: config.redis.socketTimeoutMs,
-  });
+  const redis = await commandRedis(config, 'warren-import');
   const applying = bar('importing ');
   applying.start(plan.valid, 0);
   let done = 0;

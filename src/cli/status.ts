@@ -2,11 +2,11 @@ import amqp from 'amqplib';
 import { explainConnectFailure } from '../broker/connection.js';
 import { topologyNames } from '../broker/topology.js';
 import type { WarrenConfig } from '../config/schema.js';
-import { ErrorCode, errorMessage, withoutCredentials } from '../shared/errors.js';
-import { silentLogger } from '../shared/logger.js';
+import { ErrorCode, withoutCredentials } from '../shared/errors.js';
 import { Keys } from '../store/keys.js';
 import { PresenceStore } from '../store/presence-store.js';
-import { closeRedis, createRedis } from '../store/redis.js';
+import { closeRedis } from '../store/redis.js';
+import { commandRedis } from './command-redis.js';
 
 interface QueueInfo {
   queue: string;
@@ -45,12 +45,7 @@ async function queueInfo(model: amqp.ChannelModel, queue: string): Promise<Queue
 export async function collectStatus(config: Readonly<WarrenConfig>): Promise<Status> {
   const keys = new Keys(config.prefix);
   const names = topologyNames(config.prefix);
-  const redis = await createRedis({
-    url: config.redis.url,
-    name: 'warren-status',
-    logger: silentLogger(),
-    socketTimeoutMs: config.redis.socketTimeoutMs,
-  });
+  const redis = await commandRedis(config, 'warren-status');
   try {
     const presence = new PresenceStore(redis, keys);
     const [time] = await redis.time();
@@ -78,8 +73,8 @@ export async function collectStatus(config: Readonly<WarrenConfig>): Promise<Sta
       // Bounded: a broker host that drops packets would hold the command for the system's TCP timeout.
       model = await amqp.connect(config.rabbitmq.url, { timeout: config.rabbitmq.connectTimeoutMs });
     } catch (error) {
-      const url = new URL(config.rabbitmq.url);
-      const brokerError = `cannot connect to RabbitMQ at ${withoutCredentials(config.rabbitmq.url)}: ${explainConnectFailure(error instanceof Error ? error : new Error(errorMessage(error)), url)}`;
+      const { url } = config.rabbitmq;
+      const brokerError = `cannot connect to RabbitMQ at ${withoutCredentials(url)}: ${explainConnectFailure(error, url)}`;
       return { gateways, tenants, queues: [], brokerError };
     }
     try {

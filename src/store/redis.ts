@@ -77,8 +77,9 @@ export async function createRedis(options: CreateRedisOptions): Promise<WarrenRe
   const socketTimeout = options.socketTimeoutMs ?? DEFAULTS.redisSocketTimeoutMs;
   const redis = new Redis(options.url, {
     connectionName: options.name,
-    // ioredis destroys the socket, reconnects and sends the commands that got no answer again: Warren's
-    // scripts may be applied twice (a change applied again changes nothing more).
+    // ioredis destroys the socket, reconnects and sends the commands that got no answer again, as after any
+    // lost connection: membership changes carry a deadline (`notAfter`) or a term so that one cannot land
+    // after later changes; presence and reads are the same sent twice.
     ...(socketTimeout > 0 ? { socketTimeout } : {}),
     lazyConnect: true,
     enableAutoPipelining: options.autoPipelining ?? false,
