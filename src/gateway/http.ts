@@ -16,13 +16,8 @@ export function send(
   });
 }
 
-export function sendJson(
-  res: HttpResponse,
-  status: string,
-  value: unknown,
-  headers: Record<string, string> = {},
-): void {
-  send(res, status, JSON.stringify(value), 'application/json', headers);
+export function sendJson(res: HttpResponse, status: string, value: unknown): void {
+  send(res, status, JSON.stringify(value));
 }
 
 /**

@@ -15,7 +15,7 @@ import type { DeliveryRouter } from './delivery-router.js';
 import { encodeFrame } from './frames.js';
 import type { GatewayMetrics } from './gateway-metrics.js';
 import type { DeliveryHistory } from './history.js';
-import { send, sendHead, sendJson, watchAbort } from './http.js';
+import { send, sendHead, watchAbort } from './http.js';
 import type { ConnectionRegistry } from './registry.js';
 import { Tab, type TabSocketData } from './tab.js';
 
@@ -86,6 +86,9 @@ function tokenFrom(req: HttpRequest): { token: string | undefined; protocol: str
 // which Tab treats as too slow anyway).
 const UWS_MAX_BACKPRESSURE = 0xffff_ffff;
 
+const NOT_FOUND = JSON.stringify({ error: 'not found' });
+const NOT_ALLOWED = JSON.stringify({ error: 'method not allowed' });
+
 /** How often the log says, per reason, that tokens were refused. */
 const REFUSAL_LOG_INTERVAL_MS = 10_000;
 
@@ -153,7 +156,7 @@ export class WsServer {
         sendHead(res, status, body);
       });
       this.app.any(path, (res) =>
-        sendJson(res, '405 Method Not Allowed', { error: 'method not allowed' }, { allow: 'GET, HEAD' }),
+        send(res, '405 Method Not Allowed', NOT_ALLOWED, 'application/json', { allow: 'GET, HEAD' }),
       );
     };
     health('/healthz', () => ({ status: '200 OK', body: JSON.stringify({ status: 'ok' }) }));
@@ -164,10 +167,9 @@ export class WsServer {
     });
     // Unless served on a port of its own (`gateway.metricsPort`), away from the tabs' public one.
     if (!deps.metricsElsewhere) {
-      const notAllowed = JSON.stringify({ error: 'method not allowed' });
-      this.app.head('/metrics', (res) => sendHead(res, '405 Method Not Allowed', notAllowed));
+      this.app.head('/metrics', (res) => sendHead(res, '405 Method Not Allowed', NOT_ALLOWED));
       this.app.any('/metrics', (res) =>
-        send(res, '405 Method Not Allowed', notAllowed, 'application/json', { allow: 'GET' }),
+        send(res, '405 Method Not Allowed', NOT_ALLOWED, 'application/json', { allow: 'GET' }),
       );
       this.app.get('/metrics', (res) => {
         const state = watchAbort(res);
@@ -184,9 +186,8 @@ export class WsServer {
     deps.routes?.(this.app);
     // A HEAD answer must carry no body, whatever the path: bytes after it would be read as the start of the
     // next answer on a kept-alive connection.
-    const notFound = JSON.stringify({ error: 'not found' });
-    this.app.head('/*', (res) => sendHead(res, '404 Not Found', notFound));
-    this.app.any('/*', (res) => send(res, '404 Not Found', notFound));
+    this.app.head('/*', (res) => sendHead(res, '404 Not Found', NOT_FOUND));
+    this.app.any('/*', (res) => send(res, '404 Not Found', NOT_FOUND));
   }
 
   /**
