@@ -2,6 +2,7 @@ import { Redis } from 'ioredis';
 import { describe, expect, inject, it } from 'vitest';
 import { declareGatewayQueue, declareTopology, topologyNames } from '../../src/broker/topology.js';
 import { startResolver, type Resolver } from '../../src/resolver/main.js';
+import type { Gateway } from '../../src/gateway/main.js';
 import { Keys } from '../../src/store/keys.js';
 import { PresenceStore } from '../../src/store/presence-store.js';
 import { withWarrenCommands } from '../../src/store/redis.js';
@@ -61,17 +62,39 @@ describe('presence of gateway nodes in Redis', () => {
     });
   });
 
-  it('tells its tabs to resynchronise after it could not beat for longer than the expiry, swept or not', async () => {
-    const prefix = testPrefix('presence-silent');
+  /**
+   * A gateway of a prefix of its own, beating every 100 ms and counted dead after 600 ms, that reaches Redis
+   * through a proxy of the test's; everything it made is removed after `run`.
+   */
+  async function behindRedisProxy(
+    name: string,
+    redis: { socketTimeoutMs?: number },
+    run: (gateway: Gateway, proxy: TcpProxy) => Promise<void>,
+  ): Promise<void> {
+    const prefix = testPrefix(name);
     const target = new URL(inject('redisUrl'));
     const proxy = await TcpProxy.start(target.hostname, Number(target.port || 6379));
     const gateway = await startTestGateway(
       testConfig(prefix, {
-        redis: { url: proxy.url(target) },
+        redis: { url: proxy.url(target), ...redis },
         presence: { heartbeatMs: 100, expiryMs: 600 },
       }),
     );
     try {
+      await run(gateway, proxy);
+    } finally {
+      proxy.flow();
+      await gateway.close();
+      const probe = await BrokerProbe.open();
+      await probe.deleteExchangesAndQueues(prefix, [gateway.queue]);
+      await probe.close();
+      await proxy.close();
+      await cleanRedis(prefix);
+    }
+  }
+
+  it('tells its tabs to resynchronise after it could not beat for longer than the expiry, swept or not', async () => {
+    await behindRedisProxy('presence-silent', {}, async (gateway, proxy) => {
       const tab = await openTab(gateway.port, await token({ sub: 'ann', tid: 't1' }));
       // Redis hangs for longer than the expiry: resolvers stop counting ann while the node cannot beat.
       // Nobody sweeps the node (there is no other one), so its next beat finds it still listed.
@@ -84,28 +107,11 @@ describe('presence of gateway nodes in Redis', () => {
       );
       expect(tab.closeCode).toBeUndefined();
       tab.ws.terminate();
-    } finally {
-      proxy.flow();
-      await gateway.close();
-      const probe = await BrokerProbe.open();
-      await probe.deleteExchangesAndQueues(prefix, [gateway.queue]);
-      await probe.close();
-      await proxy.close();
-      await cleanRedis(prefix);
-    }
+    });
   });
 
   it('makes its Redis connection again when the one it has goes silent without closing', async () => {
-    const prefix = testPrefix('presence-blackhole');
-    const target = new URL(inject('redisUrl'));
-    const proxy = await TcpProxy.start(target.hostname, Number(target.port || 6379));
-    const gateway = await startTestGateway(
-      testConfig(prefix, {
-        redis: { url: proxy.url(target), socketTimeoutMs: 1000 },
-        presence: { heartbeatMs: 100, expiryMs: 600 },
-      }),
-    );
-    try {
+    await behindRedisProxy('presence-blackhole', { socketTimeoutMs: 1000 }, async (gateway, proxy) => {
       const ann = await openTab(gateway.port, await token({ sub: 'ann', tid: 't1' }));
       const before = proxy.connections;
       // The connection goes quiet for good (its NAT entry dropped, say): nothing ever comes back on it.
@@ -126,14 +132,7 @@ describe('presence of gateway nodes in Redis', () => {
         'events_missed',
       );
       for (const tab of [ann, bob]) tab.ws.terminate();
-    } finally {
-      await gateway.close();
-      const probe = await BrokerProbe.open();
-      await probe.deleteExchangesAndQueues(prefix, [gateway.queue]);
-      await probe.close();
-      await proxy.close();
-      await cleanRedis(prefix);
-    }
+    });
   });
 
   it('announces its users again when its first beat failed and tabs came before it was counted', async () => {
