@@ -23,6 +23,9 @@ Commands:
   token --tenant ID --user ID [--ttl SECONDS]
                           print a token the gateways accept (signed with WARREN_JWT_SECRET;
                           default lifetime 3600 s), for trying an installation out
+  revoke --tenant ID --user ID [--ttl SECONDS]
+                          close the user's open tabs (4001) and refuse the tokens issued to them
+                          until now, for SECONDS (default 86400; at least your tokens' lifetime)
   explain --tenant ID --user ID [--team ID]... [--group ID]... [--json]
                           why a user would or would not receive an event to those teams and
                           groups: their bit, the gateways holding them online, each membership
@@ -54,6 +57,15 @@ function userArgProblems(values: { tenant?: string; user?: string }, positionals
     else if (!isValidId(value)) problems.push(`--${name} must match ${ID_PATTERN.source}`);
   }
   return problems;
+}
+
+/** `--ttl SECONDS` (`fallback` when absent): a whole number from 1 to a year, else a problem added. */
+function ttlArg(value: string | undefined, fallback: number, problems: string[]): number {
+  if (value === undefined) return fallback;
+  const ttl = Number(value);
+  if (!/^\d+$/.test(value) || !(ttl >= 1 && ttl <= 31_536_000))
+    problems.push(`--ttl must be a whole number of seconds from 1 to 31536000 (got ${value})`);
+  return ttl;
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -129,15 +141,32 @@ async function main(argv: string[]): Promise<number> {
         options: { tenant: { type: 'string' }, user: { type: 'string' }, ttl: { type: 'string' } },
       });
       const problems = userArgProblems(values, positionals);
-      const ttl = values.ttl === undefined ? 3600 : Number(values.ttl);
-      if (!/^\d+$/.test(values.ttl ?? '3600') || !(ttl >= 1 && ttl <= 31_536_000))
-        problems.push(`--ttl must be a whole number of seconds from 1 to 31536000 (got ${values.ttl})`);
+      const ttl = ttlArg(values.ttl, 3600, problems);
       if (problems.length > 0) {
         console.error(`warren token: ${problems.join('; ')}\n\n${USAGE}`);
         return 2;
       }
       const config = loadConfig();
       return (await import('./token.js')).runToken(config, {
+        tenant: values.tenant as string,
+        user: values.user as string,
+        ttlSec: ttl,
+      });
+    }
+    case 'revoke': {
+      const { values, positionals } = parseArgs({
+        args: rest,
+        allowPositionals: true,
+        options: { tenant: { type: 'string' }, user: { type: 'string' }, ttl: { type: 'string' } },
+      });
+      const problems = userArgProblems(values, positionals);
+      const ttl = ttlArg(values.ttl, 86_400, problems);
+      if (problems.length > 0) {
+        console.error(`warren revoke: ${problems.join('; ')}\n\n${USAGE}`);
+        return 2;
+      }
+      const config = loadConfig();
+      return (await import('./revoke.js')).runRevoke(config, {
         tenant: values.tenant as string,
         user: values.user as string,
         ttlSec: ttl,

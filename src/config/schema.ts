@@ -296,7 +296,7 @@ export const configSchema = z.strictObject({
         .min(0)
         .default(DEFAULTS.jwtClockToleranceSec)
         .describe(
-          'Clock skew allowed on `nbf`/`iat`. Not on `exp`: a socket closes (4001) when its token expires, and an expired token is refused.',
+          'Clock skew allowed on `nbf`/`iat` (and on `iat` against a revocation: a token issued up to this long after it is refused too). Not on `exp`: a socket closes (4001) when its token expires, and an expired token is refused.',
         ),
     })
     .prefault({}),

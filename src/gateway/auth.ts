@@ -16,6 +16,12 @@ export interface Identity {
   tenantId: string;
   /** Token expiry, epoch milliseconds. */
   expiresAt: number;
+  /**
+   * The earliest the token may have been issued, epoch milliseconds: its `iat` less the clock tolerance
+   * (`jwt.clockToleranceSec`, for the issuer's clock running ahead); undefined without `iat`. A revocation
+   * of the user refuses tokens issued up to its instant, and a token without `iat` while it lasts.
+   */
+  issuedAt?: number | undefined;
 }
 
 export interface JwtSettings {
@@ -46,6 +52,11 @@ export const RefusalReason = {
   Claims: 'claims',
   /** `sub` or `tid` is not a valid id (`^[A-Za-z0-9_-]{1,120}$`). */
   Identity: 'identity',
+  /**
+   * Issued before the user was revoked (`revokeUser`, `warren revoke`): found after the upgrade, so the
+   * socket is closed with 4001 before its welcome instead of refused with 401.
+   */
+  Revoked: 'revoked',
 } as const;
 export type RefusalReason = (typeof RefusalReason)[keyof typeof RefusalReason];
 
@@ -99,6 +110,10 @@ export class TokenVerifier {
     private readonly options: JWTVerifyOptions,
   ) {}
 
+  private get toleranceSec(): number {
+    return Number(this.options.clockTolerance ?? 0);
+  }
+
   static async create(settings: JwtSettings): Promise<TokenVerifier> {
     const base: JWTVerifyOptions = {
       clockTolerance: settings.clockToleranceSec,
@@ -139,7 +154,7 @@ export class TokenVerifier {
     } catch (error) {
       throw new TokenRefused(reasonOf(error), `invalid token: ${errorMessage(error)}`, { cause: error });
     }
-    const { sub, tid, exp } = payload as { sub?: unknown; tid?: unknown; exp?: unknown };
+    const { sub, tid, exp, iat } = payload as { sub?: unknown; tid?: unknown; exp?: unknown; iat?: unknown };
     // The value is not logged (a user's id); the rule is, as ids from identity providers often break it
     // (`auth0|…`, an email address): map them to ids of this form when minting Warren's tokens.
     if (!isValidId(sub))
@@ -157,6 +172,8 @@ export class TokenVerifier {
     // expires, so one opened on an expired token would get a welcome (its user bound and announced online,
     // deliveries written to it) and be closed in the same breath.
     if (exp * 1000 <= Date.now()) throw new TokenRefused(RefusalReason.Expired, 'token expired');
-    return { userId: sub, tenantId: tid, expiresAt: exp * 1000 };
+    // jose has checked that an `iat` present is a number.
+    const issuedAt = typeof iat === 'number' ? (iat - this.toleranceSec) * 1000 : undefined;
+    return { userId: sub, tenantId: tid, expiresAt: exp * 1000, issuedAt };
   }
 }

@@ -125,7 +125,8 @@ export class BlockingTokenVerifier {
       if (received?.message.id === id) {
         const answer = received.message;
         if (!answer.ok) throw new TokenRefused(answer.reason, answer.message);
-        return { userId: answer.userId, tenantId: answer.tenantId, expiresAt: answer.expiresAt };
+        const { userId, tenantId, expiresAt, issuedAt } = answer;
+        return { userId, tenantId, expiresAt, issuedAt };
       }
       // An answer to an earlier request that timed out is dropped.
       if (received) continue;

@@ -1,11 +1,13 @@
 import roaring from 'roaring';
 import type { Delivery } from '../broker/consumer.js';
-import { DeliveryHeader } from '../protocol/delivery.js';
+import { CloseCode } from '../protocol/close-codes.js';
+import { ControlMessage, DeliveryHeader } from '../protocol/delivery.js';
 import { FrameErrorCode } from '../protocol/frames.js';
 import { isValidId, parseUserKey, userKey } from '../protocol/ids.js';
 import { JOB_ID_PATTERN } from '../protocol/schemas.js';
 import { errorMessage } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
+import { revokes } from '../store/revocation-store.js';
 import { encodeFrame, eventFrame } from './frames.js';
 import type { GatewayMetrics, PayloadUnavailableReason, RefusalReason } from './gateway-metrics.js';
 import type { DeliveryHistory } from './history.js';
@@ -154,9 +156,10 @@ export class DeliveryRouter {
   }
 
   handle(delivery: Delivery): void {
-    this.metrics.deliveries.inc();
     const { message } = delivery;
     const headers = message.properties.headers ?? {};
+    if (headers[DeliveryHeader.Control] !== undefined) return this.control(delivery, headers);
+    this.metrics.deliveries.inc();
     const tenantId: unknown = headers[DeliveryHeader.Tenant];
     const eventId: unknown = message.properties.messageId;
     const eventType: unknown = message.properties.type;
@@ -294,6 +297,44 @@ export class DeliveryRouter {
    * one count for the caller's own work: while the lines are over their limit, the queued places hold it
    * too, so the delivery keeps its prefetch slot until they are written.
    */
+  /**
+   * A control message (DeliveryHeader.Control). `revoke` closes, with 4001, the tabs here of the one user
+   * its routing key names, of the tenant both the key and the tenant header name, whose tokens were issued
+   * up to the revocation (a tab opened since with a new token stays). Tabs still waiting for their welcome
+   * are closed too: their user's key was bound before the revocation was written, or they find it in
+   * Redis themselves. Anything else is refused as malformed. Acked either way, never retried.
+   */
+  private control(delivery: Delivery, headers: Record<string, unknown>): void {
+    const routingKey = delivery.message.fields.routingKey;
+    const raw = headers[DeliveryHeader.Control];
+    const kind = Buffer.isBuffer(raw) ? raw.toString() : raw;
+    const at = Number(headers[DeliveryHeader.RevokedAt]);
+    const user = parseUserKey(routingKey);
+    if (
+      kind !== ControlMessage.Revoke ||
+      !Number.isFinite(at) ||
+      user === undefined ||
+      user.tenantId !== headers[DeliveryHeader.Tenant]
+    ) {
+      this.refuse('malformed', 1);
+      this.logger.error(
+        { routingKey, control: typeof kind === 'string' ? kind.slice(0, 40) : typeof kind },
+        'control message not understood, dropped',
+      );
+      delivery.ack();
+      return;
+    }
+    let closed = 0;
+    for (const tab of [...(this.registry.entry(routingKey)?.tabs ?? [])]) {
+      if (tab.closed || tab.tenantId !== user.tenantId || tab.userId !== user.userId) continue;
+      if (!revokes(at, tab.issuedAt)) continue;
+      tab.end(CloseCode.Unauthorized, 'token revoked');
+      closed += 1;
+    }
+    if (closed > 0) this.logger.info({ tabs: closed }, 'tabs closed: their user’s tokens were revoked');
+    delivery.ack();
+  }
+
   private hold(behind: readonly Place[], delivery: Pick<Delivery, 'ack'>): HeldAck {
     const held: HeldAck = { left: 1, delivery };
     this.queued += behind.length;

@@ -71,7 +71,7 @@ export class GatewayMetrics {
     });
     this.authFailures = new Counter({
       name: 'warren_gateway_auth_failures_total',
-      help: 'Upgrades refused with 401, by reason (malformed, signature, algorithm, expired, claims, identity)',
+      help: 'Tokens refused, by reason: with 401 at the upgrade (malformed, signature, algorithm, expired, claims, identity), or with close code 4001 before the welcome (revoked: issued before the user was revoked)',
       labelNames: ['reason'],
       registers: r,
     });

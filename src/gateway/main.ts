@@ -18,6 +18,7 @@ import { FrameErrorCode } from '../protocol/frames.js';
 import { nodeKey } from '../protocol/ids.js';
 import { Keys } from '../store/keys.js';
 import { LIVENESS_POLL_MS, PresenceStore } from '../store/presence-store.js';
+import { RevocationStore, revokes } from '../store/revocation-store.js';
 import { closeRedis, createRedisClients, redisReady, watchServer, type ServerWatch } from '../store/redis.js';
 import { ErrorCode, errorMessage, WarrenError } from '../shared/errors.js';
 import { OpsHttp } from '../shared/ops-http.js';
@@ -108,6 +109,7 @@ export async function startGateway(
   }
   const { redis, payloadRedis } = clients;
   const presence = new PresenceStore(redis, keys);
+  const revocations = new RevocationStore(redis, keys);
   const broker = new BrokerConnection(
     { ...config.rabbitmq, connectionName: `warren-gateway-${nodeId}` },
     logger.child({ part: 'broker' }),
@@ -213,6 +215,27 @@ export async function startGateway(
     }
     logger.warn({ tabs: tabs.length }, `${counted}; tabs told to resynchronise`);
   };
+  /**
+   * Closes every tab here whose user was revoked after its token was issued, read from Redis: after the node
+   * lost its queue, revocations published meanwhile (DeliveryRouter.control) never reached it.
+   */
+  const closeRevoked = async (): Promise<void> => {
+    const tabs = registry.allTabs().filter((tab) => !tab.closed);
+    try {
+      const at = await revocations.revokedAtMany(tabs);
+      let closed = 0;
+      tabs.forEach((tab, i) => {
+        const revokedAt = at[i];
+        if (tab.closed || revokedAt === undefined || !revokes(revokedAt, tab.issuedAt)) return;
+        tab.end(CloseCode.Unauthorized, 'token revoked');
+        closed += 1;
+      });
+      if (closed > 0) logger.info({ tabs: closed }, 'tabs closed: their user’s tokens were revoked');
+    } catch (error) {
+      // Tried again at the next loss; a revocation's own message reaches the node from now on.
+      logger.warn({ err: errorMessage(error) }, 'could not read revocations after the node queue was lost');
+    }
+  };
   let queueDeclared = false;
   /** Stops start-up with what a connect found that no retry can mend. */
   let refuseStart: (error: Error) => void = () => {};
@@ -234,6 +257,8 @@ export async function startGateway(
     if (!keysLost || losses !== queueLosses) return keysLost;
     lossesRebound = losses;
     eventsMissed('the node queue was lost');
+    // Revocations published while the queue was gone reached no one here: read them instead.
+    void closeRevoked();
     return true;
   };
   const consumer = new Consumer(
@@ -478,6 +503,7 @@ export async function startGateway(
     nodeId,
     verifier,
     registry,
+    revocations,
     history,
     router,
     metrics,

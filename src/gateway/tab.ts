@@ -25,6 +25,8 @@ export class Tab implements RegisteredTab {
   readonly userId: string;
   readonly key: string;
   readonly expiresAt: number;
+  /** Its token's `iat`, epoch milliseconds (see Identity.issuedAt). */
+  readonly issuedAt: number | undefined;
   /** Set once `welcome` is sent; deliveries before that are not this tab's to receive. */
   ready = false;
   /** A ping came before the welcome: its pong follows the welcome. */
@@ -61,6 +63,7 @@ export class Tab implements RegisteredTab {
     this.tenantId = data.identity.tenantId;
     this.userId = data.identity.userId;
     this.expiresAt = data.identity.expiresAt;
+    this.issuedAt = data.identity.issuedAt;
     this.key = userKey(this.tenantId, this.userId);
   }
 

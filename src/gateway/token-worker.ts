@@ -19,7 +19,14 @@ export interface TokenRequest {
 }
 
 export type TokenAnswer =
-  | { id: number; ok: true; userId: string; tenantId: string; expiresAt: number }
+  | {
+      id: number;
+      ok: true;
+      userId: string;
+      tenantId: string;
+      expiresAt: number;
+      issuedAt?: number | undefined;
+    }
   | { id: number; ok: false; message: string; reason: RefusalReason };
 
 const { settings, port, signal } = workerData as TokenWorkerData;

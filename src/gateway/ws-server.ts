@@ -9,7 +9,8 @@ import type { Logger } from '../shared/logger.js';
 import { jitter } from '../shared/backoff.js';
 import { PerKeyThrottle } from '../shared/throttle.js';
 import type { Registry } from '../shared/metrics.js';
-import { TokenRefused, type Identity } from './auth.js';
+import { RefusalReason, TokenRefused, type Identity } from './auth.js';
+import { revokes, type RevocationStore } from '../store/revocation-store.js';
 import type { BlockingTokenVerifier } from './blocking-verifier.js';
 import type { DeliveryRouter } from './delivery-router.js';
 import { encodeFrame } from './frames.js';
@@ -51,6 +52,8 @@ export interface WsServerDeps {
   nodeId: string;
   verifier: Pick<BlockingTokenVerifier, 'verify'>;
   registry: ConnectionRegistry<Tab>;
+  /** Revoked users (`revokeUser`): read for every new tab once its user's key is bound. */
+  revocations: Pick<RevocationStore, 'revokedAt'>;
   history: DeliveryHistory;
   /** Where a new tab's stream starts (see DeliveryRouter.welcomeOffset). */
   router: Pick<DeliveryRouter, 'welcomeOffset' | 'adopt' | 'writeTo' | 'heldFor'>;
@@ -269,35 +272,51 @@ export class WsServer {
     );
     data.tab = tab;
     metrics.connections.inc();
-    registry.add(tab).then(
-      () => {
-        if (tab.closed) return;
-        // The token ran out while the user was being bound (a slow broker): no welcome, and no delivery.
-        if (Date.now() >= tab.expiresAt) return tab.end(CloseCode.Unauthorized, 'token expired');
-        const { history, nodeId, router } = this.deps;
-        const offset = router.welcomeOffset(tab.tenantId, tab.key);
-        this.sendFrame(tab, {
-          type: 'welcome',
-          connectionId: tab.id,
-          userId: tab.userId,
-          tenantId: tab.tenantId,
-          gateway: nodeId,
-          epoch: history.epoch,
-          offset,
-        });
-        tab.welcomeOffset = offset;
-        tab.ready = true;
-        // Asked before the welcome: answered after it, which is always a tab's first frame.
-        if (tab.pongDue) this.sendFrame(tab, { type: 'pong' });
-        router.adopt(tab);
-        metrics.welcomeSeconds.observe((performance.now() - data.upgradedAt) / 1000);
-        this.armTimer(tab, Date.now() + this.lifetime());
-      },
-      (error: unknown) => {
-        this.deps.logger.warn({ err: errorMessage(error), connectionId: tab.id }, 'could not register tab');
-        tab.end(1013, 'try again later');
-      },
-    );
+    registry
+      .add(tab)
+      // After the bind, not beside it: a revocation written after this read is published after the key
+      // was bound, so the node gets it and closes the tab (DeliveryRouter.control), welcomed or not.
+      .then(() => (tab.closed ? undefined : this.deps.revocations.revokedAt(tab.tenantId, tab.userId)))
+      .then(
+        (revokedAt) => {
+          if (tab.closed) return;
+          // The token ran out while the user was being bound (a slow broker): no welcome, and no delivery.
+          if (Date.now() >= tab.expiresAt) return tab.end(CloseCode.Unauthorized, 'token expired');
+          if (revokedAt !== undefined && revokes(revokedAt, tab.issuedAt)) {
+            const reason = RefusalReason.Revoked;
+            metrics.authFailures.inc({ reason });
+            this.refusals.tell(reason, 1, (count) =>
+              this.deps.logger.info(
+                { reason, count },
+                'tokens refused (closed with 4001 before the welcome)',
+              ),
+            );
+            return tab.end(CloseCode.Unauthorized, 'token revoked');
+          }
+          const { history, nodeId, router } = this.deps;
+          const offset = router.welcomeOffset(tab.tenantId, tab.key);
+          this.sendFrame(tab, {
+            type: 'welcome',
+            connectionId: tab.id,
+            userId: tab.userId,
+            tenantId: tab.tenantId,
+            gateway: nodeId,
+            epoch: history.epoch,
+            offset,
+          });
+          tab.welcomeOffset = offset;
+          tab.ready = true;
+          // Asked before the welcome: answered after it, which is always a tab's first frame.
+          if (tab.pongDue) this.sendFrame(tab, { type: 'pong' });
+          router.adopt(tab);
+          metrics.welcomeSeconds.observe((performance.now() - data.upgradedAt) / 1000);
+          this.armTimer(tab, Date.now() + this.lifetime());
+        },
+        (error: unknown) => {
+          this.deps.logger.warn({ err: errorMessage(error), connectionId: tab.id }, 'could not register tab');
+          tab.end(1013, 'try again later');
+        },
+      );
   }
 
   private lifetime(): number {

@@ -21,6 +21,21 @@ export const DeliveryHeader = {
   IdMap: 'x-warren-id-map',
   /** Not set by this release's resolvers (gateways deduplicate by event id); kept for clients that read it. */
   Redelivered: 'x-warren-redelivered',
+  /**
+   * A control message instead of an event: `revoke` (ControlMessage.Revoke), routed by the user's key
+   * `u.<tenant>.<user>` to the gateways holding the user, with the tenant header and `RevokedAt`.
+   */
+  Control: 'x-warren-control',
+  /** A `revoke` control message: when the user's tokens were revoked (epoch ms, a number). */
+  RevokedAt: 'x-warren-revoked-at',
+} as const;
+
+export const ControlMessage = {
+  /**
+   * The user's tokens issued up to `RevokedAt` are revoked: gateways close the user's tabs opened with
+   * them (4001, `token revoked`).
+   */
+  Revoke: 'revoke',
 } as const;
 
 /**

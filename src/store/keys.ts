@@ -92,6 +92,14 @@ export class Keys {
     return `${this.t(tenantId)}:logseq`;
   }
 
+  /**
+   * String: when the user's tokens were revoked (epoch ms); tokens issued up to then are refused while it
+   * lasts (its TTL is the revocation's lifetime).
+   */
+  revoked(tenantId: string, userId: string): string {
+    return `${this.t(tenantId)}:revoked:${userId}`;
+  }
+
   /** A claim-checked payload. */
   job(tenantId: string, jobId: string): string {
     return `${this.t(tenantId)}:job:${jobId}`;

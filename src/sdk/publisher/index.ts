@@ -16,13 +16,15 @@ import {
   type MembershipChange,
   type ModelEvent,
 } from '../../protocol/schemas.js';
-import { isValidId } from '../../protocol/ids.js';
+import { ControlMessage, DeliveryHeader } from '../../protocol/delivery.js';
+import { isValidId, userKey } from '../../protocol/ids.js';
 import { ErrorCode, errorMessage, isWarrenError, WarrenError } from '../../shared/errors.js';
 import { withTimeout } from '../../shared/lifecycle.js';
 import { silentLogger, type Logger } from '../../shared/logger.js';
 import { Keys } from '../../store/keys.js';
 import { MembershipStore } from '../../store/membership-store.js';
 import { PayloadStore } from '../../store/payload-store.js';
+import { RevocationStore } from '../../store/revocation-store.js';
 import { closeRedis, createPayloadRedis, createRedis, withWarrenCommands } from '../../store/redis.js';
 
 export type { MembershipChange, ModelEvent };
@@ -149,6 +151,9 @@ export type EventInput = Omit<ModelEvent, 'data' | 'jobId'> & { data?: unknown; 
  *   audience: { teams: ['icu'] }, data: { text: 'hello' } });
  * ```
  */
+/** How long a revocation lasts unless told (`revokeUser`'s `ttlSec`). */
+export const DEFAULT_REVOCATION_TTL_SEC = 86_400;
+
 export class WarrenPublisher {
   private closing: Promise<void> | undefined;
 
@@ -160,6 +165,7 @@ export class WarrenPublisher {
     private readonly names: TopologyNames,
     private readonly members: MembershipStore,
     private readonly payloads: PayloadStore,
+    private readonly revocations: RevocationStore,
     private readonly settings: Required<
       Pick<
         PublisherOptions,
@@ -266,6 +272,7 @@ export class WarrenPublisher {
       // On a server of their own (payloadRedisUrl), payload commands fail at once while it is away
       // (PayloadStore's `own`). Not for a client of the caller's, which may connect lazily, on first use.
       new PayloadStore(payloadRedis, keys, ownPayloadServer),
+      new RevocationStore(redis, keys),
       {
         claimCheckBytes: options.claimCheckBytes ?? DEFAULTS.claimCheckBytes,
         claimCheckTtlSec: options.claimCheckTtlSec ?? DEFAULTS.claimCheckTtlSec,
@@ -389,6 +396,39 @@ export class WarrenPublisher {
 
   removeTeamFromGroup(tenantId: string, teamId: string, groupId: string): Promise<boolean> {
     return this.applyMembership({ op: 'remove', tenantId, groupId, teamId });
+  }
+
+  /**
+   * Revokes the user's tokens issued up to now: every gateway closes the user's open tabs with 4001
+   * (`token revoked`), and tabs opening with such a token are closed the same way before their welcome,
+   * for `ttlSec` (default 86,400: make it at least your tokens' longest lifetime). A token issued later is
+   * accepted, and on 4001 the client asks `getToken` for one: your token endpoint decides whether the user
+   * comes back. Tokens without `iat` are refused while the revocation lasts. Resolves once the revocation
+   * is stored and the broker has confirmed the gateways' message.
+   */
+  async revokeUser(tenantId: string, userId: string, options: { ttlSec?: number } = {}): Promise<void> {
+    if (!isValidId(tenantId))
+      throw new WarrenError(ErrorCode.InvalidId, `invalid tenant id: ${String(tenantId)}`);
+    if (!isValidId(userId)) throw new WarrenError(ErrorCode.InvalidId, `invalid user id: ${String(userId)}`);
+    const ttlSec = options.ttlSec ?? DEFAULT_REVOCATION_TTL_SEC;
+    if (!Number.isInteger(ttlSec) || ttlSec <= 0)
+      throw new WarrenError(ErrorCode.Config, `ttlSec must be a positive integer, got ${ttlSec}`);
+    // Stored first: a tab whose user key is bound after this reads it; one bound before gets the message.
+    const revokedAt = await this.bounded(
+      this.revocations.revoke(tenantId, userId, ttlSec),
+      'storing the revocation in Redis',
+    );
+    // By the user's own key, which every gateway holding the user has bound, whatever the routing mode.
+    await this.publisher.publish(this.names.deliveries, userKey(tenantId, userId), Buffer.alloc(0), {
+      headers: {
+        [DeliveryHeader.Control]: ControlMessage.Revoke,
+        [DeliveryHeader.Tenant]: tenantId,
+        [DeliveryHeader.RevokedAt]: revokedAt,
+      },
+      waitForConnectionMs: this.settings.publishTimeoutMs,
+      confirmTimeoutMs: this.settings.confirmTimeoutMs,
+      failIfBlocked: true,
+    });
   }
 
   /** Waits for outstanding confirms, then closes what this publisher opened. A second call waits for the first. */

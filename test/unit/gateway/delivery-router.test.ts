@@ -8,7 +8,7 @@ import type { PayloadFetcher } from '../../../src/gateway/payload-fetcher.js';
 import { RecentDeliveries } from '../../../src/gateway/recent-deliveries.js';
 import { ConnectionRegistry } from '../../../src/gateway/registry.js';
 import type { Tab } from '../../../src/gateway/tab.js';
-import { DeliveryHeader } from '../../../src/protocol/delivery.js';
+import { ControlMessage, DeliveryHeader } from '../../../src/protocol/delivery.js';
 import { userKey } from '../../../src/protocol/ids.js';
 import { silentLogger } from '../../../src/shared/logger.js';
 import { createRegistry } from '../../../src/shared/metrics.js';
@@ -275,5 +275,82 @@ describe('DeliveryRouter.writeTo (resume replays)', () => {
     expect(written.length).toBe(2);
     for (let i = 0; i < 10 && written.length < 5; i += 1) await new Promise((r) => setImmediate(r));
     expect(written.map((frame) => frame.slice(0, 1))).toEqual(['1', '2', '3', '4', 'r']);
+  });
+});
+
+describe('DeliveryRouter, a revoke control message', () => {
+  /** A registry holding tabs of acme/ann (not yet welcomed, issued at the times given) and acme/bob. */
+  async function held(issued: (number | undefined)[]) {
+    const registry = new ConnectionRegistry<Tab>(
+      { bind: async () => {}, unbind: async () => {} },
+      { online: async (_tenant, userIds) => userIds.map((_, i) => i), offline: async () => {} },
+      60_000,
+      { onUsersChanged: () => {} },
+      silentLogger(),
+    );
+    const closed: string[] = [];
+    const tab = (userId: string, id: string, issuedAt: number | undefined): Tab => {
+      const t = {
+        ...fakeTab('acme', userId, []),
+        id,
+        issuedAt,
+        // Still waiting for its welcome (bound, announced, not yet written to).
+        ready: false,
+        end: (code: number, reason: string) => {
+          t.closed = true;
+          closed.push(`${id} ${code} ${reason}`);
+        },
+      };
+      return t as unknown as Tab;
+    };
+    await Promise.all(issued.map((at, i) => registry.add(tab('ann', `ann-${i}`, at))));
+    await registry.add(tab('bob', 'bob', 0));
+    const router = new DeliveryRouter(
+      registry,
+      new RecentDeliveries(1000),
+      new DeliveryHistory('e', 100, 1 << 20),
+      {} as PayloadFetcher,
+      new GatewayMetrics(createRegistry({ node: 'n1' })),
+      silentLogger(),
+    );
+    return { router, closed };
+  }
+  const revoke = (key: string, tenant: string, at: number) => {
+    let acked = false;
+    const delivery = {
+      message: {
+        fields: { routingKey: key },
+        properties: {
+          headers: {
+            [DeliveryHeader.Control]: ControlMessage.Revoke,
+            [DeliveryHeader.Tenant]: tenant,
+            [DeliveryHeader.RevokedAt]: at,
+          },
+        },
+        content: Buffer.alloc(0),
+      },
+      ack: () => (acked = true),
+    } as unknown as Delivery;
+    return { delivery, acked: () => acked };
+  };
+
+  it('closes the user’s tabs issued up to it, welcomed or not, and leaves later tokens and other users', async () => {
+    const { router, closed } = await held([1000, 2000, 2001, undefined]);
+    const message = revoke('u.acme.ann', 'acme', 2000);
+    router.handle(message.delivery);
+    expect(closed).toEqual([
+      'ann-0 4001 token revoked',
+      'ann-1 4001 token revoked',
+      'ann-3 4001 token revoked',
+    ]);
+    expect(message.acked()).toBe(true);
+  });
+
+  it('closes nothing when its key and its tenant header disagree', async () => {
+    const { router, closed } = await held([1000]);
+    const message = revoke('u.acme.ann', 'globex', 2000);
+    router.handle(message.delivery);
+    expect(closed).toEqual([]);
+    expect(message.acked()).toBe(true);
   });
 });

@@ -1,0 +1,54 @@
+import type { Redis } from 'ioredis';
+import type { Keys } from './keys.js';
+
+/** A user's tokens revoked at `revokedAt` (epoch ms): is a token issued at `issuedAt` (epoch ms) refused? */
+export function revokes(revokedAt: number, issuedAt: number | undefined): boolean {
+  // Without `iat` nothing tells it from a token issued before: refused while the revocation lasts.
+  return issuedAt === undefined || issuedAt <= revokedAt;
+}
+
+/**
+ * Revoked users: per user, the instant their tokens were revoked, kept for the revocation's lifetime. A
+ * gateway reads it for every new tab after the tab's user key is bound (see `WsServer.open`), and a
+ * revocation is written here before the gateways holding the user are told: so a tab either finds it, or
+ * was bound before it was written and gets the gateways' message.
+ */
+export class RevocationStore {
+  constructor(
+    private readonly redis: Redis,
+    private readonly keys: Keys,
+  ) {}
+
+  /** Records the revocation; returns its instant. A later revocation replaces an earlier one. */
+  async revoke(tenantId: string, userId: string, ttlSec: number, at = Date.now()): Promise<number> {
+    await this.redis.set(this.keys.revoked(tenantId, userId), String(at), 'EX', ttlSec);
+    return at;
+  }
+
+  /** When the user's tokens were revoked, if a revocation lasts. */
+  async revokedAt(tenantId: string, userId: string): Promise<number | undefined> {
+    return parsed(await this.redis.get(this.keys.revoked(tenantId, userId)));
+  }
+
+  /** `revokedAt` for many users in one round trip, in the order given. */
+  async revokedAtMany(
+    users: readonly { tenantId: string; userId: string }[],
+  ): Promise<(number | undefined)[]> {
+    if (users.length === 0) return [];
+    const pipeline = this.redis.pipeline();
+    for (const { tenantId, userId } of users) pipeline.get(this.keys.revoked(tenantId, userId));
+    const results = (await pipeline.exec()) ?? [];
+    return users.map((_, i) => {
+      const [error, value] = results[i] ?? [new Error('no reply')];
+      if (error) throw error;
+      return parsed(value as string | null);
+    });
+  }
+}
+
+function parsed(value: string | null | undefined): number | undefined {
+  if (value === null || value === undefined) return undefined;
+  const at = Number(value);
+  // Not written by Warren: taken as a revocation of every token, the safe reading.
+  return Number.isFinite(at) ? at : Number.POSITIVE_INFINITY;
+}

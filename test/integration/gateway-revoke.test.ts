@@ -1,0 +1,255 @@
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import type { ConfirmChannel } from 'amqplib';
+import { SignJWT } from 'jose';
+import { afterEach, beforeEach, describe, expect, inject, it } from 'vitest';
+import { findPackageRoot } from '../../src/config/load.js';
+import type { WarrenConfig } from '../../src/config/schema.js';
+import type { Gateway } from '../../src/gateway/main.js';
+import { ControlMessage, DeliveryHeader } from '../../src/protocol/delivery.js';
+import type { Resolver } from '../../src/resolver/main.js';
+import type { WarrenPublisher } from '../../src/sdk/publisher/index.js';
+import {
+  BrokerProbe,
+  connectPublisher,
+  eventually,
+  openTab,
+  removeInstallation,
+  startTestGateway,
+  startTestResolver,
+  TEST_SECRET,
+  testConfig,
+  testPrefix,
+  token,
+  type TestTab,
+} from '../support/harness.js';
+import { TcpProxy } from '../support/tcp-proxy.js';
+
+// Revoking a user (publisher SDK `revokeUser`, `warren revoke`): their open tabs on every node close with
+// 4001, tokens issued up to then are refused while the revocation lasts, and nobody else is touched.
+
+/** A token with the `iat` given (seconds; none when null), as an identity provider would mint it. */
+function tokenIssuedAt(sub: string, tid: string, iat: number | null): Promise<string> {
+  const jwt = new SignJWT({ tid })
+    .setProtectedHeader({ alg: 'HS256' })
+    .setSubject(sub)
+    .setExpirationTime(Math.floor(Date.now() / 1000) + 3600);
+  if (iat !== null) jwt.setIssuedAt(iat);
+  return jwt.sign(new TextEncoder().encode(TEST_SECRET));
+}
+
+/** Resolves with the close code, or 'welcome' if the tab was welcomed. */
+async function outcome(port: number, jwt: string): Promise<number | 'welcome'> {
+  try {
+    const tab = await openTab(port, jwt);
+    tab.ws.terminate();
+    return 'welcome';
+  } catch (error) {
+    const code = /closed with (\d+) before welcome/.exec((error as Error).message)?.[1];
+    if (code === undefined) throw error;
+    return Number(code);
+  }
+}
+
+const seconds = (): number => Math.floor(Date.now() / 1000);
+
+describe('revoking a user', () => {
+  let config: Readonly<WarrenConfig>;
+  let gateways: Gateway[] = [];
+  let resolver: Resolver | undefined;
+  let warren: WarrenPublisher;
+  let tabs: TestTab[] = [];
+
+  beforeEach(async () => {
+    config = testConfig(testPrefix('revoke'));
+    gateways = [await startTestGateway(config), await startTestGateway(config)];
+    resolver = await startTestResolver(config);
+    warren = await connectPublisher(config);
+  });
+  afterEach(async () => {
+    for (const tab of tabs) tab.ws.terminate();
+    tabs = [];
+    await removeInstallation(config.prefix, { warren, resolvers: [resolver], gateways });
+  });
+
+  const open = async (node: number, tid: string, sub: string, jwt?: string): Promise<TestTab> => {
+    const tab = await openTab((gateways[node] as Gateway).port, jwt ?? (await token({ sub, tid })));
+    tabs.push(tab);
+    return tab;
+  };
+  const port = (node: number): number => (gateways[node] as Gateway).port;
+
+  it('closes the user’s tabs on every node with 4001, and no one else’s', async () => {
+    const [a1, a2, a3] = [await open(0, 't1', 'A'), await open(1, 't1', 'A'), await open(1, 't1', 'A')];
+    const b = await open(1, 't1', 'B');
+    const otherTenant = await open(0, 't2', 'A');
+
+    await warren.revokeUser('t1', 'A');
+
+    expect(await Promise.all([a1, a2, a3].map((tab) => tab.closed))).toEqual([4001, 4001, 4001]);
+    // The others still receive, and were not closed.
+    await warren.publishEvent({ id: 'e1', tenantId: 't1', type: 'x', audience: { users: ['A', 'B'] } });
+    await warren.publishEvent({ id: 'e2', tenantId: 't2', type: 'x', audience: { users: ['A'] } });
+    await eventually(() => b.eventIds().includes('e1'), 'B of t1 receives');
+    await eventually(() => otherTenant.eventIds().includes('e2'), 'A of t2 receives');
+    expect(b.closeCode).toBeUndefined();
+    expect(otherTenant.closeCode).toBeUndefined();
+  });
+
+  it('refuses tokens issued up to the revocation, on any node, and takes those issued after it', async () => {
+    const before = await tokenIssuedAt('A', 't1', seconds() - 60);
+    const withoutIat = await tokenIssuedAt('A', 't1', null);
+    await warren.revokeUser('t1', 'A');
+    // Issued after it, past the gateways' clock tolerance (5 s): an identity provider's next token.
+    const after = await tokenIssuedAt('A', 't1', seconds() + config.jwt.clockToleranceSec + 2);
+
+    expect(await outcome(port(0), before)).toBe(4001);
+    expect(await outcome(port(1), before)).toBe(4001);
+    expect(await outcome(port(0), withoutIat)).toBe(4001);
+    // Issued after it by a clock within the tolerance: it may be the issuer's clock running ahead.
+    expect(await outcome(port(1), await tokenIssuedAt('A', 't1', seconds() + 2))).toBe(4001);
+    // Another user, and the same user id in another tenant, are not revoked.
+    expect(await outcome(port(0), await tokenIssuedAt('B', 't1', seconds() - 60))).toBe('welcome');
+    expect(await outcome(port(0), await tokenIssuedAt('A', 't2', seconds() - 60))).toBe('welcome');
+    const tab = await open(1, 't1', 'A', after);
+    await warren.publishEvent({ id: 'e3', tenantId: 't1', type: 'x', audience: { users: ['A'] } });
+    await eventually(() => tab.eventIds().includes('e3'), 'the new token’s tab receives');
+
+    const metrics = await (await fetch(`http://127.0.0.1:${port(0)}/metrics`)).text();
+    expect(metrics).toMatch(/^warren_gateway_auth_failures_total\{reason="revoked",node="\w+"\} 2$/m);
+  });
+
+  it('lasts its ttl, then the old tokens are taken again', async () => {
+    const old = await tokenIssuedAt('A', 't1', seconds() - 60);
+    await warren.revokeUser('t1', 'A', { ttlSec: 1 });
+    expect(await outcome(port(0), old)).toBe(4001);
+    await new Promise((r) => setTimeout(r, 1100));
+    await eventually(async () => (await outcome(port(0), old)) === 'welcome', 'the revocation lapses', 3000);
+  });
+
+  it('refuses bad ids and lifetimes before touching Redis or the broker', async () => {
+    await expect(warren.revokeUser('t.1', 'A')).rejects.toThrow(/invalid tenant id/);
+    await expect(warren.revokeUser('t1', 'A*')).rejects.toThrow(/invalid user id/);
+    await expect(warren.revokeUser('t1', 'A', { ttlSec: 0 })).rejects.toThrow(/ttlSec/);
+    await expect(warren.revokeUser('t1', 'A', { ttlSec: 1.5 })).rejects.toThrow(/ttlSec/);
+  });
+
+  it('drops a control message it does not understand, or one naming another tenant than its key', async () => {
+    const tab = await open(0, 't1', 'A');
+    const probe = await BrokerProbe.open();
+    const control = (key: string, headers: Record<string, unknown>) =>
+      new Promise<void>((resolve, reject) =>
+        (probe.channel as ConfirmChannel).publish(
+          `${config.prefix}.deliveries`,
+          key,
+          Buffer.alloc(0),
+          { headers },
+          (err: unknown) => (err ? reject(err as Error) : resolve()),
+        ),
+      );
+    try {
+      const now = Date.now();
+      await control('u.t1.A', { [DeliveryHeader.Control]: 'explode', [DeliveryHeader.Tenant]: 't1' });
+      await control('u.t1.A', {
+        [DeliveryHeader.Control]: ControlMessage.Revoke,
+        [DeliveryHeader.Tenant]: 't2',
+        [DeliveryHeader.RevokedAt]: now,
+      });
+      await control('u.t1.A', {
+        [DeliveryHeader.Control]: ControlMessage.Revoke,
+        [DeliveryHeader.Tenant]: 't1',
+        [DeliveryHeader.RevokedAt]: 'soon',
+      });
+      // Behind them in the node's queue: once it arrives, they were handled.
+      await probe.deliver(config.prefix, ['u.t1.A'], { id: 'after', tenantId: 't1' });
+      await eventually(() => tab.eventIds().includes('after'), 'the event behind them arrives');
+      expect(tab.closeCode).toBeUndefined();
+      const metrics = await (await fetch(`http://127.0.0.1:${port(0)}/metrics`)).text();
+      expect(metrics).toMatch(/^warren_gateway_refused_total\{reason="malformed",node="\w+"\} 3$/m);
+      // A well-formed one closes the tab: the three above were refused for what they got wrong.
+      await control('u.t1.A', {
+        [DeliveryHeader.Control]: ControlMessage.Revoke,
+        [DeliveryHeader.Tenant]: 't1',
+        [DeliveryHeader.RevokedAt]: Date.now(),
+      });
+      expect(await tab.closed).toBe(4001);
+    } finally {
+      await probe.close();
+    }
+  });
+
+  it('warren revoke does it from the command line', async () => {
+    const tab = await open(0, 't1', 'A');
+    const ok = await warren_(config.prefix, ['revoke', '--tenant', 't1', '--user', 'A', '--ttl', '600']);
+    expect(ok.stderr).toBe('');
+    expect(ok.code).toBe(0);
+    expect(ok.stdout).toMatch(/revoked A of t1: open tabs closed \(4001\).*600 s/);
+    expect(await tab.closed).toBe(4001);
+
+    const bad = await warren_(config.prefix, ['revoke', '--tenant', 't1', '--ttl', '0']);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/--user is required; --ttl must be a whole number/);
+  });
+});
+
+/** `warren …` as an operator runs it, from the TypeScript sources, configured by WARREN_* variables only. */
+function warren_(
+  prefix: string,
+  args: string[],
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const root = findPackageRoot();
+  const child = spawn(process.execPath, ['--import', 'tsx', join(root, 'src/cli/warren.ts'), ...args], {
+    cwd: root,
+    env: {
+      PATH: process.env['PATH'] ?? '',
+      WARREN_PREFIX: prefix,
+      WARREN_REDIS_URL: inject('redisUrl'),
+      WARREN_RABBITMQ_URL: inject('rabbitmqUrl'),
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  return new Promise((resolve) => child.on('close', (code) => resolve({ code, stdout, stderr })));
+}
+
+describe('revoking a user while a gateway has lost its queue', () => {
+  it('closes their tabs on that gateway once its queue is back, from what Redis holds', async () => {
+    const prefix = testPrefix('revoke-lost');
+    const target = new URL(inject('rabbitmqUrl'));
+    const proxy = await TcpProxy.start(target.hostname, Number(target.port || 5672));
+    const config = testConfig(prefix, { rabbitmq: { url: proxy.url(target) } });
+    const gateway = await startTestGateway(config);
+    const warren = await connectPublisher(testConfig(prefix));
+    const probe = await BrokerProbe.open();
+    const tabs: TestTab[] = [];
+    try {
+      const a = await openTab(gateway.port, await token({ sub: 'A', tid: 't1' }));
+      const b = await openTab(gateway.port, await token({ sub: 'B', tid: 't1' }));
+      tabs.push(a, b);
+
+      // The node cut off and its queue gone, as after a broker restart: the revocation's message reaches
+      // no queue of it.
+      proxy.refuse();
+      proxy.cut();
+      const channel = await probe.model.createChannel();
+      await channel.deleteQueue(gateway.queue);
+      await channel.close();
+      await warren.revokeUser('t1', 'A');
+      proxy.accept();
+
+      expect(await a.closed).toBe(4001);
+      await eventually(() => probe.routes(prefix, 'u.t1.B'), 'B bound again', 15_000);
+      await probe.deliver(prefix, ['u.t1.B'], { id: 'after', tenantId: 't1' });
+      await eventually(() => b.eventIds().includes('after'), 'B receives after the reconnect');
+      expect(b.closeCode).toBeUndefined();
+    } finally {
+      for (const tab of tabs) tab.ws.terminate();
+      await probe.close();
+      await removeInstallation(prefix, { warren, gateways: [gateway] });
+      await proxy.close();
+    }
+  });
+});
