@@ -1,6 +1,7 @@
 import type { WarrenConfig } from '../config/schema.js';
 import { Keys } from '../store/keys.js';
 import { PresenceStore } from '../store/presence-store.js';
+import { RevocationStore } from '../store/revocation-store.js';
 import { closeRedis, type WarrenRedis } from '../store/redis.js';
 import { commandRedis } from './command-redis.js';
 
@@ -39,6 +40,11 @@ export interface Explanation {
   groups: Standing[];
   /** Whether an event to the teams and groups named (their union) would reach the user now. */
   reached: boolean;
+  /**
+   * The user's tokens revoked (`warren revoke`): tokens issued up to `at` are refused until `until` (ISO
+   * times; `until` null when it never lapses). Their tabs opened with a later token still receive.
+   */
+  revoked: { at: string; until: string | null } | null;
 }
 
 /**
@@ -54,7 +60,11 @@ export async function explain(
 ): Promise<Explanation> {
   const { tenant, user } = options;
   const presence = new PresenceStore(redis, keys);
-  const [bit = null] = await presence.bitsOf(tenant, [user]);
+  const [[bit = null], revocation] = await Promise.all([
+    presence.bitsOf(tenant, [user]),
+    new RevocationStore(redis, keys).revocation(tenant, user),
+  ]);
+  const iso = (ms: number): string | null => (Number.isFinite(ms) ? new Date(ms).toISOString() : null);
   const none: Explanation = {
     tenant,
     user,
@@ -65,6 +75,9 @@ export async function explain(
     teams: options.teams.map((id) => ({ id, direct: false, viaGroups: [] })),
     groups: options.groups.map((id) => ({ id, direct: false, viaGroups: [] })),
     reached: false,
+    revoked: revocation
+      ? { at: iso(revocation.revokedAt) ?? 'unreadable', until: iso(revocation.lapsesAt) }
+      : null,
   };
   // Never a member of anything, never online: nothing else to read.
   if (bit === null) return none;
@@ -120,6 +133,11 @@ function describe(e: Explanation): string {
     }
     for (const g of e.groups) lines.push(`  group ${g.id}: ${g.direct ? 'member' : 'not a member'}`);
   }
+  if (e.revoked)
+    lines.push(
+      `  tokens revoked at ${e.revoked.at}: those issued up to then are refused ` +
+        `${e.revoked.until ? `until ${e.revoked.until}` : 'for good (the revocation has no lifetime)'}`,
+    );
   if (e.teams.length + e.groups.length > 0)
     lines.push(
       `An event to ${[...e.teams.map((t) => `team ${t.id}`), ...e.groups.map((g) => `group ${g.id}`)].join(', ')} ` +

@@ -30,6 +30,20 @@ export class RevocationStore {
     return parsed(await this.redis.get(this.keys.revoked(tenantId, userId)));
   }
 
+  /** The revocation lasting for the user, if any: its instant and when it lapses (epoch ms). */
+  async revocation(
+    tenantId: string,
+    userId: string,
+  ): Promise<{ revokedAt: number; lapsesAt: number } | undefined> {
+    const key = this.keys.revoked(tenantId, userId);
+    const [[, value] = [], [, ttlMs] = []] = (await this.redis.multi().get(key).pttl(key).exec()) ?? [];
+    const revokedAt = parsed(value as string | null | undefined);
+    if (revokedAt === undefined) return undefined;
+    // -1: written without a lifetime (not by Warren): it never lapses.
+    const left = Number(ttlMs);
+    return { revokedAt, lapsesAt: left >= 0 ? Date.now() + left : Number.POSITIVE_INFINITY };
+  }
+
   /** `revokedAt` for many users in one round trip, in the order given. */
   async revokedAtMany(
     users: readonly { tenantId: string; userId: string }[],

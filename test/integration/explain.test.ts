@@ -2,6 +2,7 @@ import { describe, expect, inject, it } from 'vitest';
 import { explain } from '../../src/cli/explain.js';
 import { MembershipStore } from '../../src/store/membership-store.js';
 import { PresenceStore } from '../../src/store/presence-store.js';
+import { RevocationStore } from '../../src/store/revocation-store.js';
 import { withWarrenRedis } from '../support/harness.js';
 import { WarrenProcess } from '../support/warren-process.js';
 
@@ -50,6 +51,7 @@ describe('warren explain', () => {
         ],
         groups: [{ id: 'nurses', direct: true, viaGroups: [] }],
         reached: true,
+        revoked: null,
       });
       // A member, but held only by a node that stopped beating: not reached.
       expect(await ask('bob', ['er'])).toMatchObject({
@@ -87,6 +89,21 @@ describe('warren explain', () => {
       expect(await no.exited).toBe(1);
       expect(no.lines.join('\n')).toContain('offline: no live gateway holds a tab of theirs');
       expect(no.lines.join('\n')).toContain('held by gateways no longer beating, not counted: n2');
+
+      // Revoked (warren revoke): when, and until when its tokens are refused.
+      const revokedAt = Date.UTC(2026, 10, 29, 12, 0, 0);
+      await new RevocationStore(redis, keys).revoke('acme', 'bob', 3600, revokedAt);
+      const revoked = await ask('bob', []);
+      expect(revoked.revoked?.at).toBe('2026-11-29T12:00:00.000Z');
+      const until = Date.parse(revoked.revoked?.until ?? '');
+      expect(until - Date.now()).toBeGreaterThan(3_500_000);
+      expect(until - Date.now()).toBeLessThanOrEqual(3_600_000);
+      const said = WarrenProcess.start(['explain', '--tenant', 'acme', '--user', 'bob'], env);
+      expect(await said.exited).toBe(0);
+      expect(said.lines.join('\n')).toMatch(
+        /tokens revoked at 2026-11-29T12:00:00.000Z: those issued up to then are refused until 20\d\d-/,
+      );
+      expect((await ask('ann', [])).revoked).toBeNull();
     });
   });
 });
