@@ -28,7 +28,8 @@ export async function runRevoke(config: Readonly<WarrenConfig>, options: RevokeO
   }
   const hours = Math.round((options.ttlSec / 3600) * 10) / 10;
   console.log(
-    `revoked ${options.user} of ${options.tenant}: open tabs closed (4001), tokens issued until now refused for ${options.ttlSec} s (${hours} h)`,
+    `revoked ${options.user} of ${options.tenant}: the gateways holding them close their open tabs (4001); ` +
+      `tokens issued until now are refused for ${options.ttlSec} s (${hours} h)`,
   );
   return 0;
 }

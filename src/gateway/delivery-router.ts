@@ -126,6 +126,9 @@ export class DeliveryRouter {
   private readonly lines = new Map<string, Place[]>();
   /** Places queued behind an earlier one, over all lines. */
   private queued = 0;
+  /** Callers holding deliveries back (`pause`); while any does, deliveries wait in `waiting`, unacked. */
+  private pauses = 0;
+  private waiting: Delivery[] = [];
 
   constructor(
     private readonly registry: ConnectionRegistry<Tab>,
@@ -155,7 +158,27 @@ export class DeliveryRouter {
     return typeof text === 'string' && this.idMap.accepts(text);
   }
 
+  /**
+   * Holds every delivery back until `resume`d as many times: they wait here in arrival order, unacked, so
+   * the node's prefetch window bounds them. For when the node may have missed a revocation (its queue lost
+   * or overflowing) and reads them from Redis before writing anything more to its tabs.
+   */
+  pause(): void {
+    this.pauses += 1;
+  }
+
+  resume(): void {
+    if (this.pauses === 0 || --this.pauses > 0) return;
+    const waiting = this.waiting;
+    this.waiting = [];
+    for (const delivery of waiting) this.handle(delivery);
+  }
+
   handle(delivery: Delivery): void {
+    if (this.pauses > 0) {
+      this.waiting.push(delivery);
+      return;
+    }
     const { message } = delivery;
     const headers = message.properties.headers ?? {};
     if (headers[DeliveryHeader.Control] !== undefined) return this.control(delivery, headers);

@@ -39,6 +39,8 @@ import { isReady, WsServer, type Readiness } from './ws-server.js';
 
 // Deliveries dropped for the id map are told to the tabs in one notice per this long at most.
 const ID_MAP_NOTICE_MS = 5000;
+/** Reads of the revocations a node may have missed before it closes its tabs instead (about 4 s of waits). */
+const REVOCATION_READ_ATTEMPTS = 5;
 // A start-up refused after it connected closes what it opened within this long.
 const STARTUP_CLEANUP_MS = 5000;
 // The dropped-deliveries queue is read for a count only; one notice to the tabs covers the drops of this
@@ -216,25 +218,65 @@ export async function startGateway(
     logger.warn({ tabs: tabs.length }, `${counted}; tabs told to resynchronise`);
   };
   /**
-   * Closes every tab here whose user was revoked after its token was issued, read from Redis: after the node
-   * lost its queue, revocations published meanwhile (DeliveryRouter.control) never reached it.
+   * Closes every tab here whose token a revocation in Redis covers: for when the node may have missed a
+   * revocation's message (its queue lost, or overflowing). Read again on failure; if Redis cannot answer,
+   * the tabs are closed (1013: they reconnect, and are checked then) rather than written to unchecked.
    */
   const closeRevoked = async (): Promise<void> => {
-    const tabs = registry.allTabs().filter((tab) => !tab.closed);
-    try {
-      const at = await revocations.revokedAtMany(tabs);
-      let closed = 0;
-      tabs.forEach((tab, i) => {
-        const revokedAt = at[i];
-        if (tab.closed || revokedAt === undefined || !revokes(revokedAt, tab.issuedAt)) return;
-        tab.end(CloseCode.Unauthorized, 'token revoked');
-        closed += 1;
-      });
-      if (closed > 0) logger.info({ tabs: closed }, 'tabs closed: their user’s tokens were revoked');
-    } catch (error) {
-      // Tried again at the next loss; a revocation's own message reaches the node from now on.
-      logger.warn({ err: errorMessage(error) }, 'could not read revocations after the node queue was lost');
+    for (let attempt = 1; ; attempt += 1) {
+      const tabs = registry.allTabs().filter((tab) => !tab.closed);
+      const users = [...new Map(tabs.map((tab) => [tab.key, tab])).values()];
+      try {
+        const at = new Map((await revocations.revokedAtMany(users)).map((t, i) => [users[i]?.key, t]));
+        let closed = 0;
+        for (const tab of tabs) {
+          const revokedAt = at.get(tab.key);
+          if (tab.closed || revokedAt === undefined || !revokes(revokedAt, tab.issuedAt)) continue;
+          tab.end(CloseCode.Unauthorized, 'token revoked');
+          closed += 1;
+        }
+        if (closed > 0) logger.info({ tabs: closed }, 'tabs closed: their user’s tokens were revoked');
+        return;
+      } catch (error) {
+        if (attempt >= REVOCATION_READ_ATTEMPTS) {
+          logger.error(
+            { err: errorMessage(error), tabs: tabs.length },
+            'cannot read revocations the node may have missed; closing its tabs (1013) rather than write to them unchecked',
+          );
+          for (const tab of tabs) tab.end(1013, 'try again later');
+          return;
+        }
+        logger.warn({ err: errorMessage(error), attempt }, 'cannot read revocations; trying again');
+        await sleep(250 * 2 ** (attempt - 1));
+      }
     }
+  };
+  /**
+   * Deliveries held back since the queue was declared again (a reconnect: its messages may have been
+   * dropped while the node was away, a revocation's among them; or the queue was lost), until the
+   * revocations are read.
+   */
+  let pausedForRecovery = false;
+  /** A revocation read after deliveries were dropped, deliveries held back meanwhile; drops coalesce. */
+  let dropRead: Promise<void> | undefined;
+  let dropReadAgain = false;
+  const readRevocationsAfterDrop = (): void => {
+    if (dropRead) {
+      dropReadAgain = true;
+      return;
+    }
+    router.pause();
+    dropRead = (async () => {
+      try {
+        do {
+          dropReadAgain = false;
+          await closeRevoked();
+        } while (dropReadAgain);
+      } finally {
+        dropRead = undefined;
+        router.resume();
+      }
+    })();
   };
   let queueDeclared = false;
   /** Stops start-up with what a connect found that no retry can mend. */
@@ -249,16 +291,28 @@ export async function startGateway(
    */
   let queueLosses = 0;
   let lossesRebound = 0;
+  /**
+   * Revocations whose message the node may have missed (dropped from its full queue while it was away, or
+   * lost with the queue): read from Redis now that every key is bound (one written after this read comes
+   * as a message), before anything more is written to its tabs.
+   */
+  const readMissedRevocations = async (losses: number): Promise<void> => {
+    if (!pausedForRecovery || losses !== queueLosses) return;
+    await closeRevoked();
+    if (!pausedForRecovery || losses !== queueLosses) return;
+    pausedForRecovery = false;
+    router.resume();
+  };
   /** Returns whether the held keys were bound again. */
   const rebind = async (): Promise<boolean> => {
     const losses = queueLosses;
     const keysLost = losses !== lossesRebound;
     await registry.rebindAll(keysLost);
+    if (!keysLost) await readMissedRevocations(losses);
     if (!keysLost || losses !== queueLosses) return keysLost;
     lossesRebound = losses;
     eventsMissed('the node queue was lost');
-    // Revocations published while the queue was gone reached no one here: read them instead.
-    void closeRevoked();
+    await readMissedRevocations(losses);
     return true;
   };
   const consumer = new Consumer(
@@ -290,6 +344,11 @@ export async function startGateway(
         }
         // Gone since the last declaration (deleted, expired during a long outage, a broker restart): what
         // was routed to it meanwhile is lost. The first declaration of the process has nothing to lose.
+        if (queueDeclared && !pausedForRecovery) {
+          // Nothing more is written to tabs before the revocations sent meanwhile are read (rebind).
+          pausedForRecovery = true;
+          router.pause();
+        }
         if (queueDeclared && !(await queueExists(model, queue))) queueLosses += 1;
         await declareGatewayQueue(channel, queue, {
           maxLength: g.queueMaxLength,
@@ -329,6 +388,8 @@ export async function startGateway(
       const reason = dropReasonOf(delivery.message.properties.headers);
       metrics.dropped.inc({ reason });
       dropNotices.record(reason);
+      // It may have been a revocation's message.
+      readRevocationsAfterDrop();
     },
     logger,
   );

@@ -19,10 +19,18 @@ export class RevocationStore {
     private readonly keys: Keys,
   ) {}
 
-  /** Records the revocation; returns its instant. A later revocation replaces an earlier one. */
-  async revoke(tenantId: string, userId: string, ttlSec: number, at = Date.now()): Promise<number> {
-    await this.redis.set(this.keys.revoked(tenantId, userId), String(at), 'EX', ttlSec);
-    return at;
+  /**
+   * Records the revocation; returns its instant: `at`, or Redis's clock by default (one clock for every
+   * service and operator revoking, whatever theirs say). A later revocation replaces an earlier one.
+   */
+  async revoke(tenantId: string, userId: string, ttlSec: number, at?: number): Promise<number> {
+    let instant = at;
+    if (instant === undefined) {
+      const [sec, usec] = await this.redis.time();
+      instant = Number(sec) * 1000 + Math.floor(Number(usec) / 1000);
+    }
+    await this.redis.set(this.keys.revoked(tenantId, userId), String(instant), 'EX', ttlSec);
+    return instant;
   }
 
   /** When the user's tokens were revoked, if a revocation lasts. */

@@ -1,16 +1,21 @@
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import type { ConfirmChannel } from 'amqplib';
+import { Redis } from 'ioredis';
 import { SignJWT } from 'jose';
-import { afterEach, beforeEach, describe, expect, inject, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, inject, it, vi } from 'vitest';
 import { findPackageRoot } from '../../src/config/load.js';
 import type { WarrenConfig } from '../../src/config/schema.js';
 import type { Gateway } from '../../src/gateway/main.js';
 import { ControlMessage, DeliveryHeader } from '../../src/protocol/delivery.js';
 import type { Resolver } from '../../src/resolver/main.js';
-import type { WarrenPublisher } from '../../src/sdk/publisher/index.js';
+import { WarrenPublisher } from '../../src/sdk/publisher/index.js';
+import { silentLogger } from '../../src/shared/logger.js';
+import { Keys } from '../../src/store/keys.js';
+import { RevocationStore } from '../../src/store/revocation-store.js';
 import {
   BrokerProbe,
+  cleanRedis,
   connectPublisher,
   eventually,
   openTab,
@@ -134,6 +139,36 @@ describe('revoking a user', () => {
     await expect(warren.revokeUser('t1', 'A', { ttlSec: 1.5 })).rejects.toThrow(/ttlSec/);
   });
 
+  it('says the revocation is stored but not told when the broker refuses its message, so a retry is known safe', async () => {
+    // An installation whose gateways never declared the deliveries exchange: the message has nowhere to go.
+    const prefix = testPrefix('revoke-untold');
+    const probe = await BrokerProbe.open();
+    await probe.channel.assertExchange(`${prefix}.events`, 'topic', { durable: false, autoDelete: false });
+    const sdk = await WarrenPublisher.connect({
+      rabbitmqUrl: inject('rabbitmqUrl'),
+      redisUrl: inject('redisUrl'),
+      prefix,
+      declareTopology: false,
+      logger: silentLogger(),
+    });
+    try {
+      await expect(sdk.revokeUser('t1', 'A')).rejects.toThrow(
+        /the revocation is stored \(new connections are refused\) but the gateways were not told.*revoke again/,
+      );
+      const redis = new Redis(inject('redisUrl'));
+      try {
+        expect(await new RevocationStore(redis, new Keys(prefix)).revokedAt('t1', 'A')).toBeDefined();
+      } finally {
+        redis.disconnect();
+      }
+    } finally {
+      await sdk.close();
+      await probe.channel.deleteExchange(`${prefix}.events`);
+      await probe.close();
+      await cleanRedis(prefix);
+    }
+  });
+
   it('drops a control message it does not understand, or one naming another tenant than its key', async () => {
     const tab = await open(0, 't1', 'A');
     const probe = await BrokerProbe.open();
@@ -183,7 +218,9 @@ describe('revoking a user', () => {
     const ok = await warren_(config.prefix, ['revoke', '--tenant', 't1', '--user', 'A', '--ttl', '600']);
     expect(ok.stderr).toBe('');
     expect(ok.code).toBe(0);
-    expect(ok.stdout).toMatch(/revoked A of t1: open tabs closed \(4001\).*600 s/);
+    expect(ok.stdout).toMatch(
+      /revoked A of t1: the gateways holding them close their open tabs \(4001\).*600 s/,
+    );
     expect(await tab.closed).toBe(4001);
 
     const bad = await warren_(config.prefix, ['revoke', '--tenant', 't1', '--ttl', '0']);
@@ -215,13 +252,37 @@ function warren_(
   return new Promise((resolve) => child.on('close', (code) => resolve({ code, stdout, stderr })));
 }
 
-describe('revoking a user while a gateway has lost its queue', () => {
-  it('closes their tabs on that gateway once its queue is back, from what Redis holds', async () => {
-    const prefix = testPrefix('revoke-lost');
+describe('revoking a user while a gateway is away from the broker', () => {
+  afterEach(() => vi.restoreAllMocks());
+
+  /**
+   * A gateway behind a proxy with tabs of A and B (t1), a resolver routing by nodes, cut off from the
+   * broker; `whileAway` runs then (the revocation of A among it), and the gateway comes back.
+   */
+  async function away(
+    name: string,
+    whileAway: (parts: {
+      probe: BrokerProbe;
+      warren: WarrenPublisher;
+      queue: string;
+      prefix: string;
+    }) => Promise<void>,
+    then: (parts: {
+      a: TestTab;
+      b: TestTab;
+      warren: WarrenPublisher;
+      probe: BrokerProbe;
+      queue: string;
+    }) => Promise<void>,
+    overrides: Parameters<typeof testConfig>[1] = {},
+  ): Promise<void> {
+    const prefix = testPrefix(name);
     const target = new URL(inject('rabbitmqUrl'));
     const proxy = await TcpProxy.start(target.hostname, Number(target.port || 5672));
-    const config = testConfig(prefix, { rabbitmq: { url: proxy.url(target) } });
-    const gateway = await startTestGateway(config);
+    const gateway = await startTestGateway(
+      testConfig(prefix, { ...overrides, rabbitmq: { url: proxy.url(target) } }),
+    );
+    const resolver = await startTestResolver(testConfig(prefix));
     const warren = await connectPublisher(testConfig(prefix));
     const probe = await BrokerProbe.open();
     const tabs: TestTab[] = [];
@@ -229,27 +290,96 @@ describe('revoking a user while a gateway has lost its queue', () => {
       const a = await openTab(gateway.port, await token({ sub: 'A', tid: 't1' }));
       const b = await openTab(gateway.port, await token({ sub: 'B', tid: 't1' }));
       tabs.push(a, b);
-
-      // The node cut off and its queue gone, as after a broker restart: the revocation's message reaches
-      // no queue of it.
       proxy.refuse();
       proxy.cut();
-      const channel = await probe.model.createChannel();
-      await channel.deleteQueue(gateway.queue);
-      await channel.close();
-      await warren.revokeUser('t1', 'A');
+      await whileAway({ probe, warren, queue: gateway.queue, prefix });
       proxy.accept();
-
-      expect(await a.closed).toBe(4001);
-      await eventually(() => probe.routes(prefix, 'u.t1.B'), 'B bound again', 15_000);
-      await probe.deliver(prefix, ['u.t1.B'], { id: 'after', tenantId: 't1' });
-      await eventually(() => b.eventIds().includes('after'), 'B receives after the reconnect');
-      expect(b.closeCode).toBeUndefined();
+      await then({ a, b, warren, probe, queue: gateway.queue });
     } finally {
       for (const tab of tabs) tab.ws.terminate();
       await probe.close();
-      await removeInstallation(prefix, { warren, gateways: [gateway] });
+      await removeInstallation(prefix, { warren, resolvers: [resolver], gateways: [gateway] });
       await proxy.close();
     }
+  }
+
+  /** Events to A and B, published every 20 ms from after the revocation until A's tab is closed. */
+  async function publishUntilClosed(a: TestTab, warren: WarrenPublisher): Promise<string[]> {
+    const published: string[] = [];
+    const deadline = Date.now() + 15_000;
+    while (a.closeCode === undefined && Date.now() < deadline) {
+      const id = `after-${published.length}`;
+      await warren.publishEvent({ id, tenantId: 't1', type: 'x', audience: { users: ['A', 'B'] } });
+      published.push(id);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    return published;
+  }
+
+  const deleteQueue = async (probe: BrokerProbe, queue: string): Promise<void> => {
+    const channel = await probe.model.createChannel();
+    await channel.deleteQueue(queue);
+    await channel.close();
+  };
+
+  it('closes the tabs its lost queue would have told it to, before writing them anything more', async () => {
+    // A slow read (a loaded Redis, thousands of keys to bind again) leaves time for events to come.
+    const read = RevocationStore.prototype.revokedAtMany;
+    vi.spyOn(RevocationStore.prototype, 'revokedAtMany').mockImplementation(async function (
+      this: RevocationStore,
+      users,
+    ) {
+      await new Promise((r) => setTimeout(r, 1000));
+      return read.call(this, users);
+    });
+    await away(
+      'revoke-lost',
+      async ({ probe, warren, queue }) => {
+        // The queue gone, as after a broker restart: the revocation's message reaches no queue of it.
+        await deleteQueue(probe, queue);
+        await warren.revokeUser('t1', 'A');
+      },
+      async ({ a, b, warren, probe, queue }) => {
+        // From when the node has its queue again (what came before went nowhere, and is not the point).
+        await eventually(() => probe.queueExists(queue), 'the queue declared again', 15_000);
+        const published = await publishUntilClosed(a, warren);
+        expect(await a.closed).toBe(4001);
+        expect(a.eventIds()).toEqual([]);
+        // Held back meanwhile, not lost: B gets every one.
+        await eventually(() => published.every((id) => b.eventIds().includes(id)), 'B receives them all');
+        expect(b.closeCode).toBeUndefined();
+      },
+    );
+  });
+
+  it('closes the tabs whose revocation its full queue dropped while it was away', async () => {
+    await away(
+      'revoke-dropped',
+      async ({ probe, warren, prefix }) => {
+        await warren.revokeUser('t1', 'A');
+        // Five more than the queue holds: the revocation's message is the first dropped.
+        for (let i = 0; i < 5; i++)
+          await probe.deliver(prefix, ['u.t1.A', 'u.t1.B'], { id: `after-${i}`, tenantId: 't1' });
+      },
+      async ({ a, b }) => {
+        expect(await a.closed).toBe(4001);
+        expect(a.eventIds()).toEqual([]);
+        await eventually(() => b.eventIds().includes('after-4'), 'B receives what the queue kept');
+      },
+      { gateway: { queueMaxLength: 3 } },
+    );
+  });
+
+  it('closes its tabs with 1013 when it cannot read the revocations it may have missed', async () => {
+    vi.spyOn(RevocationStore.prototype, 'revokedAtMany').mockRejectedValue(new Error('Redis is away'));
+    await away(
+      'revoke-unread',
+      async ({ probe, queue }) => deleteQueue(probe, queue),
+      async ({ a, b }) => {
+        // Nothing written to them unchecked meanwhile; they reconnect, and are checked then.
+        expect(await a.closed).toBe(1013);
+        expect(await b.closed).toBe(1013);
+      },
+    );
   });
 });

@@ -419,16 +419,25 @@ export class WarrenPublisher {
       'storing the revocation in Redis',
     );
     // By the user's own key, which every gateway holding the user has bound, whatever the routing mode.
-    await this.publisher.publish(this.names.deliveries, userKey(tenantId, userId), Buffer.alloc(0), {
-      headers: {
-        [DeliveryHeader.Control]: ControlMessage.Revoke,
-        [DeliveryHeader.Tenant]: tenantId,
-        [DeliveryHeader.RevokedAt]: revokedAt,
-      },
-      waitForConnectionMs: this.settings.publishTimeoutMs,
-      confirmTimeoutMs: this.settings.confirmTimeoutMs,
-      failIfBlocked: true,
-    });
+    try {
+      await this.publisher.publish(this.names.deliveries, userKey(tenantId, userId), Buffer.alloc(0), {
+        headers: {
+          [DeliveryHeader.Control]: ControlMessage.Revoke,
+          [DeliveryHeader.Tenant]: tenantId,
+          [DeliveryHeader.RevokedAt]: revokedAt,
+        },
+        waitForConnectionMs: this.settings.publishTimeoutMs,
+        confirmTimeoutMs: this.settings.confirmTimeoutMs,
+        failIfBlocked: true,
+      });
+    } catch (error) {
+      throw new WarrenError(
+        isWarrenError(error) ? error.code : ErrorCode.BrokerUnavailable,
+        `the revocation is stored (new connections are refused) but the gateways were not told, so open ` +
+          `tabs stay open: revoke again, which is safe (${errorMessage(error)})`,
+        { cause: error, retryable: true },
+      );
+    }
   }
 
   /** Waits for outstanding confirms, then closes what this publisher opened. A second call waits for the first. */
