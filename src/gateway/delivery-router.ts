@@ -171,7 +171,8 @@ export class DeliveryRouter {
     if (this.pauses === 0 || --this.pauses > 0) return;
     const waiting = this.waiting;
     this.waiting = [];
-    for (const delivery of waiting) this.handle(delivery);
+    // One whose channel closed while it waited was requeued by the broker, and comes again.
+    for (const delivery of waiting) if (delivery.live) this.handle(delivery);
   }
 
   handle(delivery: Delivery): void {
