@@ -171,8 +171,21 @@ export class DeliveryRouter {
     if (this.pauses === 0 || --this.pauses > 0) return;
     const waiting = this.waiting;
     this.waiting = [];
-    // One whose channel closed while it waited was requeued by the broker, and comes again.
-    for (const delivery of waiting) if (delivery.live) this.handle(delivery);
+    for (const delivery of waiting) {
+      // One whose channel closed while it waited was requeued by the broker, and comes again.
+      if (!delivery.live) continue;
+      try {
+        this.handle(delivery);
+      } catch (error) {
+        // As the consumer does with a handler that throws: rejected (dead-lettered), not left holding a
+        // prefetch slot, and the rest still handled.
+        this.logger.error(
+          { err: errorMessage(error), messageId: delivery.message.properties.messageId },
+          'delivery handler threw; message rejected',
+        );
+        delivery.reject();
+      }
+    }
   }
 
   handle(delivery: Delivery): void {
@@ -329,7 +342,26 @@ export class DeliveryRouter {
    * Redis themselves. Anything else is refused as malformed. Acked either way, never retried.
    */
   private control(delivery: Delivery, headers: Record<string, unknown>): void {
-    const routingKey = delivery.message.fields.routingKey;
+    this.applyControl(delivery.message.fields.routingKey, headers);
+    delivery.ack();
+  }
+
+  /**
+   * A control message the node's full queue dropped (dead-lettered to its dropped queue) before the node
+   * took it: acted on as it arrives there. Its routing key is the one it was first published with (in
+   * `x-death`), not the dropped queue's.
+   */
+  dropped(headers: Record<string, unknown>): void {
+    if (headers[DeliveryHeader.Control] === undefined) return;
+    const deaths = headers['x-death'];
+    // The most recent first: it was dropped here once (a dropped queue's messages are not dead-lettered).
+    const death: unknown = Array.isArray(deaths) ? deaths[0] : undefined;
+    const keys = (death as { 'routing-keys'?: unknown } | undefined)?.['routing-keys'];
+    const key: unknown = Array.isArray(keys) ? keys[0] : undefined;
+    this.applyControl(Buffer.isBuffer(key) ? key.toString() : typeof key === 'string' ? key : '', headers);
+  }
+
+  private applyControl(routingKey: string, headers: Record<string, unknown>): void {
     const raw = headers[DeliveryHeader.Control];
     const kind = Buffer.isBuffer(raw) ? raw.toString() : raw;
     const at = Number(headers[DeliveryHeader.RevokedAt]);
@@ -345,7 +377,6 @@ export class DeliveryRouter {
         { routingKey, control: typeof kind === 'string' ? kind.slice(0, 40) : typeof kind },
         'control message not understood, dropped',
       );
-      delivery.ack();
       return;
     }
     let closed = 0;
@@ -356,7 +387,6 @@ export class DeliveryRouter {
       closed += 1;
     }
     if (closed > 0) this.logger.info({ tabs: closed }, 'tabs closed: their user’s tokens were revoked');
-    delivery.ack();
   }
 
   private hold(behind: readonly Place[], delivery: Pick<Delivery, 'ack'>): HeldAck {

@@ -22,7 +22,7 @@ import { RevocationStore, revokes } from '../store/revocation-store.js';
 import { closeRedis, createRedisClients, redisReady, watchServer, type ServerWatch } from '../store/redis.js';
 import { ErrorCode, errorMessage, WarrenError } from '../shared/errors.js';
 import { OpsHttp } from '../shared/ops-http.js';
-import { CloseOnce, fulfilsWithin, runSteps, sleep } from '../shared/lifecycle.js';
+import { CloseOnce, fulfilsWithin, runSteps, sleep, withTimeout } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import { createRegistry, type Registry } from '../shared/metrics.js';
 import { BlockingTokenVerifier } from './blocking-verifier.js';
@@ -39,8 +39,12 @@ import { isReady, WsServer, type Readiness } from './ws-server.js';
 
 // Deliveries dropped for the id map are told to the tabs in one notice per this long at most.
 const ID_MAP_NOTICE_MS = 5000;
-/** Reads of the revocations a node may have missed before it closes its tabs instead (about 4 s of waits). */
+/**
+ * Reads of the revocations a node may have missed, each given so long, before it closes its tabs instead
+ * (with the waits between them, about 14 s at most).
+ */
 const REVOCATION_READ_ATTEMPTS = 5;
+const REVOCATION_READ_TIMEOUT_MS = 2000;
 // A start-up refused after it connected closes what it opened within this long.
 const STARTUP_CLEANUP_MS = 5000;
 // The dropped-deliveries queue is read for a count only; one notice to the tabs covers the drops of this
@@ -219,7 +223,7 @@ export async function startGateway(
   };
   /**
    * Closes every tab here whose token a revocation in Redis covers: for when the node may have missed a
-   * revocation's message (its queue lost, or overflowing). Read again on failure; if Redis cannot answer,
+   * revocation's message (its queue lost, or messages dropped while it was away). Read again on failure; if Redis cannot answer,
    * the tabs are closed (1013: they reconnect, and are checked then) rather than written to unchecked.
    */
   const closeRevoked = async (): Promise<void> => {
@@ -227,7 +231,13 @@ export async function startGateway(
       const tabs = registry.allTabs().filter((tab) => !tab.closed);
       const users = [...new Map(tabs.map((tab) => [tab.key, tab])).values()];
       try {
-        const at = new Map((await revocations.revokedAtMany(users)).map((t, i) => [users[i]?.key, t]));
+        // Bounded: while it runs every tab of the node waits (the client's own retries would take minutes).
+        const read = await withTimeout(
+          revocations.revokedAtMany(users),
+          REVOCATION_READ_TIMEOUT_MS,
+          'reading revocations',
+        );
+        const at = new Map(read.map((t, i) => [users[i]?.key, t]));
         let closed = 0;
         for (const tab of tabs) {
           const revokedAt = at.get(tab.key);
@@ -257,27 +267,11 @@ export async function startGateway(
    * revocations are read.
    */
   let pausedForRecovery = false;
-  /** A revocation read after deliveries were dropped, deliveries held back meanwhile; drops coalesce. */
-  let dropRead: Promise<void> | undefined;
-  let dropReadAgain = false;
-  const readRevocationsAfterDrop = (): void => {
-    if (dropRead) {
-      dropReadAgain = true;
-      return;
-    }
-    router.pause();
-    dropRead = (async () => {
-      try {
-        do {
-          dropReadAgain = false;
-          await closeRevoked();
-        } while (dropReadAgain);
-      } finally {
-        dropRead = undefined;
-        router.resume();
-      }
-    })();
-  };
+  /**
+   * Declarations of the queue since the first: a read that began before the latest must not end the
+   * pause (what the latest reconnect may have missed is read by the rebind that follows it).
+   */
+  let recoveries = 0;
   let queueDeclared = false;
   /** Stops start-up with what a connect found that no retry can mend. */
   let refuseStart: (error: Error) => void = () => {};
@@ -296,23 +290,25 @@ export async function startGateway(
    * lost with the queue): read from Redis now that every key is bound (one written after this read comes
    * as a message), before anything more is written to its tabs.
    */
-  const readMissedRevocations = async (losses: number): Promise<void> => {
-    if (!pausedForRecovery || losses !== queueLosses) return;
+  const readMissedRevocations = async (losses: number, recovery: number): Promise<void> => {
+    const current = (): boolean => pausedForRecovery && losses === queueLosses && recovery === recoveries;
+    if (!current()) return;
     await closeRevoked();
-    if (!pausedForRecovery || losses !== queueLosses) return;
+    if (!current()) return;
     pausedForRecovery = false;
     router.resume();
   };
   /** Returns whether the held keys were bound again. */
   const rebind = async (): Promise<boolean> => {
     const losses = queueLosses;
+    const recovery = recoveries;
     const keysLost = losses !== lossesRebound;
     await registry.rebindAll(keysLost);
-    if (!keysLost) await readMissedRevocations(losses);
+    if (!keysLost) await readMissedRevocations(losses, recovery);
     if (!keysLost || losses !== queueLosses) return keysLost;
     lossesRebound = losses;
     eventsMissed('the node queue was lost');
-    await readMissedRevocations(losses);
+    await readMissedRevocations(losses, recovery);
     return true;
   };
   const consumer = new Consumer(
@@ -344,10 +340,13 @@ export async function startGateway(
         }
         // Gone since the last declaration (deleted, expired during a long outage, a broker restart): what
         // was routed to it meanwhile is lost. The first declaration of the process has nothing to lose.
-        if (queueDeclared && !pausedForRecovery) {
+        if (queueDeclared) {
+          recoveries += 1;
           // Nothing more is written to tabs before the revocations sent meanwhile are read (rebind).
-          pausedForRecovery = true;
-          router.pause();
+          if (!pausedForRecovery) {
+            pausedForRecovery = true;
+            router.pause();
+          }
         }
         if (queueDeclared && !(await queueExists(model, queue))) queueLosses += 1;
         await declareGatewayQueue(channel, queue, {
@@ -388,8 +387,8 @@ export async function startGateway(
       const reason = dropReasonOf(delivery.message.properties.headers);
       metrics.dropped.inc({ reason });
       dropNotices.record(reason);
-      // It may have been a revocation's message.
-      readRevocationsAfterDrop();
+      // It may have been a revocation's message: acted on here.
+      router.dropped(delivery.message.properties.headers ?? {});
     },
     logger,
   );

@@ -370,6 +370,39 @@ describe('revoking a user while a gateway is away from the broker', () => {
     );
   });
 
+  it('acts on a revocation’s message its full queue dropped, from the dropped queue', async () => {
+    await away(
+      'revoke-dead-letter',
+      async ({ probe, prefix }) => {
+        // The message alone, with no revocation in Redis for the node's read to find: only its dead
+        // letter can tell the node (as when it is dropped while the node is connected).
+        await new Promise<void>((resolve, reject) =>
+          (probe.channel as ConfirmChannel).publish(
+            `${prefix}.deliveries`,
+            'u.t1.A',
+            Buffer.alloc(0),
+            {
+              headers: {
+                [DeliveryHeader.Control]: ControlMessage.Revoke,
+                [DeliveryHeader.Tenant]: 't1',
+                [DeliveryHeader.RevokedAt]: Date.now(),
+              },
+            },
+            (err: unknown) => (err ? reject(err as Error) : resolve()),
+          ),
+        );
+        for (let i = 0; i < 5; i++)
+          await probe.deliver(prefix, ['u.t1.A', 'u.t1.B'], { id: `after-${i}`, tenantId: 't1' });
+      },
+      async ({ a, b }) => {
+        expect(await a.closed).toBe(4001);
+        await eventually(() => b.eventIds().includes('after-4'), 'B receives what the queue kept');
+        expect(b.closeCode).toBeUndefined();
+      },
+      { gateway: { queueMaxLength: 3 } },
+    );
+  });
+
   it('closes its tabs with 1013 when it cannot read the revocations it may have missed', async () => {
     vi.spyOn(RevocationStore.prototype, 'revokedAtMany').mockRejectedValue(new Error('Redis is away'));
     await away(
