@@ -398,10 +398,11 @@ describe('claim check over two gateway nodes, a resolver and the publisher SDK',
   });
 
   it('welcomes a tab behind a payload still being read, so a resume from its welcome misses nothing', async () => {
-    // A node of its own whose Redis the test can hold still, so the payload read waits for the test.
+    // A node of its own whose payloads' Redis (the same server, through a proxy) the test can hold still,
+    // so the payload read waits for the test while new tabs are still checked (their revocations).
     const target = new URL(inject('redisUrl'));
     const proxy = await TcpProxy.start(target.hostname, Number(target.port || 6379));
-    const node = await startGateway(testConfig(prefix, { redis: { url: proxy.url(target) } }), {
+    const node = await startGateway(testConfig(prefix, { claimCheck: { redisUrl: proxy.url(target) } }), {
       logger: silentLogger(),
     });
     try {
@@ -416,7 +417,7 @@ describe('claim check over two gateway nodes, a resolver and the publisher SDK',
         async () => (await counter(node, 'warren_gateway_deliveries_total')) === before + 2,
         'both deliveries at the node, the payload read held',
       );
-      // Ann's later tabs need nothing of Redis (she is online already): welcomed while the read waits.
+      // Ann's later tabs need no payload (she is online already): welcomed while the read waits.
       const staying = await tabOf();
       const leaving = await tabOf();
       const cursor = leaving.welcome?.offset as number;
