@@ -59,13 +59,29 @@ function userArgProblems(values: { tenant?: string; user?: string }, positionals
   return problems;
 }
 
-/** `--ttl SECONDS` (`fallback` when absent): a whole number from 1 to a year, else a problem added. */
-function ttlArg(value: string | undefined, fallback: number, problems: string[]): number {
-  if (value === undefined) return fallback;
-  const ttl = Number(value);
-  if (!/^\d+$/.test(value) || !(ttl >= 1 && ttl <= 31_536_000))
-    problems.push(`--ttl must be a whole number of seconds from 1 to 31536000 (got ${value})`);
-  return ttl;
+/**
+ * `--tenant ID --user ID [--ttl SECONDS]` (`token`, `revoke`): the values, or undefined once every problem
+ * is printed with the usage. The lifetime is a whole number of seconds from 1 to a year.
+ */
+function userTtlArgs(
+  command: string,
+  args: string[],
+  defaultTtl: number,
+): { tenant: string; user: string; ttlSec: number } | undefined {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: { tenant: { type: 'string' }, user: { type: 'string' }, ttl: { type: 'string' } },
+  });
+  const problems = userArgProblems(values, positionals);
+  const ttlSec = values.ttl === undefined ? defaultTtl : Number(values.ttl);
+  if (!/^\d+$/.test(values.ttl ?? String(defaultTtl)) || !(ttlSec >= 1 && ttlSec <= 31_536_000))
+    problems.push(`--ttl must be a whole number of seconds from 1 to 31536000 (got ${values.ttl})`);
+  if (problems.length > 0) {
+    console.error(`warren ${command}: ${problems.join('; ')}\n\n${USAGE}`);
+    return undefined;
+  }
+  return { tenant: values.tenant as string, user: values.user as string, ttlSec };
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -135,42 +151,12 @@ async function main(argv: string[]): Promise<number> {
       });
     }
     case 'token': {
-      const { values, positionals } = parseArgs({
-        args: rest,
-        allowPositionals: true,
-        options: { tenant: { type: 'string' }, user: { type: 'string' }, ttl: { type: 'string' } },
-      });
-      const problems = userArgProblems(values, positionals);
-      const ttl = ttlArg(values.ttl, 3600, problems);
-      if (problems.length > 0) {
-        console.error(`warren token: ${problems.join('; ')}\n\n${USAGE}`);
-        return 2;
-      }
-      const config = loadConfig();
-      return (await import('./token.js')).runToken(config, {
-        tenant: values.tenant as string,
-        user: values.user as string,
-        ttlSec: ttl,
-      });
+      const args = userTtlArgs('token', rest, 3600);
+      return args ? (await import('./token.js')).runToken(loadConfig(), args) : 2;
     }
     case 'revoke': {
-      const { values, positionals } = parseArgs({
-        args: rest,
-        allowPositionals: true,
-        options: { tenant: { type: 'string' }, user: { type: 'string' }, ttl: { type: 'string' } },
-      });
-      const problems = userArgProblems(values, positionals);
-      const ttl = ttlArg(values.ttl, 86_400, problems);
-      if (problems.length > 0) {
-        console.error(`warren revoke: ${problems.join('; ')}\n\n${USAGE}`);
-        return 2;
-      }
-      const config = loadConfig();
-      return (await import('./revoke.js')).runRevoke(config, {
-        tenant: values.tenant as string,
-        user: values.user as string,
-        ttlSec: ttl,
-      });
+      const args = userTtlArgs('revoke', rest, 86_400);
+      return args ? (await import('./revoke.js')).runRevoke(loadConfig(), args) : 2;
     }
     case 'explain': {
       const { values, positionals } = parseArgs({

@@ -1,10 +1,7 @@
-import { spawn } from 'node:child_process';
-import { join } from 'node:path';
 import type { ConfirmChannel } from 'amqplib';
 import { Redis } from 'ioredis';
 import { SignJWT } from 'jose';
 import { afterEach, beforeEach, describe, expect, inject, it, vi } from 'vitest';
-import { findPackageRoot } from '../../src/config/load.js';
 import type { WarrenConfig } from '../../src/config/schema.js';
 import type { Gateway } from '../../src/gateway/main.js';
 import { ControlMessage, DeliveryHeader } from '../../src/protocol/delivery.js';
@@ -29,6 +26,7 @@ import {
   type TestTab,
 } from '../support/harness.js';
 import { TcpProxy } from '../support/tcp-proxy.js';
+import { WarrenProcess } from '../support/warren-process.js';
 
 // Revoking a user (publisher SDK `revokeUser`, `warren revoke`): their open tabs on every node close with
 // 4001, tokens issued up to then are refused while the revocation lasts, and nobody else is touched.
@@ -215,42 +213,26 @@ describe('revoking a user', () => {
 
   it('warren revoke does it from the command line', async () => {
     const tab = await open(0, 't1', 'A');
-    const ok = await warren_(config.prefix, ['revoke', '--tenant', 't1', '--user', 'A', '--ttl', '600']);
-    expect(ok.stderr).toBe('');
-    expect(ok.code).toBe(0);
-    expect(ok.stdout).toMatch(
+    const env = {
+      WARREN_PREFIX: config.prefix,
+      WARREN_REDIS_URL: inject('redisUrl'),
+      WARREN_RABBITMQ_URL: inject('rabbitmqUrl'),
+    };
+    const ok = WarrenProcess.start(['revoke', '--tenant', 't1', '--user', 'A', '--ttl', '600'], env);
+    expect(await ok.exited).toBe(0);
+    await eventually(() => ok.lines.length > 0, 'its line');
+    expect(ok.lines).toHaveLength(1);
+    expect(ok.lines[0]).toMatch(
       /revoked A of t1: the gateways holding them close their open tabs \(4001\).*600 s/,
     );
     expect(await tab.closed).toBe(4001);
 
-    const bad = await warren_(config.prefix, ['revoke', '--tenant', 't1', '--ttl', '0']);
-    expect(bad.code).toBe(2);
-    expect(bad.stderr).toMatch(/--user is required; --ttl must be a whole number/);
+    const bad = WarrenProcess.start(['revoke', '--tenant', 't1', '--ttl', '0'], env);
+    expect(await bad.exited).toBe(2);
+    await eventually(() => bad.lines.length > 0, 'its usage error');
+    expect(bad.lines[0]).toMatch(/--user is required; --ttl must be a whole number/);
   });
 });
-
-/** `warren …` as an operator runs it, from the TypeScript sources, configured by WARREN_* variables only. */
-function warren_(
-  prefix: string,
-  args: string[],
-): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const root = findPackageRoot();
-  const child = spawn(process.execPath, ['--import', 'tsx', join(root, 'src/cli/warren.ts'), ...args], {
-    cwd: root,
-    env: {
-      PATH: process.env['PATH'] ?? '',
-      WARREN_PREFIX: prefix,
-      WARREN_REDIS_URL: inject('redisUrl'),
-      WARREN_RABBITMQ_URL: inject('rabbitmqUrl'),
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-  return new Promise((resolve) => child.on('close', (code) => resolve({ code, stdout, stderr })));
-}
 
 describe('revoking a user while a gateway is away from the broker', () => {
   afterEach(() => vi.restoreAllMocks());
