@@ -44,7 +44,11 @@ const ID_MAP_NOTICE_MS = 5000;
  * (with the waits between them, about 14 s at most).
  */
 const REVOCATION_READ_ATTEMPTS = 5;
+/** Each read is given this long, plus REVOCATION_READ_MS_PER_USER for each user held (about 4 µs each here). */
 const REVOCATION_READ_TIMEOUT_MS = 2000;
+const REVOCATION_READ_MS_PER_USER = 0.02;
+/** While the node's queue overflows, every revocation is read again at most this often. */
+const REVOCATION_REREAD_MS = 5000;
 // A start-up refused after it connected closes what it opened within this long.
 const STARTUP_CLEANUP_MS = 5000;
 // The dropped-deliveries queue is read for a count only; one notice to the tabs covers the drops of this
@@ -234,7 +238,7 @@ export async function startGateway(
         // Bounded: while it runs every tab of the node waits (the client's own retries would take minutes).
         const read = await withTimeout(
           revocations.revokedAtMany(users),
-          REVOCATION_READ_TIMEOUT_MS,
+          REVOCATION_READ_TIMEOUT_MS + users.length * REVOCATION_READ_MS_PER_USER,
           'reading revocations',
         );
         const at = new Map(read.map((t, i) => [users[i]?.key, t]));
@@ -372,6 +376,27 @@ export async function startGateway(
     if (!draining) eventsMissed(why, counted);
   };
   const dropNotices = new DropNotices(DROPPED_NOTICE_MS, tellTabs);
+  /**
+   * The dropped queue holds only so much itself: under sustained overflow a revocation's dead letter may be
+   * lost there too. So while drops come, every revocation is read again, at most once per
+   * REVOCATION_REREAD_MS, deliveries going on meanwhile (held back, an overflowing node would only fall
+   * further behind).
+   */
+  let rereadTimer: NodeJS.Timeout | undefined;
+  let lastReread = Number.NEGATIVE_INFINITY;
+  const rereadRevocations = (): void => {
+    if (rereadTimer || draining) return;
+    rereadTimer = setTimeout(
+      () => {
+        rereadTimer = undefined;
+        if (draining) return;
+        lastReread = Date.now();
+        void closeRevoked();
+      },
+      Math.max(0, lastReread + REVOCATION_REREAD_MS - Date.now()),
+    );
+    rereadTimer.unref();
+  };
   // Drops for the id map gathered over a longer window: while a node cannot verify its bits it drops every
   // node-routed delivery, and its tabs are told every few seconds, not five times a second.
   const idMapNotices = new DropNotices(ID_MAP_NOTICE_MS, tellTabs);
@@ -389,6 +414,7 @@ export async function startGateway(
       dropNotices.record(reason);
       // It may have been a revocation's message: acted on here.
       router.dropped(delivery.message.properties.headers ?? {});
+      if (reason === 'queue_full') rereadRevocations();
     },
     logger,
   );

@@ -398,3 +398,45 @@ describe('revoking a user while a gateway is away from the broker', () => {
     );
   });
 });
+
+describe('revoking a user while a gateway’s queue overflows', () => {
+  it('reads every revocation again while drops come (a dead letter may be lost with them)', async () => {
+    const prefix = testPrefix('revoke-overflow');
+    // Payload reads stall (their Redis through a proxy), so the node stops taking deliveries and its queue
+    // overflows while it stays connected.
+    const target = new URL(inject('redisUrl'));
+    const proxy = await TcpProxy.start(target.hostname, Number(target.port || 6379));
+    const gateway = await startTestGateway(
+      testConfig(prefix, {
+        claimCheck: { redisUrl: proxy.url(target) },
+        gateway: { prefetch: 2, lineLimit: 1, queueMaxLength: 2 },
+      }),
+    );
+    const warren = await connectPublisher(testConfig(prefix));
+    const probe = await BrokerProbe.open();
+    const redis = new Redis(inject('redisUrl'));
+    const tabs: TestTab[] = [];
+    try {
+      const a = await openTab(gateway.port, await token({ sub: 'A', tid: 't1' }));
+      const c = await openTab(gateway.port, await token({ sub: 'C', tid: 't1' }));
+      tabs.push(a, c);
+      // C revoked with no message at all: as if its dead letter had been lost too. Only a read finds it.
+      await new RevocationStore(redis, new Keys(prefix)).revoke('t1', 'C', 60);
+      const jobId = await warren.putPayload('t1', { big: true });
+      proxy.stall();
+      await probe.deliver(prefix, ['u.t1.A'], { id: 'held', tenantId: 't1', jobId });
+      for (let i = 0; i < 10; i++)
+        await probe.deliver(prefix, ['u.t1.A'], { id: `behind-${i}`, tenantId: 't1', data: {} });
+
+      expect(await c.closed).toBe(4001);
+      expect(a.closeCode).toBeUndefined();
+    } finally {
+      proxy.flow();
+      for (const tab of tabs) tab.ws.terminate();
+      redis.disconnect();
+      await probe.close();
+      await removeInstallation(prefix, { warren, gateways: [gateway] });
+      await proxy.close();
+    }
+  });
+});
