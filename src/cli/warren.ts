@@ -5,6 +5,8 @@ import { parseArgs } from 'node:util';
 import { findPackageRoot, loadConfig } from '../config/load.js';
 import { ID_PATTERN, isValidId } from '../protocol/ids.js';
 import { errorMessage, isWarrenError } from '../shared/errors.js';
+// Its types only are imported with it: nothing heavy loads for `warren health`.
+import { DEFAULT_REVOCATION_TTL_SEC } from '../store/revocation-store.js';
 
 // Each command's modules load when it runs: `warren health`, run by the container every few seconds, must
 // not load uWebSockets.js, roaring and amqplib to send one HTTP request.
@@ -155,7 +157,7 @@ async function main(argv: string[]): Promise<number> {
       return args ? (await import('./token.js')).runToken(loadConfig(), args) : 2;
     }
     case 'revoke': {
-      const args = userTtlArgs('revoke', rest, 86_400);
+      const args = userTtlArgs('revoke', rest, DEFAULT_REVOCATION_TTL_SEC);
       return args ? (await import('./revoke.js')).runRevoke(loadConfig(), args) : 2;
     }
     case 'explain': {

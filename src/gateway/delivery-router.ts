@@ -1,13 +1,11 @@
 import roaring from 'roaring';
 import type { Delivery } from '../broker/consumer.js';
-import { CloseCode } from '../protocol/close-codes.js';
 import { ControlMessage, DeliveryHeader } from '../protocol/delivery.js';
 import { FrameErrorCode } from '../protocol/frames.js';
 import { isValidId, parseUserKey, userKey } from '../protocol/ids.js';
 import { JOB_ID_PATTERN } from '../protocol/schemas.js';
 import { errorMessage } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
-import { revokes } from '../store/revocation-store.js';
 import { encodeFrame, eventFrame } from './frames.js';
 import type { GatewayMetrics, PayloadUnavailableReason, RefusalReason } from './gateway-metrics.js';
 import type { DeliveryHistory } from './history.js';
@@ -15,7 +13,7 @@ import type { PayloadFetcher } from './payload-fetcher.js';
 import type { RecentDeliveries } from './recent-deliveries.js';
 import type { ConnectionRegistry, UserEntry } from './registry.js';
 import { SlicedWriter } from './sliced-writer.js';
-import type { Tab } from './tab.js';
+import { endIfRevoked, type Tab } from './tab.js';
 
 const { RoaringBitmap32 } = roaring;
 
@@ -330,11 +328,6 @@ export class DeliveryRouter {
   }
 
   /**
-   * Counts places queued behind earlier ones against the line limit, and returns the delivery's ack with
-   * one count for the caller's own work: while the lines are over their limit, the queued places hold it
-   * too, so the delivery keeps its prefetch slot until they are written.
-   */
-  /**
    * A control message (DeliveryHeader.Control). `revoke` closes, with 4001, the tabs here of the one user
    * its routing key names, of the tenant both the key and the tenant header name, whose tokens were issued
    * up to the revocation (a tab opened since with a new token stays). Tabs still waiting for their welcome
@@ -380,15 +373,16 @@ export class DeliveryRouter {
       return;
     }
     let closed = 0;
-    for (const tab of [...(this.registry.entry(routingKey)?.tabs ?? [])]) {
-      if (tab.closed || tab.tenantId !== user.tenantId || tab.userId !== user.userId) continue;
-      if (!revokes(at, tab.issuedAt)) continue;
-      tab.end(CloseCode.Unauthorized, 'token revoked');
-      closed += 1;
-    }
+    for (const tab of [...(this.registry.entry(routingKey)?.tabs ?? [])])
+      if (tab.tenantId === user.tenantId && tab.userId === user.userId && endIfRevoked(tab, at)) closed += 1;
     if (closed > 0) this.logger.info({ tabs: closed }, 'tabs closed: their user’s tokens were revoked');
   }
 
+  /**
+   * Counts places queued behind earlier ones against the line limit, and returns the delivery's ack with
+   * one count for the caller's own work: while the lines are over their limit, the queued places hold it
+   * too, so the delivery keeps its prefetch slot until they are written.
+   */
   private hold(behind: readonly Place[], delivery: Pick<Delivery, 'ack'>): HeldAck {
     const held: HeldAck = { left: 1, delivery };
     this.queued += behind.length;

@@ -18,7 +18,7 @@ import { FrameErrorCode } from '../protocol/frames.js';
 import { nodeKey } from '../protocol/ids.js';
 import { Keys } from '../store/keys.js';
 import { LIVENESS_POLL_MS, PresenceStore } from '../store/presence-store.js';
-import { RevocationStore, revokes } from '../store/revocation-store.js';
+import { RevocationStore } from '../store/revocation-store.js';
 import { closeRedis, createRedisClients, redisReady, watchServer, type ServerWatch } from '../store/redis.js';
 import { ErrorCode, errorMessage, WarrenError } from '../shared/errors.js';
 import { OpsHttp } from '../shared/ops-http.js';
@@ -34,7 +34,7 @@ import { DeliveryHistory } from './history.js';
 import { PayloadFetcher } from './payload-fetcher.js';
 import { RecentDeliveries } from './recent-deliveries.js';
 import { ConnectionRegistry } from './registry.js';
-import type { Tab } from './tab.js';
+import { endIfRevoked, type Tab } from './tab.js';
 import { isReady, WsServer, type Readiness } from './ws-server.js';
 
 // Deliveries dropped for the id map are told to the tabs in one notice per this long at most.
@@ -243,12 +243,7 @@ export async function startGateway(
         );
         const at = new Map(read.map((t, i) => [users[i]?.key, t]));
         let closed = 0;
-        for (const tab of tabs) {
-          const revokedAt = at.get(tab.key);
-          if (tab.closed || revokedAt === undefined || !revokes(revokedAt, tab.issuedAt)) continue;
-          tab.end(CloseCode.Unauthorized, 'token revoked');
-          closed += 1;
-        }
+        for (const tab of tabs) if (endIfRevoked(tab, at.get(tab.key))) closed += 1;
         if (closed > 0) logger.info({ tabs: closed }, 'tabs closed: their user’s tokens were revoked');
         return;
       } catch (error) {
@@ -308,12 +303,13 @@ export async function startGateway(
     const recovery = recoveries;
     const keysLost = losses !== lossesRebound;
     await registry.rebindAll(keysLost);
-    if (!keysLost) await readMissedRevocations(losses, recovery);
-    if (!keysLost || losses !== queueLosses) return keysLost;
-    lossesRebound = losses;
-    eventsMissed('the node queue was lost');
+    // Told once, by the rebind of the latest loss (an earlier one finishing first must not).
+    if (keysLost && losses === queueLosses) {
+      lossesRebound = losses;
+      eventsMissed('the node queue was lost');
+    }
     await readMissedRevocations(losses, recovery);
-    return true;
+    return keysLost;
   };
   const consumer = new Consumer(
     broker,

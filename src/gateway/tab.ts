@@ -1,6 +1,7 @@
 import type { WebSocket } from 'uWebSockets.js';
 import { CloseCode } from '../protocol/close-codes.js';
 import { userKey } from '../protocol/ids.js';
+import { revokes } from '../store/revocation-store.js';
 import type { Identity } from './auth.js';
 import type { RegisteredTab } from './registry.js';
 
@@ -13,6 +14,20 @@ export interface TabSocketData {
 
 export interface TabLimits {
   maxBackpressureBytes: number;
+}
+
+/**
+ * Closes `tab` with 4001 if a revocation of its user at `revokedAt` covers its token (see `revokes`);
+ * whether it did. The one place a revocation closes a tab: a new tab's own read, the gateways' message,
+ * and a node's read of what it may have missed.
+ */
+export function endIfRevoked(
+  tab: Pick<Tab, 'closed' | 'issuedAt' | 'end'>,
+  revokedAt: number | undefined,
+): boolean {
+  if (tab.closed || revokedAt === undefined || !revokes(revokedAt, tab.issuedAt)) return false;
+  tab.end(CloseCode.Unauthorized, 'token revoked');
+  return true;
 }
 
 /** Called once per gateway-initiated close, for metrics. */

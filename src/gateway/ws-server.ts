@@ -10,7 +10,7 @@ import { jitter } from '../shared/backoff.js';
 import { PerKeyThrottle } from '../shared/throttle.js';
 import type { Registry } from '../shared/metrics.js';
 import { RefusalReason, TokenRefused, type Identity } from './auth.js';
-import { revokes, type RevocationStore } from '../store/revocation-store.js';
+import type { RevocationStore } from '../store/revocation-store.js';
 import type { BlockingTokenVerifier } from './blocking-verifier.js';
 import type { DeliveryRouter } from './delivery-router.js';
 import { encodeFrame } from './frames.js';
@@ -18,7 +18,7 @@ import type { GatewayMetrics } from './gateway-metrics.js';
 import type { DeliveryHistory } from './history.js';
 import { send, sendHead, watchAbort } from './http.js';
 import type { ConnectionRegistry } from './registry.js';
-import { Tab, type TabSocketData } from './tab.js';
+import { endIfRevoked, Tab, type TabSocketData } from './tab.js';
 
 export interface WsServerLimits {
   maxFrameBytes: number;
@@ -282,7 +282,7 @@ export class WsServer {
           if (tab.closed) return;
           // The token ran out while the user was being bound (a slow broker): no welcome, and no delivery.
           if (Date.now() >= tab.expiresAt) return tab.end(CloseCode.Unauthorized, 'token expired');
-          if (revokedAt !== undefined && revokes(revokedAt, tab.issuedAt)) {
+          if (endIfRevoked(tab, revokedAt)) {
             const reason = RefusalReason.Revoked;
             metrics.authFailures.inc({ reason });
             this.refusals.tell(reason, 1, (count) =>
@@ -291,7 +291,7 @@ export class WsServer {
                 'tokens refused (closed with 4001 before the welcome)',
               ),
             );
-            return tab.end(CloseCode.Unauthorized, 'token revoked');
+            return;
           }
           const { history, nodeId, router } = this.deps;
           const offset = router.welcomeOffset(tab.tenantId, tab.key);

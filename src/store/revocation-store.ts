@@ -1,6 +1,9 @@
 import type { Redis } from 'ioredis';
 import type { Keys } from './keys.js';
 
+/** How long a revocation lasts unless told (`revokeUser`'s `ttlSec`, `warren revoke --ttl`). */
+export const DEFAULT_REVOCATION_TTL_SEC = 86_400;
+
 /** A user's tokens revoked at `revokedAt` (epoch ms): is a token issued at `issuedAt` (epoch ms) refused? */
 export function revokes(revokedAt: number, issuedAt: number | undefined): boolean {
   // Without `iat` nothing tells it from a token issued before: refused while the revocation lasts.

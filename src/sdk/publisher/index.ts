@@ -24,7 +24,7 @@ import { silentLogger, type Logger } from '../../shared/logger.js';
 import { Keys } from '../../store/keys.js';
 import { MembershipStore } from '../../store/membership-store.js';
 import { PayloadStore } from '../../store/payload-store.js';
-import { RevocationStore } from '../../store/revocation-store.js';
+import { DEFAULT_REVOCATION_TTL_SEC, RevocationStore } from '../../store/revocation-store.js';
 import { closeRedis, createPayloadRedis, createRedis, withWarrenCommands } from '../../store/redis.js';
 
 export type { MembershipChange, ModelEvent };
@@ -151,9 +151,6 @@ export type EventInput = Omit<ModelEvent, 'data' | 'jobId'> & { data?: unknown; 
  *   audience: { teams: ['icu'] }, data: { text: 'hello' } });
  * ```
  */
-/** How long a revocation lasts unless told (`revokeUser`'s `ttlSec`). */
-export const DEFAULT_REVOCATION_TTL_SEC = 86_400;
-
 export class WarrenPublisher {
   private closing: Promise<void> | undefined;
 
