@@ -13,7 +13,7 @@ const el = (tag, cls, text) => {
 };
 // Distinct hues for teams (a plain hash put ICU and Pharmacy both in green).
 const HUES = [232, 168, 24, 330, 198, 276, 44, 0];
-const hue = (s) => HUES[[...s].reduce((h, c) => (h * 31 + c.charCodeAt(0)) % 9973, 7) % HUES.length];
+const hue = (s) => HUES[[...String(s)].reduce((h, c) => (h * 31 + c.charCodeAt(0)) % 9973, 7) % HUES.length];
 const clock = () => new Date().toLocaleTimeString([], { hour12: false });
 const SAMPLES = ['Bed 4 needs a check', 'New lab results for patient 1182', 'Shift handover at 19:00',
   'Room 12 is ready', 'Order 5521 dispensed', 'Imaging slot moved to 14:30'];

@@ -165,21 +165,39 @@ export class WarrenClient {
     this.emitter.emit('role', role);
   }
 
+  /** Not narrowed away by the compiler: listeners called since the last check may have closed the client. */
+  private isClosed(): boolean {
+    return this.current === ClientState.Closed;
+  }
+
   private connectionLost(code?: number): void {
     if (this.current === ClientState.Connected) this.setState(ClientState.Reconnecting, code);
   }
 
   private openSocket(): void {
+    // Listeners run on the way here (`state`, `role`, `error`) and may have closed the client.
+    if (this.isClosed()) return;
     const socket = new SocketLink(this.link, {
       frame: (frame) => this.fromSocket(frame),
       down: (code) => {
         this.connectionLost(code);
         this.share?.post({ k: 'down', code });
       },
-      error: (error) => this.emitter.emit('error', error),
+      error: (error) => {
+        this.emitter.emit('error', error);
+        this.relayFailure(error);
+      },
     });
     this.socket = socket;
     socket.start();
+  }
+
+  /** Followers hear of the leader's failed attempts as their own: they are waiting on that socket too. */
+  private relayFailure(error: WarrenClientError): void {
+    const who = this.expected;
+    if (!this.share?.leading || !who) return;
+    if (error.code === ClientErrorCode.Socket || error.code === ClientErrorCode.Token)
+      this.share.post({ k: 'failed', who, code: error.code, message: error.message });
   }
 
   private async joinTabs(): Promise<void> {
@@ -189,6 +207,8 @@ export class WarrenClient {
     } catch (cause) {
       if (this.current === ClientState.Closed) return;
       this.emitter.emit('error', tokenError(cause));
+      // A listener may have closed the client on that error (a user signed out).
+      if (this.isClosed()) return;
       // The group is named by the token: asked again with backoff, so that a token endpoint down while the
       // page loaded does not leave this tab on a socket of its own for its whole life.
       const { baseMs, capMs } = this.link.reconnect;
@@ -211,6 +231,7 @@ export class WarrenClient {
     // channel.
     const name = `warren|${this.link.urls.describe()}|${claims.tid}|${claims.sub}|${group}`;
     this.setRole(TabRole.Follower);
+    if (this.isClosed()) return;
     const alone = (cause: unknown): void => {
       this.share?.close();
       this.share = undefined;
@@ -371,6 +392,13 @@ export class WarrenClient {
       }
       case 'frame':
         if (this.leaderTrusted) this.handle(message.frame);
+        return;
+      case 'failed':
+        if (message.code === ClientErrorCode.Socket || message.code === ClientErrorCode.Token)
+          this.emitter.emit(
+            'error',
+            new WarrenClientError(message.code, `the tab holding the connection: ${message.message}`),
+          );
         return;
       case 'resync':
         // `new_node` is worked out from the leader's `up` (above).

@@ -30,6 +30,8 @@ export type RelayMessage =
       url?: string;
     }
   | { k: 'down'; code?: number }
+  /** An attempt of the leader's failed before its welcome: followers wait on it and say so as well. */
+  | { k: 'failed'; who: Speaker; code: 'socket_failed' | 'token_failed'; message: string }
   | { k: 'frame'; who: Speaker; frame: ServerFrame }
   /** `offset`: where the node's gap is (`events_missed`); a resume from before it would be refused. */
   | { k: 'resync'; who: Speaker; resync: Resync; offset?: number };
@@ -75,12 +77,14 @@ export class TabShare {
     navigator.locks
       .request(this.name, { signal: this.abort.signal }, () => {
         if (this.closed) return undefined;
-        this.leading = true;
-        this.hooks.lead();
-        // Held until close(): the lock is the leadership.
-        return new Promise<void>((resolve) => {
+        // Held until close(): the lock is the leadership. Made before lead() runs, so that a close()
+        // from inside it (an application's listener) gives the lock back too.
+        const held = new Promise<void>((resolve) => {
           this.release = resolve;
         });
+        this.leading = true;
+        this.hooks.lead();
+        return held;
       })
       // An AbortError when close() withdraws a request still in the queue. Anything else before this tab
       // led (a SecurityError where site data is blocked) means it never will: it must not wait for good.

@@ -1,0 +1,116 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { connect, TabRole, type WarrenClient } from '../../../../src/sdk/client/index.js';
+import { FakeSocket, installLocks, tokenFor } from './tab-fakes.js';
+
+// Applications call close() from their own listeners (a user signed out, a page that keeps one active
+// tab): a client closed on the way to opening a socket must open none and let its tabs' lock go, or the
+// other tabs wait for good on a leader that is not there. And a follower waiting on a leader that cannot
+// connect hears why, as a tab with its own socket would.
+
+describe('shared tabs: closing from a listener, failures told to followers', () => {
+  const clients: WarrenClient[] = [];
+
+  beforeEach(() => {
+    FakeSocket.all = [];
+    FakeSocket.epoch = 'e';
+    FakeSocket.welcomeOffset = 0;
+    FakeSocket.refuse = false;
+    installLocks();
+  });
+  afterEach(() => {
+    for (const c of clients.splice(0)) c.close();
+    vi.unstubAllGlobals();
+    vi.useRealTimers();
+  });
+
+  function tab(getToken: () => string = () => tokenFor('acme', 'alice')): WarrenClient {
+    const client = connect({
+      url: 'ws://gateway/ws',
+      getToken,
+      shareAcrossTabs: true,
+      WebSocket: FakeSocket as unknown as typeof WebSocket,
+    });
+    clients.push(client);
+    return client;
+  }
+
+  const open = (): FakeSocket[] => FakeSocket.all.filter((s) => s.readyState !== 3);
+
+  it('a tab closed by its application as it takes over opens no socket and hands the lead on', async () => {
+    const leader = tab();
+    await vi.waitFor(() => expect(leader.role).toBe(TabRole.Leader));
+    const next = tab();
+    await vi.waitFor(() => expect(next.state).toBe('connected'));
+    // Closed as soon as the connection is lost: the take-over is under way when the listener runs.
+    next.on('state', ({ to }) => {
+      if (to === 'reconnecting') next.close();
+    });
+    const third = tab();
+    await vi.waitFor(() => expect(third.state).toBe('connected'));
+    const seen: unknown[] = [];
+    third.on('event', (e) => seen.push(e.id));
+
+    leader.close();
+    await vi.waitFor(() => expect(third.role).toBe(TabRole.Leader));
+    await vi.waitFor(() => expect(third.state).toBe('connected'));
+    expect(next.state).toBe('closed');
+    // The first leader's socket (closed) and the third tab's: none of the closed tab's.
+    expect(FakeSocket.all).toHaveLength(2);
+    expect(open()).toHaveLength(1);
+    open()[0]?.event('e1');
+    expect(seen).toEqual(['e1']);
+  });
+
+  it('a client closed from its role listener as it joins opens no socket and holds no lock', async () => {
+    const first = tab();
+    // A page that wants one active tab closes any tab told it follows.
+    first.on('role', (role) => {
+      if (role === TabRole.Follower) first.close();
+    });
+    await vi.waitFor(() => expect(first.state).toBe('closed'));
+    const second = tab();
+    await vi.waitFor(() => expect(second.state).toBe('connected'));
+    expect(second.role).toBe(TabRole.Leader);
+    expect(FakeSocket.all).toHaveLength(1);
+  });
+
+  it('a client closed from its token_failed listener asks for no token again', async () => {
+    vi.useFakeTimers();
+    let calls = 0;
+    const client = tab(() => {
+      calls += 1;
+      throw new Error('signed out');
+    });
+    client.on('error', (e) => {
+      if (e.code === 'token_failed') client.close();
+    });
+    await vi.advanceTimersByTimeAsync(0);
+    expect(client.state).toBe('closed');
+    await vi.advanceTimersByTimeAsync(60_000);
+    expect(calls).toBe(1);
+    expect(FakeSocket.all).toHaveLength(0);
+  });
+
+  it('followers hear of every attempt of the leader that fails before its welcome', async () => {
+    const leader = tab();
+    await vi.waitFor(() => expect(leader.state).toBe('connected'));
+    const follower = tab();
+    await vi.waitFor(() => expect(follower.state).toBe('connected'));
+    const told: { leader: string[]; follower: string[] } = { leader: [], follower: [] };
+    leader.on('error', (e) => told.leader.push(`${e.code}: ${e.message}`));
+    follower.on('error', (e) => told.follower.push(`${e.code}: ${e.message}`));
+
+    FakeSocket.refuse = true;
+    FakeSocket.all[0]?.end(1006);
+    await vi.waitFor(() => expect(told.leader.length).toBeGreaterThanOrEqual(2), { timeout: 5000 });
+    await vi.waitFor(() => expect(told.follower).toHaveLength(told.leader.length));
+    expect(told.follower).toEqual(
+      told.leader.map((m) => m.replace(': ', ': the tab holding the connection: ')),
+    );
+    expect(told.follower[0]).toMatch(/^socket_failed: the tab holding the connection: .*ws:\/\/gateway\/ws/);
+    expect(follower.state).toBe('reconnecting');
+
+    FakeSocket.refuse = false;
+    await vi.waitFor(() => expect(follower.state).toBe('connected'), { timeout: 5000 });
+  });
+});
