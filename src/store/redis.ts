@@ -14,6 +14,7 @@ import {
   PRESENCE_NODE_GONE,
   PRESENCE_OFF,
   PRESENCE_ON,
+  REVOKE,
 } from './scripts.js';
 
 type Arg = string | number;
@@ -29,6 +30,7 @@ export interface WarrenCommands {
   warrenDeadNodes(...args: Arg[]): Promise<string[]>;
   warrenNodeDead(...args: Arg[]): Promise<number>;
   warrenLiveNodes(...args: Arg[]): Promise<string[]>;
+  warrenRevoke(...args: Arg[]): Promise<number>;
 }
 
 export type WarrenRedis = Redis & WarrenCommands;
@@ -50,6 +52,7 @@ export function withWarrenCommands(redis: Redis): WarrenRedis {
   define('warrenDeadNodes', 1, DEAD_NODES);
   define('warrenNodeDead', 1, NODE_DEAD);
   define('warrenLiveNodes', 1, LIVE_NODES);
+  define('warrenRevoke', 1, REVOKE);
   return redis as WarrenRedis;
 }
 

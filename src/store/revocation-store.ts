@@ -1,5 +1,5 @@
-import type { Redis } from 'ioredis';
 import type { Keys } from './keys.js';
+import type { WarrenRedis } from './redis.js';
 
 /** How long a revocation lasts unless told (`revokeUser`'s `ttlSec`, `warren revoke --ttl`). */
 export const DEFAULT_REVOCATION_TTL_SEC = 86_400;
@@ -18,22 +18,19 @@ export function revokes(revokedAt: number, issuedAt: number | undefined): boolea
  */
 export class RevocationStore {
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: WarrenRedis,
     private readonly keys: Keys,
   ) {}
 
   /**
-   * Records the revocation; returns its instant: `at`, or Redis's clock by default (one clock for every
-   * service and operator revoking, whatever theirs say). A later revocation replaces an earlier one.
+   * Records the revocation; returns the instant stored: `at`, or Redis's clock when the write lands by
+   * default (one clock for every service and operator revoking, whatever theirs say), or a later instant
+   * already stored. The lifetime is `ttlSec` or what is left of the stored one, whichever is longer.
    */
   async revoke(tenantId: string, userId: string, ttlSec: number, at?: number): Promise<number> {
-    let instant = at;
-    if (instant === undefined) {
-      const [sec, usec] = await this.redis.time();
-      instant = Number(sec) * 1000 + Math.floor(Number(usec) / 1000);
-    }
-    await this.redis.set(this.keys.revoked(tenantId, userId), String(instant), 'EX', ttlSec);
-    return instant;
+    return Number(
+      await this.redis.warrenRevoke(this.keys.revoked(tenantId, userId), ttlSec, at === undefined ? '' : at),
+    );
   }
 
   /** When the user's tokens were revoked, if a revocation lasts. */

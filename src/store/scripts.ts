@@ -260,3 +260,28 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 return redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')
 `;
+
+/**
+ * Records a revocation: KEYS: revoked; ARGV: lifetime in s, the instant (epoch ms) or '' for Redis's
+ * clock. Returns the instant stored. A revocation never moves an earlier-stored one back nor shortens its
+ * lifetime: two operators revoking at once, or a write resent after a reconnect landing after a later one,
+ * would otherwise accept again tokens the later one refused. One script, so the clock is read where the
+ * write lands.
+ */
+export const REVOKE = `
+local at = tonumber(ARGV[2])
+if not at then
+  local t = redis.call('TIME')
+  at = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local stored = tonumber(redis.call('GET', KEYS[1]) or '')
+if stored and stored > at then at = stored end
+local ms = tonumber(ARGV[1]) * 1000
+local left = redis.call('PTTL', KEYS[1])
+if left == -1 then
+  redis.call('SET', KEYS[1], at, 'KEEPTTL')
+else
+  redis.call('SET', KEYS[1], at, 'PX', math.max(ms, left))
+end
+return at
+`;

@@ -10,6 +10,7 @@ import { WarrenPublisher } from '../../src/sdk/publisher/index.js';
 import { silentLogger } from '../../src/shared/logger.js';
 import { Keys } from '../../src/store/keys.js';
 import { RevocationStore } from '../../src/store/revocation-store.js';
+import { withWarrenCommands } from '../../src/store/redis.js';
 import {
   BrokerProbe,
   cleanRedis,
@@ -130,6 +131,42 @@ describe('revoking a user', () => {
     await eventually(async () => (await outcome(port(0), old)) === 'welcome', 'the revocation lapses', 3000);
   });
 
+  it('never moves a stored revocation back nor cuts its lifetime short', async () => {
+    // A revocation stored with a later instant than the one being made: two operators revoking at once, or
+    // an SDK's write resent after a reconnect, landing after a later revocation's.
+    const later = Date.now() + 60_000;
+    const redis = withWarrenCommands(new Redis(inject('redisUrl')));
+    try {
+      const store = new RevocationStore(redis, new Keys(config.prefix));
+      expect(await store.revoke('t1', 'A', 3600, later)).toBe(later);
+      await warren.revokeUser('t1', 'A', { ttlSec: 5 });
+      const kept = await store.revocation('t1', 'A');
+      expect(kept?.revokedAt).toBe(later);
+      expect((kept?.lapsesAt ?? 0) - Date.now()).toBeGreaterThan(3_500_000);
+      // Issued 30 s from now, past the clock tolerance: refused, as the later revocation says.
+      expect(await outcome(port(0), await tokenIssuedAt('A', 't1', seconds() + 30))).toBe(4001);
+      // An earlier instant given explicitly does not replace it either.
+      expect(await store.revoke('t1', 'A', 60, later - 120_000)).toBe(later);
+      expect((await store.revocation('t1', 'A'))?.revokedAt).toBe(later);
+    } finally {
+      redis.disconnect();
+    }
+  });
+
+  it('tells the gateways the instant stored, which closes tabs a later revocation covers', async () => {
+    const later = Date.now() + 60_000;
+    const redis = withWarrenCommands(new Redis(inject('redisUrl')));
+    try {
+      // Issued 30 s from now: only the stored, later instant covers it; Redis's clock now does not.
+      const tab = await open(0, 't1', 'A', await tokenIssuedAt('A', 't1', seconds() + 30));
+      await new RevocationStore(redis, new Keys(config.prefix)).revoke('t1', 'A', 3600, later);
+      await warren.revokeUser('t1', 'A');
+      expect(await tab.closed).toBe(4001);
+    } finally {
+      redis.disconnect();
+    }
+  });
+
   it('refuses bad ids and lifetimes before touching Redis or the broker', async () => {
     await expect(warren.revokeUser('t.1', 'A')).rejects.toThrow(/invalid tenant id/);
     await expect(warren.revokeUser('t1', 'A*')).rejects.toThrow(/invalid user id/);
@@ -155,7 +192,9 @@ describe('revoking a user', () => {
       );
       const redis = new Redis(inject('redisUrl'));
       try {
-        expect(await new RevocationStore(redis, new Keys(prefix)).revokedAt('t1', 'A')).toBeDefined();
+        expect(
+          await new RevocationStore(withWarrenCommands(redis), new Keys(prefix)).revokedAt('t1', 'A'),
+        ).toBeDefined();
       } finally {
         redis.disconnect();
       }
@@ -421,7 +460,7 @@ describe('revoking a user while a gateway’s queue overflows', () => {
       const c = await openTab(gateway.port, await token({ sub: 'C', tid: 't1' }));
       tabs.push(a, c);
       // C revoked with no message at all: as if its dead letter had been lost too. Only a read finds it.
-      await new RevocationStore(redis, new Keys(prefix)).revoke('t1', 'C', 60);
+      await new RevocationStore(withWarrenCommands(redis), new Keys(prefix)).revoke('t1', 'C', 60);
       const jobId = await warren.putPayload('t1', { big: true });
       proxy.stall();
       await probe.deliver(prefix, ['u.t1.A'], { id: 'held', tenantId: 't1', jobId });
