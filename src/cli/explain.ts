@@ -141,8 +141,9 @@ function describe(e: Explanation): string {
   if (e.teams.length + e.groups.length > 0)
     lines.push(
       `An event to ${[...e.teams.map((t) => `team ${t.id}`), ...e.groups.map((g) => `group ${g.id}`)].join(', ')} ` +
-        `${e.reached ? 'reaches' : 'does not reach'} ${e.user} now` +
-        ' (unless the event lists them in exceptUsers).',
+        (e.reached
+          ? `reaches ${e.user} now (unless the event lists them in exceptUsers).`
+          : `does not reach ${e.user} now.`),
     );
   return lines.join('\n');
 }

@@ -11,36 +11,55 @@ import { DEFAULT_REVOCATION_TTL_SEC } from '../store/revocation-store.js';
 // Each command's modules load when it runs: `warren health`, run by the container every few seconds, must
 // not load uWebSockets.js, roaring and amqplib to send one HTTP request.
 
-const USAGE = `Usage: warren <command> [options]
-
-Commands:
-  gateway                 run a gateway node (WebSocket, /healthz, /readyz, /metrics)
-  resolver                run a resolver worker (run several for throughput)
-  dev                     gateway and resolver in one process, nothing to configure
-  members import FILE     bulk-load memberships from JSONL or CSV
+// Each command's lines of the usage, by command name: `warren <command> --help` prints its own.
+const COMMANDS: Readonly<Record<string, string>> = {
+  gateway: `  gateway                 run a gateway node (WebSocket, /healthz, /readyz, /metrics)`,
+  resolver: `  resolver                run a resolver worker (run several for throughput)`,
+  dev: `  dev                     gateway and resolver in one process, nothing to configure`,
+  members: `  members import FILE     bulk-load memberships from JSONL or CSV
       --format jsonl|csv    default: from the file extension
       --tenant ID           tenant for rows that do not name one
       --skip-invalid        import the valid rows even if some are bad
-      --dry-run             validate and report every bad line; import nothing
-  token --tenant ID --user ID [--ttl SECONDS]
+      --dry-run             validate and report every bad line; import nothing`,
+  token: `  token --tenant ID --user ID [--ttl SECONDS]
                           print a token the gateways accept (signed with WARREN_JWT_SECRET;
-                          default lifetime 3600 s), for trying an installation out
-  revoke --tenant ID --user ID [--ttl SECONDS]
+                          default lifetime 3600 s), for trying an installation out`,
+  revoke: `  revoke --tenant ID --user ID [--ttl SECONDS]
                           close the user's open tabs (4001) and refuse the tokens issued to them
-                          until now, for SECONDS (default 86400; at least your tokens' lifetime)
-  explain --tenant ID --user ID [--team ID]... [--group ID]... [--json]
+                          until now, for SECONDS (default 86400; at least your tokens' lifetime)`,
+  explain: `  explain --tenant ID --user ID [--team ID]... [--group ID]... [--json]
                           why a user would or would not receive an event to those teams and
                           groups: their bit, the gateways holding them online, each membership
-                          (direct or through which group); exit 1 when it would not
-  status [--json]         gateways alive, connections, users online per tenant, queue depths
-  health [gateway|resolver]
+                          (direct or through which group); exit 1 when it would not`,
+  status: `  status [--json]         gateways alive, connections, users online per tenant, queue depths`,
+  health: `  health [gateway|resolver]
                           exit 0 if this machine's gateway (or resolver) answers /healthz, at the
                           port its configuration gives; without a role, that of the container's
-                          main process (for HEALTHCHECK)
-  help                    this text
+                          main process (for HEALTHCHECK)`,
+};
 
-Configuration: config/default.yaml, then the file named by WARREN_CONFIG, then WARREN_* variables.
+const CONFIGURATION = `Configuration: config/default.yaml, then the file named by WARREN_CONFIG, then WARREN_* variables.
 See README.md for every key.`;
+
+const USAGE = `Usage: warren <command> [options]
+
+Commands:
+${Object.values(COMMANDS).join('\n')}
+  help [COMMAND]          this text, or one command's
+
+${CONFIGURATION}`;
+
+/** One command's usage; the whole usage for a name that is not a command. */
+function usageOf(command: string | undefined): string {
+  const lines = command === undefined ? undefined : COMMANDS[command];
+  return lines === undefined ? USAGE : `Usage:\n${lines.replace(/^ {2}/, '  warren ')}\n\n${CONFIGURATION}`;
+}
+
+/** `-h` or `--help` among a command's arguments (before a `--`, after which arguments are taken as given). */
+function asksForHelp(args: string[]): boolean {
+  const end = args.indexOf('--');
+  return (end < 0 ? args : args.slice(0, end)).some((arg) => arg === '--help' || arg === '-h');
+}
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(join(findPackageRoot(), 'package.json'), 'utf8')) as {
@@ -80,7 +99,7 @@ function userTtlArgs(
   if (!/^\d+$/.test(values.ttl ?? String(defaultTtl)) || !(ttlSec >= 1 && ttlSec <= 31_536_000))
     problems.push(`--ttl must be a whole number of seconds from 1 to 31536000 (got ${values.ttl})`);
   if (problems.length > 0) {
-    console.error(`warren ${command}: ${problems.join('; ')}\n\n${USAGE}`);
+    console.error(`warren ${command}: ${problems.join('; ')}\n\n${usageOf(command)}`);
     return undefined;
   }
   return { tenant: values.tenant as string, user: values.user as string, ttlSec };
@@ -88,12 +107,16 @@ function userTtlArgs(
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
+  if (command !== undefined && command in COMMANDS && asksForHelp(rest)) {
+    console.log(usageOf(command));
+    return 0;
+  }
   // Servers take their settings from WARREN_* and WARREN_CONFIG only: `warren gateway --port 9` must not
   // start on the configured port as if the flag had been read.
   if ((command === 'gateway' || command === 'resolver' || command === 'dev') && rest.length > 0) {
     console.error(
       `warren ${command}: takes no arguments (got ${rest.join(' ')}); set WARREN_* variables or ` +
-        `WARREN_CONFIG instead, e.g. WARREN_GATEWAY_PORT=9000\n\n${USAGE}`,
+        `WARREN_CONFIG instead, e.g. WARREN_GATEWAY_PORT=9000\n\n${usageOf(command)}`,
     );
     return 2;
   }
@@ -115,7 +138,7 @@ async function main(argv: string[]): Promise<number> {
       if (sub !== 'import') {
         console.error(
           `warren members: ${sub === undefined ? 'a subcommand is needed' : `unknown subcommand "${sub}"`}` +
-            ` (import)\n\n${USAGE}`,
+            ` (import)\n\n${usageOf('members')}`,
         );
         return 2;
       }
@@ -131,7 +154,9 @@ async function main(argv: string[]): Promise<number> {
       });
       const file = positionals[0];
       if (!file || positionals.length > 1) {
-        console.error(`warren members import: one file expected, got ${positionals.length}\n\n${USAGE}`);
+        console.error(
+          `warren members import: one file expected, got ${positionals.length}\n\n${usageOf('members')}`,
+        );
         return 2;
       }
       if (values.tenant !== undefined && !isValidId(values.tenant)) {
@@ -140,7 +165,7 @@ async function main(argv: string[]): Promise<number> {
       }
       const format = values.format;
       if (format !== undefined && format !== 'jsonl' && format !== 'csv') {
-        console.error(`--format must be jsonl or csv, not ${format}`);
+        console.error(`warren members import: --format must be jsonl or csv, not ${format}`);
         return 2;
       }
       const config = loadConfig();
@@ -177,7 +202,7 @@ async function main(argv: string[]): Promise<number> {
         for (const value of values[name] ?? [])
           if (!isValidId(value)) problems.push(`--${name} ${value} must match ${ID_PATTERN.source}`);
       if (problems.length > 0) {
-        console.error(`warren explain: ${problems.join('; ')}\n\n${USAGE}`);
+        console.error(`warren explain: ${problems.join('; ')}\n\n${usageOf('explain')}`);
         return 2;
       }
       const config = loadConfig();
@@ -198,7 +223,7 @@ async function main(argv: string[]): Promise<number> {
       const [role, ...extra] = rest;
       if (extra.length > 0 || (role !== undefined && role !== 'gateway' && role !== 'resolver')) {
         console.error(
-          `warren health: takes gateway, resolver or nothing (got ${rest.join(' ')})\n\n${USAGE}`,
+          `warren health: takes gateway, resolver or nothing (got ${rest.join(' ')})\n\n${usageOf('health')}`,
         );
         return 2;
       }
@@ -209,8 +234,10 @@ async function main(argv: string[]): Promise<number> {
     case 'version':
       console.log(version());
       return 0;
-    case undefined:
     case 'help':
+      console.log(usageOf(rest[0]));
+      return 0;
+    case undefined:
     case '--help':
     case '-h':
       console.log(USAGE);
@@ -240,7 +267,7 @@ main(process.argv.slice(2)).then(
     }
     const code = (error as { code?: unknown } | null)?.code;
     if (typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS')) {
-      console.error(`warren: ${(error as Error).message}\n\n${USAGE}`);
+      console.error(`warren: ${(error as Error).message}\n\n${usageOf(process.argv[2])}`);
       return fail(2);
     }
     // A Warren error says what to do; anything else is unexpected and keeps its stack.

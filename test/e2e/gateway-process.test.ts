@@ -202,6 +202,37 @@ describe('warren gateway as a process', () => {
     expect(gateway.lines.join('\n')).toContain('takes no arguments (got --port 9)');
   });
 
+  it('answers --help for every command with that command’s usage, and runs nothing', async () => {
+    const env = gatewayEnv(testPrefix('help'));
+    const asked = [
+      ['gateway', '--help'],
+      ['members', 'import', '-h'],
+      ['revoke', '--tenant', 'acme', '--help'],
+      ['explain', '--help'],
+      ['status', '--help'],
+      ['help', 'token'],
+    ].map((args) => WarrenProcess.start(args, env));
+    processes.push(...asked);
+    expect(await Promise.all(asked.map((p) => p.exited))).toEqual([0, 0, 0, 0, 0, 0]);
+    const [gateway, members, revoke, explain, status, token] = asked.map((p) => p.lines.join('\n'));
+    expect(gateway).toContain('warren gateway                 run a gateway node');
+    expect(members).toContain('warren members import FILE');
+    expect(members).toContain('--dry-run');
+    expect(revoke).toMatch(/warren revoke --tenant ID --user ID \[--ttl SECONDS\]/);
+    expect(explain).toContain('warren explain --tenant ID');
+    expect(status).toContain('warren status [--json]');
+    expect(token).toContain('warren token --tenant ID');
+    // One command's usage, not every command's.
+    expect(revoke).not.toContain('explain');
+    // A bad argument names the problem and shows the usage of the command it was given to.
+    const bad = WarrenProcess.start(['status', '--bogus'], env);
+    processes.push(bad);
+    expect(await bad.exited).toBe(2);
+    expect(bad.lines.join('\n')).toContain("Unknown option '--bogus'");
+    expect(bad.lines.join('\n')).toContain('warren status [--json]');
+    expect(bad.lines.join('\n')).not.toContain('members import');
+  });
+
   it('warren status lists the gateway, its users and every queue with its depth and readers', async () => {
     prefix = testPrefix('status');
     const env = gatewayEnv(prefix, { WARREN_PRESENCE_HEARTBEAT_MS: '200' });

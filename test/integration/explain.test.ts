@@ -87,6 +87,7 @@ describe('warren explain', () => {
       );
       const no = WarrenProcess.start(['explain', '--tenant', 'acme', '--user', 'bob', '--team', 'er'], env);
       expect(await no.exited).toBe(1);
+      expect(no.lines).toContain('An event to team er does not reach bob now.');
       expect(no.lines.join('\n')).toContain('offline: no live gateway holds a tab of theirs');
       expect(no.lines.join('\n')).toContain('held by gateways no longer beating, not counted: n2');
 
