@@ -1,5 +1,6 @@
 import type { WarrenConfig } from '../config/load.js';
 import { WarrenPublisher } from '../sdk/publisher/index.js';
+import type { Revocation } from '../store/revocation-store.js';
 
 export interface RevokeOptions {
   tenant: string;
@@ -21,15 +22,20 @@ export async function runRevoke(config: Readonly<WarrenConfig>, options: RevokeO
     declareTopology: false,
     connectTimeoutMs: config.rabbitmq.connectTimeoutMs,
   });
+  let revocation: Revocation;
   try {
-    await warren.revokeUser(options.tenant, options.user, { ttlSec: options.ttlSec });
+    revocation = await warren.revokeUser(options.tenant, options.user, { ttlSec: options.ttlSec });
   } finally {
     await warren.close();
   }
-  const hours = Math.round((options.ttlSec / 3600) * 10) / 10;
+  const { revokedAt, lapsesAt } = revocation;
+  // An earlier revocation with a later instant or a longer lifetime keeps them: what is in force is told.
+  const until = Number.isFinite(lapsesAt)
+    ? `until ${new Date(lapsesAt).toISOString()}`
+    : 'for good (the revocation has no lifetime)';
   console.log(
     `revoked ${options.user} of ${options.tenant}: the gateways holding them close their open tabs (4001); ` +
-      `tokens issued until now are refused for ${options.ttlSec} s (${hours} h)`,
+      `tokens issued up to ${new Date(revokedAt).toISOString()} are refused ${until}`,
   );
   return 0;
 }

@@ -30,7 +30,7 @@ export interface WarrenCommands {
   warrenDeadNodes(...args: Arg[]): Promise<string[]>;
   warrenNodeDead(...args: Arg[]): Promise<number>;
   warrenLiveNodes(...args: Arg[]): Promise<string[]>;
-  warrenRevoke(...args: Arg[]): Promise<number>;
+  warrenRevoke(...args: Arg[]): Promise<[number, number]>;
 }
 
 export type WarrenRedis = Redis & WarrenCommands;

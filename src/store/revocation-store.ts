@@ -4,6 +4,18 @@ import type { WarrenRedis } from './redis.js';
 /** How long a revocation lasts unless told (`revokeUser`'s `ttlSec`, `warren revoke --ttl`). */
 export const DEFAULT_REVOCATION_TTL_SEC = 86_400;
 
+/** A revocation in force: tokens issued up to `revokedAt` are refused until `lapsesAt` (epoch ms). */
+export interface Revocation {
+  revokedAt: number;
+  /** Infinity for a revocation without a lifetime (written by hand, not by Warren). */
+  lapsesAt: number;
+}
+
+/** When a revocation with `leftMs` to live lapses; -1: written without a lifetime, it never does. */
+function lapse(leftMs: number): number {
+  return leftMs >= 0 ? Date.now() + leftMs : Number.POSITIVE_INFINITY;
+}
+
 /** A user's tokens revoked at `revokedAt` (epoch ms): is a token issued at `issuedAt` (epoch ms) refused? */
 export function revokes(revokedAt: number, issuedAt: number | undefined): boolean {
   // Without `iat` nothing tells it from a token issued before: refused while the revocation lasts.
@@ -23,14 +35,15 @@ export class RevocationStore {
   ) {}
 
   /**
-   * Records the revocation; returns the instant stored: `at`, or Redis's clock when the write lands by
-   * default (one clock for every service and operator revoking, whatever theirs say), or a later instant
-   * already stored. The lifetime is `ttlSec` or what is left of the stored one, whichever is longer.
+   * Records the revocation; returns the revocation in force: its instant is `at`, or Redis's clock when
+   * the write lands by default (one clock for every service and operator revoking, whatever theirs say),
+   * or a later instant already stored; its lifetime is `ttlSec` or what is left of the stored one,
+   * whichever is longer.
    */
-  async revoke(tenantId: string, userId: string, ttlSec: number, at?: number): Promise<number> {
-    return Number(
-      await this.redis.warrenRevoke(this.keys.revoked(tenantId, userId), ttlSec, at === undefined ? '' : at),
-    );
+  async revoke(tenantId: string, userId: string, ttlSec: number, at?: number): Promise<Revocation> {
+    const key = this.keys.revoked(tenantId, userId);
+    const [revokedAt, ms] = await this.redis.warrenRevoke(key, ttlSec, at === undefined ? '' : at);
+    return { revokedAt: Number(revokedAt), lapsesAt: lapse(Number(ms)) };
   }
 
   /** When the user's tokens were revoked, if a revocation lasts. */
@@ -39,17 +52,12 @@ export class RevocationStore {
   }
 
   /** The revocation lasting for the user, if any: its instant and when it lapses (epoch ms). */
-  async revocation(
-    tenantId: string,
-    userId: string,
-  ): Promise<{ revokedAt: number; lapsesAt: number } | undefined> {
+  async revocation(tenantId: string, userId: string): Promise<Revocation | undefined> {
     const key = this.keys.revoked(tenantId, userId);
     const [[, value] = [], [, ttlMs] = []] = (await this.redis.multi().get(key).pttl(key).exec()) ?? [];
     const revokedAt = parsed(value as string | null | undefined);
     if (revokedAt === undefined) return undefined;
-    // -1: written without a lifetime (not by Warren): it never lapses.
-    const left = Number(ttlMs);
-    return { revokedAt, lapsesAt: left >= 0 ? Date.now() + left : Number.POSITIVE_INFINITY };
+    return { revokedAt, lapsesAt: lapse(Number(ttlMs)) };
   }
 
   /** `revokedAt` for many users in one round trip, in the order given. */

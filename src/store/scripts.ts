@@ -263,7 +263,7 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')
 
 /**
  * Records a revocation: KEYS: revoked; ARGV: lifetime in s, the instant (epoch ms) or '' for Redis's
- * clock. Returns the instant stored. A revocation never moves an earlier-stored one back nor shortens its
+ * clock. Returns the instant stored and its lifetime in ms (-1: none). A revocation never moves an earlier-stored one back nor shortens its
  * lifetime: two operators revoking at once, or a write resent after a reconnect landing after a later one,
  * would otherwise accept again tokens the later one refused. One script, so the clock is read where the
  * write lands.
@@ -281,7 +281,8 @@ local left = redis.call('PTTL', KEYS[1])
 if left == -1 then
   redis.call('SET', KEYS[1], at, 'KEEPTTL')
 else
-  redis.call('SET', KEYS[1], at, 'PX', math.max(ms, left))
+  ms = math.max(ms, left)
+  redis.call('SET', KEYS[1], at, 'PX', ms)
 end
-return at
+return {at, left == -1 and -1 or ms}
 `;

@@ -138,15 +138,18 @@ describe('revoking a user', () => {
     const redis = withWarrenCommands(new Redis(inject('redisUrl')));
     try {
       const store = new RevocationStore(redis, new Keys(config.prefix));
-      expect(await store.revoke('t1', 'A', 3600, later)).toBe(later);
-      await warren.revokeUser('t1', 'A', { ttlSec: 5 });
+      expect((await store.revoke('t1', 'A', 3600, later)).revokedAt).toBe(later);
+      // What is in force comes back, not what was asked.
+      const inForce = await warren.revokeUser('t1', 'A', { ttlSec: 5 });
+      expect(inForce.revokedAt).toBe(later);
+      expect(inForce.lapsesAt - Date.now()).toBeGreaterThan(3_500_000);
       const kept = await store.revocation('t1', 'A');
       expect(kept?.revokedAt).toBe(later);
       expect((kept?.lapsesAt ?? 0) - Date.now()).toBeGreaterThan(3_500_000);
       // Issued 30 s from now, past the clock tolerance: refused, as the later revocation says.
       expect(await outcome(port(0), await tokenIssuedAt('A', 't1', seconds() + 30))).toBe(4001);
       // An earlier instant given explicitly does not replace it either.
-      expect(await store.revoke('t1', 'A', 60, later - 120_000)).toBe(later);
+      expect((await store.revoke('t1', 'A', 60, later - 120_000)).revokedAt).toBe(later);
       expect((await store.revocation('t1', 'A'))?.revokedAt).toBe(later);
     } finally {
       redis.disconnect();
@@ -261,10 +264,24 @@ describe('revoking a user', () => {
     expect(await ok.exited).toBe(0);
     await eventually(() => ok.lines.length > 0, 'its line');
     expect(ok.lines).toHaveLength(1);
-    expect(ok.lines[0]).toMatch(
-      /revoked A of t1: the gateways holding them close their open tabs \(4001\).*600 s/,
-    );
+    const told =
+      /revoked A of t1: the gateways holding them close their open tabs \(4001\); tokens issued up to (\S+) are refused until (\S+)$/.exec(
+        ok.lines[0] ?? '',
+      );
+    expect(told, ok.lines[0]).not.toBeNull();
+    const [revokedAt, until] = [Date.parse(told?.[1] ?? ''), Date.parse(told?.[2] ?? '')];
+    expect(Math.abs(revokedAt - Date.now())).toBeLessThan(5000);
+    expect(until - revokedAt).toBeGreaterThan(599_000);
+    // The lapse is the CLI's clock plus what Redis has left: a millisecond or so either way.
+    expect(until - revokedAt).toBeLessThan(601_000);
     expect(await tab.closed).toBe(4001);
+
+    // A shorter lifetime keeps the longer one in force, and says so.
+    const again = WarrenProcess.start(['revoke', '--tenant', 't1', '--user', 'A', '--ttl', '60'], env);
+    expect(await again.exited).toBe(0);
+    await eventually(() => again.lines.length > 0, 'its line');
+    const untilAgain = Date.parse(/are refused until (\S+)$/.exec(again.lines[0] ?? '')?.[1] ?? '');
+    expect(Math.abs(untilAgain - until)).toBeLessThan(2000);
 
     const bad = WarrenProcess.start(['revoke', '--tenant', 't1', '--ttl', '0'], env);
     expect(await bad.exited).toBe(2);

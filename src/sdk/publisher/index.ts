@@ -24,10 +24,14 @@ import { silentLogger, type Logger } from '../../shared/logger.js';
 import { Keys } from '../../store/keys.js';
 import { MembershipStore } from '../../store/membership-store.js';
 import { PayloadStore } from '../../store/payload-store.js';
-import { DEFAULT_REVOCATION_TTL_SEC, RevocationStore } from '../../store/revocation-store.js';
+import {
+  DEFAULT_REVOCATION_TTL_SEC,
+  RevocationStore,
+  type Revocation,
+} from '../../store/revocation-store.js';
 import { closeRedis, createPayloadRedis, createRedis, withWarrenCommands } from '../../store/redis.js';
 
-export type { MembershipChange, ModelEvent };
+export type { MembershipChange, ModelEvent, Revocation };
 export { ErrorCode, WarrenError } from '../../shared/errors.js';
 
 export interface PublisherOptions {
@@ -401,9 +405,10 @@ export class WarrenPublisher {
    * for `ttlSec` (default 86,400: make it at least your tokens' longest lifetime). A token issued later is
    * accepted, and on 4001 the client asks `getToken` for one: your token endpoint decides whether the user
    * comes back. Tokens without `iat` are refused while the revocation lasts. Resolves once the revocation
-   * is stored and the broker has confirmed the gateways' message.
+   * is stored and the broker has confirmed the gateways' message, with the revocation in force: a
+   * revocation stored earlier with a later instant or a longer lifetime keeps them.
    */
-  async revokeUser(tenantId: string, userId: string, options: { ttlSec?: number } = {}): Promise<void> {
+  async revokeUser(tenantId: string, userId: string, options: { ttlSec?: number } = {}): Promise<Revocation> {
     if (!isValidId(tenantId))
       throw new WarrenError(ErrorCode.InvalidId, `invalid tenant id: ${String(tenantId)}`);
     if (!isValidId(userId)) throw new WarrenError(ErrorCode.InvalidId, `invalid user id: ${String(userId)}`);
@@ -411,7 +416,7 @@ export class WarrenPublisher {
     if (!Number.isInteger(ttlSec) || ttlSec <= 0)
       throw new WarrenError(ErrorCode.Config, `ttlSec must be a positive integer, got ${ttlSec}`);
     // Stored first: a tab whose user key is bound after this reads it; one bound before gets the message.
-    const revokedAt = await this.bounded(
+    const revocation = await this.bounded(
       this.revocations.revoke(tenantId, userId, ttlSec),
       'storing the revocation in Redis',
     );
@@ -421,7 +426,7 @@ export class WarrenPublisher {
         headers: {
           [DeliveryHeader.Control]: ControlMessage.Revoke,
           [DeliveryHeader.Tenant]: tenantId,
-          [DeliveryHeader.RevokedAt]: revokedAt,
+          [DeliveryHeader.RevokedAt]: revocation.revokedAt,
         },
         waitForConnectionMs: this.settings.publishTimeoutMs,
         confirmTimeoutMs: this.settings.confirmTimeoutMs,
@@ -435,6 +440,7 @@ export class WarrenPublisher {
         { cause: error, retryable: true },
       );
     }
+    return revocation;
   }
 
   /** Waits for outstanding confirms, then closes what this publisher opened. A second call waits for the first. */
