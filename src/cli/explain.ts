@@ -153,7 +153,7 @@ export async function runExplain(
   config: Readonly<WarrenConfig>,
   options: ExplainOptions & { json: boolean },
 ): Promise<number> {
-  const redis = await commandRedis(config, 'warren-explain');
+  const redis = await commandRedis(config, 'warren-explain', { readOnly: true });
   try {
     const result = await explain(redis, new Keys(config.prefix), config.presence.expiryMs, options);
     console.log(options.json ? JSON.stringify(result, null, 2) : describe(result));

@@ -45,7 +45,7 @@ async function queueInfo(model: amqp.ChannelModel, queue: string): Promise<Queue
 export async function collectStatus(config: Readonly<WarrenConfig>): Promise<Status> {
   const keys = new Keys(config.prefix);
   const names = topologyNames(config.prefix);
-  const redis = await commandRedis(config, 'warren-status');
+  const redis = await commandRedis(config, 'warren-status', { readOnly: true });
   try {
     const presence = new PresenceStore(redis, keys);
     const [time] = await redis.time();

@@ -168,7 +168,8 @@ export async function createRedisClients(
 }
 
 /** `evictionProblem` of a connected server, read in one round trip; undefined when it cannot be read. */
-async function evictionProblemOf(redis: Redis, logger: Logger): Promise<string | undefined> {
+/** What `evictionProblem` finds in the server's settings; undefined where `CONFIG` is refused. */
+export async function evictionProblemOf(redis: Redis, logger: Logger): Promise<string | undefined> {
   try {
     // The pattern answers maxmemory and maxmemory-policy (and a few more), name, value…
     const reply = (await redis.config('GET', 'maxmemory*')) as string[];

@@ -1,9 +1,13 @@
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, inject, it } from 'vitest';
 import { explain } from '../../src/cli/explain.js';
 import { MembershipStore } from '../../src/store/membership-store.js';
 import { PresenceStore } from '../../src/store/presence-store.js';
 import { RevocationStore } from '../../src/store/revocation-store.js';
 import { withWarrenRedis } from '../support/harness.js';
+import { hasRedisServer, SecondRedis } from '../support/second-redis.js';
 import { WarrenProcess } from '../support/warren-process.js';
 
 // `warren explain`: what an operator asks when a user says they did not get an event.
@@ -106,5 +110,35 @@ describe('warren explain', () => {
       );
       expect((await ask('ann', [])).revoked).toBeNull();
     });
+  });
+});
+
+describe.skipIf(!hasRedisServer)('read-only commands against a Redis the servers refuse', () => {
+  it('status and explain run, warning, where an import stops', async () => {
+    // A full Redis under allkeys-lru would evict id maps: servers refuse it, an operator must still look in.
+    const redis = await SecondRedis.start(['--maxmemory', '1gb', '--maxmemory-policy', 'allkeys-lru']);
+    let dir: string | undefined;
+    try {
+      const env = { WARREN_PREFIX: 't-evict', WARREN_REDIS_URL: redis.url() };
+      const warning =
+        /warning: Redis maxmemory-policy is allkeys-lru.*gateways and resolvers refuse to start/;
+      const explained = WarrenProcess.start(['explain', '--tenant', 'acme', '--user', 'ann'], env);
+      expect(await explained.exited).toBe(0);
+      expect(explained.lines.join('\n')).toMatch(warning);
+      expect(explained.lines.join('\n')).toContain('ann');
+      const status = WarrenProcess.start(['status', '--json'], env);
+      expect(await status.exited).toBe(0);
+      expect(status.lines.join('\n')).toMatch(warning);
+      dir = await mkdtemp(join(tmpdir(), 'warren-evict-'));
+      const file = join(dir, 'rows.jsonl');
+      await writeFile(file, '{"op":"add","tenantId":"acme","userId":"ann","teamId":"icu"}\n');
+      const importing = WarrenProcess.start(['members', 'import', file], env);
+      expect(await importing.exited).toBe(78);
+      expect(importing.lines.join('\n')).toMatch(/maxmemory-policy is allkeys-lru.*set it to noeviction/);
+      expect(importing.lines.join('\n')).not.toContain('warning');
+    } finally {
+      redis.stop();
+      if (dir) await rm(dir, { recursive: true, force: true });
+    }
   });
 });

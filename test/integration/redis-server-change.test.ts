@@ -1,4 +1,3 @@
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { Keys } from '../../src/store/keys.js';
@@ -11,7 +10,6 @@ import {
   BrokerProbe,
   counter,
   eventually,
-  freePort,
   openTab,
   removeInstallation,
   startTestGateway,
@@ -19,6 +17,7 @@ import {
   testPrefix,
   token,
 } from '../support/harness.js';
+import { hasRedisServer, SecondRedis } from '../support/second-redis.js';
 import { TcpProxy } from '../support/tcp-proxy.js';
 
 /**
@@ -26,53 +25,8 @@ import { TcpProxy } from '../support/tcp-proxy.js';
  * one: every write of the first is "lost") and a proxy the test points at either.
  */
 
-class SecondRedis {
-  private constructor(
-    private readonly child: ChildProcess,
-    readonly port: number,
-  ) {}
-
-  static async start(): Promise<SecondRedis> {
-    const port = await freePort();
-    const child = spawn(
-      'redis-server',
-      ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
-      { stdio: 'ignore' },
-    );
-    const failed = new Promise<never>((_, reject) =>
-      child.once('error', (error) =>
-        reject(new Error(`cannot start a second redis-server: ${error.message}`)),
-      ),
-    );
-    const client = new Redis({ port, host: '127.0.0.1', lazyConnect: true, retryStrategy: () => 50 });
-    client.on('error', () => {}); // refused until the server listens
-    await Promise.race([
-      failed,
-      eventually(
-        () =>
-          client.ping().then(
-            () => true,
-            () => false,
-          ),
-        'second Redis',
-      ),
-    ]);
-    client.disconnect();
-    return new SecondRedis(child, port);
-  }
-
-  client(): Redis {
-    return new Redis({ port: this.port, host: '127.0.0.1' });
-  }
-
-  stop(): void {
-    this.child.kill('SIGKILL');
-  }
-}
-
 // The second server is this machine's own redis-server; where there is none (services in containers only),
 // these tests cannot play a failover and are skipped.
-const hasRedisServer = spawnSync('redis-server', ['--version']).status === 0;
 
 describe.skipIf(!hasRedisServer)('a Redis server changing behind its address', () => {
   const main = new URL(inject('redisUrl'));
