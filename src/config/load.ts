@@ -6,7 +6,7 @@ import type { z } from 'zod';
 import { ErrorCode, WarrenError, errorMessage, withoutCredentials } from '../shared/errors.js';
 import { publicKeyOf, readJwks, readPem } from '../shared/jwt-keys.js';
 import { CONFIG_FIELDS, type ConfigField } from './fields.js';
-import { configSchema, type WarrenConfig } from './schema.js';
+import { configSchema, DEFAULTS, type WarrenConfig } from './schema.js';
 
 export type { WarrenConfig };
 
@@ -216,6 +216,15 @@ function crossChecks(
   if (drain && drain[0] >= drain[1]) {
     problems.push(
       'gateway.drainWindowMs: must be below gateway.drainTimeoutMs, or the drain times out before every tab is told 4100',
+    );
+  }
+  const g = config.gateway;
+  const ports = numbers(g?.metricsPort, g?.port);
+  const wildcard = (host: unknown): boolean => host === '0.0.0.0' || host === '::';
+  const hosts = [g?.metricsHost ?? DEFAULTS.gatewayHost, g?.host ?? DEFAULTS.gatewayHost];
+  if (ports && ports[0] !== 0 && ports[0] === ports[1] && (hosts[0] === hosts[1] || hosts.some(wildcard))) {
+    problems.push(
+      'gateway.metricsPort: must differ from gateway.port (unset it to serve /metrics on the tabs’ port)',
     );
   }
   const reconnect = numbers(config.rabbitmq?.reconnectCapMs, config.rabbitmq?.reconnectBaseMs);

@@ -153,7 +153,7 @@ export const configSchema = z.strictObject({
       metricsPort: port
         .optional()
         .describe(
-          'Serve `/metrics` on this port of its own (0 picks a free one), with `/healthz` and `/readyz` (which stay on the tabs’ port too), and no longer on the tabs’ port; unset: on the tabs’ port.',
+          'Serve `/metrics` on this port of its own (0 picks a free one; not `gateway.port` on the same address), with `/healthz` and `/readyz` (which stay on the tabs’ port too), and no longer on the tabs’ port; unset: on the tabs’ port.',
         ),
       metricsHost: z
         .string()

@@ -685,8 +685,8 @@ export async function startGateway(
         return { ready: isReady(r), ...r };
       }).catch((error: unknown) => {
         throw new WarrenError(
-          ErrorCode.Config,
-          `gateway.metricsPort: cannot listen on ${g.metricsHost}:${g.metricsPort}: ${errorMessage(error)}`,
+          ErrorCode.Listen,
+          `gateway.metricsPort: cannot listen on ${g.metricsHost}:${g.metricsPort} (is another process listening on it?): ${errorMessage(error)}`,
         );
       });
     }

@@ -170,8 +170,8 @@ export async function startResolver(
       // Before consuming anything: a taken port stops start-up with nothing to undo but what is open.
       await abandon();
       throw new WarrenError(
-        ErrorCode.Config,
-        `resolver.metricsPort: cannot listen on ${metricsHost}:${metricsPort}: ${errorMessage(error)}`,
+        ErrorCode.Listen,
+        `resolver.metricsPort: cannot listen on ${metricsHost}:${metricsPort} (is another process listening on it?): ${errorMessage(error)}`,
       );
     }
   }

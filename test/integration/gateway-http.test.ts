@@ -149,7 +149,10 @@ describe('gateway HTTP: /healthz, /readyz, /metrics', () => {
     const port = (taken.address() as { port: number }).port;
     try {
       const config = testConfig(prefix, { gateway: { metricsPort: port, metricsHost: '127.0.0.1' } });
-      await expect(startTestGateway(config)).rejects.toThrow(/gateway\.metricsPort: cannot listen/);
+      await expect(startTestGateway(config)).rejects.toMatchObject({
+        code: 'WARREN_ERR_LISTEN',
+        message: expect.stringMatching(/gateway\.metricsPort: cannot listen .*another process/),
+      });
     } finally {
       taken.close();
     }

@@ -38,7 +38,10 @@ describe('the resolver’s metrics and health listener (resolver.metricsPort)', 
     const port = (taken.address() as { port: number }).port;
     try {
       const config = testConfig(prefix, { resolver: { metricsPort: port, metricsHost: '127.0.0.1' } });
-      await expect(startTestResolver(config)).rejects.toThrow(/resolver\.metricsPort: cannot listen/);
+      await expect(startTestResolver(config)).rejects.toMatchObject({
+        code: 'WARREN_ERR_LISTEN',
+        message: expect.stringMatching(/resolver\.metricsPort: cannot listen .*another process/),
+      });
     } finally {
       taken.close();
       const probe = await BrokerProbe.open();

@@ -125,6 +125,17 @@ describe('loadConfig', () => {
     expect(message).toContain('a gateway needs one of');
   });
 
+  it('refuses a metrics port that is the tabs’ port on the same address', () => {
+    const same = { WARREN_GATEWAY_PORT: '9000', WARREN_GATEWAY_METRICS_PORT: '9000' };
+    expect(configError(() => loadConfig({ env: same }))).toContain(
+      'gateway.metricsPort: must differ from gateway.port',
+    );
+    // By default both listen on every address; on two addresses of their own the port may be the same.
+    const apart = { ...same, WARREN_GATEWAY_HOST: '127.0.0.1', WARREN_GATEWAY_METRICS_HOST: '127.0.0.2' };
+    expect(loadConfig({ env: apart }).gateway.metricsPort).toBe(9000);
+    expect(loadConfig({ env: { WARREN_GATEWAY_METRICS_PORT: '9100' } }).gateway.metricsPort).toBe(9100);
+  });
+
   it('refuses values the broker or the timers cannot take: prefetch over 16 bits, delays over 2^31-1 ms', () => {
     const message = configError(() =>
       loadConfig({
