@@ -68,11 +68,15 @@ const parses = [
 ] as const;
 const amqpUrl = z
   .string()
-  .regex(/^amqps?:\/\//, 'must be an amqp:// or amqps:// URL')
+  // A wrong scheme is the one problem told: the parse that follows would fail too, on the same value.
+  .regex(/^amqps?:\/\//, { message: 'must be an amqp:// or amqps:// URL', abort: true })
   .refine(...parses);
 const redisUrl = z
   .string()
-  .regex(/^(redis|rediss|unix):\/\//, 'must be a redis://, rediss:// or unix:// URL')
+  .regex(/^(redis|rediss|unix):\/\//, {
+    message: 'must be a redis://, rediss:// or unix:// URL',
+    abort: true,
+  })
   .refine(...parses)
   // The path names the database: a number, or nothing (0). ioredis would take anything else as 0.
   .refine((value) => {

@@ -125,6 +125,15 @@ describe('loadConfig', () => {
     expect(message).toContain('a gateway needs one of');
   });
 
+  it('tells a URL of the wrong scheme once, not again as one that does not parse', () => {
+    const message = configError(() =>
+      loadConfig({ env: { WARREN_RABBITMQ_URL: 'nonsense', WARREN_REDIS_URL: 'nothing' } }),
+    );
+    expect(message).toMatch(/^Invalid configuration \(2 problems\)/);
+    expect(message).toContain('rabbitmq.url [WARREN_RABBITMQ_URL] (from environment): must be an amqp://');
+    expect(message).toContain('redis.url [WARREN_REDIS_URL] (from environment): must be a redis://');
+  });
+
   it('refuses a metrics port that is the tabs’ port on the same address', () => {
     const same = { WARREN_GATEWAY_PORT: '9000', WARREN_GATEWAY_METRICS_PORT: '9000' };
     expect(configError(() => loadConfig({ env: same }))).toContain(
