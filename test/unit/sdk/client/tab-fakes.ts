@@ -1,5 +1,6 @@
-import { vi } from 'vitest';
+import { afterEach, beforeEach, vi } from 'vitest';
 import type { ServerFrame } from '../../../../src/protocol/frames.js';
+import type { WarrenClient } from '../../../../src/sdk/client/index.js';
 
 // Stand-ins for what a browser gives tabs that share a connection: WebSockets to a gateway that welcomes
 // whoever the token names, and Web Locks granted one holder at a time. BroadcastChannel is Node's own.
@@ -113,4 +114,27 @@ export function installLocks(): void {
       else queues.set(name, [...(queues.get(name) ?? []), { grant, signal: options.signal }]);
     });
   vi.stubGlobal('navigator', { locks: { request } });
+}
+
+/**
+ * Fresh fakes for every test of the calling `describe`: a gateway that welcomes, locks no tab holds. Returns
+ * the list to put each test's clients in: they are closed after it, and every stub and timer mock undone.
+ */
+export function useTabFakes(): WarrenClient[] {
+  const clients: WarrenClient[] = [];
+  beforeEach(() => {
+    FakeSocket.all = [];
+    FakeSocket.epoch = 'e';
+    FakeSocket.welcomeOffset = 0;
+    FakeSocket.refuse = false;
+    installLocks();
+  });
+  afterEach(() => {
+    for (const c of clients.splice(0)) c.close();
+    vi.unstubAllGlobals();
+    // A failed assertion must not leave Math.random mocked, or fake timers on, for the tests after it.
+    vi.restoreAllMocks();
+    vi.useRealTimers();
+  });
+  return clients;
 }

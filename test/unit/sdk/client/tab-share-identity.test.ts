@@ -1,27 +1,13 @@
-import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { connect, TabRole, type WarrenClient } from '../../../../src/sdk/client/index.js';
-import { FakeSocket, installLocks, opaqueFor, tokenFor } from './tab-fakes.js';
+import { FakeSocket, opaqueFor, tokenFor, useTabFakes } from './tab-fakes.js';
 
 // Tabs of one browser share a socket only with tabs of the same user: a relay from a socket that belongs
 // to anyone else is never shown, whether the tabs were grouped by a name the application chose or one
 // tab's token changed hands (a shared workstation where someone else signed in).
 
 describe('tab sharing never crosses users', () => {
-  const clients: WarrenClient[] = [];
-
-  beforeEach(() => {
-    FakeSocket.all = [];
-    FakeSocket.epoch = 'e';
-    FakeSocket.welcomeOffset = 0;
-    FakeSocket.refuse = false;
-    installLocks();
-  });
-  afterEach(() => {
-    for (const c of clients.splice(0)) c.close();
-    vi.unstubAllGlobals();
-    // A failed assertion must not leave Math.random mocked for the tests after it.
-    vi.restoreAllMocks();
-  });
+  const clients = useTabFakes();
 
   function tab(getToken: () => string, share: boolean | string): { client: WarrenClient; seen: unknown[] } {
     const client = connect({

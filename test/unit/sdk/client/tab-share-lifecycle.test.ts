@@ -1,6 +1,6 @@
-import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { connect, TabRole, type WarrenClient } from '../../../../src/sdk/client/index.js';
-import { FakeSocket, installLocks, tokenFor } from './tab-fakes.js';
+import { FakeSocket, tokenFor, useTabFakes } from './tab-fakes.js';
 
 // Applications call close() from their own listeners (a user signed out, a page that keeps one active
 // tab): a client closed on the way to opening a socket must open none and let its tabs' lock go, or the
@@ -8,20 +8,7 @@ import { FakeSocket, installLocks, tokenFor } from './tab-fakes.js';
 // connect hears why, as a tab with its own socket would.
 
 describe('shared tabs: closing from a listener, failures told to followers', () => {
-  const clients: WarrenClient[] = [];
-
-  beforeEach(() => {
-    FakeSocket.all = [];
-    FakeSocket.epoch = 'e';
-    FakeSocket.welcomeOffset = 0;
-    FakeSocket.refuse = false;
-    installLocks();
-  });
-  afterEach(() => {
-    for (const c of clients.splice(0)) c.close();
-    vi.unstubAllGlobals();
-    vi.useRealTimers();
-  });
+  const clients = useTabFakes();
 
   function tab(getToken: () => string = () => tokenFor('acme', 'alice')): WarrenClient {
     const client = connect({
