@@ -33,9 +33,12 @@ export async function runRevoke(config: Readonly<WarrenConfig>, options: RevokeO
   const until = Number.isFinite(lapsesAt)
     ? `until ${new Date(lapsesAt).toISOString()}`
     : 'for good (the revocation has no lifetime)';
+  const which = Number.isFinite(revokedAt)
+    ? `tokens issued up to ${new Date(revokedAt).toISOString()}`
+    : 'all their tokens (a revocation not written by Warren was in force)';
   console.log(
     `revoked ${options.user} of ${options.tenant}: the gateways holding them close their open tabs (4001); ` +
-      `tokens issued up to ${new Date(revokedAt).toISOString()} are refused ${until}`,
+      `${which} are refused ${until}`,
   );
   return 0;
 }

@@ -6,6 +6,7 @@ export const DEFAULT_REVOCATION_TTL_SEC = 86_400;
 
 /** A revocation in force: tokens issued up to `revokedAt` are refused until `lapsesAt` (epoch ms). */
 export interface Revocation {
+  /** Infinity where every token is refused (a value not written by Warren is stored). */
   revokedAt: number;
   /** Infinity for a revocation without a lifetime (written by hand, not by Warren). */
   lapsesAt: number;
@@ -43,7 +44,9 @@ export class RevocationStore {
   async revoke(tenantId: string, userId: string, ttlSec: number, at?: number): Promise<Revocation> {
     const key = this.keys.revoked(tenantId, userId);
     const [revokedAt, ms] = await this.redis.warrenRevoke(key, ttlSec, at === undefined ? '' : at);
-    return { revokedAt: Number(revokedAt), lapsesAt: lapse(Number(ms)) };
+    // -1: a value Warren did not write is stored, read as revoking every token (`parsed`).
+    const instant = Number(revokedAt);
+    return { revokedAt: instant < 0 ? Number.POSITIVE_INFINITY : instant, lapsesAt: lapse(Number(ms)) };
   }
 
   /** When the user's tokens were revoked, if a revocation lasts. */

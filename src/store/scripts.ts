@@ -263,10 +263,12 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')
 
 /**
  * Records a revocation: KEYS: revoked; ARGV: lifetime in s, the instant (epoch ms) or '' for Redis's
- * clock. Returns the instant stored and its lifetime in ms (-1: none). A revocation never moves an earlier-stored one back nor shortens its
- * lifetime: two operators revoking at once, or a write resent after a reconnect landing after a later one,
- * would otherwise accept again tokens the later one refused. One script, so the clock is read where the
- * write lands.
+ * clock. Returns the instant in force (-1: every token, see below) and its lifetime in ms (-1: none). A
+ * revocation never moves an earlier-stored one back nor shortens its lifetime: two operators revoking at
+ * once, or a write resent after a reconnect landing after a later one, would otherwise accept again tokens
+ * the later one refused. One script, so the clock is read where the write lands. A stored value that is
+ * not a whole number of ms Warren could have written (up to 15 digits) is one the readers take as revoking
+ * every token: it is kept as it is, its lifetime extended the same way.
  */
 export const REVOKE = `
 local at = tonumber(ARGV[2])
@@ -274,15 +276,24 @@ if not at then
   local t = redis.call('TIME')
   at = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local stored = tonumber(redis.call('GET', KEYS[1]) or '')
-if stored and stored > at then at = stored end
+local raw = redis.call('GET', KEYS[1])
+local foreign = raw and not (string.match(raw, '^%d+$') and #raw <= 15)
+if raw and not foreign and tonumber(raw) > at then at = tonumber(raw) end
 local ms = tonumber(ARGV[1]) * 1000
 local left = redis.call('PTTL', KEYS[1])
 if left == -1 then
-  redis.call('SET', KEYS[1], at, 'KEEPTTL')
+  ms = -1
 else
   ms = math.max(ms, left)
+end
+if foreign then
+  if ms ~= -1 then redis.call('PEXPIRE', KEYS[1], ms) end
+  return {-1, ms}
+end
+if ms == -1 then
+  redis.call('SET', KEYS[1], at, 'KEEPTTL')
+else
   redis.call('SET', KEYS[1], at, 'PX', ms)
 end
-return {at, left == -1 and -1 or ms}
+return {at, ms}
 `;

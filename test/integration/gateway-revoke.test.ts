@@ -156,6 +156,30 @@ describe('revoking a user', () => {
     }
   });
 
+  it('keeps a revocation Warren did not write, read as refusing every token, and closes the tabs', async () => {
+    const redis = withWarrenCommands(new Redis(inject('redisUrl')));
+    try {
+      const keys = new Keys(config.prefix);
+      for (const [user, value] of [
+        ['A', 'inf'],
+        ['B', '99999999999999999999'],
+        ['C', 'forever'],
+      ] as const) {
+        // Issued a minute from now: only a revocation of every token covers it.
+        const tab = await open(0, 't1', user, await tokenIssuedAt(user, 't1', seconds() + 60));
+        await redis.set(keys.revoked('t1', user), value, 'EX', 10);
+        const inForce = await warren.revokeUser('t1', user, { ttlSec: 60 });
+        expect(inForce.revokedAt, value).toBe(Number.POSITIVE_INFINITY);
+        expect(await tab.closed, value).toBe(4001);
+        expect(await redis.get(keys.revoked('t1', user)), value).toBe(value);
+        // Lasting the longer of the two lifetimes.
+        expect(await redis.pttl(keys.revoked('t1', user)), value).toBeGreaterThan(59_000);
+      }
+    } finally {
+      redis.disconnect();
+    }
+  });
+
   it('tells the gateways the instant stored, which closes tabs a later revocation covers', async () => {
     const later = Date.now() + 60_000;
     const redis = withWarrenCommands(new Redis(inject('redisUrl')));
@@ -282,6 +306,20 @@ describe('revoking a user', () => {
     await eventually(() => again.lines.length > 0, 'its line');
     const untilAgain = Date.parse(/are refused until (\S+)$/.exec(again.lines[0] ?? '')?.[1] ?? '');
     expect(Math.abs(untilAgain - until)).toBeLessThan(2000);
+
+    // Over a revocation Warren did not write (every token refused), and one without a lifetime.
+    const redis = new Redis(inject('redisUrl'));
+    try {
+      await redis.set(new Keys(config.prefix).revoked('t1', 'D'), 'inf');
+    } finally {
+      redis.disconnect();
+    }
+    const foreign = WarrenProcess.start(['revoke', '--tenant', 't1', '--user', 'D'], env);
+    expect(await foreign.exited).toBe(0);
+    await eventually(() => foreign.lines.length > 0, 'its line');
+    expect(foreign.lines[0]).toMatch(
+      /all their tokens \(a revocation not written by Warren was in force\) are refused for good/,
+    );
 
     const bad = WarrenProcess.start(['revoke', '--tenant', 't1', '--ttl', '0'], env);
     expect(await bad.exited).toBe(2);

@@ -426,7 +426,10 @@ export class WarrenPublisher {
         headers: {
           [DeliveryHeader.Control]: ControlMessage.Revoke,
           [DeliveryHeader.Tenant]: tenantId,
-          [DeliveryHeader.RevokedAt]: revocation.revokedAt,
+          // Every token: an instant past any `iat` (a header cannot carry Infinity).
+          [DeliveryHeader.RevokedAt]: Number.isFinite(revocation.revokedAt)
+            ? revocation.revokedAt
+            : Number.MAX_SAFE_INTEGER,
         },
         waitForConnectionMs: this.settings.publishTimeoutMs,
         confirmTimeoutMs: this.settings.confirmTimeoutMs,
