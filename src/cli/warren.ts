@@ -51,7 +51,7 @@ ${CONFIGURATION}`;
 
 /** One command's usage; the whole usage for a name that is not a command. */
 function usageOf(command: string | undefined): string {
-  const lines = command === undefined ? undefined : COMMANDS[command];
+  const lines = command !== undefined && Object.hasOwn(COMMANDS, command) ? COMMANDS[command] : undefined;
   return lines === undefined ? USAGE : `Usage:\n${lines.replace(/^ {2}/, '  warren ')}\n\n${CONFIGURATION}`;
 }
 
@@ -107,7 +107,7 @@ function userTtlArgs(
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
-  if (command !== undefined && command in COMMANDS && asksForHelp(rest)) {
+  if (command !== undefined && Object.hasOwn(COMMANDS, command) && asksForHelp(rest)) {
     console.log(usageOf(command));
     return 0;
   }

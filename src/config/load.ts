@@ -1,4 +1,5 @@
 import { existsSync, readFileSync } from 'node:fs';
+import { isIPv4 } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
@@ -220,9 +221,12 @@ function crossChecks(
   }
   const g = config.gateway;
   const ports = numbers(g?.metricsPort, g?.port);
-  const wildcard = (host: unknown): boolean => host === '0.0.0.0' || host === '::';
-  const hosts = [g?.metricsHost ?? DEFAULTS.gatewayHost, g?.host ?? DEFAULTS.gatewayHost];
-  if (ports && ports[0] !== 0 && ports[0] === ports[1] && (hosts[0] === hosts[1] || hosts.some(wildcard))) {
+  // Addresses that take the same port from each other: the same one, `::` and any other, `0.0.0.0` and
+  // any IPv4 address (not an IPv6 one: both listen). A host name may resolve either way: not refused.
+  const overlap = (a: string, b: string): boolean =>
+    a === b || a === '::' || b === '::' || (a === '0.0.0.0' && isIPv4(b)) || (b === '0.0.0.0' && isIPv4(a));
+  const hosts = [g?.metricsHost, g?.host].map((h) => (typeof h === 'string' ? h : DEFAULTS.gatewayHost));
+  if (ports && ports[0] !== 0 && ports[0] === ports[1] && overlap(hosts[0] ?? '', hosts[1] ?? '')) {
     problems.push(
       'gateway.metricsPort: must differ from gateway.port (unset it to serve /metrics on the tabs’ port)',
     );

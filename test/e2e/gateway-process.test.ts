@@ -231,6 +231,14 @@ describe('warren gateway as a process', () => {
     expect(bad.lines.join('\n')).toContain("Unknown option '--bogus'");
     expect(bad.lines.join('\n')).toContain('warren status [--json]');
     expect(bad.lines.join('\n')).not.toContain('members import');
+    // Names every object has are no commands.
+    const inherited = WarrenProcess.start(['constructor', '--help'], env);
+    const helpInherited = WarrenProcess.start(['help', 'toString'], env);
+    processes.push(inherited, helpInherited);
+    expect(await inherited.exited).toBe(2);
+    expect(inherited.lines.join('\n')).toContain('unknown command "constructor --help"');
+    expect(await helpInherited.exited).toBe(0);
+    expect(helpInherited.lines.join('\n')).toContain('Usage: warren <command> [options]');
   });
 
   it('warren status lists the gateway, its users and every queue with its depth and readers', async () => {

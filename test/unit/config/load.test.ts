@@ -142,6 +142,13 @@ describe('loadConfig', () => {
     // By default both listen on every address; on two addresses of their own the port may be the same.
     const apart = { ...same, WARREN_GATEWAY_HOST: '127.0.0.1', WARREN_GATEWAY_METRICS_HOST: '127.0.0.2' };
     expect(loadConfig({ env: apart }).gateway.metricsPort).toBe(9000);
+    // Every IPv4 address and an IPv6 one do not overlap; `::` takes both.
+    const v4v6 = { ...same, WARREN_GATEWAY_METRICS_HOST: '::1' };
+    expect(loadConfig({ env: v4v6 }).gateway.metricsPort).toBe(9000);
+    const v4 = { ...same, WARREN_GATEWAY_METRICS_HOST: '127.0.0.1' };
+    expect(configError(() => loadConfig({ env: v4 }))).toContain('gateway.metricsPort: must differ');
+    const any = { ...same, WARREN_GATEWAY_HOST: '::', WARREN_GATEWAY_METRICS_HOST: '::1' };
+    expect(configError(() => loadConfig({ env: any }))).toContain('gateway.metricsPort: must differ');
     expect(loadConfig({ env: { WARREN_GATEWAY_METRICS_PORT: '9100' } }).gateway.metricsPort).toBe(9100);
   });
 
