@@ -677,13 +677,8 @@ export class ResolverWorker {
     let failed: unknown;
     const copy = () =>
       this.publishCopy(delivery, names.dlx, origin.routingKey, {
-        properties: {
-          ...(message.properties.contentType
-            ? { contentType: message.properties.contentType as string }
-            : {}),
-          ...(message.properties.messageId ? { messageId: message.properties.messageId as string } : {}),
-          persistent: true,
-        },
+        // Everything that says where it came from (correlation id, app, timestamp, encoding…) stays.
+        properties: { ...copiedProperties(message), persistent: true },
         headers: { [DeadLetterHeader.Reason]: reason.slice(0, 2000), [DeadLetterHeader.Code]: code },
         // The dead-letter queue gone (deleted by hand): the broker would confirm a copy it routed nowhere.
         mandatory: true,

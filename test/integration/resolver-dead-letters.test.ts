@@ -281,6 +281,12 @@ describe('malformed input is dead-lettered with its reason, and resolving goes o
       channel.publish(exchange, routingKey, content, {
         contentType: c.contentType ?? 'application/json',
         headers: { 'x-test-case': i },
+        // What traces a message back to its sender: kept on the dead letter.
+        correlationId: `request-${i}`,
+        appId: 'billing',
+        timestamp: 1_795_000_000 + i,
+        type: 'note.created',
+        contentEncoding: 'identity',
       });
       // After each malformed message, a valid one: the resolver must still resolve it.
       await warren.publishEvent({ ...valid, id: `valid-${i}` });
@@ -309,6 +315,15 @@ describe('malformed input is dead-lettered with its reason, and resolving goes o
       expect(headers['x-warren-original-exchange']).toBe(
         c.direct ? '' : `${prefix}.${c.exchange ?? 'events'}`,
       );
+      const i = Number(headers['x-test-case']);
+      expect(message.properties, c.name).toMatchObject({
+        correlationId: `request-${i}`,
+        appId: 'billing',
+        timestamp: 1_795_000_000 + i,
+        type: 'note.created',
+        contentEncoding: 'identity',
+        contentType: c.contentType ?? 'application/json',
+      });
     }
     await channel.close();
   });
