@@ -1,6 +1,6 @@
 import { createReadStream, fstatSync, statSync, type Stats } from 'node:fs';
 import type { Readable } from 'node:stream';
-import { createInterface } from 'node:readline';
+import { StringDecoder } from 'node:string_decoder';
 import { describeIssues, membershipChangeSchema, type MembershipChange } from '../protocol/schemas.js';
 import type { MembershipStore } from './membership-store.js';
 
@@ -98,6 +98,27 @@ function unquote(cell: string): string {
 }
 
 /**
+ * The lines of a stream of UTF-8 text, ended by LF or CRLF. Not by a lone CR, as readline's are: in JSON a
+ * CR between tokens is whitespace, and `grep -n` or an editor would number the lines after it otherwise.
+ */
+async function* linesOf(stream: Readable): AsyncGenerator<string> {
+  const decoder = new StringDecoder('utf8');
+  let rest = '';
+  const chunks = stream as AsyncIterable<Buffer | string>;
+  for await (const chunk of chunks) {
+    rest += typeof chunk === 'string' ? chunk : decoder.write(chunk);
+    let start = 0;
+    for (let end = rest.indexOf('\n'); end >= 0; end = rest.indexOf('\n', start)) {
+      yield rest.slice(start, end > start && rest[end - 1] === '\r' ? end - 1 : end);
+      start = end + 1;
+    }
+    rest = rest.slice(start);
+  }
+  rest += decoder.end();
+  if (rest !== '') yield rest.endsWith('\r') ? rest.slice(0, -1) : rest;
+}
+
+/**
  * Every line of a membership file that holds a row, validated, in file order. Rows default to `op: add` and
  * to the `--tenant` given. CSV needs a header naming its columns (op, tenantId, userId, teamId, groupId);
  * a bad header ends the file.
@@ -107,7 +128,7 @@ async function* readRows(file: string, options: ReadOptions): AsyncGenerator<Imp
   // Standard input as it is: a pipe from a child process's parent may be a socket, which /dev/stdin is not
   // able to open.
   const stream: Readable & { bytesRead?: number } = file === STDIN ? process.stdin : createReadStream(file);
-  const lines = createInterface({ input: stream, crlfDelay: Infinity });
+  const lines = linesOf(stream);
   let header: string[] | undefined;
   let number = 0;
   let lastReport = 0;
@@ -185,7 +206,6 @@ async function* readRows(file: string, options: ReadOptions): AsyncGenerator<Imp
     }
   } finally {
     // Also when the reader stops early (a bad header, a consumer that failed): no file left open.
-    lines.close();
     stream.destroy();
   }
   options.onBytes?.(total, total);

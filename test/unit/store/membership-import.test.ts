@@ -57,6 +57,27 @@ describe('membership import: validated once, read again to apply', () => {
     expect(plan).toMatchObject({ valid: 1, bad: [{ line: 5 }] });
   });
 
+  it('ends lines at LF or CRLF only: a lone CR is whitespace inside a JSON row, and lines count as grep -n does', async () => {
+    const file = join(dir, 'cr.jsonl');
+    const row = (user: string, cr = ''): string =>
+      `{"tenantId":"acme","userId":"${user}",${cr}"teamId":"icu"}`;
+    writeFileSync(file, `${row('ann')}\r\n${row('bob', '\r')}\nnot json\r\n\u00e9\n${row('cy')}`);
+    const plan = await readMembershipFile(file, { format: 'jsonl' });
+    expect(plan).toMatchObject({
+      rows: 5,
+      valid: 3,
+      bad: [
+        { line: 3, reason: 'not valid JSON' },
+        { line: 4, reason: 'not valid JSON' },
+      ],
+    });
+    expect((await replayed(file, plan)).map((c) => ('userId' in c ? c.userId : ''))).toEqual([
+      'ann',
+      'bob',
+      'cy',
+    ]);
+  });
+
   it('names the known columns, and the separator, for a header it does not know', async () => {
     const file = join(dir, 'semicolons.csv');
     writeFileSync(file, 'userId;teamId\nann;icu\n');
