@@ -5,6 +5,13 @@ import { untilSignal } from './signals.js';
 
 export async function runGateway(config: Readonly<WarrenConfig>): Promise<number> {
   const logger = createLogger(config.log.level);
-  const gateway = await startGateway(config, { logger });
-  return untilSignal(() => gateway.close(), logger);
+  let stoppedOnItsOwn: () => void = () => {};
+  const fatal = new Promise<void>((resolve) => (stoppedOnItsOwn = resolve));
+  const gateway = await startGateway(config, { logger, onFatal: () => stoppedOnItsOwn() });
+  // Another process took its gateway.id (it has closed its tabs): exit, so that the orchestrator sees it.
+  const onItsOwn = fatal.then(async () => {
+    await gateway.close().catch(() => {});
+    return 1;
+  });
+  return Promise.race([untilSignal(() => gateway.close(), logger), onItsOwn]);
 }

@@ -167,7 +167,7 @@ export const configSchema = z.strictObject({
       id: id
         .optional()
         .describe(
-          'Node id; queue `<prefix>.gw.<id>`. Random per start when unset; a fixed id takes over what an earlier process left (queue, bindings, presence), not a running one’s queue.',
+          'Node id; queue `<prefix>.gw.<id>`. Random per start when unset; a fixed id takes over what an earlier process left (queue, bindings, presence), not a running one’s queue; a process coming back after another took its id stops (`warren gateway` exits 1).',
         ),
       bindChannels: positiveInt
         .max(64)

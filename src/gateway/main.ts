@@ -22,7 +22,7 @@ import { RevocationStore } from '../store/revocation-store.js';
 import { closeRedis, createRedisClients, redisReady, watchServer, type ServerWatch } from '../store/redis.js';
 import { ErrorCode, errorMessage, WarrenError } from '../shared/errors.js';
 import { OpsHttp } from '../shared/ops-http.js';
-import { CloseOnce, fulfilsWithin, runSteps, sleep, withTimeout } from '../shared/lifecycle.js';
+import { CloseOnce, fulfilsWithin, runSteps, sleep, withTimeout, type Step } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import { createRegistry, type Registry } from '../shared/metrics.js';
 import { BlockingTokenVerifier } from './blocking-verifier.js';
@@ -35,6 +35,7 @@ import { PayloadFetcher } from './payload-fetcher.js';
 import { RecentDeliveries } from './recent-deliveries.js';
 import { ConnectionRegistry } from './registry.js';
 import { endIfRevoked, type Tab } from './tab.js';
+import { NodeOwnership } from './node-ownership.js';
 import { isReady, WsServer, type Readiness } from './ws-server.js';
 
 // Deliveries dropped for the id map are told to the tabs in one notice per this long at most.
@@ -60,6 +61,12 @@ export interface GatewayOptions {
   logger: Logger;
   /** Extra HTTP routes (used by `warren dev` for the demo page). */
   routes?: (app: TemplatedApp) => void;
+  /**
+   * Called when the node stops on its own: another process started with its fixed `gateway.id` while it was
+   * cut off from the broker. It has stopped reading the queue (the other process's now) and closed its tabs
+   * (4100); `close()` it and exit. Without it, the node stays up with no tabs and not ready.
+   */
+  onFatal?: (error: WarrenError) => void;
 }
 
 /** A running gateway node. */
@@ -311,6 +318,17 @@ export async function startGateway(
     await readMissedRevocations(losses, recovery);
     return keysLost;
   };
+  /** Who holds a fixed id: this process until another starts with it (see NodeOwnership). */
+  const ownership = g.id === undefined ? undefined : new NodeOwnership(redis, keys.nodeOwner(nodeId), logger);
+  const supersededError = new WarrenError(
+    ErrorCode.Config,
+    `gateway.id ${nodeId}: another process started with this id while this one was cut off from the ` +
+      `broker and reads ${queue} now; this one closes its tabs (4100) and stops (give each process an id of its own, or none)`,
+  );
+  /** Set once another process holds the id: the queue is not read again. */
+  let superseded = false;
+  /** Closes the tabs and tells `onFatal`; set once the server exists (see below). */
+  let stopSuperseded = (): void => {};
   const consumer = new Consumer(
     broker,
     {
@@ -337,6 +355,13 @@ export async function startGateway(
           // What that process's queue dropped is not this one's to report (a queue that is not there is
           // no error to delete).
           await channel.deleteQueue(droppedQueue);
+          await ownership?.claim();
+        }
+        // Back after a drop, the id may be another process's: the queue is its, and so is the presence.
+        if (queueDeclared && ownership && (superseded || !(await ownership.held()))) {
+          superseded = true;
+          stopSuperseded();
+          throw supersededError;
         }
         // Gone since the last declaration (deleted, expired during a long outage, a broker restart): what
         // was routed to it meanwhile is lost. The first declaration of the process has nothing to lose.
@@ -608,6 +633,18 @@ export async function startGateway(
     );
   };
 
+  stopSuperseded = () => {
+    if (draining) return;
+    // Not ready, no tab notices, no presence: the id's presence is the other process's now.
+    draining = true;
+    presenceGone = true;
+    logger.error({ queue, tabs: registry.size }, supersededError.message);
+    server.stopAccepting();
+    void closeTabs(g.drainWindowMs).then(() => options.onFatal?.(supersededError));
+  };
+  // Found while the node was starting, before there was a server to stop.
+  if (superseded) stopSuperseded();
+
   const drainOnce = new CloseOnce(g.drainTimeoutMs, 'gateway drain');
   const drain = (): Promise<void> =>
     drainOnce.run(async () => {
@@ -619,31 +656,40 @@ export async function startGateway(
           { name: 'close tabs', run: () => closeTabs(g.drainWindowMs) },
           { name: 'cancel consumer', run: () => consumer.cancel() },
           { name: 'cancel dropped-deliveries consumer', run: () => droppedConsumer.cancel() },
-          { name: 'unbind', run: () => registry.unbindAll() },
-          {
-            name: 'delete queue',
-            run: async () => {
-              const channel = await broker.model?.createChannel();
-              if (!channel) return;
-              await channel.deleteQueue(queue);
-              await channel.deleteQueue(droppedQueue);
-              await channel.close();
-            },
-          },
-          {
-            name: 'forget presence',
-            run: async () => {
-              presenceGone = true;
-              // A beat under way would list the node again after it is forgotten.
-              while (beating) await sleep(10);
-              await presence.forgetNode(nodeId);
-            },
-          },
+          ...nodeCleanup(),
         ],
         logger,
       );
       logger.info('drained');
     });
+  /**
+   * Unbind, delete the queues, forget the presence and give the id up; each skipped once another process
+   * holds the id (they are its now), also when that is found while the drain runs.
+   */
+  const nodeCleanup = (): Step[] =>
+    [
+      { name: 'unbind', run: () => registry.unbindAll() },
+      {
+        name: 'delete queue',
+        run: async () => {
+          const channel = await broker.model?.createChannel();
+          if (!channel) return;
+          await channel.deleteQueue(queue);
+          await channel.deleteQueue(droppedQueue);
+          await channel.close();
+        },
+      },
+      {
+        name: 'forget presence',
+        run: async () => {
+          presenceGone = true;
+          // A beat under way would list the node again after it is forgotten.
+          while (beating) await sleep(10);
+          await presence.forgetNode(nodeId);
+        },
+      },
+      { name: 'give the id up', run: () => ownership?.release() },
+    ].map((step) => ({ ...step, run: () => (superseded ? undefined : step.run()) }));
 
   const closeOnce = new CloseOnce(g.drainTimeoutMs + 5000, 'gateway close');
   const close = (): Promise<void> =>

@@ -27,6 +27,11 @@ export class Keys {
     return `${this.prefix}:node:${nodeId}:stats`;
   }
 
+  /** String: which process holds a fixed `gateway.id` (the last to start with it). */
+  nodeOwner(nodeId: string): string {
+    return `${this.prefix}:node:${nodeId}:owner`;
+  }
+
   /** Set of tenants ever seen, for `warren status`. */
   tenants(): string {
     return `${this.prefix}:tenants`;

@@ -21,6 +21,7 @@ import {
   type TestTab,
 } from '../support/harness.js';
 import { DeliverySpy } from '../support/delivery-spy.js';
+import { TcpProxy } from '../support/tcp-proxy.js';
 import { WarrenProcess } from '../support/warren-process.js';
 
 // `warren gateway` as an operator runs it: configured by environment only, stopped by a signal or killed.
@@ -165,6 +166,38 @@ describe('warren gateway as a process', () => {
     await new Promise((r) => setTimeout(r, 1000));
     expect(first.lines.join('\n')).toContain('"msg":"listening"');
     expect(first.lines.join('\n')).not.toContain('declared dead');
+  }, 60_000);
+
+  it('exits 1 when another process took its fixed id while it was cut off from the broker', async () => {
+    prefix = testPrefix('id-taken');
+    const target = new URL(inject('rabbitmqUrl'));
+    const proxy = await TcpProxy.start(target.hostname, Number(target.port || 5672));
+    try {
+      const env = gatewayEnv(prefix, { WARREN_GATEWAY_ID: 'gw-b', WARREN_GATEWAY_DRAIN_WINDOW_MS: '0' });
+      const first = WarrenProcess.start(['gateway'], { ...env, WARREN_RABBITMQ_URL: proxy.url(target) });
+      processes.push(first);
+      const ann = await openTab(await first.listening(), await token({ sub: 'ann', tid: 'acme' }));
+      tabs.push(ann);
+      proxy.refuse();
+      proxy.cut();
+      probe = await BrokerProbe.open();
+      await eventually(
+        async () => (await probe!.channel.checkQueue(`${prefix}.gw.gw-b`)).consumerCount === 0,
+        'the broker sees the first one gone',
+      );
+      const second = WarrenProcess.start(['gateway'], env);
+      processes.push(second);
+      await second.listening();
+      proxy.accept();
+      expect(await ann.closed).toBe(4100);
+      expect(await first.exited).toBe(1);
+      expect(first.lines.join('\n')).toContain('gateway.id gw-b: another process started with this id');
+      // The second keeps reading its queue.
+      expect((await probe.channel.checkQueue(`${prefix}.gw.gw-b`)).consumerCount).toBe(1);
+      expect(second.child.exitCode).toBeNull();
+    } finally {
+      await proxy.close();
+    }
   }, 60_000);
 
   it('warren token prints a token the gateway accepts, with the issuer and audience it requires', async () => {

@@ -1,6 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { inject } from 'vitest';
-import type { Gateway } from '../../src/gateway/main.js';
+import { startGateway, type Gateway } from '../../src/gateway/main.js';
+import type { WarrenError } from '../../src/shared/errors.js';
 import {
   BrokerProbe,
   cleanRedis,
@@ -9,6 +10,7 @@ import {
   openTab,
   startTestGateway,
   testConfig,
+  testLogger,
   testPrefix,
   token,
   type TestTab,
@@ -107,6 +109,57 @@ describe('bindings: once per user, grace on reload, again after a reconnect, gon
     // The same sockets: none of them was closed or reconnected.
     for (const tab of [a, b, c]) expect(tab.closeCode).toBeUndefined();
     expect(proxy.connections).toBeGreaterThanOrEqual(2);
+  });
+
+  it('stops when another process took its fixed gateway.id while it was cut off, and leaves that one whole', async () => {
+    prefix = testPrefix('id-taken');
+    const target = new URL(inject('rabbitmqUrl'));
+    proxy = await TcpProxy.start(target.hostname, Number(target.port || 5672));
+    const config = testConfig(prefix, { gateway: { id: 'gw-fixed', drainWindowMs: 0 } });
+    const stopped: WarrenError[] = [];
+    const cutOff = await startGateway(
+      { ...config, rabbitmq: { ...config.rabbitmq, url: proxy.url(target) } },
+      { logger: testLogger(config), onFatal: (error) => stopped.push(error) },
+    );
+    probe = await BrokerProbe.open();
+    try {
+      const old = await open(cutOff.port, 't1', 'A');
+      // A network split: the broker sees the node gone, and a new process starts with the same id.
+      proxy.refuse();
+      proxy.cut();
+      await eventually(
+        async () => (await probe!.channel.checkQueue(cutOff.queue)).consumerCount === 0,
+        'the broker sees the cut-off reader gone',
+      );
+      gateway = await startTestGateway(config);
+      const current = await open(gateway.port, 't1', 'B');
+      proxy.accept();
+
+      // Back, it finds the id taken: its tabs move on (4100), it tells its owner, and reads nothing.
+      expect(await old.closed).toBe(4100);
+      await eventually(() => stopped.length === 1, 'onFatal');
+      expect(stopped[0]?.message).toMatch(/gateway\.id gw-fixed: another process started with this id/);
+      // It takes no new tab either (it stopped accepting, as a drain does).
+      await expect(openTab(cutOff.port, await token({ sub: 'C', tid: 't1' }))).rejects.toThrow();
+      // The new process alone reads the queue: every delivery reaches its tab.
+      for (let i = 0; i < 20; i += 1)
+        await probe.deliver(prefix, ['u.t1.B'], { id: `e${i}`, tenantId: 't1' });
+      await eventually(() => current.eventIds().length === 20, 'all 20 at the new process’s tab');
+      expect((await probe.channel.checkQueue(gateway.queue)).consumerCount).toBe(1);
+
+      // Closing the old one leaves the queue, the bindings and the presence of the new one as they are.
+      await cutOff.close();
+      expect(await probe.queueExists(gateway.queue)).toBe(true);
+      expect(await probe.routes(prefix, 'u.t1.B')).toBe(true);
+      await probe.deliver(prefix, ['u.t1.B'], { id: 'after', tenantId: 't1' });
+      await eventually(
+        () => current.eventIds().includes('after'),
+        'still delivered after the old one closed',
+      );
+      expect(current.closeCode).toBeUndefined();
+    } finally {
+      await cutOff.close();
+    }
   });
 
   it('binds nothing again when its queue outlived the dropped broker connection', async () => {
