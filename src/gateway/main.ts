@@ -137,14 +137,34 @@ export async function startGateway(
     { onBind: () => metrics.binds.inc(), onUnbind: () => metrics.unbinds.inc() },
     logger,
   );
+  /** Who holds a fixed id: this process until another starts with it (see NodeOwnership). */
+  const ownership =
+    g.id === undefined
+      ? undefined
+      : new NodeOwnership(redis, [keys.nodeOwner(nodeId), keys.nodeOwnerGeneration(nodeId)], logger);
+  const supersededError = new WarrenError(
+    ErrorCode.Config,
+    `gateway.id ${nodeId}: another process started with this id while this one was cut off from the ` +
+      `broker and reads ${queue} now; this one closes its tabs (4100) and stops (give each process an id of its own, or none)`,
+  );
+  /** Set once another process holds the id: the queue is not read again. */
+  let superseded = false;
+  /** Closes the tabs and tells `onFatal`; set once the server exists (see below). */
+  let stopSuperseded = (): void => {};
   const registry = new ConnectionRegistry<Tab>(
+    // Once another process holds the id, its queue's bindings and the id's presence are that process's:
+    // nothing here touches them (closing this node's tabs would take its users offline there).
     {
-      bind: (key) => pool.bind(queue, names.deliveries, key),
-      unbind: (key) => pool.unbind(queue, names.deliveries, key),
+      bind: async (key) => (superseded ? undefined : pool.bind(queue, names.deliveries, key)),
+      unbind: async (key) => (superseded ? undefined : pool.unbind(queue, names.deliveries, key)),
     },
     {
-      online: (tenantId, userIds) => presence.online(nodeId, tenantId, userIds),
-      offline: (tenantId, bit) => presence.offline(nodeId, tenantId, bit),
+      online: async (tenantId, userIds) => {
+        // Failed, as with Redis away: the registry tries again later, by then this node is closed.
+        if (superseded) throw supersededError;
+        return presence.online(nodeId, tenantId, userIds);
+      },
+      offline: async (tenantId, bit) => (superseded ? undefined : presence.offline(nodeId, tenantId, bit)),
     },
     g.unbindGraceMs,
     { onUsersChanged: (n) => metrics.usersHeld.set(n) },
@@ -318,17 +338,6 @@ export async function startGateway(
     await readMissedRevocations(losses, recovery);
     return keysLost;
   };
-  /** Who holds a fixed id: this process until another starts with it (see NodeOwnership). */
-  const ownership = g.id === undefined ? undefined : new NodeOwnership(redis, keys.nodeOwner(nodeId), logger);
-  const supersededError = new WarrenError(
-    ErrorCode.Config,
-    `gateway.id ${nodeId}: another process started with this id while this one was cut off from the ` +
-      `broker and reads ${queue} now; this one closes its tabs (4100) and stops (give each process an id of its own, or none)`,
-  );
-  /** Set once another process holds the id: the queue is not read again. */
-  let superseded = false;
-  /** Closes the tabs and tells `onFatal`; set once the server exists (see below). */
-  let stopSuperseded = (): void => {};
   const consumer = new Consumer(
     broker,
     {
@@ -426,7 +435,10 @@ export async function startGateway(
     {
       queue: droppedQueue,
       prefetch: DROPPED_PREFETCH,
-      prepare: (channel) => declareDroppedQueue(channel, droppedQueue),
+      prepare: async (channel) => {
+        if (superseded) throw supersededError;
+        await declareDroppedQueue(channel, droppedQueue);
+      },
     },
     (delivery) => {
       delivery.ack();
@@ -640,7 +652,16 @@ export async function startGateway(
     presenceGone = true;
     logger.error({ queue, tabs: registry.size }, supersededError.message);
     server.stopAccepting();
-    void closeTabs(g.drainWindowMs).then(() => options.onFatal?.(supersededError));
+    // The queue and the dropped-deliveries queue are the other process's: read no more of them.
+    void consumer.cancel();
+    void droppedConsumer.cancel();
+    void closeTabs(g.drainWindowMs).then(() => {
+      try {
+        options.onFatal?.(supersededError);
+      } catch (error) {
+        logger.error({ err: errorMessage(error) }, 'onFatal threw');
+      }
+    });
   };
   // Found while the node was starting, before there was a server to stop.
   if (superseded) stopSuperseded();
@@ -668,6 +689,13 @@ export async function startGateway(
    */
   const nodeCleanup = (): Step[] =>
     [
+      {
+        // Stopped while cut off from the broker, the node may not have seen another process take its id.
+        name: 'check the id is still this process’s',
+        run: async () => {
+          if (ownership && !superseded && !(await ownership.held())) superseded = true;
+        },
+      },
       { name: 'unbind', run: () => registry.unbindAll() },
       {
         name: 'delete queue',

@@ -27,9 +27,14 @@ export class Keys {
     return `${this.prefix}:node:${nodeId}:stats`;
   }
 
-  /** String: which process holds a fixed `gateway.id` (the last to start with it). */
+  /** String: which process holds a fixed `gateway.id` (the last to start with it), `<generation>:<token>`. */
   nodeOwner(nodeId: string): string {
     return `${this.prefix}:node:${nodeId}:owner`;
+  }
+
+  /** Counter: the generation of the latest claim of a fixed `gateway.id`. */
+  nodeOwnerGeneration(nodeId: string): string {
+    return `${this.prefix}:node:${nodeId}:owner-gen`;
   }
 
   /** Set of tenants ever seen, for `warren status`. */

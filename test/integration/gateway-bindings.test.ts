@@ -1,7 +1,9 @@
+import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
 import { inject } from 'vitest';
 import { startGateway, type Gateway } from '../../src/gateway/main.js';
 import type { WarrenError } from '../../src/shared/errors.js';
+import { Keys } from '../../src/store/keys.js';
 import {
   BrokerProbe,
   cleanRedis,
@@ -111,29 +113,60 @@ describe('bindings: once per user, grace on reload, again after a reconnect, gon
     expect(proxy.connections).toBeGreaterThanOrEqual(2);
   });
 
-  it('stops when another process took its fixed gateway.id while it was cut off, and leaves that one whole', async () => {
-    prefix = testPrefix('id-taken');
+  /**
+   * A node of a fixed id reaching the broker through a proxy the test cuts (a network split), and what it
+   * was told when it stopped on its own.
+   */
+  async function cutOffNode(id: string) {
     const target = new URL(inject('rabbitmqUrl'));
     proxy = await TcpProxy.start(target.hostname, Number(target.port || 5672));
-    const config = testConfig(prefix, { gateway: { id: 'gw-fixed', drainWindowMs: 0 } });
+    const config = testConfig(prefix, { gateway: { id, drainWindowMs: 0 } });
     const stopped: WarrenError[] = [];
-    const cutOff = await startGateway(
+    const node = await startGateway(
       { ...config, rabbitmq: { ...config.rabbitmq, url: proxy.url(target) } },
       { logger: testLogger(config), onFatal: (error) => stopped.push(error) },
     );
     probe = await BrokerProbe.open();
-    try {
-      const old = await open(cutOff.port, 't1', 'A');
-      // A network split: the broker sees the node gone, and a new process starts with the same id.
-      proxy.refuse();
-      proxy.cut();
+    const split = async (): Promise<void> => {
+      proxy!.refuse();
+      proxy!.cut();
       await eventually(
-        async () => (await probe!.channel.checkQueue(cutOff.queue)).consumerCount === 0,
+        async () => (await probe!.channel.checkQueue(node.queue)).consumerCount === 0,
         'the broker sees the cut-off reader gone',
       );
+    };
+    return { node, config, stopped, split };
+  }
+
+  /** Runs `use` with a Redis client and the test's keys. */
+  async function inRedis<T>(use: (redis: Redis, keys: Keys) => Promise<T>): Promise<T> {
+    const redis = new Redis(inject('redisUrl'));
+    try {
+      return await use(redis, new Keys(prefix));
+    } finally {
+      redis.disconnect();
+    }
+  }
+
+  /** Whether the id's presence counts the user online (their bit set in the node's online bitmap). */
+  function countedOnline(tenantId: string, userId: string, nodeId: string): Promise<boolean> {
+    return inRedis(async (redis, keys) => {
+      const bit = await redis.hget(keys.ids(tenantId), userId);
+      return bit !== null && (await redis.getbit(keys.online(tenantId, nodeId), Number(bit))) === 1;
+    });
+  }
+
+  it('stops when another process took its fixed gateway.id while it was cut off, and leaves that one whole', async () => {
+    prefix = testPrefix('id-taken');
+    const { node: cutOff, config, stopped, split } = await cutOffNode('gw-fixed');
+    try {
+      const old = await open(cutOff.port, 't1', 'A');
+      await split();
+      // The new process holds A too, in another tab, and B.
       gateway = await startTestGateway(config);
-      const current = await open(gateway.port, 't1', 'B');
-      proxy.accept();
+      const currentA = await open(gateway.port, 't1', 'A');
+      const currentB = await open(gateway.port, 't1', 'B');
+      proxy!.accept();
 
       // Back, it finds the id taken: its tabs move on (4100), it tells its owner, and reads nothing.
       expect(await old.closed).toBe(4100);
@@ -141,25 +174,71 @@ describe('bindings: once per user, grace on reload, again after a reconnect, gon
       expect(stopped[0]?.message).toMatch(/gateway\.id gw-fixed: another process started with this id/);
       // It takes no new tab either (it stopped accepting, as a drain does).
       await expect(openTab(cutOff.port, await token({ sub: 'C', tid: 't1' }))).rejects.toThrow();
-      // The new process alone reads the queue: every delivery reaches its tab.
+      // The new process alone reads the queues: every delivery reaches its tabs.
       for (let i = 0; i < 20; i += 1)
-        await probe.deliver(prefix, ['u.t1.B'], { id: `e${i}`, tenantId: 't1' });
-      await eventually(() => current.eventIds().length === 20, 'all 20 at the new process’s tab');
-      expect((await probe.channel.checkQueue(gateway.queue)).consumerCount).toBe(1);
+        await probe!.deliver(prefix, ['u.t1.A', 'u.t1.B'], { id: `e${i}`, tenantId: 't1' });
+      await eventually(
+        () => currentA.eventIds().length === 20 && currentB.eventIds().length === 20,
+        'all 20 at the new process’s tabs',
+      );
+      expect((await probe!.channel.checkQueue(gateway.queue)).consumerCount).toBe(1);
+      expect((await probe!.channel.checkQueue(`${gateway.queue}.dropped`)).consumerCount).toBe(1);
+      // Its tab of A closing did not take A offline there.
+      expect(await countedOnline('t1', 'A', 'gw-fixed')).toBe(true);
 
       // Closing the old one leaves the queue, the bindings and the presence of the new one as they are.
       await cutOff.close();
-      expect(await probe.queueExists(gateway.queue)).toBe(true);
-      expect(await probe.routes(prefix, 'u.t1.B')).toBe(true);
-      await probe.deliver(prefix, ['u.t1.B'], { id: 'after', tenantId: 't1' });
-      await eventually(
-        () => current.eventIds().includes('after'),
-        'still delivered after the old one closed',
-      );
-      expect(current.closeCode).toBeUndefined();
+      expect(await probe!.queueExists(gateway.queue)).toBe(true);
+      expect(await probe!.routes(prefix, 'u.t1.A')).toBe(true);
+      expect(await countedOnline('t1', 'A', 'gw-fixed')).toBe(true);
+      expect(await countedOnline('t1', 'B', 'gw-fixed')).toBe(true);
+      await probe!.deliver(prefix, ['u.t1.A'], { id: 'after', tenantId: 't1' });
+      await eventually(() => currentA.eventIds().includes('after'), 'still delivered after it closed');
+      expect(currentA.closeCode).toBeUndefined();
     } finally {
       await cutOff.close();
     }
+  });
+
+  it('closed while still cut off, after another process took its id, it leaves that one whole too', async () => {
+    prefix = testPrefix('id-taken-closed');
+    const { node: cutOff, config, split } = await cutOffNode('gw-fixed');
+    try {
+      await open(cutOff.port, 't1', 'A');
+      await split();
+      gateway = await startTestGateway(config);
+      await open(gateway.port, 't1', 'B');
+      // Stopped before it could reach the broker again: it never saw the other process.
+      await cutOff.close();
+      expect(await probe!.queueExists(gateway.queue)).toBe(true);
+      expect(await countedOnline('t1', 'B', 'gw-fixed')).toBe(true);
+      const listed = await inRedis((redis, keys) => redis.zscore(keys.nodes(), 'gw-fixed'));
+      expect(listed).not.toBeNull();
+    } finally {
+      await cutOff.close();
+    }
+  });
+
+  it('goes on after a reconnect when Redis holds an older claim of its id (restored from an earlier copy)', async () => {
+    prefix = testPrefix('id-restored');
+    const { node, stopped, split } = await cutOffNode('gw-fixed');
+    gateway = node;
+    const tab = await open(node.port, 't1', 'A');
+    // A predecessor's claim, from before this process started (its generation is lower).
+    await inRedis(async (redis, keys) => {
+      const generation = Number(await redis.get(keys.nodeOwnerGeneration('gw-fixed')));
+      await redis.set(keys.nodeOwner('gw-fixed'), `${generation - 1}:predecessor`);
+    });
+    await split();
+    proxy!.accept();
+    await eventually(
+      async () => (await probe!.channel.checkQueue(node.queue)).consumerCount === 1,
+      'reading its queue again',
+    );
+    await probe!.deliver(prefix, ['u.t1.A'], { id: 'after', tenantId: 't1' });
+    await eventually(() => tab.eventIds().includes('after'), 'delivered after the reconnect');
+    expect(tab.closeCode).toBeUndefined();
+    expect(stopped).toEqual([]);
   });
 
   it('binds nothing again when its queue outlived the dropped broker connection', async () => {
