@@ -673,6 +673,14 @@ export async function startGateway(
       logger.info({ tabs: registry.size, users: registry.userCount }, 'draining');
       await runSteps(
         [
+          {
+            // Stopped while cut off from the broker, the node may not have seen another process take its
+            // id: checked before its tabs close, as their users may be online in the id's presence there.
+            name: 'check the id is still this process’s',
+            run: async () => {
+              if (ownership && !superseded && !(await ownership.held())) superseded = true;
+            },
+          },
           { name: 'stop accepting', run: () => server.stopAccepting() },
           { name: 'close tabs', run: () => closeTabs(g.drainWindowMs) },
           { name: 'cancel consumer', run: () => consumer.cancel() },
@@ -689,13 +697,6 @@ export async function startGateway(
    */
   const nodeCleanup = (): Step[] =>
     [
-      {
-        // Stopped while cut off from the broker, the node may not have seen another process take its id.
-        name: 'check the id is still this process’s',
-        run: async () => {
-          if (ownership && !superseded && !(await ownership.held())) superseded = true;
-        },
-      },
       { name: 'unbind', run: () => registry.unbindAll() },
       {
         name: 'delete queue',

@@ -207,10 +207,13 @@ describe('bindings: once per user, grace on reload, again after a reconnect, gon
       await open(cutOff.port, 't1', 'A');
       await split();
       gateway = await startTestGateway(config);
+      await open(gateway.port, 't1', 'A');
       await open(gateway.port, 't1', 'B');
       // Stopped before it could reach the broker again: it never saw the other process.
       await cutOff.close();
       expect(await probe!.queueExists(gateway.queue)).toBe(true);
+      // Its tab of A closed without taking A offline where the other process holds A too.
+      expect(await countedOnline('t1', 'A', 'gw-fixed')).toBe(true);
       expect(await countedOnline('t1', 'B', 'gw-fixed')).toBe(true);
       const listed = await inRedis((redis, keys) => redis.zscore(keys.nodes(), 'gw-fixed'));
       expect(listed).not.toBeNull();
