@@ -106,9 +106,11 @@ async function* linesOf(stream: Readable): AsyncGenerator<string> {
   let rest = '';
   const chunks = stream as AsyncIterable<Buffer | string>;
   for await (const chunk of chunks) {
+    // What was carried over holds no LF: searched from the new text on (a long line costs no rescans).
+    const from = rest.length;
     rest += typeof chunk === 'string' ? chunk : decoder.write(chunk);
     let start = 0;
-    for (let end = rest.indexOf('\n'); end >= 0; end = rest.indexOf('\n', start)) {
+    for (let end = rest.indexOf('\n', from); end >= 0; end = rest.indexOf('\n', start)) {
       yield rest.slice(start, end > start && rest[end - 1] === '\r' ? end - 1 : end);
       start = end + 1;
     }
