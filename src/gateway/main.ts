@@ -149,8 +149,13 @@ export async function startGateway(
   );
   /** Set once another process holds the id: the queue is not read again. */
   let superseded = false;
-  /** Closes the tabs and tells `onFatal`; set once the server exists (see below). */
-  let stopSuperseded = (): void => {};
+  /** While starting, fails start-up; once the server exists, closes the tabs and tells `onFatal`. */
+  let stopSuperseded = (): void => refuseStart(supersededError);
+  /** Found that another process holds the id: the node stops (start-up fails, if it was starting). */
+  const idLost = (): void => {
+    superseded = true;
+    stopSuperseded();
+  };
   const registry = new ConnectionRegistry<Tab>(
     // Once another process holds the id, its queue's bindings and the id's presence are that process's:
     // nothing here touches them (closing this node's tabs would take its users offline there).
@@ -367,9 +372,8 @@ export async function startGateway(
           await ownership?.claim();
         }
         // Back after a drop, the id may be another process's: the queue is its, and so is the presence.
-        if (queueDeclared && ownership && (superseded || !(await ownership.held()))) {
-          superseded = true;
-          stopSuperseded();
+        if (queueDeclared && ownership && (superseded || !(await ownership.held(idLost)))) {
+          idLost();
           throw supersededError;
         }
         // Gone since the last declaration (deleted, expired during a long outage, a broker restart): what
@@ -509,6 +513,13 @@ export async function startGateway(
     }
     beating = true;
     try {
+      // Another process that took the id while this one was cut off from the broker: found here within a
+      // beat, before this node writes the id's presence (its closing tabs would take that one's users
+      // offline there), whether or not the broker is back.
+      if (ownership && !superseded && !(await ownership.held(idLost))) {
+        idLost();
+        return;
+      }
       const stats = { connections: registry.size, users: registry.userCount, startedAt };
       const { returned: unknown, silentMs } = await presence.heartbeat(
         nodeId,

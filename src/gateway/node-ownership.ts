@@ -7,11 +7,18 @@ import type { Logger } from '../shared/logger.js';
 /** How long a check may wait for Redis before the node goes on as the holder (see `held`). */
 const CHECK_TIMEOUT_MS = 2000;
 
-// A claim is `<generation>:<token>`; each start takes the next generation. KEYS: owner, generation counter.
-// ARGV: token. Returns the generation taken.
+// A claim is `<generation>:<token>`; each start takes the next generation, at least Redis's clock in ms, so
+// that a start after Redis lost the counter (restarted empty) still outranks every earlier one. KEYS: owner,
+// generation counter. ARGV: token. Returns the generation taken.
 const CLAIM = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local g = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], g .. ':' .. ARGV[1])
+if g < now then
+  g = now
+  redis.call('SET', KEYS[2], string.format('%d', g))
+end
+redis.call('SET', KEYS[1], string.format('%d', g) .. ':' .. ARGV[1])
 return g
 `;
 
@@ -62,13 +69,20 @@ export class NodeOwnership {
   /**
    * Whether no process has claimed the id since this one did. A claim found missing or older (Redis
    * restarted empty, or restored from an earlier copy) is taken again. Where Redis does not answer in
-   * time, true: a broker reconnect must not wait on Redis for a case this rare.
+   * time, true (a broker reconnect must not wait on Redis for a case this rare), and `lostLate` is called
+   * if the answer, when it comes, is no.
    */
-  async held(): Promise<boolean> {
+  async held(lostLate?: () => void): Promise<boolean> {
+    // Not claimed (yet): nothing to have lost.
+    if (this.generation === 0) return true;
+    const held = this.redis.eval(HELD, 2, ...this.keys, this.generation, this.token);
     try {
-      const held = this.redis.eval(HELD, 2, ...this.keys, this.generation, this.token);
       return Number(await withTimeout(held, CHECK_TIMEOUT_MS, 'reading who holds the gateway id')) === 1;
     } catch (error) {
+      held.then(
+        (answer) => Number(answer) === 1 || lostLate?.(),
+        () => {},
+      );
       this.logger.warn(
         { err: errorMessage(error) },
         'cannot tell whether another process took this gateway id',

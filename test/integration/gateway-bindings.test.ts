@@ -117,10 +117,13 @@ describe('bindings: once per user, grace on reload, again after a reconnect, gon
    * A node of a fixed id reaching the broker through a proxy the test cuts (a network split), and what it
    * was told when it stopped on its own.
    */
-  async function cutOffNode(id: string) {
+  async function cutOffNode(id: string, heartbeatMs = 5000) {
     const target = new URL(inject('rabbitmqUrl'));
     proxy = await TcpProxy.start(target.hostname, Number(target.port || 5672));
-    const config = testConfig(prefix, { gateway: { id, drainWindowMs: 0 } });
+    const config = testConfig(prefix, {
+      gateway: { id, drainWindowMs: 0 },
+      presence: { heartbeatMs, expiryMs: 3 * heartbeatMs },
+    });
     const stopped: WarrenError[] = [];
     const node = await startGateway(
       { ...config, rabbitmq: { ...config.rabbitmq, url: proxy.url(target) } },
@@ -217,6 +220,32 @@ describe('bindings: once per user, grace on reload, again after a reconnect, gon
       expect(await countedOnline('t1', 'B', 'gw-fixed')).toBe(true);
       const listed = await inRedis((redis, keys) => redis.zscore(keys.nodes(), 'gw-fixed'));
       expect(listed).not.toBeNull();
+    } finally {
+      await cutOff.close();
+    }
+  });
+
+  it('finds out at its next heartbeat, still cut off from the broker, and takes no one offline there', async () => {
+    prefix = testPrefix('id-taken-beat');
+    const { node: cutOff, config, stopped, split } = await cutOffNode('gw-fixed', 200);
+    try {
+      const old = await open(cutOff.port, 't1', 'A');
+      await split();
+      // Redis lost the claim and its counter meanwhile (restarted empty): the new start still outranks it.
+      await inRedis((redis, keys) =>
+        redis.del(keys.nodeOwner('gw-fixed'), keys.nodeOwnerGeneration('gw-fixed')),
+      );
+      gateway = await startTestGateway(config);
+      const current = await open(gateway.port, 't1', 'A');
+      // The broker stays out of reach: Redis alone tells it.
+      expect(await old.closed).toBe(4100);
+      await eventually(() => stopped.length === 1, 'onFatal');
+      expect(await countedOnline('t1', 'A', 'gw-fixed')).toBe(true);
+      proxy!.accept();
+      for (let i = 0; i < 20; i += 1)
+        await probe!.deliver(prefix, ['u.t1.A'], { id: `e${i}`, tenantId: 't1' });
+      await eventually(() => current.eventIds().length === 20, 'all 20 at the new process’s tab');
+      expect((await probe!.channel.checkQueue(gateway.queue)).consumerCount).toBe(1);
     } finally {
       await cutOff.close();
     }
