@@ -156,6 +156,16 @@ export async function startGateway(
     superseded = true;
     stopSuperseded();
   };
+  /**
+   * Whether this process still holds its id (always, for a random one); when not, the node stops. A check
+   * Redis answers too late stops it then (NodeOwnership.held).
+   */
+  const holdsId = async (): Promise<boolean> => {
+    if (!ownership) return true;
+    if (!superseded && (await ownership.held(idLost))) return true;
+    idLost();
+    return false;
+  };
   const registry = new ConnectionRegistry<Tab>(
     // Once another process holds the id, its queue's bindings and the id's presence are that process's:
     // nothing here touches them (closing this node's tabs would take its users offline there).
@@ -372,10 +382,7 @@ export async function startGateway(
           await ownership?.claim();
         }
         // Back after a drop, the id may be another process's: the queue is its, and so is the presence.
-        if (queueDeclared && ownership && (superseded || !(await ownership.held(idLost)))) {
-          idLost();
-          throw supersededError;
-        }
+        if (queueDeclared && !(await holdsId())) throw supersededError;
         // Gone since the last declaration (deleted, expired during a long outage, a broker restart): what
         // was routed to it meanwhile is lost. The first declaration of the process has nothing to lose.
         if (queueDeclared) {
@@ -516,10 +523,7 @@ export async function startGateway(
       // Another process that took the id while this one was cut off from the broker: found here within a
       // beat, before this node writes the id's presence (its closing tabs would take that one's users
       // offline there), whether or not the broker is back.
-      if (ownership && !superseded && !(await ownership.held(idLost))) {
-        idLost();
-        return;
-      }
+      if (!(await holdsId())) return;
       const stats = { connections: registry.size, users: registry.userCount, startedAt };
       const { returned: unknown, silentMs } = await presence.heartbeat(
         nodeId,
@@ -688,9 +692,7 @@ export async function startGateway(
             // Stopped while cut off from the broker, the node may not have seen another process take its
             // id: checked before its tabs close, as their users may be online in the id's presence there.
             name: 'check the id is still this process’s',
-            run: async () => {
-              if (ownership && !superseded && !(await ownership.held())) superseded = true;
-            },
+            run: async () => void (await holdsId()),
           },
           { name: 'stop accepting', run: () => server.stopAccepting() },
           { name: 'close tabs', run: () => closeTabs(g.drainWindowMs) },

@@ -240,13 +240,7 @@ export class WsServer {
       identity = this.deps.verifier.verify(token);
     } catch (error) {
       if (error instanceof TokenRefused) {
-        this.deps.metrics.authFailures.inc({ reason: error.reason });
-        // Said once per reason per interval, with how many: a token minted wrong refuses every connection,
-        // and at debug level nothing would say why; a flood of junk tokens costs a line per interval.
-        const { reason } = error;
-        this.refusals.tell(reason, 1, (count) =>
-          this.deps.logger.info({ reason, err: error.message, count }, 'tokens refused (HTTP 401)'),
-        );
+        this.refused(error.reason, 'HTTP 401', error.message);
         send(res, '401 Unauthorized', 'unauthorized', 'text/plain');
       } else {
         this.deps.logger.debug({ err: errorMessage(error) }, 'upgrade refused');
@@ -282,17 +276,8 @@ export class WsServer {
           if (tab.closed) return;
           // The token ran out while the user was being bound (a slow broker): no welcome, and no delivery.
           if (Date.now() >= tab.expiresAt) return tab.end(CloseCode.Unauthorized, 'token expired');
-          if (endIfRevoked(tab, revokedAt)) {
-            const reason = RefusalReason.Revoked;
-            metrics.authFailures.inc({ reason });
-            this.refusals.tell(reason, 1, (count) =>
-              this.deps.logger.info(
-                { reason, count },
-                'tokens refused (closed with 4001 before the welcome)',
-              ),
-            );
-            return;
-          }
+          if (endIfRevoked(tab, revokedAt))
+            return this.refused(RefusalReason.Revoked, 'closed with 4001 before the welcome');
           const { history, nodeId, router } = this.deps;
           const offset = router.welcomeOffset(tab.tenantId, tab.key);
           this.sendFrame(tab, {
@@ -317,6 +302,21 @@ export class WsServer {
           tab.end(1013, 'try again later');
         },
       );
+  }
+
+  /**
+   * Counts a refused token, and says so once per reason per interval, with how many: a token minted wrong
+   * refuses every connection, and at debug level nothing would say why; a flood of junk tokens costs a line
+   * per interval.
+   */
+  private refused(reason: RefusalReason, how: string, err?: string): void {
+    this.deps.metrics.authFailures.inc({ reason });
+    this.refusals.tell(reason, 1, (count) =>
+      this.deps.logger.info(
+        { reason, ...(err === undefined ? {} : { err }), count },
+        `tokens refused (${how})`,
+      ),
+    );
   }
 
   private lifetime(): number {
