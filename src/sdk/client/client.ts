@@ -73,6 +73,8 @@ export class WarrenClient {
   /** Failed tries to get the token that names this tab's group, and the timer of the next one. */
   private joinFailures = 0;
   private joinTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Aborted by `close()`: gives up a token still being fetched to join the tabs. */
+  private readonly closing = new AbortController();
   /**
    * The user this client is for: the one its token named when it joined its tabs, or the first welcome.
    * A relay from anyone else's socket is ignored; a welcome of its own for anyone else closes the client.
@@ -145,6 +147,7 @@ export class WarrenClient {
     if (this.current === ClientState.Closed) return;
     if (this.share?.leading) this.share.post({ k: 'down' });
     clearTimeout(this.joinTimer);
+    this.closing.abort();
     this.socket?.close();
     this.share?.close();
     this.setState(ClientState.Closed);
@@ -203,7 +206,7 @@ export class WarrenClient {
   private async joinTabs(): Promise<void> {
     let token: string;
     try {
-      token = await this.link.tokens.getWithin(false, this.link.connectTimeoutMs);
+      token = await this.link.tokens.getWithin(false, this.link.connectTimeoutMs, this.closing.signal);
     } catch (cause) {
       if (this.current === ClientState.Closed) return;
       this.emitter.emit('error', tokenError(cause));
@@ -433,8 +436,9 @@ export class WarrenClient {
         if (frame.code === FrameErrorCode.EventsMissed) {
           // Past the gap: a later reconnect to this node (this tab's, or a follower's taking over)
           // resumes from here instead of being refused.
+          // Also with a resume still unanswered: the node refuses any resume from before the gap.
           const offset = typeof frame.offset === 'number' ? frame.offset : undefined;
-          if (offset !== undefined) this.advance(offset);
+          if (offset !== undefined) this.resumeDone(offset);
           this.resync({ reason: 'history_gap' }, offset);
           return false;
         }

@@ -65,6 +65,8 @@ export class SocketLink {
   private attemptTimer: Timer | undefined;
   /** The URL of the current attempt, without a token. */
   private attemptUrl = '';
+  /** Aborted by `close()`: gives up a token still being fetched. */
+  private readonly closing = new AbortController();
 
   constructor(
     private readonly settings: LinkSettings,
@@ -83,6 +85,7 @@ export class SocketLink {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.closing.abort();
     clearTimeout(this.retryTimer);
     clearTimeout(this.attemptTimer);
     this.detach()?.close(1000, 'client closed');
@@ -92,7 +95,11 @@ export class SocketLink {
     const started = this.settings.now();
     let token: string;
     try {
-      token = await this.settings.tokens.getWithin(this.refreshToken, this.settings.connectTimeoutMs);
+      token = await this.settings.tokens.getWithin(
+        this.refreshToken,
+        this.settings.connectTimeoutMs,
+        this.closing.signal,
+      );
     } catch (cause) {
       if (this.closed) return;
       this.hooks.error(tokenError(cause));

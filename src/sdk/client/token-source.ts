@@ -74,19 +74,31 @@ export class TokenSource {
 
   /**
    * `get`, given up after `ms` (> 0; 0 waits for good): a `getToken` that never settles (a fetch has no
-   * timeout of its own) must not hold the client for good. What it gives later is ignored.
+   * timeout of its own) must not hold the client for good. What it gives later is ignored. `signal`
+   * (the caller closing) gives it up at once, timer and all.
    */
-  getWithin(refresh: boolean, ms: number): Promise<string> {
+  getWithin(refresh: boolean, ms: number, signal?: AbortSignal): Promise<string> {
     const token = this.get(refresh);
-    if (!(ms > 0)) return token;
+    if (!(ms > 0) && !signal) return token;
     let timer: ReturnType<typeof setTimeout> | undefined;
+    let onAbort: (() => void) | undefined;
     const late = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(new WarrenClientError(ClientErrorCode.Token, `getToken did not settle within ${ms} ms`)),
-        ms,
-      );
+      if (ms > 0)
+        timer = setTimeout(
+          () =>
+            reject(new WarrenClientError(ClientErrorCode.Token, `getToken did not settle within ${ms} ms`)),
+          ms,
+        );
+      if (!signal) return;
+      onAbort = () =>
+        reject(new WarrenClientError(ClientErrorCode.Token, 'closed while getToken was pending'));
+      if (signal.aborted) onAbort();
+      else signal.addEventListener('abort', onAbort, { once: true });
     });
-    return Promise.race([token, late]).finally(() => clearTimeout(timer));
+    return Promise.race([token, late]).finally(() => {
+      clearTimeout(timer);
+      if (onAbort) signal?.removeEventListener('abort', onAbort);
+    });
   }
 
   private expired(token: string): boolean {

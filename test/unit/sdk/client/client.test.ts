@@ -223,6 +223,57 @@ describe('client core (scripted socket, fake timers)', () => {
     expect(resyncs).toEqual(['history_gap']);
   });
 
+  it('after events_missed while its resume is unanswered, asks the node again from the gap', async () => {
+    const resyncs: string[] = [];
+    client.on('resync', (r) => resyncs.push(r.reason));
+    latest().welcome('e1', 5);
+    latest().end(1006);
+    const second = await nextAttempt();
+    second.welcome('e1', 20);
+    expect(second.sent).toEqual([{ type: 'resume', epoch: 'e1', offset: 5 }]);
+    // The node finds a gap (at 21) before it answers the resume, then the socket drops.
+    second.receive({ type: 'error', code: 'events_missed', message: 'queue lost', offset: 21 });
+    second.end(1006);
+    const third = await nextAttempt();
+    third.welcome('e1', 25);
+    // From before the gap the node would refuse it: a second resynchronisation, nothing replayed.
+    expect(third.sent).toEqual([{ type: 'resume', epoch: 'e1', offset: 21 }]);
+    expect(resyncs).toEqual(['history_gap']);
+  });
+
+  it('hands listeners after one that called close() nothing more: no later state, no event', async () => {
+    latest().welcome('e1', 0);
+    const after: string[] = [];
+    client.on('event', () => client.close());
+    client.on('event', (e) => after.push(e.id));
+    client.on('state', ({ to }) => after.push(to));
+    latest().event('x', 1);
+    expect(after).toEqual(['closed']);
+    expect(client.state).toBe('closed');
+  });
+
+  it('tells a listener removed by an earlier one in the same dispatch nothing', async () => {
+    latest().welcome('e1', 0);
+    const heard: string[] = [];
+    const second = (e: WarrenEvent) => heard.push(e.id);
+    client.on('event', () => client.off('event', second));
+    client.on('event', second);
+    latest().event('x', 1);
+    expect(heard).toEqual([]);
+  });
+
+  it('leaves no later state to listeners after one that closed the client on a drop', async () => {
+    latest().welcome('e1', 0);
+    client.on('state', ({ to }) => {
+      if (to === 'reconnecting') client.close();
+    });
+    const badge: string[] = [];
+    client.on('state', ({ to }) => badge.push(to));
+    latest().end(1006);
+    expect(client.state).toBe('closed');
+    expect(badge).toEqual(['closed']);
+  });
+
   it('does not resume on another node but says events may have been missed', async () => {
     const resyncs: string[] = [];
     client.on('resync', (r) => resyncs.push(r.reason));
@@ -525,6 +576,26 @@ describe('client: an attempt that hangs', () => {
     await vi.advanceTimersByTimeAsync(0);
     expect(ScriptedSocket.all).toHaveLength(1);
     client.close();
+  });
+
+  it('leaves no timer behind when closed while getToken is pending', async () => {
+    vi.useFakeTimers();
+    ScriptedSocket.all = [];
+    const client = connect({
+      url: 'ws://a/ws',
+      getToken: () => new Promise<string>(() => {}),
+      WebSocket: ScriptedSocket as unknown as typeof WebSocket,
+      pingIntervalMs: 0,
+      connectTimeoutMs: 20_000,
+    });
+    const errors: string[] = [];
+    client.on('error', (e) => errors.push(e.message));
+    await vi.advanceTimersByTimeAsync(10);
+    expect(vi.getTimerCount()).toBe(1);
+    client.close();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(vi.getTimerCount()).toBe(0);
+    expect(errors).toEqual([]);
   });
 });
 

@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { readClaims, TokenSource } from '../../../../src/sdk/client/token-source.js';
 
 function jwt(payload: Record<string, unknown>): string {
@@ -44,6 +44,23 @@ describe('TokenSource', () => {
     now += 31_000;
     await source.get(false);
     expect(calls).toBe(2);
+  });
+
+  it('gives up a pending getToken when its signal aborts, and clears its timer', async () => {
+    vi.useFakeTimers();
+    try {
+      const source = new TokenSource(() => new Promise<string>(() => {}));
+      const closing = new AbortController();
+      const token = source.getWithin(false, 20_000, closing.signal);
+      expect(vi.getTimerCount()).toBe(1);
+      closing.abort();
+      await expect(token).rejects.toThrow('closed while getToken was pending');
+      expect(vi.getTimerCount()).toBe(0);
+      // Already aborted: given up at once.
+      await expect(source.getWithin(false, 0, closing.signal)).rejects.toThrow('closed');
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it('rejects an empty token', async () => {
