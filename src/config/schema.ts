@@ -41,6 +41,8 @@ export const DEFAULTS = {
   historyBytes: 16 * 1024 * 1024,
   resumeWindowMs: 60_000,
   resolverPrefetch: 256,
+  // RabbitMQ 4's own default `max_message_size`; parsing one costs the resolver about half a second.
+  resolverMaxMessageBytes: 16 * 1024 * 1024,
   maxTenantViews: 10_000,
   // DESIGN.md §6: chunk long recipient key lists at about 1,000 keys (user routing).
   maxRecipientsPerMessage: 1000,
@@ -310,6 +312,11 @@ export const configSchema = z.strictObject({
         .max(MAX_PREFETCH)
         .default(DEFAULTS.resolverPrefetch)
         .describe('Unacked events per resolver.'),
+      maxMessageBytes: positiveInt
+        .default(DEFAULTS.resolverMaxMessageBytes)
+        .describe(
+          "Largest event or membership message a resolver parses; a larger one is dead-lettered as `too_large` unread (parsing a large body holds up every tenant's events on that resolver). Publish large `data` through the claim check instead.",
+        ),
       maxTenantViews: positiveInt
         .default(DEFAULTS.maxTenantViews)
         .describe(

@@ -104,6 +104,7 @@ export async function startResolver(
     view: (tenantId) => views.get(tenantId),
     trimViews: () => views.trim(),
     claimCheck: config.claimCheck,
+    maxMessageBytes: config.resolver.maxMessageBytes,
     metrics,
     logger,
     idMapStamp: () => (watch.settled ? watch.stamp : ID_MAP_UNSETTLED),

@@ -12,6 +12,7 @@ import {
 /** Why a message was dead-lettered (the `x-warren-code` header). */
 export type RejectCode =
   | 'not_json'
+  | 'too_large'
   | 'invalid_event'
   | 'invalid_membership'
   | 'routing_mismatch'
@@ -84,7 +85,14 @@ export function originOf(
  * Validates what arrives on the resolver queue: model events from `<prefix>.events`, membership changes
  * from `<prefix>.membership`. Anything else is invalid, with a reason a person can act on.
  */
-export function parseMessage(message: ConsumeMessage, names: TopologyNames): Parsed {
+export function parseMessage(message: ConsumeMessage, names: TopologyNames, maxBytes: number): Parsed {
+  // Before reading it: parsing tens of megabytes holds the resolver (every tenant's events) for seconds.
+  if (message.content.length > maxBytes)
+    return {
+      kind: 'invalid',
+      code: 'too_large',
+      reason: `body of ${message.content.length} bytes is over resolver.maxMessageBytes (${maxBytes}); publish large data through the claim check`,
+    };
   const body = json(message);
   if (!body.ok) return { kind: 'invalid', code: 'not_json', reason: body.reason };
   // Only what arrives from the membership exchange itself is a membership change: a header cannot make one.

@@ -27,6 +27,8 @@ export interface WorkerDeps {
   /** Called between batches, when no view is in use: forgets views past the configured number. */
   trimViews: () => void;
   claimCheck: { bytes: number; ttlSec: number };
+  /** Messages larger than this are dead-lettered unread (`too_large`). */
+  maxMessageBytes: number;
   metrics: ResolverMetrics;
   logger: Logger;
   /** Declares the shared topology again, on a channel of its own (a queue found missing). */
@@ -180,7 +182,7 @@ export class ResolverWorker {
       const delivery = this.queue.shift() as AmqpDelivery;
       // Its channel died with a reconnect: the broker has requeued it already.
       if (!delivery.live) continue;
-      const parsed = parseMessage(delivery.message, this.deps.names);
+      const parsed = parseMessage(delivery.message, this.deps.names, this.deps.maxMessageBytes);
       if (parsed.kind === 'invalid') this.track(this.deadLetter(delivery, parsed.code, parsed.reason));
       else if (parsed.kind === 'event') events.push({ delivery, event: parsed.event });
       else membership = { delivery, change: parsed.change };
