@@ -123,7 +123,8 @@ export class SocketLink {
             )
           : new Socket(url, [WS_PROTOCOL, `${BEARER_PROTOCOL_PREFIX}${token}`]);
     } catch (cause) {
-      this.hooks.error(new WarrenClientError(ClientErrorCode.Socket, `cannot open ${url}`, { cause }));
+      const why = cause instanceof Error ? `: ${cause.message}` : '';
+      this.hooks.error(new WarrenClientError(ClientErrorCode.Socket, `cannot open ${url}${why}`, { cause }));
       this.ended(ABNORMAL_CLOSURE, undefined);
       return;
     }

@@ -31,6 +31,13 @@ export function readClaims(token: string): TokenClaims | undefined {
 
 export type GetToken = () => string | Promise<string>;
 
+/**
+ * What a token may hold: the characters of an HTTP token (RFC 9110), which a WebSocket sub-protocol must be.
+ * A JWT (base64url parts and dots) always is; whitespace, quotes or non-ASCII make the browser's
+ * `new WebSocket` throw before any request, so the gateway could not even log why.
+ */
+const TOKEN_CHARS = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
 /** Why an attempt got no token, as the client reports it. */
 export function tokenError(cause: unknown): WarrenClientError {
   return cause instanceof WarrenClientError
@@ -55,8 +62,16 @@ export class TokenSource {
   async get(refresh: boolean): Promise<string> {
     const cached = this.token;
     if (cached !== undefined && !refresh && !this.expired(cached)) return cached;
-    const token = await this.getToken();
-    if (typeof token !== 'string' || token.length === 0) throw new TypeError('getToken returned no token');
+    const given = await this.getToken();
+    if (typeof given !== 'string') throw new TypeError('getToken returned no token');
+    // A token endpoint read with `response.text()` often ends in a newline.
+    const token = given.trim();
+    if (token.length === 0) throw new TypeError('getToken returned no token');
+    if (!TOKEN_CHARS.test(token))
+      throw new WarrenClientError(
+        ClientErrorCode.Token,
+        'getToken returned a token with characters no JWT has (spaces, quotes, non-ASCII): not sent',
+      );
     this.token = token;
     this.fetchedAt = this.now();
     return token;

@@ -360,7 +360,7 @@ describe('client core (scripted socket, fake timers)', () => {
     });
     client.on('error', (e) => errors.push(e.message));
     await vi.advanceTimersByTimeAsync(0);
-    expect(errors).toEqual(['cannot open (url option)']);
+    expect(errors).toEqual(['cannot open (url option): no gateway known yet']);
     const before = ScriptedSocket.all.length;
     // A real backoff (not a NaN delay firing at once): nothing after 200 ms…
     await vi.advanceTimersByTimeAsync(200);

@@ -63,7 +63,22 @@ describe('TokenSource', () => {
     }
   });
 
+  it('trims a token read as text, and refuses one no WebSocket can carry without caching it', async () => {
+    const given = [' a.b.c\n', 'a.b c', 'a."b".c', 'ä.b.c', 'a.b.c'];
+    const source = new TokenSource(() => given.shift() ?? '');
+    expect(await source.get(false)).toBe('a.b.c');
+    for (let i = 0; i < 3; i += 1)
+      await expect(source.get(true)).rejects.toMatchObject({
+        code: 'token_failed',
+        message: expect.stringContaining('characters no JWT has') as unknown,
+      });
+    // Nothing refused was cached: asked again, the application's next token is used.
+    expect(await source.get(true)).toBe('a.b.c');
+    expect(given).toEqual([]);
+  });
+
   it('rejects an empty token', async () => {
     await expect(new TokenSource(() => '').get(false)).rejects.toThrow(TypeError);
+    await expect(new TokenSource(() => ' \n').get(false)).rejects.toThrow(TypeError);
   });
 });
