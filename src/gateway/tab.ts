@@ -34,6 +34,14 @@ export function endIfRevoked(
 export type CloseListener = (code: number) => void;
 
 /** One browser tab: a socket plus the identity its token proved. */
+/**
+ * A client pings only to find out whether its connection is alive (the SDK every 25 s at most, never more
+ * than once a second): a few at once, then one a second. Past that each ping costs the node's one thread
+ * a parse and a write for nothing, and is answered as a bad frame (`gateway.badFrameLimit` closes it).
+ */
+export const PING_BURST = 5;
+const PING_REFILL_MS = 1000;
+
 export class Tab implements RegisteredTab {
   readonly id: string;
   readonly tenantId: string;
@@ -52,6 +60,9 @@ export class Tab implements RegisteredTab {
   resumed = false;
   closed = false;
   badFrames = 0;
+  /** Pings this tab may still send at once (see `takePing`). */
+  private pingBudget = PING_BURST;
+  private pingBudgetAt = 0;
   timer: NodeJS.Timeout | undefined;
   /** Frames written in this turn, sent together at its end (see `Tab.write`). */
   private pending: (Uint8Array | string)[] = [];
@@ -67,6 +78,18 @@ export class Tab implements RegisteredTab {
     // uWS has copied them; a large payload must not stay referenced by every tab until its next frame.
     this.clearPending();
   };
+
+  /** Spends one ping of the tab's budget; false when it has none left (see PING_BURST). */
+  takePing(now: number): boolean {
+    const earned = Math.floor((now - this.pingBudgetAt) / PING_REFILL_MS);
+    if (earned > 0) {
+      this.pingBudget = Math.min(PING_BURST, this.pingBudget + earned);
+      this.pingBudgetAt = this.pingBudget === PING_BURST ? now : this.pingBudgetAt + earned * PING_REFILL_MS;
+    }
+    if (this.pingBudget === 0) return false;
+    this.pingBudget -= 1;
+    return true;
+  }
 
   constructor(
     private readonly ws: WebSocket<TabSocketData>,

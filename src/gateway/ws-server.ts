@@ -18,7 +18,7 @@ import type { GatewayMetrics } from './gateway-metrics.js';
 import type { DeliveryHistory } from './history.js';
 import { send, sendHead, watchAbort } from './http.js';
 import type { ConnectionRegistry } from './registry.js';
-import { endIfRevoked, Tab, type TabSocketData } from './tab.js';
+import { endIfRevoked, PING_BURST, Tab, type TabSocketData } from './tab.js';
 
 export interface WsServerLimits {
   maxFrameBytes: number;
@@ -368,6 +368,12 @@ export class WsServer {
     if (!result.success) return this.badFrame(tab, FrameErrorCode.BadFrame, describeIssues(result.error));
     const frame = result.data;
     if (frame.type === 'ping') {
+      if (!tab.takePing(Date.now()))
+        return this.badFrame(
+          tab,
+          FrameErrorCode.BadFrame,
+          `too many pings: ${PING_BURST} at once, then one a second`,
+        );
       if (tab.ready) this.sendFrame(tab, { type: 'pong' });
       else tab.pongDue = true;
       return;

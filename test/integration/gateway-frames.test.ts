@@ -56,6 +56,30 @@ describe('client frames, limits and connection lifetime', () => {
     expect(await tab.closed).toBe(4008);
   });
 
+  it('answers a burst of pings, then refuses more than one a second as bad frames (4008 past the limit)', async () => {
+    const tab = await openTab(gateway.port, await token({ sub: 'p4', tid: 't1' }));
+    for (let i = 0; i < 9; i += 1) tab.send({ type: 'ping' });
+    await eventually(() => tab.closeCode !== undefined, 'closed');
+    // The burst (5) answered; the next three refused (badFrameLimit 3), and one more closes the tab.
+    expect(tab.frames.filter((f) => f.type === 'pong')).toHaveLength(5);
+    const errors = tab.frames.flatMap((f) => (f.type === 'error' ? [f.message] : []));
+    expect(errors).toEqual(Array(3).fill('too many pings: 5 at once, then one a second'));
+    expect(tab.closeCode).toBe(4008);
+  });
+
+  it('keeps answering pings sent a second apart, after a burst', async () => {
+    const tab = await openTab(gateway.port, await token({ sub: 'p5', tid: 't1' }));
+    for (let i = 0; i < 5; i += 1) tab.send({ type: 'ping' });
+    await eventually(() => tab.frames.filter((f) => f.type === 'pong').length === 5, 'five pongs');
+    for (let i = 0; i < 2; i += 1) {
+      await new Promise((resolve) => setTimeout(resolve, 1050));
+      tab.send({ type: 'ping' });
+    }
+    await eventually(() => tab.frames.filter((f) => f.type === 'pong').length === 7, 'seven pongs');
+    expect(tab.frames.some((f) => f.type === 'error')).toBe(false);
+    tab.ws.terminate();
+  });
+
   it('closes with 1009 a frame far over the limit, saying why, and drops past 4 times that', async () => {
     // maxFrameBytes 256: up to 64 KiB an error frame, then 1009 up to 256 KiB, then uWS drops the socket.
     const jwt = await token({ sub: 'p3', tid: 't1' });
