@@ -144,6 +144,15 @@ describe('the warren dev demo page and its dev-only endpoints', () => {
   }
 
   const feed = (page: Page) => page.locator('#events .event p').allTextContents();
+  /** The connection log, oldest line first, each without its time; a red line starts with `error: `. */
+  const connectionLog = (page: Page) =>
+    page.$$eval('#log li', (items) =>
+      items
+        .map(
+          (li) => (li.className === 'bad' ? 'error: ' : '') + (li.querySelector('span')?.textContent ?? ''),
+        )
+        .reverse(),
+    );
 
   it('signs demo users in, publishes from the form, and shows each event to its team only', async () => {
     const alice = await openAs('acme-health/alice');
@@ -177,5 +186,23 @@ describe('the warren dev demo page and its dev-only endpoints', () => {
     expect(await bob.locator('#events .event-head').first().textContent()).toContain('from Alice Nguyen');
     expect(await alice.locator('#count').textContent()).toBe('1');
     for (const page of [alice, bob, carol]) await page.context().close();
+  });
+
+  it('a lone tab sharing its connection logs that it holds the socket, never that it follows', async () => {
+    const page = await (await browser.newContext()).newPage();
+    await page.goto(`http://127.0.0.1:${gateway.port}/#acme-health/alice`);
+    await page.locator('#status[data-state="connected"]').waitFor({ timeout: 10_000 });
+    // Sharing is on, and the tab starts as a follower until the lock is decided: alone, it never follows.
+    await eventually(
+      async () => (await connectionLog(page)).some((line) => line.startsWith('connected')),
+      'the connected line',
+    );
+    expect(await connectionLog(page)).toEqual([
+      'signing in as Alice Nguyen',
+      'this tab holds the socket',
+      expect.stringMatching(/^connected to node \S+$/),
+    ]);
+    expect(await page.locator('#status-text').textContent()).toContain('this tab holds the socket');
+    await page.context().close();
   });
 });

@@ -75,6 +75,18 @@ function log(text, bad) {
 
 const ROLE = { own: 'own socket', leader: 'this tab holds the socket', follower: 'via a sibling tab' };
 
+function connected() {
+  // A follower is told here, once its leader's connection reaches it, not when its role changes: every tab
+  // that shares starts as a follower until the lock is decided, a lone tab too (it leads a moment later).
+  const via = client.role === 'follower' ? ' via a sibling tab' : '';
+  log('connected to node ' + client.session.gateway + via);
+}
+
+function roleChanged(role) {
+  showStatus();
+  if (role !== 'follower') log(ROLE[role]);
+}
+
 function showStatus() {
   const box = $('status');
   const state = client ? client.state : 'closed';
@@ -135,10 +147,10 @@ function start() {
   });
   client.on('state', (s) => {
     showStatus();
-    if (s.to === 'connected') log('connected to node ' + client.session.gateway);
+    if (s.to === 'connected') connected();
     else if (s.to === 'reconnecting') log('connection lost' + (s.code ? ' (close ' + s.code + ')' : '') + ', reconnecting', true);
   });
-  client.on('role', (role) => { showStatus(); log(ROLE[role]); });
+  client.on('role', roleChanged);
   client.on('event', addEvent);
   client.on('resync', (r) => log('may have missed events (' + r.reason.replace('_', ' ') + ')', true));
   client.on('error', (e) => log(e.code + ': ' + e.message, true));
