@@ -2,7 +2,7 @@ import { request as httpRequest } from 'node:http';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { networkInterfaces, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Browser, Page } from 'playwright-core';
+import type { Browser, BrowserContext, Page } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { seedDemoMemberships } from '../../src/gateway/demo/demo-directory.js';
 import { demoRoutes } from '../../src/gateway/demo/demo-routes.js';
@@ -136,8 +136,9 @@ describe('the warren dev demo page and its dev-only endpoints', () => {
     if (lan) expect(await withHost(`localhost:${gateway.port}`, '/dev/token', lan)).toBe(403);
   });
 
-  async function openAs(hash: string): Promise<Page> {
-    const page = await (await browser.newContext()).newPage();
+  /** A tab signed in as `hash` (tenant/user); in a context of its own unless one is given. */
+  async function openAs(hash: string, context?: BrowserContext): Promise<Page> {
+    const page = await (context ?? (await browser.newContext())).newPage();
     await page.goto(`http://127.0.0.1:${gateway.port}/#${hash}`);
     await page.locator('#status[data-state="connected"]').waitFor({ timeout: 10_000 });
     return page;
@@ -204,5 +205,34 @@ describe('the warren dev demo page and its dev-only endpoints', () => {
     ]);
     expect(await page.locator('#status-text').textContent()).toContain('this tab holds the socket');
     await page.context().close();
+  });
+
+  it('a second tab of the user follows, and takes over without an error when the first closes', async () => {
+    const context = await browser.newContext();
+    const first = await openAs('acme-health/alice', context);
+    const second = await openAs('acme-health/alice', context);
+    expect(await connectionLog(second)).toEqual([
+      'signing in as Alice Nguyen',
+      expect.stringMatching(/^connected to node \S+ via a sibling tab$/),
+    ]);
+    expect(await second.locator('#status-text').textContent()).toContain('via a sibling tab');
+
+    await first.close();
+    await second
+      .locator('#status[data-state="connected"] #status-text', { hasText: 'this tab holds the socket' })
+      .waitFor({ timeout: 10_000 });
+    await eventually(
+      async () => (await connectionLog(second)).at(-1)?.startsWith('connected to node') ?? false,
+      'the connected line',
+    );
+    expect((await connectionLog(second)).slice(2)).toEqual([
+      'the tab holding the connection closed; this tab takes over',
+      expect.stringMatching(/^connected to node \S+$/),
+    ]);
+    // The new socket is the user's: an event published now arrives.
+    await second.fill('#text', 'After the takeover');
+    await second.click('#publish button[type=submit]');
+    await eventually(async () => (await feed(second)).includes('After the takeover'), 'the event arrives');
+    await context.close();
   });
 });

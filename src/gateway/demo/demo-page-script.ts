@@ -82,9 +82,25 @@ function connected() {
   log('connected to node ' + client.session.gateway + via);
 }
 
+// Without a close code, a shared connection was not lost but handed on: the tab holding it closed, or
+// disconnected, and the next tab in line opens one at once. Not an error.
+function lost(code) {
+  // A leader hears this right after taking over, which roleChanged has logged.
+  if (code === undefined && client.role === 'leader') return;
+  if (code === undefined && client.role === 'follower')
+    return log('the tab holding the connection closed; the next tab takes over');
+  log('connection lost' + (code ? ' (close ' + code + ')' : '') + ', reconnecting', true);
+}
+
 function roleChanged(role) {
   showStatus();
-  if (role !== 'follower') log(ROLE[role]);
+  if (role === 'follower') return;
+  // Past 'connecting', a leader took over from another tab: the first sign of it when that tab was closed
+  // (it could not say so); after its own 'down' this tab was already told (see lost).
+  if (role === 'leader' && client.state === 'connected')
+    log('the tab holding the connection closed; this tab takes over');
+  else if (role === 'leader' && client.state === 'reconnecting') log('this tab takes over the connection');
+  else log(ROLE[role]);
 }
 
 function showStatus() {
@@ -148,7 +164,7 @@ function start() {
   client.on('state', (s) => {
     showStatus();
     if (s.to === 'connected') connected();
-    else if (s.to === 'reconnecting') log('connection lost' + (s.code ? ' (close ' + s.code + ')' : '') + ', reconnecting', true);
+    else if (s.to === 'reconnecting') lost(s.code);
   });
   client.on('role', roleChanged);
   client.on('event', addEvent);
