@@ -164,6 +164,13 @@ describe('the warren dev demo page and its dev-only endpoints', () => {
     await alice.selectOption('#user', 'carol');
     expect(await alice.locator('#status-text').textContent()).toContain('Alice Nguyen');
     expect(await alice.locator('#audience').textContent()).toContain('Alice’s tabs');
+    // The chips beside the pickers are the picked user's, named and marked as not signed in; the publish
+    // form says whom it sends as.
+    const chips = alice.locator('#memberships');
+    expect(await chips.textContent()).toBe('Carol is inRadiologynot signed in yet');
+    expect(await alice.locator('#sender').textContent()).toContain('As Alice Nguyen');
+    await alice.selectOption('#user', 'alice');
+    expect(await chips.textContent()).toBe('Alice is inICU');
 
     await alice.selectOption('#team', 'icu');
     await alice.fill('#text', 'Bed 4 needs a check');

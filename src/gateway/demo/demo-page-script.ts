@@ -22,7 +22,8 @@ let directory = [];
 let client;
 let count = 0;
 // Who the page is signed in as. The pickers only say whom "Switch user" signs in next: until then the
-// status, memberships, names and the publish form stay with the signed-in user.
+// status, the feed and the publish form stay with the signed-in user (the chips beside the pickers show
+// the picked user's teams, marked as not signed in yet).
 let me;
 
 async function api(path, body) {
@@ -38,12 +39,12 @@ const tenant = () => directory.find((t) => t.id === $('tenant').value) || direct
 const user = () => tenant().users.find((u) => u.id === $('user').value) || tenant().users[0];
 // The signed-in user, or while nobody is, the one picked.
 const who = () => me || { t: tenant(), u: user() };
-const teamName = (id) => (who().t.teams.find((t) => t.id === id) || { name: id }).name;
+const teamName = (id, t = who().t) => (t.teams.find((x) => x.id === id) || { name: id }).name;
 const userName = (id) => (who().t.users.find((u) => u.id === id) || { name: id }).name;
 const options = (items) => items.map((i) => Object.assign(el('option', '', i.name), { value: i.id }));
 
-function chip(teamId) {
-  const c = el('span', 'chip', teamName(teamId));
+function chip(teamId, t) {
+  const c = el('span', 'chip', teamName(teamId, t));
   c.style.setProperty('--hue', hue(teamId));
   return c;
 }
@@ -53,16 +54,26 @@ function fillUsers() {
   fillMemberships();
 }
 
+const firstName = (u) => u.name.split(' ')[0];
+
 function fillMemberships() {
+  // The chips stand next to the pickers, so they are the picked user's, named: until "Switch user", that
+  // may be someone other than the signed-in user, whose teams the publish form and the feed keep.
+  const picked = user();
+  const pending = me && (me.t !== tenant() || me.u !== picked);
+  const hint = pending ? [el('span', 'pending', 'not signed in yet')] : [];
+  $('memberships').replaceChildren(el('span', '', firstName(picked) + ' is in'),
+    ...picked.teams.map((id) => chip(id, tenant())), ...hint);
   const { t, u } = who();
   const teams = u.teams;
-  $('memberships').replaceChildren(el('span', '', 'Member of'), ...teams.map(chip));
-  const picked = $('team').value;
+  const team = $('team').value;
   $('team').replaceChildren(...options(t.teams));
-  $('team').value = t.teams.some((x) => x.id === picked) ? picked : teams[0] || t.teams[0].id;
-  const names = teams.map(teamName);
+  $('team').value = t.teams.some((x) => x.id === team) ? team : teams[0] || t.teams[0].id;
+  const signedIn = me ? '' : ' (not signed in)';
+  $('sender').textContent = 'As ' + u.name + ', to a team of ' + t.name + signedIn + '.';
+  const names = teams.map((id) => teamName(id));
   const list = names.length > 1 ? names.slice(0, -1).join(', ') + ' and ' + names.at(-1) : names[0];
-  $('audience').textContent = 'Events for ' + list + ' reach ' + u.name.split(' ')[0] +
+  $('audience').textContent = 'Events for ' + list + ' reach ' + firstName(u) +
     '’s tabs; events for other teams and organisations never do.';
 }
 

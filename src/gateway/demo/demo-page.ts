@@ -50,6 +50,8 @@ button:disabled { opacity: .5; cursor: default; }
 .chips { display: flex; flex-wrap: wrap; gap: 6px; margin-top: 8px; font-size: 12px; color: var(--muted); }
 .chip { border-radius: 999px; padding: 1px 9px; font-size: 12px; font-weight: 600;
   color: hsl(var(--hue) 55% 32%); background: hsl(var(--hue) 70% 94%); }
+.chips .pending { font-style: italic; }
+.sender { font-size: 13px; color: var(--muted); margin: -6px 0 12px; }
 .hint { font-size: 12px; color: var(--muted); margin: 10px 0 0; }
 .flash { font-size: 12px; color: var(--ok); min-height: 18px; margin: 8px 0 0; }
 .flash.err { color: #dc2626; }
@@ -99,6 +101,7 @@ const BODY = `
     </section>
     <section class="card">
       <h2>Publish to a team</h2>
+      <p class="sender" id="sender"></p>
       <form id="publish">
         <div class="pair">
           <div><label for="team">Team</label><select id="team"></select></div>
