@@ -196,10 +196,15 @@ describe('the warren dev demo page and its dev-only endpoints', () => {
     for (const page of [alice, bob, carol]) await page.context().close();
   });
 
-  it('a lone tab sharing its connection logs that it holds the socket, never that it follows', async () => {
+  it('a lone tab logs that it holds the socket, and loads without a console error (no favicon 404)', async () => {
     const page = await (await browser.newContext()).newPage();
+    const consoleErrors: string[] = [];
+    page.on('console', (m) => {
+      if (m.type() === 'error') consoleErrors.push(m.text());
+    });
     await page.goto(`http://127.0.0.1:${gateway.port}/#acme-health/alice`);
     await page.locator('#status[data-state="connected"]').waitFor({ timeout: 10_000 });
+    await page.waitForLoadState('load');
     // Sharing is on, and the tab starts as a follower until the lock is decided: alone, it never follows.
     await eventually(
       async () => (await connectionLog(page)).some((line) => line.startsWith('connected')),
@@ -211,6 +216,7 @@ describe('the warren dev demo page and its dev-only endpoints', () => {
       expect.stringMatching(/^connected to node \S+$/),
     ]);
     expect(await page.locator('#status-text').textContent()).toContain('this tab holds the socket');
+    expect(consoleErrors).toEqual([]);
     await page.context().close();
   });
 

@@ -126,9 +126,13 @@ const BODY = `
   </div>
 </main>`;
 
+// The logo as an inline icon: without one, every load asks for /favicon.ico and logs its 404 in the console.
+const ICON =
+  "data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 32 32'%3E%3Crect width='32' height='32' rx='8' fill='%234f46e5'/%3E%3Ctext x='16' y='22' font-family='system-ui,sans-serif' font-size='18' font-weight='700' fill='%23fff' text-anchor='middle'%3EW%3C/text%3E%3C/svg%3E";
+
 export const DEMO_PAGE = `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Warren · dev demo</title><style>${STYLE}</style></head>
+<title>Warren · dev demo</title><link rel="icon" href="${ICON}"><style>${STYLE}</style></head>
 <body>${BODY}
 <script type="module">${DEMO_PAGE_SCRIPT}</script>
 </body></html>`;
