@@ -1,4 +1,5 @@
 import type { WarrenConfig } from '../config/schema.js';
+import { withoutCredentials } from '../shared/errors.js';
 import { Keys } from '../store/keys.js';
 import { PresenceStore } from '../store/presence-store.js';
 import { RevocationStore } from '../store/revocation-store.js';
@@ -22,7 +23,14 @@ export interface Standing {
 }
 
 export interface Explanation {
+  /** The key prefix read: a wrong one finds nothing of any tenant. */
+  prefix: string;
   tenant: string;
+  /**
+   * Whether Redis holds anything of the tenant under `prefix`. False: every answer below is about an empty
+   * tenant, most likely a wrong prefix or Redis, not about the user.
+   */
+  tenantHasData: boolean;
   user: string;
   /** The user's bit in the tenant's id map; null when the map has never seen them. */
   bit: number | null;
@@ -66,7 +74,9 @@ export async function explain(
   ]);
   const iso = (ms: number): string | null => (Number.isFinite(ms) ? new Date(ms).toISOString() : null);
   const none: Explanation = {
+    prefix: keys.prefix,
     tenant,
+    tenantHasData: bit !== null || revocation !== undefined || (await tenantHasData(redis, keys, tenant)),
     user,
     bit,
     reverseName: null,
@@ -106,9 +116,25 @@ export async function explain(
   return { ...none, reverseName, nodes, online, teams, groups, reached: online && member };
 }
 
-function describe(e: Explanation): string {
-  const lines: string[] = [];
-  if (e.bit === null) {
+/**
+ * Every membership change and every user coming online notes the tenant among the prefix's tenants and
+ * writes its change log; a user's change also its id map. Any of them is data (one may have been deleted
+ * by hand).
+ */
+async function tenantHasData(redis: WarrenRedis, keys: Keys, tenant: string): Promise<boolean> {
+  const [listed, found] = await Promise.all([
+    redis.sismember(keys.tenants(), tenant),
+    // One slot (the keys share the tenant's hash tag): legal in one EXISTS on a cluster too.
+    redis.exists(keys.ids(tenant), keys.idSeq(tenant), keys.log(tenant), keys.logSeq(tenant)),
+  ]);
+  return listed === 1 || found > 0;
+}
+
+function describe(e: Explanation, redisUrl: string): string {
+  const lines = [`Warren explain (prefix ${e.prefix}, Redis at ${withoutCredentials(redisUrl)})`, ''];
+  if (!e.tenantHasData) {
+    lines.push(`tenant ${e.tenant} has no data under prefix ${e.prefix}: wrong prefix or Redis?`);
+  } else if (e.bit === null) {
     lines.push(`${e.user} is unknown in tenant ${e.tenant}: never a member of anything, never online.`);
   } else {
     lines.push(`${e.user} of tenant ${e.tenant}: bit ${e.bit}`);
@@ -156,7 +182,7 @@ export async function runExplain(
   const redis = await commandRedis(config, 'warren-explain', { readOnly: true });
   try {
     const result = await explain(redis, new Keys(config.prefix), config.presence.expiryMs, options);
-    console.log(options.json ? JSON.stringify(result, null, 2) : describe(result));
+    console.log(options.json ? JSON.stringify(result, null, 2) : describe(result, config.redis.url));
     return options.teams.length + options.groups.length === 0 || result.reached ? 0 : 1;
   } finally {
     await closeRedis(redis);

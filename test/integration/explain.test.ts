@@ -43,7 +43,9 @@ describe('warren explain', () => {
         explain(redis, keys, 15_000, { tenant: 'acme', user, teams, groups });
 
       expect(await ask('ann', ['icu', 'er'], ['nurses'])).toEqual({
+        prefix: keys.prefix,
         tenant: 'acme',
+        tenantHasData: true,
         user: 'ann',
         bit: annBit,
         reverseName: 'ann',
@@ -79,12 +81,19 @@ describe('warren explain', () => {
       );
       await redis.hset(keys.reverseIds('acme'), String(annBit), 'ann');
       // Never seen in the tenant: no bit, and nothing else to read.
-      expect(await ask('zed', ['icu'])).toMatchObject({ bit: null, online: false, reached: false });
+      expect(await ask('zed', ['icu'])).toMatchObject({
+        tenantHasData: true,
+        bit: null,
+        online: false,
+        reached: false,
+      });
 
       // As an operator runs it: words, and the exit code says reached (0) or not (1).
       const env = { WARREN_PREFIX: keys.prefix, WARREN_REDIS_URL: inject('redisUrl') };
       const yes = WarrenProcess.start(['explain', '--tenant', 'acme', '--user', 'ann', '--team', 'icu'], env);
       expect(await yes.exited).toBe(0);
+      // Which prefix and Redis were read, first: an answer about the wrong ones reads as one about the user.
+      expect(yes.lines[0]).toBe(`Warren explain (prefix ${keys.prefix}, Redis at ${inject('redisUrl')})`);
       expect(yes.lines).toContain('  team icu: via group nurses');
       expect(yes.lines).toContain(
         'An event to team icu reaches ann now (unless the event lists them in exceptUsers).',
@@ -113,6 +122,55 @@ describe('warren explain', () => {
   });
 });
 
+describe('warren explain of a tenant with no data', () => {
+  it('says the tenant has no data under the prefix read, not that the user is unknown', async () => {
+    await withWarrenRedis('explain-empty', async (redis, keys) => {
+      const ask = (tenant: string, user: string) =>
+        explain(redis, keys, 15_000, { tenant, user, teams: ['icu'], groups: [] });
+      // A wrong prefix (or Redis): nothing of any tenant there.
+      expect(await ask('acme-health', 'alice')).toMatchObject({
+        prefix: keys.prefix,
+        tenantHasData: false,
+        bit: null,
+        reached: false,
+      });
+      const env = { WARREN_PREFIX: keys.prefix, WARREN_REDIS_URL: inject('redisUrl') };
+      const args = ['explain', '--tenant', 'acme-health', '--user', 'alice', '--team', 'icu'];
+      const text = WarrenProcess.start(args, env);
+      expect(await text.exited).toBe(1);
+      expect(text.lines).toContain(
+        `tenant acme-health has no data under prefix ${keys.prefix}: wrong prefix or Redis?`,
+      );
+      expect(text.lines.join('\n')).not.toContain('alice is unknown');
+      const json = WarrenProcess.start([...args, '--json'], env);
+      expect(await json.exited).toBe(1);
+      expect(JSON.parse(json.lines.join('\n'))).toMatchObject({
+        prefix: keys.prefix,
+        tenant: 'acme-health',
+        tenantHasData: false,
+      });
+
+      // A tenant with data, where alice was never seen: that is about alice.
+      await new MembershipStore(redis, keys).apply({
+        tenantId: 'acme-health',
+        op: 'add',
+        kind: 'group-team',
+        groupId: 'nurses',
+        teamId: 'icu',
+      });
+      expect(await ask('acme-health', 'alice')).toMatchObject({ tenantHasData: true, bit: null });
+      const known = WarrenProcess.start(args, env);
+      expect(await known.exited).toBe(1);
+      expect(known.lines).toContain(
+        'alice is unknown in tenant acme-health: never a member of anything, never online.',
+      );
+      // Only a revocation of the user's tokens (warren revoke) is data too.
+      await new RevocationStore(redis, keys).revoke('globex', 'bob', 3600, Date.now());
+      expect(await ask('globex', 'bob')).toMatchObject({ tenantHasData: true, bit: null });
+    });
+  });
+});
+
 describe.skipIf(!hasRedisServer)('read-only commands against a Redis the servers refuse', () => {
   it('status and explain run, warning, where an import stops', async () => {
     // A full Redis under allkeys-lru would evict id maps: servers refuse it, an operator must still look in.
@@ -125,7 +183,7 @@ describe.skipIf(!hasRedisServer)('read-only commands against a Redis the servers
       const explained = WarrenProcess.start(['explain', '--tenant', 'acme', '--user', 'ann'], env);
       expect(await explained.exited).toBe(0);
       expect(explained.lines.join('\n')).toMatch(warning);
-      expect(explained.lines.join('\n')).toContain('ann');
+      expect(explained.lines.join('\n')).toContain('tenant acme has no data under prefix t-evict');
       const status = WarrenProcess.start(['status', '--json'], env);
       expect(await status.exited).toBe(0);
       expect(status.lines.join('\n')).toMatch(warning);
