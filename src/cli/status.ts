@@ -133,13 +133,17 @@ export async function runStatus(config: Readonly<WarrenConfig>, options: { json:
       status.tenants.map((t) => [t.id, t.online]),
     )}`,
   );
+  if (status.brokerError !== undefined) {
+    // In the queues' place: an empty table there read as "no queues".
+    console.log('\nqueues: unknown, RabbitMQ is unreachable');
+    console.error(`${ErrorCode.BrokerUnavailable}: ${status.brokerError}`);
+    return code;
+  }
   console.log(
     `\n${table(
       ['queue', 'messages', 'consumers'],
       status.queues.map((q) => [q.queue, dash(q.messages), dash(q.consumers)]),
     )}`,
   );
-  if (status.brokerError !== undefined)
-    console.error(`\n${ErrorCode.BrokerUnavailable}: ${status.brokerError} (queue depths unknown)`);
   return code;
 }
