@@ -20,6 +20,7 @@ export interface Status {
     alive: boolean;
     lastBeatAgoMs: number;
     connections: number | null;
+    /** Users with a tab open on the gateway (online there). */
     users: number | null;
   }[];
   tenants: { id: string; online: number }[];

@@ -524,7 +524,8 @@ export async function startGateway(
       // beat, before this node writes the id's presence (its closing tabs would take that one's users
       // offline there), whether or not the broker is back.
       if (!(await holdsId())) return;
-      const stats = { connections: registry.size, users: registry.userCount, startedAt };
+      // Users with a tab open: those in their unbind grace period are offline, and counted in no tenant.
+      const stats = { connections: registry.size, users: registry.connectedUserCount, startedAt };
       const { returned: unknown, silentMs } = await presence.heartbeat(
         nodeId,
         stats,

@@ -88,8 +88,19 @@ export class ConnectionRegistry<T extends RegisteredTab> {
     return this.tabCount;
   }
 
+  /** Users held: with a tab open, or in their unbind grace period (their key still bound). */
   get userCount(): number {
     return this.users.size;
+  }
+
+  /**
+   * Users with a tab open here: online, as `warren status` counts per node. Counted when asked (a
+   * heartbeat), not kept: one pass over the users, as every beat's `repair` makes.
+   */
+  get connectedUserCount(): number {
+    let count = 0;
+    for (const entry of this.users.values()) if (entry.tabs.size > 0) count += 1;
+    return count;
   }
 
   /** The user's entry if any tab of it is here or its key is still bound. */

@@ -6,6 +6,7 @@ import type { WarrenRedis } from './redis.js';
 
 export interface NodeStats {
   connections: number;
+  /** Users with a tab open on the node; not those whose key it keeps bound through their grace period. */
   users: number;
   startedAt: number;
 }

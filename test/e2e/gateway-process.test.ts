@@ -286,13 +286,23 @@ describe('warren gateway as a process', () => {
     probe = await BrokerProbe.open();
     tabs.push(await openTab(port, await token({ sub: 'ann', tid: 'acme' })));
     tabs.push(await openTab(port, await token({ sub: 'ann', tid: 'acme' })));
+    // bob's only tab, closed: his key stays bound for the grace period (30 s), but he is offline, and the
+    // node's users are those online there, as the tenants' are.
+    const bob = await openTab(port, await token({ sub: 'bob', tid: 'acme' }));
+    await eventually(
+      async () => (await collectStatus(config)).gateways[0]?.connections === 3,
+      'bob’s tab counted',
+    );
+    await bob.close();
     // An event without id or audience: dead-lettered, and left in the dead-letter queue for an operator.
     await probe.publishEvent(prefix, { tenantId: 'acme', type: 'test.event' });
     await eventually(async () => {
       const status = await collectStatus(config);
       const dead = status.queues.find((q) => q.queue === `${prefix}.dead`);
       return status.gateways[0]?.connections === 2 && dead?.messages === 1;
-    }, 'the second tab counted and the dead letter queued');
+    }, 'bob’s tab gone and the dead letter queued');
+    // A beat after the one that counted bob's tab gone: the numbers as they stay through his grace period.
+    await new Promise((r) => setTimeout(r, 400));
 
     const json = WarrenProcess.start(['status', '--json'], env);
     processes.push(json);
