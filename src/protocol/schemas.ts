@@ -56,13 +56,29 @@ export type ModelEvent = z.infer<typeof modelEventSchema>;
 
 const opSchema = z.enum(['add', 'remove']);
 
-const membershipShape = z.strictObject({
-  op: opSchema,
-  tenantId: idSchema,
-  userId: idSchema.optional(),
-  teamId: idSchema.optional(),
-  groupId: idSchema.optional(),
-});
+/** The ids a membership change names two of. */
+export const MEMBERSHIP_ID_FIELDS = ['userId', 'teamId', 'groupId'] as const;
+
+/** The issue of a change that does not name exactly two ids; `params.idsNamed` says how many it names. */
+export const EXACTLY_TWO_IDS =
+  'must name exactly two of userId, teamId, groupId (user↔team, user↔group or group↔team)';
+
+const membershipShape = z
+  .strictObject({
+    op: opSchema,
+    tenantId: idSchema,
+    userId: idSchema.optional(),
+    teamId: idSchema.optional(),
+    groupId: idSchema.optional(),
+  })
+  .superRefine(
+    (m, ctx) => {
+      const idsNamed = MEMBERSHIP_ID_FIELDS.filter((field) => m[field] !== undefined).length;
+      if (idsNamed !== 2) ctx.addIssue({ code: 'custom', message: EXACTLY_TWO_IDS, params: { idsNamed } });
+    },
+    // Also when another field is wrong: every problem of a change is reported at once, not the first kind.
+    { when: ({ value }) => typeof value === 'object' && value !== null && !Array.isArray(value) },
+  );
 
 export type MembershipOp = z.infer<typeof opSchema>;
 
@@ -74,19 +90,14 @@ export type MembershipChange =
 
 export const membershipChangeSchema = membershipShape.transform((m, ctx): MembershipChange => {
   const { op, tenantId, userId, teamId, groupId } = m;
-  if (userId !== undefined && teamId !== undefined && groupId === undefined) {
+  if (userId !== undefined && teamId !== undefined)
     return { op, tenantId, kind: 'user-team', userId, teamId };
-  }
-  if (userId !== undefined && groupId !== undefined && teamId === undefined) {
+  if (userId !== undefined && groupId !== undefined)
     return { op, tenantId, kind: 'user-group', userId, groupId };
-  }
-  if (groupId !== undefined && teamId !== undefined && userId === undefined) {
+  if (groupId !== undefined && teamId !== undefined)
     return { op, tenantId, kind: 'group-team', groupId, teamId };
-  }
-  ctx.addIssue({
-    code: 'custom',
-    message: 'must name exactly two of userId, teamId, groupId (user↔team, user↔group or group↔team)',
-  });
+  // Not reached: the refinement above let exactly two ids through.
+  ctx.addIssue({ code: 'custom', message: EXACTLY_TWO_IDS });
   return z.NEVER;
 });
 

@@ -230,6 +230,14 @@ const cases: Case[] = [
     reason: 'exactly two',
   },
   {
+    // Every problem at once, not the first kind only: a reader fixing the op would be refused again.
+    name: 'membership: unknown op and three ids',
+    exchange: 'membership',
+    body: { op: 'toggle', tenantId: 'acme', userId: 'ann', teamId: 'icu', groupId: 'g' },
+    code: 'invalid_membership',
+    reason: 'exactly two',
+  },
+  {
     name: 'membership: one id',
     exchange: 'membership',
     body: { op: 'add', tenantId: 'acme', userId: 'ann' },
