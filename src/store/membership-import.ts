@@ -1,8 +1,9 @@
 import { createReadStream, fstatSync, statSync, type Stats } from 'node:fs';
 import type { Readable } from 'node:stream';
 import { StringDecoder } from 'node:string_decoder';
-import { describeIssues, membershipChangeSchema, type MembershipChange } from '../protocol/schemas.js';
+import { membershipChangeSchema, type MembershipChange } from '../protocol/schemas.js';
 import type { MembershipStore } from './membership-store.js';
+import { rowProblems } from './membership-row-problems.js';
 
 export type ImportFormat = 'jsonl' | 'csv';
 
@@ -199,9 +200,7 @@ async function* readRows(file: string, options: ReadOptions): AsyncGenerator<Imp
       if (options.tenant !== undefined && !('tenantId' in row)) row['tenantId'] = options.tenant;
       const result = membershipChangeSchema.safeParse(row);
       if (!result.success) {
-        // The likeliest cause of a missing tenant is a file written for one tenant, imported without --tenant.
-        const hint = 'tenantId' in row ? '' : ' (give each row a tenantId, or pass --tenant)';
-        yield bad(describeIssues(result.error) + hint);
+        yield bad(rowProblems(result.error, row));
         continue;
       }
       yield { kind: 'row', line: number, change: result.data };

@@ -238,6 +238,8 @@ describe('warren members import', () => {
       JSON.stringify({ tenantId: 'acme', userId: 'dan', teamId: 'er' }),
       // null is not "absent": a removal whose op came out null must not turn into an add.
       JSON.stringify({ op: null, tenantId: 'acme', userId: 'eve', teamId: 'er' }),
+      // Every problem of a line, not only its first kind.
+      JSON.stringify({ op: 'del', userId: 'fay', teamId: 'er', groupId: 'nurses' }),
     ];
     const jsonl = file('bad.jsonl', lines.join('\n') + '\n');
     const run = await warrenMembersImport(prefix, [jsonl]);
@@ -245,13 +247,19 @@ describe('warren members import', () => {
     expect(run.stdout).toBe('');
     expect(reported(run.stderr, jsonl)).toEqual([
       [2, has('not valid JSON')],
-      [4, has('userId')],
-      [5, has('exactly two')],
-      [7, has('op')],
+      [4, has('userId must be 1 to 120 letters, digits, _ or - (got cid.x)')],
+      [5, has('a line names exactly two of userId, teamId, groupId (got three)')],
+      [7, has('op must be add or remove (got toggle)')],
       [8, has('not a JSON object')],
-      [10, has('op')],
+      [10, has('op must be add or remove (got null)')],
+      [11, has('op must be add or remove (got del)')],
     ]);
-    expect(run.stderr).toContain('6 bad line(s) of 9; nothing was imported.');
+    expect(run.stderr).toContain(
+      `${jsonl}:11: op must be add or remove (got del); ` +
+        'tenantId is missing (give each row a tenantId, or pass --tenant); ' +
+        'a line names exactly two of userId, teamId, groupId (got three)\n',
+    );
+    expect(run.stderr).toContain('7 bad line(s) of 10; nothing was imported.');
     expect(await reach({ teams: ['er'] })).toEqual([]);
   });
 
@@ -275,8 +283,8 @@ describe('warren members import', () => {
     expect(run.code).not.toBe(0);
     expect(reported(run.stderr, csv)).toEqual([
       [3, has('expected 4 cells, found 3')],
-      [5, has('op')],
-      [6, has('teamId')],
+      [5, has('op must be add or remove (got join)')],
+      [6, has('teamId must be 1 to 120 letters, digits, _ or - (got "o r")')],
       [7, has('expected 4 cells, found 5')],
       [8, has('empty op')],
       [9, has('empty tenantId')],

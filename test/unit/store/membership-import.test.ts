@@ -97,6 +97,46 @@ describe('membership import: validated once, read again to apply', () => {
     expect((await readMembershipFile(file, { format: 'csv', tenant: 'acme' })).bad).toEqual([]);
   });
 
+  it('reports every problem of a bad line, in plain words, with the value the line has', async () => {
+    const file = join(dir, 'problems.jsonl');
+    writeFileSync(
+      file,
+      [
+        '{"op":"del","userId":"alice","teamId":"icu","groupId":"nurses"}',
+        '{"tenantId":"acme","userId":"ann"}',
+        '{"op":null,"tenantId":"acme","userId":"cid.x","teamId":"icu","team":"er"}',
+        `{"tenantId":42,"userId":"ann","teamId":"${'x'.repeat(130)}"}`,
+      ].join('\n') + '\n',
+    );
+    const { bad } = await readMembershipFile(file, { format: 'jsonl' });
+    expect(bad.map((b) => b.reason.split('; '))).toEqual([
+      [
+        'op must be add or remove (got del)',
+        'tenantId is missing (give each row a tenantId, or pass --tenant)',
+        'a line names exactly two of userId, teamId, groupId (got three)',
+      ],
+      ['a line names exactly two of userId, teamId, groupId (got one)'],
+      [
+        'op must be add or remove (got null)',
+        'userId must be 1 to 120 letters, digits, _ or - (got cid.x)',
+        'unknown field team (a line has op, tenantId and two of userId, teamId, groupId)',
+      ],
+      [
+        'tenantId must be a string (got 42)',
+        `teamId must be 1 to 120 letters, digits, _ or - (got ${'x'.repeat(40)}…)`,
+      ],
+    ]);
+    const csv = join(dir, 'problems.csv');
+    writeFileSync(csv, 'op,tenantId,userId,teamId\njoin,acme,dan,o r\n');
+    expect((await readMembershipFile(csv, { format: 'csv' })).bad).toEqual([
+      {
+        line: 2,
+        reason:
+          'op must be add or remove (got join); teamId must be 1 to 120 letters, digits, _ or - (got "o r")',
+      },
+    ]);
+  });
+
   it('stops when the file changed after it was validated, whatever the change', async () => {
     const grown = join(dir, 'grown.jsonl');
     writeFileSync(grown, rows(3));
