@@ -9,8 +9,43 @@ import { startGateway } from '../gateway/main.js';
 import { startResolver } from '../resolver/main.js';
 import { WarrenPublisher } from '../sdk/publisher/index.js';
 import { runSteps } from '../shared/lifecycle.js';
-import { createLogger } from '../shared/logger.js';
+import { createLogger, type Logger } from '../shared/logger.js';
 import { untilSignal } from './signals.js';
+
+/** What to try dev with, printed in one piece: a log line written in its middle split it. */
+async function banner(
+  config: Readonly<WarrenConfig>,
+  port: number,
+  secret: string | undefined,
+  generated: boolean,
+  logger: Logger,
+): Promise<string> {
+  const claims = { issuer: config.jwt.issuer, audience: config.jwt.audience };
+  const lines = [
+    '',
+    'Warren dev is running.',
+    `  Demo page: http://localhost:${port}/`,
+    `  WebSocket: ws://localhost:${port}/ws?token=<jwt>`,
+  ];
+  const sample = DEMO_DIRECTORY[0];
+  const sampleUser = sample?.users[0];
+  if (secret && sample && sampleUser) {
+    const token = await mintDevToken(secret, sample.id, sampleUser.id, claims);
+    // A secret of the operator's own is never echoed: it may be shared with a real installation.
+    if (generated) lines.push(`  JWT secret (HS256, generated for this run): ${secret}`);
+    lines.push(`  Token for user ${sampleUser.id} of tenant ${sample.id} (1 h): ${token}`);
+  }
+  if (secret && !generated) {
+    // The demo's token endpoint signs whatever user it is asked for: with a secret shared with a real
+    // installation, its tokens would open sockets there too.
+    const warning =
+      'warren dev signs demo tokens with the configured jwt.secret: use a secret of its own, never one a real installation accepts (unset it and dev makes one per run)';
+    logger.warn(warning);
+    lines.push(`  Warning: ${warning}.`);
+  }
+  lines.push('  Stop with Ctrl-C.', '');
+  return lines.join('\n');
+}
 
 /**
  * Gateway and resolver in one process, plus the demo page at `/` and its dev-only endpoints (token minting,
@@ -21,7 +56,8 @@ export async function runDev(loaded: Readonly<WarrenConfig>): Promise<number> {
   const generated = !jwt.secret && !jwt.publicKey && !jwt.jwksFile;
   const secret = generated ? randomBytes(24).toString('base64url') : jwt.secret;
   const config = generated ? loadConfig({ overrides: { jwt: { secret } } }) : loaded;
-  const logger = createLogger(config.log.level, { mode: 'dev' });
+  // Written at once: the banner comes after the start-up logs (their warnings among them), not amid them.
+  const logger = createLogger(config.log.level, { mode: 'dev' }, { sync: true });
   const claims = { issuer: config.jwt.issuer, audience: config.jwt.audience };
   const resolver = await startResolver(config, { logger });
   const publisher = await WarrenPublisher.connect({
@@ -47,27 +83,7 @@ export async function runDev(loaded: Readonly<WarrenConfig>): Promise<number> {
     }),
   });
 
-  const url = `ws://localhost:${gateway.port}/ws`;
-  console.log(
-    `\nWarren dev is running.\n  Demo page: http://localhost:${gateway.port}/\n  WebSocket: ${url}?token=<jwt>`,
-  );
-  const sample = DEMO_DIRECTORY[0];
-  const sampleUser = sample?.users[0];
-  if (secret && sample && sampleUser) {
-    const token = await mintDevToken(secret, sample.id, sampleUser.id, claims);
-    // A secret of the operator's own is never echoed: it may be shared with a real installation.
-    if (generated) console.log(`  JWT secret (HS256, generated for this run): ${secret}`);
-    console.log(`  Token for user ${sampleUser.id} of tenant ${sample.id} (1 h): ${token}`);
-  }
-  if (secret && !generated) {
-    // The demo's token endpoint signs whatever user it is asked for: with a secret shared with a real
-    // installation, its tokens would open sockets there too.
-    const warning =
-      'warren dev signs demo tokens with the configured jwt.secret: use a secret of its own, never one a real installation accepts (unset it and dev makes one per run)';
-    logger.warn(warning);
-    console.log(`  Warning: ${warning}.`);
-  }
-  console.log('  Stop with Ctrl-C.\n');
+  console.log(await banner(config, gateway.port, secret, generated, logger));
 
   return untilSignal(
     () =>

@@ -46,13 +46,24 @@ describe('warren dev as a process', () => {
 
   it('warns, and never prints the secret, when it signs demo tokens with a configured one', async () => {
     prefix = testPrefix('dev-secret');
-    dev = WarrenProcess.start(['dev'], devEnv({ WARREN_JWT_SECRET: 'a-secret-of-the-operator-0123456789' }));
+    dev = WarrenProcess.start(
+      ['dev'],
+      // Beyond loopback: the gateway warns at start about /metrics on the tabs' port too.
+      devEnv({ WARREN_JWT_SECRET: 'a-secret-of-the-operator-0123456789', WARREN_GATEWAY_HOST: '0.0.0.0' }),
+    );
     await dev.listening();
     await eventually(() => dev!.lines.some((l) => l.includes('Stop with Ctrl-C')), 'the start-up banner');
     expect(
       dev.lines.some((l) => l.startsWith('  Warning: warren dev signs demo tokens with the configured')),
     ).toBe(true);
     expect(dev.lines.some((l) => l.includes('a-secret-of-the-operator'))).toBe(false);
+    // The banner in one piece, after the start-up logs (their warnings among them), not split by them.
+    const first = dev.lines.indexOf('Warren dev is running.');
+    const banner = dev.lines.slice(first, dev.lines.indexOf('  Stop with Ctrl-C.') + 1);
+    expect(banner.filter((l) => l.startsWith('{'))).toEqual([]);
+    const logged = dev.lines.slice(0, first).join('\n');
+    expect(logged).toContain('/metrics is served on the tabs’ port');
+    expect(logged).toContain('"msg":"warren dev signs demo tokens with the configured jwt.secret');
   });
 
   it('prints a token that works, routes a demo event with its payload through the payload Redis, and stops on Ctrl-C (SIGINT)', async () => {
