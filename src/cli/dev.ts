@@ -1,5 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
+import amqp from 'amqplib';
+import { explainConnectFailure, refusedForGood } from '../broker/connection.js';
 import { findPackageRoot, loadConfig } from '../config/load.js';
 import type { WarrenConfig } from '../config/schema.js';
 import { DEMO_DIRECTORY, seedDemoMemberships } from '../gateway/demo/demo-directory.js';
@@ -9,8 +11,32 @@ import { startGateway } from '../gateway/main.js';
 import { startResolver } from '../resolver/main.js';
 import { WarrenPublisher } from '../sdk/publisher/index.js';
 import { runSteps } from '../shared/lifecycle.js';
+import { errorMessage, withoutCredentials } from '../shared/errors.js';
 import { createLogger, type Logger } from '../shared/logger.js';
 import { untilSignal } from './signals.js';
+
+/**
+ * Says once, in words, that RabbitMQ is not answering: dev is the command tried first, often before a broker
+ * runs, and the resolver's start-up then only logs a JSON warning per attempt, for as long as it waits.
+ * One attempt of its own, beside the resolver's: the servers' waiting is left as it is.
+ */
+async function sayIfBrokerDown(config: Readonly<WarrenConfig>): Promise<void> {
+  const { url, connectTimeoutMs } = config.rabbitmq;
+  try {
+    const model = await amqp.connect(url, {
+      timeout: connectTimeoutMs,
+      clientProperties: { connection_name: 'warren-dev-check' },
+    });
+    await model.close().catch(() => {});
+  } catch (error) {
+    // A refused password or permission stops the resolver's start with its own message.
+    if (error instanceof Error && refusedForGood(error)) return;
+    console.log(
+      `\nRabbitMQ at ${withoutCredentials(url)} is not answering (${explainConnectFailure(error, url)}).\n` +
+        'Start it (or set WARREN_RABBITMQ_URL): warren dev keeps trying, and starts once it answers.\n',
+    );
+  }
+}
 
 /** What to try dev with, printed in one piece: a log line written in its middle split it. */
 async function banner(
@@ -59,6 +85,9 @@ export async function runDev(loaded: Readonly<WarrenConfig>): Promise<number> {
   // Written at once: the banner comes after the start-up logs (their warnings among them), not amid them.
   const logger = createLogger(config.log.level, { mode: 'dev' }, { sync: true });
   const claims = { issuer: config.jwt.issuer, audience: config.jwt.audience };
+  void sayIfBrokerDown(config).catch((error: unknown) =>
+    logger.debug({ err: errorMessage(error) }, 'broker check failed'),
+  );
   const resolver = await startResolver(config, { logger });
   const publisher = await WarrenPublisher.connect({
     rabbitmqUrl: config.rabbitmq.url,

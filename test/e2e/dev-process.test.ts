@@ -66,6 +66,22 @@ describe('warren dev as a process', () => {
     expect(logged).toContain('"msg":"warren dev signs demo tokens with the configured jwt.secret');
   });
 
+  it('says once, in words, that RabbitMQ is not answering, and keeps trying', async () => {
+    prefix = testPrefix('dev-no-broker');
+    dev = WarrenProcess.start(['dev'], devEnv({ WARREN_RABBITMQ_URL: 'amqp://dev:hunter2@127.0.0.1:1' }));
+    const failures = () => dev!.lines.filter((l) => l.includes('"msg":"broker connect failed"')).length;
+    await eventually(() => failures() >= 3, 'the resolver trying again');
+    const said = dev.lines.filter((l) => l.startsWith('RabbitMQ at '));
+    expect(said).toEqual([
+      'RabbitMQ at amqp://***@127.0.0.1:1 is not answering (connect ECONNREFUSED 127.0.0.1:1).',
+    ]);
+    expect(dev.lines).toContain(
+      'Start it (or set WARREN_RABBITMQ_URL): warren dev keeps trying, and starts once it answers.',
+    );
+    expect(dev.child.exitCode).toBeNull();
+    expect(dev.lines.join('\n')).not.toContain('hunter2');
+  });
+
   it('prints a token that works, routes a demo event with its payload through the payload Redis, and stops on Ctrl-C (SIGINT)', async () => {
     prefix = testPrefix('dev-process');
     dev = WarrenProcess.start(
