@@ -6,6 +6,8 @@ export const ErrorCode = {
   InvalidId: 'WARREN_ERR_INVALID_ID',
   BrokerUnavailable: 'WARREN_ERR_BROKER_UNAVAILABLE',
   RedisUnavailable: 'WARREN_ERR_REDIS_UNAVAILABLE',
+  /** Redis refused the command itself (a key of the wrong type, a script's error): it fails the same again. */
+  RedisRefused: 'WARREN_ERR_REDIS_REFUSED',
   Listen: 'WARREN_ERR_LISTEN',
   PublishNacked: 'WARREN_ERR_PUBLISH_NACKED',
   PublishRejected: 'WARREN_ERR_PUBLISH_REJECTED',

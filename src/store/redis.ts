@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { Redis, ReplyError, type ChainableCommander } from 'ioredis';
 import { ErrorCode, errorMessage, WarrenError, withoutCredentials } from '../shared/errors.js';
 import { DEFAULTS } from '../config/schema.js';
-import { fulfilsWithin } from '../shared/lifecycle.js';
+import { fulfilsWithin, withTimeout } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import {
   APPLY_MEMBERSHIP,
@@ -73,6 +73,11 @@ export interface CreateRedisOptions {
    * otherwise hold every command until the system gives the connection up, minutes later.
    */
   socketTimeoutMs?: number;
+  /**
+   * Give up when connecting and its checks take longer than this (default: as long as the socket timeout
+   * allows): a server that takes the connection and never answers.
+   */
+  connectTimeoutMs?: number;
 }
 
 /** A client for the process's own use; resolves once connected. */
@@ -100,8 +105,13 @@ export async function createRedis(options: CreateRedisOptions): Promise<WarrenRe
     options.logger.warn({ err: error.message }, 'redis error');
   });
   redis.on('reconnecting', () => options.logger.warn('redis reconnecting'));
+  const deadline = Date.now() + (options.connectTimeoutMs ?? Infinity);
+  const within = <T>(step: Promise<T>): Promise<T> =>
+    options.connectTimeoutMs === undefined
+      ? step
+      : withTimeout(step, Math.max(1, deadline - Date.now()), 'connecting to Redis');
   try {
-    await redis.connect();
+    await within(redis.connect());
   } catch (error) {
     // Not left reconnecting in the background: the caller is told, and can exit.
     redis.disconnect();
@@ -126,8 +136,18 @@ export async function createRedis(options: CreateRedisOptions): Promise<WarrenRe
       );
     }
   }
-  const problem =
-    options.checkEviction === false ? undefined : await evictionProblemOf(redis, options.logger);
+  let problem: string | undefined;
+  try {
+    problem =
+      options.checkEviction === false ? undefined : await within(evictionProblemOf(redis, options.logger));
+  } catch (error) {
+    redis.disconnect();
+    throw new WarrenError(
+      ErrorCode.RedisUnavailable,
+      `Redis at ${withoutCredentials(options.url)} does not answer: ${errorMessage(error)}`,
+      { cause: error, retryable: true },
+    );
+  }
   if (problem) {
     redis.disconnect();
     throw new WarrenError(ErrorCode.Config, problem);

@@ -210,6 +210,25 @@ describe.skipIf(!local || !brokerIsLocal)('broker permissions from the README', 
     );
   });
 
+  it('revokeUser under an account that may not write to the deliveries exchange says so, and events still go', async () => {
+    const publishing = warren.publishEvent({
+      id: `beside-revoke-${Date.now()}`,
+      tenantId: 'acme',
+      type: 'note.created',
+      audience: { users: ['nobody'] },
+    });
+    const revoking = warren.revokeUser('acme', 'revoked-user', { ttlSec: 60 });
+    await expect(revoking).rejects.toMatchObject({
+      code: 'WARREN_ERR_PUBLISH_REJECTED',
+      // Revoking again cannot get past the permission: it says what to grant instead.
+      retryable: false,
+      message: expect.stringContaining(`must be allowed to write to ${prefix}.deliveries`) as unknown,
+    });
+    // The notice's refusal closed a channel of its own, not the one the event beside it went on.
+    await expect(publishing).resolves.toBeUndefined();
+    await reachesAnn('after-revoke-refusal', { users: ['ann'] }, 'an event delivered after the refusal');
+  });
+
   it('a service account changes its own tenant’s memberships by message, and no other tenant’s', async () => {
     const model = await amqp.connect(urlFor(accounts.service.user));
     try {

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { BrokerConnection, refusedForGood } from '../../broker/connection.js';
 import { Publisher } from '../../broker/publisher.js';
@@ -29,7 +30,20 @@ import {
   RevocationStore,
   type Revocation,
 } from '../../store/revocation-store.js';
-import { closeRedis, createPayloadRedis, createRedis, withWarrenCommands } from '../../store/redis.js';
+import {
+  closeRedis,
+  createPayloadRedis,
+  createRedis,
+  refusedByRedis,
+  withWarrenCommands,
+} from '../../store/redis.js';
+
+/**
+ * The resolver's own limit on a message (`resolver.maxMessageBytes`, 16 MiB by default): an event's data
+ * that would make it larger is claim-checked whatever `claimCheckBytes` says, or the resolver would
+ * dead-letter it unread.
+ */
+export const MAX_INLINE_EVENT_BYTES = 16 * 1024 * 1024;
 
 export type { MembershipChange, ModelEvent, Revocation };
 export { ErrorCode, WarrenError } from '../../shared/errors.js';
@@ -157,6 +171,13 @@ export type EventInput = Omit<ModelEvent, 'data' | 'jobId'> & { data?: unknown; 
  */
 export class WarrenPublisher {
   private closing: Promise<void> | undefined;
+  /**
+   * Revocation notices go to `<prefix>.deliveries` on a confirm channel of their own: an account that may
+   * not write there has that channel closed, not the one events are published on. Opened at first use.
+   */
+  private controls: Publisher | undefined;
+  /** Keys a payload's job id to its event: a retry of the same event overwrites its copy (`jobIdFor`). */
+  private readonly jobSecret = randomBytes(32);
 
   private constructor(
     private readonly broker: BrokerConnection,
@@ -170,9 +191,15 @@ export class WarrenPublisher {
     private readonly settings: Required<
       Pick<
         PublisherOptions,
-        'claimCheckBytes' | 'claimCheckTtlSec' | 'publishTimeoutMs' | 'confirmTimeoutMs' | 'redisTimeoutMs'
+        | 'claimCheckBytes'
+        | 'claimCheckTtlSec'
+        | 'publishTimeoutMs'
+        | 'confirmTimeoutMs'
+        | 'redisTimeoutMs'
+        | 'declareTopology'
       >
     >,
+    private readonly logger: Logger,
   ) {}
 
   static async connect(options: PublisherOptions = {}): Promise<WarrenPublisher> {
@@ -201,6 +228,7 @@ export class WarrenPublisher {
           name: 'warren-publisher',
           logger,
           socketTimeoutMs: options.redisSocketTimeoutMs,
+          connectTimeoutMs: options.connectTimeoutMs ?? 30_000,
         });
     if (!options.redis) ownRedis.push(redis);
     let payloadRedis: Redis = options.payloadRedis ?? redis;
@@ -213,6 +241,7 @@ export class WarrenPublisher {
           name: 'warren-publisher-payloads',
           logger,
           socketTimeoutMs: options.redisSocketTimeoutMs,
+          connectTimeoutMs: options.connectTimeoutMs ?? 30_000,
         });
       } catch (error) {
         for (const client of ownRedis) client.disconnect();
@@ -280,13 +309,38 @@ export class WarrenPublisher {
         publishTimeoutMs: options.publishTimeoutMs ?? 10_000,
         confirmTimeoutMs: options.confirmTimeoutMs ?? 30_000,
         redisTimeoutMs: options.redisTimeoutMs ?? 10_000,
+        declareTopology: options.declareTopology !== false,
       },
+      logger,
     );
   }
 
-  /** A Redis call bounded by `redisTimeoutMs`: a Redis that takes the connection but never answers. */
-  private bounded<T>(call: Promise<T>, what: string): Promise<T> {
-    return withTimeout(call, this.settings.redisTimeoutMs, what);
+  /** Every call after `close()` is refused the same way, whatever it would have used. */
+  private assertOpen(): void {
+    if (this.closing) throw new WarrenError(ErrorCode.Closed, 'the publisher is closed');
+  }
+
+  /**
+   * A Redis call bounded by `redisTimeoutMs` (a Redis that takes the connection but never answers), its
+   * failure told with a code: closed meanwhile, refused by Redis for good (`retryable: false`), or Redis
+   * unavailable (`retryable: true`).
+   */
+  private async bounded<T>(call: Promise<T>, what: string): Promise<T> {
+    try {
+      return await withTimeout(call, this.settings.redisTimeoutMs, what);
+    } catch (error) {
+      if (isWarrenError(error)) throw error;
+      if (this.closing)
+        throw new WarrenError(ErrorCode.Closed, `the publisher was closed while ${what}`, { cause: error });
+      if (refusedByRedis(error))
+        throw new WarrenError(ErrorCode.RedisRefused, `Redis refused ${what}: ${errorMessage(error)}`, {
+          cause: error,
+        });
+      throw new WarrenError(ErrorCode.RedisUnavailable, `${what} failed: ${errorMessage(error)}`, {
+        cause: error,
+        retryable: true,
+      });
+    }
   }
 
   /**
@@ -296,6 +350,7 @@ export class WarrenPublisher {
    * event is malformed.
    */
   async publishEvent(input: EventInput): Promise<void> {
+    this.assertOpen();
     const result = modelEventSchema.safeParse(input);
     if (!result.success) {
       throw new WarrenError(ErrorCode.InvalidEvent, `invalid event: ${describeIssues(result.error)}`);
@@ -314,9 +369,20 @@ export class WarrenPublisher {
       );
     }
     if (serialised !== undefined) {
-      if (Buffer.byteLength(serialised) > this.settings.claimCheckBytes) {
+      const bytes = Buffer.byteLength(serialised);
+      if (bytes > this.settings.claimCheckBytes || bytes + body.length > MAX_INLINE_EVENT_BYTES - 64) {
+        // Not stored for an event that cannot be published now: a caller retrying through an outage
+        // would leave a copy per attempt in Redis for the TTL.
+        await this.publishable();
+        const payload = Buffer.from(serialised);
         const jobId = await this.bounded(
-          this.payloads.put(envelope.tenantId, serialised, this.settings.claimCheckTtlSec),
+          this.payloads.put(
+            envelope.tenantId,
+            payload,
+            this.settings.claimCheckTtlSec,
+            // The same for a retry of this event: its copy is overwritten, not stored once more.
+            PayloadStore.jobIdFor(this.jobSecret, envelope.tenantId, envelope.id, payload),
+          ),
           'storing the payload in Redis',
         );
         body = JSON.stringify({ ...envelope, jobId });
@@ -325,19 +391,51 @@ export class WarrenPublisher {
         body = `${body.slice(0, -1)},"data":${serialised}}`;
       }
     }
-    await this.publisher.publish(
-      this.names.events,
-      `${envelope.tenantId}.${envelope.type}`,
-      Buffer.from(body),
-      {
+    const send = () =>
+      this.publisher.publish(this.names.events, `${envelope.tenantId}.${envelope.type}`, Buffer.from(body), {
         contentType: 'application/json',
         messageId: envelope.id,
         persistent: true,
+        // The broker confirms an event it routed nowhere (the resolver queue deleted): told, not lost.
+        mandatory: true,
         waitForConnectionMs: this.settings.publishTimeoutMs,
         confirmTimeoutMs: this.settings.confirmTimeoutMs,
         failIfBlocked: true,
-      },
-    );
+      });
+    try {
+      await send();
+    } catch (error) {
+      if (!isWarrenError(error, ErrorCode.Unroutable)) throw error;
+      const model = this.broker.model;
+      if (!this.settings.declareTopology || !model)
+        throw new WarrenError(
+          ErrorCode.Unroutable,
+          `no queue took the event: ${this.names.resolver} is missing or not bound to ${this.names.events} ` +
+            '(a resolver, or a publisher connected with declareTopology, declares it)',
+          { cause: error, retryable: true },
+        );
+      // Declared again, as on connect, and sent once more: it reached no queue, so it is not a repeat.
+      await declareTopologyOn(model, this.names);
+      await send();
+    }
+  }
+
+  /**
+   * Throws what a publish would now (closed, the broker blocking publishers, no channel within
+   * `publishTimeoutMs`) before anything is stored for it.
+   */
+  private async publishable(): Promise<void> {
+    this.assertOpen();
+    const blocked = this.broker.blocked;
+    if (blocked !== undefined)
+      throw new WarrenError(
+        ErrorCode.BrokerUnavailable,
+        `the broker is not taking messages (${blocked}): try again later`,
+        { retryable: true },
+      );
+    if (await this.publisher.readyWithin(this.settings.publishTimeoutMs)) return;
+    this.assertOpen();
+    throw new WarrenError(ErrorCode.BrokerUnavailable, 'not connected to the broker', { retryable: true });
   }
 
   /**
@@ -347,19 +445,30 @@ export class WarrenPublisher {
    * lifetime that covers the time until the event is published plus its delivery.
    */
   async putPayload(tenantId: string, data: unknown, options: { ttlSec?: number } = {}): Promise<string> {
+    this.assertOpen();
     if (!isValidId(tenantId))
       throw new WarrenError(ErrorCode.InvalidId, `invalid tenant id: ${String(tenantId)}`);
     const ttlSec = options.ttlSec ?? this.settings.claimCheckTtlSec;
     if (!Number.isInteger(ttlSec) || ttlSec <= 0)
       throw new WarrenError(ErrorCode.Config, `ttlSec must be a positive integer, got ${ttlSec}`);
-    return this.bounded(
-      this.payloads.put(tenantId, JSON.stringify(data ?? null), ttlSec),
-      'storing the payload in Redis',
-    );
+    let serialised: string | undefined;
+    try {
+      serialised = JSON.stringify(data ?? null) as string | undefined;
+    } catch (error) {
+      throw new WarrenError(
+        ErrorCode.InvalidEvent,
+        `payload: not serialisable as JSON (${errorMessage(error)})`,
+      );
+    }
+    // A bare function or symbol: JSON has nothing for it, and the tab would get null.
+    if (serialised === undefined)
+      throw new WarrenError(ErrorCode.InvalidEvent, `payload: a ${typeof data} is not a JSON value`);
+    return this.bounded(this.payloads.put(tenantId, serialised, ttlSec), 'storing the payload in Redis');
   }
 
   /** Applies a membership change; resolves once no resolver can use the old membership any more. */
   async applyMembership(change: unknown): Promise<boolean> {
+    this.assertOpen();
     const result = membershipChangeSchema.safeParse(change);
     if (!result.success) {
       throw new WarrenError(
@@ -409,6 +518,7 @@ export class WarrenPublisher {
    * revocation stored earlier with a later instant or a longer lifetime keeps them.
    */
   async revokeUser(tenantId: string, userId: string, options: { ttlSec?: number } = {}): Promise<Revocation> {
+    this.assertOpen();
     if (!isValidId(tenantId))
       throw new WarrenError(ErrorCode.InvalidId, `invalid tenant id: ${String(tenantId)}`);
     if (!isValidId(userId)) throw new WarrenError(ErrorCode.InvalidId, `invalid user id: ${String(userId)}`);
@@ -422,7 +532,9 @@ export class WarrenPublisher {
     );
     // By the user's own key, which every gateway holding the user has bound, whatever the routing mode.
     try {
-      await this.publisher.publish(this.names.deliveries, userKey(tenantId, userId), Buffer.alloc(0), {
+      await (
+        await this.controlPublisher()
+      ).publish(this.names.deliveries, userKey(tenantId, userId), Buffer.alloc(0), {
         headers: {
           [DeliveryHeader.Control]: ControlMessage.Revoke,
           [DeliveryHeader.Tenant]: tenantId,
@@ -436,14 +548,28 @@ export class WarrenPublisher {
         failIfBlocked: true,
       });
     } catch (error) {
+      const retryable = isWarrenError(error) ? error.retryable : true;
       throw new WarrenError(
         isWarrenError(error) ? error.code : ErrorCode.BrokerUnavailable,
         `the revocation is stored (new connections are refused) but the gateways were not told, so open ` +
-          `tabs stay open: revoke again, which is safe (${errorMessage(error)})`,
-        { cause: error, retryable: true },
+          `tabs stay open: ` +
+          (retryable
+            ? 'revoke again, which is safe'
+            : `the broker account must be allowed to write to ${this.names.deliveries} (see "Broker permissions")`) +
+          ` (${errorMessage(error)})`,
+        { cause: error, retryable },
       );
     }
     return revocation;
+  }
+
+  /** The revocation notices' publisher (see `controls`), started on first use. */
+  private async controlPublisher(): Promise<Publisher> {
+    if (this.controls) return this.controls;
+    const controls = new Publisher(this.broker, this.logger);
+    this.controls = controls;
+    await controls.start();
+    return controls;
   }
 
   /** Waits for outstanding confirms, then closes what this publisher opened. A second call waits for the first. */
@@ -451,7 +577,7 @@ export class WarrenPublisher {
     this.closing ??= (async () => {
       // Its listener off a Redis client of the caller's, which outlives this publisher.
       this.members.close();
-      await this.publisher.close();
+      await Promise.all([this.publisher.close(), this.controls?.close()]);
       await this.broker.close();
       await Promise.all(this.ownRedis.map((client) => closeRedis(client)));
     })();

@@ -1,0 +1,213 @@
+import { Redis } from 'ioredis';
+import { describe, expect, inject, it } from 'vitest';
+import { WarrenPublisher } from '../../src/sdk/publisher/index.js';
+import { silentLogger } from '../../src/shared/logger.js';
+import { Keys } from '../../src/store/keys.js';
+import { BrokerProbe, removeInstallation, testPrefix } from '../support/harness.js';
+import { TcpProxy } from '../support/tcp-proxy.js';
+
+// What the publisher SDK tells a service when a call cannot be done, and what it leaves behind then.
+const quiet = silentLogger();
+const large = { text: 'x'.repeat(200) };
+const event = (id: string, data?: unknown) => ({
+  id,
+  tenantId: 'acme',
+  type: 'doc.attached',
+  audience: { users: ['ann'] },
+  ...(data === undefined ? {} : { data }),
+});
+const connect = (prefix: string, options: Parameters<typeof WarrenPublisher.connect>[0] = {}) =>
+  WarrenPublisher.connect({
+    logger: quiet,
+    rabbitmqUrl: inject('rabbitmqUrl'),
+    redisUrl: inject('redisUrl'),
+    prefix,
+    ...options,
+  });
+
+async function jobKeys(prefix: string): Promise<string[]> {
+  const redis = new Redis(inject('redisUrl'));
+  try {
+    return await redis.keys(`{${prefix}:acme}:job:*`);
+  } finally {
+    await redis.quit();
+  }
+}
+
+describe('publisher SDK: calls it cannot do', () => {
+  it('refuses every call after close() with WARREN_ERR_CLOSED, storing nothing', async () => {
+    const prefix = testPrefix('sdk-closed');
+    const redis = new Redis(inject('redisUrl'));
+    // A client of the caller's stays connected after close(): nothing may be written through it.
+    const warren = await connect(prefix, { redis, claimCheckBytes: 10 });
+    await warren.close();
+    try {
+      const calls = {
+        small: warren.publishEvent(event('e-small', { a: 1 })),
+        large: warren.publishEvent(event('e-large', large)),
+        member: warren.addUserToTeam('acme', 'ann', 'icu'),
+        payload: warren.putPayload('acme', large),
+        revoke: warren.revokeUser('acme', 'ann'),
+      };
+      for (const [name, call] of Object.entries(calls))
+        await expect(call, name).rejects.toMatchObject({ code: 'WARREN_ERR_CLOSED' });
+      expect(await jobKeys(prefix)).toEqual([]);
+    } finally {
+      await redis.quit();
+      await removeInstallation(prefix, {});
+    }
+  });
+
+  it('stores no payload for an event the broker cannot take now, and one copy for its retries', async () => {
+    const prefix = testPrefix('sdk-away');
+    const broker = new URL(inject('rabbitmqUrl'));
+    const proxy = await TcpProxy.start(broker.hostname, Number(broker.port || 5672));
+    const warren = await connect(prefix, {
+      rabbitmqUrl: proxy.url(broker),
+      claimCheckBytes: 10,
+      publishTimeoutMs: 0,
+    });
+    try {
+      proxy.refuse();
+      proxy.cut();
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      // A service retrying the same event through the outage, as the README invites.
+      for (let i = 0; i < 5; i += 1)
+        await expect(warren.publishEvent(event('evt-same', large))).rejects.toMatchObject({
+          code: 'WARREN_ERR_BROKER_UNAVAILABLE',
+          retryable: true,
+        });
+      expect(await jobKeys(prefix)).toEqual([]);
+      proxy.accept();
+      // Back: published, and again (a retry after a lost confirm): one copy of the payload either way.
+      await expect
+        .poll(
+          () =>
+            warren.publishEvent(event('evt-same', large)).then(
+              () => true,
+              () => false,
+            ),
+          {
+            timeout: 15_000,
+          },
+        )
+        .toBe(true);
+      await warren.publishEvent(event('evt-same', large));
+      expect(await jobKeys(prefix)).toHaveLength(1);
+      // Another event's payload, even the same bytes, gets a key of its own.
+      await warren.publishEvent(event('evt-other', large));
+      expect(await jobKeys(prefix)).toHaveLength(2);
+    } finally {
+      proxy.accept();
+      await removeInstallation(prefix, { warren });
+      await proxy.close();
+    }
+  });
+
+  it('says why Redis refused a call, and that trying again cannot help', async () => {
+    const prefix = testPrefix('sdk-refused');
+    const warren = await connect(prefix);
+    const redis = new Redis(inject('redisUrl'));
+    try {
+      // A key of the wrong type where the tenant's change log goes.
+      await redis.set(new Keys(prefix).log('acme'), 'not a stream');
+      await expect(warren.addUserToTeam('acme', 'ann', 'icu')).rejects.toMatchObject({
+        code: 'WARREN_ERR_REDIS_REFUSED',
+        retryable: false,
+        message: expect.stringMatching(
+          /^Redis refused applying the membership change in Redis: WRONGTYPE/,
+        ) as unknown,
+      });
+    } finally {
+      await redis.quit();
+      await removeInstallation(prefix, { warren });
+    }
+  });
+
+  it('refuses a payload that JSON cannot carry, rather than storing null', async () => {
+    const prefix = testPrefix('sdk-payload');
+    const warren = await connect(prefix);
+    try {
+      await expect(warren.putPayload('acme', 10n)).rejects.toMatchObject({
+        code: 'WARREN_ERR_INVALID_EVENT',
+        message: expect.stringContaining('not serialisable as JSON') as unknown,
+      });
+      await expect(warren.putPayload('acme', () => 1)).rejects.toMatchObject({
+        code: 'WARREN_ERR_INVALID_EVENT',
+        message: 'payload: a function is not a JSON value',
+      });
+      expect(await jobKeys(prefix)).toEqual([]);
+    } finally {
+      await removeInstallation(prefix, { warren });
+    }
+  });
+
+  it('gives up connecting to a Redis that takes the connection and never answers', async () => {
+    const prefix = testPrefix('sdk-silent-redis');
+    const redisUrl = new URL(inject('redisUrl'));
+    const proxy = await TcpProxy.start(redisUrl.hostname, Number(redisUrl.port || 6379));
+    proxy.stall();
+    try {
+      const connecting = connect(prefix, {
+        redisUrl: proxy.url(redisUrl),
+        connectTimeoutMs: 1000,
+        // Off: only connectTimeoutMs bounds the attempt.
+        redisSocketTimeoutMs: 0,
+      });
+      await expect(connecting).rejects.toMatchObject({
+        code: 'WARREN_ERR_REDIS_UNAVAILABLE',
+        message: expect.stringContaining('timed out after') as unknown,
+      });
+    } finally {
+      proxy.cut();
+      await proxy.close();
+      await removeInstallation(prefix, {});
+    }
+  });
+});
+
+describe('publisher SDK: events no queue takes', () => {
+  it('rejects an event routed to no queue (declareTopology: false), and declares the topology again otherwise', async () => {
+    const prefix = testPrefix('sdk-unroutable');
+    const admin = await connect(prefix);
+    const probe = await BrokerProbe.open();
+    const publishOnly = await connect(prefix, { declareTopology: false });
+    try {
+      await probe.channel.deleteQueue(`${prefix}.resolver`);
+      await expect(publishOnly.publishEvent({ ...event('evt-lost'), type: 'x' })).rejects.toMatchObject({
+        code: 'WARREN_ERR_UNROUTABLE',
+        retryable: true,
+        message: expect.stringContaining(`${prefix}.resolver is missing`) as unknown,
+      });
+      // A publisher that declares: the queue is declared again and the event is in it.
+      await admin.publishEvent({ ...event('evt-kept'), type: 'x' });
+      expect((await probe.channel.checkQueue(`${prefix}.resolver`)).messageCount).toBe(1);
+    } finally {
+      await publishOnly.close();
+      await probe.close();
+      await removeInstallation(prefix, { warren: admin });
+    }
+  });
+
+  it('claim-checks data that would make the event larger than the resolver takes, whatever claimCheckBytes says', async () => {
+    const prefix = testPrefix('sdk-too-large');
+    const warren = await connect(prefix, { claimCheckBytes: 64 * 1024 * 1024 });
+    const probe = await BrokerProbe.open();
+    try {
+      await warren.publishEvent(event('evt-17m', { blob: 'x'.repeat(17 * 1024 * 1024) }));
+      await warren.publishEvent(event('evt-1m', { blob: 'x'.repeat(1024 * 1024) }));
+      const bodies: Record<string, unknown>[] = [];
+      for (let i = 0; i < 2; i += 1) {
+        const message = await probe.channel.get(`${prefix}.resolver`, { noAck: true });
+        if (message) bodies.push(JSON.parse(message.content.toString()) as Record<string, unknown>);
+      }
+      expect(bodies.map((b) => [b['id'], 'jobId' in b, 'data' in b])).toEqual([
+        ['evt-17m', true, false],
+        ['evt-1m', false, true],
+      ]);
+    } finally {
+      await probe.close();
+      await removeInstallation(prefix, { warren });
+    }
+  }, 60_000);
+});
