@@ -72,6 +72,7 @@ export function refuses(error: Error, exchange: string, routingKey: string): boo
 export class Publisher {
   private channel: ConfirmChannel | undefined;
   private closed = false;
+  private closing: Promise<void> | undefined;
   private readonly reopens = new RetrySchedule(REOPEN_BASE_MS, REOPEN_CAP_MS);
   /** Publishes waiting for a channel; woken when one opens or the publisher closes. */
   private readonly waiters = new Set<() => void>();
@@ -82,6 +83,8 @@ export class Publisher {
   private readonly returned = new Set<string>();
   /** Why the broker closed a channel (an access refusal, an exchange gone): told to the publishes on it. */
   private readonly closedBy = new WeakMap<ConfirmChannel, Error>();
+  /** Rejects of publishes written and not confirmed yet: `close` fails those left at its deadline. */
+  private readonly unconfirmed = new Set<(error: WarrenError) => void>();
 
   constructor(
     private readonly broker: BrokerConnection,
@@ -210,7 +213,13 @@ export class Publisher {
       if (this.closed) throw new WarrenError(ErrorCode.Closed, 'the publisher is closed');
       throw new WarrenError(ErrorCode.BrokerUnavailable, 'not connected to the broker', { retryable: true });
     }
-    return new Promise<void>((resolve, reject) => {
+    return new Promise<void>((resolve, fail) => {
+      const reject = (error: WarrenError): void => {
+        clearTimeout(timer);
+        this.unconfirmed.delete(reject);
+        fail(error);
+      };
+      this.unconfirmed.add(reject);
       const timer =
         confirmTimeoutMs === undefined
           ? undefined
@@ -227,6 +236,7 @@ export class Publisher {
       try {
         channel.publish(exchange, routingKey, body, amqpOptions, (error: unknown) => {
           clearTimeout(timer);
+          this.unconfirmed.delete(reject);
           const wasReturned = publishId !== undefined && this.returned.delete(publishId);
           const closedBy = error ? this.closedBy.get(channel) : undefined;
           if (closedBy) {
@@ -269,7 +279,6 @@ export class Publisher {
           }
         });
       } catch (error) {
-        clearTimeout(timer);
         // amqplib throws synchronously on a closed channel or a header table that does not fit.
         reject(
           new WarrenError(ErrorCode.PublishRejected, `publish failed: ${errorMessage(error)}`, {
@@ -281,21 +290,40 @@ export class Publisher {
     });
   }
 
-  async close(): Promise<void> {
+  /** Waits (boundedly) for outstanding confirms, then closes the channel. A second call waits for the first. */
+  close(): Promise<void> {
+    this.closing ??= this.shutdown();
+    return this.closing;
+  }
+
+  private async shutdown(): Promise<void> {
     this.closed = true;
     const channel = this.channel;
     this.channel = undefined;
     this.wake();
-    if (!channel) return;
-    // Bounded: a blocked broker reads nothing from this connection, not even the close.
-    const deadline = Date.now() + CLOSE_CONFIRMS_MS;
-    // Out of time, on to the next step; a failure of the step itself ends the close below.
-    const bounded = (step: Promise<unknown>) => fulfilsWithin(step, Math.max(0, deadline - Date.now()));
-    try {
-      await bounded(channel.waitForConfirms());
-      await bounded(channel.close());
-    } catch {
-      // The connection may already be gone; nothing left to flush.
+    if (channel) {
+      // Bounded: a blocked broker reads nothing from this connection, not even the close.
+      const deadline = Date.now() + CLOSE_CONFIRMS_MS;
+      // Out of time, on to the next step; a failure of the step itself ends the close below.
+      const bounded = (step: Promise<unknown>) => fulfilsWithin(step, Math.max(0, deadline - Date.now()));
+      try {
+        await bounded(channel.waitForConfirms());
+        await bounded(channel.close());
+      } catch {
+        // The connection may already be gone; nothing left to flush.
+      }
+    }
+    // Left waiting, they would settle only once amqplib gave up on the connection (its heartbeat, some
+    // 20 s on), long after their caller was told the publisher is closed.
+    for (const reject of [...this.unconfirmed]) {
+      reject(
+        new WarrenError(
+          ErrorCode.Closed,
+          'the publisher closed before the broker confirmed the message: it may or may not be published, ' +
+            'sending it again is safe',
+          { retryable: true },
+        ),
+      );
     }
   }
 }

@@ -132,6 +132,31 @@ describe('publisher', () => {
     }
   });
 
+  it('fails a publish still unconfirmed when close() gives up on the silent broker, by the time it returns', async () => {
+    const target = new URL(inject('rabbitmqUrl'));
+    const proxy = await TcpProxy.start(target.hostname, Number(target.port || 5672));
+    const { broker, publisher } = await connected('publisher-close-unconfirmed', proxy.url(target));
+    try {
+      proxy.stall();
+      // No confirm timeout of its own: only the close can end its wait.
+      let settled = false;
+      const publishing = publisher
+        .publish('', queue, Buffer.from('unconfirmed'))
+        .finally(() => (settled = true));
+      publishing.catch(() => {});
+      await publisher.close();
+      // Rejected within close(); its handlers run a few microtasks on.
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(settled).toBe(true);
+      // The broker may or may not have it: the caller is told to send it again (on another publisher).
+      await expect(publishing).rejects.toMatchObject({ code: 'WARREN_ERR_CLOSED', retryable: true });
+    } finally {
+      proxy.flow();
+      await broker.close();
+      await proxy.close();
+    }
+  });
+
   it('fails a publish at once while the broker blocks the connection, when asked to', async () => {
     const { broker, publisher } = await connected('publisher-blocked');
     try {
