@@ -281,9 +281,12 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
     const closed = await fulfilsWithin(this.recovering?.close() ?? Promise.resolve(), CLOSE_TIMEOUT_MS);
     if (!closed) {
       this.logger.warn('broker did not answer the close; dropping the connection');
+      // With an error: amqplib hears of its socket only through 'error' and 'end', and a plain destroy
+      // emits neither, which left its heartbeat timer and the channels' pending confirms waiting for the
+      // heartbeat to notice (twice the interval on), and the process alive until then.
       (
-        this.lastModel as unknown as { connection?: { stream?: { destroy(): void } } } | undefined
-      )?.connection?.stream?.destroy();
+        this.lastModel as unknown as { connection?: { stream?: { destroy(error: Error): void } } } | undefined
+      )?.connection?.stream?.destroy(new Error('broker did not answer the close'));
     }
   }
 }

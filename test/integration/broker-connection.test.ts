@@ -1,0 +1,42 @@
+import { afterEach, beforeEach, describe, expect, inject, it } from 'vitest';
+import type { BrokerConnection } from '../../src/broker/connection.js';
+import { Publisher } from '../../src/broker/publisher.js';
+import { fulfilsWithin } from '../../src/shared/lifecycle.js';
+import { silentLogger } from '../../src/shared/logger.js';
+import { testBrokerConnection, testPrefix } from '../support/harness.js';
+import { TcpProxy } from '../support/tcp-proxy.js';
+
+describe('broker connection', () => {
+  let proxy: TcpProxy;
+  let broker: BrokerConnection;
+
+  beforeEach(async () => {
+    const target = new URL(inject('rabbitmqUrl'));
+    proxy = await TcpProxy.start(target.hostname, Number(target.port || 5672));
+    broker = testBrokerConnection(testPrefix('connection'), proxy.url(target));
+  });
+  afterEach(async () => {
+    proxy.flow();
+    await broker.close();
+    await proxy.close();
+  });
+
+  it('drops the connection of a broker that does not answer the close, so that nothing waits on it', async () => {
+    const publisher = new Publisher(broker, silentLogger());
+    await publisher.start();
+    await broker.start();
+    proxy.stall();
+    // Unconfirmed (the broker is silent), on a publisher left open: only the connection going ends it.
+    const publishing = publisher.publish('', testPrefix('connection-q'), Buffer.from('x'));
+    publishing.catch(() => {});
+    await broker.close();
+    // Settled once amqplib sees the socket go, not when its heartbeat gives up (20 s on at 10 s beats).
+    expect(
+      await fulfilsWithin(
+        publishing.catch(() => {}),
+        2000,
+      ),
+    ).toBe(true);
+    await expect(publishing).rejects.toMatchObject({ retryable: true });
+  });
+});
