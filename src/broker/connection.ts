@@ -74,6 +74,12 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
   /** The last connection set up, for dropping its socket when a close is not answered. */
   private lastModel: ChannelModel | undefined;
   private blockedBy: string | undefined;
+  /**
+   * Calls waiting for a connection, woken when one is set up or on close: one set rather than listeners of
+   * their own, of which more than ten waiting (publishes during a broker blip) drew a MaxListenersExceeded
+   * warning on every blip.
+   */
+  private readonly waiters = new Set<() => void>();
 
   constructor(
     private readonly options: BrokerOptions,
@@ -148,6 +154,7 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
     });
     this.recovering.on('connect', () => {
       this.logger.info('broker connected');
+      this.wake();
       this.emit('connected');
     });
     this.recovering.on('disconnect', (error: Error) => {
@@ -244,30 +251,27 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
     if (this.current) return this.current;
     if (this.closing) throw new WarrenError(ErrorCode.Closed, 'broker connection is closed');
     return new Promise<ChannelModel>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.off('connected', onConnected);
-        this.off('closing', onClosing);
-        reject(
-          new WarrenError(ErrorCode.BrokerUnavailable, `broker not connected within ${timeoutMs} ms`, {
-            retryable: true,
-          }),
-        );
-      }, timeoutMs);
-      const onClosing = (): void => {
+      const settle = (): void => {
         clearTimeout(timer);
-        this.off('connected', onConnected);
-        reject(new WarrenError(ErrorCode.Closed, 'broker connection is closed'));
-      };
-      const onConnected = (): void => {
-        clearTimeout(timer);
-        this.off('closing', onClosing);
+        this.waiters.delete(settle);
         if (this.current) resolve(this.current);
+        else if (this.closing) reject(new WarrenError(ErrorCode.Closed, 'broker connection is closed'));
         else
-          reject(new WarrenError(ErrorCode.BrokerUnavailable, 'broker connection lost', { retryable: true }));
+          reject(
+            new WarrenError(ErrorCode.BrokerUnavailable, `broker not connected within ${timeoutMs} ms`, {
+              retryable: true,
+            }),
+          );
       };
-      this.once('connected', onConnected);
-      this.once('closing', onClosing);
+      const timer = setTimeout(settle, timeoutMs);
+      this.waiters.add(settle);
     });
+  }
+
+  private wake(): void {
+    // Lost again before this ran: they wait on, for the next connection or their timeout.
+    if (this.current === undefined && !this.closing) return;
+    for (const waiter of [...this.waiters]) waiter();
   }
 
   async close(): Promise<void> {
@@ -275,6 +279,7 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
     this.closing = true;
     this.current = undefined;
     // Whoever waits for a connection is told now, not when their timeout ends.
+    this.wake();
     this.emit('closing');
     // Bounded: a broker under a resource alarm reads nothing from a blocked connection, not even its
     // close; past the bound the socket is dropped.

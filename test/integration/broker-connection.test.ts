@@ -3,7 +3,7 @@ import type { BrokerConnection } from '../../src/broker/connection.js';
 import { Publisher } from '../../src/broker/publisher.js';
 import { fulfilsWithin } from '../../src/shared/lifecycle.js';
 import { silentLogger } from '../../src/shared/logger.js';
-import { testBrokerConnection, testPrefix } from '../support/harness.js';
+import { eventually, testBrokerConnection, testPrefix } from '../support/harness.js';
 import { TcpProxy } from '../support/tcp-proxy.js';
 
 describe('broker connection', () => {
@@ -38,5 +38,36 @@ describe('broker connection', () => {
       ),
     ).toBe(true);
     await expect(publishing).rejects.toMatchObject({ retryable: true });
+  });
+
+  it('lets many calls wait for the broker without a listener warning, and settles them all', async () => {
+    const warnings: string[] = [];
+    const onWarning = (warning: Error): void => void warnings.push(`${warning.name}: ${warning.message}`);
+    process.on('warning', onWarning);
+    try {
+      await broker.start();
+      proxy.refuse();
+      proxy.cut();
+      await eventually(() => !broker.connected, 'the connection seen lost');
+      const waiting = Array.from({ length: 20 }, () => broker.waitConnected(20_000));
+      proxy.accept();
+      const models = await Promise.all(waiting);
+      expect(new Set(models).size).toBe(1);
+      // Again, told of the close instead of the broker's return.
+      proxy.refuse();
+      proxy.cut();
+      await eventually(() => !broker.connected, 'the connection seen lost again');
+      const closing = Array.from({ length: 20 }, () => broker.waitConnected(20_000));
+      await broker.close();
+      const outcomes = await Promise.allSettled(closing);
+      expect(
+        outcomes.map((o) => (o.status === 'rejected' ? (o.reason as { code?: string }).code : o.status)),
+      ).toEqual(Array(20).fill('WARREN_ERR_CLOSED'));
+      // Process warnings are emitted on a later tick.
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(warnings.filter((w) => w.startsWith('MaxListenersExceededWarning'))).toEqual([]);
+    } finally {
+      process.off('warning', onWarning);
+    }
   });
 });
