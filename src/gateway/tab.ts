@@ -42,6 +42,29 @@ export type CloseListener = (code: number) => void;
 export const PING_BURST = 5;
 const PING_REFILL_MS = 1000;
 
+/** A tab's pings: `PING_BURST` at once, earning one back a second, on a clock that never steps back. */
+export class PingBudget {
+  private left = PING_BURST;
+  private since = 0;
+
+  constructor(private readonly now: () => number = () => performance.now()) {}
+
+  /** Spends one ping; false when none is left. */
+  take(): boolean {
+    const now = this.now();
+    // A clock set back (the injected one of a test, say): counted as no time passed, never as a debt.
+    if (now < this.since) this.since = now;
+    const earned = Math.floor((now - this.since) / PING_REFILL_MS);
+    if (earned > 0) {
+      this.left = Math.min(PING_BURST, this.left + earned);
+      this.since = this.left === PING_BURST ? now : this.since + earned * PING_REFILL_MS;
+    }
+    if (this.left === 0) return false;
+    this.left -= 1;
+    return true;
+  }
+}
+
 export class Tab implements RegisteredTab {
   readonly id: string;
   readonly tenantId: string;
@@ -60,9 +83,8 @@ export class Tab implements RegisteredTab {
   resumed = false;
   closed = false;
   badFrames = 0;
-  /** Pings this tab may still send at once (see `takePing`). */
-  private pingBudget = PING_BURST;
-  private pingBudgetAt = 0;
+  /** Pings this tab may still send (see PING_BURST). */
+  readonly pings = new PingBudget();
   timer: NodeJS.Timeout | undefined;
   /** Frames written in this turn, sent together at its end (see `Tab.write`). */
   private pending: (Uint8Array | string)[] = [];
@@ -78,18 +100,6 @@ export class Tab implements RegisteredTab {
     // uWS has copied them; a large payload must not stay referenced by every tab until its next frame.
     this.clearPending();
   };
-
-  /** Spends one ping of the tab's budget; false when it has none left (see PING_BURST). */
-  takePing(now: number): boolean {
-    const earned = Math.floor((now - this.pingBudgetAt) / PING_REFILL_MS);
-    if (earned > 0) {
-      this.pingBudget = Math.min(PING_BURST, this.pingBudget + earned);
-      this.pingBudgetAt = this.pingBudget === PING_BURST ? now : this.pingBudgetAt + earned * PING_REFILL_MS;
-    }
-    if (this.pingBudget === 0) return false;
-    this.pingBudget -= 1;
-    return true;
-  }
 
   constructor(
     private readonly ws: WebSocket<TabSocketData>,

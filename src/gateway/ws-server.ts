@@ -368,7 +368,7 @@ export class WsServer {
     if (!result.success) return this.badFrame(tab, FrameErrorCode.BadFrame, describeIssues(result.error));
     const frame = result.data;
     if (frame.type === 'ping') {
-      if (!tab.takePing(Date.now()))
+      if (!tab.pings.take())
         return this.badFrame(
           tab,
           FrameErrorCode.BadFrame,
