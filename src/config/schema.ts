@@ -315,7 +315,7 @@ export const configSchema = z.strictObject({
       maxMessageBytes: positiveInt
         .default(DEFAULTS.resolverMaxMessageBytes)
         .describe(
-          "Largest event or membership message a resolver parses; a larger one is dead-lettered as `too_large` unread (parsing a large body holds up every tenant's events on that resolver). Publish large `data` through the claim check instead.",
+          "Largest event or membership message a resolver parses; a larger one is dead-lettered as `too_large` unread (parsing a large body holds up every tenant's events on that resolver). Publish large `data` through the claim check instead (the publisher SDK claim-checks data that would make an event larger than 16 MiB whatever its `claimCheckBytes`: below that, set its `claimCheckBytes` under this limit).",
         ),
       maxTenantViews: positiveInt
         .default(DEFAULTS.maxTenantViews)

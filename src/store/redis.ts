@@ -127,7 +127,7 @@ export async function createRedis(options: CreateRedisOptions): Promise<WarrenRe
   const db = Number(redis.options.db ?? 0);
   if (db !== 0) {
     try {
-      await redis.select(db);
+      await within(redis.select(db));
     } catch (error) {
       redis.disconnect();
       throw new WarrenError(

@@ -124,6 +124,25 @@ describe('publisher SDK: calls it cannot do', () => {
     }
   });
 
+  it('tells a revocation cut short by close() that the publisher closed, not that a permission is missing', async () => {
+    const prefix = testPrefix('sdk-revoke-close');
+    const warren = await connect(prefix);
+    try {
+      // The first opens the notices' channel; close() comes while the second stores its revocation.
+      await warren.revokeUser('acme', 'ann', { ttlSec: 60 });
+      const revoking = warren.revokeUser('acme', 'bob', { ttlSec: 60 });
+      const closing = warren.close();
+      await expect(revoking).rejects.toMatchObject({
+        code: 'WARREN_ERR_CLOSED',
+        retryable: false,
+        message: expect.stringContaining('the publisher was closed first') as unknown,
+      });
+      await closing;
+    } finally {
+      await removeInstallation(prefix, {});
+    }
+  });
+
   it('refuses a payload that JSON cannot carry, rather than storing null', async () => {
     const prefix = testPrefix('sdk-payload');
     const warren = await connect(prefix);
@@ -186,6 +205,25 @@ describe('publisher SDK: events no queue takes', () => {
       await publishOnly.close();
       await probe.close();
       await removeInstallation(prefix, { warren: admin });
+    }
+  });
+
+  it('says what failed, with a code, when declaring the topology again fails', async () => {
+    const prefix = testPrefix('sdk-redeclare');
+    const warren = await connect(prefix);
+    const probe = await BrokerProbe.open();
+    try {
+      // The resolver queue deleted and made again by hand, unbound and without Warren's arguments.
+      await probe.channel.deleteQueue(`${prefix}.resolver`);
+      await probe.channel.assertQueue(`${prefix}.resolver`, { durable: true });
+      await expect(warren.publishEvent({ ...event('evt-x'), type: 'x' })).rejects.toMatchObject({
+        code: 'WARREN_ERR_UNROUTABLE',
+        retryable: false,
+        message: expect.stringMatching(/declaring .*\.resolver again failed: .*PRECONDITION/) as unknown,
+      });
+    } finally {
+      await probe.close();
+      await removeInstallation(prefix, { warren });
     }
   });
 

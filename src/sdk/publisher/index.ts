@@ -415,7 +415,16 @@ export class WarrenPublisher {
           { cause: error, retryable: true },
         );
       // Declared again, as on connect, and sent once more: it reached no queue, so it is not a repeat.
-      await declareTopologyOn(model, this.names);
+      try {
+        await declareTopologyOn(model, this.names);
+      } catch (cause) {
+        throw new WarrenError(
+          ErrorCode.Unroutable,
+          `no queue took the event, and declaring ${this.names.resolver} again failed: ${errorMessage(cause)}`,
+          // A queue declared with other arguments, or a refused permission, stays so; a lost connection not.
+          { cause, retryable: !/\b(403|406)\b/.test(errorMessage(cause)) },
+        );
+      }
       await send();
     }
   }
@@ -548,16 +557,20 @@ export class WarrenPublisher {
         failIfBlocked: true,
       });
     } catch (error) {
-      const retryable = isWarrenError(error) ? error.retryable : true;
+      // Refused for good: the account's permission (a routing key or exchange it may not write to).
+      const refused = isWarrenError(error, ErrorCode.PublishRejected) && !error.retryable;
+      const closed = isWarrenError(error, ErrorCode.Closed);
       throw new WarrenError(
         isWarrenError(error) ? error.code : ErrorCode.BrokerUnavailable,
         `the revocation is stored (new connections are refused) but the gateways were not told, so open ` +
           `tabs stay open: ` +
-          (retryable
-            ? 'revoke again, which is safe'
-            : `the broker account must be allowed to write to ${this.names.deliveries} (see "Broker permissions")`) +
+          (refused
+            ? `the broker account must be allowed to write to ${this.names.deliveries} (see "Broker permissions")`
+            : closed
+              ? 'the publisher was closed first; revoke again from one that is open, which is safe'
+              : 'revoke again, which is safe') +
           ` (${errorMessage(error)})`,
-        { cause: error, retryable },
+        { cause: error, retryable: !refused && !closed },
       );
     }
     return revocation;
