@@ -5,11 +5,10 @@ import { Publisher } from '../../broker/publisher.js';
 import {
   checkExchangeOn,
   declareTopologyOn,
-  queueConsumers,
   topologyNames,
   type TopologyNames,
 } from '../../broker/topology.js';
-import { DEFAULTS, NAME_PATTERN } from '../../config/schema.js';
+import { DEFAULTS } from '../../config/schema.js';
 import {
   describeIssues,
   membershipChangeSchema,
@@ -30,6 +29,7 @@ import {
   RevocationStore,
   type Revocation,
 } from '../../store/revocation-store.js';
+import { badOptions, warnIfUnread, type PublisherOptions } from './options.js';
 import {
   closeRedis,
   createPayloadRedis,
@@ -46,115 +46,8 @@ import {
 export const MAX_INLINE_EVENT_BYTES = 16 * 1024 * 1024;
 
 export type { MembershipChange, ModelEvent, Revocation };
+export type { PublisherOptions } from './options.js';
 export { ErrorCode, WarrenError } from '../../shared/errors.js';
-
-export interface PublisherOptions {
-  /** Default `amqp://guest:guest@127.0.0.1:5672`. */
-  rabbitmqUrl?: string;
-  /** Default `redis://127.0.0.1:6379`; ignored when `redis` is given. */
-  redisUrl?: string;
-  /**
-   * An ioredis client of yours to use (and not close). Without `keyPrefix`: Warren names its keys itself
-   * (see `prefix`), and some of them are built inside its scripts, where ioredis would not prefix them.
-   */
-  redis?: Redis;
-  /**
-   * Redis for claim-checked payloads, when the installation keeps them on a server of their own (its
-   * `WARREN_CLAIM_CHECK_REDIS_URL`). Default: the same Redis as everything else. Ignored when
-   * `payloadRedis` is given.
-   */
-  payloadRedisUrl?: string;
-  /** An ioredis client of yours for the payloads (not closed by `close`), without `keyPrefix`. */
-  payloadRedis?: Redis;
-  /** Must match the installation's `WARREN_PREFIX`. Default `warren`. */
-  prefix?: string;
-  /**
-   * Declare Warren's exchanges and queues on connect, as gateways and resolvers do. Default true. Set false
-   * for a service account that may only publish (RabbitMQ write on `<prefix>.events`, nothing else: see
-   * "Broker permissions" in the README); `connect` then only checks that `<prefix>.events` exists.
-   */
-  declareTopology?: boolean;
-  /** Payloads larger than this (serialised `data`, bytes) are put in Redis first. Default 16384. */
-  claimCheckBytes?: number;
-  /** Lifetime of such payloads in Redis; must cover the time to deliver the event. Default 3600 s. */
-  claimCheckTtlSec?: number;
-  /** How long `publishEvent` waits for a lost broker connection to come back. Default 10 s. */
-  publishTimeoutMs?: number;
-  /**
-   * How long `connect` tries to reach RabbitMQ before it rejects (`WARREN_ERR_BROKER_UNAVAILABLE`, with the
-   * last attempt's error: refused, wrong credentials…). Default 30,000.
-   */
-  connectTimeoutMs?: number;
-  /**
-   * How long `publishEvent` waits for the broker's confirm (a broker under a memory or disk alarm confirms
-   * nothing until it clears); then it rejects with WARREN_ERR_TIMEOUT, and publishing the event again is
-   * safe (tabs show each id once). Default 30,000.
-   */
-  confirmTimeoutMs?: number;
-  /**
-   * How long a call that needs Redis (a membership change, a payload put, `publishEvent` of a large
-   * payload) waits for it before it rejects with WARREN_ERR_TIMEOUT; the change may still be applied, and
-   * applying it again is safe. Default 10,000.
-   */
-  redisTimeoutMs?: number;
-  /**
-   * A Redis connection of the SDK's own that sends nothing back for this long while commands wait on it is
-   * made again (as `redis.socketTimeoutMs` on the servers). 0 = wait for the system to give it up. Default
-   * 30,000. Not for a client of yours (`redis`, `payloadRedis`): its settings are yours.
-   */
-  redisSocketTimeoutMs?: number;
-  logger?: Logger;
-}
-
-/** The longest delay a Node timer takes; a longer one (or Infinity) fires after 1 ms. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
-
-/**
- * Says so when no resolver reads the queue events go to. Declaring the topology, the SDK made the queue
- * itself if it was missing: with a `prefix` other than the servers' WARREN_PREFIX, events would wait there
- * for good, every publish confirmed. Also said when the SDK starts before any resolver, which is then
- * true (events wait until one starts). Without a logger of the caller's, it is a process warning (code
- * `WARREN_NO_RESOLVER`), so that it is seen at all.
- */
-async function warnIfUnread(
-  broker: BrokerConnection,
-  queue: string,
-  prefix: string,
-  logger: Logger,
-  processWarning: boolean,
-): Promise<void> {
-  const model = broker.model;
-  const readers = model && (await queueConsumers(model, queue).catch(() => undefined));
-  if (readers !== 0) return;
-  const message =
-    `no resolver reads ${queue}: published events wait there until one does ` +
-    `(if Warren is running, its WARREN_PREFIX is not this publisher's prefix "${prefix}")`;
-  logger.warn({ queue }, message);
-  if (processWarning) process.emitWarning(message, { code: 'WARREN_NO_RESOLVER' });
-}
-
-/** Every problem with the numeric options (and the prefix), so that a bad one is not taken for a timeout of 1 ms. */
-function badOptions(options: PublisherOptions): string[] {
-  const bad: string[] = [];
-  const check = (name: keyof PublisherOptions, min: number, max = MAX_TIMER_MS): void => {
-    const value = options[name];
-    if (value !== undefined && !(Number.isInteger(value) && Number(value) >= min && Number(value) <= max))
-      bad.push(`${name} must be a whole number from ${min} to ${max} (got ${String(value)})`);
-  };
-  check('claimCheckBytes', 0, Number.MAX_SAFE_INTEGER);
-  check('claimCheckTtlSec', 1, MAX_TIMER_MS);
-  // 0: publish at once or fail, without waiting for a lost connection to come back.
-  check('publishTimeoutMs', 0);
-  for (const name of ['connectTimeoutMs', 'confirmTimeoutMs', 'redisTimeoutMs'] as const) check(name, 1);
-  // Under a second, a healthy connection waiting on an ordinary command would be dropped again and again.
-  if (options.redisSocketTimeoutMs !== 0) check('redisSocketTimeoutMs', 1000);
-  // As WARREN_PREFIX: it is part of every exchange, queue and Redis key (a `:` or brace would move keys
-  // out of the tenant's hash slot, a `.` out of the routing-key layout).
-  const { prefix } = options;
-  if (prefix !== undefined && !(typeof prefix === 'string' && NAME_PATTERN.test(prefix)))
-    bad.push(`prefix must match ${String(NAME_PATTERN)}, as WARREN_PREFIX (got ${JSON.stringify(prefix)})`);
-  return bad;
-}
 
 /** An event as a service writes it; `data` is any JSON value. */
 export type EventInput = Omit<ModelEvent, 'data' | 'jobId'> & { data?: unknown; jobId?: string };
@@ -356,43 +249,9 @@ export class WarrenPublisher {
       throw new WarrenError(ErrorCode.InvalidEvent, `invalid event: ${describeIssues(result.error)}`);
     }
     const { data, ...envelope } = result.data;
-    let body = JSON.stringify(envelope);
-    // Undefined for `undefined` or a bare function: then the event has no data, as JSON would say.
-    let serialised: string | undefined;
-    try {
-      serialised = data === undefined ? undefined : (JSON.stringify(data) as string | undefined);
-    } catch (error) {
-      // A BigInt, a cycle, a toJSON that throws: the caller's event, not a broken SDK.
-      throw new WarrenError(
-        ErrorCode.InvalidEvent,
-        `invalid event: data: not serialisable as JSON (${errorMessage(error)})`,
-      );
-    }
-    if (serialised !== undefined) {
-      const bytes = Buffer.byteLength(serialised);
-      if (bytes > this.settings.claimCheckBytes || bytes + body.length > MAX_INLINE_EVENT_BYTES - 64) {
-        // Not stored for an event that cannot be published now: a caller retrying through an outage
-        // would leave a copy per attempt in Redis for the TTL.
-        await this.publishable();
-        const payload = Buffer.from(serialised);
-        const jobId = await this.bounded(
-          this.payloads.put(
-            envelope.tenantId,
-            payload,
-            this.settings.claimCheckTtlSec,
-            // The same for a retry of this event: its copy is overwritten, not stored once more.
-            PayloadStore.jobIdFor(this.jobSecret, envelope.tenantId, envelope.id, payload),
-          ),
-          'storing the payload in Redis',
-        );
-        body = JSON.stringify({ ...envelope, jobId });
-      } else {
-        // Spliced in rather than serialised a second time along with the envelope.
-        body = `${body.slice(0, -1)},"data":${serialised}}`;
-      }
-    }
+    const body = Buffer.from(await this.eventBody(envelope, data));
     const send = () =>
-      this.publisher.publish(this.names.events, `${envelope.tenantId}.${envelope.type}`, Buffer.from(body), {
+      this.publisher.publish(this.names.events, `${envelope.tenantId}.${envelope.type}`, body, {
         contentType: 'application/json',
         messageId: envelope.id,
         persistent: true,
@@ -406,26 +265,67 @@ export class WarrenPublisher {
       await send();
     } catch (error) {
       if (!isWarrenError(error, ErrorCode.Unroutable)) throw error;
-      const model = this.broker.model;
-      if (!this.settings.declareTopology || !model)
-        throw new WarrenError(
-          ErrorCode.Unroutable,
-          `no queue took the event: ${this.names.resolver} is missing or not bound to ${this.names.events} ` +
-            '(a resolver, or a publisher connected with declareTopology, declares it)',
-          { cause: error, retryable: true },
-        );
-      // Declared again, as on connect, and sent once more: it reached no queue, so it is not a repeat.
-      try {
-        await declareTopologyOn(model, this.names);
-      } catch (cause) {
-        throw new WarrenError(
-          ErrorCode.Unroutable,
-          `no queue took the event, and declaring ${this.names.resolver} again failed: ${errorMessage(cause)}`,
-          // A queue declared with other arguments, or a refused permission, stays so; a lost connection not.
-          { cause, retryable: !/\b(403|406)\b/.test(errorMessage(cause)) },
-        );
-      }
+      await this.declareAgain(error);
+      // It reached no queue, so sending it once more is not a repeat.
       await send();
+    }
+  }
+
+  /** The event as published: its data inline, or put in Redis first and named by its job id. */
+  private async eventBody(envelope: Omit<ModelEvent, 'data'>, data: unknown): Promise<string> {
+    const body = JSON.stringify(envelope);
+    // Undefined for `undefined` or a bare function: then the event has no data, as JSON would say.
+    let serialised: string | undefined;
+    try {
+      serialised = data === undefined ? undefined : (JSON.stringify(data) as string | undefined);
+    } catch (error) {
+      // A BigInt, a cycle, a toJSON that throws: the caller's event, not a broken SDK.
+      throw new WarrenError(
+        ErrorCode.InvalidEvent,
+        `invalid event: data: not serialisable as JSON (${errorMessage(error)})`,
+      );
+    }
+    if (serialised === undefined) return body;
+    const bytes = Buffer.byteLength(serialised);
+    if (bytes <= this.settings.claimCheckBytes && bytes + body.length <= MAX_INLINE_EVENT_BYTES - 64)
+      // Spliced in rather than serialised a second time along with the envelope.
+      return `${body.slice(0, -1)},"data":${serialised}}`;
+    // Not stored for an event that cannot be published now: a caller retrying through an outage would
+    // leave a copy per attempt in Redis for the TTL.
+    await this.publishable();
+    const payload = Buffer.from(serialised);
+    const jobId = await this.bounded(
+      this.payloads.put(
+        envelope.tenantId,
+        payload,
+        this.settings.claimCheckTtlSec,
+        // The same for a retry of this event: its copy is overwritten, not stored once more.
+        PayloadStore.jobIdFor(this.jobSecret, envelope.tenantId, envelope.id, payload),
+      ),
+      'storing the payload in Redis',
+    );
+    return JSON.stringify({ ...envelope, jobId });
+  }
+
+  /** After an event no queue took: the topology declared again, as on connect, or why it cannot be. */
+  private async declareAgain(unroutable: WarrenError): Promise<void> {
+    const model = this.broker.model;
+    if (!this.settings.declareTopology || !model)
+      throw new WarrenError(
+        ErrorCode.Unroutable,
+        `no queue took the event: ${this.names.resolver} is missing or not bound to ${this.names.events} ` +
+          '(a resolver, or a publisher connected with declareTopology, declares it)',
+        { cause: unroutable, retryable: true },
+      );
+    try {
+      await declareTopologyOn(model, this.names);
+    } catch (cause) {
+      throw new WarrenError(
+        ErrorCode.Unroutable,
+        `no queue took the event, and declaring ${this.names.resolver} again failed: ${errorMessage(cause)}`,
+        // A queue declared with other arguments, or a refused permission, stays so; a lost connection not.
+        { cause, retryable: !/\b(403|406)\b/.test(errorMessage(cause)) },
+      );
     }
   }
 
