@@ -537,14 +537,7 @@ export class ResolverWorker {
             metrics.events.inc({ outcome: messages > 0 ? 'routed' : 'no_recipients' });
             delivery.ack();
           },
-          (error: unknown) => {
-            this.deps.logger.warn(
-              { err: errorMessage(error), eventId: event.id },
-              'delivery not confirmed; requeued',
-            );
-            metrics.events.inc({ outcome: 'requeued' });
-            delivery.requeue();
-          },
+          (error: unknown) => this.deliveryFailed(delivery, event, error),
         ),
       );
     } finally {
@@ -552,6 +545,23 @@ export class ResolverWorker {
       // their own serialised copies by now.
       recipients.clear();
     }
+  }
+
+  /**
+   * A delivery the broker did not confirm: requeued after a pause, so that a broker refusing every one (the
+   * deliveries exchange deleted: 404) does not have the same event handed back, resolved and refused again
+   * in a tight loop; that exchange missing, the topology is declared again first.
+   */
+  private async deliveryFailed(delivery: AmqpDelivery, event: ModelEvent, error: unknown): Promise<void> {
+    const { logger, metrics } = this.deps;
+    logger.warn(
+      { err: errorMessage(error), eventId: event.id },
+      'delivery not confirmed; requeued after a pause',
+    );
+    if (/\bNOT_FOUND\b.*\bexchange\b/.test(errorMessage(error))) await this.redeclare();
+    await sleep(REQUEUE_PAUSE_MS);
+    if (delivery.live) metrics.events.inc({ outcome: 'requeued' });
+    delivery.requeue();
   }
 
   /**

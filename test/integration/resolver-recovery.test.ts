@@ -167,3 +167,37 @@ describe('a resolver closing while the broker stops answering (as under a resour
     }
   }, 40_000);
 });
+
+describe('a resolver whose deliveries exchange is deleted under it', () => {
+  it('declares it again and requeues the event after a pause, not in a tight loop', async () => {
+    const prefix = testPrefix('recovery-deliveries');
+    const config = testConfig(prefix);
+    const gateway = await startTestGateway(config);
+    const resolver = await startTestResolver(config);
+    const warren = await connectPublisher(config);
+    const probe = await BrokerProbe.open();
+    const ann = await openTab(gateway.port, await token({ sub: 'ann', tid: 'acme' }));
+    try {
+      await warren.addUserToTeam('acme', 'ann', 'icu');
+      const channel = await probe.model.createChannel();
+      await channel.deleteExchange(`${prefix}.deliveries`);
+      await warren.publishEvent({
+        id: 'e-gone',
+        tenantId: 'acme',
+        type: 'note',
+        audience: { teams: ['icu'] },
+      });
+      await eventually(() => probe.exchangeExists(`${prefix}.deliveries`), 'the exchange declared again');
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      // Each pause is 0.5 s: a few requeues in that time, not thousands.
+      expect(await counter(resolver, 'warren_resolver_events_total', { outcome: 'requeued' })).toBeLessThan(
+        10,
+      );
+      await channel.close().catch(() => {});
+    } finally {
+      ann.ws.terminate();
+      await probe.close();
+      await removeInstallation(prefix, { warren, resolvers: [resolver], gateways: [gateway] });
+    }
+  });
+});

@@ -271,6 +271,20 @@ export class BrokerProbe {
     return queueExists(this.model, queue);
   }
 
+  /** Whether an exchange exists (checked on a channel of its own, which the broker closes when it does not). */
+  async exchangeExists(exchange: string): Promise<boolean> {
+    const channel = await this.model.createChannel();
+    channel.on('error', () => {});
+    try {
+      await channel.checkExchange(exchange);
+      await channel.close();
+      return true;
+    } catch (error) {
+      if ((error as { code?: unknown }).code === 404) return false;
+      throw error;
+    }
+  }
+
   /** Whether a routing key reaches any queue on the deliveries exchange (mandatory publish). */
   async routes(prefix: string, key: string): Promise<boolean> {
     const ch = await this.model.createConfirmChannel();
