@@ -186,7 +186,8 @@ export class ConnectionRegistry<T extends RegisteredTab> {
   }
 
   private async bringUp(entry: UserEntry<T>): Promise<void> {
-    if (entry.tabs.size === 0) return;
+    // Draining: its keys are being unbound (`unbindAll`), and its tabs closed.
+    if (entry.tabs.size === 0 || this.closed) return;
     if (!entry.bound) {
       try {
         await this.onKey(entry, () => this.binder.bind(entry.key));
@@ -438,13 +439,16 @@ export class ConnectionRegistry<T extends RegisteredTab> {
       if (entry.graceTimer) clearTimeout(entry.graceTimer);
       entry.graceTimer = undefined;
     }
+    // On the keys' own broker queues, not behind the users' presence steps: with Redis hanging, those wait
+    // out its timeout, and the drain would end with every key still bound. Every held key, bound or not as
+    // far as the steps queued so far know (unbinding a key that is not bound costs nothing); after any bind
+    // in flight on it, and no bind comes after (`bringUp` binds nothing once closed).
     await Promise.all(
       entries.map((entry) =>
-        this.enqueue(entry, async () => {
-          if (!entry.bound && !entry.stray) return;
-          entry.bound = entry.stray = false;
-          await this.onKey(entry, () => this.binder.unbind(entry.key));
-        }).catch(() => {}),
+        this.onKey(entry, () => this.binder.unbind(entry.key)).then(
+          () => (entry.bound = entry.stray = false),
+          () => {},
+        ),
       ),
     );
     this.users.clear();

@@ -367,3 +367,35 @@ describe('bindings: once per user, grace on reload, again after a reconnect, gon
     expect(await counter(gateway, 'warren_gateway_unbinds_total')).toBe(2);
   });
 });
+
+describe('a drain while Redis hangs', () => {
+  it('still unbinds its users and deletes its queue: they need only the broker', async () => {
+    const prefix = testPrefix('drain-redis-stall');
+    const target = new URL(inject('redisUrl'));
+    const proxy = await TcpProxy.start(target.hostname, Number(target.port || 6379));
+    const gateway = await startTestGateway(
+      testConfig(prefix, {
+        redis: { url: proxy.url(target) },
+        gateway: { drainWindowMs: 0, drainTimeoutMs: 4000 },
+      }),
+    );
+    const probe = await BrokerProbe.open();
+    try {
+      await openTab(gateway.port, await token({ sub: 'A', tid: 't1' }));
+      await openTab(gateway.port, await token({ sub: 'B', tid: 't1' }));
+      expect(await probe.routes(prefix, 'u.t1.A')).toBe(true);
+      // Redis hangs (a failover, a partition) as the node is told to drain: the tabs' offline steps wait.
+      proxy.stall();
+      await gateway.close();
+      expect(await probe.routes(prefix, 'u.t1.A')).toBe(false);
+      expect(await probe.routes(prefix, 'u.t1.B')).toBe(false);
+      expect(await probe.queueExists(gateway.queue)).toBe(false);
+    } finally {
+      proxy.flow();
+      await probe.deleteExchangesAndQueues(prefix, [gateway.queue]);
+      await probe.close();
+      await proxy.close();
+      await cleanRedis(prefix);
+    }
+  });
+});
