@@ -14,7 +14,7 @@ import {
   type ImportPlan,
 } from '../store/membership-import.js';
 import { MembershipStore } from '../store/membership-store.js';
-import { closeRedis } from '../store/redis.js';
+import { closeRedis, refusedByRedis } from '../store/redis.js';
 import { commandRedis } from './command-redis.js';
 
 export interface ImportArgs {
@@ -134,13 +134,21 @@ export async function runMembersImport(config: Readonly<WarrenConfig>, args: Imp
     return 0;
   } catch (error) {
     applying.stop();
+    // Redis applies a batch's rows up to the one it refuses, and keeps them.
+    const refused = refusedByRedis(error);
     console.error(
-      `\nImport stopped after ${done} of ${plan.valid} rows: ${errorMessage(error)}\n` +
-        (error instanceof FileChanged
-          ? 'The first rows of each tenant, in file order, may have been applied from the changed file. ' +
-            'Check the file, then run the import again: every row is an add or a remove.'
-          : 'Every row is an add or a remove, so running the same import again completes it without ' +
-            'doubling anything.'),
+      `\nImport stopped after ${done} of ${plan.valid} rows` +
+        (refused ? ` (and maybe up to ${BATCH - 1} rows of the next batch)` : '') +
+        `: ${errorMessage(error)}\n` +
+        (refused
+          ? 'Redis refused a row for good: a key of one of its tenants holds a value of the wrong type. ' +
+            'Mend or delete that key (redis-cli TYPE tells), then run the same import again: every row is ' +
+            'an add or a remove, so it completes without doubling anything.'
+          : error instanceof FileChanged
+            ? 'The first rows of each tenant, in file order, may have been applied from the changed file. ' +
+              'Check the file, then run the import again: every row is an add or a remove.'
+            : 'Every row is an add or a remove, so running the same import again completes it without ' +
+              'doubling anything.'),
     );
     return 1;
   } finally {

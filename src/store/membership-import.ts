@@ -296,8 +296,9 @@ const MAX_HELD_BATCHES = 20;
 const BATCH_DEADLINE_MS = 10_000;
 
 /**
- * Applies validated rows in batches of up to `batchSize` rows of one tenant, each atomic in Redis and
- * announced to resolvers as a bulk change; a tenant's rows are applied in file order. Adding and removing are
+ * Applies validated rows in batches of up to `batchSize` rows of one tenant, each one script in Redis
+ * (which keeps the rows before one it refuses, a key of the wrong type) and announced to resolvers as a
+ * bulk change; a tenant's rows are applied in file order. Adding and removing are
  * set operations, so running an interrupted import again finishes it.
  */
 export async function applyRows(

@@ -10,9 +10,11 @@ import {
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
+import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { findPackageRoot } from '../../src/config/load.js';
 import type { EventInput, WarrenPublisher } from '../../src/sdk/publisher/index.js';
+import { Keys } from '../../src/store/keys.js';
 import {
   eventually,
   openTab,
@@ -337,6 +339,30 @@ describe('warren members import', () => {
     const empty = await warrenMembersImport(prefix, [trailing, '--tenant', 'acme']);
     expect(empty.code).not.toBe(0);
     expect(reported(empty.stderr, trailing)).toEqual([[1, has('empty column name')]]);
+  });
+
+  it('says that rows of a batch Redis refused half-way may be in, and what to mend before running again', async () => {
+    const redis = new Redis(inject('redisUrl'));
+    try {
+      // Team b's member bitmap, of a tenant of its own, is a key of another type: its row is refused.
+      await redis.hset(new Keys(prefix).teamUsers('wrongtype', 'b'), 'x', '1');
+      const rows = [
+        { tenantId: 'wrongtype', userId: 'alice', teamId: 'a' },
+        { tenantId: 'wrongtype', userId: 'bob', teamId: 'b' },
+      ];
+      const run = await warrenMembersImport(prefix, [
+        file('refused.jsonl', rows.map((row) => JSON.stringify(row)).join('\n') + '\n'),
+      ]);
+      expect(run.code).toBe(1);
+      expect(run.stderr).toContain(
+        'Import stopped after 0 of 2 rows (and maybe up to 4999 rows of the next batch): ',
+      );
+      expect(run.stderr).toContain('WRONGTYPE');
+      expect(run.stderr).toContain('Mend or delete that key');
+      expect(run.stderr).not.toContain('running the same import again completes it');
+    } finally {
+      await redis.quit();
+    }
   });
 
   it('says so when a file holds no rows at all', async () => {
