@@ -233,6 +233,9 @@ export class ResolverWorker {
           return;
         }
         this.terms.set(tenantId, term);
+        // Bounded: a tenant forgotten takes a new term at its next change (one INCR), which is as safe.
+        if (this.terms.size > FAILURES_REMEMBERED)
+          this.terms.delete(this.terms.keys().next().value as string);
       }
       await this.deps.membership.apply(change, term);
       this.applyFailures.forget(() => delivery.message.content.toString('latin1'));
