@@ -138,10 +138,12 @@ export async function runMembersImport(config: Readonly<WarrenConfig>, args: Imp
     const refused = refusedByRedis(error);
     console.error(
       `\nImport stopped after ${done} of ${plan.valid} rows` +
-        (refused ? ` (and maybe up to ${BATCH - 1} rows of the next batch)` : '') +
+        (refused
+          ? ` (of the next ${Math.min(BATCH, plan.valid - done)}, those before the one refused may be in)`
+          : '') +
         `: ${errorMessage(error)}\n` +
         (refused
-          ? 'Redis refused a row for good: a key of one of its tenants holds a value of the wrong type. ' +
+          ? 'Redis refused a write for good: a key Warren writes holds a value of the wrong type. ' +
             'Mend or delete that key (redis-cli TYPE tells), then run the same import again: every row is ' +
             'an add or a remove, so it completes without doubling anything.'
           : error instanceof FileChanged

@@ -553,7 +553,9 @@ export class ResolverWorker {
   /**
    * A delivery the broker did not confirm: requeued after a pause, so that a broker refusing every one (the
    * deliveries exchange deleted: 404) does not have the same event handed back, resolved and refused again
-   * in a tight loop; that exchange missing, the topology is declared again first.
+   * in a tight loop. The exchange is not declared again here: it would come back without the gateways'
+   * bindings, and the broker would confirm deliveries routed to no one; the gateways declare it and bind
+   * again when their connection is made again.
    */
   private async deliveryFailed(delivery: AmqpDelivery, event: ModelEvent, error: unknown): Promise<void> {
     const { logger, metrics } = this.deps;
@@ -561,7 +563,6 @@ export class ResolverWorker {
       { err: errorMessage(error), eventId: event.id },
       'delivery not confirmed; requeued after a pause',
     );
-    if (/\bNOT_FOUND\b.*\bexchange\b/.test(errorMessage(error))) await this.redeclare();
     await sleep(REQUEUE_PAUSE_MS);
     if (delivery.live) metrics.events.inc({ outcome: 'requeued' });
     delivery.requeue();

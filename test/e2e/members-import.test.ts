@@ -355,7 +355,7 @@ describe('warren members import', () => {
       ]);
       expect(run.code).toBe(1);
       expect(run.stderr).toContain(
-        'Import stopped after 0 of 2 rows (and maybe up to 4999 rows of the next batch): ',
+        'Import stopped after 0 of 2 rows (of the next 2, those before the one refused may be in): ',
       );
       expect(run.stderr).toContain('WRONGTYPE');
       expect(run.stderr).toContain('Mend or delete that key');
