@@ -79,14 +79,37 @@ function reasonOf(error: unknown): RefusalReason {
     case 'ERR_JWT_CLAIM_VALIDATION_FAILED':
       return RefusalReason.Claims;
     case 'ERR_JOSE_ALG_NOT_ALLOWED':
-    case 'ERR_JOSE_NOT_SUPPORTED':
       return RefusalReason.Algorithm;
+    case 'ERR_JOSE_NOT_SUPPORTED':
+      // A `crit` header naming extensions nothing here knows is a malformed token, not a wrong algorithm.
+      return /Extension Header Parameter/.test(errorMessage(error))
+        ? RefusalReason.Malformed
+        : RefusalReason.Algorithm;
     case 'ERR_JWS_SIGNATURE_VERIFICATION_FAILED':
     case 'ERR_JWKS_NO_MATCHING_KEY':
     case 'ERR_JWKS_MULTIPLE_MATCHING_KEYS':
       return RefusalReason.Signature;
     default:
       return RefusalReason.Malformed;
+  }
+}
+
+/**
+ * What the log says of jose's refusal: its own text only where it names a claim (a fixed text); otherwise
+ * a fixed one per reason, as some of jose's messages quote the token's header (a `crit` name, say), which
+ * anyone may fill.
+ */
+function describeRefusal(error: unknown, reason: RefusalReason): string {
+  switch (reason) {
+    case RefusalReason.Expired:
+    case RefusalReason.Claims:
+      return errorMessage(error).slice(0, 120);
+    case RefusalReason.Algorithm:
+      return 'algorithm not allowed';
+    case RefusalReason.Signature:
+      return 'signature verification failed';
+    default:
+      return 'not a well-formed JWT for this gateway';
   }
 }
 
@@ -152,7 +175,8 @@ export class TokenVerifier {
     try {
       ({ payload } = await jwtVerify(token, this.key as Uint8Array, this.options));
     } catch (error) {
-      throw new TokenRefused(reasonOf(error), `invalid token: ${errorMessage(error)}`, { cause: error });
+      const reason = reasonOf(error);
+      throw new TokenRefused(reason, `invalid token: ${describeRefusal(error, reason)}`, { cause: error });
     }
     const { sub, tid, exp, iat } = payload as { sub?: unknown; tid?: unknown; exp?: unknown; iat?: unknown };
     // The value is not logged (a user's id); the rule is, as ids from identity providers often break it

@@ -36,7 +36,10 @@ export function publicKeyOf(pem: string): { spki: string; alg: KeyAlgorithm } {
   );
 }
 
-/** `jwt.jwksFile`: a JSON Web Key Set. */
+/** JWK members of a private RSA or EC key (`d` and RSA's factors) or of a symmetric one (`k`). */
+const PRIVATE_JWK_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'k'];
+
+/** `jwt.jwksFile`: a JSON Web Key Set of public keys. */
 export function readJwks(path: string): { keys: object[] } {
   const text = readFileSync(path, 'utf8');
   let value: unknown;
@@ -54,5 +57,13 @@ export function readJwks(path: string): { keys: object[] } {
     )
   )
     throw new Error('is not a JWKS (every key needs a "kty")');
+  // Private or symmetric members: the issuer's signing key, which a gateway must not hold (and which jose
+  // would refuse at the first token, after the gateway said it was ready).
+  const secretMember = (k: object) => PRIVATE_JWK_MEMBERS.find((member) => member in k);
+  const leaking = keys.map((k: object, i) => [i, secretMember(k)] as const).find(([, member]) => member);
+  if (leaking)
+    throw new Error(
+      `key ${leaking[0]} holds "${leaking[1]}", part of a private or secret key: give the gateway the public keys only`,
+    );
   return { keys: keys as object[] };
 }

@@ -1,4 +1,4 @@
-import { generateKeyPairSync } from 'node:crypto';
+import { createHmac, generateKeyPairSync } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -86,6 +86,11 @@ describe('upgrade authentication (HS256)', () => {
         .setExpirationTime(now() + 60)
         .sign(rsaKey),
       'no exp': await new SignJWT(claims).setProtectedHeader({ alg: 'HS256' }).setSubject('u1').sign(secret),
+      // Its header text must not reach the log: jose's message quotes what `crit` names.
+      'unknown crit extension': signedByHand(
+        { alg: 'HS256', crit: ['ATTACKER TEXT'], 'ATTACKER TEXT': 1 },
+        { ...claims, sub: 'u1', exp: now() + 60 },
+      ),
       'dotted tenant': await token({ sub: 'u1', tid: 't1.x' }),
       'wildcard user': await token({ sub: '*', tid: 't1' }),
     };
@@ -98,7 +103,7 @@ describe('upgrade authentication (HS256)', () => {
     expect(await counter(gateway, 'warren_gateway_auth_failures_total')).toBe(Object.keys(cases).length + 1);
     // Why, for the operator: by reason in the metric, and said in the log (once per reason per 10 s).
     const reasons = {
-      malformed: 3, // missing, garbage, alg none (no signature at all)
+      malformed: 4, // missing, garbage, alg none (no signature at all), unknown crit extension
       signature: 2, // wrong secret, twice
       algorithm: 2,
       expired: 2,
@@ -121,8 +126,9 @@ describe('upgrade authentication (HS256)', () => {
     expect(said.find((l) => l['reason'] === 'signature')?.['err']).toBe(
       'invalid token: signature verification failed',
     );
-    // No token in the log, nor a user's id.
+    // No token in the log, nor a user's id, nor text of a token's header.
     expect(JSON.stringify(said)).not.toContain(cases['wrong secret']);
+    expect(JSON.stringify(log.lines)).not.toContain('ATTACKER');
   });
 
   it('closes a socket with 4001 when its token expires while connected', async () => {
@@ -205,3 +211,10 @@ describe('upgrade authentication with public keys', () => {
     });
   }
 });
+
+/** A compact HS256 JWS signed with the test secret, whatever its header says (jose refuses to sign some). */
+function signedByHand(header: Record<string, unknown>, payload: Record<string, unknown>): string {
+  const part = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url');
+  const input = `${part(header)}.${part(payload)}`;
+  return `${input}.${createHmac('sha256', TEST_SECRET).update(input).digest('base64url')}`;
+}

@@ -316,6 +316,16 @@ describe('loadConfig', () => {
     expect(
       configError(() => loadConfig({ env: { WARREN_JWT_PUBLIC_KEY: privatePem }, require: ['jwt'] })),
     ).toContain('holds a private key');
+    const privateJwks = join(dir, 'private-jwks.json');
+    writeFileSync(privateJwks, JSON.stringify({ keys: [rsa.privateKey.export({ format: 'jwk' })] }));
+    expect(
+      configError(() => loadConfig({ env: { WARREN_JWT_JWKS_FILE: privateJwks }, require: ['jwt'] })),
+    ).toContain(`${privateJwks}: key 0 holds "d", part of a private or secret key`);
+    const publicJwks = join(dir, 'public-jwks.json');
+    writeFileSync(publicJwks, JSON.stringify({ keys: [rsa.publicKey.export({ format: 'jwk' })] }));
+    expect(loadConfig({ env: { WARREN_JWT_JWKS_FILE: publicJwks }, require: ['jwt'] }).jwt.jwksFile).toBe(
+      publicJwks,
+    );
     const pkcs1 = String(rsa.publicKey.export({ type: 'pkcs1', format: 'pem' }));
     const config = loadConfig({ env: { WARREN_JWT_PUBLIC_KEY: pkcs1 }, require: ['jwt'] });
     const verifier = await TokenVerifier.create(config.jwt);
