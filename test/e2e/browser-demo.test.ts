@@ -108,7 +108,12 @@ describe('the warren dev demo page and its dev-only endpoints', () => {
   });
 
   it('answers only requests addressed to localhost (no DNS rebinding, no access by network address)', async () => {
-    const withHost = (host: string, path: string, via = '127.0.0.1'): Promise<number> =>
+    const withHost = (
+      host: string,
+      path: string,
+      via = '127.0.0.1',
+      headers: Record<string, string> = {},
+    ): Promise<number> =>
       new Promise((resolve, reject) => {
         const req = httpRequest(
           {
@@ -116,7 +121,7 @@ describe('the warren dev demo page and its dev-only endpoints', () => {
             port: gateway.port,
             path,
             method: 'POST',
-            headers: { host, 'content-type': 'application/json' },
+            headers: { host, 'content-type': 'application/json', ...headers },
           },
           (res) => {
             res.resume();
@@ -134,6 +139,21 @@ describe('the warren dev demo page and its dev-only endpoints', () => {
       .flat()
       .find((a) => a && a.family === 'IPv4' && !a.internal)?.address;
     if (lan) expect(await withHost(`localhost:${gateway.port}`, '/dev/token', lan)).toBe(403);
+    // Nor through a proxy or relay on this machine (which says so), nor from a page of another origin.
+    const local = `localhost:${gateway.port}`;
+    for (const relayed of <Record<string, string>[]>[
+      { 'x-forwarded-for': '203.0.113.9' },
+      { forwarded: 'for=203.0.113.9' },
+      { via: '1.1 proxy' },
+      { 'x-real-ip': '203.0.113.9' },
+      { origin: 'https://elsewhere.example' },
+      { origin: 'null' },
+    ])
+      expect({ relayed, status: await withHost(local, '/dev/token', '127.0.0.1', relayed) }).toEqual({
+        relayed,
+        status: 403,
+      });
+    expect(await withHost(local, '/dev/token', '127.0.0.1', { origin: `http://${local}` })).toBe(200);
   });
 
   /** A tab signed in as `hash` (tenant/user); in a context of its own unless one is given. */

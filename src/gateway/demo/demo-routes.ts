@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import type { TemplatedApp } from 'uWebSockets.js';
+import type { HttpRequest, TemplatedApp } from 'uWebSockets.js';
 import { EVENT_TYPE_PATTERN } from '../../protocol/ids.js';
 import { errorMessage } from '../../shared/errors.js';
 import type { Logger } from '../../shared/logger.js';
@@ -35,6 +35,17 @@ class BadRequest extends Error {}
 // Host must be the loopback name the page was opened on. Machines on the same network cannot either, even
 // sending that Host themselves: the connection must come from this machine.
 const LOCAL_HOST = /^(localhost|127\.0\.0\.1|\[::1\])(:\d+)?$/i;
+// What a proxy or a relay on this machine adds: the request then comes from elsewhere, whatever its Host.
+const RELAYED = ['forwarded', 'x-forwarded-for', 'x-forwarded-host', 'x-real-ip', 'via'];
+
+/** Whether a request reached the dev endpoints from this machine's own browser (see `LOCAL_HOST`). */
+function fromThisMachine(req: HttpRequest, peer: string): boolean {
+  if (!LOCAL_HOST.test(req.getHeader('host')) || !isLoopback(peer)) return false;
+  if (RELAYED.some((name) => req.getHeader(name) !== '')) return false;
+  // A browser says which page sent it: only one on a loopback name, as the demo page is.
+  const origin = req.getHeader('origin');
+  return origin === '' || /^http:\/\/(localhost|127\.0\.0\.1|\[::1\])(:\d+)?$/i.test(origin);
+}
 
 /** Whether uWS's text form of the peer address is a loopback address (IPv4, IPv6 or IPv4-mapped). */
 export function isLoopback(address: string): boolean {
@@ -88,7 +99,7 @@ function jsonPost(
   app.post(path, (res, req) => {
     const request = readBody(res, MAX_BODY_BYTES);
     const peer = Buffer.from(res.getRemoteAddressAsText()).toString();
-    if (!LOCAL_HOST.test(req.getHeader('host')) || !isLoopback(peer)) {
+    if (!fromThisMachine(req, peer)) {
       sendJson(res, '403 Forbidden', { error: 'dev endpoints answer only on localhost' });
       return;
     }

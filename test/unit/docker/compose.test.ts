@@ -58,4 +58,14 @@ describe('compose.yaml and docker/', () => {
     expect(conf).toMatch(/proxy_set_header Upgrade \$http_upgrade;/);
     expect(conf).toMatch(/proxy_set_header Connection \$connection_upgrade;/);
   });
+
+  it('logs requests without their query string, where a token may travel', () => {
+    const volume = services['lb']?.volumes?.[0] ?? '';
+    const conf = read(volume.split(':')[0] ?? '');
+    const format = /log_format (\w+)([^;]*);/.exec(conf);
+    expect(format?.[2]).toContain('$uri');
+    // `$request` and `$request_uri` hold the query; `$args` and `$query_string` are it.
+    expect(format?.[2]).not.toMatch(/\$(request|request_uri|args|query_string)\b/);
+    expect(conf).toMatch(new RegExp(`access_log \\S+ ${format?.[1] ?? '?'};`));
+  });
 });
