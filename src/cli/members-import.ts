@@ -5,6 +5,7 @@ import { errorMessage } from '../shared/errors.js';
 import { Keys } from '../store/keys.js';
 import {
   applyRows,
+  BatchFailed,
   FileChanged,
   formatOf,
   readMembershipFile,
@@ -135,11 +136,12 @@ export async function runMembersImport(config: Readonly<WarrenConfig>, args: Imp
   } catch (error) {
     applying.stop();
     // Redis applies a batch's rows up to the one it refuses, and keeps them.
-    const refused = refusedByRedis(error);
+    const failed = error instanceof BatchFailed ? error : undefined;
+    const refused = refusedByRedis(failed?.cause ?? error);
     console.error(
       `\nImport stopped after ${done} of ${plan.valid} rows` +
         (refused
-          ? ` (of the next ${Math.min(BATCH, plan.valid - done)}, those before the one refused may be in)`
+          ? ` (of the ${failed?.rows ?? 'next'} in the batch it refused, those before the one refused may be in)`
           : '') +
         `: ${errorMessage(error)}\n` +
         (refused

@@ -107,9 +107,20 @@ function describeRefusal(error: unknown, reason: RefusalReason): string {
     case RefusalReason.Algorithm:
       return 'algorithm not allowed';
     case RefusalReason.Signature:
-      return 'signature verification failed';
+      switch ((error as { code?: unknown }).code) {
+        case 'ERR_JWKS_NO_MATCHING_KEY':
+          return "no key of the JWKS matches the token's kid and alg (keys rotated?)";
+        case 'ERR_JWKS_MULTIPLE_MATCHING_KEYS':
+          return 'several keys of the JWKS match the token: give each key a kid';
+        default:
+          return 'signature verification failed';
+      }
     default:
-      return 'not a well-formed JWT for this gateway';
+      // Not jose's own refusal of the token (no code): the configured key is at fault, and its message
+      // names it, not the token.
+      return (error as { code?: unknown }).code === undefined
+        ? `the gateway's key cannot verify it: ${errorMessage(error).slice(0, 200)}`
+        : 'not a well-formed JWT for this gateway';
   }
 }
 

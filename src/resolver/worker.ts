@@ -132,6 +132,8 @@ export class ResolverWorker {
   private readonly resolveFailures = new FailureCounts();
   /** Tenant-wide refusals come back with every event of the tenant: told once a while per tenant. */
   private readonly refusalLog = new PerKeyThrottle(REFUSAL_LOG_MS);
+  /** Deliveries the broker did not confirm: said once a while, with how many (every event in hand fails). */
+  private readonly unconfirmedLog = new PerKeyThrottle(REFUSAL_LOG_MS);
   /** Membership-queue terms taken in this subscription, per tenant (see `MembershipStore.newTerm`). */
   private readonly terms = new Map<string, number>();
   /** Subscriptions to the membership queue so far: a term asked for under an earlier one is not kept. */
@@ -559,9 +561,11 @@ export class ResolverWorker {
    */
   private async deliveryFailed(delivery: AmqpDelivery, event: ModelEvent, error: unknown): Promise<void> {
     const { logger, metrics } = this.deps;
-    logger.warn(
-      { err: errorMessage(error), eventId: event.id },
-      'delivery not confirmed; requeued after a pause',
+    this.unconfirmedLog.tell('deliveries', 1, (events) =>
+      logger.warn(
+        { err: errorMessage(error), eventId: event.id, events },
+        'deliveries not confirmed; their events requeued after a pause',
+      ),
     );
     await sleep(REQUEUE_PAUSE_MS);
     if (delivery.live) metrics.events.inc({ outcome: 'requeued' });

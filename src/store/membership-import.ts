@@ -3,6 +3,7 @@ import type { Readable } from 'node:stream';
 import { StringDecoder } from 'node:string_decoder';
 import { membershipChangeSchema, type MembershipChange } from '../protocol/schemas.js';
 import type { MembershipStore } from './membership-store.js';
+import { errorMessage } from '../shared/errors.js';
 import { rowProblems } from './membership-row-problems.js';
 
 export type ImportFormat = 'jsonl' | 'csv';
@@ -285,6 +286,17 @@ export async function* replayRows(
   unchanged();
 }
 
+/** A batch that failed to apply: how many rows it held (those before a row Redis refused may be in). */
+export class BatchFailed extends Error {
+  constructor(
+    readonly rows: number,
+    override readonly cause: unknown,
+  ) {
+    super(errorMessage(cause), { cause });
+    this.name = 'BatchFailed';
+  }
+}
+
 // Rows held back, over all tenants, before every tenant's batch so far is applied.
 const MAX_HELD_BATCHES = 20;
 
@@ -314,7 +326,11 @@ export async function applyRows(
   const flush = async (tenantId: string, batch: MembershipChange[]) => {
     pending.delete(tenantId);
     held -= batch.length;
-    changed += await store.applyBulk(tenantId, batch, BATCH_DEADLINE_MS);
+    try {
+      changed += await store.applyBulk(tenantId, batch, BATCH_DEADLINE_MS);
+    } catch (error) {
+      throw new BatchFailed(batch.length, error);
+    }
     applied += batch.length;
     onRows(applied);
   };

@@ -147,6 +147,8 @@ describe('the warren dev demo page and its dev-only endpoints', () => {
       { via: '1.1 proxy' },
       { 'x-real-ip': '203.0.113.9' },
       { origin: 'https://elsewhere.example' },
+      // Another page on this machine: another port is another origin.
+      { origin: 'http://localhost:3000' },
       { origin: 'null' },
     ])
       expect({ relayed, status: await withHost(local, '/dev/token', '127.0.0.1', relayed) }).toEqual({

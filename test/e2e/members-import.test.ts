@@ -349,13 +349,15 @@ describe('warren members import', () => {
       const rows = [
         { tenantId: 'wrongtype', userId: 'alice', teamId: 'a' },
         { tenantId: 'wrongtype', userId: 'bob', teamId: 'b' },
+        // Another tenant's batch, never tried: not counted as the refused one's.
+        { tenantId: 'wrongtype-other', userId: 'carl', teamId: 'c' },
       ];
       const run = await warrenMembersImport(prefix, [
         file('refused.jsonl', rows.map((row) => JSON.stringify(row)).join('\n') + '\n'),
       ]);
       expect(run.code).toBe(1);
       expect(run.stderr).toContain(
-        'Import stopped after 0 of 2 rows (of the next 2, those before the one refused may be in): ',
+        'Import stopped after 0 of 3 rows (of the 2 in the batch it refused, those before the one refused may be in): ',
       );
       expect(run.stderr).toContain('WRONGTYPE');
       expect(run.stderr).toContain('Mend or delete that key');

@@ -42,9 +42,9 @@ const RELAYED = ['forwarded', 'x-forwarded-for', 'x-forwarded-host', 'x-real-ip'
 function fromThisMachine(req: HttpRequest, peer: string): boolean {
   if (!LOCAL_HOST.test(req.getHeader('host')) || !isLoopback(peer)) return false;
   if (RELAYED.some((name) => req.getHeader(name) !== '')) return false;
-  // A browser says which page sent it: only one on a loopback name, as the demo page is.
+  // A browser says which page sent it: only the demo page itself, served from this very host and port.
   const origin = req.getHeader('origin');
-  return origin === '' || /^http:\/\/(localhost|127\.0\.0\.1|\[::1\])(:\d+)?$/i.test(origin);
+  return origin === '' || origin.toLowerCase() === `http://${req.getHeader('host').toLowerCase()}`;
 }
 
 /** Whether uWS's text form of the peer address is a loopback address (IPv4, IPv6 or IPv4-mapped). */

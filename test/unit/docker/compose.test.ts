@@ -67,5 +67,7 @@ describe('compose.yaml and docker/', () => {
     // `$request` and `$request_uri` hold the query; `$args` and `$query_string` are it.
     expect(format?.[2]).not.toMatch(/\$(request|request_uri|args|query_string)\b/);
     expect(conf).toMatch(new RegExp(`access_log \\S+ ${format?.[1] ?? '?'};`));
+    // Error lines quote the request line whole: only critical ones.
+    expect(conf).toMatch(/error_log \S+ crit;/);
   });
 });
