@@ -111,14 +111,15 @@ function describeRefusal(error: unknown, reason: RefusalReason): string {
         case 'ERR_JWKS_NO_MATCHING_KEY':
           return "no key of the JWKS matches the token's kid and alg (keys rotated?)";
         case 'ERR_JWKS_MULTIPLE_MATCHING_KEYS':
-          return 'several keys of the JWKS match the token: give each key a kid';
+          return 'several keys of the JWKS match the token: it needs a kid, and each key a distinct one';
         default:
           return 'signature verification failed';
       }
     default:
-      // Not jose's own refusal of the token (no code): the configured key is at fault, and its message
+      // Not jose's own refusal of the token (none of its string codes: a TypeError of a key check, or
+      // WebCrypto's DOMException importing a JWKS key): the configured key is at fault, and its message
       // names it, not the token.
-      return (error as { code?: unknown }).code === undefined
+      return typeof (error as { code?: unknown }).code !== 'string'
         ? `the gateway's key cannot verify it: ${errorMessage(error).slice(0, 200)}`
         : 'not a well-formed JWT for this gateway';
   }

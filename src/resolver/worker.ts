@@ -541,6 +541,11 @@ export class ResolverWorker {
             // nodes tell their tabs events_missed when they beat again).
             metrics.events.inc({ outcome: messages > 0 ? 'routed' : 'no_recipients' });
             delivery.ack();
+            // Confirmed again: what failed since the last warning is said now, and the next failure at once.
+            this.unconfirmedLog.settle('deliveries', (events) => {
+              if (events > 0)
+                this.deps.logger.warn({ events }, 'deliveries confirmed again; more events were requeued');
+            });
           },
           (error: unknown) => this.deliveryFailed(delivery, event, error),
         ),

@@ -7,6 +7,7 @@ import type { WarrenPublisher } from '../../src/sdk/publisher/index.js';
 import { Keys } from '../../src/store/keys.js';
 import {
   BrokerProbe,
+  capturingLogger,
   connectPublisher,
   counter,
   eventually,
@@ -176,7 +177,8 @@ describe('a resolver whose deliveries exchange is deleted under it', () => {
     // The gateway's broker connection through a proxy of the test's own: cut, it is made again.
     const proxy = await TcpProxy.start(broker.hostname, Number(broker.port || 5672));
     const gateway = await startTestGateway(testConfig(prefix, { rabbitmq: { url: proxy.url(broker) } }));
-    const resolver = await startTestResolver(config);
+    const log = capturingLogger('warn');
+    const resolver = await startTestResolver(config, log.logger);
     const warren = await connectPublisher(config);
     const probe = await BrokerProbe.open();
     const ann = await openTab(gateway.port, await token({ sub: 'ann', tid: 'acme' }));
@@ -204,6 +206,13 @@ describe('a resolver whose deliveries exchange is deleted under it', () => {
         () => ann.eventIds().includes('e-gone'),
         'the event delivered once the gateway is back',
       );
+      // Said once when it began, and once it ended with how many more were requeued: not once per requeue.
+      const said = log.lines.filter((l) => /^deliveries (not )?confirmed/.test(String(l['msg'])));
+      const total = await counter(resolver, 'warren_resolver_events_total', { outcome: 'requeued' });
+      expect(said.map((l) => [l['msg'], l['events']])).toEqual([
+        ['deliveries not confirmed; their events requeued after a pause', 1],
+        ['deliveries confirmed again; more events were requeued', total - 1],
+      ]);
     } finally {
       ann.ws.terminate();
       await probe.close();

@@ -54,4 +54,32 @@ describe('token refusals, as logged', () => {
       message: expect.stringMatching(/^invalid token: the gateway's key cannot verify it: .*2048/) as unknown,
     });
   });
+
+  it('blames a JWKS key WebCrypto cannot import, and asks for kids when several keys match', async () => {
+    const ec = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const jwk = ec.publicKey.export({ format: 'jwk' });
+    // A point off the curve: the file reads as a JWKS, the key does not import.
+    const broken = join(dir, 'off-curve.json');
+    writeFileSync(
+      broken,
+      JSON.stringify({ keys: [{ ...jwk, kid: 'k0', x: Buffer.alloc(32, 1).toString('base64url') }] }),
+    );
+    const offCurve = await TokenVerifier.create({ jwksFile: broken, clockToleranceSec: 5 });
+    const esToken = await new SignJWT({ tid: 'acme' })
+      .setProtectedHeader({ alg: 'ES256', kid: 'k0' })
+      .setSubject('ann')
+      .setExpirationTime('1h')
+      .sign(ec.privateKey);
+    expect(await refusal(offCurve, esToken)).toMatchObject({
+      message: expect.stringMatching(/^invalid token: the gateway's key cannot verify it/) as unknown,
+    });
+    const a = generateKeyPairSync('rsa', { modulusLength: 2048 });
+    const b = generateKeyPairSync('rsa', { modulusLength: 2048 });
+    const both = await TokenVerifier.create({ jwksFile: jwksOf(a, b), clockToleranceSec: 5 });
+    expect(await refusal(both, await sign(a.privateKey))).toEqual({
+      reason: 'signature',
+      message:
+        'invalid token: several keys of the JWKS match the token: it needs a kid, and each key a distinct one',
+    });
+  });
 });
