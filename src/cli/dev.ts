@@ -12,7 +12,7 @@ import { startResolver } from '../resolver/main.js';
 import { WarrenPublisher } from '../sdk/publisher/index.js';
 import { runSteps } from '../shared/lifecycle.js';
 import { errorMessage, withoutCredentials } from '../shared/errors.js';
-import { createLogger, type Logger } from '../shared/logger.js';
+import { createLogger, writeAfterLogs, type Logger } from '../shared/logger.js';
 import { untilSignal } from './signals.js';
 
 /**
@@ -31,9 +31,15 @@ async function sayIfBrokerDown(config: Readonly<WarrenConfig>): Promise<void> {
   } catch (error) {
     // A refused password or permission stops the resolver's start with its own message.
     if (error instanceof Error && refusedForGood(error)) return;
+    const why = explainConnectFailure(error, url);
+    // The broker answered and said no (a virtual host it will not open, a connection limit): it runs.
+    const answered = why !== errorMessage(error) || /\bConnectionClose\b|\b(530|541)\b/.test(why);
     console.log(
-      `\nRabbitMQ at ${withoutCredentials(url)} is not answering (${explainConnectFailure(error, url)}).\n` +
-        'Start it (or set WARREN_RABBITMQ_URL): warren dev keeps trying, and starts once it answers.\n',
+      answered
+        ? `\nRabbitMQ at ${withoutCredentials(url)} refused the connection (${why}).\n` +
+            'warren dev keeps trying, and starts once it is let in.\n'
+        : `\nRabbitMQ at ${withoutCredentials(url)} is not answering (${why}).\n` +
+            'Start it (or set WARREN_RABBITMQ_URL): warren dev keeps trying, and starts once it answers.\n',
     );
   }
 }
@@ -82,8 +88,7 @@ export async function runDev(loaded: Readonly<WarrenConfig>): Promise<number> {
   const generated = !jwt.secret && !jwt.publicKey && !jwt.jwksFile;
   const secret = generated ? randomBytes(24).toString('base64url') : jwt.secret;
   const config = generated ? loadConfig({ overrides: { jwt: { secret } } }) : loaded;
-  // Written at once: the banner comes after the start-up logs (their warnings among them), not amid them.
-  const logger = createLogger(config.log.level, { mode: 'dev' }, { sync: true });
+  const logger = createLogger(config.log.level, { mode: 'dev' });
   const claims = { issuer: config.jwt.issuer, audience: config.jwt.audience };
   void sayIfBrokerDown(config).catch((error: unknown) =>
     logger.debug({ err: errorMessage(error) }, 'broker check failed'),
@@ -112,7 +117,8 @@ export async function runDev(loaded: Readonly<WarrenConfig>): Promise<number> {
     }),
   });
 
-  console.log(await banner(config, gateway.port, secret, generated, logger));
+  // After the start-up logs (their warnings among them), not amid them.
+  writeAfterLogs(logger, await banner(config, gateway.port, secret, generated, logger));
 
   return untilSignal(
     () =>

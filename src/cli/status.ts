@@ -136,7 +136,7 @@ export async function runStatus(config: Readonly<WarrenConfig>, options: { json:
   );
   if (status.brokerError !== undefined) {
     // In the queues' place: an empty table there read as "no queues".
-    console.log('\nqueues: unknown, RabbitMQ is unreachable');
+    console.log('\nqueues: unknown, RabbitMQ could not be asked (below)');
     console.error(`${ErrorCode.BrokerUnavailable}: ${status.brokerError}`);
     return code;
   }

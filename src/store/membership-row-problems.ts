@@ -33,7 +33,7 @@ function problem(issue: z.core.$ZodIssue, row: Record<string, unknown>): string 
       return `${field} must be 1 to 120 letters, digits, _ or - (got ${shown(value)})`;
     case 'unrecognized_keys':
       return (
-        `unknown field${issue.keys.length > 1 ? 's' : ''} ${issue.keys.join(', ')} ` +
+        `unknown field${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((key) => shown(key)).join(', ')} ` +
         `(a line has op, tenantId and two of ${MEMBERSHIP_ID_FIELDS.join(', ')})`
       );
     case 'custom': {

@@ -82,6 +82,20 @@ describe('warren dev as a process', () => {
     expect(dev.lines.join('\n')).not.toContain('hunter2');
   });
 
+  it('says a running broker refused it, not that it is not answering (a virtual host it will not open)', async () => {
+    prefix = testPrefix('dev-no-vhost');
+    const url = new URL(inject('rabbitmqUrl'));
+    url.pathname = '/no-such-vhost';
+    dev = WarrenProcess.start(['dev'], devEnv({ WARREN_RABBITMQ_URL: url.toString() }));
+    await eventually(() => dev!.lines.some((l) => l.startsWith('RabbitMQ at ')), 'the words');
+    const said = dev.lines.filter((l) => l.startsWith('RabbitMQ at ') || l.startsWith('warren dev keeps'));
+    expect(said[0]).toMatch(
+      /^RabbitMQ at amqp:\/\/\*\*\*@.* refused the connection \(RabbitMQ refused to open virtual host "no-such-vhost"/,
+    );
+    expect(said[1]).toBe('warren dev keeps trying, and starts once it is let in.');
+    expect(dev.lines.join('\n')).not.toMatch(/not answering|Start it/);
+  });
+
   it('prints a token that works, routes a demo event with its payload through the payload Redis, and stops on Ctrl-C (SIGINT)', async () => {
     prefix = testPrefix('dev-process');
     dev = WarrenProcess.start(

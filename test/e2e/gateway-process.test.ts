@@ -350,7 +350,7 @@ describe('warren gateway as a process', () => {
     expect(rows).toContainEqual([nodeId, 'yes', expect.stringMatching(/^\d+ s ago$/), '0', '0']);
     // Where the queues' table would be, why there is none: an empty table there read as "no queues".
     expect(rows).not.toContainEqual(['queue', 'messages', 'consumers']);
-    const said = status.lines.indexOf('queues: unknown, RabbitMQ is unreachable');
+    const said = status.lines.indexOf('queues: unknown, RabbitMQ could not be asked (below)');
     expect(said).toBeGreaterThan(status.lines.findIndex((line) => line.startsWith('tenant')));
     expect(status.lines[said + 1]).toMatch(
       /^WARREN_ERR_BROKER_UNAVAILABLE: cannot connect to RabbitMQ at amqp:\/\/\*\*\*@127\.0\.0\.1:1: /,
