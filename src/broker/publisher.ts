@@ -183,17 +183,21 @@ export class Publisher {
     return this.channelWithin(deadline - Date.now());
   }
 
-  async publish(
-    exchange: string,
-    routingKey: string,
-    body: Buffer,
-    options: PublishOptions = {},
-  ): Promise<void> {
-    const { waitForConnectionMs, confirmTimeoutMs, failIfBlocked, ...amqpOptions } = options;
+  /**
+   * Throws (or rejects with) what `publish` would now with `failIfBlocked`, before its caller does work for
+   * the message (a payload stored for it): closed, the broker blocking publishers, or no channel within
+   * `waitMs`.
+   */
+  async whenPublishable(waitMs: number): Promise<void> {
+    await this.channelFor(waitMs, true);
+  }
+
+  /** The channel a publish goes on, or why there is none; a channel open is given at once, not awaited. */
+  private channelFor(
+    waitMs: number | undefined,
+    failIfBlocked: boolean | undefined,
+  ): ConfirmChannel | Promise<ConfirmChannel> {
     if (this.closed) throw new WarrenError(ErrorCode.Closed, 'the publisher is closed');
-    const publishId = options.mandatory ? randomUUID() : undefined;
-    if (publishId !== undefined)
-      amqpOptions.headers = { ...(options.headers ?? {}), [PUBLISH_ID_HEADER]: publishId };
     const blocked = this.broker.blocked;
     if (failIfBlocked && blocked !== undefined) {
       throw new WarrenError(
@@ -202,17 +206,29 @@ export class Publisher {
         { retryable: true },
       );
     }
-    // With a channel open, no await: the SDK passes waitForConnectionMs on every publish.
-    const channel =
-      this.channel ??
-      (waitForConnectionMs !== undefined && waitForConnectionMs > 0
-        ? await this.waitForChannel(waitForConnectionMs)
-        : undefined);
-    if (!channel) {
+    const none = (): never => {
       // Closing: trying again cannot help, unlike a connection that is coming back.
       if (this.closed) throw new WarrenError(ErrorCode.Closed, 'the publisher is closed');
       throw new WarrenError(ErrorCode.BrokerUnavailable, 'not connected to the broker', { retryable: true });
-    }
+    };
+    if (this.channel) return this.channel;
+    if (waitMs === undefined || waitMs <= 0) return none();
+    return this.waitForChannel(waitMs).then((channel) => channel ?? none());
+  }
+
+  async publish(
+    exchange: string,
+    routingKey: string,
+    body: Buffer,
+    options: PublishOptions = {},
+  ): Promise<void> {
+    const { waitForConnectionMs, confirmTimeoutMs, failIfBlocked, ...amqpOptions } = options;
+    const found = this.channelFor(waitForConnectionMs, failIfBlocked);
+    // With a channel open, no await: the SDK passes waitForConnectionMs on every publish.
+    const channel = found instanceof Promise ? await found : found;
+    const publishId = options.mandatory ? randomUUID() : undefined;
+    if (publishId !== undefined)
+      amqpOptions.headers = { ...(options.headers ?? {}), [PUBLISH_ID_HEADER]: publishId };
     return new Promise<void>((resolve, fail) => {
       const reject = (error: WarrenError): void => {
         clearTimeout(timer);

@@ -33,7 +33,7 @@ async function sayIfBrokerDown(config: Readonly<WarrenConfig>): Promise<void> {
     if (error instanceof Error && refusedForGood(error)) return;
     const why = explainConnectFailure(error, url);
     // The broker answered and said no (a virtual host it will not open, a connection limit): it runs.
-    const answered = why !== errorMessage(error) || /\bConnectionClose\b|\b(530|541)\b/.test(why);
+    const answered = why !== errorMessage(error);
     console.log(
       answered
         ? `\nRabbitMQ at ${withoutCredentials(url)} refused the connection (${why}).\n` +
@@ -46,13 +46,12 @@ async function sayIfBrokerDown(config: Readonly<WarrenConfig>): Promise<void> {
 
 /** What to try dev with, printed in one piece: a log line written in its middle split it. */
 async function banner(
-  config: Readonly<WarrenConfig>,
   port: number,
   secret: string | undefined,
   generated: boolean,
+  mint: ((tenantId: string, userId: string) => Promise<string>) | undefined,
   logger: Logger,
 ): Promise<string> {
-  const claims = { issuer: config.jwt.issuer, audience: config.jwt.audience };
   const lines = [
     '',
     'Warren dev is running.',
@@ -61,8 +60,8 @@ async function banner(
   ];
   const sample = DEMO_DIRECTORY[0];
   const sampleUser = sample?.users[0];
-  if (secret && sample && sampleUser) {
-    const token = await mintDevToken(secret, sample.id, sampleUser.id, claims);
+  if (secret && mint && sample && sampleUser) {
+    const token = await mint(sample.id, sampleUser.id);
     // A secret of the operator's own is never echoed: it may be shared with a real installation.
     if (generated) lines.push(`  JWT secret (HS256, generated for this run): ${secret}`);
     lines.push(`  Token for user ${sampleUser.id} of tenant ${sample.id} (1 h): ${token}`);
@@ -90,6 +89,9 @@ export async function runDev(loaded: Readonly<WarrenConfig>): Promise<number> {
   const config = generated ? loadConfig({ overrides: { jwt: { secret } } }) : loaded;
   const logger = createLogger(config.log.level, { mode: 'dev' });
   const claims = { issuer: config.jwt.issuer, audience: config.jwt.audience };
+  const mint = secret
+    ? (tenantId: string, userId: string) => mintDevToken(secret, tenantId, userId, claims)
+    : undefined;
   void sayIfBrokerDown(config).catch((error: unknown) =>
     logger.debug({ err: errorMessage(error) }, 'broker check failed'),
   );
@@ -108,9 +110,7 @@ export async function runDev(loaded: Readonly<WarrenConfig>): Promise<number> {
   const gateway = await startGateway(config, {
     logger,
     routes: demoRoutes({
-      ...(secret
-        ? { mintToken: (tenantId: string, userId: string) => mintDevToken(secret, tenantId, userId, claims) }
-        : {}),
+      ...(mint ? { mintToken: mint } : {}),
       publish: (event) => publisher.publishEvent(event),
       clientBundlePath: join(findPackageRoot(), 'dist', 'client', 'warren-client.js'),
       logger,
@@ -118,7 +118,7 @@ export async function runDev(loaded: Readonly<WarrenConfig>): Promise<number> {
   });
 
   // After the start-up logs (their warnings among them), not amid them.
-  writeAfterLogs(logger, await banner(config, gateway.port, secret, generated, logger));
+  writeAfterLogs(logger, await banner(gateway.port, secret, generated, mint, logger));
 
   return untilSignal(
     () =>

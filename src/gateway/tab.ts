@@ -33,7 +33,6 @@ export function endIfRevoked(
 /** Called once per gateway-initiated close, for metrics. */
 export type CloseListener = (code: number) => void;
 
-/** One browser tab: a socket plus the identity its token proved. */
 /**
  * A client pings only to find out whether its connection is alive (the SDK every 25 s at most, never more
  * than once a second): a few at once, then one a second. Past that each ping costs the node's one thread
@@ -65,6 +64,7 @@ export class PingBudget {
   }
 }
 
+/** One browser tab: a socket plus the identity its token proved. */
 export class Tab implements RegisteredTab {
   readonly id: string;
   readonly tenantId: string;

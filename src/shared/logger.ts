@@ -4,8 +4,8 @@ export type { Logger };
 
 /**
  * The one root logger of a process; components take `logger.child({ component })`. It writes
- * asynchronously (a reader that stalls must not stall the process): a line logged before a `console.log`
- * may come out after it; `writeAfterLogs` keeps the order.
+ * asynchronously (a reader that stalls must not stall the process): a line logged before the process
+ * writes to stdout itself may come out after that; `writeAfterLogs` keeps the order.
  */
 export function createLogger(level: LevelWithSilent, bindings: Record<string, unknown> = {}): Logger {
   return pino({ level, base: { pid: process.pid, ...bindings } });

@@ -43,7 +43,9 @@ import {
  * that would make it larger is claim-checked whatever `claimCheckBytes` says, or the resolver would
  * dead-letter it unread.
  */
-export const MAX_INLINE_EVENT_BYTES = 16 * 1024 * 1024;
+export const MAX_INLINE_EVENT_BYTES = DEFAULTS.resolverMaxMessageBytes;
+/** Room left in an inline event for what the broker adds to it. */
+const INLINE_HEADROOM_BYTES = 64;
 
 export type { MembershipChange, ModelEvent, Revocation };
 export type { PublisherOptions } from './options.js';
@@ -287,7 +289,10 @@ export class WarrenPublisher {
     }
     if (serialised === undefined) return body;
     const bytes = Buffer.byteLength(serialised);
-    if (bytes <= this.settings.claimCheckBytes && bytes + body.length <= MAX_INLINE_EVENT_BYTES - 64)
+    if (
+      bytes <= this.settings.claimCheckBytes &&
+      bytes + body.length <= MAX_INLINE_EVENT_BYTES - INLINE_HEADROOM_BYTES
+    )
       // Spliced in rather than serialised a second time along with the envelope.
       return `${body.slice(0, -1)},"data":${serialised}}`;
     // Not stored for an event that cannot be published now: a caller retrying through an outage would
@@ -335,16 +340,7 @@ export class WarrenPublisher {
    */
   private async publishable(): Promise<void> {
     this.assertOpen();
-    const blocked = this.broker.blocked;
-    if (blocked !== undefined)
-      throw new WarrenError(
-        ErrorCode.BrokerUnavailable,
-        `the broker is not taking messages (${blocked}): try again later`,
-        { retryable: true },
-      );
-    if (await this.publisher.readyWithin(this.settings.publishTimeoutMs)) return;
-    this.assertOpen();
-    throw new WarrenError(ErrorCode.BrokerUnavailable, 'not connected to the broker', { retryable: true });
+    await this.publisher.whenPublishable(this.settings.publishTimeoutMs);
   }
 
   /**
