@@ -171,7 +171,7 @@ describe('warren gateway as a process', () => {
   it('exits 1 when another process took its fixed id while it was cut off from the broker', async () => {
     prefix = testPrefix('id-taken');
     const target = new URL(inject('rabbitmqUrl'));
-    const proxy = await TcpProxy.start(target.hostname, Number(target.port || 5672));
+    const proxy = await TcpProxy.toUrl(target);
     try {
       const env = gatewayEnv(prefix, { WARREN_GATEWAY_ID: 'gw-b', WARREN_GATEWAY_DRAIN_WINDOW_MS: '0' });
       const first = WarrenProcess.start(['gateway'], { ...env, WARREN_RABBITMQ_URL: proxy.url(target) });

@@ -12,7 +12,7 @@ describe('broker connection', () => {
 
   beforeEach(async () => {
     const target = new URL(inject('rabbitmqUrl'));
-    proxy = await TcpProxy.start(target.hostname, Number(target.port || 5672));
+    proxy = await TcpProxy.toUrl(target);
     broker = testBrokerConnection(testPrefix('connection'), proxy.url(target));
   });
   afterEach(async () => {

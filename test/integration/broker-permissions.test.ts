@@ -156,7 +156,7 @@ describe.skipIf(!local || !brokerIsLocal)('broker permissions from the README', 
   it('tells a service whose account may not declare to connect with declareTopology: false, at the first refusal', async () => {
     const url = new URL(urlFor(accounts.service.user));
     // Through a proxy of the test's own, which counts the attempts.
-    const proxy = await TcpProxy.start(url.hostname, Number(url.port || 5672));
+    const proxy = await TcpProxy.toUrl(url);
     try {
       const connecting = WarrenPublisher.connect({
         rabbitmqUrl: proxy.url(url),

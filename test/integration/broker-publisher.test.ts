@@ -109,7 +109,7 @@ describe('publisher', () => {
 
   it('gives up on a confirm that does not come, and closes without waiting for it', async () => {
     const target = new URL(inject('rabbitmqUrl'));
-    const proxy = await TcpProxy.start(target.hostname, Number(target.port || 5672));
+    const proxy = await TcpProxy.toUrl(target);
     const { broker, publisher } = await connected('publisher-stalled', proxy.url(target));
     try {
       await publisher.publish('', queue, Buffer.from('confirmed'), { confirmTimeoutMs: 2000 });
@@ -134,7 +134,7 @@ describe('publisher', () => {
 
   it('fails a publish still unconfirmed when close() gives up on the silent broker, by the time it returns', async () => {
     const target = new URL(inject('rabbitmqUrl'));
-    const proxy = await TcpProxy.start(target.hostname, Number(target.port || 5672));
+    const proxy = await TcpProxy.toUrl(target);
     const { broker, publisher } = await connected('publisher-close-unconfirmed', proxy.url(target));
     try {
       proxy.stall();
@@ -180,7 +180,7 @@ describe('publisher', () => {
 
   it('forgets a block with the connection it was raised on: a publish waits for the next one', async () => {
     const target = new URL(inject('rabbitmqUrl'));
-    const proxy = await TcpProxy.start(target.hostname, Number(target.port || 5672));
+    const proxy = await TcpProxy.toUrl(target);
     const { broker, publisher } = await connected('publisher-blocked-cut', proxy.url(target));
     try {
       broker.model?.emit('blocked', 'low on memory');

@@ -175,7 +175,7 @@ describe('claim check while the payloads’ own Redis is away', () => {
   beforeEach(async () => {
     prefix = testPrefix('payload-redis-away');
     const target = new URL(payloadRedisUrl());
-    proxy = await TcpProxy.start(target.hostname, Number(target.port || 6379));
+    proxy = await TcpProxy.toUrl(target);
     // The gateway and the resolver reach the payloads' Redis through the proxy; the service directly.
     // A small prefetch window: events waiting for the payloads' Redis must not fill it.
     const config = testConfig(prefix, {
@@ -411,7 +411,7 @@ describe('the payload store on a Redis of its own that hangs', () => {
     const prefix = testPrefix('payload-store-hung');
     const keys = new Keys(prefix);
     const target = new URL(payloadRedisUrl());
-    const proxy = await TcpProxy.start(target.hostname, Number(target.port || 6379));
+    const proxy = await TcpProxy.toUrl(target);
     const redis = await createPayloadRedis({
       url: proxy.url(payloadRedisUrl()),
       name: 'test-payload-store',

@@ -401,7 +401,7 @@ describe('claim check over two gateway nodes, a resolver and the publisher SDK',
     // A node of its own whose payloads' Redis (the same server, through a proxy) the test can hold still,
     // so the payload read waits for the test while new tabs are still checked (their revocations).
     const target = new URL(inject('redisUrl'));
-    const proxy = await TcpProxy.start(target.hostname, Number(target.port || 6379));
+    const proxy = await TcpProxy.toUrl(target);
     const node = await startGateway(testConfig(prefix, { claimCheck: { redisUrl: proxy.url(target) } }), {
       logger: silentLogger(),
     });
@@ -445,7 +445,7 @@ describe('claim check over two gateway nodes, a resolver and the publisher SDK',
     const PREFETCH = 4;
     const LIMIT = 2;
     const target = new URL(inject('redisUrl'));
-    const proxy = await TcpProxy.start(target.hostname, Number(target.port || 6379));
+    const proxy = await TcpProxy.toUrl(target);
     const node = await startGateway(
       testConfig(prefix, {
         redis: { url: proxy.url(target) },
@@ -632,7 +632,7 @@ describe('payload fetcher on a real Redis', () => {
 
   it('fails a read that Redis does not answer in time, and reads afresh once it answers again', async () => {
     const target = new URL(inject('redisUrl'));
-    const proxy = await TcpProxy.start(target.hostname, Number(target.port || 6379));
+    const proxy = await TcpProxy.toUrl(target);
     const stalling = await createRedis({
       url: proxy.url(target),
       name: 'fetcher-stall',

@@ -75,7 +75,7 @@ describe('connecting to services that refuse', () => {
     const url = new URL(inject('rabbitmqUrl'));
     url.password = 'not-the-password';
     // Through a proxy of the test's own, which counts the attempts.
-    const proxy = await TcpProxy.start(url.hostname, Number(url.port || 5672));
+    const proxy = await TcpProxy.toUrl(url);
     try {
       const error = (await WarrenPublisher.connect({
         rabbitmqUrl: proxy.url(url),
@@ -99,7 +99,7 @@ describe('connecting to services that refuse', () => {
   it('a gateway or a resolver whose broker password is refused stops starting at the first refusal', async () => {
     const url = new URL(inject('rabbitmqUrl'));
     url.password = 'not-the-password';
-    const proxy = await TcpProxy.start(url.hostname, Number(url.port || 5672));
+    const proxy = await TcpProxy.toUrl(url);
     const prefix = testPrefix('refused-start');
     try {
       const config = testConfig(prefix, { rabbitmq: { url: proxy.url(url) } });
@@ -168,7 +168,7 @@ describe('connecting to services that refuse', () => {
 
   it('a Redis client closes when its server hangs or is away, instead of waiting for it', async () => {
     const target = new URL(inject('redisUrl'));
-    const proxy = await TcpProxy.start(target.hostname, Number(target.port || 6379));
+    const proxy = await TcpProxy.toUrl(target);
     try {
       for (const fail of [() => proxy.stall(), () => (proxy.refuse(), proxy.cut())]) {
         const redis = await createRedis({
@@ -231,7 +231,7 @@ describe('connecting to services that refuse', () => {
     '%s whose payloads’ Redis refuses does not start, and leaves no client on its main Redis',
     async (_, start: (mainUrl: string) => Promise<unknown>) => {
       const target = new URL(inject('redisUrl'));
-      const proxy = await TcpProxy.start(target.hostname, Number(target.port || 6379));
+      const proxy = await TcpProxy.toUrl(target);
       try {
         await expect(start(proxy.url(target))).rejects.toThrow(
           'cannot connect to Redis at redis://127.0.0.1:1',

@@ -150,7 +150,7 @@ describe('a token that expires before its tab is welcomed', () => {
 
   it('closes the tab with 4001 and sends no welcome', async () => {
     const target = new URL(inject('rabbitmqUrl'));
-    proxy = await TcpProxy.start(target.hostname, Number(target.port || 5672));
+    proxy = await TcpProxy.toUrl(target);
     gateway = await startTestGateway(
       testConfig(prefix, { rabbitmq: { url: proxy.url(target), heartbeatSec: 0 } }),
     );

@@ -78,7 +78,7 @@ describe('bindings: once per user, grace on reload, again after a reconnect, gon
   it('re-declares its queue and re-binds every held user after the broker connection drops', async () => {
     prefix = testPrefix('reconnect');
     const target = new URL(inject('rabbitmqUrl'));
-    proxy = await TcpProxy.start(target.hostname, Number(target.port || 5672));
+    proxy = await TcpProxy.toUrl(target);
     gateway = await startTestGateway(testConfig(prefix, { rabbitmq: { url: proxy.url(target) } }));
     probe = await BrokerProbe.open();
 
@@ -119,7 +119,7 @@ describe('bindings: once per user, grace on reload, again after a reconnect, gon
    */
   async function cutOffNode(id: string, heartbeatMs = 5000) {
     const target = new URL(inject('rabbitmqUrl'));
-    proxy = await TcpProxy.start(target.hostname, Number(target.port || 5672));
+    proxy = await TcpProxy.toUrl(target);
     const config = testConfig(prefix, {
       gateway: { id, drainWindowMs: 0 },
       presence: { heartbeatMs, expiryMs: 3 * heartbeatMs },
@@ -276,7 +276,7 @@ describe('bindings: once per user, grace on reload, again after a reconnect, gon
   it('binds nothing again when its queue outlived the dropped broker connection', async () => {
     prefix = testPrefix('reconnect-kept');
     const target = new URL(inject('rabbitmqUrl'));
-    proxy = await TcpProxy.start(target.hostname, Number(target.port || 5672));
+    proxy = await TcpProxy.toUrl(target);
     gateway = await startTestGateway(testConfig(prefix, { rabbitmq: { url: proxy.url(target) } }));
     probe = await BrokerProbe.open();
     const a = await open(gateway.port, 't1', 'A');
@@ -301,7 +301,7 @@ describe('bindings: once per user, grace on reload, again after a reconnect, gon
   it('unbinds a key whose grace period ended while the broker was away, once the broker is back', async () => {
     prefix = testPrefix('stray');
     const target = new URL(inject('rabbitmqUrl'));
-    proxy = await TcpProxy.start(target.hostname, Number(target.port || 5672));
+    proxy = await TcpProxy.toUrl(target);
     gateway = await startTestGateway(
       testConfig(prefix, { rabbitmq: { url: proxy.url(target) }, gateway: { unbindGraceMs: 200 } }),
     );
@@ -372,7 +372,7 @@ describe('a drain while Redis hangs', () => {
   it('still unbinds its users and deletes its queue: they need only the broker', async () => {
     const prefix = testPrefix('drain-redis-stall');
     const target = new URL(inject('redisUrl'));
-    const proxy = await TcpProxy.start(target.hostname, Number(target.port || 6379));
+    const proxy = await TcpProxy.toUrl(target);
     const gateway = await startTestGateway(
       testConfig(prefix, {
         redis: { url: proxy.url(target) },

@@ -71,7 +71,7 @@ describe('gateway HTTP: /healthz, /readyz, /metrics', () => {
   it('is ready only while the broker is connected, and refuses new sockets while it is not', async () => {
     prefix = testPrefix('http-ready');
     const target = new URL(inject('rabbitmqUrl'));
-    proxy = await TcpProxy.start(target.hostname, Number(target.port || 5672));
+    proxy = await TcpProxy.toUrl(target);
     gateway = await startTestGateway(testConfig(prefix, { rabbitmq: { url: proxy.url(target) } }));
     const port = gateway.port;
 

@@ -44,7 +44,7 @@ describe('a node whose queue overflows', () => {
   it('tells its tabs events_missed and counts the deliveries the broker dropped', async () => {
     const config = testConfig(prefix);
     const target = new URL(inject('rabbitmqUrl'));
-    proxy = await TcpProxy.start(target.hostname, Number(target.port || 5672));
+    proxy = await TcpProxy.toUrl(target);
     // The node reaches the broker through the proxy; the resolver and the service directly.
     gateway = await startTestGateway(
       testConfig(prefix, {

@@ -354,7 +354,7 @@ describe('revoking a user while a gateway is away from the broker', () => {
   ): Promise<void> {
     const prefix = testPrefix(name);
     const target = new URL(inject('rabbitmqUrl'));
-    const proxy = await TcpProxy.start(target.hostname, Number(target.port || 5672));
+    const proxy = await TcpProxy.toUrl(target);
     const gateway = await startTestGateway(
       testConfig(prefix, { ...overrides, rabbitmq: { url: proxy.url(target) } }),
     );
@@ -499,7 +499,7 @@ describe('revoking a user while a gateway’s queue overflows', () => {
     // Payload reads stall (their Redis through a proxy), so the node stops taking deliveries and its queue
     // overflows while it stays connected.
     const target = new URL(inject('redisUrl'));
-    const proxy = await TcpProxy.start(target.hostname, Number(target.port || 6379));
+    const proxy = await TcpProxy.toUrl(target);
     const gateway = await startTestGateway(
       testConfig(prefix, {
         claimCheck: { redisUrl: proxy.url(target) },

@@ -13,7 +13,7 @@ describe('a membership change resent after its connection went silent', () => {
   it('is refused by Redis once past its deadline (imports), instead of landing late', async () => {
     await withWarrenRedis('resend', async (direct, keys) => {
       const target = new URL(inject('redisUrl'));
-      const proxy = await TcpProxy.start(target.hostname, Number(target.port || 6379));
+      const proxy = await TcpProxy.toUrl(target);
       const redis = await createRedis({
         url: proxy.url(target),
         name: 'warren-test-resend',

@@ -73,7 +73,7 @@ describe('presence of gateway nodes in Redis', () => {
   ): Promise<void> {
     const prefix = testPrefix(name);
     const target = new URL(inject('redisUrl'));
-    const proxy = await TcpProxy.start(target.hostname, Number(target.port || 6379));
+    const proxy = await TcpProxy.toUrl(target);
     const gateway = await startTestGateway(
       testConfig(prefix, {
         redis: { url: proxy.url(target), ...redis },

@@ -61,7 +61,7 @@ describe('publisher SDK: calls it cannot do', () => {
   it('stores no payload for an event the broker cannot take now, and one copy for its retries', async () => {
     const prefix = testPrefix('sdk-away');
     const broker = new URL(inject('rabbitmqUrl'));
-    const proxy = await TcpProxy.start(broker.hostname, Number(broker.port || 5672));
+    const proxy = await TcpProxy.toUrl(broker);
     const warren = await connect(prefix, {
       rabbitmqUrl: proxy.url(broker),
       claimCheckBytes: 10,
@@ -164,7 +164,7 @@ describe('publisher SDK: calls it cannot do', () => {
   it('gives up connecting to a Redis that takes the connection and never answers', async () => {
     const prefix = testPrefix('sdk-silent-redis');
     const redisUrl = new URL(inject('redisUrl'));
-    const proxy = await TcpProxy.start(redisUrl.hostname, Number(redisUrl.port || 6379));
+    const proxy = await TcpProxy.toUrl(redisUrl);
     proxy.stall();
     try {
       const connecting = connect(prefix, {

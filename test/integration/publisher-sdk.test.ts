@@ -199,7 +199,7 @@ describe('publisher SDK: Redis that takes the connection and never answers', () 
   it('rejects membership changes and large events after redisTimeoutMs, never applies them later, and works again once it answers', async () => {
     const prefix = testPrefix('sdk-redis-hang');
     const redisUrl = new URL(inject('redisUrl'));
-    const proxy = await TcpProxy.start(redisUrl.hostname, Number(redisUrl.port || 6379));
+    const proxy = await TcpProxy.toUrl(redisUrl);
     const warren = await WarrenPublisher.connect({
       logger: quiet,
       rabbitmqUrl: inject('rabbitmqUrl'),
@@ -278,8 +278,8 @@ describe('publisher SDK: close', () => {
     const prefix = testPrefix('sdk-close');
     const broker = new URL(inject('rabbitmqUrl'));
     const redis = new URL(inject('redisUrl'));
-    const toBroker = await TcpProxy.start(broker.hostname, Number(broker.port || 5672));
-    const toRedis = await TcpProxy.start(redis.hostname, Number(redis.port || 6379));
+    const toBroker = await TcpProxy.toUrl(broker);
+    const toRedis = await TcpProxy.toUrl(redis);
     const warren = await WarrenPublisher.connect({
       logger: quiet,
       rabbitmqUrl: toBroker.url(broker),

@@ -42,7 +42,7 @@ describe.skipIf(!hasRedisServer)('a Redis server changing behind its address', (
    */
   async function failoverStage(name: string) {
     const prefix = testPrefix(name);
-    const proxy = await TcpProxy.start(main.hostname, Number(main.port || 6379));
+    const proxy = await TcpProxy.toUrl(main);
     const gateway = await startTestGateway(
       testConfig(prefix, {
         redis: { url: proxy.url(main) },
@@ -74,7 +74,7 @@ describe.skipIf(!hasRedisServer)('a Redis server changing behind its address', (
   }
 
   it('is told apart from a reconnect to the same server', async () => {
-    const proxy = await TcpProxy.start(main.hostname, Number(main.port || 6379));
+    const proxy = await TcpProxy.toUrl(main);
     const redis = await createRedis({
       url: proxy.url(main),
       name: 'warren-test-watch',

@@ -154,9 +154,9 @@ describe('a resolver cut off from the broker while its membership term is on the
   it.each(['flow', 'cut'] as const)('never applies the change under it (%s)', async (release) => {
     const redisTarget = new URL(inject('redisUrl'));
     const amqpTarget = new URL(inject('rabbitmqUrl'));
-    const redisProxy = await TcpProxy.start(redisTarget.hostname, Number(redisTarget.port || 6379));
+    const redisProxy = await TcpProxy.toUrl(redisTarget);
     proxies.push(redisProxy);
-    const amqpProxy = await TcpProxy.start(amqpTarget.hostname, Number(amqpTarget.port || 5672));
+    const amqpProxy = await TcpProxy.toUrl(amqpTarget);
     proxies.push(amqpProxy);
     const termsAsked = vi.spyOn(MembershipStore.prototype, 'newTerm');
     // A subscribes first, so it is the queue's active reader; B waits behind it.
@@ -211,7 +211,7 @@ describe('a membership term asked of Redis', () => {
     const prefix = testPrefix('term-guard');
     const keys = new Keys(prefix);
     const target = new URL(inject('redisUrl'));
-    const proxy = await TcpProxy.start(target.hostname, Number(target.port || 6379));
+    const proxy = await TcpProxy.toUrl(target);
     const direct = new Redis(inject('redisUrl'));
     let client: WarrenRedis | undefined;
     const term = async () => Number(await direct.get(keys.membershipTerm('acme')));

@@ -151,7 +151,7 @@ describe('a resolver closing while the broker stops answering (as under a resour
   it('goes through every step, bounded, and leaves no connection open', async () => {
     const prefix = testPrefix('recovery-close');
     const target = new URL(inject('rabbitmqUrl'));
-    const proxy = await TcpProxy.start(target.hostname, Number(target.port || 5672));
+    const proxy = await TcpProxy.toUrl(target);
     try {
       const resolver = await startTestResolver(testConfig(prefix, { rabbitmq: { url: proxy.url(target) } }));
       expect(proxy.open).toBeGreaterThan(0);
@@ -175,7 +175,7 @@ describe('a resolver whose deliveries exchange is deleted under it', () => {
     const config = testConfig(prefix);
     const broker = new URL(inject('rabbitmqUrl'));
     // The gateway's broker connection through a proxy of the test's own: cut, it is made again.
-    const proxy = await TcpProxy.start(broker.hostname, Number(broker.port || 5672));
+    const proxy = await TcpProxy.toUrl(broker);
     const gateway = await startTestGateway(testConfig(prefix, { rabbitmq: { url: proxy.url(broker) } }));
     const log = capturingLogger('warn');
     const resolver = await startTestResolver(config, log.logger);

@@ -26,6 +26,12 @@ export class TcpProxy {
     readonly port: number,
   ) {}
 
+  /** A proxy to the server a URL names (`amqp:` and `redis:` URLs, their default ports when none is given). */
+  static toUrl(url: URL): Promise<TcpProxy> {
+    const defaultPort = url.protocol.startsWith('redis') ? 6379 : 5672;
+    return TcpProxy.start(url.hostname, Number(url.port || defaultPort));
+  }
+
   static async start(targetHost: string, targetPort: number): Promise<TcpProxy> {
     const state: { proxy?: TcpProxy } = {};
     const server = createServer((client) => {
