@@ -252,6 +252,19 @@ export class Consumer {
     });
   }
 
+  /**
+   * Subscribes again on a new channel, set up as after a loss (`prepare`, then `resubscribed`): for what
+   * the consumer's owner found lost that the broker does not report to a consumer (its queue's bindings).
+   * Deliveries not acked yet come again. Does nothing while stopped or already re-subscribing.
+   */
+  restart(reason: string): void {
+    const channel = this.channel;
+    if (this.stopped || channel === undefined) return;
+    this.channel = undefined;
+    channel.close().catch(() => {});
+    this.resubscribe(reason);
+  }
+
   /** The channel, for operations that must happen on it (e.g. deleting the queue while draining). */
   get currentChannel(): Channel | undefined {
     return this.channel;

@@ -1,6 +1,6 @@
 import roaring from 'roaring';
 import type { Delivery } from '../broker/consumer.js';
-import { ControlMessage, DeliveryHeader } from '../protocol/delivery.js';
+import { ControlMessage, DeliveryHeader, isProbe } from '../protocol/delivery.js';
 import { FrameErrorCode } from '../protocol/frames.js';
 import { isValidId, parseUserKey, userKey } from '../protocol/ids.js';
 import { JOB_ID_PATTERN } from '../protocol/schemas.js';
@@ -355,6 +355,8 @@ export class DeliveryRouter {
   }
 
   private applyControl(routingKey: string, headers: Record<string, unknown>): void {
+    // The node's own check of its bindings (BindingCheck): it got here, so they are there.
+    if (isProbe(headers)) return;
     const raw = headers[DeliveryHeader.Control];
     const kind = Buffer.isBuffer(raw) ? raw.toString() : raw;
     const at = Number(headers[DeliveryHeader.RevokedAt]);

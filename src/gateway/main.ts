@@ -3,9 +3,11 @@ import type { TemplatedApp } from 'uWebSockets.js';
 import { BindingPool } from '../broker/binding-pool.js';
 import { BrokerConnection, refusedForGood } from '../broker/connection.js';
 import { Consumer } from '../broker/consumer.js';
+import { Publisher } from '../broker/publisher.js';
 import {
   declareDroppedQueue,
   declareGatewayQueue,
+  declareTopology,
   declareTopologyOn,
   queueConsumers,
   queueExists,
@@ -13,7 +15,7 @@ import {
 } from '../broker/topology.js';
 import type { WarrenConfig } from '../config/schema.js';
 import { CloseCode } from '../protocol/close-codes.js';
-import { ID_MAP_UNSETTLED } from '../protocol/delivery.js';
+import { ID_MAP_UNSETTLED, isProbe } from '../protocol/delivery.js';
 import { FrameErrorCode } from '../protocol/frames.js';
 import { nodeKey } from '../protocol/ids.js';
 import { Keys } from '../store/keys.js';
@@ -25,6 +27,7 @@ import { OpsHttp } from '../shared/ops-http.js';
 import { CloseOnce, fulfilsWithin, runSteps, sleep, withTimeout, type Step } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import { createRegistry, type Registry } from '../shared/metrics.js';
+import { BindingCheck } from './binding-check.js';
 import { BlockingTokenVerifier } from './blocking-verifier.js';
 import { DeliveryRouter } from './delivery-router.js';
 import { DropNotices, dropReasonOf } from './drop-notices.js';
@@ -326,6 +329,13 @@ export async function startGateway(
    */
   let queueLosses = 0;
   let lossesRebound = 0;
+  /** What the latest loss was: told to the tabs with `events_missed`. */
+  let lossWhy = 'the node queue was lost';
+  /**
+   * Set when the binding check found the node's bindings gone while its queue stayed (the deliveries
+   * exchange deleted): the consumer is set up again, declaring the exchange, and every key bound again.
+   */
+  let bindingsLost = false;
   /**
    * Revocations whose message the node may have missed (dropped from its full queue while it was away, or
    * lost with the queue): read from Redis now that every key is bound (one written after this read comes
@@ -348,7 +358,7 @@ export async function startGateway(
     // Told once, by the rebind of the latest loss (an earlier one finishing first must not).
     if (keysLost && losses === queueLosses) {
       lossesRebound = losses;
-      eventsMissed('the node queue was lost');
+      eventsMissed(lossWhy);
     }
     await readMissedRevocations(losses, recovery);
     return keysLost;
@@ -393,7 +403,17 @@ export async function startGateway(
             router.pause();
           }
         }
-        if (queueDeclared && !(await queueExists(model, queue))) queueLosses += 1;
+        const unbound = bindingsLost;
+        // The exchange may be gone too: its node key is bound below.
+        if (unbound) await declareTopology(channel, names);
+        if (queueDeclared && unbound) {
+          queueLosses += 1;
+          lossWhy = 'the node’s bindings were lost';
+          bindingsLost = false;
+        } else if (queueDeclared && !(await queueExists(model, queue))) {
+          queueLosses += 1;
+          lossWhy = 'the node queue was lost';
+        }
         await declareGatewayQueue(channel, queue, {
           maxLength: g.queueMaxLength,
           dropped: droppedQueue,
@@ -453,6 +473,8 @@ export async function startGateway(
     },
     (delivery) => {
       delivery.ack();
+      // A binding probe pushed out of the full queue: no event was lost with it.
+      if (isProbe(delivery.message.properties.headers)) return;
       const reason = dropReasonOf(delivery.message.properties.headers);
       metrics.dropped.inc({ reason });
       dropNotices.record(reason);
@@ -470,6 +492,27 @@ export async function startGateway(
   await consumer.start();
   await pool.start();
   await droppedConsumer.start();
+  const probes = new Publisher(broker, logger);
+  await probes.start();
+  const bindingCheck = new BindingCheck(
+    probes,
+    {
+      exchange: names.deliveries,
+      nodeKey: nodeKey(nodeId),
+      periodMs: config.presence.heartbeatMs,
+      // A recovery under way binds everything again itself.
+      skip: () => draining || superseded || pausedForRecovery || !broker.connected,
+      lost: (why) => {
+        logger.warn(
+          { exchange: names.deliveries, why },
+          'the node’s bindings are gone (was the exchange deleted?): declaring it and binding every held user again',
+        );
+        bindingsLost = true;
+        consumer.restart('the node’s bindings were lost');
+      },
+    },
+    logger,
+  );
   await broker.onConnect(async () => {
     const keysHeld = registry.boundKeys().length;
     if ((await rebind()) && keysHeld > 0)
@@ -486,6 +529,7 @@ export async function startGateway(
         consumer.close(),
         droppedConsumer.close(),
         pool.close(),
+        bindingCheck.close(),
         closeRedis(redis),
         payloadRedis && closeRedis(payloadRedis),
         verifier.close(),
@@ -608,6 +652,7 @@ export async function startGateway(
   }
   await beat();
   const heartbeat = setInterval(() => void beat(), config.presence.heartbeatMs);
+  bindingCheck.start();
   // Another Redis server (restart, failover) may lack what this node wrote to the old one (its users'
   // presence, the tenants it announced them in) and may have given a held user's bit to someone else:
   // announce every user again and check every bit now, not a heartbeat later, and tell the tabs.
@@ -753,6 +798,7 @@ export async function startGateway(
           { name: 'close consumer', run: () => consumer.close() },
           { name: 'close dropped-deliveries consumer', run: () => droppedConsumer.close() },
           { name: 'close bind channels', run: () => pool.close() },
+          { name: 'stop checking bindings', run: () => bindingCheck.close() },
           { name: 'close broker', run: () => broker.close() },
           { name: 'stop watching the redis server', run: () => redisServer.watch?.stop() },
           { name: 'close redis', run: () => closeRedis(redis) },

@@ -36,7 +36,20 @@ export const ControlMessage = {
    * them (4001, `token revoked`).
    */
   Revoke: 'revoke',
+  /**
+   * A gateway checking its own bindings: published by the gateway itself, mandatory, to the deliveries
+   * exchange by its node key `n.<nodeId>`. One the broker returns, or one refused for want of the
+   * exchange, means the node's bindings are gone (the exchange was deleted). It reaches the node's own
+   * queue otherwise, where it is acked and ignored; nobody else acts on it.
+   */
+  Probe: 'probe',
 } as const;
+
+/** Whether a message on the deliveries exchange is a gateway's binding probe (ControlMessage.Probe). */
+export function isProbe(headers: Record<string, unknown> | undefined): boolean {
+  const raw = headers?.[DeliveryHeader.Control];
+  return (Buffer.isBuffer(raw) ? raw.toString() : raw) === ControlMessage.Probe;
+}
 
 /**
  * `DeliveryHeader.IdMap` of a delivery resolved while its resolver did not know which Redis server it was

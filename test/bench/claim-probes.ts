@@ -2,6 +2,7 @@ import { createRequire } from 'node:module';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
 import type { Channel, ChannelModel, ConsumeMessage } from 'amqplib';
+import { isProbe } from '../../src/protocol/delivery.js';
 import { throughLocalPort } from '../support/tcp-proxy.js';
 
 /**
@@ -61,6 +62,8 @@ export class SpyQueue {
 
   private record(message: ConsumeMessage): void {
     const headers = (message.properties.headers ?? {}) as Record<string, unknown>;
+    // A gateway checking its own bindings, not a delivery.
+    if (isProbe(headers)) return;
     const cc = headers['CC'];
     this.messages.push({
       exchange: message.fields.exchange,

@@ -350,6 +350,56 @@ describe('bindings: once per user, grace on reload, again after a reconnect, gon
     ]);
   });
 
+  describe('binds its users again when the deliveries exchange is deleted under its queue', () => {
+    // The broker tells no queue that its bindings went with an exchange: the node's probe finds it.
+    const heartbeatMs = 300;
+
+    async function deleteDeliveriesExchange(redeclare: boolean): Promise<TestTab> {
+      prefix = testPrefix(redeclare ? 'exchange-again' : 'exchange-gone');
+      gateway = await startTestGateway(testConfig(prefix, { presence: { heartbeatMs, expiryMs: 3000 } }));
+      probe = await BrokerProbe.open();
+      const a = await open(gateway.port, 't1', 'A');
+      await probe.deliver(prefix, ['u.t1.A'], { id: 'before', tenantId: 't1' });
+      await eventually(() => a.eventIds().includes('before'), 'before');
+
+      const ch = await probe.model.createChannel();
+      await ch.deleteExchange(`${prefix}.deliveries`);
+      // As a resolver reconnecting would: the exchange is back, with no binding on it.
+      if (redeclare) await ch.assertExchange(`${prefix}.deliveries`, 'topic', { durable: true });
+      await ch.close();
+      return a;
+    }
+
+    async function receivesAgain(a: TestTab): Promise<void> {
+      await eventually(() => probe!.routes(prefix, 'u.t1.A'), 'A bound again', 10_000);
+      await probe!.deliver(prefix, ['u.t1.A'], { id: 'after', tenantId: 't1' });
+      await eventually(() => a.eventIds().includes('after'), 'the same tab receives again');
+      expect(a.eventIds()).toEqual(['before', 'after']);
+      expect(a.closeCode).toBeUndefined();
+      // What was routed while the bindings were gone is lost: the tab is told to resynchronise, once.
+      await eventually(() => a.frames.some((f) => f.type === 'error'), 'events_missed');
+      expect(a.frames.filter((f) => f.type === 'error').map((f) => f.type === 'error' && f.code)).toEqual([
+        'events_missed',
+      ]);
+    }
+
+    it('declared again by another process', async () => {
+      const a = await deleteDeliveriesExchange(true);
+      await receivesAgain(a);
+      // Its probes reached its own queue all along, and were neither written to the tab nor counted lost,
+      // refused or delivered.
+      expect(await counter(gateway!, 'warren_gateway_dropped_deliveries_total')).toBe(0);
+      expect(await counter(gateway!, 'warren_gateway_refused_total')).toBe(0);
+      expect(await counter(gateway!, 'warren_gateway_deliveries_total')).toBe(2);
+    });
+
+    it('declared by nobody: the node declares it', async () => {
+      const a = await deleteDeliveriesExchange(false);
+      await eventually(() => probe!.exchangeExists(`${prefix}.deliveries`), 'declared again', 10_000);
+      await receivesAgain(a);
+    });
+  });
+
   it('drains: tabs get 4100, then the node’s queue and bindings are gone', async () => {
     prefix = testPrefix('drain');
     gateway = await startTestGateway(testConfig(prefix, { gateway: { drainWindowMs: 300 } }));

@@ -2,7 +2,7 @@ import amqp, { type ChannelModel, type ConsumeMessage } from 'amqplib';
 import { Redis } from 'ioredis';
 import roaring from 'roaring';
 import { inject } from 'vitest';
-import { DeliveryHeader } from '../../src/protocol/delivery.js';
+import { DeliveryHeader, isProbe } from '../../src/protocol/delivery.js';
 import { userKey } from '../../src/protocol/ids.js';
 import { Keys } from '../../src/store/keys.js';
 
@@ -48,6 +48,8 @@ export class DeliverySpy {
   }
 
   private async record(message: ConsumeMessage): Promise<void> {
+    // A gateway checking its own bindings, not a delivery.
+    if (isProbe(message.properties.headers)) return;
     const keys = await this.recipientKeys(message);
     this.messages.push(message);
     const id = String(message.properties.messageId);

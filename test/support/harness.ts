@@ -10,6 +10,7 @@ import { queueExists } from '../../src/broker/topology.js';
 import { loadConfig } from '../../src/config/load.js';
 import type { WarrenConfig } from '../../src/config/schema.js';
 import { startGateway, type Gateway } from '../../src/gateway/main.js';
+import { ControlMessage, DeliveryHeader } from '../../src/protocol/delivery.js';
 import type { ServerFrame } from '../../src/protocol/frames.js';
 import { createLogger, silentLogger, type Logger } from '../../src/shared/logger.js';
 import type { Registry } from '../../src/shared/metrics.js';
@@ -298,7 +299,8 @@ export class BrokerProbe {
         `${prefix}.deliveries`,
         key,
         Buffer.from('null'),
-        { mandatory: true, messageId: 'probe', type: 'probe', headers: { 'x-warren-tenant': 'probe' } },
+        // A gateway's own binding probe: a gateway the key routes to acks it and does nothing else.
+        { mandatory: true, headers: { [DeliveryHeader.Control]: ControlMessage.Probe } },
         (err: unknown) => (err ? reject(err as Error) : resolve()),
       ),
     );
