@@ -123,6 +123,15 @@ describe('revoking a user', () => {
     expect(metrics).toMatch(/^warren_gateway_auth_failures_total\{reason="revoked",node="\w+"\} 2$/m);
   });
 
+  it('closes open tabs whose token’s iat is ahead of the gateway’s clock: shown now, it was issued by now', async () => {
+    // An issuer whose clock runs an hour ahead, and one that wrote `iat` in milliseconds: both tokens are
+    // taken, and their tabs are open when the user is revoked.
+    const ahead = await open(0, 't1', 'A', await tokenIssuedAt('A', 't1', seconds() + 3600));
+    const inMs = await open(1, 't1', 'A', await tokenIssuedAt('A', 't1', Date.now()));
+    await warren.revokeUser('t1', 'A');
+    await eventually(() => ahead.closeCode === 4001 && inMs.closeCode === 4001, 'both tabs close with 4001');
+  });
+
   it('lasts its ttl, then the old tokens are taken again', async () => {
     const old = await tokenIssuedAt('A', 't1', seconds() - 60);
     await warren.revokeUser('t1', 'A', { ttlSec: 1 });
