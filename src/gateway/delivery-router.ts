@@ -2,7 +2,7 @@ import roaring from 'roaring';
 import type { Delivery } from '../broker/consumer.js';
 import { ControlMessage, DeliveryHeader, isProbe } from '../protocol/delivery.js';
 import { FrameErrorCode } from '../protocol/frames.js';
-import { isValidId, parseUserKey, userKey } from '../protocol/ids.js';
+import { isValidId, nodeKey, parseUserKey, userKey } from '../protocol/ids.js';
 import { JOB_ID_PATTERN } from '../protocol/schemas.js';
 import { errorMessage } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
@@ -94,6 +94,18 @@ function localKeysByBit(
     for (const [bit, entry] of local) if (bits.has(bit)) keys.push(entry.key);
   }
   return keys;
+}
+
+/**
+ * Whether a delivery's routing key is one a resolver publishes it with: a node's key when node-routed, a
+ * user key of its own tenant when user-routed. The routing key is what the broker checked against the
+ * publisher's topic permission; the keys in CC are not checked (RabbitMQ before 4.0), so an account
+ * confined to one tenant's user keys (as the README gives a service that revokes users) could otherwise
+ * name another tenant in the headers and reach that tenant's tabs through CC.
+ */
+function routedAsPublished(routingKey: string, tenantId: string, byBit: boolean): boolean {
+  if (byBit) return routingKey.startsWith(nodeKey(''));
+  return parseUserKey(routingKey)?.tenantId === tenantId;
 }
 
 /** Whether node-routed bits read from the Redis server of a stamp are this node's bits. */
@@ -210,6 +222,15 @@ export class DeliveryRouter {
       this.logger.error(
         { routingKey: message.fields.routingKey },
         'delivery without tenant, id or type, or with a malformed job id, dropped',
+      );
+      delivery.ack();
+      return;
+    }
+    if (!routedAsPublished(message.fields.routingKey, tenantId, byBit !== undefined)) {
+      this.refuse('tenant_mismatch', 1);
+      this.logger.error(
+        { routingKey: message.fields.routingKey, tenantId, eventId },
+        'delivery whose routing key is not its tenant’s (nor, node-routed, a node’s) refused',
       );
       delivery.ack();
       return;

@@ -249,6 +249,50 @@ describe.skipIf(!local || !brokerIsLocal)('broker permissions from the README', 
     }
   });
 
+  it('a service allowed to revoke its tenant’s users (README) cannot write to another tenant’s tabs through CC', async () => {
+    // Write on the deliveries exchange, confined to acme's user keys by a topic permission, as the README
+    // gives a service that calls revokeUser.
+    const revoker = `${prefix}-revoker`;
+    await ctl('add_user', revoker, password);
+    const ann = await openTab(gateway.port, await token({ sub: 'ann', tid: 'acme' }));
+    const gus = await openTab(gateway.port, await token({ sub: 'gus', tid: 'globex' }));
+    try {
+      await ctl('set_permissions', '-p', vhost, revoker, '^$', `^${escaped}\\.deliveries$`, '^$');
+      await ctl('set_topic_permissions', '-p', vhost, revoker, `${prefix}.deliveries`, '^u\\.acme\\.', '^$');
+      const model = await amqp.connect(urlFor(revoker));
+      try {
+        const deliver = (id: string, tenantId: string, cc: string[]) =>
+          outcome(
+            model,
+            (channel) =>
+              new Promise<void>((resolve, reject) =>
+                channel.publish(
+                  `${prefix}.deliveries`,
+                  'u.acme.ann',
+                  Buffer.from('{"forged":true}'),
+                  { messageId: id, type: 'alert.raised', headers: { 'x-warren-tenant': tenantId, CC: cc } },
+                  (error: unknown) => (error ? reject(error as Error) : resolve()),
+                ),
+              ),
+          );
+        // The broker checks the routing key against the topic permission, not the keys in CC (RabbitMQ
+        // before 4.0): both are routed to the gateway holding gus.
+        expect(await deliver('forged-globex', 'globex', ['u.globex.gus'])).toBe('allowed');
+        expect(await deliver('forged-acme', 'acme', ['u.globex.gus'])).toBe('allowed');
+        // Behind them in the node's queue: once ann has it, they have been handled.
+        expect(await deliver('marker', 'acme', [])).toBe('allowed');
+        await eventually(() => ann.eventIds().includes('marker'), 'the marker reaches ann');
+        expect(gus.eventIds()).toEqual([]);
+      } finally {
+        await model.close();
+      }
+    } finally {
+      ann.ws.terminate();
+      gus.ws.terminate();
+      await ctl('delete_user', revoker).catch(() => {});
+    }
+  });
+
   it('a service account cannot put a message on a Warren queue by name, nor declare anything', async () => {
     const model = await amqp.connect(urlFor(accounts.service.user));
     try {

@@ -264,6 +264,45 @@ describe('DeliveryRouter, node-routed deliveries stamped with a Redis server', (
   });
 });
 
+describe('DeliveryRouter, a delivery whose routing key is not one a resolver gives it', () => {
+  // The broker checks only the routing key against a publisher's topic permission, not the keys in CC:
+  // headers naming another tenant than the routing key do not come from a resolver.
+  const delivery = (routingKey: string, headers: Record<string, unknown>, acks: string[]): Delivery =>
+    ({
+      message: {
+        fields: { routingKey },
+        properties: { messageId: routingKey, type: 'alert.raised', headers },
+        content: Buffer.from('{"forged":true}'),
+      },
+      ack: () => acks.push(routingKey),
+    }) as unknown as Delivery;
+
+  it('writes nothing when user-routed by another tenant’s key, or node-routed by a user key', async () => {
+    const { frames, router, metrics } = await routerFor('ann', () => 5);
+    const acks: string[] = [];
+    const annOfAcme = userKey('acme', 'ann');
+    router.handle(delivery('u.globex.eve', { [DeliveryHeader.Tenant]: 'acme', CC: [annOfAcme] }, acks));
+    router.handle(
+      delivery(
+        'u.globex.mallory',
+        {
+          [DeliveryHeader.Tenant]: 'acme',
+          [DeliveryHeader.Recipients]: new roaring.RoaringBitmap32([5]).serialize('portable'),
+          CC: ['n.n1'],
+        },
+        acks,
+      ),
+    );
+    expect(acks).toEqual(['u.globex.eve', 'u.globex.mallory']);
+    expect(frames).toEqual([]);
+    const refused = (await metrics.refused.get()).values;
+    expect(refused).toEqual([expect.objectContaining({ labels: { reason: 'tenant_mismatch' }, value: 2 })]);
+    // Routed as a resolver routes it, the same delivery is written.
+    router.handle(delivery(annOfAcme, { [DeliveryHeader.Tenant]: 'acme' }, acks));
+    expect(frames).toEqual([expect.stringContaining(`"id":"${annOfAcme}"`)]);
+  });
+});
+
 describe('DeliveryRouter.writeTo (resume replays)', () => {
   it('shares the per-turn slice with live deliveries and keeps the replay in order, its last frame after it', async () => {
     const { router } = await routerFor('ann', () => 1);
