@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import type { ConsumeMessage, Options } from 'amqplib';
 import type { Delivery as AmqpDelivery } from '../broker/consumer.js';
 import { PUBLISH_ID_HEADER, type Publisher } from '../broker/publisher.js';
-import type { TopologyNames } from '../broker/topology.js';
+import { isNotFound, type TopologyNames } from '../broker/topology.js';
 import { DeadLetterHeader, RetryHeader } from '../protocol/delivery.js';
 import type { MembershipChange, ModelEvent } from '../protocol/schemas.js';
 import { ErrorCode, errorMessage, isWarrenError } from '../shared/errors.js';
@@ -708,13 +708,23 @@ export class ResolverWorker {
         // The dead-letter queue gone (deleted by hand): the broker would confirm a copy it routed nowhere.
         mandatory: true,
       });
-    /** The dead-letter queue was found missing: a reject would go into nothing too. */
+    /** The dead-letter queue or exchange was found missing: a reject would go into nothing too. */
     let queueMissing = false;
     const copied = await copy()
       .catch(async (error: unknown) => {
-        if (!isWarrenError(error, ErrorCode.Unroutable)) throw error;
+        // The exchange gone, the broker closes the publish channel (404) rather than return the copy. It is
+        // the queues' own dead-letter exchange too: rejected, the message would be dropped. Only a 404 that
+        // names it: one of a publish beside it (the deliveries exchange gone) is not to be declared here.
+        const exchangeMissing =
+          isWarrenError(error, ErrorCode.PublishRejected) &&
+          isNotFound(error.cause) &&
+          errorMessage(error.cause).includes(`exchange '${names.dlx}'`);
+        if (!isWarrenError(error, ErrorCode.Unroutable) && !exchangeMissing) throw error;
         queueMissing = true;
-        logger.warn({ queue: names.dead }, 'dead-letter queue missing; declaring the topology again');
+        logger.warn(
+          { queue: names.dead, exchange: names.dlx },
+          'dead-letter queue or exchange missing; declaring the topology again',
+        );
         await this.redeclare();
         return copy();
       })

@@ -498,3 +498,39 @@ describe('an event queued right behind malformed messages', () => {
     ann.ws.terminate();
   });
 });
+
+describe('a dead-letter exchange deleted under a resolver', () => {
+  const prefix = testPrefix('dlx-gone');
+  const config = testConfig(prefix);
+  let resolver: Resolver;
+  let probe: BrokerProbe;
+
+  beforeAll(async () => {
+    resolver = await startTestResolver(config);
+    probe = await BrokerProbe.open();
+  });
+  afterAll(async () => {
+    await resolver.close();
+    await probe.deleteExchangesAndQueues(prefix);
+    await probe.close();
+    await cleanRedis(prefix);
+  });
+
+  it('is declared again, and the dead letter reaches the dead-letter queue with its reason', async () => {
+    const channel = await probe.model.createChannel();
+    // The exchange alone (its binding goes with it): the queue stays, and the queues' own dead-letter
+    // exchange is gone too, so a plain reject would drop the message.
+    await channel.deleteExchange(`${prefix}.dlx`);
+    channel.publish(`${prefix}.events`, 'acme.note.created', Buffer.from('{"not":"an event"'), {
+      contentType: 'application/json',
+    });
+    const dead: GetMessage[] = [];
+    await eventually(async () => {
+      const message = await channel.get(`${prefix}.dead`, { noAck: true });
+      if (message) dead.push(message);
+      return dead.length > 0;
+    }, 'the dead letter in the dead-letter queue');
+    expect(dead[0]?.properties.headers?.['x-warren-code']).toBe('not_json');
+    await channel.close();
+  });
+});
