@@ -208,6 +208,21 @@ describe('publisher SDK: events no queue takes', () => {
     }
   });
 
+  it('declares the events exchange again when it was deleted, and the event reaches the resolver queue', async () => {
+    const prefix = testPrefix('sdk-no-exchange');
+    const warren = await connect(prefix);
+    const probe = await BrokerProbe.open();
+    try {
+      // The resolver queue's binding goes with it: nothing routes events until the exchange is declared.
+      await probe.channel.deleteExchange(`${prefix}.events`);
+      await warren.publishEvent({ ...event('evt-kept'), type: 'x' });
+      expect((await probe.channel.checkQueue(`${prefix}.resolver`)).messageCount).toBe(1);
+    } finally {
+      await probe.close();
+      await removeInstallation(prefix, { warren });
+    }
+  });
+
   it('says what failed, with a code, when declaring the topology again fails', async () => {
     const prefix = testPrefix('sdk-redeclare');
     const warren = await connect(prefix);

@@ -5,6 +5,7 @@ import { Publisher } from '../../broker/publisher.js';
 import {
   checkExchangeOn,
   declareTopologyOn,
+  isNotFound,
   topologyNames,
   type TopologyNames,
 } from '../../broker/topology.js';
@@ -266,7 +267,14 @@ export class WarrenPublisher {
     try {
       await send();
     } catch (error) {
-      if (!isWarrenError(error, ErrorCode.Unroutable)) throw error;
+      // The events exchange deleted: the broker closes the channel (404) instead of returning the event, and
+      // every later publish fails the same way until something declares it again.
+      const exchangeGone =
+        this.settings.declareTopology &&
+        isWarrenError(error, ErrorCode.PublishRejected) &&
+        isNotFound(error.cause) &&
+        errorMessage(error.cause).includes(`exchange '${this.names.events}'`);
+      if (!isWarrenError(error, ErrorCode.Unroutable) && !exchangeGone) throw error;
       await this.declareAgain(error);
       // It reached no queue, so sending it once more is not a repeat.
       await send();
@@ -312,7 +320,10 @@ export class WarrenPublisher {
     return JSON.stringify({ ...envelope, jobId });
   }
 
-  /** After an event no queue took: the topology declared again, as on connect, or why it cannot be. */
+  /**
+   * After an event no queue (or no exchange) took: the topology declared again, as on connect, or why it
+   * cannot be.
+   */
   private async declareAgain(unroutable: WarrenError): Promise<void> {
     const model = this.broker.model;
     if (!this.settings.declareTopology || !model)
