@@ -7,8 +7,17 @@ const SHOWN_CHARS = 40;
 
 /** A value as the line has it, short: a plain word bare (`del`), anything else as JSON. */
 function shown(value: unknown): string {
-  const text =
-    typeof value === 'string' && /^[\w.:@*#/-]+$/.test(value) ? value : (JSON.stringify(value) ?? 'nothing');
+  let text: string;
+  try {
+    text =
+      typeof value === 'string' && /^[\w.:@*#/-]+$/.test(value)
+        ? value
+        : (JSON.stringify(value) ?? 'nothing');
+  } catch {
+    // JSON.parse takes nesting of any depth, JSON.stringify runs out of stack: one bad line, not a file that
+    // cannot be read.
+    text = 'a value nested too deeply to show';
+  }
   return text.length > SHOWN_CHARS ? `${text.slice(0, SHOWN_CHARS)}…` : text;
 }
 

@@ -137,6 +137,15 @@ describe('membership import: validated once, read again to apply', () => {
     ]);
   });
 
+  it('reports a line nested deeper than can be shown as a bad line, and reads on', async () => {
+    const file = join(dir, 'deep.jsonl');
+    const deep = '['.repeat(200_000) + ']'.repeat(200_000);
+    writeFileSync(file, `{"tenantId":"acme","userId":${deep},"teamId":"icu"}\n` + rows(1));
+    const plan = await readMembershipFile(file, { format: 'jsonl' });
+    expect(plan).toMatchObject({ rows: 2, valid: 1 });
+    expect(plan.bad).toEqual([{ line: 1, reason: expect.stringContaining('userId must be a string') }]);
+  });
+
   it('stops when the file changed after it was validated, whatever the change', async () => {
     const grown = join(dir, 'grown.jsonl');
     writeFileSync(grown, rows(3));
