@@ -143,6 +143,32 @@ describe('publisher SDK: calls it cannot do', () => {
     }
   });
 
+  it('gives up a first revocation within publishTimeoutMs on a broker that stopped answering', async () => {
+    const prefix = testPrefix('sdk-revoke-silent');
+    const url = new URL(inject('rabbitmqUrl'));
+    const proxy = await TcpProxy.toUrl(url);
+    const warren = await connect(prefix, {
+      rabbitmqUrl: proxy.url(url),
+      publishTimeoutMs: 1000,
+      confirmTimeoutMs: 1000,
+    });
+    try {
+      // The notices' channel is opened at first use: on a silent connection nothing answers that either.
+      proxy.blackhole();
+      const started = Date.now();
+      await expect(warren.revokeUser('acme', 'ann', { ttlSec: 60 })).rejects.toMatchObject({
+        code: 'WARREN_ERR_BROKER_UNAVAILABLE',
+        retryable: true,
+      });
+      // Not when the heartbeat gives the connection up (about 30 s on; never with heartbeat=0).
+      expect(Date.now() - started).toBeLessThan(5000);
+    } finally {
+      await warren.close();
+      await proxy.close();
+      await removeInstallation(prefix, {});
+    }
+  });
+
   it('refuses a payload that JSON cannot carry, rather than storing null', async () => {
     const prefix = testPrefix('sdk-payload');
     const warren = await connect(prefix);

@@ -448,21 +448,24 @@ export class WarrenPublisher {
     );
     // By the user's own key, which every gateway holding the user has bound, whatever the routing mode.
     try {
-      await (
-        await this.controlPublisher()
-      ).publish(this.names.deliveries, userKey(tenantId, userId), Buffer.alloc(0), {
-        headers: {
-          [DeliveryHeader.Control]: ControlMessage.Revoke,
-          [DeliveryHeader.Tenant]: tenantId,
-          // Every token: an instant past any `iat` (a header cannot carry Infinity).
-          [DeliveryHeader.RevokedAt]: Number.isFinite(revocation.revokedAt)
-            ? revocation.revokedAt
-            : Number.MAX_SAFE_INTEGER,
+      await this.controlPublisher().publish(
+        this.names.deliveries,
+        userKey(tenantId, userId),
+        Buffer.alloc(0),
+        {
+          headers: {
+            [DeliveryHeader.Control]: ControlMessage.Revoke,
+            [DeliveryHeader.Tenant]: tenantId,
+            // Every token: an instant past any `iat` (a header cannot carry Infinity).
+            [DeliveryHeader.RevokedAt]: Number.isFinite(revocation.revokedAt)
+              ? revocation.revokedAt
+              : Number.MAX_SAFE_INTEGER,
+          },
+          waitForConnectionMs: this.settings.publishTimeoutMs,
+          confirmTimeoutMs: this.settings.confirmTimeoutMs,
+          failIfBlocked: true,
         },
-        waitForConnectionMs: this.settings.publishTimeoutMs,
-        confirmTimeoutMs: this.settings.confirmTimeoutMs,
-        failIfBlocked: true,
-      });
+      );
     } catch (error) {
       // Refused for good: the account's permission (a routing key or exchange it may not write to).
       const refused = isWarrenError(error, ErrorCode.PublishRejected) && !error.retryable;
@@ -484,11 +487,18 @@ export class WarrenPublisher {
   }
 
   /** The revocation notices' publisher (see `controls`), started on first use. */
-  private async controlPublisher(): Promise<Publisher> {
+  private controlPublisher(): Publisher {
     if (this.controls) return this.controls;
     const controls = new Publisher(this.broker, this.logger);
     this.controls = controls;
-    await controls.start();
+    // Not waited for: on a connection that stopped answering, opening the channel waits until the heartbeat
+    // gives the connection up (about 30 s; for good with heartbeat=0). The publish waits for the channel
+    // within publishTimeoutMs instead, as after a reconnect, and the next connection opens it again.
+    controls
+      .start()
+      .catch((error: unknown) =>
+        this.logger.warn({ err: errorMessage(error) }, 'cannot open the revocation notices’ channel'),
+      );
     return controls;
   }
 
