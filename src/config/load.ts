@@ -128,7 +128,9 @@ function fromEnv(env: Readonly<Record<string, string | undefined>>, problems: st
     }
     // Only spaces: a slip (`WARREN_JWT_ISSUER= `), which would otherwise refuse every token or fail later.
     if (raw.trim() === '') {
-      problems.push(`${field.path.join('.')} [${name}]: blank (leave it unset or empty for the default)`);
+      problems.push(
+        `${field.path.join('.')} [${name}] (from environment): blank (leave it unset or empty for the default)`,
+      );
       continue;
     }
     const read = coerce(field, raw);

@@ -263,8 +263,8 @@ describe('loadConfig', () => {
       loadConfig({ env: { WARREN_JWT_ISSUER: '  ', WARREN_GATEWAY_HOST: ' ' } }),
     );
     expect(message).toContain('(2 problems)');
-    expect(message).toContain('jwt.issuer [WARREN_JWT_ISSUER]: blank');
-    expect(message).toContain('gateway.host [WARREN_GATEWAY_HOST]: blank');
+    expect(message).toContain('jwt.issuer [WARREN_JWT_ISSUER] (from environment): blank');
+    expect(message).toContain('gateway.host [WARREN_GATEWAY_HOST] (from environment): blank');
   });
 
   it('refuses a Redis URL whose path is not a database number', () => {
