@@ -57,7 +57,21 @@ function isTree(value: unknown): value is Tree {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
-function merge(target: Tree, source: Tree, origin: string, origins: Map<string, string>, path = ''): void {
+/** Whether `path` names a section of the configuration (`gateway`), not a key (`gateway.port`). */
+function isSection(path: string): boolean {
+  return CONFIG_FIELDS.some(
+    (f) => f.path.length > path.split('.').length && f.path.join('.').startsWith(`${path}.`),
+  );
+}
+
+function merge(
+  target: Tree,
+  source: Tree,
+  origin: string,
+  origins: Map<string, string>,
+  problems: string[],
+  path = '',
+): void {
   for (const [key, value] of Object.entries(source)) {
     const at = path ? `${path}.${key}` : key;
     const current = target[key];
@@ -65,8 +79,14 @@ function merge(target: Tree, source: Tree, origin: string, origins: Map<string, 
     // changes nothing, as if it were not there.
     if (value === null) continue;
     if (isTree(value) && isTree(current)) {
-      merge(current, value, origin, origins, at);
+      merge(current, value, origin, origins, problems, at);
     } else {
+      // A section given as one value (`gateway: 8080` in a file) that a later source's keys of that section
+      // replace (WARREN_GATEWAY_PORT): the schema never sees it, so it is told here, or it would vanish.
+      if (isTree(value) && current !== undefined && !isTree(current) && isSection(at))
+        problems.push(
+          `${at} (from ${origins.get(at) ?? 'config'}): must be a section of keys (got ${shown(at.split('.'), current)})`,
+        );
       target[key] = isTree(value) ? structuredClone(value) : value;
       origins.set(at, origin);
     }
@@ -284,14 +304,20 @@ export function loadConfig(options: LoadConfigOptions = {}): Readonly<WarrenConf
   const merged: Tree = {};
 
   const defaults = join(findPackageRoot(), 'config', 'default.yaml');
-  merge(merged, readYaml(defaults, 'config/default.yaml', problems), 'config/default.yaml', origins);
+  merge(
+    merged,
+    readYaml(defaults, 'config/default.yaml', problems),
+    'config/default.yaml',
+    origins,
+    problems,
+  );
   const file = env['WARREN_CONFIG'];
   if (file) {
     const path = resolve(options.cwd ?? process.cwd(), file);
-    merge(merged, readYaml(path, 'WARREN_CONFIG', problems), path, origins);
+    merge(merged, readYaml(path, 'WARREN_CONFIG', problems), path, origins, problems);
   }
-  merge(merged, fromEnv(env, problems), 'environment', origins);
-  if (options.overrides) merge(merged, options.overrides, 'overrides', origins);
+  merge(merged, fromEnv(env, problems), 'environment', origins, problems);
+  if (options.overrides) merge(merged, options.overrides, 'overrides', origins, problems);
 
   const result = configSchema.safeParse(merged);
   if (!result.success)

@@ -102,6 +102,16 @@ describe('loadConfig', () => {
     expect(message).toMatch(/^Invalid configuration \(8 problems\)/);
   });
 
+  it('reports a section given as one value in the file, also when a variable sets a key of that section', () => {
+    const file = tempFile('scalar.yaml', 'gateway: 8080\njwt: not-a-section\n');
+    for (const env of [{}, { WARREN_GATEWAY_HOST: '127.0.0.1', WARREN_JWT_ISSUER: 'me' }]) {
+      const message = configError(() => loadConfig({ env: { WARREN_CONFIG: file, ...env } }));
+      expect(message).toMatch(new RegExp(`gateway \\(from ${file}\\): .*\\(got 8080\\)`));
+      expect(message).toContain(`jwt (from ${file})`);
+      expect(message).not.toContain('not-a-section');
+    }
+  });
+
   it('reports an unreadable or malformed WARREN_CONFIG file', () => {
     expect(configError(() => loadConfig({ env: { WARREN_CONFIG: '/no/such/file.yaml' } }))).toContain(
       'cannot read /no/such/file.yaml',
