@@ -100,7 +100,11 @@ function jsonPost(
     const request = readBody(res, MAX_BODY_BYTES);
     const peer = Buffer.from(res.getRemoteAddressAsText()).toString();
     if (!fromThisMachine(req, peer)) {
-      sendJson(res, '403 Forbidden', { error: 'dev endpoints answer only on localhost' });
+      sendJson(res, '403 Forbidden', {
+        error:
+          'dev endpoints answer only the demo page of this machine: opened at localhost, 127.0.0.1 or [::1], ' +
+          'not through a proxy, not from a page of another origin',
+      });
       return;
     }
     jsonBody(request.body, req.getHeader('content-type'))
