@@ -48,7 +48,7 @@ function problem(issue: z.core.$ZodIssue, row: Record<string, unknown>): string 
     case 'custom': {
       const named = issue.params?.['idsNamed'];
       if (typeof named === 'number')
-        return `a line names exactly two of ${MEMBERSHIP_ID_FIELDS.join(', ')} (got ${COUNTS[named] ?? named})`;
+        return `a line must name exactly two of ${MEMBERSHIP_ID_FIELDS.join(', ')} (got ${COUNTS[named] ?? named})`;
       return `${field || 'the line'}: ${issue.message}`;
     }
     default:

@@ -250,7 +250,7 @@ describe('warren members import', () => {
     expect(reported(run.stderr, jsonl)).toEqual([
       [2, has('not valid JSON')],
       [4, has('userId must be 1 to 120 letters, digits, _ or - (got cid.x)')],
-      [5, has('a line names exactly two of userId, teamId, groupId (got three)')],
+      [5, has('a line must name exactly two of userId, teamId, groupId (got three)')],
       [7, has('op must be add or remove (got toggle)')],
       [8, has('not a JSON object')],
       [10, has('op must be add or remove (got null)')],
@@ -259,7 +259,7 @@ describe('warren members import', () => {
     expect(run.stderr).toContain(
       `${jsonl}:11: op must be add or remove (got del); ` +
         'tenantId is missing (give each row a tenantId, or pass --tenant); ' +
-        'a line names exactly two of userId, teamId, groupId (got three)\n',
+        'a line must name exactly two of userId, teamId, groupId (got three)\n',
     );
     expect(run.stderr).toContain('7 bad line(s) of 10; nothing was imported.');
     expect(await reach({ teams: ['er'] })).toEqual([]);

@@ -113,9 +113,9 @@ describe('membership import: validated once, read again to apply', () => {
       [
         'op must be add or remove (got del)',
         'tenantId is missing (give each row a tenantId, or pass --tenant)',
-        'a line names exactly two of userId, teamId, groupId (got three)',
+        'a line must name exactly two of userId, teamId, groupId (got three)',
       ],
-      ['a line names exactly two of userId, teamId, groupId (got one)'],
+      ['a line must name exactly two of userId, teamId, groupId (got one)'],
       [
         'op must be add or remove (got null)',
         'userId must be 1 to 120 letters, digits, _ or - (got cid.x)',
