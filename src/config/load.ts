@@ -215,8 +215,18 @@ type DeepPartial<T> = { [K in keyof T]?: T[K] extends object ? DeepPartial<T[K]>
 function crossChecks(
   config: DeepPartial<WarrenConfig>,
   requirements: readonly ConfigRequirement[],
+  origins: Map<string, string>,
 ): string[] {
   const problems: string[] = [];
+  // The values a rule compared, each with its source: ` (got presence.expiryMs 15000 from …, …)`.
+  const got = (...keys: string[]): string =>
+    ` (got ${keys
+      .map((key) => {
+        const path = key.split('.');
+        const value = valueAt(config as Tree, path);
+        return `${key} ${shown(path, value)} from ${originOf(path, origins) ?? 'default'}`;
+      })
+      .join(', ')})`;
   const jwt = config.jwt ?? {};
   const keys = [jwt.secret, jwt.publicKey, jwt.jwksFile].filter((k) => k !== undefined);
   if (keys.length > 1) {
@@ -232,13 +242,15 @@ function crossChecks(
   const presence = numbers(config.presence?.expiryMs, config.presence?.heartbeatMs);
   if (presence && presence[0] < 2 * presence[1]) {
     problems.push(
-      'presence.expiryMs: must be at least twice presence.heartbeatMs, or a busy node flaps offline',
+      'presence.expiryMs: must be at least twice presence.heartbeatMs, or a busy node flaps offline' +
+        got('presence.expiryMs', 'presence.heartbeatMs'),
     );
   }
   const drain = numbers(config.gateway?.drainWindowMs, config.gateway?.drainTimeoutMs);
   if (drain && drain[0] >= drain[1]) {
     problems.push(
-      'gateway.drainWindowMs: must be below gateway.drainTimeoutMs, or the drain times out before every tab is told 4100',
+      'gateway.drainWindowMs: must be below gateway.drainTimeoutMs, or the drain times out before every tab is told 4100' +
+        got('gateway.drainWindowMs', 'gateway.drainTimeoutMs'),
     );
   }
   const g = config.gateway;
@@ -250,12 +262,16 @@ function crossChecks(
   const hosts = [g?.metricsHost, g?.host].map((h) => (typeof h === 'string' ? h : DEFAULTS.gatewayHost));
   if (ports && ports[0] !== 0 && ports[0] === ports[1] && overlap(hosts[0] ?? '', hosts[1] ?? '')) {
     problems.push(
-      'gateway.metricsPort: must differ from gateway.port (unset it to serve /metrics on the tabs’ port)',
+      'gateway.metricsPort: must differ from gateway.port (unset it to serve /metrics on the tabs’ port)' +
+        got('gateway.metricsPort', 'gateway.port'),
     );
   }
   const reconnect = numbers(config.rabbitmq?.reconnectCapMs, config.rabbitmq?.reconnectBaseMs);
   if (reconnect && reconnect[0] < reconnect[1]) {
-    problems.push('rabbitmq.reconnectCapMs: must not be below rabbitmq.reconnectBaseMs');
+    problems.push(
+      'rabbitmq.reconnectCapMs: must not be below rabbitmq.reconnectBaseMs' +
+        got('rabbitmq.reconnectCapMs', 'rabbitmq.reconnectBaseMs'),
+    );
   }
   const readsKeys = requirements.includes('jwt') || requirements.includes('jwtFile');
   if (readsKeys && keys.length === 1) problems.push(...keyProblems(jwt));
@@ -326,6 +342,7 @@ export function loadConfig(options: LoadConfigOptions = {}): Readonly<WarrenConf
     ...crossChecks(
       result.success ? result.data : (merged as DeepPartial<WarrenConfig>),
       options.require ?? [],
+      origins,
     ),
   );
 

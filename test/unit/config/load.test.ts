@@ -112,6 +112,21 @@ describe('loadConfig', () => {
     }
   });
 
+  it('names the values a rule across keys compared, and where each came from', () => {
+    const file = tempFile('presence.yaml', 'presence:\n  heartbeatMs: 20000\n');
+    const message = configError(() =>
+      loadConfig({ env: { WARREN_CONFIG: file, WARREN_RABBITMQ_RECONNECT_CAP_MS: '10' } }),
+    );
+    expect(message).toContain(
+      `presence.expiryMs: must be at least twice presence.heartbeatMs, or a busy node flaps offline ` +
+        `(got presence.expiryMs 15000 from config/default.yaml, presence.heartbeatMs 20000 from ${file})`,
+    );
+    expect(message).toContain(
+      'rabbitmq.reconnectCapMs: must not be below rabbitmq.reconnectBaseMs (got rabbitmq.reconnectCapMs 10 ' +
+        'from environment, rabbitmq.reconnectBaseMs 100 from config/default.yaml)',
+    );
+  });
+
   it('reports an unreadable or malformed WARREN_CONFIG file', () => {
     expect(configError(() => loadConfig({ env: { WARREN_CONFIG: '/no/such/file.yaml' } }))).toContain(
       'cannot read /no/such/file.yaml',
