@@ -18,9 +18,9 @@ export interface Identity {
   expiresAt: number;
   /**
    * The earliest the token may have been issued, epoch milliseconds: its `iat` less the clock tolerance
-   * (`jwt.clockToleranceSec`, for the issuer's clock running ahead), and never later than its verification;
-   * undefined without `iat`. A revocation of the user refuses tokens issued up to its instant, and a token
-   * without `iat` while it lasts.
+   * (`jwt.clockToleranceSec`, for the issuer's clock running ahead); undefined without `iat`, or with one
+   * later than that (see `verify`). A revocation of the user refuses tokens issued up to its instant, and
+   * a token without `iat` while it lasts.
    */
   issuedAt?: number | undefined;
 }
@@ -209,11 +209,13 @@ export class TokenVerifier {
     // expires, so one opened on an expired token would get a welcome (its user bound and announced online,
     // deliveries written to it) and be closed in the same breath.
     if (exp * 1000 <= Date.now()) throw new TokenRefused(RefusalReason.Expired, 'token expired');
-    // jose has checked that an `iat` present is a number, not that it is past. A token shown now was issued
-    // by now, whatever its `iat` says (an issuer's clock far ahead, an `iat` written in ms): taken as later,
-    // a revocation made while its tab is open would not cover it, and the tab would stay open.
-    const issuedAt =
-      typeof iat === 'number' ? Math.min((iat - this.toleranceSec) * 1000, Date.now()) : undefined;
+    // jose has checked that an `iat` present is a number, not that it is past. One still ahead of the
+    // gateway's clock less the tolerance (an issuer's clock far ahead, an `iat` written in ms) says nothing
+    // of when the token was issued: taken at its word, no revocation made before that instant would cover
+    // the token (a tab open on it would stay open, and a stolen copy minted before the revocation would
+    // connect after it). Taken as no `iat`: refused while any revocation of its user lasts.
+    const earliest = typeof iat === 'number' ? (iat - this.toleranceSec) * 1000 : undefined;
+    const issuedAt = earliest !== undefined && earliest <= Date.now() ? earliest : undefined;
     return { userId: sub, tenantId: tid, expiresAt: exp * 1000, issuedAt };
   }
 }
