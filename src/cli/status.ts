@@ -146,5 +146,15 @@ export async function runStatus(config: Readonly<WarrenConfig>, options: { json:
       status.queues.map((q) => [q.queue, dash(q.messages), dash(q.consumers)]),
     )}`,
   );
+  // Empty tables and dashes alone read as an idle installation; this is more likely the wrong one.
+  if (
+    status.gateways.length === 0 &&
+    status.tenants.length === 0 &&
+    status.queues.every((q) => q.messages === null)
+  )
+    console.error(
+      `\nnothing of prefix ${config.prefix} in Redis or RabbitMQ: no gateway, tenant or queue of it. Wrong ` +
+        'prefix (WARREN_PREFIX), or not the Redis and RabbitMQ Warren runs on?',
+    );
   return code;
 }

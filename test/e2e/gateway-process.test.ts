@@ -332,6 +332,21 @@ describe('warren gateway as a process', () => {
     expect(rows).toContainEqual([`${prefix}.gw.${nodeId}.dropped`, '0', '1']);
   }, 60_000);
 
+  it('warren status says when it finds nothing of its prefix: more likely a wrong prefix than an idle installation', async () => {
+    prefix = testPrefix('status-nothing');
+    const status = WarrenProcess.start(['status'], {
+      WARREN_PREFIX: prefix,
+      WARREN_RABBITMQ_URL: inject('rabbitmqUrl'),
+      WARREN_REDIS_URL: inject('redisUrl'),
+    });
+    processes.push(status);
+    expect(await status.exited).toBe(0);
+    expect(status.lines).toContain(
+      `nothing of prefix ${prefix} in Redis or RabbitMQ: no gateway, tenant or queue of it. Wrong prefix ` +
+        '(WARREN_PREFIX), or not the Redis and RabbitMQ Warren runs on?',
+    );
+  });
+
   it('warren status says why it cannot reach the broker, without a stack trace or the password', async () => {
     // A gateway alive in Redis: during a broker outage, what Redis tells is what an operator needs.
     prefix = testPrefix('status-no-broker');
