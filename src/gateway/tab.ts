@@ -1,6 +1,7 @@
 import type { WebSocket } from 'uWebSockets.js';
 import { CloseCode } from '../protocol/close-codes.js';
 import { userKey } from '../protocol/ids.js';
+import type { ServerFrame } from '../protocol/frames.js';
 import { revokes } from '../store/revocation-store.js';
 import type { Identity } from './auth.js';
 import type { RegisteredTab } from './registry.js';
@@ -77,6 +78,11 @@ export class Tab implements RegisteredTab {
   ready = false;
   /** A ping came before the welcome: its pong follows the welcome. */
   pongDue = false;
+  /**
+   * Error frames answering frames that came before the welcome, sent after it (at most the bad-frame
+   * limit: past it the tab is closed).
+   */
+  readonly errorsDue: ServerFrame[] = [];
   /** The node's delivery offset when `welcome` was sent: deliveries after it reach the tab live. */
   welcomeOffset = 0;
   /** A tab resumes once; the replay is bounded by `welcomeOffset`, so a second one would only repeat it. */

@@ -292,6 +292,7 @@ export class WsServer {
           tab.welcomeOffset = offset;
           tab.ready = true;
           // Asked before the welcome: answered after it, which is always a tab's first frame.
+          for (const frame of tab.errorsDue.splice(0)) this.sendFrame(tab, frame);
           if (tab.pongDue) this.sendFrame(tab, { type: 'pong' });
           router.adopt(tab);
           metrics.welcomeSeconds.observe((performance.now() - data.upgradedAt) / 1000);
@@ -444,7 +445,9 @@ export class WsServer {
       tab.end(CloseCode.RateLimited, 'too many bad frames');
       return;
     }
-    this.sendFrame(tab, { type: 'error', code, message });
+    // Before the welcome, held for after it (see `errorsDue`).
+    if (tab.ready) this.sendFrame(tab, { type: 'error', code, message });
+    else tab.errorsDue.push({ type: 'error', code, message });
   }
 
   private sendFrame(tab: Tab, frame: ServerFrame): void {

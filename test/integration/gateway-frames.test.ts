@@ -91,14 +91,23 @@ describe('client frames, limits and connection lifetime', () => {
     expect(await huge.closed).toBe(1006);
   });
 
-  it('answers a ping sent before the welcome after it: the welcome is always a tab’s first frame', async () => {
+  it('answers frames sent before the welcome after it: the welcome is always a tab’s first frame', async () => {
     const jwt = await token({ sub: 'early', tid: 't1' });
     const ws = new WebSocket(`ws://127.0.0.1:${gateway.port}/ws?token=${jwt}`);
     const tab = new TestTab(ws);
     // At once: the user's first bind is still on its way to the broker.
-    ws.on('open', () => ws.send(JSON.stringify({ type: 'ping' })));
-    await eventually(() => tab.frames.length >= 2, 'welcome and pong');
-    expect(tab.frames.map((f) => f.type)).toEqual(['welcome', 'pong']);
+    ws.on('open', () => {
+      ws.send('not json');
+      ws.send(JSON.stringify({ type: 'ping' }));
+      ws.send(JSON.stringify({ type: 'resume', epoch: 'e', offset: 1 }));
+    });
+    await eventually(() => tab.frames.length >= 4, 'welcome, errors and pong');
+    expect(tab.frames.map((f) => (f.type === 'error' ? `error: ${f.message}` : f.type))).toEqual([
+      'welcome',
+      'error: not JSON',
+      'error: resume before welcome',
+      'pong',
+    ]);
     ws.terminate();
   });
 
