@@ -130,6 +130,12 @@ export class Tab implements RegisteredTab {
    */
   write(frame: Uint8Array | string, tooSlowCode: number): boolean {
     if (this.closed) return false;
+    // Its token has run out and its timer has not fired yet (an event loop busy for a while): nothing more
+    // is written to it.
+    if (Date.now() >= this.expiresAt) {
+      this.end(CloseCode.Unauthorized, 'token expired');
+      return false;
+    }
     if (this.pending.length === 0) outbox.add(this, tooSlowCode);
     this.pending.push(frame);
     const bytes = typeof frame === 'string' ? Buffer.byteLength(frame) : frame.byteLength;

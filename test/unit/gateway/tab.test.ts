@@ -1,0 +1,43 @@
+import { describe, expect, it } from 'vitest';
+import type { WebSocket } from 'uWebSockets.js';
+import { Tab, type TabSocketData } from '../../../src/gateway/tab.js';
+
+/** A tab on a socket that records what it is sent and how it is closed. */
+function tabExpiringAt(expiresAt: number) {
+  const sent: string[] = [];
+  const closes: number[] = [];
+  const ws = {
+    send: (frame: string) => (sent.push(frame), 1),
+    cork: (run: () => void) => run(),
+    getBufferedAmount: () => 0,
+    end: (code: number) => closes.push(code),
+  } as unknown as WebSocket<TabSocketData>;
+  const data: TabSocketData = {
+    identity: { userId: 'ann', tenantId: 'acme', expiresAt },
+    connectionId: 'c1',
+    upgradedAt: 0,
+  };
+  const tab = new Tab(ws, data, { maxBackpressureBytes: 1 << 20 }, () => {});
+  return { tab, sent, closes };
+}
+
+const flushed = (): Promise<void> => new Promise((resolve) => queueMicrotask(resolve));
+
+describe('Tab', () => {
+  it('writes to a tab whose token is still valid', async () => {
+    const { tab, sent, closes } = tabExpiringAt(Date.now() + 60_000);
+    expect(tab.write('{"type":"event"}', 4009)).toBe(true);
+    await flushed();
+    expect(sent).toEqual(['{"type":"event"}']);
+    expect(closes).toEqual([]);
+  });
+
+  it('writes nothing to a tab whose token has run out before its timer fired, and closes it with 4001', async () => {
+    const { tab, sent, closes } = tabExpiringAt(Date.now() - 1);
+    expect(tab.write('{"type":"event"}', 4009)).toBe(false);
+    await flushed();
+    expect(sent).toEqual([]);
+    expect(closes).toEqual([4001]);
+    expect(tab.closed).toBe(true);
+  });
+});
