@@ -71,6 +71,8 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
   private recovering: amqp.RecoveringChannelModel | undefined;
   private current: ChannelModel | undefined;
   private closing = false;
+  /** The close under way or done, which every call of `close` returns. */
+  private closed: Promise<void> | undefined;
   /** The last connection set up, for dropping its socket when a close is not answered. */
   private lastModel: ChannelModel | undefined;
   private blockedBy: string | undefined;
@@ -274,8 +276,13 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
     for (const waiter of [...this.waiters]) waiter();
   }
 
-  async close(): Promise<void> {
-    if (this.closing) return;
+  /** Closes the connection for good; a second call waits for the first (the same promise). */
+  close(): Promise<void> {
+    this.closed ??= this.shutdown();
+    return this.closed;
+  }
+
+  private async shutdown(): Promise<void> {
     this.closing = true;
     this.current = undefined;
     // Whoever waits for a connection is told now, not when their timeout ends.

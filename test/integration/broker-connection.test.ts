@@ -40,6 +40,18 @@ describe('broker connection', () => {
     await expect(publishing).rejects.toMatchObject({ retryable: true });
   });
 
+  it('makes a second close wait for the first, on a broker that does not answer it', async () => {
+    await broker.start();
+    proxy.stall();
+    const settled: string[] = [];
+    // The first waits out its bound for the broker's answer, then drops the connection: a second caller
+    // told "closed" before that would go on while the connection is still open.
+    const first = broker.close().then(() => settled.push('first'));
+    const second = broker.close().then(() => settled.push('second'));
+    await Promise.all([first, second]);
+    expect(settled).toEqual(['first', 'second']);
+  });
+
   it('lets many calls wait for the broker without a listener warning, and settles them all', async () => {
     const warnings: string[] = [];
     const onWarning = (warning: Error): void => void warnings.push(`${warning.name}: ${warning.message}`);
