@@ -221,10 +221,11 @@ export function evictionProblem(policy: string, maxmemory: number): string | und
 }
 
 /**
- * What an error reply of a command that can never succeed starts with: a key of the wrong type, or an
- * error of the command (or of one of Warren's scripts) itself.
+ * What an error reply of a command that can never succeed starts with: a key of the wrong type, an error
+ * of the command (or of one of Warren's scripts) itself, or an ACL denying the command or a key (a
+ * configuration an operator mends; Redis 7 reports a script's denied call as an ERR already).
  */
-const PERMANENT_REPLY = /^(WRONGTYPE|ERR)\b/;
+const PERMANENT_REPLY = /^(WRONGTYPE|ERR|NOPERM)\b/;
 /** How long `closeRedis` waits for a QUIT to be answered. */
 const QUIT_WAIT_MS = 1000;
 /**

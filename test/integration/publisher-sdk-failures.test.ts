@@ -124,6 +124,28 @@ describe('publisher SDK: calls it cannot do', () => {
     }
   });
 
+  it('says that trying again cannot help when a Redis ACL denies a command it needs', async () => {
+    const prefix = testPrefix('sdk-noperm');
+    const user = `t-noperm-${prefix}`;
+    const admin = new Redis(inject('redisUrl'));
+    await admin.acl('SETUSER', user, 'on', '>pw', '~*', '+@all', '-set');
+    const redisUrl = new URL(inject('redisUrl'));
+    redisUrl.username = user;
+    redisUrl.password = 'pw';
+    const warren = await connect(prefix, { redisUrl: redisUrl.toString() });
+    try {
+      await expect(warren.putPayload('acme', large)).rejects.toMatchObject({
+        code: 'WARREN_ERR_REDIS_REFUSED',
+        retryable: false,
+        message: expect.stringContaining('NOPERM') as unknown,
+      });
+    } finally {
+      await removeInstallation(prefix, { warren });
+      await admin.acl('DELUSER', user);
+      await admin.quit();
+    }
+  });
+
   it('tells a revocation cut short by close() that the publisher closed, not that a permission is missing', async () => {
     const prefix = testPrefix('sdk-revoke-close');
     const warren = await connect(prefix);

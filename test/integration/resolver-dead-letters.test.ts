@@ -11,6 +11,7 @@ import {
   cleanRedis,
   eventually,
   openTab,
+  removeInstallation,
   startTestGateway,
   startTestResolver,
   startTestStack,
@@ -533,4 +534,37 @@ describe('a dead-letter exchange deleted under a resolver', () => {
     expect(dead[0]?.properties.headers?.['x-warren-code']).toBe('not_json');
     await channel.close();
   });
+});
+
+describe('a resolver whose Redis ACL denies a command a membership change needs', () => {
+  it('sets the change aside after its attempts, as for other refusals, rather than retrying it for good', async () => {
+    const prefix = testPrefix('dead-noperm');
+    const user = `t-noperm-${prefix}`;
+    const admin = new Redis(inject('redisUrl'));
+    // Taking a membership term is an INCR: the ACL forbids it.
+    await admin.acl('SETUSER', user, 'on', '>pw', '~*', '+@all', '-incr');
+    const redisUrl = new URL(inject('redisUrl'));
+    redisUrl.username = user;
+    redisUrl.password = 'pw';
+    const resolver = await startTestResolver(testConfig(prefix, { redis: { url: redisUrl.toString() } }));
+    const probe = await BrokerProbe.open();
+    try {
+      const dead = await probe.deadLetters(prefix);
+      const channel = await probe.model.createChannel();
+      const change = { op: 'add', tenantId: 'acme', userId: 'ann', teamId: 'icu' };
+      channel.publish(`${prefix}.membership`, 'acme', Buffer.from(JSON.stringify(change)), {
+        contentType: 'application/json',
+      });
+      await channel.close();
+      await eventually(() => dead.length === 1, 'the change dead-lettered', 15_000);
+      const headers = dead[0]?.properties.headers ?? {};
+      expect(headers['x-warren-code']).toBe('apply_failed');
+      expect(String(headers['x-warren-reason'])).toContain('NOPERM');
+    } finally {
+      await probe.close();
+      await removeInstallation(prefix, { resolvers: [resolver] });
+      await admin.acl('DELUSER', user);
+      await admin.quit();
+    }
+  }, 30_000);
 });

@@ -11,6 +11,12 @@ describe('refusedByRedis', () => {
     expect(refusedByRedis(new ReplyError('ERR Error running script: user_script:3: bad argument'))).toBe(
       true,
     );
+    // An ACL that denies a command or key Warren needs: a configuration to mend, not a wait.
+    for (const message of [
+      "NOPERM this user has no permissions to run the 'incr' command",
+      'NOPERM this user has no permissions to access one of the keys used as arguments',
+    ])
+      expect(refusedByRedis(new ReplyError(message)), message).toBe(true);
     // These pass once Redis is back (memory freed, failover done, data loaded): retry for as long as it takes.
     for (const message of [
       "OOM command not allowed when used memory > 'maxmemory'.",
