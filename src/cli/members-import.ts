@@ -145,8 +145,9 @@ export async function runMembersImport(config: Readonly<WarrenConfig>, args: Imp
           : '') +
         `: ${errorMessage(error)}\n` +
         (refused
-          ? 'Redis refused a write for good: a key Warren writes holds a value of the wrong type. ' +
-            'Mend or delete that key (redis-cli TYPE tells), then run the same import again: every row is ' +
+          ? 'Redis refused a write for good: a key Warren writes holds a value of the wrong type, or ' +
+            'the Redis user may not run a command Warren needs (NOPERM: see its ACL). Mend or delete that ' +
+            'key (redis-cli TYPE tells), or the ACL, then run the same import again: every row is ' +
             'an add or a remove, so it completes without doubling anything.'
           : error instanceof FileChanged
             ? 'The first rows of each tenant, in file order, may have been applied from the changed file. ' +
