@@ -1,5 +1,6 @@
 import { Redis } from 'ioredis';
-import { describe, expect, inject, it } from 'vitest';
+import { describe, expect, inject, it, vi } from 'vitest';
+import { BrokerConnection } from '../../src/broker/connection.js';
 import { WarrenPublisher } from '../../src/sdk/publisher/index.js';
 import { silentLogger } from '../../src/shared/logger.js';
 import { Keys } from '../../src/store/keys.js';
@@ -186,6 +187,35 @@ describe('publisher SDK: calls it cannot do', () => {
       expect(Date.now() - started).toBeLessThan(5000);
     } finally {
       await warren.close();
+      await proxy.close();
+      await removeInstallation(prefix, {});
+    }
+  });
+
+  it('connects within connectTimeoutMs on a broker that stops answering once the connection is set up', async () => {
+    const prefix = testPrefix('sdk-silent-after-connect');
+    const url = new URL(inject('rabbitmqUrl'));
+    const proxy = await TcpProxy.toUrl(url);
+    // Silent from the moment the connection is set up, before `connect` asks whether a resolver reads.
+    const start = BrokerConnection.prototype.start;
+    const silenced = vi.spyOn(BrokerConnection.prototype, 'start').mockImplementation(async function (
+      this: BrokerConnection,
+      ...args
+    ) {
+      await start.apply(this, args);
+      proxy.stall();
+    });
+    let warren: WarrenPublisher | undefined;
+    try {
+      const started = Date.now();
+      warren = await connect(prefix, { rabbitmqUrl: proxy.url(url), connectTimeoutMs: 2000 });
+      // Not when the heartbeat gives the connection up (about 20 s on).
+      expect(Date.now() - started).toBeLessThan(4000);
+    } finally {
+      silenced.mockRestore();
+      proxy.refuse();
+      proxy.cut();
+      await warren?.close();
       await proxy.close();
       await removeInstallation(prefix, {});
     }

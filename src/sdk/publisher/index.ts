@@ -166,8 +166,10 @@ export class WarrenPublisher {
         : declareTopologyOn(model, names),
     );
     await publisher.start();
+    const connectTimeoutMs = options.connectTimeoutMs ?? 30_000;
+    const deadline = Date.now() + connectTimeoutMs;
     try {
-      await broker.start({ timeoutMs: options.connectTimeoutMs ?? 30_000, giveUpOn: refusedForGood });
+      await broker.start({ timeoutMs: connectTimeoutMs, giveUpOn: refusedForGood });
     } catch (error) {
       // Nothing left behind: no channel being reopened, and the Redis client this made closed too.
       await publisher.close();
@@ -188,7 +190,10 @@ export class WarrenPublisher {
       throw error;
     }
     if (options.declareTopology !== false)
-      await warnIfUnread(broker, names.resolver, prefix, logger, !options.logger);
+      await warnIfUnread(broker, names.resolver, prefix, logger, {
+        processWarning: !options.logger,
+        withinMs: deadline - Date.now(),
+      });
     return new WarrenPublisher(
       broker,
       publisher,

@@ -2,6 +2,7 @@ import type { Redis } from 'ioredis';
 import type { BrokerConnection } from '../../broker/connection.js';
 import { queueConsumers } from '../../broker/topology.js';
 import { NAME_PATTERN } from '../../config/schema.js';
+import { withTimeout } from '../../shared/lifecycle.js';
 import type { Logger } from '../../shared/logger.js';
 
 // The publisher SDK's options: what they are, how they are checked, and the warning `connect` may give.
@@ -72,17 +73,25 @@ const MAX_TIMER_MS = 2 ** 31 - 1;
  * itself if it was missing: with a `prefix` other than the servers' WARREN_PREFIX, events would wait there
  * for good, every publish confirmed. Also said when the SDK starts before any resolver, which is then
  * true (events wait until one starts). Without a logger of the caller's, it is a process warning (code
- * `WARREN_NO_RESOLVER`), so that it is seen at all.
+ * `WARREN_NO_RESOLVER`), so that it is seen at all. Not said when the broker does not answer the question
+ * within `withinMs` (what is left of `connectTimeoutMs`): a connection that went silent right after it was
+ * set up would otherwise hold `connect` until the heartbeat gave it up (for good with heartbeat=0).
  */
 export async function warnIfUnread(
   broker: BrokerConnection,
   queue: string,
   prefix: string,
   logger: Logger,
-  processWarning: boolean,
+  { processWarning, withinMs }: { processWarning: boolean; withinMs: number },
 ): Promise<void> {
   const model = broker.model;
-  const readers = model && (await queueConsumers(model, queue).catch(() => undefined));
+  const readers =
+    model &&
+    (await withTimeout(
+      queueConsumers(model, queue),
+      Math.max(0, withinMs),
+      'asking whether a resolver reads',
+    ).catch(() => undefined));
   if (readers !== 0) return;
   const message =
     `no resolver reads ${queue}: published events wait there until one does ` +
