@@ -1,6 +1,8 @@
 import { Redis } from 'ioredis';
 import { describe, expect, inject, it, vi } from 'vitest';
 import { BrokerConnection } from '../../src/broker/connection.js';
+import { Publisher } from '../../src/broker/publisher.js';
+import { ErrorCode, isWarrenError } from '../../src/shared/errors.js';
 import { WarrenPublisher } from '../../src/sdk/publisher/index.js';
 import { silentLogger } from '../../src/shared/logger.js';
 import { Keys } from '../../src/store/keys.js';
@@ -317,6 +319,52 @@ describe('publisher SDK: events no queue takes', () => {
     } finally {
       await probe.close();
       await removeInstallation(prefix, { warren });
+    }
+  });
+
+  it('gives up declaring the topology again within confirmTimeoutMs on a broker that stopped answering', async () => {
+    const prefix = testPrefix('sdk-redeclare-silent');
+    const url = new URL(inject('rabbitmqUrl'));
+    const proxy = await TcpProxy.toUrl(url);
+    const warren = await connect(prefix, {
+      rabbitmqUrl: proxy.url(url),
+      publishTimeoutMs: 1000,
+      confirmTimeoutMs: 1000,
+    });
+    const probe = await BrokerProbe.open();
+    // The broker goes silent once it has told that no queue took the event, before it is declared again.
+    const publish = Publisher.prototype.publish;
+    const silenced = vi.spyOn(Publisher.prototype, 'publish').mockImplementation(async function (
+      this: Publisher,
+      ...args
+    ) {
+      try {
+        return await publish.apply(this, args);
+      } catch (error) {
+        if (isWarrenError(error, ErrorCode.Unroutable)) proxy.stall();
+        throw error;
+      }
+    });
+    try {
+      await probe.channel.deleteQueue(`${prefix}.resolver`);
+      const started = Date.now();
+      await expect(warren.publishEvent({ ...event('evt-silent'), type: 'x' })).rejects.toMatchObject({
+        code: 'WARREN_ERR_UNROUTABLE',
+        retryable: true,
+        message: expect.stringMatching(
+          /declaring .*\.resolver again failed: .*timed out after 1000 ms/,
+        ) as unknown,
+      });
+      // Not when the heartbeat gives the connection up (about 20 s on; never with heartbeat=0).
+      expect(Date.now() - started).toBeLessThan(4000);
+    } finally {
+      silenced.mockRestore();
+      proxy.refuse();
+      proxy.cut();
+      await probe.close();
+      await warren.close();
+      await proxy.close();
+      await removeInstallation(prefix, {});
     }
   });
 

@@ -339,7 +339,13 @@ export class WarrenPublisher {
         { cause: unroutable, retryable: true },
       );
     try {
-      await declareTopologyOn(model, this.names);
+      // Bounded as a confirm is: a broker that stopped answering (a resource alarm, a connection gone
+      // silent) would otherwise hold the call until the heartbeat gave the connection up.
+      await withTimeout(
+        declareTopologyOn(model, this.names),
+        this.settings.confirmTimeoutMs,
+        `declaring ${this.names.resolver} again`,
+      );
     } catch (cause) {
       throw new WarrenError(
         ErrorCode.Unroutable,

@@ -47,7 +47,8 @@ export interface PublisherOptions {
   /**
    * How long `publishEvent` waits for the broker's confirm (a broker under a memory or disk alarm confirms
    * nothing until it clears); then it rejects with WARREN_ERR_TIMEOUT, and publishing the event again is
-   * safe (tabs show each id once). Default 30,000.
+   * safe (tabs show each id once). Also how long it waits for the broker to declare the topology again
+   * after an event no queue took (then WARREN_ERR_UNROUTABLE, retryable). Default 30,000.
    */
   confirmTimeoutMs?: number;
   /**
