@@ -7,7 +7,7 @@ import { declareTopology, declareTopologyOn, topologyNames } from '../broker/top
 import { ID_MAP_UNSETTLED } from '../protocol/delivery.js';
 import { DEFAULTS, type WarrenConfig } from '../config/schema.js';
 import { ErrorCode, errorMessage, WarrenError } from '../shared/errors.js';
-import { CloseOnce, runSteps } from '../shared/lifecycle.js';
+import { CloseOnce, fulfilsWithin, runSteps } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import { createRegistry, type Registry } from '../shared/metrics.js';
 import { OpsHttp } from '../shared/ops-http.js';
@@ -37,6 +37,8 @@ export interface Resolver {
 }
 
 const CLOSE_TIMEOUT_MS = 15_000;
+/** How long closing waits for the work in hand (its deliveries confirmed) before giving it up. */
+const IN_FLIGHT_WAIT_MS = 5000;
 
 /** Starts a resolver worker; run several for throughput (they compete on one queue). */
 export async function startResolver(
@@ -209,7 +211,21 @@ export async function startResolver(
             },
             // Before waiting for the batch in hand: one waiting for Redis to settle is woken, and requeued.
             { name: 'stop watching the redis server', run: () => watch.stop() },
-            { name: 'finish in-flight', run: () => worker.idle() },
+            {
+              name: 'finish in-flight',
+              run: async () => {
+                if (await fulfilsWithin(worker.idle(), IN_FLIGHT_WAIT_MS)) return;
+                // Most likely waiting for confirms that do not come (a broker under a resource alarm reads
+                // nothing): the connection is dropped now, which fails them, and its unacked events go back
+                // to the queue. Each later step's own wait for that broker (5 s for the publisher, 2 s for
+                // the consumers) would otherwise take the close past CLOSE_TIMEOUT_MS, Redis still open.
+                logger.warn(
+                  { waitedMs: IN_FLIGHT_WAIT_MS },
+                  'in-flight work not finished; dropping the broker connection, its events requeued',
+                );
+                await broker.close();
+              },
+            },
             { name: 'stop liveness', run: () => liveness.stop() },
             { name: 'close publisher', run: () => publisher.close() },
             {

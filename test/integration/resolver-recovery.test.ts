@@ -169,6 +169,53 @@ describe('a resolver closing while the broker stops answering (as under a resour
   }, 40_000);
 });
 
+describe('a resolver closing while the broker reads nothing from it (a resource alarm)', () => {
+  it('gives up the deliveries it waits to have confirmed, and still closes everything within its bound', async () => {
+    const prefix = testPrefix('recovery-close-alarm');
+    const config = testConfig(prefix);
+    const target = new URL(inject('rabbitmqUrl'));
+    const proxy = await TcpProxy.toUrl(target);
+    const gateway = await startTestGateway(config);
+    const warren = await connectPublisher(config);
+    const probe = await BrokerProbe.open();
+    const resolver = await startTestResolver(testConfig(prefix, { rabbitmq: { url: proxy.url(target) } }));
+    const ann = await openTab(gateway.port, await token({ sub: 'ann', tid: 'acme' }));
+    try {
+      await warren.addUserToTeam('acme', 'ann', 'icu');
+      // The broker still delivers to the resolver, and reads nothing back: its delivery is never confirmed.
+      proxy.stallToServer();
+      await warren.publishEvent({
+        id: 'e-held',
+        tenantId: 'acme',
+        type: 'note',
+        audience: { teams: ['icu'] },
+      });
+      await eventually(
+        async () => (await probe.channel.checkQueue(`${prefix}.resolver`)).messageCount === 0,
+        'the event handed to the resolver',
+      );
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      const started = Date.now();
+      // Rejected by its overall timeout (15 s) if a step waits for the confirm.
+      await resolver.close();
+      expect(Date.now() - started).toBeLessThan(15_000);
+      await eventually(() => proxy.open === 0, 'the broker connection dropped');
+      // The broker's side of it gone too: the event it held goes back to the queue, for another resolver.
+      proxy.cut();
+      await eventually(
+        async () => (await probe.channel.checkQueue(`${prefix}.resolver`)).messageCount === 1,
+        'the event back in the queue',
+      );
+    } finally {
+      ann.ws.terminate();
+      proxy.flow();
+      await probe.close();
+      await proxy.close();
+      await removeInstallation(prefix, { warren, resolvers: [resolver], gateways: [gateway] });
+    }
+  }, 40_000);
+});
+
 describe('a resolver whose deliveries exchange is deleted under it', () => {
   it('requeues the event after a pause, not in a tight loop, and loses nothing until the gateways bind again', async () => {
     const prefix = testPrefix('recovery-deliveries');

@@ -109,9 +109,24 @@ export class TcpProxy {
     this.pairs.clear();
   }
 
+  /**
+   * What the clients of the connections open now send stops reaching the server, while what the server
+   * sends still reaches them (RabbitMQ under a resource alarm reads nothing from a connection that
+   * publishes, and still writes to it), until `flow`.
+   */
+  stallToServer(): void {
+    for (const [client, upstream] of this.pairs) {
+      client.unpipe(upstream);
+      client.pause();
+    }
+  }
+
   flow(): void {
     this.stalled = false;
     for (const [client, upstream] of this.pairs) {
+      // Unpiped first: a direction `stallToServer` left flowing would otherwise be piped twice.
+      client.unpipe(upstream);
+      upstream.unpipe(client);
       client.pipe(upstream);
       upstream.pipe(client);
     }
