@@ -16,6 +16,7 @@ export const DEFAULTS = {
   reconnectCapMs: 10_000,
   // One attempt (TCP and AMQP handshake): a host that drops packets would otherwise hold it for minutes.
   connectTimeoutMs: 10_000,
+  queueType: 'classic',
   redisUrl: 'redis://127.0.0.1:6379',
   redisSocketTimeoutMs: 30_000,
   gatewayHost: '0.0.0.0',
@@ -53,6 +54,10 @@ export const DEFAULTS = {
   jwtClockToleranceSec: 5,
   devPort: 8080,
 } as const;
+
+/** Types the shared durable queues may be declared as (`rabbitmq.queueType`). */
+export const QUEUE_TYPES = ['classic', 'quorum'] as const;
+export type QueueType = (typeof QUEUE_TYPES)[number];
 
 /** A prefix or node id: part of exchange, queue and Redis key names (no `.`, `:` or braces). */
 export const NAME_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
@@ -127,6 +132,12 @@ export const configSchema = z.strictObject({
         .default(DEFAULTS.connectTimeoutMs)
         .describe(
           'How long one connection attempt (TCP connect and AMQP handshake) may take before it is dropped and retried.',
+        ),
+      queueType: z
+        .enum(QUEUE_TYPES)
+        .default(DEFAULTS.queueType)
+        .describe(
+          'Type of the shared durable queues (`<prefix>.resolver`, `.resolver.membership`, `.resolver.retry`, `.dead`): `quorum` on a clustered RabbitMQ (replicated), `classic` on a single node. Every process declaring them (gateways, resolvers, dev, the publisher SDK’s `queueType`) must say the same; a queue that exists as the other type stops start-up (see README, Quorum queues). Node queues stay classic.',
         ),
     })
     .prefault({}),
