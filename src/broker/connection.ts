@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import amqp, { type ChannelModel } from 'amqplib';
 import { fullJitterDelay } from '../shared/backoff.js';
-import { ErrorCode, WarrenError, errorMessage, withoutCredentials } from '../shared/errors.js';
+import { ErrorCode, WarrenError, errorMessage, isWarrenError, withoutCredentials } from '../shared/errors.js';
 import { fulfilsWithin } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 
@@ -34,7 +34,8 @@ const CLOSE_TIMEOUT_MS = 5000;
 const AMQPLIB_TABLE_BUFFER = 65_536;
 
 /**
- * The broker refused the credentials or a permission a setup step needs (AMQP 403 ACCESS_REFUSED): trying
+ * The broker refused the credentials or a permission a setup step needs (AMQP 403 ACCESS_REFUSED), or a
+ * queue Warren declares exists otherwise than configured (WARREN_ERR_TOPOLOGY_MISMATCH): trying
  * again with the same account fails the same way. A library's caller hears it at once rather than after the
  * connect timeout, and a daemon starting stops with it (a wrong password in its configuration); once
  * connected, a daemon keeps trying through such refusals (an operator may be rotating the password). Not 530
@@ -42,6 +43,8 @@ const AMQPLIB_TABLE_BUFFER = 65_536;
  * refused virtual host without the broker's text anyway).
  */
 export function refusedForGood(error: Error): boolean {
+  // A shared queue there of another type than configured: declaring again meets the same queue.
+  if (isWarrenError(error, ErrorCode.TopologyMismatch)) return true;
   return /\bACCESS.REFUSED\b/.test(error.message);
 }
 
@@ -197,6 +200,8 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
         : await fulfilsWithin(connectedOrRefused, timeoutMs);
     if (settled && refusal === undefined) return;
     await this.close().catch(() => {});
+    // Told as the declaration said it, its code kept: a mismatch is not the broker being unavailable.
+    if (isWarrenError(refusal, ErrorCode.TopologyMismatch)) throw refusal;
     if (refusal !== undefined) {
       throw new WarrenError(
         ErrorCode.BrokerUnavailable,

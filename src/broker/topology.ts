@@ -1,5 +1,7 @@
 import type { Channel, ChannelModel } from 'amqplib';
+import type { QueueType } from '../config/schema.js';
 import { errorMessage } from '../shared/errors.js';
+import { queueMismatch } from './queue-mismatch.js';
 
 /** Every exchange and queue name, derived from the prefix (DESIGN.md §3). */
 export interface TopologyNames {
@@ -43,18 +45,74 @@ const DROPPED_MAX_LENGTH = 1000;
 const DROPPED_MAX_BYTES = 16 * 1024 * 1024;
 
 /**
- * Declares the shared topology. Idempotent: every process runs it on every (re)connect, whoever is first
- * creates, the others confirm.
+ * What a quorum queue Warren consumes is declared with. Two reasons to set one at all: RabbitMQ 4 limits
+ * deliveries to 20 by default (then drops or dead-letters the message), and Warren requeues events and
+ * membership changes for as long as Redis or the deliveries exchange is away; and RabbitMQ 3.10 puts a
+ * message requeued to a quorum queue without a limit at the back (measured), where the membership queue's
+ * order and the resolver's retries need it at the head, as classic queues do. Large enough never to be
+ * reached by those (a requeue every half second for 5 days): Warren dead-letters what keeps failing itself
+ * (`resolve_failed`). A lower `delivery-limit` policy takes precedence (the smaller of the two applies).
  */
-export async function declareTopology(channel: Channel, names: TopologyNames): Promise<void> {
+export const QUORUM_DELIVERY_LIMIT = 1_000_000;
+
+/**
+ * Arguments of a shared durable queue of the configured type. The type is always said, classic too (which
+ * RabbitMQ 3.10 takes as equivalent to a queue declared without it, as Warren's were before): on a broker
+ * whose default queue type is quorum, a classic configuration then stays classic.
+ */
+function sharedArguments(
+  queueType: QueueType,
+  consumed: boolean,
+  args: Record<string, unknown>,
+): Record<string, unknown> {
+  if (queueType === 'classic') return { ...args, 'x-queue-type': 'classic' };
+  return {
+    ...args,
+    'x-queue-type': 'quorum',
+    ...(consumed ? { 'x-delivery-limit': QUORUM_DELIVERY_LIMIT } : {}),
+  };
+}
+
+/** Declares a shared durable queue; a queue there of another type or arguments is said in words. */
+async function assertShared(
+  channel: Channel,
+  queue: string,
+  queueType: QueueType,
+  options: { consumed: boolean; arguments?: Record<string, unknown> },
+): Promise<void> {
+  try {
+    await channel.assertQueue(queue, {
+      durable: true,
+      arguments: sharedArguments(queueType, options.consumed, options.arguments ?? {}),
+    });
+  } catch (error) {
+    throw queueMismatch(error, queueType) ?? error;
+  }
+}
+
+/** How the shared topology is declared (rabbitmq.queueType, the publisher SDK's `queueType`). */
+export interface TopologyOptions {
+  queueType: QueueType;
+}
+
+/**
+ * Declares the shared topology. Idempotent: every process runs it on every (re)connect, whoever is first
+ * creates, the others confirm. A shared queue that exists as another type (or with other arguments) rejects
+ * with WARREN_ERR_TOPOLOGY_MISMATCH, which start-up does not retry.
+ */
+export async function declareTopology(
+  channel: Channel,
+  names: TopologyNames,
+  { queueType }: TopologyOptions,
+): Promise<void> {
   await channel.assertExchange(names.events, 'topic', { durable: true });
   await channel.assertExchange(names.membership, 'topic', { durable: true });
   await channel.assertExchange(names.deliveries, 'topic', { durable: true });
   await channel.assertExchange(names.dlx, 'fanout', { durable: true });
-  await channel.assertQueue(names.dead, { durable: true });
+  await assertShared(channel, names.dead, queueType, { consumed: false });
   await channel.bindQueue(names.dead, names.dlx, '');
-  await channel.assertQueue(names.resolver, {
-    durable: true,
+  await assertShared(channel, names.resolver, queueType, {
+    consumed: true,
     // A message a resolver rejects without requeue (a poison message) lands in the dead-letter queue.
     arguments: { 'x-dead-letter-exchange': names.dlx },
   });
@@ -62,15 +120,16 @@ export async function declareTopology(channel: Channel, names: TopologyNames): P
   // Membership changes need an order (an add then a remove of the same pair must end removed), which
   // competing consumers cannot keep: with two resolvers 181 of 300 add/remove pairs ended as members. So
   // they have a queue of their own that only one resolver at a time consumes.
-  await channel.assertQueue(names.memberships, {
-    durable: true,
+  await assertShared(channel, names.memberships, queueType, {
+    consumed: true,
     arguments: { 'x-single-active-consumer': true, 'x-dead-letter-exchange': names.dlx },
   });
   await channel.bindQueue(names.memberships, names.membership, '#');
   // No consumer: a message expires (its own `expiration`) and goes back to the resolver queue by the
-  // default exchange. Expiry happens at the head only, so one with a longer wait ahead of it waits too.
-  await channel.assertQueue(names.resolverRetry, {
-    durable: true,
+  // default exchange. Expiry happens at the head only, so one with a longer wait ahead of it waits too
+  // (quorum queues alike, from RabbitMQ 3.10, which added message TTL to them).
+  await assertShared(channel, names.resolverRetry, queueType, {
+    consumed: false,
     arguments: { 'x-dead-letter-exchange': '', 'x-dead-letter-routing-key': names.resolver },
   });
   // Installations from before that queue routed membership changes to the resolver queue.
@@ -81,11 +140,15 @@ export async function declareTopology(channel: Channel, names: TopologyNames): P
  * `declareTopology` on a channel of its own, closed afterwards whatever happened (a failed declaration
  * closes the channel with an error event: reported by the rejection instead).
  */
-export async function declareTopologyOn(model: ChannelModel, names: TopologyNames): Promise<void> {
+export async function declareTopologyOn(
+  model: ChannelModel,
+  names: TopologyNames,
+  options: TopologyOptions,
+): Promise<void> {
   const channel = await model.createChannel();
   channel.on('error', () => {});
   try {
-    await declareTopology(channel, names);
+    await declareTopology(channel, names, options);
   } finally {
     await channel.close().catch(() => {});
   }

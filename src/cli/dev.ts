@@ -100,6 +100,7 @@ export async function runDev(loaded: Readonly<WarrenConfig>): Promise<number> {
     rabbitmqUrl: config.rabbitmq.url,
     redisUrl: config.redis.url,
     prefix: config.prefix,
+    queueType: config.rabbitmq.queueType,
     claimCheckBytes: config.claimCheck.bytes,
     claimCheckTtlSec: config.claimCheck.ttlSec,
     payloadRedisUrl: config.claimCheck.redisUrl,

@@ -102,6 +102,7 @@ export async function startGateway(
   const nodeId = g.id ?? randomBytes(6).toString('hex');
   const logger = options.logger.child({ component: 'gateway', nodeId });
   const names = topologyNames(config.prefix);
+  const shared = { queueType: config.rabbitmq.queueType };
   const queue = names.gatewayQueue(nodeId);
   const droppedQueue = names.gatewayDropped(nodeId);
   const keys = new Keys(config.prefix);
@@ -405,7 +406,7 @@ export async function startGateway(
         }
         const unbound = bindingsLost;
         // The exchange may be gone too: its node key is bound below.
-        if (unbound) await declareTopology(channel, names);
+        if (unbound) await declareTopology(channel, names, shared);
         if (queueDeclared && unbound) {
           queueLosses += 1;
           lossWhy = 'the node’s bindings were lost';
@@ -488,7 +489,7 @@ export async function startGateway(
   // Order matters on every (re)connect: topology, queue + consumer, bind channels (usable from then on:
   // a tab arriving earlier, after a broker restart, would bind to a queue not declared yet), then re-bind
   // held users.
-  await broker.onConnect((model) => declareTopologyOn(model, names));
+  await broker.onConnect((model) => declareTopologyOn(model, names, shared));
   await consumer.start();
   await pool.start();
   await droppedConsumer.start();

@@ -48,6 +48,7 @@ export async function startResolver(
   const id = randomBytes(4).toString('hex');
   const logger = options.logger.child({ component: 'resolver', resolverId: id });
   const names = topologyNames(config.prefix);
+  const shared = { queueType: config.rabbitmq.queueType };
   const keys = new Keys(config.prefix);
   const metricsRegistry = createRegistry({ resolver: id });
   const metrics = new ResolverMetrics(metricsRegistry);
@@ -112,12 +113,12 @@ export async function startResolver(
     idMapStamp: () => (watch.settled ? watch.stamp : ID_MAP_UNSETTLED),
     serverUnsettled: () => (watch.settled ? undefined : watch.whenSettled()),
     redeclare: async () => {
-      if (broker.model) await declareTopologyOn(broker.model, names);
+      if (broker.model) await declareTopologyOn(broker.model, names, shared);
     },
   });
   // Before every subscription, not only on connect: a queue deleted under a consumer (an operator, a
   // policy) cancels it, and re-subscribing to a queue that is gone would fail for good.
-  const declared = (channel: Channel) => declareTopology(channel, names);
+  const declared = (channel: Channel) => declareTopology(channel, names, shared);
   const consumer = new Consumer(
     broker,
     { queue: names.resolver, prefetch: config.resolver.prefetch, prepare: declared },
@@ -179,7 +180,7 @@ export async function startResolver(
     }
   }
   // First on every connect: dead letters and deliveries may be published before a consumer has declared.
-  await broker.onConnect((model) => declareTopologyOn(model, names));
+  await broker.onConnect((model) => declareTopologyOn(model, names, shared));
   await publisher.start();
   await consumer.start();
   await membershipConsumer.start();

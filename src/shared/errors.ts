@@ -17,6 +17,11 @@ export const ErrorCode = {
   Unauthorized: 'WARREN_ERR_UNAUTHORIZED',
   JobNotFound: 'WARREN_ERR_JOB_NOT_FOUND',
   Import: 'WARREN_ERR_IMPORT',
+  /**
+   * A queue Warren declares exists with another type or arguments (rabbitmq.queueType changed, or declared
+   * by hand): declaring again fails the same way until an operator acts.
+   */
+  TopologyMismatch: 'WARREN_ERR_TOPOLOGY_MISMATCH',
 } as const;
 
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];

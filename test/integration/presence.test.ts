@@ -38,7 +38,7 @@ describe('presence of gateway nodes in Redis', () => {
       const names = topologyNames(keys.prefix);
       const probe = await BrokerProbe.open();
       const channel = await probe.model.createChannel();
-      await declareTopology(channel, names);
+      await declareTopology(channel, names, { queueType: 'classic' });
       await declareGatewayQueue(channel, names.gatewayQueue('ward-gw'), {
         maxLength: 1000,
         dropped: names.gatewayDropped('ward-gw'),

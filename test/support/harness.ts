@@ -360,6 +360,7 @@ export async function connectPublisher(config: Readonly<WarrenConfig>): Promise<
     redisUrl: config.redis.url,
     payloadRedisUrl: config.claimCheck.redisUrl,
     prefix: config.prefix,
+    queueType: config.rabbitmq.queueType,
     claimCheckBytes: config.claimCheck.bytes,
     // Tests often connect one before their resolver starts: no process warning for that.
     logger: silentLogger(),

@@ -50,6 +50,7 @@ const INLINE_HEADROOM_BYTES = 64;
 
 export type { MembershipChange, ModelEvent, Revocation };
 export type { PublisherOptions } from './options.js';
+export type { QueueType } from '../../config/schema.js';
 export { ErrorCode, WarrenError } from '../../shared/errors.js';
 
 /** An event as a service writes it; `data` is any JSON value. */
@@ -93,6 +94,7 @@ export class WarrenPublisher {
         | 'confirmTimeoutMs'
         | 'redisTimeoutMs'
         | 'declareTopology'
+        | 'queueType'
       >
     >,
     private readonly logger: Logger,
@@ -114,6 +116,7 @@ export class WarrenPublisher {
       );
     }
     const prefix = options.prefix ?? DEFAULTS.prefix;
+    const queueType = options.queueType ?? DEFAULTS.queueType;
     const names = topologyNames(prefix);
     const keys = new Keys(prefix);
     const ownRedis: Redis[] = [];
@@ -163,7 +166,7 @@ export class WarrenPublisher {
     await broker.onConnect((model) =>
       options.declareTopology === false
         ? checkExchangeOn(model, names.events)
-        : declareTopologyOn(model, names),
+        : declareTopologyOn(model, names, { queueType }),
     );
     await publisher.start();
     const connectTimeoutMs = options.connectTimeoutMs ?? 30_000;
@@ -211,6 +214,7 @@ export class WarrenPublisher {
         confirmTimeoutMs: options.confirmTimeoutMs ?? 30_000,
         redisTimeoutMs: options.redisTimeoutMs ?? 10_000,
         declareTopology: options.declareTopology !== false,
+        queueType,
       },
       logger,
     );
@@ -342,7 +346,7 @@ export class WarrenPublisher {
       // Bounded as a confirm is: a broker that stopped answering (a resource alarm, a connection gone
       // silent) would otherwise hold the call until the heartbeat gave the connection up.
       await withTimeout(
-        declareTopologyOn(model, this.names),
+        declareTopologyOn(model, this.names, { queueType: this.settings.queueType }),
         this.settings.confirmTimeoutMs,
         `declaring ${this.names.resolver} again`,
       );
@@ -351,7 +355,11 @@ export class WarrenPublisher {
         ErrorCode.Unroutable,
         `no queue took the event, and declaring ${this.names.resolver} again failed: ${errorMessage(cause)}`,
         // A queue declared with other arguments, or a refused permission, stays so; a lost connection not.
-        { cause, retryable: !/\b(403|406)\b/.test(errorMessage(cause)) },
+        {
+          cause,
+          retryable:
+            !isWarrenError(cause, ErrorCode.TopologyMismatch) && !/\b(403|406)\b/.test(errorMessage(cause)),
+        },
       );
     }
   }

@@ -1,7 +1,7 @@
 import type { Redis } from 'ioredis';
 import type { BrokerConnection } from '../../broker/connection.js';
 import { queueConsumers } from '../../broker/topology.js';
-import { NAME_PATTERN } from '../../config/schema.js';
+import { NAME_PATTERN, QUEUE_TYPES, type QueueType } from '../../config/schema.js';
 import { withTimeout } from '../../shared/lifecycle.js';
 import type { Logger } from '../../shared/logger.js';
 
@@ -33,6 +33,12 @@ export interface PublisherOptions {
    * "Broker permissions" in the README); `connect` then only checks that `<prefix>.events` exists.
    */
   declareTopology?: boolean;
+  /**
+   * Type of the shared durable queues it declares, as the installation's `WARREN_RABBITMQ_QUEUE_TYPE`:
+   * `quorum` on a clustered RabbitMQ. Default `classic`. A queue that exists as the other type makes
+   * `connect` reject at once with `WARREN_ERR_TOPOLOGY_MISMATCH`. Unused with `declareTopology: false`.
+   */
+  queueType?: QueueType;
   /** Payloads larger than this (serialised `data`, bytes) are put in Redis first. Default 16384. */
   claimCheckBytes?: number;
   /** Lifetime of such payloads in Redis; must cover the time to deliver the event. Default 3600 s. */
@@ -101,7 +107,7 @@ export async function warnIfUnread(
   if (processWarning) process.emitWarning(message, { code: 'WARREN_NO_RESOLVER' });
 }
 
-/** Every problem with the numeric options (and the prefix), so that a bad one is not taken for a timeout of 1 ms. */
+/** Every problem with the numeric options (and the prefix and queue type), so that a bad one is not taken for a timeout of 1 ms. */
 export function badOptions(options: PublisherOptions): string[] {
   const bad: string[] = [];
   const check = (name: keyof PublisherOptions, min: number, max = MAX_TIMER_MS): void => {
@@ -116,9 +122,13 @@ export function badOptions(options: PublisherOptions): string[] {
   for (const name of ['connectTimeoutMs', 'confirmTimeoutMs', 'redisTimeoutMs'] as const) check(name, 1);
   // Under a second, a healthy connection waiting on an ordinary command would be dropped again and again.
   if (options.redisSocketTimeoutMs !== 0) check('redisSocketTimeoutMs', 1000);
+  const { prefix, queueType } = options;
+  if (queueType !== undefined && !(QUEUE_TYPES as readonly unknown[]).includes(queueType))
+    bad.push(
+      `queueType must be ${QUEUE_TYPES.join(' or ')}, as WARREN_RABBITMQ_QUEUE_TYPE (got ${JSON.stringify(queueType)})`,
+    );
   // As WARREN_PREFIX: it is part of every exchange, queue and Redis key (a `:` or brace would move keys
   // out of the tenant's hash slot, a `.` out of the routing-key layout).
-  const { prefix } = options;
   if (prefix !== undefined && !(typeof prefix === 'string' && NAME_PATTERN.test(prefix)))
     bad.push(`prefix must match ${String(NAME_PATTERN)}, as WARREN_PREFIX (got ${JSON.stringify(prefix)})`);
   return bad;
