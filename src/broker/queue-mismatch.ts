@@ -1,51 +1,162 @@
+import type { ChannelModel } from 'amqplib';
 import type { QueueType } from '../config/schema.js';
 import { ErrorCode, WarrenError } from '../shared/errors.js';
 
 /** Where an operator sets the type of the shared queues, named in every mismatch message. */
 const SETTING = 'rabbitmq.queueType (WARREN_RABBITMQ_QUEUE_TYPE; the publisher SDK’s queueType option)';
 
-// RabbitMQ 3.10's words for a declaration that differs from the queue there (the value side is
-// "the value 'quorum' of type 'longstr'", "'quorum'" or "none").
+// RabbitMQ 3.10's words for a declaration that differs from the queue there. A value side is "the value
+// 'quorum' of type 'longstr'", "'quorum'" (x-queue-type) or "none".
 const INEQUIVALENT =
   /inequivalent arg '([^']+)' for queue '([^']+)' in vhost '[^']*': received (.+) but current is (.+?)"?$/;
 
-/** A value as the broker's 406 text gives it: the value itself, or undefined for "none". */
-function argValue(text: string): string | undefined {
-  const quoted = /'([^']*)'/.exec(text);
-  return text.trim() === 'none' || !quoted ? undefined : quoted[1];
+interface ArgDifference {
+  arg: string;
+  /** The queue's value, as the broker wrote it; undefined: not set. */
+  current: string | undefined;
+  /** Its AMQP type, where the broker named one. */
+  currentType: string | undefined;
+  ours: string | undefined;
 }
 
-/**
- * The broker's 406 to a queue declaration that differs from the queue already there, in words an operator
- * can act on: which queue, which argument, what it is and what Warren declares, and how to get out (the
- * README's "Quorum queues"). Anything else comes back undefined (passed on as it was).
- */
-export function queueMismatch(error: unknown, configured: QueueType): WarrenError | undefined {
+function valueOf(text: string): { value: string | undefined; type: string | undefined } {
+  const quoted = /^(?:the value )?'([^']*)'(?: of type '([^']*)')?/.exec(text.trim());
+  return { value: quoted?.[1], type: quoted?.[2] };
+}
+
+/** What a broker's 406 says differs, or undefined for any other error. */
+function difference(error: unknown): (ArgDifference & { queue: string }) | undefined {
   const { code, message } = (error ?? {}) as { code?: unknown; message?: unknown };
   if (code !== 406 || typeof message !== 'string') return undefined;
   const match = INEQUIVALENT.exec(message);
   if (!match) return undefined;
   const [, arg = '', queue = '', received = '', current = ''] = match;
-  const ours = argValue(received);
-  const theirs = argValue(current);
-  if (arg === 'x-queue-type') {
-    // A queue declared without the argument is classic (Warren declared them so before this setting).
-    const existing = theirs ?? 'classic';
-    return new WarrenError(
-      ErrorCode.TopologyMismatch,
-      `queue ${queue} exists as a ${existing} queue, but ${SETTING} is ${configured}: a queue's type cannot ` +
-        `change in place. Set it back to ${existing}, or migrate: stop the publishing services, let the ` +
-        `resolvers empty it (warren status shows its depth), stop every Warren process, delete it ` +
-        `(rabbitmqctl delete_queue ${queue}) and start again with ${configured} (README: Quorum queues)`,
-      { cause: error, retryable: false },
-    );
+  const theirs = valueOf(current);
+  return { queue, arg, current: theirs.value, currentType: theirs.type, ours: valueOf(received).value };
+}
+
+/**
+ * A shared queue that exists otherwise than Warren declares it. `existingType` is known once `explain` has
+ * asked the broker: the broker names only the first argument that differs, and checks x-queue-type after
+ * the dead-letter ones (a queue declared quorum by hand, without them, is reported as lacking them).
+ */
+export class QueueMismatchError extends WarrenError {
+  constructor(
+    readonly queue: string,
+    readonly configured: QueueType,
+    readonly differences: readonly ArgDifference[],
+    readonly existingType: string | undefined,
+    /** The arguments Warren declared the queue with. */
+    readonly declared: Readonly<Record<string, unknown>>,
+    cause: unknown,
+  ) {
+    super(ErrorCode.TopologyMismatch, mismatchMessage(queue, configured, differences, existingType), {
+      cause,
+      retryable: false,
+    });
+    this.name = 'QueueMismatchError';
   }
-  return new WarrenError(
-    ErrorCode.TopologyMismatch,
-    `queue ${queue} exists with ${arg} ${theirs === undefined ? 'unset' : `= ${theirs}`}, but Warren ` +
-      `declares it with ${ours === undefined ? `no ${arg}` : `${arg} = ${ours}`} (${SETTING} is ` +
-      `${configured}): declare it as Warren does, or let the resolvers empty it, delete it ` +
-      `(rabbitmqctl delete_queue ${queue}) and let Warren declare it (README: Quorum queues)`,
-    { cause: error, retryable: false },
+}
+
+function mismatchMessage(
+  queue: string,
+  configured: QueueType,
+  differences: readonly ArgDifference[],
+  existingType: string | undefined,
+): string {
+  const remove =
+    `let the resolvers empty it (warren status shows its depth), stop every Warren process, delete it ` +
+    `(rabbitmqctl delete_queue ${queue}) and start again`;
+  if (existingType !== undefined && existingType !== configured)
+    return (
+      `queue ${queue} exists as a ${existingType} queue, but ${SETTING} is ${configured}: a queue's type ` +
+      `cannot change in place. Set it back to ${existingType}, or migrate: stop the publishing services, ` +
+      `${remove} with ${configured} (README: Quorum queues)`
+    );
+  const args = differences
+    .filter((d) => d.arg !== 'x-queue-type')
+    .map(
+      (d) =>
+        `${d.arg} ${d.current === undefined ? 'unset' : `= ${d.current}`} where Warren declares ` +
+        (d.ours === undefined ? 'none' : d.ours),
+    );
+  return (
+    `queue ${queue} exists with ${args.join(', ')} (${SETTING} is ${configured}): declare it as Warren ` +
+    `does, or ${remove} and let Warren declare it (README: Quorum queues)`
   );
+}
+
+/** The broker's 406 to declaring a shared queue, as a QueueMismatchError; undefined for any other error. */
+export function queueMismatch(
+  error: unknown,
+  configured: QueueType,
+  declared: Readonly<Record<string, unknown>>,
+): QueueMismatchError | undefined {
+  const found = difference(error);
+  if (!found) return undefined;
+  // The type is the one difference the broker names: what the queue is, it says (none: classic).
+  const existingType = found.arg === 'x-queue-type' ? (found.current ?? 'classic') : undefined;
+  return new QueueMismatchError(found.queue, configured, [found], existingType, declared, error);
+}
+
+const NUMERIC = /^(byte|short|signedint|long|unsignedbyte|unsignedshort|unsignedint|double|float)$/;
+
+/** A value the broker wrote back, as amqplib should send it to be taken as equal. */
+function asSent(value: string, type: string | undefined): unknown {
+  if (type !== undefined && NUMERIC.test(type)) return Number(value);
+  if (type === 'bool') return value === 'true';
+  return value;
+}
+
+// Warren sets at most five arguments on a queue: past that many rounds something else is going on.
+const MAX_PROBES = 8;
+
+/**
+ * Every argument that differs, and the queue's type, asked of the broker: a declaration made equal to the
+ * queue one difference at a time (each on a channel of its own, as a 406 closes it) until the broker takes
+ * it or names x-queue-type. Only a queue that exists is declared (checked first), and only with what it
+ * has. The mismatch as it was when the broker cannot say more.
+ */
+export async function explainMismatch(
+  model: ChannelModel,
+  mismatch: QueueMismatchError,
+): Promise<QueueMismatchError> {
+  if (mismatch.existingType !== undefined) return mismatch;
+  const args: Record<string, unknown> = { ...mismatch.declared };
+  const differences: ArgDifference[] = [];
+  let next: ArgDifference | undefined = mismatch.differences[0];
+  for (let round = 0; next && round < MAX_PROBES; round += 1) {
+    if (next.arg === 'x-queue-type')
+      return new QueueMismatchError(
+        mismatch.queue,
+        mismatch.configured,
+        differences,
+        next.current ?? 'classic',
+        mismatch.declared,
+        mismatch.cause,
+      );
+    differences.push(next);
+    if (next.current === undefined) delete args[next.arg];
+    else args[next.arg] = asSent(next.current, next.currentType);
+    const channel = await model.createChannel();
+    channel.on('error', () => {});
+    try {
+      await channel.checkQueue(mismatch.queue);
+      await channel.assertQueue(mismatch.queue, { durable: true, arguments: args });
+      await channel.close().catch(() => {});
+      const sentType = args['x-queue-type'];
+      const existingType = typeof sentType === 'string' ? sentType : 'classic';
+      return new QueueMismatchError(
+        mismatch.queue,
+        mismatch.configured,
+        differences,
+        existingType,
+        mismatch.declared,
+        mismatch.cause,
+      );
+    } catch (error) {
+      next = difference(error);
+    }
+  }
+  return mismatch;
 }

@@ -1,7 +1,7 @@
 import type { Channel, ChannelModel } from 'amqplib';
 import type { QueueType } from '../config/schema.js';
 import { errorMessage } from '../shared/errors.js';
-import { queueMismatch } from './queue-mismatch.js';
+import { explainMismatch, queueMismatch, QueueMismatchError } from './queue-mismatch.js';
 
 /** Every exchange and queue name, derived from the prefix (DESIGN.md §3). */
 export interface TopologyNames {
@@ -80,13 +80,11 @@ async function assertShared(
   queueType: QueueType,
   options: { consumed: boolean; arguments?: Record<string, unknown> },
 ): Promise<void> {
+  const args = sharedArguments(queueType, options.consumed, options.arguments ?? {});
   try {
-    await channel.assertQueue(queue, {
-      durable: true,
-      arguments: sharedArguments(queueType, options.consumed, options.arguments ?? {}),
-    });
+    await channel.assertQueue(queue, { durable: true, arguments: args });
   } catch (error) {
-    throw queueMismatch(error, queueType) ?? error;
+    throw queueMismatch(error, queueType, args) ?? error;
   }
 }
 
@@ -138,7 +136,8 @@ export async function declareTopology(
 
 /**
  * `declareTopology` on a channel of its own, closed afterwards whatever happened (a failed declaration
- * closes the channel with an error event: reported by the rejection instead).
+ * closes the channel with an error event: reported by the rejection instead). A shared queue that exists
+ * otherwise is described in full: its type, and every argument that differs.
  */
 export async function declareTopologyOn(
   model: ChannelModel,
@@ -149,6 +148,9 @@ export async function declareTopologyOn(
   channel.on('error', () => {});
   try {
     await declareTopology(channel, names, options);
+  } catch (error) {
+    // The broker names one difference, not always the type: asked until it says what the queue is.
+    throw error instanceof QueueMismatchError ? await explainMismatch(model, error) : error;
   } finally {
     await channel.close().catch(() => {});
   }

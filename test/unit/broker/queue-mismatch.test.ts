@@ -18,6 +18,7 @@ describe('queueMismatch', () => {
         "inequivalent arg 'x-queue-type' for queue 'warren.resolver' in vhost '/': received 'classic' but current is 'quorum'",
       ),
       'classic',
+      {},
     );
     expect(error?.code).toBe('WARREN_ERR_TOPOLOGY_MISMATCH');
     expect(error?.retryable).toBe(false);
@@ -35,6 +36,7 @@ describe('queueMismatch', () => {
         "inequivalent arg 'x-queue-type' for queue 'warren.dead' in vhost '/': received the value 'quorum' of type 'longstr' but current is none",
       ),
       'quorum',
+      {},
     );
     expect(error?.message).toMatch(/^queue warren\.dead exists as a classic queue, but .* is quorum/);
   });
@@ -45,20 +47,21 @@ describe('queueMismatch', () => {
         "inequivalent arg 'x-delivery-limit' for queue 'warren.resolver' in vhost '/': received the value '1000000' of type 'long' but current is none",
       ),
       'quorum',
+      {},
     );
     expect(error?.code).toBe('WARREN_ERR_TOPOLOGY_MISMATCH');
     expect(error?.message).toMatch(
-      /^queue warren\.resolver exists with x-delivery-limit unset, but Warren declares it with x-delivery-limit = 1000000/,
+      /^queue warren\.resolver exists with x-delivery-limit unset where Warren declares 1000000 \(rabbitmq\.queueType/,
     );
   });
 
   it('passes on anything else', () => {
     expect(
-      queueMismatch(Object.assign(new Error('ACCESS_REFUSED'), { code: 403 }), 'quorum'),
+      queueMismatch(Object.assign(new Error('ACCESS_REFUSED'), { code: 403 }), 'quorum', {}),
     ).toBeUndefined();
     expect(
-      queueMismatch(refused("invalid property 'non-durable' for queue 'q' in vhost '/'"), 'quorum'),
+      queueMismatch(refused("invalid property 'non-durable' for queue 'q' in vhost '/'"), 'quorum', {}),
     ).toBeUndefined();
-    expect(queueMismatch(undefined, 'classic')).toBeUndefined();
+    expect(queueMismatch(undefined, 'classic', {})).toBeUndefined();
   });
 });
