@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, inject, it } from 'vitest';
-import type { WarrenConfig } from '../../src/config/schema.js';
+import { QUEUE_TYPES, type WarrenConfig } from '../../src/config/schema.js';
 import type { Gateway } from '../../src/gateway/main.js';
 import { startResolver, type Resolver } from '../../src/resolver/main.js';
 import { WarrenPublisher } from '../../src/sdk/publisher/index.js';
@@ -163,7 +163,8 @@ describe('claim check with payloads on a Redis of their own', () => {
 
 const PREFETCH = 4;
 
-describe('claim check while the payloads’ own Redis is away', () => {
+// With either queue type: the retry queue's per-message expiry and dead-lettering back hold for quorum too.
+describe.each(QUEUE_TYPES)('claim check while the payloads’ own Redis is away (%s queues)', (queueType) => {
   let prefix: string;
   let proxy: TcpProxy;
   let gateway: Gateway;
@@ -179,6 +180,7 @@ describe('claim check while the payloads’ own Redis is away', () => {
     // The gateway and the resolver reach the payloads' Redis through the proxy; the service directly.
     // A small prefetch window: events waiting for the payloads' Redis must not fill it.
     const config = testConfig(prefix, {
+      rabbitmq: { queueType },
       claimCheck: { redisUrl: proxy.url(payloadRedisUrl()) },
       resolver: { metricsPort: 0, prefetch: PREFETCH },
     });
@@ -195,6 +197,7 @@ describe('claim check while the payloads’ own Redis is away', () => {
       redisUrl: config.redis.url,
       payloadRedisUrl: payloadRedisUrl(),
       prefix,
+      queueType,
     });
     probe = await BrokerProbe.open();
   });
