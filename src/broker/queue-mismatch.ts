@@ -10,6 +10,15 @@ const SETTING = 'rabbitmq.queueType (WARREN_RABBITMQ_QUEUE_TYPE; the publisher S
 const INEQUIVALENT =
   /inequivalent arg '([^']+)' for queue '([^']+)' in vhost '[^']*': received (.+) but current is (.+?)"?$/;
 
+/**
+ * The shared queues: those the resolvers empty (`<prefix>.resolver`, `.resolver.membership`, `.resolver.retry`)
+ * and the dead-letter queue, which no process reads. A type is set for all four at once.
+ */
+export interface SharedQueues {
+  consumed: readonly string[];
+  dead: string;
+}
+
 interface ArgDifference {
   arg: string;
   /** The queue's value, as the broker wrote it; undefined: not set. */
@@ -48,9 +57,10 @@ export class QueueMismatchError extends WarrenError {
     readonly existingType: string | undefined,
     /** The arguments Warren declared the queue with. */
     readonly declared: Readonly<Record<string, unknown>>,
+    readonly shared: SharedQueues,
     cause: unknown,
   ) {
-    super(ErrorCode.TopologyMismatch, mismatchMessage(queue, configured, differences, existingType), {
+    super(ErrorCode.TopologyMismatch, mismatchMessage(queue, configured, differences, existingType, shared), {
       cause,
       retryable: false,
     });
@@ -63,16 +73,28 @@ function mismatchMessage(
   configured: QueueType,
   differences: readonly ArgDifference[],
   existingType: string | undefined,
+  shared: SharedQueues,
 ): string {
+  // Nobody reads the dead-letter queue: waiting for it to empty would wait for ever.
   const remove =
-    `let the resolvers empty it (warren status shows its depth), stop every Warren process, delete it ` +
-    `(rabbitmqctl delete_queue ${queue}) and start again`;
-  if (existingType !== undefined && existingType !== configured)
+    queue === shared.dead
+      ? `stop every Warren process, save what ${queue} holds if you need it, delete it ` +
+        `(rabbitmqctl delete_queue ${queue}) and start again`
+      : `let the resolvers empty it (warren status shows its depth), stop every Warren process, delete it ` +
+        `(rabbitmqctl delete_queue ${queue}) and start again`;
+  if (existingType !== undefined && existingType !== configured) {
+    // The type is every shared queue's: deleting only the one named would stop the next start on the next.
+    const all = [...shared.consumed, shared.dead];
+    const consumed = `${shared.consumed.slice(0, -1).join(', ')} and ${shared.consumed.at(-1) ?? ''}`;
     return (
       `queue ${queue} exists as a ${existingType} queue, but ${SETTING} is ${configured}: a queue's type ` +
       `cannot change in place. Set it back to ${existingType}, or migrate: stop the publishing services, ` +
-      `${remove} with ${configured} (README: Quorum queues)`
+      `let the resolvers empty ${consumed} (warren status shows their depths), stop every Warren process, ` +
+      `save what ${shared.dead} holds if you need it, delete the ${all.length} queues ` +
+      `(${all.map((q) => `rabbitmqctl delete_queue ${q}`).join('; ')}) and start again with ${configured} ` +
+      `(README: Quorum queues)`
     );
+  }
   const args = differences
     .filter((d) => d.arg !== 'x-queue-type')
     .map(
@@ -91,12 +113,13 @@ export function queueMismatch(
   error: unknown,
   configured: QueueType,
   declared: Readonly<Record<string, unknown>>,
+  shared: SharedQueues,
 ): QueueMismatchError | undefined {
   const found = difference(error);
   if (!found) return undefined;
   // The type is the one difference the broker names: what the queue is, it says (none: classic).
   const existingType = found.arg === 'x-queue-type' ? (found.current ?? 'classic') : undefined;
-  return new QueueMismatchError(found.queue, configured, [found], existingType, declared, error);
+  return new QueueMismatchError(found.queue, configured, [found], existingType, declared, shared, error);
 }
 
 const NUMERIC = /^(byte|short|signedint|long|unsignedbyte|unsignedshort|unsignedint|double|float)$/;
@@ -133,6 +156,7 @@ export async function explainMismatch(
         differences,
         next.current ?? 'classic',
         mismatch.declared,
+        mismatch.shared,
         mismatch.cause,
       );
     differences.push(next);
@@ -152,6 +176,7 @@ export async function explainMismatch(
         differences,
         existingType,
         mismatch.declared,
+        mismatch.shared,
         mismatch.cause,
       );
     } catch (error) {

@@ -1,7 +1,7 @@
 import type { Channel, ChannelModel } from 'amqplib';
 import type { QueueType } from '../config/schema.js';
 import { errorMessage } from '../shared/errors.js';
-import { explainMismatch, queueMismatch, QueueMismatchError } from './queue-mismatch.js';
+import { explainMismatch, queueMismatch, QueueMismatchError, type SharedQueues } from './queue-mismatch.js';
 
 /** Every exchange and queue name, derived from the prefix (DESIGN.md §3). */
 export interface TopologyNames {
@@ -78,13 +78,13 @@ async function assertShared(
   channel: Channel,
   queue: string,
   queueType: QueueType,
-  options: { consumed: boolean; arguments?: Record<string, unknown> },
+  options: { consumed: boolean; shared: SharedQueues; arguments?: Record<string, unknown> },
 ): Promise<void> {
   const args = sharedArguments(queueType, options.consumed, options.arguments ?? {});
   try {
     await channel.assertQueue(queue, { durable: true, arguments: args });
   } catch (error) {
-    throw queueMismatch(error, queueType, args) ?? error;
+    throw queueMismatch(error, queueType, args, options.shared) ?? error;
   }
 }
 
@@ -103,14 +103,16 @@ export async function declareTopology(
   names: TopologyNames,
   { queueType }: TopologyOptions,
 ): Promise<void> {
+  const shared = { consumed: [names.resolver, names.memberships, names.resolverRetry], dead: names.dead };
   await channel.assertExchange(names.events, 'topic', { durable: true });
   await channel.assertExchange(names.membership, 'topic', { durable: true });
   await channel.assertExchange(names.deliveries, 'topic', { durable: true });
   await channel.assertExchange(names.dlx, 'fanout', { durable: true });
-  await assertShared(channel, names.dead, queueType, { consumed: false });
+  await assertShared(channel, names.dead, queueType, { consumed: false, shared });
   await channel.bindQueue(names.dead, names.dlx, '');
   await assertShared(channel, names.resolver, queueType, {
     consumed: true,
+    shared,
     // A message a resolver rejects without requeue (a poison message) lands in the dead-letter queue.
     arguments: { 'x-dead-letter-exchange': names.dlx },
   });
@@ -120,6 +122,7 @@ export async function declareTopology(
   // they have a queue of their own that only one resolver at a time consumes.
   await assertShared(channel, names.memberships, queueType, {
     consumed: true,
+    shared,
     arguments: { 'x-single-active-consumer': true, 'x-dead-letter-exchange': names.dlx },
   });
   await channel.bindQueue(names.memberships, names.membership, '#');
@@ -128,6 +131,7 @@ export async function declareTopology(
   // (quorum queues alike, from RabbitMQ 3.10, which added message TTL to them).
   await assertShared(channel, names.resolverRetry, queueType, {
     consumed: false,
+    shared,
     arguments: { 'x-dead-letter-exchange': '', 'x-dead-letter-routing-key': names.resolver },
   });
   // Installations from before that queue routed membership changes to the resolver queue.

@@ -11,6 +11,11 @@ const refused = (detail: string): Error =>
     { code: 406 },
   );
 
+const shared = {
+  consumed: ['warren.resolver', 'warren.resolver.membership', 'warren.resolver.retry'],
+  dead: 'warren.dead',
+};
+
 describe('queueMismatch', () => {
   it('names the queue, the type it has, the configured one, and both ways out', () => {
     const error = queueMismatch(
@@ -19,6 +24,7 @@ describe('queueMismatch', () => {
       ),
       'classic',
       {},
+      shared,
     );
     expect(error?.code).toBe('WARREN_ERR_TOPOLOGY_MISMATCH');
     expect(error?.retryable).toBe(false);
@@ -37,8 +43,29 @@ describe('queueMismatch', () => {
       ),
       'quorum',
       {},
+      shared,
     );
     expect(error?.message).toMatch(/^queue warren\.dead exists as a classic queue, but .* is quorum/);
+  });
+
+  it('on a change of type, tells to empty and delete every shared queue, and to save the dead letters first', () => {
+    // Warren declares the dead-letter queue first: a migration's first mismatch is always about it.
+    const error = queueMismatch(
+      refused(
+        "inequivalent arg 'x-queue-type' for queue 'warren.dead' in vhost '/': received the value 'quorum' of type 'longstr' but current is none",
+      ),
+      'quorum',
+      {},
+      shared,
+    );
+    // Nobody reads the dead-letter queue: waiting for the resolvers to empty it would wait for ever.
+    expect(error?.message).not.toMatch(/resolvers empty it/);
+    expect(error?.message).toMatch(/save what warren\.dead holds/);
+    for (const queue of [...shared.consumed, shared.dead])
+      expect(error?.message).toContain(`rabbitmqctl delete_queue ${queue}`);
+    expect(error?.message).toMatch(
+      /let the resolvers empty warren\.resolver, warren\.resolver\.membership and warren\.resolver\.retry/,
+    );
   });
 
   it('names another argument that differs, with both values', () => {
@@ -48,6 +75,7 @@ describe('queueMismatch', () => {
       ),
       'quorum',
       {},
+      shared,
     );
     expect(error?.code).toBe('WARREN_ERR_TOPOLOGY_MISMATCH');
     expect(error?.message).toMatch(
@@ -57,11 +85,16 @@ describe('queueMismatch', () => {
 
   it('passes on anything else', () => {
     expect(
-      queueMismatch(Object.assign(new Error('ACCESS_REFUSED'), { code: 403 }), 'quorum', {}),
+      queueMismatch(Object.assign(new Error('ACCESS_REFUSED'), { code: 403 }), 'quorum', {}, shared),
     ).toBeUndefined();
     expect(
-      queueMismatch(refused("invalid property 'non-durable' for queue 'q' in vhost '/'"), 'quorum', {}),
+      queueMismatch(
+        refused("invalid property 'non-durable' for queue 'q' in vhost '/'"),
+        'quorum',
+        {},
+        shared,
+      ),
     ).toBeUndefined();
-    expect(queueMismatch(undefined, 'classic', {})).toBeUndefined();
+    expect(queueMismatch(undefined, 'classic', {}, shared)).toBeUndefined();
   });
 });
