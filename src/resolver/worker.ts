@@ -10,7 +10,7 @@ import { fulfilsWithin, sleep } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import { StaleMembershipTerm, type MembershipStore } from '../store/membership-store.js';
 import { PayloadStore } from '../store/payload-store.js';
-import { refusedByRedis } from '../store/redis.js';
+import { deniedByAcl, refusedByRedis } from '../store/redis.js';
 import { PerKeyThrottle } from '../shared/throttle.js';
 import type { DeliveryPublisher } from './delivery-publisher.js';
 import { originOf, parseMessage, type RejectCode } from './message-parser.js';
@@ -256,9 +256,19 @@ export class ResolverWorker {
       // Redis refusing the change itself (a key of the wrong type, say) is retried a few times, then set
       // aside: one change that can never apply must not hold up every later change of every tenant.
       // Redis unreachable, or unable to take any write now (out of memory, read-only after a failover),
-      // is retried for as long as it takes: dropping a removal then would leave the user a member.
+      // is retried for as long as it takes: dropping a removal then would leave the user a member. So is
+      // an ACL denying what the change needs: it refuses every change alike (removals set aside would
+      // leave their users members for good, and events still resolved), until an operator mends it.
       const key = delivery.message.content.toString('latin1');
-      const failures = refusedByRedis(error) ? this.applyFailures.add(key) : this.applyFailures.get(key);
+      const acl = deniedByAcl(error);
+      const failures =
+        refusedByRedis(error) && !acl ? this.applyFailures.add(key) : this.applyFailures.get(key);
+      if (acl) {
+        this.deps.logger.error(
+          { err: errorMessage(error), tenantId },
+          'Redis’s ACL denies what a membership change needs; changes wait until it is mended',
+        );
+      }
       if (failures >= MEMBERSHIP_ATTEMPTS) {
         this.applyFailures.forget(() => key);
         this.track(
@@ -270,11 +280,12 @@ export class ResolverWorker {
         );
         return;
       }
-      this.deps.logger.warn(
-        { err: errorMessage(error), failures },
-        'membership change not applied; requeued',
-      );
-      await sleep(Math.min(250 * (failures + 1), 2000));
+      if (!acl)
+        this.deps.logger.warn(
+          { err: errorMessage(error), failures },
+          'membership change not applied; requeued',
+        );
+      await sleep(acl ? 2000 : Math.min(250 * (failures + 1), 2000));
       delivery.requeue();
     }
   }

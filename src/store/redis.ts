@@ -249,6 +249,16 @@ export function refusedByRedis(error: unknown): boolean {
 }
 
 /**
+ * Whether an ACL denied the command or a key (`NOPERM`; Redis 7 words a script's denied call as an `ERR`
+ * that says so): a refusal for good until an operator mends the ACL, which is not the command's fault.
+ */
+export function deniedByAcl(error: unknown): boolean {
+  if (!(error instanceof ReplyError)) return false;
+  const message = (error as Error).message;
+  return /^NOPERM\b/.test(message) || /can't run this command|no permissions to access/i.test(message);
+}
+
+/**
  * Which server, in which role: its run id changes when it restarts or another server answers (a replica
  * promoted by a failover); its role when a demoted master, still reached at the old address, takes the new
  * master's data. (Not the replication id: a master changes it on its own when its backlog expires.)

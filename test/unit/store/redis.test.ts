@@ -1,6 +1,24 @@
 import { ReplyError } from 'ioredis';
 import { describe, expect, it } from 'vitest';
-import { evictionProblem, refusedByRedis } from '../../../src/store/redis.js';
+import { deniedByAcl, evictionProblem, refusedByRedis } from '../../../src/store/redis.js';
+
+describe('deniedByAcl', () => {
+  it('tells an ACL’s denial, of a command or of a script’s call, from the command’s own refusal', () => {
+    for (const message of [
+      "NOPERM this user has no permissions to run the 'incr' command",
+      'NOPERM this user has no permissions to access one of the keys used as arguments',
+      "ERR The user executing the script can't run this command or subcommand script: f_1a2b, on @user_script:3.",
+    ])
+      expect(deniedByAcl(new ReplyError(message)), message).toBe(true);
+    for (const message of [
+      'WRONGTYPE Operation against a key holding the wrong kind of value',
+      'ERR Error running script: user_script:3: bad argument',
+      'OOM command not allowed when used memory',
+    ])
+      expect(deniedByAcl(new ReplyError(message)), message).toBe(false);
+    expect(deniedByAcl(new Error('NOPERM not a reply'))).toBe(false);
+  });
+});
 
 describe('refusedByRedis', () => {
   it('tells a command Redis will never take from a Redis that cannot take any now', () => {
