@@ -407,13 +407,14 @@ export async function startGateway(
         const unbound = bindingsLost;
         // The exchange may be gone too: its node key is bound below.
         if (unbound) await declareTopology(channel, names, shared);
-        if (queueDeclared && unbound) {
-          queueLosses += 1;
-          lossWhy = 'the node’s bindings were lost';
-          bindingsLost = false;
-        } else if (queueDeclared && !(await queueExists(model, queue))) {
-          queueLosses += 1;
-          lossWhy = 'the node queue was lost';
+        if (queueDeclared) {
+          // A probe may also have found the bindings gone with the queue itself: told as what it was.
+          const queueLost = !(await queueExists(model, queue));
+          if (queueLost || unbound) {
+            queueLosses += 1;
+            lossWhy = queueLost ? 'the node queue was lost' : 'the node’s bindings were lost';
+          }
+          if (unbound) bindingsLost = false;
         }
         await declareGatewayQueue(channel, queue, {
           maxLength: g.queueMaxLength,
