@@ -7,6 +7,7 @@ import { WarrenPublisher } from '../../src/sdk/publisher/index.js';
 import { silentLogger } from '../../src/shared/logger.js';
 import { Keys } from '../../src/store/keys.js';
 import { BrokerProbe, removeInstallation, testPrefix } from '../support/harness.js';
+import { RedisAclUser } from '../support/redis-acl-user.js';
 import { TcpProxy } from '../support/tcp-proxy.js';
 
 // What the publisher SDK tells a service when a call cannot be done, and what it leaves behind then.
@@ -27,6 +28,16 @@ const connect = (prefix: string, options: Parameters<typeof WarrenPublisher.conn
     prefix,
     ...options,
   });
+
+/** A publisher reaching the broker through a proxy the test can cut, stall or silence. */
+async function connectThroughProxy(
+  prefix: string,
+  options: Parameters<typeof WarrenPublisher.connect>[0] = {},
+): Promise<{ warren: WarrenPublisher; proxy: TcpProxy }> {
+  const broker = new URL(inject('rabbitmqUrl'));
+  const proxy = await TcpProxy.toUrl(broker);
+  return { proxy, warren: await connect(prefix, { rabbitmqUrl: proxy.url(broker), ...options }) };
+}
 
 async function jobKeys(prefix: string): Promise<string[]> {
   const redis = new Redis(inject('redisUrl'));
@@ -63,10 +74,7 @@ describe('publisher SDK: calls it cannot do', () => {
 
   it('stores no payload for an event the broker cannot take now, and one copy for its retries', async () => {
     const prefix = testPrefix('sdk-away');
-    const broker = new URL(inject('rabbitmqUrl'));
-    const proxy = await TcpProxy.toUrl(broker);
-    const warren = await connect(prefix, {
-      rabbitmqUrl: proxy.url(broker),
+    const { warren, proxy } = await connectThroughProxy(prefix, {
       claimCheckBytes: 10,
       publishTimeoutMs: 0,
     });
@@ -129,13 +137,8 @@ describe('publisher SDK: calls it cannot do', () => {
 
   it('says that trying again cannot help when a Redis ACL denies a command it needs', async () => {
     const prefix = testPrefix('sdk-noperm');
-    const user = `t-noperm-${prefix}`;
-    const admin = new Redis(inject('redisUrl'));
-    await admin.acl('SETUSER', user, 'on', '>pw', '~*', '+@all', '-set');
-    const redisUrl = new URL(inject('redisUrl'));
-    redisUrl.username = user;
-    redisUrl.password = 'pw';
-    const warren = await connect(prefix, { redisUrl: redisUrl.toString() });
+    const user = await RedisAclUser.create(prefix, ['set']);
+    const warren = await connect(prefix, { redisUrl: user.url });
     try {
       await expect(warren.putPayload('acme', large)).rejects.toMatchObject({
         code: 'WARREN_ERR_REDIS_REFUSED',
@@ -144,8 +147,7 @@ describe('publisher SDK: calls it cannot do', () => {
       });
     } finally {
       await removeInstallation(prefix, { warren });
-      await admin.acl('DELUSER', user);
-      await admin.quit();
+      await user.remove();
     }
   });
 
@@ -170,10 +172,7 @@ describe('publisher SDK: calls it cannot do', () => {
 
   it('gives up a first revocation within publishTimeoutMs on a broker that stopped answering', async () => {
     const prefix = testPrefix('sdk-revoke-silent');
-    const url = new URL(inject('rabbitmqUrl'));
-    const proxy = await TcpProxy.toUrl(url);
-    const warren = await connect(prefix, {
-      rabbitmqUrl: proxy.url(url),
+    const { warren, proxy } = await connectThroughProxy(prefix, {
       publishTimeoutMs: 1000,
       confirmTimeoutMs: 1000,
     });
@@ -327,10 +326,7 @@ describe('publisher SDK: events no queue takes', () => {
 
   it('gives up declaring the topology again within confirmTimeoutMs on a broker that stopped answering', async () => {
     const prefix = testPrefix('sdk-redeclare-silent');
-    const url = new URL(inject('rabbitmqUrl'));
-    const proxy = await TcpProxy.toUrl(url);
-    const warren = await connect(prefix, {
-      rabbitmqUrl: proxy.url(url),
+    const { warren, proxy } = await connectThroughProxy(prefix, {
       publishTimeoutMs: 1000,
       confirmTimeoutMs: 1000,
     });

@@ -285,14 +285,19 @@ describe('a shared queue of another type than configured', () => {
     }
   });
 
-  it('tells a configuration left classic that an operator declared the resolver queue quorum', async () => {
-    prefix = testPrefix('quorum-by-hand');
+  /** The resolver queue as an operator might declare it: quorum, none of Warren's other arguments. */
+  async function declareResolverQueueByHand(): Promise<void> {
     const channel = await probe.model.createChannel();
     await channel.assertQueue(`${prefix}.resolver`, {
       durable: true,
       arguments: { 'x-queue-type': 'quorum' },
     });
     await channel.close();
+  }
+
+  it('tells a configuration left classic that an operator declared the resolver queue quorum', async () => {
+    prefix = testPrefix('quorum-by-hand');
+    await declareResolverQueueByHand();
     const result = await outcome(() => startResolver(testConfig(prefix), { logger: silentLogger() }));
     expect(result.code).toBe('WARREN_ERR_TOPOLOGY_MISMATCH');
     expect(result.message).toMatch(
@@ -302,12 +307,7 @@ describe('a shared queue of another type than configured', () => {
 
   it('names another argument a queue declared by hand lacks, with the configured type right', async () => {
     prefix = testPrefix('quorum-args');
-    const channel = await probe.model.createChannel();
-    await channel.assertQueue(`${prefix}.resolver`, {
-      durable: true,
-      arguments: { 'x-queue-type': 'quorum' },
-    });
-    await channel.close();
+    await declareResolverQueueByHand();
     const config = testConfig(prefix, { rabbitmq: { queueType: 'quorum' } });
     const result = await outcome(() => startResolver(config, { logger: silentLogger() }));
     expect(result.code).toBe('WARREN_ERR_TOPOLOGY_MISMATCH');

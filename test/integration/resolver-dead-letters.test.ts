@@ -21,6 +21,7 @@ import {
   type TestTab,
   token,
 } from '../support/harness.js';
+import { RedisAclUser } from '../support/redis-acl-user.js';
 
 const valid = {
   id: 'evt-valid',
@@ -539,14 +540,10 @@ describe('a dead-letter exchange deleted under a resolver', () => {
 describe('a resolver whose Redis ACL denies a command a membership change needs', () => {
   it('holds the change until the ACL is mended, then applies it: set aside, a removal would leave its user a member', async () => {
     const prefix = testPrefix('dead-noperm');
-    const user = `t-noperm-${prefix}`;
-    const admin = new Redis(inject('redisUrl'));
     // Taking a membership term is an INCR: the ACL forbids it.
-    await admin.acl('SETUSER', user, 'on', '>pw', '~*', '+@all', '-incr');
-    const redisUrl = new URL(inject('redisUrl'));
-    redisUrl.username = user;
-    redisUrl.password = 'pw';
-    const config = testConfig(prefix, { redis: { url: redisUrl.toString() } });
+    const user = await RedisAclUser.create(prefix, ['incr']);
+    const admin = new Redis(inject('redisUrl'));
+    const config = testConfig(prefix, { redis: { url: user.url } });
     const resolver = await startTestResolver(config);
     const probe = await BrokerProbe.open();
     try {
@@ -565,13 +562,13 @@ describe('a resolver whose Redis ACL denies a command a membership change needs'
       expect(dead).toEqual([]);
       expect(await applied()).toBe(false);
 
-      await admin.acl('SETUSER', user, '+incr');
+      await user.allow('incr');
       await eventually(applied, 'the change applied', 10_000);
       expect(dead).toEqual([]);
     } finally {
       await probe.close();
       await removeInstallation(prefix, { resolvers: [resolver] });
-      await admin.acl('DELUSER', user);
+      await user.remove();
       await admin.quit();
     }
   }, 40_000);
