@@ -65,6 +65,20 @@ export function refuses(error: Error, exchange: string, routingKey: string): boo
 }
 
 /**
+ * Whether a publish failed for want of `exchange`: the broker closes the channel (404) naming it, where a
+ * missing queue would have it return a mandatory message. Only a 404 naming that exchange: one of a publish
+ * beside it on the same channel, to another exchange, is not this one's.
+ */
+export function exchangeMissing(error: unknown, exchange: string): error is WarrenError {
+  return (
+    error instanceof WarrenError &&
+    error.code === ErrorCode.PublishRejected &&
+    (error.cause as { code?: unknown } | undefined)?.code === 404 &&
+    errorMessage(error.cause).includes(`exchange '${exchange}'`)
+  );
+}
+
+/**
  * Publishes over one confirm channel. `publish` resolves when the broker has confirmed the message and
  * rejects on a nack or when the connection drops first: at-least-once publishing, the caller decides
  * whether to retry or to let its own message be redelivered.

@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import type { ConsumeMessage, Options } from 'amqplib';
 import type { Delivery as AmqpDelivery } from '../broker/consumer.js';
-import { PUBLISH_ID_HEADER, type Publisher } from '../broker/publisher.js';
-import { isNotFound, type TopologyNames } from '../broker/topology.js';
+import { exchangeMissing, PUBLISH_ID_HEADER, type Publisher } from '../broker/publisher.js';
+import type { TopologyNames } from '../broker/topology.js';
 import { DeadLetterHeader, RetryHeader } from '../protocol/delivery.js';
 import type { MembershipChange, ModelEvent } from '../protocol/schemas.js';
 import { ErrorCode, errorMessage, isWarrenError } from '../shared/errors.js';
@@ -86,6 +86,8 @@ const DROPPED_HEADERS = [
  */
 // Messages remembered as failing at once; more would mean something else is wrong.
 const FAILURES_REMEMBERED = 10_000;
+/** Between two attempts at a membership change Redis's ACL denies (one error logged each). */
+const ACL_WAIT_MS = 2000;
 // Attempts at an event whose resolution throws, and at a membership change Redis refuses, before the
 // message is dead-lettered (bad input is dead-lettered at once).
 const RESOLVE_ATTEMPTS = 2;
@@ -253,22 +255,23 @@ export class ResolverWorker {
         delivery.requeue();
         return;
       }
-      // Redis refusing the change itself (a key of the wrong type, say) is retried a few times, then set
-      // aside: one change that can never apply must not hold up every later change of every tenant.
-      // Redis unreachable, or unable to take any write now (out of memory, read-only after a failover),
-      // is retried for as long as it takes: dropping a removal then would leave the user a member. So is
-      // an ACL denying what the change needs: it refuses every change alike (removals set aside would
-      // leave their users members for good, and events still resolved), until an operator mends it.
-      const key = delivery.message.content.toString('latin1');
-      const acl = deniedByAcl(error);
-      const failures =
-        refusedByRedis(error) && !acl ? this.applyFailures.add(key) : this.applyFailures.get(key);
-      if (acl) {
+      // An ACL denying what the change needs refuses every change alike: they wait until an operator mends
+      // it (removals set aside would leave their users members for good, and events still resolved).
+      if (deniedByAcl(error)) {
         this.deps.logger.error(
           { err: errorMessage(error), tenantId },
           'Redis’s ACL denies what a membership change needs; changes wait until it is mended',
         );
+        await sleep(ACL_WAIT_MS);
+        delivery.requeue();
+        return;
       }
+      // Redis refusing the change itself (a key of the wrong type, say) is retried a few times, then set
+      // aside: one change that can never apply must not hold up every later change of every tenant.
+      // Redis unreachable, or unable to take any write now (out of memory, read-only after a failover),
+      // is retried for as long as it takes: dropping a removal then would leave the user a member.
+      const key = delivery.message.content.toString('latin1');
+      const failures = refusedByRedis(error) ? this.applyFailures.add(key) : this.applyFailures.get(key);
       if (failures >= MEMBERSHIP_ATTEMPTS) {
         this.applyFailures.forget(() => key);
         this.track(
@@ -280,12 +283,11 @@ export class ResolverWorker {
         );
         return;
       }
-      if (!acl)
-        this.deps.logger.warn(
-          { err: errorMessage(error), failures },
-          'membership change not applied; requeued',
-        );
-      await sleep(acl ? 2000 : Math.min(250 * (failures + 1), 2000));
+      this.deps.logger.warn(
+        { err: errorMessage(error), failures },
+        'membership change not applied; requeued',
+      );
+      await sleep(Math.min(250 * (failures + 1), 2000));
       delivery.requeue();
     }
   }
@@ -723,14 +725,10 @@ export class ResolverWorker {
     let queueMissing = false;
     const copied = await copy()
       .catch(async (error: unknown) => {
-        // The exchange gone, the broker closes the publish channel (404) rather than return the copy. It is
-        // the queues' own dead-letter exchange too: rejected, the message would be dropped. Only a 404 that
-        // names it: one of a publish beside it (the deliveries exchange gone) is not to be declared here.
-        const exchangeMissing =
-          isWarrenError(error, ErrorCode.PublishRejected) &&
-          isNotFound(error.cause) &&
-          errorMessage(error.cause).includes(`exchange '${names.dlx}'`);
-        if (!isWarrenError(error, ErrorCode.Unroutable) && !exchangeMissing) throw error;
+        // The exchange gone, the broker closes the publish channel rather than return the copy. It is the
+        // queues' own dead-letter exchange too: rejected, the message would be dropped. (The deliveries
+        // exchange gone, for a publish beside it, is not to be declared here.)
+        if (!isWarrenError(error, ErrorCode.Unroutable) && !exchangeMissing(error, names.dlx)) throw error;
         queueMissing = true;
         logger.warn(
           { queue: names.dead, exchange: names.dlx },

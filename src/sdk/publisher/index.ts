@@ -1,11 +1,10 @@
 import { randomBytes } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { BrokerConnection, refusedForGood } from '../../broker/connection.js';
-import { Publisher } from '../../broker/publisher.js';
+import { exchangeMissing, Publisher } from '../../broker/publisher.js';
 import {
   checkExchangeOn,
   declareTopologyOn,
-  isNotFound,
   topologyNames,
   type TopologyNames,
 } from '../../broker/topology.js';
@@ -278,11 +277,7 @@ export class WarrenPublisher {
     } catch (error) {
       // The events exchange deleted: the broker closes the channel (404) instead of returning the event, and
       // every later publish fails the same way until something declares it again.
-      const exchangeGone =
-        this.settings.declareTopology &&
-        isWarrenError(error, ErrorCode.PublishRejected) &&
-        isNotFound(error.cause) &&
-        errorMessage(error.cause).includes(`exchange '${this.names.events}'`);
+      const exchangeGone = this.settings.declareTopology && exchangeMissing(error, this.names.events);
       if (!isWarrenError(error, ErrorCode.Unroutable) && !exchangeGone) throw error;
       await this.declareAgain(error);
       // It reached no queue, so sending it once more is not a repeat.
