@@ -92,6 +92,8 @@ describe('browser tabs: every event once per tab, never to another user', () => 
     const bTab = await tab('B', shared);
     await allConnected([bTab]);
     expect((await bTab.status()).role).toBe('leader');
+    // Alone in its group, B's tab was never told it follows.
+    expect((await bTab.log()).roles).toEqual(['leader']);
     expect(gateway.connections).toBe(2);
 
     // Publish continuously while the leader goes away.

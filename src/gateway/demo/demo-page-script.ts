@@ -87,8 +87,7 @@ function log(text, bad) {
 const ROLE = { own: 'own socket', leader: 'this tab holds the socket', follower: 'via a sibling tab' };
 
 function connected() {
-  // A follower is told here, once its leader's connection reaches it, not when its role changes: every tab
-  // that shares starts as a follower until the lock is decided, a lone tab too (it leads a moment later).
+  // A follower is told here, once its leader's connection reaches it: its role changes before that.
   const via = client.role === 'follower' ? ' via a sibling tab' : '';
   log('connected to node ' + client.session.gateway + via);
 }

@@ -233,8 +233,6 @@ export class WarrenClient {
     // The user is part of the name, even with a group given: tabs of different users never meet on one
     // channel.
     const name = `warren|${this.link.urls.describe()}|${claims.tid}|${claims.sub}|${group}`;
-    this.setRole(TabRole.Follower);
-    if (this.isClosed()) return;
     const alone = (cause: unknown): void => {
       this.share?.close();
       this.share = undefined;
@@ -268,6 +266,9 @@ export class WarrenClient {
           if (this.followed || this.link.tokens.ageMs() > FRESH_TOKEN_MS) this.link.tokens.forget();
           this.openSocket();
         },
+        // Only once another tab is known to lead: a tab told `follower` that leads a moment later would
+        // have an application show "via another tab" (or stand down) for a connection it holds itself.
+        follow: () => this.setRole(TabRole.Follower),
         hello: () => this.announce(),
         relay: (message) => this.fromLeader(message),
         refused: alone,

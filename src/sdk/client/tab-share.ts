@@ -39,6 +39,8 @@ export type RelayMessage =
 export interface ShareHooks {
   /** This tab holds the lock now: open the socket. */
   lead(): void;
+  /** Another tab held the lock when this one asked: it follows, and waits in line to take over. */
+  follow(): void;
   /** A follower asked the leader for its status. */
   hello(): void;
   /** A follower received a relay from the leader. */
@@ -63,6 +65,8 @@ export class TabShare {
   private readonly abort = new AbortController();
   private release: (() => void) | undefined;
   private closed = false;
+  /** Told `follow`: relays are taken from then on (before, this tab may yet lead). */
+  private following = false;
   leading = false;
 
   constructor(
@@ -74,24 +78,50 @@ export class TabShare {
 
   start(): void {
     this.channel.onmessage = (event: MessageEvent) => this.received(event.data as RelayMessage);
+    // First asked only if the lock is free, so that a tab is told `follow` only when another tab does lead:
+    // the first tab of a user leads without having been reported a follower first. (`ifAvailable` cannot
+    // be given a signal: close() during this request is seen in the callbacks.)
     navigator.locks
-      .request(this.name, { signal: this.abort.signal }, () => {
+      .request(this.name, { ifAvailable: true }, (lock) => {
+        if (lock) return this.hold();
         if (this.closed) return undefined;
-        // Held until close(): the lock is the leadership. Made before lead() runs, so that a close()
-        // from inside it (an application's listener) gives the lock back too.
-        const held = new Promise<void>((resolve) => {
-          this.release = resolve;
-        });
-        this.leading = true;
-        this.hooks.lead();
-        return held;
+        this.following = true;
+        this.hooks.follow();
+        // A listener of `follow` may have closed the client: then it does not queue for the lock.
+        if (this.closed) return undefined;
+        this.queue();
+        this.post({ k: 'hello' });
+        return undefined;
       })
-      // An AbortError when close() withdraws a request still in the queue. Anything else before this tab
-      // led (a SecurityError where site data is blocked) means it never will: it must not wait for good.
-      .catch((error: unknown) => {
-        if (!this.closed && !this.leading) this.hooks.refused(error);
-      });
-    this.post({ k: 'hello' });
+      .catch((error: unknown) => this.failed(error));
+  }
+
+  /** Waits in line for the lock: the browser grants it when the tab holding it closes. */
+  private queue(): void {
+    navigator.locks
+      .request(this.name, { signal: this.abort.signal }, () => this.hold())
+      .catch((error: unknown) => this.failed(error));
+  }
+
+  /** Leads until close(): the lock is the leadership. */
+  private hold(): Promise<void> | undefined {
+    if (this.closed) return undefined;
+    // Made before lead() runs, so that a close() from inside it (an application's listener) gives the lock
+    // back too.
+    const held = new Promise<void>((resolve) => {
+      this.release = resolve;
+    });
+    this.leading = true;
+    this.hooks.lead();
+    return held;
+  }
+
+  /**
+   * An AbortError when close() withdraws a request still in the queue. Anything else before this tab led (a
+   * SecurityError where site data is blocked) means it never will: it must not wait for good.
+   */
+  private failed(error: unknown): void {
+    if (!this.closed && !this.leading) this.hooks.refused(error);
   }
 
   post(message: RelayMessage): void {
@@ -112,6 +142,6 @@ export class TabShare {
       if (message.k === 'hello') this.hooks.hello();
       return;
     }
-    if (message.k !== 'hello') this.hooks.relay(message);
+    if (this.following && message.k !== 'hello') this.hooks.relay(message);
   }
 }

@@ -91,13 +91,18 @@ export function installLocks(): void {
   };
   const request = (
     name: string,
-    options: { signal?: AbortSignal },
-    callback: () => unknown,
+    options: { signal?: AbortSignal; ifAvailable?: boolean },
+    callback: (lock: { name: string } | null) => unknown,
   ): Promise<unknown> =>
     new Promise((resolve, reject) => {
+      // Not queued: the callback is told at once, with no lock, that another holder has it.
+      if (options.ifAvailable && held.has(name)) {
+        Promise.resolve(callback(null)).then(resolve, reject);
+        return;
+      }
       const grant = (): void => {
         held.add(name);
-        Promise.resolve(callback())
+        Promise.resolve(callback({ name }))
           .then(resolve, reject)
           .finally(() => {
             held.delete(name);

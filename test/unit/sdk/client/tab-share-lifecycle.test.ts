@@ -49,16 +49,38 @@ describe('shared tabs: closing from a listener, failures told to followers', () 
   });
 
   it('a client closed from its role listener as it joins opens no socket and holds no lock', async () => {
-    const first = tab();
-    // A page that wants one active tab closes any tab told it follows.
-    first.on('role', (role) => {
-      if (role === TabRole.Follower) first.close();
-    });
-    await vi.waitFor(() => expect(first.state).toBe('closed'));
+    const leader = tab();
+    await vi.waitFor(() => expect(leader.state).toBe('connected'));
     const second = tab();
+    // A page that wants one active tab closes any tab told it follows.
+    second.on('role', (role) => {
+      if (role === TabRole.Follower) second.close();
+    });
+    await vi.waitFor(() => expect(second.state).toBe('closed'));
+    const third = tab();
+    await vi.waitFor(() => expect(third.state).toBe('connected'));
+    leader.close();
+    // The lock goes to the third tab, not to a request the closed one left in line.
+    await vi.waitFor(() => expect(third.role).toBe(TabRole.Leader));
+    await vi.waitFor(() => expect(third.state).toBe('connected'));
+    expect(FakeSocket.all).toHaveLength(2);
+  });
+
+  it('tells a tab it follows only when another tab leads: the first tab of a user is a leader from the start', async () => {
+    const first = tab();
+    const firstRoles: string[] = [];
+    first.on('role', (role) => firstRoles.push(role));
+    await vi.waitFor(() => expect(first.state).toBe('connected'));
+    expect(firstRoles).toEqual([TabRole.Leader]);
+
+    const second = tab();
+    const secondRoles: string[] = [];
+    second.on('role', (role) => secondRoles.push(role));
     await vi.waitFor(() => expect(second.state).toBe('connected'));
-    expect(second.role).toBe(TabRole.Leader);
-    expect(FakeSocket.all).toHaveLength(1);
+    expect(secondRoles).toEqual([TabRole.Follower]);
+    first.close();
+    await vi.waitFor(() => expect(second.role).toBe(TabRole.Leader));
+    expect(secondRoles).toEqual([TabRole.Follower, TabRole.Leader]);
   });
 
   it('a client closed from its token_failed listener asks for no token again', async () => {
