@@ -38,7 +38,7 @@ export interface ReconnectPlan {
   delayMs: number;
   /** Call `getToken` again instead of reusing the current token. */
   refreshToken: boolean;
-  /** Try the next URL of the list: this node is going away or did not answer. */
+  /** Try another URL of the list: this node is going away or did not answer. */
   nextUrl: boolean;
   /** The `attempt` to pass in the next CloseFacts. */
   attempt: number;
@@ -76,7 +76,7 @@ export function planReconnect(
   switch (facts.code) {
     case CloseCode.Draining:
     case CloseCode.LifetimeReached:
-      // The node asked us to move: go promptly (jittered) to the next URL; the node spreads its closes too.
+      // The node asked us to move: go promptly (jittered) to another URL; the node spreads its closes too.
       return plan(fullJitter(attempt, baseMs, capMs, random), false, true);
     case CloseCode.Unauthorized:
       return plan(fullJitter(attempt, baseMs, capMs, random), true, false);

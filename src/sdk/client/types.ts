@@ -98,7 +98,7 @@ export interface ClientEvents {
 }
 
 export interface ClientOptions {
-  /** `ws(s)://host/ws`, a list of gateway nodes (random start, next on failure or drain), or a function. */
+  /** `ws(s)://host/ws`, a list of gateway nodes (random start, another at random on failure or drain), or a function. */
   url: UrlOption;
   /**
    * Returns a token for the current user; called at start, after 4001, after repeated failed attempts, and

@@ -3,15 +3,15 @@ export type UrlOption = string | readonly string[] | (() => string);
 
 /**
  * Picks the URL of each attempt. A list starts at a random entry, so a crowd of browsers spreads over the
- * nodes, and moves to the next entry when a node is draining or did not answer. A function is called for
- * every attempt.
+ * nodes, and moves to another entry, picked at random, when a node is draining or did not answer. A
+ * function is called for every attempt.
  */
 export class UrlRing {
   private index: number;
 
   constructor(
     private readonly option: UrlOption,
-    random: () => number = Math.random,
+    private readonly random: () => number = Math.random,
   ) {
     const list = typeof option === 'object' ? option : undefined;
     if (list?.length === 0) throw new RangeError('url list is empty');
@@ -24,8 +24,16 @@ export class UrlRing {
     return this.listed() ?? (option as string);
   }
 
+  /**
+   * Not simply the next entry: every browser of a draining node would then land on the same one, a rolling
+   * restart in list order would end with all of them on one node, and lifetime closes would only rotate
+   * that pile round the list instead of spreading it again.
+   */
   advance(): void {
-    this.index += 1;
+    const { option } = this;
+    if (typeof option !== 'object' || option.length < 2) return;
+    const others = option.length - 1;
+    this.index = (this.index + 1 + Math.floor(this.random() * others)) % option.length;
   }
 
   /** The list entry in use, if the option is a list (a function is not called for this). */
