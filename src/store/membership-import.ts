@@ -100,26 +100,57 @@ function unquote(cell: string): string {
 }
 
 /**
+ * Longest line read as a row. A valid row is under a kilobyte (ids are at most 120 characters); a longer
+ * line is a file of another shape (a JSON array, one line of many megabytes), told as such unread, without
+ * holding it in memory.
+ */
+export const MAX_LINE_CHARS = 1024 * 1024;
+/** A line past MAX_LINE_CHARS, in place of its text. */
+const TOO_LONG = Symbol('line too long');
+
+/**
  * The lines of a stream of UTF-8 text, ended by LF or CRLF. Not by a lone CR, as readline's are: in JSON a
  * CR between tokens is whitespace, and `grep -n` or an editor would number the lines after it otherwise.
  */
-async function* linesOf(stream: Readable): AsyncGenerator<string> {
+async function* linesOf(stream: Readable): AsyncGenerator<string | typeof TOO_LONG> {
   const decoder = new StringDecoder('utf8');
-  let rest = '';
+  // The line so far, in pieces without an LF, joined once when it ends: one string grown chunk by chunk
+  // and searched each time is copied whole each time, hours for a line of some hundred megabytes.
+  let pieces: string[] = [];
+  let length = 0;
+  let tooLong = false;
+  const take = (text: string): void => {
+    if (text === '' || tooLong) return;
+    length += text.length;
+    // One more for the CR of a CRLF.
+    if (length > MAX_LINE_CHARS + 1) {
+      tooLong = true;
+      pieces = [];
+    } else pieces.push(text);
+  };
+  const end = (): string | typeof TOO_LONG => {
+    const line = pieces.join('');
+    const over = tooLong;
+    pieces = [];
+    length = 0;
+    tooLong = false;
+    if (over) return TOO_LONG;
+    const text = line.endsWith('\r') ? line.slice(0, -1) : line;
+    return text.length > MAX_LINE_CHARS ? TOO_LONG : text;
+  };
   const chunks = stream as AsyncIterable<Buffer | string>;
   for await (const chunk of chunks) {
-    // What was carried over holds no LF: searched from the new text on (a long line costs no rescans).
-    const from = rest.length;
-    rest += typeof chunk === 'string' ? chunk : decoder.write(chunk);
+    const text = typeof chunk === 'string' ? chunk : decoder.write(chunk);
     let start = 0;
-    for (let end = rest.indexOf('\n', from); end >= 0; end = rest.indexOf('\n', start)) {
-      yield rest.slice(start, end > start && rest[end - 1] === '\r' ? end - 1 : end);
-      start = end + 1;
+    for (let lf = text.indexOf('\n'); lf >= 0; lf = text.indexOf('\n', start)) {
+      take(text.slice(start, lf));
+      yield end();
+      start = lf + 1;
     }
-    rest = rest.slice(start);
+    take(text.slice(start));
   }
-  rest += decoder.end();
-  if (rest !== '') yield rest.endsWith('\r') ? rest.slice(0, -1) : rest;
+  take(decoder.end());
+  if (length > 0 || tooLong) yield end();
 }
 
 /**
@@ -144,12 +175,23 @@ async function* readRows(file: string, options: ReadOptions): AsyncGenerator<Imp
   try {
     for await (const line of lines) {
       number += 1;
-      // Windows tools often save UTF-8 with a byte-order mark, which JSON.parse rejects as a bad first line.
-      const text = number === 1 && line.startsWith('\uFEFF') ? line.slice(1) : line;
       if (options.onBytes && number - lastReport >= 10_000) {
         lastReport = number;
         options.onBytes(stream.bytesRead ?? 0, total);
       }
+      if (line === TOO_LONG) {
+        const csvHeader = options.format === 'csv' && !header;
+        yield bad(
+          `longer than ${MAX_LINE_CHARS} characters: a membership file holds one row per line` +
+            (options.format === 'jsonl' ? ' (JSON Lines, not a JSON array)' : ''),
+          !csvHeader,
+        );
+        // In place of the header: a bad header ends the file.
+        if (csvHeader) break;
+        continue;
+      }
+      // Windows tools often save UTF-8 with a byte-order mark, which JSON.parse rejects as a bad first line.
+      const text = number === 1 && line.startsWith('\uFEFF') ? line.slice(1) : line;
       if (text.trim() === '' || (options.format === 'csv' && text.trimStart().startsWith('#'))) continue;
       let row: Record<string, unknown>;
       if (options.format === 'jsonl') {

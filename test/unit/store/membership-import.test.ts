@@ -12,7 +12,12 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { MembershipChange } from '../../../src/protocol/schemas.js';
 import type { MembershipStore } from '../../../src/store/membership-store.js';
-import { applyRows, readMembershipFile, replayRows } from '../../../src/store/membership-import.js';
+import {
+  applyRows,
+  MAX_LINE_CHARS,
+  readMembershipFile,
+  replayRows,
+} from '../../../src/store/membership-import.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'warren-import-unit-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -144,6 +149,31 @@ describe('membership import: validated once, read again to apply', () => {
     const plan = await readMembershipFile(file, { format: 'jsonl' });
     expect(plan).toMatchObject({ rows: 2, valid: 1 });
     expect(plan.bad).toEqual([{ line: 1, reason: expect.stringContaining('userId must be a string') }]);
+  });
+
+  it('reports a line longer than any row can be (a JSON array on one line) as such, unparsed, and reads on', async () => {
+    const file = join(dir, 'array.json');
+    const array = JSON.stringify(
+      Array.from({ length: 40_000 }, (_, i) => ({ tenantId: 'acme', userId: `u${i}`, teamId: 'icu' })),
+    );
+    expect(array.length).toBeGreaterThan(MAX_LINE_CHARS);
+    writeFileSync(file, `${array}\r\n${rows(1)}`);
+    const plan = await readMembershipFile(file, { format: 'jsonl' });
+    expect(plan).toMatchObject({ rows: 2, valid: 1 });
+    expect(plan.bad).toEqual([
+      {
+        line: 1,
+        reason: `longer than ${MAX_LINE_CHARS} characters: a membership file holds one row per line (JSON Lines, not a JSON array)`,
+      },
+    ]);
+    // As a CSV header it ends the file, as any bad header does.
+    const csv = join(dir, 'long-header.csv');
+    writeFileSync(csv, `${'userId,'.repeat(MAX_LINE_CHARS / 4)}teamId\nann,icu\n`);
+    expect(await readMembershipFile(csv, { format: 'csv', tenant: 'acme' })).toMatchObject({
+      rows: 0,
+      valid: 0,
+      bad: [{ line: 1, reason: expect.stringContaining(`longer than ${MAX_LINE_CHARS} characters`) }],
+    });
   });
 
   it('stops when the file changed after it was validated, whatever the change', async () => {
