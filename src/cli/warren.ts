@@ -7,6 +7,7 @@ import { ID_PATTERN, isValidId } from '../protocol/ids.js';
 import { errorMessage, isWarrenError } from '../shared/errors.js';
 // Its types only are imported with it: nothing heavy loads for `warren health`.
 import { DEFAULT_REVOCATION_TTL_SEC } from '../store/revocation-store.js';
+import { exitOnStopSignals } from './signals.js';
 
 // Each command's modules load when it runs: `warren health`, run by the container every few seconds, must
 // not load uWebSockets.js, roaring and amqplib to send one HTTP request.
@@ -253,6 +254,7 @@ function fail(code: number): void {
   setTimeout(() => process.exit(code), 200).unref();
 }
 
+exitOnStopSignals();
 main(process.argv.slice(2)).then(
   (code) => {
     // Done (stopped after a signal, or a one-shot command): a handle a close step left open (a client

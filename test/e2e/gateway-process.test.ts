@@ -87,6 +87,28 @@ describe('warren gateway as a process', () => {
     expect(gw.logged('drained')).toBeDefined();
   });
 
+  it('stops on SIGTERM and on Ctrl-C while still waiting for RabbitMQ at start-up, also as a container’s PID 1', async (ctx) => {
+    prefix = testPrefix('pid1');
+    for (const [signal, code] of [
+      ['SIGTERM', 143],
+      ['SIGINT', 130],
+    ] as const) {
+      const gw = WarrenProcess.start(
+        ['gateway'],
+        gatewayEnv(prefix, { WARREN_RABBITMQ_URL: 'amqp://guest:guest@127.0.0.1:1' }),
+        { pid1: true },
+      );
+      if (!gw) return ctx.skip('no PID namespace can be made here (unshare, as root)');
+      processes.push(gw);
+      await eventually(
+        () => gw.lines.some((l) => l.includes('"msg":"broker connect failed"')),
+        'the gateway waiting for RabbitMQ',
+      );
+      const late = new Promise<string>((r) => setTimeout(() => r(`still running after ${signal}`), 5000));
+      expect(await Promise.race([gw.stop(signal), late])).toBe(code);
+    }
+  });
+
   it('exits 1 with the reason when its port is taken, leaving no node behind', async () => {
     prefix = testPrefix('port-taken');
     // A port named, as operators do: uSockets would share it (SO_REUSEPORT) unless told not to, and the
