@@ -36,6 +36,9 @@ function bar(label: string): SingleBar {
       format: `${label} [{bar}] {percentage}% | {value}/{total} | {eta_formatted} left`,
       stream: process.stderr,
       hideCursor: true,
+      // Stopped on SIGINT and SIGTERM too (the CLI then exits): Ctrl-C would leave the terminal without
+      // its cursor, and without line wrapping, which the bar turns off while it draws.
+      gracefulExit: true,
     },
     Presets.shades_classic,
   );

@@ -3,9 +3,12 @@ import type { Logger } from '../shared/logger.js';
 
 const STOP_SIGNALS = ['SIGTERM', 'SIGINT'] as const;
 
-/** Ends the process as the signal would have without a handler, with its shell exit code (143, 130). */
+/**
+ * Ends the process as the signal would have without a handler, with its shell exit code (143, 130), once
+ * the signal's other handlers have run: a progress bar gives the terminal its cursor back.
+ */
 function exitOnSignal(signal: NodeJS.Signals): void {
-  process.exit(128 + constants.signals[signal]);
+  setImmediate(() => process.exit(128 + constants.signals[signal]));
 }
 
 /**

@@ -1,4 +1,4 @@
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import {
   closeSync,
   constants,
@@ -365,6 +365,41 @@ describe('warren members import', () => {
     } finally {
       await redis.quit();
     }
+  });
+
+  it('gives the terminal back its cursor and line wrapping when stopped with Ctrl-C', async (ctx) => {
+    if (spawnSync('script', ['--version']).status !== 0) return ctx.skip('no script(1) for a terminal');
+    const rows = Array.from({ length: 200_000 }, (_, i) =>
+      JSON.stringify({ tenantId: 'ctrlc', userId: `u${i}`, teamId: 'icu' }),
+    );
+    const path = file('ctrlc.jsonl', rows.join('\n') + '\n');
+    const root = findPackageRoot();
+    const command = [process.execPath, '--import', 'tsx', join(root, 'src/cli/warren.ts')];
+    // On a terminal of its own (script(1)), where the progress bars draw and Ctrl-C is a keystroke.
+    const child = spawn(
+      'script',
+      ['-qfec', [...command, 'members', 'import', path].map((a) => `'${a}'`).join(' '), '/dev/null'],
+      {
+        cwd: root,
+        env: {
+          PATH: process.env['PATH'] ?? '',
+          WARREN_PREFIX: prefix,
+          WARREN_REDIS_URL: inject('redisUrl'),
+        },
+        stdio: ['pipe', 'pipe', 'ignore'],
+      },
+    );
+    let output = '';
+    child.stdout.on('data', (d: Buffer) => {
+      // Once a bar is drawn (the cursor hidden), still validating or importing.
+      if (!output.includes('\x1b[?25l') && (output += d.toString()).includes('\x1b[?25l'))
+        child.stdin.write('\x03');
+      else output += d.toString();
+    });
+    const code = await new Promise((resolve) => child.on('close', resolve));
+    expect(code).toBe(130);
+    expect(output.lastIndexOf('\x1b[?25h')).toBeGreaterThan(output.lastIndexOf('\x1b[?25l'));
+    expect(output.lastIndexOf('\x1b[?7h')).toBeGreaterThan(output.lastIndexOf('\x1b[?7l'));
   });
 
   it('says so when a file holds no rows at all', async () => {
