@@ -73,12 +73,14 @@ const parses = [
   (value: string) => URL.canParse(value),
   'is not a valid URL (percent-encode @, /, : and spaces in the user name and password)',
 ] as const;
-const amqpUrl = z
+/** A broker URL as the servers and the publisher SDK take it. */
+export const amqpUrl = z
   .string()
   // A wrong scheme is the one problem told: the parse that follows would fail too, on the same value.
   .regex(/^amqps?:\/\//, { message: 'must be an amqp:// or amqps:// URL', abort: true })
   .refine(...parses);
-const redisUrl = z
+/** A Redis URL as the servers and the publisher SDK take it. */
+export const redisUrl = z
   .string()
   .regex(/^(redis|rediss|unix):\/\//, {
     message: 'must be a redis://, rediss:// or unix:// URL',

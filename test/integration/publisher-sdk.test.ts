@@ -150,6 +150,39 @@ describe('publisher SDK: options', () => {
     expect(String(refused)).not.toContain('publishTimeoutMs');
   });
 
+  it('refuses URLs the servers’ configuration refuses, naming each, before connecting', async () => {
+    const rejections: unknown[] = [];
+    const onRejection = (reason: unknown): void => void rejections.push(reason);
+    process.on('unhandledRejection', onRejection);
+    try {
+      // A database path that is no number: ioredis selected NaN after connect rejected, an unhandled
+      // rejection that ended the service's process, however it handled the rejection.
+      const refused = await WarrenPublisher.connect({
+        rabbitmqUrl: inject('rabbitmqUrl'),
+        redisUrl: `${inject('redisUrl')}/warren`,
+      }).catch((error: unknown) => error);
+      expect(refused).toMatchObject({ code: 'WARREN_ERR_CONFIG' });
+      expect(String(refused)).toContain('redisUrl names a database that is not a number');
+      // Each problem named, the password never: neither is tried, however long connectTimeoutMs is.
+      const urls = await WarrenPublisher.connect({
+        rabbitmqUrl: 'http://svc:hunter2@127.0.0.1:5672',
+        redisUrl: 'http://127.0.0.1:6379',
+        payloadRedisUrl: 'redis://[bad',
+      }).catch((error: unknown) => error);
+      expect(urls).toMatchObject({ code: 'WARREN_ERR_CONFIG', retryable: false });
+      expect(String(urls)).toContain(
+        'rabbitmqUrl must be an amqp:// or amqps:// URL (got "http://***@127.0.0.1:5672")',
+      );
+      expect(String(urls)).toContain('redisUrl must be a redis://, rediss:// or unix:// URL');
+      expect(String(urls)).toContain('payloadRedisUrl is not a valid URL');
+      expect(String(urls)).not.toContain('hunter2');
+      await new Promise((r) => setTimeout(r, 200));
+      expect(rejections).toEqual([]);
+    } finally {
+      process.off('unhandledRejection', onRejection);
+    }
+  });
+
   it('leaves no listener on a Redis client of the caller’s once closed, however many publishers used it', async () => {
     const prefix = testPrefix('sdk-callers-redis');
     const redis = new Redis(inject('redisUrl'));

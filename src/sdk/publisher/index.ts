@@ -29,7 +29,7 @@ import {
   RevocationStore,
   type Revocation,
 } from '../../store/revocation-store.js';
-import { badOptions, warnIfUnread, type PublisherOptions } from './options.js';
+import { badOptions, badUrls, warnIfUnread, type PublisherOptions } from './options.js';
 import {
   closeRedis,
   createPayloadRedis,
@@ -103,6 +103,9 @@ export class WarrenPublisher {
     const logger = options.logger ?? silentLogger();
     const bad = badOptions(options);
     if (bad.length > 0) throw new TypeError(`WarrenPublisher.connect: ${bad.join('; ')}`);
+    const urls = badUrls(options);
+    if (urls.length > 0)
+      throw new WarrenError(ErrorCode.Config, `WarrenPublisher.connect: ${urls.join('; ')}`);
     for (const name of ['redis', 'payloadRedis'] as const) {
       const keyPrefix = options[name]?.options.keyPrefix;
       if (!keyPrefix) continue;

@@ -1,7 +1,8 @@
 import type { Redis } from 'ioredis';
 import type { BrokerConnection } from '../../broker/connection.js';
 import { queueConsumers } from '../../broker/topology.js';
-import { NAME_PATTERN, QUEUE_TYPES, type QueueType } from '../../config/schema.js';
+import { amqpUrl, NAME_PATTERN, QUEUE_TYPES, redisUrl, type QueueType } from '../../config/schema.js';
+import { withoutCredentials } from '../../shared/errors.js';
 import { withTimeout } from '../../shared/lifecycle.js';
 import type { Logger } from '../../shared/logger.js';
 
@@ -131,5 +132,31 @@ export function badOptions(options: PublisherOptions): string[] {
   // out of the tenant's hash slot, a `.` out of the routing-key layout).
   if (prefix !== undefined && !(typeof prefix === 'string' && NAME_PATTERN.test(prefix)))
     bad.push(`prefix must match ${String(NAME_PATTERN)}, as WARREN_PREFIX (got ${JSON.stringify(prefix)})`);
+  return bad;
+}
+
+/**
+ * What is wrong with the URLs, as the servers' configuration would say it (WARREN_ERR_CONFIG, as a broker
+ * URL that does not parse always was). A Redis path that is no database number made ioredis select NaN
+ * after `connect` had rejected, an unhandled rejection that ended the caller's process; a URL of another
+ * scheme was tried until connectTimeoutMs, or taken for a socket path.
+ */
+export function badUrls(options: PublisherOptions): string[] {
+  const bad: string[] = [];
+  const urls = [
+    ['rabbitmqUrl', amqpUrl],
+    // Not one a client of the caller's stands in for: it is not used.
+    ...(options.redis ? [] : [['redisUrl', redisUrl] as const]),
+    ...(options.payloadRedis ? [] : [['payloadRedisUrl', redisUrl] as const]),
+  ] as const;
+  for (const [name, schema] of urls) {
+    const value = options[name];
+    const result = value === undefined ? undefined : schema.safeParse(value);
+    if (result && !result.success)
+      bad.push(
+        `${name} ${result.error.issues.map((issue) => issue.message).join('; ')} ` +
+          `(got ${JSON.stringify(typeof value === 'string' ? withoutCredentials(value) : value)})`,
+      );
+  }
   return bad;
 }
