@@ -248,19 +248,31 @@ async function main(argv: string[]): Promise<number> {
   return 2;
 }
 
-/** Exits with `code` once output is flushed, even if a connection opened before the failure is still up. */
-function fail(code: number): void {
+/**
+ * Exits with `code` `afterMs` after what was written to stdout and stderr has gone out, even if a handle a
+ * close step left open (a client still reconnecting after its close timed out, a connection opened before
+ * a failure) is still up. Not before: writes to a pipe that stdout and stderr share (`2>&1 | less`, a
+ * service manager's log) wait in the process at the reader's pace, and an exit drops them.
+ */
+function exitOnceWritten(code: number, afterMs: number): void {
   process.exitCode = code;
-  setTimeout(() => process.exit(code), 200).unref();
+  const written = (stream: NodeJS.WriteStream): Promise<void> =>
+    // Called once the writes before it are out (or the stream failed: nothing more to wait for).
+    new Promise((resolve) => stream.write('', () => resolve()));
+  void Promise.all([written(process.stdout), written(process.stderr)]).then(() =>
+    setTimeout(() => process.exit(code), afterMs).unref(),
+  );
+}
+
+function fail(code: number): void {
+  exitOnceWritten(code, 200);
 }
 
 exitOnStopSignals();
 main(process.argv.slice(2)).then(
   (code) => {
-    // Done (stopped after a signal, or a one-shot command): a handle a close step left open (a client
-    // still reconnecting after its close timed out) must not keep the process up.
-    process.exitCode = code;
-    setTimeout(() => process.exit(code), 1000).unref();
+    // Done (stopped after a signal, or a one-shot command).
+    exitOnceWritten(code, 1000);
   },
   (error: unknown) => {
     if (isWarrenError(error, 'WARREN_ERR_CONFIG')) {

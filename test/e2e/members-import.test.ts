@@ -402,6 +402,28 @@ describe('warren members import', () => {
     expect(output.lastIndexOf('\x1b[?7h')).toBeGreaterThan(output.lastIndexOf('\x1b[?7l'));
   });
 
+  it('prints every bad line before it exits, its output and errors on one pipe read slowly (2>&1 | less)', async () => {
+    const rows = Array.from({ length: 3000 }, (_, i) => JSON.stringify({ tenantId: 'acme', user: `u${i}` }));
+    const path = file('slow-reader.jsonl', rows.join('\n') + '\n');
+    const root = findPackageRoot();
+    const command = [process.execPath, '--import', 'tsx', join(root, 'src/cli/warren.ts')];
+    const run = [...command, 'members', 'import', '--dry-run', path].map((a) => `'${a}'`).join(' ');
+    const child = spawn('sh', ['-c', `exec ${run} 2>&1`], {
+      cwd: root,
+      env: { PATH: process.env['PATH'] ?? '', WARREN_PREFIX: prefix },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    const exited = new Promise((resolve) => child.once('exit', resolve));
+    // Nothing read for a while: the pipe fills up, and what is left to write waits in the process.
+    await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
+    let output = '';
+    child.stdout.on('data', (d: Buffer) => (output += d.toString()));
+    const code = await new Promise((resolve) => child.once('close', resolve));
+    expect(code).toBe(1);
+    expect(reported(output, path).map(([line]) => line)).toEqual(rows.map((_, i) => i + 1));
+    expect(output).toContain('3000 bad line(s)');
+  });
+
   it('says so when a file holds no rows at all', async () => {
     const blank = file('blank.jsonl', '\n\n');
     const run = await warrenMembersImport(prefix, [blank]);
