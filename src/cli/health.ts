@@ -21,10 +21,13 @@ function roleOfMainProcess(): HealthRole {
   }
 }
 
-/** A listen address as a local client reaches it: the wildcard ones through loopback. */
+/**
+ * A listen address as a local client reaches it: the wildcard ones through loopback. IPv4's for `::` too:
+ * a listener there takes IPv4 as well (dual-stack, as both servers listen), while `::1` is missing where
+ * IPv6 is off on loopback (containers started without it), and the check would fail a healthy node.
+ */
 function reachable(host: string): string {
-  if (host === '0.0.0.0' || host === '') return '127.0.0.1';
-  if (host === '::') return '[::1]';
+  if (host === '0.0.0.0' || host === '' || host === '::') return '127.0.0.1';
   return host.includes(':') ? `[${host}]` : host;
 }
 
