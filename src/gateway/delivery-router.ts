@@ -10,6 +10,7 @@ import { encodeFrame, eventFrame } from './frames.js';
 import type { GatewayMetrics, PayloadUnavailableReason, RefusalReason } from './gateway-metrics.js';
 import type { DeliveryHistory } from './history.js';
 import type { PayloadFetcher } from './payload-fetcher.js';
+import { isPortableBitmap } from './portable-bitmap.js';
 import type { RecentDeliveries } from './recent-deliveries.js';
 import type { ConnectionRegistry, UserEntry } from './registry.js';
 import { SlicedWriter } from './sliced-writer.js';
@@ -69,7 +70,7 @@ function recipientKeys(routingKey: string, cc: unknown): (string | undefined)[] 
 /**
  * The keys of this node's users among a node-routed delivery's recipients: users of the delivery's tenant
  * held here whose bit is in the bitmap. Walks whichever side is smaller. Undefined when the header is not
- * a readable bitmap. `bits` is scratch space, overwritten by each call (one bitmap per router, not one per
+ * a well-formed bitmap. `bits` is scratch space, overwritten by each call (one bitmap per router, not one per
  * delivery).
  */
 function localKeysByBit(
@@ -78,6 +79,9 @@ function localKeysByBit(
   bits: InstanceType<typeof RoaringBitmap32>,
 ): string[] | undefined {
   if (!Buffer.isBuffer(header) || header.length === 0) return undefined;
+  // Checked before roaring reads it: CRoaring trusts what the bytes say of their own shape, and one whose
+  // counts disagree with its bits corrupts the node's memory when listed.
+  if (!isPortableBitmap(header)) return undefined;
   try {
     bits.deserialize(header, 'portable');
   } catch {

@@ -303,6 +303,35 @@ describe('DeliveryRouter, a delivery whose routing key is not one a resolver giv
   });
 });
 
+describe('DeliveryRouter, a recipients header roaring cannot be trusted with', () => {
+  it('drops, as malformed, a bitmap whose bitset holds more bits than it states', async () => {
+    const { frames, router, metrics } = await routerFor('ann', () => 5);
+    // Ann's bit and 5,001 others: a bitset container. Bit 6 set besides, its stated cardinality left as it
+    // was: roaring reads it without complaint, and listing its bits writes past what it allocated.
+    const values = [5];
+    for (let v = 10_000; v <= 15_000; v += 1) values.push(v);
+    const bits = Buffer.from(new roaring.RoaringBitmap32(values).serialize('portable'));
+    bits[16] = (bits[16] as number) | 0x40;
+    const acks: string[] = [];
+    router.handle({
+      message: {
+        fields: { routingKey: 'n.n1' },
+        properties: {
+          messageId: 'e1',
+          type: 'note',
+          headers: { [DeliveryHeader.Tenant]: 'acme', [DeliveryHeader.Recipients]: bits },
+        },
+        content: Buffer.from('{}'),
+      },
+      ack: () => acks.push('e1'),
+    } as unknown as Delivery);
+    expect(acks).toEqual(['e1']);
+    expect(frames).toEqual([]);
+    const refused = (await metrics.refused.get()).values;
+    expect(refused).toEqual([expect.objectContaining({ labels: { reason: 'malformed' }, value: 1 })]);
+  });
+});
+
 describe('DeliveryRouter.writeTo (resume replays)', () => {
   it('shares the per-turn slice with live deliveries and keeps the replay in order, its last frame after it', async () => {
     const { router } = await routerFor('ann', () => 1);
