@@ -292,7 +292,7 @@ export const configSchema = z.strictObject({
         .max(MAX_TIMER_MS)
         .default(DEFAULTS.resumeWindowMs)
         .describe(
-          'A `resume` replays deliveries at most this old; from a cursor further back it is answered resume_unavailable (the client resynchronises). Bounds what a user who has since lost access can pull again into a new connection.',
+          'A `resume` replays deliveries at most this old; from a cursor further back it is answered resume_unavailable (the client resynchronises). Bounds what a user who has since lost access can pull again into a new connection; the node lets go of frames older than this (health data it could no longer replay).',
         ),
     })
     .prefault({}),

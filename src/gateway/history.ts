@@ -2,7 +2,8 @@ interface Entry {
   tenant: string;
   offset: number;
   keys: readonly string[];
-  frame: Uint8Array;
+  /** Undefined once older than the history's maximum age (see `sweep`). */
+  frame: Uint8Array | undefined;
   /** What it counts against the byte bound: the frame and its recipient list. */
   cost: number;
   /** When it was kept (ms, on the history's monotonic clock). */
@@ -52,6 +53,7 @@ export class DeliveryHistory {
   private readonly entries: Entry[] = [];
   private bytes = 0;
   private readonly tenants = new Map<string, TenantOffsets>();
+  private readonly sweeper: NodeJS.Timeout | undefined;
 
   constructor(
     readonly epoch: string,
@@ -59,7 +61,44 @@ export class DeliveryHistory {
     private readonly maxBytes: number,
     // Monotonic: a wall clock stepped back would keep old deliveries replayable for as long.
     private readonly now: () => number = () => performance.now(),
-  ) {}
+    /**
+     * How long a frame is kept (`gateway.resumeWindowMs`): a resume never replays one older (see `since`),
+     * and frames are health data. Swept on a timer, as a quiet node adds nothing that would push them out.
+     */
+    private readonly maxAgeMs = Number.POSITIVE_INFINITY,
+  ) {
+    if (Number.isFinite(maxAgeMs)) {
+      this.sweeper = setInterval(() => this.sweep(), Math.max(1000, maxAgeMs / 4));
+      this.sweeper.unref();
+    }
+  }
+
+  /** Bytes the history holds now: its frames and recipient lists. */
+  get heldBytes(): number {
+    return this.bytes;
+  }
+
+  /**
+   * Lets go of the frames kept longer ago than the maximum age. Their entries stay, offsets and keys only:
+   * a resume reaching back to one is refused, as it was while the frame was there.
+   */
+  sweep(): void {
+    const oldest = this.now() - this.maxAgeMs;
+    // Not in `at` order (a claim-checked entry goes before later ones of its tenant): every entry is looked at.
+    for (const entry of this.entries) {
+      if (entry.frame === undefined || entry.at >= oldest) continue;
+      this.bytes -= entry.frame.byteLength;
+      entry.cost -= entry.frame.byteLength;
+      entry.frame = undefined;
+    }
+  }
+
+  /** Stops the sweeper and drops every frame. */
+  close(): void {
+    clearInterval(this.sweeper);
+    this.entries.length = 0;
+    this.bytes = 0;
+  }
 
   private of(tenant: string): TenantOffsets {
     let offsets = this.tenants.get(tenant);
@@ -147,8 +186,8 @@ export class DeliveryHistory {
   /**
    * Frames delivered to `key` (a user of `tenant`) after `offset` up to `upTo` (the offset a reconnected
    * tab was welcomed at: what came later was written to it live), or undefined when that cannot be told in
-   * full: another epoch, a gap, entries dropped, or (with `windowMs`) a delivery to this user in that span
-   * kept longer ago than that. A cursor so old is no reconnect, and a user who has lost access since must
+   * full: another epoch, a gap, entries dropped, or a delivery to this user in that span kept longer ago
+   * than `windowMs` or than the maximum age (its frame let go). A cursor so old is no reconnect, and a user who has lost access since must
    * not pull those events into a new connection; deliveries to other users do not count (a user with no
    * events of their own for a while still resumes after a blip).
    */
@@ -173,7 +212,7 @@ export class DeliveryHistory {
     for (const entry of this.entries) {
       if (entry.tenant !== tenant || entry.offset <= offset || entry.offset > upTo) continue;
       if (!entry.keys.includes(key)) continue;
-      if (entry.at < oldest) return undefined;
+      if (entry.at < oldest || entry.frame === undefined) return undefined;
       frames.push(entry.frame);
     }
     return frames;

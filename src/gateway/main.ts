@@ -195,6 +195,8 @@ export async function startGateway(
     `${nodeId}.${randomBytes(6).toString('hex')}`,
     g.historyEvents,
     g.historyBytes,
+    undefined,
+    g.resumeWindowMs,
   );
   const payloads = new PayloadFetcher(payloadRedis ?? redis, keys, {
     maxBytes: g.payloadCacheBytes,
@@ -539,6 +541,7 @@ export async function startGateway(
       STARTUP_CLEANUP_MS,
     );
     payloads.close();
+    history.close();
     throw error;
   }
 
@@ -806,6 +809,7 @@ export async function startGateway(
           { name: 'close redis', run: () => closeRedis(redis) },
           { name: 'close payload redis', run: () => payloadRedis && closeRedis(payloadRedis) },
           { name: 'drop cached payloads', run: () => payloads.close() },
+          { name: 'drop delivery history', run: () => history.close() },
           { name: 'stop token worker', run: () => verifier.close() },
         ],
         logger,

@@ -111,6 +111,29 @@ describe('DeliveryHistory', () => {
     expect(history.since('e', 't', 0, 'u.t.bob', undefined, 60_000)).toEqual([frame(3)]);
   });
 
+  it('lets go of frames older than its maximum age, and answers resumes as it did with them', () => {
+    let now = 0;
+    const history = new DeliveryHistory('e', 100, 1 << 20, () => now, 60_000);
+    const [old, recent] = [frame(1000), frame(2000)];
+    history.add('t', history.next('t'), ['u.t.ann'], old);
+    now = 50_000;
+    history.add('t', history.next('t'), ['u.t.ann'], recent);
+    const before = history.heldBytes;
+    now = 70_000;
+    history.sweep();
+    // A quiet node adds nothing that would push the old frame out: the sweep lets it go.
+    expect(history.heldBytes).toBe(before - 1000);
+    expect(history.since('e', 't', 0, 'u.t.ann', undefined, 60_000)).toBeUndefined();
+    expect(history.since('e', 't', 1, 'u.t.ann', undefined, 60_000)).toEqual([recent]);
+    // Whatever window a caller asks for, a frame let go is never replayed as nothing.
+    expect(history.since('e', 't', 0, 'u.t.ann')).toBeUndefined();
+    now = 200_000;
+    history.sweep();
+    expect(history.heldBytes).toBe(before - 3000);
+    history.close();
+    expect(history.heldBytes).toBe(0);
+  });
+
   it('counts recipient lists against its byte bound, not only frames', () => {
     const history = new DeliveryHistory('e', 100, 100 * 1024);
     const keys = Array.from({ length: 1000 }, (_, i) => `u.t.user-${i}`);
