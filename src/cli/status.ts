@@ -31,10 +31,10 @@ export interface Status {
 }
 
 async function queueInfo(model: amqp.ChannelModel, queue: string): Promise<QueueInfo> {
-  // checkQueue on a missing queue closes the channel, so each check gets its own.
-  const channel = await model.createChannel();
-  channel.on('error', () => {});
   try {
+    // checkQueue on a missing queue closes the channel, so each check gets its own.
+    const channel = await model.createChannel();
+    channel.on('error', () => {});
     const q = await channel.checkQueue(queue);
     await channel.close();
     return { queue, messages: q.messageCount, consumers: q.consumerCount };
@@ -78,6 +78,10 @@ export async function collectStatus(config: Readonly<WarrenConfig>): Promise<Sta
       const brokerError = `cannot connect to RabbitMQ at ${withoutCredentials(url)}: ${explainConnectFailure(error, url)}`;
       return { gateways, tenants, queues: [], brokerError };
     }
+    // The broker closing the connection mid-command (a restart, `rabbitmqctl close_connection`) is an
+    // 'error' event: unheard, it would end the command with a stack trace. The queues it leaves unread are
+    // shown unknown.
+    model.on('error', () => {});
     try {
       const queues = await Promise.all(
         [
@@ -91,7 +95,7 @@ export async function collectStatus(config: Readonly<WarrenConfig>): Promise<Sta
       );
       return { gateways, tenants, queues };
     } finally {
-      await model.close();
+      await model.close().catch(() => {});
     }
   } finally {
     await closeRedis(redis);
