@@ -18,6 +18,13 @@ import { endIfRevoked, type Tab } from './tab.js';
 
 const { RoaringBitmap32 } = roaring;
 
+/** A user named by its key, `u.<tenant>.<user>`. */
+export interface UserTarget {
+  key: string;
+  tenantId: string;
+  userId: string;
+}
+
 interface Target {
   key: string;
   /** The user's bit in the tenant's id map, when announced (how the dedup window keeps large events). */
@@ -365,23 +372,35 @@ export class DeliveryRouter {
   }
 
   /**
-   * A control message the node's full queue dropped (dead-lettered to its dropped queue) before the node
-   * took it: acted on as it arrives there. Its routing key is the one it was first published with (in
-   * `x-death`), not the dropped queue's.
+   * The user a revocation's message names when the node's full queue dropped it (dead-lettered to its
+   * dropped queue) before the node took it; undefined for anything else. Its routing key there is the
+   * dropped queue's; the one it was published with is in `x-death`, a header its publisher can write too
+   * (RabbitMQ keeps an entry that names the same queue and reason, routing keys and all): a service allowed
+   * only its own tenant's keys could name another tenant's user. So what it names is only where to look:
+   * the node acts on the revocation Redis holds for that user (`closeRevoked`), never on the message's word.
    */
-  dropped(headers: Record<string, unknown>): void {
-    if (headers[DeliveryHeader.Control] === undefined) return;
+  droppedRevocation(headers: Record<string, unknown>): UserTarget | undefined {
+    if (headers[DeliveryHeader.Control] === undefined) return undefined;
     const deaths = headers['x-death'];
     // The most recent first: it was dropped here once (a dropped queue's messages are not dead-lettered).
     const death: unknown = Array.isArray(deaths) ? deaths[0] : undefined;
     const keys = (death as { 'routing-keys'?: unknown } | undefined)?.['routing-keys'];
     const key: unknown = Array.isArray(keys) ? keys[0] : undefined;
-    this.applyControl(Buffer.isBuffer(key) ? key.toString() : typeof key === 'string' ? key : '', headers);
+    return this.revocationOf(
+      Buffer.isBuffer(key) ? key.toString() : typeof key === 'string' ? key : '',
+      headers,
+    );
   }
 
   private applyControl(routingKey: string, headers: Record<string, unknown>): void {
+    const user = this.revocationOf(routingKey, headers);
+    if (user) this.closeRevoked(user.key, Number(headers[DeliveryHeader.RevokedAt]));
+  }
+
+  /** The user a revocation's message names, or undefined (counted and logged) for anything else. */
+  private revocationOf(routingKey: string, headers: Record<string, unknown>): UserTarget | undefined {
     // The node's own check of its bindings (BindingCheck): it got here, so they are there.
-    if (isProbe(headers)) return;
+    if (isProbe(headers)) return undefined;
     const raw = headers[DeliveryHeader.Control];
     const kind = Buffer.isBuffer(raw) ? raw.toString() : raw;
     const at = Number(headers[DeliveryHeader.RevokedAt]);
@@ -397,11 +416,22 @@ export class DeliveryRouter {
         { routingKey, control: typeof kind === 'string' ? kind.slice(0, 40) : typeof kind },
         'control message not understood, dropped',
       );
-      return;
+      return undefined;
     }
+    return { key: routingKey, tenantId: user.tenantId, userId: user.userId };
+  }
+
+  /**
+   * Closes, with 4001, the tabs here of the user of `key` (a user key) whose tokens were issued up to
+   * `revokedAt`; none when it is undefined.
+   */
+  closeRevoked(key: string, revokedAt: number | undefined): void {
+    const user = parseUserKey(key);
+    if (user === undefined) return;
     let closed = 0;
-    for (const tab of [...(this.registry.entry(routingKey)?.tabs ?? [])])
-      if (tab.tenantId === user.tenantId && tab.userId === user.userId && endIfRevoked(tab, at)) closed += 1;
+    for (const tab of [...(this.registry.entry(key)?.tabs ?? [])])
+      if (tab.tenantId === user.tenantId && tab.userId === user.userId && endIfRevoked(tab, revokedAt))
+        closed += 1;
     if (closed > 0) this.logger.info({ tabs: closed }, 'tabs closed: their user’s tokens were revoked');
   }
 

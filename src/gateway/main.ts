@@ -29,7 +29,7 @@ import type { Logger } from '../shared/logger.js';
 import { createRegistry, type Registry } from '../shared/metrics.js';
 import { BindingCheck } from './binding-check.js';
 import { BlockingTokenVerifier } from './blocking-verifier.js';
-import { DeliveryRouter } from './delivery-router.js';
+import { DeliveryRouter, type UserTarget } from './delivery-router.js';
 import { DropNotices, dropReasonOf } from './drop-notices.js';
 import { encodeFrame } from './frames.js';
 import { GatewayMetrics } from './gateway-metrics.js';
@@ -442,6 +442,27 @@ export async function startGateway(
   };
   const dropNotices = new DropNotices(DROPPED_NOTICE_MS, tellTabs);
   /**
+   * A revocation whose message the node's full queue dropped: the user it names is read in Redis, and what
+   * Redis holds is applied (the message's own headers could be anyone's word; see droppedRevocation).
+   */
+  const closeRevokedUser = async (user: UserTarget): Promise<void> => {
+    try {
+      const [at] = await withTimeout(
+        revocations.revokedAtMany([user]),
+        REVOCATION_READ_TIMEOUT_MS,
+        'reading a revocation',
+      );
+      router.closeRevoked(user.key, at);
+    } catch (error) {
+      const tabs = [...(registry.entry(user.key)?.tabs ?? [])].filter((tab) => !tab.closed);
+      logger.error(
+        { err: errorMessage(error), tabs: tabs.length },
+        'cannot read a revocation whose message was dropped; closing its user’s tabs (1013) rather than write to them unchecked',
+      );
+      for (const tab of tabs) tab.end(1013, 'try again later');
+    }
+  };
+  /**
    * The dropped queue holds only so much itself: under sustained overflow a revocation's dead letter may be
    * lost there too. So while drops come, every revocation is read again, at most once per
    * REVOCATION_REREAD_MS, deliveries going on meanwhile (held back, an overflowing node would only fall
@@ -482,8 +503,9 @@ export async function startGateway(
       const reason = dropReasonOf(delivery.message.properties.headers);
       metrics.dropped.inc({ reason });
       dropNotices.record(reason);
-      // It may have been a revocation's message: acted on here.
-      router.dropped(delivery.message.properties.headers ?? {});
+      // It may have been a revocation's message: acted on here, as Redis has it.
+      const revoked = router.droppedRevocation(delivery.message.properties.headers ?? {});
+      if (revoked) void closeRevokedUser(revoked);
       if (reason === 'queue_full') rereadRevocations();
     },
     logger,

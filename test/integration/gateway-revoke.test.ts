@@ -363,11 +363,15 @@ describe('revoking a user while a gateway is away from the broker', () => {
     then: (parts: {
       a: TestTab;
       b: TestTab;
+      /** Tabs of `others`, in order. */
+      more: TestTab[];
       warren: WarrenPublisher;
       probe: BrokerProbe;
       queue: string;
     }) => Promise<void>,
     overrides: Parameters<typeof testConfig>[1] = {},
+    /** Users with a tab each beside A and B of t1. */
+    others: { sub: string; tid: string }[] = [],
   ): Promise<void> {
     const prefix = testPrefix(name);
     const target = new URL(inject('rabbitmqUrl'));
@@ -383,11 +387,14 @@ describe('revoking a user while a gateway is away from the broker', () => {
       const a = await openTab(gateway.port, await token({ sub: 'A', tid: 't1' }));
       const b = await openTab(gateway.port, await token({ sub: 'B', tid: 't1' }));
       tabs.push(a, b);
+      const more: TestTab[] = [];
+      for (const claims of others) more.push(await openTab(gateway.port, await token(claims)));
+      tabs.push(...more);
       proxy.refuse();
       proxy.cut();
       await whileAway({ probe, warren, queue: gateway.queue, prefix });
       proxy.accept();
-      await then({ a, b, warren, probe, queue: gateway.queue });
+      await then({ a, b, more, warren, probe, queue: gateway.queue });
     } finally {
       for (const tab of tabs) tab.ws.terminate();
       await probe.close();
@@ -463,36 +470,77 @@ describe('revoking a user while a gateway is away from the broker', () => {
     );
   });
 
-  it('acts on a revocation’s message its full queue dropped, from the dropped queue', async () => {
+  /** A revocation's message, published by hand on the probe's channel: no revocation written to Redis. */
+  const revokeMessage = (
+    probe: BrokerProbe,
+    prefix: string,
+    routingKey: string,
+    headers: Record<string, unknown>,
+  ): Promise<void> =>
+    new Promise<void>((resolve, reject) =>
+      (probe.channel as ConfirmChannel).publish(
+        `${prefix}.deliveries`,
+        routingKey,
+        Buffer.alloc(0),
+        {
+          headers: {
+            [DeliveryHeader.Control]: ControlMessage.Revoke,
+            [DeliveryHeader.RevokedAt]: Date.now(),
+            ...headers,
+          },
+        },
+        (err: unknown) => (err ? reject(err as Error) : resolve()),
+      ),
+    );
+
+  it('acts on a revocation’s message its full queue dropped as Redis has it, not as the message says', async () => {
     await away(
       'revoke-dead-letter',
       async ({ probe, prefix }) => {
-        // The message alone, with no revocation in Redis for the node's read to find: only its dead
-        // letter can tell the node (as when it is dropped while the node is connected).
-        await new Promise<void>((resolve, reject) =>
-          (probe.channel as ConfirmChannel).publish(
-            `${prefix}.deliveries`,
-            'u.t1.A',
-            Buffer.alloc(0),
-            {
-              headers: {
-                [DeliveryHeader.Control]: ControlMessage.Revoke,
-                [DeliveryHeader.Tenant]: 't1',
-                [DeliveryHeader.RevokedAt]: Date.now(),
-              },
-            },
-            (err: unknown) => (err ? reject(err as Error) : resolve()),
-          ),
-        );
+        // The message alone, with no revocation in Redis: its word is not enough.
+        await revokeMessage(probe, prefix, 'u.t1.A', { [DeliveryHeader.Tenant]: 't1' });
         for (let i = 0; i < 5; i++)
           await probe.deliver(prefix, ['u.t1.A', 'u.t1.B'], { id: `after-${i}`, tenantId: 't1' });
       },
       async ({ a, b }) => {
-        expect(await a.closed).toBe(4001);
+        await eventually(() => a.eventIds().includes('after-4'), 'A receives what the queue kept');
         await eventually(() => b.eventIds().includes('after-4'), 'B receives what the queue kept');
-        expect(b.closeCode).toBeUndefined();
+        expect(a.closeCode).toBeUndefined();
       },
       { gateway: { queueMaxLength: 3 } },
+    );
+  });
+
+  it('does not let a message dropped from its full queue name another tenant’s user in a forged x-death', async () => {
+    await away(
+      'revoke-forged-death',
+      async ({ probe, prefix, queue }) => {
+        // A service of t2 may publish to its own users' keys only (a topic permission on u.t2.*), and writes
+        // an x-death entry that names the node's queue and the reason RabbitMQ gives a full queue's drop:
+        // RabbitMQ counts its drop into that entry and keeps its routing keys, naming A of t1.
+        await revokeMessage(probe, prefix, 'u.t2.X', {
+          [DeliveryHeader.Tenant]: 't1',
+          'x-death': [
+            {
+              count: 1,
+              reason: 'maxlen',
+              queue,
+              time: { '!': 'timestamp', value: Math.floor(Date.now() / 1000) },
+              exchange: `${prefix}.deliveries`,
+              'routing-keys': ['u.t1.A'],
+            },
+          ],
+        });
+        for (let i = 0; i < 5; i++)
+          await probe.deliver(prefix, ['u.t1.A', 'u.t1.B'], { id: `after-${i}`, tenantId: 't1' });
+      },
+      async ({ a, more }) => {
+        await eventually(() => a.eventIds().includes('after-4'), 'A receives what the queue kept');
+        expect(a.closeCode).toBeUndefined();
+        expect(more[0]?.closeCode).toBeUndefined();
+      },
+      { gateway: { queueMaxLength: 3 } },
+      [{ sub: 'X', tid: 't2' }],
     );
   });
 
