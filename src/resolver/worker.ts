@@ -262,8 +262,7 @@ export class ResolverWorker {
           { err: errorMessage(error), tenantId },
           'Redis’s ACL denies what a membership change needs; changes wait until it is mended',
         );
-        await sleep(ACL_WAIT_MS);
-        delivery.requeue();
+        this.requeueAfter(delivery, ACL_WAIT_MS);
         return;
       }
       // Redis refusing the change itself (a key of the wrong type, say) is retried a few times, then set
@@ -287,9 +286,17 @@ export class ResolverWorker {
         { err: errorMessage(error), failures },
         'membership change not applied; requeued',
       );
-      await sleep(Math.min(250 * (failures + 1), 2000));
-      delivery.requeue();
+      this.requeueAfter(delivery, Math.min(250 * (failures + 1), 2000));
     }
+  }
+
+  /**
+   * A membership change goes back after a pause, waited out beside the batches rather than in their loop:
+   * the events of every tenant go on being resolved meanwhile. The queue's next change still waits (the
+   * membership queue's prefetch is one, and this one is not settled until then).
+   */
+  private requeueAfter(delivery: AmqpDelivery, ms: number): void {
+    this.track(sleep(ms).then(() => delivery.requeue()));
   }
 
   private async resolveBatch(events: PendingEvent[]): Promise<void> {

@@ -9,6 +9,7 @@ import {
   BrokerProbe,
   capturingLogger,
   cleanRedis,
+  connectPublisher,
   eventually,
   openTab,
   removeInstallation,
@@ -572,4 +573,43 @@ describe('a resolver whose Redis ACL denies a command a membership change needs'
       await admin.quit();
     }
   }, 40_000);
+});
+
+describe('a resolver holding a membership change its Redis ACL denies', () => {
+  it('routes events meanwhile: the change waits between its attempts, the events do not', async () => {
+    const prefix = testPrefix('dead-noperm-events');
+    // Taking a membership term is an INCR: the ACL forbids it; reading what events need is allowed.
+    const user = await RedisAclUser.create(prefix, ['incr']);
+    // One unacked event at a time: each batch of events then shows whether it waited for the change.
+    const config = testConfig(prefix, { resolver: { prefetch: 1 } });
+    const resolverLog = capturingLogger('error');
+    const gateway = await startTestGateway(config);
+    const resolver = await startTestResolver(
+      testConfig(prefix, { resolver: { prefetch: 1 }, redis: { url: user.url } }),
+      resolverLog.logger,
+    );
+    const warren = await connectPublisher(config);
+    const probe = await BrokerProbe.open();
+    const ann = await openTab(gateway.port, await token({ sub: 'ann', tid: 'acme' }));
+    const denials = () => resolverLog.lines.filter((line) => /ACL denies/.test(String(line['msg']))).length;
+    try {
+      const channel = await probe.model.createChannel();
+      const change = { op: 'add', tenantId: 'acme', userId: 'ann', teamId: 'icu' };
+      channel.publish(`${prefix}.membership`, 'acme', Buffer.from(JSON.stringify(change)), {
+        contentType: 'application/json',
+      });
+      await channel.close();
+      await eventually(() => denials() > 0, 'the change denied');
+      const ids = Array.from({ length: 6 }, (_, i) => `while-denied-${i}`);
+      for (const id of ids) await warren.publishEvent({ ...valid, id });
+      await eventually(() => ids.every((id) => ann.eventIds().includes(id)), 'the events delivered', 30_000);
+      // The change is tried again every 2 s. Held behind those waits, each event took one of them.
+      expect(denials()).toBeLessThan(4);
+    } finally {
+      ann.ws.terminate();
+      await probe.close();
+      await removeInstallation(prefix, { warren, resolvers: [resolver], gateways: [gateway] });
+      await user.remove();
+    }
+  }, 60_000);
 });
