@@ -287,6 +287,23 @@ export class Consumer {
     }
   }
 
+  /**
+   * Stops by closing the channel, without a cancel first: the broker requeues what was received and not
+   * settled before it hands the queue to another consumer. For a single-active-consumer queue whose order
+   * matters: on a quorum queue a cancel hands the queue over at once, and a message held then comes back
+   * behind those the next consumer took meanwhile. What is held can no longer be acked (it comes again).
+   */
+  async closeAtOnce(): Promise<void> {
+    this.stopped = true;
+    const channel = this.channel;
+    this.channel = undefined;
+    try {
+      if (channel) await fulfilsWithin(channel.close(), STOP_STEP_MS);
+    } catch {
+      // Already closed with its connection.
+    }
+  }
+
   async close(): Promise<void> {
     await this.cancel();
     const channel = this.channel;

@@ -205,10 +205,13 @@ export async function startResolver(
           [
             // First: the port is free again even if a later step hangs past the close timeout.
             { name: 'close http', run: async () => http?.close() },
-            // Together: on a connection the broker blocks (a resource alarm) each waits out its bound.
+            // Together: on a connection the broker blocks (a resource alarm) each waits out its bound. The
+            // membership queue's channel is closed rather than cancelled: the change held goes back ahead
+            // of the later ones, which the next resolver would otherwise apply first (a quorum queue hands
+            // itself over on the cancel). Applied meanwhile here, it is applied again there: the same.
             {
               name: 'stop consuming',
-              run: () => Promise.all([consumer.cancel(), membershipConsumer.cancel()]),
+              run: () => Promise.all([consumer.cancel(), membershipConsumer.closeAtOnce()]),
             },
             // Before waiting for the batch in hand: one waiting for Redis to settle is woken, and requeued.
             { name: 'stop watching the redis server', run: () => watch.stop() },

@@ -10,14 +10,17 @@ import { ErrorCode } from '../../src/shared/errors.js';
 import { silentLogger } from '../../src/shared/logger.js';
 import {
   BrokerProbe,
+  capturingLogger,
   counter,
   cleanRedis,
   eventually,
+  removeInstallation,
   startTestResolver,
   testConfig,
   testPrefix,
   withWarrenRedis,
 } from '../support/harness.js';
+import { RedisAclUser } from '../support/redis-acl-user.js';
 import { TcpProxy } from '../support/tcp-proxy.js';
 
 // Changes published to the membership exchange are applied in the order they were published, however
@@ -246,4 +249,55 @@ describe('a membership term asked of Redis', () => {
       await cleanRedis(prefix);
     }
   });
+});
+
+describe('a resolver closing while it holds a membership change', () => {
+  // Its Redis user may not take a membership term (INCR): the change it holds waits there, unsettled,
+  // until it closes. On a quorum queue, a cancel hands the queue over at once and the change held comes
+  // back behind the ones the next resolver took meanwhile.
+  it.each(['quorum', 'classic'] as const)(
+    'hands it back ahead of the changes after it (%s queues)',
+    async (queueType) => {
+      const prefix = testPrefix(`member-close-${queueType}`);
+      const keys = new Keys(prefix);
+      const user = await RedisAclUser.create(prefix, ['incr']);
+      const log = capturingLogger('error');
+      const resolvers: Resolver[] = [];
+      const redis = new Redis(inject('redisUrl'));
+      const probe = await BrokerProbe.open();
+      try {
+        // A subscribes first, so it is the queue's active reader; B waits behind it.
+        const a = await startTestResolver(
+          testConfig(prefix, { rabbitmq: { queueType }, redis: { url: user.url } }),
+          log.logger,
+        );
+        resolvers.push(a);
+        const b = await startTestResolver(testConfig(prefix, { rabbitmq: { queueType } }));
+        resolvers.push(b);
+        for (const op of ['add', 'remove']) {
+          const change = { op, tenantId: 'acme', userId: 'ann', teamId: 'icu' };
+          probe.channel.publish(`${prefix}.membership`, 'acme', Buffer.from(JSON.stringify(change)));
+        }
+        await (probe.channel as unknown as amqp.ConfirmChannel).waitForConfirms();
+        await eventually(
+          () => log.lines.some((line) => /ACL denies/.test(String(line['msg']))),
+          'A holding the add',
+        );
+        await resolvers.shift()?.close();
+        await eventually(
+          async () => (await counter(b, 'warren_resolver_membership_changes_total')) >= 2,
+          'both changes applied by B',
+        );
+        const bit = await redis.hget(keys.ids('acme'), 'ann');
+        // The add, then the remove: ann is no member of icu.
+        expect(bit === null ? 0 : await redis.getbit(keys.teamUsers('acme', 'icu'), Number(bit))).toBe(0);
+      } finally {
+        await probe.close();
+        await removeInstallation(prefix, { resolvers });
+        await user.remove();
+        await redis.quit();
+      }
+    },
+    30_000,
+  );
 });
