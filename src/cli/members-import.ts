@@ -118,6 +118,19 @@ export async function runMembersImport(config: Readonly<WarrenConfig>, args: Imp
   const applying = bar('importing ');
   applying.start(plan.valid, 0);
   let done = 0;
+  // Stopped by a signal (Ctrl-C, a service manager, a job runner's timeout), the CLI exits once the signal's
+  // handlers have run: what was applied stays, and without a word the operator could not tell a half
+  // import from a whole one.
+  const stopped = (signal: NodeJS.Signals): void => {
+    applying.stop();
+    console.error(
+      `\nImport stopped (${signal}) after ${done} of ${plan.valid} rows (those of a batch on its way to ` +
+        'Redis may be in too). Every row is an add or a remove, so running the same import again ' +
+        'completes it without doubling anything.',
+    );
+  };
+  process.once('SIGINT', stopped);
+  process.once('SIGTERM', stopped);
   try {
     const { applied, changed } = await applyRows(
       new MembershipStore(redis, new Keys(config.prefix)),
@@ -160,6 +173,8 @@ export async function runMembersImport(config: Readonly<WarrenConfig>, args: Imp
     );
     return 1;
   } finally {
+    process.off('SIGINT', stopped);
+    process.off('SIGTERM', stopped);
     await closeRedis(redis);
   }
 }

@@ -402,6 +402,45 @@ describe('warren members import', () => {
     expect(output.lastIndexOf('\x1b[?7h')).toBeGreaterThan(output.lastIndexOf('\x1b[?7l'));
   });
 
+  it('says how far it got when stopped by a signal while applying, and that running it again completes it', async () => {
+    const rows = Array.from({ length: 300_000 }, (_, i) =>
+      JSON.stringify({ tenantId: 'sigterm', userId: `u${i}`, teamId: 'icu' }),
+    );
+    const path = file('sigterm.jsonl', rows.join('\n') + '\n');
+    const root = findPackageRoot();
+    // As a service manager or a job runner stops it (not on a terminal: no progress bar is drawn).
+    const child = spawn(
+      process.execPath,
+      ['--import', 'tsx', join(root, 'src/cli/warren.ts'), 'members', 'import', path],
+      {
+        cwd: root,
+        env: { PATH: process.env['PATH'] ?? '', WARREN_PREFIX: prefix, WARREN_REDIS_URL: inject('redisUrl') },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const closed = new Promise((resolve) => child.on('close', resolve));
+    const redis = new Redis(inject('redisUrl'));
+    try {
+      // Some batches applied, not all.
+      await eventually(
+        async () => (await redis.hlen(new Keys(prefix).ids('sigterm'))) > 0,
+        'the import applying',
+        30_000,
+      );
+      child.kill('SIGTERM');
+      expect(await closed).toBe(143);
+    } finally {
+      await redis.quit();
+    }
+    expect(stdout).not.toMatch(summary);
+    expect(stderr).toMatch(/Import stopped \(SIGTERM\) after \d+ of 300000 rows/);
+    expect(stderr).toContain('running the same import again completes it');
+  }, 60_000);
+
   it('prints every bad line before it exits, its output and errors on one pipe read slowly (2>&1 | less)', async () => {
     const rows = Array.from({ length: 3000 }, (_, i) => JSON.stringify({ tenantId: 'acme', user: `u${i}` }));
     const path = file('slow-reader.jsonl', rows.join('\n') + '\n');
