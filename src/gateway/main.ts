@@ -568,6 +568,17 @@ export async function startGateway(
   }
 
   let firstBeat = true;
+  /**
+   * Whether what an earlier process of this id left in the presence is cleared (see below). Until it is,
+   * every beat tries again first: left, its users' bits would count them online for as long as this node
+   * beats, with no tab anywhere. A random id has no earlier process (clearing late would only take this
+   * node's users offline for a beat and tell their tabs `events_missed`).
+   */
+  let earlierPresenceCleared = g.id === undefined;
+  const clearEarlierPresence = async (): Promise<void> => {
+    await presence.forgetNode(nodeId);
+    earlierPresenceCleared = true;
+  };
   let reannounceDue = false;
   /** Why the node's tabs are to be told `events_missed` (resolvers may have counted its users offline). */
   let missedWhy: string | undefined;
@@ -595,6 +606,9 @@ export async function startGateway(
       // beat, before this node writes the id's presence (its closing tabs would take that one's users
       // offline there), whether or not the broker is back.
       if (!(await holdsId())) return;
+      // Cleared late, it took this node off the list and its users' bits with it: the beat below finds it
+      // unlisted and announces them again.
+      if (!earlierPresenceCleared) await clearEarlierPresence();
       // Users with a tab open: those in their unbind grace period are offline, and counted in no tenant.
       const stats = { connections: registry.size, users: registry.connectedUserCount, startedAt };
       const { returned: unknown, silentMs } = await presence.heartbeat(
@@ -671,12 +685,17 @@ export async function startGateway(
   // A node started under a fixed id (gateway.id) may follow a process of that id that died holding users
   // less than presence.expiryMs ago: their bits would stay set under a node that beats again, online
   // for good. Its presence starts empty (for a random id there is nothing to clear).
-  try {
-    await presence.forgetNode(nodeId);
-  } catch (error) {
-    // Redis away at start: the node is not kept from starting; its readiness reports Redis meanwhile.
-    logger.warn({ err: errorMessage(error), nodeId }, 'could not clear an earlier presence of this node id');
-  }
+  if (!earlierPresenceCleared)
+    try {
+      await clearEarlierPresence();
+    } catch (error) {
+      // Redis away at start: the node is not kept from starting; its readiness reports Redis meanwhile, and
+      // its beats try again.
+      logger.warn(
+        { err: errorMessage(error), nodeId },
+        'could not clear an earlier presence of this node id; trying again on every beat',
+      );
+    }
   await beat();
   const heartbeat = setInterval(() => void beat(), config.presence.heartbeatMs);
   bindingCheck.start();

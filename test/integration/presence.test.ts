@@ -62,6 +62,49 @@ describe('presence of gateway nodes in Redis', () => {
     });
   });
 
+  it('clears what a dead process of its id left in the presence on a later beat when it could not at start', async () => {
+    await withWarrenRedis('presence-restart-late', async (redis, keys) => {
+      // The process that had the id announced ann and bob, then died without cleaning up.
+      const before = new PresenceStore(redis, keys);
+      await before.heartbeat('ward-gw2', stats, EXPIRY_MS);
+      await before.online('ward-gw2', 'acme', ['ann', 'bob']);
+      // Its successor cannot clear them at start, as with Redis away then: the tenant's change log is
+      // unwritable, which fails the clearing script.
+      await redis.del(keys.log('acme'));
+      await redis.hset(keys.log('acme'), 'not', 'a stream');
+      const gateway = await startTestGateway(
+        testConfig(keys.prefix, { gateway: { id: 'ward-gw2' }, presence: { heartbeatMs: 200 } }),
+      );
+      try {
+        expect(await before.onlineCount('acme', ['ward-gw2'])).toBe(2);
+        // A user of another tenant comes to the new process meanwhile.
+        const tab = await openTab(gateway.port, await token({ sub: 'cat', tid: 'zeta' }));
+        expect(await before.onlineCount('zeta', ['ward-gw2'])).toBe(1);
+        // Redis answers again: a beat clears them. Otherwise ann and bob count online for as long as the
+        // new process beats, with no tab anywhere.
+        await redis.del(keys.log('acme'));
+        await eventually(
+          async () => (await before.onlineCount('acme', ['ward-gw2'])) === 0,
+          'the dead process’s users offline',
+          5000,
+        );
+        // Cleared with them, the new process's own user is announced again.
+        await eventually(
+          async () => (await before.onlineCount('zeta', ['ward-gw2'])) === 1,
+          'cat online again',
+          5000,
+        );
+        expect(await before.onlineCount('acme', ['ward-gw2'])).toBe(0);
+        tab.ws.terminate();
+      } finally {
+        await gateway.close();
+        const probe = await BrokerProbe.open();
+        await probe.deleteExchangesAndQueues(keys.prefix, [gateway.queue]);
+        await probe.close();
+      }
+    });
+  });
+
   /**
    * A gateway of a prefix of its own, beating every 100 ms and counted dead after 600 ms, that reaches Redis
    * through a proxy of the test's; everything it made is removed after `run`.
