@@ -198,6 +198,9 @@ return out
  */
 export const PRESENCE_OFF = `${APPEND}
 requireLog(KEYS[2], KEYS[3])
+-- No bitmap (the node forgotten, by its drain or a sweep): the bit is clear already. SETBIT would make a
+-- zeroed one of bit/8 bytes, with no lifetime, which nothing removes once the node id is gone for good.
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local old = redis.call('SETBIT', KEYS[1], ARGV[3], 0)
 if old == 1 then append(KEYS[2], KEYS[3], ARGV[2], 'o', 'off', 'a', ARGV[1], 'b', ARGV[3]) end
 return old

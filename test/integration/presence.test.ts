@@ -62,6 +62,24 @@ describe('presence of gateway nodes in Redis', () => {
     });
   });
 
+  it('an offline landing after the node’s presence was forgotten leaves no key behind', async () => {
+    await withWarrenRedis('presence-late-off', async (redis, keys) => {
+      const store = new PresenceStore(redis, keys);
+      await store.heartbeat('gone-gw', stats, EXPIRY_MS);
+      await store.online('gone-gw', 'acme', ['ann']);
+      // Forgotten (a drain's last step, or a sweep), then a tab's offline step, held up behind its user's
+      // bind, lands: a node id that never beats again would keep a zeroed bitmap of up to bit/8 bytes, for
+      // good.
+      await store.forgetNode('gone-gw');
+      await store.offline('gone-gw', 'acme', 80_000);
+      expect(await redis.exists(keys.online('acme', 'gone-gw'))).toBe(0);
+      // Still cleared where the node's bitmap is there.
+      const [bit] = await store.online('gone-gw', 'acme', ['ann']);
+      await store.offline('gone-gw', 'acme', bit as number);
+      expect(await store.onlineCount('acme', ['gone-gw'])).toBe(0);
+    });
+  });
+
   it('clears what a dead process of its id left in the presence on a later beat when it could not at start', async () => {
     await withWarrenRedis('presence-restart-late', async (redis, keys) => {
       // The process that had the id announced ann and bob, then died without cleaning up.
