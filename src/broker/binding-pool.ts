@@ -105,9 +105,13 @@ export class BindingPool {
     return slot.opening;
   }
 
+  // Counted once on a channel, sent: with the broker away an operation fails before it (an unbind at once,
+  // a bind after its wait), and the ones tried again meanwhile would count many times over.
   async bind(queue: string, exchange: string, key: string): Promise<void> {
-    this.counters.onBind();
-    await this.run((channel) => channel.bindQueue(queue, exchange, key), WAIT_FOR_BROKER_MS);
+    await this.run((channel) => {
+      this.counters.onBind();
+      return channel.bindQueue(queue, exchange, key);
+    }, WAIT_FOR_BROKER_MS);
   }
 
   /**
@@ -116,9 +120,11 @@ export class BindingPool {
    * (deleted, expired) succeeds, as there is nothing left to undo.
    */
   async unbind(queue: string, exchange: string, key: string): Promise<void> {
-    this.counters.onUnbind();
     try {
-      await this.run((channel) => channel.unbindQueue(queue, exchange, key), 0);
+      await this.run((channel) => {
+        this.counters.onUnbind();
+        return channel.unbindQueue(queue, exchange, key);
+      }, 0);
     } catch (error) {
       if (isNotFound(error)) {
         this.logger.debug({ err: errorMessage(error), key }, 'unbind: queue already gone');

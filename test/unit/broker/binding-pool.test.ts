@@ -121,4 +121,35 @@ describe('BindingPool', () => {
     channels[1]?.finish();
     await next;
   });
+
+  it('counts the binds and unbinds it sends the broker, not those that failed before reaching it', async () => {
+    let connected = true;
+    const model = Object.assign(new EventEmitter(), {
+      createChannel: async () => Object.assign(new FakeChannel(), { unbindQueue: async () => {} }),
+    }) as unknown as ChannelModel;
+    const broker = Object.assign(new EventEmitter(), {
+      onConnect: async (hook: (m: ChannelModel) => Promise<void>) => hook(model),
+      waitConnected: async () => {
+        if (connected) return model;
+        throw new Error('broker not connected within 10000 ms');
+      },
+    }) as unknown as BrokerConnection;
+    const counted = { binds: 0, unbinds: 0 };
+    const p = new BindingPool(
+      broker,
+      1,
+      { onBind: () => (counted.binds += 1), onUnbind: () => (counted.unbinds += 1) },
+      silentLogger(),
+    );
+    await p.start();
+    await p.unbind('q', 'x', 'u.t.a');
+    expect(counted).toEqual({ binds: 0, unbinds: 1 });
+
+    // The broker away: an unbind fails at once and a bind once its wait is over; neither was sent.
+    connected = false;
+    broker.emit('disconnected', new Error('gone'));
+    await expect(p.unbind('q', 'x', 'u.t.a')).rejects.toThrow();
+    await expect(p.bind('q', 'x', 'u.t.b')).rejects.toThrow();
+    expect(counted).toEqual({ binds: 0, unbinds: 1 });
+  });
 });
