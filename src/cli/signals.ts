@@ -31,7 +31,7 @@ export function untilSignal(stop: () => Promise<void>, logger: Logger): Promise<
     const onSignal = (signal: NodeJS.Signals): void => {
       if (stopping) {
         logger.warn({ signal }, 'second signal, exiting now');
-        process.exit(130);
+        exitOnSignal(signal);
       }
       stopping = true;
       logger.info({ signal }, 'stopping');

@@ -87,6 +87,24 @@ describe('warren gateway as a process', () => {
     expect(gw.logged('drained')).toBeDefined();
   });
 
+  it('exits at once on a second SIGTERM while draining, with SIGTERM’s code', async () => {
+    prefix = testPrefix('sigterm-twice');
+    const gw = WarrenProcess.start(
+      ['gateway'],
+      gatewayEnv(prefix, { WARREN_GATEWAY_DRAIN_WINDOW_MS: '20000' }),
+    );
+    processes.push(gw);
+    const port = await gw.listening();
+    // Two tabs: the drain closes one at once and waits most of its window before the other.
+    tabs.push(await openTab(port, await token({ sub: 'ann', tid: 'acme' })));
+    tabs.push(await openTab(port, await token({ sub: 'bob', tid: 'acme' })));
+    gw.child.kill('SIGTERM');
+    await eventually(() => gw.logged('stopping') !== undefined, 'the drain under way');
+    gw.child.kill('SIGTERM');
+    const late = new Promise<string>((r) => setTimeout(() => r('still draining'), 5000));
+    expect(await Promise.race([gw.exited, late])).toBe(143);
+  });
+
   it('stops on SIGTERM and on Ctrl-C while still waiting for RabbitMQ at start-up, also as a container’s PID 1', async (ctx) => {
     prefix = testPrefix('pid1');
     for (const [signal, code] of [
