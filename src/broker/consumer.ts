@@ -298,6 +298,7 @@ export class Consumer {
     const channel = this.channel;
     this.channel = undefined;
     try {
+      // Bounded as the cancel: the connection's own close, which follows, ends the channel anyway.
       if (channel) await fulfilsWithin(channel.close(), STOP_STEP_MS);
     } catch {
       // Already closed with its connection.
@@ -306,13 +307,6 @@ export class Consumer {
 
   async close(): Promise<void> {
     await this.cancel();
-    const channel = this.channel;
-    this.channel = undefined;
-    try {
-      // Bounded as the cancel: the connection's own close, which follows, ends the channel anyway.
-      if (channel) await fulfilsWithin(channel.close(), STOP_STEP_MS);
-    } catch {
-      // Already closed with its connection.
-    }
+    await this.closeAtOnce();
   }
 }

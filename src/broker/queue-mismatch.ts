@@ -66,6 +66,19 @@ export class QueueMismatchError extends WarrenError {
     });
     this.name = 'QueueMismatchError';
   }
+
+  /** The same mismatch, told with every difference found and the queue's type once asked of the broker. */
+  withFindings(differences: readonly ArgDifference[], existingType: string): QueueMismatchError {
+    return new QueueMismatchError(
+      this.queue,
+      this.configured,
+      differences,
+      existingType,
+      this.declared,
+      this.shared,
+      this.cause,
+    );
+  }
 }
 
 function mismatchMessage(
@@ -149,16 +162,7 @@ export async function explainMismatch(
   const differences: ArgDifference[] = [];
   let next: ArgDifference | undefined = mismatch.differences[0];
   for (let round = 0; next && round < MAX_PROBES; round += 1) {
-    if (next.arg === 'x-queue-type')
-      return new QueueMismatchError(
-        mismatch.queue,
-        mismatch.configured,
-        differences,
-        next.current ?? 'classic',
-        mismatch.declared,
-        mismatch.shared,
-        mismatch.cause,
-      );
+    if (next.arg === 'x-queue-type') return mismatch.withFindings(differences, next.current ?? 'classic');
     differences.push(next);
     if (next.current === undefined) delete args[next.arg];
     else args[next.arg] = asSent(next.current, next.currentType);
@@ -169,16 +173,7 @@ export async function explainMismatch(
       await channel.assertQueue(mismatch.queue, { durable: true, arguments: args });
       await channel.close().catch(() => {});
       const sentType = args['x-queue-type'];
-      const existingType = typeof sentType === 'string' ? sentType : 'classic';
-      return new QueueMismatchError(
-        mismatch.queue,
-        mismatch.configured,
-        differences,
-        existingType,
-        mismatch.declared,
-        mismatch.shared,
-        mismatch.cause,
-      );
+      return mismatch.withFindings(differences, typeof sentType === 'string' ? sentType : 'classic');
     } catch (error) {
       next = difference(error);
     }

@@ -17,6 +17,8 @@ import { SlicedWriter } from './sliced-writer.js';
 import { endIfRevoked, type Tab } from './tab.js';
 
 const { RoaringBitmap32 } = roaring;
+/** What every node's key starts with (`n.`). */
+const NODE_KEY_PREFIX = nodeKey('');
 
 /** A user named by its key, `u.<tenant>.<user>`. */
 export interface UserTarget {
@@ -115,7 +117,7 @@ function localKeysByBit(
  * name another tenant in the headers and reach that tenant's tabs through CC.
  */
 function routedAsPublished(routingKey: string, tenantId: string, byBit: boolean): boolean {
-  if (byBit) return routingKey.startsWith(nodeKey(''));
+  if (byBit) return routingKey.startsWith(NODE_KEY_PREFIX);
   return parseUserKey(routingKey)?.tenantId === tenantId;
 }
 
