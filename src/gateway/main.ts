@@ -723,6 +723,7 @@ export async function startGateway(
     redis: redisReady(redis),
     ...(payloadRedis ? { payloadRedis: redisReady(payloadRedis) } : {}),
     tokens: verifier.available,
+    consuming: consumer.currentChannel !== undefined && !pausedForRecovery,
     draining,
   });
   const server = new WsServer({

@@ -42,11 +42,18 @@ export interface Readiness {
   payloadRedis?: boolean;
   /** Tokens can be verified (the verifier's worker is up). */
   tokens: boolean;
+  /**
+   * The node's queue is consumed and every held user bound: false while it subscribes again with the
+   * broker connection up (its channel closed, its queue deleted or its bindings lost) until its users are
+   * bound again and the revocations it may have missed are read.
+   */
+  consuming: boolean;
   draining: boolean;
 }
 
 /** Whether the node takes new tabs. */
-export const isReady = (r: Readiness): boolean => r.broker && r.redis && r.tokens && !r.draining;
+export const isReady = (r: Readiness): boolean =>
+  r.broker && r.redis && r.tokens && r.consuming && !r.draining;
 
 export interface WsServerDeps {
   nodeId: string;

@@ -83,6 +83,7 @@ describe('gateway HTTP: /healthz, /readyz, /metrics', () => {
       broker: true,
       redis: true,
       tokens: true,
+      consuming: true,
       draining: false,
     });
 
@@ -100,6 +101,41 @@ describe('gateway HTTP: /healthz, /readyz, /metrics', () => {
     await eventually(async () => (await get(port, '/readyz')).status === 200, 'ready again', 15_000);
     const tab = await openTab(port, await token({ sub: 'ann', tid: 'acme' }));
     tab.ws.terminate();
+  });
+
+  it('is not ready while it subscribes again with the broker connection up, until its users are bound and revocations read', async () => {
+    prefix = testPrefix('http-resub');
+    // Redis through a proxy: stalled, the read of the revocations the node may have missed waits, and so
+    // does the end of its recovery.
+    const target = new URL(inject('redisUrl'));
+    proxy = await TcpProxy.toUrl(target);
+    gateway = await startTestGateway(testConfig(prefix, { redis: { url: proxy.url(target) } }));
+    const port = gateway.port;
+    const tab = await openTab(port, await token({ sub: 'ann', tid: 'acme' }));
+    const probe = await BrokerProbe.open();
+    try {
+      expect((await get(port, '/readyz')).status).toBe(200);
+      proxy.stall();
+      // The broker connection stays up; only the node's consumer is cancelled with its queue.
+      const ch = await probe.model.createChannel();
+      await ch.deleteQueue(gateway.queue);
+      await ch.close();
+      await eventually(async () => (await get(port, '/readyz')).status === 503, 'not ready while recovering');
+      expect(JSON.parse((await get(port, '/readyz')).body)).toMatchObject({
+        ready: false,
+        broker: true,
+        consuming: false,
+      });
+
+      proxy.flow();
+      await eventually(async () => (await get(port, '/readyz')).status === 200, 'ready again', 15_000);
+      await probe.deliver(prefix, ['u.acme.ann'], { id: 'after', tenantId: 'acme' });
+      await eventually(() => tab.eventIds().includes('after'), 'the tab receives again');
+    } finally {
+      proxy.flow();
+      tab.ws.terminate();
+      await probe.close();
+    }
   });
 
   it('serves /metrics on a port of its own when gateway.metricsPort is set, and not on the tabs’ port', async () => {
