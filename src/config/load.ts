@@ -247,10 +247,16 @@ function crossChecks(
     );
   }
   const drain = numbers(config.gateway?.drainWindowMs, config.gateway?.drainTimeoutMs);
-  if (drain && drain[0] >= drain[1]) {
+  const handoff = config.gateway?.handoffMs ?? DEFAULTS.handoffMs;
+  if (drain && typeof handoff === 'number' && drain[0] + handoff >= drain[1]) {
     problems.push(
-      'gateway.drainWindowMs: must be below gateway.drainTimeoutMs, or the drain times out before every tab is told 4100' +
-        got('gateway.drainWindowMs', 'gateway.drainTimeoutMs'),
+      (handoff > 0
+        ? 'gateway.drainWindowMs: with gateway.handoffMs after it, must be below gateway.drainTimeoutMs'
+        : 'gateway.drainWindowMs: must be below gateway.drainTimeoutMs') +
+        ', or the drain times out before every tab is told 4100' +
+        (handoff > 0
+          ? got('gateway.drainWindowMs', 'gateway.handoffMs', 'gateway.drainTimeoutMs')
+          : got('gateway.drainWindowMs', 'gateway.drainTimeoutMs')),
     );
   }
   const g = config.gateway;

@@ -33,6 +33,7 @@ export const DEFAULTS = {
   gatewayPrefetch: 512,
   gatewayQueueMaxLength: 100_000,
   drainWindowMs: 5000,
+  handoffMs: 5000,
   drainTimeoutMs: 30_000,
   payloadCacheBytes: 64 * 1024 * 1024,
   payloadFetchTimeoutMs: 10_000,
@@ -247,6 +248,15 @@ export const configSchema = z.strictObject({
         .max(MAX_TIMER_MS)
         .default(DEFAULTS.drainWindowMs)
         .describe('Tabs are closed with 4100 spread over this window on SIGTERM.'),
+      handoffMs: z
+        .number()
+        .int()
+        .min(0)
+        .max(60_000)
+        .default(DEFAULTS.handoffMs)
+        .describe(
+          'Before closing a tab with 4100 (drain) or 4101 (lifetime), the node sends it a `handoff` frame and keeps it open this long, so that the client connects elsewhere first and misses nothing (0 = close at once).',
+        ),
       drainTimeoutMs: positiveInt
         // The close waits 5 s past it, and that too must fit a timer.
         .max(MAX_TIMER_MS - 5000)

@@ -742,13 +742,14 @@ export async function startGateway(
     ...(options.routes ? { routes: options.routes } : {}),
   });
 
-  const closeTabs = async (windowMs: number): Promise<void> => {
+  /** `handoffMs`: each tab is told to move that long before its close (see Tab.handOff). */
+  const closeTabs = async (windowMs: number, handoffMs: number): Promise<void> => {
     const tabs = registry.allTabs();
     await Promise.all(
       tabs.map(async (tab) => {
         // Spread the reconnect wave so the surviving nodes are not hit all at once.
         await sleep(Math.random() * windowMs);
-        tab.end(CloseCode.Draining, 'draining');
+        await tab.handOff('draining', CloseCode.Draining, handoffMs);
       }),
     );
   };
@@ -763,7 +764,8 @@ export async function startGateway(
     // The queue and the dropped-deliveries queue are the other process's: read no more of them.
     void consumer.cancel();
     void droppedConsumer.cancel();
-    void closeTabs(g.drainWindowMs).then(() => {
+    // At once after the window: nothing more reaches the tabs here (the queue is the other process's).
+    void closeTabs(g.drainWindowMs, 0).then(() => {
       try {
         options.onFatal?.(supersededError);
       } catch (error) {
@@ -788,7 +790,7 @@ export async function startGateway(
             run: async () => void (await holdsId()),
           },
           { name: 'stop accepting', run: () => server.stopAccepting() },
-          { name: 'close tabs', run: () => closeTabs(g.drainWindowMs) },
+          { name: 'close tabs', run: () => closeTabs(g.drainWindowMs, g.handoffMs) },
           { name: 'cancel consumer', run: () => consumer.cancel() },
           { name: 'cancel dropped-deliveries consumer', run: () => droppedConsumer.cancel() },
           ...nodeCleanup(),

@@ -1,7 +1,7 @@
 import type { WebSocket } from 'uWebSockets.js';
 import { CloseCode } from '../protocol/close-codes.js';
 import { userKey } from '../protocol/ids.js';
-import type { ServerFrame } from '../protocol/frames.js';
+import type { HandoffFrame, ServerFrame } from '../protocol/frames.js';
 import { revokes } from '../store/revocation-store.js';
 import type { Identity } from './auth.js';
 import type { RegisteredTab } from './registry.js';
@@ -92,6 +92,9 @@ export class Tab implements RegisteredTab {
   /** Pings this tab may still send (see PING_BURST). */
   readonly pings = new PingBudget();
   timer: NodeJS.Timeout | undefined;
+  /** Set while the tab has been told to move (`handOff`): resolves once it is closed. */
+  private handoff: Promise<void> | undefined;
+  private handedOff: (() => void) | undefined;
   /** Frames written in this turn, sent together at its end (see `Tab.write`). */
   private pending: (Uint8Array | string)[] = [];
   private pendingBytes = 0;
@@ -184,6 +187,7 @@ export class Tab implements RegisteredTab {
     this.clearPending();
     this.closed = true;
     clearTimeout(this.timer);
+    this.handedOff?.();
     this.onGatewayClose(code);
     this.ws.end(code, reason);
   }
@@ -193,6 +197,34 @@ export class Tab implements RegisteredTab {
     this.closed = true;
     this.clearPending();
     clearTimeout(this.timer);
+    this.handedOff?.();
+  }
+
+  /**
+   * Closes the tab with `code` (4100 draining, 4101 lifetime) after telling it to move: a `handoff` frame,
+   * then `ms` for the client to be welcomed elsewhere (it closes this socket itself then), or until its
+   * token expires (4001) if sooner. At once when `ms` is 0, or before the welcome (always a tab's first
+   * frame). Deliveries go on meanwhile. Resolves once the tab is closed; asked again while it moves, the
+   * first close stands.
+   */
+  handOff(reason: HandoffFrame['reason'], code: number, ms: number): Promise<void> {
+    if (this.closed) return Promise.resolve();
+    if (this.handoff) return this.handoff;
+    const why = reason === 'draining' ? 'draining' : 'lifetime reached';
+    if (!this.ready || ms <= 0) {
+      this.end(code, why);
+      return Promise.resolve();
+    }
+    this.handoff = new Promise<void>((resolve) => (this.handedOff = resolve));
+    const frame: HandoffFrame = { type: 'handoff', reason, closeInMs: ms };
+    this.write(JSON.stringify(frame), CloseCode.TooSlow);
+    clearTimeout(this.timer);
+    const expires = this.expiresAt <= Date.now() + ms;
+    this.timer = setTimeout(
+      () => (expires ? this.end(CloseCode.Unauthorized, 'token expired') : this.end(code, why)),
+      Math.max(0, Math.min(ms, this.expiresAt - Date.now())),
+    );
+    return this.handoff;
   }
 
   private clearPending(): void {

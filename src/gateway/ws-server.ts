@@ -29,6 +29,8 @@ export interface WsServerLimits {
   badFrameLimit: number;
   /** How old a delivery a `resume` may replay (`gateway.resumeWindowMs`). */
   resumeWindowMs: number;
+  /** How long a tab told to move (`handoff`) stays open before its 4101 (`gateway.handoffMs`). */
+  handoffMs: number;
 }
 
 export interface Readiness {
@@ -345,7 +347,7 @@ export class WsServer {
     tab.timer = setTimeout(
       () => {
         if (expired) tab.end(CloseCode.Unauthorized, 'token expired');
-        else tab.end(CloseCode.LifetimeReached, 'lifetime reached');
+        else void tab.handOff('lifetime', CloseCode.LifetimeReached, this.deps.limits.handoffMs);
       },
       Math.max(0, delay),
     );

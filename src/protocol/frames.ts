@@ -45,7 +45,19 @@ export interface ErrorFrame {
   offset?: number;
 }
 
-export type ServerFrame = WelcomeFrame | EventFrame | PongFrame | ResumedFrame | ErrorFrame;
+/**
+ * The node is about to close this connection (4100 draining, 4101 lifetime reached) in `closeInMs`: connect
+ * elsewhere now, and close this one once the new one is welcomed. Events routed meanwhile reach both (the
+ * user's key is bound on the new node before its welcome), so a client that drops the repeats by id misses
+ * none and needs no resume.
+ */
+export interface HandoffFrame {
+  type: 'handoff';
+  reason: 'draining' | 'lifetime';
+  closeInMs: number;
+}
+
+export type ServerFrame = WelcomeFrame | EventFrame | PongFrame | ResumedFrame | ErrorFrame | HandoffFrame;
 
 export interface PingFrame {
   type: 'ping';

@@ -39,7 +39,8 @@ export function testConfig(
     log: { level: process.env['WARREN_TEST_LOG_LEVEL'] ?? 'silent' },
     rabbitmq: { url: inject('rabbitmqUrl'), reconnectBaseMs: 50, reconnectCapMs: 500 },
     redis: { url: inject('redisUrl') },
-    gateway: { host: '127.0.0.1', port: 0, drainWindowMs: 0, unbindGraceMs: 30_000 },
+    // No handoff: a drain or a lifetime closes at once, as most tests expect (the handoff's own set it).
+    gateway: { host: '127.0.0.1', port: 0, drainWindowMs: 0, handoffMs: 0, unbindGraceMs: 30_000 },
     jwt: { secret: TEST_SECRET },
   };
   const merged = mergeDeep(base, overrides as Record<string, unknown>);

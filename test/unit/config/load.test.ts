@@ -191,7 +191,10 @@ describe('loadConfig', () => {
     );
     for (const key of ['gateway.prefetch', 'resolver.prefetch', 'gateway.unbindGraceMs'])
       expect(message).toContain(key);
-    expect(message).toContain('gateway.drainWindowMs: must be below gateway.drainTimeoutMs');
+    expect(message).toContain(
+      'gateway.drainWindowMs: with gateway.handoffMs after it, must be below gateway.drainTimeoutMs',
+    );
+    expect(message).toContain('gateway.handoffMs 5000 from config/default.yaml');
     expect(() => loadConfig({ env: { WARREN_GATEWAY_PREFETCH: '65535' } })).not.toThrow();
   });
 

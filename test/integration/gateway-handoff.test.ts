@@ -1,0 +1,138 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import type { Gateway } from '../../src/gateway/main.js';
+import type { ServerFrame } from '../../src/protocol/frames.js';
+import {
+  BrokerProbe,
+  cleanRedis,
+  eventually,
+  openTab,
+  startTestGateway,
+  testConfig,
+  testPrefix,
+  token,
+  type TestTab,
+} from '../support/harness.js';
+
+// A node about to close a tab (a drain, the connection's lifetime) tells it to move first (`handoff`) and
+// keeps delivering to it meanwhile: a client welcomed on another node before the close misses nothing.
+
+const handoffOf = (tab: TestTab): ServerFrame | undefined => tab.frames.find((f) => f.type === 'handoff');
+
+describe('handoff before a drain or a lifetime close', () => {
+  let prefix = '';
+  let gateways: Gateway[] = [];
+  let tabs: TestTab[] = [];
+  let probe: BrokerProbe | undefined;
+
+  afterEach(async () => {
+    for (const tab of tabs) tab.ws.terminate();
+    for (const gateway of gateways) await gateway.close();
+    const p = probe ?? (await BrokerProbe.open());
+    await p.deleteExchangesAndQueues(
+      prefix,
+      gateways.map((g) => g.queue),
+    );
+    await p.close();
+    await cleanRedis(prefix);
+    gateways = [];
+    tabs = [];
+    probe = undefined;
+  });
+
+  async function open(gateway: Gateway, sub: string, expiresIn?: number): Promise<TestTab> {
+    const tab = await openTab(
+      gateway.port,
+      await token({ sub, tid: 't1', ...(expiresIn ? { expiresIn } : {}) }),
+    );
+    tabs.push(tab);
+    return tab;
+  }
+
+  it('on a drain: tells each tab to move and keeps delivering to it until its close (4100)', async () => {
+    prefix = testPrefix('handoff-drain');
+    const config = testConfig(prefix, { gateway: { drainWindowMs: 0, handoffMs: 3000 } });
+    const old = await startTestGateway(config);
+    const other = await startTestGateway(config);
+    gateways = [old, other];
+    probe = await BrokerProbe.open();
+    const a = await open(old, 'A');
+    const b = await open(old, 'B');
+
+    const drained = old.drain();
+    await eventually(() => handoffOf(a) !== undefined && handoffOf(b) !== undefined, 'told to move');
+    expect(handoffOf(a)).toEqual({ type: 'handoff', reason: 'draining', closeInMs: 3000 });
+    // Still delivered to while it moves.
+    await probe.deliver(prefix, ['u.t1.A'], { id: 'during', tenantId: 't1' });
+    await eventually(() => a.eventIds().includes('during'), 'delivered during the handoff');
+    expect(a.closeCode).toBeUndefined();
+
+    // A moves as the client does: welcomed on the other node, then it closes the old socket; from the
+    // new welcome on, deliveries reach it there (and also here until it closed: the client drops repeats).
+    const moved = await open(other, 'A');
+    await probe.deliver(prefix, ['u.t1.A'], { id: 'after-move', tenantId: 't1' });
+    await eventually(() => moved.eventIds().includes('after-move'), 'delivered on the new node');
+    await a.close();
+    // B does not move: closed with 4100 when its time is up.
+    expect(await b.closed).toBe(4100);
+    await drained;
+    expect(b.eventIds()).toEqual([]);
+  });
+
+  it('ends a drain once its tabs have moved, not when their handoff time is up', async () => {
+    prefix = testPrefix('handoff-early');
+    const gateway = await startTestGateway(
+      testConfig(prefix, { gateway: { drainWindowMs: 0, handoffMs: 20_000 } }),
+    );
+    gateways = [gateway];
+    const a = await open(gateway, 'A');
+    let done = false;
+    const drained = gateway.drain().then(() => (done = true));
+    await eventually(() => handoffOf(a) !== undefined, 'told to move');
+    // Still waiting for the tab.
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(done).toBe(false);
+    await a.close();
+    await eventually(() => done, 'drained once the tab left', 5000);
+    await drained;
+  });
+
+  it('on a drain with handoffMs 0: closes with 4100 at once, no handoff frame', async () => {
+    prefix = testPrefix('handoff-off');
+    const gateway = await startTestGateway(
+      testConfig(prefix, { gateway: { drainWindowMs: 0, handoffMs: 0 } }),
+    );
+    gateways = [gateway];
+    const a = await open(gateway, 'A');
+    await gateway.drain();
+    expect(await a.closed).toBe(4100);
+    expect(handoffOf(a)).toBeUndefined();
+  });
+
+  it('at its lifetime: tells the tab to move, then closes it with 4101 after handoffMs', async () => {
+    prefix = testPrefix('handoff-life');
+    const gateway = await startTestGateway(
+      testConfig(prefix, { gateway: { maxLifetimeMs: 1000, lifetimeJitter: 0, handoffMs: 1500 } }),
+    );
+    gateways = [gateway];
+    probe = await BrokerProbe.open();
+    const a = await open(gateway, 'A');
+    await eventually(() => handoffOf(a) !== undefined, 'told to move', 5000);
+    const toldAt = Date.now();
+    expect(handoffOf(a)).toEqual({ type: 'handoff', reason: 'lifetime', closeInMs: 1500 });
+    await probe.deliver(prefix, ['u.t1.A'], { id: 'during', tenantId: 't1' });
+    await eventually(() => a.eventIds().includes('during'), 'delivered during the handoff');
+    expect(await a.closed).toBe(4101);
+    expect(Date.now() - toldAt).toBeGreaterThanOrEqual(1000);
+  });
+
+  it('closes with 4001 at the token’s expiry when it comes before the end of the handoff', async () => {
+    prefix = testPrefix('handoff-exp');
+    const gateway = await startTestGateway(
+      testConfig(prefix, { gateway: { maxLifetimeMs: 500, lifetimeJitter: 0, handoffMs: 20_000 } }),
+    );
+    gateways = [gateway];
+    const a = await open(gateway, 'A', 3);
+    await eventually(() => handoffOf(a) !== undefined, 'told to move', 5000);
+    expect(await a.closed).toBe(4001);
+  });
+});
