@@ -42,8 +42,8 @@ describe('browser client reconnects: drained node, expired token', () => {
     await removeInstallation(prefix, { warren, resolvers: [resolver], gateways });
   });
 
-  async function gatewayOn(port: number): Promise<Gateway> {
-    const gateway = await startTestGateway(testConfig(prefix, { gateway: { port } }));
+  async function gatewayOn(port: number, handoffMs = 0): Promise<Gateway> {
+    const gateway = await startTestGateway(testConfig(prefix, { gateway: { port, handoffMs } }));
     gateways.push(gateway);
     return gateway;
   }
@@ -89,6 +89,44 @@ describe('browser client reconnects: drained node, expired token', () => {
       expect(log.states).toContainEqual({ from: 'connected', to: 'reconnecting', code: 4100 });
       // Offsets of another node mean nothing: the application is told to reload instead.
       expect(log.resyncs).toEqual(['new_node']);
+    }
+  });
+
+  it('a drained gateway that hands its tabs off: they move to the second node first and miss nothing', async () => {
+    const [port1, port2] = [await freePort(), await freePort()];
+    const urls = [`ws://127.0.0.1:${port1}/ws`, `ws://127.0.0.1:${port2}/ws`];
+    const first = await gatewayOn(port1, 5000);
+    const tabs = await Promise.all([tab(urls), tab(urls, { shareAcrossTabs: true })]);
+    await allConnected(tabs);
+    const second = await gatewayOn(port2, 5000);
+
+    // Events flow all through the move.
+    const published: string[] = [];
+    let flowing = true;
+    const flow = (async () => {
+      for (let i = 0; flowing; i += 1) {
+        const id = `e-${i}`;
+        await publish(id);
+        published.push(id);
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+    })();
+    await eventually(() => published.length >= 10, 'events flowing');
+    await first.drain();
+    await eventually(
+      async () => (await Promise.all(tabs.map((t) => t.status()))).every((s) => s.gateway === second.nodeId),
+      'every tab on the second node',
+    );
+    await eventually(() => published.length >= 30, 'events flowing after the move');
+    flowing = false;
+    await flow;
+    for (const t of tabs) {
+      await t.waitForEvents(published, 'every event, through the move');
+      const log = await t.log();
+      // Once each, in a connection that never dropped: nothing to resume or resynchronise.
+      expect([...log.events].sort()).toEqual([...published].sort());
+      expect(log.resyncs).toEqual([]);
+      expect(log.states.map((s) => s.to)).toEqual(['connected']);
     }
   });
 

@@ -182,6 +182,7 @@ export class WarrenClient {
     if (this.isClosed()) return;
     const socket = new SocketLink(this.link, {
       frame: (frame) => this.fromSocket(frame),
+      moved: (welcome) => this.moved(welcome),
       down: (code) => {
         this.connectionLost(code);
         this.share?.post({ k: 'down', code });
@@ -292,14 +293,39 @@ export class WarrenClient {
     return expected !== undefined && who.sub === expected.sub && who.tid === expected.tid;
   }
 
-  /** Tells followers where the leader stands. */
-  private announce(): void {
+  /** Tells followers where the leader stands; `moved`: on another node, with no gap (see `moved`). */
+  private announce(moved = false): void {
     const welcome = this.welcome;
     const who = this.speaker();
     if (this.current === ClientState.Connected && welcome && who) {
       const url = this.link.urls.listed();
-      this.share?.post({ k: 'up', who, welcome, cursor: this.cursor, ...(url === undefined ? {} : { url }) });
+      this.share?.post({
+        k: 'up',
+        who,
+        welcome,
+        cursor: this.cursor,
+        ...(url === undefined ? {} : { url }),
+        ...(moved ? { moved } : {}),
+      });
     } else this.share?.post({ k: 'down' });
+  }
+
+  /**
+   * The socket moved to another node before the one it was on closed (`handoff`): every event routed since
+   * reaches this tab through one or the other, so there is nothing to resume and nothing to resynchronise.
+   * The cursor starts over at the new node's welcome.
+   */
+  private moved(welcome: WelcomeFrame): void {
+    const who = { tid: welcome.tenantId, sub: welcome.userId };
+    if (!this.isExpected(who)) {
+      this.identityChanged(who);
+      return;
+    }
+    this.welcome = welcome;
+    this.resumeSeen = undefined;
+    this.cursor = { epoch: welcome.epoch, offset: welcome.offset };
+    this.setState(ClientState.Connected);
+    this.announce(true);
   }
 
   private fromSocket(frame: ServerFrame): void {
@@ -389,7 +415,7 @@ export class WarrenClient {
             : undefined;
         // A leader now on another node: this tab's own history ends here. Told by this tab itself, as the
         // leader's own `resync` was posted while this tab did not trust it (between its `down` and `up`).
-        if (before && before.epoch !== message.welcome.epoch)
+        if (before && before.epoch !== message.welcome.epoch && !message.moved)
           this.emitter.emit('resync', { reason: 'new_node' });
         this.setState(ClientState.Connected);
         return;

@@ -3,6 +3,7 @@ import {
   WS_PROTOCOL,
   type ClientFrame,
   type ServerFrame,
+  type WelcomeFrame,
 } from '../../protocol/frames.js';
 import { CloseCode } from '../../protocol/close-codes.js';
 import { ABNORMAL_CLOSURE, planReconnect, type ReconnectOptions } from './reconnect-policy.js';
@@ -11,8 +12,18 @@ import { ClientErrorCode, WarrenClientError } from './types.js';
 import type { UrlRing } from './url-ring.js';
 
 export interface LinkHooks {
-  /** Every server frame, in order; `welcome` means the connection can receive. */
+  /**
+   * Every server frame, in order; `welcome` means the connection can receive. While the link moves to
+   * another node (`handoff`), also the events the old connection still brings, without their offsets
+   * (they count on the old node).
+   */
   frame(frame: ServerFrame): void;
+  /**
+   * The link moved to another node without a gap: the node it was on said it would close (`handoff`), and
+   * the new connection was welcomed while the old one was still open (and is kept open a moment longer
+   * for what is still on its way through it).
+   */
+  moved(welcome: WelcomeFrame): void;
   /** A connection ended or an attempt failed; the link has already scheduled the next attempt. */
   down(code: number): void;
   error(error: WarrenClientError): void;
@@ -32,6 +43,12 @@ export interface LinkSettings {
 }
 
 type Timer = ReturnType<typeof setTimeout>;
+
+/**
+ * After a move, the old connection is kept this long for events routed to the old node before the new
+ * one bound the user (they reach the old one only), then closed.
+ */
+const MOVE_OVERLAP_MS = 1000;
 
 /**
  * A connection that closed before the gateway's welcome. A browser reports an upgrade the gateway refused
@@ -67,6 +84,12 @@ export class SocketLink {
   private attemptUrl = '';
   /** Aborted by `close()`: gives up a token still being fetched. */
   private readonly closing = new AbortController();
+  /** The connection being opened to move to, after a `handoff`; it replaces `ws` once welcomed. */
+  private next: WebSocket | undefined;
+  private nextTimer: Timer | undefined;
+  /** The connection moved from, kept for MOVE_OVERLAP_MS. */
+  private left: WebSocket | undefined;
+  private leftTimer: Timer | undefined;
 
   constructor(
     private readonly settings: LinkSettings,
@@ -88,7 +111,17 @@ export class SocketLink {
     this.closing.abort();
     clearTimeout(this.retryTimer);
     clearTimeout(this.attemptTimer);
+    this.dropNext();
+    this.closeLeft();
     this.detach()?.close(1000, 'client closed');
+  }
+
+  /** Opens a socket to `url` with `token`; throws what the browser throws (a blocked URL). */
+  private socketTo(url: string, token: string): WebSocket {
+    const { tokenTransport, WebSocket: Socket } = this.settings;
+    return tokenTransport === 'query'
+      ? new Socket(`${url}${url.includes('?') ? '&' : '?'}token=${encodeURIComponent(token)}`, WS_PROTOCOL)
+      : new Socket(url, [WS_PROTOCOL, `${BEARER_PROTOCOL_PREFIX}${token}`]);
   }
 
   private async open(): Promise<void> {
@@ -109,19 +142,12 @@ export class SocketLink {
     }
     if (this.closed) return;
     this.refreshToken = false;
-    const { urls, tokenTransport, WebSocket: Socket } = this.settings;
     let url = '(url option)';
     let ws: WebSocket;
     try {
       // Inside the try: a `url` function of the application that throws is a failed attempt, retried.
-      url = urls.current();
-      ws =
-        tokenTransport === 'query'
-          ? new Socket(
-              `${url}${url.includes('?') ? '&' : '?'}token=${encodeURIComponent(token)}`,
-              WS_PROTOCOL,
-            )
-          : new Socket(url, [WS_PROTOCOL, `${BEARER_PROTOCOL_PREFIX}${token}`]);
+      url = this.settings.urls.current();
+      ws = this.socketTo(url, token);
     } catch (cause) {
       const why = cause instanceof Error ? `: ${cause.message}` : '';
       this.hooks.error(new WarrenClientError(ClientErrorCode.Socket, `cannot open ${url}${why}`, { cause }));
@@ -152,10 +178,120 @@ export class SocketLink {
       this.welcomedAt = this.lastFrameAt;
       this.startPing();
     }
+    if (frame.type === 'handoff') {
+      void this.moveOn();
+      return;
+    }
     this.hooks.frame(frame);
   }
 
+  /**
+   * The node will close this connection (`handoff`): a new one is opened to another node (the next URL of
+   * a list, or the same URL for a load balancer to place) and takes over once welcomed; the old one stays
+   * open until then, so that nothing routed meanwhile is missed. If the new one fails, the old one's close
+   * reconnects as usual.
+   */
+  private async moveOn(): Promise<void> {
+    const from = this.ws;
+    if (this.next || !from) return;
+    let token: string;
+    try {
+      token = await this.settings.tokens.getWithin(
+        false,
+        this.settings.connectTimeoutMs,
+        this.closing.signal,
+      );
+    } catch {
+      // The close that follows reconnects, and asks for a token again then.
+      return;
+    }
+    if (this.closed || this.ws !== from || this.next) return;
+    const { urls } = this.settings;
+    urls.advance();
+    let url: string;
+    let ws: WebSocket;
+    try {
+      url = urls.current();
+      ws = this.socketTo(url, token);
+    } catch {
+      return;
+    }
+    this.next = ws;
+    ws.onmessage = (message: MessageEvent) => {
+      if (typeof message.data !== 'string') return;
+      let frame: ServerFrame;
+      try {
+        frame = JSON.parse(message.data) as ServerFrame;
+      } catch {
+        return;
+      }
+      // The welcome is a connection's first frame.
+      if (frame?.type === 'welcome') this.moved(ws, url, frame);
+      else this.dropNext();
+    };
+    ws.onclose = () => {
+      if (this.next === ws) this.dropNext();
+    };
+    const ms = this.settings.connectTimeoutMs;
+    if (ms > 0) this.nextTimer = setTimeout(() => this.dropNext(), ms);
+  }
+
+  /** The new connection is welcomed: it becomes the link's, and the old one is left after an overlap. */
+  private moved(ws: WebSocket, url: string, welcome: WelcomeFrame): void {
+    clearTimeout(this.nextTimer);
+    this.next = undefined;
+    this.closeLeft();
+    const old = this.detach();
+    if (old) {
+      this.left = old;
+      // Its events still count: routed before the new node bound the user, they reach only the old one.
+      old.onmessage = (message: MessageEvent) => {
+        if (typeof message.data !== 'string') return;
+        try {
+          const frame = JSON.parse(message.data) as ServerFrame;
+          if (frame?.type === 'event') this.hooks.frame({ ...frame, offset: undefined as unknown as number });
+        } catch {
+          // Not JSON: nothing to show.
+        }
+      };
+      this.leftTimer = setTimeout(() => this.closeLeft(), MOVE_OVERLAP_MS);
+    }
+    this.ws = ws;
+    this.attemptUrl = url;
+    this.attempt = 0;
+    this.failures = 0;
+    this.lastFrameAt = this.settings.now();
+    this.welcomedAt = this.lastFrameAt;
+    ws.onmessage = (message: MessageEvent) => this.message(message.data);
+    ws.onclose = (event: CloseEvent) => this.dropped(event.code);
+    this.startPing();
+    this.hooks.moved(welcome);
+  }
+
+  /** Gives up a move under way (its connection failed, or the old one closed first). */
+  private dropNext(): void {
+    clearTimeout(this.nextTimer);
+    const ws = this.next;
+    this.next = undefined;
+    if (!ws) return;
+    ws.onmessage = null;
+    ws.onclose = null;
+    ws.close(1000, 'move given up');
+  }
+
+  private closeLeft(): void {
+    clearTimeout(this.leftTimer);
+    const ws = this.left;
+    this.left = undefined;
+    if (!ws) return;
+    ws.onmessage = null;
+    ws.close(1000, 'moved');
+  }
+
   private dropped(code: number): void {
+    // Closed before the connection it was moving to was welcomed: that one is left, and the link
+    // reconnects as after any close (a gap is possible, and said).
+    this.dropNext();
     this.detach();
     const { welcomedAt } = this;
     // An attempt that ended before its welcome would otherwise leave the application with a client

@@ -28,6 +28,8 @@ export type RelayMessage =
       cursor: Cursor | undefined;
       /** The leader's node, from a URL list: a tab taking over goes there first, so it can resume. */
       url?: string;
+      /** The leader moved to this node with no gap (`handoff`): nothing to resynchronise. */
+      moved?: boolean;
     }
   | { k: 'down'; code?: number }
   /** An attempt of the leader's failed before its welcome: followers wait on it and say so as well. */

@@ -285,6 +285,100 @@ describe('client core (scripted socket, fake timers)', () => {
     expect(resyncs).toEqual(['new_node']);
   });
 
+  describe('told to move (handoff)', () => {
+    const handoff = (socket: ScriptedSocket): void =>
+      socket.receive({ type: 'handoff', reason: 'lifetime', closeInMs: 5000 });
+
+    it('connects to another node first and switches at its welcome: no gap, no resync, no state change', async () => {
+      const resyncs: string[] = [];
+      client.on('resync', (r) => resyncs.push(r.reason));
+      const first = latest();
+      first.welcome('e1', 5);
+      first.event('a', 6);
+      handoff(first);
+      const second = await nextAttempt();
+      expect(second.url).not.toBe(first.url);
+      expect(second.token).toBe('token-1');
+      // Until the new one is welcomed the old one still delivers, with its offsets.
+      first.event('b', 7);
+      second.welcome('e2', 100, 'gw-2');
+      expect(client.session?.gateway).toBe('gw-2');
+      // Routed before the new node bound the user: only the old one brings it; routed after: both do.
+      first.event('c', 8);
+      first.event('d', 9);
+      second.event('d', 101);
+      second.event('e', 102);
+      expect(events.map((e) => e.id)).toEqual(['a', 'b', 'c', 'd', 'e']);
+      expect(resyncs).toEqual([]);
+      expect(second.sent).toEqual([]);
+      expect(states.map((s) => s.to)).toEqual(['connected']);
+      // The old one is closed after a moment, by the client: its close then changes nothing.
+      await vi.advanceTimersByTimeAsync(1000);
+      expect(first.readyState).toBe(3);
+      first.end(4101);
+      await vi.advanceTimersByTimeAsync(60_000);
+      expect(ScriptedSocket.all).toHaveLength(2);
+      expect(client.state).toBe('connected');
+
+      // A later reconnect to the new node resumes from the new node's offsets, not the old one's.
+      second.end(1006);
+      const third = await nextAttempt();
+      third.welcome('e2', 110, 'gw-2');
+      expect(third.sent).toEqual([{ type: 'resume', epoch: 'e2', offset: 102 }]);
+    });
+
+    it('reconnects as before when the old connection closes before the new one is welcomed', async () => {
+      const resyncs: string[] = [];
+      client.on('resync', (r) => resyncs.push(r.reason));
+      const first = latest();
+      first.welcome('e1', 5);
+      handoff(first);
+      const pending = await nextAttempt();
+      first.end(4101);
+      // The move is given up; the reconnect after the close opens a socket of its own.
+      expect(pending.readyState).toBe(3);
+      const third = await nextAttempt();
+      third.welcome('e2', 100, 'gw-2');
+      expect(resyncs).toEqual(['new_node']);
+      expect(states.map((s) => s.to)).toEqual(['connected', 'reconnecting', 'connected']);
+    });
+
+    it('stays on the old connection when the new one is refused, until the old one closes', async () => {
+      const first = latest();
+      first.welcome('e1', 5);
+      handoff(first);
+      const refused = await nextAttempt();
+      refused.end(1006);
+      first.event('a', 6);
+      expect(events.map((e) => e.id)).toEqual(['a']);
+      expect(client.state).toBe('connected');
+      first.end(4101);
+      const next = await nextAttempt();
+      next.welcome('e3', 0, 'gw-3');
+      expect(client.state).toBe('connected');
+    });
+
+    it('closes, showing nothing, when the new connection welcomes someone else', async () => {
+      const errors: string[] = [];
+      client.on('error', (e) => errors.push(e.code));
+      const first = latest();
+      first.welcome('e1', 5);
+      handoff(first);
+      const second = await nextAttempt();
+      second.receive({
+        type: 'welcome',
+        connectionId: 'x',
+        userId: 'someone-else',
+        tenantId: 't1',
+        gateway: 'gw-2',
+        epoch: 'e2',
+        offset: 0,
+      });
+      expect(errors).toEqual(['identity_changed']);
+      expect(client.state).toBe('closed');
+    });
+  });
+
   it('moves to the next URL on 4100 and keeps the token', async () => {
     const first = latest();
     first.welcome('e1', 0);

@@ -48,6 +48,34 @@ describe('shared tabs: closing from a listener, failures told to followers', () 
     expect(seen).toEqual(['e1']);
   });
 
+  it('followers of a leader told to move (handoff) miss nothing and are not told to resynchronise', async () => {
+    const leader = tab();
+    await vi.waitFor(() => expect(leader.state).toBe('connected'));
+    const follower = tab();
+    await vi.waitFor(() => expect(follower.state).toBe('connected'));
+    const seen: unknown[] = [];
+    const resyncs: unknown[] = [];
+    const states: unknown[] = [];
+    follower.on('event', (e) => seen.push(e.id));
+    follower.on('resync', (r) => resyncs.push(r.reason));
+    follower.on('state', (s) => states.push(s.to));
+    const [old] = open();
+    old?.event('e1');
+
+    FakeSocket.epoch = 'e-other';
+    old?.receive({ type: 'handoff', reason: 'draining', closeInMs: 5000 });
+    // The new socket is welcomed, and the old one closed by the leader after a moment's overlap.
+    await vi.waitFor(() => expect(FakeSocket.all).toHaveLength(2));
+    await vi.waitFor(() => expect(old?.readyState).toBe(3), { timeout: 3000 });
+    const moved = FakeSocket.all[1];
+    expect(open()).toEqual([moved]);
+    moved?.event('e2');
+    await vi.waitFor(() => expect(seen).toEqual(['e1', 'e2']));
+    expect(resyncs).toEqual([]);
+    expect(states).toEqual([]);
+    expect(follower.state).toBe('connected');
+  });
+
   it('a client closed from its role listener as it joins opens no socket and holds no lock', async () => {
     const leader = tab();
     await vi.waitFor(() => expect(leader.state).toBe('connected'));
