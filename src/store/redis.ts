@@ -206,17 +206,22 @@ export async function evictionProblemOf(redis: Redis, logger: Logger): Promise<s
 
 /**
  * Why Redis under this `maxmemory-policy` (and `maxmemory`, 0 for none) must not hold Warren's keys, or
- * undefined. An `allkeys-*` policy
- * evicts any key when memory runs out: an id map or its counter (a user could then be given another
- * user's bit, and with it their memberships), a membership bitmap, a change log. `volatile-*` policies
- * evict only keys with a lifetime (claim-checked payloads, node heartbeats), which Warren survives.
+ * undefined. Only `noeviction` is safe once memory is limited. An `allkeys-*` policy evicts any key when
+ * memory runs out: an id map or its counter (a user could then be given another user's bit, and with it
+ * their memberships), a membership bitmap, a change log. A `volatile-*` policy evicts keys with a lifetime,
+ * and a user's revocation is one (it lapses with its TTL): evicted, the tokens it refused connect again
+ * (`volatile-lru` takes it first, as nothing reads it but a new tab of its user). Payloads that should be
+ * evicted before anything is refused go on a Redis of their own (`claimCheck.redisUrl`, any policy).
  */
 export function evictionProblem(policy: string, maxmemory: number): string | undefined {
   // Without a memory limit Redis never evicts, whatever the policy says.
-  if (!policy.startsWith('allkeys-') || maxmemory === 0) return undefined;
+  if (policy === 'noeviction' || maxmemory === 0) return undefined;
+  const lost = policy.startsWith('volatile-')
+    ? "users' revocations (keys with a lifetime), and a revoked token would connect again"
+    : "Warren's id maps and memberships, and could give one user another's bit";
   return (
-    `Redis maxmemory-policy is ${policy}: a full Redis would evict Warren's id maps and memberships, and ` +
-    `could give one user another's bit; set it to noeviction (or a volatile-* policy)`
+    `Redis maxmemory-policy is ${policy}: a full Redis would evict ${lost}; set it to noeviction ` +
+    `(payloads that may be evicted go on a Redis of their own, claimCheck.redisUrl)`
   );
 }
 
