@@ -79,9 +79,13 @@ export class RevocationStore {
   }
 }
 
+/** What Warren writes: a whole number of ms, up to 15 digits (the REVOKE script's own test). */
+const WARREN_INSTANT = /^\d{1,15}$/;
+
 function parsed(value: string | null | undefined): number | undefined {
   if (value === null || value === undefined) return undefined;
-  const at = Number(value);
-  // Not written by Warren: taken as a revocation of every token, the safe reading.
-  return Number.isFinite(at) ? at : Number.POSITIVE_INFINITY;
+  // Anything else was not written by Warren: taken as a revocation of every token, the safe reading, as the
+  // script takes it. Number() would read '' as 0, '-1', '0x1f' or '1e1' as instants long past, refusing no
+  // token while a revocation reports every one refused.
+  return WARREN_INSTANT.test(value) ? Number(value) : Number.POSITIVE_INFINITY;
 }

@@ -197,6 +197,30 @@ describe('revoking a user', () => {
     }
   });
 
+  it('reads a value Warren did not write as the revocation script does: refusing every token', async () => {
+    const redis = withWarrenCommands(new Redis(inject('redisUrl')));
+    try {
+      const keys = new Keys(config.prefix);
+      const store = new RevocationStore(redis, keys);
+      // Not a whole number of ms as Warren writes one, yet a number to JavaScript (0, -1, 31, 10): the
+      // script keeps each as refusing every token, and so must the gateways reading it.
+      for (const [user, value] of [
+        ['A', ''],
+        ['B', '-1'],
+        ['C', '0x1f'],
+        ['D', '1e1'],
+      ] as const) {
+        await redis.set(keys.revoked('t1', user), value, 'EX', 60);
+        expect(await store.revokedAt('t1', user), value).toBe(Number.POSITIVE_INFINITY);
+        expect((await store.revocation('t1', user))?.revokedAt, value).toBe(Number.POSITIVE_INFINITY);
+        // A token issued a minute from now: only a revocation of every token covers it.
+        expect(await outcome(port(0), await tokenIssuedAt(user, 't1', seconds() + 60)), value).toBe(4001);
+      }
+    } finally {
+      redis.disconnect();
+    }
+  });
+
   it('tells the gateways the instant stored, which closes tabs a later revocation covers', async () => {
     const later = Date.now() + 60_000;
     const redis = withWarrenCommands(new Redis(inject('redisUrl')));
