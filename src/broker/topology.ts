@@ -216,8 +216,25 @@ export async function declareGatewayQueue(
     await channel.bindQueue(queue, options.nodeBinding.exchange, options.nodeBinding.key);
 }
 
-/** A node's dropped-deliveries queue (`gatewayDropped`), which its queue dead-letters to. */
+/**
+ * Where a node's dropped-deliveries queue puts the records it drops itself when full (`<dropped>.lost`):
+ * one there means the node no longer knows whom every lost delivery was for.
+ */
+export const lostQueueOf = (dropped: string): string => `${dropped}.lost`;
+
+/**
+ * A node's dropped-deliveries queue (`gatewayDropped`), which its queue dead-letters to, and its own
+ * overflow's (`lostQueueOf`), declared first: one message at most, the newest (only that there was one
+ * counts).
+ */
 export async function declareDroppedQueue(channel: Channel, dropped: string): Promise<void> {
+  const lost = lostQueueOf(dropped);
+  await channel.assertQueue(lost, {
+    durable: false,
+    exclusive: false,
+    autoDelete: false,
+    arguments: { 'x-expires': GATEWAY_QUEUE_EXPIRES_MS, 'x-max-length': 1, 'x-overflow': 'drop-head' },
+  });
   await channel.assertQueue(dropped, {
     durable: false,
     exclusive: false,
@@ -227,6 +244,8 @@ export async function declareDroppedQueue(channel: Channel, dropped: string): Pr
       'x-max-length': DROPPED_MAX_LENGTH,
       'x-max-length-bytes': DROPPED_MAX_BYTES,
       'x-overflow': 'drop-head',
+      'x-dead-letter-exchange': '',
+      'x-dead-letter-routing-key': lost,
     },
   });
 }

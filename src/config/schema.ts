@@ -239,7 +239,7 @@ export const configSchema = z.strictObject({
       queueMaxLength: positiveInt
         .default(DEFAULTS.gatewayQueueMaxLength)
         .describe(
-          "Deliveries a node's queue holds waiting for the node; past it the broker drops the oldest and the node tells its tabs events_missed.",
+          "Deliveries a node's queue holds waiting for the node; past it the broker drops the oldest and the node tells the tabs of the users they were for events_missed.",
         ),
       drainWindowMs: z
         .number()

@@ -394,6 +394,40 @@ export class DeliveryRouter {
     );
   }
 
+  /**
+   * The keys of this node's users a dropped delivery was for (the node's queue was full, or a handler
+   * threw), so that only their tabs are told they missed events, not every tab of every tenant here (which
+   * would tell each user how much the node dropped for the others). Undefined when the message does not
+   * say (every tab is told). A control message carried no event: nobody.
+   *
+   * The keys come from `x-death`, which a message's publisher can write too (RabbitMQ keeps an entry that
+   * names the same queue and reason): only keys of the delivery's own tenant count, so a forged list can
+   * only tell that tenant's users of a loss they did not have, or leave its own recipients untold.
+   */
+  droppedRecipients(headers: Record<string, unknown>): ReadonlySet<string> | undefined {
+    if (headers[DeliveryHeader.Control] !== undefined) return new Set();
+    const tenantId: unknown = headers[DeliveryHeader.Tenant];
+    if (!isValidId(tenantId)) return undefined;
+    const byBit = headers[DeliveryHeader.Recipients];
+    if (byBit !== undefined) {
+      // Bits read from another Redis server mean other users here: everyone is told.
+      if (!this.bitsAreOurs(headers[DeliveryHeader.IdMap])) return undefined;
+      const keys = localKeysByBit(byBit, this.registry.usersByBit(tenantId), this.recipientBits);
+      return keys && new Set(keys);
+    }
+    const deaths = headers['x-death'];
+    const death: unknown = Array.isArray(deaths) ? deaths[0] : undefined;
+    const keys = (death as { 'routing-keys'?: unknown } | undefined)?.['routing-keys'];
+    if (!Array.isArray(keys)) return undefined;
+    const local = new Set<string>();
+    for (const raw of keys as unknown[]) {
+      const key = Buffer.isBuffer(raw) ? raw.toString() : raw;
+      if (typeof key !== 'string' || parseUserKey(key)?.tenantId !== tenantId) continue;
+      if (this.registry.entry(key)) local.add(key);
+    }
+    return local;
+  }
+
   private applyControl(routingKey: string, headers: Record<string, unknown>): void {
     const user = this.revocationOf(routingKey, headers);
     if (user) this.closeRevoked(user.key, Number(headers[DeliveryHeader.RevokedAt]));

@@ -17,24 +17,30 @@ export function dropReasonOf(headers: Record<string, unknown> | undefined): Drop
 }
 
 /**
- * Gathers the deliveries a node lost over a short window into one notice (`events_missed` to every tab),
- * not one per delivery: a full queue drops them by the hundred. `tell` gets why, for the tabs, without
+ * Gathers the deliveries a node lost over a short window into one notice (`events_missed` to the tabs of
+ * the users they were for, or to every tab when one did not say), not one per delivery: a full queue drops them by the hundred. `tell` gets why, for the tabs, without
  * counts (the node's counts span every tenant: a user would learn how much others get), and the same
  * with counts, for the log. Owns its timer; `close` stops it.
  */
 export class DropNotices {
   private readonly untold: Record<DropReason, number> = { queue_full: 0, rejected: 0, id_map_changed: 0 };
+  /** The users the deliveries of this window were for; undefined once one did not say (everyone). */
+  private users: Set<string> | undefined = new Set();
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
 
   constructor(
     private readonly windowMs: number,
-    private readonly tell: (why: string, counted: string) => void,
+    /** `users`: the keys of the users to tell; undefined for every tab. */
+    private readonly tell: (why: string, counted: string, users: ReadonlySet<string> | undefined) => void,
   ) {}
 
-  record(reason: DropReason): void {
+  /** `users`: the keys of the users the lost delivery was for, when known. */
+  record(reason: DropReason, users?: ReadonlySet<string>): void {
     if (this.closed) return;
     this.untold[reason] += 1;
+    if (users === undefined) this.users = undefined;
+    else if (this.users) for (const key of users) this.users.add(key);
     this.timer ??= setTimeout(() => this.flush(), this.windowMs);
   }
 
@@ -50,6 +56,8 @@ export class DropNotices {
     this.untold.queue_full = 0;
     this.untold.rejected = 0;
     this.untold.id_map_changed = 0;
+    const users = this.users;
+    this.users = new Set();
     const deliveries = (n: number) => `${n} ${n === 1 ? 'delivery' : 'deliveries'}`;
     const told: string[] = [];
     const counted: string[] = [];
@@ -67,6 +75,6 @@ export class DropNotices {
         `${deliveries(stale)} resolved against ids this node could not take as its own were dropped`,
       );
     }
-    if (told.length > 0) this.tell(told.join('; '), counted.join('; '));
+    if (told.length > 0) this.tell(told.join('; '), counted.join('; '), users);
   }
 }

@@ -9,6 +9,7 @@ import {
   declareGatewayQueue,
   declareTopology,
   declareTopologyOn,
+  lostQueueOf,
   queueConsumers,
   queueExists,
   topologyNames,
@@ -105,6 +106,7 @@ export async function startGateway(
   const shared = { queueType: config.rabbitmq.queueType };
   const queue = names.gatewayQueue(nodeId);
   const droppedQueue = names.gatewayDropped(nodeId);
+  const lostQueue = lostQueueOf(droppedQueue);
   const keys = new Keys(config.prefix);
 
   const metricsRegistry = createRegistry({ node: nodeId });
@@ -248,10 +250,17 @@ export async function startGateway(
    * history shows the hole): no resume may reach back across it, and every open tab is told to
    * resynchronise from the application.
    */
-  const eventsMissed = (why: string, counted = why): void => {
+  /** `users`: only their tabs are told (undefined: every tab). */
+  const eventsMissed = (why: string, counted = why, users?: ReadonlySet<string>): void => {
+    // Lost deliveries none of whose recipients is held here (they left since, or it was no event): no
+    // tab missed anything, and no resume need be refused.
+    if (users?.size === 0) {
+      logger.warn(`${counted}; none was for a user held here`);
+      return;
+    }
     history.markGap();
     // Tabs not welcomed yet get a welcome offset past the gap.
-    const tabs = registry.allTabs().filter((tab) => tab.ready);
+    const tabs = registry.allTabs().filter((tab) => tab.ready && (users === undefined || users.has(tab.key)));
     // At the gap's offset in each tenant's own count.
     const frames = new Map<string, Buffer>();
     for (const tab of tabs) {
@@ -392,6 +401,7 @@ export async function startGateway(
           // What that process's queue dropped is not this one's to report (a queue that is not there is
           // no error to delete).
           await channel.deleteQueue(droppedQueue);
+          await channel.deleteQueue(lostQueue);
           await ownership?.claim();
         }
         // Back after a drop, the id may be another process's: the queue is its, and so is the presence.
@@ -437,8 +447,8 @@ export async function startGateway(
   let presenceGone = false;
   // Lost deliveries (dropped by the broker from a full queue, or rejected by a handler that threw: both are
   // dead-lettered to the dropped queue) are told to the tabs, a run of them in one notice.
-  const tellTabs = (why: string, counted: string): void => {
-    if (!draining) eventsMissed(why, counted);
+  const tellTabs = (why: string, counted: string, users: ReadonlySet<string> | undefined): void => {
+    if (!draining) eventsMissed(why, counted, users);
   };
   const dropNotices = new DropNotices(DROPPED_NOTICE_MS, tellTabs);
   /**
@@ -502,11 +512,30 @@ export async function startGateway(
       if (isProbe(delivery.message.properties.headers)) return;
       const reason = dropReasonOf(delivery.message.properties.headers);
       metrics.dropped.inc({ reason });
-      dropNotices.record(reason);
+      dropNotices.record(reason, router.droppedRecipients(delivery.message.properties.headers ?? {}));
       // It may have been a revocation's message: acted on here, as Redis has it.
       const revoked = router.droppedRevocation(delivery.message.properties.headers ?? {});
       if (revoked) void closeRevokedUser(revoked);
       if (reason === 'queue_full') rereadRevocations();
+    },
+    logger,
+  );
+  // The dropped queue full in its turn (the node away through more than 1,000 drops, or 16 MiB of them):
+  // whom the records it lost were for is unknown, so every tab is told, and every revocation read again.
+  const lostConsumer = new Consumer(
+    broker,
+    {
+      queue: lostQueue,
+      prefetch: 1,
+      prepare: async (channel) => {
+        if (superseded) throw supersededError;
+        await declareDroppedQueue(channel, droppedQueue);
+      },
+    },
+    (delivery) => {
+      delivery.ack();
+      dropNotices.record('queue_full');
+      rereadRevocations();
     },
     logger,
   );
@@ -518,6 +547,7 @@ export async function startGateway(
   await consumer.start();
   await pool.start();
   await droppedConsumer.start();
+  await lostConsumer.start();
   const probes = new Publisher(broker, logger);
   await probes.start();
   const bindingCheck = new BindingCheck(
@@ -554,6 +584,7 @@ export async function startGateway(
       Promise.allSettled([
         consumer.close(),
         droppedConsumer.close(),
+        lostConsumer.close(),
         pool.close(),
         bindingCheck.close(),
         closeRedis(redis),
@@ -764,6 +795,7 @@ export async function startGateway(
     // The queue and the dropped-deliveries queue are the other process's: read no more of them.
     void consumer.cancel();
     void droppedConsumer.cancel();
+    void lostConsumer.cancel();
     // At once after the window: nothing more reaches the tabs here (the queue is the other process's).
     void closeTabs(g.drainWindowMs, 0).then(() => {
       try {
@@ -793,6 +825,7 @@ export async function startGateway(
           { name: 'close tabs', run: () => closeTabs(g.drainWindowMs, g.handoffMs) },
           { name: 'cancel consumer', run: () => consumer.cancel() },
           { name: 'cancel dropped-deliveries consumer', run: () => droppedConsumer.cancel() },
+          { name: 'cancel lost-records consumer', run: () => lostConsumer.cancel() },
           ...nodeCleanup(),
         ],
         logger,
@@ -813,6 +846,7 @@ export async function startGateway(
           if (!channel) return;
           await channel.deleteQueue(queue);
           await channel.deleteQueue(droppedQueue);
+          await channel.deleteQueue(lostQueue);
           await channel.close();
         },
       },
@@ -846,6 +880,7 @@ export async function startGateway(
           { name: 'close metrics listener', run: () => opsHttp?.close() },
           { name: 'close consumer', run: () => consumer.close() },
           { name: 'close dropped-deliveries consumer', run: () => droppedConsumer.close() },
+          { name: 'close lost-records consumer', run: () => lostConsumer.close() },
           { name: 'close bind channels', run: () => pool.close() },
           { name: 'stop checking bindings', run: () => bindingCheck.close() },
           { name: 'close broker', run: () => broker.close() },

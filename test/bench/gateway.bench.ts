@@ -150,6 +150,7 @@ async function rawBindRates(ctx: BenchContext, prefix: string, n: number) {
       await setup.deleteQueue(queue);
       const deleteSeconds = (performance.now() - deleting) / 1000;
       await setup.deleteQueue(`${queue}.dropped`);
+      await setup.deleteQueue(`${queue}.dropped.lost`);
       await Promise.all(pool.map((c) => c.close()));
       rates.push(n / seconds);
       rows.push({

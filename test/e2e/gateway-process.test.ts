@@ -83,6 +83,7 @@ describe('warren gateway as a process', () => {
     expect(await gw.exited).toBe(0);
     expect(await probe.queueExists(queue)).toBe(false);
     expect(await probe.queueExists(`${queue}.dropped`)).toBe(false);
+    expect(await probe.queueExists(`${queue}.dropped.lost`)).toBe(false);
     expect(await probe.routes(prefix, 'u.acme.ann')).toBe(false);
     expect(gw.logged('drained')).toBeDefined();
   });

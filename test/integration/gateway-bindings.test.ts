@@ -187,6 +187,7 @@ describe('bindings: once per user, grace on reload, again after a reconnect, gon
       );
       expect((await probe!.channel.checkQueue(gateway.queue)).consumerCount).toBe(1);
       expect((await probe!.channel.checkQueue(`${gateway.queue}.dropped`)).consumerCount).toBe(1);
+      expect((await probe!.channel.checkQueue(`${gateway.queue}.dropped.lost`)).consumerCount).toBe(1);
       // Its tab of A closing did not take A offline there.
       expect(await countedOnline('t1', 'A', 'gw-fixed')).toBe(true);
 

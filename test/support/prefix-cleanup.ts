@@ -33,7 +33,7 @@ export async function deleteTopology(
     names.memberships,
     names.resolverRetry,
     names.dead,
-    ...(extra.queues ?? []).flatMap((queue) => [queue, `${queue}.dropped`]),
+    ...(extra.queues ?? []).flatMap((queue) => [queue, `${queue}.dropped`, `${queue}.dropped.lost`]),
   ])
     await channel.deleteQueue(queue).catch(() => {});
   for (const exchange of [

@@ -422,3 +422,51 @@ describe('DeliveryRouter, a revoke control message', () => {
     expect(message.acked()).toBe(true);
   });
 });
+
+describe('DeliveryRouter.droppedRecipients: whose tabs hear of a dropped delivery', () => {
+  const death = (keys: unknown[]) => [{ reason: 'maxlen', queue: 'q', 'routing-keys': keys }];
+
+  it('names the users held here among the keys it was routed with, of its own tenant only', async () => {
+    const { router } = await routerFor('ann', () => 1);
+    expect(
+      router.droppedRecipients({
+        [DeliveryHeader.Tenant]: 'acme',
+        // Another tenant's key (a forged x-death, or one the broker kept) is not told; nor a user not here.
+        'x-death': death([Buffer.from('u.acme.ann'), 'u.acme.bob', 'u.other.ann']),
+      }),
+    ).toEqual(new Set(['u.acme.ann']));
+    expect(
+      router.droppedRecipients({ [DeliveryHeader.Tenant]: 'other', 'x-death': death(['u.acme.ann']) }),
+    ).toEqual(new Set());
+  });
+
+  it('names the users held here whose bits it carried, node-routed', async () => {
+    const { router } = await routerFor('ann', () => 5);
+    const bits = (...b: number[]) => new roaring.RoaringBitmap32(b).serialize('portable');
+    const headers = (b: ReturnType<typeof bits>) => ({
+      [DeliveryHeader.Tenant]: 'acme',
+      [DeliveryHeader.Recipients]: b,
+      'x-death': death(['n.n1']),
+    });
+    expect(router.droppedRecipients(headers(bits(5, 7)))).toEqual(new Set(['u.acme.ann']));
+    expect(router.droppedRecipients(headers(bits(6)))).toEqual(new Set());
+  });
+
+  it('says nothing (every tab is told) when the message does not say, and nobody for a control message', async () => {
+    const { router } = await routerFor('ann', () => 5);
+    expect(router.droppedRecipients({})).toBeUndefined();
+    expect(router.droppedRecipients({ [DeliveryHeader.Tenant]: 'acme' })).toBeUndefined();
+    expect(
+      router.droppedRecipients({
+        [DeliveryHeader.Tenant]: 'acme',
+        [DeliveryHeader.Recipients]: Buffer.from('x'),
+      }),
+    ).toBeUndefined();
+    expect(
+      router.droppedRecipients({
+        [DeliveryHeader.Control]: ControlMessage.Revoke,
+        'x-death': death(['u.acme.ann']),
+      }),
+    ).toEqual(new Set());
+  });
+});

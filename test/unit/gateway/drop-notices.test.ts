@@ -49,6 +49,25 @@ describe('DropNotices', () => {
     );
   });
 
+  it('tells the users the lost deliveries were for, or everyone once one did not say', () => {
+    const told: (string[] | undefined)[] = [];
+    const notices = new DropNotices(200, (_why, _counted, users) => told.push(users && [...users].sort()));
+    notices.record('queue_full', new Set(['u.t1.a']));
+    notices.record('queue_full', new Set(['u.t1.b', 'u.t1.a']));
+    notices.record('rejected', new Set());
+    vi.advanceTimersByTime(200);
+    expect(told).toEqual([['u.t1.a', 'u.t1.b']]);
+    // A window starts empty again; one delivery that does not say whose it was tells every tab.
+    notices.record('queue_full', new Set(['u.t1.c']));
+    notices.record('queue_full');
+    vi.advanceTimersByTime(200);
+    expect(told[1]).toBeUndefined();
+    expect(told).toHaveLength(2);
+    notices.record('queue_full', new Set(['u.t1.d']));
+    vi.advanceTimersByTime(200);
+    expect(told[2]).toEqual(['u.t1.d']);
+  });
+
   it('tells nothing once closed, also of what was waiting', () => {
     const told: string[] = [];
     const notices = new DropNotices(200, (why, counted) => told.push(`${why} | ${counted}`));
