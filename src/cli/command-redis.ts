@@ -15,6 +15,7 @@ export async function commandRedis(
   const logger = silentLogger();
   const redis = await createRedis({
     url: config.redis.url,
+    urlSetting: 'redis.url (WARREN_REDIS_URL)',
     name,
     logger,
     socketTimeoutMs: config.redis.socketTimeoutMs,

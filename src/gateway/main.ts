@@ -119,6 +119,7 @@ export async function startGateway(
     clients = await createRedisClients({
       url: config.redis.url,
       payloadUrl: config.claimCheck.redisUrl,
+      urlSetting: 'redis.url (WARREN_REDIS_URL)',
       name: `warren-gateway-${nodeId}`,
       logger,
       socketTimeoutMs: config.redis.socketTimeoutMs,

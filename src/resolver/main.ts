@@ -56,6 +56,7 @@ export async function startResolver(
   const { redis, payloadRedis } = await createRedisClients({
     url: config.redis.url,
     payloadUrl: config.claimCheck.redisUrl,
+    urlSetting: 'redis.url (WARREN_REDIS_URL)',
     name: `warren-resolver-${id}`,
     logger,
     socketTimeoutMs: config.redis.socketTimeoutMs,

@@ -78,7 +78,15 @@ export interface CreateRedisOptions {
    * allows): a server that takes the connection and never answers.
    */
   connectTimeoutMs?: number;
+  /**
+   * Where `url` was set (`redis.url (WARREN_REDIS_URL)`, the SDK's `redisUrl` option): named when the
+   * server cannot be reached, as the place to correct it.
+   */
+  urlSetting?: string;
 }
+
+/** ioredis's rejection of `connect()` when the socket failed, whatever the reason. */
+const CONNECTION_CLOSED = 'Connection is closed.';
 
 /** A client for the process's own use; resolves once connected. */
 export async function createRedis(options: CreateRedisOptions): Promise<WarrenRedis> {
@@ -115,10 +123,18 @@ export async function createRedis(options: CreateRedisOptions): Promise<WarrenRe
   } catch (error) {
     // Not left reconnecting in the background: the caller is told, and can exit.
     redis.disconnect();
+    // ioredis rejects with "Connection is closed." whatever the cause; the socket's error says which.
+    const said = errorMessage(error);
+    const why =
+      lastError === undefined || lastError === said
+        ? said
+        : said === CONNECTION_CLOSED
+          ? lastError
+          : `${said} (${lastError})`;
+    const where = options.urlSetting ? `, or set ${options.urlSetting} to the server to use` : '';
     throw new WarrenError(
       ErrorCode.RedisUnavailable,
-      `cannot connect to Redis at ${withoutCredentials(options.url)}: ${errorMessage(error)}` +
-        (lastError && lastError !== errorMessage(error) ? ` (${lastError})` : ''),
+      `cannot connect to Redis at ${withoutCredentials(options.url)}: ${why}. Check that Redis runs there${where}.`,
       { cause: error, retryable: true },
     );
   }
@@ -179,6 +195,7 @@ export async function createRedisClients(
       ...main,
       url: payloadUrl,
       name: `${main.name}-payloads`,
+      urlSetting: 'claimCheck.redisUrl (WARREN_CLAIM_CHECK_REDIS_URL)',
     });
     return { redis, payloadRedis };
   } catch (error) {

@@ -82,6 +82,19 @@ describe('warren dev as a process', () => {
     expect(dev.lines.join('\n')).not.toContain('hunter2');
   });
 
+  it('stops with Redis not answering, naming its URL, the cause and the variable to set', async () => {
+    prefix = testPrefix('dev-no-redis');
+    dev = WarrenProcess.start(['dev'], devEnv({ WARREN_REDIS_URL: 'redis://:hunter2@127.0.0.1:1' }));
+    expect(await dev.exited).toBe(1);
+    const said = dev.lines.filter((l) => l.startsWith('WARREN_ERR_REDIS_UNAVAILABLE'));
+    expect(said).toEqual([
+      'WARREN_ERR_REDIS_UNAVAILABLE: cannot connect to Redis at redis://***@127.0.0.1:1: ' +
+        'connect ECONNREFUSED 127.0.0.1:1. Check that Redis runs there, or set redis.url (WARREN_REDIS_URL) ' +
+        'to the server to use.',
+    ]);
+    expect(dev.lines.join('\n')).not.toContain('hunter2');
+  });
+
   it('says a running broker refused it, not that it is not answering (a virtual host it will not open)', async () => {
     prefix = testPrefix('dev-no-vhost');
     const url = new URL(inject('rabbitmqUrl'));

@@ -154,6 +154,20 @@ describe('connecting to services that refuse', () => {
     expect(error.message).not.toContain('hunter2');
   });
 
+  it('the publisher SDK names the option to correct when its Redis cannot be reached, not ioredis’s close', async () => {
+    const error = (await WarrenPublisher.connect({
+      rabbitmqUrl: inject('rabbitmqUrl'),
+      redisUrl: 'redis://127.0.0.1:1',
+      prefix: testPrefix('redis-refused'),
+      connectTimeoutMs: 2000,
+    }).catch((e: unknown) => e)) as Error & { code?: string };
+    expect(error.code).toBe('WARREN_ERR_REDIS_UNAVAILABLE');
+    expect(error.message).toBe(
+      'cannot connect to Redis at redis://127.0.0.1:1: connect ECONNREFUSED 127.0.0.1:1. ' +
+        'Check that Redis runs there, or set the `redisUrl` option to the server to use.',
+    );
+  });
+
   it('a Redis database the server does not have stops start-up, instead of writing to database 0', async () => {
     const url = new URL(inject('redisUrl'));
     url.pathname = '/4096';

@@ -127,6 +127,7 @@ export class WarrenPublisher {
       : await createRedis({
           url: options.redisUrl ?? DEFAULTS.redisUrl,
           name: 'warren-publisher',
+          urlSetting: 'the `redisUrl` option',
           logger,
           socketTimeoutMs: options.redisSocketTimeoutMs,
           connectTimeoutMs: options.connectTimeoutMs ?? 30_000,
@@ -140,6 +141,7 @@ export class WarrenPublisher {
         payloadRedis = await createPayloadRedis({
           url: options.payloadRedisUrl,
           name: 'warren-publisher-payloads',
+          urlSetting: 'the `payloadRedisUrl` option',
           logger,
           socketTimeoutMs: options.redisSocketTimeoutMs,
           connectTimeoutMs: options.connectTimeoutMs ?? 30_000,
