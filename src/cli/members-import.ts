@@ -59,7 +59,9 @@ export async function runMembersImport(config: Readonly<WarrenConfig>, args: Imp
   const format = args.format ?? formatOf(args.file);
   if (!format) {
     console.error(
-      'warren members import: cannot tell the format from the file name; pass --format jsonl|csv',
+      stdin
+        ? 'warren members import: standard input has no file name to tell the format by; pass --format jsonl|csv'
+        : 'warren members import: cannot tell the format from the file name; pass --format jsonl|csv',
     );
     return 2;
   }

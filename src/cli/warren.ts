@@ -17,8 +17,8 @@ const COMMANDS: Readonly<Record<string, string>> = {
   gateway: `  gateway                 run a gateway node (WebSocket, /healthz, /readyz, /metrics)`,
   resolver: `  resolver                run a resolver worker (run several for throughput)`,
   dev: `  dev                     gateway and resolver in one process, nothing to configure`,
-  members: `  members import FILE     bulk-load memberships from JSONL or CSV
-      --format jsonl|csv    default: from the file extension
+  members: `  members import FILE     bulk-load memberships from JSONL or CSV (FILE - reads standard input)
+      --format jsonl|csv    default: from the file extension (needed with -)
       --tenant ID           tenant for rows that do not name one
       --skip-invalid        import the valid rows even if some are bad
       --dry-run             validate and report every bad line; import nothing`,

@@ -322,6 +322,11 @@ describe('warren members import', () => {
     const bad = await warrenMembersImport(prefix, ['-', '--format', 'csv', '--tenant', 'acme'], input);
     expect(bad.code).not.toBe(0);
     expect(bad.stderr).toMatch(/:4: expected 2 cells, found 3 \(a comma inside quotes counts too/);
+    const formatless = await warrenMembersImport(prefix, ['-', '--tenant', 'acme'], input);
+    expect(formatless.code).toBe(2);
+    expect(formatless.stderr).toContain(
+      'standard input has no file name to tell the format by; pass --format',
+    );
     const good = ['userId,teamId', '  # ward 4', 'ann,stdin'].join('\n');
     const run = await warrenMembersImport(prefix, ['-', '--format', 'csv', '--tenant', 'acme'], good);
     expect(run.code, run.stderr).toBe(0);
