@@ -242,6 +242,34 @@ describe('the warren dev demo page and its dev-only endpoints', () => {
     await page.context().close();
   });
 
+  it('on a phone-sized screen keeps the logo and status dot round and the tag on one line', async () => {
+    const context = await browser.newContext({ viewport: { width: 420, height: 800 } });
+    const page = await openAs('acme-health/alice', context);
+    for (const selector of ['.logo', '.dot']) {
+      const box = await page.locator(selector).boundingBox();
+      expect(box, selector).not.toBeNull();
+      expect(box!.width, selector).toBeCloseTo(box!.height, 0);
+    }
+    const tag = await page.locator('.tag').boundingBox();
+    // One line of 12px text with its padding and border, not two.
+    expect(tag!.height).toBeLessThan(24);
+    await context.close();
+  });
+
+  it('publishes a cleared event type as message.created, and says what a type may hold', async () => {
+    const page = await openAs('acme-health/alice');
+    await page.fill('#type', '');
+    await page.fill('#text', 'Typeless');
+    await page.click('#publish button[type=submit]');
+    await eventually(async () => (await feed(page)).includes('Typeless'), 'the event arrives');
+    expect(await page.locator('#events .type').first().textContent()).toBe('message.created');
+    await page.fill('#type', 'bad type!');
+    await page.click('#publish button[type=submit]');
+    await page.locator('#flash.err').waitFor();
+    expect(await page.locator('#flash').textContent()).toContain('dot-separated words of letters, digits');
+    await page.context().close();
+  });
+
   it('a second tab of the user follows, and takes over without an error when the first closes', async () => {
     const context = await browser.newContext();
     const first = await openAs('acme-health/alice', context);

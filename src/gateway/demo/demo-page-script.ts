@@ -193,7 +193,7 @@ async function publish(event) {
   try {
     const { t, u } = who();
     const { id } = await api('/dev/publish', { tenantId: t.id, teamId: $('team').value,
-      type: $('type').value.trim(), text, from: u.id });
+      type: $('type').value.trim() || 'message.created', text, from: u.id });
     flash.className = 'flash';
     flash.textContent = 'Published ' + id + ' to ' + teamName($('team').value);
     $('text').value = '';

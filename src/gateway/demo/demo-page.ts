@@ -15,11 +15,12 @@ body { margin: 0; }
 header { background: var(--card); border-bottom: 1px solid var(--line); }
 .bar { max-width: 1120px; margin: 0 auto; padding: 14px 24px; display: flex; align-items: center; gap: 12px; }
 .logo { width: 30px; height: 30px; border-radius: 8px; background: var(--accent); color: #fff;
-  display: grid; place-items: center; font-weight: 700; }
+  display: grid; place-items: center; font-weight: 700; flex: none; }
 .brand { font-weight: 650; font-size: 16px; }
-.tag { font-size: 12px; color: var(--muted); border: 1px solid var(--line); border-radius: 999px; padding: 1px 8px; }
+.tag { font-size: 12px; color: var(--muted); border: 1px solid var(--line); border-radius: 999px; padding: 1px 8px;
+  white-space: nowrap; }
 .status { margin-left: auto; display: flex; align-items: center; gap: 8px; font-size: 13px; color: var(--muted); }
-.dot { width: 9px; height: 9px; border-radius: 50%; background: var(--off); }
+.dot { width: 9px; height: 9px; border-radius: 50%; background: var(--off); flex: none; }
 .status[data-state="connected"] .dot { background: var(--ok); box-shadow: 0 0 0 4px #16a34a22; }
 .status[data-state="connecting"] .dot, .status[data-state="reconnecting"] .dot { background: var(--warn); }
 .status strong { color: var(--text); font-weight: 600; }
@@ -66,7 +67,7 @@ button:disabled { opacity: .5; cursor: default; }
 .event { border: 1px solid var(--line); border-left: 4px solid hsl(var(--hue) 60% 50%); border-radius: 10px;
   padding: 10px 14px; animation: arrive .8s ease-out; }
 @keyframes arrive { from { background: #eef2ff; transform: translateY(-4px); } to { background: #fff; } }
-.event-head { display: flex; align-items: center; gap: 8px; font-size: 12px; color: var(--muted); }
+.event-head { display: flex; flex-wrap: wrap; align-items: center; gap: 4px 8px; font-size: 12px; color: var(--muted); }
 .type { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; color: var(--text); font-weight: 600; }
 .event time { margin-left: auto; font-variant-numeric: tabular-nums; }
 .event p { margin: 6px 0 4px; font-size: 15px; }
@@ -79,6 +80,8 @@ button:disabled { opacity: .5; cursor: default; }
 #log time { font-variant-numeric: tabular-nums; color: var(--off); }
 #log .bad { color: #dc2626; }
 @media (max-width: 820px) { main { grid-template-columns: 1fr; } }
+/* A phone: the status goes under the brand, at full width, instead of squeezing the logo and the tag. */
+@media (max-width: 560px) { .bar { flex-wrap: wrap; } .status { margin-left: 0; flex-basis: 100%; } }
 `;
 
 const BODY = `
@@ -105,7 +108,7 @@ const BODY = `
       <form id="publish">
         <div class="pair">
           <div><label for="team">Team</label><select id="team"></select></div>
-          <div><label for="type">Event type</label><input type="text" id="type" value="message.created" spellcheck="false"></div>
+          <div><label for="type">Event type</label><input type="text" id="type" value="message.created" placeholder="message.created" spellcheck="false"></div>
         </div>
         <label for="text">Message</label><input type="text" id="text" maxlength="500" autocomplete="off">
         <div class="row"><button type="submit">Publish</button></div>

@@ -172,7 +172,9 @@ export function demoRoutes(deps: DemoRoutesDeps): (app: TemplatedApp) => void {
         !EVENT_TYPE_PATTERN.test(type) ||
         tenant.id.length + 1 + type.length > 255
       )
-        throw new BadRequest('bad event type');
+        throw new BadRequest(
+          'event type must be up to 8 dot-separated words of letters, digits, _ and - (message.created)',
+        );
       if (body['from'] !== undefined && !from) throw new BadRequest('unknown demo user in from');
       if (typeof text !== 'string' || text.trim() === '' || text.trim().length > MAX_TEXT) {
         throw new BadRequest(`text must be 1 to ${MAX_TEXT} characters`);
