@@ -19,7 +19,8 @@ export async function runToken(config: WarrenConfig, options: TokenOptions): Pro
   if (!secret) {
     throw new WarrenError(
       ErrorCode.Config,
-      'warren token signs with jwt.secret (WARREN_JWT_SECRET, HS256), which is not set; with ' +
+      'warren token signs with jwt.secret (WARREN_JWT_SECRET, HS256), which is not set: set it to the ' +
+        'secret your gateways verify with (warren dev prints the one it generates). With ' +
         'WARREN_JWT_PUBLIC_KEY or WARREN_JWT_JWKS_FILE the private key belongs to whoever issues your tokens',
     );
   }

@@ -265,7 +265,7 @@ describe('warren gateway as a process', () => {
     const unsigned = WarrenProcess.start(['token', '--tenant', 'acme', '--user', 'ann'], withoutSecret);
     expect(await unsigned.exited).toBe(78);
     expect(unsigned.lines.join('\n')).toContain(
-      'warren token signs with jwt.secret (WARREN_JWT_SECRET, HS256)',
+      'warren token signs with jwt.secret (WARREN_JWT_SECRET, HS256), which is not set: set it to the secret your gateways verify with',
     );
   });
 
