@@ -1,5 +1,6 @@
 import type { WarrenConfig } from '../config/load.js';
 import { WarrenPublisher } from '../sdk/publisher/index.js';
+import { ErrorCode, WarrenError, isWarrenError } from '../shared/errors.js';
 import type { Revocation } from '../store/revocation-store.js';
 
 export interface RevokeOptions {
@@ -21,6 +22,17 @@ export async function runRevoke(config: Readonly<WarrenConfig>, options: RevokeO
     prefix: config.prefix,
     declareTopology: false,
     connectTimeoutMs: config.rabbitmq.connectTimeoutMs,
+  }).catch((error: unknown) => {
+    // An operator revoking in a hurry must not take a failed connect for a revocation in force.
+    const unreachable =
+      isWarrenError(error, ErrorCode.BrokerUnavailable) || isWarrenError(error, ErrorCode.RedisUnavailable);
+    if (!unreachable) throw error;
+    const mend = error.code === ErrorCode.BrokerUnavailable ? ' (rabbitmq.url, WARREN_RABBITMQ_URL)' : '';
+    throw new WarrenError(
+      error.code,
+      `${error.message.replace(/\.$/, '')}. Nothing was revoked: run warren revoke again once it answers${mend}`,
+      { cause: error, retryable: error.retryable },
+    );
   });
   let revocation: Revocation;
   try {

@@ -362,6 +362,17 @@ describe('revoking a user', () => {
       /all their tokens \(a revocation not written by Warren was in force\) are refused for good/,
     );
 
+    // A broker it cannot reach: the operator is told that nothing was revoked, and how to mend it.
+    const cut = WarrenProcess.start(['revoke', '--tenant', 't1', '--user', 'E'], {
+      ...env,
+      WARREN_RABBITMQ_URL: 'amqp://guest:guest@127.0.0.1:1',
+      WARREN_RABBITMQ_CONNECT_TIMEOUT_MS: '1000',
+    });
+    expect(await cut.exited).toBe(1);
+    expect(cut.lines.join('\n')).toMatch(
+      /^WARREN_ERR_BROKER_UNAVAILABLE: cannot connect to RabbitMQ at .*\. Nothing was revoked: run warren revoke again once it answers \(rabbitmq\.url, WARREN_RABBITMQ_URL\)$/,
+    );
+
     const bad = WarrenProcess.start(['revoke', '--tenant', 't1', '--ttl', '0'], env);
     expect(await bad.exited).toBe(2);
     await eventually(() => bad.lines.length > 0, 'its usage error');
