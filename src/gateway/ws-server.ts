@@ -211,7 +211,9 @@ export class WsServer {
     return new Promise((resolve, reject) => {
       const done = (socket: uWS.us_listen_socket | false): void => {
         if (!socket) {
-          const hint = reusePort ? '' : ' (is another process listening on it?)';
+          const hint = reusePort
+            ? ''
+            : ' (is another process listening on it? Stop it, or set gateway.port, WARREN_GATEWAY_PORT)';
           reject(new WarrenError(ErrorCode.Listen, `cannot listen on ${host}:${port}${hint}`));
           return;
         }

@@ -142,7 +142,9 @@ describe('warren gateway as a process', () => {
     );
     processes.push(second);
     expect(await second.exited).toBe(1);
-    expect(second.lines.join('\n')).toContain(`cannot listen on 127.0.0.1:${port}`);
+    expect(second.lines.join('\n')).toContain(
+      `cannot listen on 127.0.0.1:${port} (is another process listening on it? Stop it, or set gateway.port, WARREN_GATEWAY_PORT)`,
+    );
     // Only the first node counts as alive: the second took its heartbeat back before exiting.
     const config = testConfig(prefix);
     expect((await collectStatus(config)).gateways.map((g) => g.id)).toEqual([
