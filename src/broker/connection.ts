@@ -203,9 +203,13 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
     // Told as the declaration said it, its code kept: a mismatch is not the broker being unavailable.
     if (isWarrenError(refusal, ErrorCode.TopologyMismatch)) throw refusal;
     if (refusal !== undefined) {
+      // RabbitMQ says which mechanism refused the login, not what to mend.
+      const hint = /\bLogin was refused\b/.test(refusal.message)
+        ? ': check the user name and password in the URL'
+        : '';
       throw new WarrenError(
         ErrorCode.BrokerUnavailable,
-        `RabbitMQ at ${withoutCredentials(this.options.url)} refused: ${refusal.message}`,
+        `RabbitMQ at ${withoutCredentials(this.options.url)} refused: ${refusal.message}${hint}`,
         // The same credentials, vhost and permissions are refused the same way until an operator acts.
         { cause: refusal, retryable: false },
       );

@@ -85,6 +85,7 @@ describe('connecting to services that refuse', () => {
       }).catch((e: unknown) => e)) as Error & { code?: string; retryable?: boolean };
       expect(error.code).toBe('WARREN_ERR_BROKER_UNAVAILABLE');
       expect(error.message).toContain('ACCESS_REFUSED');
+      expect(error.message).toMatch(/: check the user name and password in the URL$/);
       expect(error.message).not.toContain('not-the-password');
       expect(error.retryable).toBe(false);
       expect(proxy.connections).toBe(1);
