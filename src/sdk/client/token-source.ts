@@ -42,7 +42,13 @@ const TOKEN_CHARS = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 export function tokenError(cause: unknown): WarrenClientError {
   return cause instanceof WarrenClientError
     ? cause
-    : new WarrenClientError(ClientErrorCode.Token, 'getToken failed', { cause });
+    : new WarrenClientError(ClientErrorCode.Token, `getToken failed: ${causeText(cause)}`, { cause });
+}
+
+/** What `getToken` threw or rejected with, in words: the application's reason ("Failed to fetch"). */
+function causeText(cause: unknown): string {
+  if (cause instanceof Error) return cause.message || cause.name;
+  return typeof cause === 'string' && cause !== '' ? cause : 'no reason given';
 }
 
 /**

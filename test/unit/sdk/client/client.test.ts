@@ -498,9 +498,12 @@ describe('client: an attempt that fails before any socket', () => {
       // Attempts here last as long as the test plays them; the bound has a test of its own.
       connectTimeoutMs: 0,
     });
-    client.on('error', () => {});
+    const errors: string[] = [];
+    client.on('error', (e) => errors.push(`${e.code}: ${e.message}`));
     await vi.advanceTimersByTimeAsync(60_000);
     expect(ScriptedSocket.all.map((s) => s.url)).toEqual(['ws://a/ws']);
+    // The application's reason, not only that it failed.
+    expect(errors).toEqual(['token_failed: getToken failed: token endpoint down']);
     client.close();
   });
 
