@@ -134,7 +134,7 @@ export async function createRedis(options: CreateRedisOptions): Promise<WarrenRe
     const where = options.urlSetting ? `, or set ${options.urlSetting} to the server to use` : '';
     throw new WarrenError(
       ErrorCode.RedisUnavailable,
-      `cannot connect to Redis at ${withoutCredentials(options.url)}: ${why}. Check that Redis runs there${where}.`,
+      `cannot connect to Redis at ${withoutCredentials(options.url)}: ${why.replace(/\.+$/, '')}. Check that Redis runs there${where}.`,
       { cause: error, retryable: true },
     );
   }

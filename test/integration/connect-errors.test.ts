@@ -155,6 +155,31 @@ describe('connecting to services that refuse', () => {
     expect(error.message).not.toContain('hunter2');
   });
 
+  it('a server that is not Redis is reported in one sentence, with the setting to correct', async () => {
+    // Something else on the port, answering as RabbitMQ does a client that is not AMQP (its protocol
+    // header), and keeping the connection: ioredis's own message then ends in a full stop.
+    const server = createServer((socket) => socket.once('data', () => socket.write('AMQP\x00\x00\x09\x01')));
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const port = (server.address() as AddressInfo).port;
+    try {
+      const error = (await createRedis({
+        url: `redis://127.0.0.1:${port}`,
+        name: 'test-not-redis',
+        logger: silentLogger(),
+        urlSetting: 'redis.url (WARREN_REDIS_URL)',
+        connectTimeoutMs: 3000,
+      }).catch((e: unknown) => e)) as Error & { code?: string };
+      expect(error.code).toBe('WARREN_ERR_REDIS_UNAVAILABLE');
+      expect(error.message).toContain('Unknown RESP type');
+      expect(error.message).not.toContain('..');
+      expect(error.message).toMatch(
+        /\. Check that Redis runs there, or set redis\.url \(WARREN_REDIS_URL\) to the server to use\.$/,
+      );
+    } finally {
+      server.close();
+    }
+  });
+
   it('the publisher SDK names the option to correct when its Redis cannot be reached, not ioredis’s close', async () => {
     const error = (await WarrenPublisher.connect({
       rabbitmqUrl: inject('rabbitmqUrl'),
