@@ -178,7 +178,11 @@ export class BrokerConnection extends EventEmitter<BrokerEvents> {
     const givenUp = new Promise<void>((resolve) =>
       recovering.on('connect-failed', (error: Error) => {
         lastFailure = explainConnectFailure(error, this.options.url);
-        this.logger.warn({ err: lastFailure }, 'broker connect failed');
+        // Which broker: a daemon waiting on a wrong URL says so in its own log, not only in an address.
+        this.logger.warn(
+          { err: lastFailure, url: withoutCredentials(this.options.url) },
+          'broker connect failed',
+        );
         if (refusal === undefined && options.giveUpOn?.(error)) {
           refusal = error;
           resolve();

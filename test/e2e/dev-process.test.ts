@@ -79,6 +79,10 @@ describe('warren dev as a process', () => {
       'Start it (or set WARREN_RABBITMQ_URL): warren dev keeps trying, and starts once it answers.',
     );
     expect(dev.child.exitCode).toBeNull();
+    // Each attempt's log line names the broker too, without its password.
+    expect(dev.lines.find((l) => l.includes('"msg":"broker connect failed"'))).toContain(
+      '"url":"amqp://***@127.0.0.1:1"',
+    );
     expect(dev.lines.join('\n')).not.toContain('hunter2');
   });
 
