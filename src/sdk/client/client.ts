@@ -321,6 +321,13 @@ export class WarrenClient {
       this.identityChanged(who);
       return;
     }
+    // A resume still unanswered on the old node: its replay (or its refusal) comes through the old
+    // connection only, which is left before it may be through. Said while the old welcome still names
+    // the speaker, so that followers (who share the resume) hear it too.
+    if (this.resumeSeen !== undefined) {
+      this.resync({ reason: 'history_gap' });
+      if (this.isClosed()) return;
+    }
     this.welcome = welcome;
     this.resumeSeen = undefined;
     this.cursor = { epoch: welcome.epoch, offset: welcome.offset };

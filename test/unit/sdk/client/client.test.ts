@@ -358,6 +358,29 @@ describe('client core (scripted socket, fake timers)', () => {
       expect(client.state).toBe('connected');
     });
 
+    it('says events may be missing when it moves while its resume is still being answered', async () => {
+      const resyncs: string[] = [];
+      client.on('resync', (r) => resyncs.push(r.reason));
+      const first = latest();
+      first.welcome('e1', 5);
+      first.event('a', 6);
+      first.end(1006);
+      const second = await nextAttempt();
+      second.welcome('e1', 9);
+      expect(second.sent).toEqual([{ type: 'resume', epoch: 'e1', offset: 6 }]);
+      // Told to move before the replay of 7..9 (only the old node has it) has come.
+      handoff(second);
+      const third = await nextAttempt();
+      third.welcome('e2', 100, 'gw-2');
+      second.event('b', 7);
+      // The rest of the replay is not through when the old connection is left.
+      await vi.advanceTimersByTimeAsync(1000);
+      expect(second.readyState).toBe(3);
+      expect(events.map((e) => e.id)).toEqual(['a', 'b']);
+      expect(resyncs).toEqual(['history_gap']);
+      expect(client.state).toBe('connected');
+    });
+
     it('closes, showing nothing, when the new connection welcomes someone else', async () => {
       const errors: string[] = [];
       client.on('error', (e) => errors.push(e.code));

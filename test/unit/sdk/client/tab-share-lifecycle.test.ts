@@ -76,6 +76,31 @@ describe('shared tabs: closing from a listener, failures told to followers', () 
     expect(follower.state).toBe('connected');
   });
 
+  it('followers are told to resynchronise when the leader moves before its resume is answered', async () => {
+    const leader = tab();
+    await vi.waitFor(() => expect(leader.state).toBe('connected'));
+    const follower = tab();
+    await vi.waitFor(() => expect(follower.state).toBe('connected'));
+    const resyncs: unknown[] = [];
+    follower.on('resync', (r) => resyncs.push(r.reason));
+    const [first] = open();
+    first?.event('e1');
+    // Back on the same node, which delivered 2..5 meanwhile: the leader asks for them.
+    FakeSocket.welcomeOffset = 5;
+    first?.end(1006);
+    await vi.waitFor(() => expect(FakeSocket.all).toHaveLength(2));
+    const again = FakeSocket.all[1];
+    await vi.waitFor(() => expect(again?.sent).toEqual([{ type: 'resume', epoch: 'e', offset: 1 }]));
+    await vi.waitFor(() => expect(follower.state).toBe('connected'));
+    // Told to move before the replay came: it comes through the old socket only, if in time.
+    FakeSocket.epoch = 'e-other';
+    again?.receive({ type: 'handoff', reason: 'draining', closeInMs: 5000 });
+    await vi.waitFor(() => expect(FakeSocket.all).toHaveLength(3));
+    await vi.waitFor(() => expect(resyncs).toEqual(['history_gap']));
+    expect(leader.state).toBe('connected');
+    expect(follower.state).toBe('connected');
+  });
+
   it('a client closed from its role listener as it joins opens no socket and holds no lock', async () => {
     const leader = tab();
     await vi.waitFor(() => expect(leader.state).toBe('connected'));
