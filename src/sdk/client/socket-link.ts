@@ -1,5 +1,6 @@
 import {
   BEARER_PROTOCOL_PREFIX,
+  FrameErrorCode,
   WS_PROTOCOL,
   type ClientFrame,
   type ServerFrame,
@@ -244,16 +245,7 @@ export class SocketLink {
     const old = this.detach();
     if (old) {
       this.left = old;
-      // Its events still count: routed before the new node bound the user, they reach only the old one.
-      old.onmessage = (message: MessageEvent) => {
-        if (typeof message.data !== 'string') return;
-        try {
-          const frame = JSON.parse(message.data) as ServerFrame;
-          if (frame?.type === 'event') this.hooks.frame({ ...frame, offset: undefined as unknown as number });
-        } catch {
-          // Not JSON: nothing to show.
-        }
-      };
+      old.onmessage = (message: MessageEvent) => this.fromLeft(message.data);
       this.leftTimer = setTimeout(() => this.closeLeft(), MOVE_OVERLAP_MS);
     }
     this.ws = ws;
@@ -266,6 +258,31 @@ export class SocketLink {
     ws.onclose = (event: CloseEvent) => this.dropped(event.code);
     this.startPing();
     this.hooks.moved(welcome);
+  }
+
+  /**
+   * A frame of the connection moved from. Its events still count: routed before the new node bound the
+   * user, they reach only the old one. So do its word that it lost some of them (`events_missed`) or could
+   * not read one (`payload_unavailable`): said nowhere else, the gap would go unnoticed. Without offsets,
+   * which count on the old node only; the rest (a `resumed`, a pong) is of no use any more.
+   */
+  private fromLeft(data: unknown): void {
+    if (typeof data !== 'string') return;
+    let frame: ServerFrame;
+    try {
+      frame = JSON.parse(data) as ServerFrame;
+    } catch {
+      return;
+    }
+    if (typeof frame !== 'object' || frame === null) return;
+    if (frame.type === 'event') this.hooks.frame({ ...frame, offset: undefined as unknown as number });
+    else if (
+      frame.type === 'error' &&
+      (frame.code === FrameErrorCode.EventsMissed || frame.code === FrameErrorCode.PayloadUnavailable)
+    ) {
+      const { offset: _offset, ...rest } = frame;
+      this.hooks.frame(rest);
+    }
   }
 
   /** Gives up a move under way (its connection failed, or the old one closed first). */

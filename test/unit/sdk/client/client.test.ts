@@ -381,6 +381,28 @@ describe('client core (scripted socket, fake timers)', () => {
       expect(client.state).toBe('connected');
     });
 
+    it('tells of a gap or an unreadable payload the old connection reports after the move', async () => {
+      const resyncs: string[] = [];
+      const errors: { code: string; eventId?: string }[] = [];
+      client.on('resync', (r) => resyncs.push(r.reason));
+      client.on('error', (e) => errors.push({ code: e.code, ...(e.eventId ? { eventId: e.eventId } : {}) }));
+      const first = latest();
+      first.welcome('e1', 5);
+      handoff(first);
+      const second = await nextAttempt();
+      second.welcome('e2', 100, 'gw-2');
+      // Routed before the new node bound the user: only the old node could bring them, and it could not.
+      first.receive({ type: 'error', code: 'payload_unavailable', message: 'expired', id: 'p' });
+      first.receive({ type: 'error', code: 'events_missed', message: 'queue full', offset: 9 });
+      expect(errors).toEqual([{ code: 'payload_unavailable', eventId: 'p' }]);
+      expect(resyncs).toEqual(['history_gap']);
+      // The old node's offset counts for nothing on the new one.
+      second.end(1006);
+      const third = await nextAttempt();
+      third.welcome('e2', 110, 'gw-2');
+      expect(third.sent).toEqual([{ type: 'resume', epoch: 'e2', offset: 100 }]);
+    });
+
     it('closes, showing nothing, when the new connection welcomes someone else', async () => {
       const errors: string[] = [];
       client.on('error', (e) => errors.push(e.code));
