@@ -88,9 +88,11 @@ export class SocketLink {
   /** The connection being opened to move to, after a `handoff`; it replaces `ws` once welcomed. */
   private next: WebSocket | undefined;
   private nextTimer: Timer | undefined;
-  /** The connection moved from, kept for MOVE_OVERLAP_MS. */
-  private left: WebSocket | undefined;
-  private leftTimer: Timer | undefined;
+  /**
+   * The connections moved from, each kept for MOVE_OVERLAP_MS with the timer that closes it: more than one
+   * when the new node too says `handoff` within that time (a rolling restart).
+   */
+  private readonly left = new Map<WebSocket, Timer>();
 
   constructor(
     private readonly settings: LinkSettings,
@@ -113,7 +115,7 @@ export class SocketLink {
     clearTimeout(this.retryTimer);
     clearTimeout(this.attemptTimer);
     this.dropNext();
-    this.closeLeft();
+    for (const ws of [...this.left.keys()]) this.closeLeft(ws);
     this.detach()?.close(1000, 'client closed');
   }
 
@@ -241,12 +243,13 @@ export class SocketLink {
   private moved(ws: WebSocket, url: string, welcome: WelcomeFrame): void {
     clearTimeout(this.nextTimer);
     this.next = undefined;
-    this.closeLeft();
     const old = this.detach();
     if (old) {
-      this.left = old;
       old.onmessage = (message: MessageEvent) => this.fromLeft(message.data);
-      this.leftTimer = setTimeout(() => this.closeLeft(), MOVE_OVERLAP_MS);
+      this.left.set(
+        old,
+        setTimeout(() => this.closeLeft(old), MOVE_OVERLAP_MS),
+      );
     }
     this.ws = ws;
     this.attemptUrl = url;
@@ -296,11 +299,9 @@ export class SocketLink {
     ws.close(1000, 'move given up');
   }
 
-  private closeLeft(): void {
-    clearTimeout(this.leftTimer);
-    const ws = this.left;
-    this.left = undefined;
-    if (!ws) return;
+  private closeLeft(ws: WebSocket): void {
+    clearTimeout(this.left.get(ws));
+    this.left.delete(ws);
     ws.onmessage = null;
     ws.close(1000, 'moved');
   }

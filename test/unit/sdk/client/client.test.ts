@@ -403,6 +403,54 @@ describe('client core (scripted socket, fake timers)', () => {
       expect(third.sent).toEqual([{ type: 'resume', epoch: 'e2', offset: 100 }]);
     });
 
+    it('told to move again during the overlap, still shows what the first node had on its way', async () => {
+      const first = latest();
+      first.welcome('e1', 5);
+      handoff(first);
+      const second = await nextAttempt();
+      second.welcome('e2', 100, 'gw-2');
+      // The new node drains too (a rolling restart), at once.
+      handoff(second);
+      await vi.advanceTimersByTimeAsync(0);
+      const third = latest();
+      expect(third).not.toBe(second);
+      third.welcome('e3', 200, 'gw-3');
+      // Routed to the first node before the second bound the user: it reaches the first one only.
+      first.event('a', 6);
+      second.event('b', 101);
+      expect(events.map((e) => e.id)).toEqual(['a', 'b']);
+      await vi.advanceTimersByTimeAsync(1000);
+      expect([first.readyState, second.readyState]).toEqual([3, 3]);
+      expect(client.state).toBe('connected');
+    });
+
+    it('close() while moving or during the overlap leaves no socket open and no timer', async () => {
+      const first = latest();
+      first.welcome('e1', 5);
+      handoff(first);
+      const pending = await nextAttempt();
+      client.close();
+      expect([first.readyState, pending.readyState]).toEqual([3, 3]);
+      expect(vi.getTimerCount()).toBe(0);
+
+      client = connect({
+        url: ['ws://a/ws', 'ws://b/ws'],
+        getToken: () => 'token',
+        WebSocket: ScriptedSocket as unknown as typeof WebSocket,
+        connectTimeoutMs: 5000,
+      });
+      await vi.advanceTimersByTimeAsync(0);
+      const old = latest();
+      old.welcome('e1', 5);
+      handoff(old);
+      await vi.advanceTimersByTimeAsync(0);
+      const moved = latest();
+      moved.welcome('e2', 0, 'gw-2');
+      client.close();
+      expect([old.readyState, moved.readyState]).toEqual([3, 3]);
+      expect(vi.getTimerCount()).toBe(0);
+    });
+
     it('closes, showing nothing, when the new connection welcomes someone else', async () => {
       const errors: string[] = [];
       client.on('error', (e) => errors.push(e.code));
