@@ -205,24 +205,28 @@ export class Tab implements RegisteredTab {
    * then `ms` for the client to be welcomed elsewhere (it closes this socket itself then), or until its
    * token expires (4001) if sooner. At once when `ms` is 0, or before the welcome (always a tab's first
    * frame). Deliveries go on meanwhile. Resolves once the tab is closed; asked again while it moves, the
-   * first close stands.
+   * first close stands, unless asked with no time (a superseded node, which delivers nothing more: holding
+   * the client there would only delay its move, and the node's end).
    */
   handOff(reason: HandoffFrame['reason'], code: number, ms: number): Promise<void> {
     if (this.closed) return Promise.resolve();
-    if (this.handoff) return this.handoff;
     const why = reason === 'draining' ? 'draining' : 'lifetime reached';
+    if (this.handoff && ms > 0) return this.handoff;
     if (!this.ready || ms <= 0) {
       this.end(code, why);
       return Promise.resolve();
     }
     this.handoff = new Promise<void>((resolve) => (this.handedOff = resolve));
-    const frame: HandoffFrame = { type: 'handoff', reason, closeInMs: ms };
+    // The token's expiry may come first (closed with 4001 then): the frame says when the close comes.
+    const now = Date.now();
+    const expires = this.expiresAt <= now + ms;
+    const delay = Math.max(0, Math.min(ms, this.expiresAt - now));
+    const frame: HandoffFrame = { type: 'handoff', reason, closeInMs: delay };
     this.write(JSON.stringify(frame), CloseCode.TooSlow);
     clearTimeout(this.timer);
-    const expires = this.expiresAt <= Date.now() + ms;
     this.timer = setTimeout(
       () => (expires ? this.end(CloseCode.Unauthorized, 'token expired') : this.end(code, why)),
-      Math.max(0, Math.min(ms, this.expiresAt - Date.now())),
+      delay,
     );
     return this.handoff;
   }

@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { WebSocket } from 'uWebSockets.js';
 import { Tab, type TabSocketData } from '../../../src/gateway/tab.js';
 
@@ -39,5 +39,38 @@ describe('Tab', () => {
     expect(sent).toEqual([]);
     expect(closes).toEqual([4001]);
     expect(tab.closed).toBe(true);
+  });
+
+  describe('handOff', () => {
+    afterEach(() => vi.useRealTimers());
+
+    it('closes at once when asked again with no time (a superseded node) while the tab is told to move', async () => {
+      vi.useFakeTimers();
+      const { tab, sent, closes } = tabExpiringAt(Date.now() + 60_000);
+      tab.ready = true;
+      const moving = tab.handOff('lifetime', 4101, 5000);
+      await vi.advanceTimersByTimeAsync(0);
+      expect(sent.map((f) => JSON.parse(f) as unknown)).toEqual([
+        { type: 'handoff', reason: 'lifetime', closeInMs: 5000 },
+      ]);
+      // Nothing more reaches it here: waiting out the handoff would only hold the client on a dead node.
+      void tab.handOff('draining', 4100, 0);
+      expect(closes).toEqual([4100]);
+      await moving;
+      expect(vi.getTimerCount()).toBe(0);
+    });
+
+    it('says in closeInMs when the close comes, also when the token expires first', async () => {
+      vi.useFakeTimers();
+      const { tab, sent, closes } = tabExpiringAt(Date.now() + 2000);
+      tab.ready = true;
+      void tab.handOff('draining', 4100, 5000);
+      await vi.advanceTimersByTimeAsync(0);
+      expect(sent.map((f) => JSON.parse(f) as unknown)).toEqual([
+        { type: 'handoff', reason: 'draining', closeInMs: 2000 },
+      ]);
+      await vi.advanceTimersByTimeAsync(2000);
+      expect(closes).toEqual([4001]);
+    });
   });
 });
