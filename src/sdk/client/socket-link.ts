@@ -1,12 +1,12 @@
 import {
   BEARER_PROTOCOL_PREFIX,
-  FrameErrorCode,
   WS_PROTOCOL,
   type ClientFrame,
   type ServerFrame,
   type WelcomeFrame,
 } from '../../protocol/frames.js';
 import { CloseCode } from '../../protocol/close-codes.js';
+import { MovedFrom } from './moved-from.js';
 import { ABNORMAL_CLOSURE, planReconnect, type ReconnectOptions } from './reconnect-policy.js';
 import { tokenError, type TokenSource } from './token-source.js';
 import { ClientErrorCode, WarrenClientError } from './types.js';
@@ -45,11 +45,12 @@ export interface LinkSettings {
 
 type Timer = ReturnType<typeof setTimeout>;
 
-/**
- * After a move, the old connection is kept this long for events routed to the old node before the new
- * one bound the user (they reach the old one only), then closed.
- */
-const MOVE_OVERLAP_MS = 1000;
+/** A `handoff` without a usable `closeInMs` (the gateway's default `gateway.handoffMs`). */
+const DEFAULT_CLOSE_IN_MS = 5000;
+/** The largest `gateway.handoffMs`: a `closeInMs` above it is taken as this. */
+const MAX_CLOSE_IN_MS = 60_000;
+/** A connection moved from is closed this long after its node said it would close it, if still open. */
+const LEFT_GRACE_MS = 1000;
 
 /**
  * A connection that closed before the gateway's welcome. A browser reports an upgrade the gateway refused
@@ -88,16 +89,15 @@ export class SocketLink {
   /** The connection being opened to move to, after a `handoff`; it replaces `ws` once welcomed. */
   private next: WebSocket | undefined;
   private nextTimer: Timer | undefined;
-  /**
-   * The connections moved from, each kept for MOVE_OVERLAP_MS with the timer that closes it: more than one
-   * when the new node too says `handoff` within that time (a rolling restart).
-   */
-  private readonly left = new Map<WebSocket, Timer>();
+  /** The connections moved from, still kept: more than one when the new node too says `handoff` soon. */
+  private readonly left: MovedFrom;
 
   constructor(
     private readonly settings: LinkSettings,
     private readonly hooks: LinkHooks,
-  ) {}
+  ) {
+    this.left = new MovedFrom((frame) => hooks.frame(frame));
+  }
 
   start(): void {
     void this.open();
@@ -115,7 +115,7 @@ export class SocketLink {
     clearTimeout(this.retryTimer);
     clearTimeout(this.attemptTimer);
     this.dropNext();
-    for (const ws of [...this.left.keys()]) this.closeLeft(ws);
+    this.left.dropAll();
     this.detach()?.close(1000, 'client closed');
   }
 
@@ -182,9 +182,15 @@ export class SocketLink {
       this.startPing();
     }
     if (frame.type === 'handoff') {
-      void this.moveOn();
+      const { closeInMs } = frame;
+      const ms =
+        typeof closeInMs === 'number' && closeInMs >= 0
+          ? Math.min(closeInMs, MAX_CLOSE_IN_MS)
+          : DEFAULT_CLOSE_IN_MS;
+      void this.moveOn(this.settings.now() + ms);
       return;
     }
+    if (frame.type === 'event') this.left.seen(frame.id);
     this.hooks.frame(frame);
   }
 
@@ -192,9 +198,9 @@ export class SocketLink {
    * The node will close this connection (`handoff`): a new one is opened to another node (the next URL of
    * a list, or the same URL for a load balancer to place) and takes over once welcomed; the old one stays
    * open until then, so that nothing routed meanwhile is missed. If the new one fails, the old one's close
-   * reconnects as usual.
+   * reconnects as usual. `closesAt`: when the node said it would close the old one.
    */
-  private async moveOn(): Promise<void> {
+  private async moveOn(closesAt: number): Promise<void> {
     const from = this.ws;
     if (this.next || !from) return;
     let token: string;
@@ -229,7 +235,7 @@ export class SocketLink {
         return;
       }
       // The welcome is a connection's first frame.
-      if (frame?.type === 'welcome') this.moved(ws, url, frame);
+      if (frame?.type === 'welcome') this.moved(ws, url, frame, closesAt);
       else this.dropNext();
     };
     ws.onclose = () => {
@@ -239,18 +245,12 @@ export class SocketLink {
     if (ms > 0) this.nextTimer = setTimeout(() => this.dropNext(), ms);
   }
 
-  /** The new connection is welcomed: it becomes the link's, and the old one is left after an overlap. */
-  private moved(ws: WebSocket, url: string, welcome: WelcomeFrame): void {
+  /** The new connection is welcomed: it becomes the link's; the old one is kept while it may bring more. */
+  private moved(ws: WebSocket, url: string, welcome: WelcomeFrame, closesAt: number): void {
     clearTimeout(this.nextTimer);
     this.next = undefined;
     const old = this.detach();
-    if (old) {
-      old.onmessage = (message: MessageEvent) => this.fromLeft(message.data);
-      this.left.set(
-        old,
-        setTimeout(() => this.closeLeft(old), MOVE_OVERLAP_MS),
-      );
-    }
+    if (old) this.left.keep(old, Math.max(0, closesAt - this.settings.now()) + LEFT_GRACE_MS);
     this.ws = ws;
     this.attemptUrl = url;
     this.attempt = 0;
@@ -263,31 +263,6 @@ export class SocketLink {
     this.hooks.moved(welcome);
   }
 
-  /**
-   * A frame of the connection moved from. Its events still count: routed before the new node bound the
-   * user, they reach only the old one. So do its word that it lost some of them (`events_missed`) or could
-   * not read one (`payload_unavailable`): said nowhere else, the gap would go unnoticed. Without offsets,
-   * which count on the old node only; the rest (a `resumed`, a pong) is of no use any more.
-   */
-  private fromLeft(data: unknown): void {
-    if (typeof data !== 'string') return;
-    let frame: ServerFrame;
-    try {
-      frame = JSON.parse(data) as ServerFrame;
-    } catch {
-      return;
-    }
-    if (typeof frame !== 'object' || frame === null) return;
-    if (frame.type === 'event') this.hooks.frame({ ...frame, offset: undefined as unknown as number });
-    else if (
-      frame.type === 'error' &&
-      (frame.code === FrameErrorCode.EventsMissed || frame.code === FrameErrorCode.PayloadUnavailable)
-    ) {
-      const { offset: _offset, ...rest } = frame;
-      this.hooks.frame(rest);
-    }
-  }
-
   /** Gives up a move under way (its connection failed, or the old one closed first). */
   private dropNext(): void {
     clearTimeout(this.nextTimer);
@@ -297,13 +272,6 @@ export class SocketLink {
     ws.onmessage = null;
     ws.onclose = null;
     ws.close(1000, 'move given up');
-  }
-
-  private closeLeft(ws: WebSocket): void {
-    clearTimeout(this.left.get(ws));
-    this.left.delete(ws);
-    ws.onmessage = null;
-    ws.close(1000, 'moved');
   }
 
   private dropped(code: number): void {

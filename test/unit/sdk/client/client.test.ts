@@ -407,7 +407,8 @@ describe('client core (scripted socket, fake timers)', () => {
       const first = latest();
       first.welcome('e1', 5);
       handoff(first);
-      const second = await nextAttempt();
+      await vi.advanceTimersByTimeAsync(0);
+      const second = latest();
       second.welcome('e2', 100, 'gw-2');
       // The new node drains too (a rolling restart), at once.
       handoff(second);
@@ -419,9 +420,44 @@ describe('client core (scripted socket, fake timers)', () => {
       first.event('a', 6);
       second.event('b', 101);
       expect(events.map((e) => e.id)).toEqual(['a', 'b']);
-      await vi.advanceTimersByTimeAsync(1000);
+      // Each kept until its node's close (closeInMs) at the latest.
+      await vi.advanceTimersByTimeAsync(6000);
       expect([first.readyState, second.readyState]).toEqual([3, 3]);
       expect(client.state).toBe('connected');
+    });
+
+    it('keeps the old connection until it has caught up with the new one, or until its node closes it', async () => {
+      const first = latest();
+      first.welcome('e1', 5);
+      handoff(first);
+      await vi.advanceTimersByTimeAsync(0);
+      const second = latest();
+      second.welcome('e2', 100, 'gw-2');
+      // The old node is behind (a claim-checked payload slow to read): routed before the new node bound
+      // the user, this one reaches the old connection only, late.
+      await vi.advanceTimersByTimeAsync(1500);
+      first.event('late', 6);
+      expect(events.map((e) => e.id)).toEqual(['late']);
+      // An event through both: the old node has passed the new one's bind, nothing more is due there.
+      second.event('x', 101);
+      expect(first.readyState).not.toBe(3);
+      first.event('x', 7);
+      expect(first.readyState).toBe(3);
+      expect(events.map((e) => e.id)).toEqual(['late', 'x']);
+
+      // A quiet user: the old connection is kept until its node closes it (closeInMs), not past it.
+      second.receive({ type: 'handoff', reason: 'lifetime', closeInMs: 5000 });
+      await vi.advanceTimersByTimeAsync(0);
+      const third = latest();
+      third.welcome('e3', 200, 'gw-3');
+      await vi.advanceTimersByTimeAsync(4000);
+      expect(second.readyState).not.toBe(3);
+      second.end(4101);
+      third.event('y', 201);
+      await vi.advanceTimersByTimeAsync(60_000);
+      expect(client.state).toBe('connected');
+      expect(ScriptedSocket.all).toHaveLength(3);
+      expect(vi.getTimerCount()).toBe(0);
     });
 
     it('close() while moving or during the overlap leaves no socket open and no timer', async () => {

@@ -64,12 +64,15 @@ describe('shared tabs: closing from a listener, failures told to followers', () 
 
     FakeSocket.epoch = 'e-other';
     old?.receive({ type: 'handoff', reason: 'draining', closeInMs: 5000 });
-    // The new socket is welcomed, and the old one closed by the leader after a moment's overlap.
+    // The new socket is welcomed, and the old one closed by the leader once it has caught up (an event
+    // through both).
     await vi.waitFor(() => expect(FakeSocket.all).toHaveLength(2));
-    await vi.waitFor(() => expect(old?.readyState).toBe(3), { timeout: 3000 });
     const moved = FakeSocket.all[1];
-    expect(open()).toEqual([moved]);
+    await vi.waitFor(() => expect(moved?.readyState).toBe(1));
     moved?.event('e2');
+    old?.event('e2');
+    expect(old?.readyState).toBe(3);
+    expect(open()).toEqual([moved]);
     await vi.waitFor(() => expect(seen).toEqual(['e1', 'e2']));
     expect(resyncs).toEqual([]);
     expect(states).toEqual([]);
