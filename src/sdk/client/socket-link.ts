@@ -215,15 +215,20 @@ export class SocketLink {
       return;
     }
     if (this.closed || this.ws !== from || this.next) return;
+    // The ring moves on only once the move is made: given up, the old connection's close moves it on
+    // from the old node (not back to it), and until then the old node is the one its followers are told.
     const { urls } = this.settings;
-    urls.advance();
+    const at = urls.listed();
     let url: string;
     let ws: WebSocket;
     try {
+      urls.advance();
       url = urls.current();
       ws = this.socketTo(url, token);
     } catch {
       return;
+    } finally {
+      if (at !== undefined) urls.moveTo(at);
     }
     this.next = ws;
     ws.onmessage = (message: MessageEvent) => {
@@ -251,6 +256,7 @@ export class SocketLink {
     this.next = undefined;
     const old = this.detach();
     if (old) this.left.keep(old, Math.max(0, closesAt - this.settings.now()) + LEFT_GRACE_MS);
+    this.settings.urls.moveTo(url);
     this.ws = ws;
     this.attemptUrl = url;
     this.attempt = 0;

@@ -343,6 +343,24 @@ describe('client core (scripted socket, fake timers)', () => {
       expect(states.map((s) => s.to)).toEqual(['connected', 'reconnecting', 'connected']);
     });
 
+    it('a move given up does not count as a move: the close after it goes to another node, not back', async () => {
+      const errors: string[] = [];
+      client.on('error', (e) => errors.push(e.message));
+      const first = latest();
+      first.welcome('e1', 5);
+      handoff(first);
+      await vi.advanceTimersByTimeAsync(0);
+      const refused = latest();
+      expect(refused.url).not.toBe(first.url);
+      // Refused (that node is down too, or not ready yet); then the draining node closes.
+      refused.end(1006);
+      first.end(4100);
+      const next = await nextAttempt();
+      expect(next.url).not.toBe(first.url);
+      next.welcome('e3', 0, 'gw-3');
+      expect(errors).toEqual([]);
+    });
+
     it('stays on the old connection when the new one is refused, until the old one closes', async () => {
       const first = latest();
       first.welcome('e1', 5);
