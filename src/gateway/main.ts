@@ -448,8 +448,11 @@ export async function startGateway(
   let presenceGone = false;
   // Lost deliveries (dropped by the broker from a full queue, or rejected by a handler that threw: both are
   // dead-lettered to the dropped queue) are told to the tabs, a run of them in one notice.
+  // Also while draining: its tabs are told to move (`handoff`) and do so without a resync of their own, so
+  // what this node lost before they left is said here or nowhere. Not once superseded: the queues, and
+  // what they lose, are the other process's.
   const tellTabs = (why: string, counted: string, users: ReadonlySet<string> | undefined): void => {
-    if (!draining) eventsMissed(why, counted, users);
+    if (!superseded) eventsMissed(why, counted, users);
   };
   const dropNotices = new DropNotices(DROPPED_NOTICE_MS, tellTabs);
   /**
@@ -685,7 +688,7 @@ export async function startGateway(
         // events resolved before that are covered by this resynchronisation too.
         clearTimeout(missedTimer);
         missedTimer = setTimeout(() => {
-          if (!draining) eventsMissed(why);
+          if (!superseded) eventsMissed(why);
         }, 2 * LIVENESS_POLL_MS);
         missedTimer.unref();
       }

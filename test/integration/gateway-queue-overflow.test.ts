@@ -171,3 +171,68 @@ describe('a node whose dropped-deliveries queue overflows in its turn', () => {
     for (const tab of [ann, carl]) tab.ws.terminate();
   });
 });
+
+describe('a draining node whose queue overflows', () => {
+  const prefix = testPrefix('overflow-drain');
+  let proxy: TcpProxy | undefined;
+  let gateway: Gateway | undefined;
+  let resolver: Resolver | undefined;
+  let warren: WarrenPublisher | undefined;
+
+  afterEach(async () => {
+    proxy?.flow();
+    await removeInstallation(prefix, {
+      ...(warren ? { warren } : {}),
+      resolvers: [resolver],
+      gateways: gateway ? [gateway] : [],
+    });
+    await proxy?.close();
+  });
+
+  it('tells them also while it drains: its tabs move away (handoff) with no resync of their own', async () => {
+    const config = testConfig(prefix);
+    const target = new URL(inject('rabbitmqUrl'));
+    proxy = await TcpProxy.toUrl(target);
+    gateway = await startTestGateway(
+      testConfig(prefix, {
+        rabbitmq: { url: proxy.url(target), heartbeatSec: 0 },
+        gateway: { queueMaxLength: MAX_LENGTH, prefetch: 1, drainWindowMs: 0, handoffMs: 20_000 },
+      }),
+    );
+    resolver = await startTestResolver(config);
+    warren = await connectPublisher(config);
+    const ann = await openTab(gateway.port, await token({ sub: 'ann', tid: 't1' }));
+    const publish = (id: string) =>
+      (warren as WarrenPublisher).publishEvent({
+        id,
+        tenantId: 't1',
+        type: 'note.created',
+        audience: { users: ['ann'] },
+        data: { id },
+      });
+    await publish('before');
+    await eventually(() => ann.eventIds().includes('before'), 'a delivery before');
+
+    proxy.stall();
+    const ids = Array.from({ length: 10 }, (_, i) => `e${i}`);
+    for (const id of ids) await publish(id);
+    await eventually(
+      async () =>
+        (await counter(resolver as Resolver, 'warren_resolver_events_total', { outcome: 'routed' })) ===
+        1 + ids.length,
+      'every event routed',
+    );
+    // A deploy: the node tells the tab to move, and delivers to it until it has.
+    const drained = gateway.drain();
+    await eventually(() => ann.frames.some((f) => f.type === 'handoff'), 'told to move');
+    proxy.flow();
+    await eventually(() => ids.slice(-MAX_LENGTH).every((id) => ann.eventIds().includes(id)), 'the newest');
+    // Some were lost before the tab moved: only this node knows, and it must say so.
+    await eventually(
+      () => ann.frames.some((f) => f.type === 'error' && f.code === 'events_missed'),
+      'events_missed while draining',
+    );
+    await ann.close();
+    await drained;
+  });
+});
