@@ -2,7 +2,7 @@ import { createHmac, generateKeyPairSync } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { SignJWT, UnsecuredJWT, exportJWK, importPKCS8 } from 'jose';
+import { SignJWT, UnsecuredJWT, decodeJwt, exportJWK, importPKCS8 } from 'jose';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { startGateway, type Gateway } from '../../src/gateway/main.js';
 import {
@@ -156,10 +156,13 @@ describe('a token that expires before its tab is welcomed', () => {
     );
     // The broker hangs: the user's bind, which comes before the welcome, outlasts the token.
     proxy.stall();
-    const opening = openTab(gateway.port, await token({ sub: 'u1', tid: 't1', expiresIn: 1 })).catch(
-      (error: unknown) => error,
-    );
-    await new Promise((r) => setTimeout(r, 1500));
+    // `exp` has one-second resolution: `expiresIn: 1` left anywhere from 0 to 1 s, and a token minted late
+    // in a second was already expired at the upgrade (401, not this case) under load. 1 to 2 s left now.
+    const jwt = await token({ sub: 'u1', tid: 't1', expiresIn: 2 });
+    const expiresAt = (decodeJwt(jwt).exp ?? 0) * 1000;
+    const opening = openTab(gateway.port, jwt).catch((error: unknown) => error);
+    // Held past the expiry, not for a fixed time that may end before it.
+    await new Promise((r) => setTimeout(r, expiresAt - Date.now() + 300));
     proxy.flow();
     expect(String(await opening)).toContain('closed with 4001 before welcome');
   });
