@@ -265,6 +265,27 @@ describe('a resolver’s view of a tenant', () => {
     });
   });
 
+  it('starts over when entries it never read were trimmed from the log, with entries after them', async () => {
+    await withWarrenRedis('view-log-gap', async (redis, keys) => {
+      const { store, view } = await viewWithMember(
+        redis,
+        keys,
+        { tenantId: 't1', op: 'add', kind: 'user-team', userId: 'u', teamId: 't' },
+        { teams: ['t'] },
+      );
+      // u leaves t, then another change follows. The log loses the removal before this view read it (a
+      // busy tenant's log past its length, this resolver busy with other tenants meanwhile): it reads the
+      // later entry only, and must not take it as the next one after what it has.
+      await store.apply({ tenantId: 't1', op: 'remove', kind: 'user-team', userId: 'u', teamId: 't' });
+      await store.apply({ tenantId: 't1', op: 'add', kind: 'user-team', userId: 'v', teamId: 'other' });
+      await redis.xtrim(keys.log('t1'), 'MAXLEN', 1);
+      expect(await redis.xlen(keys.log('t1'))).toBe(1);
+      await view.sync();
+      await view.prepare([{ teams: ['t'] }]);
+      expect(view.resolveBits({ teams: ['t'] }).toArray()).toEqual([]);
+    });
+  });
+
   it('keeps a tenant’s change log an hour at most, and no log at all for a tenant idle that long', async () => {
     await withWarrenRedis('view-log-age', async (redis, keys) => {
       // A log whose first 150 entries are from 1970 (ids are Redis's clock in ms), as an idle tenant's would
