@@ -50,6 +50,23 @@ describe('OnlineSet', () => {
     expect(online.bitOf.size + online.keyOf.size + online.formerBits.size).toBe(0);
   });
 
+  it('counts no user of a node declared dead, announced before or after it was, until it is live again', () => {
+    const online = new OnlineSet('acme');
+    online.on('gw-1', 1, 'ann');
+    online.on('gw-2', 1, 'ann');
+    online.on('gw-2', 2, 'bob');
+    online.setDead(new Set(['gw-2']));
+    expect(online.bitmap.toArray()).toEqual([1]);
+    // An announcement the dead node's log entry still brings (it wrote it before it stopped beating).
+    online.on('gw-2', 3, 'cid');
+    expect(online.bitmap.toArray()).toEqual([1]);
+    // ann leaves the live node: the dead one's copy of her does not keep her counted.
+    online.off('gw-1', 1);
+    expect(online.bitmap.toArray()).toEqual([]);
+    online.setDead(new Set());
+    expect(online.bitmap.toArray()).toEqual([1, 2, 3]);
+  });
+
   it('lists the live nodes holding any of a set of bits', () => {
     const online = new OnlineSet('acme');
     online.on('gw-1', 1, 'ann');
