@@ -164,6 +164,28 @@ describe('DeliveryRouter, claim-checked deliveries naming a user of another tena
   });
 });
 
+describe('DeliveryRouter, a tab filed under another user’s key', () => {
+  it('writes nothing to it: each tab’s own identity is checked against the recipient key', async () => {
+    const { registry, frames, router, metrics } = await routerFor('ann', () => 1);
+    // A registry mistake, never made on purpose: bob's tab (his token) held under ann's key.
+    const bob: string[] = [];
+    await registry.add({ ...fakeTab('acme', 'bob', bob), key: userKey('acme', 'ann') } as Tab);
+    expect(registry.entry(userKey('acme', 'ann'))?.tabs).toHaveLength(2);
+    router.handle({
+      message: {
+        fields: { routingKey: userKey('acme', 'ann') },
+        properties: { messageId: 'for-ann', type: 'note', headers: { [DeliveryHeader.Tenant]: 'acme' } },
+        content: Buffer.from('{"phi":1}'),
+      },
+      ack: () => {},
+    } as unknown as Delivery);
+    await vi.waitFor(() => expect(frames).toEqual([expect.stringContaining('"id":"for-ann"')]));
+    expect(bob).toEqual([]);
+    const refused = (await metrics.refused.get()).values;
+    expect(refused).toEqual([expect.objectContaining({ labels: { reason: 'identity_mismatch' }, value: 1 })]);
+  });
+});
+
 describe('DeliveryRouter, a claim-checked payload gone while its user was between tabs', () => {
   const delivery = (id: string, jobId?: string): Delivery =>
     ({
