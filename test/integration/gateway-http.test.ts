@@ -103,6 +103,35 @@ describe('gateway HTTP: /healthz, /readyz, /metrics', () => {
     tab.ws.terminate();
   });
 
+  it('is not ready while Redis is away, and refuses new sockets until it is back', async () => {
+    prefix = testPrefix('http-redis');
+    // Presence, the id map and revocations are in Redis: a tab welcomed without it could be announced to
+    // no resolver, and a revoked token could not be checked.
+    const target = new URL(inject('redisUrl'));
+    proxy = await TcpProxy.toUrl(target);
+    gateway = await startTestGateway(testConfig(prefix, { redis: { url: proxy.url(target) } }));
+    const port = gateway.port;
+    expect((await get(port, '/readyz')).status).toBe(200);
+
+    proxy.refuse();
+    proxy.cut();
+    await eventually(async () => (await get(port, '/readyz')).status === 503, 'not ready without Redis');
+    expect(JSON.parse((await get(port, '/readyz')).body)).toMatchObject({
+      ready: false,
+      broker: true,
+      redis: false,
+    });
+    expect((await get(port, '/healthz')).status).toBe(200);
+    const refused = await openTab(port, await token({ sub: 'ann', tid: 'acme' })).catch((e: unknown) => e);
+    expect(refused).toBeInstanceOf(UpgradeRefused);
+    expect((refused as UpgradeRefused).status).toBe(503);
+
+    proxy.accept();
+    await eventually(async () => (await get(port, '/readyz')).status === 200, 'ready again', 15_000);
+    const tab = await openTab(port, await token({ sub: 'ann', tid: 'acme' }));
+    tab.ws.terminate();
+  });
+
   it('is not ready while it subscribes again with the broker connection up, until its users are bound and revocations read', async () => {
     prefix = testPrefix('http-resub');
     // Redis through a proxy: stalled, the read of the revocations the node may have missed waits, and so
