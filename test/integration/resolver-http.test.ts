@@ -1,6 +1,14 @@
 import { createServer } from 'node:net';
-import { describe, expect, it } from 'vitest';
-import { BrokerProbe, cleanRedis, startTestResolver, testConfig, testPrefix } from '../support/harness.js';
+import { describe, expect, inject, it } from 'vitest';
+import {
+  BrokerProbe,
+  cleanRedis,
+  eventually,
+  startTestResolver,
+  testConfig,
+  testPrefix,
+} from '../support/harness.js';
+import { TcpProxy } from '../support/tcp-proxy.js';
 
 describe('the resolver’s metrics and health listener (resolver.metricsPort)', () => {
   it('serves /metrics, /healthz and /readyz, and none when the port is unset', async () => {
@@ -24,6 +32,46 @@ describe('the resolver’s metrics and health listener (resolver.metricsPort)', 
     } finally {
       await resolver.close();
       await quiet.close();
+      const probe = await BrokerProbe.open();
+      await probe.deleteExchangesAndQueues(prefix);
+      await probe.close();
+      await cleanRedis(prefix);
+    }
+  });
+
+  it('is not ready while the broker or Redis is away, and ready again once each is back', async () => {
+    const prefix = testPrefix('resolver-ready');
+    const [brokerUrl, redisUrl] = [new URL(inject('rabbitmqUrl')), new URL(inject('redisUrl'))];
+    const [toBroker, toRedis] = [await TcpProxy.toUrl(brokerUrl), await TcpProxy.toUrl(redisUrl)];
+    const resolver = await startTestResolver(
+      testConfig(prefix, {
+        rabbitmq: { url: toBroker.url(brokerUrl) },
+        redis: { url: toRedis.url(redisUrl) },
+        resolver: { metricsPort: 0 },
+      }),
+    );
+    const readyz = async () => {
+      const res = await fetch(`http://127.0.0.1:${resolver.metricsPort}/readyz`);
+      return { status: res.status, ...((await res.json()) as Record<string, unknown>) };
+    };
+    try {
+      expect(await readyz()).toMatchObject({ status: 200, ready: true });
+      for (const [name, proxy] of [
+        ['broker', toBroker],
+        ['redis', toRedis],
+      ] as const) {
+        proxy.refuse();
+        proxy.cut();
+        await eventually(async () => (await readyz()).status === 503, `not ready without ${name}`);
+        expect(await readyz()).toMatchObject({ ready: false, [name]: false });
+        proxy.accept();
+        await eventually(async () => (await readyz()).status === 200, `ready with ${name} back`, 15_000);
+      }
+    } finally {
+      toBroker.accept();
+      toRedis.accept();
+      await resolver.close();
+      await Promise.all([toBroker.close(), toRedis.close()]);
       const probe = await BrokerProbe.open();
       await probe.deleteExchangesAndQueues(prefix);
       await probe.close();
