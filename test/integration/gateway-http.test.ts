@@ -115,18 +115,21 @@ describe('gateway HTTP: /healthz, /readyz, /metrics', () => {
 
     proxy.refuse();
     proxy.cut();
-    await eventually(async () => (await get(port, '/readyz')).status === 503, 'not ready without Redis');
-    expect(JSON.parse((await get(port, '/readyz')).body)).toMatchObject({
-      ready: false,
-      broker: true,
-      redis: false,
-    });
-    expect((await get(port, '/healthz')).status).toBe(200);
-    const refused = await openTab(port, await token({ sub: 'ann', tid: 'acme' })).catch((e: unknown) => e);
-    expect(refused).toBeInstanceOf(UpgradeRefused);
-    expect((refused as UpgradeRefused).status).toBe(503);
-
-    proxy.accept();
+    try {
+      await eventually(async () => (await get(port, '/readyz')).status === 503, 'not ready without Redis');
+      expect(JSON.parse((await get(port, '/readyz')).body)).toMatchObject({
+        ready: false,
+        broker: true,
+        redis: false,
+      });
+      expect((await get(port, '/healthz')).status).toBe(200);
+      const refused = await openTab(port, await token({ sub: 'ann', tid: 'acme' })).catch((e: unknown) => e);
+      expect(refused).toBeInstanceOf(UpgradeRefused);
+      expect((refused as UpgradeRefused).status).toBe(503);
+    } finally {
+      // Back before anything else, failed or not: the gateway's close and the cleanup need Redis.
+      proxy.accept();
+    }
     await eventually(async () => (await get(port, '/readyz')).status === 200, 'ready again', 15_000);
     const tab = await openTab(port, await token({ sub: 'ann', tid: 'acme' }));
     tab.ws.terminate();
