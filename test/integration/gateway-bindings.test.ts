@@ -448,3 +448,36 @@ describe('a drain while Redis hangs', () => {
     }
   });
 });
+
+describe('a drain while the broker hangs', () => {
+  it('closes its tabs with 4100 and gives up within gateway.drainTimeoutMs', async () => {
+    const prefix = testPrefix('drain-broker-stall');
+    const target = new URL(inject('rabbitmqUrl'));
+    const proxy = await TcpProxy.toUrl(target);
+    const gateway = await startTestGateway(
+      testConfig(prefix, {
+        rabbitmq: { url: proxy.url(target) },
+        gateway: { drainWindowMs: 0, drainTimeoutMs: 2000 },
+      }),
+    );
+    const probe = await BrokerProbe.open();
+    try {
+      const tab = await openTab(gateway.port, await token({ sub: 'A', tid: 't1' }));
+      // The broker reads nothing more (a resource alarm, a partition): the unbind and the queue's deletion
+      // wait for good. An orchestrator's stop must not.
+      proxy.stall();
+      const started = Date.now();
+      await expect(gateway.drain()).rejects.toThrow(/gateway drain timed out after 2000 ms/);
+      expect(Date.now() - started).toBeLessThan(4000);
+      expect(await tab.closed).toBe(4100);
+    } finally {
+      // The broker answers again: the close ends, and what the drain left is cleaned up.
+      proxy.flow();
+      await gateway.close();
+      await probe.deleteExchangesAndQueues(prefix, [gateway.queue]);
+      await probe.close();
+      await proxy.close();
+      await cleanRedis(prefix);
+    }
+  });
+});
