@@ -203,7 +203,9 @@ export const configSchema = z.strictObject({
         .int()
         .min(0)
         .default(DEFAULTS.maxLifetimeMs)
-        .describe('Connection lifetime before close 4101, spreading load over replicas (0 = unlimited).'),
+        .describe(
+          'Connection lifetime, spreading load over replicas: then the tab is told `handoff` and closed with 4101 `gateway.handoffMs` later (0 = unlimited).',
+        ),
       lifetimeJitter: z
         .number()
         .min(0)
@@ -247,7 +249,9 @@ export const configSchema = z.strictObject({
         .min(0)
         .max(MAX_TIMER_MS)
         .default(DEFAULTS.drainWindowMs)
-        .describe('Tabs are closed with 4100 spread over this window on SIGTERM.'),
+        .describe(
+          'On SIGTERM or SIGINT, tabs are told `handoff` at moments spread over this window, each closed with 4100 `gateway.handoffMs` later; with `gateway.handoffMs` it must fit under `gateway.drainTimeoutMs`.',
+        ),
       handoffMs: z
         .number()
         .int()
