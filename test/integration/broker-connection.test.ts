@@ -1,9 +1,9 @@
 import { afterEach, beforeEach, describe, expect, inject, it } from 'vitest';
-import type { BrokerConnection } from '../../src/broker/connection.js';
+import { BrokerConnection } from '../../src/broker/connection.js';
 import { Publisher } from '../../src/broker/publisher.js';
 import { fulfilsWithin } from '../../src/shared/lifecycle.js';
 import { silentLogger } from '../../src/shared/logger.js';
-import { eventually, testBrokerConnection, testPrefix } from '../support/harness.js';
+import { capturingLogger, eventually, testBrokerConnection, testPrefix } from '../support/harness.js';
 import { TcpProxy } from '../support/tcp-proxy.js';
 
 describe('broker connection', () => {
@@ -80,6 +80,65 @@ describe('broker connection', () => {
       expect(warnings.filter((w) => w.startsWith('MaxListenersExceededWarning'))).toEqual([]);
     } finally {
       process.off('warning', onWarning);
+    }
+  });
+});
+
+describe('broker reconnects', () => {
+  it('wait a full-jitter delay under min(cap, base·2^(n−1)) before each attempt, one attempt per delay', async () => {
+    const target = new URL(inject('rabbitmqUrl'));
+    const proxy = await TcpProxy.toUrl(target);
+    const { logger, lines } = capturingLogger('debug');
+    const [baseMs, capMs] = [20, 80];
+    const broker = new BrokerConnection(
+      {
+        url: proxy.url(target),
+        frameMax: 131_072,
+        heartbeatSec: 10,
+        reconnectBaseMs: baseMs,
+        reconnectCapMs: capMs,
+        connectTimeoutMs: 10_000,
+        connectionName: `warren-test-${testPrefix('backoff')}`,
+      },
+      logger,
+    );
+    try {
+      await broker.start();
+      const scheduled = (): { attempt: number; delay: number }[] =>
+        lines
+          .filter((l) => l['msg'] === 'broker reconnect scheduled')
+          .map((l) => ({ attempt: Number(l['attempt']), delay: Number(l['delay']) }));
+      proxy.refuse();
+      const lostAt = performance.now();
+      proxy.cut();
+      // Twelve attempts under an 80 ms cap take about half a second; uncapped, the twelfth alone would
+      // wait up to 41 s.
+      await eventually(() => scheduled().length >= 12, 'twelve reconnects scheduled', 10_000);
+      proxy.accept();
+      await eventually(() => broker.connected, 'reconnected');
+      const backAt = performance.now();
+
+      const delays = scheduled();
+      expect(delays.map((d) => d.attempt)).toEqual(delays.map((_, i) => i + 1));
+      for (const { attempt, delay } of delays) {
+        expect(Number.isInteger(delay)).toBe(true);
+        expect(delay).toBeGreaterThanOrEqual(0);
+        expect(delay).toBeLessThan(Math.min(capMs, baseMs * 2 ** (attempt - 1)));
+      }
+      // Drawn over the cap from the third attempt on, not over the base, and spread (each of these fails
+      // by chance once in a million runs or less).
+      const capped = delays.filter((d) => d.attempt >= 3).map((d) => d.delay);
+      expect(capped.some((d) => d >= baseMs)).toBe(true);
+      expect(new Set(capped).size).toBeGreaterThan(1);
+      // Every delay ended in one attempt: all refused but the last, which connected.
+      expect(proxy.refused).toBe(delays.length - 1);
+      expect(proxy.connections).toBe(2);
+      // And each was waited out (a timer may fire up to a millisecond early on Node's clock).
+      const waited = delays.reduce((sum, d) => sum + d.delay, 0);
+      expect(backAt - lostAt).toBeGreaterThanOrEqual(waited - delays.length);
+    } finally {
+      await broker.close();
+      await proxy.close();
     }
   });
 });

@@ -343,7 +343,7 @@ export async function startTestResolver(
 }
 
 /** A logger whose lines the test reads back (`lines`), at `level`. */
-export function capturingLogger(level: 'info' | 'warn' | 'error' = 'info'): {
+export function capturingLogger(level: 'debug' | 'info' | 'warn' | 'error' = 'info'): {
   logger: Logger;
   lines: Record<string, unknown>[];
 } {

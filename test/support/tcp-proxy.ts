@@ -18,6 +18,8 @@ export class TcpProxy {
   private stalled = false;
   private readonly pairs = new Set<[Socket, Socket]>();
   connections = 0;
+  /** Connections turned away while refusing (each one a client's attempt). */
+  refused = 0;
   /** Where new connections go; `retarget` changes it (a failover behind one address). */
   private target: { host: string; port: number } = { host: '', port: 0 };
 
@@ -37,6 +39,7 @@ export class TcpProxy {
     const server = createServer((client) => {
       const proxy = state.proxy;
       if (!proxy || proxy.refusing) {
+        if (proxy) proxy.refused += 1;
         client.destroy();
         return;
       }
