@@ -270,4 +270,38 @@ describe('connection lifetime', () => {
       await cleanRedis(prefix);
     }
   });
+
+  // One test, as it must wait out the smallest idle timeout uWebSockets.js takes (8 s; it checks every
+  // 4 s): about 8 s.
+  it('closes a tab that answers none of its automatic pings after gateway.idleTimeoutSec, and keeps one that does', async () => {
+    const prefix = testPrefix('idle');
+    const gateway = await startTestGateway(testConfig(prefix, { gateway: { idleTimeoutSec: 8 } }));
+    try {
+      const url = async (sub: string): Promise<string> =>
+        `ws://127.0.0.1:${gateway.port}/ws?token=${await token({ sub, tid: 't1' })}`;
+      // Neither sends anything of its own; the silent one does not even answer pings (a peer gone quiet
+      // without closing: a sleeping laptop, a dropped NAT entry).
+      const silent = new TestTab(new WebSocket(await url('silent'), { autoPong: false }));
+      const answering = new TestTab(new WebSocket(await url('answering')));
+      const pings = { silent: 0, answering: 0 };
+      silent.ws.on('ping', () => (pings.silent += 1));
+      answering.ws.on('ping', () => (pings.answering += 1));
+      await eventually(() => silent.welcome !== undefined && answering.welcome !== undefined, 'welcomes');
+      await eventually(() => silent.closeCode !== undefined, 'the silent tab closed', 20_000);
+      // Asked before it was closed: closed for not answering, not merely for being quiet.
+      expect(pings.silent).toBeGreaterThan(0);
+      // The server pings a tab again only once it answered the previous ping (unanswered, it closes it):
+      // a second ping is the answering tab kept past the moment the silent one was closed.
+      await eventually(() => pings.answering >= 2, 'a second ping to the answering tab', 10_000);
+      expect(answering.closeCode).toBeUndefined();
+      expect(await counter(gateway, 'warren_gateway_connections')).toBe(1);
+      answering.ws.terminate();
+    } finally {
+      await gateway.close();
+      const probe = await BrokerProbe.open();
+      await probe.deleteExchangesAndQueues(prefix, [gateway.queue]);
+      await probe.close();
+      await cleanRedis(prefix);
+    }
+  });
 });
