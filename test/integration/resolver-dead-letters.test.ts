@@ -545,8 +545,14 @@ describe('a resolver whose Redis ACL denies a command a membership change needs'
     const user = await RedisAclUser.create(prefix, ['incr']);
     const admin = new Redis(inject('redisUrl'));
     const config = testConfig(prefix, { redis: { url: user.url } });
-    const resolver = await startTestResolver(config);
+    const resolverLog = capturingLogger('warn');
+    const resolver = await startTestResolver(config, resolverLog.logger);
     const probe = await BrokerProbe.open();
+    // Each failed attempt at the change logs one line: the ACL's (then 2 s apart), or, taken for any other
+    // refusal, "not applied; requeued" (whose fifth, instead, dead-letters the change).
+    const attempts = (): number =>
+      resolverLog.lines.filter((line) => /ACL denies|membership change not applied/.test(String(line['msg'])))
+        .length;
     try {
       const dead = await probe.deadLetters(prefix);
       const channel = await probe.model.createChannel();
@@ -558,8 +564,9 @@ describe('a resolver whose Redis ACL denies a command a membership change needs'
       // ann's bit in icu's direct members: a key that exists once the change is applied.
       const applied = async (): Promise<boolean> =>
         (await admin.exists(new Keys(prefix).teamUsers('acme', 'icu'))) === 1;
-      // Past the five attempts a refusal of the change itself gets (at 0.25-1.25 s each).
-      await new Promise((r) => setTimeout(r, 6000));
+      // Five attempts failed, as many as a refusal of the change itself gets before it is set aside (or
+      // that dead letter).
+      await eventually(() => attempts() >= 5 || dead.length > 0, 'five attempts at the change', 20_000);
       expect(dead).toEqual([]);
       expect(await applied()).toBe(false);
 
