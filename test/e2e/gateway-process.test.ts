@@ -441,9 +441,13 @@ describe('warren gateway as a process', () => {
 
   it('warren health probes a gateway on a port browsers (and fetch) refuse to reach', async () => {
     prefix = testPrefix('health-port');
-    // Ports on fetch's blocked list; the first one free here.
+    // The ports on fetch's blocked list a process needs no privilege to listen on; the first one free here.
+    const blocked = [
+      6666, 6667, 6668, 6669, 6665, 10080, 6000, 6566, 6679, 6697, 1719, 1720, 1723, 2049, 3659, 4045, 4190,
+      5060, 5061,
+    ];
     let port: number | undefined;
-    for (const candidate of [6666, 6667, 6668, 6669, 6665, 10080]) {
+    for (const candidate of blocked) {
       const free = await new Promise<boolean>((resolve) => {
         const probe = createServer();
         probe.once('error', () => resolve(false));
@@ -454,7 +458,12 @@ describe('warren gateway as a process', () => {
         break;
       }
     }
-    if (port === undefined) return;
+    if (port === undefined)
+      throw new Error(`none of fetch's blocked ports is free here: ${blocked.join(', ')}`);
+    // What the test is about: fetch would not even try it.
+    await expect(fetch(`http://127.0.0.1:${port}/healthz`)).rejects.toMatchObject({
+      cause: { message: 'bad port' },
+    });
     const env = { ...gatewayEnv(prefix), WARREN_GATEWAY_PORT: String(port) };
     const gw = WarrenProcess.start(['gateway'], env);
     processes.push(gw);
