@@ -118,16 +118,26 @@ export class DeliveryHistory {
    * The node missed deliveries before now (its queue was lost, or its users were counted offline): they
    * never got offsets, so a resume from any offset before here would replay around a gap it cannot see.
    * Every tenant takes an offset of its own for the gap (`offset(tenant)` after this): tabs told of the
-   * gap resume from it.
+   * gap resume from it. `tenants`: only theirs, when the node knows whom it missed deliveries for; the
+   * others' counts take no step, which would tell their users when the node lost another tenant's.
    */
-  markGap(): void {
-    for (const offsets of this.tenants.values()) {
-      offsets.last += 1;
-      offsets.gapAt = offsets.last;
-      offsets.floor = offsets.last;
+  markGap(tenants?: Iterable<string>): void {
+    if (tenants === undefined) {
+      for (const offsets of this.tenants.values()) this.gap(offsets);
+      this.entries.length = 0;
+      this.bytes = 0;
+      return;
     }
-    this.entries.length = 0;
-    this.bytes = 0;
+    for (const tenant of new Set(tenants)) {
+      this.gap(this.of(tenant));
+      this.forget(tenant);
+    }
+  }
+
+  private gap(offsets: TenantOffsets): void {
+    offsets.last += 1;
+    offsets.gapAt = offsets.last;
+    offsets.floor = offsets.last;
   }
 
   /** Allocates the tenant's next offset (every delivery gets one on arrival, kept in history or not). */

@@ -18,7 +18,7 @@ import type { WarrenConfig } from '../config/schema.js';
 import { CloseCode } from '../protocol/close-codes.js';
 import { ID_MAP_UNSETTLED, isProbe } from '../protocol/delivery.js';
 import { FrameErrorCode } from '../protocol/frames.js';
-import { nodeKey } from '../protocol/ids.js';
+import { nodeKey, parseUserKey } from '../protocol/ids.js';
 import { Keys } from '../store/keys.js';
 import { LIVENESS_POLL_MS, PresenceStore } from '../store/presence-store.js';
 import { RevocationStore } from '../store/revocation-store.js';
@@ -259,7 +259,9 @@ export async function startGateway(
       logger.warn(`${counted}; none was for a user held here`);
       return;
     }
-    history.markGap();
+    // Only those users' tenants: another tenant's count stepping over the gap would tell its users when
+    // this node lost deliveries of someone else's.
+    history.markGap(users && [...users].flatMap((key) => parseUserKey(key)?.tenantId ?? []));
     // Tabs not welcomed yet get a welcome offset past the gap.
     const tabs = registry.allTabs().filter((tab) => tab.ready && (users === undefined || users.has(tab.key)));
     // At the gap's offset in each tenant's own count.

@@ -68,20 +68,34 @@ describe.each(['nodes', 'users'] as const)(
           audience: { users: ['ann'] },
           data: { id },
         });
+      const toCarl = (id: string) =>
+        (warren as WarrenPublisher).publishEvent({
+          id,
+          tenantId: 't2',
+          type: 'note.created',
+          audience: { users: ['carl'] },
+          data: { id },
+        });
+      const offsetOf = (id: string): number | undefined => {
+        const event = carl.frames.find((f) => f.type === 'event' && f.id === id);
+        return event?.type === 'event' ? event.offset : undefined;
+      };
       await publish('before');
+      await toCarl('carl-before');
       await eventually(() => ann.eventIds().includes('before'), 'a delivery before');
+      await eventually(() => carl.eventIds().includes('carl-before'), 'carl’s delivery before');
       expect(ann.frames.some((f) => f.type === 'error')).toBe(false);
 
       // Nothing reaches the node now: its queue fills, past MAX_LENGTH the broker drops the oldest.
       proxy.stall();
       const ids = Array.from({ length: 10 }, (_, i) => `e${i}`);
       for (const id of ids) await publish(id);
-      // Every event routed (one before, ten now): the queue holds the newest, the rest were dropped (the
+      // Every event routed (two before, ten now): the queue holds the newest, the rest were dropped (the
       // dropped-deliveries queue hands them to the node's stalled consumer, so only the node can count them).
       await eventually(
         async () =>
           (await counter(resolver as Resolver, 'warren_resolver_events_total', { outcome: 'routed' })) ===
-          1 + ids.length,
+          2 + ids.length,
         'every event routed',
       );
       const probe = await BrokerProbe.open();
@@ -117,6 +131,11 @@ describe.each(['nodes', 'users'] as const)(
       expect((missed[0] as { message: string }).message).not.toMatch(/\d/);
       // The others are told nothing: a notice would tell them how much the node dropped for someone else.
       for (const tab of [bob, carl]) expect(tab.frames.filter((f) => f.type === 'error')).toEqual([]);
+      // Nor by their offsets: another tenant's count takes no step for the gap (its next event comes next
+      // in its count), so nothing there says when this node dropped deliveries of t1's.
+      await toCarl('carl-after');
+      await eventually(() => carl.eventIds().includes('carl-after'), 'carl’s delivery after');
+      expect(offsetOf('carl-after')).toBe((offsetOf('carl-before') ?? NaN) + 1);
       for (const tab of [ann, bob, carl]) tab.ws.terminate();
     });
   },

@@ -53,6 +53,18 @@ describe('DeliveryHistory', () => {
     expect(history.since('e', 't', 4, 'u.t.A')).toEqual([]);
   });
 
+  it('marks a gap in the tenants named only: the others still resume across it, their count unmoved', () => {
+    const history = new DeliveryHistory('e', 100, 1 << 20);
+    history.add('a', history.next('a'), ['u.a.A'], frame(10));
+    const kept = frame(10);
+    history.add('b', history.next('b'), ['u.b.B'], kept);
+    history.markGap(['a']);
+    expect(history.offset('a')).toBe(2);
+    expect(history.since('e', 'a', 1, 'u.a.A')).toBeUndefined();
+    expect(history.offset('b')).toBe(1);
+    expect(history.since('e', 'b', 0, 'u.b.B')).toEqual([kept]);
+  });
+
   it('answers that it cannot replay across a frame too large to keep, instead of skipping it', () => {
     const history = new DeliveryHistory('e', 100, 1024);
     history.add('t', history.next('t'), ['u.t.A'], frame(10));
