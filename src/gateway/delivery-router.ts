@@ -518,6 +518,14 @@ export class DeliveryRouter {
     this.writer.writeAll(tab, frames);
   }
 
+  /**
+   * Whether deliveries for the user are still on their way to its tabs here: held back while paused, or in
+   * its line (a claim-checked payload being read, or an earlier one's).
+   */
+  holdsFor(key: string): boolean {
+    return this.pauses > 0 || this.lines.has(key);
+  }
+
   /** Bytes held back for a tab by the per-turn slice, not yet in its socket, and the largest frame. */
   heldFor(tab: Tab): { bytes: number; largest: number } {
     return this.writer.held(tab);

@@ -12,6 +12,7 @@ import {
   lostQueueOf,
   queueConsumers,
   queueExists,
+  queueReady,
   topologyNames,
 } from '../broker/topology.js';
 import type { WarrenConfig } from '../config/schema.js';
@@ -60,6 +61,8 @@ const STARTUP_CLEANUP_MS = 5000;
 // long.
 const DROPPED_PREFETCH = 100;
 const DROPPED_NOTICE_MS = 200;
+/** How long the broker is given to say what the node's queue holds before a moved tab's close. */
+const QUEUE_READ_TIMEOUT_MS = 1000;
 
 export interface GatewayOptions {
   logger: Logger;
@@ -763,7 +766,56 @@ export async function startGateway(
     consuming: consumer.currentChannel !== undefined && !pausedForRecovery,
     draining,
   });
+  /**
+   * Whether no delivery waits in the node's queue: every one routed to it so far has reached it. No (behind)
+   * when the broker cannot say in time. Each caller gets an answer asked after its call (one routed before
+   * it must count); callers meanwhile share the next one (a drain closes thousands of tabs).
+   */
+  const readQueueEmpty = async (): Promise<boolean> => {
+    const model = broker.model;
+    if (!model || pausedForRecovery) return false;
+    try {
+      return (
+        (await withTimeout(queueReady(model, queue), QUEUE_READ_TIMEOUT_MS, 'reading the node queue')) === 0
+      );
+    } catch {
+      return false;
+    }
+  };
+  let queueRead: Promise<boolean> | undefined;
+  let nextQueueRead: Promise<boolean> | undefined;
+  const queueEmpty = (): Promise<boolean> => {
+    if (!queueRead) {
+      queueRead = readQueueEmpty().finally(() => (queueRead = undefined));
+      return queueRead;
+    }
+    nextQueueRead ??= queueRead.then(() => {
+      nextQueueRead = undefined;
+      return queueEmpty();
+    });
+    return nextQueueRead;
+  };
+  /**
+   * Before a tab told to move is closed: its client, welcomed elsewhere, takes the close for the end of
+   * what this node had for it, routed before its new node bound the user. If some may still be on their
+   * way here (the node behind its queue, cut off from it, or reading a payload for the user), the tab is
+   * told events_missed first, for its client to resynchronise.
+   */
+  const tellIfBehind = async (tab: Tab): Promise<void> => {
+    if (!router.holdsFor(tab.key) && (await queueEmpty())) return;
+    tab.write(
+      encodeFrame({
+        type: 'error',
+        code: FrameErrorCode.EventsMissed,
+        message:
+          'this node had not delivered everything routed to it when the connection moved away; resynchronise',
+        offset: history.offset(tab.tenantId),
+      }),
+      CloseCode.TooSlow,
+    );
+  };
   const server = new WsServer({
+    beforeHandoffClose: tellIfBehind,
     nodeId,
     verifier,
     registry,
@@ -786,7 +838,7 @@ export async function startGateway(
       tabs.map(async (tab) => {
         // Spread the reconnect wave so the surviving nodes are not hit all at once.
         await sleep(Math.random() * windowMs);
-        await tab.handOff('draining', CloseCode.Draining, handoffMs);
+        await tab.handOff('draining', CloseCode.Draining, handoffMs, tellIfBehind);
       }),
     );
   };

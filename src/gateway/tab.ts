@@ -206,9 +206,15 @@ export class Tab implements RegisteredTab {
    * token expires (4001) if sooner. At once when `ms` is 0, or before the welcome (always a tab's first
    * frame). Deliveries go on meanwhile. Resolves once the tab is closed; asked again while it moves, the
    * first close stands, unless asked with no time (a superseded node, which delivers nothing more: holding
-   * the client there would only delay its move, and the node's end).
+   * the client there would only delay its move, and the node's end). `beforeClose` runs when the time is
+   * up, the close waiting for it (the caller bounds it).
    */
-  handOff(reason: HandoffFrame['reason'], code: number, ms: number): Promise<void> {
+  handOff(
+    reason: HandoffFrame['reason'],
+    code: number,
+    ms: number,
+    beforeClose?: (tab: Tab) => Promise<void>,
+  ): Promise<void> {
     if (this.closed) return Promise.resolve();
     const why = reason === 'draining' ? 'draining' : 'lifetime reached';
     if (this.handoff && ms > 0) return this.handoff;
@@ -224,10 +230,12 @@ export class Tab implements RegisteredTab {
     const frame: HandoffFrame = { type: 'handoff', reason, closeInMs: delay };
     this.write(JSON.stringify(frame), CloseCode.TooSlow);
     clearTimeout(this.timer);
-    this.timer = setTimeout(
-      () => (expires ? this.end(CloseCode.Unauthorized, 'token expired') : this.end(code, why)),
-      delay,
-    );
+    const close = (): void =>
+      expires ? this.end(CloseCode.Unauthorized, 'token expired') : this.end(code, why);
+    this.timer = setTimeout(() => {
+      if (!beforeClose) return close();
+      void beforeClose(this).then(close, close);
+    }, delay);
     return this.handoff;
   }
 

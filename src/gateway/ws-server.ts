@@ -75,6 +75,8 @@ export interface WsServerDeps {
   logger: Logger;
   /** Extra HTTP routes (the dev demo page), registered before the catch-all 404. */
   routes?: (app: TemplatedApp) => void;
+  /** Runs before a tab told to move is closed (see Tab.handOff). */
+  beforeHandoffClose?: (tab: Tab) => Promise<void>;
 }
 
 // setTimeout cannot wait longer than 2^31-1 ms; a far-away expiry is re-armed when this one fires.
@@ -349,7 +351,13 @@ export class WsServer {
     tab.timer = setTimeout(
       () => {
         if (expired) tab.end(CloseCode.Unauthorized, 'token expired');
-        else void tab.handOff('lifetime', CloseCode.LifetimeReached, this.deps.limits.handoffMs);
+        else
+          void tab.handOff(
+            'lifetime',
+            CloseCode.LifetimeReached,
+            this.deps.limits.handoffMs,
+            this.deps.beforeHandoffClose,
+          );
       },
       Math.max(0, delay),
     );

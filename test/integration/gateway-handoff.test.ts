@@ -1,4 +1,4 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, inject, it } from 'vitest';
 import type { Gateway } from '../../src/gateway/main.js';
 import type { ServerFrame } from '../../src/protocol/frames.js';
 import {
@@ -12,11 +12,14 @@ import {
   token,
   type TestTab,
 } from '../support/harness.js';
+import { TcpProxy } from '../support/tcp-proxy.js';
 
 // A node about to close a tab (a drain, the connection's lifetime) tells it to move first (`handoff`) and
 // keeps delivering to it meanwhile: a client welcomed on another node before the close misses nothing.
 
 const handoffOf = (tab: TestTab): ServerFrame | undefined => tab.frames.find((f) => f.type === 'handoff');
+const missed = (tab: TestTab): boolean =>
+  tab.frames.some((f) => f.type === 'error' && f.code === 'events_missed');
 
 describe('handoff before a drain or a lifetime close', () => {
   let prefix = '';
@@ -76,6 +79,42 @@ describe('handoff before a drain or a lifetime close', () => {
     expect(await b.closed).toBe(4100);
     await drained;
     expect(b.eventIds()).toEqual([]);
+    // The node had every delivery of its queue when it closed B: nothing to resynchronise for.
+    expect(missed(b)).toBe(false);
+  });
+
+  it('on a drain: a tab closed while its node is behind its queue is told events_missed first', async () => {
+    prefix = testPrefix('handoff-behind');
+    const target = new URL(inject('rabbitmqUrl'));
+    const proxy = await TcpProxy.toUrl(target);
+    try {
+      const old = await startTestGateway(
+        testConfig(prefix, {
+          rabbitmq: { url: proxy.url(target), heartbeatSec: 0 },
+          gateway: { drainWindowMs: 0, handoffMs: 1000, drainTimeoutMs: 4000 },
+        }),
+      );
+      gateways = [old];
+      probe = await BrokerProbe.open();
+      const a = await open(old, 'A');
+      const drained = old.drain().catch(() => {});
+      await eventually(() => handoffOf(a) !== undefined, 'told to move');
+      // The node reads nothing more of its queue (here: cut off; as well: far behind it), and a delivery
+      // routed before the user's new node bound them waits there: the client, moved, would take the close
+      // for the end of what this node had for it.
+      proxy.stall();
+      await probe.deliver(prefix, ['u.t1.A'], { id: 'stuck', tenantId: 't1' });
+      expect(await a.closed).toBe(4100);
+      expect(a.eventIds()).toEqual([]);
+      expect(missed(a)).toBe(true);
+      proxy.flow();
+      await drained;
+    } finally {
+      // The node closes through the proxy (afterEach deletes what it leaves).
+      proxy.flow();
+      for (const gateway of gateways) await gateway.close();
+      await proxy.close();
+    }
   });
 
   it('ends a drain once its tabs have moved, not when their handoff time is up', async () => {
@@ -123,6 +162,8 @@ describe('handoff before a drain or a lifetime close', () => {
     await eventually(() => a.eventIds().includes('during'), 'delivered during the handoff');
     expect(await a.closed).toBe(4101);
     expect(Date.now() - toldAt).toBeGreaterThanOrEqual(1000);
+    // Nothing was left in the node's queue: no resynchronisation asked for.
+    expect(missed(a)).toBe(false);
   });
 
   it('closes with 4001 at the token’s expiry when it comes before the end of the handoff', async () => {
