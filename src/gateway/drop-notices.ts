@@ -44,6 +44,12 @@ export class DropNotices {
     this.timer ??= setTimeout(() => this.flush(), this.windowMs);
   }
 
+  /** Whether a notice on its way (the window not over) is for the user of `key`. */
+  pendingFor(key: string): boolean {
+    if (this.timer === undefined) return false;
+    return this.users === undefined || this.users.has(key);
+  }
+
   close(): void {
     this.closed = true;
     clearTimeout(this.timer);

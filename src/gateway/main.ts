@@ -798,11 +798,13 @@ export async function startGateway(
   /**
    * Before a tab told to move is closed: its client, welcomed elsewhere, takes the close for the end of
    * what this node had for it, routed before its new node bound the user. If some may still be on their
-   * way here (the node behind its queue, cut off from it, or reading a payload for the user), the tab is
-   * told events_missed first, for its client to resynchronise.
+   * way here (the node behind its queue, cut off from it, or reading a payload for the user), or a notice
+   * of lost ones is, the tab is told events_missed first, for its client to resynchronise.
    */
   const tellIfBehind = async (tab: Tab): Promise<void> => {
-    if (!router.holdsFor(tab.key) && (await queueEmpty())) return;
+    // A notice of lost deliveries still in its window would come after the close.
+    const told = dropNotices.pendingFor(tab.key) || idMapNotices.pendingFor(tab.key);
+    if (!told && !router.holdsFor(tab.key) && (await queueEmpty())) return;
     tab.write(
       encodeFrame({
         type: 'error',

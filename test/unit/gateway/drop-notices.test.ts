@@ -28,6 +28,18 @@ describe('DropNotices', () => {
     );
   });
 
+  it('says whether a notice still in its window is for a user: one said for, or every one', () => {
+    const notices = new DropNotices(200, () => {});
+    expect(notices.pendingFor('u.t1.ann')).toBe(false);
+    notices.record('queue_full', new Set(['u.t1.ann']));
+    expect(notices.pendingFor('u.t1.ann')).toBe(true);
+    expect(notices.pendingFor('u.t1.bob')).toBe(false);
+    notices.record('rejected');
+    expect(notices.pendingFor('u.t1.bob')).toBe(true);
+    vi.advanceTimersByTime(200);
+    expect(notices.pendingFor('u.t1.ann')).toBe(false);
+  });
+
   it('tells deliveries dropped for the id map apart from those the broker dropped', () => {
     const told: string[] = [];
     const notices = new DropNotices(5000, (why, counted) => told.push(`${why} | ${counted}`));
