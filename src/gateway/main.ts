@@ -489,12 +489,14 @@ export async function startGateway(
    */
   let rereadTimer: NodeJS.Timeout | undefined;
   let lastReread = Number.NEGATIVE_INFINITY;
+  // Also while draining: its tabs are still written to while they move (handoff), for up to
+  // drainWindowMs + handoffMs. Not once superseded (it writes to no tab) or closed.
   const rereadRevocations = (): void => {
-    if (rereadTimer || draining) return;
+    if (rereadTimer || superseded || presenceGone) return;
     rereadTimer = setTimeout(
       () => {
         rereadTimer = undefined;
-        if (draining) return;
+        if (superseded || presenceGone) return;
         lastReread = Date.now();
         void closeRevoked();
       },
@@ -932,6 +934,7 @@ export async function startGateway(
       }
       clearInterval(heartbeat);
       clearTimeout(missedTimer);
+      clearTimeout(rereadTimer);
       dropNotices.close();
       idMapNotices.close();
       await runSteps(

@@ -1,6 +1,10 @@
+import { Redis } from 'ioredis';
 import { afterEach, describe, expect, inject, it } from 'vitest';
 import type { Gateway } from '../../src/gateway/main.js';
 import type { ServerFrame } from '../../src/protocol/frames.js';
+import { Keys } from '../../src/store/keys.js';
+import { withWarrenCommands } from '../../src/store/redis.js';
+import { RevocationStore } from '../../src/store/revocation-store.js';
 import {
   BrokerProbe,
   cleanRedis,
@@ -115,6 +119,31 @@ describe('handoff before a drain or a lifetime close', () => {
       for (const gateway of gateways) await gateway.close();
       await proxy.close();
     }
+  });
+
+  it('on a drain: a record lost by the full dropped-deliveries queue still has every revocation read again', async () => {
+    prefix = testPrefix('handoff-lost');
+    const old = await startTestGateway(
+      testConfig(prefix, { gateway: { drainWindowMs: 0, handoffMs: 10_000, drainTimeoutMs: 15_000 } }),
+    );
+    gateways = [old];
+    probe = await BrokerProbe.open();
+    const a = await open(old, 'A');
+    const drained = old.drain();
+    await eventually(() => handoffOf(a) !== undefined, 'told to move');
+    // A is revoked, and its message was among the records the dropped-deliveries queue lost in its turn
+    // (its overflow, marked in <dropped>.lost): only a read of every revocation finds it. The tab still
+    // gets deliveries while it moves.
+    const redis = withWarrenCommands(new Redis(inject('redisUrl')));
+    try {
+      await new RevocationStore(redis, new Keys(prefix)).revoke('t1', 'A', 60, Date.now() + 1);
+    } finally {
+      redis.disconnect();
+    }
+    probe.channel.sendToQueue(`${old.queue}.dropped.lost`, Buffer.from('null'));
+    expect(await a.closed).toBe(4001);
+    await a.close();
+    await drained;
   });
 
   it('ends a drain once its tabs have moved, not when their handoff time is up', async () => {
