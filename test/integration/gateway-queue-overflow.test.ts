@@ -255,3 +255,51 @@ describe('a draining node whose queue overflows', () => {
     await drained;
   });
 });
+
+describe('a node of a fixed id upgraded over the queues of an earlier release', () => {
+  const prefix = testPrefix('overflow-upgrade');
+  let gateway: Gateway | undefined;
+
+  afterEach(async () => {
+    await removeInstallation(prefix, { resolvers: [], gateways: gateway ? [gateway] : [] });
+    const probe = await BrokerProbe.open();
+    await probe.deleteExchangesAndQueues(prefix, [`${prefix}.gw.ward-gw`]);
+    await probe.close();
+  });
+
+  it('starts: the dropped-deliveries queue declared without a dead-letter target is not declared again as is', async () => {
+    // As the release before <dropped>.lost left them: the process died, its queues outlived it.
+    const dropped = `${prefix}.gw.ward-gw.dropped`;
+    const probe = await BrokerProbe.open();
+    const channel = await probe.model.createChannel();
+    try {
+      await channel.assertQueue(dropped, {
+        durable: false,
+        arguments: {
+          'x-expires': 60_000,
+          'x-max-length': 1000,
+          'x-max-length-bytes': 16 * 1024 * 1024,
+          'x-overflow': 'drop-head',
+        },
+      });
+      await channel.assertQueue(`${prefix}.gw.ward-gw`, {
+        durable: false,
+        arguments: {
+          'x-expires': 60_000,
+          'x-max-length': 100_000,
+          'x-overflow': 'drop-head',
+          'x-dead-letter-exchange': '',
+          'x-dead-letter-routing-key': dropped,
+        },
+      });
+    } finally {
+      await channel.close();
+      await probe.close();
+    }
+    // A mismatch would fail the declaration (PRECONDITION_FAILED) and keep the node from starting.
+    gateway = await startTestGateway(testConfig(prefix, { gateway: { id: 'ward-gw' } }));
+    const tab = await openTab(gateway.port, await token({ sub: 'ann', tid: 't1' }));
+    expect(tab.welcome?.userId).toBe('ann');
+    tab.ws.terminate();
+  });
+});
