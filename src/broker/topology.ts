@@ -260,24 +260,12 @@ export function isNotFound(error: unknown): boolean {
  * the broker closes a channel that asks for none).
  */
 export async function queueConsumers(model: ChannelModel, queue: string): Promise<number | undefined> {
-  return (await queueCounts(model, queue))?.consumerCount;
-}
-
-/** How many messages a queue holds ready (not yet handed to a consumer), undefined when there is no such queue. */
-export async function queueReady(model: ChannelModel, queue: string): Promise<number | undefined> {
-  return (await queueCounts(model, queue))?.messageCount;
-}
-
-async function queueCounts(
-  model: ChannelModel,
-  queue: string,
-): Promise<{ consumerCount: number; messageCount: number } | undefined> {
   const channel = await model.createChannel();
   channel.on('error', () => {});
   try {
-    const { consumerCount, messageCount } = await channel.checkQueue(queue);
+    const { consumerCount } = await channel.checkQueue(queue);
     await channel.close();
-    return { consumerCount, messageCount };
+    return consumerCount;
   } catch (error) {
     if (isNotFound(error)) return undefined;
     await channel.close().catch(() => {});

@@ -151,6 +151,8 @@ export class DeliveryRouter {
   private queued = 0;
   /** Callers holding deliveries back (`pause`); while any does, deliveries wait in `waiting`, unacked. */
   private pauses = 0;
+  /** Probes waited for, by message id (see `whenProbe`). */
+  private readonly probesAwaited = new Map<string, () => void>();
   private waiting: Delivery[] = [];
 
   constructor(
@@ -369,8 +371,28 @@ export class DeliveryRouter {
    * Redis themselves. Anything else is refused as malformed. Acked either way, never retried.
    */
   private control(delivery: Delivery, headers: Record<string, unknown>): void {
+    if (isProbe(headers)) this.probeArrived(delivery.message.properties.messageId);
     this.applyControl(delivery.message.fields.routingKey, headers);
     delivery.ack();
+  }
+
+  /**
+   * Resolves once the probe of message id `id` comes through the node's queue: every delivery the queue
+   * held before it has been handled by then (the queue is in order, and held back while paused, the probe
+   * waits with the rest). `forgetProbe` when given up.
+   */
+  whenProbe(id: string): Promise<void> {
+    return new Promise((resolve) => this.probesAwaited.set(id, resolve));
+  }
+
+  forgetProbe(id: string): void {
+    this.probesAwaited.delete(id);
+  }
+
+  private probeArrived(id: unknown): void {
+    if (typeof id !== 'string') return;
+    this.probesAwaited.get(id)?.();
+    this.probesAwaited.delete(id);
   }
 
   /**

@@ -12,12 +12,11 @@ import {
   lostQueueOf,
   queueConsumers,
   queueExists,
-  queueReady,
   topologyNames,
 } from '../broker/topology.js';
 import type { WarrenConfig } from '../config/schema.js';
 import { CloseCode } from '../protocol/close-codes.js';
-import { ID_MAP_UNSETTLED, isProbe } from '../protocol/delivery.js';
+import { ControlMessage, DeliveryHeader, ID_MAP_UNSETTLED, isProbe } from '../protocol/delivery.js';
 import { FrameErrorCode } from '../protocol/frames.js';
 import { nodeKey, parseUserKey } from '../protocol/ids.js';
 import { Keys } from '../store/keys.js';
@@ -61,8 +60,8 @@ const STARTUP_CLEANUP_MS = 5000;
 // long.
 const DROPPED_PREFETCH = 100;
 const DROPPED_NOTICE_MS = 200;
-/** How long the broker is given to say what the node's queue holds before a moved tab's close. */
-const QUEUE_READ_TIMEOUT_MS = 1000;
+/** How long a probe is given to come through the node's queue before a moved tab's close. */
+const QUEUE_PROBE_TIMEOUT_MS = 1000;
 
 export interface GatewayOptions {
   logger: Logger;
@@ -769,33 +768,46 @@ export async function startGateway(
     draining,
   });
   /**
-   * Whether no delivery waits in the node's queue: every one routed to it so far has reached it. No (behind)
-   * when the broker cannot say in time. Each caller gets an answer asked after its call (one routed before
-   * it must count); callers meanwhile share the next one (a drain closes thousands of tabs).
+   * Whether every delivery routed to the node so far has reached it: a probe published to its own key now
+   * comes back through its queue in time (behind them all). No when it does not (the node behind its queue,
+   * cut off from the broker, the queue full). Each caller gets a probe sent after its call (a delivery
+   * routed before it must count); callers meanwhile share the next one (a drain closes thousands of tabs).
    */
-  const readQueueEmpty = async (): Promise<boolean> => {
-    const model = broker.model;
-    if (!model || pausedForRecovery) return false;
+  const probeThroughQueue = async (): Promise<boolean> => {
+    if (superseded || !broker.connected) return false;
+    const id = randomBytes(9).toString('base64url');
+    const arrived = router.whenProbe(id);
     try {
-      return (
-        (await withTimeout(queueReady(model, queue), QUEUE_READ_TIMEOUT_MS, 'reading the node queue')) === 0
+      const sent = probes.publish(names.deliveries, nodeKey(nodeId), Buffer.alloc(0), {
+        mandatory: true,
+        messageId: id,
+        headers: { [DeliveryHeader.Control]: ControlMessage.Probe },
+        failIfBlocked: true,
+      });
+      await withTimeout(
+        Promise.all([sent, arrived]),
+        QUEUE_PROBE_TIMEOUT_MS,
+        'a probe through the node queue',
       );
+      return true;
     } catch {
       return false;
+    } finally {
+      router.forgetProbe(id);
     }
   };
-  let queueRead: Promise<boolean> | undefined;
-  let nextQueueRead: Promise<boolean> | undefined;
-  const queueEmpty = (): Promise<boolean> => {
-    if (!queueRead) {
-      queueRead = readQueueEmpty().finally(() => (queueRead = undefined));
-      return queueRead;
+  let probing: Promise<boolean> | undefined;
+  let nextProbe: Promise<boolean> | undefined;
+  const caughtUp = (): Promise<boolean> => {
+    if (!probing) {
+      probing = probeThroughQueue().finally(() => (probing = undefined));
+      return probing;
     }
-    nextQueueRead ??= queueRead.then(() => {
-      nextQueueRead = undefined;
-      return queueEmpty();
+    nextProbe ??= probing.then(() => {
+      nextProbe = undefined;
+      return caughtUp();
     });
-    return nextQueueRead;
+    return nextProbe;
   };
   /**
    * Before a tab told to move is closed: its client, welcomed elsewhere, takes the close for the end of
@@ -806,7 +818,7 @@ export async function startGateway(
   const tellIfBehind = async (tab: Tab): Promise<void> => {
     // A notice of lost deliveries still in its window would come after the close.
     const told = dropNotices.pendingFor(tab.key) || idMapNotices.pendingFor(tab.key);
-    if (!told && !router.holdsFor(tab.key) && (await queueEmpty())) return;
+    if (!told && !router.holdsFor(tab.key) && (await caughtUp())) return;
     tab.write(
       encodeFrame({
         type: 'error',
