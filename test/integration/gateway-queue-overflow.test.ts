@@ -1,4 +1,5 @@
 import { afterEach, describe, expect, inject, it } from 'vitest';
+import type { WarrenConfig } from '../../src/config/schema.js';
 import type { Gateway } from '../../src/gateway/main.js';
 import type { Resolver } from '../../src/resolver/main.js';
 import type { WarrenPublisher } from '../../src/sdk/publisher/index.js';
@@ -24,58 +25,70 @@ import {
 
 const MAX_LENGTH = 3;
 
+/**
+ * A node that reaches the broker through a proxy the test stalls, its queue holding MAX_LENGTH, with a
+ * resolver and a service reaching the broker directly; removed after each test.
+ */
+function stallableInstallation(prefix: string) {
+  let proxy: TcpProxy | undefined;
+  let gateway: Gateway | undefined;
+  let resolver: Resolver | undefined;
+  let warren: WarrenPublisher | undefined;
+
+  afterEach(async () => {
+    proxy?.flow();
+    await removeInstallation(prefix, {
+      ...(warren ? { warren } : {}),
+      resolvers: [resolver],
+      gateways: gateway ? [gateway] : [],
+    });
+    await proxy?.close();
+    proxy = gateway = resolver = warren = undefined;
+  });
+
+  return async (
+    overrides: {
+      gateway?: Partial<WarrenConfig['gateway']>;
+      resolver?: Partial<WarrenConfig['resolver']>;
+    } = {},
+  ) => {
+    const config = testConfig(prefix, { resolver: overrides.resolver ?? {} });
+    const target = new URL(inject('rabbitmqUrl'));
+    proxy = await TcpProxy.toUrl(target);
+    gateway = await startTestGateway(
+      testConfig(prefix, {
+        rabbitmq: { url: proxy.url(target), heartbeatSec: 0 },
+        gateway: { queueMaxLength: MAX_LENGTH, prefetch: 1, ...overrides.gateway },
+      }),
+    );
+    resolver = await startTestResolver(config);
+    warren = await connectPublisher(config);
+    const service = warren;
+    /** An event for one user. */
+    const publish = (id: string, tenantId = 't1', user = 'ann') =>
+      service.publishEvent({ id, tenantId, type: 'note.created', audience: { users: [user] }, data: { id } });
+    const routed = (n: number) =>
+      eventually(
+        async () =>
+          (await counter(resolver as Resolver, 'warren_resolver_events_total', { outcome: 'routed' })) === n,
+        'every event routed',
+      );
+    return { proxy, gateway, resolver, publish, routed };
+  };
+}
+
 describe.each(['nodes', 'users'] as const)(
   'a node whose queue overflows (resolver routing by %s)',
   (routing) => {
-    const prefix = testPrefix(`overflow-${routing}`);
-    let proxy: TcpProxy | undefined;
-    let gateway: Gateway | undefined;
-    let resolver: Resolver | undefined;
-    let warren: WarrenPublisher | undefined;
-
-    afterEach(async () => {
-      proxy?.flow();
-      await removeInstallation(prefix, {
-        ...(warren ? { warren } : {}),
-        resolvers: [resolver],
-        gateways: gateway ? [gateway] : [],
-      });
-      await proxy?.close();
-    });
+    const start = stallableInstallation(testPrefix(`overflow-${routing}`));
 
     it('tells the tabs of the users it lost deliveries for events_missed, only them, and counts the deliveries', async () => {
-      const config = testConfig(prefix, { resolver: { routing } });
-      const target = new URL(inject('rabbitmqUrl'));
-      proxy = await TcpProxy.toUrl(target);
-      // The node reaches the broker through the proxy; the resolver and the service directly.
-      gateway = await startTestGateway(
-        testConfig(prefix, {
-          rabbitmq: { url: proxy.url(target), heartbeatSec: 0 },
-          gateway: { queueMaxLength: MAX_LENGTH, prefetch: 1 },
-        }),
-      );
-      resolver = await startTestResolver(config);
-      warren = await connectPublisher(config);
+      const { proxy, gateway, publish, routed } = await start({ resolver: { routing } });
       const ann = await openTab(gateway.port, await token({ sub: 'ann', tid: 't1' }));
       // On the same node, a user of the same tenant and one of another: nothing of theirs is lost.
       const bob = await openTab(gateway.port, await token({ sub: 'bob', tid: 't1' }));
       const carl = await openTab(gateway.port, await token({ sub: 'carl', tid: 't2' }));
-      const publish = (id: string) =>
-        (warren as WarrenPublisher).publishEvent({
-          id,
-          tenantId: 't1',
-          type: 'note.created',
-          audience: { users: ['ann'] },
-          data: { id },
-        });
-      const toCarl = (id: string) =>
-        (warren as WarrenPublisher).publishEvent({
-          id,
-          tenantId: 't2',
-          type: 'note.created',
-          audience: { users: ['carl'] },
-          data: { id },
-        });
+      const toCarl = (id: string) => publish(id, 't2', 'carl');
       const offsetOf = (id: string): number | undefined => {
         const event = carl.frames.find((f) => f.type === 'event' && f.id === id);
         return event?.type === 'event' ? event.offset : undefined;
@@ -92,12 +105,7 @@ describe.each(['nodes', 'users'] as const)(
       for (const id of ids) await publish(id);
       // Every event routed (two before, ten now): the queue holds the newest, the rest were dropped (the
       // dropped-deliveries queue hands them to the node's stalled consumer, so only the node can count them).
-      await eventually(
-        async () =>
-          (await counter(resolver as Resolver, 'warren_resolver_events_total', { outcome: 'routed' })) ===
-          2 + ids.length,
-        'every event routed',
-      );
+      await routed(2 + ids.length);
       const probe = await BrokerProbe.open();
       const channel = await probe.model.createChannel();
       try {
@@ -192,55 +200,20 @@ describe('a node whose dropped-deliveries queue overflows in its turn', () => {
 });
 
 describe('a draining node whose queue overflows', () => {
-  const prefix = testPrefix('overflow-drain');
-  let proxy: TcpProxy | undefined;
-  let gateway: Gateway | undefined;
-  let resolver: Resolver | undefined;
-  let warren: WarrenPublisher | undefined;
-
-  afterEach(async () => {
-    proxy?.flow();
-    await removeInstallation(prefix, {
-      ...(warren ? { warren } : {}),
-      resolvers: [resolver],
-      gateways: gateway ? [gateway] : [],
-    });
-    await proxy?.close();
-  });
+  const start = stallableInstallation(testPrefix('overflow-drain'));
 
   it('tells them also while it drains: its tabs move away (handoff) with no resync of their own', async () => {
-    const config = testConfig(prefix);
-    const target = new URL(inject('rabbitmqUrl'));
-    proxy = await TcpProxy.toUrl(target);
-    gateway = await startTestGateway(
-      testConfig(prefix, {
-        rabbitmq: { url: proxy.url(target), heartbeatSec: 0 },
-        gateway: { queueMaxLength: MAX_LENGTH, prefetch: 1, drainWindowMs: 0, handoffMs: 20_000 },
-      }),
-    );
-    resolver = await startTestResolver(config);
-    warren = await connectPublisher(config);
+    const { proxy, gateway, publish, routed } = await start({
+      gateway: { drainWindowMs: 0, handoffMs: 20_000 },
+    });
     const ann = await openTab(gateway.port, await token({ sub: 'ann', tid: 't1' }));
-    const publish = (id: string) =>
-      (warren as WarrenPublisher).publishEvent({
-        id,
-        tenantId: 't1',
-        type: 'note.created',
-        audience: { users: ['ann'] },
-        data: { id },
-      });
     await publish('before');
     await eventually(() => ann.eventIds().includes('before'), 'a delivery before');
 
     proxy.stall();
     const ids = Array.from({ length: 10 }, (_, i) => `e${i}`);
     for (const id of ids) await publish(id);
-    await eventually(
-      async () =>
-        (await counter(resolver as Resolver, 'warren_resolver_events_total', { outcome: 'routed' })) ===
-        1 + ids.length,
-      'every event routed',
-    );
+    await routed(1 + ids.length);
     // A deploy: the node tells the tab to move, and delivers to it until it has.
     const drained = gateway.drain();
     await eventually(() => ann.frames.some((f) => f.type === 'handoff'), 'told to move');
