@@ -1,6 +1,6 @@
 import amqp from 'amqplib';
 import { explainConnectFailure } from '../broker/connection.js';
-import { topologyNames } from '../broker/topology.js';
+import { lostQueueOf, topologyNames } from '../broker/topology.js';
 import type { WarrenConfig } from '../config/schema.js';
 import { ErrorCode, withoutCredentials } from '../shared/errors.js';
 import { Keys } from '../store/keys.js';
@@ -89,8 +89,13 @@ export async function collectStatus(config: Readonly<WarrenConfig>): Promise<Sta
           names.memberships,
           names.resolverRetry,
           names.dead,
-          // Each node's queue, and beside it where the broker puts what that queue dropped when full.
-          ...gateways.flatMap((g) => [names.gatewayQueue(g.id), names.gatewayDropped(g.id)]),
+          // Each node's queue, beside it where the broker puts what that queue dropped when full, and the
+          // mark (one message at most) that this in its turn overflowed.
+          ...gateways.flatMap((g) => [
+            names.gatewayQueue(g.id),
+            names.gatewayDropped(g.id),
+            lostQueueOf(names.gatewayDropped(g.id)),
+          ]),
         ].map((q) => queueInfo(model, q)),
       );
       return { gateways, tenants, queues };

@@ -360,6 +360,7 @@ describe('warren gateway as a process', () => {
       { queue: `${prefix}.dead`, messages: 1, consumers: 0 },
       { queue: `${prefix}.gw.${nodeId}`, messages: 0, consumers: 1 },
       { queue: `${prefix}.gw.${nodeId}.dropped`, messages: 0, consumers: 1 },
+      { queue: `${prefix}.gw.${nodeId}.dropped.lost`, messages: 0, consumers: 1 },
     ]);
 
     // The same as tables for a person; a queue that is not there shows dashes, not an error.
