@@ -40,6 +40,11 @@ export function topologyNames(prefix: string): TopologyNames {
 
 // A gateway that dies without cleaning up leaves its queue; the broker removes it after this long unused.
 const GATEWAY_QUEUE_EXPIRES_MS = 60_000;
+/**
+ * Its records of drops (`.dropped`, `.dropped.lost`) outlive it: a node away about that long could otherwise
+ * find its queue still there (so nothing lost with it) and its records of what that queue dropped gone.
+ */
+const GATEWAY_RECORDS_EXPIRE_MS = 2 * GATEWAY_QUEUE_EXPIRES_MS;
 // What the dropped-deliveries queue keeps: it only tells the node that some were dropped, and how many.
 const DROPPED_MAX_LENGTH = 1000;
 const DROPPED_MAX_BYTES = 16 * 1024 * 1024;
@@ -233,14 +238,14 @@ export async function declareDroppedQueue(channel: Channel, dropped: string): Pr
     durable: false,
     exclusive: false,
     autoDelete: false,
-    arguments: { 'x-expires': GATEWAY_QUEUE_EXPIRES_MS, 'x-max-length': 1, 'x-overflow': 'drop-head' },
+    arguments: { 'x-expires': GATEWAY_RECORDS_EXPIRE_MS, 'x-max-length': 1, 'x-overflow': 'drop-head' },
   });
   await channel.assertQueue(dropped, {
     durable: false,
     exclusive: false,
     autoDelete: false,
     arguments: {
-      'x-expires': GATEWAY_QUEUE_EXPIRES_MS,
+      'x-expires': GATEWAY_RECORDS_EXPIRE_MS,
       'x-max-length': DROPPED_MAX_LENGTH,
       'x-max-length-bytes': DROPPED_MAX_BYTES,
       'x-overflow': 'drop-head',
