@@ -378,8 +378,9 @@ export class DeliveryRouter {
 
   /**
    * Resolves once the probe of message id `id` comes through the node's queue: every delivery the queue
-   * held before it has been handled by then (the queue is in order, and held back while paused, the probe
-   * waits with the rest). `forgetProbe` when given up.
+   * held before it has been taken by then (the queue is in order, and held back while paused, the probe
+   * waits with the rest), though a claim-checked one may still be having its payload read (`holdsFor`).
+   * `forgetProbe` when given up.
    */
   whenProbe(id: string): Promise<void> {
     return new Promise((resolve) => this.probesAwaited.set(id, resolve));

@@ -818,7 +818,9 @@ export async function startGateway(
   const tellIfBehind = async (tab: Tab): Promise<void> => {
     // A notice of lost deliveries still in its window would come after the close.
     const told = dropNotices.pendingFor(tab.key) || idMapNotices.pendingFor(tab.key);
-    if (!told && !router.holdsFor(tab.key) && (await caughtUp())) return;
+    // Held looked at again once the probe is back: a claim-checked delivery that reached the node ahead
+    // of it may still be having its payload read (the probe proves it arrived, not that it was written).
+    if (!told && !router.holdsFor(tab.key) && (await caughtUp()) && !router.holdsFor(tab.key)) return;
     tab.write(
       encodeFrame({
         type: 'error',

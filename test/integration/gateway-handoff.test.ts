@@ -10,6 +10,7 @@ import {
   cleanRedis,
   eventually,
   openTab,
+  payloadRedisUrl,
   startTestGateway,
   testConfig,
   testPrefix,
@@ -118,6 +119,52 @@ describe('handoff before a drain or a lifetime close', () => {
       proxy.flow();
       for (const gateway of gateways) await gateway.close();
       await proxy.close();
+    }
+  });
+
+  it('on a drain: a tab is told events_missed when a delivery for it reached the node while its probe was on its way, its payload still being read at the close', async () => {
+    prefix = testPrefix('handoff-reading');
+    const target = new URL(inject('rabbitmqUrl'));
+    const brokerProxy = await TcpProxy.toUrl(target);
+    const payloadTarget = new URL(payloadRedisUrl());
+    const payloadProxy = await TcpProxy.toUrl(payloadTarget);
+    try {
+      const handoffMs = 1000;
+      const old = await startTestGateway(
+        testConfig(prefix, {
+          rabbitmq: { url: brokerProxy.url(target), heartbeatSec: 0 },
+          claimCheck: { redisUrl: payloadProxy.url(payloadTarget) },
+          gateway: { drainWindowMs: 0, handoffMs, drainTimeoutMs: 6000 },
+        }),
+      );
+      gateways = [old];
+      probe = await BrokerProbe.open();
+      const a = await open(old, 'A');
+      const drained = old.drain().catch(() => {});
+      await eventually(() => handoffOf(a) !== undefined, 'told to move');
+      const toldAt = Date.now();
+      // A claim-checked delivery routed before the close waits on its way to the node (nothing crosses to
+      // it), and its payload's read will hang: at the close, nothing is held for A yet, so the node probes.
+      brokerProxy.stall();
+      payloadProxy.stall();
+      await probe.deliver(prefix, ['u.t1.A'], { id: 'slow', tenantId: 't1', jobId: 'job-slow' });
+      // The close has begun (the probe is on its way, behind the delivery): both reach the node now, the
+      // delivery first; its payload is still being read when the probe comes back.
+      await new Promise((resolve) => setTimeout(resolve, toldAt + handoffMs + 300 - Date.now()));
+      brokerProxy.flow();
+      expect(await a.closed).toBe(4100);
+      expect(a.eventIds()).toEqual([]);
+      // Closed with the event still on its way to it: the moved client must be told to resynchronise.
+      expect(missed(a)).toBe(true);
+      payloadProxy.flow();
+      await drained;
+    } finally {
+      brokerProxy.flow();
+      payloadProxy.flow();
+      for (const gateway of gateways) await gateway.close();
+      await brokerProxy.close();
+      await payloadProxy.close();
+      await cleanRedis(prefix, payloadRedisUrl());
     }
   });
 
