@@ -74,9 +74,11 @@ export class MovedFrom {
     }
     if (typeof frame !== 'object' || frame === null) return;
     if (frame.type === 'event') {
+      // Shown already by the current connection (the client's dedup window may no longer hold it: a busy
+      // user's events pass it while the old node is behind): this one has caught up, and brings no more.
+      if (this.current.has(frame.id)) return this.drop(ws);
       this.frame({ ...frame, offset: undefined as unknown as number });
-      if (this.current.has(frame.id)) this.drop(ws);
-      else if (this.left.has(ws) && left.ids.size < MAX_IDS) left.ids.add(frame.id);
+      if (this.left.has(ws) && left.ids.size < MAX_IDS) left.ids.add(frame.id);
     } else if (
       frame.type === 'error' &&
       (frame.code === FrameErrorCode.EventsMissed || frame.code === FrameErrorCode.PayloadUnavailable)

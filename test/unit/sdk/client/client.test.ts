@@ -327,6 +327,21 @@ describe('client core (scripted socket, fake timers)', () => {
       expect(third.sent).toEqual([{ type: 'resume', epoch: 'e2', offset: 102 }]);
     });
 
+    it('shows an event once when the old connection brings it after more than the dedup window of others', async () => {
+      const first = latest();
+      first.welcome('e1', 5);
+      handoff(first);
+      const second = await nextAttempt();
+      second.welcome('e2', 100, 'gw-2');
+      // Routed after the new node bound the user: the new node, keeping up, brings it and a busy user's
+      // next thousand; the old node, behind its queue, brings it only then.
+      second.event('d', 101);
+      for (let i = 0; i < 1000; i += 1) second.event(`x${i}`, 102 + i);
+      first.event('d', 9);
+      expect(events.filter((e) => e.id === 'd')).toHaveLength(1);
+      expect(first.readyState).toBe(3);
+    });
+
     it('reconnects as before when the old connection closes before the new one is welcomed', async () => {
       const resyncs: string[] = [];
       client.on('resync', (r) => resyncs.push(r.reason));
