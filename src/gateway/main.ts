@@ -810,6 +810,14 @@ export async function startGateway(
     return nextProbe;
   };
   /**
+   * `caughtUp`, as one wait of at most QUEUE_PROBE_TIMEOUT_MS for each caller: one joining a probe on its
+   * way waits for it and then its own, up to twice as long, and a moved client keeps the old connection
+   * only a little past the `closeInMs` it was given (the SDK's LEFT_GRACE_MS), then closes it itself:
+   * the events_missed of a close that comes later reaches no one.
+   */
+  const caughtUpWithin = (): Promise<boolean> =>
+    withTimeout(caughtUp(), QUEUE_PROBE_TIMEOUT_MS, 'the node catching up with its queue').catch(() => false);
+  /**
    * Before a tab told to move is closed: its client, welcomed elsewhere, takes the close for the end of
    * what this node had for it, routed before its new node bound the user. If some may still be on their
    * way here (the node behind its queue, cut off from it, or reading a payload for the user), or a notice
@@ -820,7 +828,7 @@ export async function startGateway(
     const told = dropNotices.pendingFor(tab.key) || idMapNotices.pendingFor(tab.key);
     // Held looked at again once the probe is back: a claim-checked delivery that reached the node ahead
     // of it may still be having its payload read (the probe proves it arrived, not that it was written).
-    if (!told && !router.holdsFor(tab.key) && (await caughtUp()) && !router.holdsFor(tab.key)) return;
+    if (!told && !router.holdsFor(tab.key) && (await caughtUpWithin()) && !router.holdsFor(tab.key)) return;
     tab.write(
       encodeFrame({
         type: 'error',

@@ -122,6 +122,38 @@ describe('handoff before a drain or a lifetime close', () => {
     }
   });
 
+  it('on a drain: a node behind its queue closes its moved tabs within a second of the time it gave them', async () => {
+    prefix = testPrefix('handoff-bound');
+    const target = new URL(inject('rabbitmqUrl'));
+    const proxy = await TcpProxy.toUrl(target);
+    try {
+      const handoffMs = 1000;
+      const old = await startTestGateway(
+        testConfig(prefix, {
+          rabbitmq: { url: proxy.url(target), heartbeatSec: 0 },
+          gateway: { drainWindowMs: 0, handoffMs, drainTimeoutMs: 6000 },
+        }),
+      );
+      gateways = [old];
+      const moved = [await open(old, 'A'), await open(old, 'B'), await open(old, 'C')];
+      const drained = old.drain().catch(() => {});
+      await eventually(() => moved.every((tab) => handoffOf(tab) !== undefined), 'told to move');
+      const toldAt = Date.now();
+      proxy.stall();
+      // A moved client keeps the old connection a second past the time it was given (LEFT_GRACE_MS), and
+      // then closes it itself: the node's events_missed, written later, would reach no one.
+      const closedAt = await Promise.all(moved.map((tab) => tab.closed.then(() => Date.now())));
+      for (const tab of moved) expect(missed(tab)).toBe(true);
+      expect(Math.max(...closedAt) - toldAt).toBeLessThan(handoffMs + 1000 + 300);
+      proxy.flow();
+      await drained;
+    } finally {
+      proxy.flow();
+      for (const gateway of gateways) await gateway.close();
+      await proxy.close();
+    }
+  });
+
   it('on a drain: a tab is told events_missed when a delivery for it reached the node while its probe was on its way, its payload still being read at the close', async () => {
     prefix = testPrefix('handoff-reading');
     const target = new URL(inject('rabbitmqUrl'));
