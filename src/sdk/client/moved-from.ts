@@ -1,3 +1,4 @@
+import { CloseCode } from '../../protocol/close-codes.js';
 import { FrameErrorCode, type ServerFrame } from '../../protocol/frames.js';
 
 type Timer = ReturnType<typeof setTimeout>;
@@ -34,7 +35,24 @@ export class MovedFrom {
     const left: Left = { ids: new Set(), timer: setTimeout(() => this.drop(ws), ms) };
     this.left.set(ws, left);
     ws.onmessage = (message: MessageEvent) => this.fromLeft(ws, left, message.data);
-    ws.onclose = () => this.drop(ws);
+    ws.onclose = (event: CloseEvent) => this.closedByNode(ws, event.code);
+  }
+
+  /**
+   * Its node closed it. As it said it would (4100, 4101; 4001 when the token expired first), having told
+   * events_missed first if it may not have delivered everything: nothing more to say. Any other close (too
+   * slow: frames dropped; the node gone) may have lost what only it had on its way, said nowhere else.
+   */
+  private closedByNode(ws: WebSocket, code: number): void {
+    if (!this.left.has(ws)) return;
+    this.drop(ws);
+    if (code === CloseCode.Draining || code === CloseCode.LifetimeReached || code === CloseCode.Unauthorized)
+      return;
+    this.frame({
+      type: 'error',
+      code: FrameErrorCode.EventsMissed,
+      message: `the connection moved from closed with ${code} before it had caught up`,
+    });
   }
 
   /** An event of the current connection: a connection moved from that brought it too has caught up. */

@@ -49,8 +49,12 @@ type Timer = ReturnType<typeof setTimeout>;
 const DEFAULT_CLOSE_IN_MS = 5000;
 /** The largest `gateway.handoffMs`: a `closeInMs` above it is taken as this. */
 const MAX_CLOSE_IN_MS = 60_000;
-/** A connection moved from is closed this long after its node said it would close it, if still open. */
-const LEFT_GRACE_MS = 1000;
+/**
+ * A connection moved from is closed this long after its node said it would close it, if still open. Over
+ * the second a node takes at most to find out whether it has delivered everything (and say events_missed
+ * if not) before that close, with time to spare for a busy node.
+ */
+const LEFT_GRACE_MS = 2500;
 
 /**
  * A connection that closed before the gateway's welcome. A browser reports an upgrade the gateway refused

@@ -342,6 +342,44 @@ describe('client core (scripted socket, fake timers)', () => {
       expect(first.readyState).toBe(3);
     });
 
+    it('says resync when the old node closes the connection moved from other than as it said it would', async () => {
+      const resyncs: string[] = [];
+      client.on('resync', (r) => resyncs.push(r.reason));
+      const first = latest();
+      first.welcome('e1', 5);
+      handoff(first);
+      const second = await nextAttempt();
+      second.welcome('e2', 100, 'gw-2');
+      // Too slow (its frames were dropped), or the node gone: what only it had on its way is lost.
+      first.end(4009);
+      expect(resyncs).toEqual(['history_gap']);
+      expect(client.state).toBe('connected');
+
+      // Its close as said (having told events_missed first if it was behind): nothing more to say.
+      handoff(second);
+      const third = await nextAttempt();
+      third.welcome('e3', 0, 'gw-3');
+      second.end(4101);
+      expect(resyncs).toEqual(['history_gap']);
+    });
+
+    it('keeps the old connection long enough for a node behind its queue to close it itself', async () => {
+      const resyncs: string[] = [];
+      client.on('resync', (r) => resyncs.push(r.reason));
+      const first = latest();
+      first.welcome('e1', 5);
+      first.receive({ type: 'handoff', reason: 'draining', closeInMs: 0 });
+      await vi.advanceTimersByTimeAsync(0);
+      const second = latest();
+      second.welcome('e2', 100, 'gw-2');
+      // The node's probe of its own queue takes up to 1 s before its events_missed and close.
+      await vi.advanceTimersByTimeAsync(1500);
+      expect(first.readyState).not.toBe(3);
+      first.receive({ type: 'error', code: 'events_missed', message: 'behind', offset: 9 });
+      first.end(4100);
+      expect(resyncs).toEqual(['history_gap']);
+    });
+
     it('reconnects as before when the old connection closes before the new one is welcomed', async () => {
       const resyncs: string[] = [];
       client.on('resync', (r) => resyncs.push(r.reason));
@@ -407,7 +445,7 @@ describe('client core (scripted socket, fake timers)', () => {
       third.welcome('e2', 100, 'gw-2');
       second.event('b', 7);
       // The rest of the replay is not through when the old connection is left.
-      await vi.advanceTimersByTimeAsync(1000);
+      await vi.advanceTimersByTimeAsync(2500);
       expect(second.readyState).toBe(3);
       expect(events.map((e) => e.id)).toEqual(['a', 'b']);
       expect(resyncs).toEqual(['history_gap']);
@@ -453,8 +491,8 @@ describe('client core (scripted socket, fake timers)', () => {
       first.event('a', 6);
       second.event('b', 101);
       expect(events.map((e) => e.id)).toEqual(['a', 'b']);
-      // Each kept until its node's close (closeInMs) at the latest.
-      await vi.advanceTimersByTimeAsync(6000);
+      // Each kept until its node's close (closeInMs, and a grace) at the latest.
+      await vi.advanceTimersByTimeAsync(7500);
       expect([first.readyState, second.readyState]).toEqual([3, 3]);
       expect(client.state).toBe('connected');
     });
