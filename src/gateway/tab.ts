@@ -1,7 +1,7 @@
 import type { WebSocket } from 'uWebSockets.js';
 import { CloseCode } from '../protocol/close-codes.js';
 import { userKey } from '../protocol/ids.js';
-import type { HandoffFrame, ServerFrame } from '../protocol/frames.js';
+import { FrameErrorCode, type ErrorFrame, type HandoffFrame, type ServerFrame } from '../protocol/frames.js';
 import { revokes } from '../store/revocation-store.js';
 import type { Identity } from './auth.js';
 import type { RegisteredTab } from './registry.js';
@@ -219,6 +219,17 @@ export class Tab implements RegisteredTab {
     const why = reason === 'draining' ? 'draining' : 'lifetime reached';
     if (this.handoff && ms > 0) return this.handoff;
     if (!this.ready || ms <= 0) {
+      // Told to move already, its client may be on another node, taking this close for the end of what
+      // this node had for it: closed with no time (superseded), the node can no longer say it delivered
+      // everything (what it had not read yet is the other process's now, and reaches no tab).
+      if (this.handoff) {
+        const missed: ErrorFrame = {
+          type: 'error',
+          code: FrameErrorCode.EventsMissed,
+          message: 'this node stopped before it had delivered everything routed to it; resynchronise',
+        };
+        this.write(JSON.stringify(missed), CloseCode.TooSlow);
+      }
       this.end(code, why);
       return Promise.resolve();
     }

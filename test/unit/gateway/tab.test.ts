@@ -60,6 +60,22 @@ describe('Tab', () => {
       expect(vi.getTimerCount()).toBe(0);
     });
 
+    it('says events_missed before closing at once a tab told to move: its client may have moved already', async () => {
+      vi.useFakeTimers();
+      const { tab, sent, closes } = tabExpiringAt(Date.now() + 60_000);
+      tab.ready = true;
+      void tab.handOff('draining', 4100, 5000);
+      await vi.advanceTimersByTimeAsync(0);
+      // Superseded: what was routed here before the new node bound the user is the other process's to
+      // read now, and reaches no tab; the moved client takes the close for the end of it.
+      void tab.handOff('draining', 4100, 0);
+      expect(closes).toEqual([4100]);
+      expect(sent.map((f) => (JSON.parse(f) as { code?: string }).code)).toEqual([
+        undefined,
+        'events_missed',
+      ]);
+    });
+
     it('says in closeInMs when the close comes, also when the token expires first', async () => {
       vi.useFakeTimers();
       const { tab, sent, closes } = tabExpiringAt(Date.now() + 2000);
