@@ -827,8 +827,10 @@ export async function startGateway(
     // A notice of lost deliveries still in its window would come after the close.
     const told = dropNotices.pendingFor(tab.key) || idMapNotices.pendingFor(tab.key);
     // Held looked at again once the probe is back: a claim-checked delivery that reached the node ahead
-    // of it may still be having its payload read (the probe proves it arrived, not that it was written).
-    if (!told && !router.holdsFor(tab.key) && (await caughtUpWithin()) && !router.holdsFor(tab.key)) return;
+    // of it may still be having its payload read (the probe proves it arrived, not that it was written),
+    // and frames of a large fan-out may still be waiting for their slice of a turn (lost with the close).
+    const behind = (): boolean => router.holdsFor(tab.key) || router.heldFor(tab).bytes > 0;
+    if (!told && !behind() && (await caughtUpWithin()) && !behind()) return;
     tab.write(
       encodeFrame({
         type: 'error',
