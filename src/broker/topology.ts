@@ -282,3 +282,18 @@ export async function queueConsumers(model: ChannelModel, queue: string): Promis
 export async function queueExists(model: ChannelModel, queue: string): Promise<boolean> {
   return (await queueConsumers(model, queue)) !== undefined;
 }
+
+/** Whether an exchange exists (a passive check, on a channel of its own: a 404 closes it). */
+export async function exchangeExists(model: ChannelModel, exchange: string): Promise<boolean> {
+  const channel = await model.createChannel();
+  channel.on('error', () => {});
+  try {
+    await channel.checkExchange(exchange);
+    await channel.close();
+    return true;
+  } catch (error) {
+    if (isNotFound(error)) return false;
+    await channel.close().catch(() => {});
+    throw error;
+  }
+}

@@ -38,9 +38,12 @@ export class BindingCheck {
     this.timer.unref();
   }
 
-  /** One probe (none while one is on its way); resolves once it is confirmed, returned or failed. */
-  async probe(): Promise<void> {
-    if (this.probing || this.options.skip()) return;
+  /**
+   * One probe (none while one is on its way); resolves once it is confirmed, returned or failed. `now`: also
+   * while `skip` says to wait (a reconnect under way, which asks for it).
+   */
+  async probe(now = false): Promise<void> {
+    if (this.probing || (!now && this.options.skip())) return;
     this.probing = true;
     try {
       await this.publisher.publish(this.options.exchange, this.options.nodeKey, Buffer.alloc(0), {
@@ -53,7 +56,7 @@ export class BindingCheck {
     } catch (error) {
       const why = lostBecause(error);
       // Skipped since (a drain, a recovery under way): what it found is that one's to mend.
-      if (why !== undefined && !this.options.skip()) this.options.lost(why);
+      if (why !== undefined && (now || !this.options.skip())) this.options.lost(why);
       else if (why === undefined)
         this.logger.debug({ err: errorMessage(error) }, 'binding probe not confirmed; trying next period');
     } finally {

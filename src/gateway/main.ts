@@ -9,6 +9,7 @@ import {
   declareGatewayQueue,
   declareTopology,
   declareTopologyOn,
+  exchangeExists,
   lostQueueOf,
   queueConsumers,
   queueExists,
@@ -424,6 +425,10 @@ export async function startGateway(
         const unbound = bindingsLost;
         // The exchange may be gone too: its node key is bound below.
         if (unbound) await declareTopology(channel, names, shared);
+        // A queue that outlived a drop keeps its node key bound, unless the exchange was deleted meanwhile
+        // (and maybe declared again): bound again here, that would hide the loss from the probe the
+        // reconnect sends (below), and the node would never bind its users' keys again.
+        let bindNodeKey = !queueDeclared || unbound;
         if (queueDeclared) {
           // A probe may also have found the bindings gone with the queue itself: told as what it was.
           const queueLost = !(await queueExists(model, queue));
@@ -431,12 +436,13 @@ export async function startGateway(
             queueLosses += 1;
             lossWhy = queueLost ? 'the node queue was lost' : 'the node’s bindings were lost';
           }
+          bindNodeKey ||= queueLost;
           if (unbound) bindingsLost = false;
         }
         await declareGatewayQueue(channel, queue, {
           maxLength: g.queueMaxLength,
           dropped: droppedQueue,
-          nodeBinding: { exchange: names.deliveries, key: nodeKey(nodeId) },
+          ...(bindNodeKey ? { nodeBinding: { exchange: names.deliveries, key: nodeKey(nodeId) } } : {}),
         });
         queueDeclared = true;
       },
@@ -553,7 +559,13 @@ export async function startGateway(
   // Order matters on every (re)connect: topology, queue + consumer, bind channels (usable from then on:
   // a tab arriving earlier, after a broker restart, would bind to a queue not declared yet), then re-bind
   // held users.
-  await broker.onConnect((model) => declareTopologyOn(model, names, shared));
+  await broker.onConnect(async (model) => {
+    // Back after a drop, the deliveries exchange gone meanwhile took the node's bindings with it: declared
+    // here, it would look as if nothing had happened. Found now, the node binds everything again at once
+    // (the probe after the reconnect finds it too, but later, deliveries going nowhere meanwhile).
+    if (queueDeclared && !(await exchangeExists(model, names.deliveries))) bindingsLost = true;
+    await declareTopologyOn(model, names, shared);
+  });
   await consumer.start();
   await pool.start();
   await droppedConsumer.start();
@@ -580,6 +592,11 @@ export async function startGateway(
     logger,
   );
   await broker.onConnect(async () => {
+    // Back on a queue that outlived the drop (no loss found): its bindings are checked now, not a heartbeat
+    // later, as the exchange may have been deleted meanwhile. Found gone, the consumer is set up again
+    // (binding everything, and telling the tabs).
+    if (recoveries > 0 && queueLosses === lossesRebound && !draining && !superseded)
+      await bindingCheck.probe(true);
     const keysHeld = registry.boundKeys().length;
     if ((await rebind()) && keysHeld > 0)
       logger.info({ users: keysHeld }, 're-bound held users after reconnect');

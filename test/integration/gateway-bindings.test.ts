@@ -399,6 +399,49 @@ describe('bindings: once per user, grace on reload, again after a reconnect, gon
     });
   });
 
+  it.each([
+    ['declared again by another process', true],
+    ['still missing', false],
+  ])(
+    'finds its bindings lost with the exchange (%s) when its broker connection drops before its next probe',
+    async (_, redeclare) => {
+      // Its queue outlives the drop; the exchange, deleted and declared again meanwhile, took every binding
+      // with it. Binding its node key again on the reconnect must not hide that from the probe.
+      prefix = testPrefix('exchange-reconnect');
+      const target = new URL(inject('rabbitmqUrl'));
+      proxy = await TcpProxy.toUrl(target);
+      gateway = await startTestGateway(
+        testConfig(prefix, {
+          rabbitmq: { url: proxy.url(target) },
+          // No periodic probe comes first.
+          presence: { heartbeatMs: 60_000, expiryMs: 120_000 },
+        }),
+      );
+      probe = await BrokerProbe.open();
+      const a = await open(gateway.port, 't1', 'A');
+      await probe.deliver(prefix, ['u.t1.A'], { id: 'before', tenantId: 't1' });
+      await eventually(() => a.eventIds().includes('before'), 'before');
+
+      const ch = await probe.model.createChannel();
+      await ch.deleteExchange(`${prefix}.deliveries`);
+      if (redeclare) await ch.assertExchange(`${prefix}.deliveries`, 'topic', { durable: true });
+      await ch.close();
+      proxy.cut();
+
+      // Still missing, the node declares it as it connects again.
+      await eventually(() => probe!.exchangeExists(`${prefix}.deliveries`), 'the exchange there', 10_000);
+      // Its user's key bound again, and the tab told what was routed meanwhile went nowhere.
+      await eventually(() => probe!.routes(prefix, 'u.t1.A'), 'A bound again', 10_000);
+      await eventually(() => a.frames.some((f) => f.type === 'error'), 'events_missed');
+      expect(a.frames.filter((f) => f.type === 'error').map((f) => f.type === 'error' && f.code)).toEqual([
+        'events_missed',
+      ]);
+      await probe.deliver(prefix, ['u.t1.A'], { id: 'after', tenantId: 't1' });
+      await eventually(() => a.eventIds().includes('after'), 'the same tab receives again');
+      expect(a.closeCode).toBeUndefined();
+    },
+  );
+
   it('drains: tabs get 4100, then the node’s queue and bindings are gone', async () => {
     prefix = testPrefix('drain');
     gateway = await startTestGateway(testConfig(prefix, { gateway: { drainWindowMs: 300 } }));
