@@ -1,4 +1,4 @@
-import type { ServerFrame } from '../protocol/frames.js';
+import { FrameErrorCode, type ServerFrame } from '../protocol/frames.js';
 
 const NULL = Buffer.from('null');
 
@@ -21,4 +21,17 @@ export function eventFrame(id: string, eventType: string, offset: number, data: 
 
 export function encodeFrame(frame: ServerFrame): string {
   return JSON.stringify(frame);
+}
+
+/**
+ * `events_missed`: the node lost (or may not have delivered) deliveries for the tab's user; at `offset` in
+ * the tenant's count when the gap has one (a resume from it, or later, misses nothing after it).
+ */
+export function eventsMissedFrame(message: string, offset?: number): string {
+  return encodeFrame({
+    type: 'error',
+    code: FrameErrorCode.EventsMissed,
+    message,
+    ...(offset === undefined ? {} : { offset }),
+  });
 }

@@ -18,7 +18,6 @@ import {
 import type { WarrenConfig } from '../config/schema.js';
 import { CloseCode } from '../protocol/close-codes.js';
 import { ControlMessage, DeliveryHeader, ID_MAP_UNSETTLED, isProbe } from '../protocol/delivery.js';
-import { FrameErrorCode } from '../protocol/frames.js';
 import { nodeKey, parseUserKey } from '../protocol/ids.js';
 import { Keys } from '../store/keys.js';
 import { LIVENESS_POLL_MS, PresenceStore } from '../store/presence-store.js';
@@ -33,7 +32,7 @@ import { BindingCheck } from './binding-check.js';
 import { BlockingTokenVerifier } from './blocking-verifier.js';
 import { DeliveryRouter, type UserTarget } from './delivery-router.js';
 import { DropNotices, dropReasonOf } from './drop-notices.js';
-import { encodeFrame } from './frames.js';
+import { eventsMissedFrame } from './frames.js';
 import { GatewayMetrics } from './gateway-metrics.js';
 import { DeliveryHistory } from './history.js';
 import { PayloadFetcher } from './payload-fetcher.js';
@@ -273,12 +272,10 @@ export async function startGateway(
       let frame = frames.get(tab.tenantId);
       if (frame === undefined) {
         frame = Buffer.from(
-          encodeFrame({
-            type: 'error',
-            code: FrameErrorCode.EventsMissed,
-            message: `${why}; events may have been missed: resynchronise`,
-            offset: history.offset(tab.tenantId),
-          }),
+          eventsMissedFrame(
+            `${why}; events may have been missed: resynchronise`,
+            history.offset(tab.tenantId),
+          ),
         );
         frames.set(tab.tenantId, frame);
       }
@@ -848,16 +845,9 @@ export async function startGateway(
     // and frames of a large fan-out may still be waiting for their slice of a turn (lost with the close).
     const behind = (): boolean => router.holdsFor(tab.key) || router.heldFor(tab).bytes > 0;
     if (!told && !behind() && (await caughtUpWithin()) && !behind()) return;
-    tab.write(
-      encodeFrame({
-        type: 'error',
-        code: FrameErrorCode.EventsMissed,
-        message:
-          'this node had not delivered everything routed to it when the connection moved away; resynchronise',
-        offset: history.offset(tab.tenantId),
-      }),
-      CloseCode.TooSlow,
-    );
+    const missed =
+      'this node had not delivered everything routed to it when the connection moved away; resynchronise';
+    tab.write(eventsMissedFrame(missed, history.offset(tab.tenantId)), CloseCode.TooSlow);
   };
   const server = new WsServer({
     beforeHandoffClose: tellIfBehind,

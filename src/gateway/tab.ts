@@ -1,9 +1,10 @@
 import type { WebSocket } from 'uWebSockets.js';
 import { CloseCode } from '../protocol/close-codes.js';
 import { userKey } from '../protocol/ids.js';
-import { FrameErrorCode, type ErrorFrame, type HandoffFrame, type ServerFrame } from '../protocol/frames.js';
+import type { HandoffFrame, ServerFrame } from '../protocol/frames.js';
 import { revokes } from '../store/revocation-store.js';
 import type { Identity } from './auth.js';
+import { encodeFrame, eventsMissedFrame } from './frames.js';
 import type { RegisteredTab } from './registry.js';
 
 export interface TabSocketData {
@@ -223,12 +224,8 @@ export class Tab implements RegisteredTab {
       // this node had for it: closed with no time (superseded), the node can no longer say it delivered
       // everything (what it had not read yet is the other process's now, and reaches no tab).
       if (this.handoff) {
-        const missed: ErrorFrame = {
-          type: 'error',
-          code: FrameErrorCode.EventsMissed,
-          message: 'this node stopped before it had delivered everything routed to it; resynchronise',
-        };
-        this.write(JSON.stringify(missed), CloseCode.TooSlow);
+        const missed = 'this node stopped before it had delivered everything routed to it; resynchronise';
+        this.write(eventsMissedFrame(missed), CloseCode.TooSlow);
       }
       this.end(code, why);
       return Promise.resolve();
@@ -238,8 +235,7 @@ export class Tab implements RegisteredTab {
     const now = Date.now();
     const expires = this.expiresAt <= now + ms;
     const delay = Math.max(0, Math.min(ms, this.expiresAt - now));
-    const frame: HandoffFrame = { type: 'handoff', reason, closeInMs: delay };
-    this.write(JSON.stringify(frame), CloseCode.TooSlow);
+    this.write(encodeFrame({ type: 'handoff', reason, closeInMs: delay }), CloseCode.TooSlow);
     clearTimeout(this.timer);
     const close = (): void =>
       expires ? this.end(CloseCode.Unauthorized, 'token expired') : this.end(code, why);
