@@ -265,17 +265,7 @@ export function isNotFound(error: unknown): boolean {
  * the broker closes a channel that asks for none).
  */
 export async function queueConsumers(model: ChannelModel, queue: string): Promise<number | undefined> {
-  const channel = await model.createChannel();
-  channel.on('error', () => {});
-  try {
-    const { consumerCount } = await channel.checkQueue(queue);
-    await channel.close();
-    return consumerCount;
-  } catch (error) {
-    if (isNotFound(error)) return undefined;
-    await channel.close().catch(() => {});
-    throw error;
-  }
+  return (await passiveCheck(model, (channel) => channel.checkQueue(queue)))?.consumerCount;
 }
 
 /** Whether a queue exists. */
@@ -283,16 +273,27 @@ export async function queueExists(model: ChannelModel, queue: string): Promise<b
   return (await queueConsumers(model, queue)) !== undefined;
 }
 
-/** Whether an exchange exists (a passive check, on a channel of its own: a 404 closes it). */
+/** Whether an exchange exists. */
 export async function exchangeExists(model: ChannelModel, exchange: string): Promise<boolean> {
+  return (await passiveCheck(model, (channel) => channel.checkExchange(exchange))) !== undefined;
+}
+
+/**
+ * A passive declaration's answer, or undefined when what it names does not exist: on a channel of its own,
+ * as the broker closes the channel with that 404. Other errors are thrown, not taken for "missing".
+ */
+async function passiveCheck<T>(
+  model: ChannelModel,
+  check: (channel: Channel) => Promise<T>,
+): Promise<T | undefined> {
   const channel = await model.createChannel();
   channel.on('error', () => {});
   try {
-    await channel.checkExchange(exchange);
+    const answer = await check(channel);
     await channel.close();
-    return true;
+    return answer;
   } catch (error) {
-    if (isNotFound(error)) return false;
+    if (isNotFound(error)) return undefined;
     await channel.close().catch(() => {});
     throw error;
   }

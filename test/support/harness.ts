@@ -6,7 +6,7 @@ import { pino } from 'pino';
 import { inject } from 'vitest';
 import WebSocket from 'ws';
 import { BrokerConnection } from '../../src/broker/connection.js';
-import { queueExists } from '../../src/broker/topology.js';
+import { exchangeExists, queueExists } from '../../src/broker/topology.js';
 import { loadConfig } from '../../src/config/load.js';
 import type { WarrenConfig } from '../../src/config/schema.js';
 import { startGateway, type Gateway } from '../../src/gateway/main.js';
@@ -273,18 +273,9 @@ export class BrokerProbe {
     return queueExists(this.model, queue);
   }
 
-  /** Whether an exchange exists (checked on a channel of its own, which the broker closes when it does not). */
-  async exchangeExists(exchange: string): Promise<boolean> {
-    const channel = await this.model.createChannel();
-    channel.on('error', () => {});
-    try {
-      await channel.checkExchange(exchange);
-      await channel.close();
-      return true;
-    } catch (error) {
-      if ((error as { code?: unknown }).code === 404) return false;
-      throw error;
-    }
+  /** Whether an exchange exists (other broker errors are thrown, not taken for "missing"). */
+  exchangeExists(exchange: string): Promise<boolean> {
+    return exchangeExists(this.model, exchange);
   }
 
   /** Whether a routing key reaches any queue on the deliveries exchange (mandatory publish). */
