@@ -46,13 +46,7 @@ export class BindingCheck {
     if (this.probing || (!now && this.options.skip())) return;
     this.probing = true;
     try {
-      await this.publisher.publish(this.options.exchange, this.options.nodeKey, Buffer.alloc(0), {
-        mandatory: true,
-        headers: { [DeliveryHeader.Control]: ControlMessage.Probe },
-        // Not waited for: the connection coming back declares the queue and its bindings anyway.
-        failIfBlocked: true,
-        confirmTimeoutMs: this.options.periodMs,
-      });
+      await this.publishProbe({ confirmTimeoutMs: this.options.periodMs });
     } catch (error) {
       const why = lostBecause(error);
       // Skipped since (a drain, a recovery under way): what it found is that one's to mend.
@@ -62,6 +56,21 @@ export class BindingCheck {
     } finally {
       this.probing = false;
     }
+  }
+
+  /**
+   * Publishes a probe by the node's own key, mandatory: confirmed once routed to its queue (where the node
+   * acks and ignores it), returned when nothing is bound by that key. Not waited for under a resource
+   * alarm (`failIfBlocked`): the connection coming back declares the queue and its bindings anyway.
+   * `messageId` names it, for a caller that waits for it to come through the queue.
+   */
+  publishProbe(options: { messageId?: string; confirmTimeoutMs?: number } = {}): Promise<void> {
+    return this.publisher.publish(this.options.exchange, this.options.nodeKey, Buffer.alloc(0), {
+      mandatory: true,
+      headers: { [DeliveryHeader.Control]: ControlMessage.Probe },
+      failIfBlocked: true,
+      ...options,
+    });
   }
 
   close(): Promise<void> {

@@ -17,7 +17,7 @@ import {
 } from '../broker/topology.js';
 import type { WarrenConfig } from '../config/schema.js';
 import { CloseCode } from '../protocol/close-codes.js';
-import { ControlMessage, DeliveryHeader, ID_MAP_UNSETTLED, isProbe } from '../protocol/delivery.js';
+import { ID_MAP_UNSETTLED, isProbe } from '../protocol/delivery.js';
 import { nodeKey, parseUserKey } from '../protocol/ids.js';
 import { Keys } from '../store/keys.js';
 import { LIVENESS_POLL_MS, PresenceStore } from '../store/presence-store.js';
@@ -792,12 +792,7 @@ export async function startGateway(
     const id = randomBytes(9).toString('base64url');
     const arrived = router.whenProbe(id);
     try {
-      const sent = probes.publish(names.deliveries, nodeKey(nodeId), Buffer.alloc(0), {
-        mandatory: true,
-        messageId: id,
-        headers: { [DeliveryHeader.Control]: ControlMessage.Probe },
-        failIfBlocked: true,
-      });
+      const sent = bindingCheck.publishProbe({ messageId: id });
       await withTimeout(
         Promise.all([sent, arrived]),
         QUEUE_PROBE_TIMEOUT_MS,
