@@ -197,8 +197,8 @@ export class DeliveryHistory {
    * Frames delivered to `key` (a user of `tenant`) after `offset` up to `upTo` (the offset a reconnected
    * tab was welcomed at: what came later was written to it live), or undefined when that cannot be told in
    * full: another epoch, a gap, entries dropped, or a delivery to this user in that span kept longer ago
-   * than `windowMs` or than the maximum age (its frame let go). A cursor so old is no reconnect, and a user who has lost access since must
-   * not pull those events into a new connection; deliveries to other users do not count (a user with no
+   * than the maximum age (`gateway.resumeWindowMs`). A cursor so old is no reconnect, and a user who has
+   * lost access since must not pull those events into a new connection; deliveries to other users do not count (a user with no
    * events of their own for a while still resumes after a blip).
    */
   since(
@@ -207,7 +207,6 @@ export class DeliveryHistory {
     offset: number,
     key: string,
     upTo = this.offset(tenant),
-    windowMs = Infinity,
   ): Uint8Array[] | undefined {
     if (epoch !== this.epoch || offset > upTo) return undefined;
     const offsets = this.of(tenant);
@@ -218,7 +217,7 @@ export class DeliveryHistory {
     // Offsets up to the floor may have been dropped (or never kept): from below it there may be a gap.
     if (this.maxEntries === 0 || offset < offsets.floor) return undefined;
     const frames: Uint8Array[] = [];
-    const oldest = this.now() - windowMs;
+    const oldest = this.now() - this.maxAgeMs;
     for (const entry of this.entries) {
       if (entry.tenant !== tenant || entry.offset <= offset || entry.offset > upTo) continue;
       if (!entry.keys.includes(key)) continue;

@@ -27,8 +27,6 @@ export interface WsServerLimits {
   maxLifetimeMs: number;
   lifetimeJitter: number;
   badFrameLimit: number;
-  /** How old a delivery a `resume` may replay (`gateway.resumeWindowMs`). */
-  resumeWindowMs: number;
   /** How long a tab told to move (`handoff`) stays open before its 4101 (`gateway.handoffMs`). */
   handoffMs: number;
 }
@@ -409,14 +407,8 @@ export class WsServer {
     }
     tab.resumed = true;
     // Up to the welcome's offset: what was delivered since then has already been written to this tab.
-    const frames = history.since(
-      epoch,
-      tab.tenantId,
-      offset,
-      tab.key,
-      tab.welcomeOffset,
-      this.deps.limits.resumeWindowMs,
-    );
+    // Within gateway.resumeWindowMs: the history's maximum age.
+    const frames = history.since(epoch, tab.tenantId, offset, tab.key, tab.welcomeOffset);
     if (!frames) {
       this.sendFrame(tab, {
         type: 'error',
