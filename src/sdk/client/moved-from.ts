@@ -1,5 +1,6 @@
 import { CloseCode } from '../../protocol/close-codes.js';
 import { FrameErrorCode, type ServerFrame } from '../../protocol/frames.js';
+import { readFrame } from './read-frame.js';
 
 type Timer = ReturnType<typeof setTimeout>;
 
@@ -83,14 +84,8 @@ export class MovedFrom {
    * on the old node only; the rest (a `resumed`, a pong) is of no use any more.
    */
   private fromLeft(ws: WebSocket, left: Left, data: unknown): void {
-    if (typeof data !== 'string') return;
-    let frame: ServerFrame;
-    try {
-      frame = JSON.parse(data) as ServerFrame;
-    } catch {
-      return;
-    }
-    if (typeof frame !== 'object' || frame === null) return;
+    const frame = readFrame(data);
+    if (!frame) return;
     if (frame.type === 'event') {
       // Shown already by the current connection (the client's dedup window may no longer hold it: a busy
       // user's events pass it while the old node is behind): this one has caught up, and brings no more.

@@ -9,6 +9,7 @@ import { CloseCode } from '../../protocol/close-codes.js';
 import { MovedFrom } from './moved-from.js';
 import { ABNORMAL_CLOSURE, planReconnect, type ReconnectOptions } from './reconnect-policy.js';
 import { tokenError, type TokenSource } from './token-source.js';
+import { readFrame } from './read-frame.js';
 import { ClientErrorCode, WarrenClientError } from './types.js';
 import type { UrlRing } from './url-ring.js';
 
@@ -171,15 +172,10 @@ export class SocketLink {
 
   private message(data: unknown): void {
     this.lastFrameAt = this.settings.now();
-    if (typeof data !== 'string') return;
-    let frame: ServerFrame;
-    try {
-      frame = JSON.parse(data) as ServerFrame;
-    } catch (cause) {
-      this.hooks.error(new WarrenClientError(ClientErrorCode.BadFrame, 'frame is not JSON', { cause }));
-      return;
-    }
-    if (typeof frame !== 'object' || frame === null || typeof frame.type !== 'string') return;
+    const frame = readFrame(data, (cause) =>
+      this.hooks.error(new WarrenClientError(ClientErrorCode.BadFrame, 'frame is not JSON', { cause })),
+    );
+    if (!frame) return;
     if (frame.type === 'welcome') {
       clearTimeout(this.attemptTimer);
       this.welcomedAt = this.lastFrameAt;
@@ -236,16 +232,10 @@ export class SocketLink {
     }
     this.next = ws;
     ws.onmessage = (message: MessageEvent) => {
-      if (typeof message.data !== 'string') return;
-      let frame: ServerFrame;
-      try {
-        frame = JSON.parse(message.data) as ServerFrame;
-      } catch {
-        return;
-      }
+      const frame = readFrame(message.data);
       // The welcome is a connection's first frame.
       if (frame?.type === 'welcome') this.moved(ws, url, frame, closesAt);
-      else this.dropNext();
+      else if (frame) this.dropNext();
     };
     ws.onclose = () => {
       if (this.next === ws) this.dropNext();
