@@ -20,6 +20,8 @@ export class TcpProxy {
   connections = 0;
   /** Connections turned away while refusing (each one a client's attempt). */
   refused = 0;
+  /** Called for each new connection; what it returns reads every chunk the client sends (`tapClient`). */
+  private clientTap: (() => (chunk: Buffer) => void) | undefined;
   /** Where new connections go; `retarget` changes it (a failover behind one address). */
   private target: { host: string; port: number } = { host: '', port: 0 };
 
@@ -53,6 +55,8 @@ export class TcpProxy {
           upstream.destroy();
         });
       }
+      const tap = proxy.clientTap?.();
+      if (tap) client.on('data', tap);
       proxy.pairs.add([client, upstream]);
       client.on('close', () => proxy.pairs.forEach((p) => p[0] === client && proxy.pairs.delete(p)));
       if (proxy.stalled) return;
@@ -75,6 +79,11 @@ export class TcpProxy {
   /** `target` (the service's URL) with this proxy in place of the service. */
   url(target: string | URL): string {
     return throughLocalPort(target, this.port);
+  }
+
+  /** Every connection opened from now on hands what its client sends to a reader `perConnection` makes. */
+  tapClient(perConnection: () => (chunk: Buffer) => void): void {
+    this.clientTap = perConnection;
   }
 
   /** New connections go to this service from now on; open ones stay where they are until `cut`. */
