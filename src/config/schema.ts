@@ -250,7 +250,7 @@ export const configSchema = z.strictObject({
         .max(MAX_TIMER_MS)
         .default(DEFAULTS.drainWindowMs)
         .describe(
-          'On SIGTERM or SIGINT, tabs are told `handoff` at moments spread over this window, each closed with 4100 `gateway.handoffMs` later; with `gateway.handoffMs` it must fit under `gateway.drainTimeoutMs`.',
+          'On SIGTERM or SIGINT, tabs are told `handoff` at moments spread over this window, each closed with 4100 `gateway.handoffMs` later; with `gateway.handoffMs` and 1 s for the check at each tab’s close (none with no handoff), it must fit under `gateway.drainTimeoutMs`.',
         ),
       handoffMs: z
         .number()

@@ -15,6 +15,7 @@ import {
   queueExists,
   topologyNames,
 } from '../broker/topology.js';
+import { HANDOFF_CLOSE_CHECK_MS } from '../config/load.js';
 import type { WarrenConfig } from '../config/schema.js';
 import { CloseCode } from '../protocol/close-codes.js';
 import { ID_MAP_UNSETTLED, isProbe } from '../protocol/delivery.js';
@@ -60,8 +61,11 @@ const STARTUP_CLEANUP_MS = 5000;
 // long.
 const DROPPED_PREFETCH = 100;
 const DROPPED_NOTICE_MS = 200;
-/** How long a probe is given to come through the node's queue before a moved tab's close. */
-const QUEUE_PROBE_TIMEOUT_MS = 1000;
+/**
+ * How long a probe is given to come through the node's queue before a moved tab's close; the drain's
+ * configuration rule leaves room for it (config/load.ts).
+ */
+const QUEUE_PROBE_TIMEOUT_MS = HANDOFF_CLOSE_CHECK_MS;
 
 export interface GatewayOptions {
   logger: Logger;

@@ -192,9 +192,16 @@ describe('loadConfig', () => {
     for (const key of ['gateway.prefetch', 'resolver.prefetch', 'gateway.unbindGraceMs'])
       expect(message).toContain(key);
     expect(message).toContain(
-      'gateway.drainWindowMs: with gateway.handoffMs after it, must be below gateway.drainTimeoutMs',
+      'gateway.drainWindowMs: with gateway.handoffMs after it and 1000 ms for the check at each tab’s close, must be below gateway.drainTimeoutMs',
     );
     expect(message).toContain('gateway.handoffMs 5000 from config/default.yaml');
+    // Room is left for the check at each handed-off tab's close, which a handoff of none skips.
+    const tight = { WARREN_GATEWAY_DRAIN_WINDOW_MS: '24500', WARREN_GATEWAY_DRAIN_TIMEOUT_MS: '30000' };
+    expect(configError(() => loadConfig({ env: tight }))).toContain(
+      'gateway.drainWindowMs: with gateway.handoffMs after it and 1000 ms for the check',
+    );
+    expect(() => loadConfig({ env: { ...tight, WARREN_GATEWAY_DRAIN_WINDOW_MS: '23999' } })).not.toThrow();
+    expect(() => loadConfig({ env: { ...tight, WARREN_GATEWAY_HANDOFF_MS: '0' } })).not.toThrow();
     expect(() => loadConfig({ env: { WARREN_GATEWAY_PREFETCH: '65535' } })).not.toThrow();
   });
 
