@@ -17,6 +17,9 @@ export interface NodeStats {
  */
 export const LIVENESS_POLL_MS = 1000;
 
+/** Tenants asked about per round trip when a node's cleanup looks for bitmaps its record does not name. */
+const TENANT_SCAN_COUNT = 1000;
+
 /**
  * Which users of a tenant are online, per gateway node. A user is online while any node has their bit set;
  * a node that stops heartbeating is declared dead after `expiryMs` and its bits stop counting (resolvers
@@ -150,8 +153,10 @@ export class PresenceStore {
   async forgetNode(nodeId: string): Promise<void> {
     const k = this.keys;
     const tenants = await this.redis.smembers(k.nodeTenants(nodeId));
+    const recorded = new Set(tenants);
+    const unrecorded = await this.unrecordedTenants(nodeId, recorded);
     await Promise.all(
-      tenants.map((t) =>
+      [...tenants, ...unrecorded].map((t) =>
         this.redis.warrenNodeGone(k.online(t, nodeId), k.log(t), k.logSeq(t), nodeId, LOG_MAX_LEN),
       ),
     );
@@ -164,6 +169,34 @@ export class PresenceStore {
     // while the node believed it recorded).
     await this.redis.zrem(k.nodes(), nodeId);
     this.forgetKnownTenants(nodeId);
+  }
+
+  /**
+   * Tenants where the node holds users that its record does not name: the record lost (deleted by hand),
+   * or an announcement whose record was read by a cleanup just before it landed (the record cached as
+   * written, so not written again). Left, those bits would count their users online with no tab anywhere:
+   * for good in every resolver view that saw them (nothing logs the node gone there), and again for new
+   * views and `warren status` once a process of the same fixed id beats. Found by looking for the node's
+   * bitmap in every tenant ever seen: a cleanup is rare, and one round trip per page of tenants.
+   */
+  private async unrecordedTenants(nodeId: string, recorded: ReadonlySet<string>): Promise<string[]> {
+    const found: string[] = [];
+    let cursor = '0';
+    do {
+      const [next, page] = await this.redis.sscan(this.keys.tenants(), cursor, 'COUNT', TENANT_SCAN_COUNT);
+      cursor = next;
+      const candidates = page.filter((t) => !recorded.has(t));
+      if (candidates.length === 0) continue;
+      const pipeline = this.redis.pipeline();
+      for (const t of candidates) pipeline.exists(this.keys.online(t, nodeId));
+      const replies = (await pipeline.exec()) ?? [];
+      candidates.forEach((t, i) => {
+        const [error, exists] = replies[i] ?? [];
+        if (error) throw error;
+        if (exists === 1) found.push(t);
+      });
+    } while (cursor !== '0');
+    return [...new Set(found)];
   }
 
   async liveNodes(expiryMs: number): Promise<string[]> {

@@ -5,6 +5,7 @@ import { startResolver, type Resolver } from '../../src/resolver/main.js';
 import type { Gateway } from '../../src/gateway/main.js';
 import { Keys } from '../../src/store/keys.js';
 import { PresenceStore } from '../../src/store/presence-store.js';
+import { TenantView } from '../../src/resolver/tenant-view.js';
 import { withWarrenCommands } from '../../src/store/redis.js';
 import {
   BrokerProbe,
@@ -59,6 +60,33 @@ describe('presence of gateway nodes in Redis', () => {
         await probe.deleteExchangesAndQueues(keys.prefix, [gateway.queue]);
         await probe.close();
       }
+    });
+  });
+
+  it('forgetting a node whose record of tenants was lost still takes its users offline', async () => {
+    await withWarrenRedis('presence-lost-record', async (redis, keys) => {
+      const before = new PresenceStore(redis, keys);
+      await before.heartbeat('ward-gw', stats, EXPIRY_MS);
+      await before.online('ward-gw', 'acme', ['ann']);
+      // A resolver's view, up while the node held ann.
+      const upBefore = new TenantView(redis, keys, 'acme', new Set());
+      await upBefore.sync();
+      expect(upBefore.resolveBits({ users: ['ann'] }).size).toBe(1);
+      // The record of the tenants the node announced users in is lost (deleted by hand, or the node's
+      // announcement landing just after a sweep read it), then the node is forgotten: by a sweep, or by
+      // the next process of its fixed id, which beats on.
+      await redis.del(keys.nodeTenants('ward-gw'));
+      const after = new PresenceStore(redis, keys);
+      await after.forgetNode('ward-gw');
+      await after.heartbeat('ward-gw', stats, EXPIRY_MS);
+      // ann has no tab anywhere: she counts online in no view, old or new, nor in `warren status`.
+      await upBefore.sync();
+      expect(upBefore.resolveBits({ users: ['ann'] }).size).toBe(0);
+      const fresh = new TenantView(redis, keys, 'acme', new Set());
+      await fresh.sync();
+      expect(fresh.resolveBits({ users: ['ann'] }).size).toBe(0);
+      expect(await after.onlineCount('acme', ['ward-gw'])).toBe(0);
+      expect(await redis.exists(keys.online('acme', 'ward-gw'))).toBe(0);
     });
   });
 

@@ -52,10 +52,9 @@ describe('a gateway node declared dead', () => {
     await presence.heartbeat('gw-dead', stats, config.presence.expiryMs);
     await presence.online('gw-live', 'acme', ['bob']);
     const [annBit] = await presence.online('gw-dead', 'acme', ['ann']);
-    // Its cleanup fails before it touches anything: the only tenant it names has a log Redis refuses.
-    await redis.srem(keys.nodeTenants('gw-dead'), 'acme');
-    await redis.sadd(keys.nodeTenants('gw-dead'), 'jammed');
-    await redis.set(keys.log('jammed'), 'not a stream');
+    // Its cleanup fails before it touches anything: Redis refuses to read its record of tenants.
+    await redis.del(keys.nodeTenants('gw-dead'));
+    await redis.set(keys.nodeTenants('gw-dead'), 'not a set');
     await expect(presence.forgetNode('gw-dead')).rejects.toThrow(/WRONGTYPE/);
 
     resolver = await startTestResolver(config);
