@@ -93,12 +93,19 @@ export async function runMembersImport(config: Readonly<WarrenConfig>, args: Imp
   }
 
   for (const bad of plan.bad) console.error(`${args.file}:${bad.line}: ${bad.reason}`);
+  const unlisted = plan.badCount - plan.bad.length;
+  if (unlisted > 0) {
+    console.error(
+      `… and ${unlisted} more bad line(s), not listed (the next at line ` +
+        `${plan.badLines.select(plan.bad.length) ?? '?'})`,
+    );
+  }
   // Bad lines stop the import unless skipped, and then still when nothing valid is left.
-  const refused = plan.bad.length > 0 && (!args.skipInvalid || plan.valid === 0);
+  const refused = plan.badCount > 0 && (!args.skipInvalid || plan.valid === 0);
   if (args.dryRun) {
     console.log(
       `Dry run: ${plan.valid} valid row(s) for ${plan.tenants.size} tenant(s)` +
-        (plan.bad.length > 0 ? `, ${plan.bad.length} bad line(s)` : '') +
+        (plan.badCount > 0 ? `, ${plan.badCount} bad line(s)` : '') +
         '; nothing was imported.',
     );
     return refused ? 1 : 0;
@@ -106,7 +113,7 @@ export async function runMembersImport(config: Readonly<WarrenConfig>, args: Imp
   if (refused) {
     console.error(
       // A bad CSV header is a bad line before any row.
-      `\n${plan.bad.length} bad line(s)${plan.rows > 0 ? ` of ${plan.rows}` : ''}; nothing was imported.` +
+      `\n${plan.badCount} bad line(s)${plan.rows > 0 ? ` of ${plan.rows}` : ''}; nothing was imported.` +
         (plan.valid > 0 ? ' Fix them, or pass --skip-invalid to import the valid rows only.' : ''),
     );
     return 1;
@@ -148,7 +155,7 @@ export async function runMembersImport(config: Readonly<WarrenConfig>, args: Imp
     console.log(
       `Imported ${applied} row(s) for ${plan.tenants.size} tenant(s) in ${seconds.toFixed(1)} s ` +
         `(${changed} changed memberships, ${applied - changed} already as requested)` +
-        (plan.bad.length > 0 ? `; skipped ${plan.bad.length} bad line(s).` : '.'),
+        (plan.badCount > 0 ? `; skipped ${plan.badCount} bad line(s).` : '.'),
     );
     return 0;
   } catch (error) {

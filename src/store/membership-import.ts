@@ -1,4 +1,5 @@
 import { createReadStream, fstatSync, statSync, type Stats } from 'node:fs';
+import roaring from 'roaring';
 import type { Readable } from 'node:stream';
 import { StringDecoder } from 'node:string_decoder';
 import { membershipChangeSchema, type MembershipChange } from '../protocol/schemas.js';
@@ -16,7 +17,15 @@ export interface BadLine {
 export interface ImportPlan {
   rows: number;
   valid: number;
+  /** The first MAX_BAD_LINES_KEPT bad lines, with their reasons. */
   bad: BadLine[];
+  /** Every bad line, counted: `bad` holds the first of them only. */
+  badCount: number;
+  /**
+   * The number of every bad line, for the second reading to check each verdict against: a bitmap, a few
+   * bytes a line at most where a file of millions of bad lines would hold a reason for each in memory.
+   */
+  badLines: InstanceType<typeof roaring.RoaringBitmap32>;
   /** Tenants the valid rows name. */
   tenants: Set<string>;
   /** The valid rows in file order, kept when the input is not a regular file (a pipe cannot be read again). */
@@ -105,6 +114,13 @@ function unquote(cell: string): string {
  * holding it in memory.
  */
 export const MAX_LINE_CHARS = 1024 * 1024;
+/**
+ * Bad lines whose reasons are kept (and printed); those past it are counted, not kept. A file of the wrong
+ * shape (another export, a wrong --format) makes every line a bad one, and millions of reasons held in
+ * memory ran the import out of it before it could say so; the first ones tell what is wrong.
+ */
+export const MAX_BAD_LINES_KEPT = 10_000;
+const MAX_LINE_NUMBER = 0xffff_ffff;
 /** A line past MAX_LINE_CHARS, in place of its text. */
 const TOO_LONG = Symbol('line too long');
 
@@ -270,6 +286,8 @@ export async function readMembershipFile(file: string, options: ReadOptions): Pr
     rows: 0,
     valid: 0,
     bad: [],
+    badCount: 0,
+    badLines: new roaring.RoaringBitmap32(),
     tenants: new Set(),
     // Standard input is read once, even when it is a file (`< members.csv`).
     ...(file !== STDIN && statSync(file).isFile() ? {} : { changes: [] }),
@@ -277,7 +295,11 @@ export async function readMembershipFile(file: string, options: ReadOptions): Pr
   for await (const item of readRows(file, options)) {
     if (item.kind === 'bad') {
       if (item.row) plan.rows += 1;
-      plan.bad.push({ line: item.line, reason: item.reason });
+      plan.badCount += 1;
+      // Past what the bitmap holds, a bad line's verdict could not be checked on the second reading.
+      if (item.line > MAX_LINE_NUMBER) throw new Error(`more than ${MAX_LINE_NUMBER} lines: split the file`);
+      plan.badLines.add(item.line);
+      if (plan.bad.length < MAX_BAD_LINES_KEPT) plan.bad.push({ line: item.line, reason: item.reason });
       continue;
     }
     plan.rows += 1;
@@ -314,7 +336,7 @@ export async function* replayRows(
     if (differs.length > 0) throw changed(`its ${differs.join(', ')} differ`);
   };
   unchanged();
-  const badLines = new Set(plan.bad.map((b) => b.line));
+  const { badLines } = plan;
   let valid = 0;
   for await (const item of readRows(file, options)) {
     if (item.kind === 'bad' ? !badLines.has(item.line) : badLines.has(item.line))

@@ -15,6 +15,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { findPackageRoot } from '../../src/config/load.js';
 import type { EventInput, WarrenPublisher } from '../../src/sdk/publisher/index.js';
 import { Keys } from '../../src/store/keys.js';
+import { MAX_BAD_LINES_KEPT } from '../../src/store/membership-import.js';
 import {
   eventually,
   openTab,
@@ -466,6 +467,22 @@ describe('warren members import', () => {
     expect(code).toBe(1);
     expect(reported(output, path).map(([line]) => line)).toEqual(rows.map((_, i) => i + 1));
     expect(output).toContain('3000 bad line(s)');
+  });
+
+  it('lists the first bad lines of a file of very many and counts the rest, holding none of their reasons', async () => {
+    const count = MAX_BAD_LINES_KEPT + 5;
+    const path = file('many-bad.jsonl', 'not json\n'.repeat(count));
+    const run = await warrenMembersImport(prefix, ['--dry-run', path]);
+    expect(run.code).toBe(1);
+    expect(reported(run.stderr, path).map(([line]) => line)).toEqual(
+      Array.from({ length: MAX_BAD_LINES_KEPT }, (_, i) => i + 1),
+    );
+    expect(run.stderr).toContain(
+      `… and 5 more bad line(s), not listed (the next at line ${MAX_BAD_LINES_KEPT + 1})`,
+    );
+    expect(run.stdout).toContain(
+      `0 valid row(s) for 0 tenant(s), ${count} bad line(s); nothing was imported.`,
+    );
   });
 
   it('says so when a file holds no rows at all', async () => {

@@ -1,5 +1,8 @@
 import {
   appendFileSync,
+  closeSync,
+  openSync,
+  writeSync,
   mkdtempSync,
   renameSync,
   rmSync,
@@ -14,6 +17,7 @@ import type { MembershipChange } from '../../../src/protocol/schemas.js';
 import type { MembershipStore } from '../../../src/store/membership-store.js';
 import {
   applyRows,
+  MAX_BAD_LINES_KEPT,
   MAX_LINE_CHARS,
   readMembershipFile,
   replayRows,
@@ -174,6 +178,35 @@ describe('membership import: validated once, read again to apply', () => {
       valid: 0,
       bad: [{ line: 1, reason: expect.stringContaining(`longer than ${MAX_LINE_CHARS} characters`) }],
     });
+  });
+
+  it('keeps the reasons of the first bad lines only, and counts and checks every one, however many', async () => {
+    const file = join(dir, 'many-bad.jsonl');
+    const bad = (i: number) =>
+      JSON.stringify({ tenantId: 'acme', userId: `u${i}`.padStart(8, '0'), teamId: 'ic!' });
+    const count = MAX_BAD_LINES_KEPT + 5000;
+    const lines = Array.from({ length: count }, (_, i) => bad(i));
+    writeFileSync(file, rows(1) + lines.join('\n') + '\n' + rows(1));
+    const plan = await readMembershipFile(file, { format: 'jsonl' });
+    expect(plan).toMatchObject({ rows: count + 2, valid: 2, badCount: count });
+    // Memory stays bounded: a file of millions of bad lines does not hold every reason.
+    expect(plan.bad).toHaveLength(MAX_BAD_LINES_KEPT);
+    expect(plan.bad[0]).toEqual({ line: 2, reason: expect.stringContaining('teamId must be') });
+    expect(plan.bad.at(-1)?.line).toBe(MAX_BAD_LINES_KEPT + 1);
+
+    // Read again, a line past those kept turning valid meanwhile is still found, where it is.
+    const rowsRead = replayRows(file, { format: 'jsonl' }, plan)[Symbol.asyncIterator]();
+    expect((await rowsRead.next()).value).toMatchObject({ userId: 'u0' });
+    const target = count - 10;
+    const offset = Buffer.byteLength(rows(1) + lines.slice(0, target).join('\n') + '\n');
+    const fd = openSync(file, 'r+');
+    writeSync(fd, (lines[target] as string).replace('ic!', 'icu'), offset);
+    closeSync(fd);
+    await expect(
+      (async () => {
+        for (let r = await rowsRead.next(); !r.done; r = await rowsRead.next());
+      })(),
+    ).rejects.toThrow(`line ${target + 2} reads differently now`);
   });
 
   it('stops when the file changed after it was validated, whatever the change', async () => {
