@@ -4,6 +4,11 @@ import { MEMBERSHIP_ID_FIELDS } from '../protocol/schemas.js';
 const COUNTS = ['none', 'one', 'two', 'three'];
 /** Past this, a value is cut: a line's problem is read in a terminal, one line each. */
 const SHOWN_CHARS = 40;
+/**
+ * Unknown fields named, past which they are counted: a reason is kept (and printed) for each of thousands
+ * of bad lines, and one naming every field of a line of a megabyte would be about as long as the line.
+ */
+const SHOWN_KEYS = 10;
 
 /** A value as the line has it, short: a plain word bare (`del`), anything else as JSON. */
 function shown(value: unknown): string {
@@ -40,11 +45,15 @@ function problem(issue: z.core.$ZodIssue, row: Record<string, unknown>): string 
       return `${field} must be ${issue.values.map(String).join(' or ')} (got ${shown(value)})`;
     case 'invalid_format':
       return `${field} must be 1 to 120 letters, digits, _ or - (got ${shown(value)})`;
-    case 'unrecognized_keys':
+    case 'unrecognized_keys': {
+      const named = issue.keys.slice(0, SHOWN_KEYS).map((key) => shown(key));
+      const more = issue.keys.length - named.length;
       return (
-        `unknown field${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((key) => shown(key)).join(', ')} ` +
+        `unknown field${issue.keys.length > 1 ? 's' : ''} ${named.join(', ')}` +
+        `${more > 0 ? ` and ${more} more` : ''} ` +
         `(a line has op, tenantId and two of ${MEMBERSHIP_ID_FIELDS.join(', ')})`
       );
+    }
     case 'custom': {
       const named = issue.params?.['idsNamed'];
       if (typeof named === 'number')

@@ -146,6 +146,21 @@ describe('membership import: validated once, read again to apply', () => {
     ]);
   });
 
+  it('names a few of a line’s unknown fields, and counts the rest: a reason stays short whatever the line', async () => {
+    const file = join(dir, 'wide.jsonl');
+    const wide = Object.fromEntries(Array.from({ length: 50_000 }, (_, i) => [`f${i}`, 1]));
+    writeFileSync(file, JSON.stringify({ tenantId: 'acme', userId: 'ann', teamId: 'icu', ...wide }) + '\n');
+    const { bad } = await readMembershipFile(file, { format: 'jsonl' });
+    expect(bad).toEqual([
+      {
+        line: 1,
+        reason:
+          'unknown fields f0, f1, f2, f3, f4, f5, f6, f7, f8, f9 and 49990 more ' +
+          '(a line has op, tenantId and two of userId, teamId, groupId)',
+      },
+    ]);
+  });
+
   it('reports a line nested deeper than can be shown as a bad line, and reads on', async () => {
     const file = join(dir, 'deep.jsonl');
     const deep = '['.repeat(200_000) + ']'.repeat(200_000);
