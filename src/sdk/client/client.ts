@@ -82,7 +82,10 @@ export class WarrenClient {
   private expected: Speaker | undefined;
   /** The node (a URL of the list) the trusted leader is on. */
   private leaderUrl: string | undefined;
-  /** A follower has accepted its leader's `up` for the expected user: only then are its relays shown. */
+  /**
+   * A follower has accepted an `up` of the expected user: only then are relays shown. Not withdrawn by a
+   * `down`: while the leader reconnects, a connection it moved from may still bring events (or its gap).
+   */
   private leaderTrusted = false;
   /** Another tab led before this one: taking over, this tab's token may be old (see `lead`). */
   private followed = false;
@@ -389,7 +392,6 @@ export class WarrenClient {
     if (message.k === 'hello') return;
     this.followed = true;
     if (message.k === 'down') {
-      this.leaderTrusted = false;
       this.connectionLost(message.code);
       return;
     }
@@ -420,8 +422,9 @@ export class WarrenClient {
           cursor && cursor.epoch === message.welcome.epoch && cursor.offset < message.welcome.offset
             ? cursor.offset
             : undefined;
-        // A leader now on another node: this tab's own history ends here. Told by this tab itself, as the
-        // leader's own `resync` was posted while this tab did not trust it (between its `down` and `up`).
+        // A leader now on another node: this tab's own history ends here. Told by this tab itself, from its
+        // own cursor (the leader's `new_node`, ignored below, would say it twice, or to a tab that had no
+        // history there).
         if (before && before.epoch !== message.welcome.epoch && !message.moved)
           this.emitter.emit('resync', { reason: 'new_node' });
         this.setState(ClientState.Connected);

@@ -104,6 +104,35 @@ describe('shared tabs: closing from a listener, failures told to followers', () 
     expect(follower.state).toBe('connected');
   });
 
+  it('followers get what the connection moved from still brings while the leader reconnects, and its gap', async () => {
+    const leader = tab();
+    await vi.waitFor(() => expect(leader.state).toBe('connected'));
+    const follower = tab();
+    await vi.waitFor(() => expect(follower.state).toBe('connected'));
+    const shown = { leader: [] as string[], follower: [] as string[] };
+    const resyncs = { leader: [] as string[], follower: [] as string[] };
+    leader.on('event', (e) => shown.leader.push(e.id));
+    follower.on('event', (e) => shown.follower.push(e.id));
+    leader.on('resync', (r) => resyncs.leader.push(r.reason));
+    follower.on('resync', (r) => resyncs.follower.push(r.reason));
+    const [old] = open();
+    FakeSocket.epoch = 'e-other';
+    old?.receive({ type: 'handoff', reason: 'draining', closeInMs: 5000 });
+    await vi.waitFor(() => expect(FakeSocket.all[1]?.readyState).toBe(1));
+    // The new connection drops during the overlap (its node went away) and the leader cannot get back
+    // at once; the old node, behind its queue, still has the user's events on their way.
+    FakeSocket.refuse = true;
+    FakeSocket.all[1]?.end(1006);
+    await vi.waitFor(() => expect(follower.state).toBe('reconnecting'));
+    old?.event('tail');
+    // Then the old node goes too, before it had caught up: what it still had is lost, and said so.
+    old?.end(1006);
+    await vi.waitFor(() => expect(shown.follower).toEqual(shown.leader));
+    await vi.waitFor(() => expect(resyncs.follower).toEqual(resyncs.leader));
+    expect(shown.leader).toEqual(['tail']);
+    expect(resyncs.leader).toEqual(['history_gap']);
+  });
+
   it('a client closed from its role listener as it joins opens no socket and holds no lock', async () => {
     const leader = tab();
     await vi.waitFor(() => expect(leader.state).toBe('connected'));
