@@ -87,6 +87,8 @@ export class WarrenClient {
    * `down`: while the leader reconnects, a connection it moved from may still bring events (or its gap).
    */
   private leaderTrusted = false;
+  /** The leader's last `up` said it still keeps a connection it moved from (see RelayMessage `moving`). */
+  private leaderMoving = false;
   /** Another tab led before this one: taking over, this tab's token may be old (see `lead`). */
   private followed = false;
   /**
@@ -186,6 +188,10 @@ export class WarrenClient {
     const socket = new SocketLink(this.link, {
       frame: (frame) => this.fromSocket(frame),
       moved: (welcome) => this.moved(welcome),
+      // Followers are told the leader can go without losing anything any more.
+      settled: () => {
+        if (this.share?.leading && this.current === ClientState.Connected) this.announce();
+      },
       down: (code) => {
         this.connectionLost(code);
         this.share?.post({ k: 'down', code });
@@ -262,6 +268,12 @@ export class WarrenClient {
           // A leader whose tab was closed (or crashed) could not say so: the other followers hear it from
           // here, and show `reconnecting` until this tab's socket is up.
           this.share?.post({ k: 'down' });
+          // It went with a connection it moved from still open: what that node had on its way is lost.
+          if (this.leaderMoving) {
+            this.leaderMoving = false;
+            this.resync({ reason: 'history_gap' });
+            if (this.isClosed()) return;
+          }
           // To the node the last leader was on: offsets (and so a resume) mean something only there.
           if (this.leaderUrl !== undefined) this.link.urls.moveTo(this.leaderUrl);
           // After another tab led (it spoke, or the token this tab joined with is no longer new: a leader
@@ -309,6 +321,7 @@ export class WarrenClient {
         cursor: this.cursor,
         ...(url === undefined ? {} : { url }),
         ...(moved ? { moved } : {}),
+        ...(this.socket?.moving() ? { moving: true } : {}),
       });
     } else this.share?.post({ k: 'down' });
   }
@@ -414,6 +427,7 @@ export class WarrenClient {
         const before = this.cursor;
         this.leaderTrusted = true;
         this.leaderUrl = message.url;
+        this.leaderMoving = message.moving === true;
         this.welcome = message.welcome;
         const cursor = message.cursor && { ...message.cursor };
         this.cursor = cursor;

@@ -27,8 +27,19 @@ export class MovedFrom {
   /** Ids of the events the current connection brought since the last move. */
   private readonly current = new Set<string>();
 
-  /** `frame`: what a connection moved from brings that still counts, without its offsets. */
-  constructor(private readonly frame: (frame: ServerFrame) => void) {}
+  /**
+   * `frame`: what a connection moved from brings that still counts, without its offsets. `settled`: the
+   * last one kept was let go.
+   */
+  constructor(
+    private readonly frame: (frame: ServerFrame) => void,
+    private readonly settled: () => void,
+  ) {}
+
+  /** Whether a connection moved from is still kept: what it has on its way reaches no other. */
+  get size(): number {
+    return this.left.size;
+  }
 
   /** Keeps `ws` (no longer the link's) at most `ms`; the connection moved to is the current one now. */
   keep(ws: WebSocket, ms: number): void {
@@ -72,10 +83,12 @@ export class MovedFrom {
     if (!left) return;
     clearTimeout(left.timer);
     this.left.delete(ws);
-    if (this.left.size === 0) this.current.clear();
     ws.onmessage = null;
     ws.onclose = null;
     ws.close(1000, 'moved');
+    if (this.left.size > 0) return;
+    this.current.clear();
+    this.settled();
   }
 
   /**

@@ -26,6 +26,8 @@ export interface LinkHooks {
    * for what is still on its way through it).
    */
   moved(welcome: WelcomeFrame): void;
+  /** The connections moved from are all let go (see `moving`). */
+  settled(): void;
   /** A connection ended or an attempt failed; the link has already scheduled the next attempt. */
   down(code: number): void;
   error(error: WarrenClientError): void;
@@ -101,11 +103,21 @@ export class SocketLink {
     private readonly settings: LinkSettings,
     private readonly hooks: LinkHooks,
   ) {
-    this.left = new MovedFrom((frame) => hooks.frame(frame));
+    this.left = new MovedFrom(
+      (frame) => hooks.frame(frame),
+      () => {
+        if (!this.closed) hooks.settled();
+      },
+    );
   }
 
   start(): void {
     void this.open();
+  }
+
+  /** A connection moved from is still kept: what its node has not written yet comes through it only. */
+  moving(): boolean {
+    return this.left.size > 0;
   }
 
   /** Sends a frame if the socket is open; frames are never queued across connections. */

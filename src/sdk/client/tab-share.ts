@@ -30,6 +30,11 @@ export type RelayMessage =
       url?: string;
       /** The leader moved to this node with no gap (`handoff`): nothing to resynchronise. */
       moved?: boolean;
+      /**
+       * It still keeps a connection it moved from: what that node has not written yet reaches no other, so
+       * a tab taking over now may miss it.
+       */
+      moving?: boolean;
     }
   | { k: 'down'; code?: number }
   /** An attempt of the leader's failed before its welcome: followers wait on it and say so as well. */

@@ -133,6 +133,47 @@ describe('shared tabs: closing from a listener, failures told to followers', () 
     expect(resyncs.leader).toEqual(['history_gap']);
   });
 
+  it('a tab taking over from a leader that went during a move says events may be missing, once caught up not', async () => {
+    const leader = tab();
+    await vi.waitFor(() => expect(leader.state).toBe('connected'));
+    const follower = tab();
+    await vi.waitFor(() => expect(follower.state).toBe('connected'));
+    const third = tab();
+    await vi.waitFor(() => expect(third.state).toBe('connected'));
+    const resyncs = { follower: [] as string[], third: [] as string[] };
+    follower.on('resync', (r) => resyncs.follower.push(r.reason));
+    third.on('resync', (r) => resyncs.third.push(r.reason));
+    const [old] = open();
+    old?.receive({ type: 'handoff', reason: 'draining', closeInMs: 5000 });
+    await vi.waitFor(() => expect(FakeSocket.all[1]?.readyState).toBe(1));
+    // The leader's tab goes while the old node may still have the user's events on their way: they reach
+    // no tab now, and the node moved to never had them.
+    leader.close();
+    await vi.waitFor(() => expect(follower.role).toBe(TabRole.Leader));
+    await vi.waitFor(() => expect(follower.state).toBe('connected'));
+    await vi.waitFor(() => expect(resyncs.third).toEqual(['history_gap']));
+    expect(resyncs.follower).toEqual(['history_gap']);
+
+    // Moved again, and the old connection caught up (an event through both) before the next leader goes:
+    // nothing is missing.
+    const current = open()[0];
+    current?.receive({ type: 'handoff', reason: 'draining', closeInMs: 5000 });
+    await vi.waitFor(() => expect(open()).toHaveLength(2));
+    const moved = open()[1];
+    await vi.waitFor(() => expect(moved?.readyState).toBe(1));
+    moved?.event('both');
+    current?.event('both');
+    expect(open()).toEqual([moved]);
+    // Its word that it has caught up reaches the other tab before it goes (a lock can be granted to the
+    // next tab before the channel delivers what was posted just before: then it says resync to be safe).
+    await new Promise((r) => setTimeout(r, 20));
+    follower.close();
+    await vi.waitFor(() => expect(third.role).toBe(TabRole.Leader));
+    await vi.waitFor(() => expect(third.state).toBe('connected'));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(resyncs.third).toEqual(['history_gap']);
+  });
+
   it('a client closed from its role listener as it joins opens no socket and holds no lock', async () => {
     const leader = tab();
     await vi.waitFor(() => expect(leader.state).toBe('connected'));
