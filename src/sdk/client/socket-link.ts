@@ -184,8 +184,8 @@ export class SocketLink {
 
   private message(data: unknown): void {
     this.lastFrameAt = this.settings.now();
-    const frame = readFrame(data, (cause) =>
-      this.hooks.error(new WarrenClientError(ClientErrorCode.BadFrame, 'frame is not JSON', { cause })),
+    const frame = readFrame(data, (why, cause) =>
+      this.hooks.error(new WarrenClientError(ClientErrorCode.BadFrame, why, { cause })),
     );
     if (!frame) return;
     if (frame.type === 'welcome') {

@@ -25,7 +25,7 @@ export const ClientErrorCode = {
    * not reachable: a browser does not tell them apart), or no welcome came in time. Retried with backoff.
    */
   Socket: 'socket_failed',
-  /** The server sent something that is not a JSON frame. */
+  /** The server sent something that is not a JSON frame, or a frame without the fields it must have. */
   BadFrame: 'bad_frame',
   /** A large event's payload expired before the gateway fetched it; `eventId` names the event. */
   PayloadUnavailable: 'payload_unavailable',

@@ -241,6 +241,32 @@ describe('client core (scripted socket, fake timers)', () => {
     expect(resyncs).toEqual(['history_gap']);
   });
 
+  it('reports frames that are not what the protocol says as bad_frame, and goes on as if they never came', async () => {
+    const errors: string[] = [];
+    client.on('error', (e) => errors.push(e.code));
+    const first = latest();
+    first.welcome('e1', 5);
+    first.event('a', 6);
+    const raw = (frame: object): void => first.onmessage?.({ data: JSON.stringify(frame) });
+    raw({ type: 'event', eventType: 'test.event', data: {}, offset: 7 });
+    raw({ type: 'event', id: 'b', eventType: 'test.event', data: {}, offset: '7' });
+    raw({ type: 'welcome', connectionId: 'c', gateway: 'gw-1', epoch: 'e1', offset: 7 });
+    raw({ type: 'resumed', epoch: 'e1', replayed: 0 });
+    raw({ type: 'error', message: 'no code' });
+    raw([{ type: 'event' }]);
+    // A type this client does not know (a newer gateway's) is passed over in silence.
+    raw({ type: 'notice', text: 'hello' });
+    raw({ type: 'constructor' });
+    first.event('c', 8);
+    expect(events.map((e) => e.id)).toEqual(['a', 'c']);
+    expect(client.state).toBe('connected');
+    expect(errors).toEqual(Array(6).fill('bad_frame'));
+    first.end(1006);
+    const second = await nextAttempt();
+    second.welcome('e1', 9);
+    expect(second.sent).toEqual([{ type: 'resume', epoch: 'e1', offset: 8 }]);
+  });
+
   it('hands listeners after one that called close() nothing more: no later state, no event', async () => {
     latest().welcome('e1', 0);
     const after: string[] = [];
