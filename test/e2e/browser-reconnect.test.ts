@@ -130,6 +130,46 @@ describe('browser client reconnects: drained node, expired token', () => {
     }
   });
 
+  it('shared tabs: a leader tab that goes during a handoff leaves the tab taking over a resync', async () => {
+    const [port1, port2] = [await freePort(), await freePort()];
+    const urls = [`ws://127.0.0.1:${port1}/ws`, `ws://127.0.0.1:${port2}/ws`];
+    const first = await gatewayOn(port1, 5000);
+    const shared = { shareAcrossTabs: true };
+    const tabs = [await tab(urls, shared), await tab(urls, shared)];
+    await allConnected(tabs);
+    const second = await gatewayOn(port2, 5000);
+    const roles = await Promise.all(tabs.map(async (t) => (await t.status()).role));
+    const leader = tabs[roles.indexOf('leader')];
+    const follower = tabs[roles.indexOf('follower')];
+    if (!leader || !follower) throw new Error(`roles: ${roles.join(', ')}`);
+    await publish('before');
+    await follower.waitForEvents(['before'], 'an event relayed to the follower');
+
+    const draining = first.drain();
+    try {
+      await eventually(
+        async () => (await follower.status()).gateway === second.nodeId,
+        'the leader moved to the second node (its follower says so)',
+      );
+      // A quiet user: nothing came through both connections, so the old one is still kept when the
+      // leader's tab goes, with whatever its node had not written yet.
+      await leader.close();
+      await eventually(async () => {
+        const s = await follower.status();
+        return s.role === 'leader' && s.state === 'connected';
+      }, 'the follower leads');
+      await eventually(
+        async () => (await follower.log()).resyncs.length > 0,
+        'the tab that took over says events may be missing',
+      );
+    } finally {
+      await draining;
+    }
+    await publish('after');
+    await follower.waitForEvents(['after'], 'events after the take-over');
+    expect((await follower.log()).resyncs).toEqual(['history_gap']);
+  });
+
   it('an expired token (4001): the client fetches a new one and reconnects', async () => {
     const gateway = await gatewayOn(0);
     // exp has one-second resolution: 3 s leaves at least 2 s to connect before the gateway closes with 4001.
