@@ -97,6 +97,11 @@ const MEMBERSHIP_ATTEMPTS = 5;
 // plain reject, which loses the reason (a requeue after a pause, for the copy).
 const SIDE_PUBLISH_WAIT_MS = 5000;
 const SIDE_PUBLISH_CONFIRM_MS = 30_000;
+/**
+ * Bytes of a dead letter's reason kept (in its header and in the log): with the other headers Warren adds,
+ * it fits the smallest frame `rabbitmq.frameMax` allows (8 KiB).
+ */
+const REASON_BYTES = 2000;
 
 /**
  * Failures per message, counted in this process (the broker's `redelivered` flag cannot tell why a message
@@ -719,12 +724,14 @@ export class ResolverWorker {
     const { message } = delivery;
     const { names, metrics, logger } = this.deps;
     const origin = originOf(message, names);
+    // Bounded in the log too: a body of a million unknown fields has a reason of ten megabytes.
+    const said = utf8Prefix(reason, REASON_BYTES);
     let failed: unknown;
     const copy = () =>
       this.publishCopy(delivery, names.dlx, origin.routingKey, {
         // Everything that says where it came from (correlation id, app, timestamp, encoding…) stays.
         properties: { ...copiedProperties(message), persistent: true },
-        headers: { [DeadLetterHeader.Reason]: reason.slice(0, 2000), [DeadLetterHeader.Code]: code },
+        headers: { [DeadLetterHeader.Reason]: said, [DeadLetterHeader.Code]: code },
         // The dead-letter queue gone (deleted by hand): the broker would confirm a copy it routed nowhere.
         mandatory: true,
       });
@@ -764,7 +771,7 @@ export class ResolverWorker {
     }
     metrics.deadLetters.inc({ code });
     metrics.events.inc({ outcome: 'dead_lettered' });
-    logger.warn({ code, reason, routingKey: origin.routingKey }, 'message dead-lettered');
+    logger.warn({ code, reason: said, routingKey: origin.routingKey }, 'message dead-lettered');
     if (failed === undefined) {
       delivery.ack();
     } else {
@@ -800,4 +807,19 @@ function copiedProperties(message: ConsumeMessage): Options.Publish {
     persistent: p.deliveryMode === 2,
   };
   return Object.fromEntries(Object.entries(kept).filter(([, v]) => v !== undefined)) as Options.Publish;
+}
+
+/** The longest start of `text` that is at most `bytes` bytes of UTF-8, cut between characters. */
+function utf8Prefix(text: string, bytes: number): string {
+  if (Buffer.byteLength(text) <= bytes) return text;
+  let used = 0;
+  let end = 0;
+  // By code point: a surrogate pair is one character of four bytes.
+  for (const char of text) {
+    const size = Buffer.byteLength(char);
+    if (used + size > bytes) break;
+    used += size;
+    end += char.length;
+  }
+  return text.slice(0, end);
 }

@@ -620,3 +620,36 @@ describe('a resolver holding a membership change its Redis ACL denies', () => {
     }
   }, 60_000);
 });
+
+describe('a malformed event whose reason runs to hundreds of kilobytes', () => {
+  const prefix = testPrefix('long-reason');
+  const config = testConfig(prefix);
+  let resolver: Resolver;
+  let probe: BrokerProbe;
+  const resolverLog = capturingLogger('info');
+
+  beforeAll(async () => {
+    resolver = await startTestResolver(config, resolverLog.logger);
+    probe = await BrokerProbe.open();
+  });
+  afterAll(async () => {
+    await probe.close();
+    await removeInstallation(prefix, { resolvers: [resolver] });
+  });
+
+  it('is logged with no more of its reason than the dead letter’s header holds', async () => {
+    const dead = await probe.deadLetters(prefix);
+    // A reason naming every unknown field: hundreds of kilobytes.
+    const fields = Object.fromEntries(Array.from({ length: 50_000 }, (_, i) => [`field${i}`, 1]));
+    await probe.publishEvent(prefix, { ...valid, id: 'many-fields', ...fields });
+    await eventually(() => dead.length > 0, 'the dead letter');
+    const header = String(dead[0]?.properties.headers?.['x-warren-reason']);
+    expect(header).toContain('field0');
+    const logged = resolverLog.lines.filter(
+      (l) => l['msg'] === 'message dead-lettered' && String(l['reason']).includes('field0'),
+    );
+    expect(logged).toHaveLength(1);
+    expect(Buffer.byteLength(String(logged[0]?.['reason']))).toBeLessThanOrEqual(2000);
+    expect(logged[0]?.['reason']).toBe(header);
+  });
+});
