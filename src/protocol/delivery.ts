@@ -72,4 +72,9 @@ export const DeadLetterHeader = {
   Code: 'x-warren-code',
   Exchange: 'x-warren-original-exchange',
   RoutingKey: 'x-warren-original-routing-key',
+  /**
+   * On a copy (a dead letter, or an event put aside) that does not keep the original's headers: they would
+   * not fit in one header frame with Warren's own. Their size in bytes.
+   */
+  HeadersDropped: 'x-warren-headers-dropped',
 } as const;

@@ -113,6 +113,7 @@ export async function startResolver(
     logger,
     idMapStamp: () => (watch.settled ? watch.stamp : ID_MAP_UNSETTLED),
     serverUnsettled: () => (watch.settled ? undefined : watch.whenSettled()),
+    headerBudget: () => broker.headerBudget,
     redeclare: async () => {
       if (broker.model) await declareTopologyOn(broker.model, names, shared);
     },

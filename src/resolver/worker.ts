@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import type { ConsumeMessage, Options } from 'amqplib';
 import type { Delivery as AmqpDelivery } from '../broker/consumer.js';
+import { fieldTableBytes } from '../broker/field-table.js';
 import { exchangeMissing, PUBLISH_ID_HEADER, type Publisher } from '../broker/publisher.js';
 import type { TopologyNames } from '../broker/topology.js';
 import { DeadLetterHeader, RetryHeader } from '../protocol/delivery.js';
@@ -37,6 +38,8 @@ export interface WorkerDeps {
   idMapStamp: () => string | undefined;
   /** Undefined while the Redis server is known; else resolves once it is (`ServerWatch.whenSettled`). */
   serverUnsettled: () => Promise<void> | undefined;
+  /** Bytes a message's header table may take (`BrokerConnection.headerBudget`). */
+  headerBudget: () => number;
 }
 
 interface PendingEvent {
@@ -97,6 +100,11 @@ const MEMBERSHIP_ATTEMPTS = 5;
 // plain reject, which loses the reason (a requeue after a pause, for the copy).
 const SIDE_PUBLISH_WAIT_MS = 5000;
 const SIDE_PUBLISH_CONFIRM_MS = 30_000;
+/**
+ * Room a copy's header frame keeps beside its header table: its other properties (six short strings of up
+ * to 256 bytes, a timestamp, the frame's own fields) and the id a mandatory publish adds.
+ */
+const COPY_PROPERTIES_BYTES = 2048;
 /**
  * Bytes of a dead letter's reason kept (in its header and in the log): with the other headers Warren adds,
  * it fits the smallest frame `rabbitmq.frameMax` allows (8 KiB).
@@ -706,14 +714,21 @@ export class ResolverWorker {
     await publisher.readyWithin(SIDE_PUBLISH_WAIT_MS);
     if (!delivery.live) return false;
     const origin = originOf(message, names);
+    const own = {
+      ...copy.headers,
+      [DeadLetterHeader.Exchange]: origin.exchange,
+      [DeadLetterHeader.RoutingKey]: origin.routingKey,
+    };
+    const kept = copiedHeaders(message);
+    let headers: Record<string, unknown> = { ...kept, ...own };
+    // Headers that filled the frame they came in leave no room for Warren's: a header frame over the
+    // negotiated size makes the broker close the whole connection, and the message, redelivered, would close
+    // it again, each time taking every other event in hand with it. The copy goes without them.
+    if (fieldTableBytes(headers) > this.deps.headerBudget() - COPY_PROPERTIES_BYTES)
+      headers = { ...own, [DeadLetterHeader.HeadersDropped]: fieldTableBytes(kept) };
     await publisher.publish(exchange, routingKey, message.content, {
       ...copy.properties,
-      headers: {
-        ...copiedHeaders(message),
-        ...copy.headers,
-        [DeadLetterHeader.Exchange]: origin.exchange,
-        [DeadLetterHeader.RoutingKey]: origin.routingKey,
-      },
+      headers,
       confirmTimeoutMs: SIDE_PUBLISH_CONFIRM_MS,
       ...(copy.mandatory ? { mandatory: true } : {}),
     });

@@ -9,6 +9,7 @@ import {
   BrokerProbe,
   capturingLogger,
   cleanRedis,
+  counter,
   connectPublisher,
   eventually,
   openTab,
@@ -619,6 +620,68 @@ describe('a resolver holding a membership change its Redis ACL denies', () => {
       await user.remove();
     }
   }, 60_000);
+});
+
+describe('a resolver on the smallest AMQP frame rabbitmq.frameMax allows (8 KiB)', () => {
+  const prefix = testPrefix('small-frame');
+  const config = testConfig(prefix, { rabbitmq: { frameMax: 8192 } });
+  let resolver: Resolver;
+  let probe: BrokerProbe;
+  const resolverLog = capturingLogger('info');
+  // Headers that just fit in the frame they arrive in: a copy with Warren's own added would not.
+  const filling = { trace: 'x'.repeat(8050) };
+  const connectionLost = () =>
+    resolverLog.lines.filter((l) => l['msg'] === 'broker connection lost; reconnecting');
+
+  beforeAll(async () => {
+    resolver = await startTestResolver(config, resolverLog.logger);
+    probe = await BrokerProbe.open();
+  });
+  afterAll(async () => {
+    await probe.close();
+    await removeInstallation(prefix, { resolvers: [resolver] });
+  });
+
+  it('dead-letters a malformed event whose headers fill the frame, with its reason, without them', async () => {
+    const dead = await probe.deadLetters(prefix);
+    const users = Array.from({ length: 200 }, (_, i) => `not.an.id.${i}`);
+    await probe.publishEvent(prefix, { ...valid, id: 'full-headers', audience: { users } }, filling);
+    await eventually(() => dead.length > 0, 'the dead letter');
+    // Once: the broker did not close the connection over it, which would have had it back again.
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    expect(dead).toHaveLength(1);
+    const headers = dead[0]?.properties.headers ?? {};
+    expect(headers['x-warren-code']).toBe('invalid_event');
+    expect(String(headers['x-warren-reason'])).toContain('audience.users.0');
+    expect(headers['x-warren-original-routing-key']).toBe('acme.note.created');
+    expect(headers['trace']).toBeUndefined();
+    expect(Number(headers['x-warren-headers-dropped'])).toBeGreaterThan(8050);
+    expect(connectionLost()).toEqual([]);
+  });
+
+  it('puts an event whose headers fill the frame aside in the retry queue, and routes it when it comes back', async () => {
+    // Redis refuses to read the tenant's change log (a key of the wrong type): its events wait in the
+    // retry queue, a copy of each published there.
+    const redis = new Redis(inject('redisUrl'));
+    const log = new Keys(prefix).log('initech');
+    await redis.hset(log, 'not', 'a stream');
+    try {
+      await probe.publishEvent(prefix, { ...valid, id: 'aside', tenantId: 'initech' }, filling);
+      await eventually(
+        async () => (await counter(resolver, 'warren_resolver_events_total', { outcome: 'retried' })) > 0,
+        'the event put aside',
+      );
+    } finally {
+      await redis.del(log);
+      await redis.quit();
+    }
+    await eventually(
+      async () => (await counter(resolver, 'warren_resolver_events_total', { outcome: 'no_recipients' })) > 0,
+      'the event resolved once it came back',
+      15_000,
+    );
+    expect(connectionLost()).toEqual([]);
+  });
 });
 
 describe('a malformed event whose reason runs to hundreds of kilobytes', () => {
