@@ -37,6 +37,9 @@ export const PUBLISH_ID_HEADER = 'x-warren-publish-id';
 // neither).
 const CLOSE_CONFIRMS_MS = 5000;
 
+// What amqplib calls back with for a basic.nack (a channel that closes calls back with "channel closed").
+const AMQPLIB_NACK = 'message nacked';
+
 // Reopening the confirm channel after the broker closed it: soon at first, then backing off.
 const REOPEN_BASE_MS = 100;
 const REOPEN_CAP_MS = 5000;
@@ -76,6 +79,24 @@ export function exchangeMissing(error: unknown, exchange: string): error is Warr
     (error.cause as { code?: unknown } | undefined)?.code === 404 &&
     errorMessage(error.cause).includes(`exchange '${exchange}'`)
   );
+}
+
+/** Errors of publishes whose channel went (a connection lost) before the broker confirmed them. */
+const lostConfirms = new WeakSet<WarrenError>();
+
+/**
+ * Whether a publish failed because its channel went before the broker confirmed it (the connection lost,
+ * say), and not because the broker refused or nacked it: the broker may or may not have the message, and
+ * sending it again once a channel is back is how a publisher that can repeat itself makes sure of it.
+ */
+export function lostBeforeConfirm(error: unknown): error is WarrenError {
+  return error instanceof WarrenError && lostConfirms.has(error);
+}
+
+function lost(message: string, cause: unknown): WarrenError {
+  const error = new WarrenError(ErrorCode.BrokerUnavailable, message, { cause, retryable: true });
+  lostConfirms.add(error);
+  return error;
 }
 
 /**
@@ -281,7 +302,7 @@ export class Publisher {
                 { cause: closedBy, retryable: !refuses(closedBy, exchange, routingKey) },
               ),
             );
-          } else if (error) {
+          } else if (error && errorMessage(error) === AMQPLIB_NACK) {
             reject(
               new WarrenError(
                 ErrorCode.PublishNacked,
@@ -291,6 +312,23 @@ export class Publisher {
                   retryable: true,
                 },
               ),
+            );
+          } else if (error) {
+            // The channel closed with the confirm outstanding: by close(), or with its connection (a broker
+            // restart, a network drop), the message written or not.
+            reject(
+              this.closed
+                ? new WarrenError(
+                    ErrorCode.Closed,
+                    'the publisher closed before the broker confirmed the message: it may or may not be ' +
+                      'published, sending it again is safe',
+                    { cause: error, retryable: true },
+                  )
+                : lost(
+                    'the connection to the broker was lost before it confirmed the message: it may or may ' +
+                      'not be published, sending it again is safe',
+                    error,
+                  ),
             );
           } else {
             // A confirm: the channel works, so the next reopen (if any) starts from the short delay again.
@@ -309,12 +347,18 @@ export class Publisher {
           }
         });
       } catch (error) {
-        // amqplib throws synchronously on a closed channel or a header table that does not fit.
+        // amqplib throws synchronously on a closed channel or a header table that does not fit. A channel
+        // this publisher has already let go of (closed meanwhile, reopened or not) sent nothing.
         reject(
-          new WarrenError(ErrorCode.PublishRejected, `publish failed: ${errorMessage(error)}`, {
-            cause: error,
-            retryable: this.channel === undefined,
-          }),
+          this.channel !== channel && !this.closed
+            ? lost(
+                `the connection to the broker was lost before the message was sent: ${errorMessage(error)}`,
+                error,
+              )
+            : new WarrenError(ErrorCode.PublishRejected, `publish failed: ${errorMessage(error)}`, {
+                cause: error,
+                retryable: this.channel === undefined,
+              }),
         );
       }
     });

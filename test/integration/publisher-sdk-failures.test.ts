@@ -389,3 +389,58 @@ describe('publisher SDK: events no queue takes', () => {
     }
   }, 60_000);
 });
+
+describe('publisher SDK: the broker connection lost during a publish', () => {
+  /** Publishes `id` on a connection that then drops before the broker has read it, let alone confirmed it. */
+  async function publishAcrossADrop(
+    warren: WarrenPublisher,
+    proxy: TcpProxy,
+    id: string,
+  ): Promise<PromiseSettledResult<void>> {
+    proxy.stallToServer();
+    // Settled from the start: a rejection while the test still waits is not unhandled.
+    const settled = Promise.allSettled([warren.publishEvent(event(id))]);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    proxy.refuse();
+    proxy.cut();
+    proxy.flow();
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    proxy.accept();
+    const [outcome] = await settled;
+    return outcome;
+  }
+
+  it('sends an event again once the connection is back, within publishTimeoutMs, when it was lost before the confirm', async () => {
+    const prefix = testPrefix('sdk-lost-confirm');
+    const { warren, proxy } = await connectThroughProxy(prefix, { publishTimeoutMs: 10_000 });
+    const probe = await BrokerProbe.open();
+    try {
+      const outcome = await publishAcrossADrop(warren, proxy, 'evt-across-drop');
+      // As a publish made while the connection is down: it waits for the connection, not fails.
+      expect(outcome).toMatchObject({ status: 'fulfilled' });
+      const queued = await probe.channel.get(`${prefix}.resolver`, { noAck: true });
+      expect(queued && JSON.parse(queued.content.toString())).toMatchObject({ id: 'evt-across-drop' });
+    } finally {
+      await warren.close();
+      await proxy.close();
+      await probe.close();
+      await removeInstallation(prefix, {});
+    }
+  });
+
+  it('says the broker was lost, retryable, with publishTimeoutMs 0', async () => {
+    const prefix = testPrefix('sdk-lost-confirm-0');
+    const { warren, proxy } = await connectThroughProxy(prefix, { publishTimeoutMs: 0 });
+    try {
+      const outcome = await publishAcrossADrop(warren, proxy, 'evt-lost');
+      expect(outcome).toMatchObject({
+        status: 'rejected',
+        reason: { code: 'WARREN_ERR_BROKER_UNAVAILABLE', retryable: true },
+      });
+    } finally {
+      await warren.close();
+      await proxy.close();
+      await removeInstallation(prefix, {});
+    }
+  });
+});

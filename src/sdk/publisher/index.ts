@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { BrokerConnection, refusedForGood } from '../../broker/connection.js';
-import { exchangeMissing, Publisher } from '../../broker/publisher.js';
+import { exchangeMissing, lostBeforeConfirm, Publisher } from '../../broker/publisher.js';
 import {
   checkExchangeOn,
   declareTopologyOn,
@@ -267,16 +267,18 @@ export class WarrenPublisher {
     const { data, ...envelope } = result.data;
     const body = Buffer.from(await this.eventBody(envelope, data));
     const send = () =>
-      this.publisher.publish(this.names.events, `${envelope.tenantId}.${envelope.type}`, body, {
-        contentType: 'application/json',
-        messageId: envelope.id,
-        persistent: true,
-        // The broker confirms an event it routed nowhere (the resolver queue deleted): told, not lost.
-        mandatory: true,
-        waitForConnectionMs: this.settings.publishTimeoutMs,
-        confirmTimeoutMs: this.settings.confirmTimeoutMs,
-        failIfBlocked: true,
-      });
+      this.confirmed((waitForConnectionMs) =>
+        this.publisher.publish(this.names.events, `${envelope.tenantId}.${envelope.type}`, body, {
+          contentType: 'application/json',
+          messageId: envelope.id,
+          persistent: true,
+          // The broker confirms an event it routed nowhere (the resolver queue deleted): told, not lost.
+          mandatory: true,
+          waitForConnectionMs,
+          confirmTimeoutMs: this.settings.confirmTimeoutMs,
+          failIfBlocked: true,
+        }),
+      );
     try {
       await send();
     } catch (error) {
@@ -287,6 +289,26 @@ export class WarrenPublisher {
       await this.declareAgain(error);
       // It reached no queue, so sending it once more is not a repeat.
       await send();
+    }
+  }
+
+  /**
+   * A publish, made again when its connection is lost before the broker confirmed it (a broker restart, a
+   * network drop), as a publish made while the connection is down waits for it: within `publishTimeoutMs`
+   * of the loss. The broker may have had it, so the gateways may get it twice; tabs show each id once.
+   */
+  private async confirmed(publish: (waitForConnectionMs: number) => Promise<void>): Promise<void> {
+    let waitMs = this.settings.publishTimeoutMs;
+    let resendUntil: number | undefined;
+    for (;;) {
+      try {
+        return await publish(waitMs);
+      } catch (error) {
+        if (!lostBeforeConfirm(error) || this.closing) throw error;
+        resendUntil ??= Date.now() + this.settings.publishTimeoutMs;
+        waitMs = resendUntil - Date.now();
+        if (waitMs <= 0) throw error;
+      }
     }
   }
 
@@ -467,11 +489,8 @@ export class WarrenPublisher {
     );
     // By the user's own key, which every gateway holding the user has bound, whatever the routing mode.
     try {
-      await this.controlPublisher().publish(
-        this.names.deliveries,
-        userKey(tenantId, userId),
-        Buffer.alloc(0),
-        {
+      await this.confirmed((waitForConnectionMs) =>
+        this.controlPublisher().publish(this.names.deliveries, userKey(tenantId, userId), Buffer.alloc(0), {
           headers: {
             [DeliveryHeader.Control]: ControlMessage.Revoke,
             [DeliveryHeader.Tenant]: tenantId,
@@ -480,10 +499,10 @@ export class WarrenPublisher {
               ? revocation.revokedAt
               : Number.MAX_SAFE_INTEGER,
           },
-          waitForConnectionMs: this.settings.publishTimeoutMs,
+          waitForConnectionMs,
           confirmTimeoutMs: this.settings.confirmTimeoutMs,
           failIfBlocked: true,
-        },
+        }),
       );
     } catch (error) {
       // Refused for good: the account's permission (a routing key or exchange it may not write to).

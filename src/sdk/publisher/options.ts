@@ -44,7 +44,10 @@ export interface PublisherOptions {
   claimCheckBytes?: number;
   /** Lifetime of such payloads in Redis; must cover the time to deliver the event. Default 3600 s. */
   claimCheckTtlSec?: number;
-  /** How long `publishEvent` waits for a lost broker connection to come back. Default 10 s. */
+  /**
+   * How long `publishEvent` waits for a lost broker connection to come back, before it sends or, when the
+   * connection was lost before the broker confirmed the event, sends it again. Default 10 s.
+   */
   publishTimeoutMs?: number;
   /**
    * How long `connect` tries to reach RabbitMQ before it rejects (`WARREN_ERR_BROKER_UNAVAILABLE`, with the
