@@ -82,6 +82,12 @@ const membershipShape = z
 
 export type MembershipOp = z.infer<typeof opSchema>;
 
+/**
+ * A membership change as services write it (the JSON of the membership exchange, what the publisher SDK's
+ * `applyMembership` takes): exactly two of `userId`, `teamId`, `groupId`, checked when it is parsed.
+ */
+export type MembershipChangeInput = z.input<typeof membershipShape>;
+
 /** The three relations of the access model (DESIGN.md §4). */
 export type MembershipChange =
   | { op: MembershipOp; tenantId: string; kind: 'user-team'; userId: string; teamId: string }

@@ -1,7 +1,7 @@
 import { Redis } from 'ioredis';
 import type { ConsumeMessage } from 'amqplib';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { WarrenPublisher } from '../../src/sdk/publisher/index.js';
+import { WarrenPublisher, type MembershipChangeInput } from '../../src/sdk/publisher/index.js';
 import { silentLogger } from '../../src/shared/logger.js';
 import { Keys } from '../../src/store/keys.js';
 import {
@@ -82,6 +82,17 @@ describe('publisher SDK: publishEvent validates before sending anything', () => 
     });
     await eventually(() => published.length > 0, 'the valid event on the exchange');
     expect(published.map((m) => m.properties.messageId)).toEqual(['evt-ok']);
+  });
+
+  it('applies a membership change typed as the SDK exports it, as the README and the exchange write it', async () => {
+    // The type a service writes its changes against: without `kind`, which the SDK refuses at run time.
+    const change: MembershipChangeInput = { op: 'add', tenantId: 'acme', userId: 'u42', groupId: 'nurses' };
+    await expect(warren.applyMembership(change)).resolves.toBe(true);
+    await expect(warren.applyMembership(change)).resolves.toBe(false);
+    const fromRows: MembershipChangeInput[] = [
+      { op: 'remove', tenantId: 'acme', userId: 'u42', groupId: 'nurses' },
+    ];
+    for (const row of fromRows) await expect(warren.applyMembership(row)).resolves.toBe(true);
   });
 });
 

@@ -13,7 +13,8 @@ import {
   describeIssues,
   membershipChangeSchema,
   modelEventSchema,
-  type MembershipChange,
+  type MembershipChange as ParsedMembershipChange,
+  type MembershipChangeInput,
   type ModelEvent,
 } from '../../protocol/schemas.js';
 import { ControlMessage, DeliveryHeader } from '../../protocol/delivery.js';
@@ -47,7 +48,14 @@ export const MAX_INLINE_EVENT_BYTES = DEFAULTS.resolverMaxMessageBytes;
 /** Room left in an inline event for what the broker adds to it. */
 const INLINE_HEADROOM_BYTES = 64;
 
-export type { MembershipChange, ModelEvent, Revocation };
+export type { MembershipChangeInput, ModelEvent, Revocation };
+/**
+ * A membership change as Warren holds it once parsed, with its `kind`: `applyMembership` refuses that
+ * field.
+ *
+ * @deprecated Write changes as `MembershipChangeInput`.
+ */
+export type MembershipChange = ParsedMembershipChange;
 export type { PublisherOptions } from './options.js';
 export type { QueueType } from '../../config/schema.js';
 export { ErrorCode, WarrenError } from '../../shared/errors.js';
@@ -423,8 +431,13 @@ export class WarrenPublisher {
     return this.bounded(this.payloads.put(tenantId, serialised, ttlSec), 'storing the payload in Redis');
   }
 
-  /** Applies a membership change; resolves once no resolver can use the old membership any more. */
-  async applyMembership(change: unknown): Promise<boolean> {
+  /**
+   * Applies a membership change (`{ op, tenantId }` and two of `userId`, `teamId`, `groupId`); resolves once
+   * no resolver can use the old membership any more, with true when it changed the membership and false
+   * when it already was so. Rejects with WARREN_ERR_INVALID_MEMBERSHIP, every problem listed, before
+   * writing anything if the change is malformed.
+   */
+  async applyMembership(change: MembershipChangeInput): Promise<boolean> {
     this.assertOpen();
     const result = membershipChangeSchema.safeParse(change);
     if (!result.success) {
