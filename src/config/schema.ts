@@ -79,7 +79,16 @@ export const amqpUrl = z
   .string()
   // A wrong scheme is the one problem told: the parse that follows would fail too, on the same value.
   .regex(/^amqps?:\/\//, { message: 'must be an amqp:// or amqps:// URL', abort: true })
-  .refine(...parses);
+  .refine(...parses)
+  // A frame size in the URL stands in for rabbitmq.frameMax, so it is held to the same minimum: under it,
+  // even the headers Warren adds to a dead letter or a recipient chunk may not fit a frame.
+  .refine((value) => {
+    if (!URL.canParse(value)) return true;
+    const frameMax = new URL(value).searchParams.get('frameMax');
+    return (
+      frameMax === null || (/^\d+$/.test(frameMax) && (Number(frameMax) === 0 || Number(frameMax) >= 8192))
+    );
+  }, 'names a frameMax under 8192 (the least rabbitmq.frameMax takes; 0 lets the broker choose)');
 /** A Redis URL as the servers and the publisher SDK take it. */
 export const redisUrl = z
   .string()

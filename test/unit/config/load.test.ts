@@ -159,6 +159,16 @@ describe('loadConfig', () => {
     expect(message).toContain('redis.url [WARREN_REDIS_URL] (from environment): must be a redis://');
   });
 
+  it('holds a frameMax given in the broker URL to rabbitmq.frameMax’s minimum', () => {
+    const url = (frameMax: string) => ({ WARREN_RABBITMQ_URL: `amqp://mq:5672/?frameMax=${frameMax}` });
+    for (const bad of ['4096', '-1', 'big'])
+      expect(configError(() => loadConfig({ env: url(bad) }))).toContain(
+        'rabbitmq.url [WARREN_RABBITMQ_URL] (from environment): names a frameMax under 8192',
+      );
+    for (const good of ['8192', '0', '131072'])
+      expect(loadConfig({ env: url(good) }).rabbitmq.url).toContain(`frameMax=${good}`);
+  });
+
   it('refuses a metrics port that is the tabs’ port on the same address', () => {
     const same = { WARREN_GATEWAY_PORT: '9000', WARREN_GATEWAY_METRICS_PORT: '9000' };
     expect(configError(() => loadConfig({ env: same }))).toContain(
