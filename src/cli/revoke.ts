@@ -1,12 +1,27 @@
 import type { WarrenConfig } from '../config/load.js';
 import { WarrenPublisher } from '../sdk/publisher/index.js';
 import { ErrorCode, WarrenError, isWarrenError } from '../shared/errors.js';
+import { closeRedis, type WarrenRedis } from '../store/redis.js';
 import type { Revocation } from '../store/revocation-store.js';
+import { commandRedis } from './command-redis.js';
 
 export interface RevokeOptions {
   tenant: string;
   user: string;
   ttlSec: number;
+}
+
+/** An operator revoking in a hurry must not take a failed connect for a revocation in force. */
+function nothingRevoked(error: unknown): unknown {
+  const unreachable =
+    isWarrenError(error, ErrorCode.BrokerUnavailable) || isWarrenError(error, ErrorCode.RedisUnavailable);
+  if (!unreachable) return error;
+  const mend = error.code === ErrorCode.BrokerUnavailable ? ' (rabbitmq.url, WARREN_RABBITMQ_URL)' : '';
+  return new WarrenError(
+    error.code,
+    `${error.message.replace(/\.$/, '')}. Nothing was revoked: run warren revoke again once it answers${mend}`,
+    { cause: error, retryable: error.retryable },
+  );
 }
 
 /**
@@ -15,30 +30,33 @@ export interface RevokeOptions {
  * declaring anything (the gateways have declared the deliveries exchange).
  */
 export async function runRevoke(config: Readonly<WarrenConfig>, options: RevokeOptions): Promise<number> {
-  const warren = await WarrenPublisher.connect({
-    rabbitmqUrl: config.rabbitmq.url,
-    redisUrl: config.redis.url,
-    redisSocketTimeoutMs: config.redis.socketTimeoutMs,
-    prefix: config.prefix,
-    declareTopology: false,
-    connectTimeoutMs: config.rabbitmq.connectTimeoutMs,
-  }).catch((error: unknown) => {
-    // An operator revoking in a hurry must not take a failed connect for a revocation in force.
-    const unreachable =
-      isWarrenError(error, ErrorCode.BrokerUnavailable) || isWarrenError(error, ErrorCode.RedisUnavailable);
-    if (!unreachable) throw error;
-    const mend = error.code === ErrorCode.BrokerUnavailable ? ' (rabbitmq.url, WARREN_RABBITMQ_URL)' : '';
-    throw new WarrenError(
-      error.code,
-      `${error.message.replace(/\.$/, '')}. Nothing was revoked: run warren revoke again once it answers${mend}`,
-      { cause: error, retryable: error.retryable },
-    );
-  });
+  // Made here, not by the SDK: a Redis that does not answer is then told as the setting an operator
+  // mends (redis.url, WARREN_REDIS_URL), not as the SDK's `redisUrl` option.
+  let redis: WarrenRedis;
+  try {
+    redis = await commandRedis(config, 'warren-revoke');
+  } catch (error) {
+    throw nothingRevoked(error);
+  }
   let revocation: Revocation;
   try {
-    revocation = await warren.revokeUser(options.tenant, options.user, { ttlSec: options.ttlSec });
+    const warren = await WarrenPublisher.connect({
+      rabbitmqUrl: config.rabbitmq.url,
+      redis,
+      prefix: config.prefix,
+      declareTopology: false,
+      connectTimeoutMs: config.rabbitmq.connectTimeoutMs,
+    }).catch((error: unknown) => {
+      throw nothingRevoked(error);
+    });
+    try {
+      revocation = await warren.revokeUser(options.tenant, options.user, { ttlSec: options.ttlSec });
+    } finally {
+      await warren.close();
+    }
   } finally {
-    await warren.close();
+    // Handed to the SDK, which closes only the clients it made.
+    await closeRedis(redis);
   }
   const { revokedAt, lapsesAt } = revocation;
   // An earlier revocation with a later instant or a longer lifetime keeps them: what is in force is told.

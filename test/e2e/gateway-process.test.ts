@@ -271,6 +271,33 @@ describe('warren gateway as a process', () => {
     );
   });
 
+  it('warren revoke closes the user’s tabs, and names the setting to mend when Redis does not answer', async () => {
+    prefix = testPrefix('revoke-cli');
+    const env = gatewayEnv(prefix);
+    const gw = WarrenProcess.start(['gateway'], env);
+    processes.push(gw);
+    const port = await gw.listening();
+    const tab = await openTab(port, await token({ sub: 'ann', tid: 'acme' }));
+    const revoke = WarrenProcess.start(['revoke', '--tenant', 'acme', '--user', 'ann', '--ttl', '60'], env);
+    processes.push(revoke);
+    expect(await revoke.exited).toBe(0);
+    expect(revoke.lines.join('\n')).toMatch(/^revoked ann of acme: /);
+    expect(await tab.closed).toBe(4001);
+    // An operator runs the command, configured as the servers are: told of the SDK's `redisUrl` option,
+    // they would look for a setting the command does not have.
+    const down = WarrenProcess.start(['revoke', '--tenant', 'acme', '--user', 'ann'], {
+      ...env,
+      WARREN_REDIS_URL: `redis://127.0.0.1:${await freePort()}`,
+    });
+    processes.push(down);
+    expect(await down.exited).toBe(1);
+    const said = down.lines.join('\n');
+    expect(said).toMatch(/^WARREN_ERR_REDIS_UNAVAILABLE: cannot connect to Redis at /);
+    expect(said).toContain('set redis.url (WARREN_REDIS_URL) to the server to use');
+    expect(said).toContain('Nothing was revoked: run warren revoke again once it answers');
+    expect(said).not.toContain('redisUrl');
+  });
+
   it('refuses arguments it would ignore: warren gateway --port 9 does not start on another port', async () => {
     const gateway = WarrenProcess.start(['gateway', '--port', '9'], gatewayEnv(testPrefix('args')));
     processes.push(gateway);
