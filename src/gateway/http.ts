@@ -30,12 +30,14 @@ export function sendHead(
   status: string,
   body: string,
   contentType = 'application/json',
+  headers: Record<string, string> = {},
 ): void {
   res.cork(() => {
     res
       .writeStatus(status)
       .writeHeader('content-type', contentType)
       .writeHeader('content-length', String(Buffer.byteLength(body)));
+    for (const [name, value] of Object.entries(headers)) res.writeHeader(name, value);
     res.endWithoutBody();
   });
 }

@@ -179,7 +179,9 @@ export class WsServer {
     });
     // Unless served on a port of its own (`gateway.metricsPort`), away from the tabs' public one.
     if (!deps.metricsElsewhere) {
-      this.app.head('/metrics', (res) => sendHead(res, '405 Method Not Allowed', NOT_ALLOWED));
+      this.app.head('/metrics', (res) =>
+        sendHead(res, '405 Method Not Allowed', NOT_ALLOWED, 'application/json', { allow: 'GET' }),
+      );
       this.app.any('/metrics', (res) =>
         send(res, '405 Method Not Allowed', NOT_ALLOWED, 'application/json', { allow: 'GET' }),
       );

@@ -30,16 +30,25 @@ export class OpsHttp {
           .end(body);
       };
       const path = (req.url ?? '/').split('?')[0];
-      if (req.method !== 'GET' && req.method !== 'HEAD')
-        return json(405, { error: 'method not allowed' }, { allow: 'GET, HEAD' });
-      if (path === '/healthz') return json(200, { status: 'ok' });
+      // As the gateway's own listener answers: the path first (404 whatever the method), then the methods
+      // it takes, named in `allow`.
+      const allowed = (methods: string): boolean => {
+        if (methods.split(', ').includes(req.method ?? '')) return true;
+        json(405, { error: 'method not allowed' }, { allow: methods });
+        return false;
+      };
+      if (path === '/healthz') {
+        if (allowed('GET, HEAD')) json(200, { status: 'ok' });
+        return;
+      }
       if (path === '/readyz') {
+        if (!allowed('GET, HEAD')) return;
         const r = readiness();
         return json(r.ready ? 200 : 503, r);
       }
       if (path === '/metrics') {
         // Prometheus asks with GET; the exposition is not computed for a HEAD.
-        if (req.method === 'HEAD') return json(405, { error: 'method not allowed' }, { allow: 'GET' });
+        if (!allowed('GET')) return;
         registry.metrics().then(
           (text) => res.writeHead(200, { 'content-type': registry.contentType }).end(text),
           (error: unknown) => res.writeHead(500, { 'content-type': 'text/plain' }).end(errorMessage(error)),

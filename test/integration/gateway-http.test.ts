@@ -240,7 +240,10 @@ describe('gateway HTTP: /healthz, /readyz, /metrics', () => {
     // Each refusal reason has its series from the start, for alerts on rates.
     expect(metrics.body).toMatch(/^warren_gateway_auth_failures_total\{[^}]*reason="signature"[^}]*\} 0$/m);
 
-    expect((await fetch(`http://127.0.0.1:${port}/metrics`, { method: 'POST' })).status).toBe(405);
+    for (const method of ['POST', 'HEAD']) {
+      const refused = await fetch(`http://127.0.0.1:${port}/metrics`, { method });
+      expect([method, refused.status, refused.headers.get('allow')]).toEqual([method, 405, 'GET']);
+    }
     const missing = await get(port, '/nope');
     expect(missing.status).toBe(404);
     expect(JSON.parse(missing.body)).toEqual({ error: 'not found' });
@@ -290,8 +293,17 @@ describe('gateway HTTP: /healthz, /readyz, /metrics', () => {
           });
           expect((await ask(agent, port, 'GET', '/healthz')).body).toBe('{"status":"ok"}');
         }
-        // Served on the ops port only (gateway.metricsPort is set here): other methods 405 there.
-        expect((await ask(agent, port, 'POST', '/metrics')).status).toBe(port === gateway.port ? 404 : 405);
+        // Served on the ops port only (gateway.metricsPort is set here): other methods 405 there, saying
+        // which one it takes (a 405 must), HEAD included.
+        const opsPort = port !== gateway.port;
+        for (const method of ['POST', 'HEAD']) {
+          const metrics = await ask(agent, port, method, '/metrics');
+          expect({ method, status: metrics.status, allow: metrics.headers.allow }).toEqual(
+            opsPort ? { method, status: 405, allow: 'GET' } : { method, status: 404, allow: undefined },
+          );
+        }
+        // A path neither listener serves is not found, whatever the method.
+        expect((await ask(agent, port, 'POST', '/nope')).status).toBe(404);
       } finally {
         agent.destroy();
       }
