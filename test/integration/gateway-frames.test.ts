@@ -89,6 +89,10 @@ describe('client frames, limits and connection lifetime', () => {
     const huge = await openTab(gateway.port, jwt);
     huge.ws.send('x'.repeat(300 * 1024));
     expect(await huge.closed).toBe(1006);
+    // uWebSockets.js drops a text frame that is not UTF-8 before Warren sees it (as the README says).
+    const garbled = await openTab(gateway.port, jwt);
+    garbled.ws.send(Buffer.from([0x7b, 0xff, 0x7d]), { binary: false });
+    expect(await garbled.closed).toBe(1006);
   });
 
   it('answers frames sent before the welcome after it: the welcome is always a tab’s first frame', async () => {
