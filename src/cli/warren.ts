@@ -31,7 +31,8 @@ const COMMANDS: Readonly<Record<string, string>> = {
   explain: `  explain --tenant ID --user ID [--team ID]... [--group ID]... [--json]
                           why a user would or would not receive an event to those teams and
                           groups: their bit, the gateways holding them online, each membership
-                          (direct or through which group); exit 1 when it would not`,
+                          (direct or through which group); exit 1 when it would not, 2 when it
+                          cannot tell (bad arguments, Redis not answering)`,
   status: `  status [--json]         gateways alive, connections, users online per tenant, queue depths`,
   health: `  health [gateway|resolver]
                           exit 0 if this machine's gateway (or resolver) answers /healthz, at the
@@ -268,6 +269,13 @@ function fail(code: number): void {
   exitOnceWritten(code, 200);
 }
 
+/**
+ * The exit code of a command that failed, where 1 is one of its answers: `explain` exits 1 when the user
+ * would not be reached, so a Redis that does not answer exits 2 there (as `grep` tells trouble from no
+ * match), or a script would read an outage as "not reached".
+ */
+const FAILED: Readonly<Record<string, number>> = { explain: 2 };
+
 exitOnStopSignals();
 main(process.argv.slice(2)).then(
   (code) => {
@@ -290,6 +298,7 @@ main(process.argv.slice(2)).then(
         ? `${error.code}: ${error.message}`
         : `warren: ${error instanceof Error && error.stack ? error.stack : errorMessage(error)}`,
     );
-    fail(1);
+    const command = process.argv[2];
+    fail(command !== undefined && Object.hasOwn(FAILED, command) ? (FAILED[command] ?? 1) : 1);
   },
 );

@@ -6,7 +6,7 @@ import { explain } from '../../src/cli/explain.js';
 import { MembershipStore } from '../../src/store/membership-store.js';
 import { PresenceStore } from '../../src/store/presence-store.js';
 import { RevocationStore } from '../../src/store/revocation-store.js';
-import { withWarrenRedis } from '../support/harness.js';
+import { freePort, withWarrenRedis } from '../support/harness.js';
 import { hasRedisServer, SecondRedis } from '../support/second-redis.js';
 import { WarrenProcess } from '../support/warren-process.js';
 
@@ -168,6 +168,19 @@ describe('warren explain of a tenant with no data', () => {
       await new RevocationStore(redis, keys).revoke('globex', 'bob', 3600, Date.now());
       expect(await ask('globex', 'bob')).toMatchObject({ tenantHasData: true, bit: null });
     });
+  });
+});
+
+describe('warren explain that cannot read Redis', () => {
+  it('exits 2, not 1: a script must not read an outage as "not reached"', async () => {
+    const port = await freePort();
+    const args = ['explain', '--tenant', 'acme', '--user', 'ann', '--team', 'icu'];
+    const down = WarrenProcess.start(args, {
+      WARREN_PREFIX: 't-explain-down',
+      WARREN_REDIS_URL: `redis://127.0.0.1:${port}`,
+    });
+    expect(await down.exited).toBe(2);
+    expect(down.lines.join('\n')).toMatch(/^WARREN_ERR_REDIS_UNAVAILABLE: cannot connect to Redis at /);
   });
 });
 
