@@ -366,7 +366,7 @@ export class WsServer {
   private message(ws: WebSocket<TabSocketData>, message: ArrayBuffer, isBinary: boolean): void {
     const tab = ws.getUserData().tab;
     if (!tab || tab.closed) return;
-    if (isBinary) return this.badFrame(tab, FrameErrorCode.BinaryFrame, 'binary frames are not accepted');
+    // Size first, binary or not: a frame far over the bound is closed with 1009 whatever its kind.
     if (message.byteLength > closeAbove(this.deps.limits.maxFrameBytes)) {
       tab.end(CloseCode.MessageTooBig, 'frame too large');
       return;
@@ -378,6 +378,7 @@ export class WsServer {
         `frames are limited to ${this.deps.limits.maxFrameBytes} bytes`,
       );
     }
+    if (isBinary) return this.badFrame(tab, FrameErrorCode.BinaryFrame, 'binary frames are not accepted');
     let parsed: unknown;
     try {
       parsed = JSON.parse(decoder.decode(message));

@@ -86,6 +86,10 @@ describe('client frames, limits and connection lifetime', () => {
     const big = await openTab(gateway.port, jwt);
     big.ws.send('x'.repeat(70_000));
     expect(await big.closed).toBe(1009);
+    // Binary or text: the bound is on the frame's size.
+    const bigBinary = await openTab(gateway.port, jwt);
+    bigBinary.ws.send(Buffer.alloc(70_000), { binary: true });
+    expect(await bigBinary.closed).toBe(1009);
     const huge = await openTab(gateway.port, jwt);
     huge.ws.send('x'.repeat(300 * 1024));
     expect(await huge.closed).toBe(1006);
