@@ -77,8 +77,8 @@ export class Tab implements RegisteredTab {
   readonly issuedAt: number | undefined;
   /** Set once `welcome` is sent; deliveries before that are not this tab's to receive. */
   ready = false;
-  /** A ping came before the welcome: its pong follows the welcome. */
-  pongDue = false;
+  /** Pings that came before the welcome: their pongs follow the welcome, one each. */
+  pongsDue = 0;
   /**
    * Error frames answering frames that came before the welcome, sent after it (at most the bad-frame
    * limit: past it the tab is closed).

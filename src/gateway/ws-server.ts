@@ -306,7 +306,7 @@ export class WsServer {
           tab.ready = true;
           // Asked before the welcome: answered after it, which is always a tab's first frame.
           for (const frame of tab.errorsDue.splice(0)) this.sendFrame(tab, frame);
-          if (tab.pongDue) this.sendFrame(tab, { type: 'pong' });
+          for (; tab.pongsDue > 0; tab.pongsDue -= 1) this.sendFrame(tab, { type: 'pong' });
           router.adopt(tab);
           metrics.welcomeSeconds.observe((performance.now() - data.upgradedAt) / 1000);
           this.armTimer(tab, Date.now() + this.lifetime());
@@ -396,7 +396,7 @@ export class WsServer {
           `too many pings: ${PING_BURST} at once, then one a second`,
         );
       if (tab.ready) this.sendFrame(tab, { type: 'pong' });
-      else tab.pongDue = true;
+      else tab.pongsDue += 1;
       return;
     }
     this.resume(tab, frame.epoch, frame.offset);
