@@ -1,4 +1,6 @@
 import { randomUUID } from 'node:crypto';
+// Before uWebSockets.js: it reads its header bound once, as it loads.
+import './uws-limits.js';
 import * as uWS from 'uWebSockets.js';
 import type { HttpRequest, HttpResponse, TemplatedApp, WebSocket } from 'uWebSockets.js';
 import { CloseCode } from '../protocol/close-codes.js';

@@ -59,6 +59,31 @@ describe('upgrade authentication (HS256)', () => {
     }
   });
 
+  it('takes an upgrade whose headers pass 4 KiB: a token of up to 8 KiB, and the cookies a browser sends', async () => {
+    // uWebSockets.js answers 431 past 4 KiB of headers by default, before Warren sees the request: every
+    // tab of a site with a few KiB of cookies for the gateway's host failed, and nothing was logged.
+    const cookie = `session=${'c'.repeat(6000)}`;
+    const small = await token({ sub: 'u1', tid: 't1' });
+    const large = await new SignJWT({ tid: 't1', pad: 'p'.repeat(5500) })
+      .setProtectedHeader({ alg: 'HS256' })
+      .setSubject('u1')
+      .setIssuedAt()
+      .setExpirationTime(now() + 3600)
+      .sign(new TextEncoder().encode(TEST_SECRET));
+    expect(large.length).toBeGreaterThan(7000);
+    expect(large.length).toBeLessThan(8192);
+    for (const [jwt, how] of [
+      [small, 'protocol'],
+      [small, 'query'],
+      [large, 'protocol'],
+      [large, 'query'],
+    ] as const) {
+      const tab = await openTab(gateway.port, jwt, how, { cookie });
+      expect(tab.welcome).toMatchObject({ userId: 'u1', tenantId: 't1' });
+      tab.ws.terminate();
+    }
+  });
+
   it('answers 401 and opens no socket for missing, malformed, forged, expired and wrong-algorithm tokens', async () => {
     const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
     const rsaKey = await importPKCS8(privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(), 'RS256');

@@ -151,10 +151,12 @@ export function openTab(
   port: number,
   jwt: string | undefined,
   how: 'query' | 'protocol' = 'query',
+  /** Request headers besides the handshake's own (the cookies a browser sends, say). */
+  headers: Record<string, string> = {},
 ): Promise<TestTab> {
   const url = `ws://127.0.0.1:${port}/ws${jwt && how === 'query' ? `?token=${jwt}` : ''}`;
   const protocols = jwt && how === 'protocol' ? ['warren', `bearer.${jwt}`] : undefined;
-  const ws = new WebSocket(url, protocols);
+  const ws = new WebSocket(url, protocols, { headers });
   const tab = new TestTab(ws);
   return new Promise((resolve, reject) => {
     ws.once('unexpected-response', (_req, res) => {
