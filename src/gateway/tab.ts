@@ -79,6 +79,8 @@ export class Tab implements RegisteredTab {
   ready = false;
   /** Pings that came before the welcome: their pongs follow the welcome, one each. */
   pongsDue = 0;
+  /** A `resume` that came before the welcome: answered after it (the replay reaches up to the welcome). */
+  resumeDue: { epoch: string; offset: number } | undefined;
   /**
    * Error frames answering frames that came before the welcome, sent after it (at most the bad-frame
    * limit: past it the tab is closed).

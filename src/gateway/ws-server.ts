@@ -312,6 +312,11 @@ export class WsServer {
           router.adopt(tab);
           metrics.welcomeSeconds.observe((performance.now() - data.upgradedAt) / 1000);
           this.armTimer(tab, Date.now() + this.lifetime());
+          // Last, as if sent right after the welcome: a client resuming at once on a reconnect need not
+          // wait for the welcome to ask.
+          const resume = tab.resumeDue;
+          tab.resumeDue = undefined;
+          if (resume) this.resume(tab, resume.epoch, resume.offset);
         },
         (error: unknown) => {
           this.deps.logger.warn({ err: errorMessage(error), connectionId: tab.id }, 'could not register tab');
@@ -406,9 +411,12 @@ export class WsServer {
 
   private resume(tab: Tab, epoch: string, offset: number): void {
     const { history } = this.deps;
-    if (!tab.ready) return this.badFrame(tab, FrameErrorCode.BadFrame, 'resume before welcome');
-    if (tab.resumed) {
+    if (tab.resumed || tab.resumeDue) {
       return this.badFrame(tab, FrameErrorCode.BadFrame, 'this connection has already resumed');
+    }
+    if (!tab.ready) {
+      tab.resumeDue = { epoch, offset };
+      return;
     }
     tab.resumed = true;
     // Up to the welcome's offset: what was delivered since then has already been written to this tab.

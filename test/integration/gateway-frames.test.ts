@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { Gateway } from '../../src/gateway/main.js';
 import {
   BrokerProbe,
@@ -13,6 +13,7 @@ import {
   token,
 } from '../support/harness.js';
 import WebSocket from 'ws';
+import { TcpProxy } from '../support/tcp-proxy.js';
 
 describe('client frames, limits and connection lifetime', () => {
   const prefix = testPrefix('frames');
@@ -111,14 +112,15 @@ describe('client frames, limits and connection lifetime', () => {
       // Each ping is answered: a client counting its pings unanswered must not be one short for good.
       ws.send(JSON.stringify({ type: 'ping' }));
     });
-    await eventually(() => tab.frames.length >= 5, 'welcome, errors and pongs');
+    await eventually(() => tab.frames.length >= 5, 'welcome, error, pongs and the resume’s answer');
     await new Promise((resolve) => setTimeout(resolve, 100));
-    expect(tab.frames.map((f) => (f.type === 'error' ? `error: ${f.message}` : f.type))).toEqual([
+    // The resume is answered last, as if sent right after the welcome (here: not this node's epoch).
+    expect(tab.frames.map((f) => (f.type === 'error' ? `error: ${f.code}` : f.type))).toEqual([
       'welcome',
-      'error: not JSON',
-      'error: resume before welcome',
+      'error: bad_frame',
       'pong',
       'pong',
+      'error: resume_unavailable',
     ]);
     ws.terminate();
   });
@@ -194,6 +196,63 @@ describe('client frames, limits and connection lifetime', () => {
       message: 'that epoch is not this node’s (another node, or this one restarted); resynchronise',
     });
     for (const tab of [keeper, back, elsewhere]) tab.ws.terminate();
+  });
+
+  it('replays missed deliveries to a tab that sends resume at once, before its welcome', async () => {
+    // A raw client reconnecting to the node it knows need not wait for the welcome to ask. Redis through a
+    // proxy, stalled while the tab opens: its welcome waits for the revocation read, so its frames surely
+    // come first.
+    const own = testPrefix('frames-early-resume');
+    const target = new URL(inject('redisUrl'));
+    const proxy = await TcpProxy.toUrl(target);
+    const early = await startTestGateway(
+      testConfig(own, { redis: { url: proxy.url(target) }, gateway: { historyEvents: 100 } }),
+    );
+    try {
+      const jwt = await token({ sub: 'r3', tid: 't1' });
+      const keeper = await openTab(early.port, jwt);
+      await probe.deliver(own, ['u.t1.r3'], { id: 'seen', tenantId: 't1' });
+      await eventually(() => keeper.eventIds().includes('seen'), 'seen');
+      const cursor = { epoch: keeper.welcome?.epoch ?? '', offset: keeper.events().at(-1)?.offset ?? 0 };
+      await probe.deliver(own, ['u.t1.r3'], { id: 'missed', tenantId: 't1' });
+      await eventually(() => keeper.eventIds().includes('missed'), 'missed reached the node');
+
+      proxy.stall();
+      const ws = new WebSocket(`ws://127.0.0.1:${early.port}/ws?token=${jwt}`);
+      const back = new TestTab(ws);
+      const sent = new Promise<void>((resolve) =>
+        ws.on('open', () => {
+          back.send({ type: 'resume', ...cursor });
+          // One resume a connection, welcomed or not.
+          back.send({ type: 'resume', ...cursor });
+          resolve();
+        }),
+      );
+      try {
+        await sent;
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        expect(back.frames).toEqual([]);
+      } finally {
+        proxy.flow();
+      }
+      await eventually(() => back.frames.some((f) => f.type === 'resumed'), 'resumed');
+      expect(back.frames.map((f) => (f.type === 'event' ? f.id : f.type))).toEqual([
+        'welcome',
+        'error',
+        'missed',
+        'resumed',
+      ]);
+      expect(back.frames[1]).toMatchObject({
+        code: 'bad_frame',
+        message: 'this connection has already resumed',
+      });
+      for (const tab of [keeper, back]) tab.ws.terminate();
+    } finally {
+      await early.close();
+      await proxy.close();
+      await probe.deleteExchangesAndQueues(own, [early.queue]);
+      await cleanRedis(own);
+    }
   });
 
   it('replays nothing older than gateway.resumeWindowMs to a new connection resuming from far back', async () => {
