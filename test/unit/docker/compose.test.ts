@@ -4,6 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { CONFIG_FIELDS } from '../../../src/config/fields.js';
 import { findPackageRoot } from '../../../src/config/load.js';
+import { MAX_HEADERS_BYTES } from '../../../src/gateway/uws-limits.js';
 
 // No Docker engine runs where the tests do, so the compose file is checked against what the code expects
 // instead of being started: a renamed variable or command would otherwise only fail on someone's laptop.
@@ -57,6 +58,15 @@ describe('compose.yaml and docker/', () => {
     expect(conf).toContain('server gateway:8080');
     expect(conf).toMatch(/proxy_set_header Upgrade \$http_upgrade;/);
     expect(conf).toMatch(/proxy_set_header Connection \$connection_upgrade;/);
+  });
+
+  it('takes upgrade request lines and headers as long as the gateways do', () => {
+    const volume = services['lb']?.volumes?.[0] ?? '';
+    const conf = read(volume.split(':')[0] ?? '');
+    // nginx's default, 8k, answers 414 to a token of 8 KiB in the query (400 in a header): seen with
+    // nginx 1.22 in front of a stub, before this line was added.
+    const buffers = /large_client_header_buffers \d+ (\d+)k;/.exec(conf);
+    expect(Number(buffers?.[1]) * 1024).toBeGreaterThanOrEqual(MAX_HEADERS_BYTES);
   });
 
   it('logs requests without their query string, where a token may travel', () => {
