@@ -492,3 +492,38 @@ describe('DeliveryRouter.droppedRecipients: whose tabs hear of a dropped deliver
     ).toEqual(new Set());
   });
 });
+
+describe('DeliveryRouter, a claim-checked event delivered twice whose payload is gone', () => {
+  it('writes its payload_unavailable to a tab once, as it would the event', async () => {
+    const { frames, router, history, settle } = await routerFor('ann', () => 1);
+    const key = userKey('acme', 'ann');
+    const acked: string[] = [];
+    const delivery = (n: number): Delivery =>
+      ({
+        message: {
+          fields: { routingKey: key },
+          properties: {
+            messageId: 'evt-1',
+            type: 'doc.attached',
+            headers: { [DeliveryHeader.Tenant]: 'acme', [DeliveryHeader.Job]: 'job-1' },
+          },
+          content: Buffer.alloc(0),
+        },
+        ack: () => acked.push(`copy-${n}`),
+      }) as unknown as Delivery;
+    const cursor = history.offset('acme');
+    // The resolver published the event twice (it crashed before acking it); the payload has expired.
+    router.handle(delivery(1));
+    settle(undefined);
+    await vi.waitFor(() => expect(acked).toEqual(['copy-1']));
+    router.handle(delivery(2));
+    settle(undefined);
+    await vi.waitFor(() => expect(acked).toEqual(['copy-1', 'copy-2']));
+    const unavailable = (frame: string | Uint8Array): boolean =>
+      Buffer.from(frame).toString().includes('"code":"payload_unavailable"');
+    expect(frames.filter(unavailable)).toHaveLength(1);
+    // Nor does a resume from before them replay it twice.
+    const replay = history.since('e', 'acme', cursor, key, router.welcomeOffset('acme', key));
+    expect(replay?.filter(unavailable)).toHaveLength(1);
+  });
+});
