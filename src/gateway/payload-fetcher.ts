@@ -16,7 +16,17 @@ export interface PayloadFetcherOptions {
 interface Cached {
   value: Buffer;
   storedAt: number;
+  /** What it counts against the byte bound: the payload, its key and the entry's bookkeeping. */
+  cost: number;
 }
+
+/**
+ * Bytes an entry costs besides its payload and its key's characters: the map's slot, the entry object and
+ * the Buffer of its own (measured on Node 22: about 500 bytes an entry of a 1-byte payload and a 60-character
+ * key). Without it a budget of payloads of a few bytes each (a service may put any JSON value) would keep
+ * entries by the million, each costing the node a hundred times what it counts.
+ */
+export const PAYLOAD_CACHE_ENTRY_BYTES = 400;
 
 /**
  * How long a cached payload may be served. The cache is there for the copies of one event that reach a
@@ -73,7 +83,7 @@ export class PayloadFetcher {
     this.bytes = 0;
   }
 
-  /** Bytes held by the cache now. */
+  /** Bytes held by the cache now (payloads, keys and bookkeeping). */
   get cachedBytes(): number {
     return this.bytes;
   }
@@ -86,7 +96,7 @@ export class PayloadFetcher {
       this.forget(key, cached);
       if (performance.now() - cached.storedAt <= this.maxAgeMs) {
         this.cache.set(key, cached);
-        this.bytes += cached.value.byteLength;
+        this.bytes += cached.cost;
         return Promise.resolve(cached.value);
       }
     }
@@ -111,7 +121,8 @@ export class PayloadFetcher {
   /** Caches a payload read (unless closed, or too large); returns the buffer to hand out. */
   private remember(key: string, value: Buffer): Buffer {
     // A read still in flight at close: its payload is handed to its callers, not kept with no sweeper left.
-    if (this.closed || value.byteLength > this.maxBytes) return value;
+    const cost = value.byteLength + key.length + PAYLOAD_CACHE_ENTRY_BYTES;
+    if (this.closed || cost > this.maxBytes) return value;
     const previous = this.cache.get(key);
     if (previous) this.forget(key, previous);
     // A reply that arrived in one socket read is a view of that read's buffer (up to 64 KiB, with other
@@ -122,8 +133,8 @@ export class PayloadFetcher {
       own = Buffer.allocUnsafeSlow(value.byteLength);
       value.copy(own);
     }
-    this.cache.set(key, { value: own, storedAt: performance.now() });
-    this.bytes += value.byteLength;
+    this.cache.set(key, { value: own, storedAt: performance.now(), cost });
+    this.bytes += cost;
     while (this.bytes > this.maxBytes) {
       const oldest = this.cache.entries().next().value;
       if (!oldest) break;
@@ -134,6 +145,6 @@ export class PayloadFetcher {
 
   private forget(key: string, entry: Cached): void {
     this.cache.delete(key);
-    this.bytes -= entry.value.byteLength;
+    this.bytes -= entry.cost;
   }
 }

@@ -4,7 +4,7 @@ import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, inject, it } from 'vitest';
 import type { WarrenConfig } from '../../src/config/schema.js';
-import { PayloadFetcher } from '../../src/gateway/payload-fetcher.js';
+import { PAYLOAD_CACHE_ENTRY_BYTES, PayloadFetcher } from '../../src/gateway/payload-fetcher.js';
 import { startGateway, type Gateway } from '../../src/gateway/main.js';
 import type { Resolver } from '../../src/resolver/main.js';
 import { WarrenPublisher } from '../../src/sdk/publisher/index.js';
@@ -557,6 +557,10 @@ describe('payload fetcher on a real Redis', () => {
     await cleanRedis(prefix);
   });
 
+  /** What a cached payload of tenant t1 counts against the bound: its bytes, its key and bookkeeping. */
+  const cost = (id: string, bytes: number): number =>
+    bytes + keys.job('t1', id).length + PAYLOAD_CACHE_ENTRY_BYTES;
+
   function fetcher(maxBytes: number, maxAgeMs?: number): { f: PayloadFetcher; fetches: () => number } {
     let n = 0;
     const f = new PayloadFetcher(redis, keys, { maxBytes, onFetch: () => (n += 1), maxAgeMs });
@@ -585,24 +589,41 @@ describe('payload fetcher on a real Redis', () => {
     expect(doc?.buffer.byteLength).toBe(20_000);
     expect(note?.toString()).toBe('n'.repeat(100));
     expect(note?.buffer.byteLength).toBe(100);
-    expect(f.cachedBytes).toBe(20_100);
+    expect(f.cachedBytes).toBe(cost('doc', 20_000) + cost('note', 100));
   });
 
   it('keeps the cache within its byte bound, dropping the least recently used payload first', async () => {
     for (const id of ['a', 'b', 'c']) await redis.set(keys.job('t1', id), id.repeat(400));
-    const { f } = fetcher(1000);
+    // Room for two of them, not three.
+    const bound = cost('a', 400) * 2 + 200;
+    const { f } = fetcher(bound);
     await f.get('t1', 'a');
     await f.get('t1', 'b');
     await f.get('t1', 'a'); // a is now the most recent
-    await f.get('t1', 'c'); // 1200 bytes > 1000: b goes
-    expect(f.cachedBytes).toBe(800);
+    await f.get('t1', 'c'); // three over the bound: b goes
+    expect(f.cachedBytes).toBe(cost('a', 400) + cost('c', 400));
     expect(tap.jobReads()).toBe(3);
     await f.get('t1', 'a');
     await f.get('t1', 'c');
     expect(tap.jobReads()).toBe(3);
     await f.get('t1', 'b');
     expect(tap.jobReads('b')).toBe(2);
-    expect(f.cachedBytes).toBeLessThanOrEqual(1000);
+    expect(f.cachedBytes).toBeLessThanOrEqual(bound);
+  });
+
+  it('counts each entry’s key and bookkeeping, not only its payload: tiny payloads cannot pile up by the thousand', async () => {
+    // Payloads of a byte each (a service may put any JSON value): counted by their bytes alone, a 4 KiB
+    // bound would keep every one of them, each costing the node hundreds of bytes.
+    const jobs = Array.from({ length: 200 }, (_, i) => `tiny-${i}`);
+    for (const job of jobs) await redis.set(keys.job('t1', job), String(job.length % 10));
+    const maxBytes = 4096;
+    const { f, fetches } = fetcher(maxBytes);
+    for (const job of jobs) expect((await f.get('t1', job))?.toString()).toBe(String(job.length % 10));
+    expect(f.cachedBytes).toBeLessThanOrEqual(maxBytes);
+    // Read again: only as many as fit with their keys were kept.
+    for (const job of jobs) await f.get('t1', job);
+    const kept = jobs.length * 2 - fetches();
+    expect(kept).toBeLessThanOrEqual(Math.floor(maxBytes / keys.job('t1', 'tiny-0').length));
   });
 
   it('reads again once a cached payload is older than the maximum age, and never caches a missing one', async () => {
@@ -610,7 +631,7 @@ describe('payload fetcher on a real Redis', () => {
     const { f } = fetcher(1_000_000, 50);
     expect((await f.get('t1', 'old'))?.toString()).toBe('payload');
     await redis.del(keys.job('t1', 'old'));
-    expect(f.cachedBytes).toBe(7);
+    expect(f.cachedBytes).toBe(cost('old', 7));
     await new Promise((r) => setTimeout(r, 80));
     // Gone from memory on the sweep, whether or not anyone asks for it again.
     f.sweep();
