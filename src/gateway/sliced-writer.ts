@@ -21,7 +21,7 @@ interface Backlog {
  * Writes frames to tabs, at most about SLICE_BYTES of large frames per turn of the event loop; the rest
  * waits for the next turns. Each tab keeps its order: while frames wait for it, later ones queue behind
  * them. A tab with nothing waiting gets a small frame at once, so small events are not held up behind
- * another user's large one. Held-back frames count against the tab's backpressure limit: a tab whose
+ * another user's large one (a small frame whose own fan-out passes the slice is sliced too). Held-back frames count against the tab's backpressure limit: a tab whose
  * backlog passes it is closed as too slow (4009), so the backlog is bounded by tabs × that limit.
  */
 export class SlicedWriter {
@@ -37,9 +37,15 @@ export class SlicedWriter {
 
   constructor(private readonly onWritten: (tabs: number) => void) {}
 
+  /**
+   * One frame to tabs. A small frame goes at once to each tab with nothing held back, unless the fan-out as
+   * a whole passes the slice: a 32 KiB event to 2,000 local tabs is 64 MiB of socket writes, as much as a
+   * 1 MiB one to 64 tabs, and counts against the slice as that one does.
+   */
   write(tabs: readonly Tab[], frame: Uint8Array): void {
+    const charged = frame.byteLength * tabs.length > SLICE_BYTES;
     let written = 0;
-    for (const tab of tabs) written += this.put(tab, frame, false);
+    for (const tab of tabs) written += this.put(tab, frame, charged);
     this.wrote(written);
   }
 

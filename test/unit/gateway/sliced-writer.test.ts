@@ -143,4 +143,20 @@ describe('SlicedWriter', () => {
     expect(resuming.frames.map((f) => f[0])).toEqual(replay.map((_, i) => i));
     expect(writer.held(resuming as unknown as Tab)).toEqual({ bytes: 0, largest: 0 });
   });
+
+  it('slices a fan-out of a small frame to so many tabs that it passes the slice, and still writes other users’ small events at once', async () => {
+    // A 32 KiB event to 2,000 local tabs: 64 MiB of socket writes, as much as a 1 MiB one to 64 tabs.
+    const tabs = Array.from({ length: 2000 }, () => new StalledTab(64 * MiB));
+    const other = new StalledTab(64 * MiB);
+    const writer = new SlicedWriter(() => {});
+    writer.write(tabs as unknown as Tab[], new Uint8Array(32 * 1024).fill(1));
+    const firstTurn = tabs.reduce((sum, t) => sum + t.buffered, 0);
+    expect(firstTurn).toBeLessThanOrEqual(4 * MiB + 32 * 1024);
+    // Another user's small event is not held up behind it; the fan-out's own tabs keep their order.
+    writer.write([other as unknown as Tab], new Uint8Array(100).fill(9));
+    expect(other.frames).toHaveLength(1);
+    writer.write(tabs as unknown as Tab[], new Uint8Array(100).fill(2));
+    for (let i = 0; i < 40; i += 1) await turn();
+    for (const tab of tabs) expect(tab.frames.map((f) => f[0])).toEqual([1, 2]);
+  });
 });
