@@ -17,6 +17,11 @@ export class NodeLiveness {
   private polls = 0;
   /** A poll is running: a slow one (a sweep, Redis slow) is not overlapped, nor its result overwritten late. */
   private polling = false;
+  /**
+   * Polls failed in a row: the first is logged, and the first to succeed after them, not each one between
+   * (with Redis away, one per poll timeout for as long as it is).
+   */
+  private failures = 0;
 
   constructor(
     private readonly presence: PresenceStore,
@@ -42,8 +47,21 @@ export class NodeLiveness {
     try {
       // Bounded: a connection that hangs without closing would otherwise hold `polling` set for good.
       await withTimeout(this.check(poll), POLL_TIMEOUT_MS, 'node liveness poll');
+      if (this.failures > 0)
+        this.logger.info({ failedPolls: this.failures }, 'node liveness poll succeeds again');
+      this.failures = 0;
     } catch (error) {
-      this.logger.warn({ err: errorMessage(error) }, 'node liveness poll failed');
+      this.failures += 1;
+      if (this.failures === 1)
+        this.logger.warn(
+          { err: errorMessage(error) },
+          'node liveness poll failed; the nodes last known dead stay so until a poll succeeds',
+        );
+      else
+        this.logger.debug(
+          { err: errorMessage(error), failedPolls: this.failures },
+          'node liveness poll failed',
+        );
     } finally {
       this.polling = false;
     }

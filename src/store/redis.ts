@@ -85,6 +85,9 @@ export interface CreateRedisOptions {
   urlSetting?: string;
 }
 
+/** How often a Redis connection being made again says that it still is. */
+const OUTAGE_REMINDER_MS = 60_000;
+
 /** ioredis's rejection of `connect()` when the socket failed, whatever the reason. */
 const CONNECTION_CLOSED = 'Connection is closed.';
 
@@ -108,11 +111,42 @@ export async function createRedis(options: CreateRedisOptions): Promise<WarrenRe
   });
   /** Why the connection failed: `connect()` itself only says that it closed. */
   let lastError: string | undefined;
+  /**
+   * The connection was lost and is being made again: since when, how many attempts, when it was last said.
+   * One line as it goes, one as it comes back (and a reminder now and then): not two per attempt, which
+   * ioredis makes every 2 s for as long as Redis is away.
+   */
+  let outage: { since: number; attempts: number; saidAt: number } | undefined;
   redis.on('error', (error: Error) => {
     lastError = error.message;
-    options.logger.warn({ err: error.message }, 'redis error');
+    // Each failed attempt of a reconnect: the lines as it goes and comes back carry the latest.
+    if (outage) options.logger.debug({ err: error.message }, 'redis error');
+    else options.logger.warn({ err: error.message }, 'redis error');
   });
-  redis.on('reconnecting', () => options.logger.warn('redis reconnecting'));
+  redis.on('reconnecting', () => {
+    const now = Date.now();
+    if (!outage) {
+      outage = { since: now, attempts: 1, saidAt: now };
+      options.logger.warn({ err: lastError }, 'redis connection lost; reconnecting');
+      return;
+    }
+    outage.attempts += 1;
+    if (now - outage.saidAt < OUTAGE_REMINDER_MS) return;
+    outage.saidAt = now;
+    options.logger.warn(
+      { err: lastError, downMs: now - outage.since, attempts: outage.attempts },
+      'redis still unreachable; reconnecting',
+    );
+  });
+  redis.on('ready', () => {
+    if (!outage) return;
+    options.logger.info(
+      { downMs: Date.now() - outage.since, attempts: outage.attempts },
+      'redis connection restored',
+    );
+    outage = undefined;
+    lastError = undefined;
+  });
   const deadline = Date.now() + (options.connectTimeoutMs ?? Infinity);
   const within = <T>(step: Promise<T>): Promise<T> =>
     options.connectTimeoutMs === undefined

@@ -1,0 +1,112 @@
+import { Redis } from 'ioredis';
+import { inject, it, expect } from 'vitest';
+import { startGateway } from '../../src/gateway/main.js';
+import { startResolver } from '../../src/resolver/main.js';
+import { Keys } from '../../src/store/keys.js';
+import {
+  capturingLogger,
+  connectPublisher,
+  eventually,
+  openTab,
+  removeInstallation,
+  testConfig,
+  testPrefix,
+  token,
+} from '../support/harness.js';
+import { TcpProxy } from '../support/tcp-proxy.js';
+
+/** The lines a process's Redis clients logged about their connection, as `level msg`. */
+function redisLines(lines: Record<string, unknown>[]): string[] {
+  return lines
+    .filter((l) => typeof l['msg'] === 'string' && /^redis /.test(l['msg']) && Number(l['level']) >= 30)
+    .map((l) => `${String(l['level'])} ${String(l['msg'])}`);
+}
+
+it('says once that Redis went away and once that it came back, however many reconnects it took', async () => {
+  const prefix = testPrefix('redis-outage-log');
+  const target = new URL(inject('redisUrl'));
+  const proxy = await TcpProxy.toUrl(target);
+  const config = testConfig(prefix, {
+    redis: { url: proxy.url(target) },
+    presence: { heartbeatMs: 500, expiryMs: 2000 },
+    resolver: { metricsPort: 0 },
+  });
+  const gatewayLog = capturingLogger('info');
+  const resolverLog = capturingLogger('info');
+  const gateway = await startGateway(config, { logger: gatewayLog.logger });
+  const resolver = await startResolver(config, { logger: resolverLog.logger });
+  // The publisher on Redis directly: only the servers lose it.
+  const warren = await connectPublisher(testConfig(prefix));
+  const readyz = async (port: number | undefined) =>
+    (await fetch(`http://127.0.0.1:${String(port)}/readyz`)).status;
+  const event = (id: string) => ({ id, tenantId: 't1', type: 'x', audience: { users: ['ann'] } });
+  try {
+    const tab = await openTab(gateway.port, await token({ sub: 'ann', tid: 't1' }));
+    await warren.publishEvent(event('before'));
+    await eventually(() => tab.eventIds().includes('before'), 'the event before the outage');
+    const gatewayFrom = gatewayLog.lines.length;
+    const resolverFrom = resolverLog.lines.length;
+
+    // Redis goes away for several seconds: each client tries again many times meanwhile.
+    proxy.refuse();
+    proxy.cut();
+    await eventually(async () => (await readyz(gateway.port)) === 503, 'the gateway unready');
+    await eventually(async () => (await readyz(resolver.metricsPort)) === 503, 'the resolver unready');
+    await eventually(() => proxy.refused >= 10, 'reconnect attempts');
+    await new Promise((resolve) => setTimeout(resolve, 3000));
+    proxy.accept();
+
+    await eventually(async () => (await readyz(gateway.port)) === 200, 'the gateway ready again', 15_000);
+    await eventually(
+      async () => (await readyz(resolver.metricsPort)) === 200,
+      'the resolver ready again',
+      15_000,
+    );
+    // The node could not beat meanwhile: its tab is told it may have missed events (those resolved while
+    // resolvers counted it dead), and from then on receives again, without a restart.
+    await eventually(
+      () => tab.frames.some((f) => f.type === 'error' && f.code === 'events_missed'),
+      'events_missed',
+      15_000,
+    );
+    await warren.publishEvent(event('after'));
+    await eventually(() => tab.eventIds().includes('after'), 'the event after the outage');
+    expect(tab.closeCode).toBeUndefined();
+
+    // One line as it goes, one as it comes back: not a line per attempt.
+    for (const lines of [gatewayLog.lines.slice(gatewayFrom), resolverLog.lines.slice(resolverFrom)]) {
+      expect(redisLines(lines)).toEqual([
+        '40 redis connection lost; reconnecting',
+        '30 redis connection restored',
+      ]);
+    }
+    tab.ws.terminate();
+  } finally {
+    proxy.accept();
+    await removeInstallation(prefix, { warren, resolvers: [resolver], gateways: [gateway] });
+    await proxy.close();
+  }
+}, 60_000);
+
+it('a resolver says once that its liveness polls fail, and once that they succeed again', async () => {
+  const prefix = testPrefix('liveness-poll-log');
+  const keys = new Keys(prefix);
+  const redis = new Redis(inject('redisUrl'));
+  // The list of nodes unreadable as one: every poll fails at once, as every 10 s with Redis away.
+  await redis.hset(keys.nodes(), 'not', 'a sorted set');
+  const log = capturingLogger('info');
+  const resolver = await startResolver(testConfig(prefix), { logger: log.logger });
+  const said = (msg: RegExp) => log.lines.filter((l) => msg.test(String(l['msg']))).length;
+  try {
+    await eventually(() => said(/^node liveness poll failed/) > 0, 'the first failure');
+    // Several polls (one a second) fail meanwhile.
+    await new Promise((resolve) => setTimeout(resolve, 3500));
+    expect(said(/^node liveness poll failed/)).toBe(1);
+    await redis.del(keys.nodes());
+    await eventually(() => said(/^node liveness poll succeeds again/) === 1, 'the recovery');
+    expect(said(/^node liveness poll failed/)).toBe(1);
+  } finally {
+    redis.disconnect();
+    await removeInstallation(prefix, { resolvers: [resolver] });
+  }
+}, 30_000);
