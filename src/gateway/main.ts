@@ -946,6 +946,14 @@ export async function startGateway(
         name: 'forget presence',
         run: async () => {
           presenceGone = true;
+          // Redis away: not waited for, which would hold the drain for the rest of its bound (and the
+          // process past an orchestrator's grace period) for keys that look after themselves: resolvers
+          // stop counting the node's users within presence.expiryMs, and the next sweep, by any process,
+          // removes them (a beat waiting in the client's queue is dropped when the client closes).
+          if (!redisReady(redis)) {
+            logger.warn('Redis is away: this node’s presence is left to expire and be swept');
+            return;
+          }
           // A beat under way would list the node again after it is forgotten.
           while (beating) await sleep(10);
           await presence.forgetNode(nodeId);

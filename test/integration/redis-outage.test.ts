@@ -110,3 +110,50 @@ it('a resolver says once that its liveness polls fail, and once that they succee
     await removeInstallation(prefix, { resolvers: [resolver] });
   }
 }, 30_000);
+
+it('a gateway stopped while Redis is away drains without waiting for it, and its presence is swept', async () => {
+  const prefix = testPrefix('redis-outage-drain');
+  const target = new URL(inject('redisUrl'));
+  const proxy = await TcpProxy.toUrl(target);
+  const config = testConfig(prefix, {
+    redis: { url: proxy.url(target) },
+    presence: { heartbeatMs: 500, expiryMs: 2000 },
+    gateway: { drainTimeoutMs: 5000 },
+  });
+  const log = capturingLogger('info');
+  const gateway = await startGateway(config, { logger: log.logger });
+  const keys = new Keys(prefix);
+  const redis = new Redis(inject('redisUrl'));
+  try {
+    const tab = await openTab(gateway.port, await token({ sub: 'ann', tid: 't1' }));
+    expect(await redis.zscore(keys.nodes(), gateway.nodeId)).not.toBeNull();
+    proxy.refuse();
+    proxy.cut();
+    await eventually(
+      async () => (await fetch(`http://127.0.0.1:${gateway.port}/readyz`)).status === 503,
+      'unready',
+    );
+    await gateway.close();
+    const said = log.lines.map((l) => String(l['msg']));
+    // The drain ended on its own, its queues deleted, rather than timing out on the presence it could not
+    // forget.
+    expect(said).toContain('drained');
+    expect(said).not.toContain('drain did not finish');
+    await eventually(() => tab.closeCode !== undefined, 'the tab closed');
+    // What it left in Redis goes with the next sweep of any process once it is silent past the expiry.
+    proxy.accept();
+    const other = await startGateway(testConfig(prefix, { presence: { heartbeatMs: 500, expiryMs: 2000 } }), {
+      logger: capturingLogger('info').logger,
+    });
+    try {
+      await eventually(async () => (await redis.zscore(keys.nodes(), gateway.nodeId)) === null, 'swept');
+    } finally {
+      await other.close();
+    }
+  } finally {
+    redis.disconnect();
+    proxy.accept();
+    await removeInstallation(prefix, { gateways: [gateway] });
+    await proxy.close();
+  }
+}, 60_000);
