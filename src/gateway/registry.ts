@@ -1,6 +1,13 @@
 import { userKey } from '../protocol/ids.js';
 import { errorMessage } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
+import { PerKeyThrottle } from '../shared/throttle.js';
+
+/**
+ * How often each kind of failed presence step is logged: with Redis away or refusing, every user's step and
+ * each of its retries fails (every grace period, every beat), and a line for each would bury the log.
+ */
+const FAILURE_LOG_MS = 10_000;
 
 /** What the registry needs of a tab. */
 export interface RegisteredTab {
@@ -75,6 +82,7 @@ export class ConnectionRegistry<T extends RegisteredTab> {
   private tabCount = 0;
   /** Set by `unbindAll` (the node is draining): no step is scheduled any more. */
   private closed = false;
+  private readonly failures = new PerKeyThrottle(FAILURE_LOG_MS);
 
   constructor(
     private readonly binder: KeyBinder,
@@ -86,6 +94,11 @@ export class ConnectionRegistry<T extends RegisteredTab> {
 
   get size(): number {
     return this.tabCount;
+  }
+
+  /** Logs a failed step of a user's, at most once per FAILURE_LOG_MS per kind, with how many failed since. */
+  private failed(what: string, error: unknown, key: string): void {
+    this.failures.tell(what, 1, (count) => this.logger.warn({ err: errorMessage(error), key, count }, what));
   }
 
   /** Users held: with a tab open, or in their unbind grace period (their key still bound). */
@@ -210,7 +223,7 @@ export class ConnectionRegistry<T extends RegisteredTab> {
     try {
       await this.takeBackBit(entry);
     } catch (error) {
-      this.logger.warn({ err: errorMessage(error), key: entry.key }, 'presence offline failed; will retry');
+      this.failed('presence offline failed; will retry', error, entry.key);
     }
   }
 
@@ -253,7 +266,7 @@ export class ConnectionRegistry<T extends RegisteredTab> {
     if (failed !== undefined) {
       // Kept, and tried again once the broker is back (`rebindAll`), on heartbeats (`repair`, the bits)
       // and after every grace period.
-      this.logger.warn({ err: errorMessage(failed), key: entry.key }, 'releasing a user failed; will retry');
+      this.failed('releasing a user failed; will retry', failed, entry.key);
       if (entry.tabs.size === 0 && entry.graceTimer === undefined && this.users.get(entry.key) === entry)
         this.releaseLater(entry);
       return;
@@ -377,7 +390,7 @@ export class ConnectionRegistry<T extends RegisteredTab> {
         const stale = entry.bit;
         this.setBit(entry, undefined);
         void this.enqueue(entry, () => this.reassign(entry, stale)).catch((error: unknown) =>
-          this.logger.warn({ err: errorMessage(error), key: entry.key }, 're-announcing a user failed'),
+          this.failed('re-announcing a user failed', error, entry.key),
         );
       });
     }
@@ -418,9 +431,7 @@ export class ConnectionRegistry<T extends RegisteredTab> {
           entry.online = false;
           await this.announce(entry);
         }
-      }).catch((error: unknown) =>
-        this.logger.warn({ err: errorMessage(error), key: entry.key }, 'presence repair failed; will retry'),
-      );
+      }).catch((error: unknown) => this.failed('presence repair failed; will retry', error, entry.key));
     }
   }
 

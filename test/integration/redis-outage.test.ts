@@ -157,3 +157,41 @@ it('a gateway stopped while Redis is away drains without waiting for it, and its
     await proxy.close();
   }
 }, 60_000);
+
+it('a gateway whose presence writes fail says so once in a while, not once per user and retry', async () => {
+  const prefix = testPrefix('presence-failure-log');
+  const keys = new Keys(prefix);
+  const log = capturingLogger('info');
+  // A short grace period: each user's release is tried again every 100 ms while it fails.
+  const config = testConfig(prefix, { gateway: { unbindGraceMs: 100 } });
+  const gateway = await startGateway(config, { logger: log.logger });
+  const redis = new Redis(inject('redisUrl'));
+  try {
+    const users = ['u1', 'u2', 'u3', 'u4', 'u5'];
+    const tabs = await Promise.all(
+      users.map(async (sub) => openTab(gateway.port, await token({ sub, tid: 't1' }))),
+    );
+    // The node's presence in t1 refused by Redis for now (as a Redis away makes each write fail, only
+    // at once): every user's offline write and each retry of it fails.
+    const online = keys.online('t1', gateway.nodeId);
+    await redis.del(online);
+    await redis.hset(online, 'not', 'a bitmap');
+    const from = log.lines.length;
+    for (const tab of tabs) tab.ws.close();
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+    const failures = log.lines
+      .slice(from)
+      .filter((l) => Number(l['level']) >= 40 && /fail/.test(String(l['msg'])));
+    // Told, with how many, but not for every user and every 100 ms.
+    expect(failures.length).toBeGreaterThan(0);
+    expect(failures.length).toBeLessThanOrEqual(2);
+    // Mended, presence works again without a restart.
+    await redis.del(online);
+    const again = await openTab(gateway.port, await token({ sub: 'u6', tid: 't1' }));
+    expect(again.welcome?.userId).toBe('u6');
+    again.ws.terminate();
+  } finally {
+    redis.disconnect();
+    await removeInstallation(prefix, { gateways: [gateway] });
+  }
+}, 30_000);
