@@ -647,6 +647,8 @@ export async function startGateway(
   let beatAgain = false;
   /** Counts Redis server changes: a re-announcement that began before the latest one does not count. */
   let serverGeneration = 0;
+  /** `serverGeneration` when the last beat that landed was sent. */
+  let beatServerGeneration = 0;
   const startedAt = Date.now();
   /** `again`: if a beat is running, run another after it (the interval's ticks just skip). */
   const beat = async (again = false): Promise<void> => {
@@ -670,6 +672,7 @@ export async function startGateway(
       if (!earlierPresenceCleared) await clearEarlierPresence();
       // Users with a tab open: those in their unbind grace period are offline, and counted in no tenant.
       const stats = { connections: registry.size, users: registry.connectedUserCount, startedAt };
+      const generationBeaten = serverGeneration;
       const { returned: unknown, silentMs } = await presence.heartbeat(
         nodeId,
         stats,
@@ -688,11 +691,17 @@ export async function startGateway(
       else if (unlisted) missedWhy ??= 'this node was not yet counted when its users came';
       else if (!firstBeat && silentMs >= config.presence.expiryMs)
         missedWhy ??= `this node could not beat for ${silentMs} ms and may have been counted dead`;
+      // The first beat on another server (restarted empty, failed over): unlisted there because that server
+      // never had it, not because anyone declared it dead; the change itself is logged where it is seen.
+      const onNewServer = beatServerGeneration !== generationBeaten;
+      beatServerGeneration = generationBeaten;
       if (declaredDead || unlisted) {
         logger.warn(
-          declaredDead
-            ? 'this node had been declared dead; announcing its users again'
-            : 'this node is counted only now; announcing its users again',
+          declaredDead && onNewServer
+            ? 'this node is not listed on the new Redis server; announcing its users again'
+            : declaredDead
+              ? 'this node had been declared dead; announcing its users again'
+              : 'this node is counted only now; announcing its users again',
         );
         reannounceDue = true;
       }

@@ -14,6 +14,7 @@ import {
   token,
 } from '../support/harness.js';
 import { TcpProxy } from '../support/tcp-proxy.js';
+import { hasRedisServer, SecondRedis } from '../support/second-redis.js';
 
 /** The lines a process's Redis clients logged about their connection, as `level msg`. */
 function redisLines(lines: Record<string, unknown>[]): string[] {
@@ -195,3 +196,65 @@ it('a gateway whose presence writes fail says so once in a while, not once per u
     await removeInstallation(prefix, { gateways: [gateway] });
   }
 }, 30_000);
+
+it.skipIf(!hasRedisServer)(
+  'a gateway on a Redis restarted empty says the server changed, not that it was declared dead, and routes right',
+  async () => {
+    const second = await SecondRedis.start();
+    const prefix = testPrefix('redis-restart-empty');
+    const main = new URL(inject('redisUrl'));
+    const proxy = await TcpProxy.toUrl(main);
+    const config = testConfig(prefix, {
+      redis: { url: proxy.url(main) },
+      presence: { heartbeatMs: 500, expiryMs: 2000 },
+    });
+    const log = capturingLogger('info');
+    const gateway = await startGateway(config, { logger: log.logger });
+    const resolver = await startResolver(config, { logger: capturingLogger('info').logger });
+    // Through the same address: the publisher's payloads and memberships are on whichever server is there.
+    const warren = await connectPublisher(config);
+    const event = (id: string, user: string) => ({
+      id,
+      tenantId: 't1',
+      type: 'x',
+      audience: { users: [user] },
+    });
+    try {
+      const ann = await openTab(gateway.port, await token({ sub: 'ann', tid: 't1' }));
+      const bob = await openTab(gateway.port, await token({ sub: 'bob', tid: 't1' }));
+      await warren.publishEvent(event('a1', 'ann'));
+      await eventually(() => ann.eventIds().includes('a1'), 'the event before the restart');
+      // Redis restarts empty behind the same address: the id map starts again from bit 0.
+      proxy.retarget('127.0.0.1', second.port);
+      proxy.cut();
+      for (let i = 0; i < 10; i += 1) {
+        await warren.publishEvent(event(`b${i}`, 'bob'));
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      await eventually(
+        () => ann.frames.some((f) => f.type === 'error' && f.code === 'events_missed'),
+        'events_missed',
+        15_000,
+      );
+      await warren.publishEvent(event('a2', 'ann'));
+      await warren.publishEvent(event('b99', 'bob'));
+      await eventually(
+        () => ann.eventIds().includes('a2') && bob.eventIds().includes('b99'),
+        'the events after the restart',
+      );
+      // Never another user's event, whatever bits the new id map gave.
+      expect(ann.eventIds().filter((id) => id.startsWith('b'))).toEqual([]);
+      expect(bob.eventIds().filter((id) => id.startsWith('a'))).toEqual([]);
+      const said = log.lines.map((l) => String(l['msg']));
+      expect(said.filter((m) => m.startsWith('redis server changed'))).toHaveLength(1);
+      expect(said).not.toContain('this node had been declared dead; announcing its users again');
+      expect(said).toContain('this node is not listed on the new Redis server; announcing its users again');
+      for (const tab of [ann, bob]) tab.ws.terminate();
+    } finally {
+      await removeInstallation(prefix, { warren, resolvers: [resolver], gateways: [gateway] });
+      await proxy.close();
+      second.stop();
+    }
+  },
+  60_000,
+);
