@@ -2,6 +2,7 @@ import { Redis } from 'ioredis';
 import { afterEach, describe, expect, inject, it } from 'vitest';
 import type { Gateway } from '../../src/gateway/main.js';
 import type { ServerFrame } from '../../src/protocol/frames.js';
+import { LEFT_GRACE_MS } from '../../src/sdk/client/socket-link.js';
 import { Keys } from '../../src/store/keys.js';
 import { withWarrenCommands } from '../../src/store/redis.js';
 import { RevocationStore } from '../../src/store/revocation-store.js';
@@ -122,7 +123,7 @@ describe('handoff before a drain or a lifetime close', () => {
     }
   });
 
-  it('on a drain: a node behind its queue closes its moved tabs within a second of the time it gave them', async () => {
+  it('on a drain: a node behind its queue closes its moved tabs before their clients give up on them', async () => {
     prefix = testPrefix('handoff-bound');
     const target = new URL(inject('rabbitmqUrl'));
     const proxy = await TcpProxy.toUrl(target);
@@ -142,10 +143,11 @@ describe('handoff before a drain or a lifetime close', () => {
       proxy.stall();
       // A moved client keeps the old connection a little past the time it was given (the SDK's
       // LEFT_GRACE_MS, 2.5 s), then closes it itself: the node's events_missed, written later, would reach
-      // no one. The node takes at most its probe's second.
+      // no one. The node takes at most its probe's second; the rest of the grace is the spare a busy node
+      // (and a loaded test machine) has. Waiting on the stalled broker instead takes the drain's 6 s.
       const closedAt = await Promise.all(moved.map((tab) => tab.closed.then(() => Date.now())));
       for (const tab of moved) expect(missed(tab)).toBe(true);
-      expect(Math.max(...closedAt) - toldAt).toBeLessThan(handoffMs + 1000 + 300);
+      expect(Math.max(...closedAt) - toldAt).toBeLessThan(handoffMs + LEFT_GRACE_MS);
       proxy.flow();
       await drained;
     } finally {

@@ -57,7 +57,7 @@ const MAX_CLOSE_IN_MS = 60_000;
  * the second a node takes at most to find out whether it has delivered everything (and say events_missed
  * if not) before that close, with time to spare for a busy node.
  */
-const LEFT_GRACE_MS = 2500;
+export const LEFT_GRACE_MS = 2500;
 
 /**
  * A connection that closed before the gateway's welcome. A browser reports an upgrade the gateway refused
