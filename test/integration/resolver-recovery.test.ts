@@ -194,7 +194,11 @@ describe('a resolver closing while the broker reads nothing from it (a resource 
         async () => (await probe.channel.checkQueue(`${prefix}.resolver`)).messageCount === 0,
         'the event handed to the resolver',
       );
-      await new Promise((resolve) => setTimeout(resolve, 500));
+      // Resolved: its delivery is published in the same turn, and waits for a confirm that cannot come.
+      await eventually(
+        async () => (await counter(resolver, 'warren_resolver_recipients')) > 0,
+        'the event resolved',
+      );
       const started = Date.now();
       // Rejected by its overall timeout (15 s) if a step waits for the confirm.
       await resolver.close();
@@ -240,11 +244,11 @@ describe('a resolver whose deliveries exchange is deleted under it', () => {
         type: 'note',
         audience: { teams: ['icu'] },
       });
+      const requeued = () => counter(resolver, 'warren_resolver_events_total', { outcome: 'requeued' });
+      await eventually(async () => (await requeued()) > 0, 'the event requeued');
+      // Each pause is 0.5 s: a few more requeues in the next 1.5 s, not thousands.
       await new Promise((resolve) => setTimeout(resolve, 1500));
-      // Each pause is 0.5 s: a few requeues in that time, not thousands.
-      const requeued = await counter(resolver, 'warren_resolver_events_total', { outcome: 'requeued' });
-      expect(requeued).toBeGreaterThan(0);
-      expect(requeued).toBeLessThan(10);
+      expect(await requeued()).toBeLessThan(10);
       // Not declared again without the gateways' bindings (its deliveries would be confirmed, to no one).
       expect(await probe.exchangeExists(`${prefix}.deliveries`)).toBe(false);
       // The gateway's connection made again: it declares the exchange and binds again; the event arrives.
