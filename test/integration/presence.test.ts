@@ -280,19 +280,22 @@ describe('presence of gateway nodes in Redis', () => {
         Array.from({ length: 20 }, async () => openTab(gateway.port, await token({ sub: 'ann', tid: 't1' }))),
       );
       let drained = false;
+      const drainStarted = Date.now();
       const drain = gateway.drain().then(() => (drained = true));
       // While any tab is still open, resolvers must go on counting the node (and so ann) alive.
       let openWhileDead = 0;
-      let checks = 0;
+      // Checks with tabs still open once the drain has lasted longer than the expiry: the case in question
+      // (however many checks a loaded machine gets through).
+      let checksPastExpiry = 0;
       while (!drained) {
         const dead = await presence.deadNodes(expiryMs);
         const open = tabs.filter((t) => t.closeCode === undefined).length;
         if (!drained && dead.includes(gateway.nodeId) && open > 0) openWhileDead = open;
-        checks += 1;
+        if (open > 0 && Date.now() - drainStarted > expiryMs + 200) checksPastExpiry += 1;
         await new Promise((r) => setTimeout(r, 100));
       }
       await drain;
-      expect(checks).toBeGreaterThan(15);
+      expect(checksPastExpiry).toBeGreaterThan(0);
       expect(openWhileDead).toBe(0);
       for (const tab of tabs) expect(await tab.closed).toBe(4100);
     } finally {
