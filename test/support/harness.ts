@@ -434,16 +434,30 @@ export async function removeInstallation(
   parts: { warren?: WarrenPublisher; resolvers?: (Resolver | undefined)[]; gateways?: Gateway[] },
 ): Promise<void> {
   const gateways = parts.gateways ?? [];
-  await parts.warren?.close();
-  for (const resolver of parts.resolvers ?? []) await resolver?.close();
-  await Promise.all(gateways.map((g) => g.close()));
+  // A close that fails (what a failing test often comes to) stops none of the rest: the prefix is removed
+  // whatever happens, and the first failure is thrown after.
+  const failures: unknown[] = [];
+  const attempt = async (step: () => Promise<unknown> | undefined): Promise<void> => {
+    try {
+      await step();
+    } catch (error) {
+      failures.push(error);
+    }
+  };
+  await attempt(() => parts.warren?.close());
+  for (const resolver of parts.resolvers ?? []) await attempt(() => resolver?.close());
+  await Promise.all(gateways.map((g) => attempt(() => g.close())));
   const probe = await BrokerProbe.open();
-  await probe.deleteExchangesAndQueues(
-    prefix,
-    gateways.map((g) => g.queue),
-  );
-  await probe.close();
+  try {
+    await probe.deleteExchangesAndQueues(
+      prefix,
+      gateways.map((g) => g.queue),
+    );
+  } finally {
+    await probe.close();
+  }
   await cleanRedis(prefix);
+  if (failures.length > 0) throw failures[0];
 }
 
 /**
