@@ -622,30 +622,40 @@ describe('a resolver holding a membership change its Redis ACL denies', () => {
   }, 60_000);
 });
 
+/**
+ * A resolver of its own for a describe block, logging to a capture, and a broker probe; both gone with the
+ * installation after the block.
+ */
+function resolverOfItsOwn(name: string, overrides: Parameters<typeof testConfig>[1] = {}) {
+  const prefix = testPrefix(name);
+  const own = { prefix, log: capturingLogger('info') } as {
+    prefix: string;
+    log: ReturnType<typeof capturingLogger>;
+    resolver: Resolver;
+    probe: BrokerProbe;
+  };
+  beforeAll(async () => {
+    own.resolver = await startTestResolver(testConfig(prefix, overrides), own.log.logger);
+    own.probe = await BrokerProbe.open();
+  });
+  afterAll(async () => {
+    await own.probe.close();
+    await removeInstallation(prefix, { resolvers: [own.resolver] });
+  });
+  return own;
+}
+
 describe('a resolver on the smallest AMQP frame rabbitmq.frameMax allows (8 KiB)', () => {
-  const prefix = testPrefix('small-frame');
-  const config = testConfig(prefix, { rabbitmq: { frameMax: 8192 } });
-  let resolver: Resolver;
-  let probe: BrokerProbe;
-  const resolverLog = capturingLogger('info');
+  const own = resolverOfItsOwn('small-frame', { rabbitmq: { frameMax: 8192 } });
   // Headers that just fit in the frame they arrive in: a copy with Warren's own added would not.
   const filling = { trace: 'x'.repeat(8050) };
   const connectionLost = () =>
-    resolverLog.lines.filter((l) => l['msg'] === 'broker connection lost; reconnecting');
-
-  beforeAll(async () => {
-    resolver = await startTestResolver(config, resolverLog.logger);
-    probe = await BrokerProbe.open();
-  });
-  afterAll(async () => {
-    await probe.close();
-    await removeInstallation(prefix, { resolvers: [resolver] });
-  });
+    own.log.lines.filter((l) => l['msg'] === 'broker connection lost; reconnecting');
 
   it('dead-letters a malformed event whose headers fill the frame, with its reason, without them', async () => {
-    const dead = await probe.deadLetters(prefix);
+    const dead = await own.probe.deadLetters(own.prefix);
     const users = Array.from({ length: 200 }, (_, i) => `not.an.id.${i}`);
-    await probe.publishEvent(prefix, { ...valid, id: 'full-headers', audience: { users } }, filling);
+    await own.probe.publishEvent(own.prefix, { ...valid, id: 'full-headers', audience: { users } }, filling);
     await eventually(() => dead.length > 0, 'the dead letter');
     // Once: the broker did not close the connection over it, which would have had it back again.
     await new Promise((resolve) => setTimeout(resolve, 1000));
@@ -663,12 +673,12 @@ describe('a resolver on the smallest AMQP frame rabbitmq.frameMax allows (8 KiB)
     // Redis refuses to read the tenant's change log (a key of the wrong type): its events wait in the
     // retry queue, a copy of each published there.
     const redis = new Redis(inject('redisUrl'));
-    const log = new Keys(prefix).log('initech');
+    const log = new Keys(own.prefix).log('initech');
     await redis.hset(log, 'not', 'a stream');
     try {
-      await probe.publishEvent(prefix, { ...valid, id: 'aside', tenantId: 'initech' }, filling);
+      await own.probe.publishEvent(own.prefix, { ...valid, id: 'aside', tenantId: 'initech' }, filling);
       await eventually(
-        async () => (await counter(resolver, 'warren_resolver_events_total', { outcome: 'retried' })) > 0,
+        async () => (await counter(own.resolver, 'warren_resolver_events_total', { outcome: 'retried' })) > 0,
         'the event put aside',
       );
     } finally {
@@ -676,7 +686,8 @@ describe('a resolver on the smallest AMQP frame rabbitmq.frameMax allows (8 KiB)
       await redis.quit();
     }
     await eventually(
-      async () => (await counter(resolver, 'warren_resolver_events_total', { outcome: 'no_recipients' })) > 0,
+      async () =>
+        (await counter(own.resolver, 'warren_resolver_events_total', { outcome: 'no_recipients' })) > 0,
       'the event resolved once it came back',
       15_000,
     );
@@ -685,30 +696,17 @@ describe('a resolver on the smallest AMQP frame rabbitmq.frameMax allows (8 KiB)
 });
 
 describe('a malformed event whose reason runs to hundreds of kilobytes', () => {
-  const prefix = testPrefix('long-reason');
-  const config = testConfig(prefix);
-  let resolver: Resolver;
-  let probe: BrokerProbe;
-  const resolverLog = capturingLogger('info');
-
-  beforeAll(async () => {
-    resolver = await startTestResolver(config, resolverLog.logger);
-    probe = await BrokerProbe.open();
-  });
-  afterAll(async () => {
-    await probe.close();
-    await removeInstallation(prefix, { resolvers: [resolver] });
-  });
+  const own = resolverOfItsOwn('long-reason');
 
   it('is logged with no more of its reason than the dead letter’s header holds', async () => {
-    const dead = await probe.deadLetters(prefix);
+    const dead = await own.probe.deadLetters(own.prefix);
     // A reason naming every unknown field: hundreds of kilobytes.
     const fields = Object.fromEntries(Array.from({ length: 50_000 }, (_, i) => [`field${i}`, 1]));
-    await probe.publishEvent(prefix, { ...valid, id: 'many-fields', ...fields });
+    await own.probe.publishEvent(own.prefix, { ...valid, id: 'many-fields', ...fields });
     await eventually(() => dead.length > 0, 'the dead letter');
     const header = String(dead[0]?.properties.headers?.['x-warren-reason']);
     expect(header).toContain('field0');
-    const logged = resolverLog.lines.filter(
+    const logged = own.log.lines.filter(
       (l) => l['msg'] === 'message dead-lettered' && String(l['reason']).includes('field0'),
     );
     expect(logged).toHaveLength(1);
