@@ -60,6 +60,20 @@ const MAX_CLOSE_IN_MS = 60_000;
 export const LEFT_GRACE_MS = 2500;
 
 /**
+ * `error` with `token` (as sent, or URI-encoded) masked in its message; the error itself when its message
+ * does not hold it. The masked one is a new error of the same name, without the original as its cause,
+ * which would carry the token still.
+ */
+function withoutToken(error: unknown, token: string): unknown {
+  if (!(error instanceof Error)) return error;
+  const masked = error.message.split(encodeURIComponent(token)).join('***').split(token).join('***');
+  if (masked === error.message) return error;
+  const copy = new Error(masked);
+  copy.name = error.name;
+  return copy;
+}
+
+/**
  * A connection that closed before the gateway's welcome. A browser reports an upgrade the gateway refused
  * (401 for a token it does not accept, 503 for a node not ready) as it reports an unreachable host: 1006,
  * with nothing more; the gateway's log and its `warren_gateway_auth_failures_total` say which.
@@ -136,12 +150,20 @@ export class SocketLink {
     this.detach()?.close(1000, 'client closed');
   }
 
-  /** Opens a socket to `url` with `token`; throws what the browser throws (a blocked URL). */
+  /**
+   * Opens a socket to `url` with `token`; throws what the browser throws (a blocked URL), with the token
+   * masked: a URL it refuses is quoted in its message (Chromium's "The URL '…' is invalid.", the ws
+   * package's "Invalid URL: …"), `?token=` and all, and the application logs the error it is told.
+   */
   private socketTo(url: string, token: string): WebSocket {
     const { tokenTransport, WebSocket: Socket } = this.settings;
-    return tokenTransport === 'query'
-      ? new Socket(`${url}${url.includes('?') ? '&' : '?'}token=${encodeURIComponent(token)}`, WS_PROTOCOL)
-      : new Socket(url, [WS_PROTOCOL, `${BEARER_PROTOCOL_PREFIX}${token}`]);
+    try {
+      return tokenTransport === 'query'
+        ? new Socket(`${url}${url.includes('?') ? '&' : '?'}token=${encodeURIComponent(token)}`, WS_PROTOCOL)
+        : new Socket(url, [WS_PROTOCOL, `${BEARER_PROTOCOL_PREFIX}${token}`]);
+    } catch (error) {
+      throw withoutToken(error, token);
+    }
   }
 
   private async open(): Promise<void> {

@@ -807,6 +807,38 @@ describe('client: an attempt that fails', () => {
     expect(states).toEqual(['connected', 'reconnecting']);
     client.close();
   });
+
+  it('keeps the token out of the error when the WebSocket refuses a URL that carries it', async () => {
+    vi.useFakeTimers();
+    // What browsers and the ws package throw for a URL they cannot take: the URL, token and all
+    // (Chromium: "The URL '…' is invalid.", or the fragment the query was appended to).
+    class RefusingSocket {
+      constructor(url: string) {
+        throw new SyntaxError(`Failed to construct 'WebSocket': The URL '${url}' is invalid.`);
+      }
+    }
+    const token = 'eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1MSJ9.c2lnbmF0dXJl';
+    const client = connect({
+      url: 'wss://gateway:99999/ws',
+      getToken: () => token,
+      tokenTransport: 'query',
+      WebSocket: RefusingSocket as unknown as typeof WebSocket,
+      pingIntervalMs: 0,
+      connectTimeoutMs: 0,
+    });
+    const errors: { message: string; cause: unknown }[] = [];
+    client.on('error', (e) => errors.push({ message: e.message, cause: e.cause }));
+    await vi.advanceTimersByTimeAsync(0);
+    expect(errors).toHaveLength(1);
+    const [error] = errors;
+    expect(error?.message).toBe(
+      "cannot open wss://gateway:99999/ws: Failed to construct 'WebSocket': The URL 'wss://gateway:99999/ws?token=***' is invalid.",
+    );
+    // Nor in what an application's logger prints of the error's cause.
+    expect(JSON.stringify(error, Object.getOwnPropertyNames(error))).not.toContain('c2lnbmF0dXJl');
+    expect(String((error?.cause as Error | undefined)?.message)).not.toContain('c2lnbmF0dXJl');
+    client.close();
+  });
 });
 
 describe('client: an attempt that hangs', () => {
