@@ -785,7 +785,8 @@ export class ResolverWorker {
       return;
     }
     metrics.deadLetters.inc({ code });
-    metrics.events.inc({ outcome: 'dead_lettered' });
+    // An outcome of events only: a membership change set aside shows in dead_letters_total alone.
+    if (origin.exchange !== names.membership) metrics.events.inc({ outcome: 'dead_lettered' });
     logger.warn({ code, reason: said, routingKey: origin.routingKey }, 'message dead-lettered');
     if (failed === undefined) {
       delivery.ack();

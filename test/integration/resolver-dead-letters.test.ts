@@ -347,6 +347,16 @@ describe('malformed input is dead-lettered with its reason, and resolving goes o
       });
     }
     await channel.close();
+    // Every dead letter counts by its code; only the events among them count as an event outcome.
+    const events = cases.filter((c) => c.exchange !== 'membership').length;
+    expect(events).toBeLessThan(cases.length);
+    await eventually(
+      async () => (await counter(stack.resolver, 'warren_resolver_dead_letters_total')) === cases.length,
+      'every dead letter counted',
+    );
+    expect(await counter(stack.resolver, 'warren_resolver_events_total', { outcome: 'dead_lettered' })).toBe(
+      events,
+    );
   });
 
   it('sets aside a valid membership change that can never be applied, and applies the ones behind it', async () => {
