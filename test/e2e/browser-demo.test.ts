@@ -256,6 +256,20 @@ describe('the warren dev demo page and its dev-only endpoints', () => {
     await context.close();
   });
 
+  it('on a phone-sized screen wraps a long unbroken message inside its card, the page no wider than the screen', async () => {
+    const context = await browser.newContext({ viewport: { width: 390, height: 844 } });
+    const page = await openAs('acme-health/alice', context);
+    const word = 'x'.repeat(300);
+    await page.fill('#text', word);
+    await page.click('#publish button[type=submit]');
+    await eventually(async () => (await feed(page)).includes(word), 'the event arrives');
+    // Unwrapped, the word widened the feed, its card and with them the whole page to some 1900px.
+    expect(await page.evaluate(() => document.documentElement.scrollWidth)).toBeLessThanOrEqual(390);
+    const card = await page.locator('#events .event').first().boundingBox();
+    expect(card!.x + card!.width).toBeLessThanOrEqual(390);
+    await context.close();
+  });
+
   it('publishes a cleared event type as message.created, and says what a type may hold', async () => {
     const page = await openAs('acme-health/alice');
     await page.fill('#type', '');

@@ -63,14 +63,15 @@ button:disabled { opacity: .5; cursor: default; }
 .sub { font-size: 13px; color: var(--muted); margin: 6px 0 0; }
 .feed-head button { margin-left: auto; padding: 4px 10px; font-size: 12px; }
 #events { list-style: none; margin: 14px 0 0; padding: 0 2px 0 0; display: grid; gap: 10px;
-  max-height: 520px; overflow-y: auto; }
+  grid-template-columns: minmax(0, 1fr); max-height: 520px; overflow-y: auto; }
 .event { border: 1px solid var(--line); border-left: 4px solid hsl(var(--hue) 60% 50%); border-radius: 10px;
   padding: 10px 14px; animation: arrive .8s ease-out; }
 @keyframes arrive { from { background: #eef2ff; transform: translateY(-4px); } to { background: #fff; } }
 .event-head { display: flex; flex-wrap: wrap; align-items: center; gap: 4px 8px; font-size: 12px; color: var(--muted); }
 .type { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; color: var(--text); font-weight: 600; }
 .event time { margin-left: auto; font-variant-numeric: tabular-nums; }
-.event p { margin: 6px 0 4px; font-size: 15px; }
+/* A word longer than the card (a URL, a pasted token) wraps instead of widening the whole page. */
+.event p { margin: 6px 0 4px; font-size: 15px; overflow-wrap: anywhere; }
 .event code { font-size: 11px; color: var(--off); }
 .empty { text-align: center; color: var(--muted); padding: 48px 12px; border: 1px dashed var(--line);
   border-radius: 10px; margin-top: 14px; }
@@ -79,7 +80,7 @@ button:disabled { opacity: .5; cursor: default; }
 #log li { display: flex; gap: 8px; }
 #log time { font-variant-numeric: tabular-nums; color: var(--off); }
 #log .bad { color: #dc2626; }
-@media (max-width: 820px) { main { grid-template-columns: 1fr; } }
+@media (max-width: 820px) { main { grid-template-columns: minmax(0, 1fr); } }
 /* A phone: the status goes under the brand, at full width, instead of squeezing the logo and the tag. */
 @media (max-width: 560px) { .bar { flex-wrap: wrap; } .status { margin-left: 0; flex-basis: 100%; } }
 `;
