@@ -270,6 +270,35 @@ describe('the warren dev demo page and its dev-only endpoints', () => {
     await context.close();
   });
 
+  it('marks the refused field and focuses it; with warren dev stopped says so, and logs retries once, counted', async () => {
+    const page = await openAs('acme-health/alice');
+    expect(await page.locator('#flash').getAttribute('role')).toBe('status');
+    await page.fill('#type', 'bad type!');
+    await page.fill('#text', 'x');
+    await page.click('#publish button[type=submit]');
+    await page.locator('#flash.err').waitFor();
+    expect(await page.locator('#type').getAttribute('aria-invalid')).toBe('true');
+    expect(await page.evaluate(() => document.activeElement?.id)).toBe('type');
+    await page.fill('#type', 'message.created');
+    await page.click('#publish button[type=submit]');
+    await page.locator('#flash', { hasText: 'Published' }).waitFor();
+    expect(await page.locator('#type').getAttribute('aria-invalid')).toBeNull();
+
+    await gateway.close();
+    await page.locator('#status[data-state="reconnecting"]').waitFor({ timeout: 10_000 });
+    await page.click('#publish button[type=submit]');
+    // Not the browser's bare "Failed to fetch".
+    await page.locator('#flash.err', { hasText: 'warren dev does not answer' }).waitFor();
+    // Every retry fails alike: one line with a count, not a copy per attempt.
+    await eventually(
+      async () => (await page.locator('#log .times', { hasText: '×' }).count()) > 0,
+      'a counted line',
+    );
+    const lines = await connectionLog(page);
+    expect(lines.filter((line, i) => line === lines[i - 1])).toEqual([]);
+    await page.context().close();
+  });
+
   it('publishes a cleared event type as message.created, and says what a type may hold', async () => {
     const page = await openAs('acme-health/alice');
     await page.fill('#type', '');

@@ -78,8 +78,17 @@ function fillMemberships() {
 }
 
 function log(text, bad) {
+  // While the gateway is down every retry fails alike: one line that counts them, not a screen of copies.
+  const last = $('log').firstElementChild;
+  if (last && last.dataset.text === text) {
+    last.dataset.times = String(Number(last.dataset.times) + 1);
+    last.querySelector('time').textContent = clock();
+    return last.querySelector('.times').replaceChildren('×' + last.dataset.times);
+  }
   const li = el('li', bad ? 'bad' : '');
-  li.append(el('time', '', clock()), el('span', '', text));
+  li.dataset.text = text;
+  li.dataset.times = '1';
+  li.append(el('time', '', clock()), el('span', '', text), el('span', 'times'));
   $('log').prepend(li);
   while ($('log').children.length > 6) $('log').lastChild.remove();
 }
@@ -186,10 +195,17 @@ function start() {
   showStatus();
 }
 
+// Which field a refusal of /dev/publish is about, by the start of its message.
+const FIELD_OF = { 'event type': 'type', text: 'text' };
+
 async function publish(event) {
   event.preventDefault();
   const text = $('text').value.trim() || $('text').placeholder;
   const flash = $('flash');
+  for (const id of Object.values(FIELD_OF)) {
+    $(id).removeAttribute('aria-invalid');
+    $(id).removeAttribute('aria-describedby');
+  }
   try {
     const { t, u } = who();
     const { id } = await api('/dev/publish', { tenantId: t.id, teamId: $('team').value,
@@ -200,7 +216,15 @@ async function publish(event) {
     $('text').placeholder = SAMPLES[Math.floor(Math.random() * SAMPLES.length)];
   } catch (error) {
     flash.className = 'flash err';
-    flash.textContent = error.message;
+    // fetch rejects with a TypeError ("Failed to fetch") when nothing answers.
+    flash.textContent = error instanceof TypeError
+      ? 'Not published: warren dev does not answer (stopped?)' : error.message;
+    const field = Object.keys(FIELD_OF).find((start) => error.message.startsWith(start));
+    if (field) {
+      $(FIELD_OF[field]).setAttribute('aria-invalid', 'true');
+      $(FIELD_OF[field]).setAttribute('aria-describedby', 'flash');
+      $(FIELD_OF[field]).focus();
+    }
   }
 }
 

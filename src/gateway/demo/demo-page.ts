@@ -39,6 +39,7 @@ label { display: block; font-size: 13px; font-weight: 550; margin: 12px 0 5px; }
 select, input[type=text] { width: 100%; font: inherit; padding: 8px 10px; border: 1px solid var(--line);
   border-radius: 8px; background: #fff; color: inherit; }
 select:focus, input:focus { outline: 2px solid #4f46e533; border-color: var(--accent); }
+input[aria-invalid=true] { border-color: #dc2626; }
 .check { display: flex; gap: 8px; align-items: flex-start; font-weight: 400; color: var(--muted); margin-top: 14px; }
 .check input { margin-top: 3px; }
 .row { display: flex; gap: 8px; margin-top: 16px; }
@@ -78,6 +79,9 @@ button:disabled { opacity: .5; cursor: default; }
 .empty strong { display: block; color: var(--text); margin-bottom: 4px; }
 #log { list-style: none; margin: 0; padding: 0; font-size: 12px; color: var(--muted); display: grid; gap: 4px; }
 #log li { display: flex; gap: 8px; }
+#log li > * { flex: none; }
+#log li > span:first-of-type { flex: 1 1 auto; min-width: 0; overflow-wrap: anywhere; }
+#log .times { color: var(--off); }
 #log time { font-variant-numeric: tabular-nums; color: var(--off); }
 #log .bad { color: #dc2626; }
 @media (max-width: 820px) { main { grid-template-columns: minmax(0, 1fr); } }
@@ -113,7 +117,7 @@ const BODY = `
         </div>
         <label for="text">Message</label><input type="text" id="text" maxlength="500" autocomplete="off">
         <div class="row"><button type="submit">Publish</button></div>
-        <p class="flash" id="flash"></p>
+        <p class="flash" id="flash" role="status"></p>
       </form>
       <p class="hint">Goes through the publisher SDK and the resolver: every online member of the team gets it, no one else.</p>
     </section>
