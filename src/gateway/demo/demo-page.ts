@@ -55,7 +55,8 @@ button:disabled { opacity: .5; cursor: default; }
 .chips .pending { font-style: italic; }
 .sender { font-size: 13px; color: var(--muted); margin: -6px 0 12px; }
 .hint { font-size: 12px; color: var(--muted); margin: 10px 0 0; }
-.flash { font-size: 12px; color: var(--ok); min-height: 18px; margin: 8px 0 0; }
+/* Small text: darker than the --ok dot and the --off grey, to stay readable (4.5:1 on white). */
+.flash { font-size: 12px; color: #15803d; min-height: 18px; margin: 8px 0 0; }
 .flash.err { color: #dc2626; }
 .count { background: var(--accent); color: #fff; border-radius: 999px; padding: 0 8px; font-size: 12px;
   letter-spacing: 0; }
@@ -73,7 +74,7 @@ button:disabled { opacity: .5; cursor: default; }
 .event time { margin-left: auto; font-variant-numeric: tabular-nums; }
 /* A word longer than the card (a URL, a pasted token) wraps instead of widening the whole page. */
 .event p { margin: 6px 0 4px; font-size: 15px; overflow-wrap: anywhere; }
-.event code { font-size: 11px; color: var(--off); }
+.event code { font-size: 11px; color: var(--muted); }
 .empty { text-align: center; color: var(--muted); padding: 48px 12px; border: 1px dashed var(--line);
   border-radius: 10px; margin-top: 14px; }
 .empty strong { display: block; color: var(--text); margin-bottom: 4px; }
@@ -81,8 +82,8 @@ button:disabled { opacity: .5; cursor: default; }
 #log li { display: flex; gap: 8px; }
 #log li > * { flex: none; }
 #log li > span:first-of-type { flex: 1 1 auto; min-width: 0; overflow-wrap: anywhere; }
-#log .times { color: var(--off); }
-#log time { font-variant-numeric: tabular-nums; color: var(--off); }
+#log .times { color: var(--muted); }
+#log time { font-variant-numeric: tabular-nums; color: var(--muted); }
 #log .bad { color: #dc2626; }
 @media (max-width: 820px) { main { grid-template-columns: minmax(0, 1fr); } }
 /* A phone: the status goes under the brand, at full width, instead of squeezing the logo and the tag. */
@@ -127,7 +128,7 @@ const BODY = `
     <div class="feed-head"><h2>Live events <span class="count" id="count">0</span></h2>
       <button class="ghost" id="clear">Clear</button></div>
     <p class="sub" id="audience">Sign in to receive the events of your teams.</p>
-    <div class="empty" id="empty"><strong>No events yet</strong>Publish one on the left, or from another tab signed in as a teammate.</div>
+    <div class="empty" id="empty"><strong>No events yet</strong>Publish one with the form, or from another tab signed in as a teammate.</div>
     <ul id="events"></ul>
   </section>
   <section class="card"><h2>Connection log</h2><ul id="log"></ul></section>
