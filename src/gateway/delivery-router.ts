@@ -720,9 +720,11 @@ export class DeliveryRouter {
   /**
    * Counts and logs a payload that could not be read; returns the error frame for the targets' tabs, and
    * keeps it in history at the event's offset: a tab of theirs that was reconnecting (between a reload's
-   * two pages, say) gets it with its resume, instead of a silent gap at that offset. Recorded as the
-   * event's delivery: it stands for the event (the client reports it once, as it would the event), so a
-   * second copy of the event (the resolver published it twice) writes neither it again nor the payload.
+   * two pages, say) gets it with its resume, instead of a silent gap at that offset. A payload gone
+   * (`missing`) is recorded as the event's delivery: a second copy of the event (the resolver published it
+   * twice) would find it gone too, and writes no second error. A read that failed (Redis timed out or
+   * refused) is not: a later copy may read the payload, and the client shows that event (it keeps the ids
+   * it was told payload_unavailable of apart from the events it showed).
    */
   private unavailable(
     tenantId: string,
@@ -746,7 +748,7 @@ export class DeliveryRouter {
       'claim-checked payload unavailable; tabs sent payload_unavailable',
     );
     const bytes = Buffer.from(frame);
-    this.recent.record(tenantId, eventId, targets);
+    if (reason === 'missing') this.recent.record(tenantId, eventId, targets);
     if (targets.length > 0)
       this.history.add(
         tenantId,

@@ -48,8 +48,13 @@ async function routerFor(userId: string, bitOf: (userId: string) => number, idMa
   const frames: string[] = [];
   await registry.add(fakeTab('acme', userId, frames));
   let settle: (payload: Uint8Array | undefined) => void = () => {};
+  let fail: (error: Error) => void = () => {};
   const payloads = {
-    get: () => new Promise<Uint8Array | undefined>((resolve) => (settle = resolve)),
+    get: () =>
+      new Promise<Uint8Array | undefined>((resolve, reject) => {
+        settle = resolve;
+        fail = reject;
+      }),
   } as unknown as PayloadFetcher;
   const history = new DeliveryHistory('e', 100, 1 << 20);
   const metrics = new GatewayMetrics(createRegistry({ node: 'n1' }));
@@ -70,6 +75,7 @@ async function routerFor(userId: string, bitOf: (userId: string) => number, idMa
     metrics,
     history,
     settle: (payload: Uint8Array | undefined) => settle(payload),
+    fail: (error: Error) => fail(error),
   };
 }
 
@@ -525,5 +531,37 @@ describe('DeliveryRouter, a claim-checked event delivered twice whose payload is
     // Nor does a resume from before them replay it twice.
     const replay = history.since('e', 'acme', cursor, key, router.welcomeOffset('acme', key));
     expect(replay?.filter(unavailable)).toHaveLength(1);
+  });
+
+  it('still writes the event from a later copy whose payload is read, after a read that failed', async () => {
+    const { frames, router, settle, fail } = await routerFor('ann', () => 1);
+    const key = userKey('acme', 'ann');
+    const acked: string[] = [];
+    const delivery = (n: number): Delivery =>
+      ({
+        message: {
+          fields: { routingKey: key },
+          properties: {
+            messageId: 'evt-2',
+            type: 'doc.attached',
+            headers: { [DeliveryHeader.Tenant]: 'acme', [DeliveryHeader.Job]: 'job-2' },
+          },
+          content: Buffer.alloc(0),
+        },
+        ack: () => acked.push(`copy-${n}`),
+      }) as unknown as Delivery;
+    // Redis timed out on the first copy's read; the redelivery reads the payload, still there.
+    router.handle(delivery(1));
+    fail(new Error('Command timed out'));
+    await vi.waitFor(() => expect(acked).toEqual(['copy-1']));
+    router.handle(delivery(2));
+    settle(Buffer.from('{"n":1}'));
+    await vi.waitFor(() => expect(acked).toEqual(['copy-1', 'copy-2']));
+    const text = frames.map((frame) => Buffer.from(frame).toString());
+    expect(text.filter((frame) => frame.includes('"code":"payload_unavailable"'))).toHaveLength(1);
+    // The client shows such a later copy (it keeps payload_unavailable apart from the events it showed).
+    expect(text.filter((frame) => frame.includes('"type":"event"') && frame.includes('evt-2'))).toHaveLength(
+      1,
+    );
   });
 });
