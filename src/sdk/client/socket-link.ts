@@ -204,11 +204,13 @@ export class SocketLink {
     this.bound(started);
   }
 
+  /** A server frame `readFrame` could not take, on any connection of the link: reported, and ignored. */
+  private readonly badFrame = (why: string, cause?: unknown): void =>
+    this.hooks.error(new WarrenClientError(ClientErrorCode.BadFrame, why, { cause }));
+
   private message(data: unknown): void {
     this.lastFrameAt = this.settings.now();
-    const frame = readFrame(data, (why, cause) =>
-      this.hooks.error(new WarrenClientError(ClientErrorCode.BadFrame, why, { cause })),
-    );
+    const frame = readFrame(data, this.badFrame);
     if (!frame) return;
     if (frame.type === 'welcome') {
       clearTimeout(this.attemptTimer);
@@ -266,10 +268,11 @@ export class SocketLink {
     }
     this.next = ws;
     ws.onmessage = (message: MessageEvent) => {
-      const frame = readFrame(message.data);
-      // The welcome is a connection's first frame.
+      const frame = readFrame(message.data, this.badFrame);
+      // The welcome is a connection's first frame: anything else, or one that is not a frame (a welcome
+      // without its fields), gives the move up, which would otherwise wait on a welcome that never comes.
       if (frame?.type === 'welcome') this.moved(ws, url, frame, closesAt);
-      else if (frame) this.dropNext();
+      else this.dropNext();
     };
     ws.onclose = () => {
       if (this.next === ws) this.dropNext();

@@ -406,6 +406,23 @@ describe('client core (scripted socket, fake timers)', () => {
       expect(resyncs).toEqual(['history_gap']);
     });
 
+    it('gives a move up, saying bad_frame, when the new connection opens with a welcome it cannot read', async () => {
+      const errors: string[] = [];
+      client.on('error', (e) => errors.push(e.code));
+      const first = latest();
+      first.welcome('e1', 5);
+      handoff(first);
+      const second = await nextAttempt();
+      // A welcome naming no user: not taken, and the welcome is a connection's first frame.
+      second.receive({ type: 'welcome', tenantId: 't1', epoch: 'e2', offset: 100 } as unknown as ServerFrame);
+      expect(second.readyState).toBe(3);
+      expect(errors).toEqual(['bad_frame']);
+      // The old connection goes on meanwhile; its close reconnects as after any close.
+      first.event('a', 6);
+      expect(events.map((e) => e.id)).toEqual(['a']);
+      expect(client.session?.gateway).toBe('gw-1');
+    });
+
     it('reconnects as before when the old connection closes before the new one is welcomed', async () => {
       const resyncs: string[] = [];
       client.on('resync', (r) => resyncs.push(r.reason));
