@@ -74,21 +74,24 @@ const parses = [
   (value: string) => URL.canParse(value),
   'is not a valid URL (percent-encode @, /, : and spaces in the user name and password)',
 ] as const;
-/** A broker URL as the servers and the publisher SDK take it. */
+/** A broker URL as the publisher SDK takes it (its messages carry small headers: any frame size). */
 export const amqpUrl = z
   .string()
   // A wrong scheme is the one problem told: the parse that follows would fail too, on the same value.
   .regex(/^amqps?:\/\//, { message: 'must be an amqp:// or amqps:// URL', abort: true })
-  .refine(...parses)
-  // A frame size in the URL stands in for rabbitmq.frameMax, so it is held to the same minimum: under it,
-  // even the headers Warren adds to a dead letter or a recipient chunk may not fit a frame.
-  .refine((value) => {
-    if (!URL.canParse(value)) return true;
-    const frameMax = new URL(value).searchParams.get('frameMax');
-    return (
-      frameMax === null || (/^\d+$/.test(frameMax) && (Number(frameMax) === 0 || Number(frameMax) >= 8192))
-    );
-  }, 'names a frameMax under 8192 (the least rabbitmq.frameMax takes; 0 lets the broker choose)');
+  .refine(...parses);
+/**
+ * A broker URL as the servers take it. A frame size in the URL stands in for rabbitmq.frameMax, so it is
+ * held to the same minimum: under it, even the headers Warren adds to a dead letter or a recipient chunk
+ * may not fit a frame.
+ */
+const serverAmqpUrl = amqpUrl.refine((value) => {
+  if (!URL.canParse(value)) return true;
+  const frameMax = new URL(value).searchParams.get('frameMax');
+  return (
+    frameMax === null || (/^\d+$/.test(frameMax) && (Number(frameMax) === 0 || Number(frameMax) >= 8192))
+  );
+}, 'names a frameMax under 8192 (the least rabbitmq.frameMax takes; 0 lets the broker choose)');
 /** A Redis URL as the servers and the publisher SDK take it. */
 export const redisUrl = z
   .string()
@@ -119,7 +122,7 @@ export const configSchema = z.strictObject({
     .prefault({}),
   rabbitmq: z
     .strictObject({
-      url: amqpUrl.default(DEFAULTS.rabbitmqUrl).describe('Broker URL.'),
+      url: serverAmqpUrl.default(DEFAULTS.rabbitmqUrl).describe('Broker URL.'),
       frameMax: z
         .number()
         .int()
