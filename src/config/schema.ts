@@ -152,7 +152,7 @@ export const configSchema = z.strictObject({
         .enum(QUEUE_TYPES)
         .default(DEFAULTS.queueType)
         .describe(
-          'Type of the shared durable queues (`<prefix>.resolver`, `.resolver.membership`, `.resolver.retry`, `.dead`): `quorum` on a clustered RabbitMQ (replicated), `classic` on a single node. Every process declaring them (gateways, resolvers, dev, the publisher SDK’s `queueType`) must say the same; a queue that exists as the other type stops start-up (see README, Quorum queues). Node queues stay classic.',
+          'Type of the shared durable queues (`<prefix>.resolver`, `.resolver.membership`, `.resolver.retry`, `.dead`): `quorum` on a clustered RabbitMQ (replicated), `classic` on a single node. Every process declaring them (gateways, resolvers, dev, the publisher SDK’s `queueType`) must say the same; a queue that exists as the other type stops start-up (see Quorum queues under Operations in the README). Node queues stay classic.',
         ),
     })
     .prefault({}),
@@ -185,7 +185,7 @@ export const configSchema = z.strictObject({
       metricsPort: port
         .optional()
         .describe(
-          'Serve `/metrics` on this port of its own (0 picks a free one; not `gateway.port` on the same address), with `/healthz` and `/readyz` (which stay on the tabs’ port too), and no longer on the tabs’ port; unset: on the tabs’ port.',
+          'Serve `/metrics` on this port of its own instead of the tabs’ port (0 picks a free one; not `gateway.port` on the same address), with `/healthz` and `/readyz`, which stay on the tabs’ port too. Unset: `/metrics` is on the tabs’ port.',
         ),
       metricsHost: z
         .string()
@@ -253,7 +253,7 @@ export const configSchema = z.strictObject({
       queueMaxLength: positiveInt
         .default(DEFAULTS.gatewayQueueMaxLength)
         .describe(
-          "Deliveries a node's queue holds waiting for the node; past it the broker drops the oldest and the node tells the tabs of the users they were for events_missed.",
+          "Deliveries a node's queue holds waiting for the node; past it the broker drops the oldest and the node tells the tabs of the users they were for `events_missed`.",
         ),
       drainWindowMs: z
         .number()
@@ -288,7 +288,7 @@ export const configSchema = z.strictObject({
         .max(MAX_TIMER_MS)
         .default(DEFAULTS.payloadFetchTimeoutMs)
         .describe(
-          "A claim-check payload read slower than this fails: its tabs get payload_unavailable and the user's later events go on.",
+          "A claim-check payload read slower than this fails: its tabs get `payload_unavailable` and the user's later events go on.",
         ),
       lineLimit: positiveInt
         .default(DEFAULTS.lineLimit)
@@ -318,7 +318,7 @@ export const configSchema = z.strictObject({
         .max(MAX_TIMER_MS)
         .default(DEFAULTS.resumeWindowMs)
         .describe(
-          'A `resume` replays deliveries at most this old; from a cursor further back it is answered resume_unavailable (the client resynchronises). Bounds what a user who has since lost access can pull again into a new connection; the node lets go of frames older than this (health data it could no longer replay).',
+          'A `resume` replays deliveries at most this old; from a cursor further back it is answered `resume_unavailable` (the client resynchronises). Bounds what a user who has since lost access can pull again into a new connection; the node lets go of frames older than this (health data it could no longer replay).',
         ),
     })
     .prefault({}),
@@ -354,7 +354,7 @@ export const configSchema = z.strictObject({
       maxMessageBytes: positiveInt
         .default(DEFAULTS.resolverMaxMessageBytes)
         .describe(
-          "Largest event or membership message a resolver parses; a larger one is dead-lettered as `too_large` unread (parsing a large body holds up every tenant's events on that resolver). Publish large `data` through the claim check instead (the publisher SDK claim-checks data that would make an event larger than 16 MiB whatever its `claimCheckBytes`: below that, set its `claimCheckBytes` under this limit).",
+          "Largest event or membership message a resolver parses; a larger one is dead-lettered as `too_large` unread (parsing a large body holds up every tenant's events on that resolver). Publish large `data` through the claim check instead (the publisher SDK claim-checks data that would make an event larger than 16 MiB, this default, whatever its `claimCheckBytes`; with a lower limit here, set its `claimCheckBytes` under it).",
         ),
       maxTenantViews: positiveInt
         .default(DEFAULTS.maxTenantViews)
@@ -407,7 +407,7 @@ export const configSchema = z.strictObject({
       redisUrl: redisUrl
         .optional()
         .describe(
-          'Redis for the payloads only, apart from memberships and presence; any eviction policy. Unset: `redis.url`. Gateways, resolvers and the publisher SDK must name the same one; payloads in flight when it changes are lost (payload_unavailable).',
+          'Redis for the payloads only, apart from memberships and presence; any eviction policy. Unset: `redis.url`. Gateways, resolvers and the publisher SDK must name the same one; payloads in flight when it changes are lost (`payload_unavailable`).',
         ),
     })
     .prefault({}),
