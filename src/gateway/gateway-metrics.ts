@@ -102,7 +102,7 @@ export class GatewayMetrics {
     });
     this.welcomeSeconds = new Histogram({
       name: 'warren_gateway_welcome_seconds',
-      help: 'Socket open to welcome (bind and presence included)',
+      help: 'Socket open to welcome (bind, presence and the revocation read included)',
       buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
       registers: r,
     });
