@@ -82,7 +82,8 @@ export class ConnectionRegistry<T extends RegisteredTab> {
   private tabCount = 0;
   /** Set by `unbindAll` (the node is draining): no step is scheduled any more. */
   private closed = false;
-  private readonly failures = new PerKeyThrottle(FAILURE_LOG_MS);
+  // Trailing: failures that stop (Redis back) are still counted in a last line.
+  private readonly failures = new PerKeyThrottle(FAILURE_LOG_MS, true);
 
   constructor(
     private readonly binder: KeyBinder,

@@ -36,4 +36,27 @@ describe('PerKeyThrottle', () => {
     tell('acme');
     expect(said).toEqual(['acme:2', 'acme settled:5', 'acme:1']);
   });
+
+  it('trailing, says what it kept quiet at the end of the interval though nothing happens after', () => {
+    const said: string[] = [];
+    const throttle = new PerKeyThrottle(10_000, true);
+    const tell = (key: string, what: string) =>
+      throttle.tell(key, 1, (count) => said.push(`${what}:${count}`));
+    tell('presence', 'a');
+    vi.advanceTimersByTime(1000);
+    tell('presence', 'b');
+    tell('presence', 'c');
+    expect(said).toEqual(['a:1']);
+    // The run stops: its last two are said once the interval is over, with the last one's words.
+    vi.advanceTimersByTime(9000);
+    expect(said).toEqual(['a:1', 'c:2']);
+    vi.advanceTimersByTime(60_000);
+    expect(said).toEqual(['a:1', 'c:2']);
+    // Without trailing, they wait for a next time that may never come.
+    const quiet = new PerKeyThrottle(10_000);
+    quiet.tell('k', 1, (count) => said.push(`q:${count}`));
+    quiet.tell('k', 1, (count) => said.push(`q:${count}`));
+    vi.advanceTimersByTime(60_000);
+    expect(said).toEqual(['a:1', 'c:2', 'q:1']);
+  });
 });
