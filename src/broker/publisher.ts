@@ -93,6 +93,16 @@ export function lostBeforeConfirm(error: unknown): error is WarrenError {
   return error instanceof WarrenError && lostConfirms.has(error);
 }
 
+/** A publish whose confirm `close()` left outstanding: retryable, as the broker may or may not have it. */
+function closedBeforeConfirm(cause?: unknown): WarrenError {
+  return new WarrenError(
+    ErrorCode.Closed,
+    'the publisher closed before the broker confirmed the message: it may or may not be published, ' +
+      'sending it again is safe',
+    { ...(cause === undefined ? {} : { cause }), retryable: true },
+  );
+}
+
 function lost(message: string, cause: unknown): WarrenError {
   const error = new WarrenError(ErrorCode.BrokerUnavailable, message, { cause, retryable: true });
   lostConfirms.add(error);
@@ -318,12 +328,7 @@ export class Publisher {
             // restart, a network drop), the message written or not.
             reject(
               this.closed
-                ? new WarrenError(
-                    ErrorCode.Closed,
-                    'the publisher closed before the broker confirmed the message: it may or may not be ' +
-                      'published, sending it again is safe',
-                    { cause: error, retryable: true },
-                  )
+                ? closedBeforeConfirm(error)
                 : lost(
                     'the connection to the broker was lost before it confirmed the message: it may or may ' +
                       'not be published, sending it again is safe',
@@ -390,14 +395,7 @@ export class Publisher {
     // Left waiting, they would settle only once amqplib gave up on the connection (its heartbeat, some
     // 20 s on), long after their caller was told the publisher is closed.
     for (const reject of [...this.unconfirmed]) {
-      reject(
-        new WarrenError(
-          ErrorCode.Closed,
-          'the publisher closed before the broker confirmed the message: it may or may not be published, ' +
-            'sending it again is safe',
-          { retryable: true },
-        ),
-      );
+      reject(closedBeforeConfirm());
     }
   }
 }
