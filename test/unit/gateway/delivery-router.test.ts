@@ -500,23 +500,28 @@ describe('DeliveryRouter.droppedRecipients: whose tabs hear of a dropped deliver
 });
 
 describe('DeliveryRouter, a claim-checked event delivered twice whose payload is gone', () => {
-  it('writes its payload_unavailable to a tab once, as it would the event', async () => {
-    const { frames, router, history, settle } = await routerFor('ann', () => 1);
-    const key = userKey('acme', 'ann');
-    const acked: string[] = [];
-    const delivery = (n: number): Delivery =>
+  /** Copy `n` of a claim-checked event to ann, acked into `acked`. */
+  const claimChecked =
+    (id: string, jobId: string, acked: string[]) =>
+    (n: number): Delivery =>
       ({
         message: {
-          fields: { routingKey: key },
+          fields: { routingKey: userKey('acme', 'ann') },
           properties: {
-            messageId: 'evt-1',
+            messageId: id,
             type: 'doc.attached',
-            headers: { [DeliveryHeader.Tenant]: 'acme', [DeliveryHeader.Job]: 'job-1' },
+            headers: { [DeliveryHeader.Tenant]: 'acme', [DeliveryHeader.Job]: jobId },
           },
           content: Buffer.alloc(0),
         },
         ack: () => acked.push(`copy-${n}`),
       }) as unknown as Delivery;
+
+  it('writes its payload_unavailable to a tab once, as it would the event', async () => {
+    const { frames, router, history, settle } = await routerFor('ann', () => 1);
+    const key = userKey('acme', 'ann');
+    const acked: string[] = [];
+    const delivery = claimChecked('evt-1', 'job-1', acked);
     const cursor = history.offset('acme');
     // The resolver published the event twice (it crashed before acking it); the payload has expired.
     router.handle(delivery(1));
@@ -535,21 +540,8 @@ describe('DeliveryRouter, a claim-checked event delivered twice whose payload is
 
   it('still writes the event from a later copy whose payload is read, after a read that failed', async () => {
     const { frames, router, settle, fail } = await routerFor('ann', () => 1);
-    const key = userKey('acme', 'ann');
     const acked: string[] = [];
-    const delivery = (n: number): Delivery =>
-      ({
-        message: {
-          fields: { routingKey: key },
-          properties: {
-            messageId: 'evt-2',
-            type: 'doc.attached',
-            headers: { [DeliveryHeader.Tenant]: 'acme', [DeliveryHeader.Job]: 'job-2' },
-          },
-          content: Buffer.alloc(0),
-        },
-        ack: () => acked.push(`copy-${n}`),
-      }) as unknown as Delivery;
+    const delivery = claimChecked('evt-2', 'job-2', acked);
     // Redis timed out on the first copy's read; the redelivery reads the payload, still there.
     router.handle(delivery(1));
     fail(new Error('Command timed out'));
