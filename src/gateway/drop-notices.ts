@@ -17,10 +17,10 @@ export function dropReasonOf(headers: Record<string, unknown> | undefined): Drop
 }
 
 /**
- * Gathers the deliveries a node lost over a short window into one notice (`events_missed` to the tabs of
- * the users they were for, or to every tab when one did not say), not one per delivery: a full queue drops them by the hundred. `tell` gets why, for the tabs, without
- * counts (the node's counts span every tenant: a user would learn how much others get), and the same
- * with counts, for the log. Owns its timer; `close` stops it.
+ * Gathers the deliveries a node lost over a short window into one notice (`events_missed` to the tabs of the
+ * users they were for, or to every tab when one did not say), not one per delivery: a full queue drops them
+ * by the hundred. `tell` gets why, for the tabs, without counts (the node's counts span every tenant: a user
+ * would learn how much others get), and the same with counts, for the log. Owns its timer; `close` stops it.
  */
 export class DropNotices {
   private readonly untold: Record<DropReason, number> = { queue_full: 0, rejected: 0, id_map_changed: 0 };

@@ -194,12 +194,12 @@ export class DeliveryHistory {
   }
 
   /**
-   * Frames delivered to `key` (a user of `tenant`) after `offset` up to `upTo` (the offset a reconnected
-   * tab was welcomed at: what came later was written to it live), or undefined when that cannot be told in
-   * full: another epoch, a gap, entries dropped, or a delivery to this user in that span kept longer ago
-   * than the maximum age (`gateway.resumeWindowMs`). A cursor so old is no reconnect, and a user who has
-   * lost access since must not pull those events into a new connection; deliveries to other users do not count (a user with no
-   * events of their own for a while still resumes after a blip).
+   * Frames delivered to `key` (a user of `tenant`) after `offset` up to `upTo` (the offset a reconnected tab
+   * was welcomed at: what came later was written to it live), or undefined when that cannot be told in full:
+   * another epoch, a gap, entries dropped, or a delivery to this user in that span kept longer ago than the
+   * maximum age (`gateway.resumeWindowMs`). A cursor so old is no reconnect, and a user who has lost access
+   * since must not pull those events into a new connection; deliveries to other users do not count (a user
+   * with no events of their own for a while still resumes after a blip).
    */
   since(
     epoch: string,

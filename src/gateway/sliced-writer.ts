@@ -18,11 +18,12 @@ interface Backlog {
 }
 
 /**
- * Writes frames to tabs, at most about SLICE_BYTES of large frames per turn of the event loop; the rest
- * waits for the next turns. Each tab keeps its order: while frames wait for it, later ones queue behind
- * them. A tab with nothing waiting gets a small frame at once, so small events are not held up behind
- * another user's large one (a small frame whose own fan-out passes the slice is sliced too). Held-back frames count against the tab's backpressure limit: a tab whose
- * backlog passes it is closed as too slow (4009), so the backlog is bounded by tabs × that limit.
+ * Writes frames to tabs, at most about SLICE_BYTES of large frames per turn of the event loop; the rest waits
+ * for the next turns. Each tab keeps its order: while frames wait for it, later ones queue behind them. A tab
+ * with nothing waiting gets a small frame at once, so small events are not held up behind another user's
+ * large one (a small frame whose own fan-out passes the slice is sliced too). Held-back frames count against
+ * the tab's backpressure limit: a tab whose backlog passes it is closed as too slow (4009), so the backlog is
+ * bounded by tabs × that limit.
  */
 export class SlicedWriter {
   private readonly waiting = new Map<Tab, Backlog>();
