@@ -196,12 +196,17 @@ export class SocketLink {
       this.ended(ABNORMAL_CLOSURE, undefined);
       return;
     }
+    this.attach(ws, url);
+    this.welcomedAt = undefined;
+    this.bound(started);
+  }
+
+  /** Makes `ws`, opened to `url`, the link's connection: its frames and its close are the link's. */
+  private attach(ws: WebSocket, url: string): void {
     this.ws = ws;
     this.attemptUrl = url;
-    this.welcomedAt = undefined;
     ws.onmessage = (message: MessageEvent) => this.message(message.data);
     ws.onclose = (event: CloseEvent) => this.dropped(event.code);
-    this.bound(started);
   }
 
   /** A server frame `readFrame` could not take, on any connection of the link: reported, and ignored. */
@@ -288,14 +293,11 @@ export class SocketLink {
     const old = this.detach();
     if (old) this.left.keep(old, Math.max(0, closesAt - this.settings.now()) + LEFT_GRACE_MS);
     this.settings.urls.moveTo(url);
-    this.ws = ws;
-    this.attemptUrl = url;
+    this.attach(ws, url);
     this.attempt = 0;
     this.failures = 0;
     this.lastFrameAt = this.settings.now();
     this.welcomedAt = this.lastFrameAt;
-    ws.onmessage = (message: MessageEvent) => this.message(message.data);
-    ws.onclose = (event: CloseEvent) => this.dropped(event.code);
     this.startPing();
     this.hooks.moved(welcome);
   }
