@@ -238,8 +238,10 @@ export async function createRedisClients(
   }
 }
 
-/** `evictionProblem` of a connected server, read in one round trip; undefined when it cannot be read. */
-/** What `evictionProblem` finds in the server's settings; undefined where `CONFIG` is refused. */
+/**
+ * `evictionProblem` of a connected server, read in one round trip; undefined when it cannot be read
+ * (`CONFIG` refused).
+ */
 export async function evictionProblemOf(redis: Redis, logger: Logger): Promise<string | undefined> {
   try {
     // The pattern answers maxmemory and maxmemory-policy (and a few more), name, value…
