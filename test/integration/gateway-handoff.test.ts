@@ -1,5 +1,6 @@
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, inject, it } from 'vitest';
+import type { WarrenConfig } from '../../src/config/schema.js';
 import type { Gateway } from '../../src/gateway/main.js';
 import type { ServerFrame } from '../../src/protocol/frames.js';
 import { LEFT_GRACE_MS } from '../../src/sdk/client/socket-link.js';
@@ -57,6 +58,32 @@ describe('handoff before a drain or a lifetime close', () => {
     return tab;
   }
 
+  /**
+   * Runs `test` with a gateway reaching the broker through a proxy (no heartbeats: a stall is not a loss),
+   * then lets the proxy flow again and closes the gateway through it (afterEach deletes what it leaves).
+   */
+  async function throughBrokerProxy(
+    gatewayOptions: Partial<WarrenConfig['gateway']>,
+    test: (old: Gateway, proxy: TcpProxy) => Promise<void>,
+  ): Promise<void> {
+    const target = new URL(inject('rabbitmqUrl'));
+    const proxy = await TcpProxy.toUrl(target);
+    try {
+      const old = await startTestGateway(
+        testConfig(prefix, {
+          rabbitmq: { url: proxy.url(target), heartbeatSec: 0 },
+          gateway: { drainWindowMs: 0, ...gatewayOptions },
+        }),
+      );
+      gateways = [old];
+      await test(old, proxy);
+    } finally {
+      proxy.flow();
+      for (const gateway of gateways) await gateway.close();
+      await proxy.close();
+    }
+  }
+
   it('on a drain: tells each tab to move and keeps delivering to it until its close (4100)', async () => {
     prefix = testPrefix('handoff-drain');
     const config = testConfig(prefix, { gateway: { drainWindowMs: 0, handoffMs: 3000 } });
@@ -91,16 +118,7 @@ describe('handoff before a drain or a lifetime close', () => {
 
   it('on a drain: a tab closed while its node is behind its queue is told events_missed first', async () => {
     prefix = testPrefix('handoff-behind');
-    const target = new URL(inject('rabbitmqUrl'));
-    const proxy = await TcpProxy.toUrl(target);
-    try {
-      const old = await startTestGateway(
-        testConfig(prefix, {
-          rabbitmq: { url: proxy.url(target), heartbeatSec: 0 },
-          gateway: { drainWindowMs: 0, handoffMs: 1000, drainTimeoutMs: 4000 },
-        }),
-      );
-      gateways = [old];
+    await throughBrokerProxy({ handoffMs: 1000, drainTimeoutMs: 4000 }, async (old, proxy) => {
       probe = await BrokerProbe.open();
       const a = await open(old, 'A');
       const drained = old.drain().catch(() => {});
@@ -115,27 +133,13 @@ describe('handoff before a drain or a lifetime close', () => {
       expect(missed(a)).toBe(true);
       proxy.flow();
       await drained;
-    } finally {
-      // The node closes through the proxy (afterEach deletes what it leaves).
-      proxy.flow();
-      for (const gateway of gateways) await gateway.close();
-      await proxy.close();
-    }
+    });
   });
 
   it('on a drain: a node behind its queue closes its moved tabs before their clients give up on them', async () => {
     prefix = testPrefix('handoff-bound');
-    const target = new URL(inject('rabbitmqUrl'));
-    const proxy = await TcpProxy.toUrl(target);
-    try {
-      const handoffMs = 1000;
-      const old = await startTestGateway(
-        testConfig(prefix, {
-          rabbitmq: { url: proxy.url(target), heartbeatSec: 0 },
-          gateway: { drainWindowMs: 0, handoffMs, drainTimeoutMs: 6000 },
-        }),
-      );
-      gateways = [old];
+    const handoffMs = 1000;
+    await throughBrokerProxy({ handoffMs, drainTimeoutMs: 6000 }, async (old, proxy) => {
       const moved = [await open(old, 'A'), await open(old, 'B'), await open(old, 'C')];
       const drained = old.drain().catch(() => {});
       await eventually(() => moved.every((tab) => handoffOf(tab) !== undefined), 'told to move');
@@ -150,11 +154,7 @@ describe('handoff before a drain or a lifetime close', () => {
       expect(Math.max(...closedAt) - toldAt).toBeLessThan(handoffMs + LEFT_GRACE_MS);
       proxy.flow();
       await drained;
-    } finally {
-      proxy.flow();
-      for (const gateway of gateways) await gateway.close();
-      await proxy.close();
-    }
+    });
   });
 
   it('on a drain: a tab is told events_missed when a delivery for it reached the node while its probe was on its way, its payload still being read at the close', async () => {
