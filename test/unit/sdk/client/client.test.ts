@@ -83,6 +83,20 @@ describe('client core (scripted socket, fake timers)', () => {
     return latest();
   };
 
+  /** The reasons of the resync events from now on. */
+  const resyncsSeen = (): string[] => {
+    const resyncs: string[] = [];
+    client.on('resync', (r) => resyncs.push(r.reason));
+    return resyncs;
+  };
+
+  /** The codes of the error events from now on. */
+  const errorCodesSeen = (): string[] => {
+    const errors: string[] = [];
+    client.on('error', (e) => errors.push(e.code));
+    return errors;
+  };
+
   beforeEach(async () => {
     vi.useFakeTimers();
     ScriptedSocket.all = [];
@@ -190,8 +204,7 @@ describe('client core (scripted socket, fake timers)', () => {
   });
 
   it('after history_gap does not ask again from the old offset on the next reconnect', async () => {
-    const resyncs: string[] = [];
-    client.on('resync', (r) => resyncs.push(r.reason));
+    const resyncs = resyncsSeen();
     latest().welcome('e1', 5);
     latest().end(1006);
     const second = await nextAttempt();
@@ -206,9 +219,8 @@ describe('client core (scripted socket, fake timers)', () => {
   });
 
   it('resynchronises when the node says it missed events, and keeps receiving', async () => {
-    const resyncs: string[] = [];
+    const resyncs = resyncsSeen();
     const events: string[] = [];
-    client.on('resync', (r) => resyncs.push(r.reason));
     client.on('event', (e) => events.push(e.id));
     latest().welcome('e1', 5);
     latest().receive({ type: 'error', code: 'events_missed', message: 'the node queue was lost', offset: 9 });
@@ -224,8 +236,7 @@ describe('client core (scripted socket, fake timers)', () => {
   });
 
   it('after events_missed while its resume is unanswered, asks the node again from the gap', async () => {
-    const resyncs: string[] = [];
-    client.on('resync', (r) => resyncs.push(r.reason));
+    const resyncs = resyncsSeen();
     latest().welcome('e1', 5);
     latest().end(1006);
     const second = await nextAttempt();
@@ -242,8 +253,7 @@ describe('client core (scripted socket, fake timers)', () => {
   });
 
   it('reports frames that are not what the protocol says as bad_frame, and goes on as if they never came', async () => {
-    const errors: string[] = [];
-    client.on('error', (e) => errors.push(e.code));
+    const errors = errorCodesSeen();
     const first = latest();
     first.welcome('e1', 5);
     first.event('a', 6);
@@ -301,8 +311,7 @@ describe('client core (scripted socket, fake timers)', () => {
   });
 
   it('does not resume on another node but says events may have been missed', async () => {
-    const resyncs: string[] = [];
-    client.on('resync', (r) => resyncs.push(r.reason));
+    const resyncs = resyncsSeen();
     latest().welcome('e1', 5);
     latest().end(4100);
     const second = await nextAttempt();
@@ -315,9 +324,24 @@ describe('client core (scripted socket, fake timers)', () => {
     const handoff = (socket: ScriptedSocket): void =>
       socket.receive({ type: 'handoff', reason: 'lifetime', closeInMs: 5000 });
 
+    /** The first connection, welcomed and then told to move. */
+    const toldToMove = (): ScriptedSocket => {
+      const first = latest();
+      first.welcome('e1', 5);
+      handoff(first);
+      return first;
+    };
+
+    /** The first connection told to move, and the second one welcomed on another node. */
+    const movedOnce = async (): Promise<{ first: ScriptedSocket; second: ScriptedSocket }> => {
+      const first = toldToMove();
+      const second = await nextAttempt();
+      second.welcome('e2', 100, 'gw-2');
+      return { first, second };
+    };
+
     it('connects to another node first and switches at its welcome: no gap, no resync, no state change', async () => {
-      const resyncs: string[] = [];
-      client.on('resync', (r) => resyncs.push(r.reason));
+      const resyncs = resyncsSeen();
       const first = latest();
       first.welcome('e1', 5);
       first.event('a', 6);
@@ -354,11 +378,7 @@ describe('client core (scripted socket, fake timers)', () => {
     });
 
     it('shows an event once when the old connection brings it after more than the dedup window of others', async () => {
-      const first = latest();
-      first.welcome('e1', 5);
-      handoff(first);
-      const second = await nextAttempt();
-      second.welcome('e2', 100, 'gw-2');
+      const { first, second } = await movedOnce();
       // Routed after the new node bound the user: the new node, keeping up, brings it and a busy user's
       // next thousand; the old node, behind its queue, brings it only then.
       second.event('d', 101);
@@ -369,13 +389,8 @@ describe('client core (scripted socket, fake timers)', () => {
     });
 
     it('says resync when the old node closes the connection moved from other than as it said it would', async () => {
-      const resyncs: string[] = [];
-      client.on('resync', (r) => resyncs.push(r.reason));
-      const first = latest();
-      first.welcome('e1', 5);
-      handoff(first);
-      const second = await nextAttempt();
-      second.welcome('e2', 100, 'gw-2');
+      const resyncs = resyncsSeen();
+      const { first, second } = await movedOnce();
       // Too slow (its frames were dropped), or the node gone: what only it had on its way is lost.
       first.end(4009);
       expect(resyncs).toEqual(['history_gap']);
@@ -390,8 +405,7 @@ describe('client core (scripted socket, fake timers)', () => {
     });
 
     it('keeps the old connection long enough for a node behind its queue to close it itself', async () => {
-      const resyncs: string[] = [];
-      client.on('resync', (r) => resyncs.push(r.reason));
+      const resyncs = resyncsSeen();
       const first = latest();
       first.welcome('e1', 5);
       first.receive({ type: 'handoff', reason: 'draining', closeInMs: 0 });
@@ -407,11 +421,8 @@ describe('client core (scripted socket, fake timers)', () => {
     });
 
     it('gives a move up, saying bad_frame, when the new connection opens with a welcome it cannot read', async () => {
-      const errors: string[] = [];
-      client.on('error', (e) => errors.push(e.code));
-      const first = latest();
-      first.welcome('e1', 5);
-      handoff(first);
+      const errors = errorCodesSeen();
+      const first = toldToMove();
       const second = await nextAttempt();
       // A welcome naming no user: not taken, and the welcome is a connection's first frame.
       second.receive({ type: 'welcome', tenantId: 't1', epoch: 'e2', offset: 100 } as unknown as ServerFrame);
@@ -424,11 +435,8 @@ describe('client core (scripted socket, fake timers)', () => {
     });
 
     it('reconnects as before when the old connection closes before the new one is welcomed', async () => {
-      const resyncs: string[] = [];
-      client.on('resync', (r) => resyncs.push(r.reason));
-      const first = latest();
-      first.welcome('e1', 5);
-      handoff(first);
+      const resyncs = resyncsSeen();
+      const first = toldToMove();
       const pending = await nextAttempt();
       first.end(4101);
       // The move is given up; the reconnect after the close opens a socket of its own.
@@ -442,9 +450,7 @@ describe('client core (scripted socket, fake timers)', () => {
     it('a move given up does not count as a move: the close after it goes to another node, not back', async () => {
       const errors: string[] = [];
       client.on('error', (e) => errors.push(e.message));
-      const first = latest();
-      first.welcome('e1', 5);
-      handoff(first);
+      const first = toldToMove();
       await vi.advanceTimersByTimeAsync(0);
       const refused = latest();
       expect(refused.url).not.toBe(first.url);
@@ -458,9 +464,7 @@ describe('client core (scripted socket, fake timers)', () => {
     });
 
     it('stays on the old connection when the new one is refused, until the old one closes', async () => {
-      const first = latest();
-      first.welcome('e1', 5);
-      handoff(first);
+      const first = toldToMove();
       const refused = await nextAttempt();
       refused.end(1006);
       first.event('a', 6);
@@ -473,8 +477,7 @@ describe('client core (scripted socket, fake timers)', () => {
     });
 
     it('says events may be missing when it moves while its resume is still being answered', async () => {
-      const resyncs: string[] = [];
-      client.on('resync', (r) => resyncs.push(r.reason));
+      const resyncs = resyncsSeen();
       const first = latest();
       first.welcome('e1', 5);
       first.event('a', 6);
@@ -496,15 +499,10 @@ describe('client core (scripted socket, fake timers)', () => {
     });
 
     it('tells of a gap or an unreadable payload the old connection reports after the move', async () => {
-      const resyncs: string[] = [];
+      const resyncs = resyncsSeen();
       const errors: { code: string; eventId?: string }[] = [];
-      client.on('resync', (r) => resyncs.push(r.reason));
       client.on('error', (e) => errors.push({ code: e.code, ...(e.eventId ? { eventId: e.eventId } : {}) }));
-      const first = latest();
-      first.welcome('e1', 5);
-      handoff(first);
-      const second = await nextAttempt();
-      second.welcome('e2', 100, 'gw-2');
+      const { first, second } = await movedOnce();
       // Routed before the new node bound the user: only the old node could bring them, and it could not.
       first.receive({ type: 'error', code: 'payload_unavailable', message: 'expired', id: 'p' });
       first.receive({ type: 'error', code: 'events_missed', message: 'queue full', offset: 9 });
@@ -518,9 +516,7 @@ describe('client core (scripted socket, fake timers)', () => {
     });
 
     it('told to move again during the overlap, still shows what the first node had on its way', async () => {
-      const first = latest();
-      first.welcome('e1', 5);
-      handoff(first);
+      const first = toldToMove();
       await vi.advanceTimersByTimeAsync(0);
       const second = latest();
       second.welcome('e2', 100, 'gw-2');
@@ -541,9 +537,7 @@ describe('client core (scripted socket, fake timers)', () => {
     });
 
     it('keeps the old connection until it has caught up with the new one, or until its node closes it', async () => {
-      const first = latest();
-      first.welcome('e1', 5);
-      handoff(first);
+      const first = toldToMove();
       await vi.advanceTimersByTimeAsync(0);
       const second = latest();
       second.welcome('e2', 100, 'gw-2');
@@ -575,9 +569,7 @@ describe('client core (scripted socket, fake timers)', () => {
     });
 
     it('close() while moving or during the overlap leaves no socket open and no timer', async () => {
-      const first = latest();
-      first.welcome('e1', 5);
-      handoff(first);
+      const first = toldToMove();
       const pending = await nextAttempt();
       client.close();
       expect([first.readyState, pending.readyState]).toEqual([3, 3]);
@@ -602,11 +594,8 @@ describe('client core (scripted socket, fake timers)', () => {
     });
 
     it('closes, showing nothing, when the new connection welcomes someone else', async () => {
-      const errors: string[] = [];
-      client.on('error', (e) => errors.push(e.code));
-      const first = latest();
-      first.welcome('e1', 5);
-      handoff(first);
+      const errors = errorCodesSeen();
+      toldToMove();
       const second = await nextAttempt();
       second.receive({
         type: 'welcome',
@@ -640,8 +629,7 @@ describe('client core (scripted socket, fake timers)', () => {
   });
 
   it('closes, showing nothing, when a new token names another user (someone else signed in)', async () => {
-    const errors: string[] = [];
-    client.on('error', (e) => errors.push(e.code));
+    const errors = errorCodesSeen();
     latest().welcome('e1', 3);
     latest().event('a', 3);
     latest().end(4001);
