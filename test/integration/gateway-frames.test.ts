@@ -6,6 +6,7 @@ import {
   counter,
   eventually,
   openTab,
+  removeInstallation,
   startTestGateway,
   testConfig,
   testPrefix,
@@ -334,11 +335,7 @@ describe('connection lifetime', () => {
       expect(Math.min(...ms)).toBeGreaterThanOrEqual(450);
       expect(Math.max(...ms) - Math.min(...ms)).toBeGreaterThan(100);
     } finally {
-      await gateway.close();
-      const probe = await BrokerProbe.open();
-      await probe.deleteExchangesAndQueues(prefix, [gateway.queue]);
-      await probe.close();
-      await cleanRedis(prefix);
+      await removeInstallation(prefix, { gateways: [gateway] });
     }
   });
 
@@ -368,11 +365,7 @@ describe('connection lifetime', () => {
       expect(await counter(gateway, 'warren_gateway_connections')).toBe(1);
       answering.ws.terminate();
     } finally {
-      await gateway.close();
-      const probe = await BrokerProbe.open();
-      await probe.deleteExchangesAndQueues(prefix, [gateway.queue]);
-      await probe.close();
-      await cleanRedis(prefix);
+      await removeInstallation(prefix, { gateways: [gateway] });
     }
   });
 });
