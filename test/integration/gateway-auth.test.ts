@@ -6,8 +6,6 @@ import { SignJWT, UnsecuredJWT, decodeJwt, exportJWK, importPKCS8 } from 'jose';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { startGateway, type Gateway } from '../../src/gateway/main.js';
 import {
-  BrokerProbe,
-  cleanRedis,
   TEST_SECRET,
   UpgradeRefused,
   capturingLogger,
@@ -42,11 +40,7 @@ describe('upgrade authentication (HS256)', () => {
     gateway = await startGateway(testConfig(prefix), { logger: log.logger });
   });
   afterAll(async () => {
-    await gateway.close();
-    const probe = await BrokerProbe.open();
-    await probe.deleteExchangesAndQueues(prefix, [gateway.queue]);
-    await probe.close();
-    await cleanRedis(prefix);
+    await removeInstallation(prefix, { gateways: [gateway] });
   });
 
   it('accepts a valid token in the query or in the Sec-WebSocket-Protocol header', async () => {
@@ -229,11 +223,7 @@ describe('upgrade authentication with public keys', () => {
           // An HS256 token must not pass where a public key is configured (the classic key-confusion attack).
           expect(await refusal(gateway.port, hsToken)).toBe(401);
         } finally {
-          await gateway.close();
-          const probe = await BrokerProbe.open();
-          await probe.deleteExchangesAndQueues(prefix, [gateway.queue]);
-          await probe.close();
-          await cleanRedis(prefix);
+          await removeInstallation(prefix, { gateways: [gateway] });
         }
       }
     });
