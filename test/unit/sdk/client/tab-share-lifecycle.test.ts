@@ -23,6 +23,15 @@ describe('shared tabs: closing from a listener, failures told to followers', () 
 
   const open = (): FakeSocket[] => FakeSocket.all.filter((s) => s.readyState !== 3);
 
+  /** A leader tab, then a follower, each connected before the next step. */
+  async function connectedPair(): Promise<{ leader: WarrenClient; follower: WarrenClient }> {
+    const leader = tab();
+    await vi.waitFor(() => expect(leader.state).toBe('connected'));
+    const follower = tab();
+    await vi.waitFor(() => expect(follower.state).toBe('connected'));
+    return { leader, follower };
+  }
+
   it('a tab closed by its application as it takes over opens no socket and hands the lead on', async () => {
     const leader = tab();
     await vi.waitFor(() => expect(leader.role).toBe(TabRole.Leader));
@@ -49,10 +58,7 @@ describe('shared tabs: closing from a listener, failures told to followers', () 
   });
 
   it('followers of a leader told to move (handoff) miss nothing and are not told to resynchronise', async () => {
-    const leader = tab();
-    await vi.waitFor(() => expect(leader.state).toBe('connected'));
-    const follower = tab();
-    await vi.waitFor(() => expect(follower.state).toBe('connected'));
+    const { follower } = await connectedPair();
     const seen: unknown[] = [];
     const resyncs: unknown[] = [];
     const states: unknown[] = [];
@@ -80,10 +86,7 @@ describe('shared tabs: closing from a listener, failures told to followers', () 
   });
 
   it('followers are told to resynchronise when the leader moves before its resume is answered', async () => {
-    const leader = tab();
-    await vi.waitFor(() => expect(leader.state).toBe('connected'));
-    const follower = tab();
-    await vi.waitFor(() => expect(follower.state).toBe('connected'));
+    const { leader, follower } = await connectedPair();
     const resyncs: unknown[] = [];
     follower.on('resync', (r) => resyncs.push(r.reason));
     const [first] = open();
@@ -105,10 +108,7 @@ describe('shared tabs: closing from a listener, failures told to followers', () 
   });
 
   it('followers get what the connection moved from still brings while the leader reconnects, and its gap', async () => {
-    const leader = tab();
-    await vi.waitFor(() => expect(leader.state).toBe('connected'));
-    const follower = tab();
-    await vi.waitFor(() => expect(follower.state).toBe('connected'));
+    const { leader, follower } = await connectedPair();
     const shown = { leader: [] as string[], follower: [] as string[] };
     const resyncs = { leader: [] as string[], follower: [] as string[] };
     leader.on('event', (e) => shown.leader.push(e.id));
@@ -134,10 +134,7 @@ describe('shared tabs: closing from a listener, failures told to followers', () 
   });
 
   it('a tab taking over from a leader that went during a move says events may be missing, once caught up not', async () => {
-    const leader = tab();
-    await vi.waitFor(() => expect(leader.state).toBe('connected'));
-    const follower = tab();
-    await vi.waitFor(() => expect(follower.state).toBe('connected'));
+    const { leader, follower } = await connectedPair();
     const third = tab();
     await vi.waitFor(() => expect(third.state).toBe('connected'));
     const resyncs = { follower: [] as string[], third: [] as string[] };
@@ -227,10 +224,7 @@ describe('shared tabs: closing from a listener, failures told to followers', () 
   });
 
   it('followers hear of every attempt of the leader that fails before its welcome', async () => {
-    const leader = tab();
-    await vi.waitFor(() => expect(leader.state).toBe('connected'));
-    const follower = tab();
-    await vi.waitFor(() => expect(follower.state).toBe('connected'));
+    const { leader, follower } = await connectedPair();
     const told: { leader: string[]; follower: string[] } = { leader: [], follower: [] };
     leader.on('error', (e) => told.leader.push(`${e.code}: ${e.message}`));
     follower.on('error', (e) => told.follower.push(`${e.code}: ${e.message}`));
